@@ -1,0 +1,33 @@
+// Shared pieces of the subcommands: the MPI/thread context, option parsing with INI config files,
+// and small file helpers.
+#pragma once
+#include <boost/program_options.hpp>
+#include <string>
+
+#include "metapo/comm/topology.h"
+
+namespace metapo::cli {
+
+namespace po = boost::program_options;
+
+struct Context {
+  Topology topo;
+  int threads = 1;
+};
+
+// Parses a subcommand's arguments (argv[0] is the subcommand name). Adds --help and --config FILE:
+// keys of the INI file's [<cmd>] section are options of the subcommand, and the command line wins
+// over the file. Returns false when --help was printed (the caller then returns 0). Errors name the
+// option or the config file and key.
+bool parse_args(const std::string& cmd, const std::string& usage, po::options_description& desc,
+                int argc, char** argv, po::variables_map& vm, const Context& ctx);
+
+// A preset name ("tiny") resolves to configs/presets/<name>.ini of the source tree; a path to an
+// existing .ini file is taken as is.
+std::string resolve_preset(const std::string& name_or_path);
+
+// Writes `content` to path + ".partial" and renames it to path, so a crash never leaves a
+// half-written file under the final name.
+void write_file_atomic(const std::string& path, const std::string& content);
+
+}  // namespace metapo::cli

@@ -1,0 +1,23 @@
+// Dense matrix products through BLAS (OpenBLAS on the CPU), row-major, float and double.
+#pragma once
+#include <cstdint>
+
+namespace metapo::cpu {
+
+// C[M,N] = alpha * op(A) op(B) + beta * C, where op(A) is [M,K] and op(B) is [K,N];
+// ta/tb say whether A/B are stored transposed. Leading dimensions are row strides.
+template <typename T>
+void gemm(bool ta, bool tb, int64_t M, int64_t N, int64_t K, T alpha, const T* A, int64_t lda,
+          const T* B, int64_t ldb, T beta, T* C, int64_t ldc);
+
+// Y[n, out] = X[n, in] W[out, in]^T (+ b[out]); the layout of nn.Linear.
+template <typename T>
+void linear_forward(T* Y, const T* X, const T* W, const T* b, int64_t n, int64_t in, int64_t out);
+
+// Backward of linear_forward. dX = dY W (overwritten, skipped when dX is null);
+// dW += dY^T X and db += column sums of dY (accumulated, so micro-batches add up).
+template <typename T>
+void linear_backward(T* dX, T* dW, T* db, const T* dY, const T* X, const T* W, int64_t n,
+                     int64_t in, int64_t out);
+
+}  // namespace metapo::cpu

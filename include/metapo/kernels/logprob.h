@@ -1,0 +1,35 @@
+// Target-token log-probabilities through the LM head without keeping a [tokens, vocab] probability
+// tensor: the forward keeps the log-sum-exp of each row, the backward recomputes the softmax rows one
+// chunk at a time and takes an upstream coefficient per row (dL/dlogp), so the cross-entropy is split
+// into a forward and a backward half with the pair loss in between.
+//
+// When the caller gives a probability cache (within its memory budget), the forward stores the
+// softmax rows there and the backward reuses them instead of recomputing the head GEMM.
+#pragma once
+#include <cstdint>
+
+namespace metapo::cpu {
+
+template <typename T>
+struct LogprobParams {
+  const T* h;  // [n, C] hidden states after the final norm
+  const T* W;  // [V, C] LM head
+  int64_t C, V;
+  const int32_t* rows;     // [n_rows]: which rows of h have a target
+  const int32_t* targets;  // [n_rows]: the target token of each such row
+  int64_t n_rows;
+};
+
+// logp[i] = log softmax(h[rows[i]] W^T)[targets[i]]; lse[i] kept for backward.
+// prob_cache: [n_rows, V] or null.
+template <typename T>
+void logprob_forward(const LogprobParams<T>& p, T* logp, T* lse, T* prob_cache);
+
+// dh[rows[i]] += (coef_i (onehot - softmax_i)) W ; dW += sum_i (coef_i (onehot - softmax_i))^T h[rows[i]].
+// Rows with coef 0 are still counted (their contribution is exactly zero). The cache, when given,
+// is consumed (overwritten).
+template <typename T>
+void logprob_backward(const LogprobParams<T>& p, const T* coef, const T* lse, T* prob_cache, T* dh,
+                      T* dW);
+
+}  // namespace metapo::cpu

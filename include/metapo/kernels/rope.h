@@ -1,0 +1,24 @@
+// Rotary position embedding in the Hugging Face "rotate half" convention: within each head of
+// dimension D, element i pairs with element i + D/2 and turns by angle pos * inv_freq[i].
+#pragma once
+#include <cstdint>
+#include <vector>
+
+
+namespace metapo::cpu {
+
+// cos/sin tables [max_pos, D/2] for positions 0..max_pos-1.
+template <typename T>
+struct RopeTable {
+  int64_t half = 0, max_pos = 0;
+  std::vector<T> cos, sin;
+  void build(const std::vector<double>& inv_freq, int64_t max_pos);
+};
+
+// In place on x rows of [n_heads, D] (row stride ld elements), token t at position pos[t].
+// inverse = true rotates by -angle: that is the backward (the rotation is orthogonal).
+template <typename T>
+void rope_apply(T* x, int64_t n, int64_t n_heads, int64_t D, int64_t ld, const int32_t* pos,
+                const RopeTable<T>& tab, bool inverse);
+
+}  // namespace metapo::cpu

@@ -1,0 +1,83 @@
+// The flat parameter buffer and its typed views.
+//
+// All parameters live in one contiguous buffer (and gradients in a second buffer with the same
+// layout), in this order:
+//   embed [V, C]
+//   per layer l: attn_norm [C]
+//                wqkv [Hq*D + 2*Hkv*D, C]   (q_proj rows, then k_proj rows, then v_proj rows)
+//                bqkv [Hq*D + 2*Hkv*D]      (only with attention_bias)
+//                wo   [C, Hq*D]
+//                mlp_norm [C]
+//                wgu  [2*I, C]              (gate_proj rows, then up_proj rows)
+//                wdown [C, I]
+//   final_norm [C]
+//   lm_head [V, C]                          (absent when tied: the head reads embed)
+// Fusing q/k/v and gate/up makes each projection one GEMM, and every Hugging Face tensor is still one
+// contiguous range of the buffer, which is what `tensors` lists.
+#pragma once
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "metapo/model/config.h"
+
+namespace metapo {
+
+struct TensorEntry {
+  std::string name;            // Hugging Face name, e.g. model.layers.0.self_attn.q_proj.weight
+  std::vector<int64_t> shape;  // row-major, as in the safetensors file
+  size_t offset = 0;           // in elements, into the flat buffer
+  size_t numel = 0;
+};
+
+struct LayerOffsets {
+  size_t attn_norm, wqkv, bqkv, wo, mlp_norm, wgu, wdown;  // bqkv == npos without bias
+};
+
+class ParamLayout {
+ public:
+  static constexpr size_t npos = size_t(-1);
+  explicit ParamLayout(const LlamaConfig& c);
+
+  size_t total() const { return total_; }
+  const std::vector<TensorEntry>& tensors() const { return tensors_; }
+  // Returns nullptr when no tensor has that name.
+  const TensorEntry* find(const std::string& name) const;
+
+  size_t embed = 0, final_norm = 0, lm_head = 0;  // lm_head == embed when tied
+  std::vector<LayerOffsets> layers;
+
+ private:
+  size_t total_ = 0;
+  std::vector<TensorEntry> tensors_;
+};
+
+// Typed pointer views into a flat buffer of T (parameters or gradients).
+template <typename T>
+struct LayerView {
+  T *attn_norm, *wqkv, *bqkv, *wo, *mlp_norm, *wgu, *wdown;  // bqkv == nullptr without bias
+};
+
+template <typename T>
+struct ModelView {
+  T* embed;
+  std::vector<LayerView<T>> layers;
+  T* final_norm;
+  T* lm_head;  // == embed when tied
+};
+
+template <typename T>
+ModelView<T> make_view(const ParamLayout& lay, T* base) {
+  ModelView<T> v;
+  v.embed = base + lay.embed;
+  v.final_norm = base + lay.final_norm;
+  v.lm_head = base + lay.lm_head;
+  for (const auto& l : lay.layers) {
+    v.layers.push_back({base + l.attn_norm, base + l.wqkv,
+                        l.bqkv == ParamLayout::npos ? nullptr : base + l.bqkv, base + l.wo,
+                        base + l.mlp_norm, base + l.wgu, base + l.wdown});
+  }
+  return v;
+}
+
+}  // namespace metapo

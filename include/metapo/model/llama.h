@@ -1,0 +1,78 @@
+// The Llama-family decoder: explicit forward and backward over one packed micro-batch, in T = float
+// (the engine) or T = double (finite-difference checks). Parameters and gradients are flat buffers in
+// ParamLayout order owned by the caller (so an optimizer or ZeRO shard can own them); the model owns
+// only its activations.
+#pragma once
+#include <cstdint>
+#include <vector>
+
+#include "metapo/kernels/rope.h"
+#include "metapo/model/config.h"
+#include "metapo/model/layout.h"
+
+namespace metapo {
+
+// A packed micro-batch: sequence s is tokens[cu_seqlens[s] .. cu_seqlens[s+1]).
+struct PackedBatch {
+  std::vector<int32_t> tokens;
+  std::vector<int64_t> cu_seqlens{0};
+  int64_t n_seqs() const { return int64_t(cu_seqlens.size()) - 1; }
+  int64_t n_tokens() const { return cu_seqlens.back(); }
+  void add(const std::vector<int32_t>& seq) {
+    tokens.insert(tokens.end(), seq.begin(), seq.end());
+    cu_seqlens.push_back(int64_t(tokens.size()));
+  }
+};
+
+// targets[t] = the token that row t predicts: tokens[t+1] when t+1 is in the same sequence and
+// (mask == nullptr or mask[t+1] != 0), else -1 (row scored by nobody, no LM-head work spent on it).
+std::vector<int32_t> next_token_targets(const PackedBatch& b, const uint8_t* mask);
+
+template <typename T>
+class LlamaModel {
+ public:
+  explicit LlamaModel(const LlamaConfig& c);
+
+  const LlamaConfig& config() const { return cfg_; }
+  const ParamLayout& layout() const { return lay_; }
+
+  // Probabilities of up to this many bytes are kept from forward to backward instead of
+  // recomputing the LM-head GEMM (0: always recompute).
+  void set_prob_cache_budget(size_t bytes) { cache_budget_ = bytes; }
+
+  // logp[t] = log p(targets[t] | tokens of its sequence up to t), 0 where targets[t] < 0.
+  // Keeps what backward needs. Token ids out of range and over-long sequences are errors.
+  void forward(const T* params, const PackedBatch& b, const int32_t* targets, T* logp);
+
+  // Given dlogp[t] = dL/dlogp[t] for the last forward, grads += dL/dparams.
+  void backward(const T* params, const T* dlogp, T* grads);
+
+  // Activation bytes held by the last forward.
+  size_t activation_bytes() const;
+
+ private:
+  struct LayerActs {
+    std::vector<T> x_in, xn1, rstd1, qkv, att, lse, x_mid, xn2, rstd2, gu, h;
+  };
+  LlamaConfig cfg_;
+  ParamLayout lay_;
+  cpu::RopeTable<T> rope_;
+  std::vector<double> inv_freq_;
+  size_t cache_budget_ = size_t(256) << 20;
+
+  // The last forward's batch and activations.
+  PackedBatch batch_;
+  std::vector<int32_t> pos_, rows_, row_targets_;
+  std::vector<LayerActs> acts_;
+  std::vector<T> x_final_, hN_, rstdN_, row_lse_, probs_;
+  bool have_forward_ = false;
+};
+
+extern template class LlamaModel<float>;
+extern template class LlamaModel<double>;
+
+// 2 * (matmul parameters) FLOPs per token forward, plus causal attention; x3 for forward+backward.
+// The same count as tools/bench_torch.py.
+double train_flops(const LlamaConfig& c, const PackedBatch& b);
+
+}  // namespace metapo

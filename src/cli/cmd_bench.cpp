@@ -1,0 +1,94 @@
+// metapo bench: times forward + backward of the summed next-token log-probs of B packed sequences of
+// length T (the work of one DPO micro-batch without the pair loss). The last line is JSON.
+#include <algorithm>
+#include <cstdio>
+#include <iostream>
+#include <numeric>
+
+#include <nlohmann/json.hpp>
+
+#include "metapo/cli/commands.h"
+#include "metapo/core/error.h"
+#include "metapo/core/rng.h"
+#include "metapo/core/timer.h"
+#include "metapo/io/hf_model.h"
+#include "metapo/model/init.h"
+#include "metapo/model/llama.h"
+
+namespace metapo::cli {
+
+int cmd_bench(Context& ctx, int argc, char** argv) {
+  po::options_description desc("metapo bench options");
+  std::string model_dir, preset;
+  int64_t T = 0, B = 0;
+  int steps = 0, warmup = 0;
+  uint64_t seed = 0;
+  desc.add_options()
+    ("model", po::value(&model_dir), "model directory (Hugging Face layout)")
+    ("preset", po::value(&preset), "or a preset (randomly initialized): tiny, bench-28m, or an .ini path")
+    ("seq-len", po::value(&T)->default_value(256), "tokens per sequence")
+    ("batch", po::value(&B)->default_value(8), "sequences per packed micro-batch")
+    ("steps", po::value(&steps)->default_value(5), "timed steps")
+    ("warmup", po::value(&warmup)->default_value(2), "untimed steps first")
+    ("seed", po::value(&seed)->default_value(0), "seed for the tokens and a preset's weights");
+  po::variables_map vm;
+  if (!parse_args("bench", "metapo bench (--model DIR | --preset NAME) --seq-len T --batch B --steps S",
+                  desc, argc, argv, vm, ctx))
+    return 0;
+  MP_CHECK(model_dir.empty() != preset.empty(), "metapo bench: give exactly one of --model and --preset");
+  MP_CHECK(T >= 2 && B >= 1 && steps >= 1 && warmup >= 0,
+           "metapo bench: need --seq-len >= 2, --batch >= 1, --steps >= 1, --warmup >= 0");
+
+  HfModel m;
+  if (!model_dir.empty()) {
+    m = load_hf_model(model_dir);
+  } else {
+    m.config = config_from_ini(resolve_preset(preset));
+    m.params = init_params(m.config, seed);
+  }
+  const LlamaConfig& c = m.config;
+  LlamaModel<float> model(c);
+  PackedBatch b;
+  for (int64_t s = 0; s < B; ++s) {
+    Philox rng = make_rng(seed, 0, uint32_t(s), RngPurpose::Bench);
+    std::vector<int32_t> seq(static_cast<size_t>(T));
+    for (auto& t : seq) t = int32_t(rng.below(uint64_t(c.vocab_size)));
+    b.add(seq);
+  }
+  const std::vector<int32_t> targets = next_token_targets(b, nullptr);
+  std::vector<float> logp(size_t(b.n_tokens())), dlogp(size_t(b.n_tokens()), 1.0f);
+  std::vector<float> grads(m.params.size());
+  const double flops = train_flops(c, b);
+
+  const bool root = ctx.topo.is_root();
+  if (root)
+    std::printf("bench: %lld params, %lld x %lld tokens, %d threads, %.1f GFLOP/step\n",
+                (long long)m.params.size(), (long long)B, (long long)T, ctx.threads, flops / 1e9);
+  std::vector<double> times;
+  for (int it = 0; it < warmup + steps; ++it) {
+    Timer tm;
+    std::fill(grads.begin(), grads.end(), 0.0f);
+    model.forward(m.params.data(), b, targets.data(), logp.data());
+    model.backward(m.params.data(), dlogp.data(), grads.data());
+    const double s = tm.seconds();
+    const double obj = std::accumulate(logp.begin(), logp.end(), 0.0);
+    if (it >= warmup) times.push_back(s);
+    if (root)
+      std::printf("%s %2d  %8.1f ms  %8.0f tokens/s  %6.1f GFLOP/s  objective %.4f\n",
+                  it < warmup ? "warmup" : "step  ", it < warmup ? it : it - warmup, s * 1e3,
+                  double(b.n_tokens()) / s, flops / s / 1e9, obj);
+  }
+  const double mean = std::accumulate(times.begin(), times.end(), 0.0) / double(times.size());
+  if (root) {
+    nlohmann::json j;
+    j["tokens_per_s"] = double(b.n_tokens()) / mean;
+    j["ms_per_step"] = mean * 1e3;
+    j["gflops_per_s"] = flops / mean / 1e9;
+    j["threads"] = ctx.threads;
+    j["activation_mb"] = double(model.activation_bytes()) / (1 << 20);
+    std::cout << j.dump() << std::endl;
+  }
+  return 0;
+}
+
+}  // namespace metapo::cli

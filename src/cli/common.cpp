@@ -1,0 +1,106 @@
+#include "metapo/cli/common.h"
+
+#include <cstdio>
+#include <filesystem>
+#include <fstream>
+#include <iostream>
+#include <sstream>
+
+#include "metapo/core/error.h"
+
+namespace fs = std::filesystem;
+
+namespace metapo::cli {
+
+namespace {
+
+std::string trim(const std::string& s) {
+  const size_t a = s.find_first_not_of(" \t\r");
+  if (a == std::string::npos) return "";
+  return s.substr(a, s.find_last_not_of(" \t\r") - a + 1);
+}
+
+// The [cmd] section of an INI file as --key=value arguments (keys may use '-' or '_').
+std::vector<std::string> ini_section_args(const std::string& path, const std::string& cmd) {
+  std::ifstream in(path);
+  MP_CHECK(in, "--config ", path, ": cannot open file");
+  std::vector<std::string> args;
+  std::string line, section;
+  int lineno = 0;
+  while (std::getline(in, line)) {
+    ++lineno;
+    line = trim(line);
+    if (line.empty() || line[0] == '#' || line[0] == ';') continue;
+    if (line[0] == '[') {
+      MP_CHECK(line.back() == ']', "--config ", path, ":", lineno, ": malformed section header");
+      section = trim(line.substr(1, line.size() - 2));
+      continue;
+    }
+    const size_t eq = line.find('=');
+    MP_CHECK(eq != std::string::npos, "--config ", path, ":", lineno, ": expected key = value");
+    if (section != cmd) continue;
+    std::string key = trim(line.substr(0, eq)), val = trim(line.substr(eq + 1));
+    for (char& ch : key)
+      if (ch == '_') ch = '-';
+    args.push_back("--" + key + "=" + val);
+  }
+  return args;
+}
+
+}  // namespace
+
+bool parse_args(const std::string& cmd, const std::string& usage, po::options_description& desc,
+                int argc, char** argv, po::variables_map& vm, const Context& ctx) {
+  desc.add_options()("help,h", "show this help")(
+      "config", po::value<std::string>(), ("INI file; its [" + cmd + "] section sets options").c_str());
+  try {
+    // Like main(), Boost skips argv[0] (here the subcommand name).
+    po::store(po::command_line_parser(argc, argv).options(desc).run(), vm);
+  } catch (const po::error& e) {
+    fail("metapo ", cmd, ": ", e.what(), " (see metapo ", cmd, " --help)");
+  }
+  if (vm.count("help")) {
+    if (ctx.topo.is_root()) std::cout << "usage: " << usage << "\n\n" << desc << "\n";
+    return false;
+  }
+  if (vm.count("config")) {
+    const std::string path = vm["config"].as<std::string>();
+    const std::vector<std::string> args = ini_section_args(path, cmd);
+    try {
+      // Stored after the command line: Boost keeps the first value, so the command line wins.
+      po::store(po::command_line_parser(args).options(desc).run(), vm);
+    } catch (const po::error& e) {
+      fail("--config ", path, " [", cmd, "]: ", e.what());
+    }
+  }
+  try {
+    po::notify(vm);
+  } catch (const po::error& e) {
+    fail("metapo ", cmd, ": ", e.what(), " (see metapo ", cmd, " --help)");
+  }
+  return true;
+}
+
+std::string resolve_preset(const std::string& name) {
+  if (fs::is_regular_file(name)) return name;
+  const fs::path p = fs::path(METAPO_SOURCE_DIR) / "configs" / "presets" / (name + ".ini");
+  MP_CHECK(fs::is_regular_file(p), "--preset ", name, ": no such preset (looked for ", p.string(), ")");
+  return p.string();
+}
+
+void write_file_atomic(const std::string& path, const std::string& content) {
+  const std::string tmp = path + ".partial";
+  if (fs::path(path).has_parent_path()) fs::create_directories(fs::path(path).parent_path());
+  {
+    std::ofstream out(tmp, std::ios::binary | std::ios::trunc);
+    MP_CHECK(out, path, ": cannot open ", tmp, " for writing");
+    out.write(content.data(), std::streamsize(content.size()));
+    out.flush();
+    MP_CHECK(out, path, ": write failed (disk full?)");
+  }
+  std::error_code ec;
+  fs::rename(tmp, path, ec);
+  MP_CHECK(!ec, path, ": cannot rename ", tmp, ": ", ec.message());
+}
+
+}  // namespace metapo::cli

@@ -1,0 +1,79 @@
+// metapo: one MPI program, git-style subcommands. Every fatal error becomes one line on stderr and a
+// non-zero exit; in a job of several ranks it goes through MPI_Abort so no rank is left waiting.
+#include <mpi.h>
+
+#include <cstring>
+#include <functional>
+#include <iostream>
+#include <string>
+#include <vector>
+
+#include "metapo/cli/commands.h"
+#include "metapo/cli/common.h"
+#include "metapo/core/error.h"
+#include "metapo/core/threads.h"
+
+namespace {
+
+struct Command {
+  const char* name;
+  const char* summary;
+  std::function<int(metapo::cli::Context&, int, char**)> run;
+};
+
+const std::vector<Command>& commands() {
+  static const std::vector<Command> cmds = {
+      {"init", "write a randomly initialized model directory from a preset", metapo::cli::cmd_init},
+      {"score", "per-token log-probs of token sequences (JSONL in, JSONL out)", metapo::cli::cmd_score},
+      {"export", "write a model as a Hugging Face directory (safetensors + config.json)",
+       metapo::cli::cmd_export},
+      {"bench", "time forward+backward of the summed log-probs", metapo::cli::cmd_bench},
+  };
+  return cmds;
+}
+
+void usage(std::ostream& os) {
+  os << "metapo " << METAPO_VERSION
+     << ": preference optimization (DPO, MetaPO) for Llama-family models\n\n"
+        "usage: [mpirun -np N] metapo <command> [options]   (metapo <command> --help for options)\n\n"
+        "commands:\n";
+  for (const Command& c : commands()) os << "  " << c.name << std::string(10 - std::strlen(c.name), ' ') << c.summary << "\n";
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  int provided = 0;
+  MPI_Init_thread(&argc, &argv, MPI_THREAD_FUNNELED, &provided);
+  int world = 1, rank = 0;
+  MPI_Comm_size(MPI_COMM_WORLD, &world);
+  MPI_Comm_rank(MPI_COMM_WORLD, &rank);
+
+  int rc = 0;
+  std::string cmd = argc > 1 ? argv[1] : "";
+  metapo::cli::Context ctx;
+  try {
+    if (cmd.empty() || cmd == "--help" || cmd == "-h" || cmd == "help") {
+      if (rank == 0) usage(std::cout);
+      rc = cmd.empty() ? 2 : 0;
+    } else if (cmd == "--version") {
+      if (rank == 0) std::cout << "metapo " << METAPO_VERSION << "\n";
+    } else {
+      const Command* found = nullptr;
+      for (const Command& c : commands())
+        if (cmd == c.name) found = &c;
+      MP_CHECK(found, "unknown command '", cmd, "' (metapo --help lists the commands)");
+      ctx.topo = metapo::Topology::create(1, 1);
+      ctx.threads = metapo::configure_threads(ctx.topo.local_size);
+      rc = found->run(ctx, argc - 1, argv + 1);
+    }
+  } catch (const std::exception& e) {
+    std::cerr << "metapo" << (cmd.empty() || cmd[0] == '-' ? "" : " " + cmd) << ": error: " << e.what()
+              << (world > 1 ? " [rank " + std::to_string(rank) + "]" : "") << std::endl;
+    if (world > 1) MPI_Abort(MPI_COMM_WORLD, 1);
+    rc = 1;
+  }
+  ctx.topo.free();
+  MPI_Finalize();
+  return rc;
+}

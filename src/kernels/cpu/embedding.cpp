@@ -1,0 +1,34 @@
+#include "metapo/kernels/embedding.h"
+
+#include <algorithm>
+#include <cstring>
+
+namespace metapo::cpu {
+
+template <typename T>
+void embedding_forward(T* x, const T* E, const int32_t* tokens, int64_t n, int64_t C) {
+#pragma omp parallel for schedule(static)
+  for (int64_t t = 0; t < n; ++t) std::memcpy(x + t * C, E + int64_t(tokens[t]) * C, sizeof(T) * C);
+}
+
+template <typename T>
+void embedding_backward(T* dE, const T* dx, const int32_t* tokens, int64_t n, int64_t C) {
+  constexpr int64_t kBlock = 64;
+  const int64_t nblk = (C + kBlock - 1) / kBlock;
+#pragma omp parallel for schedule(static)
+  for (int64_t b = 0; b < nblk; ++b) {
+    const int64_t c0 = b * kBlock, c1 = std::min(C, c0 + kBlock);
+    for (int64_t t = 0; t < n; ++t) {
+      T* row = dE + int64_t(tokens[t]) * C;
+      const T* g = dx + t * C;
+      for (int64_t c = c0; c < c1; ++c) row[c] += g[c];
+    }
+  }
+}
+
+template void embedding_forward<float>(float*, const float*, const int32_t*, int64_t, int64_t);
+template void embedding_forward<double>(double*, const double*, const int32_t*, int64_t, int64_t);
+template void embedding_backward<float>(float*, const float*, const int32_t*, int64_t, int64_t);
+template void embedding_backward<double>(double*, const double*, const int32_t*, int64_t, int64_t);
+
+}  // namespace metapo::cpu

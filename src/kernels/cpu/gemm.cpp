@@ -1,0 +1,59 @@
+#include "metapo/kernels/gemm.h"
+
+#include <cblas.h>
+
+namespace metapo::cpu {
+
+static CBLAS_TRANSPOSE tr(bool t) { return t ? CblasTrans : CblasNoTrans; }
+
+template <>
+void gemm<float>(bool ta, bool tb, int64_t M, int64_t N, int64_t K, float alpha, const float* A,
+                 int64_t lda, const float* B, int64_t ldb, float beta, float* C, int64_t ldc) {
+  if (M == 0 || N == 0) return;
+  cblas_sgemm(CblasRowMajor, tr(ta), tr(tb), M, N, K, alpha, A, lda, B, ldb, beta, C, ldc);
+}
+
+template <>
+void gemm<double>(bool ta, bool tb, int64_t M, int64_t N, int64_t K, double alpha, const double* A,
+                  int64_t lda, const double* B, int64_t ldb, double beta, double* C, int64_t ldc) {
+  if (M == 0 || N == 0) return;
+  cblas_dgemm(CblasRowMajor, tr(ta), tr(tb), M, N, K, alpha, A, lda, B, ldb, beta, C, ldc);
+}
+
+template <typename T>
+void linear_forward(T* Y, const T* X, const T* W, const T* b, int64_t n, int64_t in, int64_t out) {
+  if (b) {
+    // Seed Y with the bias so the GEMM adds onto it (beta = 1): no second pass over Y.
+#pragma omp parallel for schedule(static)
+    for (int64_t i = 0; i < n; ++i)
+      for (int64_t j = 0; j < out; ++j) Y[i * out + j] = b[j];
+  }
+  gemm<T>(false, true, n, out, in, T(1), X, in, W, in, b ? T(1) : T(0), Y, out);
+}
+
+template <typename T>
+void linear_backward(T* dX, T* dW, T* db, const T* dY, const T* X, const T* W, int64_t n,
+                     int64_t in, int64_t out) {
+  if (dX) gemm<T>(false, false, n, in, out, T(1), dY, out, W, in, T(0), dX, in);
+  gemm<T>(true, false, out, in, n, T(1), dY, out, X, in, T(1), dW, in);
+  if (db) {
+    // Column sums in a fixed order (each thread owns whole columns): deterministic.
+#pragma omp parallel for schedule(static)
+    for (int64_t j = 0; j < out; ++j) {
+      T s = 0;
+      for (int64_t i = 0; i < n; ++i) s += dY[i * out + j];
+      db[j] += s;
+    }
+  }
+}
+
+template void linear_forward<float>(float*, const float*, const float*, const float*, int64_t,
+                                    int64_t, int64_t);
+template void linear_forward<double>(double*, const double*, const double*, const double*, int64_t,
+                                     int64_t, int64_t);
+template void linear_backward<float>(float*, float*, float*, const float*, const float*,
+                                     const float*, int64_t, int64_t, int64_t);
+template void linear_backward<double>(double*, double*, double*, const double*, const double*,
+                                      const double*, int64_t, int64_t, int64_t);
+
+}  // namespace metapo::cpu

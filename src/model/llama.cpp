@@ -1,0 +1,200 @@
+#include "metapo/model/llama.h"
+
+#include <algorithm>
+#include <cmath>
+#include <cstring>
+
+#include "metapo/core/error.h"
+#include "metapo/kernels/attention.h"
+#include "metapo/kernels/embedding.h"
+#include "metapo/kernels/gemm.h"
+#include "metapo/kernels/logprob.h"
+#include "metapo/kernels/rmsnorm.h"
+#include "metapo/kernels/swiglu.h"
+#include "metapo/model/rope_freq.h"
+
+namespace metapo {
+
+std::vector<int32_t> next_token_targets(const PackedBatch& b, const uint8_t* mask) {
+  std::vector<int32_t> tg(size_t(b.n_tokens()), -1);
+  for (int64_t s = 0; s < b.n_seqs(); ++s)
+    for (int64_t t = b.cu_seqlens[s]; t + 1 < b.cu_seqlens[s + 1]; ++t)
+      if (!mask || mask[t + 1]) tg[t] = b.tokens[t + 1];
+  return tg;
+}
+
+template <typename T>
+LlamaModel<T>::LlamaModel(const LlamaConfig& c) : cfg_(c), lay_(c), inv_freq_(rope_inv_freq(c)) {
+  acts_.resize(size_t(c.num_hidden_layers));
+}
+
+template <typename T>
+static void resize(std::vector<T>& v, int64_t n) {
+  v.resize(size_t(n));  // keeps capacity across steps: no reallocation once shapes settle
+}
+
+template <typename T>
+void LlamaModel<T>::forward(const T* params, const PackedBatch& b, const int32_t* targets, T* logp) {
+  const LlamaConfig& c = cfg_;
+  const int64_t n = b.n_tokens(), C = c.hidden_size, V = c.vocab_size, I = c.intermediate_size;
+  const int64_t Hq = c.num_attention_heads, Hkv = c.num_key_value_heads, D = c.head_dim;
+  const int64_t Q = c.q_dim(), QKV = c.qkv_dim();
+  const ModelView<const T> w = make_view(lay_, params);
+
+  // Positions restart at 0 in every sequence; check ids and lengths once, here.
+  pos_.resize(size_t(n));
+  int64_t max_len = 0;
+  for (int64_t s = 0; s < b.n_seqs(); ++s) {
+    const int64_t len = b.cu_seqlens[s + 1] - b.cu_seqlens[s];
+    MP_CHECK(len >= 0, "packed batch: cu_seqlens is not non-decreasing at sequence ", s);
+    max_len = std::max(max_len, len);
+    for (int64_t t = 0; t < len; ++t) pos_[size_t(b.cu_seqlens[s] + t)] = int32_t(t);
+  }
+  MP_CHECK(c.sliding_window == 0 || max_len <= c.sliding_window, "sequence of ", max_len,
+           " tokens is longer than the model's sliding_window (", c.sliding_window,
+           "); sliding-window attention is not implemented");
+  for (int64_t t = 0; t < n; ++t)
+    MP_CHECK(b.tokens[t] >= 0 && b.tokens[t] < V, "token id ", b.tokens[t], " at position ", t,
+             " is outside the vocabulary [0, ", V, ")");
+  if (max_len > rope_.max_pos) rope_.build(inv_freq_, std::max<int64_t>(max_len, 64));
+  batch_ = b;
+
+  // x = embed(tokens)                                                   [n, C]
+  std::vector<T>& x0 = acts_.empty() ? x_final_ : acts_[0].x_in;
+  resize(x0, n * C);
+  cpu::embedding_forward(x0.data(), w.embed, b.tokens.data(), n, C);
+
+  for (size_t l = 0; l < acts_.size(); ++l) {
+    LayerActs& a = acts_[l];
+    const LayerView<const T>& lw = w.layers[l];
+    resize(a.xn1, n * C), resize(a.rstd1, n), resize(a.qkv, n * QKV), resize(a.att, n * Q);
+    resize(a.lse, Hq * n), resize(a.x_mid, n * C), resize(a.xn2, n * C), resize(a.rstd2, n);
+    resize(a.gu, n * 2 * I), resize(a.h, n * I);
+
+    // Attention block: xn1 = norm(x_in); qkv = xn1 Wqkv^T (+b); rope(q, k); att = attn(q, k, v)
+    cpu::rmsnorm_forward(a.xn1.data(), a.rstd1.data(), a.x_in.data(), lw.attn_norm, n, C, c.rms_norm_eps);
+    cpu::linear_forward(a.qkv.data(), a.xn1.data(), lw.wqkv, lw.bqkv, n, C, QKV);     // [n, QKV]
+    cpu::rope_apply(a.qkv.data(), n, Hq, D, QKV, pos_.data(), rope_, false);           // q
+    cpu::rope_apply(a.qkv.data() + Q, n, Hkv, D, QKV, pos_.data(), rope_, false);      // k
+    cpu::AttentionParams<T> ap{a.qkv.data(), a.qkv.data() + Q, a.qkv.data() + Q + c.kv_dim(), QKV,
+                               a.att.data(), Q, a.lse.data(), b.cu_seqlens.data(), b.n_seqs(), n,
+                               Hq, Hkv, D, T(1) / std::sqrt(T(D))};
+    cpu::attention_forward(ap);                                                         // [n, Q]
+    // x_mid = x_in + att Wo^T (the GEMM accumulates onto the copied residual)
+    std::memcpy(a.x_mid.data(), a.x_in.data(), sizeof(T) * n * C);
+    cpu::gemm<T>(false, true, n, C, Q, T(1), a.att.data(), Q, lw.wo, Q, T(1), a.x_mid.data(), C);
+
+    // MLP block: xn2 = norm(x_mid); gu = xn2 Wgu^T; h = silu(g) u; x_out = x_mid + h Wdown^T
+    cpu::rmsnorm_forward(a.xn2.data(), a.rstd2.data(), a.x_mid.data(), lw.mlp_norm, n, C, c.rms_norm_eps);
+    cpu::linear_forward(a.gu.data(), a.xn2.data(), lw.wgu, (const T*)nullptr, n, C, 2 * I);  // [n, 2I]
+    cpu::swiglu_forward(a.h.data(), a.gu.data(), n, I);                                     // [n, I]
+    std::vector<T>& x_out = l + 1 < acts_.size() ? acts_[l + 1].x_in : x_final_;
+    resize(x_out, n * C);
+    std::memcpy(x_out.data(), a.x_mid.data(), sizeof(T) * n * C);
+    cpu::gemm<T>(false, true, n, C, I, T(1), a.h.data(), I, lw.wdown, I, T(1), x_out.data(), C);
+  }
+
+  // Final norm and the LM head, only on rows that have a target.
+  resize(hN_, n * C), resize(rstdN_, n);
+  cpu::rmsnorm_forward(hN_.data(), rstdN_.data(), x_final_.data(), w.final_norm, n, C, c.rms_norm_eps);
+  rows_.clear(), row_targets_.clear();
+  for (int64_t t = 0; t < n; ++t)
+    if (targets[t] >= 0) {
+      MP_CHECK(targets[t] < V, "target token id ", targets[t], " is outside the vocabulary [0, ", V, ")");
+      rows_.push_back(int32_t(t)), row_targets_.push_back(targets[t]);
+    }
+  const int64_t nr = int64_t(rows_.size());
+  std::vector<T> row_logp(static_cast<size_t>(nr));
+  resize(row_lse_, nr);
+  const bool cache = size_t(nr) * size_t(V) * sizeof(T) <= cache_budget_;
+  resize(probs_, cache ? nr * V : 0);
+  cpu::LogprobParams<T> lp{hN_.data(), w.lm_head, C, V, rows_.data(), row_targets_.data(), nr};
+  cpu::logprob_forward(lp, row_logp.data(), row_lse_.data(), cache ? probs_.data() : nullptr);
+  std::fill(logp, logp + n, T(0));
+  for (int64_t i = 0; i < nr; ++i) logp[rows_[i]] = row_logp[i];
+  have_forward_ = true;
+}
+
+template <typename T>
+void LlamaModel<T>::backward(const T* params, const T* dlogp, T* grads) {
+  MP_CHECK(have_forward_, "LlamaModel::backward called without a forward (or twice for one forward)");
+  have_forward_ = false;  // the probability cache is consumed below
+  const LlamaConfig& c = cfg_;
+  const PackedBatch& b = batch_;
+  const int64_t n = b.n_tokens(), C = c.hidden_size, V = c.vocab_size, I = c.intermediate_size;
+  const int64_t Hq = c.num_attention_heads, Hkv = c.num_key_value_heads, D = c.head_dim;
+  const int64_t Q = c.q_dim(), KV = c.kv_dim(), QKV = c.qkv_dim();
+  const ModelView<const T> w = make_view(lay_, params);
+  const ModelView<T> g = make_view(lay_, grads);
+
+  // LM head: dhN = dlogits W, dW_head += dlogits^T hN (tied: lands in the embedding gradient).
+  const int64_t nr = int64_t(rows_.size());
+  std::vector<T> coef(static_cast<size_t>(nr));
+  for (int64_t i = 0; i < nr; ++i) coef[i] = dlogp[rows_[i]];
+  std::vector<T> dhN(size_t(n * C), T(0)), dx(size_t(n * C));
+  cpu::LogprobParams<T> lp{hN_.data(), w.lm_head, C, V, rows_.data(), row_targets_.data(), nr};
+  cpu::logprob_backward(lp, coef.data(), row_lse_.data(), probs_.empty() ? nullptr : probs_.data(),
+                        dhN.data(), g.lm_head);
+  cpu::rmsnorm_backward(dx.data(), g.final_norm, dhN.data(), x_final_.data(), w.final_norm,
+                        rstdN_.data(), n, C, false);
+  dhN = {};
+
+  // dx is the gradient with respect to the current layer's output (the residual stream).
+  std::vector<T> dh(size_t(n * I)), dgu(size_t(n * 2 * I)), dxn(size_t(n * C)), datt(size_t(n * Q));
+  std::vector<T> dqkv(size_t(n * QKV));
+  for (size_t li = acts_.size(); li-- > 0;) {
+    const LayerActs& a = acts_[li];
+    const LayerView<const T>& lw = w.layers[li];
+    const LayerView<T>& lg = g.layers[li];
+
+    // MLP block backward.
+    cpu::linear_backward(dh.data(), lg.wdown, (T*)nullptr, dx.data(), a.h.data(), lw.wdown, n, I, C);
+    cpu::swiglu_backward(dgu.data(), dh.data(), a.gu.data(), n, I);
+    cpu::linear_backward(dxn.data(), lg.wgu, (T*)nullptr, dgu.data(), a.xn2.data(), lw.wgu, n, C, 2 * I);
+    cpu::rmsnorm_backward(dx.data(), lg.mlp_norm, dxn.data(), a.x_mid.data(), lw.mlp_norm,
+                          a.rstd2.data(), n, C, true);  // dx: now w.r.t. x_mid
+
+    // Attention block backward.
+    cpu::linear_backward(datt.data(), lg.wo, (T*)nullptr, dx.data(), a.att.data(), lw.wo, n, Q, C);
+    cpu::AttentionParams<T> ap{a.qkv.data(), a.qkv.data() + Q, a.qkv.data() + Q + KV, QKV,
+                               const_cast<T*>(a.att.data()), Q, const_cast<T*>(a.lse.data()),
+                               b.cu_seqlens.data(), b.n_seqs(), n, Hq, Hkv, D,
+                               T(1) / std::sqrt(T(D))};
+    cpu::AttentionGradParams<T> agp{datt.data(), dqkv.data(), dqkv.data() + Q, dqkv.data() + Q + KV, QKV};
+    cpu::attention_backward(ap, agp);
+    cpu::rope_apply(dqkv.data(), n, Hq, D, QKV, pos_.data(), rope_, true);        // dq before rope
+    cpu::rope_apply(dqkv.data() + Q, n, Hkv, D, QKV, pos_.data(), rope_, true);   // dk before rope
+    cpu::linear_backward(dxn.data(), lg.wqkv, lg.bqkv, dqkv.data(), a.xn1.data(), lw.wqkv, n, C, QKV);
+    cpu::rmsnorm_backward(dx.data(), lg.attn_norm, dxn.data(), a.x_in.data(), lw.attn_norm,
+                          a.rstd1.data(), n, C, true);  // dx: now w.r.t. x_in
+  }
+  cpu::embedding_backward(g.embed, dx.data(), b.tokens.data(), n, C);
+}
+
+template <typename T>
+size_t LlamaModel<T>::activation_bytes() const {
+  size_t e = x_final_.size() + hN_.size() + rstdN_.size() + row_lse_.size() + probs_.size();
+  for (const LayerActs& a : acts_)
+    e += a.x_in.size() + a.xn1.size() + a.rstd1.size() + a.qkv.size() + a.att.size() + a.lse.size() +
+         a.x_mid.size() + a.xn2.size() + a.rstd2.size() + a.gu.size() + a.h.size();
+  return e * sizeof(T);
+}
+
+template class LlamaModel<float>;
+template class LlamaModel<double>;
+
+double train_flops(const LlamaConfig& c, const PackedBatch& b) {
+  const double C = double(c.hidden_size), I = double(c.intermediate_size);
+  const double per_layer = C * double(c.qkv_dim()) + double(c.q_dim()) * C + 3.0 * C * I;
+  const double matmul_params = double(c.num_hidden_layers) * per_layer + double(c.vocab_size) * C;
+  double causal_pairs = 0;  // sum over sequences of sum_t (t+1)
+  for (int64_t s = 0; s < b.n_seqs(); ++s) {
+    const double L = double(b.cu_seqlens[s + 1] - b.cu_seqlens[s]);
+    causal_pairs += L * (L + 1) / 2;
+  }
+  const double attn_fwd = 4.0 * double(c.head_dim) * double(c.num_attention_heads) * causal_pairs *
+                          double(c.num_hidden_layers);
+  return 3.0 * (2.0 * matmul_params * double(b.n_tokens()) + attn_fwd);
+}
+
+}  // namespace metapo

@@ -1,0 +1,294 @@
+// Every CPU kernel: the fp32 forward against a straightforward double-precision loop, and the backward
+// (run in double) against central finite differences of <r, forward(x)> for a random r.
+#include <gtest/gtest.h>
+
+#include <cmath>
+
+#include "metapo/kernels/attention.h"
+#include "metapo/kernels/embedding.h"
+#include "metapo/kernels/gemm.h"
+#include "metapo/kernels/logprob.h"
+#include "metapo/kernels/rmsnorm.h"
+#include "metapo/kernels/rope.h"
+#include "metapo/kernels/swiglu.h"
+#include "test_util.h"
+
+using namespace metapo;
+using namespace metapo::test;
+using std::vector;
+
+// fp32 against a double loop: errors well below this for these sizes (values O(1), sums of <= 64
+// terms: ~1e-6 relative); 1e-5 leaves margin for BLAS summation order.
+constexpr double kFp32Tol = 1e-5;
+// Central differences in double with h = 1e-6: truncation ~h^2, rounding ~1e-16/h ~ 1e-10.
+constexpr double kFdTol = 1e-7;
+
+// ---------- linear ----------
+static vector<double> ref_linear(const vector<double>& X, const vector<double>& W, const vector<double>* b,
+                                 int64_t n, int64_t in, int64_t out) {
+  vector<double> Y(size_t(n * out));
+  for (int64_t i = 0; i < n; ++i)
+    for (int64_t j = 0; j < out; ++j) {
+      double s = b ? (*b)[j] : 0.0;
+      for (int64_t k = 0; k < in; ++k) s += X[i * in + k] * W[j * in + k];
+      Y[i * out + j] = s;
+    }
+  return Y;
+}
+
+TEST(Kernels, LinearForwardMatchesDoubleLoop) {
+  const int64_t n = 7, in = 13, out = 5;
+  auto X = randn<double>(n * in, 1), W = randn<double>(out * in, 2), b = randn<double>(out, 3);
+  auto ref = ref_linear(X, W, &b, n, in, out);
+  vector<float> Y(n * out), Xf = cast<float>(X), Wf = cast<float>(W), bf = cast<float>(b);
+  cpu::linear_forward(Y.data(), Xf.data(), Wf.data(), bf.data(), n, in, out);
+  EXPECT_ERR_LT(rel_max_err(Y, ref), kFp32Tol, errname("Y"));
+}
+
+TEST(Kernels, LinearBackwardMatchesFiniteDifferences) {
+  const int64_t n = 4, in = 6, out = 3;
+  auto X = randn<double>(n * in, 1), W = randn<double>(out * in, 2), b = randn<double>(out, 3);
+  auto R = randn<double>(n * out, 4);
+  auto f = [&] { return dot(R, ref_linear(X, W, &b, n, in, out)); };
+  vector<double> dX(n * in), dW(out * in, 0.0), db(out, 0.0);
+  cpu::linear_backward(dX.data(), dW.data(), db.data(), R.data(), X.data(), W.data(), n, in, out);
+  EXPECT_ERR_LT(rel_max_err(dX, fd_grad(X, f)), kFdTol, errname("dX"));
+  EXPECT_ERR_LT(rel_max_err(dW, fd_grad(W, f)), kFdTol, errname("dW"));
+  EXPECT_ERR_LT(rel_max_err(db, fd_grad(b, f)), kFdTol, errname("db"));
+}
+
+// ---------- rmsnorm ----------
+static vector<double> ref_rmsnorm(const vector<double>& x, const vector<double>& w, int64_t n, int64_t C,
+                                  double eps) {
+  vector<double> y(x.size());
+  for (int64_t i = 0; i < n; ++i) {
+    double ss = 0;
+    for (int64_t c = 0; c < C; ++c) ss += x[i * C + c] * x[i * C + c];
+    const double r = 1.0 / std::sqrt(ss / double(C) + eps);
+    for (int64_t c = 0; c < C; ++c) y[i * C + c] = x[i * C + c] * r * w[c];
+  }
+  return y;
+}
+
+TEST(Kernels, RmsNormForwardMatchesDoubleLoop) {
+  const int64_t n = 5, C = 70;
+  auto x = randn<double>(n * C, 1), w = randn<double>(C, 2, 0.2, 1.0);
+  auto ref = ref_rmsnorm(x, w, n, C, 1e-5);
+  vector<float> y(n * C), r(n), xf = cast<float>(x), wf = cast<float>(w);
+  cpu::rmsnorm_forward(y.data(), r.data(), xf.data(), wf.data(), n, C, 1e-5);
+  EXPECT_ERR_LT(rel_max_err(y, ref), kFp32Tol, errname("y"));
+}
+
+TEST(Kernels, RmsNormBackwardMatchesFiniteDifferences) {
+  const int64_t n = 3, C = 70;  // C > 64 crosses the dw column-block boundary
+  auto x = randn<double>(n * C, 1), w = randn<double>(C, 2, 0.2, 1.0), R = randn<double>(n * C, 3);
+  auto f = [&] { return dot(R, ref_rmsnorm(x, w, n, C, 1e-5)); };
+  vector<double> y(n * C), rstd(n), dx(n * C, 0.5), dw(C, 0.0);
+  cpu::rmsnorm_forward(y.data(), rstd.data(), x.data(), w.data(), n, C, 1e-5);
+  vector<double> dx_acc = dx;
+  cpu::rmsnorm_backward(dx.data(), dw.data(), R.data(), x.data(), w.data(), rstd.data(), n, C, false);
+  EXPECT_ERR_LT(rel_max_err(dx, fd_grad(x, f)), kFdTol, errname("dx"));
+  EXPECT_ERR_LT(rel_max_err(dw, fd_grad(w, f)), kFdTol, errname("dw"));
+  // accumulate = true adds onto what is there
+  vector<double> dw2(C, 0.0);
+  cpu::rmsnorm_backward(dx_acc.data(), dw2.data(), R.data(), x.data(), w.data(), rstd.data(), n, C, true);
+  for (size_t i = 0; i < dx.size(); ++i) EXPECT_NEAR(dx_acc[i], dx[i] + 0.5, 1e-12);
+}
+
+// ---------- swiglu ----------
+static vector<double> ref_swiglu(const vector<double>& gu, int64_t n, int64_t I) {
+  vector<double> h(size_t(n * I));
+  for (int64_t t = 0; t < n; ++t)
+    for (int64_t i = 0; i < I; ++i) {
+      const double g = gu[t * 2 * I + i], u = gu[t * 2 * I + I + i];
+      h[t * I + i] = g / (1.0 + std::exp(-g)) * u;
+    }
+  return h;
+}
+
+TEST(Kernels, SwigluForwardAndBackward) {
+  const int64_t n = 4, I = 9;
+  auto gu = randn<double>(n * 2 * I, 1, 2.0);
+  vector<float> h(n * I), guf = cast<float>(gu);
+  cpu::swiglu_forward(h.data(), guf.data(), n, I);
+  EXPECT_ERR_LT(rel_max_err(h, ref_swiglu(gu, n, I)), kFp32Tol, errname("h"));
+  auto R = randn<double>(n * I, 2);
+  vector<double> dgu(n * 2 * I);
+  cpu::swiglu_backward(dgu.data(), R.data(), gu.data(), n, I);
+  EXPECT_ERR_LT(rel_max_err(dgu, fd_grad(gu, [&] { return dot(R, ref_swiglu(gu, n, I)); })), kFdTol, errname("dgu"));
+}
+
+// ---------- embedding ----------
+TEST(Kernels, EmbeddingForwardAndBackward) {
+  const int64_t V = 11, C = 70, n = 6;
+  vector<int32_t> tok = {3, 0, 10, 3, 7, 3};
+  auto E = randn<double>(V * C, 1);
+  vector<double> x(n * C);
+  cpu::embedding_forward(x.data(), E.data(), tok.data(), n, C);
+  for (int64_t t = 0; t < n; ++t)
+    for (int64_t c = 0; c < C; ++c) EXPECT_EQ(x[t * C + c], E[tok[t] * C + c]);
+  auto R = randn<double>(n * C, 2);
+  vector<double> dE(V * C, 0.0);
+  cpu::embedding_backward(dE.data(), R.data(), tok.data(), n, C);
+  auto f = [&] {
+    vector<double> y(n * C);
+    cpu::embedding_forward(y.data(), E.data(), tok.data(), n, C);
+    return dot(R, y);
+  };
+  EXPECT_ERR_LT(rel_max_err(dE, fd_grad(E, f)), kFdTol, errname("dE"));
+}
+
+// ---------- rope ----------
+TEST(Kernels, RopeMatchesDoubleLoopAndInverseIsTranspose) {
+  const int64_t n = 5, H = 3, D = 8, ld = H * D + 4;  // padded rows, as in the fused qkv buffer
+  vector<double> inv = {1.0, 0.3, 0.05, 0.001};
+  vector<int32_t> pos = {0, 1, 2, 0, 9};
+  cpu::RopeTable<float> tf;
+  tf.build(inv, 16);
+  cpu::RopeTable<double> td;
+  td.build(inv, 16);
+  auto x = randn<double>(n * ld, 1);
+  vector<double> ref = x;
+  for (int64_t t = 0; t < n; ++t)
+    for (int64_t h = 0; h < H; ++h)
+      for (int64_t i = 0; i < D / 2; ++i) {
+        const double a = pos[t] * inv[i], x1 = x[t * ld + h * D + i], x2 = x[t * ld + h * D + i + D / 2];
+        ref[t * ld + h * D + i] = x1 * std::cos(a) - x2 * std::sin(a);
+        ref[t * ld + h * D + i + D / 2] = x2 * std::cos(a) + x1 * std::sin(a);
+      }
+  vector<float> xf = cast<float>(x);
+  cpu::rope_apply(xf.data(), n, H, D, ld, pos.data(), tf, false);
+  EXPECT_ERR_LT(rel_max_err(xf, ref), kFp32Tol, errname("xf"));
+  // Backward = inverse rotation: <R, rope(x)> has gradient rope^{-1}(R).
+  auto R = randn<double>(n * ld, 2);
+  vector<double> g = R;
+  cpu::rope_apply(g.data(), n, H, D, ld, pos.data(), td, true);
+  auto f = [&] {
+    vector<double> y = x;
+    cpu::rope_apply(y.data(), n, H, D, ld, pos.data(), td, false);
+    return dot(R, y);
+  };
+  EXPECT_ERR_LT(rel_max_err(g, fd_grad(x, f)), kFdTol, errname("g"));
+}
+
+// ---------- attention ----------
+struct AttnShape {
+  int64_t Hq, Hkv, D;
+  vector<int64_t> cu;
+};
+
+// Reference: every (sequence, head, row) separately, in double.
+static vector<double> ref_attention(const vector<double>& qkv, const AttnShape& s) {
+  const int64_t n = s.cu.back(), Q = s.Hq * s.D, ld = Q + 2 * s.Hkv * s.D;
+  vector<double> out(size_t(n * Q), 0.0);
+  const double scale = 1.0 / std::sqrt(double(s.D));
+  for (size_t si = 0; si + 1 < s.cu.size(); ++si)
+    for (int64_t h = 0; h < s.Hq; ++h) {
+      const int64_t g = h / (s.Hq / s.Hkv);
+      for (int64_t i = s.cu[si]; i < s.cu[si + 1]; ++i) {
+        vector<double> sc;
+        double mx = -1e300;
+        for (int64_t j = s.cu[si]; j <= i; ++j) {
+          double d = 0;
+          for (int64_t k = 0; k < s.D; ++k) d += qkv[i * ld + h * s.D + k] * qkv[j * ld + Q + g * s.D + k];
+          sc.push_back(d * scale);
+          mx = std::max(mx, d * scale);
+        }
+        double sum = 0;
+        for (double& v : sc) sum += (v = std::exp(v - mx));
+        for (int64_t j = s.cu[si]; j <= i; ++j)
+          for (int64_t k = 0; k < s.D; ++k)
+            out[i * Q + h * s.D + k] += sc[j - s.cu[si]] / sum * qkv[j * ld + Q + s.Hkv * s.D + g * s.D + k];
+      }
+    }
+  return out;
+}
+
+template <typename T>
+static cpu::AttentionParams<T> attn_params(T* qkv, T* out, T* lse, const AttnShape& s) {
+  const int64_t n = s.cu.back(), Q = s.Hq * s.D, KV = s.Hkv * s.D;
+  return {qkv, qkv + Q, qkv + Q + KV, Q + 2 * KV, out, Q, lse, s.cu.data(),
+          int64_t(s.cu.size()) - 1, n, s.Hq, s.Hkv, s.D, T(1) / std::sqrt(T(s.D))};
+}
+
+class AttentionTest : public ::testing::TestWithParam<AttnShape> {};
+
+TEST_P(AttentionTest, ForwardMatchesDoubleLoop) {
+  const AttnShape& s = GetParam();
+  const int64_t n = s.cu.back(), Q = s.Hq * s.D, ld = Q + 2 * s.Hkv * s.D;
+  auto qkv = randn<double>(n * ld, 1);
+  vector<float> qkvf = cast<float>(qkv), out(n * Q), lse(s.Hq * n);
+  cpu::attention_forward(attn_params(qkvf.data(), out.data(), lse.data(), s));
+  EXPECT_ERR_LT(rel_max_err(out, ref_attention(qkv, s)), kFp32Tol, errname("out"));
+}
+
+TEST_P(AttentionTest, BackwardMatchesFiniteDifferences) {
+  const AttnShape& s = GetParam();
+  const int64_t n = s.cu.back(), Q = s.Hq * s.D, ld = Q + 2 * s.Hkv * s.D;
+  auto qkv = randn<double>(n * ld, 1), R = randn<double>(n * Q, 2);
+  vector<double> out(n * Q), lse(s.Hq * n), dqkv(n * ld, 0.0);
+  auto p = attn_params(qkv.data(), out.data(), lse.data(), s);
+  cpu::attention_forward(p);
+  cpu::attention_backward(p, cpu::AttentionGradParams<double>{R.data(), dqkv.data(), dqkv.data() + Q,
+                                                              dqkv.data() + Q + s.Hkv * s.D, ld});
+  EXPECT_ERR_LT(rel_max_err(dqkv, fd_grad(qkv, [&] { return dot(R, ref_attention(qkv, s)); })), kFdTol, errname("dqkv"));
+}
+
+// MHA, GQA, MQA; a length-1 sequence; a sequence longer than the 64-row block.
+INSTANTIATE_TEST_SUITE_P(Shapes, AttentionTest,
+                         ::testing::Values(AttnShape{2, 2, 4, {0, 3, 4, 9}},
+                                           AttnShape{4, 2, 6, {0, 5, 6, 13}},
+                                           AttnShape{3, 1, 4, {0, 1, 8}},
+                                           AttnShape{2, 1, 4, {0, 70, 75}}));
+
+// ---------- log-probs through the LM head ----------
+static vector<double> ref_logprob(const vector<double>& h, const vector<double>& W, const vector<int32_t>& rows,
+                                  const vector<int32_t>& tg, int64_t C, int64_t V) {
+  vector<double> lp;
+  for (size_t i = 0; i < rows.size(); ++i) {
+    vector<double> z(V);
+    double mx = -1e300;
+    for (int64_t v = 0; v < V; ++v) {
+      double s = 0;
+      for (int64_t c = 0; c < C; ++c) s += h[rows[i] * C + c] * W[v * C + c];
+      mx = std::max(mx, z[v] = s);
+    }
+    double sum = 0;
+    for (double x : z) sum += std::exp(x - mx);
+    lp.push_back(z[tg[i]] - mx - std::log(sum));
+  }
+  return lp;
+}
+
+TEST(Kernels, LogprobForwardMatchesDoubleLoopWithAndWithoutCache) {
+  const int64_t n = 300, C = 8, V = 37;  // n > one 256-row chunk
+  vector<int32_t> rows, tg;
+  for (int32_t t = 0; t < n; ++t)
+    if (t % 3 != 1) rows.push_back(t), tg.push_back((t * 7) % V);
+  auto h = randn<double>(n * C, 1), W = randn<double>(V * C, 2);
+  auto ref = ref_logprob(h, W, rows, tg, C, V);
+  vector<float> hf = cast<float>(h), Wf = cast<float>(W);
+  cpu::LogprobParams<float> p{hf.data(), Wf.data(), C, V, rows.data(), tg.data(), int64_t(rows.size())};
+  vector<float> lp(rows.size()), lse(rows.size()), lp2(rows.size()), cache(rows.size() * V);
+  cpu::logprob_forward(p, lp.data(), lse.data(), (float*)nullptr);
+  cpu::logprob_forward(p, lp2.data(), lse.data(), cache.data());
+  EXPECT_ERR_LT(rel_max_err(lp, ref), kFp32Tol, errname("lp"));
+  EXPECT_EQ(lp, lp2);
+}
+
+TEST(Kernels, LogprobBackwardMatchesFiniteDifferences) {
+  const int64_t n = 6, C = 5, V = 11;
+  vector<int32_t> rows = {0, 2, 3, 5}, tg = {1, 10, 0, 1};
+  auto h = randn<double>(n * C, 1), W = randn<double>(V * C, 2), coef = randn<double>(rows.size(), 3);
+  auto f = [&] { return dot(coef, ref_logprob(h, W, rows, tg, C, V)); };
+  for (bool use_cache : {false, true}) {
+    cpu::LogprobParams<double> p{h.data(), W.data(), C, V, rows.data(), tg.data(), int64_t(rows.size())};
+    vector<double> lp(rows.size()), lse(rows.size()), cache(rows.size() * V), dh(n * C, 0.0), dW(V * C, 0.0);
+    cpu::logprob_forward(p, lp.data(), lse.data(), use_cache ? cache.data() : (double*)nullptr);
+    cpu::logprob_backward(p, coef.data(), lse.data(), use_cache ? cache.data() : (double*)nullptr, dh.data(), dW.data());
+    EXPECT_ERR_LT(rel_max_err(dh, fd_grad(h, f)), kFdTol, errname(std::string("dh cache=") + std::to_string(use_cache)));
+    EXPECT_ERR_LT(rel_max_err(dW, fd_grad(W, f)), kFdTol, errname(std::string("dW cache=") + std::to_string(use_cache)));
+    for (int64_t t : {1, 4})  // rows without a target get no gradient
+      for (int64_t c = 0; c < C; ++c) EXPECT_EQ(dh[t * C + c], 0.0);
+  }
+}

@@ -1,0 +1,154 @@
+// The whole decoder: gradients of a weighted sum of token log-probs against central finite differences
+// in double (every parameter of tiny models covering each architecture option), the fp32 model
+// against the double one, packing invariance and bit-exact determinism.
+#include <gtest/gtest.h>
+
+#include "metapo/core/error.h"
+#include "metapo/model/init.h"
+#include "metapo/model/llama.h"
+#include "test_util.h"
+
+using namespace metapo;
+using namespace metapo::test;
+using std::vector;
+
+namespace {
+
+LlamaConfig tiny_config(const std::string& variant) {
+  LlamaConfig c;
+  c.vocab_size = 13, c.hidden_size = 8, c.intermediate_size = 12, c.num_hidden_layers = 2;
+  c.num_attention_heads = 4, c.num_key_value_heads = 2, c.head_dim = 4, c.rms_norm_eps = 1e-5;
+  if (variant == "qwen2_tied_bias_mqa") {
+    c.model_type = "qwen2", c.attention_bias = true, c.tie_word_embeddings = true;
+    c.num_key_value_heads = 1;
+  } else if (variant == "llama3_rope_headdim") {
+    c.head_dim = 6;  // != hidden / heads
+    c.rope_theta = 500000, c.rope_scaling.type = "llama3", c.rope_scaling.factor = 8;
+    c.rope_scaling.original_max_position_embeddings = 4;
+  } else if (variant == "mha") {
+    c.num_key_value_heads = 4;
+  }
+  return c;
+}
+
+PackedBatch small_batch() {
+  PackedBatch b;
+  b.add({1, 5, 7, 2, 11, 3});
+  b.add({4});
+  b.add({12, 0, 9, 9});
+  return b;
+}
+
+// Parameters drawn so norms, biases and every matrix are far from trivial.
+template <typename T>
+vector<T> rich_params(const LlamaConfig& c, uint64_t seed) {
+  vector<double> p = randn<double>(ParamLayout(c).total(), seed, 0.4);
+  for (const auto& e : ParamLayout(c).tensors())
+    if (e.name.find("norm") != std::string::npos)
+      for (size_t i = 0; i < e.numel; ++i) p[e.offset + i] += 1.0;
+  return cast<T>(p);
+}
+
+class ModelFD : public ::testing::TestWithParam<std::string> {};
+
+TEST_P(ModelFD, GradientMatchesFiniteDifferencesForEveryParameter) {
+  const LlamaConfig c = tiny_config(GetParam());
+  LlamaModel<double> m(c);
+  const PackedBatch b = small_batch();
+  vector<uint8_t> mask = {0, 0, 1, 1, 1, 1, 1, 0, 1, 1, 1};
+  const vector<int32_t> tg = next_token_targets(b, mask.data());
+  const vector<double> coef = randn<double>(size_t(b.n_tokens()), 7);
+  vector<double> p = rich_params<double>(c, 3);
+  vector<double> logp(size_t(b.n_tokens()));
+  auto objective = [&] {
+    m.forward(p.data(), b, tg.data(), logp.data());
+    return dot(coef, logp);
+  };
+  objective();
+  vector<double> g(p.size(), 0.0);
+  m.backward(p.data(), coef.data(), g.data());
+  const vector<double> fd = fd_grad(p, objective);
+  // Per tensor, so a failure names the tensor.
+  for (const auto& e : m.layout().tensors()) {
+    vector<double> a(g.begin() + e.offset, g.begin() + e.offset + e.numel);
+    vector<double> n(fd.begin() + e.offset, fd.begin() + e.offset + e.numel);
+    EXPECT_ERR_LT(rel_max_err(a, n), 1e-6, errname(e.name));
+  }
+}
+
+INSTANTIATE_TEST_SUITE_P(Variants, ModelFD,
+                         ::testing::Values("gqa", "mha", "qwen2_tied_bias_mqa", "llama3_rope_headdim"));
+
+TEST(Model, Fp32AgreesWithDouble) {
+  const LlamaConfig c = tiny_config("gqa");
+  const PackedBatch b = small_batch();
+  const vector<int32_t> tg = next_token_targets(b, nullptr);
+  const vector<double> pd = rich_params<double>(c, 5);
+  const vector<float> pf = cast<float>(pd);
+  vector<double> ld(b.n_tokens()), gd(pd.size(), 0.0), ones(b.n_tokens(), 1.0);
+  vector<float> lf(b.n_tokens()), gf(pd.size(), 0.0f), onesf(b.n_tokens(), 1.0f);
+  LlamaModel<double> md(c);
+  LlamaModel<float> mf(c);
+  md.forward(pd.data(), b, tg.data(), ld.data());
+  md.backward(pd.data(), ones.data(), gd.data());
+  mf.forward(pf.data(), b, tg.data(), lf.data());
+  mf.backward(pf.data(), onesf.data(), gf.data());
+  EXPECT_ERR_LT(rel_max_err(lf, ld), 1e-5, errname("logp"));
+  EXPECT_ERR_LT(rel_max_err(gf, gd), 1e-4, errname("grad"));
+}
+
+TEST(Model, PackingDoesNotChangeResults) {
+  // A sequence scored alone and inside a pack gives the same log-probs (attention never crosses
+  // sequences, positions restart at 0).
+  const LlamaConfig c = tiny_config("gqa");
+  const vector<float> p = rich_params<float>(c, 9);
+  LlamaModel<float> m(c);
+  const PackedBatch b = small_batch();
+  vector<float> all(b.n_tokens());
+  auto tg = next_token_targets(b, nullptr);
+  m.forward(p.data(), b, tg.data(), all.data());
+  for (int64_t s = 0; s < b.n_seqs(); ++s) {
+    PackedBatch one;
+    one.add(vector<int32_t>(b.tokens.begin() + b.cu_seqlens[s], b.tokens.begin() + b.cu_seqlens[s + 1]));
+    vector<float> lp(one.n_tokens());
+    auto t1 = next_token_targets(one, nullptr);
+    m.forward(p.data(), one, t1.data(), lp.data());
+    for (int64_t t = 0; t < one.n_tokens(); ++t) EXPECT_NEAR(lp[t], all[b.cu_seqlens[s] + t], 2e-6);
+  }
+}
+
+TEST(Model, RunsAreBitIdentical) {
+  const LlamaConfig c = tiny_config("qwen2_tied_bias_mqa");
+  const vector<float> p = init_params(c, 1);
+  const PackedBatch b = small_batch();
+  auto tg = next_token_targets(b, nullptr);
+  vector<float> ones(b.n_tokens(), 1.0f);
+  vector<vector<float>> grads;
+  for (int run = 0; run < 2; ++run) {
+    LlamaModel<float> m(c);
+    vector<float> lp(b.n_tokens()), g(p.size(), 0.0f);
+    m.forward(p.data(), b, tg.data(), lp.data());
+    m.backward(p.data(), ones.data(), g.data());
+    grads.push_back(g);
+  }
+  EXPECT_EQ(grads[0], grads[1]);
+}
+
+TEST(Model, BadInputsAreClearErrors) {
+  const LlamaConfig c = tiny_config("gqa");
+  const vector<float> p = init_params(c, 1);
+  LlamaModel<float> m(c);
+  PackedBatch b;
+  b.add({1, 2, 13});  // 13 is outside the vocabulary of 13
+  auto tg = next_token_targets(b, nullptr);
+  vector<float> lp(3), g(p.size());
+  try {
+    m.forward(p.data(), b, tg.data(), lp.data());
+    FAIL() << "no error";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("token id 13"), std::string::npos) << e.what();
+  }
+  EXPECT_THROW(m.backward(p.data(), lp.data(), g.data()), Error);  // no forward to go back through
+}
+
+}  // namespace
