@@ -168,7 +168,8 @@ TEST(HfModel, LlamaGqaUntiedLlama3RoundTrip) {
   EXPECT_TRUE(same_bits(m.params, p));
   // Exactly the layout's tensors, untied head included, as F32.
   SafetensorsReader r(dir + "/model.safetensors");
-  EXPECT_EQ(r.tensors().size(), ParamLayout(c).tensors().size());
+  const ParamLayout lay(c);
+  EXPECT_EQ(r.tensors().size(), lay.tensors().size());
   EXPECT_NE(r.find("lm_head.weight"), nullptr);
   EXPECT_EQ(r.find("model.layers.1.self_attn.k_proj.weight")->shape,
             (std::vector<int64_t>{32, 48}));
@@ -313,7 +314,8 @@ TEST(HfModel, MissingTensor) {
   const auto p = save_llama(tmp / "m");
   auto t = tensors_of(c, p);
   t.erase(t.begin() + 3);  // model.layers.0.self_attn.k_proj.weight
-  ASSERT_EQ(ParamLayout(c).tensors()[3].name, "model.layers.0.self_attn.k_proj.weight");
+  const ParamLayout lay(c);
+  ASSERT_EQ(lay.tensors()[3].name, "model.layers.0.self_attn.k_proj.weight");
   write_safetensors(tmp / "m/model.safetensors", t, "F32");
   expect_error([&] { load_hf_model(tmp / "m"); },
                {"model.safetensors", "model.layers.0.self_attn.k_proj.weight", "missing"});

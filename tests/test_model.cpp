@@ -42,8 +42,9 @@ PackedBatch small_batch() {
 // Parameters drawn so norms, biases and every matrix are far from trivial.
 template <typename T>
 vector<T> rich_params(const LlamaConfig& c, uint64_t seed) {
-  vector<double> p = randn<double>(ParamLayout(c).total(), seed, 0.4);
-  for (const auto& e : ParamLayout(c).tensors())
+  const ParamLayout lay(c);
+  vector<double> p = randn<double>(lay.total(), seed, 0.4);
+  for (const auto& e : lay.tensors())
     if (e.name.find("norm") != std::string::npos)
       for (size_t i = 0; i < e.numel; ++i) p[e.offset + i] += 1.0;
   return cast<T>(p);

@@ -86,8 +86,10 @@ def reference(model, tokens, mask):
 
 def compare(args):
     import torch
+    import transformers
     from transformers import AutoModelForCausalLM
 
+    transformers.utils.logging.disable_progress_bar()
     inputs, scored = read_jsonl(args.input), read_jsonl(args.scored)
     if len(inputs) != len(scored):
         fail(f"{args.input} has {len(inputs)} sequences but {args.scored} has {len(scored)} lines")

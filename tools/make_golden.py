@@ -181,12 +181,14 @@ def rope_inv_freq_f64(cfg):
     for f in base.tolist():
         wl = 2 * math.pi / f
         if wl < high_wl:
-            scaled.append(f), kinds.append("kept")
+            kind, g = "kept", f
         elif wl > low_wl:
-            scaled.append(f / factor), kinds.append("divided")
+            kind, g = "divided", f / factor
         else:
             smooth = (old / wl - lo) / (hi - lo)
-            scaled.append((1 - smooth) * f / factor + smooth * f), kinds.append("smoothed")
+            kind, g = "smoothed", (1 - smooth) * f / factor + smooth * f
+        scaled.append(g)
+        kinds.append(kind)
     return base, torch.tensor(scaled, dtype=torch.float64), kinds
 
 

@@ -30,7 +30,8 @@ int cmd_bench(Context& ctx, int argc, char** argv) {
     ("batch", po::value(&B)->default_value(8), "sequences per packed micro-batch")
     ("steps", po::value(&steps)->default_value(5), "timed steps")
     ("warmup", po::value(&warmup)->default_value(2), "untimed steps first")
-    ("seed", po::value(&seed)->default_value(0), "seed for the tokens and a preset's weights");
+    ("seed", po::value(&seed)->default_value(0), "seed for the tokens and a preset's weights")
+    ("profile", po::bool_switch(), "print the time per operation over the timed steps");
   po::variables_map vm;
   if (!parse_args("bench", "metapo bench (--model DIR | --preset NAME) --seq-len T --batch B --steps S",
                   desc, argc, argv, vm, ctx))
@@ -66,6 +67,7 @@ int cmd_bench(Context& ctx, int argc, char** argv) {
                 (long long)m.params.size(), (long long)B, (long long)T, ctx.threads, flops / 1e9);
   std::vector<double> times;
   for (int it = 0; it < warmup + steps; ++it) {
+    model.profile().enabled = vm["profile"].as<bool>() && it >= warmup;
     Timer tm;
     std::fill(grads.begin(), grads.end(), 0.0f);
     model.forward(m.params.data(), b, targets.data(), logp.data());
@@ -79,6 +81,13 @@ int cmd_bench(Context& ctx, int argc, char** argv) {
                   double(b.n_tokens()) / s, flops / s / 1e9, obj);
   }
   const double mean = std::accumulate(times.begin(), times.end(), 0.0) / double(times.size());
+  if (root && vm["profile"].as<bool>()) {
+    double tot = 0;
+    for (const auto& [name, sec] : model.profile().seconds) tot += sec;
+    std::printf("%-22s %10s %6s\n", "operation", "ms/step", "share");
+    for (const auto& [name, sec] : model.profile().seconds)
+      std::printf("%-22s %10.1f %5.1f%%\n", name.c_str(), sec / steps * 1e3, 100 * sec / tot);
+  }
   if (root) {
     nlohmann::json j;
     j["tokens_per_s"] = double(b.n_tokens()) / mean;

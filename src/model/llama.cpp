@@ -62,7 +62,7 @@ void LlamaModel<T>::forward(const T* params, const PackedBatch& b, const int32_t
   // x = embed(tokens)                                                   [n, C]
   std::vector<T>& x0 = acts_.empty() ? x_final_ : acts_[0].x_in;
   resize(x0, n * C);
-  cpu::embedding_forward(x0.data(), w.embed, b.tokens.data(), n, C);
+  prof_.run("embedding", [&] { cpu::embedding_forward(x0.data(), w.embed, b.tokens.data(), n, C); });
 
   for (size_t l = 0; l < acts_.size(); ++l) {
     LayerActs& a = acts_[l];
@@ -72,31 +72,31 @@ void LlamaModel<T>::forward(const T* params, const PackedBatch& b, const int32_t
     resize(a.gu, n * 2 * I), resize(a.h, n * I);
 
     // Attention block: xn1 = norm(x_in); qkv = xn1 Wqkv^T (+b); rope(q, k); att = attn(q, k, v)
-    cpu::rmsnorm_forward(a.xn1.data(), a.rstd1.data(), a.x_in.data(), lw.attn_norm, n, C, c.rms_norm_eps);
-    cpu::linear_forward(a.qkv.data(), a.xn1.data(), lw.wqkv, lw.bqkv, n, C, QKV);     // [n, QKV]
-    cpu::rope_apply(a.qkv.data(), n, Hq, D, QKV, pos_.data(), rope_, false);           // q
-    cpu::rope_apply(a.qkv.data() + Q, n, Hkv, D, QKV, pos_.data(), rope_, false);      // k
+    prof_.run("rmsnorm", [&] { cpu::rmsnorm_forward(a.xn1.data(), a.rstd1.data(), a.x_in.data(), lw.attn_norm, n, C, c.rms_norm_eps); });
+    prof_.run("qkv_proj", [&] { cpu::linear_forward(a.qkv.data(), a.xn1.data(), lw.wqkv, lw.bqkv, n, C, QKV); });  // [n, QKV]
+    prof_.run("rope", [&] { cpu::rope_apply(a.qkv.data(), n, Hq, D, QKV, pos_.data(), rope_, false); });  // q
+    prof_.run("rope", [&] { cpu::rope_apply(a.qkv.data() + Q, n, Hkv, D, QKV, pos_.data(), rope_, false); });  // k
     cpu::AttentionParams<T> ap{a.qkv.data(), a.qkv.data() + Q, a.qkv.data() + Q + c.kv_dim(), QKV,
                                a.att.data(), Q, a.lse.data(), b.cu_seqlens.data(), b.n_seqs(), n,
                                Hq, Hkv, D, T(1) / std::sqrt(T(D))};
-    cpu::attention_forward(ap);                                                         // [n, Q]
+    prof_.run("attention", [&] { cpu::attention_forward(ap); });  // [n, Q]
     // x_mid = x_in + att Wo^T (the GEMM accumulates onto the copied residual)
     std::memcpy(a.x_mid.data(), a.x_in.data(), sizeof(T) * n * C);
-    cpu::gemm<T>(false, true, n, C, Q, T(1), a.att.data(), Q, lw.wo, Q, T(1), a.x_mid.data(), C);
+    prof_.run("o_proj", [&] { cpu::gemm<T>(false, true, n, C, Q, T(1), a.att.data(), Q, lw.wo, Q, T(1), a.x_mid.data(), C); });
 
     // MLP block: xn2 = norm(x_mid); gu = xn2 Wgu^T; h = silu(g) u; x_out = x_mid + h Wdown^T
-    cpu::rmsnorm_forward(a.xn2.data(), a.rstd2.data(), a.x_mid.data(), lw.mlp_norm, n, C, c.rms_norm_eps);
-    cpu::linear_forward(a.gu.data(), a.xn2.data(), lw.wgu, (const T*)nullptr, n, C, 2 * I);  // [n, 2I]
-    cpu::swiglu_forward(a.h.data(), a.gu.data(), n, I);                                     // [n, I]
+    prof_.run("rmsnorm", [&] { cpu::rmsnorm_forward(a.xn2.data(), a.rstd2.data(), a.x_mid.data(), lw.mlp_norm, n, C, c.rms_norm_eps); });
+    prof_.run("gate_up_proj", [&] { cpu::linear_forward(a.gu.data(), a.xn2.data(), lw.wgu, (const T*)nullptr, n, C, 2 * I); });  // [n, 2I]
+    prof_.run("swiglu", [&] { cpu::swiglu_forward(a.h.data(), a.gu.data(), n, I); });  // [n, I]
     std::vector<T>& x_out = l + 1 < acts_.size() ? acts_[l + 1].x_in : x_final_;
     resize(x_out, n * C);
     std::memcpy(x_out.data(), a.x_mid.data(), sizeof(T) * n * C);
-    cpu::gemm<T>(false, true, n, C, I, T(1), a.h.data(), I, lw.wdown, I, T(1), x_out.data(), C);
+    prof_.run("down_proj", [&] { cpu::gemm<T>(false, true, n, C, I, T(1), a.h.data(), I, lw.wdown, I, T(1), x_out.data(), C); });
   }
 
   // Final norm and the LM head, only on rows that have a target.
   resize(hN_, n * C), resize(rstdN_, n);
-  cpu::rmsnorm_forward(hN_.data(), rstdN_.data(), x_final_.data(), w.final_norm, n, C, c.rms_norm_eps);
+  prof_.run("rmsnorm", [&] { cpu::rmsnorm_forward(hN_.data(), rstdN_.data(), x_final_.data(), w.final_norm, n, C, c.rms_norm_eps); });
   rows_.clear(), row_targets_.clear();
   for (int64_t t = 0; t < n; ++t)
     if (targets[t] >= 0) {
@@ -109,7 +109,7 @@ void LlamaModel<T>::forward(const T* params, const PackedBatch& b, const int32_t
   const bool cache = size_t(nr) * size_t(V) * sizeof(T) <= cache_budget_;
   resize(probs_, cache ? nr * V : 0);
   cpu::LogprobParams<T> lp{hN_.data(), w.lm_head, C, V, rows_.data(), row_targets_.data(), nr};
-  cpu::logprob_forward(lp, row_logp.data(), row_lse_.data(), cache ? probs_.data() : nullptr);
+  prof_.run("lm_head_logprob", [&] { cpu::logprob_forward(lp, row_logp.data(), row_lse_.data(), cache ? probs_.data() : nullptr); });
   std::fill(logp, logp + n, T(0));
   for (int64_t i = 0; i < nr; ++i) logp[rows_[i]] = row_logp[i];
   have_forward_ = true;
@@ -133,10 +133,10 @@ void LlamaModel<T>::backward(const T* params, const T* dlogp, T* grads) {
   for (int64_t i = 0; i < nr; ++i) coef[i] = dlogp[rows_[i]];
   std::vector<T> dhN(size_t(n * C), T(0)), dx(size_t(n * C));
   cpu::LogprobParams<T> lp{hN_.data(), w.lm_head, C, V, rows_.data(), row_targets_.data(), nr};
-  cpu::logprob_backward(lp, coef.data(), row_lse_.data(), probs_.empty() ? nullptr : probs_.data(),
-                        dhN.data(), g.lm_head);
-  cpu::rmsnorm_backward(dx.data(), g.final_norm, dhN.data(), x_final_.data(), w.final_norm,
-                        rstdN_.data(), n, C, false);
+  prof_.run("lm_head_logprob.bwd", [&] { cpu::logprob_backward(lp, coef.data(), row_lse_.data(), probs_.empty() ? nullptr : probs_.data(),
+                        dhN.data(), g.lm_head); });
+  prof_.run("rmsnorm.bwd", [&] { cpu::rmsnorm_backward(dx.data(), g.final_norm, dhN.data(), x_final_.data(), w.final_norm,
+                        rstdN_.data(), n, C, false); });
   dhN = {};
 
   // dx is the gradient with respect to the current layer's output (the residual stream).
@@ -148,27 +148,27 @@ void LlamaModel<T>::backward(const T* params, const T* dlogp, T* grads) {
     const LayerView<T>& lg = g.layers[li];
 
     // MLP block backward.
-    cpu::linear_backward(dh.data(), lg.wdown, (T*)nullptr, dx.data(), a.h.data(), lw.wdown, n, I, C);
-    cpu::swiglu_backward(dgu.data(), dh.data(), a.gu.data(), n, I);
-    cpu::linear_backward(dxn.data(), lg.wgu, (T*)nullptr, dgu.data(), a.xn2.data(), lw.wgu, n, C, 2 * I);
-    cpu::rmsnorm_backward(dx.data(), lg.mlp_norm, dxn.data(), a.x_mid.data(), lw.mlp_norm,
-                          a.rstd2.data(), n, C, true);  // dx: now w.r.t. x_mid
+    prof_.run("down_proj.bwd", [&] { cpu::linear_backward(dh.data(), lg.wdown, (T*)nullptr, dx.data(), a.h.data(), lw.wdown, n, I, C); });
+    prof_.run("swiglu.bwd", [&] { cpu::swiglu_backward(dgu.data(), dh.data(), a.gu.data(), n, I); });
+    prof_.run("gate_up_proj.bwd", [&] { cpu::linear_backward(dxn.data(), lg.wgu, (T*)nullptr, dgu.data(), a.xn2.data(), lw.wgu, n, C, 2 * I); });
+    prof_.run("rmsnorm.bwd", [&] { cpu::rmsnorm_backward(dx.data(), lg.mlp_norm, dxn.data(), a.x_mid.data(), lw.mlp_norm,
+                          a.rstd2.data(), n, C, true); });  // dx: now w.r.t. x_mid
 
     // Attention block backward.
-    cpu::linear_backward(datt.data(), lg.wo, (T*)nullptr, dx.data(), a.att.data(), lw.wo, n, Q, C);
+    prof_.run("o_proj.bwd", [&] { cpu::linear_backward(datt.data(), lg.wo, (T*)nullptr, dx.data(), a.att.data(), lw.wo, n, Q, C); });
     cpu::AttentionParams<T> ap{a.qkv.data(), a.qkv.data() + Q, a.qkv.data() + Q + KV, QKV,
                                const_cast<T*>(a.att.data()), Q, const_cast<T*>(a.lse.data()),
                                b.cu_seqlens.data(), b.n_seqs(), n, Hq, Hkv, D,
                                T(1) / std::sqrt(T(D))};
     cpu::AttentionGradParams<T> agp{datt.data(), dqkv.data(), dqkv.data() + Q, dqkv.data() + Q + KV, QKV};
-    cpu::attention_backward(ap, agp);
-    cpu::rope_apply(dqkv.data(), n, Hq, D, QKV, pos_.data(), rope_, true);        // dq before rope
-    cpu::rope_apply(dqkv.data() + Q, n, Hkv, D, QKV, pos_.data(), rope_, true);   // dk before rope
-    cpu::linear_backward(dxn.data(), lg.wqkv, lg.bqkv, dqkv.data(), a.xn1.data(), lw.wqkv, n, C, QKV);
-    cpu::rmsnorm_backward(dx.data(), lg.attn_norm, dxn.data(), a.x_in.data(), lw.attn_norm,
-                          a.rstd1.data(), n, C, true);  // dx: now w.r.t. x_in
+    prof_.run("attention.bwd", [&] { cpu::attention_backward(ap, agp); });
+    prof_.run("rope.bwd", [&] { cpu::rope_apply(dqkv.data(), n, Hq, D, QKV, pos_.data(), rope_, true); });  // dq before rope
+    prof_.run("rope.bwd", [&] { cpu::rope_apply(dqkv.data() + Q, n, Hkv, D, QKV, pos_.data(), rope_, true); });  // dk before rope
+    prof_.run("qkv_proj.bwd", [&] { cpu::linear_backward(dxn.data(), lg.wqkv, lg.bqkv, dqkv.data(), a.xn1.data(), lw.wqkv, n, C, QKV); });
+    prof_.run("rmsnorm.bwd", [&] { cpu::rmsnorm_backward(dx.data(), lg.attn_norm, dxn.data(), a.x_in.data(), lw.attn_norm,
+                          a.rstd1.data(), n, C, true); });  // dx: now w.r.t. x_in
   }
-  cpu::embedding_backward(g.embed, dx.data(), b.tokens.data(), n, C);
+  prof_.run("embedding.bwd", [&] { cpu::embedding_backward(g.embed, dx.data(), b.tokens.data(), n, C); });
 }
 
 template <typename T>

@@ -16,3 +16,24 @@ class Timer {
 };
 
 }  // namespace metapo
+
+#include <map>
+#include <string>
+
+namespace metapo {
+
+// Seconds spent per named operation, accumulated while enabled (metapo bench --profile).
+class OpProfile {
+ public:
+  bool enabled = false;
+  std::map<std::string, double> seconds;
+  template <typename F>
+  void run(const char* name, F&& f) {
+    if (!enabled) return f();
+    Timer t;
+    f();
+    seconds[name] += t.seconds();
+  }
+};
+
+}  // namespace metapo

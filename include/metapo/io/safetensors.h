@@ -29,7 +29,9 @@ class SafetensorsReader {
   explicit SafetensorsReader(const std::string& path);
 
   const std::string& path() const { return path_; }
-  const std::vector<SafetensorsEntry>& tensors() const { return tensors_; }  // sorted by name
+  const std::vector<SafetensorsEntry>& tensors() const& { return tensors_; }  // sorted by name
+  // `for (auto& e : SafetensorsReader(p).tensors())` would iterate a destroyed vector: refuse it.
+  void tensors() const&& = delete;
   const SafetensorsEntry* find(const std::string& name) const;  // nullptr if absent
   const nlohmann::json& metadata() const { return metadata_; }  // "__metadata__", or {}
 

@@ -40,7 +40,9 @@ class ParamLayout {
   explicit ParamLayout(const LlamaConfig& c);
 
   size_t total() const { return total_; }
-  const std::vector<TensorEntry>& tensors() const { return tensors_; }
+  const std::vector<TensorEntry>& tensors() const& { return tensors_; }
+  // `for (auto& e : ParamLayout(c).tensors())` would iterate a destroyed layout: make it not compile.
+  void tensors() const&& = delete;
   // Returns nullptr when no tensor has that name.
   const TensorEntry* find(const std::string& name) const;
 

@@ -6,6 +6,7 @@
 #include <cstdint>
 #include <vector>
 
+#include "metapo/core/timer.h"
 #include "metapo/kernels/rope.h"
 #include "metapo/model/config.h"
 #include "metapo/model/layout.h"
@@ -50,6 +51,9 @@ class LlamaModel {
   // Activation bytes held by the last forward.
   size_t activation_bytes() const;
 
+  // Per-operation times (enable with profile().enabled = true).
+  OpProfile& profile() { return prof_; }
+
  private:
   struct LayerActs {
     std::vector<T> x_in, xn1, rstd1, qkv, att, lse, x_mid, xn2, rstd2, gu, h;
@@ -66,6 +70,7 @@ class LlamaModel {
   std::vector<LayerActs> acts_;
   std::vector<T> x_final_, hN_, rstdN_, row_lse_, probs_;
   bool have_forward_ = false;
+  OpProfile prof_;
 };
 
 extern template class LlamaModel<float>;

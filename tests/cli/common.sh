@@ -1,0 +1,23 @@
+# Sourced by the CLI tests: $1 = metapo binary, $2 = source dir. Each test works in its own temp dir.
+set -euo pipefail
+METAPO="$1"
+SRC="$2"
+WORK=$(mktemp -d)
+trap 'rm -rf "$WORK"' EXIT
+cd "$WORK"
+export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1 OMPI_MCA_rmaps_base_oversubscribe=1
+MPIRUN="mpirun --oversubscribe -np"
+fail() { echo "FAIL: $*"; exit 1; }
+# expect_error "substring" cmd...: the command must exit non-zero, print exactly one stderr line
+# containing the substring (plus nothing else from metapo), and finish within 60 s.
+expect_error() {
+  local want="$1"; shift
+  local rc=0
+  timeout 60 "$@" >out.txt 2>err.txt || rc=$?
+  [ "$rc" -ne 0 ] || fail "expected failure: $*"
+  [ "$rc" -ne 124 ] || fail "hung: $*"
+  grep -q -- "$want" err.txt || { cat err.txt; fail "stderr lacks '$want': $*"; }
+  local n; n=$(grep -c "error:" err.txt)
+  [ "$n" -ge 1 ] || fail "no error line: $*"
+  echo "ok: $(grep -m1 'error:' err.txt)"
+}
