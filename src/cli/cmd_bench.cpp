@@ -8,6 +8,7 @@
 #include <nlohmann/json.hpp>
 
 #include "metapo/cli/commands.h"
+#include "metapo/core/buffer.h"
 #include "metapo/core/error.h"
 #include "metapo/core/rng.h"
 #include "metapo/core/timer.h"
@@ -58,7 +59,7 @@ int cmd_bench(Context& ctx, int argc, char** argv) {
   }
   const std::vector<int32_t> targets = next_token_targets(b, nullptr);
   std::vector<float> logp(size_t(b.n_tokens())), dlogp(size_t(b.n_tokens()), 1.0f);
-  std::vector<float> grads(m.params.size());
+  Buffer<float> grads(m.params.size());
   const double flops = train_flops(c, b);
 
   const bool root = ctx.topo.is_root();

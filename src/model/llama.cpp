@@ -28,8 +28,8 @@ LlamaModel<T>::LlamaModel(const LlamaConfig& c) : cfg_(c), lay_(c), inv_freq_(ro
   acts_.resize(size_t(c.num_hidden_layers));
 }
 
-template <typename T>
-static void resize(std::vector<T>& v, int64_t n) {
+template <typename V>
+static void resize(V& v, int64_t n) {
   v.resize(size_t(n));  // keeps capacity across steps: no reallocation once shapes settle
 }
 
@@ -60,7 +60,7 @@ void LlamaModel<T>::forward(const T* params, const PackedBatch& b, const int32_t
   batch_ = b;
 
   // x = embed(tokens)                                                   [n, C]
-  std::vector<T>& x0 = acts_.empty() ? x_final_ : acts_[0].x_in;
+  Buffer<T>& x0 = acts_.empty() ? x_final_ : acts_[0].x_in;
   resize(x0, n * C);
   prof_.run("embedding", [&] { cpu::embedding_forward(x0.data(), w.embed, b.tokens.data(), n, C); });
 
@@ -88,7 +88,7 @@ void LlamaModel<T>::forward(const T* params, const PackedBatch& b, const int32_t
     prof_.run("rmsnorm", [&] { cpu::rmsnorm_forward(a.xn2.data(), a.rstd2.data(), a.x_mid.data(), lw.mlp_norm, n, C, c.rms_norm_eps); });
     prof_.run("gate_up_proj", [&] { cpu::linear_forward(a.gu.data(), a.xn2.data(), lw.wgu, (const T*)nullptr, n, C, 2 * I); });  // [n, 2I]
     prof_.run("swiglu", [&] { cpu::swiglu_forward(a.h.data(), a.gu.data(), n, I); });  // [n, I]
-    std::vector<T>& x_out = l + 1 < acts_.size() ? acts_[l + 1].x_in : x_final_;
+    Buffer<T>& x_out = l + 1 < acts_.size() ? acts_[l + 1].x_in : x_final_;
     resize(x_out, n * C);
     std::memcpy(x_out.data(), a.x_mid.data(), sizeof(T) * n * C);
     prof_.run("down_proj", [&] { cpu::gemm<T>(false, true, n, C, I, T(1), a.h.data(), I, lw.wdown, I, T(1), x_out.data(), C); });
@@ -129,19 +129,23 @@ void LlamaModel<T>::backward(const T* params, const T* dlogp, T* grads) {
 
   // LM head: dhN = dlogits W, dW_head += dlogits^T hN (tied: lands in the embedding gradient).
   const int64_t nr = int64_t(rows_.size());
-  std::vector<T> coef(static_cast<size_t>(nr));
+  // Workspaces are members: their pages stay mapped from step to step.
+  BackwardWork& wk = work_;
+  Buffer<T>& coef = wk.coef;
+  resize(coef, nr);
   for (int64_t i = 0; i < nr; ++i) coef[i] = dlogp[rows_[i]];
-  std::vector<T> dhN(size_t(n * C), T(0)), dx(size_t(n * C));
+  Buffer<T>&dhN = wk.dxn, &dx = wk.dx;
+  resize(dhN, n * C), resize(dx, n * C);
+  std::fill(dhN.begin(), dhN.end(), T(0));
   cpu::LogprobParams<T> lp{hN_.data(), w.lm_head, C, V, rows_.data(), row_targets_.data(), nr};
   prof_.run("lm_head_logprob.bwd", [&] { cpu::logprob_backward(lp, coef.data(), row_lse_.data(), probs_.empty() ? nullptr : probs_.data(),
                         dhN.data(), g.lm_head); });
   prof_.run("rmsnorm.bwd", [&] { cpu::rmsnorm_backward(dx.data(), g.final_norm, dhN.data(), x_final_.data(), w.final_norm,
                         rstdN_.data(), n, C, false); });
-  dhN = {};
 
   // dx is the gradient with respect to the current layer's output (the residual stream).
-  std::vector<T> dh(size_t(n * I)), dgu(size_t(n * 2 * I)), dxn(size_t(n * C)), datt(size_t(n * Q));
-  std::vector<T> dqkv(size_t(n * QKV));
+  Buffer<T>&dh = wk.dh, &dgu = wk.dgu, &dxn = wk.dxn, &datt = wk.datt, &dqkv = wk.dqkv;
+  resize(dh, n * I), resize(dgu, n * 2 * I), resize(datt, n * Q), resize(dqkv, n * QKV);
   for (size_t li = acts_.size(); li-- > 0;) {
     const LayerActs& a = acts_[li];
     const LayerView<const T>& lw = w.layers[li];

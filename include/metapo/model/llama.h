@@ -6,6 +6,7 @@
 #include <cstdint>
 #include <vector>
 
+#include "metapo/core/buffer.h"
 #include "metapo/core/timer.h"
 #include "metapo/kernels/rope.h"
 #include "metapo/model/config.h"
@@ -56,7 +57,7 @@ class LlamaModel {
 
  private:
   struct LayerActs {
-    std::vector<T> x_in, xn1, rstd1, qkv, att, lse, x_mid, xn2, rstd2, gu, h;
+    Buffer<T> x_in, xn1, rstd1, qkv, att, lse, x_mid, xn2, rstd2, gu, h;
   };
   LlamaConfig cfg_;
   ParamLayout lay_;
@@ -68,8 +69,11 @@ class LlamaModel {
   PackedBatch batch_;
   std::vector<int32_t> pos_, rows_, row_targets_;
   std::vector<LayerActs> acts_;
-  std::vector<T> x_final_, hN_, rstdN_, row_lse_, probs_;
+  Buffer<T> x_final_, hN_, rstdN_, row_lse_, probs_;
   bool have_forward_ = false;
+  struct BackwardWork {
+    Buffer<T> coef, dx, dxn, dh, dgu, datt, dqkv;
+  } work_;
   OpProfile prof_;
 };
 

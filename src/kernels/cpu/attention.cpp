@@ -6,6 +6,7 @@
 #include <vector>
 
 #include "metapo/kernels/gemm.h"
+#include "metapo/kernels/vec_math.h"
 
 namespace metapo::cpu {
 
@@ -46,18 +47,21 @@ void causal_softmax(T* S, int64_t ldS, int64_t r0, int64_t r1, const T* lse_in, 
   for (int64_t r = r0; r < r1; ++r) {
     T* row = S + (r - r0) * ldS;
     const int64_t nv = r + 1;  // keys 0..r are visible
-    T l;
-    if (lse_in) {
-      l = lse_in[r];
-    } else {
+    if (!lse_in) {
       T mx = -std::numeric_limits<T>::infinity();
       for (int64_t j = 0; j < nv; ++j) mx = std::max(mx, row[j]);
       T sum = 0;
-      for (int64_t j = 0; j < nv; ++j) sum += std::exp(row[j] - mx);
-      l = mx + std::log(sum);
-      lse_out[r] = l;
+#pragma omp simd reduction(+ : sum)
+      for (int64_t j = 0; j < nv; ++j) sum += (row[j] = vexp(row[j] - mx));
+      lse_out[r] = mx + std::log(sum);
+      const T inv = T(1) / sum;
+#pragma omp simd
+      for (int64_t j = 0; j < nv; ++j) row[j] *= inv;
+    } else {
+      const T l = lse_in[r];
+#pragma omp simd
+      for (int64_t j = 0; j < nv; ++j) row[j] = vexp(row[j] - l);
     }
-    for (int64_t j = 0; j < nv; ++j) row[j] = std::exp(row[j] - l);
     for (int64_t j = nv; j < r1; ++j) row[j] = 0;
   }
 }

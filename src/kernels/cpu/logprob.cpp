@@ -7,6 +7,7 @@
 #include <vector>
 
 #include "metapo/kernels/gemm.h"
+#include "metapo/kernels/vec_math.h"
 
 namespace metapo::cpu {
 
@@ -21,24 +22,29 @@ void gather_rows(T* dst, const T* h, const int32_t* rows, int64_t nr, int64_t C)
   for (int64_t i = 0; i < nr; ++i) std::memcpy(dst + i * C, h + int64_t(rows[i]) * C, sizeof(T) * C);
 }
 
-// Row softmax statistics; leaves exp(logit - lse) in z when keep_probs.
+// Row softmax statistics; leaves the probabilities exp(logit - lse) in z when keep_probs.
 template <typename T>
 void row_lse(T* z, int64_t nr, int64_t V, const int32_t* targets, T* logp, T* lse, bool keep_probs) {
 #pragma omp parallel for schedule(static)
   for (int64_t i = 0; i < nr; ++i) {
     T* row = z + i * V;
     T mx = -std::numeric_limits<T>::infinity();
+#pragma omp simd reduction(max : mx)
     for (int64_t v = 0; v < V; ++v) mx = std::max(mx, row[v]);
+    const T target_logit = row[targets[i]];
     T sum = 0;
+    if (keep_probs) {  // one exp per element: store exp(z - max), then scale by 1/sum
 #pragma omp simd reduction(+ : sum)
-    for (int64_t v = 0; v < V; ++v) sum += std::exp(row[v] - mx);
-    const T l = mx + std::log(sum);
-    lse[i] = l;
-    logp[i] = row[targets[i]] - l;
-    if (keep_probs) {
+      for (int64_t v = 0; v < V; ++v) sum += (row[v] = vexp(row[v] - mx));
+      const T inv = T(1) / sum;
 #pragma omp simd
-      for (int64_t v = 0; v < V; ++v) row[v] = std::exp(row[v] - l);
+      for (int64_t v = 0; v < V; ++v) row[v] *= inv;
+    } else {
+#pragma omp simd reduction(+ : sum)
+      for (int64_t v = 0; v < V; ++v) sum += vexp(row[v] - mx);
     }
+    lse[i] = mx + std::log(sum);
+    logp[i] = target_logit - lse[i];
   }
 }
 
@@ -80,7 +86,7 @@ void logprob_backward(const LogprobParams<T>& p, const T* coef, const T* lse, T*
         for (int64_t v = 0; v < p.V; ++v) row[v] = -c * row[v];
       } else {
 #pragma omp simd
-        for (int64_t v = 0; v < p.V; ++v) row[v] = -c * std::exp(row[v] - l);
+        for (int64_t v = 0; v < p.V; ++v) row[v] = -c * vexp(row[v] - l);
       }
       row[p.targets[r0 + i]] += c;
     }

@@ -1,6 +1,6 @@
 #include "metapo/kernels/swiglu.h"
 
-#include <cmath>
+#include "metapo/kernels/vec_math.h"
 
 namespace metapo::cpu {
 
@@ -12,7 +12,7 @@ void swiglu_forward(T* h, const T* gu, int64_t n, int64_t I) {
     const T* u = g + I;
     T* ht = h + t * I;
 #pragma omp simd
-    for (int64_t i = 0; i < I; ++i) ht[i] = g[i] / (T(1) + std::exp(-g[i])) * u[i];
+    for (int64_t i = 0; i < I; ++i) ht[i] = g[i] / (T(1) + vexp(-g[i])) * u[i];
   }
 }
 
@@ -28,7 +28,7 @@ void swiglu_backward(T* dgu, const T* dh, const T* gu, int64_t n, int64_t I) {
     T* du = dg + I;
 #pragma omp simd
     for (int64_t i = 0; i < I; ++i) {
-      const T s = T(1) / (T(1) + std::exp(-g[i]));
+      const T s = T(1) / (T(1) + vexp(-g[i]));
       dg[i] = d[i] * u[i] * s * (T(1) + g[i] * (T(1) - s));
       du[i] = d[i] * g[i] * s;
     }
