@@ -3,6 +3,7 @@
 #include <gtest/gtest.h>
 
 #include <cmath>
+#include <limits>
 
 #include "metapo/kernels/attention.h"
 #include "metapo/kernels/embedding.h"
@@ -291,4 +292,20 @@ TEST(Kernels, LogprobBackwardMatchesFiniteDifferences) {
     for (int64_t t : {1, 4})  // rows without a target get no gradient
       for (int64_t c = 0; c < C; ++c) EXPECT_EQ(dh[t * C + c], 0.0);
   }
+}
+
+// ---------- vectorized exp ----------
+#include "metapo/kernels/vec_math.h"
+
+TEST(Kernels, VexpIsAccurateOverItsRange) {
+  double worst = 0;
+  for (float x = -87.0f; x < 88.0f; x += 0.00731f) {
+    const double e = std::exp(double(x));
+    worst = std::max(worst, std::abs(double(cpu::vexp(x)) - e) / e);
+  }
+  EXPECT_ERR_LT(worst, 2e-7, errname("max relative error on [-87, 88]"));
+  EXPECT_EQ(cpu::vexp(0.0f), 1.0f);
+  EXPECT_EQ(cpu::vexp(-100.0f), 0.0f);
+  EXPECT_EQ(cpu::vexp(-std::numeric_limits<float>::infinity()), 0.0f);
+  EXPECT_GT(cpu::vexp(100.0f), 1e38f);
 }

@@ -153,3 +153,29 @@ TEST(Model, BadInputsAreClearErrors) {
 }
 
 }  // namespace
+
+namespace {
+
+TEST(Model, OverwritingBackwardEqualsAccumulatingIntoZeros) {
+  for (const std::string variant : {"gqa", "qwen2_tied_bias_mqa"}) {
+    const LlamaConfig c = tiny_config(variant);
+    const vector<float> p = rich_params<float>(c, 4);
+    const PackedBatch b = small_batch();
+    auto tg = next_token_targets(b, nullptr);
+    const vector<float> coef = randn<float>(size_t(b.n_tokens()), 5);
+    LlamaModel<float> m(c);
+    vector<float> lp(b.n_tokens());
+    vector<float> zeroed(p.size(), 0.0f), garbage = randn<float>(p.size(), 6, 100.0);
+    m.forward(p.data(), b, tg.data(), lp.data());
+    m.backward(p.data(), coef.data(), zeroed.data(), true);
+    m.forward(p.data(), b, tg.data(), lp.data());
+    m.backward(p.data(), coef.data(), garbage.data(), false);
+    EXPECT_EQ(zeroed, garbage) << variant;
+    // A second accumulating backward doubles the gradient.
+    m.forward(p.data(), b, tg.data(), lp.data());
+    m.backward(p.data(), coef.data(), garbage.data(), true);
+    for (size_t i = 0; i < p.size(); ++i) ASSERT_NEAR(garbage[i], 2 * zeroed[i], 1e-5 * (1 + std::abs(zeroed[i])));
+  }
+}
+
+}  // namespace

@@ -70,9 +70,8 @@ int cmd_bench(Context& ctx, int argc, char** argv) {
   for (int it = 0; it < warmup + steps; ++it) {
     model.profile().enabled = vm["profile"].as<bool>() && it >= warmup;
     Timer tm;
-    std::fill(grads.begin(), grads.end(), 0.0f);
     model.forward(m.params.data(), b, targets.data(), logp.data());
-    model.backward(m.params.data(), dlogp.data(), grads.data());
+    model.backward(m.params.data(), dlogp.data(), grads.data(), /*accumulate=*/false);
     const double s = tm.seconds();
     const double obj = std::accumulate(logp.begin(), logp.end(), 0.0);
     if (it >= warmup) times.push_back(s);

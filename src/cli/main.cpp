@@ -2,7 +2,9 @@
 // non-zero exit; in a job of several ranks it goes through MPI_Abort so no rank is left waiting.
 #include <mpi.h>
 
+#include <chrono>
 #include <cstring>
+#include <thread>
 #include <functional>
 #include <iostream>
 #include <string>
@@ -68,6 +70,10 @@ int main(int argc, char** argv) {
       rc = found->run(ctx, argc - 1, argv + 1);
     }
   } catch (const std::exception& e) {
+    // Bad input usually fails on every rank at once. Ranks other than 0 wait a moment before
+    // reporting, so rank 0's MPI_Abort usually ends them first and the user reads the error once;
+    // an error only one rank sees is still reported by that rank.
+    if (world > 1 && rank != 0) std::this_thread::sleep_for(std::chrono::milliseconds(500));
     std::cerr << "metapo" << (cmd.empty() || cmd[0] == '-' ? "" : " " + cmd) << ": error: " << e.what()
               << (world > 1 ? " [rank " + std::to_string(rank) + "]" : "") << std::endl;
     if (world > 1) MPI_Abort(MPI_COMM_WORLD, 1);

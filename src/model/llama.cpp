@@ -116,7 +116,7 @@ void LlamaModel<T>::forward(const T* params, const PackedBatch& b, const int32_t
 }
 
 template <typename T>
-void LlamaModel<T>::backward(const T* params, const T* dlogp, T* grads) {
+void LlamaModel<T>::backward(const T* params, const T* dlogp, T* grads, bool accumulate) {
   MP_CHECK(have_forward_, "LlamaModel::backward called without a forward (or twice for one forward)");
   have_forward_ = false;  // the probability cache is consumed below
   const LlamaConfig& c = cfg_;
@@ -126,6 +126,15 @@ void LlamaModel<T>::backward(const T* params, const T* dlogp, T* grads) {
   const int64_t Q = c.q_dim(), KV = c.kv_dim(), QKV = c.qkv_dim();
   const ModelView<const T> w = make_view(lay_, params);
   const ModelView<T> g = make_view(lay_, grads);
+  if (!accumulate) {
+    // The GEMMs overwrite their weight gradients (beta = 0); only the tensors that are summed into
+    // (norm weights, and an untied embedding's scatter-add) start from zero here. A tied embedding
+    // is first written by the LM head's GEMM.
+    auto zero = [](T* p, int64_t count) { std::fill(p, p + count, T(0)); };
+    for (const LayerView<T>& lg : g.layers) zero(lg.attn_norm, C), zero(lg.mlp_norm, C);
+    zero(g.final_norm, C);
+    if (!c.tie_word_embeddings) zero(g.embed, V * C);
+  }
 
   // LM head: dhN = dlogits W, dW_head += dlogits^T hN (tied: lands in the embedding gradient).
   const int64_t nr = int64_t(rows_.size());
@@ -139,7 +148,7 @@ void LlamaModel<T>::backward(const T* params, const T* dlogp, T* grads) {
   std::fill(dhN.begin(), dhN.end(), T(0));
   cpu::LogprobParams<T> lp{hN_.data(), w.lm_head, C, V, rows_.data(), row_targets_.data(), nr};
   prof_.run("lm_head_logprob.bwd", [&] { cpu::logprob_backward(lp, coef.data(), row_lse_.data(), probs_.empty() ? nullptr : probs_.data(),
-                        dhN.data(), g.lm_head); });
+                        dhN.data(), g.lm_head, accumulate); });
   prof_.run("rmsnorm.bwd", [&] { cpu::rmsnorm_backward(dx.data(), g.final_norm, dhN.data(), x_final_.data(), w.final_norm,
                         rstdN_.data(), n, C, false); });
 
@@ -152,14 +161,14 @@ void LlamaModel<T>::backward(const T* params, const T* dlogp, T* grads) {
     const LayerView<T>& lg = g.layers[li];
 
     // MLP block backward.
-    prof_.run("down_proj.bwd", [&] { cpu::linear_backward(dh.data(), lg.wdown, (T*)nullptr, dx.data(), a.h.data(), lw.wdown, n, I, C); });
+    prof_.run("down_proj.bwd", [&] { cpu::linear_backward(dh.data(), lg.wdown, (T*)nullptr, dx.data(), a.h.data(), lw.wdown, n, I, C, accumulate); });
     prof_.run("swiglu.bwd", [&] { cpu::swiglu_backward(dgu.data(), dh.data(), a.gu.data(), n, I); });
-    prof_.run("gate_up_proj.bwd", [&] { cpu::linear_backward(dxn.data(), lg.wgu, (T*)nullptr, dgu.data(), a.xn2.data(), lw.wgu, n, C, 2 * I); });
+    prof_.run("gate_up_proj.bwd", [&] { cpu::linear_backward(dxn.data(), lg.wgu, (T*)nullptr, dgu.data(), a.xn2.data(), lw.wgu, n, C, 2 * I, accumulate); });
     prof_.run("rmsnorm.bwd", [&] { cpu::rmsnorm_backward(dx.data(), lg.mlp_norm, dxn.data(), a.x_mid.data(), lw.mlp_norm,
                           a.rstd2.data(), n, C, true); });  // dx: now w.r.t. x_mid
 
     // Attention block backward.
-    prof_.run("o_proj.bwd", [&] { cpu::linear_backward(datt.data(), lg.wo, (T*)nullptr, dx.data(), a.att.data(), lw.wo, n, Q, C); });
+    prof_.run("o_proj.bwd", [&] { cpu::linear_backward(datt.data(), lg.wo, (T*)nullptr, dx.data(), a.att.data(), lw.wo, n, Q, C, accumulate); });
     cpu::AttentionParams<T> ap{a.qkv.data(), a.qkv.data() + Q, a.qkv.data() + Q + KV, QKV,
                                const_cast<T*>(a.att.data()), Q, const_cast<T*>(a.lse.data()),
                                b.cu_seqlens.data(), b.n_seqs(), n, Hq, Hkv, D,
@@ -168,7 +177,7 @@ void LlamaModel<T>::backward(const T* params, const T* dlogp, T* grads) {
     prof_.run("attention.bwd", [&] { cpu::attention_backward(ap, agp); });
     prof_.run("rope.bwd", [&] { cpu::rope_apply(dqkv.data(), n, Hq, D, QKV, pos_.data(), rope_, true); });  // dq before rope
     prof_.run("rope.bwd", [&] { cpu::rope_apply(dqkv.data() + Q, n, Hkv, D, QKV, pos_.data(), rope_, true); });  // dk before rope
-    prof_.run("qkv_proj.bwd", [&] { cpu::linear_backward(dxn.data(), lg.wqkv, lg.bqkv, dqkv.data(), a.xn1.data(), lw.wqkv, n, C, QKV); });
+    prof_.run("qkv_proj.bwd", [&] { cpu::linear_backward(dxn.data(), lg.wqkv, lg.bqkv, dqkv.data(), a.xn1.data(), lw.wqkv, n, C, QKV, accumulate); });
     prof_.run("rmsnorm.bwd", [&] { cpu::rmsnorm_backward(dx.data(), lg.attn_norm, dxn.data(), a.x_in.data(), lw.attn_norm,
                           a.rstd1.data(), n, C, true); });  // dx: now w.r.t. x_in
   }

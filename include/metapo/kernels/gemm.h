@@ -15,9 +15,10 @@ template <typename T>
 void linear_forward(T* Y, const T* X, const T* W, const T* b, int64_t n, int64_t in, int64_t out);
 
 // Backward of linear_forward. dX = dY W (overwritten, skipped when dX is null);
-// dW += dY^T X and db += column sums of dY (accumulated, so micro-batches add up).
+// dW += dY^T X and db += column sums of dY when accumulate (micro-batches add up), else
+// dW = dY^T X and db = column sums (the first micro-batch: no zeroing pass needed).
 template <typename T>
 void linear_backward(T* dX, T* dW, T* db, const T* dY, const T* X, const T* W, int64_t n,
-                     int64_t in, int64_t out);
+                     int64_t in, int64_t out, bool accumulate = true);
 
 }  // namespace metapo::cpu

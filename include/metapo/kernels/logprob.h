@@ -25,11 +25,11 @@ struct LogprobParams {
 template <typename T>
 void logprob_forward(const LogprobParams<T>& p, T* logp, T* lse, T* prob_cache);
 
-// dh[rows[i]] += (coef_i (onehot - softmax_i)) W ; dW += sum_i (coef_i (onehot - softmax_i))^T h[rows[i]].
-// Rows with coef 0 are still counted (their contribution is exactly zero). The cache, when given,
-// is consumed (overwritten).
+// dh[rows[i]] += (coef_i (onehot - softmax_i)) W ; dW += sum_i (coef_i (onehot - softmax_i))^T h[rows[i]]
+// (dW = ... when !accumulate). Rows with coef 0 are still counted (their contribution is exactly
+// zero). The cache, when given, is consumed (overwritten).
 template <typename T>
 void logprob_backward(const LogprobParams<T>& p, const T* coef, const T* lse, T* prob_cache, T* dh,
-                      T* dW);
+                      T* dW, bool accumulate = true);
 
 }  // namespace metapo::cpu

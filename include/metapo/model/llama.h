@@ -46,8 +46,10 @@ class LlamaModel {
   // Keeps what backward needs. Token ids out of range and over-long sequences are errors.
   void forward(const T* params, const PackedBatch& b, const int32_t* targets, T* logp);
 
-  // Given dlogp[t] = dL/dlogp[t] for the last forward, grads += dL/dparams.
-  void backward(const T* params, const T* dlogp, T* grads);
+  // Given dlogp[t] = dL/dlogp[t] for the last forward, grads += dL/dparams; with
+  // accumulate = false, grads = dL/dparams (whatever the buffer held: the first micro-batch of a step
+  // needs no zeroing pass, like PyTorch's zero_grad(set_to_none=True)).
+  void backward(const T* params, const T* dlogp, T* grads, bool accumulate = true);
 
   // Activation bytes held by the last forward.
   size_t activation_bytes() const;

@@ -33,16 +33,16 @@ void linear_forward(T* Y, const T* X, const T* W, const T* b, int64_t n, int64_t
 
 template <typename T>
 void linear_backward(T* dX, T* dW, T* db, const T* dY, const T* X, const T* W, int64_t n,
-                     int64_t in, int64_t out) {
+                     int64_t in, int64_t out, bool accumulate) {
   if (dX) gemm<T>(false, false, n, in, out, T(1), dY, out, W, in, T(0), dX, in);
-  gemm<T>(true, false, out, in, n, T(1), dY, out, X, in, T(1), dW, in);
+  gemm<T>(true, false, out, in, n, T(1), dY, out, X, in, accumulate ? T(1) : T(0), dW, in);
   if (db) {
     // Column sums in a fixed order (each thread owns whole columns): deterministic.
 #pragma omp parallel for schedule(static)
     for (int64_t j = 0; j < out; ++j) {
       T s = 0;
       for (int64_t i = 0; i < n; ++i) s += dY[i * out + j];
-      db[j] += s;
+      db[j] = accumulate ? db[j] + s : s;
     }
   }
 }
@@ -52,8 +52,8 @@ template void linear_forward<float>(float*, const float*, const float*, const fl
 template void linear_forward<double>(double*, const double*, const double*, const double*, int64_t,
                                      int64_t, int64_t);
 template void linear_backward<float>(float*, float*, float*, const float*, const float*,
-                                     const float*, int64_t, int64_t, int64_t);
+                                     const float*, int64_t, int64_t, int64_t, bool);
 template void linear_backward<double>(double*, double*, double*, const double*, const double*,
-                                      const double*, int64_t, int64_t, int64_t);
+                                      const double*, int64_t, int64_t, int64_t, bool);
 
 }  // namespace metapo::cpu

@@ -66,7 +66,8 @@ void logprob_forward(const LogprobParams<T>& p, T* logp, T* lse, T* prob_cache) 
 
 template <typename T>
 void logprob_backward(const LogprobParams<T>& p, const T* coef, const T* lse, T* prob_cache, T* dh,
-                      T* dW) {
+                      T* dW, bool accumulate) {
+  if (!accumulate && p.n_rows == 0) std::fill(dW, dW + p.V * p.C, T(0));
   const int64_t chunk = std::min(kChunk, std::max<int64_t>(p.n_rows, 1));
   std::vector<T> hc(size_t(chunk * p.C)), dhc(size_t(chunk * p.C));
   std::vector<T> zc(prob_cache ? 0 : size_t(chunk * p.V));
@@ -91,7 +92,8 @@ void logprob_backward(const LogprobParams<T>& p, const T* coef, const T* lse, T*
       row[p.targets[r0 + i]] += c;
     }
     gemm<T>(false, false, nr, p.C, p.V, T(1), z, p.V, p.W, p.C, T(0), dhc.data(), p.C);
-    gemm<T>(true, false, p.V, p.C, nr, T(1), z, p.V, hc.data(), p.C, T(1), dW, p.C);
+    const T beta = (accumulate || r0 > 0) ? T(1) : T(0);  // the first chunk may overwrite dW
+    gemm<T>(true, false, p.V, p.C, nr, T(1), z, p.V, hc.data(), p.C, beta, dW, p.C);
 #pragma omp parallel for schedule(static)
     for (int64_t i = 0; i < nr; ++i) {
       T* dst = dh + int64_t(p.rows[r0 + i]) * p.C;
@@ -104,8 +106,8 @@ void logprob_backward(const LogprobParams<T>& p, const T* coef, const T* lse, T*
 template void logprob_forward<float>(const LogprobParams<float>&, float*, float*, float*);
 template void logprob_forward<double>(const LogprobParams<double>&, double*, double*, double*);
 template void logprob_backward<float>(const LogprobParams<float>&, const float*, const float*,
-                                      float*, float*, float*);
+                                      float*, float*, float*, bool);
 template void logprob_backward<double>(const LogprobParams<double>&, const double*, const double*,
-                                       double*, double*, double*);
+                                       double*, double*, double*, bool);
 
 }  // namespace metapo::cpu
