@@ -1,49 +1,49 @@
 #!/usr/bin/env bash
-# The demo on an embedded default: a random tiny model is created, scored on 1 and 2 MPI ranks,
-# exported as bf16 and benchmarked. (The DPO / MetaPO journey replaces this as it lands.)
+# The metapo journey on an embedded default (configs/demo.ini): a built-in synthetic task and the tiny
+# preset, under mpirun with 2 ranks — synth → init → sft → precompute-ref → train (DPO) → eval →
+# generate — then a short results table. A few minutes on 2 cores.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 tools/setup.sh
 export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1 OMPI_MCA_rmaps_base_oversubscribe=1
+NP=${NP:-2}
 out=${DEMO_DIR:-runs/demo}
+cfg=configs/demo.ini
+rm -rf "$out"
 mkdir -p "$out"
-M=build/metapo
+M="build/metapo"
+R="mpirun -np $NP $M"
+t0=$SECONDS
+step() { echo; echo "== $*"; }
 
-echo "== 1. a tiny random model (configs/presets/tiny.ini)"
-$M init --preset tiny --out "$out/model" --seed 1
+step "1. a synthetic task: sort digit strings (program-checked answers)"
+$M synth --config $cfg --out "$out/data.h5"
+step "2. a tiny random model (configs/presets/tiny.ini)"
+$M init --preset tiny --out "$out/init" --seed 1
+step "3. supervised fine-tuning on the sft split ($NP ranks)"
+$R sft --config $cfg --model "$out/init" --data "$out/data.h5" --out "$out/sft" | tail -n 3
+step "4. reference log-probs of the SFT model"
+$R precompute-ref --config $cfg --model "$out/sft/final" --data "$out/data.h5"
+step "5. DPO ($NP ranks)"
+$R train --config $cfg --model "$out/sft/final" --data "$out/data.h5" --out "$out/dpo" | grep -E "^eval|/" | tail -n 6
+step "6. evaluation on the clean test split"
+$R eval --config $cfg --model "$out/sft/final" --data "$out/data.h5" | tail -n 1 > "$out/eval_sft.json"
+$R eval --config $cfg --model "$out/dpo/final" --data "$out/data.h5" | tail -n 1 > "$out/eval_dpo.json"
+cat "$out/eval_dpo.json"
+step "7. greedy generation with a KV cache"
+$R generate --config $cfg --model "$out/sft/final" --data "$out/data.h5" --output "$out/gen_sft.jsonl" | tail -n 1 > "$out/gen_sft.json"
+$R generate --config $cfg --model "$out/dpo/final" --data "$out/data.h5" --output "$out/gen_dpo.jsonl" | tail -n 1 > "$out/gen_dpo.json"
+cat "$out/gen_dpo.json"
 
-echo "== 2. score 64 sequences on 1 rank and on 2 ranks"
-python3 - "$out/in.jsonl" <<'P'
-import json, random, sys
-random.seed(0)
-with open(sys.argv[1], "w") as f:
-    for i in range(64):
-        n = random.randint(8, 96)
-        toks = [1] + [random.randrange(3, 64) for _ in range(n - 1)]
-        p = random.randint(1, n - 1)
-        f.write(json.dumps({"tokens": toks, "loss_mask": [0] * p + [1] * (n - p)}) + "\n")
-P
-$M score --model "$out/model" --input "$out/in.jsonl" --output "$out/scored1.jsonl"
-mpirun -np 2 $M score --model "$out/model" --input "$out/in.jsonl" --output "$out/scored2.jsonl"
-
-echo "== 3. export as bfloat16"
-$M export --model "$out/model" --out "$out/model-bf16" --dtype bfloat16
-
-echo "== 4. benchmark forward+backward (tiny, 8 x 256 tokens)"
-$M bench --preset tiny --seq-len 256 --batch 8 --steps 3 --warmup 1 | tee "$out/bench.txt"
-
-python3 - "$out" <<'P'
-import json, sys, os
-d = sys.argv[1]
-one = [json.loads(l) for l in open(f"{d}/scored1.jsonl")]
-two = [json.loads(l) for l in open(f"{d}/scored2.jsonl")]
-diff = max(abs(a["logp"] - b["logp"]) for a, b in zip(one, two))
-bench = json.loads(open(f"{d}/bench.txt").read().strip().splitlines()[-1])
-ntok = sum(a["n_tokens"] for a in one)
-print("\n  result                                   value")
-print(f"  sequences scored                         {len(one)}")
-print(f"  mean log-prob per response token         {sum(a['logp'] for a in one) / ntok:.4f}  (uniform: -4.1589)")
-print(f"  max |logp(1 rank) - logp(2 ranks)|       {diff:.2e}")
-print(f"  bf16 export size                         {os.path.getsize(d + '/model-bf16/model.safetensors') / 1e6:.2f} MB")
-print(f"  train throughput (tiny, fwd+bwd)         {bench['tokens_per_s']:.0f} tokens/s, {bench['gflops_per_s']:.1f} GFLOP/s")
+python3 - "$out" "$((SECONDS - t0))" <<'P'
+import json, sys
+d, secs = sys.argv[1], int(sys.argv[2])
+ev = {k: json.load(open(f"{d}/eval_{k}.json")) for k in ("sft", "dpo")}
+gen = {k: json.load(open(f"{d}/gen_{k}.json")) for k in ("sft", "dpo")}
+print(f"\n  results on the clean test split ({d})")
+print(f"  {'model':8} {'pref. accuracy':>15} {'reward margin':>14} {'answer accuracy':>16}")
+for k in ("sft", "dpo"):
+    pa = "— (is the ref)" if k == "sft" else f"{ev[k]['pref_acc']:.3f}"
+    print(f"  {k:8} {pa:>15} {ev[k]['margin']:>14.3f} {gen[k]['answer_accuracy']:>16.3f}")
+print(f"\n  whole journey: {secs} s; run directories, metrics.jsonl and final/ models under {d}")
 P

@@ -65,7 +65,21 @@ bool parse_args(const std::string& cmd, const std::string& usage, po::options_de
   }
   if (vm.count("config")) {
     const std::string path = vm["config"].as<std::string>();
-    const std::vector<std::string> args = ini_section_args(path, cmd);
+    std::vector<std::string> args;
+    for (const std::string& a : ini_section_args(path, cmd)) {
+      // Switches (--greedy, --profile) take no value on the command line; in the file they are
+      // written "key = true" or "key = false".
+      const size_t eq = a.find('=');
+      const std::string key = a.substr(2, eq - 2), val = a.substr(eq + 1);
+      const po::option_description* od = desc.find_nothrow(key, false);
+      if (od && od->semantic()->max_tokens() == 0) {
+        MP_CHECK(val == "true" || val == "false", "--config ", path, " [", cmd, "]: ", key,
+                 " is a switch: write true or false");
+        if (val == "true") args.push_back("--" + key);
+      } else {
+        args.push_back(a);
+      }
+    }
     try {
       // Stored after the command line: Boost keeps the first value, so the command line wins.
       po::store(po::command_line_parser(args).options(desc).run(), vm);

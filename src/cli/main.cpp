@@ -2,6 +2,7 @@
 // non-zero exit; in a job of several ranks it goes through MPI_Abort so no rank is left waiting.
 #include <mpi.h>
 
+#include <algorithm>
 #include <chrono>
 #include <cstring>
 #include <thread>
@@ -30,6 +31,12 @@ const std::vector<Command>& commands() {
       {"export", "write a model as a Hugging Face directory (safetensors + config.json)",
        metapo::cli::cmd_export},
       {"bench", "time forward+backward of the summed log-probs", metapo::cli::cmd_bench},
+      {"synth", "write a built-in synthetic preference dataset (sort, reverse, add)", metapo::cli::cmd_synth},
+      {"sft", "supervised fine-tuning on a dataset's sft split", metapo::cli::cmd_sft},
+      {"precompute-ref", "add reference log-probs to a dataset file", metapo::cli::cmd_precompute_ref},
+      {"train", "preference optimization (DPO loss family, weighting)", metapo::cli::cmd_train},
+      {"eval", "preference metrics of a model on a dataset split", metapo::cli::cmd_eval},
+      {"generate", "completions of prompts with a KV cache (greedy or sampled)", metapo::cli::cmd_generate},
   };
   return cmds;
 }
@@ -39,7 +46,8 @@ void usage(std::ostream& os) {
      << ": preference optimization (DPO, MetaPO) for Llama-family models\n\n"
         "usage: [mpirun -np N] metapo <command> [options]   (metapo <command> --help for options)\n\n"
         "commands:\n";
-  for (const Command& c : commands()) os << "  " << c.name << std::string(10 - std::strlen(c.name), ' ') << c.summary << "\n";
+  for (const Command& c : commands())
+    os << "  " << c.name << std::string(std::max<size_t>(2, 16 - std::strlen(c.name)), ' ') << c.summary << "\n";
 }
 
 }  // namespace

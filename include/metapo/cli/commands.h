@@ -8,5 +8,11 @@ int cmd_init(Context& ctx, int argc, char** argv);
 int cmd_score(Context& ctx, int argc, char** argv);
 int cmd_export(Context& ctx, int argc, char** argv);
 int cmd_bench(Context& ctx, int argc, char** argv);
+int cmd_synth(Context& ctx, int argc, char** argv);
+int cmd_train(Context& ctx, int argc, char** argv);
+int cmd_sft(Context& ctx, int argc, char** argv);
+int cmd_eval(Context& ctx, int argc, char** argv);
+int cmd_precompute_ref(Context& ctx, int argc, char** argv);
+int cmd_generate(Context& ctx, int argc, char** argv);
 
 }  // namespace metapo::cli

@@ -1,0 +1,97 @@
+// The per-pair preference losses (`--loss`), with TRL's formulas and TRL's logged rewards.
+//
+// Everything here is a pure function of a few doubles per pair: the caller sums token log-probs over
+// each response, calls pair_loss, and feeds d_policy_* back as the upstream coefficient of every
+// token of that response (d Σ_t logp_t / d logp_t = 1). Keeping the losses scalar makes each one a
+// few lines that can be checked against TRL's source line by line (docs/losses.md gives every
+// formula, tests/test_losses.cpp checks them against TRL itself).
+#pragma once
+#include <array>
+#include <cstdint>
+#include <string>
+#include <utility>
+#include <vector>
+
+namespace metapo {
+
+// The names are TRL's `loss_type` strings (DPOTrainer; "simpo" from CPOTrainer; "cdpo" is DPOTrainer's
+// "sigmoid" with label smoothing, as TRL up to 0.24 computed and documented it).
+enum class LossType {
+  Sigmoid,      // DPO
+  Ipo,          // IPO, length-normalized as TRL does
+  Hinge,        // SLiC
+  Cdpo,         // conservative DPO (label smoothing)
+  Robust,       // robust DPO (unbiased under label flips)
+  Simpo,        // SimPO (reference-free, length-normalized)
+  ExoPair,      // EXO, pairwise
+  NcaPair,      // NCA, pairwise
+  BcoPair,      // BCO, pairwise (current TRL: no running-mean shift)
+  SppoHard,     // SPPO with hard labels
+  ApoZero,      // APO-zero
+  ApoDown,      // APO-down
+  Discopop,     // DiscoPOP / log-ratio modulated loss
+  SigmoidNorm,  // DPO on per-token (length-normalized) log-ratios
+};
+
+// "--loss foo: unknown loss (valid: sigmoid, ipo, ...)" on an unknown name.
+LossType parse_loss(const std::string& name);
+std::string loss_name(LossType type);
+// Every loss, in the order of the enum (for help texts and tests).
+const std::vector<LossType>& all_losses();
+
+// False only for reference-free losses (simpo): the caller may skip the reference forward.
+bool loss_uses_reference(LossType type);
+// True for losses that divide log-probs by the response length (ipo, simpo, sigmoid_norm): they need
+// len_chosen, len_rejected >= 1.
+bool loss_is_length_normalized(LossType type);
+// True for losses that read label_smoothing (cdpo, robust, exo_pair, simpo).
+bool loss_uses_label_smoothing(LossType type);
+
+struct LossConfig {
+  LossType type = LossType::Sigmoid;
+  double beta = 0.1;             // TRL's beta (τ for IPO; SimPO's β, typically 2.0)
+  double label_smoothing = 0.0;  // ε: cdpo, robust (flip rate), exo_pair (EXO's ε), simpo
+  double simpo_gamma = 0.5;      // SimPO's target margin γ (TRL: simpo_gamma; logits shift γ/β)
+  double discopop_tau = 0.05;    // DiscoPOP's τ (TRL default and the paper's recommendation)
+};
+
+// Rejects settings a loss cannot use: beta <= 0, label_smoothing outside the loss's range, or set for
+// a loss that would ignore it (no silent no-op options).
+void validate(const LossConfig& cfg);
+
+// One preference pair, log-probs summed over response tokens.
+struct PairLogps {
+  double policy_chosen = 0, policy_rejected = 0;  // Σ log π_θ(y|x)
+  double ref_chosen = 0, ref_rejected = 0;        // Σ log π_ref(y|x) (ignored by reference-free losses)
+  int64_t len_chosen = 0, len_rejected = 0;       // response token counts
+};
+
+struct PairLossResult {
+  double loss = 0;                                   // ℓ_i
+  double d_policy_chosen = 0, d_policy_rejected = 0;  // ∂ℓ_i/∂policy_chosen, ∂ℓ_i/∂policy_rejected
+  // TRL's logged rewards, detached: β(policy − ref) for DPOTrainer's losses, β·policy/len for simpo
+  // (CPOTrainer). margin = reward_chosen − reward_rejected (the implicit-reward margin m_i).
+  double reward_chosen = 0, reward_rejected = 0;
+  double margin = 0;
+};
+
+// ℓ_i and its exact gradient for one pair. Inputs are not range-checked beyond the lengths of
+// length-normalized losses (validate the config once, not per pair).
+PairLossResult pair_loss(const LossConfig& cfg, const PairLogps& p);
+
+// Sums of TRL's logged per-pair quantities over a set of pairs. Every field is a plain sum, so ranks
+// all-reduce the fields and call means() once (metrics over the global batch, as TRL's gather does).
+struct RewardSums {
+  double count = 0;
+  double rewards_chosen = 0, rewards_rejected = 0, accuracies = 0, margins = 0;
+  double logps_chosen = 0, logps_rejected = 0;
+
+  void add(const LossConfig& cfg, const PairLogps& p, const PairLossResult& r);
+  // The fields as one array (in declaration order) for a single all-reduce, and back.
+  std::array<double, 7> pack() const;
+  static RewardSums unpack(const std::array<double, 7>& a);
+  // {"rewards/chosen", mean}, ... with TRL's names; empty when count == 0.
+  std::vector<std::pair<std::string, double>> means() const;
+};
+
+}  // namespace metapo

@@ -1,0 +1,19 @@
+// Options shared by `metapo train` and `metapo sft` (TRL's names where TRL has one).
+#pragma once
+#include <string>
+
+#include "metapo/cli/common.h"
+#include "metapo/train/dpo.h"
+
+namespace metapo::cli {
+
+struct TrainOptionStrings {
+  std::string loss = "sigmoid", weighting = "uniform";
+};
+
+// Adds the options to desc, storing into cfg / s.
+void add_train_options(po::options_description& desc, TrainConfig& cfg, TrainOptionStrings& s, bool preference);
+// Parses the string options into cfg and checks ranges; errors name the option.
+void finish_train_options(TrainConfig& cfg, const TrainOptionStrings& s, bool preference, int argc, char** argv);
+
+}  // namespace metapo::cli

@@ -1,0 +1,84 @@
+// A preference dataset in memory: the contents of a dataset .h5 file (docs/formats.md, "Dataset
+// files") as plain structs. No HDF5 here: io/dataset_h5.h reads and writes these, and the trainer,
+// the synthetic tasks and the tests use them without touching a file.
+#pragma once
+#include <cstdint>
+#include <map>
+#include <optional>
+#include <string>
+#include <vector>
+
+namespace metapo {
+
+// The dataset format version this build reads and writes.
+constexpr int64_t kDatasetFormatVersion = 1;
+
+// N variable-length token sequences in one flat array: item i = tokens[offsets[i] .. offsets[i+1]).
+// One allocation for the whole split instead of N vectors, and the on-disk layout as is.
+struct Ragged {
+  std::vector<int32_t> tokens;       // [offsets.back()]
+  std::vector<int64_t> offsets{0};   // [N + 1], offsets[0] = 0, non-decreasing
+
+  int64_t size() const { return int64_t(offsets.size()) - 1; }
+  const int32_t* data(int64_t i) const { return tokens.data() + offsets[size_t(i)]; }
+  int64_t len(int64_t i) const { return offsets[size_t(i) + 1] - offsets[size_t(i)]; }
+  std::vector<int32_t> item(int64_t i) const { return std::vector<int32_t>(data(i), data(i) + len(i)); }
+  void push(const std::vector<int32_t>& v) {
+    tokens.insert(tokens.end(), v.begin(), v.end());
+    offsets.push_back(int64_t(tokens.size()));
+  }
+};
+
+// One pair split (/train, /val, /test): pair i is (prompt i, chosen i, rejected i); the model sees
+// prompt + chosen and prompt + rejected, and the loss covers the response tokens only.
+struct PairSplit {
+  Ragged prompt, chosen, rejected;  // responses without the prompt (EOS included)
+  std::vector<int64_t> sample_id;   // [N], unique across the whole file
+  std::vector<float> quality;       // [N] or empty when absent (synth: 1 clean, 0 flipped)
+  std::map<std::string, std::vector<float>> columns;       // /<split>/columns/<name>, each [N]
+  std::vector<double> ref_logp_chosen, ref_logp_rejected;  // [N] each; empty before precompute-ref
+  // Group attributes written with the ref log-probs: the reference model directory and the
+  // max length it was scored with ("" and 0 when the file does not say).
+  std::string ref_model;
+  int64_t ref_max_length = 0;
+
+  int64_t size() const { return int64_t(sample_id.size()); }
+  bool has_ref() const { return !ref_logp_chosen.empty() || !ref_logp_rejected.empty(); }
+};
+
+// The SFT split (/sft): the loss covers the answer tokens.
+struct SftSplit {
+  Ragged prompt, answer;
+  std::vector<int64_t> sample_id;  // [N]
+  int64_t size() const { return int64_t(sample_id.size()); }
+};
+
+// The root attributes.
+struct DatasetInfo {
+  int64_t format_version = kDatasetFormatVersion;
+  std::string tokenizer, task, source;  // task: "sort", "reverse", "add" (synthetic) or ""
+  int64_t vocab_size = 0, bos_token_id = -1, eos_token_id = -1, pad_token_id = -1;  // -1: absent
+};
+
+struct Dataset {
+  DatasetInfo info;
+  std::optional<SftSplit> sft;
+  std::map<std::string, PairSplit> pairs;  // by split name: "train", "val", "test"
+};
+
+// Consistency checks shared by the reader and the writer, so a file metapo writes always reads back.
+// Every error names `file`, the split and the field as the file spells them
+// ("data.h5: /train/chosen_offsets: last offset 120 != chosen_tokens length 118").
+//
+// A split: equal item counts everywhere, offsets that start at 0, never decrease and end at the token
+// count, token ids in [0, vocab_size), sample ids unique, optional columns of length N, finite
+// reference log-probs present for both responses or for neither.
+void check_pair_split(const PairSplit& s, const std::string& file, const std::string& split,
+                      int64_t vocab_size);
+void check_sft_split(const SftSplit& s, const std::string& file, int64_t vocab_size);
+// The root attributes (format version, vocab size, special token ids).
+void check_dataset_info(const DatasetInfo& info, const std::string& file);
+// Everything above, plus split names that HDF5 can hold and sample ids unique across all splits.
+void check_dataset(const Dataset& d, const std::string& file);
+
+}  // namespace metapo

@@ -1,0 +1,83 @@
+// Preference optimization (DPO and its loss family) and supervised fine-tuning, data parallel over
+// MPI ranks: each rank holds the full model, takes its share of every global batch, and gradients
+// are summed over ranks (bit-identically on every rank) before the optimizer step.
+#pragma once
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "metapo/align/losses.h"
+#include "metapo/align/weighting.h"
+#include "metapo/comm/topology.h"
+#include "metapo/data/dataset.h"
+#include "metapo/model/llama.h"
+#include "metapo/train/optimizer.h"
+
+namespace metapo {
+
+struct TrainConfig {
+  std::string model_dir, data_path, out_dir, ref_model_dir;  // ref: defaults to model_dir
+  std::string train_split = "train", val_split = "val";
+  LossConfig loss;
+  Weighting weighting = Weighting::Uniform;
+  WeightOptions weight_opt;
+  int64_t batch_size = 32;  // pairs (or SFT examples) per optimizer step, over all ranks
+  int64_t micro_batch = 8;  // per rank per forward/backward
+  int64_t epochs = 1, max_steps = 0;  // max_steps > 0 overrides epochs
+  int64_t eval_every = 0, eval_pairs = 0;  // eval_pairs 0: the whole val split
+  AdamWConfig adam;
+  LrSchedule sched;
+  double warmup_ratio = 0.0;  // used when sched.warmup_steps == 0
+  double max_grad_norm = 1.0;
+  uint64_t seed = 0;
+  std::string save_dtype = "float32";
+  std::string command_line;  // recorded in RUN/run.json
+};
+
+// Pair-level statistics over a set of pairs (sums; divide by n for means).
+struct PairStats {
+  double n = 0, weight_sum = 0, weighted_loss = 0, loss = 0, correct = 0, margin = 0;
+  double reward_chosen = 0, reward_rejected = 0, logp_chosen = 0, logp_rejected = 0;
+  double w_min = 1e300, w_max = -1e300, w_sq = 0;
+  void add(const PairLogps& p, const PairLossResult& r, double w);
+  void merge(const PairStats& o);
+  void allreduce(MPI_Comm comm);
+};
+
+// One micro-batch of the preference objective: forward over the pairs `chunk` of s, pair losses and
+// weights (a_i, constants w.r.t. θ), then backward with coefficient a_i * coef_scale on each pair's
+// loss, into grads (accumulated unless accumulate is false). The trainer passes coef_scale = 1/B and
+// rescales the summed gradient by B/Σa, which makes the step's gradient that of
+// Σ_i a_i ℓ_i / Σ_i a_i over the global batch.
+struct PairMicroResult {
+  std::vector<PairLogps> in;
+  std::vector<PairLossResult> out;
+  std::vector<double> weights;
+  int64_t tokens = 0;
+};
+template <typename T>
+PairMicroResult pair_micro_step(LlamaModel<T>& model, const T* params, T* grads, bool accumulate,
+                                const PairSplit& s, const std::vector<int64_t>& chunk, const LossConfig& loss,
+                                Weighting weighting, const WeightOptions& wopt,
+                                const std::vector<double>& column, double coef_scale);
+
+// Σ log π over each pair's chosen and rejected response tokens, forward only, micro-batches of
+// `micro` pairs. The rows of idx are split over the ranks of comm (pair k on rank k mod size) and the
+// result gathered on every rank.
+void pair_logps(LlamaModel<float>& model, const float* params, const PairSplit& s,
+                const std::vector<int64_t>& idx, int64_t micro, MPI_Comm comm,
+                std::vector<double>& chosen, std::vector<double>& rejected);
+
+// Unweighted base-loss statistics of the pairs (all of the split when limit == 0) against the stored
+// reference log-probs.
+PairStats evaluate_pairs(LlamaModel<float>& model, const float* params, const PairSplit& s,
+                         const LossConfig& loss, int64_t micro, int64_t limit, MPI_Comm comm);
+
+// Fills s.ref_logp_* with the reference model's log-probs when the file has none.
+void ensure_ref_logps(PairSplit& s, const std::string& split_name, const std::string& ref_dir,
+                      int64_t micro, const Topology& topo);
+
+int run_dpo(const Topology& topo, const TrainConfig& cfg);
+int run_sft(const Topology& topo, const TrainConfig& cfg);
+
+}  // namespace metapo

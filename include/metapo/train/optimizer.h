@@ -1,0 +1,50 @@
+// AdamW over the flat parameter buffer, the learning-rate schedule and global-norm clipping.
+#pragma once
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "metapo/model/layout.h"
+
+namespace metapo {
+
+struct AdamWConfig {
+  double lr = 1e-4;
+  double beta1 = 0.9, beta2 = 0.999, eps = 1e-8;
+  double weight_decay = 0.0;  // decoupled; applied to matrices only (not norm weights or biases)
+};
+
+// Linear warmup to the peak, then cosine decay to min_lr_ratio * peak at total_steps
+// (schedule "cosine"), or constant after warmup ("constant"), or linear decay to 0 ("linear", TRL's
+// default). step counts from 0.
+struct LrSchedule {
+  std::string kind = "cosine";
+  double peak = 1e-4;
+  int64_t warmup_steps = 0;
+  int64_t total_steps = 1;
+  double min_lr_ratio = 0.1;
+  double at(int64_t step) const;
+};
+
+class AdamW {
+ public:
+  AdamW(const ParamLayout& lay, const AdamWConfig& cfg);
+  // One update with learning rate lr; the step counter (for bias correction) advances.
+  void step(float* params, const float* grads, double lr);
+  int64_t steps_taken() const { return t_; }
+  std::vector<float>& exp_avg() { return m_; }
+  std::vector<float>& exp_avg_sq() { return v_; }
+
+ private:
+  AdamWConfig cfg_;
+  std::vector<uint8_t> decay_;  // per element: 1 where weight decay applies
+  std::vector<float> m_, v_;
+  int64_t t_ = 0;
+};
+
+// L2 norm of the gradient buffer (summed in double, fixed order).
+double grad_norm(const float* grads, size_t n);
+// Scales grads by max_norm / norm when norm > max_norm (max_norm <= 0: never). Returns the factor.
+double clip_grads(float* grads, size_t n, double norm, double max_norm);
+
+}  // namespace metapo

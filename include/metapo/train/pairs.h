@@ -1,0 +1,50 @@
+// Preference pairs as packed micro-batches: pair k becomes sequences 2k (prompt + chosen) and 2k+1
+// (prompt + rejected); only response tokens are scored, so the LM head never runs on prompt rows.
+#pragma once
+#include <cstdint>
+#include <vector>
+
+#include "metapo/data/dataset.h"
+#include "metapo/model/llama.h"
+
+namespace metapo {
+
+struct PairBatch {
+  PackedBatch batch;
+  std::vector<int32_t> targets;  // per row: the response token it predicts, or -1
+  std::vector<int64_t> pairs;    // split indices, in order
+  std::vector<int64_t> len_chosen, len_rejected;  // response lengths
+};
+
+PairBatch make_pair_batch(const PairSplit& s, const std::vector<int64_t>& idx);
+
+// Sum of logp over each sequence's scored rows: out[s] for sequence s.
+template <typename T>
+std::vector<double> sequence_logps(const PackedBatch& b, const std::vector<T>& logp) {
+  std::vector<double> out(size_t(b.n_seqs()), 0.0);
+  for (int64_t s = 0; s < b.n_seqs(); ++s)
+    for (int64_t t = b.cu_seqlens[s]; t < b.cu_seqlens[s + 1]; ++t) out[size_t(s)] += double(logp[size_t(t)]);
+  return out;
+}
+
+// dlogp per row: seq_coef[s] on every scored row of sequence s, 0 elsewhere.
+template <typename T>
+std::vector<T> expand_seq_coef(const PackedBatch& b, const std::vector<int32_t>& targets,
+                               const std::vector<double>& seq_coef) {
+  std::vector<T> d(size_t(b.n_tokens()), T(0));
+  for (int64_t s = 0; s < b.n_seqs(); ++s)
+    for (int64_t t = b.cu_seqlens[s]; t < b.cu_seqlens[s + 1]; ++t)
+      if (targets[size_t(t)] >= 0) d[size_t(t)] = T(seq_coef[size_t(s)]);
+  return d;
+}
+
+// SFT micro-batch: prompt + answer, answer tokens scored.
+PackedBatch make_sft_batch(const SftSplit& s, const std::vector<int64_t>& idx, std::vector<int32_t>& targets);
+
+// The global batch of `step`: a slice of the permutation of [0, n) for epoch step / steps_per_epoch,
+// a pure function of (n, batch, seed, step); the last incomplete batch of an epoch is dropped.
+std::vector<int64_t> global_batch(int64_t n, int64_t batch, uint64_t seed, int64_t step);
+// This data-parallel rank's share of a global batch (contiguous, equal sizes; batch % dp == 0).
+std::vector<int64_t> dp_share(const std::vector<int64_t>& global, int dp_rank, int dp);
+
+}  // namespace metapo

@@ -1,0 +1,83 @@
+// metapo eval (preference metrics of a model on a split) and metapo precompute-ref (reference
+// log-probs into the dataset file).
+#include <cstdio>
+#include <iostream>
+#include <map>
+
+#include <nlohmann/json.hpp>
+
+#include "metapo/cli/commands.h"
+#include "metapo/core/error.h"
+#include "metapo/io/dataset_h5.h"
+#include "metapo/io/hf_model.h"
+#include "metapo/train/dpo.h"
+
+namespace metapo::cli {
+
+int cmd_eval(Context& ctx, int argc, char** argv) {
+  po::options_description desc("metapo eval options");
+  std::string model_dir, data, split, loss;
+  LossConfig lc;
+  int64_t micro = 0, limit = 0;
+  desc.add_options()
+    ("model", po::value(&model_dir)->required(), "model directory (Hugging Face layout)")
+    ("data", po::value(&data)->required(), "dataset .h5 with reference log-probs (metapo precompute-ref)")
+    ("split", po::value(&split)->default_value("test"), "pair split: train, val or test")
+    ("loss", po::value(&loss)->default_value("sigmoid"), "loss for the reported eval loss")
+    ("beta", po::value(&lc.beta)->default_value(0.1), "DPO beta")
+    ("label-smoothing", po::value(&lc.label_smoothing)->default_value(0.0), "label smoothing")
+    ("micro-batch", po::value(&micro)->default_value(16), "pairs per forward")
+    ("limit", po::value(&limit)->default_value(0), "evaluate the first N pairs only (0: all)");
+  po::variables_map vm;
+  if (!parse_args("eval", "[mpirun -np N] metapo eval --model DIR --data FILE.h5 --split test", desc, argc, argv, vm, ctx))
+    return 0;
+  lc.type = parse_loss(loss);
+  validate(lc);
+  const HfModel hf = load_hf_model(model_dir);
+  const PairSplit s = read_pair_split(data, split);
+  MP_CHECK(s.has_ref(), data, ": /", split, " has no reference log-probs (run metapo precompute-ref first)");
+  LlamaModel<float> model(hf.config);
+  const PairStats st = evaluate_pairs(model, hf.params.data(), s, lc, micro, limit, ctx.topo.world);
+  if (ctx.topo.is_root()) {
+    nlohmann::json j;
+    j["split"] = split, j["n"] = st.n;
+    j["loss"] = st.loss / st.n, j["pref_acc"] = st.correct / st.n, j["margin"] = st.margin / st.n;
+    j["rewards/chosen"] = st.reward_chosen / st.n, j["rewards/rejected"] = st.reward_rejected / st.n;
+    j["logps/chosen"] = st.logp_chosen / st.n, j["logps/rejected"] = st.logp_rejected / st.n;
+    std::cout << j.dump() << std::endl;
+  }
+  return 0;
+}
+
+int cmd_precompute_ref(Context& ctx, int argc, char** argv) {
+  po::options_description desc("metapo precompute-ref options");
+  std::string model_dir, data;
+  int64_t micro = 0;
+  desc.add_options()
+    ("model", po::value(&model_dir)->required(), "reference model directory (Hugging Face layout)")
+    ("data", po::value(&data)->required(), "dataset .h5; gains ref_logp_chosen/ref_logp_rejected in every pair split")
+    ("micro-batch", po::value(&micro)->default_value(16), "pairs per forward");
+  po::variables_map vm;
+  if (!parse_args("precompute-ref", "[mpirun -np N] metapo precompute-ref --model DIR --data FILE.h5", desc, argc,
+                  argv, vm, ctx))
+    return 0;
+  const HfModel hf = load_hf_model(model_dir);
+  const Dataset d = read_dataset(data);
+  MP_CHECK(d.info.vocab_size <= hf.config.vocab_size, data, ": vocab_size ", d.info.vocab_size,
+           " is larger than the model's ", hf.config.vocab_size);
+  LlamaModel<float> model(hf.config);
+  std::map<std::string, std::pair<std::vector<double>, std::vector<double>>> ref;
+  for (const auto& [name, split] : d.pairs) {
+    std::vector<int64_t> idx(static_cast<size_t>(split.size()));
+    for (int64_t i = 0; i < split.size(); ++i) idx[size_t(i)] = i;
+    auto& [c, r] = ref[name];
+    pair_logps(model, hf.params.data(), split, idx, micro, ctx.topo.world, c, r);
+    if (ctx.topo.is_root()) std::printf("%s: %lld pairs scored\n", name.c_str(), (long long)split.size());
+  }
+  if (ctx.topo.is_root()) write_ref_logps(data, ref, model_dir, hf.config.max_position_embeddings);
+  MPI_Barrier(ctx.topo.world);
+  if (ctx.topo.is_root()) std::printf("wrote reference log-probs into %s\n", data.c_str());
+  return 0;
+}
+
+}  // namespace metapo::cli

@@ -1,0 +1,32 @@
+// metapo train (preference optimization) and metapo sft (supervised fine-tuning).
+#include "metapo/cli/commands.h"
+#include "metapo/cli/train_options.h"
+
+namespace metapo::cli {
+
+int cmd_train(Context& ctx, int argc, char** argv) {
+  po::options_description desc("metapo train options");
+  TrainConfig cfg;
+  TrainOptionStrings s;
+  add_train_options(desc, cfg, s, true);
+  po::variables_map vm;
+  if (!parse_args("train", "[mpirun -np N] metapo train --model DIR --data FILE.h5 --out RUN [--loss L] [--weighting W]",
+                  desc, argc, argv, vm, ctx))
+    return 0;
+  finish_train_options(cfg, s, true, argc, argv);
+  return run_dpo(ctx.topo, cfg);
+}
+
+int cmd_sft(Context& ctx, int argc, char** argv) {
+  po::options_description desc("metapo sft options");
+  TrainConfig cfg;
+  TrainOptionStrings s;
+  add_train_options(desc, cfg, s, false);
+  po::variables_map vm;
+  if (!parse_args("sft", "[mpirun -np N] metapo sft --model DIR --data FILE.h5 --out RUN", desc, argc, argv, vm, ctx))
+    return 0;
+  finish_train_options(cfg, s, false, argc, argv);
+  return run_sft(ctx.topo, cfg);
+}
+
+}  // namespace metapo::cli

@@ -1,0 +1,60 @@
+#include "metapo/cli/train_options.h"
+
+#include "metapo/core/error.h"
+
+namespace metapo::cli {
+
+void add_train_options(po::options_description& desc, TrainConfig& cfg, TrainOptionStrings& s, bool pref) {
+  desc.add_options()
+    ("model", po::value(&cfg.model_dir)->required(), "initial model directory (Hugging Face layout)")
+    ("data", po::value(&cfg.data_path)->required(), "dataset .h5 (tools/prepare_data.py or metapo synth)")
+    ("out", po::value(&cfg.out_dir)->required(), "run directory: metrics.jsonl, run.json, final/")
+    ("seed", po::value(&cfg.seed)->default_value(0), "data order seed")
+    ("batch-size", po::value(&cfg.batch_size)->default_value(pref ? 32 : 32), pref ? "pairs per optimizer step (all ranks)" : "examples per optimizer step (all ranks)")
+    ("micro-batch", po::value(&cfg.micro_batch)->default_value(8), "per rank per forward/backward (gradient accumulation covers the rest)")
+    ("epochs", po::value(&cfg.epochs)->default_value(1), "passes over the training split")
+    ("max-steps", po::value(&cfg.max_steps)->default_value(0), "optimizer steps (overrides --epochs when > 0)")
+    ("lr", po::value(&cfg.adam.lr)->default_value(pref ? 1e-4 : 1e-3), "peak learning rate (AdamW)")
+    ("weight-decay", po::value(&cfg.adam.weight_decay)->default_value(0.0), "decoupled weight decay on matrices")
+    ("adam-beta1", po::value(&cfg.adam.beta1)->default_value(0.9), "AdamW beta1")
+    ("adam-beta2", po::value(&cfg.adam.beta2)->default_value(0.999), "AdamW beta2")
+    ("adam-eps", po::value(&cfg.adam.eps)->default_value(1e-8), "AdamW epsilon")
+    ("lr-schedule", po::value(&cfg.sched.kind)->default_value("cosine"), "cosine | linear | constant (after warmup)")
+    ("warmup-steps", po::value(&cfg.sched.warmup_steps)->default_value(0), "linear warmup steps")
+    ("warmup-ratio", po::value(&cfg.warmup_ratio)->default_value(0.1), "warmup as a fraction of the steps (when --warmup-steps is 0)")
+    ("min-lr-ratio", po::value(&cfg.sched.min_lr_ratio)->default_value(0.1), "cosine floor as a fraction of --lr")
+    ("max-grad-norm", po::value(&cfg.max_grad_norm)->default_value(1.0), "clip the global gradient norm (0: off)")
+    ("save-dtype", po::value(&cfg.save_dtype)->default_value("float32"), "dtype of RUN/final: float32, bfloat16, float16");
+  if (pref) {
+    desc.add_options()
+      ("loss", po::value(&s.loss)->default_value("sigmoid"), "sigmoid | ipo | hinge | cdpo | robust | simpo | ... (TRL's formulas)")
+      ("beta", po::value(&cfg.loss.beta)->default_value(0.1), "DPO beta")
+      ("label-smoothing", po::value(&cfg.loss.label_smoothing)->default_value(0.0), "label smoothing (cdpo, robust)")
+      ("simpo-gamma", po::value(&cfg.loss.simpo_gamma)->default_value(0.5), "SimPO target margin gamma")
+      ("discopop-tau", po::value(&cfg.loss.discopop_tau)->default_value(0.05), "DiscoPOP temperature")
+      ("wpo-alpha", po::value(&cfg.weight_opt.wpo_alpha)->default_value(1.0), "WPO weight exponent scale")
+      ("margin-tau", po::value(&cfg.weight_opt.margin_tau)->default_value(1.0), "--weighting margin: w = sigmoid(margin / tau)")
+      ("weighting", po::value(&s.weighting)->default_value("uniform"), "uniform | wpo | margin | column")
+      ("weight-column", po::value(&cfg.weight_opt.column)->default_value("weight"), "dataset column for --weighting column")
+      ("ref-model", po::value(&cfg.ref_model_dir), "reference model when the dataset has no reference log-probs (default: --model)")
+      ("eval-every", po::value(&cfg.eval_every)->default_value(0), "evaluate on the validation split every N steps (0: never)")
+      ("eval-pairs", po::value(&cfg.eval_pairs)->default_value(0), "validation pairs per evaluation (0: all)");
+  }
+}
+
+void finish_train_options(TrainConfig& cfg, const TrainOptionStrings& s, bool pref, int argc, char** argv) {
+  MP_CHECK(cfg.adam.lr > 0, "--lr must be positive");
+  MP_CHECK(cfg.epochs > 0 || cfg.max_steps > 0, "--epochs or --max-steps must be positive");
+  MP_CHECK(cfg.warmup_ratio >= 0 && cfg.warmup_ratio < 1, "--warmup-ratio must be in [0, 1)");
+  if (pref) {
+    cfg.loss.type = parse_loss(s.loss);
+    cfg.weighting = parse_weighting(s.weighting);
+    MP_CHECK(cfg.weighting != Weighting::Metapo, "--weighting metapo is not available yet");
+    validate(cfg.loss);
+    validate(cfg.weighting, cfg.weight_opt);
+  }
+  cfg.command_line = "metapo";
+  for (int i = 0; i < argc; ++i) cfg.command_line += std::string(" ") + argv[i];
+}
+
+}  // namespace metapo::cli

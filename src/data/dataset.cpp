@@ -1,0 +1,126 @@
+#include "metapo/data/dataset.h"
+
+#include <algorithm>
+#include <cmath>
+#include <limits>
+
+#include "metapo/core/error.h"
+
+namespace metapo {
+
+namespace {
+
+// "data.h5: /train/" — the prefix of every message about one split's fields.
+std::string split_where(const std::string& file, const std::string& split) {
+  return str_cat(file, ": /", split, "/");
+}
+
+// A ragged field <name>_tokens/<name>_offsets holding n items. `n_from` says where n came from, so a
+// count mismatch tells the user which of the two fields to look at.
+void check_ragged(const Ragged& r, int64_t n, const std::string& where, const std::string& name,
+                  int64_t vocab_size, const char* n_from) {
+  const std::string off = where + name + "_offsets: ";
+  MP_CHECK(int64_t(r.offsets.size()) == n + 1, off, r.offsets.size(), " entries, expected N + 1 = ", n + 1,
+           " (N = ", n, " from ", n_from, ")");
+  MP_CHECK(r.offsets[0] == 0, off, "first offset is ", r.offsets[0], ", expected 0");
+  for (size_t i = 1; i < r.offsets.size(); ++i)
+    MP_CHECK(r.offsets[i] >= r.offsets[i - 1], off, "offsets decrease at index ", i, " (", r.offsets[i - 1],
+             " -> ", r.offsets[i], ")");
+  MP_CHECK(r.offsets.back() == int64_t(r.tokens.size()), off, "last offset ", r.offsets.back(), " != ", name,
+           "_tokens length ", r.tokens.size());
+  for (size_t i = 0; i < r.tokens.size(); ++i)
+    MP_CHECK(r.tokens[i] >= 0 && r.tokens[i] < vocab_size, where, name, "_tokens: token id ", r.tokens[i],
+             " at index ", i, " is outside the vocabulary [0, vocab_size = ", vocab_size, ")");
+}
+
+void check_unique_ids(const std::vector<int64_t>& ids, const std::string& where) {
+  std::vector<int64_t> sorted = ids;
+  std::sort(sorted.begin(), sorted.end());
+  const auto dup = std::adjacent_find(sorted.begin(), sorted.end());
+  MP_CHECK(dup == sorted.end(), where, "sample_id: id ", *dup, " appears more than once");
+}
+
+void check_values(size_t got, int64_t n, const std::string& where, const std::string& field) {
+  MP_CHECK(int64_t(got) == n, where, field, ": ", got, " values, expected N = ", n, " (one per pair)");
+}
+
+// A name that becomes one HDF5 link: no '/', not "." and not empty.
+bool good_link_name(const std::string& s) { return !s.empty() && s != "." && s.find('/') == std::string::npos; }
+
+}  // namespace
+
+void check_pair_split(const PairSplit& s, const std::string& file, const std::string& split, int64_t vocab_size) {
+  const std::string where = split_where(file, split);
+  const int64_t n = s.size();
+  check_ragged(s.prompt, n, where, "prompt", vocab_size, "sample_id");
+  check_ragged(s.chosen, n, where, "chosen", vocab_size, "sample_id");
+  check_ragged(s.rejected, n, where, "rejected", vocab_size, "sample_id");
+  check_unique_ids(s.sample_id, where);
+  if (!s.quality.empty()) check_values(s.quality.size(), n, where, "quality");
+  for (const auto& [name, v] : s.columns) {
+    MP_CHECK(good_link_name(name), where, "columns/", name, ": a column name must be non-empty, without '/'");
+    check_values(v.size(), n, where, "columns/" + name);
+  }
+  if (s.has_ref()) {
+    // Both or neither: a DPO loss needs the reference log-prob of each response.
+    MP_CHECK(!s.ref_logp_chosen.empty(), where, "ref_logp_chosen: missing while ref_logp_rejected is present");
+    MP_CHECK(!s.ref_logp_rejected.empty(), where, "ref_logp_rejected: missing while ref_logp_chosen is present");
+    check_values(s.ref_logp_chosen.size(), n, where, "ref_logp_chosen");
+    check_values(s.ref_logp_rejected.size(), n, where, "ref_logp_rejected");
+    // A NaN here would silently poison every margin it enters; refuse it at the door.
+    for (const auto* v : {&s.ref_logp_chosen, &s.ref_logp_rejected})
+      for (size_t i = 0; i < v->size(); ++i)
+        MP_CHECK(std::isfinite((*v)[i]), where, v == &s.ref_logp_chosen ? "ref_logp_chosen" : "ref_logp_rejected",
+                 ": value ", (*v)[i], " at index ", i, " is not finite");
+    MP_CHECK(s.ref_max_length >= 0, where, "ref_max_length: ", s.ref_max_length, " is negative");
+  }
+}
+
+void check_sft_split(const SftSplit& s, const std::string& file, int64_t vocab_size) {
+  const std::string where = split_where(file, "sft");
+  check_ragged(s.prompt, s.size(), where, "prompt", vocab_size, "sample_id");
+  check_ragged(s.answer, s.size(), where, "answer", vocab_size, "sample_id");
+  check_unique_ids(s.sample_id, where);
+}
+
+void check_dataset_info(const DatasetInfo& info, const std::string& file) {
+  MP_CHECK(info.format_version == kDatasetFormatVersion, file, ": format_version ", info.format_version,
+           " is not supported (this metapo reads version ", kDatasetFormatVersion, ")");
+  // Token ids are int32 on disk.
+  MP_CHECK(info.vocab_size > 0 && info.vocab_size <= int64_t(std::numeric_limits<int32_t>::max()) + 1, file,
+           ": vocab_size ", info.vocab_size, " is not in [1, 2^31]");
+  const std::pair<const char*, int64_t> special[] = {
+      {"bos_token_id", info.bos_token_id}, {"eos_token_id", info.eos_token_id}, {"pad_token_id", info.pad_token_id}};
+  for (const auto& [name, id] : special)
+    MP_CHECK(id == -1 || (id >= 0 && id < info.vocab_size), file, ": ", name, " ", id,
+             " is outside the vocabulary [0, vocab_size = ", info.vocab_size, ") and is not -1 (absent)");
+}
+
+void check_dataset(const Dataset& d, const std::string& file) {
+  check_dataset_info(d.info, file);
+  // Ids key the training statistics and the random draws, so they must be unique across the whole
+  // file, not just within a split. Sorting (id, split) pairs finds a clash in O(N log N).
+  std::vector<std::string> names;
+  std::vector<std::pair<int64_t, size_t>> all;  // (sample id, index into names)
+  auto claim = [&](const std::vector<int64_t>& ids, const std::string& split) {
+    names.push_back(split);
+    for (int64_t id : ids) all.emplace_back(id, names.size() - 1);
+  };
+  if (d.sft) {
+    check_sft_split(*d.sft, file, d.info.vocab_size);
+    claim(d.sft->sample_id, "sft");
+  }
+  for (const auto& [name, s] : d.pairs) {
+    MP_CHECK(good_link_name(name) && name != "sft", file, ": '", name,
+             "' cannot name a pair split (empty, contains '/', or is the SFT split's name)");
+    check_pair_split(s, file, name, d.info.vocab_size);
+    claim(s.sample_id, name);
+  }
+  std::sort(all.begin(), all.end());
+  for (size_t i = 1; i < all.size(); ++i)
+    MP_CHECK(all[i].first != all[i - 1].first, file, ": /", names[all[i].second], "/sample_id: id ",
+             all[i].first, " is also in /", names[all[i - 1].second],
+             "/sample_id (ids must be unique across splits)");
+}
+
+}  // namespace metapo

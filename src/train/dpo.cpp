@@ -1,0 +1,359 @@
+#include "metapo/train/dpo.h"
+
+#include <algorithm>
+#include <cmath>
+#include <cstdio>
+#include <filesystem>
+#include <fstream>
+
+#include <nlohmann/json.hpp>
+
+#include "metapo/comm/collectives.h"
+#include "metapo/core/buffer.h"
+#include "metapo/core/error.h"
+#include "metapo/core/timer.h"
+#include "metapo/io/dataset_h5.h"
+#include "metapo/io/hf_model.h"
+#include "metapo/train/metrics.h"
+#include "metapo/train/pairs.h"
+
+namespace fs = std::filesystem;
+
+namespace metapo {
+
+void PairStats::add(const PairLogps& p, const PairLossResult& r, double w) {
+  n += 1, weight_sum += w, weighted_loss += w * r.loss, loss += r.loss;
+  correct += r.reward_chosen > r.reward_rejected ? 1.0 : 0.0;
+  margin += r.margin, reward_chosen += r.reward_chosen, reward_rejected += r.reward_rejected;
+  logp_chosen += p.policy_chosen, logp_rejected += p.policy_rejected;
+  w_min = std::min(w_min, w), w_max = std::max(w_max, w), w_sq += w * w;
+}
+
+void PairStats::merge(const PairStats& o) {
+  n += o.n, weight_sum += o.weight_sum, weighted_loss += o.weighted_loss, loss += o.loss;
+  correct += o.correct, margin += o.margin, reward_chosen += o.reward_chosen;
+  reward_rejected += o.reward_rejected, logp_chosen += o.logp_chosen, logp_rejected += o.logp_rejected;
+  w_min = std::min(w_min, o.w_min), w_max = std::max(w_max, o.w_max), w_sq += o.w_sq;
+}
+
+void PairStats::allreduce(MPI_Comm comm) {
+  double sums[11] = {n, weight_sum, weighted_loss, loss, correct, margin, reward_chosen,
+                     reward_rejected, logp_chosen, logp_rejected, w_sq};
+  allreduce_sum(sums, 11, comm);
+  n = sums[0], weight_sum = sums[1], weighted_loss = sums[2], loss = sums[3], correct = sums[4];
+  margin = sums[5], reward_chosen = sums[6], reward_rejected = sums[7], logp_chosen = sums[8];
+  logp_rejected = sums[9], w_sq = sums[10];
+  MPI_Allreduce(MPI_IN_PLACE, &w_min, 1, MPI_DOUBLE, MPI_MIN, comm);
+  MPI_Allreduce(MPI_IN_PLACE, &w_max, 1, MPI_DOUBLE, MPI_MAX, comm);
+}
+
+namespace {
+
+// The TRL metric names of a PairStats (means over pairs); `prefix` is "" or "eval/".
+nlohmann::json stats_json(const PairStats& s, const std::string& prefix) {
+  const double n = std::max(s.n, 1.0);
+  nlohmann::json j;
+  j[prefix + "loss"] = s.weight_sum > 0 ? s.weighted_loss / s.weight_sum : 0.0;
+  j[prefix + "rewards/chosen"] = s.reward_chosen / n;
+  j[prefix + "rewards/rejected"] = s.reward_rejected / n;
+  j[prefix + "rewards/accuracies"] = s.correct / n;
+  j[prefix + "rewards/margins"] = s.margin / n;
+  j[prefix + "logps/chosen"] = s.logp_chosen / n;
+  j[prefix + "logps/rejected"] = s.logp_rejected / n;
+  return j;
+}
+
+PairLogps pair_input(const PairSplit& s, int64_t i, double pc, double pr) {
+  return {pc, pr, s.ref_logp_chosen[size_t(i)], s.ref_logp_rejected[size_t(i)], s.chosen.len(i),
+          s.rejected.len(i)};
+}
+
+void check_compatible(const LlamaConfig& c, const DatasetInfo& info, const std::string& data) {
+  MP_CHECK(info.vocab_size <= c.vocab_size, data, ": vocab_size ", info.vocab_size,
+           " is larger than the model's vocab_size ", c.vocab_size, " (wrong tokenizer for this model?)");
+}
+
+void write_run_json(const TrainConfig& cfg, const std::string& kind) {
+  nlohmann::json j;
+  j["command"] = kind;
+  j["command_line"] = cfg.command_line;
+  j["model"] = cfg.model_dir, j["data"] = cfg.data_path, j["seed"] = cfg.seed;
+  j["loss"] = loss_name(cfg.loss.type), j["beta"] = cfg.loss.beta;
+  j["label_smoothing"] = cfg.loss.label_smoothing;
+  j["batch_size"] = cfg.batch_size, j["micro_batch"] = cfg.micro_batch;
+  j["lr"] = cfg.adam.lr, j["weight_decay"] = cfg.adam.weight_decay;
+  fs::create_directories(cfg.out_dir);
+  std::ofstream(cfg.out_dir + "/run.json") << j.dump(2) << "\n";
+}
+
+// Sum over data-parallel ranks, then undo the a_i/B scaling of the backward with B/Σa (DESIGN §6:
+// exact global normalization of the weights, computed once per step).
+void finish_gradients(Buffer<float>& grads, double scale, MPI_Comm dp) {
+  allreduce_sum(grads.data(), grads.size(), dp);
+  if (scale != 1.0) {
+    const float f = float(scale);
+#pragma omp parallel for schedule(static)
+    for (size_t i = 0; i < grads.size(); ++i) grads[i] *= f;
+  }
+}
+
+int64_t total_steps(const TrainConfig& cfg, int64_t n) {
+  MP_CHECK(cfg.batch_size <= n, "--batch-size ", cfg.batch_size, " is larger than the training split (", n,
+           " examples)");
+  return cfg.max_steps > 0 ? cfg.max_steps : cfg.epochs * (n / cfg.batch_size);
+}
+
+void check_batching(const TrainConfig& cfg, const Topology& topo) {
+  MP_CHECK(cfg.batch_size > 0 && cfg.micro_batch > 0, "--batch-size and --micro-batch must be positive");
+  MP_CHECK(cfg.batch_size % topo.dp == 0, "--batch-size ", cfg.batch_size,
+           " is not divisible by the number of data-parallel ranks (", topo.dp, ")");
+}
+
+LrSchedule make_schedule(const TrainConfig& cfg, int64_t total) {
+  LrSchedule s = cfg.sched;
+  s.peak = cfg.adam.lr;
+  s.total_steps = total;
+  if (s.warmup_steps == 0 && cfg.warmup_ratio > 0) s.warmup_steps = int64_t(std::ceil(cfg.warmup_ratio * double(total)));
+  return s;
+}
+
+void save_final(const TrainConfig& cfg, const Topology& topo, const LlamaConfig& c, const std::vector<float>& params) {
+  if (topo.is_root()) save_hf_model(cfg.out_dir + "/final", c, params, cfg.save_dtype);
+  MPI_Barrier(topo.world);
+}
+
+}  // namespace
+
+template <typename T>
+PairMicroResult pair_micro_step(LlamaModel<T>& model, const T* params, T* grads, bool accumulate,
+                                const PairSplit& s, const std::vector<int64_t>& chunk, const LossConfig& loss,
+                                Weighting weighting, const WeightOptions& wopt,
+                                const std::vector<double>& column, double coef_scale) {
+  PairMicroResult r;
+  const PairBatch pb = make_pair_batch(s, chunk);
+  std::vector<T> logp(size_t(pb.batch.n_tokens()));
+  model.forward(params, pb.batch, pb.targets.data(), logp.data());
+  const std::vector<double> seq = sequence_logps(pb.batch, logp);
+  std::vector<double> col;
+  for (size_t k = 0; k < chunk.size(); ++k) {
+    r.in.push_back(pair_input(s, chunk[k], seq[2 * k], seq[2 * k + 1]));
+    r.out.push_back(pair_loss(loss, r.in.back()));
+    if (!column.empty()) col.push_back(column[size_t(chunk[k])]);
+  }
+  r.weights = static_pair_weights(weighting, r.in, r.out, col, wopt);
+  std::vector<double> coef(2 * chunk.size());
+  for (size_t k = 0; k < chunk.size(); ++k) {
+    coef[2 * k] = r.weights[k] * coef_scale * r.out[k].d_policy_chosen;
+    coef[2 * k + 1] = r.weights[k] * coef_scale * r.out[k].d_policy_rejected;
+  }
+  const std::vector<T> dlogp = expand_seq_coef<T>(pb.batch, pb.targets, coef);
+  model.backward(params, dlogp.data(), grads, accumulate);
+  r.tokens = pb.batch.n_tokens();
+  return r;
+}
+
+template PairMicroResult pair_micro_step<float>(LlamaModel<float>&, const float*, float*, bool, const PairSplit&,
+                                                const std::vector<int64_t>&, const LossConfig&, Weighting,
+                                                const WeightOptions&, const std::vector<double>&, double);
+template PairMicroResult pair_micro_step<double>(LlamaModel<double>&, const double*, double*, bool, const PairSplit&,
+                                                 const std::vector<int64_t>&, const LossConfig&, Weighting,
+                                                 const WeightOptions&, const std::vector<double>&, double);
+
+void pair_logps(LlamaModel<float>& model, const float* params, const PairSplit& s,
+                const std::vector<int64_t>& idx, int64_t micro, MPI_Comm comm, std::vector<double>& chosen,
+                std::vector<double>& rejected) {
+  int rank = 0, size = 1;
+  MPI_Comm_rank(comm, &rank);
+  MPI_Comm_size(comm, &size);
+  chosen.assign(idx.size(), 0.0), rejected.assign(idx.size(), 0.0);
+  std::vector<size_t> mine;
+  for (size_t k = size_t(rank); k < idx.size(); k += size_t(size)) mine.push_back(k);
+  for (size_t a = 0; a < mine.size(); a += size_t(micro)) {
+    const size_t z = std::min(mine.size(), a + size_t(micro));
+    std::vector<int64_t> chunk;
+    for (size_t k = a; k < z; ++k) chunk.push_back(idx[mine[k]]);
+    const PairBatch pb = make_pair_batch(s, chunk);
+    std::vector<float> logp(static_cast<size_t>(pb.batch.n_tokens()));
+    model.forward(params, pb.batch, pb.targets.data(), logp.data());
+    const std::vector<double> seq = sequence_logps(pb.batch, logp);
+    for (size_t k = a; k < z; ++k) chosen[mine[k]] = seq[2 * (k - a)], rejected[mine[k]] = seq[2 * (k - a) + 1];
+  }
+  // Every entry was filled by exactly one rank (others hold 0): a sum gathers them.
+  allreduce_sum(chosen.data(), chosen.size(), comm);
+  allreduce_sum(rejected.data(), rejected.size(), comm);
+}
+
+PairStats evaluate_pairs(LlamaModel<float>& model, const float* params, const PairSplit& s,
+                         const LossConfig& loss, int64_t micro, int64_t limit, MPI_Comm comm) {
+  MP_CHECK(s.has_ref(), "evaluation needs reference log-probs (run metapo precompute-ref)");
+  const int64_t n = limit > 0 ? std::min(limit, s.size()) : s.size();
+  std::vector<int64_t> idx(static_cast<size_t>(n));
+  for (int64_t i = 0; i < n; ++i) idx[size_t(i)] = i;
+  std::vector<double> c, r;
+  pair_logps(model, params, s, idx, micro, comm, c, r);
+  PairStats st;
+  for (int64_t i = 0; i < n; ++i) {
+    const PairLogps p = pair_input(s, i, c[size_t(i)], r[size_t(i)]);
+    st.add(p, pair_loss(loss, p), 1.0);
+  }
+  return st;
+}
+
+void ensure_ref_logps(PairSplit& s, const std::string& split_name, const std::string& ref_dir, int64_t micro,
+                      const Topology& topo) {
+  if (s.has_ref()) return;
+  if (topo.is_root())
+    std::printf("%s: no reference log-probs in the dataset; computing them with %s\n", split_name.c_str(),
+                ref_dir.c_str());
+  const HfModel ref = load_hf_model(ref_dir);
+  LlamaModel<float> model(ref.config);
+  std::vector<int64_t> idx(static_cast<size_t>(s.size()));
+  for (int64_t i = 0; i < s.size(); ++i) idx[size_t(i)] = i;
+  pair_logps(model, ref.params.data(), s, idx, micro, topo.world, s.ref_logp_chosen, s.ref_logp_rejected);
+}
+
+int run_dpo(const Topology& topo, const TrainConfig& cfg) {
+  validate(cfg.loss);
+  check_batching(cfg, topo);
+  HfModel hf = load_hf_model(cfg.model_dir);
+  const DatasetInfo info = read_dataset_info(cfg.data_path);
+  check_compatible(hf.config, info, cfg.data_path);
+  PairSplit train = read_pair_split(cfg.data_path, cfg.train_split);
+  const bool do_eval = cfg.eval_every > 0;
+  PairSplit val;
+  if (do_eval) val = read_pair_split(cfg.data_path, cfg.val_split);
+  const std::string ref_dir = cfg.ref_model_dir.empty() ? cfg.model_dir : cfg.ref_model_dir;
+  ensure_ref_logps(train, cfg.train_split, ref_dir, cfg.micro_batch, topo);
+  if (do_eval) ensure_ref_logps(val, cfg.val_split, ref_dir, cfg.micro_batch, topo);
+  std::vector<double> column;
+  if (cfg.weighting == Weighting::Column) {
+    auto it = train.columns.find(cfg.weight_opt.column);
+    MP_CHECK(it != train.columns.end(), cfg.data_path, ": /", cfg.train_split, "/columns/", cfg.weight_opt.column,
+             " not found (needed by --weighting column)");
+    column.assign(it->second.begin(), it->second.end());
+  }
+
+  const int64_t total = total_steps(cfg, train.size());
+  const LrSchedule sched = make_schedule(cfg, total);
+  if (topo.is_root()) write_run_json(cfg, "train");
+  LlamaModel<float> model(hf.config);
+  std::vector<float>& params = hf.params;
+  Buffer<float> grads(params.size());
+  AdamW opt(model.layout(), cfg.adam);
+  MetricsLog log(cfg.out_dir + "/metrics.jsonl", topo.is_root(), total);
+  const double B = double(cfg.batch_size);
+
+  auto run_eval = [&](int64_t step) {
+    PairStats ev = evaluate_pairs(model, params.data(), val, cfg.loss, cfg.micro_batch, cfg.eval_pairs, topo.dp_comm);
+    nlohmann::json j = stats_json(ev, "eval/");
+    j["step"] = step + 1;
+    char line[256];
+    std::snprintf(line, sizeof line, "eval  %5lld | loss %.4f | acc %.3f | margin %.3f", (long long)(step + 1),
+                  j["eval/loss"].get<double>(), j["eval/rewards/accuracies"].get<double>(),
+                  j["eval/rewards/margins"].get<double>());
+    log.event(j, line);
+  };
+
+  for (int64_t step = 0; step < total; ++step) {
+    Timer tm;
+    const std::vector<int64_t> mine = dp_share(global_batch(train.size(), cfg.batch_size, cfg.seed, step), topo.dp_rank, topo.dp);
+    PairStats st;
+    double tokens = 0;
+    for (size_t a = 0; a < mine.size(); a += size_t(cfg.micro_batch)) {
+      const std::vector<int64_t> chunk(mine.begin() + long(a), mine.begin() + long(std::min(mine.size(), a + size_t(cfg.micro_batch))));
+      // Backward with a_i / B; the step rescales by B / Σa once Σa over all ranks is known.
+      const PairMicroResult r = pair_micro_step(model, params.data(), grads.data(), /*accumulate=*/a > 0, train,
+                                                chunk, cfg.loss, cfg.weighting, cfg.weight_opt, column, 1.0 / B);
+      for (size_t k = 0; k < chunk.size(); ++k) st.add(r.in[k], r.out[k], r.weights[k]);
+      tokens += double(r.tokens);
+    }
+    st.allreduce(topo.dp_comm);
+    MPI_Allreduce(MPI_IN_PLACE, &tokens, 1, MPI_DOUBLE, MPI_SUM, topo.dp_comm);
+    MP_CHECK(st.weight_sum > 0, "step ", step + 1, ": the pair weights of the batch sum to 0 (--weighting ",
+             weighting_name(cfg.weighting), ")");
+    finish_gradients(grads, B / st.weight_sum, topo.dp_comm);
+    const double gnorm = grad_norm(grads.data(), grads.size());
+    clip_grads(grads.data(), grads.size(), gnorm, cfg.max_grad_norm);
+    const double lr = sched.at(step);
+    opt.step(params.data(), grads.data(), lr);
+
+    const double secs = tm.seconds();
+    nlohmann::json j = stats_json(st, "");
+    const double wmean = st.weight_sum / st.n;
+    j["step"] = step + 1, j["epoch"] = double(step + 1) * B / double(train.size());
+    j["lr"] = lr, j["grad_norm"] = gnorm, j["tokens_per_s"] = tokens / secs, j["step_time"] = secs;
+    j["weights/mean"] = wmean, j["weights/std"] = std::sqrt(std::max(0.0, st.w_sq / st.n - wmean * wmean));
+    j["weights/min"] = st.w_min, j["weights/max"] = st.w_max;
+    char line[320];
+    std::snprintf(line, sizeof line,
+                  "step %5lld/%lld | loss %.4f | acc %.3f | margin %+.3f | w %.2f±%.2f | lr %.2e | gnorm %.3f | %.0f tok/s",
+                  (long long)(step + 1), (long long)total, j["loss"].get<double>(),
+                  j["rewards/accuracies"].get<double>(), j["rewards/margins"].get<double>(), wmean,
+                  j["weights/std"].get<double>(), lr, gnorm, tokens / secs);
+    log.step(step, j, line);
+    if (cfg.eval_every > 0 && ((step + 1) % cfg.eval_every == 0 || step + 1 == total)) run_eval(step);
+  }
+  save_final(cfg, topo, hf.config, params);
+  if (topo.is_root()) std::printf("wrote %s/final and %s/metrics.jsonl\n", cfg.out_dir.c_str(), cfg.out_dir.c_str());
+  return 0;
+}
+
+int run_sft(const Topology& topo, const TrainConfig& cfg) {
+  check_batching(cfg, topo);
+  HfModel hf = load_hf_model(cfg.model_dir);
+  const DatasetInfo info = read_dataset_info(cfg.data_path);
+  check_compatible(hf.config, info, cfg.data_path);
+  const SftSplit train = read_sft_split(cfg.data_path);
+  const int64_t total = total_steps(cfg, train.size());
+  const LrSchedule sched = make_schedule(cfg, total);
+  if (topo.is_root()) write_run_json(cfg, "sft");
+  LlamaModel<float> model(hf.config);
+  std::vector<float>& params = hf.params;
+  Buffer<float> grads(params.size());
+  AdamW opt(model.layout(), cfg.adam);
+  MetricsLog log(cfg.out_dir + "/metrics.jsonl", topo.is_root(), total);
+
+  for (int64_t step = 0; step < total; ++step) {
+    Timer tm;
+    const std::vector<int64_t> global = global_batch(train.size(), cfg.batch_size, cfg.seed, step);
+    // Every rank reads the whole dataset, so the global count of answer tokens (the loss is their
+    // mean, as in TRL's SFT) needs no communication.
+    double n_answer = 0;
+    for (int64_t i : global) n_answer += double(train.answer.len(i));
+    MP_CHECK(n_answer > 0, "SFT batch ", step, " has no answer tokens");
+    const std::vector<int64_t> mine = dp_share(global, topo.dp_rank, topo.dp);
+    double nll = 0, tokens = 0;
+    for (size_t a = 0; a < mine.size(); a += size_t(cfg.micro_batch)) {
+      const std::vector<int64_t> chunk(mine.begin() + long(a), mine.begin() + long(std::min(mine.size(), a + size_t(cfg.micro_batch))));
+      std::vector<int32_t> targets;
+      const PackedBatch b = make_sft_batch(train, chunk, targets);
+      std::vector<float> logp(static_cast<size_t>(b.n_tokens()));
+      model.forward(params.data(), b, targets.data(), logp.data());
+      std::vector<float> dlogp(logp.size(), 0.0f);
+      for (size_t t = 0; t < logp.size(); ++t)
+        if (targets[t] >= 0) nll -= double(logp[t]), dlogp[t] = float(-1.0 / n_answer);
+      model.backward(params.data(), dlogp.data(), grads.data(), a > 0);
+      tokens += double(b.n_tokens());
+    }
+    double sums[2] = {nll, tokens};
+    allreduce_sum(sums, 2, topo.dp_comm);
+    finish_gradients(grads, 1.0, topo.dp_comm);
+    const double gnorm = grad_norm(grads.data(), grads.size());
+    clip_grads(grads.data(), grads.size(), gnorm, cfg.max_grad_norm);
+    const double lr = sched.at(step);
+    opt.step(params.data(), grads.data(), lr);
+    const double secs = tm.seconds();
+    nlohmann::json j;
+    j["step"] = step + 1, j["loss"] = sums[0] / n_answer, j["lr"] = lr, j["grad_norm"] = gnorm;
+    j["tokens_per_s"] = sums[1] / secs, j["step_time"] = secs;
+    char line[256];
+    std::snprintf(line, sizeof line, "sft %5lld/%lld | loss %.4f | lr %.2e | gnorm %.3f | %.0f tok/s",
+                  (long long)(step + 1), (long long)total, sums[0] / n_answer, lr, gnorm, sums[1] / secs);
+    log.step(step, j, line);
+  }
+  save_final(cfg, topo, hf.config, params);
+  if (topo.is_root()) std::printf("wrote %s/final and %s/metrics.jsonl\n", cfg.out_dir.c_str(), cfg.out_dir.c_str());
+  return 0;
+}
+
+}  // namespace metapo

@@ -1,0 +1,68 @@
+#include "metapo/train/optimizer.h"
+
+#include <algorithm>
+#include <cmath>
+
+#include "metapo/core/error.h"
+
+namespace metapo {
+
+double LrSchedule::at(int64_t step) const {
+  if (warmup_steps > 0 && step < warmup_steps) return peak * double(step + 1) / double(warmup_steps);
+  const double span = double(std::max<int64_t>(1, total_steps - warmup_steps));
+  const double prog = std::min(1.0, double(step - warmup_steps) / span);
+  if (kind == "constant") return peak;
+  if (kind == "linear") return peak * (1.0 - prog);
+  MP_CHECK(kind == "cosine", "--lr-schedule ", kind, ": unknown (valid: cosine, linear, constant)");
+  return peak * (min_lr_ratio + (1.0 - min_lr_ratio) * 0.5 * (1.0 + std::cos(M_PI * prog)));
+}
+
+AdamW::AdamW(const ParamLayout& lay, const AdamWConfig& cfg)
+    : cfg_(cfg), decay_(lay.total(), 0), m_(lay.total(), 0.0f), v_(lay.total(), 0.0f) {
+  // Weight decay on matrices only, as Hugging Face's Trainer does (norm weights and biases are 1-D).
+  for (const TensorEntry& e : lay.tensors())
+    if (e.shape.size() >= 2)
+      for (size_t i = 0; i < e.numel; ++i) decay_[e.offset + i] = 1;
+}
+
+void AdamW::step(float* p, const float* g, double lr) {
+  ++t_;
+  const double bc1 = 1.0 - std::pow(cfg_.beta1, double(t_)), bc2 = 1.0 - std::pow(cfg_.beta2, double(t_));
+  const float b1 = float(cfg_.beta1), b2 = float(cfg_.beta2);
+  const float step_size = float(lr / bc1), inv_bc2_sqrt = float(1.0 / std::sqrt(bc2));
+  const float eps = float(cfg_.eps), wd = float(lr * cfg_.weight_decay);
+  const int64_t n = int64_t(m_.size());
+#pragma omp parallel for schedule(static)
+  for (int64_t i = 0; i < n; ++i) {
+    if (decay_[i]) p[i] -= wd * p[i];  // decoupled decay (AdamW), before the Adam update
+    m_[i] = b1 * m_[i] + (1.0f - b1) * g[i];
+    v_[i] = b2 * v_[i] + (1.0f - b2) * g[i] * g[i];
+    p[i] -= step_size * m_[i] / (std::sqrt(v_[i]) * inv_bc2_sqrt + eps);
+  }
+}
+
+double grad_norm(const float* g, size_t n) {
+  // Blocks summed in a fixed order: the same norm whatever the thread count.
+  constexpr size_t kBlock = 1 << 16;
+  const size_t nb = (n + kBlock - 1) / kBlock;
+  std::vector<double> part(nb, 0.0);
+#pragma omp parallel for schedule(static)
+  for (size_t b = 0; b < nb; ++b) {
+    double s = 0;
+    for (size_t i = b * kBlock; i < std::min(n, (b + 1) * kBlock); ++i) s += double(g[i]) * double(g[i]);
+    part[b] = s;
+  }
+  double s = 0;
+  for (double x : part) s += x;
+  return std::sqrt(s);
+}
+
+double clip_grads(float* g, size_t n, double norm, double max_norm) {
+  if (max_norm <= 0 || !(norm > max_norm)) return 1.0;
+  const float f = float(max_norm / (norm + 1e-6));
+#pragma omp parallel for schedule(static)
+  for (size_t i = 0; i < n; ++i) g[i] *= f;
+  return f;
+}
+
+}  // namespace metapo
