@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstring>
+#include <optional>
 
 #include "metapo/core/error.h"
 #include "metapo/kernels/attention.h"
@@ -116,7 +117,8 @@ void LlamaModel<T>::forward(const T* params, const PackedBatch& b, const int32_t
 }
 
 template <typename T>
-void LlamaModel<T>::backward(const T* params, const T* dlogp, T* grads, bool accumulate) {
+void LlamaModel<T>::backward(const T* params, const T* dlogp, T* grads, bool accumulate, const T* ghat,
+                             std::vector<double>* seq_dots) {
   MP_CHECK(have_forward_, "LlamaModel::backward called without a forward (or twice for one forward)");
   have_forward_ = false;  // the probability cache is consumed below
   const LlamaConfig& c = cfg_;
@@ -126,6 +128,19 @@ void LlamaModel<T>::backward(const T* params, const T* dlogp, T* grads, bool acc
   const int64_t Q = c.q_dim(), KV = c.kv_dim(), QKV = c.qkv_dim();
   const ModelView<const T> w = make_view(lay_, params);
   const ModelView<T> g = make_view(lay_, grads);
+  // Ghost dot products (DESIGN §6): every parameter gradient is a sum of per-row terms, and a row's
+  // terms belong to its own sequence (attention never crosses sequences), so per-row dots with ĝ,
+  // summed per sequence, give ⟨ĝ, ∇θ of that sequence's part of the objective⟩.
+  const bool ghost = ghat != nullptr;
+  MP_CHECK(!ghost || seq_dots, "LlamaModel::backward: ghat given without seq_dots");
+  std::optional<ModelView<const T>> gh;
+  std::vector<double> rdot;
+  Buffer<T>& gwork = work_.ghost;
+  if (ghost) {
+    gh = make_view(lay_, ghat);
+    rdot.assign(size_t(n), 0.0);
+    resize(gwork, n * std::max({QKV, 2 * I, C}));
+  }
   if (!accumulate) {
     // The GEMMs overwrite their weight gradients (beta = 0); only the tensors that are summed into
     // (norm weights, and an untied embedding's scatter-add) start from zero here. A tied embedding
@@ -148,9 +163,11 @@ void LlamaModel<T>::backward(const T* params, const T* dlogp, T* grads, bool acc
   std::fill(dhN.begin(), dhN.end(), T(0));
   cpu::LogprobParams<T> lp{hN_.data(), w.lm_head, C, V, rows_.data(), row_targets_.data(), nr};
   prof_.run("lm_head_logprob.bwd", [&] { cpu::logprob_backward(lp, coef.data(), row_lse_.data(), probs_.empty() ? nullptr : probs_.data(),
-                        dhN.data(), g.lm_head, accumulate); });
+                        dhN.data(), g.lm_head, accumulate, ghost ? gh->lm_head : nullptr, ghost ? rdot.data() : nullptr); });
   prof_.run("rmsnorm.bwd", [&] { cpu::rmsnorm_backward(dx.data(), g.final_norm, dhN.data(), x_final_.data(), w.final_norm,
                         rstdN_.data(), n, C, false); });
+  if (ghost)
+    prof_.run("ghost", [&] { cpu::rmsnorm_ghost_dots(dhN.data(), x_final_.data(), rstdN_.data(), gh->final_norm, n, C, rdot.data()); });
 
   // dx is the gradient with respect to the current layer's output (the residual stream).
   Buffer<T>&dh = wk.dh, &dgu = wk.dgu, &dxn = wk.dxn, &datt = wk.datt, &dqkv = wk.dqkv;
@@ -160,15 +177,26 @@ void LlamaModel<T>::backward(const T* params, const T* dlogp, T* grads, bool acc
     const LayerView<const T>& lw = w.layers[li];
     const LayerView<T>& lg = g.layers[li];
 
-    // MLP block backward.
+    const LayerView<const T>* lgh = ghost ? &gh->layers[li] : nullptr;
+
+    // MLP block backward (each ghost call reads its G before the next step overwrites it).
     prof_.run("down_proj.bwd", [&] { cpu::linear_backward(dh.data(), lg.wdown, (T*)nullptr, dx.data(), a.h.data(), lw.wdown, n, I, C, accumulate); });
+    if (ghost)
+      prof_.run("ghost", [&] { cpu::linear_ghost_dots(a.h.data(), dx.data(), lgh->wdown, (const T*)nullptr, n, I, C, gwork.data(), rdot.data()); });
     prof_.run("swiglu.bwd", [&] { cpu::swiglu_backward(dgu.data(), dh.data(), a.gu.data(), n, I); });
     prof_.run("gate_up_proj.bwd", [&] { cpu::linear_backward(dxn.data(), lg.wgu, (T*)nullptr, dgu.data(), a.xn2.data(), lw.wgu, n, C, 2 * I, accumulate); });
+    if (ghost)
+      prof_.run("ghost", [&] {
+        cpu::linear_ghost_dots(a.xn2.data(), dgu.data(), lgh->wgu, (const T*)nullptr, n, C, 2 * I, gwork.data(), rdot.data());
+        cpu::rmsnorm_ghost_dots(dxn.data(), a.x_mid.data(), a.rstd2.data(), lgh->mlp_norm, n, C, rdot.data());
+      });
     prof_.run("rmsnorm.bwd", [&] { cpu::rmsnorm_backward(dx.data(), lg.mlp_norm, dxn.data(), a.x_mid.data(), lw.mlp_norm,
                           a.rstd2.data(), n, C, true); });  // dx: now w.r.t. x_mid
 
     // Attention block backward.
     prof_.run("o_proj.bwd", [&] { cpu::linear_backward(datt.data(), lg.wo, (T*)nullptr, dx.data(), a.att.data(), lw.wo, n, Q, C, accumulate); });
+    if (ghost)
+      prof_.run("ghost", [&] { cpu::linear_ghost_dots(a.att.data(), dx.data(), lgh->wo, (const T*)nullptr, n, Q, C, gwork.data(), rdot.data()); });
     cpu::AttentionParams<T> ap{a.qkv.data(), a.qkv.data() + Q, a.qkv.data() + Q + KV, QKV,
                                const_cast<T*>(a.att.data()), Q, const_cast<T*>(a.lse.data()),
                                b.cu_seqlens.data(), b.n_seqs(), n, Hq, Hkv, D,
@@ -178,10 +206,21 @@ void LlamaModel<T>::backward(const T* params, const T* dlogp, T* grads, bool acc
     prof_.run("rope.bwd", [&] { cpu::rope_apply(dqkv.data(), n, Hq, D, QKV, pos_.data(), rope_, true); });  // dq before rope
     prof_.run("rope.bwd", [&] { cpu::rope_apply(dqkv.data() + Q, n, Hkv, D, QKV, pos_.data(), rope_, true); });  // dk before rope
     prof_.run("qkv_proj.bwd", [&] { cpu::linear_backward(dxn.data(), lg.wqkv, lg.bqkv, dqkv.data(), a.xn1.data(), lw.wqkv, n, C, QKV, accumulate); });
+    if (ghost)
+      prof_.run("ghost", [&] {
+        cpu::linear_ghost_dots(a.xn1.data(), dqkv.data(), lgh->wqkv, lgh->bqkv, n, C, QKV, gwork.data(), rdot.data());
+        cpu::rmsnorm_ghost_dots(dxn.data(), a.x_in.data(), a.rstd1.data(), lgh->attn_norm, n, C, rdot.data());
+      });
     prof_.run("rmsnorm.bwd", [&] { cpu::rmsnorm_backward(dx.data(), lg.attn_norm, dxn.data(), a.x_in.data(), lw.attn_norm,
                           a.rstd1.data(), n, C, true); });  // dx: now w.r.t. x_in
   }
   prof_.run("embedding.bwd", [&] { cpu::embedding_backward(g.embed, dx.data(), b.tokens.data(), n, C); });
+  if (ghost) {
+    cpu::embedding_ghost_dots(dx.data(), b.tokens.data(), gh->embed, n, C, rdot.data());
+    seq_dots->assign(size_t(b.n_seqs()), 0.0);
+    for (int64_t s = 0; s < b.n_seqs(); ++s)
+      for (int64_t t = b.cu_seqlens[s]; t < b.cu_seqlens[s + 1]; ++t) (*seq_dots)[size_t(s)] += rdot[size_t(t)];
+  }
 }
 
 template <typename T>

@@ -21,4 +21,12 @@ template <typename T>
 void linear_backward(T* dX, T* dW, T* db, const T* dY, const T* X, const T* W, int64_t n,
                      int64_t in, int64_t out, bool accumulate = true);
 
+// Ghost dot products (DESIGN §6): for the weight gradient dW = Σ_t G_t A_tᵀ of a linear layer, adds
+// to rdot[t] the contribution of row t to ⟨Ĝ, dW⟩ (+ ⟨ĝ_b, db⟩ when ghat_b is given), i.e.
+// ⟨G_t, Ĝ A_t + ĝ_b⟩, without forming per-row gradients: one extra GEMM P = A Ĝᵀ into work [n, out]
+// and a row-wise dot. A: [n, in], G: [n, out], Ghat: [out, in].
+template <typename T>
+void linear_ghost_dots(const T* A, const T* G, const T* Ghat, const T* ghat_b, int64_t n, int64_t in,
+                       int64_t out, T* work, double* rdot);
+
 }  // namespace metapo::cpu

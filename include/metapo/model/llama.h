@@ -49,7 +49,13 @@ class LlamaModel {
   // Given dlogp[t] = dL/dlogp[t] for the last forward, grads += dL/dparams; with
   // accumulate = false, grads = dL/dparams (whatever the buffer held: the first micro-batch of a step
   // needs no zeroing pass, like PyTorch's zero_grad(set_to_none=True)).
-  void backward(const T* params, const T* dlogp, T* grads, bool accumulate = true);
+  //
+  // Ghost products (DESIGN §6): with ghat (a buffer in the parameter layout, e.g. a validation
+  // gradient) given, also sets seq_dots[s] = ⟨ghat, ∇θ Σ_{t∈s} dlogp[t] logp[t]⟩ for every sequence s
+  // of the batch, without forming per-sequence gradients: one extra GEMM per linear layer (about one
+  // forward's worth) and row-wise dots.
+  void backward(const T* params, const T* dlogp, T* grads, bool accumulate = true, const T* ghat = nullptr,
+                std::vector<double>* seq_dots = nullptr);
 
   // Activation bytes held by the last forward.
   size_t activation_bytes() const;
@@ -74,7 +80,7 @@ class LlamaModel {
   Buffer<T> x_final_, hN_, rstdN_, row_lse_, probs_;
   bool have_forward_ = false;
   struct BackwardWork {
-    Buffer<T> coef, dx, dxn, dh, dgu, datt, dqkv;
+    Buffer<T> coef, dx, dxn, dh, dgu, datt, dqkv, ghost;
   } work_;
   OpProfile prof_;
 };

@@ -26,6 +26,21 @@ void embedding_backward(T* dE, const T* dx, const int32_t* tokens, int64_t n, in
   }
 }
 
+template <typename T>
+void embedding_ghost_dots(const T* dx, const int32_t* tokens, const T* Ghat, int64_t n, int64_t C,
+                          double* rdot) {
+#pragma omp parallel for schedule(static)
+  for (int64_t t = 0; t < n; ++t) {
+    const T* g = Ghat + int64_t(tokens[t]) * C;
+    double s = 0;
+    for (int64_t c = 0; c < C; ++c) s += double(g[c]) * double(dx[t * C + c]);
+    rdot[t] += s;
+  }
+}
+
+template void embedding_ghost_dots<float>(const float*, const int32_t*, const float*, int64_t, int64_t, double*);
+template void embedding_ghost_dots<double>(const double*, const int32_t*, const double*, int64_t, int64_t,
+                                           double*);
 template void embedding_forward<float>(float*, const float*, const int32_t*, int64_t, int64_t);
 template void embedding_forward<double>(double*, const double*, const int32_t*, int64_t, int64_t);
 template void embedding_backward<float>(float*, const float*, const int32_t*, int64_t, int64_t);

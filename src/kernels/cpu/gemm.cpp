@@ -47,6 +47,24 @@ void linear_backward(T* dX, T* dW, T* db, const T* dY, const T* X, const T* W, i
   }
 }
 
+template <typename T>
+void linear_ghost_dots(const T* A, const T* G, const T* Ghat, const T* ghat_b, int64_t n, int64_t in,
+                       int64_t out, T* work, double* rdot) {
+  gemm<T>(false, true, n, out, in, T(1), A, in, Ghat, in, T(0), work, out);  // P = A Ĝᵀ  [n, out]
+#pragma omp parallel for schedule(static)
+  for (int64_t t = 0; t < n; ++t) {
+    const T* g = G + t * out;
+    const T* p = work + t * out;
+    double s = 0;
+    for (int64_t o = 0; o < out; ++o) s += double(g[o]) * double(p[o] + (ghat_b ? ghat_b[o] : T(0)));
+    rdot[t] += s;
+  }
+}
+
+template void linear_ghost_dots<float>(const float*, const float*, const float*, const float*, int64_t,
+                                       int64_t, int64_t, float*, double*);
+template void linear_ghost_dots<double>(const double*, const double*, const double*, const double*,
+                                        int64_t, int64_t, int64_t, double*, double*);
 template void linear_forward<float>(float*, const float*, const float*, const float*, int64_t,
                                     int64_t, int64_t);
 template void linear_forward<double>(double*, const double*, const double*, const double*, int64_t,

@@ -66,11 +66,11 @@ void logprob_forward(const LogprobParams<T>& p, T* logp, T* lse, T* prob_cache) 
 
 template <typename T>
 void logprob_backward(const LogprobParams<T>& p, const T* coef, const T* lse, T* prob_cache, T* dh,
-                      T* dW, bool accumulate) {
+                      T* dW, bool accumulate, const T* Ghat, double* row_dot) {
   if (!accumulate && p.n_rows == 0) std::fill(dW, dW + p.V * p.C, T(0));
   const int64_t chunk = std::min(kChunk, std::max<int64_t>(p.n_rows, 1));
   std::vector<T> hc(size_t(chunk * p.C)), dhc(size_t(chunk * p.C));
-  std::vector<T> zc(prob_cache ? 0 : size_t(chunk * p.V));
+  std::vector<T> zc(prob_cache ? 0 : size_t(chunk * p.V)), gz(Ghat ? size_t(chunk * p.V) : 0);
   for (int64_t r0 = 0; r0 < p.n_rows; r0 += chunk) {
     const int64_t nr = std::min(chunk, p.n_rows - r0);
     T* z = prob_cache ? prob_cache + r0 * p.V : zc.data();
@@ -91,6 +91,16 @@ void logprob_backward(const LogprobParams<T>& p, const T* coef, const T* lse, T*
       }
       row[p.targets[r0 + i]] += c;
     }
+    if (Ghat) {
+      // Ghost dots: ⟨dlogits_i, Ĝ h_i⟩ per row, from one extra [nr, V] GEMM.
+      gemm<T>(false, true, nr, p.V, p.C, T(1), hc.data(), p.C, Ghat, p.C, T(0), gz.data(), p.V);
+#pragma omp parallel for schedule(static)
+      for (int64_t i = 0; i < nr; ++i) {
+        double s = 0;
+        for (int64_t v = 0; v < p.V; ++v) s += double(z[i * p.V + v]) * double(gz[size_t(i * p.V + v)]);
+        row_dot[p.rows[r0 + i]] += s;
+      }
+    }
     gemm<T>(false, false, nr, p.C, p.V, T(1), z, p.V, p.W, p.C, T(0), dhc.data(), p.C);
     const T beta = (accumulate || r0 > 0) ? T(1) : T(0);  // the first chunk may overwrite dW
     gemm<T>(true, false, p.V, p.C, nr, T(1), z, p.V, hc.data(), p.C, beta, dW, p.C);
@@ -106,8 +116,8 @@ void logprob_backward(const LogprobParams<T>& p, const T* coef, const T* lse, T*
 template void logprob_forward<float>(const LogprobParams<float>&, float*, float*, float*);
 template void logprob_forward<double>(const LogprobParams<double>&, double*, double*, double*);
 template void logprob_backward<float>(const LogprobParams<float>&, const float*, const float*,
-                                      float*, float*, float*, bool);
+                                      float*, float*, float*, bool, const float*, double*);
 template void logprob_backward<double>(const LogprobParams<double>&, const double*, const double*,
-                                       double*, double*, double*, bool);
+                                       double*, double*, double*, bool, const double*, double*);
 
 }  // namespace metapo::cpu

@@ -53,6 +53,21 @@ void rmsnorm_backward(T* dx, T* dw, const T* dy, const T* x, const T* w, const T
   }
 }
 
+template <typename T>
+void rmsnorm_ghost_dots(const T* dy, const T* x, const T* rstd, const T* ghat_w, int64_t n, int64_t C,
+                        double* rdot) {
+#pragma omp parallel for schedule(static)
+  for (int64_t i = 0; i < n; ++i) {
+    double s = 0;
+    for (int64_t c = 0; c < C; ++c) s += double(ghat_w[c]) * double(dy[i * C + c]) * double(x[i * C + c]);
+    rdot[i] += s * double(rstd[i]);
+  }
+}
+
+template void rmsnorm_ghost_dots<float>(const float*, const float*, const float*, const float*, int64_t,
+                                        int64_t, double*);
+template void rmsnorm_ghost_dots<double>(const double*, const double*, const double*, const double*,
+                                         int64_t, int64_t, double*);
 template void rmsnorm_forward<float>(float*, float*, const float*, const float*, int64_t, int64_t,
                                      double);
 template void rmsnorm_forward<double>(double*, double*, const double*, const double*, int64_t,
