@@ -8,7 +8,8 @@
 namespace metapo {
 
 // Fixed purposes, so two uses of the same (seed, step, id) never collide.
-enum class RngPurpose : uint32_t { Init = 1, Shuffle = 2, Dropout = 3, Sample = 4, Synth = 5, Bench = 6 };
+enum class RngPurpose : uint32_t { Init = 1, Shuffle = 2, Dropout = 3, Sample = 4, Synth = 5, Bench = 6,
+                                   MetaInit = 7, Permute = 8 };
 
 class Philox {
  public:

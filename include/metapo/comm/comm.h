@@ -1,0 +1,102 @@
+// The communication seam (DESIGN §2): the model, kernels and meta code talk to their peers only through
+// this interface, so they build and test without MPI. MpiComm (mpi_comm.h) implements it on host
+// buffers over an MPI communicator; SelfComm below is the one-process case; an NCCL backend implements
+// it on device buffers.
+//
+// Every call is collective over the communicator: all ranks call it, in the same order.
+#pragma once
+#include <cstddef>
+#include <cstdint>
+#include <cstring>
+#include <vector>
+
+#include "metapo/core/error.h"
+
+namespace metapo {
+
+class Comm {
+ public:
+  virtual ~Comm() = default;
+  virtual int rank() const = 0;
+  virtual int size() const = 0;
+
+  // In-place element-wise reductions of data[0, n). The result is bit-identical on every rank: the
+  // implementation combines the ranks' values in one fixed order (a reduce-scatter + all-gather, or a
+  // reduce + broadcast), never in an order that differs per rank, so data-parallel replicas that
+  // start equal stay equal.
+  virtual void allreduce_sum(double* data, size_t n) = 0;
+  virtual void allreduce_sum(float* data, size_t n) = 0;
+  virtual void allreduce_max(double* data, size_t n) = 0;
+  virtual void allreduce_min(double* data, size_t n) = 0;
+
+  // Variable all-to-all of raw bytes. Every vector has size() entries, indexed by peer rank, in bytes:
+  // this rank sends send[send_displs[p], + send_counts[p]) to peer p and receives peer p's message
+  // into recv[recv_displs[p], + recv_counts[p]). recv_counts[p] must equal what p sends here
+  // (exchange them first with alltoall_counts).
+  virtual void alltoallv(const void* send, const std::vector<size_t>& send_counts,
+                         const std::vector<size_t>& send_displs, void* recv,
+                         const std::vector<size_t>& recv_counts,
+                         const std::vector<size_t>& recv_displs) = 0;
+
+  // recv[p] = what peer p passed as its send[rank()]: how each peer learns how much it will receive.
+  virtual void alltoall_counts(const std::vector<size_t>& send, std::vector<size_t>& recv) = 0;
+
+  // Every rank contributes `bytes` bytes (any amount, may differ per rank). On return, on every rank,
+  // recv holds all contributions concatenated in rank order and counts[p] the bytes from rank p.
+  virtual void allgatherv(const void* send, size_t bytes, std::vector<uint8_t>& recv,
+                          std::vector<size_t>& counts) = 0;
+
+  // data[0, bytes) of rank `root` copied to every rank; bytes must be equal on all ranks.
+  virtual void broadcast(void* data, size_t bytes, int root) = 0;
+
+  virtual void barrier() = 0;
+};
+
+// One process: every collective is the identity (a copy where input and output differ). For unit
+// tests and for single-rank code paths that must not need MPI.
+class SelfComm final : public Comm {
+ public:
+  int rank() const override { return 0; }
+  int size() const override { return 1; }
+
+  void allreduce_sum(double*, size_t) override {}
+  void allreduce_sum(float*, size_t) override {}
+  void allreduce_max(double*, size_t) override {}
+  void allreduce_min(double*, size_t) override {}
+
+  void alltoallv(const void* send, const std::vector<size_t>& send_counts,
+                 const std::vector<size_t>& send_displs, void* recv,
+                 const std::vector<size_t>& recv_counts,
+                 const std::vector<size_t>& recv_displs) override {
+    MP_CHECK(send_counts.size() == 1 && send_displs.size() == 1 && recv_counts.size() == 1 &&
+                 recv_displs.size() == 1,
+             "SelfComm::alltoallv: count and displacement vectors must have 1 entry (one rank)");
+    MP_CHECK(send_counts[0] == recv_counts[0], "SelfComm::alltoallv: sends ", send_counts[0],
+             " bytes to itself but expects to receive ", recv_counts[0]);
+    // memmove: a caller may exchange in place.
+    if (send_counts[0] > 0)
+      std::memmove(static_cast<uint8_t*>(recv) + recv_displs[0],
+                   static_cast<const uint8_t*>(send) + send_displs[0], send_counts[0]);
+  }
+
+  void alltoall_counts(const std::vector<size_t>& send, std::vector<size_t>& recv) override {
+    MP_CHECK(send.size() == 1, "SelfComm::alltoall_counts: expected 1 count (one rank), got ",
+             send.size());
+    recv = send;
+  }
+
+  void allgatherv(const void* send, size_t bytes, std::vector<uint8_t>& recv,
+                  std::vector<size_t>& counts) override {
+    const auto* p = static_cast<const uint8_t*>(send);
+    recv.assign(p, p + bytes);
+    counts.assign(1, bytes);
+  }
+
+  void broadcast(void*, size_t, int root) override {
+    MP_CHECK(root == 0, "SelfComm::broadcast: root ", root, " does not exist (one rank)");
+  }
+
+  void barrier() override {}
+};
+
+}  // namespace metapo

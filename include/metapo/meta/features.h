@@ -1,0 +1,77 @@
+// The weight net's input features (DESIGN §6, "Features"): per pair, F = 7 values, in this order:
+//   temporal       margin_ema (μ), margin_trend (Δ), volatility (√v), ref_deviation (its EMA),
+//                  log_count (log(1+n))
+//   instantaneous  margin (current m), loss (current base loss ℓ)
+// Temporal features come from the pair's PairStatRow as fetched for this step (normally before this
+// step's observation is recorded, so they describe the pair's history and the instantaneous ones its
+// present).
+//
+// Raw features are standardized by running *global* statistics — mean and standard deviation of every
+// raw value seen so far over all ranks — and clipped to ±5, so the weight net sees inputs of unit
+// scale whatever the model's margin scale. A pair with fewer than 2 observations has no history yet
+// (μ is one margin, Δ and v are 0 by initialization): its temporal features are set to 0, the value
+// of an average pair, and its rows do not enter the temporal features' statistics.
+#pragma once
+#include <array>
+#include <vector>
+
+#include "metapo/comm/comm.h"
+#include "metapo/meta/pair_stats.h"
+
+namespace metapo {
+
+// Column indices of the [B, F] feature matrices.
+constexpr int kFeatMarginEma = 0;
+constexpr int kFeatMarginTrend = 1;
+constexpr int kFeatVolatility = 2;
+constexpr int kFeatRefDeviation = 3;
+constexpr int kFeatLogCount = 4;
+constexpr int kFeatMargin = 5;
+constexpr int kFeatLoss = 6;
+constexpr int kNumFeatures = 7;
+constexpr int kNumTemporalFeatures = 5;  // columns [0, 5) are temporal, [5, 7) instantaneous
+
+constexpr std::array<const char*, kNumFeatures> kFeatureNames = {
+    "margin_ema", "margin_trend", "volatility", "ref_deviation", "log_count", "margin", "loss"};
+
+constexpr bool is_temporal(int f) { return f >= 0 && f < kNumTemporalFeatures; }
+
+// Observations a pair needs before its temporal features count.
+constexpr double kMinHistory = 2;
+
+// Raw features, [B, F] row-major, B = rows.size() = margin.size() = loss.size().
+std::vector<double> make_features(const std::vector<PairStatRow>& rows, const std::vector<double>& margin,
+                                  const std::vector<double>& loss);
+
+// Whether a raw feature row (F values) belongs to a pair with at least kMinHistory observations; read
+// from its log_count column, which is log(1+n) of an integer n.
+bool has_history(const double* raw_row);
+
+class FeatureStandardizer {
+ public:
+  static constexpr double kMinStd = 1e-6;  // a constant feature standardizes to 0, not to ±inf
+  static constexpr double kClip = 5.0;
+
+  // Collective over comm: adds this step's raw features ([B, F], each rank its own pairs, B may differ
+  // per rank) to the running statistics. The batch's sums are all-reduced before they are added, so
+  // every rank holds bit-identical statistics afterwards.
+  void update(const std::vector<double>& raw, Comm& comm);
+
+  // Local: (x − mean) / max(std, kMinStd), clipped to ±kClip; 0 for the temporal features of pairs
+  // without history, and for any feature that has no statistics yet.
+  std::vector<double> standardize(const std::vector<double>& raw) const;
+
+  double count(int f) const { return count_[size_t(f)]; }
+  double mean(int f) const;
+  double stddev(int f) const;  // population standard deviation of the values seen
+
+  // Checkpoint state: [count[F], sum[F], sum_of_squares[F]] (3F doubles).
+  std::vector<double> state() const;
+  void load_state(const std::vector<double>& state);
+
+ private:
+  // Per feature, because the temporal features skip pairs without history.
+  std::array<double, kNumFeatures> count_{}, sum_{}, sumsq_{};
+};
+
+}  // namespace metapo

@@ -1,0 +1,44 @@
+// The meta-gradient chain of DESIGN §6, bilevel update step 3, as pure functions of one rank's pairs
+// and the already all-reduced global sums. No MPI here: the trainer reduces the two scalars (Σa and
+// Σ g·a) and the final dL/dφ over DP with its Comm.
+//
+// One meta step on a rank holding pairs i ∈ local of a global batch of B pairs:
+//   a      = net.forward(X)                          raw weights, local [n]
+//   Σa     = allreduce(local_a_sum(a))               one scalar, also needed for the loss weights
+//   w̃      = normalized_weights(a, B, Σa)            w̃_i = B a_i / Σa, so Σ_global w̃ = B
+//   s_i    = ⟨ĝ_V, ∇θ ℓ_i⟩                            alignments from the training backward (step 2)
+//   g      = lookahead_dLdw(s, B)                    g_i = ∂L_V/∂w̃_i ≈ −(η/B) s_i, η = 1
+//   Σga    = allreduce(local_ga_sum(g, a))
+//   dL/da  = dLda(g, a, B, Σa, Σga)
+//   grad   = 0; net.backward(dL/da, grad); grad = allreduce(grad); adam_update(φ, grad, ...)
+// Because Σa and Σga are global, the concatenation of every rank's dL/da is exactly the single-rank
+// dL/da of the whole batch, and the all-reduced grad is exactly dL_V/dφ.
+#pragma once
+#include <cstdint>
+#include <vector>
+
+namespace metapo {
+
+// Σ_i a_i over the local pairs, in index order (reduce it over DP for Σa).
+double local_a_sum(const std::vector<double>& a);
+
+// w̃_i = B a_i / Σa for the local pairs. B: global batch size, global_sum_a: Σa over the global batch
+// (must be > 0; a_min > 0 guarantees it).
+std::vector<double> normalized_weights(const std::vector<double>& a, int64_t B, double global_sum_a);
+
+// First-order one-step look-ahead: with θ' = θ − η Σ_i w̃_i ∇ℓ_i / B,
+//   ∂L_V(θ')/∂w̃_i ≈ −(η/B) ⟨∇L_V, ∇ℓ_i⟩ = −(η/B) s_i.
+// η (the inner learning rate) only scales the meta-gradient, and Adam on φ is invariant to that scale
+// (up to its ε), so the trainer passes the default η = 1 rather than the current θ learning rate.
+std::vector<double> lookahead_dLdw(const std::vector<double>& s, int64_t B, double eta = 1.0);
+
+// Σ_i g_i a_i over the local pairs, in index order (reduce it over DP for Σga).
+double local_ga_sum(const std::vector<double>& g, const std::vector<double>& a);
+
+// Backpropagates g = ∂L/∂w̃ through the normalization to the raw weights of the local pairs:
+//   L = Σ_i g_i w̃_i,  w̃_i = B a_i / Σa   ⇒   ∂L/∂a_j = (B/Σa) (g_j − Σga / Σa)
+// with Σa = global_sum_a and Σga = global_sum_ga reduced over the global batch.
+std::vector<double> dLda(const std::vector<double>& g, const std::vector<double>& a, int64_t B,
+                         double global_sum_a, double global_sum_ga);
+
+}  // namespace metapo

@@ -1,0 +1,69 @@
+// The normalization and look-ahead steps of the meta-gradient (formulas in meta_grad.h).
+#include "metapo/meta/meta_grad.h"
+
+#include <cmath>
+
+#include "metapo/core/error.h"
+
+namespace metapo {
+
+namespace {
+
+void check_batch(const char* what, size_t n_local, int64_t B) {
+  MP_CHECK(B >= 1, what, ": global batch size must be >= 1 (got ", B, ")");
+  MP_CHECK(int64_t(n_local) <= B, what, ": ", n_local, " local pairs exceed the global batch size ", B);
+}
+
+void check_sum_a(const char* what, double global_sum_a) {
+  MP_CHECK(std::isfinite(global_sum_a) && global_sum_a > 0, what,
+           ": global sum of raw weights must be finite and > 0 (got ", global_sum_a, ")");
+}
+
+}  // namespace
+
+double local_a_sum(const std::vector<double>& a) {
+  double s = 0;
+  for (double v : a) s += v;
+  return s;
+}
+
+std::vector<double> normalized_weights(const std::vector<double>& a, int64_t B, double global_sum_a) {
+  check_batch("normalized weights", a.size(), B);
+  check_sum_a("normalized weights", global_sum_a);
+  const double scale = double(B) / global_sum_a;
+  std::vector<double> w(a.size());
+  for (size_t i = 0; i < a.size(); ++i) w[i] = scale * a[i];
+  return w;
+}
+
+std::vector<double> lookahead_dLdw(const std::vector<double>& s, int64_t B, double eta) {
+  check_batch("look-ahead dL/dw", s.size(), B);
+  const double scale = -eta / double(B);
+  std::vector<double> g(s.size());
+  for (size_t i = 0; i < s.size(); ++i) g[i] = scale * s[i];
+  return g;
+}
+
+double local_ga_sum(const std::vector<double>& g, const std::vector<double>& a) {
+  MP_CHECK(g.size() == a.size(), "local g·a sum: ", g.size(), " values of dL/dw for ", a.size(),
+           " raw weights");
+  double s = 0;
+  for (size_t i = 0; i < g.size(); ++i) s += g[i] * a[i];
+  return s;
+}
+
+std::vector<double> dLda(const std::vector<double>& g, const std::vector<double>& a, int64_t B,
+                         double global_sum_a, double global_sum_ga) {
+  MP_CHECK(g.size() == a.size(), "dL/da: ", g.size(), " values of dL/dw for ", a.size(), " raw weights");
+  check_batch("dL/da", a.size(), B);
+  check_sum_a("dL/da", global_sum_a);
+  // The mean of g under the weights a: every pair's gradient is measured against it, because raising
+  // one a_j takes weight away from all the others through Σa.
+  const double g_bar = global_sum_ga / global_sum_a;
+  const double scale = double(B) / global_sum_a;
+  std::vector<double> d(g.size());
+  for (size_t j = 0; j < g.size(); ++j) d[j] = scale * (g[j] - g_bar);
+  return d;
+}
+
+}  // namespace metapo
