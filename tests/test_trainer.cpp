@@ -157,3 +157,30 @@ TEST(Trainer, ClippingScalesToTheMaxNorm) {
 }
 
 }  // namespace
+
+namespace {
+
+// The alignments the MetaPO step uses: pair_micro_step with ĝ returns ⟨ĝ, ∇θ ℓ_k⟩ per pair (ghost
+// products, the a_k·coef_scale factor divided out); "exact" takes one backward per pair.
+TEST(Trainer, PairAlignmentsFromGhostProductsEqualExactPerPairGradients) {
+  const LlamaConfig c = tiny();
+  const PairSplit s = tiny_pairs();
+  LossConfig loss;
+  loss.beta = 0.5;
+  LlamaModel<double> model(c);
+  vector<double> p = rich_params(c);
+  const vector<double> ghat = randn<double>(p.size(), 21);
+  const vector<int64_t> all = {0, 1, 2};
+  const vector<double> a = {0.3, 1.7, 0.01};  // arbitrary weights: must be divided out exactly
+  const WeightFn weigh = [&](const vector<PairLogps>&, const vector<PairLossResult>&) { return a; };
+  vector<double> g(p.size());
+  const PairMicroResult r = pair_micro_step<double>(model, p.data(), g.data(), false, s, all, loss, weigh, 0.25, ghat.data());
+  vector<double> exact;
+  for (int64_t k : all) {
+    pair_micro_step<double>(model, p.data(), g.data(), false, s, {k}, loss, Weighting::Uniform, {}, {}, 1.0);
+    exact.push_back(dot(g, ghat));
+  }
+  EXPECT_ERR_LT(rel_max_err(r.align, exact), 1e-9, errname("align"));
+}
+
+}  // namespace

@@ -34,11 +34,19 @@ void add_train_options(po::options_description& desc, TrainConfig& cfg, TrainOpt
       ("discopop-tau", po::value(&cfg.loss.discopop_tau)->default_value(0.05), "DiscoPOP temperature")
       ("wpo-alpha", po::value(&cfg.weight_opt.wpo_alpha)->default_value(1.0), "WPO weight exponent scale")
       ("margin-tau", po::value(&cfg.weight_opt.margin_tau)->default_value(1.0), "--weighting margin: w = sigmoid(margin / tau)")
-      ("weighting", po::value(&s.weighting)->default_value("uniform"), "uniform | wpo | margin | column")
+      ("weighting", po::value(&s.weighting)->default_value("uniform"), "uniform | wpo | margin | column | metapo")
       ("weight-column", po::value(&cfg.weight_opt.column)->default_value("weight"), "dataset column for --weighting column")
       ("ref-model", po::value(&cfg.ref_model_dir), "reference model when the dataset has no reference log-probs (default: --model)")
       ("eval-every", po::value(&cfg.eval_every)->default_value(0), "evaluate on the validation split every N steps (0: never)")
-      ("eval-pairs", po::value(&cfg.eval_pairs)->default_value(0), "validation pairs per evaluation (0: all)");
+      ("eval-pairs", po::value(&cfg.eval_pairs)->default_value(0), "validation pairs per evaluation (0: all)")
+      ("meta-interval", po::value(&cfg.meta.interval)->default_value(1), "MetaPO: a weight-net update every N steps")
+      ("meta-warmup", po::value(&cfg.meta.warmup)->default_value(0), "MetaPO: first step with a weight-net update")
+      ("meta-lr", po::value(&cfg.meta.lr)->default_value(1e-3), "MetaPO: Adam learning rate of the weight net")
+      ("meta-val-batch", po::value(&cfg.meta.val_batch)->default_value(32), "MetaPO: validation pairs per meta update (all ranks)")
+      ("meta-precondition", po::value(&cfg.meta.precondition)->default_value(true), "MetaPO: precondition the validation gradient with Adam's second moment (true/false)")
+      ("meta-hidden", po::value(&cfg.meta.hidden)->default_value(32), "MetaPO: weight-net hidden width")
+      ("weight-floor", po::value(&cfg.meta.a_min)->default_value(1e-3), "MetaPO: a_min, the floor of the raw weights")
+      ("stats-ema", po::value(&cfg.meta.ema_rate)->default_value(0.1), "MetaPO: EMA rate of the pair statistics");
   }
 }
 
@@ -49,9 +57,8 @@ void finish_train_options(TrainConfig& cfg, const TrainOptionStrings& s, bool pr
   if (pref) {
     cfg.loss.type = parse_loss(s.loss);
     cfg.weighting = parse_weighting(s.weighting);
-    MP_CHECK(cfg.weighting != Weighting::Metapo, "--weighting metapo is not available yet");
     validate(cfg.loss);
-    validate(cfg.weighting, cfg.weight_opt);
+    if (cfg.weighting != Weighting::Metapo) validate(cfg.weighting, cfg.weight_opt);
   }
   cfg.command_line = "metapo";
   for (int i = 0; i < argc; ++i) cfg.command_line += std::string(" ") + argv[i];

@@ -5,6 +5,7 @@
 #include <cstdio>
 #include <filesystem>
 #include <fstream>
+#include <memory>
 
 #include <nlohmann/json.hpp>
 
@@ -16,6 +17,9 @@
 #include "metapo/io/hf_model.h"
 #include "metapo/train/metrics.h"
 #include "metapo/train/pairs.h"
+#include "metapo/train/metapo.h"
+#include "metapo/comm/mpi_comm.h"
+#include "metapo/meta/features.h"
 
 namespace fs = std::filesystem;
 
@@ -127,37 +131,58 @@ void save_final(const TrainConfig& cfg, const Topology& topo, const LlamaConfig&
 template <typename T>
 PairMicroResult pair_micro_step(LlamaModel<T>& model, const T* params, T* grads, bool accumulate,
                                 const PairSplit& s, const std::vector<int64_t>& chunk, const LossConfig& loss,
-                                Weighting weighting, const WeightOptions& wopt,
-                                const std::vector<double>& column, double coef_scale) {
+                                const WeightFn& weigh, double coef_scale, const T* ghat) {
   PairMicroResult r;
   const PairBatch pb = make_pair_batch(s, chunk);
   std::vector<T> logp(size_t(pb.batch.n_tokens()));
   model.forward(params, pb.batch, pb.targets.data(), logp.data());
   const std::vector<double> seq = sequence_logps(pb.batch, logp);
-  std::vector<double> col;
   for (size_t k = 0; k < chunk.size(); ++k) {
     r.in.push_back(pair_input(s, chunk[k], seq[2 * k], seq[2 * k + 1]));
     r.out.push_back(pair_loss(loss, r.in.back()));
-    if (!column.empty()) col.push_back(column[size_t(chunk[k])]);
   }
-  r.weights = static_pair_weights(weighting, r.in, r.out, col, wopt);
+  r.weights = weigh(r.in, r.out);
   std::vector<double> coef(2 * chunk.size());
   for (size_t k = 0; k < chunk.size(); ++k) {
     coef[2 * k] = r.weights[k] * coef_scale * r.out[k].d_policy_chosen;
     coef[2 * k + 1] = r.weights[k] * coef_scale * r.out[k].d_policy_rejected;
   }
   const std::vector<T> dlogp = expand_seq_coef<T>(pb.batch, pb.targets, coef);
-  model.backward(params, dlogp.data(), grads, accumulate);
+  std::vector<double> seq_dots;
+  model.backward(params, dlogp.data(), grads, accumulate, ghat, ghat ? &seq_dots : nullptr);
+  if (ghat) {
+    // The backward ran with a_k·coef_scale on pair k: divide it out to get ⟨ĝ, ∇θ ℓ_k⟩.
+    for (size_t k = 0; k < chunk.size(); ++k)
+      r.align.push_back((seq_dots[2 * k] + seq_dots[2 * k + 1]) / (r.weights[k] * coef_scale));
+  }
   r.tokens = pb.batch.n_tokens();
   return r;
 }
 
-template PairMicroResult pair_micro_step<float>(LlamaModel<float>&, const float*, float*, bool, const PairSplit&,
-                                                const std::vector<int64_t>&, const LossConfig&, Weighting,
-                                                const WeightOptions&, const std::vector<double>&, double);
-template PairMicroResult pair_micro_step<double>(LlamaModel<double>&, const double*, double*, bool, const PairSplit&,
-                                                 const std::vector<int64_t>&, const LossConfig&, Weighting,
-                                                 const WeightOptions&, const std::vector<double>&, double);
+template <typename T>
+PairMicroResult pair_micro_step(LlamaModel<T>& model, const T* params, T* grads, bool accumulate,
+                                const PairSplit& s, const std::vector<int64_t>& chunk, const LossConfig& loss,
+                                Weighting weighting, const WeightOptions& wopt,
+                                const std::vector<double>& column, double coef_scale) {
+  const WeightFn weigh = [&](const std::vector<PairLogps>& in, const std::vector<PairLossResult>& out) {
+    std::vector<double> col;
+    if (!column.empty())
+      for (int64_t i : chunk) col.push_back(column[size_t(i)]);
+    return static_pair_weights(weighting, in, out, col, wopt);
+  };
+  return pair_micro_step<T>(model, params, grads, accumulate, s, chunk, loss, weigh, coef_scale, nullptr);
+}
+
+#define INSTANTIATE_MICRO(T)                                                                                  \
+  template PairMicroResult pair_micro_step<T>(LlamaModel<T>&, const T*, T*, bool, const PairSplit&,           \
+                                              const std::vector<int64_t>&, const LossConfig&, const WeightFn&, \
+                                              double, const T*);                                              \
+  template PairMicroResult pair_micro_step<T>(LlamaModel<T>&, const T*, T*, bool, const PairSplit&,           \
+                                              const std::vector<int64_t>&, const LossConfig&, Weighting,      \
+                                              const WeightOptions&, const std::vector<double>&, double);
+INSTANTIATE_MICRO(float)
+INSTANTIATE_MICRO(double)
+#undef INSTANTIATE_MICRO
 
 void pair_logps(LlamaModel<float>& model, const float* params, const PairSplit& s,
                 const std::vector<int64_t>& idx, int64_t micro, MPI_Comm comm, std::vector<double>& chosen,
@@ -219,7 +244,8 @@ int run_dpo(const Topology& topo, const TrainConfig& cfg) {
   const DatasetInfo info = read_dataset_info(cfg.data_path);
   check_compatible(hf.config, info, cfg.data_path);
   PairSplit train = read_pair_split(cfg.data_path, cfg.train_split);
-  const bool do_eval = cfg.eval_every > 0;
+  const bool use_meta = cfg.weighting == Weighting::Metapo;
+  const bool do_eval = cfg.eval_every > 0 || use_meta;
   PairSplit val;
   if (do_eval) val = read_pair_split(cfg.data_path, cfg.val_split);
   const std::string ref_dir = cfg.ref_model_dir.empty() ? cfg.model_dir : cfg.ref_model_dir;
@@ -242,6 +268,15 @@ int run_dpo(const Topology& topo, const TrainConfig& cfg) {
   AdamW opt(model.layout(), cfg.adam);
   MetricsLog log(cfg.out_dir + "/metrics.jsonl", topo.is_root(), total);
   const double B = double(cfg.batch_size);
+  MpiComm dp_comm(topo.dp_comm);
+  std::unique_ptr<MetaPOState> meta;
+  Buffer<float> ghat;
+  if (use_meta) {
+    int64_t max_id = 0;
+    for (int64_t id : train.sample_id) max_id = std::max(max_id, id);
+    meta = std::make_unique<MetaPOState>(cfg.meta, max_id, cfg.seed, dp_comm);
+    ghat.resize(params.size());
+  }
 
   auto run_eval = [&](int64_t step) {
     PairStats ev = evaluate_pairs(model, params.data(), val, cfg.loss, cfg.micro_batch, cfg.eval_pairs, topo.dp_comm);
@@ -259,15 +294,33 @@ int run_dpo(const Topology& topo, const TrainConfig& cfg) {
     const std::vector<int64_t> mine = dp_share(global_batch(train.size(), cfg.batch_size, cfg.seed, step), topo.dp_rank, topo.dp);
     PairStats st;
     double tokens = 0;
+    // MetaPO: the validation gradient at the current θ first, so the training backward can take
+    // ghost products with it.
+    const bool meta_step = use_meta && meta->is_meta_step(step);
+    if (meta_step)
+      validation_gradient(model, params.data(), val, cfg.loss, cfg.meta.val_batch, cfg.micro_batch, cfg.seed, step,
+                          topo, cfg.meta.precondition ? &opt : nullptr, ghat.data(), ghat.size());
+    std::vector<double> align;
     for (size_t a = 0; a < mine.size(); a += size_t(cfg.micro_batch)) {
       const std::vector<int64_t> chunk(mine.begin() + long(a), mine.begin() + long(std::min(mine.size(), a + size_t(cfg.micro_batch))));
       // Backward with a_i / B; the step rescales by B / Σa once Σa over all ranks is known.
-      const PairMicroResult r = pair_micro_step(model, params.data(), grads.data(), /*accumulate=*/a > 0, train,
-                                                chunk, cfg.loss, cfg.weighting, cfg.weight_opt, column, 1.0 / B);
+      PairMicroResult r;
+      if (use_meta) {
+        const WeightFn weigh = [&](const std::vector<PairLogps>& in, const std::vector<PairLossResult>& out) {
+          return meta->weights(train, chunk, in, out);
+        };
+        r = pair_micro_step<float>(model, params.data(), grads.data(), a > 0, train, chunk, cfg.loss, weigh,
+                                   1.0 / B, meta_step ? ghat.data() : nullptr);
+        align.insert(align.end(), r.align.begin(), r.align.end());
+      } else {
+        r = pair_micro_step(model, params.data(), grads.data(), /*accumulate=*/a > 0, train, chunk, cfg.loss,
+                            cfg.weighting, cfg.weight_opt, column, 1.0 / B);
+      }
       for (size_t k = 0; k < chunk.size(); ++k) st.add(r.in[k], r.out[k], r.weights[k]);
       tokens += double(r.tokens);
     }
     st.allreduce(topo.dp_comm);
+    if (use_meta) meta->end_step(step, meta_step ? &align : nullptr, cfg.batch_size, st.weight_sum);
     MPI_Allreduce(MPI_IN_PLACE, &tokens, 1, MPI_DOUBLE, MPI_SUM, topo.dp_comm);
     MP_CHECK(st.weight_sum > 0, "step ", step + 1, ": the pair weights of the batch sum to 0 (--weighting ",
              weighting_name(cfg.weighting), ")");
@@ -284,6 +337,7 @@ int run_dpo(const Topology& topo, const TrainConfig& cfg) {
     j["lr"] = lr, j["grad_norm"] = gnorm, j["tokens_per_s"] = tokens / secs, j["step_time"] = secs;
     j["weights/mean"] = wmean, j["weights/std"] = std::sqrt(std::max(0.0, st.w_sq / st.n - wmean * wmean));
     j["weights/min"] = st.w_min, j["weights/max"] = st.w_max;
+    if (meta_step) j["meta/grad_norm"] = meta->last_meta_grad_norm();
     char line[320];
     std::snprintf(line, sizeof line,
                   "step %5lld/%lld | loss %.4f | acc %.3f | margin %+.3f | w %.2f±%.2f | lr %.2e | gnorm %.3f | %.0f tok/s",
@@ -294,6 +348,33 @@ int run_dpo(const Topology& topo, const TrainConfig& cfg) {
     if (cfg.eval_every > 0 && ((step + 1) % cfg.eval_every == 0 || step + 1 == total)) run_eval(step);
   }
   save_final(cfg, topo, hf.config, params);
+  if (use_meta) {
+    // The weight net must be bit-identical on every rank (same reduced gradients, same Adam): check
+    // it element by element (max == min over the ranks) and fail loudly if not.
+    std::vector<double> hi = meta->net().params(), lo = hi;
+    dp_comm.allreduce_max(hi.data(), hi.size());
+    dp_comm.allreduce_min(lo.data(), lo.size());
+    MP_CHECK(hi == lo, "MetaPO: the weight net differs between data-parallel ranks");
+    if (topo.is_root() && topo.dp > 1)
+      std::printf("weight net identical on all %d data-parallel ranks (%lld parameters)\n", topo.dp,
+                  (long long)hi.size());
+    // What `metapo analyze` needs: the weight net, the feature statistics and the final pair table
+    // (the logical [N, S] array, gathered from its owners).
+    const std::vector<double> table = meta->table().gather_all();
+    if (topo.is_root()) {
+      nlohmann::json j;
+      j["format"] = "metapo-meta", j["format_version"] = 1;
+      j["net"]["hidden"] = cfg.meta.hidden, j["net"]["a_min"] = cfg.meta.a_min;
+      j["net"]["n_features"] = kNumFeatures, j["net"]["params"] = meta->net().params();
+      j["features"] = std::vector<std::string>(kFeatureNames.begin(), kFeatureNames.end());
+      j["standardizer"] = meta->standardizer().state();
+      j["pair_stats"]["fields"] = std::vector<std::string>(kPairStatFieldNames.begin(), kPairStatFieldNames.end());
+      j["pair_stats"]["rows"] = meta->table().rows();
+      j["pair_stats"]["data"] = table;
+      std::ofstream(cfg.out_dir + "/metapo.json.partial") << j.dump() << "\n";
+      fs::rename(cfg.out_dir + "/metapo.json.partial", cfg.out_dir + "/metapo.json");
+    }
+  }
   if (topo.is_root()) std::printf("wrote %s/final and %s/metrics.jsonl\n", cfg.out_dir.c_str(), cfg.out_dir.c_str());
   return 0;
 }

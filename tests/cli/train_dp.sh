@@ -53,3 +53,28 @@ for split in train val test; do
   done
 done
 echo "ok: precompute-ref on 1 and 2 ranks agree within 1e-4"
+
+# MetaPO: the same on 1 and 2 ranks (weight net updates every step; its parameters are checked
+# bit-identical across the 2 ranks by the trainer itself, which fails otherwise).
+"$METAPO" train --model sft1/final --data d1.h5 --out meta1 $common --weighting metapo --meta-val-batch 8 >/dev/null
+$MPIRUN 2 "$METAPO" train --model sft1/final --data d2.h5 --out meta2 $common --weighting metapo --meta-val-batch 8 > meta2.log
+grep -q "weight net identical on all 2 data-parallel ranks" meta2.log || fail "no weight-net identity check at 2 ranks"
+python3 - <<'P'
+import json
+l1 = [json.loads(l) for l in open("meta1/metrics.jsonl")]
+l2 = [json.loads(l) for l in open("meta2/metrics.jsonl")]
+worst = max(abs(a["loss"] - b["loss"]) / abs(b["loss"]) for a, b in zip(l1, l2))
+assert len(l1) == len(l2) == 4 and worst < 1e-4, (len(l1), len(l2), worst)
+w = [abs(a["weights/std"] - b["weights/std"]) for a, b in zip(l1, l2)]
+n1 = json.load(open("meta1/metapo.json"))["net"]["params"]
+n2 = json.load(open("meta2/metapo.json"))["net"]["params"]
+d = sum((a - b) ** 2 for a, b in zip(n1, n2)) ** 0.5 / sum(a * a for a in n1) ** 0.5
+# Recorded reason for 1e-2 (not 1e-4): the validation gradient is summed over ranks in another
+# order than on one rank (~1e-7 relative), and Adam on the weight net turns a gradient component
+# near zero into a ±lr step whose sign follows that noise (measured: 1.5e-4 relative norm with
+# preconditioning, 1.5e-3 without, after 4 steps). Across the ranks of one run the net is
+# bit-identical (checked by the trainer). Making the reductions order-independent is open (issue 5).
+assert d < 1e-2, d
+assert l1[-1]["weights/std"] > 0, "the weight net never moved"
+print(f"ok: metapo 1 vs 2 ranks: max loss rel diff {worst:.2e}, weight-net rel diff {d:.2e}")
+P

@@ -3,6 +3,7 @@
 // are summed over ranks (bit-identically on every rank) before the optimizer step.
 #pragma once
 #include <cstdint>
+#include <functional>
 #include <string>
 #include <vector>
 
@@ -14,6 +15,19 @@
 #include "metapo/train/optimizer.h"
 
 namespace metapo {
+
+// MetaPO (DESIGN §6): per-pair weights from a weight net over temporal pair statistics, learned by a
+// first-order bilevel update on validation batches.
+struct MetaConfig {
+  int64_t interval = 1;     // a meta update every `interval` steps ...
+  int64_t warmup = 0;       // ... from this step on
+  double lr = 1e-3;         // Adam on the weight net
+  double ema_rate = 0.1;    // λ of the pair statistics
+  int64_t val_batch = 32;   // validation pairs per meta update (all ranks)
+  bool precondition = true; // ĝ_V = g_V / (√v̂ + ε) with the policy optimizer's second moment
+  int64_t hidden = 32;
+  double a_min = 1e-3;
+};
 
 struct TrainConfig {
   std::string model_dir, data_path, out_dir, ref_model_dir;  // ref: defaults to model_dir
@@ -30,6 +44,7 @@ struct TrainConfig {
   double warmup_ratio = 0.0;  // used when sched.warmup_steps == 0
   double max_grad_norm = 1.0;
   uint64_t seed = 0;
+  MetaConfig meta;
   std::string save_dtype = "float32";
   std::string command_line;  // recorded in RUN/run.json
 };
@@ -53,8 +68,16 @@ struct PairMicroResult {
   std::vector<PairLogps> in;
   std::vector<PairLossResult> out;
   std::vector<double> weights;
+  std::vector<double> align;  // with ghat: ⟨ghat, ∇θ ℓ_k⟩ per pair (ghost products, a_k factor divided out)
   int64_t tokens = 0;
 };
+// The per-pair weights a_i of a micro-batch, from its pair inputs and losses (constants w.r.t. θ).
+using WeightFn = std::function<std::vector<double>(const std::vector<PairLogps>&, const std::vector<PairLossResult>&)>;
+template <typename T>
+PairMicroResult pair_micro_step(LlamaModel<T>& model, const T* params, T* grads, bool accumulate,
+                                const PairSplit& s, const std::vector<int64_t>& chunk, const LossConfig& loss,
+                                const WeightFn& weigh, double coef_scale, const T* ghat = nullptr);
+// The static weightings (uniform, wpo, margin, column): column holds the whole split's values.
 template <typename T>
 PairMicroResult pair_micro_step(LlamaModel<T>& model, const T* params, T* grads, bool accumulate,
                                 const PairSplit& s, const std::vector<int64_t>& chunk, const LossConfig& loss,

@@ -32,6 +32,7 @@ class AdamW {
   // One update with learning rate lr; the step counter (for bias correction) advances.
   void step(float* params, const float* grads, double lr);
   int64_t steps_taken() const { return t_; }
+  const AdamWConfig& config() const { return cfg_; }
   std::vector<float>& exp_avg() { return m_; }
   std::vector<float>& exp_avg_sq() { return v_; }
 

@@ -1,0 +1,62 @@
+// MetaPO at training time (DESIGN §6): the distributed pair-statistics table, the feature
+// standardizer, the weight net and its Adam state, and the meta update. Every method marked
+// collective must be called by all data-parallel ranks in the same order.
+#pragma once
+#include <cstdint>
+#include <vector>
+
+#include "metapo/align/losses.h"
+#include "metapo/comm/comm.h"
+#include "metapo/data/dataset.h"
+#include "metapo/meta/features.h"
+#include "metapo/meta/pair_stats.h"
+#include "metapo/meta/weight_net.h"
+#include "metapo/train/dpo.h"
+
+namespace metapo {
+
+class MetaPOState {
+ public:
+  MetaPOState(const MetaConfig& cfg, int64_t max_sample_id, uint64_t seed, Comm& dp);
+
+  bool is_meta_step(int64_t step) const {
+    return step >= cfg_.warmup && (step - cfg_.warmup) % cfg_.interval == 0;
+  }
+
+  // Collective. Weights a_i of one micro-batch: fetches the pairs' history, builds and standardizes
+  // the features (the running statistics take this batch in), runs the weight net. Keeps the
+  // standardized features and the observations for end_step().
+  std::vector<double> weights(const PairSplit& s, const std::vector<int64_t>& chunk,
+                              const std::vector<PairLogps>& in, const std::vector<PairLossResult>& out);
+
+  // Collective. After all micro-batches of `step`: with align (⟨ĝ_V, ∇ℓ_i⟩ of every local pair, in
+  // the order the weights were made) the meta update — g_i = −s_i/B, dL/da through the global
+  // normalization, dφ through the net, summed over ranks, Adam — then the step's observations go
+  // into the table. global_sum_a = Σ a over the global batch of B pairs.
+  void end_step(int64_t step, const std::vector<double>* align, int64_t B, double global_sum_a);
+
+  WeightNet& net() { return net_; }
+  PairStatsTable& table() { return table_; }
+  FeatureStandardizer& standardizer() { return stdz_; }
+  double last_meta_grad_norm() const { return last_grad_norm_; }
+
+ private:
+  MetaConfig cfg_;
+  Comm& dp_;
+  PairStatsTable table_;
+  FeatureStandardizer stdz_;
+  WeightNet net_;
+  AdamState adam_;
+  std::vector<double> step_x_, step_a_;  // standardized features [n, F] and weights of this step
+  std::vector<PairObservation> step_obs_;
+  double last_grad_norm_ = 0;
+};
+
+// Collective. g_V = ∇θ of the mean base loss over a validation batch (global batch `val_batch`,
+// drawn from (seed, step)), summed over the data-parallel ranks, optionally divided by √v̂ + ε of the
+// policy's AdamW (Adam preconditioning). Written into ghat (parameter layout).
+void validation_gradient(LlamaModel<float>& model, const float* params, const PairSplit& val,
+                         const LossConfig& loss, int64_t val_batch, int64_t micro, uint64_t seed, int64_t step,
+                         const Topology& topo, AdamW* precondition, float* ghat, size_t n);
+
+}  // namespace metapo

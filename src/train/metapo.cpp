@@ -1,0 +1,92 @@
+#include "metapo/train/metapo.h"
+
+#include <cmath>
+
+#include "metapo/comm/collectives.h"
+#include "metapo/core/error.h"
+#include "metapo/meta/meta_grad.h"
+#include "metapo/train/pairs.h"
+
+namespace metapo {
+
+MetaPOState::MetaPOState(const MetaConfig& cfg, int64_t max_sample_id, uint64_t seed, Comm& dp)
+    : cfg_(cfg),
+      dp_(dp),
+      table_(max_sample_id, cfg.ema_rate, dp),
+      net_(WeightNetConfig{kNumFeatures, cfg.hidden, cfg.a_min, seed}) {
+  MP_CHECK(cfg.interval >= 1, "--meta-interval must be at least 1");
+  MP_CHECK(cfg.warmup >= 0, "--meta-warmup must not be negative");
+  MP_CHECK(cfg.lr > 0, "--meta-lr must be positive");
+  MP_CHECK(cfg.ema_rate > 0 && cfg.ema_rate <= 1, "--stats-ema must be in (0, 1]");
+  MP_CHECK(cfg.val_batch >= 1, "--meta-val-batch must be positive");
+}
+
+std::vector<double> MetaPOState::weights(const PairSplit& s, const std::vector<int64_t>& chunk,
+                                         const std::vector<PairLogps>& in, const std::vector<PairLossResult>& out) {
+  std::vector<int64_t> ids;
+  for (int64_t i : chunk) ids.push_back(s.sample_id[size_t(i)]);
+  const std::vector<PairStatRow> rows = table_.fetch(ids);
+  std::vector<double> margin, loss;
+  for (size_t k = 0; k < chunk.size(); ++k) {
+    margin.push_back(out[k].margin), loss.push_back(out[k].loss);
+    step_obs_.push_back({ids[k], 0, out[k].margin,
+                         reference_deviation(in[k].policy_chosen, in[k].ref_chosen, in[k].len_chosen,
+                                             in[k].policy_rejected, in[k].ref_rejected, in[k].len_rejected)});
+  }
+  const std::vector<double> raw = make_features(rows, margin, loss);
+  stdz_.update(raw, dp_);
+  const std::vector<double> x = stdz_.standardize(raw);
+  std::vector<double> a;
+  net_.forward(x, int64_t(chunk.size()), a);
+  step_x_.insert(step_x_.end(), x.begin(), x.end());
+  step_a_.insert(step_a_.end(), a.begin(), a.end());
+  return a;
+}
+
+void MetaPOState::end_step(int64_t step, const std::vector<double>* align, int64_t B, double global_sum_a) {
+  if (align) {
+    MP_CHECK(align->size() == step_a_.size(), "MetaPO: ", align->size(), " alignments for ", step_a_.size(), " pairs");
+    const std::vector<double> g = lookahead_dLdw(*align, B);
+    double ga = local_ga_sum(g, step_a_);
+    dp_.allreduce_sum(&ga, 1);
+    const std::vector<double> dA = dLda(g, step_a_, B, global_sum_a, ga);
+    std::vector<double> a;
+    net_.forward(step_x_, int64_t(step_a_.size()), a);  // the activations of the whole local batch
+    std::vector<double> grad(size_t(net_.n_params()), 0.0);
+    net_.backward(dA, grad);
+    dp_.allreduce_sum(grad.data(), grad.size());
+    double n2 = 0;
+    for (double v : grad) n2 += v * v;
+    last_grad_norm_ = std::sqrt(n2);
+    adam_update(net_.params(), grad, adam_, cfg_.lr);
+  }
+  for (PairObservation& o : step_obs_) o.step = step;
+  table_.observe(step_obs_);
+  step_obs_.clear(), step_x_.clear(), step_a_.clear();
+}
+
+void validation_gradient(LlamaModel<float>& model, const float* params, const PairSplit& val,
+                         const LossConfig& loss, int64_t val_batch, int64_t micro, uint64_t seed, int64_t step,
+                         const Topology& topo, AdamW* precondition, float* ghat, size_t n) {
+  MP_CHECK(val_batch % topo.dp == 0, "--meta-val-batch ", val_batch, " is not divisible by the ", topo.dp,
+           " data-parallel ranks");
+  // Its own stream of validation batches: (seed + 1) keeps it apart from the training order.
+  const std::vector<int64_t> mine = dp_share(global_batch(val.size(), val_batch, seed + 1, step), topo.dp_rank, topo.dp);
+  for (size_t a = 0; a < mine.size(); a += size_t(micro)) {
+    const std::vector<int64_t> chunk(mine.begin() + long(a), mine.begin() + long(std::min(mine.size(), a + size_t(micro))));
+    pair_micro_step<float>(model, params, ghat, a > 0, val, chunk, loss, Weighting::Uniform, {}, {},
+                           1.0 / double(val_batch));
+  }
+  allreduce_sum(ghat, n, topo.dp_comm);
+  if (precondition && precondition->steps_taken() > 0) {
+    // ĝ = g / (√v̂ + ε): the direction Adam would step along, so alignments weigh coordinates the way
+    // the policy update does.
+    const std::vector<float>& v = precondition->exp_avg_sq();
+    const double bc2 = 1.0 - std::pow(precondition->config().beta2, double(precondition->steps_taken()));
+    const float eps = float(precondition->config().eps);
+#pragma omp parallel for schedule(static)
+    for (size_t i = 0; i < n; ++i) ghat[i] /= std::sqrt(v[i] / float(bc2)) + eps;
+  }
+}
+
+}  // namespace metapo
