@@ -14,19 +14,10 @@
 #include "test_util.h"
 
 using namespace metapo;
+using metapo::test::error_of;
 using std::vector;
 
 namespace {
-
-template <typename F>
-std::string error_of(F&& f) {
-  try {
-    f();
-  } catch (const Error& e) {
-    return e.what();
-  }
-  return "(no error)";
-}
 
 // Today's 7 features: margin_ema, margin_trend, volatility, ref_deviation, log_count | margin, loss.
 const vector<bool> kTemporal = {true, true, true, true, true, false, false};

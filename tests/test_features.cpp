@@ -3,6 +3,8 @@
 // history, and the checkpoint state.
 #include <gtest/gtest.h>
 
+#include "test_util.h"
+
 #include <cmath>
 #include <string>
 #include <vector>
@@ -12,19 +14,10 @@
 #include "metapo/meta/features.h"
 
 using namespace metapo;
+using metapo::test::error_of;
 using std::vector;
 
 namespace {
-
-template <typename F>
-std::string error_of(F&& f) {
-  try {
-    f();
-  } catch (const Error& e) {
-    return e.what();
-  }
-  return "(no error)";
-}
 
 PairStatRow row(double n, double mu, double trend, double vol, double dev) {
   PairStatRow r;

@@ -234,16 +234,6 @@ TEST(Losses, MatchesTrlGolden) {
 }
 
 // ---------- (4) names and validation ----------
-template <typename F>
-std::string error_of(F&& f) {
-  try {
-    f();
-  } catch (const Error& e) {
-    return e.what();
-  }
-  return "(no error)";
-}
-
 TEST(Losses, NamesRoundTrip) {
   for (LossType t : all_losses()) EXPECT_EQ(parse_loss(loss_name(t)), t);
   EXPECT_EQ(parse_loss("sigmoid"), LossType::Sigmoid);

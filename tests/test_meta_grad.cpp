@@ -14,19 +14,10 @@
 #include "test_util.h"
 
 using namespace metapo;
+using metapo::test::error_of;
 using std::vector;
 
 namespace {
-
-template <typename F>
-std::string error_of(F&& f) {
-  try {
-    f();
-  } catch (const Error& e) {
-    return e.what();
-  }
-  return "(no error)";
-}
 
 // Positive raw weights spread over (0.05, ~2), like a net's outputs away from the floor.
 vector<double> random_a(size_t n, uint64_t seed) {

@@ -4,6 +4,8 @@
 // is tested by test_pair_stats_mpi (tests/cli/pair_stats_mpi.sh).
 #include <gtest/gtest.h>
 
+#include "test_util.h"
+
 #include <algorithm>
 #include <cmath>
 #include <string>
@@ -15,19 +17,10 @@
 #include "metapo/meta/pair_stats.h"
 
 using namespace metapo;
+using metapo::test::error_of;
 using std::vector;
 
 namespace {
-
-template <typename F>
-std::string error_of(F&& f) {
-  try {
-    f();
-  } catch (const Error& e) {
-    return e.what();
-  }
-  return "(no error)";
-}
 
 // DESIGN §6 written out once more, as plainly as possible, for one pair.
 struct Reference {

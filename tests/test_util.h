@@ -9,6 +9,7 @@
 
 #include <gtest/gtest.h>
 
+#include "metapo/core/error.h"
 #include "metapo/core/rng.h"
 
 namespace metapo::test {
@@ -71,6 +72,17 @@ inline double dot(const std::vector<double>& a, const std::vector<double>& b) {
   } while (0)
 
 namespace metapo::test {
+// The message of the metapo::Error that f throws, or "(no error)".
+template <typename F>
+std::string error_of(F&& f) {
+  try {
+    f();
+  } catch (const ::metapo::Error& e) {
+    return e.what();
+  }
+  return "(no error)";
+}
+
 // "Suite.Test[/param] what", for the [err] lines.
 inline std::string errname(const std::string& what) {
   const auto* t = ::testing::UnitTest::GetInstance()->current_test_info();

@@ -13,19 +13,10 @@
 #include "test_util.h"
 
 using namespace metapo;
+using metapo::test::error_of;
 using std::vector;
 
 namespace {
-
-template <typename F>
-std::string error_of(F&& f) {
-  try {
-    f();
-  } catch (const Error& e) {
-    return e.what();
-  }
-  return "(no error)";
-}
 
 // A net whose every parameter is random and O(1), the last layer included, so every path of the
 // backward carries a non-zero gradient (the initial net's zero last layer would hide W1, W2, b1, b2).

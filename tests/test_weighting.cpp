@@ -2,6 +2,8 @@
 // their inputs (dataset column, sizes, options).
 #include <gtest/gtest.h>
 
+#include "test_util.h"
+
 #include <cmath>
 #include <string>
 
@@ -9,19 +11,10 @@
 #include "metapo/core/error.h"
 
 using namespace metapo;
+using metapo::test::error_of;
 using std::vector;
 
 namespace {
-
-template <typename F>
-std::string error_of(F&& f) {
-  try {
-    f();
-  } catch (const Error& e) {
-    return e.what();
-  }
-  return "(no error)";
-}
 
 PairLossResult with_margin(double m) {
   PairLossResult r;

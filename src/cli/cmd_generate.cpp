@@ -102,23 +102,6 @@ PromptSet read_dataset_prompts(const std::string& path, const std::string& split
   return ps;
 }
 
-// Rank 0 receives every rank's text (lines in the order that rank generated them).
-std::vector<std::string> gather_text(const std::string& mine, const Topology& topo) {
-  int len = int(mine.size());
-  std::vector<int> lens(size_t(topo.world_size)), displs(size_t(topo.world_size));
-  MPI_Gather(&len, 1, MPI_INT, lens.data(), 1, MPI_INT, 0, topo.world);
-  std::string all;
-  if (topo.is_root()) {
-    int tot = 0;
-    for (int r = 0; r < topo.world_size; ++r) displs[r] = tot, tot += lens[r];
-    all.resize(size_t(tot));
-  }
-  MPI_Gatherv(mine.data(), len, MPI_CHAR, all.data(), lens.data(), displs.data(), MPI_CHAR, 0, topo.world);
-  std::vector<std::string> per_rank;
-  if (topo.is_root())
-    for (int r = 0; r < topo.world_size; ++r) per_rank.push_back(all.substr(size_t(displs[r]), size_t(lens[r])));
-  return per_rank;
-}
 
 }  // namespace
 
@@ -222,7 +205,7 @@ int cmd_generate(Context& ctx, int argc, char** argv) {
   MPI_Allreduce(MPI_IN_PLACE, counts, 2, MPI_DOUBLE, MPI_SUM, ctx.topo.world);
   MPI_Allreduce(MPI_IN_PLACE, &secs, 1, MPI_DOUBLE, MPI_MAX, ctx.topo.world);
 
-  const std::vector<std::string> parts = gather_text(lines.str(), ctx.topo);
+  const std::vector<std::string> parts = gather_to_root(lines.str(), ctx.topo);
   if (ctx.topo.is_root()) {
     std::vector<std::istringstream> streams;
     for (const std::string& p : parts) streams.emplace_back(p);

@@ -63,23 +63,6 @@ std::vector<ScoreInput> read_score_input(const std::string& path, int64_t vocab)
   return out;
 }
 
-// Rank 0 receives every rank's text (lines in the order that rank scored them).
-std::vector<std::string> gather_text(const std::string& mine, const Topology& topo) {
-  int len = int(mine.size());
-  std::vector<int> lens(size_t(topo.world_size)), displs(size_t(topo.world_size));
-  MPI_Gather(&len, 1, MPI_INT, lens.data(), 1, MPI_INT, 0, topo.world);
-  std::string all;
-  if (topo.is_root()) {
-    int tot = 0;
-    for (int r = 0; r < topo.world_size; ++r) displs[r] = tot, tot += lens[r];
-    all.resize(size_t(tot));
-  }
-  MPI_Gatherv(mine.data(), len, MPI_CHAR, all.data(), lens.data(), displs.data(), MPI_CHAR, 0, topo.world);
-  std::vector<std::string> per_rank;
-  if (topo.is_root())
-    for (int r = 0; r < topo.world_size; ++r) per_rank.push_back(all.substr(size_t(displs[r]), size_t(lens[r])));
-  return per_rank;
-}
 
 }  // namespace
 
@@ -134,7 +117,7 @@ int cmd_score(Context& ctx, int argc, char** argv) {
     a = z;
   }
 
-  const std::vector<std::string> parts = gather_text(mine.str(), ctx.topo);
+  const std::vector<std::string> parts = gather_to_root(mine.str(), ctx.topo);
   if (ctx.topo.is_root()) {
     std::vector<std::istringstream> streams;
     for (const std::string& p : parts) streams.emplace_back(p);

@@ -102,6 +102,23 @@ std::string resolve_preset(const std::string& name) {
   return p.string();
 }
 
+std::vector<std::string> gather_to_root(const std::string& mine, const Topology& topo) {
+  int len = int(mine.size());
+  std::vector<int> lens(static_cast<size_t>(topo.world_size)), displs(static_cast<size_t>(topo.world_size));
+  MPI_Gather(&len, 1, MPI_INT, lens.data(), 1, MPI_INT, 0, topo.world);
+  std::string all;
+  if (topo.is_root()) {
+    int tot = 0;
+    for (int r = 0; r < topo.world_size; ++r) displs[size_t(r)] = tot, tot += lens[size_t(r)];
+    all.resize(size_t(tot));
+  }
+  MPI_Gatherv(mine.data(), len, MPI_CHAR, all.data(), lens.data(), displs.data(), MPI_CHAR, 0, topo.world);
+  std::vector<std::string> per_rank;
+  if (topo.is_root())
+    for (int r = 0; r < topo.world_size; ++r) per_rank.push_back(all.substr(size_t(displs[size_t(r)]), size_t(lens[size_t(r)])));
+  return per_rank;
+}
+
 void write_file_atomic(const std::string& path, const std::string& content) {
   const std::string tmp = path + ".partial";
   if (fs::path(path).has_parent_path()) fs::create_directories(fs::path(path).parent_path());

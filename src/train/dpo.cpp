@@ -84,6 +84,9 @@ void write_run_json(const TrainConfig& cfg, const std::string& kind) {
   j["model"] = cfg.model_dir, j["data"] = cfg.data_path, j["seed"] = cfg.seed;
   j["loss"] = loss_name(cfg.loss.type), j["beta"] = cfg.loss.beta;
   j["label_smoothing"] = cfg.loss.label_smoothing;
+  j["simpo_gamma"] = cfg.loss.simpo_gamma, j["discopop_tau"] = cfg.loss.discopop_tau;
+  j["weighting"] = weighting_name(cfg.weighting);
+  j["ref_model"] = cfg.ref_model_dir.empty() ? cfg.model_dir : cfg.ref_model_dir;
   j["batch_size"] = cfg.batch_size, j["micro_batch"] = cfg.micro_batch;
   j["lr"] = cfg.adam.lr, j["weight_decay"] = cfg.adam.weight_decay;
   fs::create_directories(cfg.out_dir);

@@ -14,5 +14,6 @@ int cmd_sft(Context& ctx, int argc, char** argv);
 int cmd_eval(Context& ctx, int argc, char** argv);
 int cmd_precompute_ref(Context& ctx, int argc, char** argv);
 int cmd_generate(Context& ctx, int argc, char** argv);
+int cmd_analyze(Context& ctx, int argc, char** argv);
 
 }  // namespace metapo::cli

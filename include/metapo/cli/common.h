@@ -3,6 +3,7 @@
 #pragma once
 #include <boost/program_options.hpp>
 #include <string>
+#include <vector>
 
 #include "metapo/comm/topology.h"
 
@@ -25,6 +26,10 @@ bool parse_args(const std::string& cmd, const std::string& usage, po::options_de
 // A preset name ("tiny") resolves to configs/presets/<name>.ini of the source tree; a path to an
 // existing .ini file is taken as is.
 std::string resolve_preset(const std::string& name_or_path);
+
+// Rank 0 receives every rank's text (each rank's lines in the order it produced them); other ranks get
+// an empty vector. Collective over topo.world.
+std::vector<std::string> gather_to_root(const std::string& mine, const Topology& topo);
 
 // Writes `content` to path + ".partial" and renames it to path, so a crash never leaves a
 // half-written file under the final name.
