@@ -299,6 +299,7 @@ int run_dpo(const Topology& topo, const TrainConfig& cfg) {
     double tokens = 0;
     // MetaPO: the validation gradient at the current θ first, so the training backward can take
     // ghost products with it.
+    if (use_meta) meta->refresh(model, params.data(), train, cfg.loss, step, cfg.micro_batch, topo.dp_comm);
     const bool meta_step = use_meta && meta->is_meta_step(step);
     if (meta_step)
       validation_gradient(model, params.data(), val, cfg.loss, cfg.meta.val_batch, cfg.micro_batch, cfg.seed, step,

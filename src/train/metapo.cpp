@@ -1,5 +1,6 @@
 #include "metapo/train/metapo.h"
 
+#include <algorithm>
 #include <cmath>
 
 #include "metapo/comm/collectives.h"
@@ -19,6 +20,7 @@ MetaPOState::MetaPOState(const MetaConfig& cfg, int64_t max_sample_id, uint64_t 
   MP_CHECK(cfg.lr > 0, "--meta-lr must be positive");
   MP_CHECK(cfg.ema_rate > 0 && cfg.ema_rate <= 1, "--stats-ema must be in (0, 1]");
   MP_CHECK(cfg.val_batch >= 1, "--meta-val-batch must be positive");
+  MP_CHECK(cfg.refresh_every >= 0 && cfg.refresh_pairs >= 0, "--stats-refresh-every and --stats-refresh-pairs must not be negative");
 }
 
 std::vector<double> MetaPOState::weights(const PairSplit& s, const std::vector<int64_t>& chunk,
@@ -63,6 +65,27 @@ void MetaPOState::end_step(int64_t step, const std::vector<double>* align, int64
   for (PairObservation& o : step_obs_) o.step = step;
   table_.observe(step_obs_);
   step_obs_.clear(), step_x_.clear(), step_a_.clear();
+}
+
+void MetaPOState::refresh(LlamaModel<float>& model, const float* params, const PairSplit& s,
+                          const LossConfig& loss, int64_t step, int64_t micro, MPI_Comm dp_comm) {
+  const int64_t N = s.size(), n = std::min(cfg_.refresh_pairs, N);
+  if (cfg_.refresh_every <= 0 || n <= 0 || step % cfg_.refresh_every != 0) return;
+  const int64_t start = (step / cfg_.refresh_every * n) % N;
+  std::vector<int64_t> idx(static_cast<size_t>(n));
+  for (int64_t j = 0; j < n; ++j) idx[size_t(j)] = (start + j) % N;
+  std::vector<double> c, r;
+  pair_logps(model, params, s, idx, micro, dp_comm, c, r);  // every rank gets every value
+  std::vector<PairObservation> obs;
+  for (int64_t j = dp_.rank(); j < n; j += dp_.size()) {
+    const int64_t i = idx[size_t(j)];
+    const PairLogps p{c[size_t(j)], r[size_t(j)], s.ref_logp_chosen[size_t(i)], s.ref_logp_rejected[size_t(i)],
+                      s.chosen.len(i), s.rejected.len(i)};
+    obs.push_back({s.sample_id[size_t(i)], step, pair_loss(loss, p).margin,
+                   reference_deviation(p.policy_chosen, p.ref_chosen, p.len_chosen, p.policy_rejected, p.ref_rejected,
+                                       p.len_rejected)});
+  }
+  table_.observe(obs);
 }
 
 void validation_gradient(LlamaModel<float>& model, const float* params, const PairSplit& val,

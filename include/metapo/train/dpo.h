@@ -27,6 +27,10 @@ struct MetaConfig {
   bool precondition = true; // ĝ_V = g_V / (√v̂ + ε) with the policy optimizer's second moment
   int64_t hidden = 32;
   double a_min = 1e-3;
+  // Forward-only refresh of the pair statistics: every refresh_every steps, the next refresh_pairs
+  // training pairs (a window rotating through the split) are scored and observed, so pairs gather
+  // history faster than one observation per epoch (0: off).
+  int64_t refresh_every = 0, refresh_pairs = 0;
 };
 
 struct TrainConfig {

@@ -35,6 +35,12 @@ class MetaPOState {
   // into the table. global_sum_a = Σ a over the global batch of B pairs.
   void end_step(int64_t step, const std::vector<double>* align, int64_t B, double global_sum_a);
 
+  // Collective. The forward-only refresh (MetaConfig::refresh_every): scores a rotating window of
+  // the split under the current parameters and records the observations now (each pair at most
+  // once per call, each rank passing its share).
+  void refresh(LlamaModel<float>& model, const float* params, const PairSplit& s, const LossConfig& loss,
+               int64_t step, int64_t micro, MPI_Comm dp_comm);
+
   WeightNet& net() { return net_; }
   PairStatsTable& table() { return table_; }
   FeatureStandardizer& standardizer() { return stdz_; }
