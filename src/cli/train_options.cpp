@@ -39,6 +39,8 @@ void add_train_options(po::options_description& desc, TrainConfig& cfg, TrainOpt
       ("ref-model", po::value(&cfg.ref_model_dir), "reference model when the dataset has no reference log-probs (default: --model)")
       ("eval-every", po::value(&cfg.eval_every)->default_value(0), "evaluate on the validation split every N steps (0: never)")
       ("eval-pairs", po::value(&cfg.eval_pairs)->default_value(0), "validation pairs per evaluation (0: all)")
+      ("track-pairs", po::value(&cfg.track_pairs)->default_value(4), "margin trajectories of K pairs per group (clean/easy, clean/hard, flipped) into RUN/trajectories.jsonl (0: off)")
+      ("track-every", po::value(&cfg.track_every)->default_value(10), "steps between trajectory points")
       ("meta-interval", po::value(&cfg.meta.interval)->default_value(1), "MetaPO: a weight-net update every N steps")
       ("meta-warmup", po::value(&cfg.meta.warmup)->default_value(0), "MetaPO: first step with a weight-net update")
       ("meta-lr", po::value(&cfg.meta.lr)->default_value(1e-3), "MetaPO: Adam learning rate of the weight net")

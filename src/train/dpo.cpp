@@ -104,6 +104,48 @@ void finish_gradients(Buffer<float>& grads, double scale, MPI_Comm dp) {
   }
 }
 
+// Up to k pairs of each group (clean/easy, clean/hard, flipped; or just the first 3k pairs when the
+// split has no quality), in index order: deterministic.
+std::vector<int64_t> tracked_pairs(const PairSplit& s, int64_t k) {
+  std::vector<int64_t> out;
+  if (k <= 0) return out;
+  if (s.quality.empty()) {
+    for (int64_t i = 0; i < std::min<int64_t>(3 * k, s.size()); ++i) out.push_back(i);
+    return out;
+  }
+  auto diff = s.columns.find("difficulty");
+  int64_t counts[3] = {0, 0, 0};
+  for (int64_t i = 0; i < s.size(); ++i) {
+    const bool clean = s.quality[size_t(i)] >= 0.5f;
+    const bool hard = diff != s.columns.end() && diff->second[size_t(i)] >= 0.5f;
+    const int g = clean ? (hard ? 1 : 0) : 2;
+    if (counts[g] < k) out.push_back(i), ++counts[g];
+  }
+  return out;
+}
+
+void write_trajectories(LlamaModel<float>& model, const float* params, const PairSplit& s,
+                        const std::vector<int64_t>& idx, const LossConfig& loss, int64_t step, int64_t micro,
+                        const Topology& topo, const std::string& path) {
+  std::vector<double> c, r;
+  pair_logps(model, params, s, idx, micro, topo.dp_comm, c, r);
+  if (!topo.is_root()) return;
+  nlohmann::json j;
+  j["step"] = step;
+  auto diff = s.columns.find("difficulty");
+  for (size_t k = 0; k < idx.size(); ++k) {
+    const int64_t i = idx[k];
+    const PairLogps p{c[k], r[k], s.ref_logp_chosen[size_t(i)], s.ref_logp_rejected[size_t(i)], s.chosen.len(i),
+                      s.rejected.len(i)};
+    nlohmann::json e;
+    e["sample_id"] = s.sample_id[size_t(i)], e["margin"] = pair_loss(loss, p).margin;
+    if (!s.quality.empty()) e["quality"] = s.quality[size_t(i)];
+    if (diff != s.columns.end()) e["difficulty"] = diff->second[size_t(i)];
+    j["pairs"].push_back(e);
+  }
+  std::ofstream(path, std::ios::app) << j.dump() << "\n";
+}
+
 int64_t total_steps(const TrainConfig& cfg, int64_t n) {
   MP_CHECK(cfg.batch_size <= n, "--batch-size ", cfg.batch_size, " is larger than the training split (", n,
            " examples)");
@@ -292,6 +334,12 @@ int run_dpo(const Topology& topo, const TrainConfig& cfg) {
     log.event(j, line);
   };
 
+  const std::vector<int64_t> tracked = tracked_pairs(train, cfg.track_pairs);
+  const std::string traj_path = cfg.out_dir + "/trajectories.jsonl";
+  if (topo.is_root() && !tracked.empty()) std::ofstream(traj_path, std::ios::trunc);
+  if (!tracked.empty())
+    write_trajectories(model, params.data(), train, tracked, cfg.loss, 0, cfg.micro_batch, topo, traj_path);
+
   for (int64_t step = 0; step < total; ++step) {
     Timer tm;
     const std::vector<int64_t> mine = dp_share(global_batch(train.size(), cfg.batch_size, cfg.seed, step), topo.dp_rank, topo.dp);
@@ -350,6 +398,8 @@ int run_dpo(const Topology& topo, const TrainConfig& cfg) {
                   j["weights/std"].get<double>(), lr, gnorm, tokens / secs);
     log.step(step, j, line);
     if (cfg.eval_every > 0 && ((step + 1) % cfg.eval_every == 0 || step + 1 == total)) run_eval(step);
+    if (!tracked.empty() && cfg.track_every > 0 && ((step + 1) % cfg.track_every == 0 || step + 1 == total))
+      write_trajectories(model, params.data(), train, tracked, cfg.loss, step + 1, cfg.micro_batch, topo, traj_path);
   }
   save_final(cfg, topo, hf.config, params);
   if (use_meta) {

@@ -43,6 +43,9 @@ struct TrainConfig {
   int64_t micro_batch = 8;  // per rank per forward/backward
   int64_t epochs = 1, max_steps = 0;  // max_steps > 0 overrides epochs
   int64_t eval_every = 0, eval_pairs = 0;  // eval_pairs 0: the whole val split
+  // Margin trajectories of a few training pairs (K per group: clean/easy, clean/hard, flipped when the
+  // dataset has quality and difficulty) into RUN/trajectories.jsonl every track_every steps (0: off).
+  int64_t track_pairs = 0, track_every = 10;
   AdamWConfig adam;
   LrSchedule sched;
   double warmup_ratio = 0.0;  // used when sched.warmup_steps == 0
