@@ -218,13 +218,56 @@ PairMicroResult pair_micro_step(LlamaModel<T>& model, const T* params, T* grads,
   return pair_micro_step<T>(model, params, grads, accumulate, s, chunk, loss, weigh, coef_scale, nullptr);
 }
 
+template <typename T>
+std::vector<double> pair_alignments_exact(LlamaModel<T>& model, const T* params, T* grads, size_t n_params,
+                                          const PairSplit& s, const std::vector<int64_t>& chunk,
+                                          const LossConfig& loss, const T* ghat) {
+  std::vector<double> out;
+  for (int64_t k : chunk) {
+    pair_micro_step<T>(model, params, grads, false, s, {k}, loss, Weighting::Uniform, {}, {}, 1.0);
+    double d = 0;
+    for (size_t i = 0; i < n_params; ++i) d += double(grads[i]) * double(ghat[i]);
+    out.push_back(d);
+  }
+  return out;
+}
+
+template <typename T>
+std::vector<double> pair_alignments_fd(LlamaModel<T>& model, const T* params, T* scratch, size_t n_params,
+                                       const PairSplit& s, const std::vector<int64_t>& chunk,
+                                       const LossConfig& loss, const T* ghat, double rel_step) {
+  double gmax = 0;
+  for (size_t i = 0; i < n_params; ++i) gmax = std::max(gmax, std::abs(double(ghat[i])));
+  std::vector<double> out(chunk.size(), 0.0);
+  if (gmax == 0) return out;
+  const double h = rel_step / gmax;
+  const PairBatch pb = make_pair_batch(s, chunk);
+  std::vector<T> logp(size_t(pb.batch.n_tokens()));
+  std::vector<double> lp[2];
+  for (int side = 0; side < 2; ++side) {
+    const double sign = side == 0 ? 1.0 : -1.0;
+    for (size_t i = 0; i < n_params; ++i) scratch[i] = T(double(params[i]) + sign * h * double(ghat[i]));
+    model.forward(scratch, pb.batch, pb.targets.data(), logp.data());
+    const std::vector<double> seq = sequence_logps(pb.batch, logp);
+    for (size_t k = 0; k < chunk.size(); ++k)
+      lp[side].push_back(pair_loss(loss, pair_input(s, chunk[k], seq[2 * k], seq[2 * k + 1])).loss);
+  }
+  for (size_t k = 0; k < chunk.size(); ++k) out[k] = (lp[0][k] - lp[1][k]) / (2 * h);
+  return out;
+}
+
 #define INSTANTIATE_MICRO(T)                                                                                  \
   template PairMicroResult pair_micro_step<T>(LlamaModel<T>&, const T*, T*, bool, const PairSplit&,           \
                                               const std::vector<int64_t>&, const LossConfig&, const WeightFn&, \
                                               double, const T*);                                              \
   template PairMicroResult pair_micro_step<T>(LlamaModel<T>&, const T*, T*, bool, const PairSplit&,           \
                                               const std::vector<int64_t>&, const LossConfig&, Weighting,      \
-                                              const WeightOptions&, const std::vector<double>&, double);
+                                              const WeightOptions&, const std::vector<double>&, double);       \
+  template std::vector<double> pair_alignments_exact<T>(LlamaModel<T>&, const T*, T*, size_t, const PairSplit&, \
+                                                        const std::vector<int64_t>&, const LossConfig&, const T*); \
+  template std::vector<double> pair_alignments_fd<T>(LlamaModel<T>&, const T*, T*, size_t, const PairSplit&,    \
+                                                     const std::vector<int64_t>&, const LossConfig&, const T*,  \
+                                                     double);
 INSTANTIATE_MICRO(float)
 INSTANTIATE_MICRO(double)
 #undef INSTANTIATE_MICRO
@@ -315,8 +358,10 @@ int run_dpo(const Topology& topo, const TrainConfig& cfg) {
   const double B = double(cfg.batch_size);
   MpiComm dp_comm(topo.dp_comm);
   std::unique_ptr<MetaPOState> meta;
-  Buffer<float> ghat;
+  Buffer<float> ghat, hyper_scratch;
   if (use_meta) {
+    MP_CHECK(cfg.meta.hypergrad == "ghost" || cfg.meta.hypergrad == "exact" || cfg.meta.hypergrad == "fd",
+             "--hypergrad ", cfg.meta.hypergrad, ": unknown (valid: ghost, exact, fd)");
     int64_t max_id = 0;
     for (int64_t id : train.sample_id) max_id = std::max(max_id, id);
     meta = std::make_unique<MetaPOState>(cfg.meta, max_id, cfg.seed, dp_comm);
@@ -361,8 +406,18 @@ int run_dpo(const Topology& topo, const TrainConfig& cfg) {
         const WeightFn weigh = [&](const std::vector<PairLogps>& in, const std::vector<PairLossResult>& out) {
           return meta->weights(train, chunk, in, out);
         };
+        const bool ghost = cfg.meta.hypergrad == "ghost";
         r = pair_micro_step<float>(model, params.data(), grads.data(), a > 0, train, chunk, cfg.loss, weigh,
-                                   1.0 / B, meta_step ? ghat.data() : nullptr);
+                                   1.0 / B, meta_step && ghost ? ghat.data() : nullptr);
+        if (meta_step && !ghost) {
+          // Reference methods (DESIGN §6), after the training backward so they only reuse scratch.
+          if (hyper_scratch.empty()) hyper_scratch.resize(params.size());
+          r.align = cfg.meta.hypergrad == "exact"
+                        ? pair_alignments_exact<float>(model, params.data(), hyper_scratch.data(), params.size(), train,
+                                                       chunk, cfg.loss, ghat.data())
+                        : pair_alignments_fd<float>(model, params.data(), hyper_scratch.data(), params.size(), train,
+                                                    chunk, cfg.loss, ghat.data(), cfg.meta.fd_step);
+        }
         align.insert(align.end(), r.align.begin(), r.align.end());
       } else {
         r = pair_micro_step(model, params.data(), grads.data(), /*accumulate=*/a > 0, train, chunk, cfg.loss,

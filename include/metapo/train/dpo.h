@@ -31,6 +31,11 @@ struct MetaConfig {
   // training pairs (a window rotating through the split) are scored and observed, so pairs gather
   // history faster than one observation per epoch (0: off).
   int64_t refresh_every = 0, refresh_pairs = 0;
+  // How the alignments s_i = ⟨ĝ_V, ∇θ ℓ_i⟩ are computed: "ghost" (ghost products in the training
+  // backward, the default), "exact" (one extra forward+backward per pair; tests and tiny models) or
+  // "fd" (central finite difference of ℓ_i along ĝ_V: two extra forwards per micro-batch).
+  std::string hypergrad = "ghost";
+  double fd_step = 1e-3;  // fd: θ ± h ĝ with h = fd_step / max|ĝ|
 };
 
 struct TrainConfig {
@@ -84,6 +89,18 @@ template <typename T>
 PairMicroResult pair_micro_step(LlamaModel<T>& model, const T* params, T* grads, bool accumulate,
                                 const PairSplit& s, const std::vector<int64_t>& chunk, const LossConfig& loss,
                                 const WeightFn& weigh, double coef_scale, const T* ghat = nullptr);
+// Alignments ⟨ĝ, ∇θ ℓ_k⟩ of the pairs `chunk` by the reference methods of DESIGN §6: "exact" builds
+// each pair's gradient with its own backward (grads is scratch), "fd" takes (ℓ_k(θ + hĝ) −
+// ℓ_k(θ − hĝ)) / 2h with h = rel_step / max|ĝ| (scratch: a parameter-sized buffer).
+template <typename T>
+std::vector<double> pair_alignments_exact(LlamaModel<T>& model, const T* params, T* grads, size_t n_params,
+                                          const PairSplit& s, const std::vector<int64_t>& chunk,
+                                          const LossConfig& loss, const T* ghat);
+template <typename T>
+std::vector<double> pair_alignments_fd(LlamaModel<T>& model, const T* params, T* scratch, size_t n_params,
+                                       const PairSplit& s, const std::vector<int64_t>& chunk,
+                                       const LossConfig& loss, const T* ghat, double rel_step);
+
 // The static weightings (uniform, wpo, margin, column): column holds the whole split's values.
 template <typename T>
 PairMicroResult pair_micro_step(LlamaModel<T>& model, const T* params, T* grads, bool accumulate,

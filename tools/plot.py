@@ -1,0 +1,408 @@
+#!/usr/bin/env python3
+"""Plots of metapo training runs, for a person to look at.
+
+    python3 tools/plot.py RUN [RUN2 ...] [--out DIR] [--smooth N] [--pairs-per-group K]
+
+Writes into DIR (default: RUN/plots of the first run):
+
+  curves.png        training curves from RUN/metrics.jsonl: loss, rewards/accuracies, rewards/margins
+                    (validation eval/* points dashed on the same panels when the run has them) and the
+                    raw weights a_i (weights/mean ± weights/std); all runs overlaid, named by directory.
+  weights_hist.png  from RUN/pair_weights.jsonl (`metapo analyze`): weights of clean vs flipped pairs,
+                    of hard (near miss) vs easy pairs, and the four combinations; one row per run.
+  attribution.png   from RUN/analysis.json (`metapo analyze`): mean |integrated gradient| and
+                    permutation importance per feature, temporal vs instantaneous; one row per run.
+  trajectories.png  from RUN/trajectories.jsonl (`metapo train`, --track-pairs): margin trajectories of
+                    the tracked clean/easy, clean/hard and flipped pairs; one row per run.
+
+Only curves.png needs an input (metrics.jsonl); each other plot is skipped, with a message, when no
+run has its input. Needs matplotlib (pip install matplotlib); draws with the Agg backend.
+"""
+import argparse
+import json
+import math
+import os
+import sys
+
+try:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from matplotlib.patches import Patch
+    from matplotlib.lines import Line2D
+except ImportError:  # pragma: no cover - depends on the machine
+    sys.exit("error: tools/plot.py needs matplotlib (python3 -m pip install matplotlib)")
+
+TEMPORAL_COLOR = "tab:blue"
+INSTANT_COLOR = "tab:orange"
+GROUP_COLORS = {"clean": "tab:green", "flipped": "tab:red", "easy": "tab:cyan", "hard": "tab:purple"}
+
+
+def fail(msg):
+    print(f"error: {msg}", file=sys.stderr)
+    sys.exit(2)
+
+
+def note(msg):
+    print(msg, file=sys.stderr)
+
+
+def read_jsonl(path):
+    """Lines of a JSONL file; a torn last line (a run still writing) is skipped with a note."""
+    rows = []
+    with open(path) as f:
+        lines = f.read().splitlines()
+    for k, line in enumerate(lines):
+        if not line.strip():
+            continue
+        try:
+            rows.append(json.loads(line))
+        except json.JSONDecodeError as e:
+            if k == len(lines) - 1:
+                note(f"note: {path}: skipping an incomplete last line")
+            else:
+                fail(f"{path}:{k + 1}: not valid JSON ({e})")
+    return rows
+
+
+def run_labels(runs):
+    """Shortest trailing path parts that tell the runs apart (seed1/metapo vs seed2/metapo)."""
+    parts = [os.path.normpath(os.path.abspath(r)).split(os.sep) for r in runs]
+    for n in range(1, max(len(p) for p in parts) + 1):
+        labels = ["/".join(p[-n:]) for p in parts]
+        if len(set(labels)) == len(labels):
+            return labels
+    return [os.path.normpath(r) for r in runs]
+
+
+def moving_average(y, w):
+    if w <= 1 or len(y) < 3:
+        return list(y)
+    out, acc, q = [], 0.0, []
+    for v in y:
+        q.append(v)
+        acc += v
+        if len(q) > w:
+            acc -= q.pop(0)
+        out.append(acc / len(q))
+    return out
+
+
+def finite(v):
+    return isinstance(v, (int, float)) and math.isfinite(v)
+
+
+# ---- curves.png ---------------------------------------------------------------------------------
+
+
+def plot_curves(runs, labels, colors, out, smooth):
+    # (metrics key, panel title, eval key overlaid dashed)
+    panels = [
+        ("loss", "loss (weighted base loss)", "eval/loss"),
+        ("rewards/accuracies", "reward accuracy (share of margins > 0)", "eval/rewards/accuracies"),
+        ("rewards/margins", "reward margin r(chosen) − r(rejected)", "eval/rewards/margins"),
+        ("weights/mean", "raw weight a_i: batch mean ± std (dotted: min, max)", None),
+        ("weights/rel_spread", "weight spread: std / mean of a_i over the batch", None),
+        ("grad_norm", "policy gradient norm (before clipping)", None),
+    ]
+    fig, axes = plt.subplots(2, 3, figsize=(17, 8.5))
+    axes = axes.ravel()
+    any_eval, any_smooth = False, False
+    for run, label, color in zip(runs, labels, colors):
+        rows = read_jsonl(os.path.join(run, "metrics.jsonl"))
+        train = [r for r in rows if "loss" in r and "step" in r]
+        ev = [r for r in rows if "step" in r and any(k.startswith("eval/") for k in r)]
+        if not train and not ev:
+            note(f"note: {run}/metrics.jsonl has no steps")
+        for r in train:
+            if finite(r.get("weights/mean")) and finite(r.get("weights/std")) and r["weights/mean"] > 0:
+                r["weights/rel_spread"] = r["weights/std"] / r["weights/mean"]
+        w = smooth if smooth is not None else max(1, len(train) // 25)
+        for ax, (key, title, ekey) in zip(axes, panels):
+            pts = [(r["step"], r[key], r) for r in train if finite(r.get(key))]
+            if pts:
+                x = [p[0] for p in pts]
+                y = [p[1] for p in pts]
+                if key == "weights/mean":
+                    sd = [p[2]["weights/std"] if finite(p[2].get("weights/std")) else 0.0 for p in pts]
+                    ax.plot(x, y, color=color, lw=1.6, label=label)
+                    ax.fill_between(x, [a - b for a, b in zip(y, sd)], [a + b for a, b in zip(y, sd)],
+                                    color=color, alpha=0.25, lw=0)
+                    for k in ("weights/min", "weights/max"):
+                        mm = [(p[0], p[2][k]) for p in pts if finite(p[2].get(k))]
+                        if mm:
+                            ax.plot([a for a, _ in mm], [b for _, b in mm], color=color, lw=0.8, ls=":")
+                elif w > 1:
+                    any_smooth = True
+                    ax.plot(x, y, color=color, lw=0.8, alpha=0.25)
+                    ax.plot(x, moving_average(y, w), color=color, lw=1.6, label=label)
+                else:
+                    ax.plot(x, y, color=color, lw=1.4, label=label)
+            if ekey:
+                epts = [(r["step"], r[ekey]) for r in ev if finite(r.get(ekey))]
+                if epts:
+                    any_eval = True
+                    ax.plot([a for a, _ in epts], [b for _, b in epts], color=color, lw=1.4, ls="--", marker="o",
+                            ms=4)
+    for ax, (key, title, _) in zip(axes, panels):
+        ax.set_title(title, fontsize=11)
+        ax.set_xlabel("optimizer step")
+        ax.set_ylabel(key if key != "weights/rel_spread" else "weights/std ÷ weights/mean")
+        ax.grid(alpha=0.3)
+        if not ax.lines:
+            ax.text(0.5, 0.5, f"no {key} in metrics.jsonl", ha="center", va="center", transform=ax.transAxes,
+                    color="dimgray")
+    axes[2].axhline(0, color="grey", lw=0.8)
+    handles = [Line2D([], [], color=c, lw=2, label=l) for l, c in zip(labels, colors)]
+    axes[0].legend(handles=handles, title="run", fontsize=9, loc="best")
+    style = [Line2D([], [], color="k", lw=1.6,
+                    label="training batches" + (" (moving average; faint: raw)" if any_smooth else ""))]
+    if any_eval:
+        style.append(Line2D([], [], color="k", lw=1.4, ls="--", marker="o", ms=4, label="validation split (eval/*)"))
+    axes[1].legend(handles=style, fontsize=9, loc="best")
+    fig.suptitle("Training curves (metrics.jsonl): " + ", ".join(labels), fontsize=13)
+    fig.tight_layout()
+    fig.savefig(out, dpi=110)
+    plt.close(fig)
+
+
+# ---- weights_hist.png ---------------------------------------------------------------------------
+
+
+def auc(pos, neg):
+    """P(weight of a positive > weight of a negative), ties count half."""
+    if not pos or not neg:
+        return None
+    allv = sorted([(v, 1) for v in pos] + [(v, 0) for v in neg])
+    i = 0
+    rank_sum = 0.0
+    while i < len(allv):
+        j = i
+        while j < len(allv) and allv[j][0] == allv[i][0]:
+            j += 1
+        r = (i + j + 1) / 2.0  # average 1-based rank
+        rank_sum += r * sum(1 for k in range(i, j) if allv[k][1] == 1)
+        i = j
+    n1, n0 = len(pos), len(neg)
+    return (rank_sum - n1 * (n1 + 1) / 2.0) / (n1 * n0)
+
+
+def hist_pair(ax, groups, bins, title):
+    """Overlaid density histograms of named weight lists, with dashed lines at the means."""
+    for name, vals in groups:
+        if not vals:
+            continue
+        c = GROUP_COLORS.get(name.split()[0], None)
+        ax.hist(vals, bins=bins, density=True, alpha=0.45, color=c, label=f"{name} (n={len(vals)})")
+        m = sum(vals) / len(vals)
+        ax.axvline(m, color=c, ls="--", lw=1.5)
+    ax.set_title(title, fontsize=10)
+    ax.set_xlabel("raw weight a_i (dashed: group mean)")
+    ax.set_ylabel("density")
+    ax.legend(fontsize=8)
+    ax.grid(alpha=0.3)
+
+
+def plot_weights_hist(runs, labels, out):
+    have = [(r, l) for r, l in zip(runs, labels) if os.path.exists(os.path.join(r, "pair_weights.jsonl"))]
+    if not have:
+        return "no run has pair_weights.jsonl (run `metapo analyze --run RUN --data FILE` first)"
+    for r, l in zip(runs, labels):
+        if (r, l) not in have:
+            note(f"note: weights_hist.png: {r} has no pair_weights.jsonl, left out")
+    ncol = 3
+    fig, axes = plt.subplots(len(have), ncol, figsize=(16, 4.3 * len(have)), squeeze=False)
+    for row, (run, label) in enumerate(have):
+        rows = read_jsonl(os.path.join(run, "pair_weights.jsonl"))
+        wts = [p["weight"] for p in rows if finite(p.get("weight"))]
+        ax = axes[row]
+        if not wts:
+            for a in ax:
+                a.set_axis_off()
+            ax[0].text(0.5, 0.5, f"{label}: no weights", ha="center", transform=ax[0].transAxes)
+            continue
+        lo, hi = min(wts), max(wts)
+        if hi - lo < 1e-12:
+            lo, hi = lo - 1e-3, hi + 1e-3
+        bins = [lo + (hi - lo) * k / 30 for k in range(31)]
+        has_q = all("quality" in p for p in rows)
+        has_d = all("difficulty" in p for p in rows)
+        clean = [p["weight"] for p in rows if has_q and p["quality"] >= 0.5]
+        flipped = [p["weight"] for p in rows if has_q and p["quality"] < 0.5]
+        if has_q:
+            a = auc(clean, flipped)
+            t = f"{label}: clean vs flipped" + (f" — AUC {a:.3f}" if a is not None else "")
+            hist_pair(ax[0], [("clean", clean), ("flipped", flipped)], bins, t)
+        else:
+            hist_pair(ax[0], [("all pairs", wts)], bins, f"{label}: all pairs (no quality column)")
+        if has_d:
+            hard = [p["weight"] for p in rows if p["difficulty"] >= 0.5]
+            easy = [p["weight"] for p in rows if p["difficulty"] < 0.5]
+            hist_pair(ax[1], [("easy (random rejected)", easy), ("hard (near-miss rejected)", hard)], bins,
+                      f"{label}: easy vs hard pairs")
+        else:
+            ax[1].set_axis_off()
+            ax[1].text(0.5, 0.5, "no difficulty column", ha="center", va="center", transform=ax[1].transAxes)
+        if has_q and has_d:
+            names = ["clean\neasy", "clean\nhard", "flipped\neasy", "flipped\nhard"]
+            sel = [(1, 0), (1, 1), (0, 0), (0, 1)]
+            data = [[p["weight"] for p in rows if (p["quality"] >= 0.5) == bool(q) and (p["difficulty"] >= 0.5) == bool(h)]
+                    for q, h in sel]
+            keep = [(n, d) for n, d in zip(names, data) if d]
+            bp = ax[2].boxplot([d for _, d in keep], tick_labels=[f"{n}\n(n={len(d)})" for n, d in keep],
+                               showmeans=True, patch_artist=True, showfliers=False)
+            for patch, (n, _) in zip(bp["boxes"], keep):
+                patch.set_facecolor(GROUP_COLORS["clean" if n.startswith("clean") else "flipped"])
+                patch.set_alpha(0.45)
+            ax[2].set_title(f"{label}: weight by group (box: quartiles, ▲ mean)", fontsize=10)
+            ax[2].set_ylabel("raw weight a_i")
+            ax[2].grid(alpha=0.3, axis="y")
+        else:
+            ax[2].set_axis_off()
+    fig.suptitle("MetaPO weights per pair after training (metapo analyze, train split)", fontsize=13)
+    fig.tight_layout()
+    fig.savefig(out, dpi=110)
+    plt.close(fig)
+    return None
+
+
+# ---- attribution.png ----------------------------------------------------------------------------
+
+
+def share(v):
+    return f"{v:.2f}" if finite(v) else "n/a"
+
+
+def plot_attribution(runs, labels, out):
+    have = [(r, l) for r, l in zip(runs, labels) if os.path.exists(os.path.join(r, "analysis.json"))]
+    if not have:
+        return "no run has analysis.json (run `metapo analyze --run RUN --data FILE` first)"
+    for r, l in zip(runs, labels):
+        if (r, l) not in have:
+            note(f"note: attribution.png: {r} has no analysis.json, left out")
+    fig, axes = plt.subplots(len(have), 2, figsize=(13, 3.8 * len(have) + 0.6), squeeze=False)
+    for row, (run, label) in enumerate(have):
+        path = os.path.join(run, "analysis.json")
+        try:
+            a = json.load(open(path))
+            at = a["attribution"]
+            feats, temporal = at["features"], at["temporal"]
+            ig, perm = at["integrated_gradients"], at["permutation"]
+        except (json.JSONDecodeError, KeyError, TypeError) as e:
+            fail(f"{path}: not an analysis.json of metapo analyze ({e})")
+        colors = [TEMPORAL_COLOR if t else INSTANT_COLOR for t in temporal]
+        q = a.get("quality") or {}
+        info = f"{a.get('with_history', '?')} of {a.get('n', '?')} pairs with history"
+        if finite(q.get("auc")):
+            info += f", weight AUC clean vs flipped {q['auc']:.3f}"
+        for ax, (name, part) in zip(axes[row], [("mean |integrated gradient| of z", ig),
+                                                 ("permutation importance: mean |Δz|", perm)]):
+            vals = [v if finite(v) else 0.0 for v in part["mean_abs"]]
+            y = list(range(len(feats)))[::-1]
+            ax.barh(y, vals, color=colors)
+            ax.set_yticks(y)
+            ax.set_yticklabels(feats)
+            ax.set_xlabel(name)
+            ax.set_title(f"{label}: {name.split(':')[0]} — temporal share {share(part.get('temporal_share'))}"
+                         f"\n{info}", fontsize=10)
+            ax.grid(alpha=0.3, axis="x")
+    leg = [Patch(color=TEMPORAL_COLOR, label="temporal (pair history)"),
+           Patch(color=INSTANT_COLOR, label="instantaneous (current step)")]
+    fig.suptitle("What the weight net's decisions depend on (metapo analyze)", fontsize=13)
+    fig.tight_layout(rect=(0, 0.06 / len(have), 1, 1))
+    fig.legend(handles=leg, fontsize=10, loc="lower center", ncol=2, frameon=False)
+    fig.savefig(out, dpi=110)
+    plt.close(fig)
+    return None
+
+
+# ---- trajectories.png ---------------------------------------------------------------------------
+
+TRAJ_GROUPS = [("clean, easy (random rejected)", lambda q, d: q >= 0.5 and not d),
+               ("clean, hard (near-miss rejected)", lambda q, d: q >= 0.5 and d),
+               ("flipped (labels swapped)", lambda q, d: q < 0.5)]
+
+
+def plot_trajectories(runs, labels, out, per_group):
+    have = [(r, l) for r, l in zip(runs, labels) if os.path.exists(os.path.join(r, "trajectories.jsonl"))]
+    if not have:
+        return "no run has trajectories.jsonl (written by `metapo train` with --track-pairs > 0)"
+    for r, l in zip(runs, labels):
+        if (r, l) not in have:
+            note(f"note: trajectories.png: {r} has no trajectories.jsonl, left out")
+    fig, axes = plt.subplots(len(have), 3, figsize=(15, 3.9 * len(have) + 0.6), squeeze=False, sharey=True)
+    cmap = plt.get_cmap("tab10")
+    for row, (run, label) in enumerate(have):
+        lines = read_jsonl(os.path.join(run, "trajectories.jsonl"))
+        series, info = {}, {}
+        for l in lines:
+            for p in l.get("pairs", []):
+                sid = p["sample_id"]
+                if finite(p.get("margin")):
+                    series.setdefault(sid, []).append((l["step"], p["margin"]))
+                info[sid] = (p.get("quality", 1.0), (p.get("difficulty", 0.0) or 0.0) >= 0.5)
+        for col, (gname, pred) in enumerate(TRAJ_GROUPS):
+            ax = axes[row][col]
+            sids = sorted(s for s in series if pred(*info[s]))[:per_group]
+            for k, sid in enumerate(sids):
+                pts = sorted(series[sid])
+                hard = " hard" if (col == 2 and info[sid][1]) else ""
+                ax.plot([s for s, _ in pts], [m for _, m in pts], marker="o", ms=3, lw=1.3, color=cmap(k % 10),
+                        ls="--" if hard else "-", label=f"pair {sid}{hard}")
+            ax.axhline(0, color="grey", lw=0.8)
+            ax.set_title(f"{label}: {gname}", fontsize=10)
+            ax.set_xlabel("optimizer step")
+            if col == 0:
+                ax.set_ylabel("margin r(chosen) − r(rejected)\n(as labelled in the data)")
+            ax.grid(alpha=0.3)
+            if sids:
+                ax.legend(fontsize=7, ncol=2, loc="best")
+            else:
+                ax.text(0.5, 0.5, "no tracked pairs in this group", ha="center", va="center",
+                        transform=ax.transAxes, color="dimgray")
+    fig.suptitle("Margin trajectories of tracked training pairs (flipped: below 0 = the model prefers the "
+                 "truly correct answer)", fontsize=12)
+    fig.tight_layout()
+    fig.savefig(out, dpi=110)
+    plt.close(fig)
+    return None
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("runs", nargs="+", metavar="RUN", help="run directories of metapo train")
+    ap.add_argument("--out", help="output directory (default: RUN/plots of the first run)")
+    ap.add_argument("--smooth", type=int, default=None,
+                    help="moving-average window over training steps (default: steps/25; 1: raw)")
+    ap.add_argument("--pairs-per-group", type=int, default=4, help="tracked pairs drawn per group (default 4)")
+    args = ap.parse_args()
+    for r in args.runs:
+        if not os.path.isdir(r):
+            fail(f"run directory {r} not found")
+        if not os.path.isfile(os.path.join(r, "metrics.jsonl")):
+            fail(f"{os.path.join(r, 'metrics.jsonl')} not found (is {r} a `metapo train` run directory?)")
+    if args.smooth is not None and args.smooth < 1:
+        fail("--smooth must be at least 1")
+    out = args.out or os.path.join(args.runs[0], "plots")
+    os.makedirs(out, exist_ok=True)
+    labels = run_labels(args.runs)
+    cmap = plt.get_cmap("tab10")
+    colors = [cmap(k % 10) for k in range(len(args.runs))]
+
+    path = os.path.join(out, "curves.png")
+    plot_curves(args.runs, labels, colors, path, args.smooth)
+    print(f"wrote {path}")
+    for name, fn in [("weights_hist.png", lambda p: plot_weights_hist(args.runs, labels, p)),
+                     ("attribution.png", lambda p: plot_attribution(args.runs, labels, p)),
+                     ("trajectories.png", lambda p: plot_trajectories(args.runs, labels, p, args.pairs_per_group))]:
+        path = os.path.join(out, name)
+        why = fn(path)
+        if why:
+            print(f"skipped {name}: {why}")
+        else:
+            print(f"wrote {path}")
+
+
+if __name__ == "__main__":
+    main()
