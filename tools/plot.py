@@ -296,8 +296,8 @@ def plot_attribution(runs, labels, out):
         info = f"{a.get('with_history', '?')} of {a.get('n', '?')} pairs with history"
         if finite(q.get("auc")):
             info += f", weight AUC clean vs flipped {q['auc']:.3f}"
-        for ax, (name, part) in zip(axes[row], [("mean |integrated gradient| of z", ig),
-                                                 ("permutation importance: mean |Δz|", perm)]):
+        for col, (ax, (name, part)) in enumerate(zip(axes[row], [("mean |integrated gradient| of z", ig),
+                                                                ("permutation importance: mean |Δz|", perm)])):
             vals = [v if finite(v) else 0.0 for v in part["mean_abs"]]
             y = list(range(len(feats)))[::-1]
             ax.barh(y, vals, color=colors)
@@ -305,7 +305,7 @@ def plot_attribution(runs, labels, out):
             ax.set_yticklabels(feats)
             ax.set_xlabel(name)
             ax.set_title(f"{label}: {name.split(':')[0]} — temporal share {share(part.get('temporal_share'))}"
-                         f"\n{info}", fontsize=10)
+                         + (f"\n{info}" if col == 0 else "\n"), fontsize=10)
             ax.grid(alpha=0.3, axis="x")
     leg = [Patch(color=TEMPORAL_COLOR, label="temporal (pair history)"),
            Patch(color=INSTANT_COLOR, label="instantaneous (current step)")]
