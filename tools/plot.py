@@ -99,7 +99,7 @@ def finite(v):
 def plot_curves(runs, labels, colors, out, smooth):
     # (metrics key, panel title, eval key overlaid dashed)
     panels = [
-        ("loss", "loss (weighted base loss)", "eval/loss"),
+        ("loss", "loss (training objective)", "eval/loss"),
         ("rewards/accuracies", "reward accuracy (share of margins > 0)", "eval/rewards/accuracies"),
         ("rewards/margins", "reward margin r(chosen) − r(rejected)", "eval/rewards/margins"),
         ("weights/mean", "raw weight a_i: batch mean ± std (dotted: min, max)", None),
@@ -151,7 +151,8 @@ def plot_curves(runs, labels, colors, out, smooth):
         ax.set_ylabel(key if key != "weights/rel_spread" else "weights/std ÷ weights/mean")
         ax.grid(alpha=0.3)
         if not ax.lines:
-            ax.text(0.5, 0.5, f"no {key} in metrics.jsonl", ha="center", va="center", transform=ax.transAxes,
+            missing = "weights/std" if key == "weights/rel_spread" else key
+            ax.text(0.5, 0.5, f"no {missing} in metrics.jsonl", ha="center", va="center", transform=ax.transAxes,
                     color="dimgray")
     axes[2].axhline(0, color="grey", lw=0.8)
     handles = [Line2D([], [], color=c, lw=2, label=l) for l, c in zip(labels, colors)]

@@ -48,6 +48,7 @@ void add_train_options(po::options_description& desc, TrainConfig& cfg, TrainOpt
       ("meta-precondition", po::value(&cfg.meta.precondition)->default_value(true), "MetaPO: precondition the validation gradient with Adam's second moment (true/false)")
       ("meta-hidden", po::value(&cfg.meta.hidden)->default_value(32), "MetaPO: weight-net hidden width")
       ("weight-floor", po::value(&cfg.meta.a_min)->default_value(1e-3), "MetaPO: a_min, the floor of the raw weights")
+      ("meta-features", po::value(&cfg.meta.features)->default_value("all"), "MetaPO feature ablation: all | temporal | instantaneous")
       ("hypergrad", po::value(&cfg.meta.hypergrad)->default_value("ghost"), "MetaPO: ghost | exact (per-pair backward) | fd (finite difference along the validation gradient)")
       ("stats-ema", po::value(&cfg.meta.ema_rate)->default_value(0.1), "MetaPO: EMA rate of the pair statistics")
       ("stats-refresh-every", po::value(&cfg.meta.refresh_every)->default_value(0), "MetaPO: score a window of training pairs forward-only every N steps (0: off)")

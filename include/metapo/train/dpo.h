@@ -35,6 +35,9 @@ struct MetaConfig {
   // backward, the default), "exact" (one extra forward+backward per pair; tests and tiny models) or
   // "fd" (central finite difference of ℓ_i along ĝ_V: two extra forwards per micro-batch).
   std::string hypergrad = "ghost";
+  // Feature ablation: "all", "temporal" (instantaneous inputs zeroed) or "instantaneous" (temporal
+  // inputs zeroed). Zeroed standardized inputs sit at the origin the attributions are measured from.
+  std::string features = "all";
   double fd_step = 1e-3;  // fd: θ ± h ĝ with h = fd_step / max|ĝ|
 };
 
