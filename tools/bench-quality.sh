@@ -8,8 +8,9 @@
 # Methods: uniform (plain DPO), cdpo and robust (label smoothing = the flip rate, 0.1 at 0 flips), wpo,
 # margin, metapo (META_ARGS), oracle (--weighting column: weight 1 for clean pairs, 1e-6 for flipped
 # ones, i.e. the flipped pairs dropped; the column is written into a copy of the dataset).
-# A feature ablation (MetaPO on instantaneous-only / temporal-only features) runs when `metapo train`
-# has a --meta-features option; otherwise a note says it is skipped.
+# A feature ablation (MetaPO with --meta-features instantaneous / temporal, i.e. the other group's inputs
+# zeroed; ABLATION picks the values) runs when metapo is among the methods and `metapo train` has that
+# option; otherwise a note says it is skipped.
 # Prints a markdown table (mean ± std over seeds, per flip rate × method), saves it to $OUT/results.md
 # and the raw JSON lines to $OUT/results.jsonl; everything else stays under $OUT.
 #   FLIPS="0 0.2 0.4" SEEDS="1 2 3" tools/bench-quality.sh
@@ -36,6 +37,7 @@ N_SFT=${N_SFT:-2000}
 GEN_LIMIT=${GEN_LIMIT:-256}
 META_ARGS=${META_ARGS:-"--stats-refresh-every 1 --stats-refresh-pairs 128"}
 ABLATION=${ABLATION:-"instantaneous temporal"}   # --meta-features values besides the full set (= metapo)
+ANALYZE_ABLATION=${ANALYZE_ABLATION:-1}           # metapo analyze on the ablated runs (0: skip)
 PLOTS=${PLOTS:-1}                                # tools/plot.py per seed and flip when matplotlib is there
 OUT=${OUT:-runs/quality-$TASK}
 mkdir -p "$OUT"
@@ -50,6 +52,7 @@ ablation_note=""
 if [[ " $METHODS " == *" metapo "* ]]; then
   if $M train --help 2>&1 | grep -q -- "--meta-features"; then
     for v in $ABLATION; do ablate+=("metapo-$v"); done
+    [ "$ANALYZE_ABLATION" = 1 ] || ablation_note="The ablated MetaPO runs are not analyzed (ANALYZE_ABLATION=0)."
   else
     log "note: feature ablation skipped: it needs a \`metapo train --meta-features\` option (instantaneous-only /"
     log "      temporal-only weight-net inputs), which this build does not have"
@@ -117,7 +120,8 @@ P
       gen=$($RUN generate --model "$r/final" --data "$d/data.h5" --split test --greedy --max-new-tokens 16 \
         --limit "$GEN_LIMIT" --output "$r/gen.jsonl" | tail -n 1)
       an=null
-      if [[ "$method" == metapo* ]]; then
+      # metapo analyze applies the run's --meta-features (recorded in metapo.json as features_used).
+      if [ "$method" = metapo ] || { [[ "$method" == metapo-* ]] && [ "$ANALYZE_ABLATION" = 1 ]; }; then
         an=$($RUN analyze --run "$r" --data "$d/data.h5" | tail -n 1)
       fi
       echo "{\"flip\": $flip, \"seed\": $seed, \"method\": \"$method\", \"train_s\": $train_s, \"eval\": $ev," \
@@ -148,7 +152,8 @@ def ms(v):
 flips = sorted({r["flip"] for r in rows})
 seeds = sorted({r["seed"] for r in rows})
 names = {"sft": "SFT model (reference)", "uniform": "uniform (DPO)", "oracle": "oracle (flipped dropped)",
-         "cdpo": "cdpo", "robust": "robust"}
+         "metapo-instantaneous": "metapo, instantaneous features only",
+         "metapo-temporal": "metapo, temporal features only"}
 print(f"\ntask {task}, {n_train} train pairs, {epochs} epochs, seeds {' '.join(map(str, seeds))}; clean test split;"
       f" mean ± std over seeds; MetaPO options: {meta_args}\n")
 print("| flipped | method | test pref. accuracy | answer accuracy | weight AUC (clean vs flipped) "

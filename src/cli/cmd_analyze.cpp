@@ -63,6 +63,7 @@ int cmd_analyze(Context& ctx, int argc, char** argv) {
   LlamaModel<float> model(hf.config);
   const AnalyzeInput in = analysis_input(model, hf.params.data(), s, run, loss, micro, ctx.topo);
   // Replicated: every rank computes the same result; only rank 0 reports and writes.
+  opt.features = run.features_used;
   const AnalyzeResult r = analyze_weights(run.make_net(), run.make_standardizer(), in, opt);
   if (!ctx.topo.is_root()) return 0;
 

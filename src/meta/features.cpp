@@ -104,4 +104,14 @@ void FeatureStandardizer::load_state(const std::vector<double>& s) {
   for (size_t f = 0; f < F; ++f) count_[f] = s[f], sum_[f] = s[F + f], sumsq_[f] = s[2 * F + f];
 }
 
+void mask_features(std::vector<double>& x, int64_t rows, const std::string& keep) {
+  MP_CHECK(keep == "all" || keep == "temporal" || keep == "instantaneous", "--meta-features ", keep,
+           ": unknown (valid: all, temporal, instantaneous)");
+  if (keep == "all") return;
+  const bool keep_temporal = keep == "temporal";
+  for (int64_t r = 0; r < rows; ++r)
+    for (int f = 0; f < kNumFeatures; ++f)
+      if (is_temporal(f) != keep_temporal) x[size_t(r * kNumFeatures + f)] = 0.0;
+}
+
 }  // namespace metapo

@@ -173,6 +173,10 @@ MetaRun parse_meta_run(const json& j, const std::string& path) {
   MP_CHECK(int64_t(run.params.size()) == n_params, path, ": net.params has ", run.params.size(),
            " values, expected ", n_params, " for ", F, " features and hidden width ", run.net.hidden);
   need_names(j, "features", kFeatureNames, path, "");
+  if (j.contains("features_used")) {
+    MP_CHECK(j["features_used"].is_string(), path, ": features_used must be a string");
+    run.features_used = j["features_used"].get<std::string>();
+  }
 
   run.standardizer = need_doubles(j, "standardizer", path, "");
   MP_CHECK(int64_t(run.standardizer.size()) == 3 * F, path, ": standardizer has ", run.standardizer.size(),
@@ -321,7 +325,8 @@ AnalyzeResult analyze_weights(const WeightNet& net, const FeatureStandardizer& s
 
   AnalyzeResult r;
   r.n = N;
-  const std::vector<double> X = stdz.standardize(in.raw);  // [N, F]
+  std::vector<double> X = stdz.standardize(in.raw);  // [N, F]
+  mask_features(X, N, opt.features);                  // as the run's weight net saw them
   // forward() caches activations, so it runs on a copy: the caller's net stays const.
   WeightNet local = net;
   local.forward(X, N, r.a, &r.z);

@@ -474,6 +474,7 @@ int run_dpo(const Topology& topo, const TrainConfig& cfg) {
       nlohmann::json j;
       j["format"] = "metapo-meta", j["format_version"] = 1;
       j["net"]["hidden"] = cfg.meta.hidden, j["net"]["a_min"] = cfg.meta.a_min;
+      j["features_used"] = cfg.meta.features;
       j["net"]["n_features"] = kNumFeatures, j["net"]["params"] = meta->net().params();
       j["features"] = std::vector<std::string>(kFeatureNames.begin(), kFeatureNames.end());
       j["standardizer"] = meta->standardizer().state();

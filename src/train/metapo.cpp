@@ -20,8 +20,8 @@ MetaPOState::MetaPOState(const MetaConfig& cfg, int64_t max_sample_id, uint64_t 
   MP_CHECK(cfg.lr > 0, "--meta-lr must be positive");
   MP_CHECK(cfg.ema_rate > 0 && cfg.ema_rate <= 1, "--stats-ema must be in (0, 1]");
   MP_CHECK(cfg.val_batch >= 1, "--meta-val-batch must be positive");
-  MP_CHECK(cfg.features == "all" || cfg.features == "temporal" || cfg.features == "instantaneous",
-           "--meta-features ", cfg.features, ": unknown (valid: all, temporal, instantaneous)");
+  std::vector<double> probe(kNumFeatures, 0.0);
+  mask_features(probe, 1, cfg.features);  // rejects an unknown --meta-features before any step
   MP_CHECK(cfg.refresh_every >= 0 && cfg.refresh_pairs >= 0, "--stats-refresh-every and --stats-refresh-pairs must not be negative");
 }
 
@@ -40,12 +40,7 @@ std::vector<double> MetaPOState::weights(const PairSplit& s, const std::vector<i
   const std::vector<double> raw = make_features(rows, margin, loss);
   stdz_.update(raw, dp_);
   std::vector<double> x = stdz_.standardize(raw);
-  if (cfg_.features != "all") {
-    const bool keep_temporal = cfg_.features == "temporal";
-    for (size_t r = 0; r < chunk.size(); ++r)
-      for (int f = 0; f < kNumFeatures; ++f)
-        if (is_temporal(f) != keep_temporal) x[r * kNumFeatures + size_t(f)] = 0.0;
-  }
+  mask_features(x, int64_t(chunk.size()), cfg_.features);
   std::vector<double> a;
   net_.forward(x, int64_t(chunk.size()), a);
   step_x_.insert(step_x_.end(), x.begin(), x.end());

@@ -13,6 +13,7 @@
 // of an average pair, and its rows do not enter the temporal features' statistics.
 #pragma once
 #include <array>
+#include <string>
 #include <vector>
 
 #include "metapo/comm/comm.h"
@@ -46,6 +47,11 @@ std::vector<double> make_features(const std::vector<PairStatRow>& rows, const st
 // Whether a raw feature row (F values) belongs to a pair with at least kMinHistory observations; read
 // from its log_count column, which is log(1+n) of an integer n.
 bool has_history(const double* raw_row);
+
+// The feature ablation of `--meta-features`: "all" keeps every standardized input, "temporal" zeroes
+// the instantaneous ones, "instantaneous" the temporal ones (x: [rows, kNumFeatures]). Zero is the
+// standardized origin the attributions are measured from, so a masked feature gets no attribution.
+void mask_features(std::vector<double>& x, int64_t rows, const std::string& keep);
 
 class FeatureStandardizer {
  public:

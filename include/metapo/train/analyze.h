@@ -38,6 +38,7 @@ struct MetaRun {
   std::vector<double> standardizer;  // FeatureStandardizer::state(): [count[F], sum[F], sumsq[F]]
   int64_t stat_rows = 0;             // N of the logical [N, S] pair table
   std::vector<double> pair_stats;    // [N, S] row-major, row = sample id, S = kPairStatFields
+  std::string features_used = "all"; // --meta-features of the run (absent in older files: all)
 
   WeightNet make_net() const;
   FeatureStandardizer make_standardizer() const;
@@ -62,6 +63,7 @@ struct AnalyzeOptions {
   int64_t permutation_repeats = 3;   // shuffles per feature
   int64_t max_pairs = 2000;          // pairs attributed (a seeded sample when the split is larger)
   uint64_t seed = 0;                 // of that sample and of the permutations
+  std::string features = "all";      // the run's --meta-features (metapo.json "features_used")
 };
 
 // Per pair of the split, everything the analysis reads.
