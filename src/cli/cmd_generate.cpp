@@ -38,31 +38,9 @@ struct PromptSet {
 // --prompts: {"tokens": [ids], "id": optional integer} per line; blank lines skipped. Without "id"
 // a line's id is its index among the non-blank lines.
 PromptSet read_prompts_jsonl(const std::string& path, int64_t vocab) {
-  std::ifstream in(path);
-  MP_CHECK(in, "--prompts ", path, ": cannot open file");
   PromptSet ps;
-  std::string line;
-  int64_t lineno = 0;
-  while (std::getline(in, line)) {
-    ++lineno;
-    if (line.find_first_not_of(" \t\r") == std::string::npos) continue;
-    const std::string where = str_cat(path, ":", lineno, ": ");
-    nlohmann::json j;
-    try {
-      j = nlohmann::json::parse(line);
-    } catch (const nlohmann::json::exception& e) {
-      fail(where, "invalid JSON (", e.what(), ")");
-    }
-    MP_CHECK(j.is_object() && j.contains("tokens") && j["tokens"].is_array(), where,
-             "expected an object with a \"tokens\" array");
-    std::vector<int32_t> p;
-    for (const auto& t : j["tokens"]) {
-      MP_CHECK(t.is_number_integer(), where, "\"tokens\" must hold integers");
-      const int64_t id = t.get<int64_t>();
-      MP_CHECK(id >= 0 && id < vocab, where, "token id ", id, " is outside the model's vocabulary [0, ",
-               vocab, ")");
-      p.push_back(int32_t(id));
-    }
+  for_each_token_line(path, "--prompts", vocab, [&](const nlohmann::json& j, std::vector<int32_t>&& p,
+                                                    const std::string& where) {
     MP_CHECK(!p.empty(), where, "empty \"tokens\" (a prompt needs at least one token)");
     int64_t id = int64_t(ps.prompts.size());
     if (j.contains("id") && !j["id"].is_null()) {
@@ -71,7 +49,7 @@ PromptSet read_prompts_jsonl(const std::string& path, int64_t vocab) {
     }
     ps.prompts.push_back(std::move(p));
     ps.ids.push_back(id);
-  }
+  });
   return ps;
 }
 

@@ -24,31 +24,11 @@ struct ScoreInput {
 };
 
 std::vector<ScoreInput> read_score_input(const std::string& path, int64_t vocab) {
-  std::ifstream in(path);
-  MP_CHECK(in, "--input ", path, ": cannot open file");
   std::vector<ScoreInput> out;
-  std::string line;
-  int64_t lineno = 0;
-  while (std::getline(in, line)) {
-    ++lineno;
-    if (line.find_first_not_of(" \t\r") == std::string::npos) continue;
-    const std::string where = str_cat(path, ":", lineno, ": ");
-    nlohmann::json j;
-    try {
-      j = nlohmann::json::parse(line);
-    } catch (const nlohmann::json::exception& e) {
-      fail(where, "invalid JSON (", e.what(), ")");
-    }
-    MP_CHECK(j.is_object() && j.contains("tokens") && j["tokens"].is_array(), where,
-             "expected an object with a \"tokens\" array");
+  for_each_token_line(path, "--input", vocab, [&](const nlohmann::json& j, std::vector<int32_t>&& tokens,
+                                                  const std::string& where) {
     ScoreInput s;
-    for (const auto& t : j["tokens"]) {
-      MP_CHECK(t.is_number_integer(), where, "\"tokens\" must hold integers");
-      const int64_t id = t.get<int64_t>();
-      MP_CHECK(id >= 0 && id < vocab, where, "token id ", id, " is outside the model's vocabulary [0, ",
-               vocab, ")");
-      s.tokens.push_back(int32_t(id));
-    }
+    s.tokens = std::move(tokens);
     if (j.contains("loss_mask") && !j["loss_mask"].is_null()) {
       const auto& m = j["loss_mask"];
       MP_CHECK(m.is_array() && m.size() == s.tokens.size(), where, "\"loss_mask\" must be an array of ",
@@ -59,7 +39,7 @@ std::vector<ScoreInput> read_score_input(const std::string& path, int64_t vocab)
       }
     }
     out.push_back(std::move(s));
-  }
+  });
   return out;
 }
 

@@ -119,6 +119,37 @@ std::vector<std::string> gather_to_root(const std::string& mine, const Topology&
   return per_rank;
 }
 
+void for_each_token_line(
+    const std::string& path, const std::string& option, int64_t vocab,
+    const std::function<void(const nlohmann::json&, std::vector<int32_t>&&, const std::string&)>& fn) {
+  std::ifstream in(path);
+  MP_CHECK(in, option, " ", path, ": cannot open file");
+  std::string line;
+  int64_t lineno = 0;
+  while (std::getline(in, line)) {
+    ++lineno;
+    if (line.find_first_not_of(" \t\r") == std::string::npos) continue;
+    const std::string where = str_cat(path, ":", lineno, ": ");
+    nlohmann::json j;
+    try {
+      j = nlohmann::json::parse(line);
+    } catch (const nlohmann::json::exception& e) {
+      fail(where, "invalid JSON (", e.what(), ")");
+    }
+    MP_CHECK(j.is_object() && j.contains("tokens") && j["tokens"].is_array(), where,
+             "expected an object with a \"tokens\" array");
+    std::vector<int32_t> tokens;
+    for (const auto& t : j["tokens"]) {
+      MP_CHECK(t.is_number_integer(), where, "\"tokens\" must hold integers");
+      const int64_t id = t.get<int64_t>();
+      MP_CHECK(id >= 0 && id < vocab, where, "token id ", id, " is outside the model's vocabulary [0, ",
+               vocab, ")");
+      tokens.push_back(int32_t(id));
+    }
+    fn(j, std::move(tokens), where);
+  }
+}
+
 void write_file_atomic(const std::string& path, const std::string& content) {
   const std::string tmp = path + ".partial";
   if (fs::path(path).has_parent_path()) fs::create_directories(fs::path(path).parent_path());

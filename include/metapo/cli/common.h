@@ -2,8 +2,12 @@
 // and small file helpers.
 #pragma once
 #include <boost/program_options.hpp>
+#include <cstdint>
+#include <functional>
 #include <string>
 #include <vector>
+
+#include <nlohmann/json.hpp>
 
 #include "metapo/comm/topology.h"
 
@@ -30,6 +34,14 @@ std::string resolve_preset(const std::string& name_or_path);
 // Rank 0 receives every rank's text (each rank's lines in the order it produced them); other ranks get
 // an empty vector. Collective over topo.world.
 std::vector<std::string> gather_to_root(const std::string& mine, const Topology& topo);
+
+// Reads a JSONL file of token sequences ({"tokens": [ids], ...} per line; blank lines skipped):
+// checks the JSON, the "tokens" array and every id against [0, vocab) and calls
+// fn(line object, tokens, "path:line: ") for each line, so callers read their extra fields with the
+// same error prefix. `option` names the file in errors ("--input").
+void for_each_token_line(
+    const std::string& path, const std::string& option, int64_t vocab,
+    const std::function<void(const nlohmann::json&, std::vector<int32_t>&&, const std::string&)>& fn);
 
 // Writes `content` to path + ".partial" and renames it to path, so a crash never leaves a
 // half-written file under the final name.
