@@ -17,6 +17,8 @@ EPOCHS=${EPOCHS:-1}
 SFT_EPOCHS=${SFT_EPOCHS:-3}
 LR=${LR:-5e-5}
 NP=${NP:-1}
+# OpenMPI binds a lone rank to one core; let it use all of them (its threads follow its CPU mask).
+[ "$NP" = 1 ] && export OMPI_MCA_hwloc_base_binding_policy=none
 OUT=${OUT:-runs/noisy-$TASK-$FLIP}
 mkdir -p "$OUT"
 RUN="mpirun -np $NP $M"

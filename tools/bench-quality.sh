@@ -9,7 +9,8 @@
 # margin, metapo (META_ARGS), oracle (--weighting column: weight 1 for clean pairs, 1e-6 for flipped
 # ones, i.e. the flipped pairs dropped; the column is written into a copy of the dataset).
 # A feature ablation (MetaPO with --meta-features instantaneous / temporal, i.e. the other group's inputs
-# zeroed; ABLATION picks the values) runs when metapo is among the methods and `metapo train` has that
+# zeroed; ABLATION picks the values) at the flip rates in ABLATION_FLIPS (0.4: flipped pairs beside clean
+# near misses, the hard-clean mix) runs when metapo is among the methods and `metapo train` has that
 # option; otherwise a note says it is skipped.
 # Prints a markdown table (mean ± std over seeds, per flip rate × method), saves it to $OUT/results.md
 # and the raw JSON lines to $OUT/results.jsonl; everything else stays under $OUT.
@@ -24,19 +25,22 @@ TASK=${TASK:-sort}
 FLIPS=${FLIPS:-"0 0.2 0.4"}
 SEEDS=${SEEDS:-"1 2 3"}
 METHODS=${METHODS:-"uniform cdpo robust wpo margin metapo oracle"}
-EPOCHS=${EPOCHS:-2}
+EPOCHS=${EPOCHS:-3}          # the Hugging Face Trainer default
 SFT_EPOCHS=${SFT_EPOCHS:-3}
 LR=${LR:-5e-5}
 BATCH=${BATCH:-32}
 MICRO=${MICRO:-32}
 NP=${NP:-1}
+# OpenMPI binds a lone rank to one core; let it use all of them (its threads follow its CPU mask).
+[ "$NP" = 1 ] && export OMPI_MCA_hwloc_base_binding_policy=none
 N_TRAIN=${N_TRAIN:-4000}
 N_VAL=${N_VAL:-256}
 N_TEST=${N_TEST:-512}
 N_SFT=${N_SFT:-2000}
 GEN_LIMIT=${GEN_LIMIT:-256}
-META_ARGS=${META_ARGS:-"--stats-refresh-every 1 --stats-refresh-pairs 128"}
+META_ARGS=${META_ARGS:-}      # extra `metapo train` options for MetaPO (none: its defaults)
 ABLATION=${ABLATION:-"instantaneous temporal"}   # --meta-features values besides the full set (= metapo)
+ABLATION_FLIPS=${ABLATION_FLIPS:-0.4}             # flip rates the ablation runs at (the hard-clean mix)
 ANALYZE_ABLATION=${ANALYZE_ABLATION:-1}           # metapo analyze on the ablated runs (0: skip)
 PLOTS=${PLOTS:-1}                                # tools/plot.py per seed and flip when matplotlib is there
 OUT=${OUT:-runs/quality-$TASK}
@@ -107,7 +111,9 @@ with h5py.File(sys.argv[1], "r+") as f:
     f.create_dataset("train/columns/oracle", data=np.where(q >= 0.5, 1.0, 1e-6).astype(np.float32))
 P
     fi
-    for method in $METHODS "${ablate[@]}"; do
+    runs=($METHODS)
+    for f in $ABLATION_FLIPS; do if [ "$f" = "$flip" ]; then runs+=("${ablate[@]}"); fi; done
+    for method in "${runs[@]}"; do
       r="$d/$method"
       data="$d/data.h5"
       [ "$method" = oracle ] && data="$d/oracle.h5"

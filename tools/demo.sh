@@ -7,6 +7,8 @@ cd "$(dirname "$0")/.."
 tools/setup.sh
 export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1 OMPI_MCA_rmaps_base_oversubscribe=1
 NP=${NP:-2}
+# OpenMPI binds a lone rank to one core; let it use all of them (its threads follow its CPU mask).
+[ "$NP" = 1 ] && export OMPI_MCA_hwloc_base_binding_policy=none
 out=${DEMO_DIR:-runs/demo}
 cfg=configs/demo.ini
 rm -rf "$out"

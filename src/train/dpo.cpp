@@ -392,11 +392,18 @@ int run_dpo(const Topology& topo, const TrainConfig& cfg) {
     double tokens = 0;
     // MetaPO: the validation gradient at the current θ first, so the training backward can take
     // ghost products with it.
+    // Phase times (seconds) of this step, logged as time/* so the MetaPO overhead can be read off.
+    double t_refresh = 0, t_val = 0, t_meta = 0;
+    Timer phase;
     if (use_meta) meta->refresh(model, params.data(), train, cfg.loss, step, cfg.micro_batch, topo.dp_comm);
+    t_refresh = phase.seconds();
     const bool meta_step = use_meta && meta->is_meta_step(step);
+    phase.reset();
     if (meta_step)
       validation_gradient(model, params.data(), val, cfg.loss, cfg.meta.val_batch, cfg.micro_batch, cfg.seed, step,
                           topo, cfg.meta.precondition ? &opt : nullptr, ghat.data(), ghat.size());
+    t_val = phase.seconds();
+    phase.reset();
     std::vector<double> align;
     for (size_t a = 0; a < mine.size(); a += size_t(cfg.micro_batch)) {
       const std::vector<int64_t> chunk(mine.begin() + long(a), mine.begin() + long(std::min(mine.size(), a + size_t(cfg.micro_batch))));
@@ -426,16 +433,21 @@ int run_dpo(const Topology& topo, const TrainConfig& cfg) {
       for (size_t k = 0; k < chunk.size(); ++k) st.add(r.in[k], r.out[k], r.weights[k]);
       tokens += double(r.tokens);
     }
+    const double t_train = phase.seconds();
     st.allreduce(topo.dp_comm);
+    phase.reset();
     if (use_meta) meta->end_step(step, meta_step ? &align : nullptr, cfg.batch_size, st.weight_sum);
+    t_meta = phase.seconds();
     MPI_Allreduce(MPI_IN_PLACE, &tokens, 1, MPI_DOUBLE, MPI_SUM, topo.dp_comm);
     MP_CHECK(st.weight_sum > 0, "step ", step + 1, ": the pair weights of the batch sum to 0 (--weighting ",
              weighting_name(cfg.weighting), ")");
+    phase.reset();
     finish_gradients(grads, B / st.weight_sum, topo.dp_comm);
     const double gnorm = grad_norm(grads.data(), grads.size());
     clip_grads(grads.data(), grads.size(), gnorm, cfg.max_grad_norm);
     const double lr = sched.at(step);
     opt.step(params.data(), grads.data(), lr);
+    const double t_opt = phase.seconds();
 
     const double secs = tm.seconds();
     nlohmann::json j = stats_json(st, "");
@@ -445,6 +457,8 @@ int run_dpo(const Topology& topo, const TrainConfig& cfg) {
     j["weights/mean"] = wmean, j["weights/std"] = std::sqrt(std::max(0.0, st.w_sq / st.n - wmean * wmean));
     j["weights/min"] = st.w_min, j["weights/max"] = st.w_max;
     if (meta_step) j["meta/grad_norm"] = meta->last_meta_grad_norm();
+    j["time/train"] = t_train, j["time/optimizer"] = t_opt;
+    if (use_meta) j["time/refresh"] = t_refresh, j["time/val_grad"] = t_val, j["time/meta_update"] = t_meta;
     char line[320];
     std::snprintf(line, sizeof line,
                   "step %5lld/%lld | loss %.4f | acc %.3f | margin %+.3f | w %.2f±%.2f | lr %.2e | gnorm %.3f | %.0f tok/s",

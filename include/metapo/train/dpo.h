@@ -21,9 +21,9 @@ namespace metapo {
 struct MetaConfig {
   int64_t interval = 1;     // a meta update every `interval` steps ...
   int64_t warmup = 0;       // ... from this step on
-  double lr = 1e-3;         // Adam on the weight net
+  double lr = 3e-3;         // Adam on the weight net
   double ema_rate = 0.1;    // λ of the pair statistics
-  int64_t val_batch = 32;   // validation pairs per meta update (all ranks)
+  int64_t val_batch = 8;    // validation pairs per meta update (all ranks)
   bool precondition = true; // ĝ_V = g_V / (√v̂ + ε) with the policy optimizer's second moment
   int64_t hidden = 32;
   double a_min = 1e-3;

@@ -33,6 +33,7 @@ void embedding_ghost_dots(const T* dx, const int32_t* tokens, const T* Ghat, int
   for (int64_t t = 0; t < n; ++t) {
     const T* g = Ghat + int64_t(tokens[t]) * C;
     double s = 0;
+#pragma omp simd reduction(+ : s)
     for (int64_t c = 0; c < C; ++c) s += double(g[c]) * double(dx[t * C + c]);
     rdot[t] += s;
   }

@@ -55,8 +55,15 @@ void linear_ghost_dots(const T* A, const T* G, const T* Ghat, const T* ghat_b, i
   for (int64_t t = 0; t < n; ++t) {
     const T* g = G + t * out;
     const T* p = work + t * out;
+    // Double accumulation, vectorized (the simd reduction lets the compiler reorder the sum).
     double s = 0;
-    for (int64_t o = 0; o < out; ++o) s += double(g[o]) * double(p[o] + (ghat_b ? ghat_b[o] : T(0)));
+    if (ghat_b) {
+#pragma omp simd reduction(+ : s)
+      for (int64_t o = 0; o < out; ++o) s += double(g[o]) * (double(p[o]) + double(ghat_b[o]));
+    } else {
+#pragma omp simd reduction(+ : s)
+      for (int64_t o = 0; o < out; ++o) s += double(g[o]) * double(p[o]);
+    }
     rdot[t] += s;
   }
 }

@@ -59,6 +59,7 @@ void rmsnorm_ghost_dots(const T* dy, const T* x, const T* rstd, const T* ghat_w,
 #pragma omp parallel for schedule(static)
   for (int64_t i = 0; i < n; ++i) {
     double s = 0;
+#pragma omp simd reduction(+ : s)
     for (int64_t c = 0; c < C; ++c) s += double(ghat_w[c]) * double(dy[i * C + c]) * double(x[i * C + c]);
     rdot[i] += s * double(rstd[i]);
   }
