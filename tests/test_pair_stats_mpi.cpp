@@ -18,54 +18,19 @@
 #include "metapo/comm/mpi_comm.h"
 #include "metapo/core/rng.h"
 #include "metapo/meta/pair_stats.h"
+#include "mpi_test_env.h"
 
 using namespace metapo;
+using metapo::testing_mpi::all_ranks;
 using std::vector;
 
 namespace {
-
-bool launched_by_mpirun() {
-  for (const char* v : {"OMPI_COMM_WORLD_SIZE", "PMI_SIZE", "PMIX_RANK", "MPI_LOCALNRANKS"})
-    if (std::getenv(v)) return true;
-  return false;
-}
-
-// MPI lives for the whole test program: initialized before the first test, finalized after the last.
-class MpiEnvironment : public ::testing::Environment {
- public:
-  void SetUp() override {
-    if (launched_by_mpirun()) MPI_Init(nullptr, nullptr);
-  }
-  void TearDown() override {
-    int init = 0;
-    MPI_Initialized(&init);
-    if (init) MPI_Finalize();
-  }
-};
-
-[[maybe_unused]] const auto* const kMpiEnvironment = ::testing::AddGlobalTestEnvironment(new MpiEnvironment);
-
-bool mpi_running() {
-  int init = 0;
-  MPI_Initialized(&init);
-  return init != 0;
-}
-
-#define REQUIRE_MPI() \
-  if (!mpi_running()) GTEST_SKIP() << "needs mpirun: run tests/cli/pair_stats_mpi.sh"
 
 bool same_bits(const vector<double>& a, const vector<double>& b) {
   return a.size() == b.size() && (a.empty() || std::memcmp(a.data(), b.data(), a.size() * sizeof(double)) == 0);
 }
 
 bool same_bits(const PairStatRow& a, const PairStatRow& b) { return std::memcmp(&a, &b, sizeof(a)) == 0; }
-
-// Whether a condition holds on every rank (so all ranks report the same verdict).
-bool all_ranks(bool ok) {
-  int v = ok ? 1 : 0;
-  MPI_Allreduce(MPI_IN_PLACE, &v, 1, MPI_INT, MPI_MIN, MPI_COMM_WORLD);
-  return v == 1;
-}
 
 // The global batch of step t: `batch` observations of random pairs in [0, n_ids). With `distinct`,
 // no pair twice in one step; otherwise repeats happen, to exercise the tie rule.
@@ -120,7 +85,7 @@ void feed(PairStatsTable& dist, PairStatsTable& ref, Comm& comm, int64_t t0, int
 }  // namespace
 
 TEST(CommMpi, AllreducesAreBitIdenticalAndCorrect) {
-  REQUIRE_MPI();
+  REQUIRE_MPI("tests/cli/pair_stats_mpi.sh");
   for (size_t max_bytes : {size_t(INT_MAX), size_t(16)}) {  // 16: pieces of 2 doubles
     MpiComm comm(MPI_COMM_WORLD, max_bytes);
     const int p = comm.size();
@@ -165,7 +130,7 @@ TEST(CommMpi, AllreducesAreBitIdenticalAndCorrect) {
 }
 
 TEST(CommMpi, ExchangesBytes) {
-  REQUIRE_MPI();
+  REQUIRE_MPI("tests/cli/pair_stats_mpi.sh");
   // 8 bytes per piece makes alltoallv switch to point-to-point messages and allgatherv to broadcasts.
   for (size_t max_bytes : {size_t(INT_MAX), size_t(8)}) {
     MpiComm comm(MPI_COMM_WORLD, max_bytes);
@@ -221,7 +186,7 @@ TEST(CommMpi, ExchangesBytes) {
 }
 
 TEST(PairStatsMpi, SameTableAsOneProcess) {
-  REQUIRE_MPI();
+  REQUIRE_MPI("tests/cli/pair_stats_mpi.sh");
   // Repeated pairs within a step, each rank a contiguous share of each global batch; then distinct pairs
   // dealt round robin. 40 bytes per piece runs the split alltoallv path through the table too.
   for (bool distinct : {false, true}) {
@@ -242,7 +207,7 @@ TEST(PairStatsMpi, SameTableAsOneProcess) {
 }
 
 TEST(PairStatsMpi, FetchesAnyIdsFromEveryRank) {
-  REQUIRE_MPI();
+  REQUIRE_MPI("tests/cli/pair_stats_mpi.sh");
   MpiComm comm(MPI_COMM_WORLD);
   SelfComm self;
   PairStatsTable dist(kIds - 1, kLambda, comm), ref(kIds - 1, kLambda, self);
@@ -261,7 +226,7 @@ TEST(PairStatsMpi, FetchesAnyIdsFromEveryRank) {
 }
 
 TEST(PairStatsMpi, ReloadsUnderAnyRankCount) {
-  REQUIRE_MPI();
+  REQUIRE_MPI("tests/cli/pair_stats_mpi.sh");
   MpiComm world(MPI_COMM_WORLD);
   SelfComm self;
   PairStatsTable dist(kIds - 1, kLambda, world), ref(kIds - 1, kLambda, self);

@@ -47,22 +47,26 @@ MpiComm::MpiComm(MPI_Comm comm, size_t max_message_bytes) : comm_(comm), max_byt
 }
 
 void MpiComm::allreduce_sum(double* data, size_t n) {
+  count(CommOp::AllReduce, n * sizeof(double));
   in_pieces(n, max_bytes_ / sizeof(double),
             [&](size_t off, size_t cnt) { metapo::allreduce_sum(data + off, cnt, comm_); });
 }
 
 void MpiComm::allreduce_sum(float* data, size_t n) {
+  count(CommOp::AllReduce, n * sizeof(float));
   in_pieces(n, max_bytes_ / sizeof(float),
             [&](size_t off, size_t cnt) { metapo::allreduce_sum(data + off, cnt, comm_); });
 }
 
 void MpiComm::allreduce_max(double* data, size_t n) {
+  count(CommOp::AllReduce, n * sizeof(double));
   in_pieces(n, max_bytes_ / sizeof(double), [&](size_t off, size_t cnt) {
     allreduce_identical(data + off, cnt, MPI_MAX, comm_, rank_, size_);
   });
 }
 
 void MpiComm::allreduce_min(double* data, size_t n) {
+  count(CommOp::AllReduce, n * sizeof(double));
   in_pieces(n, max_bytes_ / sizeof(double), [&](size_t off, size_t cnt) {
     allreduce_identical(data + off, cnt, MPI_MIN, comm_, rank_, size_);
   });
@@ -77,6 +81,9 @@ void MpiComm::alltoallv(const void* send, const std::vector<size_t>& send_counts
            "MpiComm::alltoallv: count and displacement vectors must have one entry per rank (", p, ")");
   const auto* sbuf = static_cast<const uint8_t*>(send);
   auto* rbuf = static_cast<uint8_t*>(recv);
+  size_t sent = 0;
+  for (size_t q = 0; q < p; ++q) sent += send_counts[q];
+  count(CommOp::AllToAll, sent);
 
   // Whether every count and displacement fits one MPI_Alltoallv (int, at most max_bytes_). The ranks
   // must agree on the path or they would wait in different calls, hence the all-reduce.
@@ -138,6 +145,7 @@ void MpiComm::allgatherv(const void* send, size_t bytes, std::vector<uint8_t>& r
   size_t total = 0;
   for (size_t q = 0; q < p; ++q) displs[q] = total, total += counts[q];
   recv.resize(total);
+  count(CommOp::AllGather, total);
   // Every rank now knows every count, so all take the same path without agreeing first.
   if (total <= max_bytes_) {
     std::vector<int> c(p), d(p);
@@ -146,15 +154,56 @@ void MpiComm::allgatherv(const void* send, size_t bytes, std::vector<uint8_t>& r
     return;
   }
   if (bytes > 0) std::memcpy(recv.data() + displs[size_t(rank_)], send, bytes);
-  for (size_t q = 0; q < p; ++q) broadcast(recv.data() + displs[q], counts[q], int(q));
+  for (size_t q = 0; q < p; ++q) broadcast_uncounted(recv.data() + displs[q], counts[q], int(q));
 }
 
-void MpiComm::broadcast(void* data, size_t bytes, int root) {
+void MpiComm::broadcast_uncounted(void* data, size_t bytes, int root) {
   MP_CHECK(root >= 0 && root < size_, "MpiComm::broadcast: root ", root, " is not a rank of a ",
            size_, "-rank communicator");
   auto* p = static_cast<uint8_t*>(data);
   in_pieces(bytes, max_bytes_,
             [&](size_t off, size_t cnt) { MPI_Bcast(p + off, int(cnt), MPI_BYTE, root, comm_); });
+}
+
+void MpiComm::broadcast(void* data, size_t bytes, int root) {
+  count(CommOp::Broadcast, bytes);
+  broadcast_uncounted(data, bytes, root);
+}
+
+void MpiComm::reduce_scatter_sum(const float* send, float* recv, size_t block) {
+  const size_t p = size_t(size_);
+  count(CommOp::ReduceScatter, p * block * sizeof(float));
+  if (block == 0) return;
+  MP_CHECK(send + p * block <= recv || recv + block <= send, "MpiComm::reduce_scatter_sum: recv overlaps send");
+  const size_t piece = max_bytes_ / sizeof(float);
+  if (block <= piece) {
+    MPI_Reduce_scatter_block(send, recv, int(block), MPI_FLOAT, MPI_SUM, comm_);
+    return;
+  }
+  // Piece [off, off + cnt) of every block, gathered into a contiguous [p, cnt] buffer: the same
+  // element-wise sums, in calls whose counts fit an int.
+  in_pieces(block, piece, [&](size_t off, size_t cnt) {
+    stage_.resize(p * cnt);
+    for (size_t q = 0; q < p; ++q) std::memcpy(&stage_[q * cnt], send + q * block + off, cnt * sizeof(float));
+    MPI_Reduce_scatter_block(stage_.data(), recv + off, int(cnt), MPI_FLOAT, MPI_SUM, comm_);
+  });
+}
+
+void MpiComm::allgather(float* data, size_t block) {
+  const size_t p = size_t(size_);
+  count(CommOp::AllGather, p * block * sizeof(float));
+  if (block == 0) return;
+  const size_t piece = max_bytes_ / sizeof(float);
+  if (block <= piece) {
+    MPI_Allgather(MPI_IN_PLACE, 0, MPI_DATATYPE_NULL, data, int(block), MPI_FLOAT, comm_);
+    return;
+  }
+  in_pieces(block, piece, [&](size_t off, size_t cnt) {
+    stage_.resize(p * cnt);
+    std::memcpy(&stage_[size_t(rank_) * cnt], data + size_t(rank_) * block + off, cnt * sizeof(float));
+    MPI_Allgather(MPI_IN_PLACE, 0, MPI_DATATYPE_NULL, stage_.data(), int(cnt), MPI_FLOAT, comm_);
+    for (size_t q = 0; q < p; ++q) std::memcpy(data + q * block + off, &stage_[q * cnt], cnt * sizeof(float));
+  });
 }
 
 void MpiComm::barrier() { MPI_Barrier(comm_); }

@@ -93,17 +93,6 @@ void write_run_json(const TrainConfig& cfg, const std::string& kind) {
   std::ofstream(cfg.out_dir + "/run.json") << j.dump(2) << "\n";
 }
 
-// Sum over data-parallel ranks, then undo the a_i/B scaling of the backward with B/Σa (DESIGN §6:
-// exact global normalization of the weights, computed once per step).
-void finish_gradients(Buffer<float>& grads, double scale, MPI_Comm dp) {
-  allreduce_sum(grads.data(), grads.size(), dp);
-  if (scale != 1.0) {
-    const float f = float(scale);
-#pragma omp parallel for schedule(static)
-    for (size_t i = 0; i < grads.size(); ++i) grads[i] *= f;
-  }
-}
-
 // Up to k pairs of each group (clean/easy, clean/hard, flipped; or just the first 3k pairs when the
 // split has no quality), in index order: deterministic.
 std::vector<int64_t> tracked_pairs(const PairSplit& s, int64_t k) {
@@ -166,8 +155,12 @@ LrSchedule make_schedule(const TrainConfig& cfg, int64_t total) {
   return s;
 }
 
-void save_final(const TrainConfig& cfg, const Topology& topo, const LlamaConfig& c, const std::vector<float>& params) {
-  if (topo.is_root()) save_hf_model(cfg.out_dir + "/final", c, params, cfg.save_dtype);
+// params may carry ZeRO-1 padding past the layout's end: only the first n are the model.
+void save_final(const TrainConfig& cfg, const Topology& topo, const LlamaConfig& c, const std::vector<float>& params,
+                size_t n) {
+  if (topo.is_root())
+    save_hf_model(cfg.out_dir + "/final", c, std::vector<float>(params.begin(), params.begin() + long(n)),
+                  cfg.save_dtype);
   MPI_Barrier(topo.world);
 }
 
@@ -351,12 +344,13 @@ int run_dpo(const Topology& topo, const TrainConfig& cfg) {
   const LrSchedule sched = make_schedule(cfg, total);
   if (topo.is_root()) write_run_json(cfg, "train");
   LlamaModel<float> model(hf.config);
+  MpiComm dp_comm(topo.dp_comm);
+  ZeroAdamW opt(model.layout(), cfg.adam, dp_comm);
   std::vector<float>& params = hf.params;
-  Buffer<float> grads(params.size());
-  AdamW opt(model.layout(), cfg.adam);
+  params.resize(opt.padded_size(), 0.0f);  // ZeRO-1 padding (zeros, never read by the model)
+  Buffer<float> grads(opt.padded_size());
   MetricsLog log(cfg.out_dir + "/metrics.jsonl", topo.is_root(), total);
   const double B = double(cfg.batch_size);
-  MpiComm dp_comm(topo.dp_comm);
   std::unique_ptr<MetaPOState> meta;
   Buffer<float> ghat, hyper_scratch;
   if (use_meta) {
@@ -401,7 +395,7 @@ int run_dpo(const Topology& topo, const TrainConfig& cfg) {
     phase.reset();
     if (meta_step)
       validation_gradient(model, params.data(), val, cfg.loss, cfg.meta.val_batch, cfg.micro_batch, cfg.seed, step,
-                          topo, cfg.meta.precondition ? &opt : nullptr, ghat.data(), ghat.size());
+                          topo, opt, cfg.meta.precondition, ghat.data());
     t_val = phase.seconds();
     phase.reset();
     std::vector<double> align;
@@ -442,11 +436,10 @@ int run_dpo(const Topology& topo, const TrainConfig& cfg) {
     MP_CHECK(st.weight_sum > 0, "step ", step + 1, ": the pair weights of the batch sum to 0 (--weighting ",
              weighting_name(cfg.weighting), ")");
     phase.reset();
-    finish_gradients(grads, B / st.weight_sum, topo.dp_comm);
-    const double gnorm = grad_norm(grads.data(), grads.size());
-    clip_grads(grads.data(), grads.size(), gnorm, cfg.max_grad_norm);
+    // ZeRO-1: reduce-scatter, undo the a_i/B scaling of the backward with B/Σa (DESIGN §6: exact
+    // global normalization of the weights), clip, update this rank's shard, all-gather.
     const double lr = sched.at(step);
-    opt.step(params.data(), grads.data(), lr);
+    const double gnorm = opt.step(params.data(), grads.data(), lr, B / st.weight_sum, cfg.max_grad_norm);
     const double t_opt = phase.seconds();
 
     const double secs = tm.seconds();
@@ -470,7 +463,7 @@ int run_dpo(const Topology& topo, const TrainConfig& cfg) {
     if (!tracked.empty() && cfg.track_every > 0 && ((step + 1) % cfg.track_every == 0 || step + 1 == total))
       write_trajectories(model, params.data(), train, tracked, cfg.loss, step + 1, cfg.micro_batch, topo, traj_path);
   }
-  save_final(cfg, topo, hf.config, params);
+  save_final(cfg, topo, hf.config, params, opt.n_params());
   if (use_meta) {
     // The weight net must be bit-identical on every rank (same reduced gradients, same Adam): check
     // it element by element (max == min over the ranks) and fail loudly if not.
@@ -513,9 +506,11 @@ int run_sft(const Topology& topo, const TrainConfig& cfg) {
   const LrSchedule sched = make_schedule(cfg, total);
   if (topo.is_root()) write_run_json(cfg, "sft");
   LlamaModel<float> model(hf.config);
+  MpiComm dp_comm(topo.dp_comm);
+  ZeroAdamW opt(model.layout(), cfg.adam, dp_comm);
   std::vector<float>& params = hf.params;
-  Buffer<float> grads(params.size());
-  AdamW opt(model.layout(), cfg.adam);
+  params.resize(opt.padded_size(), 0.0f);  // ZeRO-1 padding
+  Buffer<float> grads(opt.padded_size());
   MetricsLog log(cfg.out_dir + "/metrics.jsonl", topo.is_root(), total);
 
   for (int64_t step = 0; step < total; ++step) {
@@ -542,11 +537,8 @@ int run_sft(const Topology& topo, const TrainConfig& cfg) {
     }
     double sums[2] = {nll, tokens};
     allreduce_sum(sums, 2, topo.dp_comm);
-    finish_gradients(grads, 1.0, topo.dp_comm);
-    const double gnorm = grad_norm(grads.data(), grads.size());
-    clip_grads(grads.data(), grads.size(), gnorm, cfg.max_grad_norm);
     const double lr = sched.at(step);
-    opt.step(params.data(), grads.data(), lr);
+    const double gnorm = opt.step(params.data(), grads.data(), lr, 1.0, cfg.max_grad_norm);
     const double secs = tm.seconds();
     nlohmann::json j;
     j["step"] = step + 1, j["loss"] = sums[0] / n_answer, j["lr"] = lr, j["grad_norm"] = gnorm;
@@ -556,7 +548,7 @@ int run_sft(const Topology& topo, const TrainConfig& cfg) {
                   (long long)(step + 1), (long long)total, sums[0] / n_answer, lr, gnorm, sums[1] / secs);
     log.step(step, j, line);
   }
-  save_final(cfg, topo, hf.config, params);
+  save_final(cfg, topo, hf.config, params, opt.n_params());
   if (topo.is_root()) std::printf("wrote %s/final and %s/metrics.jsonl\n", cfg.out_dir.c_str(), cfg.out_dir.c_str());
   return 0;
 }

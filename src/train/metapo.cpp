@@ -93,7 +93,7 @@ void MetaPOState::refresh(LlamaModel<float>& model, const float* params, const P
 
 void validation_gradient(LlamaModel<float>& model, const float* params, const PairSplit& val,
                          const LossConfig& loss, int64_t val_batch, int64_t micro, uint64_t seed, int64_t step,
-                         const Topology& topo, AdamW* precondition, float* ghat, size_t n) {
+                         const Topology& topo, ZeroAdamW& opt, bool precondition, float* ghat) {
   MP_CHECK(val_batch % topo.dp == 0, "--meta-val-batch ", val_batch, " is not divisible by the ", topo.dp,
            " data-parallel ranks");
   // Its own stream of validation batches: (seed + 1) keeps it apart from the training order.
@@ -103,16 +103,9 @@ void validation_gradient(LlamaModel<float>& model, const float* params, const Pa
     pair_micro_step<float>(model, params, ghat, a > 0, val, chunk, loss, Weighting::Uniform, {}, {},
                            1.0 / double(val_batch));
   }
-  allreduce_sum(ghat, n, topo.dp_comm);
-  if (precondition && precondition->steps_taken() > 0) {
-    // ĝ = g / (√v̂ + ε): the direction Adam would step along, so alignments weigh coordinates the way
-    // the policy update does.
-    const std::vector<float>& v = precondition->exp_avg_sq();
-    const double bc2 = 1.0 - std::pow(precondition->config().beta2, double(precondition->steps_taken()));
-    const float eps = float(precondition->config().eps);
-#pragma omp parallel for schedule(static)
-    for (size_t i = 0; i < n; ++i) ghat[i] /= std::sqrt(v[i] / float(bc2)) + eps;
-  }
+  // ĝ = g / (√v̂ + ε) when preconditioned: the direction Adam would step along, so alignments weigh
+  // coordinates the way the policy update does.
+  opt.allreduce_preconditioned(ghat, precondition);
 }
 
 }  // namespace metapo

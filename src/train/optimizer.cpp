@@ -17,12 +17,18 @@ double LrSchedule::at(int64_t step) const {
   return peak * (min_lr_ratio + (1.0 - min_lr_ratio) * 0.5 * (1.0 + std::cos(M_PI * prog)));
 }
 
-AdamW::AdamW(const ParamLayout& lay, const AdamWConfig& cfg)
-    : cfg_(cfg), decay_(lay.total(), 0), m_(lay.total(), 0.0f), v_(lay.total(), 0.0f) {
+AdamW::AdamW(const ParamLayout& lay, const AdamWConfig& cfg) : AdamW(lay, cfg, 0, lay.total()) {}
+
+AdamW::AdamW(const ParamLayout& lay, const AdamWConfig& cfg, size_t begin, size_t end) : cfg_(cfg) {
+  end = std::min(end, lay.total());
+  const size_t n = end > begin ? end - begin : 0;
+  decay_.assign(n, 0), m_.assign(n, 0.0f), v_.assign(n, 0.0f);
   // Weight decay on matrices only, as Hugging Face's Trainer does (norm weights and biases are 1-D).
-  for (const TensorEntry& e : lay.tensors())
-    if (e.shape.size() >= 2)
-      for (size_t i = 0; i < e.numel; ++i) decay_[e.offset + i] = 1;
+  for (const TensorEntry& e : lay.tensors()) {
+    if (e.shape.size() < 2) continue;
+    const size_t b = std::max(begin, e.offset), z = std::min(begin + n, e.offset + e.numel);
+    for (size_t i = b; i < z; ++i) decay_[i - begin] = 1;
+  }
 }
 
 void AdamW::step(float* p, const float* g, double lr) {

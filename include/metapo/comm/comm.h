@@ -14,6 +14,23 @@
 
 namespace metapo {
 
+// Kinds of collective, for the per-step communication report (Comm::volume()).
+enum class CommOp { AllReduce, ReduceScatter, AllGather, AllToAll, Broadcast, PointToPoint };
+inline constexpr int kNumCommOps = 6;
+inline constexpr const char* kCommOpNames[kNumCommOps] = {"allreduce", "reduce_scatter", "allgather",
+                                                          "alltoall", "broadcast", "p2p"};
+
+// Bytes this rank handed to each kind of collective since the last reset: the payload of the call as
+// the caller sees it (all-reduce: the buffer; reduce-scatter: the full input; all-gather: the full
+// output; all-to-all-v: the bytes sent; broadcast: the buffer; point-to-point: the bytes sent), not
+// what an algorithm puts on the wire. Bookkeeping calls (count exchanges, path agreement) are left out.
+struct CommVolume {
+  uint64_t bytes[kNumCommOps] = {};
+  uint64_t calls[kNumCommOps] = {};
+  uint64_t operator[](CommOp op) const { return bytes[int(op)]; }
+  void add(CommOp op, uint64_t b) { bytes[int(op)] += b, calls[int(op)] += 1; }
+};
+
 class Comm {
  public:
   virtual ~Comm() = default;
@@ -49,7 +66,23 @@ class Comm {
   // data[0, bytes) of rank `root` copied to every rank; bytes must be equal on all ranks.
   virtual void broadcast(void* data, size_t bytes, int root) = 0;
 
+  // ZeRO-1 (DESIGN §4). send holds size() blocks of `block` floats; on return recv[0, block) on rank r
+  // is the sum over ranks of their block r (recv must not overlap send).
+  virtual void reduce_scatter_sum(const float* send, float* recv, size_t block) = 0;
+  // data holds size() blocks of `block` floats; this rank's block r = rank() is the input. On return
+  // every rank holds every rank's block (in place).
+  virtual void allgather(float* data, size_t block) = 0;
+
   virtual void barrier() = 0;
+
+  const CommVolume& volume() const { return volume_; }
+  void reset_volume() { volume_ = CommVolume{}; }
+
+ protected:
+  void count(CommOp op, size_t bytes) { volume_.add(op, bytes); }
+
+ private:
+  CommVolume volume_;
 };
 
 // One process: every collective is the identity (a copy where input and output differ). For unit
@@ -95,6 +128,11 @@ class SelfComm final : public Comm {
   void broadcast(void*, size_t, int root) override {
     MP_CHECK(root == 0, "SelfComm::broadcast: root ", root, " does not exist (one rank)");
   }
+
+  void reduce_scatter_sum(const float* send, float* recv, size_t block) override {
+    if (block > 0) std::memcpy(recv, send, block * sizeof(float));
+  }
+  void allgather(float*, size_t) override {}
 
   void barrier() override {}
 };

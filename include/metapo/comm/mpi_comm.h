@@ -39,12 +39,19 @@ class MpiComm final : public Comm {
   void allgatherv(const void* send, size_t bytes, std::vector<uint8_t>& recv,
                   std::vector<size_t>& counts) override;
   void broadcast(void* data, size_t bytes, int root) override;
+  // One MPI_Reduce_scatter_block / in-place MPI_Allgather when a block fits in max_message_bytes, else
+  // the same collective on pieces of every block, staged through a contiguous buffer.
+  void reduce_scatter_sum(const float* send, float* recv, size_t block) override;
+  void allgather(float* data, size_t block) override;
   void barrier() override;
 
  private:
+  void broadcast_uncounted(void* data, size_t bytes, int root);
+
   MPI_Comm comm_;
   int rank_ = 0, size_ = 1;
   size_t max_bytes_;
+  std::vector<float> stage_;  // pieces of blocks that do not fit one call
 };
 
 }  // namespace metapo

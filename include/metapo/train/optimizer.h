@@ -29,12 +29,17 @@ struct LrSchedule {
 class AdamW {
  public:
   AdamW(const ParamLayout& lay, const AdamWConfig& cfg);
+  // State for the flat range [begin, end) of the layout only (end is clipped to the layout's size; an
+  // empty range is allowed): a ZeRO-1 shard. step() then takes pointers to the range's first element.
+  AdamW(const ParamLayout& lay, const AdamWConfig& cfg, size_t begin, size_t end);
   // One update with learning rate lr; the step counter (for bias correction) advances.
   void step(float* params, const float* grads, double lr);
+  size_t size() const { return m_.size(); }
   int64_t steps_taken() const { return t_; }
   const AdamWConfig& config() const { return cfg_; }
   std::vector<float>& exp_avg() { return m_; }
   std::vector<float>& exp_avg_sq() { return v_; }
+  const std::vector<float>& exp_avg_sq() const { return v_; }
 
  private:
   AdamWConfig cfg_;

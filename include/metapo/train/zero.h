@@ -1,0 +1,52 @@
+// ZeRO-1 over the data-parallel ranks (DESIGN §4): the AdamW moments (the fp32 master weights too,
+// where parameters are kept in a lower precision) are sharded; gradients are reduce-scattered, each
+// rank updates its shard, and the parameters are all-gathered.
+//
+// The flat buffer of n parameters is padded to dp × shard with shard = ⌈n / dp⌉; rank r owns
+// [r·shard, (r+1)·shard) ∩ [0, n). Parameter and gradient buffers handed in must hold padded_size()
+// floats with zeros in the padding (the model never writes past n). With one rank it is plain AdamW,
+// bit for bit.
+#pragma once
+#include <cstddef>
+#include <vector>
+
+#include "metapo/comm/comm.h"
+#include "metapo/model/layout.h"
+#include "metapo/train/optimizer.h"
+
+namespace metapo {
+
+class ZeroAdamW {
+ public:
+  ZeroAdamW(const ParamLayout& lay, const AdamWConfig& cfg, Comm& dp);
+
+  size_t n_params() const { return n_; }
+  size_t padded_size() const { return shard_ * size_t(dp_.size()); }
+  size_t shard_size() const { return shard_; }
+  size_t shard_begin() const { return shard_ * size_t(dp_.rank()); }
+  // Bytes of optimizer state (first and second moments) held by this rank.
+  size_t state_bytes() const { return 2 * opt_.size() * sizeof(float); }
+
+  // One optimizer step. grads[0, padded_size()): this rank's gradient (summed over its micro-batches);
+  // it is reduce-scattered over the ranks (grads is left undefined), multiplied by `scale`, clipped
+  // to `max_norm` (≤ 0: no clipping) by the norm over all shards, and the rank's shard of params is
+  // updated and all-gathered. Returns the gradient norm before clipping (after scaling).
+  double step(float* params, float* grads, double lr, double scale, double max_norm);
+
+  // Sums g[0, padded_size()) over the ranks (a reduce-scatter and an all-gather, the volume of one
+  // all-reduce) and, when `precondition` and a step has been taken, divides it by √v̂ + ε of Adam's
+  // second moment on the way (MetaPO's preconditioned validation gradient, DESIGN §6). Every rank
+  // ends with the same g.
+  void allreduce_preconditioned(float* g, bool precondition);
+
+  int64_t steps_taken() const { return opt_.steps_taken(); }
+  const AdamWConfig& config() const { return opt_.config(); }
+
+ private:
+  Comm& dp_;
+  size_t n_, shard_;
+  AdamW opt_;
+  std::vector<float> g_;  // this rank's reduced gradient shard
+};
+
+}  // namespace metapo

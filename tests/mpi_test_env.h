@@ -1,0 +1,49 @@
+// Shared scaffolding of the *_mpi test programs (run by tests/cli/<unit>.sh under mpirun): MPI is
+// initialized before the first test and finalized after the last when a launcher started the program;
+// run bare (as CTest's test discovery does) every test skips.
+#pragma once
+#include <gtest/gtest.h>
+#include <mpi.h>
+
+#include <cstdlib>
+
+namespace metapo::testing_mpi {
+
+inline bool launched_by_mpirun() {
+  for (const char* v : {"OMPI_COMM_WORLD_SIZE", "PMI_SIZE", "PMIX_RANK", "MPI_LOCALNRANKS"})
+    if (std::getenv(v)) return true;
+  return false;
+}
+
+class MpiEnvironment : public ::testing::Environment {
+ public:
+  void SetUp() override {
+    if (launched_by_mpirun()) MPI_Init(nullptr, nullptr);
+  }
+  void TearDown() override {
+    int init = 0;
+    MPI_Initialized(&init);
+    if (init) MPI_Finalize();
+  }
+};
+
+[[maybe_unused]] inline const auto* const kMpiEnvironment =
+    ::testing::AddGlobalTestEnvironment(new MpiEnvironment);
+
+inline bool mpi_running() {
+  int init = 0;
+  MPI_Initialized(&init);
+  return init != 0;
+}
+
+// Whether a condition holds on every rank (so all ranks report the same verdict).
+inline bool all_ranks(bool ok) {
+  int v = ok ? 1 : 0;
+  MPI_Allreduce(MPI_IN_PLACE, &v, 1, MPI_INT, MPI_MIN, MPI_COMM_WORLD);
+  return v == 1;
+}
+
+}  // namespace metapo::testing_mpi
+
+#define REQUIRE_MPI(script) \
+  if (!metapo::testing_mpi::mpi_running()) GTEST_SKIP() << "needs mpirun: run " script
