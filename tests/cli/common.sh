@@ -21,3 +21,21 @@ expect_error() {
   [ "$n" -ge 1 ] || fail "no error line: $*"
   echo "ok: $(grep -m1 'error:' err.txt)"
 }
+# run_mpi_gtest NAME NP...: runs the gtest program NAME (built next to metapo, under tests/) under
+# mpirun with each rank count; every rank must print PASSED and no test may be skipped (a skip means
+# the program did not see MPI).
+run_mpi_gtest() {
+  local name="$1"; shift
+  local bin; bin="$(dirname "$METAPO")/tests/$name"
+  [ -x "$bin" ] || fail "test program not built: $bin"
+  local np rc n
+  for np in "$@"; do
+    rc=0
+    timeout 120 $MPIRUN "$np" --tag-output "$bin" --gtest_brief=1 >"out$np.txt" 2>&1 || rc=$?
+    [ "$rc" -eq 0 ] || { cat "out$np.txt"; fail "$name on $np ranks (exit $rc)"; }
+    grep -q "SKIPPED" "out$np.txt" && { cat "out$np.txt"; fail "tests skipped on $np ranks: MPI not detected"; }
+    n=$(grep -c "PASSED" "out$np.txt" || true)
+    [ "$n" -eq "$np" ] || { cat "out$np.txt"; fail "expected PASSED from each of $np ranks, got $n"; }
+    echo "ok: $name on $np rank(s)"
+  done
+}
