@@ -34,4 +34,26 @@ template <typename T>
 void logprob_backward(const LogprobParams<T>& p, const T* coef, const T* lse, T* prob_cache, T* dh,
                       T* dW, bool accumulate = true, const T* Ghat = nullptr, double* row_dot = nullptr);
 
+// ---- vocabulary shards (the vocab-parallel LM head, parallel/vocab_parallel.h) ----
+// Here p.W holds only the vocabulary columns [vocab_begin, vocab_begin + p.V) (p.V may be 0), and
+// targets stay global token ids: a target outside the shard has no logit here.
+
+// Per row, over the shard's logits z only: row_max = max z (-inf when p.V == 0),
+// row_sumexp = Σ exp(z - row_max), target_logit = z[target - vocab_begin], or 0 when another shard
+// owns the target. prob_cache ([n_rows, p.V] or null) receives exp(z - row_max), not yet normalized:
+// the caller scales each row by exp(row_max - lse) once the global lse is known. The same row loop as
+// logprob_forward, so one shard covering the whole vocabulary gives its numbers bit for bit.
+template <typename T>
+void logprob_forward_shard(const LogprobParams<T>& p, int64_t vocab_begin, T* row_max, T* row_sumexp,
+                           T* target_logit, T* prob_cache);
+
+// logprob_backward restricted to the shard, given the global lse (or a normalized prob_cache
+// [n_rows, p.V]): dlogits = coef (onehot - softmax) on the shard's columns, the onehot only where the
+// shard owns the target. dh and row_dot receive this shard's part only (partial sums over shards);
+// dW is the shard's [p.V, C] gradient. logprob_backward is this with vocab_begin = 0.
+template <typename T>
+void logprob_backward_shard(const LogprobParams<T>& p, int64_t vocab_begin, const T* coef, const T* lse,
+                            T* prob_cache, T* dh, T* dW, bool accumulate = true, const T* Ghat = nullptr,
+                            double* row_dot = nullptr);
+
 }  // namespace metapo::cpu

@@ -6,6 +6,7 @@
 #include <limits>
 #include <vector>
 
+#include "metapo/core/error.h"
 #include "metapo/kernels/gemm.h"
 #include "metapo/kernels/vec_math.h"
 
@@ -22,26 +23,37 @@ void gather_rows(T* dst, const T* h, const int32_t* rows, int64_t nr, int64_t C)
   for (int64_t i = 0; i < nr; ++i) std::memcpy(dst + i * C, h + int64_t(rows[i]) * C, sizeof(T) * C);
 }
 
+// Max and Σ exp(z - max) of one row of logits; with keep_probs the row becomes exp(z - max) (one exp
+// per element). Shared by the whole-vocabulary and the shard forward, so both sum in the same order.
+template <typename T>
+inline void row_max_sumexp(T* row, int64_t V, bool keep_probs, T& max_out, T& sum_out) {
+  T mx = -std::numeric_limits<T>::infinity();
+#pragma omp simd reduction(max : mx)
+  for (int64_t v = 0; v < V; ++v) mx = std::max(mx, row[v]);
+  T sum = 0;
+  if (keep_probs) {
+#pragma omp simd reduction(+ : sum)
+    for (int64_t v = 0; v < V; ++v) sum += (row[v] = vexp(row[v] - mx));
+  } else {
+#pragma omp simd reduction(+ : sum)
+    for (int64_t v = 0; v < V; ++v) sum += vexp(row[v] - mx);
+  }
+  max_out = mx, sum_out = sum;
+}
+
 // Row softmax statistics; leaves the probabilities exp(logit - lse) in z when keep_probs.
 template <typename T>
 void row_lse(T* z, int64_t nr, int64_t V, const int32_t* targets, T* logp, T* lse, bool keep_probs) {
 #pragma omp parallel for schedule(static)
   for (int64_t i = 0; i < nr; ++i) {
     T* row = z + i * V;
-    T mx = -std::numeric_limits<T>::infinity();
-#pragma omp simd reduction(max : mx)
-    for (int64_t v = 0; v < V; ++v) mx = std::max(mx, row[v]);
     const T target_logit = row[targets[i]];
-    T sum = 0;
-    if (keep_probs) {  // one exp per element: store exp(z - max), then scale by 1/sum
-#pragma omp simd reduction(+ : sum)
-      for (int64_t v = 0; v < V; ++v) sum += (row[v] = vexp(row[v] - mx));
+    T mx, sum;
+    row_max_sumexp(row, V, keep_probs, mx, sum);
+    if (keep_probs) {  // scale exp(z - max) by 1/sum
       const T inv = T(1) / sum;
 #pragma omp simd
       for (int64_t v = 0; v < V; ++v) row[v] *= inv;
-    } else {
-#pragma omp simd reduction(+ : sum)
-      for (int64_t v = 0; v < V; ++v) sum += vexp(row[v] - mx);
     }
     lse[i] = mx + std::log(sum);
     logp[i] = target_logit - lse[i];
@@ -65,9 +77,45 @@ void logprob_forward(const LogprobParams<T>& p, T* logp, T* lse, T* prob_cache) 
 }
 
 template <typename T>
+void logprob_forward_shard(const LogprobParams<T>& p, int64_t vocab_begin, T* row_max, T* row_sumexp,
+                           T* target_logit, T* prob_cache) {
+  MP_CHECK(p.V >= 0 && vocab_begin >= 0, "logprob_forward_shard: bad shard [", vocab_begin, ", +", p.V, ")");
+  if (p.V == 0) {  // a shard of padding only: no logits (BLAS rejects zero leading dimensions)
+    std::fill(row_max, row_max + p.n_rows, -std::numeric_limits<T>::infinity());
+    std::fill(row_sumexp, row_sumexp + p.n_rows, T(0));
+    std::fill(target_logit, target_logit + p.n_rows, T(0));
+    return;
+  }
+  const int64_t chunk = std::min(kChunk, std::max<int64_t>(p.n_rows, 1));
+  std::vector<T> hc(size_t(chunk * p.C));
+  std::vector<T> zc(prob_cache ? 0 : size_t(chunk * p.V));
+  for (int64_t r0 = 0; r0 < p.n_rows; r0 += chunk) {
+    const int64_t nr = std::min(chunk, p.n_rows - r0);
+    T* z = prob_cache ? prob_cache + r0 * p.V : zc.data();
+    gather_rows(hc.data(), p.h, p.rows + r0, nr, p.C);
+    gemm<T>(false, true, nr, p.V, p.C, T(1), hc.data(), p.C, p.W, p.C, T(0), z, p.V);  // logits
+#pragma omp parallel for schedule(static)
+    for (int64_t i = r0; i < r0 + nr; ++i) {
+      T* row = z + (i - r0) * p.V;
+      const int64_t tv = int64_t(p.targets[i]) - vocab_begin;
+      target_logit[i] = (tv >= 0 && tv < p.V) ? row[tv] : T(0);
+      row_max_sumexp(row, p.V, prob_cache != nullptr, row_max[i], row_sumexp[i]);
+    }
+  }
+}
+
+template <typename T>
 void logprob_backward(const LogprobParams<T>& p, const T* coef, const T* lse, T* prob_cache, T* dh,
                       T* dW, bool accumulate, const T* Ghat, double* row_dot) {
+  logprob_backward_shard(p, 0, coef, lse, prob_cache, dh, dW, accumulate, Ghat, row_dot);
+}
+
+template <typename T>
+void logprob_backward_shard(const LogprobParams<T>& p, int64_t vocab_begin, const T* coef, const T* lse,
+                            T* prob_cache, T* dh, T* dW, bool accumulate, const T* Ghat, double* row_dot) {
+  MP_CHECK(p.V >= 0 && vocab_begin >= 0, "logprob_backward_shard: bad shard [", vocab_begin, ", +", p.V, ")");
   if (!accumulate && p.n_rows == 0) std::fill(dW, dW + p.V * p.C, T(0));
+  if (p.V == 0) return;  // no logits here: nothing reaches dh, dW (empty) or row_dot
   const int64_t chunk = std::min(kChunk, std::max<int64_t>(p.n_rows, 1));
   std::vector<T> hc(size_t(chunk * p.C)), dhc(size_t(chunk * p.C));
   std::vector<T> zc(prob_cache ? 0 : size_t(chunk * p.V)), gz(Ghat ? size_t(chunk * p.V) : 0);
@@ -89,7 +137,8 @@ void logprob_backward(const LogprobParams<T>& p, const T* coef, const T* lse, T*
 #pragma omp simd
         for (int64_t v = 0; v < p.V; ++v) row[v] = -c * vexp(row[v] - l);
       }
-      row[p.targets[r0 + i]] += c;
+      const int64_t tv = int64_t(p.targets[r0 + i]) - vocab_begin;  // the onehot, where this shard owns it
+      if (tv >= 0 && tv < p.V) row[tv] += c;
     }
     if (Ghat) {
       // Ghost dots: ⟨dlogits_i, Ĝ h_i⟩ per row, from one extra [nr, V] GEMM.
@@ -119,5 +168,14 @@ template void logprob_backward<float>(const LogprobParams<float>&, const float*,
                                       float*, float*, float*, bool, const float*, double*);
 template void logprob_backward<double>(const LogprobParams<double>&, const double*, const double*,
                                        double*, double*, double*, bool, const double*, double*);
+template void logprob_forward_shard<float>(const LogprobParams<float>&, int64_t, float*, float*, float*,
+                                          float*);
+template void logprob_forward_shard<double>(const LogprobParams<double>&, int64_t, double*, double*, double*,
+                                           double*);
+template void logprob_backward_shard<float>(const LogprobParams<float>&, int64_t, const float*, const float*,
+                                            float*, float*, float*, bool, const float*, double*);
+template void logprob_backward_shard<double>(const LogprobParams<double>&, int64_t, const double*,
+                                             const double*, double*, double*, double*, bool, const double*,
+                                             double*);
 
 }  // namespace metapo::cpu
