@@ -16,6 +16,7 @@
 # and the raw JSON lines to $OUT/results.jsonl; everything else stays under $OUT.
 #   FLIPS="0 0.2 0.4" SEEDS="1 2 3" tools/bench-quality.sh
 #   FLIPS=0.4 SEEDS=1 METHODS="uniform metapo oracle" N_TRAIN=512 tools/bench-quality.sh   # smoke run
+#   TABLE_ONLY=1 OUT=runs/quality-sort tools/bench-quality.sh     # the table again from OUT/results.jsonl
 set -euo pipefail
 cd "$(dirname "$0")/.."
 tools/setup.sh >/dev/null
@@ -81,7 +82,11 @@ method_args() {  # method flip → metapo train options
 }
 field() { python3 -c 'import json,sys; v = json.loads(sys.argv[1]).get(sys.argv[2]); print("—" if v is None else round(v, 4))' "$1" "$2"; }
 
-: > "$OUT/results.jsonl"
+# TABLE_ONLY=1: no runs, only the table from an existing $OUT/results.jsonl (e.g. lines of several
+# benchmark runs concatenated, or one that stopped part way).
+TABLE_ONLY=${TABLE_ONLY:-0}
+[ "$TABLE_ONLY" = 1 ] && SEEDS=""
+[ "$TABLE_ONLY" = 1 ] || : > "$OUT/results.jsonl"
 for seed in $SEEDS; do
   s="$OUT/seed$seed"
   mkdir -p "$s"
