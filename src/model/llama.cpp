@@ -13,6 +13,7 @@
 #include "metapo/kernels/rmsnorm.h"
 #include "metapo/kernels/swiglu.h"
 #include "metapo/model/rope_freq.h"
+#include "metapo/model/tp_layout.h"
 
 namespace metapo {
 
@@ -25,7 +26,13 @@ std::vector<int32_t> next_token_targets(const PackedBatch& b, const uint8_t* mas
 }
 
 template <typename T>
-LlamaModel<T>::LlamaModel(const LlamaConfig& c) : cfg_(c), lay_(c), inv_freq_(rope_inv_freq(c)) {
+LlamaModel<T>::LlamaModel(const LlamaConfig& c, Comm* tp)
+    : cfg_(c),
+      tp_(tp),
+      lc_(tp ? tp_local_config(c, tp->size()) : c),
+      shard_(tp ? VocabShard(c.vocab_size, tp->size(), tp->rank()) : VocabShard()),
+      lay_(lc_),
+      inv_freq_(rope_inv_freq(c)) {
   acts_.resize(size_t(c.num_hidden_layers));
 }
 
@@ -37,9 +44,10 @@ static void resize(V& v, int64_t n) {
 template <typename T>
 void LlamaModel<T>::forward(const T* params, const PackedBatch& b, const int32_t* targets, T* logp) {
   const LlamaConfig& c = cfg_;
-  const int64_t n = b.n_tokens(), C = c.hidden_size, V = c.vocab_size, I = c.intermediate_size;
-  const int64_t Hq = c.num_attention_heads, Hkv = c.num_key_value_heads, D = c.head_dim;
-  const int64_t Q = c.q_dim(), QKV = c.qkv_dim();
+  // Head, intermediate and vocabulary extents are this rank's (lc_ == cfg_ without TP).
+  const int64_t n = b.n_tokens(), C = c.hidden_size, V = c.vocab_size, I = lc_.intermediate_size;
+  const int64_t Hq = lc_.num_attention_heads, Hkv = lc_.num_key_value_heads, D = c.head_dim;
+  const int64_t Q = lc_.q_dim(), QKV = lc_.qkv_dim();
   const ModelView<const T> w = make_view(lay_, params);
 
   // Positions restart at 0 in every sequence; check ids and lengths once, here.
@@ -59,11 +67,23 @@ void LlamaModel<T>::forward(const T* params, const PackedBatch& b, const int32_t
              " is outside the vocabulary [0, ", V, ")");
   if (max_len > rope_.max_pos) rope_.build(inv_freq_, std::max<int64_t>(max_len, 64));
   batch_ = b;
+  // Row-parallel layers (o_proj, down_proj) accumulate onto the residual; under TP only rank 0 carries
+  // it into the all-reduce, so it is counted once.
+  const bool own_residual = !tp_ || tp_->rank() == 0;
+  auto copy_residual = [&](T* dst, const T* src, int64_t count) {
+    if (own_residual)
+      std::memcpy(dst, src, sizeof(T) * size_t(count));
+    else
+      std::fill(dst, dst + count, T(0));
+  };
 
   // x = embed(tokens)                                                   [n, C]
   Buffer<T>& x0 = acts_.empty() ? x_final_ : acts_[0].x_in;
   resize(x0, n * C);
-  prof_.run("embedding", [&] { cpu::embedding_forward(x0.data(), w.embed, b.tokens.data(), n, C); });
+  if (tp_)  // each rank looks up the tokens it owns, one all-reduce of [n, C] (exact: one term each)
+    prof_.run("embedding", [&] { vocab_parallel_embedding_forward(x0.data(), w.embed, b.tokens.data(), n, C, shard_, *tp_); });
+  else
+    prof_.run("embedding", [&] { cpu::embedding_forward(x0.data(), w.embed, b.tokens.data(), n, C); });
 
   for (size_t l = 0; l < acts_.size(); ++l) {
     LayerActs& a = acts_[l];
@@ -77,13 +97,16 @@ void LlamaModel<T>::forward(const T* params, const PackedBatch& b, const int32_t
     prof_.run("qkv_proj", [&] { cpu::linear_forward(a.qkv.data(), a.xn1.data(), lw.wqkv, lw.bqkv, n, C, QKV); });  // [n, QKV]
     prof_.run("rope", [&] { cpu::rope_apply(a.qkv.data(), n, Hq, D, QKV, pos_.data(), rope_, false); });  // q
     prof_.run("rope", [&] { cpu::rope_apply(a.qkv.data() + Q, n, Hkv, D, QKV, pos_.data(), rope_, false); });  // k
-    cpu::AttentionParams<T> ap{a.qkv.data(), a.qkv.data() + Q, a.qkv.data() + Q + c.kv_dim(), QKV,
+    cpu::AttentionParams<T> ap{a.qkv.data(), a.qkv.data() + Q, a.qkv.data() + Q + lc_.kv_dim(), QKV,
                                a.att.data(), Q, a.lse.data(), b.cu_seqlens.data(), b.n_seqs(), n,
                                Hq, Hkv, D, T(1) / std::sqrt(T(D))};
     prof_.run("attention", [&] { cpu::attention_forward(ap); });  // [n, Q]
-    // x_mid = x_in + att Wo^T (the GEMM accumulates onto the copied residual)
-    std::memcpy(a.x_mid.data(), a.x_in.data(), sizeof(T) * n * C);
+    // x_mid = x_in + att Wo^T (the GEMM accumulates onto the copied residual). Row-parallel under TP:
+    // each rank's heads give a partial product; the residual rides on rank 0's partial only, so one
+    // all-reduce of [n, C] yields x_in + Σ_r att_r Wo_r^T on every rank.
+    copy_residual(a.x_mid.data(), a.x_in.data(), n * C);
     prof_.run("o_proj", [&] { cpu::gemm<T>(false, true, n, C, Q, T(1), a.att.data(), Q, lw.wo, Q, T(1), a.x_mid.data(), C); });
+    if (tp_) prof_.run("tp_allreduce", [&] { tp_->allreduce_sum(a.x_mid.data(), size_t(n * C)); });
 
     // MLP block: xn2 = norm(x_mid); gu = xn2 Wgu^T; h = silu(g) u; x_out = x_mid + h Wdown^T
     prof_.run("rmsnorm", [&] { cpu::rmsnorm_forward(a.xn2.data(), a.rstd2.data(), a.x_mid.data(), lw.mlp_norm, n, C, c.rms_norm_eps); });
@@ -91,8 +114,9 @@ void LlamaModel<T>::forward(const T* params, const PackedBatch& b, const int32_t
     prof_.run("swiglu", [&] { cpu::swiglu_forward(a.h.data(), a.gu.data(), n, I); });  // [n, I]
     Buffer<T>& x_out = l + 1 < acts_.size() ? acts_[l + 1].x_in : x_final_;
     resize(x_out, n * C);
-    std::memcpy(x_out.data(), a.x_mid.data(), sizeof(T) * n * C);
+    copy_residual(x_out.data(), a.x_mid.data(), n * C);  // row-parallel like o_proj
     prof_.run("down_proj", [&] { cpu::gemm<T>(false, true, n, C, I, T(1), a.h.data(), I, lw.wdown, I, T(1), x_out.data(), C); });
+    if (tp_) prof_.run("tp_allreduce", [&] { tp_->allreduce_sum(x_out.data(), size_t(n * C)); });
   }
 
   // Final norm and the LM head, only on rows that have a target.
@@ -107,10 +131,16 @@ void LlamaModel<T>::forward(const T* params, const PackedBatch& b, const int32_t
   const int64_t nr = int64_t(rows_.size());
   std::vector<T> row_logp(static_cast<size_t>(nr));
   resize(row_lse_, nr);
-  const bool cache = size_t(nr) * size_t(V) * sizeof(T) <= cache_budget_;
-  resize(probs_, cache ? nr * V : 0);
-  cpu::LogprobParams<T> lp{hN_.data(), w.lm_head, C, V, rows_.data(), row_targets_.data(), nr};
-  prof_.run("lm_head_logprob", [&] { cpu::logprob_forward(lp, row_logp.data(), row_lse_.data(), cache ? probs_.data() : nullptr); });
+  const int64_t Vl = tp_ ? shard_.real : V;  // logits this rank computes
+  const bool cache = size_t(nr) * size_t(Vl) * sizeof(T) <= cache_budget_;
+  resize(probs_, cache ? nr * Vl : 0);
+  if (tp_) {
+    VocabParallelLogprobParams<T> vp{hN_.data(), w.lm_head, C, shard_, rows_.data(), row_targets_.data(), nr};
+    prof_.run("lm_head_logprob", [&] { vocab_parallel_logprob_forward(vp, *tp_, row_logp.data(), row_lse_.data(), cache ? probs_.data() : nullptr); });
+  } else {
+    cpu::LogprobParams<T> lp{hN_.data(), w.lm_head, C, V, rows_.data(), row_targets_.data(), nr};
+    prof_.run("lm_head_logprob", [&] { cpu::logprob_forward(lp, row_logp.data(), row_lse_.data(), cache ? probs_.data() : nullptr); });
+  }
   std::fill(logp, logp + n, T(0));
   for (int64_t i = 0; i < nr; ++i) logp[rows_[i]] = row_logp[i];
   have_forward_ = true;
@@ -123,15 +153,20 @@ void LlamaModel<T>::backward(const T* params, const T* dlogp, T* grads, bool acc
   have_forward_ = false;  // the probability cache is consumed below
   const LlamaConfig& c = cfg_;
   const PackedBatch& b = batch_;
-  const int64_t n = b.n_tokens(), C = c.hidden_size, V = c.vocab_size, I = c.intermediate_size;
-  const int64_t Hq = c.num_attention_heads, Hkv = c.num_key_value_heads, D = c.head_dim;
-  const int64_t Q = c.q_dim(), KV = c.kv_dim(), QKV = c.qkv_dim();
+  const int64_t n = b.n_tokens(), C = c.hidden_size, V = lc_.vocab_size, I = lc_.intermediate_size;
+  const int64_t Hq = lc_.num_attention_heads, Hkv = lc_.num_key_value_heads, D = c.head_dim;
+  const int64_t Q = lc_.q_dim(), KV = lc_.kv_dim(), QKV = lc_.qkv_dim();
   const ModelView<const T> w = make_view(lay_, params);
   const ModelView<T> g = make_view(lay_, grads);
   // Ghost dot products (DESIGN §6): every parameter gradient is a sum of per-row terms, and a row's
   // terms belong to its own sequence (attention never crosses sequences), so per-row dots with ĝ,
   // summed per sequence, give ⟨ĝ, ∇θ of that sequence's part of the objective⟩.
+  //
+  // Under TP the row dots of sharded tensors are partial sums over the group, summed with ONE
+  // all-reduce of rdot at the end; replicated tensors (norm weights) are added by TP rank 0 only, so
+  // they count once.
   const bool ghost = ghat != nullptr;
+  const bool ghost_replicated = ghost && (!tp_ || tp_->rank() == 0);
   MP_CHECK(!ghost || seq_dots, "LlamaModel::backward: ghat given without seq_dots");
   std::optional<ModelView<const T>> gh;
   std::vector<double> rdot;
@@ -161,12 +196,20 @@ void LlamaModel<T>::backward(const T* params, const T* dlogp, T* grads, bool acc
   Buffer<T>&dhN = wk.dxn, &dx = wk.dx;
   resize(dhN, n * C), resize(dx, n * C);
   std::fill(dhN.begin(), dhN.end(), T(0));
-  cpu::LogprobParams<T> lp{hN_.data(), w.lm_head, C, V, rows_.data(), row_targets_.data(), nr};
-  prof_.run("lm_head_logprob.bwd", [&] { cpu::logprob_backward(lp, coef.data(), row_lse_.data(), probs_.empty() ? nullptr : probs_.data(),
-                        dhN.data(), g.lm_head, accumulate, ghost ? gh->lm_head : nullptr, ghost ? rdot.data() : nullptr); });
+  if (tp_) {
+    // dhN is this rank's partial over its vocabulary rows: summed over TP before the final norm.
+    VocabParallelLogprobParams<T> vp{hN_.data(), w.lm_head, C, shard_, rows_.data(), row_targets_.data(), nr};
+    prof_.run("lm_head_logprob.bwd", [&] { vocab_parallel_logprob_backward(vp, coef.data(), row_lse_.data(), probs_.empty() ? nullptr : probs_.data(),
+                          dhN.data(), g.lm_head, accumulate, ghost ? gh->lm_head : nullptr, ghost ? rdot.data() : nullptr); });
+    prof_.run("tp_allreduce", [&] { tp_->allreduce_sum(dhN.data(), size_t(n * C)); });
+  } else {
+    cpu::LogprobParams<T> lp{hN_.data(), w.lm_head, C, V, rows_.data(), row_targets_.data(), nr};
+    prof_.run("lm_head_logprob.bwd", [&] { cpu::logprob_backward(lp, coef.data(), row_lse_.data(), probs_.empty() ? nullptr : probs_.data(),
+                          dhN.data(), g.lm_head, accumulate, ghost ? gh->lm_head : nullptr, ghost ? rdot.data() : nullptr); });
+  }
   prof_.run("rmsnorm.bwd", [&] { cpu::rmsnorm_backward(dx.data(), g.final_norm, dhN.data(), x_final_.data(), w.final_norm,
                         rstdN_.data(), n, C, false); });
-  if (ghost)
+  if (ghost_replicated)
     prof_.run("ghost", [&] { cpu::rmsnorm_ghost_dots(dhN.data(), x_final_.data(), rstdN_.data(), gh->final_norm, n, C, rdot.data()); });
 
   // dx is the gradient with respect to the current layer's output (the residual stream).
@@ -186,10 +229,11 @@ void LlamaModel<T>::backward(const T* params, const T* dlogp, T* grads, bool acc
     prof_.run("swiglu.bwd", [&] { cpu::swiglu_backward(dgu.data(), dh.data(), a.gu.data(), n, I); });
     prof_.run("gate_up_proj.bwd", [&] { cpu::linear_backward(dxn.data(), lg.wgu, (T*)nullptr, dgu.data(), a.xn2.data(), lw.wgu, n, C, 2 * I, accumulate); });
     if (ghost)
-      prof_.run("ghost", [&] {
-        cpu::linear_ghost_dots(a.xn2.data(), dgu.data(), lgh->wgu, (const T*)nullptr, n, C, 2 * I, gwork.data(), rdot.data());
-        cpu::rmsnorm_ghost_dots(dxn.data(), a.x_mid.data(), a.rstd2.data(), lgh->mlp_norm, n, C, rdot.data());
-      });
+      prof_.run("ghost", [&] { cpu::linear_ghost_dots(a.xn2.data(), dgu.data(), lgh->wgu, (const T*)nullptr, n, C, 2 * I, gwork.data(), rdot.data()); });
+    // Column-parallel input gradient: each rank's gate/up slice gives a partial dxn.
+    if (tp_) prof_.run("tp_allreduce", [&] { tp_->allreduce_sum(dxn.data(), size_t(n * C)); });
+    if (ghost_replicated)
+      prof_.run("ghost", [&] { cpu::rmsnorm_ghost_dots(dxn.data(), a.x_mid.data(), a.rstd2.data(), lgh->mlp_norm, n, C, rdot.data()); });
     prof_.run("rmsnorm.bwd", [&] { cpu::rmsnorm_backward(dx.data(), lg.mlp_norm, dxn.data(), a.x_mid.data(), lw.mlp_norm,
                           a.rstd2.data(), n, C, true); });  // dx: now w.r.t. x_mid
 
@@ -207,16 +251,25 @@ void LlamaModel<T>::backward(const T* params, const T* dlogp, T* grads, bool acc
     prof_.run("rope.bwd", [&] { cpu::rope_apply(dqkv.data() + Q, n, Hkv, D, QKV, pos_.data(), rope_, true); });  // dk before rope
     prof_.run("qkv_proj.bwd", [&] { cpu::linear_backward(dxn.data(), lg.wqkv, lg.bqkv, dqkv.data(), a.xn1.data(), lw.wqkv, n, C, QKV, accumulate); });
     if (ghost)
-      prof_.run("ghost", [&] {
-        cpu::linear_ghost_dots(a.xn1.data(), dqkv.data(), lgh->wqkv, lgh->bqkv, n, C, QKV, gwork.data(), rdot.data());
-        cpu::rmsnorm_ghost_dots(dxn.data(), a.x_in.data(), a.rstd1.data(), lgh->attn_norm, n, C, rdot.data());
-      });
+      prof_.run("ghost", [&] { cpu::linear_ghost_dots(a.xn1.data(), dqkv.data(), lgh->wqkv, lgh->bqkv, n, C, QKV, gwork.data(), rdot.data()); });
+    if (tp_) prof_.run("tp_allreduce", [&] { tp_->allreduce_sum(dxn.data(), size_t(n * C)); });  // partial, as above
+    if (ghost_replicated)
+      prof_.run("ghost", [&] { cpu::rmsnorm_ghost_dots(dxn.data(), a.x_in.data(), a.rstd1.data(), lgh->attn_norm, n, C, rdot.data()); });
     prof_.run("rmsnorm.bwd", [&] { cpu::rmsnorm_backward(dx.data(), lg.attn_norm, dxn.data(), a.x_in.data(), lw.attn_norm,
                           a.rstd1.data(), n, C, true); });  // dx: now w.r.t. x_in
   }
-  prof_.run("embedding.bwd", [&] { cpu::embedding_backward(g.embed, dx.data(), b.tokens.data(), n, C); });
+  if (tp_)
+    prof_.run("embedding.bwd", [&] { vocab_parallel_embedding_backward(g.embed, dx.data(), b.tokens.data(), n, C, shard_); });
+  else
+    prof_.run("embedding.bwd", [&] { cpu::embedding_backward(g.embed, dx.data(), b.tokens.data(), n, C); });
   if (ghost) {
-    cpu::embedding_ghost_dots(dx.data(), b.tokens.data(), gh->embed, n, C, rdot.data());
+    if (tp_) {
+      vocab_parallel_embedding_ghost_dots(dx.data(), b.tokens.data(), gh->embed, n, C, shard_, rdot.data());
+      // Every partial row dot of this backward in one all-reduce; the result is identical on all ranks.
+      prof_.run("tp_allreduce", [&] { tp_->allreduce_sum(rdot.data(), size_t(n)); });
+    } else {
+      cpu::embedding_ghost_dots(dx.data(), b.tokens.data(), gh->embed, n, C, rdot.data());
+    }
     seq_dots->assign(size_t(b.n_seqs()), 0.0);
     for (int64_t s = 0; s < b.n_seqs(); ++s)
       for (int64_t t = b.cu_seqlens[s]; t < b.cu_seqlens[s + 1]; ++t) (*seq_dots)[size_t(s)] += rdot[size_t(t)];

@@ -2,15 +2,25 @@
 // (the engine) or T = double (finite-difference checks). Parameters and gradients are flat buffers in
 // ParamLayout order owned by the caller (so an optimizer or ZeRO shard can own them); the model owns
 // only its activations.
+//
+// Tensor parallelism (DESIGN §4, docs/engine.md): constructed with a TP communicator, the model holds
+// one rank's shard (tp_layout.h: layout() is then the LOCAL layout of params, grads and ghat) and runs
+// Megatron style — vocab-parallel embedding and log-probs, q/k/v and gate/up column-parallel on the
+// rank's heads / intermediate slice, o_proj and down_proj row-parallel with one all-reduce each. Inputs
+// (batch, targets, dlogp) must be identical on every TP rank; outputs (logp, seq_dots, replicated
+// norm-weight gradients) come out identical on every TP rank; weight gradients are the rank's shards.
+// All TP communication happens inside forward/backward: the caller reduces nothing over TP.
 #pragma once
 #include <cstdint>
 #include <vector>
 
+#include "metapo/comm/comm.h"
 #include "metapo/core/buffer.h"
 #include "metapo/core/timer.h"
 #include "metapo/kernels/rope.h"
 #include "metapo/model/config.h"
 #include "metapo/model/layout.h"
+#include "metapo/parallel/vocab_parallel.h"
 
 namespace metapo {
 
@@ -33,10 +43,16 @@ std::vector<int32_t> next_token_targets(const PackedBatch& b, const uint8_t* mas
 template <typename T>
 class LlamaModel {
  public:
-  explicit LlamaModel(const LlamaConfig& c);
+  // tp == nullptr: one process holds the whole model (the layout is ParamLayout(c)). Otherwise the
+  // model is rank tp->rank() of a TP group of tp->size() ranks (borrowed; must outlive the model); a
+  // group of one rank runs the TP code path on the full layout. Throws when heads or the intermediate
+  // size are not divisible by the TP size.
+  explicit LlamaModel(const LlamaConfig& c, Comm* tp = nullptr);
 
-  const LlamaConfig& config() const { return cfg_; }
+  const LlamaConfig& config() const { return cfg_; }  // the full model's config
+  // The layout of the buffers passed to forward/backward: this rank's shard in TP mode.
   const ParamLayout& layout() const { return lay_; }
+  int tp_size() const { return tp_ ? tp_->size() : 1; }
 
   // Probabilities of up to this many bytes are kept from forward to backward instead of
   // recomputing the LM-head GEMM (0: always recompute).
@@ -68,6 +84,9 @@ class LlamaModel {
     Buffer<T> x_in, xn1, rstd1, qkv, att, lse, x_mid, xn2, rstd2, gu, h;
   };
   LlamaConfig cfg_;
+  Comm* tp_ = nullptr;  // null: no tensor parallelism
+  LlamaConfig lc_;      // local shapes (heads, intermediate, vocab rows); == cfg_ without TP
+  VocabShard shard_;    // this rank's vocabulary rows (TP mode)
   ParamLayout lay_;
   cpu::RopeTable<T> rope_;
   std::vector<double> inv_freq_;
