@@ -143,7 +143,9 @@ void tp_case(bool qwen, double tol) {
     EXPECT_TRUE(same_on_all_ranks(lp)) << "logp differs between ranks " << t2;
     EXPECT_TRUE(same_on_all_ranks(d)) << "seq_dots differ between ranks " << t2;
     for (size_t i = 0; i < NL; ++i)
-      if (!covered[i]) ASSERT_EQ(g_loc[i], T(0)) << "padding gradient element " << i << " " << t2;
+      if (!covered[i]) {
+        ASSERT_EQ(g_loc[i], T(0)) << "padding gradient element " << i << " " << t2;
+      }
 
     vector<T> g(N);
     tp_gather(c, comm, g_loc.data(), g.data());
