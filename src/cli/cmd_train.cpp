@@ -9,11 +9,14 @@ int cmd_train(Context& ctx, int argc, char** argv) {
   TrainConfig cfg;
   TrainOptionStrings s;
   add_train_options(desc, cfg, s, true);
+  ParallelOptions par;
+  add_parallel_options(desc, par);
   po::variables_map vm;
-  if (!parse_args("train", "[mpirun -np N] metapo train --model DIR --data FILE.h5 --out RUN [--loss L] [--weighting W]",
+  if (!parse_args("train", "[mpirun -np N] metapo train [--tp T] --model DIR --data FILE.h5 --out RUN [--loss L] [--weighting W]",
                   desc, argc, argv, vm, ctx))
     return 0;
   finish_train_options(cfg, s, true, argc, argv);
+  apply_parallel_options(ctx, par);
   return run_dpo(ctx.topo, cfg);
 }
 
@@ -22,10 +25,13 @@ int cmd_sft(Context& ctx, int argc, char** argv) {
   TrainConfig cfg;
   TrainOptionStrings s;
   add_train_options(desc, cfg, s, false);
+  ParallelOptions par;
+  add_parallel_options(desc, par);
   po::variables_map vm;
-  if (!parse_args("sft", "[mpirun -np N] metapo sft --model DIR --data FILE.h5 --out RUN", desc, argc, argv, vm, ctx))
+  if (!parse_args("sft", "[mpirun -np N] metapo sft [--tp T] --model DIR --data FILE.h5 --out RUN", desc, argc, argv, vm, ctx))
     return 0;
   finish_train_options(cfg, s, false, argc, argv);
+  apply_parallel_options(ctx, par);
   return run_sft(ctx.topo, cfg);
 }
 

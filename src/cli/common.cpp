@@ -7,6 +7,7 @@
 #include <sstream>
 
 #include "metapo/core/error.h"
+#include "metapo/core/threads.h"
 
 namespace fs = std::filesystem;
 
@@ -93,6 +94,24 @@ bool parse_args(const std::string& cmd, const std::string& usage, po::options_de
     fail("metapo ", cmd, ": ", e.what(), " (see metapo ", cmd, " --help)");
   }
   return true;
+}
+
+void add_parallel_options(po::options_description& desc, ParallelOptions& p) {
+  desc.add_options()
+    ("tp", po::value(&p.tp)->default_value(1), "tensor-parallel ranks per model replica (Megatron style; heads, KV heads and intermediate size must divide)")
+    ("pp", po::value(&p.pp)->default_value(1), "pipeline-parallel stages (only 1 for now); data parallelism takes the rest: DP = world / (TP x PP)");
+}
+
+void apply_parallel_options(Context& ctx, const ParallelOptions& p) {
+  MP_CHECK(p.tp >= 1, "--tp ", p.tp, ": must be at least 1");
+  MP_CHECK(p.pp >= 1, "--pp ", p.pp, ": must be at least 1");
+  MP_CHECK(p.pp == 1, "--pp: pipeline parallelism is not implemented yet");
+  MP_CHECK(ctx.topo.world_size % (p.tp * p.pp) == 0, "--tp ", p.tp, " x --pp ", p.pp, " = ", p.tp * p.pp,
+           " does not divide the world size ", ctx.topo.world_size, " (mpirun -np)");
+  if (p.tp == ctx.topo.tp && p.pp == ctx.topo.pp) return;
+  ctx.topo.free();
+  ctx.topo = Topology::create(p.tp, p.pp);
+  ctx.threads = configure_threads(ctx.topo.local_size);
 }
 
 std::string resolve_preset(const std::string& name) {

@@ -77,7 +77,8 @@ void check_compatible(const LlamaConfig& c, const DatasetInfo& info, const std::
            " is larger than the model's vocab_size ", c.vocab_size, " (wrong tokenizer for this model?)");
 }
 
-void write_run_json(const TrainConfig& cfg, const std::string& kind) {
+// extra: keys added at the top level (the parallel layout, memory_bytes).
+void write_run_json(const TrainConfig& cfg, const std::string& kind, const nlohmann::json& extra) {
   nlohmann::json j;
   j["command"] = kind;
   j["command_line"] = cfg.command_line;
@@ -89,6 +90,7 @@ void write_run_json(const TrainConfig& cfg, const std::string& kind) {
   j["ref_model"] = cfg.ref_model_dir.empty() ? cfg.model_dir : cfg.ref_model_dir;
   j["batch_size"] = cfg.batch_size, j["micro_batch"] = cfg.micro_batch;
   j["lr"] = cfg.adam.lr, j["weight_decay"] = cfg.adam.weight_decay;
+  for (const auto& [k, v] : extra.items()) j[k] = v;
   fs::create_directories(cfg.out_dir);
   std::ofstream(cfg.out_dir + "/run.json") << j.dump(2) << "\n";
 }
@@ -155,13 +157,68 @@ LrSchedule make_schedule(const TrainConfig& cfg, int64_t total) {
   return s;
 }
 
-// params may carry ZeRO-1 padding past the layout's end: only the first n are the model.
-void save_final(const TrainConfig& cfg, const Topology& topo, const LlamaConfig& c, const std::vector<float>& params,
-                size_t n) {
-  if (topo.is_root())
-    save_hf_model(cfg.out_dir + "/final", c, std::vector<float>(params.begin(), params.begin() + long(n)),
-                  cfg.save_dtype);
+// params (this rank's shard, possibly with ZeRO-1 padding past the layout's end) is assembled into the
+// full buffer over the TP group (collective there); the world root saves it.
+void save_final(const TrainConfig& cfg, const Topology& topo, const LlamaConfig& c, const ShardedModel& sm,
+                const std::vector<float>& params) {
+  const size_t n = ParamLayout(c).total();
+  std::vector<float> full;
+  if (sm.tp) {
+    full.resize(n);
+    tp_gather(c, *sm.tp, params.data(), full.data());
+  } else {
+    full.assign(params.begin(), params.begin() + long(n));
+  }
+  if (topo.is_root()) save_hf_model(cfg.out_dir + "/final", c, full, cfg.save_dtype);
   MPI_Barrier(topo.world);
+}
+
+// The per-step communication report: bytes this rank handed to each kind of collective over its DP
+// and TP communicators since the last reset (the model's TP all-reduces go through the TP one), as
+// comm/<kind>_bytes; the counters restart for the next step.
+void take_comm_volume(nlohmann::json& j, Comm& dp, Comm* tp) {
+  for (int k = 0; k < kNumCommOps; ++k)
+    j[std::string("comm/") + kCommOpNames[k] + "_bytes"] = dp.volume().bytes[k] + (tp ? tp->volume().bytes[k] : 0);
+  dp.reset_volume();
+  if (tp) tp->reset_volume();
+}
+
+// Memory per rank (docs/training.md): parameters and gradients are the padded local flat buffers
+// (fp32), the optimizer state Adam's two moments of this rank's ZeRO-1 shard; activations as the model
+// measured them (after a step; < 0: not yet known).
+nlohmann::json memory_json(const ZeroAdamW& opt, int64_t activations) {
+  nlohmann::json m;
+  m["params"] = opt.padded_size() * sizeof(float);
+  m["grads"] = opt.padded_size() * sizeof(float);
+  m["optimizer_state"] = opt.state_bytes();
+  if (activations >= 0) m["activations"] = activations; else m["activations"] = nullptr;
+  return m;
+}
+
+nlohmann::json parallel_json(const Topology& topo) {
+  nlohmann::json p;
+  p["world"] = topo.world_size, p["dp"] = topo.dp, p["tp"] = topo.tp, p["pp"] = topo.pp;
+  return p;
+}
+
+void print_memory(const Topology& topo, const ZeroAdamW& opt) {
+  if (!topo.is_root()) return;
+  const double mib = 1024.0 * 1024.0;
+  std::printf("memory per rank (DP %d x PP %d x TP %d): params %.2f MiB, grads %.2f MiB, optimizer state %.2f MiB, "
+              "activations after the first step\n",
+              topo.dp, topo.pp, topo.tp, double(opt.padded_size() * sizeof(float)) / mib,
+              double(opt.padded_size() * sizeof(float)) / mib, double(opt.state_bytes()) / mib);
+}
+
+// After the first step: the measured activation memory, printed and added to run.json.
+void record_activations(const TrainConfig& cfg, const std::string& kind, const Topology& topo, const ZeroAdamW& opt,
+                        size_t activations) {
+  if (!topo.is_root()) return;
+  std::printf("memory per rank: activations %.2f MiB (first step)\n", double(activations) / (1024.0 * 1024.0));
+  nlohmann::json extra;
+  extra["parallel"] = parallel_json(topo);
+  extra["memory_bytes"] = memory_json(opt, int64_t(activations));
+  write_run_json(cfg, kind, extra);
 }
 
 }  // namespace
@@ -305,17 +362,34 @@ PairStats evaluate_pairs(LlamaModel<float>& model, const float* params, const Pa
   return st;
 }
 
+ShardedModel shard_model(const LlamaConfig& c, std::vector<float>&& full, const Topology& topo) {
+  ShardedModel sm;
+  if (topo.tp == 1) {
+    sm.model = std::make_unique<LlamaModel<float>>(c);
+    sm.params = std::move(full);
+    return sm;
+  }
+  sm.tp = std::make_unique<MpiComm>(topo.tp_comm);
+  sm.model = std::make_unique<LlamaModel<float>>(c, sm.tp.get());
+  sm.params.assign(sm.model->layout().total(), 0.0f);
+  tp_split(c, topo.tp, topo.tp_rank, full.data(), sm.params.data());
+  sm.shard_map = tp_shard_map(c, topo.tp, topo.tp_rank);
+  std::vector<float>().swap(full);  // the full copy is not needed again (save_final gathers)
+  return sm;
+}
+
 void ensure_ref_logps(PairSplit& s, const std::string& split_name, const std::string& ref_dir, int64_t micro,
                       const Topology& topo) {
   if (s.has_ref()) return;
   if (topo.is_root())
     std::printf("%s: no reference log-probs in the dataset; computing them with %s\n", split_name.c_str(),
                 ref_dir.c_str());
-  const HfModel ref = load_hf_model(ref_dir);
-  LlamaModel<float> model(ref.config);
+  HfModel ref = load_hf_model(ref_dir);
+  ShardedModel sm = shard_model(ref.config, std::move(ref.params), topo);
   std::vector<int64_t> idx(static_cast<size_t>(s.size()));
   for (int64_t i = 0; i < s.size(); ++i) idx[size_t(i)] = i;
-  pair_logps(model, ref.params.data(), s, idx, micro, topo.world, s.ref_logp_chosen, s.ref_logp_rejected);
+  // Over DP: the TP ranks of a replica score the same pairs together.
+  pair_logps(*sm.model, sm.params.data(), s, idx, micro, topo.dp_comm, s.ref_logp_chosen, s.ref_logp_rejected);
 }
 
 int run_dpo(const Topology& topo, const TrainConfig& cfg) {
@@ -342,12 +416,19 @@ int run_dpo(const Topology& topo, const TrainConfig& cfg) {
 
   const int64_t total = total_steps(cfg, train.size());
   const LrSchedule sched = make_schedule(cfg, total);
-  if (topo.is_root()) write_run_json(cfg, "train");
-  LlamaModel<float> model(hf.config);
+  ShardedModel sm = shard_model(hf.config, std::move(hf.params), topo);
+  LlamaModel<float>& model = *sm.model;
   MpiComm dp_comm(topo.dp_comm);
-  ZeroAdamW opt(model.layout(), cfg.adam, dp_comm);
-  std::vector<float>& params = hf.params;
+  ZeroAdamW opt(model.layout(), cfg.adam, dp_comm, sm.tp.get(), sm.shard_map);
+  std::vector<float>& params = sm.params;
   params.resize(opt.padded_size(), 0.0f);  // ZeRO-1 padding (zeros, never read by the model)
+  if (topo.is_root()) {
+    nlohmann::json extra;
+    extra["parallel"] = parallel_json(topo);
+    extra["memory_bytes"] = memory_json(opt, -1);
+    write_run_json(cfg, "train", extra);
+  }
+  print_memory(topo, opt);
   Buffer<float> grads(opt.padded_size());
   MetricsLog log(cfg.out_dir + "/metrics.jsonl", topo.is_root(), total);
   const double B = double(cfg.batch_size);
@@ -356,6 +437,10 @@ int run_dpo(const Topology& topo, const TrainConfig& cfg) {
   if (use_meta) {
     MP_CHECK(cfg.meta.hypergrad == "ghost" || cfg.meta.hypergrad == "exact" || cfg.meta.hypergrad == "fd",
              "--hypergrad ", cfg.meta.hypergrad, ": unknown (valid: ghost, exact, fd)");
+    // The reference methods take dot products and maxima over the flat buffer, which with TP would
+    // need their own reductions over the shards; ghost products are reduced inside the model.
+    MP_CHECK(topo.tp == 1 || cfg.meta.hypergrad == "ghost", "--hypergrad ", cfg.meta.hypergrad,
+             " is not supported with --tp ", topo.tp, " (use --hypergrad ghost)");
     int64_t max_id = 0;
     for (int64_t id : train.sample_id) max_id = std::max(max_id, id);
     meta = std::make_unique<MetaPOState>(cfg.meta, max_id, cfg.seed, dp_comm);
@@ -381,6 +466,9 @@ int run_dpo(const Topology& topo, const TrainConfig& cfg) {
 
   for (int64_t step = 0; step < total; ++step) {
     Timer tm;
+    // Count this step's communication only (not setup, evaluation or trajectories).
+    dp_comm.reset_volume();
+    if (sm.tp) sm.tp->reset_volume();
     const std::vector<int64_t> mine = dp_share(global_batch(train.size(), cfg.batch_size, cfg.seed, step), topo.dp_rank, topo.dp);
     PairStats st;
     double tokens = 0;
@@ -452,6 +540,11 @@ int run_dpo(const Topology& topo, const TrainConfig& cfg) {
     if (meta_step) j["meta/grad_norm"] = meta->last_meta_grad_norm();
     j["time/train"] = t_train, j["time/optimizer"] = t_opt;
     if (use_meta) j["time/refresh"] = t_refresh, j["time/val_grad"] = t_val, j["time/meta_update"] = t_meta;
+    take_comm_volume(j, dp_comm, sm.tp.get());
+    if (step == 0) {
+      j["memory/activations_bytes"] = model.activation_bytes();
+      record_activations(cfg, "train", topo, opt, model.activation_bytes());
+    }
     char line[320];
     std::snprintf(line, sizeof line,
                   "step %5lld/%lld | loss %.4f | acc %.3f | margin %+.3f | w %.2f±%.2f | lr %.2e | gnorm %.3f | %.0f tok/s",
@@ -463,17 +556,23 @@ int run_dpo(const Topology& topo, const TrainConfig& cfg) {
     if (!tracked.empty() && cfg.track_every > 0 && ((step + 1) % cfg.track_every == 0 || step + 1 == total))
       write_trajectories(model, params.data(), train, tracked, cfg.loss, step + 1, cfg.micro_batch, topo, traj_path);
   }
-  save_final(cfg, topo, hf.config, params, opt.n_params());
+  save_final(cfg, topo, hf.config, sm, params);
   if (use_meta) {
-    // The weight net must be bit-identical on every rank (same reduced gradients, same Adam): check
-    // it element by element (max == min over the ranks) and fail loudly if not.
+    // The weight net must be bit-identical on every rank (same reduced gradients, same Adam; the TP
+    // ranks of a replica run the same meta computations on the same inputs): check it element by
+    // element over the whole world (max == min) and fail loudly if not.
     std::vector<double> hi = meta->net().params(), lo = hi;
-    dp_comm.allreduce_max(hi.data(), hi.size());
-    dp_comm.allreduce_min(lo.data(), lo.size());
-    MP_CHECK(hi == lo, "MetaPO: the weight net differs between data-parallel ranks");
-    if (topo.is_root() && topo.dp > 1)
-      std::printf("weight net identical on all %d data-parallel ranks (%lld parameters)\n", topo.dp,
-                  (long long)hi.size());
+    MPI_Allreduce(MPI_IN_PLACE, hi.data(), int(hi.size()), MPI_DOUBLE, MPI_MAX, topo.world);
+    MPI_Allreduce(MPI_IN_PLACE, lo.data(), int(lo.size()), MPI_DOUBLE, MPI_MIN, topo.world);
+    MP_CHECK(hi == lo, "MetaPO: the weight net differs between ranks");
+    if (topo.is_root() && topo.world_size > 1) {
+      if (topo.tp == 1)
+        std::printf("weight net identical on all %d data-parallel ranks (%lld parameters)\n", topo.dp,
+                    (long long)hi.size());
+      else
+        std::printf("weight net identical on all %d ranks (DP %d x TP %d, %lld parameters)\n", topo.world_size,
+                    topo.dp, topo.tp, (long long)hi.size());
+    }
     // What `metapo analyze` needs: the weight net, the feature statistics and the final pair table
     // (the logical [N, S] array, gathered from its owners).
     const std::vector<double> table = meta->table().gather_all();
@@ -504,17 +603,26 @@ int run_sft(const Topology& topo, const TrainConfig& cfg) {
   const SftSplit train = read_sft_split(cfg.data_path);
   const int64_t total = total_steps(cfg, train.size());
   const LrSchedule sched = make_schedule(cfg, total);
-  if (topo.is_root()) write_run_json(cfg, "sft");
-  LlamaModel<float> model(hf.config);
+  ShardedModel sm = shard_model(hf.config, std::move(hf.params), topo);
+  LlamaModel<float>& model = *sm.model;
   MpiComm dp_comm(topo.dp_comm);
-  ZeroAdamW opt(model.layout(), cfg.adam, dp_comm);
-  std::vector<float>& params = hf.params;
+  ZeroAdamW opt(model.layout(), cfg.adam, dp_comm, sm.tp.get(), sm.shard_map);
+  std::vector<float>& params = sm.params;
   params.resize(opt.padded_size(), 0.0f);  // ZeRO-1 padding
+  if (topo.is_root()) {
+    nlohmann::json extra;
+    extra["parallel"] = parallel_json(topo);
+    extra["memory_bytes"] = memory_json(opt, -1);
+    write_run_json(cfg, "sft", extra);
+  }
+  print_memory(topo, opt);
   Buffer<float> grads(opt.padded_size());
   MetricsLog log(cfg.out_dir + "/metrics.jsonl", topo.is_root(), total);
 
   for (int64_t step = 0; step < total; ++step) {
     Timer tm;
+    dp_comm.reset_volume();
+    if (sm.tp) sm.tp->reset_volume();
     const std::vector<int64_t> global = global_batch(train.size(), cfg.batch_size, cfg.seed, step);
     // Every rank reads the whole dataset, so the global count of answer tokens (the loss is their
     // mean, as in TRL's SFT) needs no communication.
@@ -543,12 +651,17 @@ int run_sft(const Topology& topo, const TrainConfig& cfg) {
     nlohmann::json j;
     j["step"] = step + 1, j["loss"] = sums[0] / n_answer, j["lr"] = lr, j["grad_norm"] = gnorm;
     j["tokens_per_s"] = sums[1] / secs, j["step_time"] = secs;
+    take_comm_volume(j, dp_comm, sm.tp.get());
+    if (step == 0) {
+      j["memory/activations_bytes"] = model.activation_bytes();
+      record_activations(cfg, "sft", topo, opt, model.activation_bytes());
+    }
     char line[256];
     std::snprintf(line, sizeof line, "sft %5lld/%lld | loss %.4f | lr %.2e | gnorm %.3f | %.0f tok/s",
                   (long long)(step + 1), (long long)total, sums[0] / n_answer, lr, gnorm, sums[1] / secs);
     log.step(step, j, line);
   }
-  save_final(cfg, topo, hf.config, params, opt.n_params());
+  save_final(cfg, topo, hf.config, sm, params);
   if (topo.is_root()) std::printf("wrote %s/final and %s/metrics.jsonl\n", cfg.out_dir.c_str(), cfg.out_dir.c_str());
   return 0;
 }

@@ -16,12 +16,44 @@ size_t shard_of(size_t n, int dp) {
 
 }  // namespace
 
-ZeroAdamW::ZeroAdamW(const ParamLayout& lay, const AdamWConfig& cfg, Comm& dp)
+ZeroAdamW::ZeroAdamW(const ParamLayout& lay, const AdamWConfig& cfg, Comm& dp, Comm* tp,
+                     const std::vector<TpCopy>& replicated)
     : dp_(dp),
+      tp_(tp && tp->size() > 1 ? tp : nullptr),
       n_(lay.total()),
       shard_(shard_of(lay.total(), dp.size())),
       opt_(lay, cfg, shard_ * size_t(dp.rank()), shard_ * size_t(dp.rank() + 1)),
-      g_(shard_, 0.0f) {}
+      g_(shard_, 0.0f) {
+  if (!tp_ || tp_->rank() == 0) return;
+  // The complement of the replicated runs within this rank's shard [b, e), in shard offsets.
+  std::vector<std::pair<size_t, size_t>> rep;
+  for (const TpCopy& c : replicated)
+    if (c.replicated) rep.emplace_back(c.local, c.local + c.count);
+  std::sort(rep.begin(), rep.end());
+  const size_t b = shard_begin(), e = b + shard_;
+  size_t at = b;
+  for (const auto& [lo, hi] : rep) {
+    const size_t l = std::max(lo, b), h = std::min(hi, e);
+    if (l >= h) continue;
+    if (at < l) norm_ranges_.emplace_back(at - b, l - b);
+    at = std::max(at, h);
+  }
+  if (at < e) norm_ranges_.emplace_back(at - b, e - b);
+}
+
+double ZeroAdamW::shard_sq_norm() const {
+  if (!tp_ || tp_->rank() == 0) {
+    // tp = 1 takes exactly the path it always took (bit-identical runs).
+    const double n = grad_norm(g_.data(), shard_);
+    return n * n;
+  }
+  double sq = 0;
+  for (const auto& [lo, hi] : norm_ranges_) {
+    const double n = grad_norm(g_.data() + lo, hi - lo);
+    sq += n * n;
+  }
+  return sq;
+}
 
 double ZeroAdamW::step(float* params, float* grads, double lr, double scale, double max_norm) {
   dp_.reduce_scatter_sum(grads, g_.data(), shard_);
@@ -31,9 +63,10 @@ double ZeroAdamW::step(float* params, float* grads, double lr, double scale, dou
     for (size_t i = 0; i < shard_; ++i) g_[i] *= f;
   }
   // The padding of the last shard is zero on every rank, so it adds nothing to the norm.
-  double sq = grad_norm(g_.data(), shard_);
-  sq *= sq;
+  double sq = shard_sq_norm();
   dp_.allreduce_sum(&sq, 1);
+  // Then over TP: every TP rank holds the same DP sum of its shard, so all ranks end equal.
+  if (tp_) tp_->allreduce_sum(&sq, 1);
   const double norm = std::sqrt(sq);
   clip_grads(g_.data(), shard_, norm, max_norm);
   opt_.step(params + shard_begin(), g_.data(), lr);  // the valid part of the shard only

@@ -4,14 +4,17 @@
 #pragma once
 #include <cstdint>
 #include <functional>
+#include <memory>
 #include <string>
 #include <vector>
 
 #include "metapo/align/losses.h"
 #include "metapo/align/weighting.h"
+#include "metapo/comm/mpi_comm.h"
 #include "metapo/comm/topology.h"
 #include "metapo/data/dataset.h"
 #include "metapo/model/llama.h"
+#include "metapo/model/tp_layout.h"
 #include "metapo/train/optimizer.h"
 
 namespace metapo {
@@ -111,9 +114,23 @@ PairMicroResult pair_micro_step(LlamaModel<T>& model, const T* params, T* grads,
                                 Weighting weighting, const WeightOptions& wopt,
                                 const std::vector<double>& column, double coef_scale);
 
+// One rank's share of a model (DESIGN §4): with topo.tp > 1 a LlamaModel over topo.tp_comm and the
+// rank's tp_split shard of the parameters; with tp = 1 the whole model (no TP communicator, exactly
+// the single-process model). Every TP rank must be handed the same full buffer. The communicator is
+// a member so it lives as long as the model that borrows it.
+struct ShardedModel {
+  std::unique_ptr<MpiComm> tp;  // null when topo.tp == 1
+  std::unique_ptr<LlamaModel<float>> model;
+  std::vector<float> params;    // the local layout (model->layout().total() elements)
+  std::vector<TpCopy> shard_map;  // tp_shard_map of this rank (empty when tp == 1)
+};
+// `full` is consumed (moved from when tp == 1, released otherwise) so a rank does not keep both.
+ShardedModel shard_model(const LlamaConfig& c, std::vector<float>&& full, const Topology& topo);
+
 // Σ log π over each pair's chosen and rejected response tokens, forward only, micro-batches of
 // `micro` pairs. The rows of idx are split over the ranks of comm (pair k on rank k mod size) and the
-// result gathered on every rank.
+// result gathered on every rank. With tensor parallelism comm is the data-parallel communicator: the
+// TP ranks of one replica process the same pairs (the model's collectives need them all).
 void pair_logps(LlamaModel<float>& model, const float* params, const PairSplit& s,
                 const std::vector<int64_t>& idx, int64_t micro, MPI_Comm comm,
                 std::vector<double>& chosen, std::vector<double>& rejected);
@@ -123,7 +140,8 @@ void pair_logps(LlamaModel<float>& model, const float* params, const PairSplit& 
 PairStats evaluate_pairs(LlamaModel<float>& model, const float* params, const PairSplit& s,
                          const LossConfig& loss, int64_t micro, int64_t limit, MPI_Comm comm);
 
-// Fills s.ref_logp_* with the reference model's log-probs when the file has none.
+// Fills s.ref_logp_* with the reference model's log-probs when the file has none (the reference
+// model sharded over topo's TP group, pairs split over its DP ranks).
 void ensure_ref_logps(PairSplit& s, const std::string& split_name, const std::string& ref_dir,
                       int64_t micro, const Topology& topo);
 
