@@ -1,6 +1,7 @@
-// Preference optimization (DPO and its loss family) and supervised fine-tuning, data parallel over
-// MPI ranks: each rank holds the full model, takes its share of every global batch, and gradients
-// are summed over ranks (bit-identically on every rank) before the optimizer step.
+// Preference optimization (DPO and its loss family) and supervised fine-tuning over the process grid
+// world = DP x PP x TP (PP = 1 for now): each model replica is split over its TP ranks (each holds
+// its tp_split shard), each replica takes its share of every global batch, and gradients are summed
+// over the DP ranks (bit-identically on every rank) before the optimizer step.
 #pragma once
 #include <cstdint>
 #include <functional>

@@ -62,7 +62,7 @@ class MetaPOState {
 // Collective. g_V = ∇θ of the mean base loss over a validation batch (global batch `val_batch`,
 // drawn from (seed, step)), summed over the data-parallel ranks, optionally divided by √v̂ + ε of the
 // policy's AdamW (Adam preconditioning, on each rank's ZeRO-1 shard). Written into
-// ghat[0, opt.padded_size()) (parameter layout, zero padding).
+// ghat[0, opt.padded_size()) (the model's layout: with TP the rank's local shard; zero padding).
 void validation_gradient(LlamaModel<float>& model, const float* params, const PairSplit& val,
                          const LossConfig& loss, int64_t val_batch, int64_t micro, uint64_t seed, int64_t step,
                          const Topology& topo, ZeroAdamW& opt, bool precondition, float* ghat);
