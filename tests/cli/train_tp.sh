@@ -82,6 +82,10 @@ for kind, layout, base, tol in cases:
     assert len(l1) == len(l2) == 10, (kind, layout, len(l1), len(l2))
     worst = max(rel(a["loss"], b["loss"]) for a, b in zip(l2, l1))
     assert worst < tol, f"{kind} {layout}: per-step losses differ from {base} by {worst:.2e} (relative)"
+    # The clipping norm is the whole model's (norm weights counted once over TP): it is clipped at
+    # step 1 (norm > --max-grad-norm 1), so a wrong norm would also show in the parameters.
+    gworst = max(rel(a["grad_norm"], b["grad_norm"]) for a, b in zip(l2, l1))
+    assert gworst < tol, f"{kind} {layout}: grad_norm differs from {base} by {gworst:.2e} (relative)"
     for j in l2:
         missing = [k for k in kinds if k not in j]
         assert not missing, f"{kind} {layout}: step {j['step']} lacks {missing}"
