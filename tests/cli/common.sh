@@ -6,6 +6,10 @@ WORK=$(mktemp -d)
 trap 'rm -rf "$WORK"' EXIT
 cd "$WORK"
 export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1 OMPI_MCA_rmaps_base_oversubscribe=1
+# Each test's own OpenMPI session directory: concurrent mpiruns (ctest -j) otherwise share
+# /tmp/ompi.<host>.<uid>, and two jobs whose 16-bit job family (a hash of the mpirun PID) collides
+# remove each other's files, which ends one with "exiting improperly".
+export OMPI_MCA_orte_tmpdir_base="$WORK"
 MPIRUN="mpirun --oversubscribe -np"
 fail() { echo "FAIL: $*"; exit 1; }
 # expect_error "substring" cmd...: the command must exit non-zero, print exactly one stderr line
