@@ -34,7 +34,7 @@ OUT=${OUT:-runs/meta-cost}
 rm -rf "$OUT" && mkdir -p "$OUT"
 $M synth --task sort --flip 0.4 --seed 1 --n-train 4000 --n-val 256 --n-test 64 --n-sft 64 --out "$OUT/data.h5" > /dev/null
 $M init --preset "$PRESET" --out "$OUT/init" --seed 1 > /dev/null
-mpirun -np "$NP" "$M" precompute-ref --model "$OUT/init" --data "$OUT/data.h5" > /dev/null
+tools/mpirun-retry.sh -np "$NP" "$M" precompute-ref --model "$OUT/init" --data "$OUT/data.h5" > /dev/null
 
 declare -A args=(
   [dpo]="--weighting uniform"
@@ -47,7 +47,7 @@ for round in $(seq 1 "$ROUNDS"); do
   for name in "${order[@]}"; do
     r="$OUT/r$round-$name"
     # shellcheck disable=SC2086
-    mpirun -np "$NP" "$M" train --model "$OUT/init" --data "$OUT/data.h5" --out "$r" --max-steps "$STEPS" \
+    tools/mpirun-retry.sh -np "$NP" "$M" train --model "$OUT/init" --data "$OUT/data.h5" --out "$r" --max-steps "$STEPS" \
       --batch-size "$BATCH" --micro-batch "$MICRO" --seed 1 ${args[$name]} > "$r.log"
     python3 - "$r/metrics.jsonl" "$name" "$round" "$WARM" >> "$OUT/rounds.jsonl" <<'P'
 import json, sys

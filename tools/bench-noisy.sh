@@ -27,7 +27,7 @@ NP=${NP:-1}
 [ "$NP" = 1 ] && export OMPI_MCA_hwloc_base_binding_policy=none
 OUT=${OUT:-runs/noisy-$TASK-$FLIP}
 mkdir -p "$OUT"
-RUN="mpirun -np $NP $M"
+RUN="$PWD/tools/mpirun-retry.sh -np $NP $M"
 extra_args() {  # loss-specific settings: cdpo and robust assume the flip rate as label smoothing
   case "$1" in
     cdpo|robust) echo "--label-smoothing $FLIP" ;;

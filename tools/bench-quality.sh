@@ -52,7 +52,7 @@ ANALYZE_ABLATION=${ANALYZE_ABLATION:-1}           # metapo analyze on the ablate
 PLOTS=${PLOTS:-1}                                # tools/plot.py per seed and flip when matplotlib is there
 OUT=${OUT:-runs/quality-$TASK}
 mkdir -p "$OUT"
-RUN="mpirun -np $NP $M"
+RUN="$PWD/tools/mpirun-retry.sh -np $NP $M"
 log() { echo "$*" >&2; }
 
 for m in $METHODS; do

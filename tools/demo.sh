@@ -21,7 +21,7 @@ cfg=configs/demo.ini
 rm -rf "$out"
 mkdir -p "$out"
 M="build/metapo"
-R="mpirun -np $NP $M"
+R="$PWD/tools/mpirun-retry.sh -np $NP $M"
 t0=$SECONDS
 step() { echo; echo "== $*"; }
 

@@ -24,7 +24,7 @@ std::string format_duration(double s) {
 MetricsLog::MetricsLog(const std::string& path, bool enabled, int64_t total)
     : enabled_(enabled), tty_(enabled && isatty(STDERR_FILENO)), total_(total) {
   if (!enabled_ || path.empty()) return;
-  f_ = std::fopen(path.c_str(), "a");
+  f_ = std::fopen(path.c_str(), "w");  // a new run starts a new file
   MP_CHECK(f_, path, ": cannot open for appending");
 }
 

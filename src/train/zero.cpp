@@ -23,7 +23,8 @@ ZeroAdamW::ZeroAdamW(const ParamLayout& lay, const AdamWConfig& cfg, Comm& dp, C
       n_(lay.total()),
       shard_(shard_of(lay.total(), dp.size())),
       opt_(lay, cfg, shard_ * size_t(dp.rank()), shard_ * size_t(dp.rank() + 1)),
-      g_(shard_, 0.0f) {
+      // One DP rank reduces nothing: it works on the caller's buffer in place, with no copy.
+      g_(dp.size() > 1 ? shard_ : 0, 0.0f) {
   if (!tp_ || tp_->rank() == 0) return;
   // The complement of the replicated runs within this rank's shard [b, e), in shard offsets.
   std::vector<std::pair<size_t, size_t>> rep;
@@ -41,49 +42,54 @@ ZeroAdamW::ZeroAdamW(const ParamLayout& lay, const AdamWConfig& cfg, Comm& dp, C
   if (at < e) norm_ranges_.emplace_back(at - b, e - b);
 }
 
-double ZeroAdamW::shard_sq_norm() const {
+double ZeroAdamW::shard_sq_norm(const float* g) const {
   if (!tp_ || tp_->rank() == 0) {
     // tp = 1 takes exactly the path it always took (bit-identical runs).
-    const double n = grad_norm(g_.data(), shard_);
+    const double n = grad_norm(g, shard_);
     return n * n;
   }
   double sq = 0;
   for (const auto& [lo, hi] : norm_ranges_) {
-    const double n = grad_norm(g_.data() + lo, hi - lo);
+    const double n = grad_norm(g + lo, hi - lo);
     sq += n * n;
   }
   return sq;
 }
 
 double ZeroAdamW::step(float* params, float* grads, double lr, double scale, double max_norm) {
-  dp_.reduce_scatter_sum(grads, g_.data(), shard_);
+  const bool one = dp_.size() == 1;
+  float* g = one ? grads : g_.data();
+  if (!one) dp_.reduce_scatter_sum(grads, g, shard_);
   if (scale != 1.0) {
     const float f = float(scale);
 #pragma omp parallel for schedule(static)
-    for (size_t i = 0; i < shard_; ++i) g_[i] *= f;
+    for (size_t i = 0; i < shard_; ++i) g[i] *= f;
   }
   // The padding of the last shard is zero on every rank, so it adds nothing to the norm.
-  double sq = shard_sq_norm();
-  dp_.allreduce_sum(&sq, 1);
+  double sq = shard_sq_norm(g);
+  if (!one) dp_.allreduce_sum(&sq, 1);
   // Then over TP: every TP rank holds the same DP sum of its shard, so all ranks end equal.
   if (tp_) tp_->allreduce_sum(&sq, 1);
   const double norm = std::sqrt(sq);
-  clip_grads(g_.data(), shard_, norm, max_norm);
-  opt_.step(params + shard_begin(), g_.data(), lr);  // the valid part of the shard only
-  dp_.allgather(params, shard_);
+  clip_grads(g, shard_, norm, max_norm);
+  opt_.step(params + shard_begin(), g, lr);  // the valid part of the shard only
+  if (!one) dp_.allgather(params, shard_);
   return norm;
 }
 
 void ZeroAdamW::allreduce_preconditioned(float* g, bool precondition) {
-  dp_.reduce_scatter_sum(g, g_.data(), shard_);
+  const bool one = dp_.size() == 1;
+  float* s = one ? g : g_.data();
+  if (!one) dp_.reduce_scatter_sum(g, s, shard_);
   if (precondition && opt_.steps_taken() > 0) {
     // ĝ = g / (√v̂ + ε): the direction Adam would step along.
     const std::vector<float>& v = opt_.exp_avg_sq();
     const float bc2 = float(1.0 - std::pow(opt_.config().beta2, double(opt_.steps_taken())));
     const float eps = float(opt_.config().eps);
 #pragma omp parallel for schedule(static)
-    for (size_t i = 0; i < v.size(); ++i) g_[i] /= std::sqrt(v[i] / bc2) + eps;
+    for (size_t i = 0; i < v.size(); ++i) s[i] /= std::sqrt(v[i] / bc2) + eps;
   }
+  if (one) return;
   std::copy(g_.begin(), g_.end(), g + shard_begin());
   dp_.allgather(g, shard_);
 }

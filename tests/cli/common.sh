@@ -10,7 +10,7 @@ export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1 OMPI_MCA_rmaps_
 # /tmp/ompi.<host>.<uid>, and two jobs whose 16-bit job family (a hash of the mpirun PID) collides
 # remove each other's files, which ends one with "exiting improperly".
 export OMPI_MCA_orte_tmpdir_base="$WORK"
-MPIRUN="mpirun --oversubscribe -np"
+MPIRUN="$SRC/tools/mpirun-retry.sh --oversubscribe -np"
 fail() { echo "FAIL: $*"; exit 1; }
 # expect_error "substring" cmd...: the command must exit non-zero, print exactly one stderr line
 # containing the substring (plus nothing else from metapo), and finish within 60 s.

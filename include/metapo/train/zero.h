@@ -55,7 +55,7 @@ class ZeroAdamW {
 
  private:
   // Σ g² over this rank's reduced shard, replicated runs skipped on TP ranks other than 0.
-  double shard_sq_norm() const;
+  double shard_sq_norm(const float* g) const;
 
   Comm& dp_;
   Comm* tp_;  // null: no tensor parallelism
