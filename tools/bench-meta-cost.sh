@@ -12,13 +12,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 tools/setup.sh >/dev/null
-export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1 OMPI_MCA_rmaps_base_oversubscribe=1
-# A private OpenMPI session directory, so that mpiruns of other jobs on the machine cannot collide
-# with ours (see tests/cli/common.sh).
-if [ -z "${OMPI_MCA_orte_tmpdir_base:-}" ]; then
-  OMPI_MCA_orte_tmpdir_base=$(mktemp -d) && export OMPI_MCA_orte_tmpdir_base
-  trap 'rm -rf "$OMPI_MCA_orte_tmpdir_base"' EXIT
-fi
+source tools/mpi-env.sh
 M=$PWD/build/metapo
 PRESET=${PRESET:-tiny}
 STEPS=${STEPS:-48}

@@ -6,13 +6,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 tools/setup.sh
-export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1 OMPI_MCA_rmaps_base_oversubscribe=1
-# A private OpenMPI session directory, so that mpiruns of other jobs on the machine cannot collide
-# with ours (see tests/cli/common.sh).
-if [ -z "${OMPI_MCA_orte_tmpdir_base:-}" ]; then
-  OMPI_MCA_orte_tmpdir_base=$(mktemp -d) && export OMPI_MCA_orte_tmpdir_base
-  trap 'rm -rf "$OMPI_MCA_orte_tmpdir_base"' EXIT
-fi
+source tools/mpi-env.sh
 NP=${NP:-2}
 # OpenMPI binds a lone rank to one core; let it use all of them (its threads follow its CPU mask).
 [ "$NP" = 1 ] && export OMPI_MCA_hwloc_base_binding_policy=none

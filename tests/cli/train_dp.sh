@@ -13,38 +13,20 @@ $MPIRUN 2 "$METAPO" sft --model init --data d1.h5 --out sft2 $common >/dev/null
 $MPIRUN 2 "$METAPO" precompute-ref --model sft1/final --data d2.h5 >/dev/null
 "$METAPO" train --model sft1/final --data d1.h5 --out dpo1 $common --eval-every 2 >/dev/null
 $MPIRUN 2 "$METAPO" train --model sft1/final --data d2.h5 --out dpo2 $common --eval-every 2 >/dev/null
-python3 - <<'P'
-import json, struct
+PYTHONPATH="$SRC/tests/cli" python3 - <<'P'
+from runs import metrics, param_rel_diff, rel
 
 def losses(path):
-    return [(j.get("loss"), j.get("eval/loss")) for j in map(json.loads, open(path))]
-
-def tensors(path):
-    with open(path, "rb") as f:
-        n = struct.unpack("<Q", f.read(8))[0]
-        head = json.loads(f.read(n))
-        data = f.read()
-    out = {}
-    for k, v in head.items():
-        if k == "__metadata__":
-            continue
-        b, e = v["data_offsets"]
-        out[k] = struct.unpack(f"<{(e - b) // 4}f", data[b:e])
-    return out
-
-def rel(a, b):
-    return abs(a - b) / max(abs(b), 1e-12)
+    return [(j.get("loss"), j.get("eval/loss")) for j in metrics(path)]
 
 for kind in ("sft", "dpo"):
     l1, l2 = losses(f"{kind}1/metrics.jsonl"), losses(f"{kind}2/metrics.jsonl")
     assert len(l1) == len(l2) and len(l1) >= 4, (kind, len(l1), len(l2))
     worst = max(rel(a, b) for x, y in zip(l1, l2) for a, b in zip(x, y) if a is not None)
     assert worst < 1e-4, f"{kind}: per-step losses differ by {worst:.2e} (relative)"
-    t1, t2 = tensors(f"{kind}1/final/model.safetensors"), tensors(f"{kind}2/final/model.safetensors")
-    num = sum((a - b) ** 2 for k in t1 for a, b in zip(t1[k], t2[k])) ** 0.5
-    den = sum(a * a for k in t1 for a in t1[k]) ** 0.5
-    assert num / den < 1e-4, f"{kind}: final parameters differ by {num / den:.2e} (relative norm)"
-    print(f"ok: {kind} 1 vs 2 ranks: max loss rel diff {worst:.2e}, parameter rel diff {num / den:.2e}")
+    d = param_rel_diff(f"{kind}2", f"{kind}1")
+    assert d < 1e-4, f"{kind}: final parameters differ by {d:.2e} (relative norm)"
+    print(f"ok: {kind} 1 vs 2 ranks: max loss rel diff {worst:.2e}, parameter rel diff {d:.2e}")
 P
 # Packing differs between 1 and 2 ranks, so equal up to fp32 summation order: |diff| < 1e-4 nats.
 for split in train val test; do
@@ -59,10 +41,10 @@ echo "ok: precompute-ref on 1 and 2 ranks agree within 1e-4"
 "$METAPO" train --model sft1/final --data d1.h5 --out meta1 $common --weighting metapo --meta-val-batch 8 --stats-refresh-every 1 --stats-refresh-pairs 16 >/dev/null
 $MPIRUN 2 "$METAPO" train --model sft1/final --data d2.h5 --out meta2 $common --weighting metapo --meta-val-batch 8 --stats-refresh-every 1 --stats-refresh-pairs 16 > meta2.log
 grep -q "weight net identical on all 2 data-parallel ranks" meta2.log || fail "no weight-net identity check at 2 ranks"
-python3 - <<'P'
+PYTHONPATH="$SRC/tests/cli" python3 - <<'P'
 import json
-l1 = [json.loads(l) for l in open("meta1/metrics.jsonl")]
-l2 = [json.loads(l) for l in open("meta2/metrics.jsonl")]
+from runs import metrics
+l1, l2 = metrics("meta1/metrics.jsonl"), metrics("meta2/metrics.jsonl")
 worst = max(abs(a["loss"] - b["loss"]) / abs(b["loss"]) for a, b in zip(l1, l2))
 assert len(l1) == len(l2) == 4 and worst < 1e-4, (len(l1), len(l2), worst)
 w = [abs(a["weights/std"] - b["weights/std"]) for a, b in zip(l1, l2)]

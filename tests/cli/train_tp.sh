@@ -46,27 +46,12 @@ done
 grep -q "weight net identical on all 4 ranks (DP 2 x TP 2" meta-2x1x2.log || fail "no weight-net identity check over 4 ranks"
 grep -q "memory per rank (DP 2 x PP 1 x TP 2): params" dpo-2x1x2.log || fail "no memory line"
 
-python3 - <<'P'
-import json, struct
+PYTHONPATH="$SRC/tests/cli" python3 - <<'P'
+import json
+from runs import metrics, param_rel_diff, rel
 
 def steps(path):
-    return [j for j in map(json.loads, open(path)) if "loss" in j]
-
-def tensors(path):
-    with open(path, "rb") as f:
-        n = struct.unpack("<Q", f.read(8))[0]
-        head = json.loads(f.read(n))
-        data = f.read()
-    out = {}
-    for k, v in head.items():
-        if k == "__metadata__":
-            continue
-        b, e = v["data_offsets"]
-        out[k] = struct.unpack(f"<{(e - b) // 4}f", data[b:e])
-    return out
-
-def rel(a, b):
-    return abs(a - b) / max(abs(b), 1e-12)
+    return [j for j in metrics(path) if "loss" in j]
 
 kinds = ["comm/allreduce_bytes", "comm/reduce_scatter_bytes", "comm/allgather_bytes", "comm/alltoall_bytes",
          "comm/broadcast_bytes", "comm/p2p_bytes"]
@@ -92,14 +77,11 @@ for kind, layout, base, tol in cases:
     if layout.endswith("x2"):
         # The model's TP all-reduces go through the TP communicator: far more than the DP traffic.
         assert l2[0]["comm/allreduce_bytes"] > 0, (kind, layout)
-    t1, t2 = tensors(f"{kind}-{base}/final/model.safetensors"), tensors(f"{kind}-{layout}/final/model.safetensors")
-    assert t1.keys() == t2.keys(), (kind, layout)
-    num = sum((a - b) ** 2 for k in t1 for a, b in zip(t1[k], t2[k])) ** 0.5
-    den = sum(a * a for k in t1 for a in t1[k]) ** 0.5
-    assert num / den < tol, f"{kind} {layout}: final parameters differ from {base} by {num / den:.2e} (relative norm)"
+    d = param_rel_diff(f"{kind}-{layout}", f"{kind}-{base}")
+    assert d < tol, f"{kind} {layout}: final parameters differ from {base} by {d:.2e} (relative norm)"
     mem = json.load(open(f"{kind}-{layout}/run.json"))["memory_bytes"]
     assert all(mem[k] > 0 for k in ("params", "grads", "optimizer_state", "activations")), (kind, layout, mem)
-    print(f"ok: {kind} {layout} vs {base}: max loss rel diff {worst:.2e}, parameter rel diff {num / den:.2e}")
+    print(f"ok: {kind} {layout} vs {base}: max loss rel diff {worst:.2e}, parameter rel diff {d:.2e}")
 
 # Memory: with TP 2 each rank holds about half of the parameters; with DP 2 half of the optimizer state.
 m1 = json.load(open("dpo-1x1x1/run.json"))["memory_bytes"]
