@@ -6,6 +6,7 @@
 #include <filesystem>
 #include <fstream>
 #include <memory>
+#include <optional>
 
 #include <nlohmann/json.hpp>
 
@@ -173,15 +174,6 @@ void save_final(const TrainConfig& cfg, const Topology& topo, const LlamaConfig&
   MPI_Barrier(topo.world);
 }
 
-// The per-step communication report: bytes this rank handed to each kind of collective over its DP
-// and TP communicators since the last reset (the model's TP all-reduces go through the TP one), as
-// comm/<kind>_bytes; the counters restart for the next step.
-void take_comm_volume(nlohmann::json& j, Comm& dp, Comm* tp) {
-  for (int k = 0; k < kNumCommOps; ++k)
-    j[std::string("comm/") + kCommOpNames[k] + "_bytes"] = dp.volume().bytes[k] + (tp ? tp->volume().bytes[k] : 0);
-  dp.reset_volume();
-  if (tp) tp->reset_volume();
-}
 
 // Memory per rank (docs/training.md): parameters and gradients are the padded local flat buffers
 // (fp32), the optimizer state Adam's two moments of this rank's ZeRO-1 shard; activations as the model
@@ -220,6 +212,62 @@ void record_activations(const TrainConfig& cfg, const std::string& kind, const T
   extra["memory_bytes"] = memory_json(opt, int64_t(activations));
   write_run_json(cfg, kind, extra);
 }
+
+// What run_dpo and run_sft share around their steps: the model sharded over TP, ZeRO-1 over DP (with
+// its padding of the parameter and gradient buffers), run.json with the layout and the memory per
+// rank, the metrics log, the per-step communication report and the final save.
+struct TrainRun {
+  TrainRun(const TrainConfig& cfg, const Topology& topo, HfModel& hf, const char* kind, int64_t total)
+      : cfg(cfg),
+        topo(topo),
+        config(hf.config),
+        kind(kind),
+        sm(shard_model(hf.config, std::move(hf.params), topo)),
+        dp_comm(topo.dp_comm),
+        opt(sm.model->layout(), cfg.adam, dp_comm, sm.tp.get(), sm.shard_map),
+        grads(opt.padded_size()) {
+    sm.params.resize(opt.padded_size(), 0.0f);  // ZeRO-1 padding (zeros, never read by the model)
+    if (topo.is_root()) {
+      nlohmann::json extra;
+      extra["parallel"] = parallel_json(topo);
+      extra["memory_bytes"] = memory_json(opt, -1);
+      write_run_json(cfg, kind, extra);  // creates the run directory the log goes into
+    }
+    print_memory(topo, opt);
+    log.emplace(cfg.out_dir + "/metrics.jsonl", topo.is_root(), total);
+  }
+
+  // Count this step's communication only (not setup, evaluation or trajectories).
+  void begin_step() {
+    dp_comm.reset_volume();
+    if (sm.tp) sm.tp->reset_volume();
+  }
+
+  // The step's report: comm/<kind>_bytes, the bytes this rank handed to each kind of collective over
+  // its DP and TP communicators (the model's TP all-reduces go through the TP one); after the first
+  // step also the measured activation memory, printed and added to run.json.
+  void report(nlohmann::json& j, int64_t step) {
+    for (int k = 0; k < kNumCommOps; ++k)
+      j[std::string("comm/") + kCommOpNames[k] + "_bytes"] =
+          dp_comm.volume().bytes[k] + (sm.tp ? sm.tp->volume().bytes[k] : 0);
+    if (step == 0) {
+      j["memory/activations_bytes"] = sm.model->activation_bytes();
+      record_activations(cfg, kind, topo, opt, sm.model->activation_bytes());
+    }
+  }
+
+  void save() { save_final(cfg, topo, config, sm, sm.params); }
+
+  const TrainConfig& cfg;
+  const Topology& topo;
+  const LlamaConfig config;
+  const std::string kind;
+  ShardedModel sm;
+  MpiComm dp_comm;
+  ZeroAdamW opt;
+  Buffer<float> grads;
+  std::optional<MetricsLog> log;
+};
 
 }  // namespace
 
@@ -416,21 +464,13 @@ int run_dpo(const Topology& topo, const TrainConfig& cfg) {
 
   const int64_t total = total_steps(cfg, train.size());
   const LrSchedule sched = make_schedule(cfg, total);
-  ShardedModel sm = shard_model(hf.config, std::move(hf.params), topo);
-  LlamaModel<float>& model = *sm.model;
-  MpiComm dp_comm(topo.dp_comm);
-  ZeroAdamW opt(model.layout(), cfg.adam, dp_comm, sm.tp.get(), sm.shard_map);
-  std::vector<float>& params = sm.params;
-  params.resize(opt.padded_size(), 0.0f);  // ZeRO-1 padding (zeros, never read by the model)
-  if (topo.is_root()) {
-    nlohmann::json extra;
-    extra["parallel"] = parallel_json(topo);
-    extra["memory_bytes"] = memory_json(opt, -1);
-    write_run_json(cfg, "train", extra);
-  }
-  print_memory(topo, opt);
-  Buffer<float> grads(opt.padded_size());
-  MetricsLog log(cfg.out_dir + "/metrics.jsonl", topo.is_root(), total);
+  TrainRun run(cfg, topo, hf, "train", total);
+  LlamaModel<float>& model = *run.sm.model;
+  MpiComm& dp_comm = run.dp_comm;
+  ZeroAdamW& opt = run.opt;
+  std::vector<float>& params = run.sm.params;
+  Buffer<float>& grads = run.grads;
+  MetricsLog& log = *run.log;
   const double B = double(cfg.batch_size);
   std::unique_ptr<MetaPOState> meta;
   Buffer<float> ghat, hyper_scratch;
@@ -466,9 +506,7 @@ int run_dpo(const Topology& topo, const TrainConfig& cfg) {
 
   for (int64_t step = 0; step < total; ++step) {
     Timer tm;
-    // Count this step's communication only (not setup, evaluation or trajectories).
-    dp_comm.reset_volume();
-    if (sm.tp) sm.tp->reset_volume();
+    run.begin_step();
     const std::vector<int64_t> mine = dp_share(global_batch(train.size(), cfg.batch_size, cfg.seed, step), topo.dp_rank, topo.dp);
     PairStats st;
     double tokens = 0;
@@ -540,11 +578,7 @@ int run_dpo(const Topology& topo, const TrainConfig& cfg) {
     if (meta_step) j["meta/grad_norm"] = meta->last_meta_grad_norm();
     j["time/train"] = t_train, j["time/optimizer"] = t_opt;
     if (use_meta) j["time/refresh"] = t_refresh, j["time/val_grad"] = t_val, j["time/meta_update"] = t_meta;
-    take_comm_volume(j, dp_comm, sm.tp.get());
-    if (step == 0) {
-      j["memory/activations_bytes"] = model.activation_bytes();
-      record_activations(cfg, "train", topo, opt, model.activation_bytes());
-    }
+    run.report(j, step);
     char line[320];
     std::snprintf(line, sizeof line,
                   "step %5lld/%lld | loss %.4f | acc %.3f | margin %+.3f | w %.2f±%.2f | lr %.2e | gnorm %.3f | %.0f tok/s",
@@ -556,7 +590,7 @@ int run_dpo(const Topology& topo, const TrainConfig& cfg) {
     if (!tracked.empty() && cfg.track_every > 0 && ((step + 1) % cfg.track_every == 0 || step + 1 == total))
       write_trajectories(model, params.data(), train, tracked, cfg.loss, step + 1, cfg.micro_batch, topo, traj_path);
   }
-  save_final(cfg, topo, hf.config, sm, params);
+  run.save();
   if (use_meta) {
     // The weight net must be bit-identical on every rank (same reduced gradients, same Adam; the TP
     // ranks of a replica run the same meta computations on the same inputs): check it element by
@@ -603,26 +637,16 @@ int run_sft(const Topology& topo, const TrainConfig& cfg) {
   const SftSplit train = read_sft_split(cfg.data_path);
   const int64_t total = total_steps(cfg, train.size());
   const LrSchedule sched = make_schedule(cfg, total);
-  ShardedModel sm = shard_model(hf.config, std::move(hf.params), topo);
-  LlamaModel<float>& model = *sm.model;
-  MpiComm dp_comm(topo.dp_comm);
-  ZeroAdamW opt(model.layout(), cfg.adam, dp_comm, sm.tp.get(), sm.shard_map);
-  std::vector<float>& params = sm.params;
-  params.resize(opt.padded_size(), 0.0f);  // ZeRO-1 padding
-  if (topo.is_root()) {
-    nlohmann::json extra;
-    extra["parallel"] = parallel_json(topo);
-    extra["memory_bytes"] = memory_json(opt, -1);
-    write_run_json(cfg, "sft", extra);
-  }
-  print_memory(topo, opt);
-  Buffer<float> grads(opt.padded_size());
-  MetricsLog log(cfg.out_dir + "/metrics.jsonl", topo.is_root(), total);
+  TrainRun run(cfg, topo, hf, "sft", total);
+  LlamaModel<float>& model = *run.sm.model;
+  ZeroAdamW& opt = run.opt;
+  std::vector<float>& params = run.sm.params;
+  Buffer<float>& grads = run.grads;
+  MetricsLog& log = *run.log;
 
   for (int64_t step = 0; step < total; ++step) {
     Timer tm;
-    dp_comm.reset_volume();
-    if (sm.tp) sm.tp->reset_volume();
+    run.begin_step();
     const std::vector<int64_t> global = global_batch(train.size(), cfg.batch_size, cfg.seed, step);
     // Every rank reads the whole dataset, so the global count of answer tokens (the loss is their
     // mean, as in TRL's SFT) needs no communication.
@@ -651,17 +675,13 @@ int run_sft(const Topology& topo, const TrainConfig& cfg) {
     nlohmann::json j;
     j["step"] = step + 1, j["loss"] = sums[0] / n_answer, j["lr"] = lr, j["grad_norm"] = gnorm;
     j["tokens_per_s"] = sums[1] / secs, j["step_time"] = secs;
-    take_comm_volume(j, dp_comm, sm.tp.get());
-    if (step == 0) {
-      j["memory/activations_bytes"] = model.activation_bytes();
-      record_activations(cfg, "sft", topo, opt, model.activation_bytes());
-    }
+    run.report(j, step);
     char line[256];
     std::snprintf(line, sizeof line, "sft %5lld/%lld | loss %.4f | lr %.2e | gnorm %.3f | %.0f tok/s",
                   (long long)(step + 1), (long long)total, sums[0] / n_answer, lr, gnorm, sums[1] / secs);
     log.step(step, j, line);
   }
-  save_final(cfg, topo, hf.config, sm, params);
+  run.save();
   if (topo.is_root()) std::printf("wrote %s/final and %s/metrics.jsonl\n", cfg.out_dir.c_str(), cfg.out_dir.c_str());
   return 0;
 }
