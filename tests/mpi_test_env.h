@@ -6,6 +6,7 @@
 #include <mpi.h>
 
 #include <cstdlib>
+#include <vector>
 
 namespace metapo::testing_mpi {
 
@@ -41,6 +42,15 @@ inline bool all_ranks(bool ok) {
   int v = ok ? 1 : 0;
   MPI_Allreduce(MPI_IN_PLACE, &v, 1, MPI_INT, MPI_MIN, MPI_COMM_WORLD);
   return v == 1;
+}
+
+// Whether v is bit-identical on every rank (element-wise max == min over MPI_COMM_WORLD).
+template <typename T>
+bool same_on_all_ranks(const std::vector<T>& v) {
+  std::vector<double> hi(v.begin(), v.end()), lo = hi;
+  MPI_Allreduce(MPI_IN_PLACE, hi.data(), int(hi.size()), MPI_DOUBLE, MPI_MAX, MPI_COMM_WORLD);
+  MPI_Allreduce(MPI_IN_PLACE, lo.data(), int(lo.size()), MPI_DOUBLE, MPI_MIN, MPI_COMM_WORLD);
+  return all_ranks(hi == lo);
 }
 
 }  // namespace metapo::testing_mpi

@@ -25,6 +25,7 @@ using namespace metapo;
 using metapo::test::randn;
 using metapo::test::rel_max_err;
 using metapo::testing_mpi::all_ranks;
+using metapo::testing_mpi::same_on_all_ranks;
 using std::vector;
 
 namespace {
@@ -56,14 +57,6 @@ vector<T> full_params(const LlamaConfig& c) {
     if (e.name.find("norm") != std::string::npos)
       for (size_t i = 0; i < e.numel; ++i) p[e.offset + i] += T(1);
   return p;
-}
-
-template <typename T>
-bool same_on_all_ranks(const vector<T>& v) {
-  vector<double> hi(v.begin(), v.end()), lo = hi;
-  MPI_Allreduce(MPI_IN_PLACE, hi.data(), int(hi.size()), MPI_DOUBLE, MPI_MAX, MPI_COMM_WORLD);
-  MPI_Allreduce(MPI_IN_PLACE, lo.data(), int(lo.size()), MPI_DOUBLE, MPI_MIN, MPI_COMM_WORLD);
-  return all_ranks(hi == lo);
 }
 
 // ||a - b|| / ||b|| over one tensor's range.

@@ -25,6 +25,7 @@
 using namespace metapo;
 using metapo::test::rel_max_err;
 using metapo::testing_mpi::all_ranks;
+using metapo::testing_mpi::same_on_all_ranks;
 using std::vector;
 
 namespace {
@@ -62,15 +63,6 @@ vector<T> gather(Comm& comm, const vector<T>& local) {
   vector<T> all(bytes.size() / sizeof(T));
   std::memcpy(all.data(), bytes.data(), bytes.size());
   return all;
-}
-
-// Whether v is bit-identical on every rank.
-template <typename T>
-bool same_on_all_ranks(const vector<T>& v) {
-  vector<double> hi(v.begin(), v.end()), lo = hi;
-  MPI_Allreduce(MPI_IN_PLACE, hi.data(), int(hi.size()), MPI_DOUBLE, MPI_MAX, MPI_COMM_WORLD);
-  MPI_Allreduce(MPI_IN_PLACE, lo.data(), int(lo.size()), MPI_DOUBLE, MPI_MIN, MPI_COMM_WORLD);
-  return all_ranks(hi == lo);
 }
 
 // The real rows of a gathered [Vp, C] matrix against the reference [V, C]; the padded rows exactly 0.

@@ -21,7 +21,7 @@
 #include "mpi_test_env.h"
 
 using namespace metapo;
-using metapo::testing_mpi::all_ranks;
+using metapo::testing_mpi::same_on_all_ranks;
 using std::vector;
 
 namespace {
@@ -93,11 +93,7 @@ TEST_P(ZeroMpi, MatchesAdamWOnTheSummedGradient) {
   EXPECT_LT(d, 1e-6) << "parameters vs AdamW on the summed gradient, " << p << " ranks";
   for (size_t i = n; i < params.size(); ++i) EXPECT_EQ(params[i], 0.0f) << "padding " << i;
 
-  // The same parameters on every rank.
-  vector<double> hi(params.begin(), params.end()), lo = hi;
-  MPI_Allreduce(MPI_IN_PLACE, hi.data(), int(hi.size()), MPI_DOUBLE, MPI_MAX, MPI_COMM_WORLD);
-  MPI_Allreduce(MPI_IN_PLACE, lo.data(), int(lo.size()), MPI_DOUBLE, MPI_MIN, MPI_COMM_WORLD);
-  EXPECT_TRUE(all_ranks(hi == lo)) << "parameters differ between ranks";
+  EXPECT_TRUE(same_on_all_ranks(params)) << "parameters differ between ranks";
 
   // The moments are split over the ranks: together they hold one copy of the state.
   uint64_t state = zero.state_bytes();
