@@ -16,6 +16,7 @@
 
 #include "metapo/comm/comm.h"
 #include "metapo/comm/mpi_comm.h"
+#include "metapo/core/error.h"
 #include "metapo/core/rng.h"
 #include "metapo/meta/pair_stats.h"
 #include "mpi_test_env.h"
@@ -181,6 +182,51 @@ TEST(CommMpi, ExchangesBytes) {
     bool bok = true;
     for (size_t k = 0; k < b.size(); ++k) bok = bok && b[k] == uint8_t(k * 3);
     EXPECT_TRUE(all_ranks(bok));
+    comm.barrier();
+  }
+}
+
+// Point-to-point (the pipeline's activations): a ring in both directions with several messages in
+// flight before any is received (sends must not block), variable lengths, in order per peer; with
+// 8-byte pieces each message travels in several MPI messages.
+TEST(CommMpi, SendsAndReceivesInOrderWithoutBlocking) {
+  REQUIRE_MPI("tests/cli/pair_stats_mpi.sh");
+  for (size_t max_bytes : {size_t(INT_MAX), size_t(8)}) {
+    MpiComm comm(MPI_COMM_WORLD, max_bytes);
+    const int p = comm.size(), me = comm.rank();
+    if (p == 1) {
+      EXPECT_THROW(comm.send(nullptr, 0, 0), Error);  // no peer (not even itself)
+      continue;
+    }
+    const int next = (me + 1) % p, prev = (me + p - 1) % p;
+    auto msg = [](int from, int to, int k) {
+      vector<float> v(size_t(1 + (from * 5 + to * 3 + k * 7) % 11));
+      for (size_t i = 0; i < v.size(); ++i) v[i] = float(from * 1000 + to * 100 + k * 10) + float(i);
+      return v;
+    };
+    comm.reset_volume();
+    size_t sent = 0;
+    for (int k = 0; k < 4; ++k) {  // all sends first: a blocking send would deadlock here
+      vector<float> a = msg(me, next, k), b = msg(me, prev, k);
+      comm.send(a.data(), a.size(), next);
+      a.assign(a.size(), -1.0f);  // the buffer is free again as soon as send returns
+      if (prev != next) comm.send(b.data(), b.size(), prev), sent += b.size();
+      sent += a.size();
+    }
+    bool ok = true;
+    for (int k = 0; k < 4; ++k) {
+      vector<float> want = msg(prev, me, k), got(want.size());
+      comm.recv(got.data(), got.size(), prev);
+      ok = ok && got == want;
+      if (prev != next) {
+        want = msg(next, me, k), got.assign(want.size(), 0.0f);
+        comm.recv(got.data(), got.size(), next);
+        ok = ok && got == want;
+      }
+    }
+    comm.wait_sends();
+    EXPECT_TRUE(all_ranks(ok)) << "max_bytes = " << max_bytes;
+    EXPECT_EQ(comm.volume()[CommOp::PointToPoint], sent * sizeof(float));
     comm.barrier();
   }
 }

@@ -31,7 +31,7 @@ int cmd_eval(Context& ctx, int argc, char** argv) {
   ParallelOptions par;
   add_parallel_options(desc, par);
   po::variables_map vm;
-  if (!parse_args("eval", "[mpirun -np N] metapo eval [--tp T] --model DIR --data FILE.h5 --split test", desc, argc, argv, vm, ctx))
+  if (!parse_args("eval", "[mpirun -np N] metapo eval [--tp T] [--pp P] --model DIR --data FILE.h5 --split test", desc, argc, argv, vm, ctx))
     return 0;
   apply_parallel_options(ctx, par);
   lc.type = parse_loss(loss);
@@ -40,8 +40,8 @@ int cmd_eval(Context& ctx, int argc, char** argv) {
   const PairSplit s = read_pair_split(data, split);
   MP_CHECK(s.has_ref(), data, ": /", split, " has no reference log-probs (run metapo precompute-ref first)");
   // Pairs split over DP; the TP ranks of a replica score the same pairs together.
-  ShardedModel sm = shard_model(hf.config, std::move(hf.params), ctx.topo);
-  const PairStats st = evaluate_pairs(*sm.model, sm.params.data(), s, lc, micro, limit, ctx.topo.dp_comm);
+  ShardedModel sm = shard_model(hf.config, std::move(hf.params), ctx.topo, par.pp_layers);
+  const PairStats st = evaluate_pairs(*sm.model, sm.pp.get(), sm.params.data(), s, lc, micro, limit, ctx.topo.dp_comm);
   if (ctx.topo.is_root()) {
     nlohmann::json j;
     j["split"] = split, j["n"] = st.n;
@@ -64,7 +64,7 @@ int cmd_precompute_ref(Context& ctx, int argc, char** argv) {
   ParallelOptions par;
   add_parallel_options(desc, par);
   po::variables_map vm;
-  if (!parse_args("precompute-ref", "[mpirun -np N] metapo precompute-ref [--tp T] --model DIR --data FILE.h5", desc, argc,
+  if (!parse_args("precompute-ref", "[mpirun -np N] metapo precompute-ref [--tp T] [--pp P] --model DIR --data FILE.h5", desc, argc,
                   argv, vm, ctx))
     return 0;
   apply_parallel_options(ctx, par);
@@ -72,13 +72,13 @@ int cmd_precompute_ref(Context& ctx, int argc, char** argv) {
   const Dataset d = read_dataset(data);
   MP_CHECK(d.info.vocab_size <= hf.config.vocab_size, data, ": vocab_size ", d.info.vocab_size,
            " is larger than the model's ", hf.config.vocab_size);
-  ShardedModel sm = shard_model(hf.config, std::move(hf.params), ctx.topo);
+  ShardedModel sm = shard_model(hf.config, std::move(hf.params), ctx.topo, par.pp_layers);
   std::map<std::string, std::pair<std::vector<double>, std::vector<double>>> ref;
   for (const auto& [name, split] : d.pairs) {
     std::vector<int64_t> idx(static_cast<size_t>(split.size()));
     for (int64_t i = 0; i < split.size(); ++i) idx[size_t(i)] = i;
     auto& [c, r] = ref[name];
-    pair_logps(*sm.model, sm.params.data(), split, idx, micro, ctx.topo.dp_comm, c, r);
+    pair_logps(*sm.model, sm.pp.get(), sm.params.data(), split, idx, micro, ctx.topo.dp_comm, c, r);
     if (ctx.topo.is_root()) std::printf("%s: %lld pairs scored\n", name.c_str(), (long long)split.size());
   }
   if (ctx.topo.is_root()) write_ref_logps(data, ref, model_dir, hf.config.max_position_embeddings);

@@ -12,11 +12,12 @@ int cmd_train(Context& ctx, int argc, char** argv) {
   ParallelOptions par;
   add_parallel_options(desc, par);
   po::variables_map vm;
-  if (!parse_args("train", "[mpirun -np N] metapo train [--tp T] --model DIR --data FILE.h5 --out RUN [--loss L] [--weighting W]",
+  if (!parse_args("train", "[mpirun -np N] metapo train [--tp T] [--pp P] --model DIR --data FILE.h5 --out RUN [--loss L] [--weighting W]",
                   desc, argc, argv, vm, ctx))
     return 0;
   finish_train_options(cfg, s, true, argc, argv);
   apply_parallel_options(ctx, par);
+  cfg.pp_layers = par.pp_layers;
   return run_dpo(ctx.topo, cfg);
 }
 
@@ -28,10 +29,11 @@ int cmd_sft(Context& ctx, int argc, char** argv) {
   ParallelOptions par;
   add_parallel_options(desc, par);
   po::variables_map vm;
-  if (!parse_args("sft", "[mpirun -np N] metapo sft [--tp T] --model DIR --data FILE.h5 --out RUN", desc, argc, argv, vm, ctx))
+  if (!parse_args("sft", "[mpirun -np N] metapo sft [--tp T] [--pp P] --model DIR --data FILE.h5 --out RUN", desc, argc, argv, vm, ctx))
     return 0;
   finish_train_options(cfg, s, false, argc, argv);
   apply_parallel_options(ctx, par);
+  cfg.pp_layers = par.pp_layers;
   return run_sft(ctx.topo, cfg);
 }
 

@@ -99,13 +99,32 @@ bool parse_args(const std::string& cmd, const std::string& usage, po::options_de
 void add_parallel_options(po::options_description& desc, ParallelOptions& p) {
   desc.add_options()
     ("tp", po::value(&p.tp)->default_value(1), "tensor-parallel ranks per model replica (Megatron style; heads, KV heads and intermediate size must divide)")
-    ("pp", po::value(&p.pp)->default_value(1), "pipeline-parallel stages (only 1 for now); data parallelism takes the rest: DP = world / (TP x PP)");
+    ("pp", po::value(&p.pp)->default_value(1), "pipeline-parallel stages (1F1B schedule); data parallelism takes the rest: DP = world / (TP x PP)")
+    ("pp-layers", po::value(&p.pp_layers_text)->default_value(""), "decoder layers per pipeline stage, comma-separated, e.g. 3,2,2,1 (default: an even split, the remainder on the first stages)");
 }
 
-void apply_parallel_options(Context& ctx, const ParallelOptions& p) {
+void apply_parallel_options(Context& ctx, ParallelOptions& p) {
+  p.pp_layers.clear();
+  if (!p.pp_layers_text.empty()) {
+    std::stringstream ss(p.pp_layers_text);
+    std::string item;
+    while (std::getline(ss, item, ',')) {
+      size_t used = 0;
+      int64_t v = -1;
+      try {
+        v = std::stoll(item, &used);
+      } catch (const std::exception&) {
+        used = 0;
+      }
+      MP_CHECK(used == item.size() && !item.empty() && v >= 1, "--pp-layers ", p.pp_layers_text,
+               ": expected comma-separated positive layer counts, one per pipeline stage");
+      p.pp_layers.push_back(v);
+    }
+    MP_CHECK(int64_t(p.pp_layers.size()) == p.pp, "--pp-layers ", p.pp_layers_text, ": ", p.pp_layers.size(),
+             " layer counts for --pp ", p.pp, " stages");
+  }
   MP_CHECK(p.tp >= 1, "--tp ", p.tp, ": must be at least 1");
   MP_CHECK(p.pp >= 1, "--pp ", p.pp, ": must be at least 1");
-  MP_CHECK(p.pp == 1, "--pp: pipeline parallelism is not implemented yet");
   MP_CHECK(ctx.topo.world_size % (p.tp * p.pp) == 0, "--tp ", p.tp, " x --pp ", p.pp, " = ", p.tp * p.pp,
            " does not divide the world size ", ctx.topo.world_size, " (mpirun -np)");
   if (p.tp == ctx.topo.tp && p.pp == ctx.topo.pp) return;

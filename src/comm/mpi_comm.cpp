@@ -208,4 +208,48 @@ void MpiComm::allgather(float* data, size_t block) {
 
 void MpiComm::barrier() { MPI_Barrier(comm_); }
 
+void MpiComm::send(const float* data, size_t n, int peer) {
+  MP_CHECK(peer >= 0 && peer < size_ && peer != rank_, "MpiComm::send: peer ", peer, " of ", size_);
+  count(CommOp::PointToPoint, n * sizeof(float));
+  // Drop the sends that have completed (their copies are no longer needed).
+  pending_.erase(std::remove_if(pending_.begin(), pending_.end(),
+                                [](PendingSend& p) {
+                                  int done = 0;
+                                  MPI_Testall(int(p.req.size()), p.req.data(), &done, MPI_STATUSES_IGNORE);
+                                  return done != 0;
+                                }),
+                 pending_.end());
+  PendingSend p;
+  p.data.assign(data, data + n);
+  const size_t piece = max_bytes_ / sizeof(float);
+  in_pieces(n, piece, [&](size_t off, size_t cnt) {
+    p.req.emplace_back();
+    MPI_Isend(p.data.data() + off, int(cnt), MPI_FLOAT, peer, 0, comm_, &p.req.back());
+  });
+  pending_.push_back(std::move(p));  // moving the vector keeps its heap buffer where MPI reads it
+}
+
+void MpiComm::recv(float* data, size_t n, int peer) {
+  MP_CHECK(peer >= 0 && peer < size_ && peer != rank_, "MpiComm::recv: peer ", peer, " of ", size_);
+  in_pieces(n, max_bytes_ / sizeof(float), [&](size_t off, size_t cnt) {
+    MPI_Status st;
+    MPI_Recv(data + off, int(cnt), MPI_FLOAT, peer, 0, comm_, &st);
+    int got = 0;
+    MPI_Get_count(&st, MPI_FLOAT, &got);
+    MP_CHECK(size_t(got) == cnt, "MpiComm::recv: expected ", cnt, " floats from rank ", peer, ", got ", got);
+  });
+}
+
+void MpiComm::wait_sends() {
+  for (PendingSend& p : pending_) MPI_Waitall(int(p.req.size()), p.req.data(), MPI_STATUSES_IGNORE);
+  pending_.clear();
+}
+
+MpiComm::~MpiComm() {
+  // An unfinished send would read freed memory: complete them (a correct program has none left).
+  int finalized = 0;
+  MPI_Finalized(&finalized);
+  if (!finalized) wait_sends();
+}
+
 }  // namespace metapo

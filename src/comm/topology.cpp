@@ -19,6 +19,7 @@ Topology Topology::create(int tp, int pp) {
   MPI_Comm_split(MPI_COMM_WORLD, t.dp_rank * pp + t.pp_rank, t.tp_rank, &t.tp_comm);
   MPI_Comm_split(MPI_COMM_WORLD, t.dp_rank * tp + t.tp_rank, t.pp_rank, &t.pp_comm);
   MPI_Comm_split(MPI_COMM_WORLD, t.pp_rank * tp + t.tp_rank, t.dp_rank, &t.dp_comm);
+  MPI_Comm_split(MPI_COMM_WORLD, t.dp_rank, t.pp_rank * tp + t.tp_rank, &t.mp_comm);
   MPI_Comm node;
   MPI_Comm_split_type(MPI_COMM_WORLD, MPI_COMM_TYPE_SHARED, t.world_rank, MPI_INFO_NULL, &node);
   MPI_Comm_size(node, &t.local_size);
@@ -28,7 +29,7 @@ Topology Topology::create(int tp, int pp) {
 }
 
 void Topology::free() {
-  for (MPI_Comm* c : {&tp_comm, &pp_comm, &dp_comm})
+  for (MPI_Comm* c : {&tp_comm, &pp_comm, &dp_comm, &mp_comm})
     if (*c != MPI_COMM_NULL) MPI_Comm_free(c);
 }
 

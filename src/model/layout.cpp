@@ -1,8 +1,44 @@
 #include "metapo/model/layout.h"
 
+#include "metapo/core/error.h"
+
 namespace metapo {
 
-ParamLayout::ParamLayout(const LlamaConfig& c) {
+std::vector<PipeStage> pipeline_stages(int64_t n_layers, int pp, const std::vector<int64_t>& counts,
+                                       const std::string& option) {
+  MP_CHECK(pp >= 1, "pipeline: ", pp, " stages");
+  std::vector<int64_t> n = counts;
+  if (n.empty()) {
+    MP_CHECK(n_layers >= pp, "--pp ", pp, ": the model has only ", n_layers, " layers (every stage needs at least one)");
+    for (int s = 0; s < pp; ++s) n.push_back(n_layers / pp + (s < n_layers % pp ? 1 : 0));
+  }
+  MP_CHECK(int64_t(n.size()) == pp, option, ": ", n.size(), " layer counts for ", pp, " pipeline stages");
+  int64_t sum = 0;
+  for (int64_t k : n) {
+    MP_CHECK(k >= 1, option, ": every pipeline stage needs at least one layer (got ", k, ")");
+    sum += k;
+  }
+  MP_CHECK(sum == n_layers, option, ": the layer counts sum to ", sum, ", but the model has ", n_layers, " layers");
+  std::vector<PipeStage> st;
+  int64_t at = 0;
+  for (int s = 0; s < pp; ++s) {
+    st.push_back({at, at + n[size_t(s)], s == 0, s == pp - 1});
+    at += n[size_t(s)];
+  }
+  return st;
+}
+
+ParamLayout::ParamLayout(const LlamaConfig& c) : ParamLayout(c, PipeStage{}) {}
+
+ParamLayout::ParamLayout(const LlamaConfig& c, const PipeStage& st) : stage(st) {
+  if (stage.layer_end < 0) stage.layer_end = c.num_hidden_layers;
+  MP_CHECK(stage.layer_begin >= 0 && stage.layer_begin <= stage.layer_end &&
+               stage.layer_end <= c.num_hidden_layers,
+           "pipeline stage: layers [", stage.layer_begin, ", ", stage.layer_end, ") outside the model's ",
+           c.num_hidden_layers, " layers");
+  MP_CHECK(!c.tie_word_embeddings || stage.first == stage.last,
+           "pipeline parallelism with tied word embeddings (tie_word_embeddings = true) is not supported: the "
+           "embedding and the LM head would sit on different stages");
   const int64_t C = c.hidden_size, V = c.vocab_size, I = c.intermediate_size;
   const int64_t Q = c.q_dim(), KV = c.kv_dim();
   auto add = [&](const std::string& name, std::vector<int64_t> shape) {
@@ -16,8 +52,9 @@ ParamLayout::ParamLayout(const LlamaConfig& c) {
     tensors_.push_back(e);
     return e.offset;
   };
-  embed = add("model.embed_tokens.weight", {V, C});
-  for (int64_t l = 0; l < c.num_hidden_layers; ++l) {
+  embed = final_norm = lm_head = npos;
+  if (stage.first) embed = add("model.embed_tokens.weight", {V, C});
+  for (int64_t l = stage.layer_begin; l < stage.layer_end; ++l) {
     const std::string p = "model.layers." + std::to_string(l) + ".";
     LayerOffsets o;
     o.attn_norm = add(p + "input_layernorm.weight", {C});
@@ -37,8 +74,10 @@ ParamLayout::ParamLayout(const LlamaConfig& c) {
     o.wdown = add(p + "mlp.down_proj.weight", {C, I});
     layers.push_back(o);
   }
-  final_norm = add("model.norm.weight", {C});
-  lm_head = c.tie_word_embeddings ? embed : add("lm_head.weight", {V, C});
+  if (stage.last) {
+    final_norm = add("model.norm.weight", {C});
+    lm_head = c.tie_word_embeddings ? embed : add("lm_head.weight", {V, C});
+  }
 }
 
 const TensorEntry* ParamLayout::find(const std::string& name) const {

@@ -26,14 +26,41 @@ std::vector<int32_t> next_token_targets(const PackedBatch& b, const uint8_t* mas
 }
 
 template <typename T>
-LlamaModel<T>::LlamaModel(const LlamaConfig& c, Comm* tp)
+LlamaModel<T>::LlamaModel(const LlamaConfig& c, Comm* tp, const PipeStage& stage)
     : cfg_(c),
       tp_(tp),
       lc_(tp ? tp_local_config(c, tp->size()) : c),
       shard_(tp ? VocabShard(c.vocab_size, tp->size(), tp->rank()) : VocabShard()),
-      lay_(lc_),
+      lay_(lc_, stage),
       inv_freq_(rope_inv_freq(c)) {
-  acts_.resize(size_t(c.num_hidden_layers));
+  acts_.resize(lay_.layers.size());
+  parked_.resize(1);
+}
+
+template <typename T>
+void LlamaModel<T>::swap_saved(Saved& s) {
+  std::swap(batch_, s.batch), std::swap(pos_, s.pos), std::swap(rows_, s.rows);
+  std::swap(row_targets_, s.row_targets), std::swap(acts_, s.acts), std::swap(x_final_, s.x_final);
+  std::swap(hN_, s.hN), std::swap(rstdN_, s.rstdN), std::swap(row_lse_, s.row_lse), std::swap(probs_, s.probs);
+  std::swap(have_forward_, s.have_forward);
+}
+
+template <typename T>
+void LlamaModel<T>::set_slots(int n) {
+  MP_CHECK(n >= 1, "LlamaModel::set_slots: ", n, " slots");
+  use_slot(0);
+  parked_.resize(size_t(n));
+  for (Saved& s : parked_)
+    if (s.acts.size() != acts_.size()) s.acts.resize(acts_.size());
+}
+
+template <typename T>
+void LlamaModel<T>::use_slot(int k) {
+  MP_CHECK(k >= 0 && size_t(k) < parked_.size(), "LlamaModel::use_slot: slot ", k, " of ", parked_.size());
+  if (k == slot_) return;
+  swap_saved(parked_[size_t(slot_)]);  // park the current slot (its parked entry was the placeholder)
+  swap_saved(parked_[size_t(k)]);      // and bring slot k in
+  slot_ = k;
 }
 
 template <typename V>
@@ -43,7 +70,15 @@ static void resize(V& v, int64_t n) {
 
 template <typename T>
 void LlamaModel<T>::forward(const T* params, const PackedBatch& b, const int32_t* targets, T* logp) {
+  MP_CHECK(lay_.stage.whole(), "LlamaModel::forward on a pipeline stage (use forward_stage)");
+  forward_stage(params, b, targets, nullptr, logp);
+}
+
+template <typename T>
+void LlamaModel<T>::forward_stage(const T* params, const PackedBatch& b, const int32_t* targets, const T* x_in,
+                                  T* out) {
   const LlamaConfig& c = cfg_;
+  const PipeStage& st = lay_.stage;
   // Head, intermediate and vocabulary extents are this rank's (lc_ == cfg_ without TP).
   const int64_t n = b.n_tokens(), C = c.hidden_size, V = c.vocab_size, I = lc_.intermediate_size;
   const int64_t Hq = lc_.num_attention_heads, Hkv = lc_.num_key_value_heads, D = c.head_dim;
@@ -62,9 +97,10 @@ void LlamaModel<T>::forward(const T* params, const PackedBatch& b, const int32_t
   MP_CHECK(c.sliding_window == 0 || max_len <= c.sliding_window, "sequence of ", max_len,
            " tokens is longer than the model's sliding_window (", c.sliding_window,
            "); sliding-window attention is not implemented");
-  for (int64_t t = 0; t < n; ++t)
-    MP_CHECK(b.tokens[t] >= 0 && b.tokens[t] < V, "token id ", b.tokens[t], " at position ", t,
-             " is outside the vocabulary [0, ", V, ")");
+  if (st.first)
+    for (int64_t t = 0; t < n; ++t)
+      MP_CHECK(b.tokens[t] >= 0 && b.tokens[t] < V, "token id ", b.tokens[t], " at position ", t,
+               " is outside the vocabulary [0, ", V, ")");
   if (max_len > rope_.max_pos) rope_.build(inv_freq_, std::max<int64_t>(max_len, 64));
   batch_ = b;
   // Row-parallel layers (o_proj, down_proj) accumulate onto the residual; under TP only rank 0 carries
@@ -80,7 +116,9 @@ void LlamaModel<T>::forward(const T* params, const PackedBatch& b, const int32_t
   // x = embed(tokens)                                                   [n, C]
   Buffer<T>& x0 = acts_.empty() ? x_final_ : acts_[0].x_in;
   resize(x0, n * C);
-  if (tp_)  // each rank looks up the tokens it owns, one all-reduce of [n, C] (exact: one term each)
+  if (!st.first)  // the previous stage's output
+    std::memcpy(x0.data(), x_in, sizeof(T) * size_t(n * C));
+  else if (tp_)  // each rank looks up the tokens it owns, one all-reduce of [n, C] (exact: one term each)
     prof_.run("embedding", [&] { vocab_parallel_embedding_forward(x0.data(), w.embed, b.tokens.data(), n, C, shard_, *tp_); });
   else
     prof_.run("embedding", [&] { cpu::embedding_forward(x0.data(), w.embed, b.tokens.data(), n, C); });
@@ -119,6 +157,12 @@ void LlamaModel<T>::forward(const T* params, const PackedBatch& b, const int32_t
     if (tp_) prof_.run("tp_allreduce", [&] { tp_->allreduce_sum(x_out.data(), size_t(n * C)); });
   }
 
+  if (!st.last) {
+    std::memcpy(out, x_final_.data(), sizeof(T) * size_t(n * C));
+    have_forward_ = true;
+    return;
+  }
+  T* logp = out;
   // Final norm and the LM head, only on rows that have a target.
   resize(hN_, n * C), resize(rstdN_, n);
   prof_.run("rmsnorm", [&] { cpu::rmsnorm_forward(hN_.data(), rstdN_.data(), x_final_.data(), w.final_norm, n, C, c.rms_norm_eps); });
@@ -149,6 +193,14 @@ void LlamaModel<T>::forward(const T* params, const PackedBatch& b, const int32_t
 template <typename T>
 void LlamaModel<T>::backward(const T* params, const T* dlogp, T* grads, bool accumulate, const T* ghat,
                              std::vector<double>* seq_dots) {
+  MP_CHECK(lay_.stage.whole(), "LlamaModel::backward on a pipeline stage (use backward_stage)");
+  backward_stage(params, dlogp, grads, accumulate, ghat, seq_dots, nullptr);
+}
+
+template <typename T>
+void LlamaModel<T>::backward_stage(const T* params, const T* dout, T* grads, bool accumulate, const T* ghat,
+                                   std::vector<double>* seq_dots, T* dx_in) {
+  const PipeStage& st = lay_.stage;
   MP_CHECK(have_forward_, "LlamaModel::backward called without a forward (or twice for one forward)");
   have_forward_ = false;  // the probability cache is consumed below
   const LlamaConfig& c = cfg_;
@@ -182,35 +234,40 @@ void LlamaModel<T>::backward(const T* params, const T* dlogp, T* grads, bool acc
     // is first written by the LM head's GEMM.
     auto zero = [](T* p, int64_t count) { std::fill(p, p + count, T(0)); };
     for (const LayerView<T>& lg : g.layers) zero(lg.attn_norm, C), zero(lg.mlp_norm, C);
-    zero(g.final_norm, C);
-    if (!c.tie_word_embeddings) zero(g.embed, V * C);
+    if (st.last) zero(g.final_norm, C);
+    if (st.first && !c.tie_word_embeddings) zero(g.embed, V * C);
   }
 
-  // LM head: dhN = dlogits W, dW_head += dlogits^T hN (tied: lands in the embedding gradient).
-  const int64_t nr = int64_t(rows_.size());
   // Workspaces are members: their pages stay mapped from step to step.
   BackwardWork& wk = work_;
-  Buffer<T>& coef = wk.coef;
-  resize(coef, nr);
-  for (int64_t i = 0; i < nr; ++i) coef[i] = dlogp[rows_[i]];
   Buffer<T>&dhN = wk.dxn, &dx = wk.dx;
   resize(dhN, n * C), resize(dx, n * C);
-  std::fill(dhN.begin(), dhN.end(), T(0));
-  if (tp_) {
-    // dhN is this rank's partial over its vocabulary rows: summed over TP before the final norm.
-    VocabParallelLogprobParams<T> vp{hN_.data(), w.lm_head, C, shard_, rows_.data(), row_targets_.data(), nr};
-    prof_.run("lm_head_logprob.bwd", [&] { vocab_parallel_logprob_backward(vp, coef.data(), row_lse_.data(), probs_.empty() ? nullptr : probs_.data(),
-                          dhN.data(), g.lm_head, accumulate, ghost ? gh->lm_head : nullptr, ghost ? rdot.data() : nullptr); });
-    prof_.run("tp_allreduce", [&] { tp_->allreduce_sum(dhN.data(), size_t(n * C)); });
+  if (!st.last) {
+    std::memcpy(dx.data(), dout, sizeof(T) * size_t(n * C));  // the next stage's dL/d(our output)
   } else {
-    cpu::LogprobParams<T> lp{hN_.data(), w.lm_head, C, V, rows_.data(), row_targets_.data(), nr};
-    prof_.run("lm_head_logprob.bwd", [&] { cpu::logprob_backward(lp, coef.data(), row_lse_.data(), probs_.empty() ? nullptr : probs_.data(),
-                          dhN.data(), g.lm_head, accumulate, ghost ? gh->lm_head : nullptr, ghost ? rdot.data() : nullptr); });
+    // LM head: dhN = dlogits W, dW_head += dlogits^T hN (tied: lands in the embedding gradient).
+    const T* dlogp = dout;
+    const int64_t nr = int64_t(rows_.size());
+    Buffer<T>& coef = wk.coef;
+    resize(coef, nr);
+    for (int64_t i = 0; i < nr; ++i) coef[i] = dlogp[rows_[i]];
+    std::fill(dhN.begin(), dhN.end(), T(0));
+    if (tp_) {
+      // dhN is this rank's partial over its vocabulary rows: summed over TP before the final norm.
+      VocabParallelLogprobParams<T> vp{hN_.data(), w.lm_head, C, shard_, rows_.data(), row_targets_.data(), nr};
+      prof_.run("lm_head_logprob.bwd", [&] { vocab_parallel_logprob_backward(vp, coef.data(), row_lse_.data(), probs_.empty() ? nullptr : probs_.data(),
+                            dhN.data(), g.lm_head, accumulate, ghost ? gh->lm_head : nullptr, ghost ? rdot.data() : nullptr); });
+      prof_.run("tp_allreduce", [&] { tp_->allreduce_sum(dhN.data(), size_t(n * C)); });
+    } else {
+      cpu::LogprobParams<T> lp{hN_.data(), w.lm_head, C, V, rows_.data(), row_targets_.data(), nr};
+      prof_.run("lm_head_logprob.bwd", [&] { cpu::logprob_backward(lp, coef.data(), row_lse_.data(), probs_.empty() ? nullptr : probs_.data(),
+                            dhN.data(), g.lm_head, accumulate, ghost ? gh->lm_head : nullptr, ghost ? rdot.data() : nullptr); });
+    }
+    prof_.run("rmsnorm.bwd", [&] { cpu::rmsnorm_backward(dx.data(), g.final_norm, dhN.data(), x_final_.data(), w.final_norm,
+                          rstdN_.data(), n, C, false); });
+    if (ghost_replicated)
+      prof_.run("ghost", [&] { cpu::rmsnorm_ghost_dots(dhN.data(), x_final_.data(), rstdN_.data(), gh->final_norm, n, C, rdot.data()); });
   }
-  prof_.run("rmsnorm.bwd", [&] { cpu::rmsnorm_backward(dx.data(), g.final_norm, dhN.data(), x_final_.data(), w.final_norm,
-                        rstdN_.data(), n, C, false); });
-  if (ghost_replicated)
-    prof_.run("ghost", [&] { cpu::rmsnorm_ghost_dots(dhN.data(), x_final_.data(), rstdN_.data(), gh->final_norm, n, C, rdot.data()); });
 
   // dx is the gradient with respect to the current layer's output (the residual stream).
   Buffer<T>&dh = wk.dh, &dgu = wk.dgu, &dxn = wk.dxn, &datt = wk.datt, &dqkv = wk.dqkv;
@@ -258,18 +315,18 @@ void LlamaModel<T>::backward(const T* params, const T* dlogp, T* grads, bool acc
     prof_.run("rmsnorm.bwd", [&] { cpu::rmsnorm_backward(dx.data(), lg.attn_norm, dxn.data(), a.x_in.data(), lw.attn_norm,
                           a.rstd1.data(), n, C, true); });  // dx: now w.r.t. x_in
   }
-  if (tp_)
+  if (!st.first) {
+    std::memcpy(dx_in, dx.data(), sizeof(T) * size_t(n * C));  // to the previous stage
+  } else if (tp_) {
     prof_.run("embedding.bwd", [&] { vocab_parallel_embedding_backward(g.embed, dx.data(), b.tokens.data(), n, C, shard_); });
-  else
+    if (ghost) vocab_parallel_embedding_ghost_dots(dx.data(), b.tokens.data(), gh->embed, n, C, shard_, rdot.data());
+  } else {
     prof_.run("embedding.bwd", [&] { cpu::embedding_backward(g.embed, dx.data(), b.tokens.data(), n, C); });
+    if (ghost) cpu::embedding_ghost_dots(dx.data(), b.tokens.data(), gh->embed, n, C, rdot.data());
+  }
   if (ghost) {
-    if (tp_) {
-      vocab_parallel_embedding_ghost_dots(dx.data(), b.tokens.data(), gh->embed, n, C, shard_, rdot.data());
-      // Every partial row dot of this backward in one all-reduce; the result is identical on all ranks.
-      prof_.run("tp_allreduce", [&] { tp_->allreduce_sum(rdot.data(), size_t(n)); });
-    } else {
-      cpu::embedding_ghost_dots(dx.data(), b.tokens.data(), gh->embed, n, C, rdot.data());
-    }
+    // Every partial row dot of this backward in one all-reduce; the result is identical on all ranks.
+    if (tp_) prof_.run("tp_allreduce", [&] { tp_->allreduce_sum(rdot.data(), size_t(n)); });
     seq_dots->assign(size_t(b.n_seqs()), 0.0);
     for (int64_t s = 0; s < b.n_seqs(); ++s)
       for (int64_t t = b.cu_seqlens[s]; t < b.cu_seqlens[s + 1]; ++t) (*seq_dots)[size_t(s)] += rdot[size_t(t)];
@@ -278,11 +335,16 @@ void LlamaModel<T>::backward(const T* params, const T* dlogp, T* grads, bool acc
 
 template <typename T>
 size_t LlamaModel<T>::activation_bytes() const {
-  size_t e = x_final_.size() + hN_.size() + rstdN_.size() + row_lse_.size() + probs_.size();
-  for (const LayerActs& a : acts_)
-    e += a.x_in.size() + a.xn1.size() + a.rstd1.size() + a.qkv.size() + a.att.size() + a.lse.size() +
-         a.x_mid.size() + a.xn2.size() + a.rstd2.size() + a.gu.size() + a.h.size();
-  return e * sizeof(T);
+  auto bytes = [](const std::vector<LayerActs>& acts, size_t e) {
+    for (const LayerActs& a : acts)
+      e += a.x_in.size() + a.xn1.size() + a.rstd1.size() + a.qkv.size() + a.att.size() + a.lse.size() +
+           a.x_mid.size() + a.xn2.size() + a.rstd2.size() + a.gu.size() + a.h.size();
+    return e * sizeof(T);
+  };
+  size_t total = bytes(acts_, x_final_.size() + hN_.size() + rstdN_.size() + row_lse_.size() + probs_.size());
+  for (const Saved& s : parked_)  // the other slots (the current slot's parked entry is empty)
+    total += bytes(s.acts, s.x_final.size() + s.hN.size() + s.rstdN.size() + s.row_lse.size() + s.probs.size());
+  return total;
 }
 
 template class LlamaModel<float>;

@@ -61,23 +61,62 @@ std::vector<TpCopy> tp_shard_map(const LlamaConfig& c, int tp, int r) {
   return m;
 }
 
+std::vector<TpCopy> stage_shard_map(const LlamaConfig& c, int tp, int r, const PipeStage& stage) {
+  std::vector<TpCopy> m = tp_shard_map(c, tp, r);
+  if (stage.whole() && (stage.layer_end < 0 || stage.layer_end == c.num_hidden_layers) && stage.layer_begin == 0) return m;
+  const LlamaConfig lc = tp_local_config(c, tp);
+  const ParamLayout L(lc), S(lc, stage);
+  // The stage's tensors are a subsequence of L's with the same names: local offset ranges of L that
+  // the stage holds, and where they start in the stage buffer.
+  struct Range { size_t begin, end, stage_offset; };
+  std::vector<Range> ranges;
+  for (const TensorEntry& e : S.tensors()) {
+    const TensorEntry* f = L.find(e.name);
+    MP_CHECK(f && f->numel == e.numel, "stage_shard_map: tensor ", e.name, " not in the TP layout");
+    ranges.push_back({f->offset, f->offset + f->numel, e.offset});
+  }
+  std::vector<TpCopy> out;
+  size_t k = 0;  // both m and ranges ascend in local offset
+  for (const TpCopy& c2 : m) {
+    while (k < ranges.size() && ranges[k].end <= c2.local) ++k;
+    if (k == ranges.size()) break;
+    if (c2.local < ranges[k].begin) continue;
+    MP_CHECK(c2.local + c2.count <= ranges[k].end, "stage_shard_map: a run crosses a tensor boundary");
+    out.push_back({c2.full, c2.local - ranges[k].begin + ranges[k].stage_offset, c2.count, c2.replicated});
+  }
+  return out;
+}
+
+template <typename T>
+void shard_split(const std::vector<TpCopy>& map, size_t local_total, const T* full, T* local) {
+  std::fill(local, local + local_total, T(0));  // padding rows
+  for (const TpCopy& k : map) std::memcpy(local + k.local, full + k.full, sizeof(T) * k.count);
+}
+
+template <typename T>
+void shard_gather(const std::vector<TpCopy>& map, size_t full_total, bool write_replicated, Comm& group,
+                  const T* local, T* full) {
+  std::fill(full, full + full_total, T(0));
+  for (const TpCopy& k : map)
+    // Replicated tensors are equal on every rank: one copy, or the sum would count them tp times.
+    if (!k.replicated || write_replicated) std::memcpy(full + k.full, local + k.local, sizeof(T) * k.count);
+  group.allreduce_sum(full, full_total);
+}
+
 template <typename T>
 void tp_split(const LlamaConfig& c, int tp, int r, const T* full, T* local) {
-  const size_t total = ParamLayout(tp_local_config(c, tp)).total();
-  std::fill(local, local + total, T(0));  // padding rows
-  for (const TpCopy& k : tp_shard_map(c, tp, r)) std::memcpy(local + k.local, full + k.full, sizeof(T) * k.count);
+  shard_split(tp_shard_map(c, tp, r), ParamLayout(tp_local_config(c, tp)).total(), full, local);
 }
 
 template <typename T>
 void tp_gather(const LlamaConfig& c, Comm& tp, const T* local, T* full) {
-  const size_t total = ParamLayout(c).total();
-  std::fill(full, full + total, T(0));
-  for (const TpCopy& k : tp_shard_map(c, tp.size(), tp.rank()))
-    // Replicated tensors are equal on every rank: one copy, or the sum would count them tp times.
-    if (!k.replicated || tp.rank() == 0) std::memcpy(full + k.full, local + k.local, sizeof(T) * k.count);
-  tp.allreduce_sum(full, total);
+  shard_gather(tp_shard_map(c, tp.size(), tp.rank()), ParamLayout(c).total(), tp.rank() == 0, tp, local, full);
 }
 
+template void shard_split<float>(const std::vector<TpCopy>&, size_t, const float*, float*);
+template void shard_split<double>(const std::vector<TpCopy>&, size_t, const double*, double*);
+template void shard_gather<float>(const std::vector<TpCopy>&, size_t, bool, Comm&, const float*, float*);
+template void shard_gather<double>(const std::vector<TpCopy>&, size_t, bool, Comm&, const double*, double*);
 template void tp_split<float>(const LlamaConfig&, int, int, const float*, float*);
 template void tp_split<double>(const LlamaConfig&, int, int, const double*, double*);
 template void tp_gather<float>(const LlamaConfig&, Comm&, const float*, float*);

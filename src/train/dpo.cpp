@@ -18,6 +18,7 @@
 #include "metapo/io/hf_model.h"
 #include "metapo/train/metrics.h"
 #include "metapo/train/pairs.h"
+#include "metapo/train/pipeline.h"
 #include "metapo/train/metapo.h"
 #include "metapo/comm/mpi_comm.h"
 #include "metapo/meta/features.h"
@@ -116,11 +117,11 @@ std::vector<int64_t> tracked_pairs(const PairSplit& s, int64_t k) {
   return out;
 }
 
-void write_trajectories(LlamaModel<float>& model, const float* params, const PairSplit& s,
+void write_trajectories(LlamaModel<float>& model, Comm* pp, const float* params, const PairSplit& s,
                         const std::vector<int64_t>& idx, const LossConfig& loss, int64_t step, int64_t micro,
                         const Topology& topo, const std::string& path) {
   std::vector<double> c, r;
-  pair_logps(model, params, s, idx, micro, topo.dp_comm, c, r);
+  pair_logps(model, pp, params, s, idx, micro, topo.dp_comm, c, r);
   if (!topo.is_root()) return;
   nlohmann::json j;
   j["step"] = step;
@@ -159,14 +160,14 @@ LrSchedule make_schedule(const TrainConfig& cfg, int64_t total) {
 }
 
 // params (this rank's shard, possibly with ZeRO-1 padding past the layout's end) is assembled into the
-// full buffer over the TP group (collective there); the world root saves it.
+// full buffer over the model replica (collective there); the world root saves it.
 void save_final(const TrainConfig& cfg, const Topology& topo, const LlamaConfig& c, const ShardedModel& sm,
                 const std::vector<float>& params) {
   const size_t n = ParamLayout(c).total();
   std::vector<float> full;
-  if (sm.tp) {
+  if (sm.mp) {
     full.resize(n);
-    tp_gather(c, *sm.tp, params.data(), full.data());
+    shard_gather(sm.shard_map, n, topo.tp_rank == 0, *sm.mp, params.data(), full.data());
   } else {
     full.assign(params.begin(), params.begin() + long(n));
   }
@@ -177,40 +178,65 @@ void save_final(const TrainConfig& cfg, const Topology& topo, const LlamaConfig&
 
 // Memory per rank (docs/training.md): parameters and gradients are the padded local flat buffers
 // (fp32), the optimizer state Adam's two moments of this rank's ZeRO-1 shard; activations as the model
-// measured them (after a step; < 0: not yet known).
-nlohmann::json memory_json(const ZeroAdamW& opt, int64_t activations) {
-  nlohmann::json m;
-  m["params"] = opt.padded_size() * sizeof(float);
-  m["grads"] = opt.padded_size() * sizeof(float);
-  m["optimizer_state"] = opt.state_bytes();
-  if (activations >= 0) m["activations"] = activations; else m["activations"] = nullptr;
-  return m;
+// measured them (after a step, every activation slot of the pipeline schedule; < 0: not yet known).
+struct RankMemory {
+  double params = 0, grads = 0, optimizer_state = 0, activations = -1;
+};
+
+RankMemory rank_memory(const ZeroAdamW& opt, int64_t activations) {
+  const double pb = double(opt.padded_size() * sizeof(float));
+  return {pb, pb, double(opt.state_bytes()), double(activations)};
 }
 
-nlohmann::json parallel_json(const Topology& topo) {
+nlohmann::json memory_json(const RankMemory& m) {
+  nlohmann::json j;
+  j["params"] = int64_t(m.params), j["grads"] = int64_t(m.grads), j["optimizer_state"] = int64_t(m.optimizer_state);
+  if (m.activations >= 0) j["activations"] = int64_t(m.activations); else j["activations"] = nullptr;
+  return j;
+}
+
+// Every pipeline stage's figures as its rank with this rank's DP and TP coordinates has them, gathered
+// on this rank's stage 0 (collective over pp_comm; the world root is a stage 0).
+std::vector<RankMemory> stage_memory(const Topology& topo, const RankMemory& mine) {
+  std::vector<RankMemory> all(size_t(topo.pp));
+  static_assert(sizeof(RankMemory) == 4 * sizeof(double), "RankMemory travels as 4 doubles");
+  MPI_Gather(&mine, 4, MPI_DOUBLE, all.data(), 4, MPI_DOUBLE, 0, topo.pp_comm);
+  return all;
+}
+
+nlohmann::json parallel_json(const Topology& topo, const std::vector<int64_t>& pp_layers, int64_t n_layers) {
   nlohmann::json p;
   p["world"] = topo.world_size, p["dp"] = topo.dp, p["tp"] = topo.tp, p["pp"] = topo.pp;
+  for (const PipeStage& st : pipeline_stages(n_layers, topo.pp, pp_layers))
+    p["stage_layers"].push_back({st.layer_begin, st.layer_end});
   return p;
 }
 
-void print_memory(const Topology& topo, const ZeroAdamW& opt) {
+// The memory lines and the run.json keys: memory_bytes (the world root's, a first-stage rank) and with
+// a pipeline memory_bytes_per_stage. Collective over pp_comm.
+void report_memory(const TrainConfig& cfg, const std::string& kind, const Topology& topo, const LlamaConfig& c,
+                   const RankMemory& mine) {
+  const std::vector<RankMemory> st = stage_memory(topo, mine);
   if (!topo.is_root()) return;
   const double mib = 1024.0 * 1024.0;
-  std::printf("memory per rank (DP %d x PP %d x TP %d): params %.2f MiB, grads %.2f MiB, optimizer state %.2f MiB, "
-              "activations after the first step\n",
-              topo.dp, topo.pp, topo.tp, double(opt.padded_size() * sizeof(float)) / mib,
-              double(opt.padded_size() * sizeof(float)) / mib, double(opt.state_bytes()) / mib);
-}
-
-// After the first step: the measured activation memory, printed and added to run.json.
-void record_activations(const TrainConfig& cfg, const std::string& kind, const Topology& topo, const ZeroAdamW& opt,
-                        size_t activations) {
-  if (!topo.is_root()) return;
-  std::printf("memory per rank: activations %.2f MiB (first step)\n", double(activations) / (1024.0 * 1024.0));
+  const std::vector<PipeStage> stages = pipeline_stages(c.num_hidden_layers, topo.pp, cfg.pp_layers);
+  for (int s = 0; s < topo.pp; ++s) {
+    const RankMemory& m = st[size_t(s)];
+    char act[64] = "activations after the first step";
+    if (m.activations >= 0) std::snprintf(act, sizeof act, "activations %.2f MiB", m.activations / mib);
+    char where[96] = "";
+    if (topo.pp > 1)
+      std::snprintf(where, sizeof where, ", stage %d (layers %lld-%lld)", s, (long long)stages[size_t(s)].layer_begin,
+                    (long long)stages[size_t(s)].layer_end - 1);
+    std::printf("memory per rank (DP %d x PP %d x TP %d%s): params %.2f MiB, grads %.2f MiB, optimizer state %.2f MiB, %s\n",
+                topo.dp, topo.pp, topo.tp, where, m.params / mib, m.grads / mib, m.optimizer_state / mib, act);
+  }
   nlohmann::json extra;
-  extra["parallel"] = parallel_json(topo);
-  extra["memory_bytes"] = memory_json(opt, int64_t(activations));
-  write_run_json(cfg, kind, extra);
+  extra["parallel"] = parallel_json(topo, cfg.pp_layers, c.num_hidden_layers);
+  extra["memory_bytes"] = memory_json(st[0]);
+  if (topo.pp > 1)
+    for (const RankMemory& m : st) extra["memory_bytes_per_stage"].push_back(memory_json(m));
+  write_run_json(cfg, kind, extra);  // creates the run directory the log goes into
 }
 
 // What run_dpo and run_sft share around their steps: the model sharded over TP, ZeRO-1 over DP (with
@@ -222,37 +248,49 @@ struct TrainRun {
         topo(topo),
         config(hf.config),
         kind(kind),
-        sm(shard_model(hf.config, std::move(hf.params), topo)),
+        sm(shard_model(hf.config, std::move(hf.params), topo, cfg.pp_layers)),
         dp_comm(topo.dp_comm),
-        opt(sm.model->layout(), cfg.adam, dp_comm, sm.tp.get(), sm.shard_map),
+        opt(sm.model->layout(), cfg.adam, dp_comm, sm.mp.get(), sm.shard_map, topo.tp_rank == 0),
         grads(opt.padded_size()) {
     sm.params.resize(opt.padded_size(), 0.0f);  // ZeRO-1 padding (zeros, never read by the model)
-    if (topo.is_root()) {
-      nlohmann::json extra;
-      extra["parallel"] = parallel_json(topo);
-      extra["memory_bytes"] = memory_json(opt, -1);
-      write_run_json(cfg, kind, extra);  // creates the run directory the log goes into
-    }
-    print_memory(topo, opt);
+    report_memory(cfg, kind, topo, config, rank_memory(opt, -1));
     log.emplace(cfg.out_dir + "/metrics.jsonl", topo.is_root(), total);
   }
 
+  Comm* pipe() const { return sm.pp.get(); }
+
   // Count this step's communication only (not setup, evaluation or trajectories).
   void begin_step() {
-    dp_comm.reset_volume();
-    if (sm.tp) sm.tp->reset_volume();
+    for (Comm* c : comms()) c->reset_volume();
+  }
+  std::vector<Comm*> comms() {
+    std::vector<Comm*> v{&dp_comm};
+    for (MpiComm* c : {sm.tp.get(), sm.pp.get(), sm.mp.get()})
+      if (c) v.push_back(c);
+    return v;
   }
 
-  // The step's report: comm/<kind>_bytes, the bytes this rank handed to each kind of collective over
-  // its DP and TP communicators (the model's TP all-reduces go through the TP one); after the first
-  // step also the measured activation memory, printed and added to run.json.
+  // The step's report: comm/<kind>_bytes, the bytes this rank (the world root: DP, TP and PP rank 0)
+  // handed to each kind of collective over its DP, TP, PP and replica communicators (the model's TP
+  // all-reduces go through the TP one, activations through the PP one); after the first step also the
+  // measured activation memory, printed and added to run.json (collective over pp_comm).
   void report(nlohmann::json& j, int64_t step) {
-    for (int k = 0; k < kNumCommOps; ++k)
-      j[std::string("comm/") + kCommOpNames[k] + "_bytes"] =
-          dp_comm.volume().bytes[k] + (sm.tp ? sm.tp->volume().bytes[k] : 0);
+    for (int k = 0; k < kNumCommOps; ++k) {
+      uint64_t b = 0;
+      for (Comm* c : comms()) b += c->volume().bytes[k];
+      j[std::string("comm/") + kCommOpNames[k] + "_bytes"] = b;
+    }
+    // And summed over every rank of the world (what the analytic count in docs/training.md gives).
+    uint64_t all[kNumCommOps];
+    for (int k = 0; k < kNumCommOps; ++k) {
+      all[k] = 0;
+      for (Comm* c : comms()) all[k] += c->volume().bytes[k];
+    }
+    MPI_Allreduce(MPI_IN_PLACE, all, kNumCommOps, MPI_UINT64_T, MPI_SUM, topo.world);
+    for (int k = 0; k < kNumCommOps; ++k) j[std::string("comm_all/") + kCommOpNames[k] + "_bytes"] = all[k];
     if (step == 0) {
       j["memory/activations_bytes"] = sm.model->activation_bytes();
-      record_activations(cfg, kind, topo, opt, sm.model->activation_bytes());
+      report_memory(cfg, kind, topo, config, rank_memory(opt, int64_t(sm.model->activation_bytes())));
     }
   }
 
@@ -271,15 +309,15 @@ struct TrainRun {
 
 }  // namespace
 
+namespace {
+
+// A micro-batch's pair losses and weights from its per-row logp (into r), and dL/dlogp per row with
+// coefficient a_k · coef_scale on pair k's loss.
 template <typename T>
-PairMicroResult pair_micro_step(LlamaModel<T>& model, const T* params, T* grads, bool accumulate,
-                                const PairSplit& s, const std::vector<int64_t>& chunk, const LossConfig& loss,
-                                const WeightFn& weigh, double coef_scale, const T* ghat) {
-  PairMicroResult r;
-  const PairBatch pb = make_pair_batch(s, chunk);
-  std::vector<T> logp(size_t(pb.batch.n_tokens()));
-  model.forward(params, pb.batch, pb.targets.data(), logp.data());
-  const std::vector<double> seq = sequence_logps(pb.batch, logp);
+std::vector<T> pair_dlogp(const PairSplit& s, const std::vector<int64_t>& chunk, const PackedBatch& batch,
+                          const std::vector<int32_t>& targets, const std::vector<T>& logp, const LossConfig& loss,
+                          const WeightFn& weigh, double coef_scale, PairMicroResult& r) {
+  const std::vector<double> seq = sequence_logps(batch, logp);
   for (size_t k = 0; k < chunk.size(); ++k) {
     r.in.push_back(pair_input(s, chunk[k], seq[2 * k], seq[2 * k + 1]));
     r.out.push_back(pair_loss(loss, r.in.back()));
@@ -290,16 +328,63 @@ PairMicroResult pair_micro_step(LlamaModel<T>& model, const T* params, T* grads,
     coef[2 * k] = r.weights[k] * coef_scale * r.out[k].d_policy_chosen;
     coef[2 * k + 1] = r.weights[k] * coef_scale * r.out[k].d_policy_rejected;
   }
-  const std::vector<T> dlogp = expand_seq_coef<T>(pb.batch, pb.targets, coef);
+  return expand_seq_coef<T>(batch, targets, coef);
+}
+
+// The backward ran with a_k·coef_scale on pair k: divide it out of the ghost dots to get ⟨ĝ, ∇θ ℓ_k⟩.
+void pair_align(const std::vector<double>& seq_dots, double coef_scale, PairMicroResult& r) {
+  for (size_t k = 0; k < r.weights.size(); ++k)
+    r.align.push_back((seq_dots[2 * k] + seq_dots[2 * k + 1]) / (r.weights[k] * coef_scale));
+}
+
+}  // namespace
+
+template <typename T>
+PairMicroResult pair_micro_step(LlamaModel<T>& model, const T* params, T* grads, bool accumulate,
+                                const PairSplit& s, const std::vector<int64_t>& chunk, const LossConfig& loss,
+                                const WeightFn& weigh, double coef_scale, const T* ghat) {
+  PairMicroResult r;
+  const PairBatch pb = make_pair_batch(s, chunk);
+  std::vector<T> logp(size_t(pb.batch.n_tokens()));
+  model.forward(params, pb.batch, pb.targets.data(), logp.data());
+  const std::vector<T> dlogp = pair_dlogp<T>(s, chunk, pb.batch, pb.targets, logp, loss, weigh, coef_scale, r);
   std::vector<double> seq_dots;
   model.backward(params, dlogp.data(), grads, accumulate, ghat, ghat ? &seq_dots : nullptr);
-  if (ghat) {
-    // The backward ran with a_k·coef_scale on pair k: divide it out to get ⟨ĝ, ∇θ ℓ_k⟩.
-    for (size_t k = 0; k < chunk.size(); ++k)
-      r.align.push_back((seq_dots[2 * k] + seq_dots[2 * k + 1]) / (r.weights[k] * coef_scale));
-  }
+  if (ghat) pair_align(seq_dots, coef_scale, r);
   r.tokens = pb.batch.n_tokens();
   return r;
+}
+
+std::vector<std::vector<int64_t>> split_chunks(const std::vector<int64_t>& idx, int64_t micro) {
+  std::vector<std::vector<int64_t>> out;
+  for (size_t a = 0; a < idx.size(); a += size_t(micro))
+    out.emplace_back(idx.begin() + long(a), idx.begin() + long(std::min(idx.size(), a + size_t(micro))));
+  return out;
+}
+
+std::vector<PairMicroResult> pair_pipeline_step(LlamaModel<float>& model, Comm* pp, const float* params, float* grads,
+                                                const PairSplit& s, const std::vector<std::vector<int64_t>>& chunks,
+                                                const LossConfig& loss, const ChunkWeightFn& weigh, double coef_scale,
+                                                const float* ghat) {
+  std::vector<PairMicroResult> res(chunks.size());
+  std::vector<PipeMicro> mbs;
+  for (size_t m = 0; m < chunks.size(); ++m) {
+    PairBatch pb = make_pair_batch(s, chunks[m]);
+    res[m].tokens = pb.batch.n_tokens();
+    res[m].scored = std::count_if(pb.targets.begin(), pb.targets.end(), [](int32_t t) { return t >= 0; });
+    mbs.push_back({std::move(pb.batch), std::move(pb.targets)});
+  }
+  const PipeLossFn lf = [&](size_t m, const std::vector<float>& logp) {
+    const WeightFn w = [&](const std::vector<PairLogps>& in, const std::vector<PairLossResult>& out) {
+      return weigh(m, in, out);
+    };
+    return pair_dlogp<float>(s, chunks[m], mbs[m].batch, mbs[m].targets, logp, loss, w, coef_scale, res[m]);
+  };
+  std::vector<std::vector<double>> dots;
+  pipeline_train(model, pp, params, grads, mbs, lf, ghat, ghat ? &dots : nullptr);
+  if (ghat && model.stage().last)
+    for (size_t m = 0; m < chunks.size(); ++m) pair_align(dots[m], coef_scale, res[m]);
+  return res;
 }
 
 template <typename T>
@@ -370,7 +455,7 @@ INSTANTIATE_MICRO(float)
 INSTANTIATE_MICRO(double)
 #undef INSTANTIATE_MICRO
 
-void pair_logps(LlamaModel<float>& model, const float* params, const PairSplit& s,
+void pair_logps(LlamaModel<float>& model, Comm* pp, const float* params, const PairSplit& s,
                 const std::vector<int64_t>& idx, int64_t micro, MPI_Comm comm, std::vector<double>& chosen,
                 std::vector<double>& rejected) {
   int rank = 0, size = 1;
@@ -379,29 +464,36 @@ void pair_logps(LlamaModel<float>& model, const float* params, const PairSplit& 
   chosen.assign(idx.size(), 0.0), rejected.assign(idx.size(), 0.0);
   std::vector<size_t> mine;
   for (size_t k = size_t(rank); k < idx.size(); k += size_t(size)) mine.push_back(k);
+  std::vector<PipeMicro> mbs;
+  std::vector<size_t> first;  // position in `mine` of each micro-batch's first pair
   for (size_t a = 0; a < mine.size(); a += size_t(micro)) {
     const size_t z = std::min(mine.size(), a + size_t(micro));
     std::vector<int64_t> chunk;
     for (size_t k = a; k < z; ++k) chunk.push_back(idx[mine[k]]);
-    const PairBatch pb = make_pair_batch(s, chunk);
-    std::vector<float> logp(static_cast<size_t>(pb.batch.n_tokens()));
-    model.forward(params, pb.batch, pb.targets.data(), logp.data());
-    const std::vector<double> seq = sequence_logps(pb.batch, logp);
-    for (size_t k = a; k < z; ++k) chosen[mine[k]] = seq[2 * (k - a)], rejected[mine[k]] = seq[2 * (k - a) + 1];
+    PairBatch pb = make_pair_batch(s, chunk);
+    mbs.push_back({std::move(pb.batch), std::move(pb.targets)});
+    first.push_back(a);
   }
-  // Every entry was filled by exactly one rank (others hold 0): a sum gathers them.
+  pipeline_forward(model, pp, params, mbs, [&](size_t m, const std::vector<float>& logp) {
+    const std::vector<double> seq = sequence_logps(mbs[m].batch, logp);
+    for (size_t k = 0; 2 * k < seq.size(); ++k)
+      chosen[mine[first[m] + k]] = seq[2 * k], rejected[mine[first[m] + k]] = seq[2 * k + 1];
+  });
+  // Every entry was filled by exactly one rank (the others hold 0): sums gather them, over DP and
+  // then from the last pipeline stage to the others.
   allreduce_sum(chosen.data(), chosen.size(), comm);
   allreduce_sum(rejected.data(), rejected.size(), comm);
+  if (pp && pp->size() > 1) pp->allreduce_sum(chosen.data(), chosen.size()), pp->allreduce_sum(rejected.data(), rejected.size());
 }
 
-PairStats evaluate_pairs(LlamaModel<float>& model, const float* params, const PairSplit& s,
+PairStats evaluate_pairs(LlamaModel<float>& model, Comm* pp, const float* params, const PairSplit& s,
                          const LossConfig& loss, int64_t micro, int64_t limit, MPI_Comm comm) {
   MP_CHECK(s.has_ref(), "evaluation needs reference log-probs (run metapo precompute-ref)");
   const int64_t n = limit > 0 ? std::min(limit, s.size()) : s.size();
   std::vector<int64_t> idx(static_cast<size_t>(n));
   for (int64_t i = 0; i < n; ++i) idx[size_t(i)] = i;
   std::vector<double> c, r;
-  pair_logps(model, params, s, idx, micro, comm, c, r);
+  pair_logps(model, pp, params, s, idx, micro, comm, c, r);
   PairStats st;
   for (int64_t i = 0; i < n; ++i) {
     const PairLogps p = pair_input(s, i, c[size_t(i)], r[size_t(i)]);
@@ -410,34 +502,39 @@ PairStats evaluate_pairs(LlamaModel<float>& model, const float* params, const Pa
   return st;
 }
 
-ShardedModel shard_model(const LlamaConfig& c, std::vector<float>&& full, const Topology& topo) {
+ShardedModel shard_model(const LlamaConfig& c, std::vector<float>&& full, const Topology& topo,
+                         const std::vector<int64_t>& pp_layers) {
   ShardedModel sm;
-  if (topo.tp == 1) {
+  const PipeStage stage = pipeline_stages(c.num_hidden_layers, topo.pp, pp_layers)[size_t(topo.pp_rank)];
+  if (topo.tp == 1 && topo.pp == 1) {
     sm.model = std::make_unique<LlamaModel<float>>(c);
     sm.params = std::move(full);
     return sm;
   }
-  sm.tp = std::make_unique<MpiComm>(topo.tp_comm);
-  sm.model = std::make_unique<LlamaModel<float>>(c, sm.tp.get());
-  sm.params.assign(sm.model->layout().total(), 0.0f);
-  tp_split(c, topo.tp, topo.tp_rank, full.data(), sm.params.data());
-  sm.shard_map = tp_shard_map(c, topo.tp, topo.tp_rank);
+  if (topo.tp > 1) sm.tp = std::make_unique<MpiComm>(topo.tp_comm);
+  if (topo.pp > 1) sm.pp = std::make_unique<MpiComm>(topo.pp_comm);
+  sm.mp = std::make_unique<MpiComm>(topo.mp_comm);
+  sm.model = std::make_unique<LlamaModel<float>>(c, sm.tp.get(), stage);
+  sm.shard_map = stage_shard_map(c, topo.tp, topo.tp_rank, stage);
+  sm.params.resize(sm.model->layout().total());
+  shard_split(sm.shard_map, sm.params.size(), full.data(), sm.params.data());
   std::vector<float>().swap(full);  // the full copy is not needed again (save_final gathers)
   return sm;
 }
 
 void ensure_ref_logps(PairSplit& s, const std::string& split_name, const std::string& ref_dir, int64_t micro,
-                      const Topology& topo) {
+                      const Topology& topo, const std::vector<int64_t>& pp_layers) {
   if (s.has_ref()) return;
   if (topo.is_root())
     std::printf("%s: no reference log-probs in the dataset; computing them with %s\n", split_name.c_str(),
                 ref_dir.c_str());
   HfModel ref = load_hf_model(ref_dir);
-  ShardedModel sm = shard_model(ref.config, std::move(ref.params), topo);
+  ShardedModel sm = shard_model(ref.config, std::move(ref.params), topo, pp_layers);
   std::vector<int64_t> idx(static_cast<size_t>(s.size()));
   for (int64_t i = 0; i < s.size(); ++i) idx[size_t(i)] = i;
   // Over DP: the TP ranks of a replica score the same pairs together.
-  pair_logps(*sm.model, sm.params.data(), s, idx, micro, topo.dp_comm, s.ref_logp_chosen, s.ref_logp_rejected);
+  pair_logps(*sm.model, sm.pp.get(), sm.params.data(), s, idx, micro, topo.dp_comm, s.ref_logp_chosen,
+             s.ref_logp_rejected);
 }
 
 int run_dpo(const Topology& topo, const TrainConfig& cfg) {
@@ -452,8 +549,8 @@ int run_dpo(const Topology& topo, const TrainConfig& cfg) {
   PairSplit val;
   if (do_eval) val = read_pair_split(cfg.data_path, cfg.val_split);
   const std::string ref_dir = cfg.ref_model_dir.empty() ? cfg.model_dir : cfg.ref_model_dir;
-  ensure_ref_logps(train, cfg.train_split, ref_dir, cfg.micro_batch, topo);
-  if (do_eval) ensure_ref_logps(val, cfg.val_split, ref_dir, cfg.micro_batch, topo);
+  ensure_ref_logps(train, cfg.train_split, ref_dir, cfg.micro_batch, topo, cfg.pp_layers);
+  if (do_eval) ensure_ref_logps(val, cfg.val_split, ref_dir, cfg.micro_batch, topo, cfg.pp_layers);
   std::vector<double> column;
   if (cfg.weighting == Weighting::Column) {
     auto it = train.columns.find(cfg.weight_opt.column);
@@ -466,6 +563,8 @@ int run_dpo(const Topology& topo, const TrainConfig& cfg) {
   const LrSchedule sched = make_schedule(cfg, total);
   TrainRun run(cfg, topo, hf, "train", total);
   LlamaModel<float>& model = *run.sm.model;
+  Comm* pp = run.pipe();
+  const bool last_stage = topo.last_stage();
   MpiComm& dp_comm = run.dp_comm;
   ZeroAdamW& opt = run.opt;
   std::vector<float>& params = run.sm.params;
@@ -477,18 +576,23 @@ int run_dpo(const Topology& topo, const TrainConfig& cfg) {
   if (use_meta) {
     MP_CHECK(cfg.meta.hypergrad == "ghost" || cfg.meta.hypergrad == "exact" || cfg.meta.hypergrad == "fd",
              "--hypergrad ", cfg.meta.hypergrad, ": unknown (valid: ghost, exact, fd)");
-    // The reference methods take dot products and maxima over the flat buffer, which with TP would
-    // need their own reductions over the shards; ghost products are reduced inside the model.
+    // The reference methods take dot products and maxima over the flat buffer, which with TP or PP
+    // would need their own reductions over the parts; ghost products are reduced inside the model
+    // (TP) and over the pipeline (PP).
     MP_CHECK(topo.tp == 1 || cfg.meta.hypergrad == "ghost", "--hypergrad ", cfg.meta.hypergrad,
              " is not supported with --tp ", topo.tp, " (use --hypergrad ghost)");
+    MP_CHECK(topo.pp == 1 || cfg.meta.hypergrad == "ghost", "--hypergrad ", cfg.meta.hypergrad,
+             " is not supported with --pp ", topo.pp, " (use --hypergrad ghost)");
     int64_t max_id = 0;
     for (int64_t id : train.sample_id) max_id = std::max(max_id, id);
-    meta = std::make_unique<MetaPOState>(cfg.meta, max_id, cfg.seed, dp_comm);
+    // The pair statistics, the features and the weight net live on the last pipeline stage, where
+    // the pair losses are (DESIGN §6); its DP ranks share the table.
+    if (last_stage) meta = std::make_unique<MetaPOState>(cfg.meta, max_id, cfg.seed, dp_comm);
     ghat.resize(params.size());
   }
 
   auto run_eval = [&](int64_t step) {
-    PairStats ev = evaluate_pairs(model, params.data(), val, cfg.loss, cfg.micro_batch, cfg.eval_pairs, topo.dp_comm);
+    PairStats ev = evaluate_pairs(model, pp, params.data(), val, cfg.loss, cfg.micro_batch, cfg.eval_pairs, topo.dp_comm);
     nlohmann::json j = stats_json(ev, "eval/");
     j["step"] = step + 1;
     char line[256];
@@ -502,63 +606,86 @@ int run_dpo(const Topology& topo, const TrainConfig& cfg) {
   const std::string traj_path = cfg.out_dir + "/trajectories.jsonl";
   if (topo.is_root() && !tracked.empty()) std::ofstream(traj_path, std::ios::trunc);
   if (!tracked.empty())
-    write_trajectories(model, params.data(), train, tracked, cfg.loss, 0, cfg.micro_batch, topo, traj_path);
+    write_trajectories(model, pp, params.data(), train, tracked, cfg.loss, 0, cfg.micro_batch, topo, traj_path);
 
   for (int64_t step = 0; step < total; ++step) {
     Timer tm;
     run.begin_step();
     const std::vector<int64_t> mine = dp_share(global_batch(train.size(), cfg.batch_size, cfg.seed, step), topo.dp_rank, topo.dp);
     PairStats st;
-    double tokens = 0;
+    double tokens = 0, scored = 0;
     // MetaPO: the validation gradient at the current θ first, so the training backward can take
     // ghost products with it.
     // Phase times (seconds) of this step, logged as time/* so the MetaPO overhead can be read off.
     double t_refresh = 0, t_val = 0, t_meta = 0;
     Timer phase;
-    if (use_meta) meta->refresh(model, params.data(), train, cfg.loss, step, cfg.micro_batch, topo.dp_comm);
+    if (use_meta) {
+      const std::vector<int64_t> window = refresh_window(cfg.meta, train.size(), step);
+      if (!window.empty()) {
+        std::vector<double> c, r;
+        pair_logps(model, pp, params.data(), train, window, cfg.micro_batch, topo.dp_comm, c, r);
+        if (meta) meta->observe_refresh(train, window, c, r, cfg.loss, step);
+      }
+    }
     t_refresh = phase.seconds();
-    const bool meta_step = use_meta && meta->is_meta_step(step);
+    const bool meta_step = use_meta && is_meta_step(cfg.meta, step);
     phase.reset();
     if (meta_step)
-      validation_gradient(model, params.data(), val, cfg.loss, cfg.meta.val_batch, cfg.micro_batch, cfg.seed, step,
+      validation_gradient(model, pp, params.data(), val, cfg.loss, cfg.meta.val_batch, cfg.micro_batch, cfg.seed, step,
                           topo, opt, cfg.meta.precondition, ghat.data());
     t_val = phase.seconds();
     phase.reset();
+    const std::vector<std::vector<int64_t>> chunks = split_chunks(mine, cfg.micro_batch);
+    // Backward with a_i / B; the step rescales by B / Σa once Σa over all ranks is known.
+    ChunkWeightFn weigh;
+    if (use_meta) {
+      weigh = [&](size_t m, const std::vector<PairLogps>& in, const std::vector<PairLossResult>& out) {
+        return meta->weights(train, chunks[m], in, out);
+      };
+    } else {
+      weigh = [&](size_t m, const std::vector<PairLogps>& in, const std::vector<PairLossResult>& out) {
+        std::vector<double> col;
+        if (!column.empty())
+          for (int64_t i : chunks[m]) col.push_back(column[size_t(i)]);
+        return static_pair_weights(cfg.weighting, in, out, col, cfg.weight_opt);
+      };
+    }
+    const bool ghost = meta_step && cfg.meta.hypergrad == "ghost";
+    const std::vector<PairMicroResult> res =
+        pair_pipeline_step(model, pp, params.data(), grads.data(), train, chunks, cfg.loss, weigh, 1.0 / B,
+                           ghost ? ghat.data() : nullptr);
     std::vector<double> align;
-    for (size_t a = 0; a < mine.size(); a += size_t(cfg.micro_batch)) {
-      const std::vector<int64_t> chunk(mine.begin() + long(a), mine.begin() + long(std::min(mine.size(), a + size_t(cfg.micro_batch))));
-      // Backward with a_i / B; the step rescales by B / Σa once Σa over all ranks is known.
-      PairMicroResult r;
-      if (use_meta) {
-        const WeightFn weigh = [&](const std::vector<PairLogps>& in, const std::vector<PairLossResult>& out) {
-          return meta->weights(train, chunk, in, out);
-        };
-        const bool ghost = cfg.meta.hypergrad == "ghost";
-        r = pair_micro_step<float>(model, params.data(), grads.data(), a > 0, train, chunk, cfg.loss, weigh,
-                                   1.0 / B, meta_step && ghost ? ghat.data() : nullptr);
-        if (meta_step && !ghost) {
-          // Reference methods (DESIGN §6), after the training backward so they only reuse scratch.
-          if (hyper_scratch.empty()) hyper_scratch.resize(params.size());
-          r.align = cfg.meta.hypergrad == "exact"
-                        ? pair_alignments_exact<float>(model, params.data(), hyper_scratch.data(), params.size(), train,
-                                                       chunk, cfg.loss, ghat.data())
-                        : pair_alignments_fd<float>(model, params.data(), hyper_scratch.data(), params.size(), train,
-                                                    chunk, cfg.loss, ghat.data(), cfg.meta.fd_step);
-        }
+    for (size_t m = 0; m < chunks.size(); ++m) {
+      const PairMicroResult& r = res[m];
+      tokens += double(r.tokens), scored += double(r.scored);
+      if (!last_stage) continue;
+      for (size_t k = 0; k < chunks[m].size(); ++k) st.add(r.in[k], r.out[k], r.weights[k]);
+      if (meta_step && ghost) {
         align.insert(align.end(), r.align.begin(), r.align.end());
-      } else {
-        r = pair_micro_step(model, params.data(), grads.data(), /*accumulate=*/a > 0, train, chunk, cfg.loss,
-                            cfg.weighting, cfg.weight_opt, column, 1.0 / B);
+      } else if (meta_step) {
+        // Reference methods (DESIGN §6), after the training backward so they only reuse scratch (one
+        // rank holds the whole model: checked above).
+        if (hyper_scratch.empty()) hyper_scratch.resize(params.size());
+        const std::vector<double> a =
+            cfg.meta.hypergrad == "exact"
+                ? pair_alignments_exact<float>(model, params.data(), hyper_scratch.data(), params.size(), train,
+                                               chunks[m], cfg.loss, ghat.data())
+                : pair_alignments_fd<float>(model, params.data(), hyper_scratch.data(), params.size(), train,
+                                            chunks[m], cfg.loss, ghat.data(), cfg.meta.fd_step);
+        align.insert(align.end(), a.begin(), a.end());
       }
-      for (size_t k = 0; k < chunk.size(); ++k) st.add(r.in[k], r.out[k], r.weights[k]);
-      tokens += double(r.tokens);
     }
     const double t_train = phase.seconds();
     st.allreduce(topo.dp_comm);
+    // The pair statistics are the last stage's (the other stages hold zeros): share them, so every
+    // stage knows Σa for the rescale and the root can log them.
+    if (topo.pp > 1) st.allreduce(topo.pp_comm);
     phase.reset();
-    if (use_meta) meta->end_step(step, meta_step ? &align : nullptr, cfg.batch_size, st.weight_sum);
+    if (meta) meta->end_step(step, meta_step ? &align : nullptr, cfg.batch_size, st.weight_sum);
     t_meta = phase.seconds();
-    MPI_Allreduce(MPI_IN_PLACE, &tokens, 1, MPI_DOUBLE, MPI_SUM, topo.dp_comm);
+    double counts[2] = {tokens, scored};
+    MPI_Allreduce(MPI_IN_PLACE, counts, 2, MPI_DOUBLE, MPI_SUM, topo.dp_comm);
+    tokens = counts[0], scored = counts[1];
     MP_CHECK(st.weight_sum > 0, "step ", step + 1, ": the pair weights of the batch sum to 0 (--weighting ",
              weighting_name(cfg.weighting), ")");
     phase.reset();
@@ -573,9 +700,14 @@ int run_dpo(const Topology& topo, const TrainConfig& cfg) {
     const double wmean = st.weight_sum / st.n;
     j["step"] = step + 1, j["epoch"] = double(step + 1) * B / double(train.size());
     j["lr"] = lr, j["grad_norm"] = gnorm, j["tokens_per_s"] = tokens / secs, j["step_time"] = secs;
+    j["tokens"] = tokens, j["scored_tokens"] = scored;
     j["weights/mean"] = wmean, j["weights/std"] = std::sqrt(std::max(0.0, st.w_sq / st.n - wmean * wmean));
     j["weights/min"] = st.w_min, j["weights/max"] = st.w_max;
-    if (meta_step) j["meta/grad_norm"] = meta->last_meta_grad_norm();
+    if (meta_step) {
+      double mg = meta ? meta->last_meta_grad_norm() : 0.0;  // the last stage's (zero elsewhere)
+      if (topo.pp > 1) pp->allreduce_sum(&mg, 1);
+      j["meta/grad_norm"] = mg;
+    }
     j["time/train"] = t_train, j["time/optimizer"] = t_opt;
     if (use_meta) j["time/refresh"] = t_refresh, j["time/val_grad"] = t_val, j["time/meta_update"] = t_meta;
     run.report(j, step);
@@ -588,42 +720,55 @@ int run_dpo(const Topology& topo, const TrainConfig& cfg) {
     log.step(step, j, line);
     if (cfg.eval_every > 0 && ((step + 1) % cfg.eval_every == 0 || step + 1 == total)) run_eval(step);
     if (!tracked.empty() && cfg.track_every > 0 && ((step + 1) % cfg.track_every == 0 || step + 1 == total))
-      write_trajectories(model, params.data(), train, tracked, cfg.loss, step + 1, cfg.micro_batch, topo, traj_path);
+      write_trajectories(model, pp, params.data(), train, tracked, cfg.loss, step + 1, cfg.micro_batch, topo, traj_path);
   }
   run.save();
   if (use_meta) {
-    // The weight net must be bit-identical on every rank (same reduced gradients, same Adam; the TP
-    // ranks of a replica run the same meta computations on the same inputs): check it element by
-    // element over the whole world (max == min) and fail loudly if not.
-    std::vector<double> hi = meta->net().params(), lo = hi;
-    MPI_Allreduce(MPI_IN_PLACE, hi.data(), int(hi.size()), MPI_DOUBLE, MPI_MAX, topo.world);
-    MPI_Allreduce(MPI_IN_PLACE, lo.data(), int(lo.size()), MPI_DOUBLE, MPI_MIN, topo.world);
-    MP_CHECK(hi == lo, "MetaPO: the weight net differs between ranks");
-    if (topo.is_root() && topo.world_size > 1) {
-      if (topo.tp == 1)
-        std::printf("weight net identical on all %d data-parallel ranks (%lld parameters)\n", topo.dp,
-                    (long long)hi.size());
-      else
-        std::printf("weight net identical on all %d ranks (DP %d x TP %d, %lld parameters)\n", topo.world_size,
-                    topo.dp, topo.tp, (long long)hi.size());
+    // The weight net must be bit-identical on every rank that holds one, the last pipeline stage's
+    // (same reduced gradients, same Adam; the TP ranks of a replica run the same meta computations on
+    // the same inputs): check it element by element over those ranks (max == min) and fail loudly if
+    // not. The split is collective over the world.
+    MPI_Comm holders = MPI_COMM_NULL;
+    MPI_Comm_split(topo.world, meta ? 0 : MPI_UNDEFINED, topo.world_rank, &holders);
+    if (meta) {
+      std::vector<double> hi = meta->net().params(), lo = hi;
+      int n_holders = 1;
+      MPI_Comm_size(holders, &n_holders);
+      MPI_Allreduce(MPI_IN_PLACE, hi.data(), int(hi.size()), MPI_DOUBLE, MPI_MAX, holders);
+      MPI_Allreduce(MPI_IN_PLACE, lo.data(), int(lo.size()), MPI_DOUBLE, MPI_MIN, holders);
+      MPI_Comm_free(&holders);
+      MP_CHECK(hi == lo, "MetaPO: the weight net differs between ranks");
+      if (topo.is_last_stage_root() && n_holders > 1) {
+        if (topo.tp == 1 && topo.pp == 1)
+          std::printf("weight net identical on all %d data-parallel ranks (%lld parameters)\n", topo.dp,
+                      (long long)hi.size());
+        else if (topo.pp == 1)
+          std::printf("weight net identical on all %d ranks (DP %d x TP %d, %lld parameters)\n", n_holders,
+                      topo.dp, topo.tp, (long long)hi.size());
+        else
+          std::printf("weight net identical on all %d ranks of the last pipeline stage (DP %d x TP %d, %lld parameters)\n",
+                      n_holders, topo.dp, topo.tp, (long long)hi.size());
+        std::fflush(stdout);
+      }
+      // What `metapo analyze` needs: the weight net, the feature statistics and the final pair table
+      // (the logical [N, S] array, gathered from its owners), written by the last stage.
+      const std::vector<double> table = meta->table().gather_all();
+      if (topo.is_last_stage_root()) {
+        nlohmann::json j;
+        j["format"] = "metapo-meta", j["format_version"] = 1;
+        j["net"]["hidden"] = cfg.meta.hidden, j["net"]["a_min"] = cfg.meta.a_min;
+        j["features_used"] = cfg.meta.features;
+        j["net"]["n_features"] = kNumFeatures, j["net"]["params"] = meta->net().params();
+        j["features"] = std::vector<std::string>(kFeatureNames.begin(), kFeatureNames.end());
+        j["standardizer"] = meta->standardizer().state();
+        j["pair_stats"]["fields"] = std::vector<std::string>(kPairStatFieldNames.begin(), kPairStatFieldNames.end());
+        j["pair_stats"]["rows"] = meta->table().rows();
+        j["pair_stats"]["data"] = table;
+        std::ofstream(cfg.out_dir + "/metapo.json.partial") << j.dump() << "\n";
+        fs::rename(cfg.out_dir + "/metapo.json.partial", cfg.out_dir + "/metapo.json");
+      }
     }
-    // What `metapo analyze` needs: the weight net, the feature statistics and the final pair table
-    // (the logical [N, S] array, gathered from its owners).
-    const std::vector<double> table = meta->table().gather_all();
-    if (topo.is_root()) {
-      nlohmann::json j;
-      j["format"] = "metapo-meta", j["format_version"] = 1;
-      j["net"]["hidden"] = cfg.meta.hidden, j["net"]["a_min"] = cfg.meta.a_min;
-      j["features_used"] = cfg.meta.features;
-      j["net"]["n_features"] = kNumFeatures, j["net"]["params"] = meta->net().params();
-      j["features"] = std::vector<std::string>(kFeatureNames.begin(), kFeatureNames.end());
-      j["standardizer"] = meta->standardizer().state();
-      j["pair_stats"]["fields"] = std::vector<std::string>(kPairStatFieldNames.begin(), kPairStatFieldNames.end());
-      j["pair_stats"]["rows"] = meta->table().rows();
-      j["pair_stats"]["data"] = table;
-      std::ofstream(cfg.out_dir + "/metapo.json.partial") << j.dump() << "\n";
-      fs::rename(cfg.out_dir + "/metapo.json.partial", cfg.out_dir + "/metapo.json");
-    }
+    MPI_Barrier(topo.world);  // metapo.json is complete when any rank reports the run done
   }
   if (topo.is_root()) std::printf("wrote %s/final and %s/metrics.jsonl\n", cfg.out_dir.c_str(), cfg.out_dir.c_str());
   return 0;
@@ -655,20 +800,22 @@ int run_sft(const Topology& topo, const TrainConfig& cfg) {
     MP_CHECK(n_answer > 0, "SFT batch ", step, " has no answer tokens");
     const std::vector<int64_t> mine = dp_share(global, topo.dp_rank, topo.dp);
     double nll = 0, tokens = 0;
-    for (size_t a = 0; a < mine.size(); a += size_t(cfg.micro_batch)) {
-      const std::vector<int64_t> chunk(mine.begin() + long(a), mine.begin() + long(std::min(mine.size(), a + size_t(cfg.micro_batch))));
-      std::vector<int32_t> targets;
-      const PackedBatch b = make_sft_batch(train, chunk, targets);
-      std::vector<float> logp(static_cast<size_t>(b.n_tokens()));
-      model.forward(params.data(), b, targets.data(), logp.data());
+    std::vector<PipeMicro> mbs;
+    for (const std::vector<int64_t>& chunk : split_chunks(mine, cfg.micro_batch)) {
+      PipeMicro mb;
+      mb.batch = make_sft_batch(train, chunk, mb.targets);
+      tokens += double(mb.batch.n_tokens());
+      mbs.push_back(std::move(mb));
+    }
+    pipeline_train(model, run.pipe(), params.data(), grads.data(), mbs, [&](size_t m, const std::vector<float>& logp) {
       std::vector<float> dlogp(logp.size(), 0.0f);
       for (size_t t = 0; t < logp.size(); ++t)
-        if (targets[t] >= 0) nll -= double(logp[t]), dlogp[t] = float(-1.0 / n_answer);
-      model.backward(params.data(), dlogp.data(), grads.data(), a > 0);
-      tokens += double(b.n_tokens());
-    }
+        if (mbs[m].targets[t] >= 0) nll -= double(logp[t]), dlogp[t] = float(-1.0 / n_answer);
+      return dlogp;
+    });
     double sums[2] = {nll, tokens};
     allreduce_sum(sums, 2, topo.dp_comm);
+    if (topo.pp > 1) run.pipe()->allreduce_sum(sums, 1);  // the NLL is the last stage's (0 elsewhere)
     const double lr = sched.at(step);
     const double gnorm = opt.step(params.data(), grads.data(), lr, 1.0, cfg.max_grad_norm);
     const double secs = tm.seconds();

@@ -70,15 +70,18 @@ void MetaPOState::end_step(int64_t step, const std::vector<double>* align, int64
   step_obs_.clear(), step_x_.clear(), step_a_.clear();
 }
 
-void MetaPOState::refresh(LlamaModel<float>& model, const float* params, const PairSplit& s,
-                          const LossConfig& loss, int64_t step, int64_t micro, MPI_Comm dp_comm) {
-  const int64_t N = s.size(), n = std::min(cfg_.refresh_pairs, N);
-  if (cfg_.refresh_every <= 0 || n <= 0 || step % cfg_.refresh_every != 0) return;
-  const int64_t start = (step / cfg_.refresh_every * n) % N;
-  std::vector<int64_t> idx(static_cast<size_t>(n));
-  for (int64_t j = 0; j < n; ++j) idx[size_t(j)] = (start + j) % N;
-  std::vector<double> c, r;
-  pair_logps(model, params, s, idx, micro, dp_comm, c, r);  // every rank gets every value
+std::vector<int64_t> refresh_window(const MetaConfig& cfg, int64_t N, int64_t step) {
+  const int64_t n = std::min(cfg.refresh_pairs, N);
+  std::vector<int64_t> idx;
+  if (cfg.refresh_every <= 0 || n <= 0 || step % cfg.refresh_every != 0) return idx;
+  const int64_t start = (step / cfg.refresh_every * n) % N;
+  for (int64_t j = 0; j < n; ++j) idx.push_back((start + j) % N);
+  return idx;
+}
+
+void MetaPOState::observe_refresh(const PairSplit& s, const std::vector<int64_t>& idx, const std::vector<double>& c,
+                                  const std::vector<double>& r, const LossConfig& loss, int64_t step) {
+  const int64_t n = int64_t(idx.size());
   std::vector<PairObservation> obs;
   for (int64_t j = dp_.rank(); j < n; j += dp_.size()) {
     const int64_t i = idx[size_t(j)];
@@ -91,18 +94,17 @@ void MetaPOState::refresh(LlamaModel<float>& model, const float* params, const P
   table_.observe(obs);
 }
 
-void validation_gradient(LlamaModel<float>& model, const float* params, const PairSplit& val,
+void validation_gradient(LlamaModel<float>& model, Comm* pp, const float* params, const PairSplit& val,
                          const LossConfig& loss, int64_t val_batch, int64_t micro, uint64_t seed, int64_t step,
                          const Topology& topo, ZeroAdamW& opt, bool precondition, float* ghat) {
   MP_CHECK(val_batch % topo.dp == 0, "--meta-val-batch ", val_batch, " is not divisible by the ", topo.dp,
            " data-parallel ranks");
   // Its own stream of validation batches: (seed + 1) keeps it apart from the training order.
   const std::vector<int64_t> mine = dp_share(global_batch(val.size(), val_batch, seed + 1, step), topo.dp_rank, topo.dp);
-  for (size_t a = 0; a < mine.size(); a += size_t(micro)) {
-    const std::vector<int64_t> chunk(mine.begin() + long(a), mine.begin() + long(std::min(mine.size(), a + size_t(micro))));
-    pair_micro_step<float>(model, params, ghat, a > 0, val, chunk, loss, Weighting::Uniform, {}, {},
-                           1.0 / double(val_batch));
-  }
+  const ChunkWeightFn uniform = [](size_t, const std::vector<PairLogps>& in, const std::vector<PairLossResult>&) {
+    return std::vector<double>(in.size(), 1.0);
+  };
+  pair_pipeline_step(model, pp, params, ghat, val, split_chunks(mine, micro), loss, uniform, 1.0 / double(val_batch));
   // ĝ = g / (√v̂ + ε) when preconditioned: the direction Adam would step along, so alignments weigh
   // coordinates the way the policy update does.
   opt.allreduce_preconditioned(ghat, precondition);

@@ -17,15 +17,16 @@ size_t shard_of(size_t n, int dp) {
 }  // namespace
 
 ZeroAdamW::ZeroAdamW(const ParamLayout& lay, const AdamWConfig& cfg, Comm& dp, Comm* tp,
-                     const std::vector<TpCopy>& replicated)
+                     const std::vector<TpCopy>& replicated, bool count_replicated)
     : dp_(dp),
       tp_(tp && tp->size() > 1 ? tp : nullptr),
+      count_replicated_(!tp_ || count_replicated),
       n_(lay.total()),
       shard_(shard_of(lay.total(), dp.size())),
       opt_(lay, cfg, shard_ * size_t(dp.rank()), shard_ * size_t(dp.rank() + 1)),
       // One DP rank reduces nothing: it works on the caller's buffer in place, with no copy.
       g_(dp.size() > 1 ? shard_ : 0, 0.0f) {
-  if (!tp_ || tp_->rank() == 0) return;
+  if (count_replicated_) return;
   // The complement of the replicated runs within this rank's shard [b, e), in shard offsets.
   std::vector<std::pair<size_t, size_t>> rep;
   for (const TpCopy& c : replicated)
@@ -43,7 +44,7 @@ ZeroAdamW::ZeroAdamW(const ParamLayout& lay, const AdamWConfig& cfg, Comm& dp, C
 }
 
 double ZeroAdamW::shard_sq_norm(const float* g) const {
-  if (!tp_ || tp_->rank() == 0) {
+  if (count_replicated_) {
     // tp = 1 takes exactly the path it always took (bit-identical runs).
     const double n = grad_norm(g, shard_);
     return n * n;
@@ -68,7 +69,7 @@ double ZeroAdamW::step(float* params, float* grads, double lr, double scale, dou
   // The padding of the last shard is zero on every rank, so it adds nothing to the norm.
   double sq = shard_sq_norm(g);
   if (!one) dp_.allreduce_sum(&sq, 1);
-  // Then over TP: every TP rank holds the same DP sum of its shard, so all ranks end equal.
+  // Then over the replica (TP and PP): every rank of a part holds the same DP sum, so all end equal.
   if (tp_) tp_->allreduce_sum(&sq, 1);
   const double norm = std::sqrt(sq);
   clip_grads(g, shard_, norm, max_norm);

@@ -3,7 +3,8 @@
 # 1x1x1, 2x1x1, 1x1x2 and 2x1x2 (4 ranks, oversubscribed), and `metapo sft` under 1x1x2, give the
 # per-step losses and the final parameters of the 1-rank run up to floating-point reduction order;
 # precompute-ref and eval with --tp 2 agree with 1 rank; metrics carry comm/*_bytes and run.json
-# memory_bytes; --tp that does not divide the world and --pp 2 fail with one clear line.
+# memory_bytes; --tp or --pp that does not divide the world fails with one clear line (pipeline
+# parallelism: train_pp.sh).
 source "$(dirname "$0")/common.sh"
 "$METAPO" synth --task sort --seed 3 --flip 0.2 --n-train 64 --n-val 16 --n-test 16 --n-sft 64 --out d.h5 >/dev/null
 "$METAPO" init --preset tiny --out init --seed 2 >/dev/null
@@ -93,6 +94,6 @@ print(f"ok: eval on 2x1x2 agrees with 1 rank (loss rel diff {rel(e4['loss'], e1[
 P
 
 expect_error "does not divide the world size 2" $MPIRUN 2 "$METAPO" train --model init --data d.h5 --out bad $common --tp 3
-expect_error "--pp: pipeline parallelism is not implemented yet" "$METAPO" train --model init --data d.h5 --out bad $common --pp 2
+expect_error "--tp 1 x --pp 2 = 2 does not divide the world size 1" "$METAPO" train --model init --data d.h5 --out bad $common --pp 2
 printf '[sft]\ntp = 3\n' > bad.ini
 expect_error "--tp 3" "$METAPO" sft --model init --data d.h5 --out bad $common --config bad.ini

@@ -27,15 +27,18 @@ struct Context {
 bool parse_args(const std::string& cmd, const std::string& usage, po::options_description& desc,
                 int argc, char** argv, po::variables_map& vm, const Context& ctx);
 
-// The process grid of train, sft, precompute-ref and eval: --tp N and --pp M (INI keys tp and pp too).
+// The process grid of train, sft, precompute-ref and eval: --tp N, --pp M and --pp-layers (INI keys
+// tp, pp and pp-layers too).
 struct ParallelOptions {
   int tp = 1, pp = 1;
+  std::string pp_layers_text;      // --pp-layers as given: comma-separated layer counts per stage
+  std::vector<int64_t> pp_layers;  // parsed by apply_parallel_options (empty: an even split)
 };
 void add_parallel_options(po::options_description& desc, ParallelOptions& p);
 // After parse_args: re-creates ctx.topo as Topology::create(tp, pp) (world = DP x PP x TP; freeing the
-// 1 x 1 grid main() made) and re-runs configure_threads. One-line errors name the option: --pp > 1
-// (not implemented yet), and a world size not divisible by --tp x --pp.
-void apply_parallel_options(Context& ctx, const ParallelOptions& p);
+// 1 x 1 grid main() made) and re-runs configure_threads; parses --pp-layers. One-line errors name the
+// option: a world size not divisible by --tp x --pp, --pp-layers that is not one count per stage.
+void apply_parallel_options(Context& ctx, ParallelOptions& p);
 
 // A preset name ("tiny") resolves to configs/presets/<name>.ini of the source tree; a path to an
 // existing .ini file is taken as is.

@@ -73,6 +73,14 @@ class Comm {
   // every rank holds every rank's block (in place).
   virtual void allgather(float* data, size_t block) = 0;
 
+  // Point-to-point (pipeline parallelism), the only calls that are not collective. send returns at
+  // once: the data is copied or already on its way, so the caller may reuse its buffer; it completes
+  // by wait_sends() at the latest. recv blocks until `n` floats from `peer` have arrived; the sender
+  // must have sent exactly n. Messages between two ranks arrive in the order they were sent.
+  virtual void send(const float* data, size_t n, int peer) = 0;
+  virtual void recv(float* data, size_t n, int peer) = 0;
+  virtual void wait_sends() = 0;
+
   virtual void barrier() = 0;
 
   const CommVolume& volume() const { return volume_; }
@@ -133,6 +141,14 @@ class SelfComm final : public Comm {
     if (block > 0) std::memcpy(recv, send, block * sizeof(float));
   }
   void allgather(float*, size_t) override {}
+
+  void send(const float*, size_t, int peer) override {
+    MP_CHECK(false, "SelfComm::send to rank ", peer, ": a one-rank group has no peers");
+  }
+  void recv(float*, size_t, int peer) override {
+    MP_CHECK(false, "SelfComm::recv from rank ", peer, ": a one-rank group has no peers");
+  }
+  void wait_sends() override {}
 
   void barrier() override {}
 };

@@ -7,6 +7,7 @@
 #include <cstdint>
 #include <vector>
 
+
 #include "metapo/comm/comm.h"
 
 namespace metapo {
@@ -43,9 +44,21 @@ class MpiComm final : public Comm {
   // the same collective on pieces of every block, staged through a contiguous buffer.
   void reduce_scatter_sum(const float* send, float* recv, size_t block) override;
   void allgather(float* data, size_t block) override;
+  // send: MPI_Isend from a copy this object keeps until the send completes (wait_sends, or the next
+  // send finds it done); pieces of max_message_bytes.
+  void send(const float* data, size_t n, int peer) override;
+  void recv(float* data, size_t n, int peer) override;
+  void wait_sends() override;
   void barrier() override;
+  ~MpiComm() override;
 
  private:
+  struct PendingSend {
+    std::vector<float> data;
+    std::vector<MPI_Request> req;
+  };
+  std::vector<PendingSend> pending_;
+
   void broadcast_uncounted(void* data, size_t bytes, int root);
 
   MPI_Comm comm_;

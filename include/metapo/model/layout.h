@@ -30,6 +30,22 @@ struct TensorEntry {
   size_t numel = 0;
 };
 
+// A pipeline stage's share of the model (DESIGN §4): decoder layers [layer_begin, layer_end), the
+// embedding when it is the first stage, the final norm and the LM head when it is the last. The
+// default is the whole model.
+struct PipeStage {
+  int64_t layer_begin = 0, layer_end = -1;  // -1: up to the last layer
+  bool first = true, last = true;
+  bool whole() const { return first && last; }
+};
+
+// Layer ranges of pp stages over n_layers layers: counts[s] layers on stage s when counts is given
+// (must have pp positive entries summing to n_layers; the error names `option`), else an even split
+// with the remainder on the earliest stages (the last stage also carries the LM head). Throws
+// metapo::Error naming `option` when a stage would get no layer.
+std::vector<PipeStage> pipeline_stages(int64_t n_layers, int pp, const std::vector<int64_t>& counts = {},
+                                       const std::string& option = "--pp-layers");
+
 struct LayerOffsets {
   size_t attn_norm, wqkv, bqkv, wo, mlp_norm, wgu, wdown;  // bqkv == npos without bias
 };
@@ -38,6 +54,10 @@ class ParamLayout {
  public:
   static constexpr size_t npos = size_t(-1);
   explicit ParamLayout(const LlamaConfig& c);
+  // One pipeline stage's buffer: only its tensors, in the same order and with the same (global)
+  // names; the offsets of absent tensors are npos and `layers` holds the stage's layers only. A tied
+  // LM head on a last stage that is not also the first is not supported (throws).
+  ParamLayout(const LlamaConfig& c, const PipeStage& stage);
 
   size_t total() const { return total_; }
   const std::vector<TensorEntry>& tensors() const& { return tensors_; }
@@ -46,7 +66,9 @@ class ParamLayout {
   // Returns nullptr when no tensor has that name.
   const TensorEntry* find(const std::string& name) const;
 
-  size_t embed = 0, final_norm = 0, lm_head = 0;  // lm_head == embed when tied
+  size_t embed = 0, final_norm = 0, lm_head = 0;  // lm_head == embed when tied; npos when absent
+  PipeStage stage;
+  int64_t first_layer() const { return stage.layer_begin; }  // global index of layers[0]
   std::vector<LayerOffsets> layers;
 
  private:
@@ -67,13 +89,15 @@ struct ModelView {
   T* final_norm;
   T* lm_head;  // == embed when tied
 };
+// (null for the tensors a pipeline stage does not hold)
 
 template <typename T>
 ModelView<T> make_view(const ParamLayout& lay, T* base) {
   ModelView<T> v;
-  v.embed = base + lay.embed;
-  v.final_norm = base + lay.final_norm;
-  v.lm_head = base + lay.lm_head;
+  auto at = [&](size_t off) -> T* { return off == ParamLayout::npos ? nullptr : base + off; };
+  v.embed = at(lay.embed);
+  v.final_norm = at(lay.final_norm);
+  v.lm_head = at(lay.lm_head);
   for (const auto& l : lay.layers) {
     v.layers.push_back({base + l.attn_norm, base + l.wqkv,
                         l.bqkv == ParamLayout::npos ? nullptr : base + l.bqkv, base + l.wo,

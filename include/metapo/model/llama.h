@@ -10,6 +10,12 @@
 // (batch, targets, dlogp) must be identical on every TP rank; outputs (logp, seq_dots, replicated
 // norm-weight gradients) come out identical on every TP rank; weight gradients are the rank's shards.
 // All TP communication happens inside forward/backward: the caller reduces nothing over TP.
+//
+// Pipeline parallelism (DESIGN §4): constructed with a PipeStage, the model holds and runs only that
+// stage (its layers; the embedding on the first stage, the final norm and LM head on the last) through
+// forward_stage / backward_stage, which take and give the residual stream at the stage boundaries. The
+// pipeline schedule (train/pipeline.h) moves those between stages. Several micro-batches can be in
+// flight: each activation slot (set_slots / use_slot) keeps one forward for its backward.
 #pragma once
 #include <cstdint>
 #include <vector>
@@ -47,12 +53,13 @@ class LlamaModel {
   // model is rank tp->rank() of a TP group of tp->size() ranks (borrowed; must outlive the model); a
   // group of one rank runs the TP code path on the full layout. Throws when heads or the intermediate
   // size are not divisible by the TP size.
-  explicit LlamaModel(const LlamaConfig& c, Comm* tp = nullptr);
+  explicit LlamaModel(const LlamaConfig& c, Comm* tp = nullptr, const PipeStage& stage = {});
 
   const LlamaConfig& config() const { return cfg_; }  // the full model's config
   // The layout of the buffers passed to forward/backward: this rank's shard in TP mode.
   const ParamLayout& layout() const { return lay_; }
   int tp_size() const { return tp_ ? tp_->size() : 1; }
+  const PipeStage& stage() const { return lay_.stage; }
 
   // Probabilities of up to this many bytes are kept from forward to backward instead of
   // recomputing the LM-head GEMM (0: always recompute).
@@ -60,7 +67,13 @@ class LlamaModel {
 
   // logp[t] = log p(targets[t] | tokens of its sequence up to t), 0 where targets[t] < 0.
   // Keeps what backward needs. Token ids out of range and over-long sequences are errors.
+  // The whole model only (a stage that is both first and last).
   void forward(const T* params, const PackedBatch& b, const int32_t* targets, T* logp);
+
+  // One pipeline stage. x_in: the residual stream entering the stage, [n_tokens, hidden] (ignored on
+  // the first stage, which embeds b.tokens). out: logp as forward() on the last stage (targets are
+  // read there only), else the residual stream leaving the stage, [n_tokens, hidden].
+  void forward_stage(const T* params, const PackedBatch& b, const int32_t* targets, const T* x_in, T* out);
 
   // Given dlogp[t] = dL/dlogp[t] for the last forward, grads += dL/dparams; with
   // accumulate = false, grads = dL/dparams (whatever the buffer held: the first micro-batch of a step
@@ -73,6 +86,18 @@ class LlamaModel {
   void backward(const T* params, const T* dlogp, T* grads, bool accumulate = true, const T* ghat = nullptr,
                 std::vector<double>* seq_dots = nullptr);
 
+  // One pipeline stage, for the slot's last forward_stage. dout: dlogp on the last stage, else dL/d(the
+  // stage's output) [n_tokens, hidden]. dx_in (not on the first stage): dL/d(x_in) [n_tokens, hidden].
+  // seq_dots (with ghat) are this stage's parameters' share of the ghost dots; the stages' shares sum
+  // to backward()'s.
+  void backward_stage(const T* params, const T* dout, T* grads, bool accumulate, const T* ghat,
+                      std::vector<double>* seq_dots, T* dx_in);
+
+  // Activation slots: n forwards can be held at once (1F1B keeps up to one per later stage); use_slot
+  // selects where the next forward_stage stores, and which forward the next backward_stage reads.
+  void set_slots(int n);
+  void use_slot(int k);
+
   // Activation bytes held by the last forward.
   size_t activation_bytes() const;
 
@@ -83,6 +108,15 @@ class LlamaModel {
   struct LayerActs {
     Buffer<T> x_in, xn1, rstd1, qkv, att, lse, x_mid, xn2, rstd2, gu, h;
   };
+  // What one forward keeps for its backward (the members below for the current slot).
+  struct Saved {
+    PackedBatch batch;
+    std::vector<int32_t> pos, rows, row_targets;
+    std::vector<LayerActs> acts;
+    Buffer<T> x_final, hN, rstdN, row_lse, probs;
+    bool have_forward = false;
+  };
+  void swap_saved(Saved& s);
   LlamaConfig cfg_;
   Comm* tp_ = nullptr;  // null: no tensor parallelism
   LlamaConfig lc_;      // local shapes (heads, intermediate, vocab rows); == cfg_ without TP
@@ -98,6 +132,8 @@ class LlamaModel {
   std::vector<LayerActs> acts_;
   Buffer<T> x_final_, hN_, rstdN_, row_lse_, probs_;
   bool have_forward_ = false;
+  std::vector<Saved> parked_;  // parked_[k]: slot k's state while another slot is current
+  int slot_ = 0;
   struct BackwardWork {
     Buffer<T> coef, dx, dxn, dh, dgu, datt, dqkv, ghost;
   } work_;

@@ -45,6 +45,23 @@ struct TpCopy {
 // Local elements not covered are vocabulary padding rows.
 std::vector<TpCopy> tp_shard_map(const LlamaConfig& full, int tp, int rank);
 
+// A pipeline stage's part of a TP rank's shard: the runs of tp_shard_map(full, tp, rank) that fall in
+// the stage's tensors, with local offsets into ParamLayout(tp_local_config(full, tp), stage). With the
+// whole model as the stage it is tp_shard_map itself.
+std::vector<TpCopy> stage_shard_map(const LlamaConfig& full, int tp, int rank, const PipeStage& stage);
+
+// local[0, local_total) = the runs of `map` copied out of full_buf (everything else zero).
+template <typename T>
+void shard_split(const std::vector<TpCopy>& map, size_t local_total, const T* full_buf, T* local_buf);
+
+// full_buf[0, full_total) on every rank of `group` = the full buffer assembled from every rank's runs:
+// each rank writes its runs into a zeroed buffer (replicated runs only where write_replicated) and one
+// all-reduce (sum) over the group combines them; every element has exactly one nonzero term, so the
+// result is exact. Collective over group (a model replica: its TP × PP ranks).
+template <typename T>
+void shard_gather(const std::vector<TpCopy>& map, size_t full_total, bool write_replicated, Comm& group,
+                  const T* local_buf, T* full_buf);
+
 // local = rank `rank`'s shard of the full buffer (padding rows zero). local must hold
 // ParamLayout(tp_local_config(full, tp)).total() elements.
 template <typename T>

@@ -1,7 +1,8 @@
 // Preference optimization (DPO and its loss family) and supervised fine-tuning over the process grid
-// world = DP x PP x TP (PP = 1 for now): each model replica is split over its TP ranks (each holds
-// its tp_split shard), each replica takes its share of every global batch, and gradients are summed
-// over the DP ranks (bit-identically on every rank) before the optimizer step.
+// world = DP x PP x TP: each model replica is split into PP pipeline stages of contiguous layers and
+// each stage over its TP ranks (each rank holds its stage_shard_map shard), micro-batches flow through
+// the stages in the 1F1B order (train/pipeline.h), each replica takes its share of every global batch,
+// and gradients are summed over the DP ranks (bit-identically on every rank) before the optimizer step.
 #pragma once
 #include <cstdint>
 #include <functional>
@@ -65,6 +66,7 @@ struct TrainConfig {
   uint64_t seed = 0;
   MetaConfig meta;
   std::string save_dtype = "float32";
+  std::vector<int64_t> pp_layers;  // layers per pipeline stage (--pp-layers); empty: an even split
   std::string command_line;  // recorded in RUN/run.json
 };
 
@@ -88,7 +90,8 @@ struct PairMicroResult {
   std::vector<PairLossResult> out;
   std::vector<double> weights;
   std::vector<double> align;  // with ghat: ⟨ghat, ∇θ ℓ_k⟩ per pair (ghost products, a_k factor divided out)
-  int64_t tokens = 0;
+  int64_t tokens = 0;  // in the micro-batch
+  int64_t scored = 0;  // rows with a target (response tokens): where the LM head runs
 };
 // The per-pair weights a_i of a micro-batch, from its pair inputs and losses (constants w.r.t. θ).
 using WeightFn = std::function<std::vector<double>(const std::vector<PairLogps>&, const std::vector<PairLossResult>&)>;
@@ -115,36 +118,55 @@ PairMicroResult pair_micro_step(LlamaModel<T>& model, const T* params, T* grads,
                                 Weighting weighting, const WeightOptions& wopt,
                                 const std::vector<double>& column, double coef_scale);
 
-// One rank's share of a model (DESIGN §4): with topo.tp > 1 a LlamaModel over topo.tp_comm and the
-// rank's tp_split shard of the parameters; with tp = 1 the whole model (no TP communicator, exactly
-// the single-process model). Every TP rank must be handed the same full buffer. The communicator is
-// a member so it lives as long as the model that borrows it.
+// One rank's share of a model (DESIGN §4): its pipeline stage (pipeline_stages(layers, topo.pp,
+// pp_layers)[topo.pp_rank]), split over topo.tp_comm, and the rank's stage_shard_map shard of the
+// parameters; with tp = pp = 1 the whole model (no communicator, exactly the single-process model).
+// Every rank must be handed the same full buffer. The communicators are members so they live as long
+// as the model that borrows them.
 struct ShardedModel {
   std::unique_ptr<MpiComm> tp;  // null when topo.tp == 1
+  std::unique_ptr<MpiComm> pp;  // the pipeline (this rank's peers in the other stages); null when pp == 1
+  std::unique_ptr<MpiComm> mp;  // the whole replica (TP x PP); null when tp == pp == 1
   std::unique_ptr<LlamaModel<float>> model;
   std::vector<float> params;    // the local layout (model->layout().total() elements)
-  std::vector<TpCopy> shard_map;  // tp_shard_map of this rank (empty when tp == 1)
+  std::vector<TpCopy> shard_map;  // stage_shard_map of this rank (empty when tp == pp == 1)
 };
-// `full` is consumed (moved from when tp == 1, released otherwise) so a rank does not keep both.
-ShardedModel shard_model(const LlamaConfig& c, std::vector<float>&& full, const Topology& topo);
+// `full` is consumed (moved from when tp == pp == 1, released otherwise) so a rank does not keep both.
+ShardedModel shard_model(const LlamaConfig& c, std::vector<float>&& full, const Topology& topo,
+                         const std::vector<int64_t>& pp_layers = {});
+
+// The preference objective over the micro-batches `chunks` of s (this rank's share of a global batch)
+// through the pipeline pp (null: the whole model), as pair_micro_step does for one: per micro-batch
+// the pair losses, the weights weigh(m, in, out) and the backward with a_i * coef_scale. Results (in,
+// out, weights; align with ghat) are filled on the last stage; tokens on every stage.
+using ChunkWeightFn = std::function<std::vector<double>(size_t m, const std::vector<PairLogps>&,
+                                                        const std::vector<PairLossResult>&)>;
+std::vector<PairMicroResult> pair_pipeline_step(LlamaModel<float>& model, Comm* pp, const float* params, float* grads,
+                                                const PairSplit& s, const std::vector<std::vector<int64_t>>& chunks,
+                                                const LossConfig& loss, const ChunkWeightFn& weigh, double coef_scale,
+                                                const float* ghat = nullptr);
+// `idx` in micro-batches of at most `micro`.
+std::vector<std::vector<int64_t>> split_chunks(const std::vector<int64_t>& idx, int64_t micro);
 
 // Σ log π over each pair's chosen and rejected response tokens, forward only, micro-batches of
 // `micro` pairs. The rows of idx are split over the ranks of comm (pair k on rank k mod size) and the
 // result gathered on every rank. With tensor parallelism comm is the data-parallel communicator: the
-// TP ranks of one replica process the same pairs (the model's collectives need them all).
-void pair_logps(LlamaModel<float>& model, const float* params, const PairSplit& s,
+// TP ranks of one replica process the same pairs (the model's collectives need them all). With a
+// pipeline pp (else null) the micro-batches flow through the stages and the last stage's results are
+// shared with the others.
+void pair_logps(LlamaModel<float>& model, Comm* pp, const float* params, const PairSplit& s,
                 const std::vector<int64_t>& idx, int64_t micro, MPI_Comm comm,
                 std::vector<double>& chosen, std::vector<double>& rejected);
 
 // Unweighted base-loss statistics of the pairs (all of the split when limit == 0) against the stored
 // reference log-probs.
-PairStats evaluate_pairs(LlamaModel<float>& model, const float* params, const PairSplit& s,
+PairStats evaluate_pairs(LlamaModel<float>& model, Comm* pp, const float* params, const PairSplit& s,
                          const LossConfig& loss, int64_t micro, int64_t limit, MPI_Comm comm);
 
 // Fills s.ref_logp_* with the reference model's log-probs when the file has none (the reference
-// model sharded over topo's TP group, pairs split over its DP ranks).
+// model sharded over topo's TP and PP groups, pairs split over its DP ranks).
 void ensure_ref_logps(PairSplit& s, const std::string& split_name, const std::string& ref_dir,
-                      int64_t micro, const Topology& topo);
+                      int64_t micro, const Topology& topo, const std::vector<int64_t>& pp_layers = {});
 
 int run_dpo(const Topology& topo, const TrainConfig& cfg);
 int run_sft(const Topology& topo, const TrainConfig& cfg);

@@ -16,13 +16,22 @@
 
 namespace metapo {
 
+// Whether `step` takes a meta update (every interval steps from warmup on). Every pipeline stage
+// needs this (the validation gradient and the ghost products run on all of them); the MetaPO state
+// itself lives on the last stage.
+inline bool is_meta_step(const MetaConfig& cfg, int64_t step) {
+  return step >= cfg.warmup && (step - cfg.warmup) % cfg.interval == 0;
+}
+
+// The training pairs the forward-only refresh (MetaConfig::refresh_every) scores at `step`: a window
+// of refresh_pairs rotating through the n pairs of the split; empty on steps without a refresh.
+std::vector<int64_t> refresh_window(const MetaConfig& cfg, int64_t n, int64_t step);
+
 class MetaPOState {
  public:
   MetaPOState(const MetaConfig& cfg, int64_t max_sample_id, uint64_t seed, Comm& dp);
 
-  bool is_meta_step(int64_t step) const {
-    return step >= cfg_.warmup && (step - cfg_.warmup) % cfg_.interval == 0;
-  }
+  bool is_meta_step(int64_t step) const { return metapo::is_meta_step(cfg_, step); }
 
   // Collective. Weights a_i of one micro-batch: fetches the pairs' history, builds and standardizes
   // the features (the running statistics take this batch in), runs the weight net. Keeps the
@@ -36,11 +45,11 @@ class MetaPOState {
   // into the table. global_sum_a = Σ a over the global batch of B pairs.
   void end_step(int64_t step, const std::vector<double>* align, int64_t B, double global_sum_a);
 
-  // Collective. The forward-only refresh (MetaConfig::refresh_every): scores a rotating window of
-  // the split under the current parameters and records the observations now (each pair at most
-  // once per call, each rank passing its share).
-  void refresh(LlamaModel<float>& model, const float* params, const PairSplit& s, const LossConfig& loss,
-               int64_t step, int64_t micro, MPI_Comm dp_comm);
+  // Collective. The forward-only refresh: the pairs idx = refresh_window(...) scored under the current
+  // parameters (chosen/rejected: their policy log-probs, pair_logps) are recorded now (each rank
+  // passing its share).
+  void observe_refresh(const PairSplit& s, const std::vector<int64_t>& idx, const std::vector<double>& chosen,
+                       const std::vector<double>& rejected, const LossConfig& loss, int64_t step);
 
   WeightNet& net() { return net_; }
   PairStatsTable& table() { return table_; }
@@ -62,8 +71,9 @@ class MetaPOState {
 // Collective. g_V = ∇θ of the mean base loss over a validation batch (global batch `val_batch`,
 // drawn from (seed, step)), summed over the data-parallel ranks, optionally divided by √v̂ + ε of the
 // policy's AdamW (Adam preconditioning, on each rank's ZeRO-1 shard). Written into
-// ghat[0, opt.padded_size()) (the model's layout: with TP the rank's local shard; zero padding).
-void validation_gradient(LlamaModel<float>& model, const float* params, const PairSplit& val,
+// ghat[0, opt.padded_size()) (the model's layout: with TP and PP the rank's local part; zero padding).
+// Through the pipeline pp (null: the whole model is here); collective over all stages.
+void validation_gradient(LlamaModel<float>& model, Comm* pp, const float* params, const PairSplit& val,
                          const LossConfig& loss, int64_t val_batch, int64_t micro, uint64_t seed, int64_t step,
                          const Topology& topo, ZeroAdamW& opt, bool precondition, float* ghat);
 

@@ -7,10 +7,11 @@
 // floats with zeros in the padding (the model never writes past n). With one rank it is plain AdamW,
 // bit for bit.
 //
-// Tensor parallelism: each TP rank runs its own ZeroAdamW over the DP ranks of its shard (the local
-// layout of tp_layout.h). Only the gradient norm for clipping crosses TP groups: it must be the norm of
-// the whole model, so the optional TP communicator adds the shards' squared norms, with the runs that
-// every TP rank holds a copy of (norm weights, TpCopy::replicated) counted on TP rank 0 only.
+// Tensor and pipeline parallelism: each rank runs its own ZeroAdamW over the DP ranks that hold the
+// same part of the model (its TP shard of its pipeline stage: the local layout). Only the gradient norm
+// for clipping crosses the replica: it must be the norm of the whole model, so the optional
+// model-parallel communicator (the replica's TP × PP ranks) adds the parts' squared norms, with the
+// runs that every TP rank holds a copy of (norm weights, TpCopy::replicated) counted on TP rank 0 only.
 #pragma once
 #include <cstddef>
 #include <utility>
@@ -25,11 +26,12 @@ namespace metapo {
 
 class ZeroAdamW {
  public:
-  // tp == nullptr (or one rank): no tensor parallelism, and `replicated` is ignored. Otherwise tp is
-  // this rank's TP group (borrowed, must outlive the optimizer) and `replicated` the runs of the local
-  // buffer that are replicated over it (local offsets and counts; tp_shard_map's replicated entries).
-  ZeroAdamW(const ParamLayout& lay, const AdamWConfig& cfg, Comm& dp, Comm* tp = nullptr,
-            const std::vector<TpCopy>& replicated = {});
+  // mp == nullptr (or one rank): the whole model is here, and `replicated` is ignored. Otherwise mp is
+  // this rank's model replica (borrowed, must outlive the optimizer), `replicated` the runs of the local
+  // buffer that other TP ranks hold copies of (local offsets and counts; stage_shard_map's replicated
+  // entries), and count_replicated whether this rank counts them (TP rank 0).
+  ZeroAdamW(const ParamLayout& lay, const AdamWConfig& cfg, Comm& dp, Comm* mp = nullptr,
+            const std::vector<TpCopy>& replicated = {}, bool count_replicated = false);
 
   size_t n_params() const { return n_; }
   size_t padded_size() const { return shard_ * size_t(dp_.size()); }
@@ -40,7 +42,7 @@ class ZeroAdamW {
 
   // One optimizer step. grads[0, padded_size()): this rank's gradient (summed over its micro-batches);
   // it is reduce-scattered over the ranks (grads is left undefined), multiplied by `scale`, clipped
-  // to `max_norm` (≤ 0: no clipping) by the norm over all shards (DP and TP), and the rank's shard of params is
+  // to `max_norm` (≤ 0: no clipping) by the norm over all shards (DP, TP and PP), and the rank's shard of params is
   // updated and all-gathered. Returns the gradient norm before clipping (after scaling).
   double step(float* params, float* grads, double lr, double scale, double max_norm);
 
@@ -58,7 +60,8 @@ class ZeroAdamW {
   double shard_sq_norm(const float* g) const;
 
   Comm& dp_;
-  Comm* tp_;  // null: no tensor parallelism
+  Comm* tp_;  // the model-parallel group; null: the whole model is here
+  bool count_replicated_ = true;
   size_t n_, shard_;
   // With TP on ranks other than 0: the [begin, end) ranges of g_ that count towards the norm (the
   // shard minus the replicated runs), so every replicated element is counted exactly once.
