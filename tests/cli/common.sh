@@ -43,3 +43,13 @@ run_mpi_gtest() {
     echo "ok: $name on $np rank(s)"
   done
 }
+# same_ref_logps A.h5 B.h5 WHAT: every pair split's reference log-probs in B agree with A's within 1e-4.
+same_ref_logps() {
+  local split f
+  for split in train val test; do
+    for f in ref_logp_chosen ref_logp_rejected; do
+      h5diff -d 1e-4 "$1" "$2" /$split/$f /$split/$f >/dev/null || fail "$3: /$split/$f differs from 1 rank"
+    done
+  done
+  echo "ok: $3 agrees with 1 rank within 1e-4"
+}
