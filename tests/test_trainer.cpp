@@ -1,12 +1,26 @@
 // The trainer's gradient of the whole preference objective (pairs → packed forward → TRL loss →
 // per-token coefficients → backward) against central finite differences in double, for several
-// losses and for constant per-pair weights; plus the data order and the optimizer.
+// losses and for constant per-pair weights; plus the data order, the optimizer, and whole MetaPO runs
+// (run_dpo in this process, an MPI singleton) under two micro-batchings.
 #include <gtest/gtest.h>
+#include <mpi.h>
+#include <unistd.h>
 
 #include <cmath>
+#include <filesystem>
+#include <fstream>
+#include <nlohmann/json.hpp>
 #include <set>
 
+#include "metapo/comm/comm.h"
+#include "metapo/comm/topology.h"
+#include "metapo/data/synth.h"
+#include "metapo/io/dataset_h5.h"
+#include "metapo/io/hf_model.h"
+#include "metapo/model/config.h"
+#include "metapo/model/init.h"
 #include "metapo/train/dpo.h"
+#include "metapo/train/metapo.h"
 #include "metapo/train/optimizer.h"
 #include "metapo/train/pairs.h"
 #include "test_util.h"
@@ -208,6 +222,156 @@ TEST(Trainer, HypergradientMethodsAgree) {
   const vector<double> fd = pair_alignments_fd<double>(model, p.data(), scratch.data(), p.size(), s, all, loss, ghat.data(), 1e-6);
   EXPECT_ERR_LT(rel_max_err(ghost, exact), 1e-10, errname("ghost vs exact"));
   EXPECT_ERR_LT(rel_max_err(fd, exact), 1e-6, errname("fd vs exact"));
+}
+
+}  // namespace
+
+namespace {
+
+// MetaPOState alone (SelfComm, no model): the weights of a step are made with the standardizer as of
+// the start of the step, whatever the micro-batches it comes in; the step's features enter the
+// statistics at end_step. Several steps with meta updates (made-up alignments), so the net moves and
+// the pairs gather history: one micro-batch of 8 and four of 2 give bit-identical weights, nets and
+// statistics.
+TEST(Trainer, MetaPOWeightsOfAStepDoNotDependOnItsMicroBatches) {
+  PairSplit s;
+  for (int64_t i = 0; i < 16; ++i) s.sample_id.push_back(100 + i);
+  MetaConfig mc;
+  mc.lr = 0.05;
+  SelfComm c1, c2;
+  MetaPOState one(mc, 115, 7, c1), four(mc, 115, 7, c2);
+  Philox r(3, 1, 2, 3);
+  double spread = 0;  // the largest difference between two weights of a batch
+  for (int64_t step = 0; step < 6; ++step) {
+    std::vector<int64_t> batch;  // 8 of the 16 pairs: every pair comes back, with history
+    for (int64_t k = 0; k < 8; ++k) batch.push_back((step * 8 + k * 3) % 16);
+    std::vector<PairLogps> in(8);
+    std::vector<PairLossResult> out(8);
+    std::vector<double> align(8);
+    for (size_t k = 0; k < 8; ++k) {
+      in[k] = {-10 + r.normal(), -12 + r.normal(), -11, -11, 5, 6};
+      out[k].margin = 0.1 * (in[k].policy_chosen - in[k].policy_rejected), out[k].loss = 0.7 + 0.1 * r.normal();
+      align[k] = r.normal();
+    }
+    const std::vector<double> a1 = one.weights(s, batch, in, out);
+    const double before = four.standardizer().count(kFeatMargin);
+    std::vector<double> a4;
+    for (size_t m = 0; m < 8; m += 2) {
+      const std::vector<int64_t> chunk(batch.begin() + long(m), batch.begin() + long(m + 2));
+      const std::vector<PairLogps> ci(in.begin() + long(m), in.begin() + long(m + 2));
+      const std::vector<PairLossResult> co(out.begin() + long(m), out.begin() + long(m + 2));
+      const std::vector<double> a = four.weights(s, chunk, ci, co);
+      a4.insert(a4.end(), a.begin(), a.end());
+      EXPECT_EQ(four.standardizer().count(kFeatMargin), before) << "statistics changed within step " << step;
+    }
+    EXPECT_EQ(a1, a4) << "step " << step;
+    for (double a : a1) spread = std::max(spread, std::abs(a - a1[0]));
+    double sum_a = 0;
+    for (double a : a1) sum_a += a;
+    one.end_step(step, &align, 8, sum_a);
+    four.end_step(step, &align, 8, sum_a);
+    EXPECT_EQ(four.standardizer().count(kFeatMargin), before + 8) << "step " << step;
+    EXPECT_EQ(one.standardizer().state(), four.standardizer().state()) << "step " << step;
+    EXPECT_EQ(one.net().params(), four.net().params()) << "step " << step;
+  }
+  EXPECT_GT(one.standardizer().count(kFeatMarginEma), 0) << "no pair got history";
+  EXPECT_GT(spread, 1e-3) << "the weights never differed between pairs: the comparison would be trivial";
+}
+
+}  // namespace
+
+namespace {
+
+// run_dpo needs MPI (its Topology splits MPI_COMM_WORLD): initialized on first use (a singleton
+// without a launcher), finalized after the last test.
+class MpiOnDemand : public ::testing::Environment {
+ public:
+  void TearDown() override {
+    int init = 0, fin = 0;
+    MPI_Initialized(&init), MPI_Finalized(&fin);
+    if (init && !fin) MPI_Finalize();
+  }
+};
+[[maybe_unused]] const auto* const kMpiOnDemand = ::testing::AddGlobalTestEnvironment(new MpiOnDemand);
+
+void ensure_mpi() {
+  int init = 0, provided = 0;
+  MPI_Initialized(&init);
+  if (!init) MPI_Init_thread(nullptr, nullptr, MPI_THREAD_FUNNELED, &provided);
+}
+
+std::vector<nlohmann::json> read_jsonl(const std::string& path) {
+  std::ifstream f(path);
+  std::vector<nlohmann::json> v;
+  for (std::string line; std::getline(f, line);)
+    if (!line.empty()) v.push_back(nlohmann::json::parse(line));
+  return v;
+}
+
+// MetaPO's weights, and so the whole run, depend on the global batch only: one rank with micro-batch 2
+// (4 micro-batches per step) and with micro-batch 8 (one) give the same per-step losses, weights and
+// weight net, up to fp32 summation order in the packed forwards and the gradient accumulation. The
+// feature standardizer takes each step's features in once, at the end of the step (DESIGN §6); when it
+// took each micro-batch in before standardizing it, the later micro-batches of a step were standardized
+// with the earlier ones' statistics. The refresh pass gives pairs history from the second step on, so
+// the temporal features and their statistics take part; the reference is another model, so margins
+// are nonzero from the first step.
+TEST(Trainer, MetaPORunDependsOnTheGlobalBatchNotOnTheMicroBatching) {
+  ensure_mpi();
+  namespace fs = std::filesystem;
+  const fs::path dir = fs::temp_directory_path() / ("metapo-test-trainer-" + std::to_string(::getpid()));
+  fs::remove_all(dir);
+  fs::create_directories(dir);
+  const LlamaConfig c = config_from_ini(METAPO_TEST_DATA "/../../configs/presets/tiny.ini");
+  save_hf_model((dir / "policy").string(), c, init_params(c, 1));
+  save_hf_model((dir / "ref").string(), c, init_params(c, 2));
+  Topology topo = Topology::create(1, 1);
+  {
+    SynthConfig sc;
+    sc.task = "sort", sc.flip = 0.25, sc.seed = 3;
+    sc.n_train = 32, sc.n_val = 16, sc.n_test = 0, sc.n_sft = 0;
+    Dataset d = make_synth(sc);
+    // The reference log-probs once, into the file, so both runs read the same values.
+    for (auto& [name, split] : d.pairs) ensure_ref_logps(split, name, (dir / "ref").string(), 8, topo);
+    write_dataset((dir / "data.h5").string(), d);
+  }
+  auto train = [&](int64_t micro) {
+    TrainConfig cfg;
+    cfg.model_dir = (dir / "policy").string(), cfg.ref_model_dir = (dir / "ref").string();
+    cfg.data_path = (dir / "data.h5").string();
+    cfg.out_dir = (dir / ("micro" + std::to_string(micro))).string();
+    cfg.weighting = Weighting::Metapo;
+    cfg.batch_size = 8, cfg.micro_batch = micro, cfg.max_steps = 12;  // 3 epochs of 32 pairs
+    cfg.sched.peak = 1e-3, cfg.sched.warmup_steps = 1;
+    cfg.seed = 5;
+    cfg.meta.val_batch = 8, cfg.meta.refresh_every = 1, cfg.meta.refresh_pairs = 16;
+    EXPECT_EQ(run_dpo(topo, cfg), 0);
+    return cfg.out_dir;
+  };
+  const std::string r2 = train(2), r8 = train(8);
+  const std::vector<nlohmann::json> m2 = read_jsonl(r2 + "/metrics.jsonl"), m8 = read_jsonl(r8 + "/metrics.jsonl");
+  ASSERT_EQ(m2.size(), 12u);
+  ASSERT_EQ(m8.size(), 12u);
+  double loss = 0, wmean = 0, wstd = 0, max_std = 0;
+  for (size_t k = 0; k < m2.size(); ++k) {
+    const double l8 = m8[k]["loss"].get<double>();
+    loss = std::max(loss, std::abs(m2[k]["loss"].get<double>() - l8) / std::abs(l8));
+    wmean = std::max(wmean, std::abs(m2[k]["weights/mean"].get<double>() - m8[k]["weights/mean"].get<double>()));
+    wstd = std::max(wstd, std::abs(m2[k]["weights/std"].get<double>() - m8[k]["weights/std"].get<double>()));
+    max_std = std::max(max_std, m8[k]["weights/std"].get<double>());
+  }
+  EXPECT_GT(max_std, 1e-3) << "the weight net never moved: the weights would agree trivially";
+  EXPECT_ERR_LT(loss, 1e-6, errname("per-step loss, micro 2 vs 8 (relative)"));
+  EXPECT_ERR_LT(wmean, 1e-6, errname("per-step weights/mean, micro 2 vs 8"));
+  EXPECT_ERR_LT(wstd, 1e-6, errname("per-step weights/std, micro 2 vs 8"));
+  auto net = [](const std::string& run) {
+    nlohmann::json j;
+    std::ifstream(run + "/metapo.json") >> j;
+    return j["net"]["params"].get<std::vector<double>>();
+  };
+  EXPECT_ERR_LT(rel_max_err(net(r2), net(r8)), 1e-4, errname("weight-net parameters, micro 2 vs 8"));
+  topo.free();
+  fs::remove_all(dir);
 }
 
 }  // namespace

@@ -38,8 +38,11 @@ std::vector<double> MetaPOState::weights(const PairSplit& s, const std::vector<i
                                              in[k].policy_rejected, in[k].ref_rejected, in[k].len_rejected)});
   }
   const std::vector<double> raw = make_features(rows, margin, loss);
-  stdz_.update(raw, dp_);
+  // Standardized with the statistics of the earlier steps only: this step's features go in at
+  // end_step, all at once, so a pair's input does not depend on the micro-batching or on the number
+  // of data-parallel ranks (only on the global batch).
   std::vector<double> x = stdz_.standardize(raw);
+  step_raw_.insert(step_raw_.end(), raw.begin(), raw.end());
   mask_features(x, int64_t(chunk.size()), cfg_.features);
   std::vector<double> a;
   net_.forward(x, int64_t(chunk.size()), a);
@@ -65,9 +68,10 @@ void MetaPOState::end_step(int64_t step, const std::vector<double>* align, int64
     last_grad_norm_ = std::sqrt(n2);
     adam_update(net_.params(), grad, adam_, cfg_.lr);
   }
+  stdz_.update(step_raw_, dp_);  // the whole step's raw features in one collective
   for (PairObservation& o : step_obs_) o.step = step;
   table_.observe(step_obs_);
-  step_obs_.clear(), step_x_.clear(), step_a_.clear();
+  step_obs_.clear(), step_x_.clear(), step_a_.clear(), step_raw_.clear();
 }
 
 std::vector<int64_t> refresh_window(const MetaConfig& cfg, int64_t N, int64_t step) {

@@ -7,8 +7,11 @@
 // present).
 //
 // Raw features are standardized by running *global* statistics — mean and standard deviation of every
-// raw value seen so far over all ranks — and clipped to ±5, so the weight net sees inputs of unit
-// scale whatever the model's margin scale. A pair with fewer than 2 observations has no history yet
+// raw value of the earlier training steps over all ranks — and clipped to ±5, so the weight net sees
+// inputs of unit scale whatever the model's margin scale. The trainer (MetaPOState) standardizes all
+// micro-batches of a step with the statistics as of the start of the step and adds the step's raw
+// features in one update at its end, so a pair's input depends on the global batch only, not on the
+// micro-batching or the number of data-parallel ranks. (The first step sees no statistics: zeros.) A pair with fewer than 2 observations has no history yet
 // (μ is one margin, Δ and v are 0 by initialization): its temporal features are set to 0, the value
 // of an average pair, and its rows do not enter the temporal features' statistics.
 #pragma once
@@ -60,7 +63,8 @@ class FeatureStandardizer {
 
   // Collective over comm: adds this step's raw features ([B, F], each rank its own pairs, B may differ
   // per rank) to the running statistics. The batch's sums are all-reduced before they are added, so
-  // every rank holds bit-identical statistics afterwards.
+  // every rank holds bit-identical statistics afterwards. The trainer calls it once per step, after
+  // the step's weights are made.
   void update(const std::vector<double>& raw, Comm& comm);
 
   // Local: (x − mean) / max(std, kMinStd), clipped to ±kClip; 0 for the temporal features of pairs

@@ -33,16 +33,19 @@ class MetaPOState {
 
   bool is_meta_step(int64_t step) const { return metapo::is_meta_step(cfg_, step); }
 
-  // Collective. Weights a_i of one micro-batch: fetches the pairs' history, builds and standardizes
-  // the features (the running statistics take this batch in), runs the weight net. Keeps the
-  // standardized features and the observations for end_step().
+  // Collective. Weights a_i of one micro-batch: fetches the pairs' history, builds the features and
+  // standardizes them with the running statistics as of the start of the step (earlier steps only),
+  // runs the weight net. Keeps the raw and standardized features and the observations for
+  // end_step(). The weights thus depend on the global batch, not on how it is split into
+  // micro-batches or over data-parallel ranks.
   std::vector<double> weights(const PairSplit& s, const std::vector<int64_t>& chunk,
                               const std::vector<PairLogps>& in, const std::vector<PairLossResult>& out);
 
   // Collective. After all micro-batches of `step`: with align (⟨ĝ_V, ∇ℓ_i⟩ of every local pair, in
   // the order the weights were made) the meta update — g_i = −s_i/B, dL/da through the global
-  // normalization, dφ through the net, summed over ranks, Adam — then the step's observations go
-  // into the table. global_sum_a = Σ a over the global batch of B pairs.
+  // normalization, dφ through the net, summed over ranks, Adam — then the step's raw features go
+  // into the standardizer's running statistics (one all-reduce over the ranks) and the step's
+  // observations into the table. global_sum_a = Σ a over the global batch of B pairs.
   void end_step(int64_t step, const std::vector<double>* align, int64_t B, double global_sum_a);
 
   // Collective. The forward-only refresh: the pairs idx = refresh_window(...) scored under the current
@@ -63,7 +66,7 @@ class MetaPOState {
   FeatureStandardizer stdz_;
   WeightNet net_;
   AdamState adam_;
-  std::vector<double> step_x_, step_a_;  // standardized features [n, F] and weights of this step
+  std::vector<double> step_raw_, step_x_, step_a_;  // raw and standardized features [n, F], weights of this step
   std::vector<PairObservation> step_obs_;
   double last_grad_norm_ = 0;
 };
