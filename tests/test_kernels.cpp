@@ -5,6 +5,8 @@
 #include <cmath>
 #include <limits>
 
+#include <omp.h>
+
 #include "metapo/kernels/attention.h"
 #include "metapo/kernels/embedding.h"
 #include "metapo/kernels/gemm.h"
@@ -56,6 +58,119 @@ TEST(Kernels, LinearBackwardMatchesFiniteDifferences) {
   EXPECT_ERR_LT(rel_max_err(dX, fd_grad(X, f)), kFdTol, errname("dX"));
   EXPECT_ERR_LT(rel_max_err(dW, fd_grad(W, f)), kFdTol, errname("dW"));
   EXPECT_ERR_LT(rel_max_err(db, fd_grad(b, f)), kFdTol, errname("db"));
+}
+
+// ---------- ghost dot products of a linear layer (DESIGN §6) ----------
+// Double loops: per row ⟨G_t, Ĝ A_t + ĝ_b⟩, dX = G W, dW = Σ_t G_tᵀ A_t, db = Σ_t G_t.
+static vector<double> ref_ghost_rows(const vector<double>& A, const vector<double>& G, const vector<double>& Gh,
+                                     const vector<double>* gb, int64_t n, int64_t in, int64_t out) {
+  vector<double> r(size_t(n), 0.0);
+  for (int64_t t = 0; t < n; ++t)
+    for (int64_t o = 0; o < out; ++o) {
+      double p = gb ? (*gb)[size_t(o)] : 0.0;
+      for (int64_t i = 0; i < in; ++i) p += Gh[size_t(o * in + i)] * A[size_t(t * in + i)];
+      r[size_t(t)] += G[size_t(t * out + o)] * p;
+    }
+  return r;
+}
+
+TEST(Kernels, LinearGhostDotsMatchDoubleLoopInBothGemmOrientations) {
+  const int64_t n = 9;
+  for (auto [in, out] : {std::pair<int64_t, int64_t>{13, 5}, {5, 13}})
+    for (bool bias : {false, true}) {
+      auto A = randn<double>(size_t(n * in), 1), G = randn<double>(size_t(n * out), 2);
+      auto Gh = randn<double>(size_t(out * in), 3), gb = randn<double>(size_t(out), 4);
+      auto ref = ref_ghost_rows(A, G, Gh, bias ? &gb : nullptr, n, in, out);
+      vector<float> Af = cast<float>(A), Gf = cast<float>(G), Ghf = cast<float>(Gh), gbf = cast<float>(gb);
+      vector<float> work(size_t(n * std::min(in, out)));
+      vector<double> rdot(size_t(n), 1.0);  // adds onto what is there
+      cpu::linear_ghost_dots(Af.data(), Gf.data(), Ghf.data(), bias ? gbf.data() : nullptr, n, in, out, work.data(),
+                             rdot.data());
+      for (double& x : rdot) x -= 1.0;
+      EXPECT_ERR_LT(rel_max_err(rdot, ref), kFp32Tol,
+                    errname("row dots in=" + std::to_string(in) + " out=" + std::to_string(out) + " bias=" + std::to_string(bias)));
+    }
+}
+
+// linear_backward_ghost against double loops: dX, dW, db as linear_backward, and each segment's
+// ⟨Ĝ, Σ_{t∈s} G_t A_tᵀ⟩ + ⟨ĝ_b, Σ_{t∈s} G_t⟩ on the segment's first row. Shapes larger than one
+// cache tile (96 × 512) in both directions and not multiples of it; empty and one-row segments; the
+// per-row fallback (short segments); accumulating onto a dW/db that holds values; float and double.
+template <typename T>
+void check_linear_backward_ghost(const vector<int64_t>& seg, int64_t in, int64_t out, bool bias, bool accumulate,
+                                 double tol) {
+  const int64_t n = seg.back(), n_seg = int64_t(seg.size()) - 1;
+  auto A = randn<double>(size_t(n * in), 1), G = randn<double>(size_t(n * out), 2), W = randn<double>(size_t(out * in), 3);
+  auto Gh = randn<double>(size_t(out * in), 4), gb = randn<double>(size_t(out), 5);
+  auto dW0 = randn<double>(size_t(out * in), 6), db0 = randn<double>(size_t(out), 7);
+  // References.
+  vector<double> rdX(size_t(n * in), 0.0), rdW = accumulate ? dW0 : vector<double>(size_t(out * in), 0.0);
+  vector<double> rdb = accumulate ? db0 : vector<double>(size_t(out), 0.0), rseg(size_t(n), 0.0);
+  for (int64_t t = 0; t < n; ++t)
+    for (int64_t o = 0; o < out; ++o) {
+      const double g = G[size_t(t * out + o)];
+      rdb[size_t(o)] += g;
+      for (int64_t i = 0; i < in; ++i) {
+        rdX[size_t(t * in + i)] += g * W[size_t(o * in + i)];
+        rdW[size_t(o * in + i)] += g * A[size_t(t * in + i)];
+      }
+    }
+  const vector<double> rows = ref_ghost_rows(A, G, Gh, bias ? &gb : nullptr, n, in, out);
+  for (int64_t s = 0; s < n_seg; ++s)
+    for (int64_t t = seg[size_t(s)]; t < seg[size_t(s) + 1]; ++t) rseg[size_t(seg[size_t(s)])] += rows[size_t(t)];
+  // The kernel; dW/db hold garbage when they are to be overwritten.
+  vector<T> At = cast<T>(A), Gt = cast<T>(G), Wt = cast<T>(W), Ght = cast<T>(Gh), gbt = cast<T>(gb);
+  vector<T> dX(size_t(n * in), T(7)), dW = accumulate ? cast<T>(dW0) : vector<T>(size_t(out * in), T(7));
+  vector<T> db = accumulate ? cast<T>(db0) : vector<T>(size_t(out), T(7));
+  vector<double> rdot(size_t(n), 0.0);
+  cpu::linear_backward_ghost(dX.data(), dW.data(), bias ? db.data() : nullptr, Gt.data(), At.data(), Wt.data(), n, in,
+                             out, accumulate, Ght.data(), bias ? gbt.data() : nullptr, seg.data(), n_seg, rdot.data());
+  const std::string what = std::string(sizeof(T) == 4 ? "float" : "double") + " n=" + std::to_string(n) + " segs=" +
+                           std::to_string(n_seg) + " in=" + std::to_string(in) + " out=" + std::to_string(out) +
+                           " bias=" + std::to_string(bias) + " acc=" + std::to_string(accumulate);
+  if (n > 0) EXPECT_ERR_LT(rel_max_err(dX, rdX), tol, errname("dX " + what));
+  EXPECT_ERR_LT(rel_max_err(dW, rdW), tol, errname("dW " + what));
+  if (bias) EXPECT_ERR_LT(rel_max_err(db, rdb), tol, errname("db " + what));
+  EXPECT_ERR_LT(rel_max_err(rdot, rseg), tol, errname("segment dots " + what));
+  for (int64_t t = 0; t < n; ++t)  // only first rows of non-empty segments receive a dot
+    if (rseg[size_t(t)] == 0.0) EXPECT_EQ(rdot[size_t(t)], 0.0) << "row " << t;
+}
+
+TEST(Kernels, LinearBackwardGhostMatchesDoubleLoops) {
+  const vector<int64_t> tiled = {0, 5, 5, 17, 18, 40, 40};  // mean segment 8: the tiled path
+  const vector<int64_t> short_segs = {0, 1, 3, 4, 4, 6, 7};  // mean < 4: the per-row fallback
+  const vector<int64_t> one_long = {0, 70};
+  for (const auto& seg : {tiled, short_segs, one_long})
+    for (auto [in, out] : {std::pair<int64_t, int64_t>{600, 200}, {24, 9}, {9, 130}})
+      for (bool bias : {false, true})
+        for (bool acc : {false, true}) {
+          check_linear_backward_ghost<float>(seg, in, out, bias, acc, 2 * kFp32Tol);
+          check_linear_backward_ghost<double>(seg, in, out, bias, acc, 1e-12);
+        }
+  // No rows: dW (and db) are zeroed when overwritten, kept (up to their cast to float) when accumulated.
+  check_linear_backward_ghost<float>({0, 0, 0}, 24, 9, true, false, 1e-7);
+  check_linear_backward_ghost<float>({0}, 24, 9, true, true, 1e-7);
+}
+
+TEST(Kernels, LinearBackwardGhostIsTheSameForAnyThreadCount) {
+  const vector<int64_t> seg = {0, 11, 30, 31, 52};
+  const int64_t n = seg.back(), in = 530, out = 300;
+  auto A = cast<float>(randn<double>(size_t(n * in), 1)), G = cast<float>(randn<double>(size_t(n * out), 2));
+  auto W = cast<float>(randn<double>(size_t(out * in), 3)), Gh = cast<float>(randn<double>(size_t(out * in), 4));
+  auto run = [&](int threads, vector<float>& dW, vector<double>& rdot) {
+    const int before = omp_get_max_threads();
+    omp_set_num_threads(threads);
+    vector<float> dX(size_t(n * in));
+    dW.assign(size_t(out * in), 0.0f), rdot.assign(size_t(n), 0.0);
+    cpu::linear_backward_ghost(dX.data(), dW.data(), (float*)nullptr, G.data(), A.data(), W.data(), n, in, out, false,
+                               Gh.data(), (const float*)nullptr, seg.data(), int64_t(seg.size()) - 1, rdot.data());
+    omp_set_num_threads(before);
+  };
+  vector<float> dW1, dW3;
+  vector<double> r1, r3;
+  run(1, dW1, r1), run(3, dW3, r3);
+  EXPECT_EQ(dW1, dW3);
+  EXPECT_EQ(r1, r3);
 }
 
 // ---------- rmsnorm ----------
@@ -291,6 +406,42 @@ TEST(Kernels, LogprobBackwardMatchesFiniteDifferences) {
     EXPECT_ERR_LT(rel_max_err(dW, fd_grad(W, f)), kFdTol, errname(std::string("dW cache=") + std::to_string(use_cache)));
     for (int64_t t : {1, 4})  // rows without a target get no gradient
       for (int64_t c = 0; c < C; ++c) EXPECT_EQ(dh[t * C + c], 0.0);
+  }
+}
+
+TEST(Kernels, LogprobBackwardGhostDotsMatchDoubleLoop) {
+  // row_dot[rows[i]] += ⟨dlogits_i, Ĝ h_i⟩ with dlogits_i = coef_i (onehot(target_i) - softmax(W h_i)).
+  const int64_t n = 300, C = 8, V = 37;  // n > one 256-row chunk
+  vector<int32_t> rows, tg;
+  for (int32_t t = 0; t < n; ++t)
+    if (t % 3 != 1) rows.push_back(t), tg.push_back((t * 7) % V);
+  const int64_t nr = int64_t(rows.size());
+  auto h = randn<double>(size_t(n * C), 1), W = randn<double>(size_t(V * C), 2), Gh = randn<double>(size_t(V * C), 3);
+  auto coef = randn<double>(size_t(nr), 4);
+  vector<double> ref(size_t(n), 0.0);
+  for (int64_t i = 0; i < nr; ++i) {
+    const double* hr = h.data() + rows[size_t(i)] * C;
+    vector<double> z(size_t(V), 0.0), gz(size_t(V), 0.0);
+    double mx = -1e300, sum = 0;
+    for (int64_t v = 0; v < V; ++v) {
+      for (int64_t c = 0; c < C; ++c) z[size_t(v)] += W[size_t(v * C + c)] * hr[c], gz[size_t(v)] += Gh[size_t(v * C + c)] * hr[c];
+      mx = std::max(mx, z[size_t(v)]);
+    }
+    for (double x : z) sum += std::exp(x - mx);
+    for (int64_t v = 0; v < V; ++v) {
+      const double d = coef[size_t(i)] * ((v == tg[size_t(i)] ? 1.0 : 0.0) - std::exp(z[size_t(v)] - mx) / sum);
+      ref[size_t(rows[size_t(i)])] += d * gz[size_t(v)];
+    }
+  }
+  vector<float> hf = cast<float>(h), Wf = cast<float>(W), Ghf = cast<float>(Gh), cf = cast<float>(coef);
+  for (bool use_cache : {false, true}) {
+    cpu::LogprobParams<float> p{hf.data(), Wf.data(), C, V, rows.data(), tg.data(), nr};
+    vector<float> lp(size_t(nr), 0.0f), lse(size_t(nr), 0.0f), cache(size_t(nr * V), 0.0f), dh(size_t(n * C), 0.0f), dW(size_t(V * C), 0.0f);
+    vector<double> rdot(size_t(n), 0.0);
+    cpu::logprob_forward(p, lp.data(), lse.data(), use_cache ? cache.data() : (float*)nullptr);
+    cpu::logprob_backward(p, cf.data(), lse.data(), use_cache ? cache.data() : (float*)nullptr, dh.data(), dW.data(),
+                          false, Ghf.data(), rdot.data());
+    EXPECT_ERR_LT(rel_max_err(rdot, ref), kFp32Tol, errname(std::string("ghost row dots cache=") + std::to_string(use_cache)));
   }
 }
 

@@ -24,9 +24,26 @@ void linear_backward(T* dX, T* dW, T* db, const T* dY, const T* X, const T* W, i
 // Ghost dot products (DESIGN §6): for the weight gradient dW = Σ_t G_t A_tᵀ of a linear layer, adds
 // to rdot[t] the contribution of row t to ⟨Ĝ, dW⟩ (+ ⟨ĝ_b, db⟩ when ghat_b is given), i.e.
 // ⟨G_t, Ĝ A_t + ĝ_b⟩, without forming per-row gradients: one extra GEMM P = A Ĝᵀ into work [n, out]
-// and a row-wise dot. A: [n, in], G: [n, out], Ghat: [out, in].
+// and a row-wise dot. A: [n, in], G: [n, out], Ghat: [out, in]. work: [n, min(in, out)] (the GEMM is
+// taken with the shorter output rows: A Ĝᵀ or G Ĝ).
 template <typename T>
 void linear_ghost_dots(const T* A, const T* G, const T* Ghat, const T* ghat_b, int64_t n, int64_t in,
                        int64_t out, T* work, double* rdot);
+
+// linear_backward fused with the ghost dot products of its weight gradient, per segment of rows (a
+// packed sequence) instead of per row: for every segment s = rows [seg[s], seg[s+1]),
+//   rdot[seg[s]] += ⟨Ĝ, Σ_{t∈s} G_t A_tᵀ⟩ (+ ⟨ĝ_b, Σ_{t∈s} G_t⟩ when ghat_b is given),
+// the whole segment's dot on its first row (other rows untouched; empty segments add nothing), so
+// summing rdot over each segment gives what linear_backward + linear_ghost_dots give. dX, dW, db as
+// linear_backward(dX, dW, db, G, A, W, n, in, out, accumulate); G = dY, A = X.
+// Cost: dW is computed one segment at a time on cache-sized tiles, and each segment's product is
+// dotted with Ĝ there: one extra pass over the tile per segment (3·in·out per segment) instead of a
+// second [n × in × out] GEMM, so the ghost costs about n_seg / n of a GEMM. When the mean segment is
+// shorter than a few rows, it falls back to linear_backward + linear_ghost_dots (the per-row form).
+// Segments must be ordered, non-overlapping and within [0, n].
+template <typename T>
+void linear_backward_ghost(T* dX, T* dW, T* db, const T* dY, const T* X, const T* W, int64_t n, int64_t in,
+                           int64_t out, bool accumulate, const T* Ghat, const T* ghat_b, const int64_t* seg,
+                           int64_t n_seg, double* rdot);
 
 }  // namespace metapo::cpu

@@ -29,7 +29,7 @@ void logprob_forward(const LogprobParams<T>& p, T* logp, T* lse, T* prob_cache);
 // (dW = ... when !accumulate). Rows with coef 0 are still counted (their contribution is exactly
 // zero). The cache, when given, is consumed (overwritten).
 // With Ghat (a [V, C] tensor) given, also adds to row_dot[rows[i]] row i's part of ⟨Ghat, dW⟩:
-// ⟨dlogits_i, Ghat h_i⟩ (one extra [rows, V] GEMM per chunk).
+// ⟨dlogits_i, Ghat h_i⟩ (one extra GEMM per chunk: dlogits Ghat, [rows, C]).
 template <typename T>
 void logprob_backward(const LogprobParams<T>& p, const T* coef, const T* lse, T* prob_cache, T* dh,
                       T* dW, bool accumulate = true, const T* Ghat = nullptr, double* row_dot = nullptr);
