@@ -222,12 +222,20 @@ void LlamaModel<T>::backward_stage(const T* params, const T* dout, T* grads, boo
   MP_CHECK(!ghost || seq_dots, "LlamaModel::backward: ghat given without seq_dots");
   std::optional<ModelView<const T>> gh;
   std::vector<double> rdot;
-  Buffer<T>& gwork = work_.ghost;
   if (ghost) {
     gh = make_view(lay_, ghat);
     rdot.assign(size_t(n), 0.0);
-    resize(gwork, n * std::max({QKV, 2 * I, C}));
   }
+  // A linear layer's backward; with ĝ, fused with its ghost dots per sequence (each sequence's dot
+  // lands on its first row of rdot, which is summed per sequence at the end).
+  auto linear_bwd = [&](T* dX, T* dW, T* db, const T* dY, const T* X, const T* W, int64_t rows, int64_t in,
+                        int64_t out, const T* gW, const T* gb) {
+    if (gW)
+      cpu::linear_backward_ghost(dX, dW, db, dY, X, W, rows, in, out, accumulate, gW, gb, b.cu_seqlens.data(),
+                                 b.n_seqs(), rdot.data());
+    else
+      cpu::linear_backward(dX, dW, db, dY, X, W, rows, in, out, accumulate);
+  };
   if (!accumulate) {
     // The GEMMs overwrite their weight gradients (beta = 0); only the tensors that are summed into
     // (norm weights, and an untied embedding's scatter-add) start from zero here. A tied embedding
@@ -280,13 +288,9 @@ void LlamaModel<T>::backward_stage(const T* params, const T* dout, T* grads, boo
     const LayerView<const T>* lgh = ghost ? &gh->layers[li] : nullptr;
 
     // MLP block backward (each ghost call reads its G before the next step overwrites it).
-    prof_.run("down_proj.bwd", [&] { cpu::linear_backward(dh.data(), lg.wdown, (T*)nullptr, dx.data(), a.h.data(), lw.wdown, n, I, C, accumulate); });
-    if (ghost)
-      prof_.run("ghost", [&] { cpu::linear_ghost_dots(a.h.data(), dx.data(), lgh->wdown, (const T*)nullptr, n, I, C, gwork.data(), rdot.data()); });
+    prof_.run("down_proj.bwd", [&] { linear_bwd(dh.data(), lg.wdown, (T*)nullptr, dx.data(), a.h.data(), lw.wdown, n, I, C, lgh ? lgh->wdown : nullptr, nullptr); });
     prof_.run("swiglu.bwd", [&] { cpu::swiglu_backward(dgu.data(), dh.data(), a.gu.data(), n, I); });
-    prof_.run("gate_up_proj.bwd", [&] { cpu::linear_backward(dxn.data(), lg.wgu, (T*)nullptr, dgu.data(), a.xn2.data(), lw.wgu, n, C, 2 * I, accumulate); });
-    if (ghost)
-      prof_.run("ghost", [&] { cpu::linear_ghost_dots(a.xn2.data(), dgu.data(), lgh->wgu, (const T*)nullptr, n, C, 2 * I, gwork.data(), rdot.data()); });
+    prof_.run("gate_up_proj.bwd", [&] { linear_bwd(dxn.data(), lg.wgu, (T*)nullptr, dgu.data(), a.xn2.data(), lw.wgu, n, C, 2 * I, lgh ? lgh->wgu : nullptr, nullptr); });
     // Column-parallel input gradient: each rank's gate/up slice gives a partial dxn.
     if (tp_) prof_.run("tp_allreduce", [&] { tp_->allreduce_sum(dxn.data(), size_t(n * C)); });
     if (ghost_replicated)
@@ -295,9 +299,7 @@ void LlamaModel<T>::backward_stage(const T* params, const T* dout, T* grads, boo
                           a.rstd2.data(), n, C, true); });  // dx: now w.r.t. x_mid
 
     // Attention block backward.
-    prof_.run("o_proj.bwd", [&] { cpu::linear_backward(datt.data(), lg.wo, (T*)nullptr, dx.data(), a.att.data(), lw.wo, n, Q, C, accumulate); });
-    if (ghost)
-      prof_.run("ghost", [&] { cpu::linear_ghost_dots(a.att.data(), dx.data(), lgh->wo, (const T*)nullptr, n, Q, C, gwork.data(), rdot.data()); });
+    prof_.run("o_proj.bwd", [&] { linear_bwd(datt.data(), lg.wo, (T*)nullptr, dx.data(), a.att.data(), lw.wo, n, Q, C, lgh ? lgh->wo : nullptr, nullptr); });
     cpu::AttentionParams<T> ap{a.qkv.data(), a.qkv.data() + Q, a.qkv.data() + Q + KV, QKV,
                                const_cast<T*>(a.att.data()), Q, const_cast<T*>(a.lse.data()),
                                b.cu_seqlens.data(), b.n_seqs(), n, Hq, Hkv, D,
@@ -306,9 +308,7 @@ void LlamaModel<T>::backward_stage(const T* params, const T* dout, T* grads, boo
     prof_.run("attention.bwd", [&] { cpu::attention_backward(ap, agp); });
     prof_.run("rope.bwd", [&] { cpu::rope_apply(dqkv.data(), n, Hq, D, QKV, pos_.data(), rope_, true); });  // dq before rope
     prof_.run("rope.bwd", [&] { cpu::rope_apply(dqkv.data() + Q, n, Hkv, D, QKV, pos_.data(), rope_, true); });  // dk before rope
-    prof_.run("qkv_proj.bwd", [&] { cpu::linear_backward(dxn.data(), lg.wqkv, lg.bqkv, dqkv.data(), a.xn1.data(), lw.wqkv, n, C, QKV, accumulate); });
-    if (ghost)
-      prof_.run("ghost", [&] { cpu::linear_ghost_dots(a.xn1.data(), dqkv.data(), lgh->wqkv, lgh->bqkv, n, C, QKV, gwork.data(), rdot.data()); });
+    prof_.run("qkv_proj.bwd", [&] { linear_bwd(dxn.data(), lg.wqkv, lg.bqkv, dqkv.data(), a.xn1.data(), lw.wqkv, n, C, QKV, lgh ? lgh->wqkv : nullptr, lgh ? lgh->bqkv : nullptr); });
     if (tp_) prof_.run("tp_allreduce", [&] { tp_->allreduce_sum(dxn.data(), size_t(n * C)); });  // partial, as above
     if (ghost_replicated)
       prof_.run("ghost", [&] { cpu::rmsnorm_ghost_dots(dxn.data(), a.x_in.data(), a.rstd1.data(), lgh->attn_norm, n, C, rdot.data()); });

@@ -135,7 +135,7 @@ class LlamaModel {
   std::vector<Saved> parked_;  // parked_[k]: slot k's state while another slot is current
   int slot_ = 0;
   struct BackwardWork {
-    Buffer<T> coef, dx, dxn, dh, dgu, datt, dqkv, ghost;
+    Buffer<T> coef, dx, dxn, dh, dgu, datt, dqkv;
   } work_;
   OpProfile prof_;
 };
