@@ -222,17 +222,21 @@ void LlamaModel<T>::backward_stage(const T* params, const T* dout, T* grads, boo
   MP_CHECK(!ghost || seq_dots, "LlamaModel::backward: ghat given without seq_dots");
   std::optional<ModelView<const T>> gh;
   std::vector<double> rdot;
+  std::vector<int64_t> seg;  // the rows of each group of ghost_group_ sequences
   if (ghost) {
     gh = make_view(lay_, ghat);
     rdot.assign(size_t(n), 0.0);
+    MP_CHECK(ghost_group_ >= 1, "LlamaModel: ghost group of ", ghost_group_, " sequences");
+    for (int64_t s = 0; s < b.n_seqs(); s += ghost_group_) seg.push_back(b.cu_seqlens[s]);
+    seg.push_back(b.n_tokens());
   }
-  // A linear layer's backward; with ĝ, fused with its ghost dots per sequence (each sequence's dot
-  // lands on its first row of rdot, which is summed per sequence at the end).
+  // A linear layer's backward; with ĝ, fused with its ghost dots per group of sequences (each group's
+  // dot lands on its first row of rdot, which is summed per sequence at the end).
   auto linear_bwd = [&](T* dX, T* dW, T* db, const T* dY, const T* X, const T* W, int64_t rows, int64_t in,
                         int64_t out, const T* gW, const T* gb) {
     if (gW)
-      cpu::linear_backward_ghost(dX, dW, db, dY, X, W, rows, in, out, accumulate, gW, gb, b.cu_seqlens.data(),
-                                 b.n_seqs(), rdot.data());
+      cpu::linear_backward_ghost(dX, dW, db, dY, X, W, rows, in, out, accumulate, gW, gb, seg.data(),
+                                 int64_t(seg.size()) - 1, rdot.data());
     else
       cpu::linear_backward(dX, dW, db, dY, X, W, rows, in, out, accumulate);
   };

@@ -349,7 +349,9 @@ PairMicroResult pair_micro_step(LlamaModel<T>& model, const T* params, T* grads,
   model.forward(params, pb.batch, pb.targets.data(), logp.data());
   const std::vector<T> dlogp = pair_dlogp<T>(s, chunk, pb.batch, pb.targets, logp, loss, weigh, coef_scale, r);
   std::vector<double> seq_dots;
+  model.set_ghost_group(2);  // only the pair sums are used (pair_align)
   model.backward(params, dlogp.data(), grads, accumulate, ghat, ghat ? &seq_dots : nullptr);
+  model.set_ghost_group(1);
   if (ghat) pair_align(seq_dots, coef_scale, r);
   r.tokens = pb.batch.n_tokens();
   return r;
@@ -381,7 +383,9 @@ std::vector<PairMicroResult> pair_pipeline_step(LlamaModel<float>& model, Comm* 
     return pair_dlogp<float>(s, chunks[m], mbs[m].batch, mbs[m].targets, logp, loss, w, coef_scale, res[m]);
   };
   std::vector<std::vector<double>> dots;
+  model.set_ghost_group(2);  // only the pair sums are used (pair_align)
   pipeline_train(model, pp, params, grads, mbs, lf, ghat, ghat ? &dots : nullptr);
+  model.set_ghost_group(1);
   if (ghat && model.stage().last)
     for (size_t m = 0; m < chunks.size(); ++m) pair_align(dots[m], coef_scale, res[m]);
   return res;

@@ -93,6 +93,12 @@ class LlamaModel {
   void backward_stage(const T* params, const T* dout, T* grads, bool accumulate, const T* ghat,
                       std::vector<double>* seq_dots, T* dx_in);
 
+  // Ghost dots are only needed summed over groups of k consecutive sequences (k = 2 for preference
+  // pairs: chosen and rejected). With k > 1 the linear layers' dots are taken per group (half the
+  // passes for pairs), so seq_dots[s] then holds a share of its group's dot: only sums over whole
+  // groups are meaningful. Default 1 (per sequence).
+  void set_ghost_group(int64_t k) { ghost_group_ = k; }
+
   // Activation slots: n forwards can be held at once (1F1B keeps up to one per later stage); use_slot
   // selects where the next forward_stage stores, and which forward the next backward_stage reads.
   void set_slots(int n);
@@ -134,6 +140,7 @@ class LlamaModel {
   bool have_forward_ = false;
   std::vector<Saved> parked_;  // parked_[k]: slot k's state while another slot is current
   int slot_ = 0;
+  int64_t ghost_group_ = 1;
   struct BackwardWork {
     Buffer<T> coef, dx, dxn, dh, dgu, datt, dqkv;
   } work_;
