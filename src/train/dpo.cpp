@@ -239,7 +239,7 @@ void report_memory(const TrainConfig& cfg, const std::string& kind, const Topolo
   write_run_json(cfg, kind, extra);  // creates the run directory the log goes into
 }
 
-// What run_dpo and run_sft share around their steps: the model sharded over TP, ZeRO-1 over DP (with
+// What run_dpo and run_sft share around their steps: the model split into its pipeline stage and TP shard, ZeRO-1 over DP (with
 // its padding of the parameter and gradient buffers), run.json with the layout and the memory per
 // rank, the metrics log, the per-step communication report and the final save.
 struct TrainRun {
