@@ -239,9 +239,9 @@ void report_memory(const TrainConfig& cfg, const std::string& kind, const Topolo
   write_run_json(cfg, kind, extra);  // creates the run directory the log goes into
 }
 
-// What run_dpo and run_sft share around their steps: the model split into its pipeline stage and TP shard, ZeRO-1 over DP (with
-// its padding of the parameter and gradient buffers), run.json with the layout and the memory per
-// rank, the metrics log, the per-step communication report and the final save.
+// What run_dpo and run_sft share around their steps: the model split into this rank's pipeline stage
+// and TP shard, ZeRO-1 over DP (with its padding of the parameter and gradient buffers), run.json with
+// the layout and the memory per rank, the metrics log, the per-step communication report and the save.
 struct TrainRun {
   TrainRun(const TrainConfig& cfg, const Topology& topo, HfModel& hf, const char* kind, int64_t total)
       : cfg(cfg),
