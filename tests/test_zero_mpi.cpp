@@ -138,8 +138,13 @@ TEST_P(ZeroMpi, PreconditionedAllReduceUsesTheShardedSecondMoment) {
       if (r == rank) mine = g;
     }
     if (precondition) {
-      const float bc2 = float(1.0 - std::pow(cfg.beta2, 3.0));
-      for (size_t i = 0; i < n; ++i) expect[i] /= std::sqrt(ref.exp_avg_sq()[i] / bc2) + float(cfg.eps);
+      // Adam's second moment as it would be after taking g as its 4th gradient, bias-corrected; in
+      // double from the reference AdamW's state.
+      const double b2 = cfg.beta2, bc2 = 1.0 - std::pow(b2, 4.0);
+      for (size_t i = 0; i < n; ++i) {
+        const double g = expect[i], v = (b2 * double(ref.exp_avg_sq()[i]) + (1.0 - b2) * g * g) / bc2;
+        expect[i] = float(g / (std::sqrt(v) + cfg.eps));
+      }
     }
     mine.resize(zero.padded_size(), 0.0f);
     zero.allreduce_preconditioned(mine.data(), precondition);

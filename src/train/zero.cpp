@@ -83,12 +83,17 @@ void ZeroAdamW::allreduce_preconditioned(float* g, bool precondition) {
   float* s = one ? g : g_.data();
   if (!one) dp_.reduce_scatter_sum(g, s, shard_);
   if (precondition && opt_.steps_taken() > 0) {
-    // ĝ = g / (√v̂ + ε): the direction Adam would step along.
+    // ĝ = g / (√v̂' + ε) with v̂' the bias-corrected second moment Adam would hold if g were its next
+    // gradient, (β2·v + (1 − β2)·g²) / (1 − β2^(t+1)): the direction Adam would step along. Taking g
+    // into v̂' bounds every component (|ĝ_i| ≤ √((1 − β2^(t+1)) / (1 − β2))); with v alone, a
+    // coordinate whose training gradients were near zero so far would get g_i / ε, up to 1e8 × g_i,
+    // and its rounding noise would decide ĝ.
     const std::vector<float>& v = opt_.exp_avg_sq();
-    const float bc2 = float(1.0 - std::pow(opt_.config().beta2, double(opt_.steps_taken())));
-    const float eps = float(opt_.config().eps);
+    const double b2 = opt_.config().beta2;
+    const float bc2 = float(1.0 - std::pow(b2, double(opt_.steps_taken() + 1)));
+    const float eps = float(opt_.config().eps), fb2 = float(b2), fb2c = float(1.0 - b2);
 #pragma omp parallel for schedule(static)
-    for (size_t i = 0; i < v.size(); ++i) s[i] /= std::sqrt(v[i] / bc2) + eps;
+    for (size_t i = 0; i < v.size(); ++i) s[i] /= std::sqrt((fb2 * v[i] + fb2c * s[i] * s[i]) / bc2) + eps;
   }
   if (one) return;
   std::copy(g_.begin(), g_.end(), g + shard_begin());

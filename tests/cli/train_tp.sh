@@ -18,10 +18,9 @@ $MPIRUN 4 "$METAPO" eval --model init --data d.h5 --split test --tp 2 > eval4.js
 common="--batch-size 8 --micro-batch 2 --max-steps 10 --lr 1e-3 --warmup-steps 1"
 # MetaPO starts from the SFT model (reference: init), so margins are nonzero from step 1: with the
 # policy equal to the reference they are 0 on one rank but ~1e-8 of reduction-order noise under TP,
-# and the feature standardizer would blow that noise up to unit-size features. Without Adam
-# preconditioning of the validation gradient, which turns near-zero components into ±1 steps whose
-# sign follows reduction-order noise.
-meta="--weighting metapo --meta-val-batch 8 --stats-refresh-every 1 --stats-refresh-pairs 16 --meta-precondition false"
+# and the feature standardizer would blow that noise up to unit-size features. With the default Adam
+# preconditioning of the validation gradient (bounded per coordinate, see ZeroAdamW).
+meta="--weighting metapo --meta-val-batch 8 --stats-refresh-every 1 --stats-refresh-pairs 16"
 # layout name = DPxPPxTP; the trainer gets --tp and DP follows from the rank count.
 run() {  # run KIND LAYOUT MODEL extra...
   local kind="$1" layout="$2" model="$3"; shift 3
