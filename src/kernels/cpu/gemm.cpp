@@ -34,20 +34,27 @@ void linear_forward(T* Y, const T* X, const T* W, const T* b, int64_t n, int64_t
   gemm<T>(false, true, n, out, in, T(1), X, in, W, in, b ? T(1) : T(0), Y, out);
 }
 
+namespace {
+
+// db (+)= column sums of dY [n, out], in a fixed order (each thread owns whole columns): deterministic.
+template <typename T>
+void bias_grad(T* db, const T* dY, int64_t n, int64_t out, bool accumulate) {
+#pragma omp parallel for schedule(static)
+  for (int64_t j = 0; j < out; ++j) {
+    T s = 0;
+    for (int64_t i = 0; i < n; ++i) s += dY[i * out + j];
+    db[j] = accumulate ? db[j] + s : s;
+  }
+}
+
+}  // namespace
+
 template <typename T>
 void linear_backward(T* dX, T* dW, T* db, const T* dY, const T* X, const T* W, int64_t n,
                      int64_t in, int64_t out, bool accumulate) {
   if (dX) gemm<T>(false, false, n, in, out, T(1), dY, out, W, in, T(0), dX, in);
   gemm<T>(true, false, out, in, n, T(1), dY, out, X, in, accumulate ? T(1) : T(0), dW, in);
-  if (db) {
-    // Column sums in a fixed order (each thread owns whole columns): deterministic.
-#pragma omp parallel for schedule(static)
-    for (int64_t j = 0; j < out; ++j) {
-      T s = 0;
-      for (int64_t i = 0; i < n; ++i) s += dY[i * out + j];
-      db[j] = accumulate ? db[j] + s : s;
-    }
-  }
+  if (db) bias_grad(db, dY, n, out, accumulate);
 }
 
 template <typename T>
@@ -109,14 +116,7 @@ void linear_backward_ghost(T* dX, T* dW, T* db, const T* dY, const T* X, const T
   }
   // dX and db exactly as linear_backward (dW is skipped there: in/out = 0 makes its GEMM empty).
   if (dX) gemm<T>(false, false, n, in, out, T(1), dY, out, W, in, T(0), dX, in);
-  if (db) {
-#pragma omp parallel for schedule(static)
-    for (int64_t j = 0; j < out; ++j) {
-      T s = 0;
-      for (int64_t i = 0; i < n; ++i) s += dY[i * out + j];
-      db[j] = accumulate ? db[j] + s : s;
-    }
-  }
+  if (db) bias_grad(db, dY, n, out, accumulate);
   // dW tile by tile: per segment, P_s = G_sᵀ A_s (one small GEMM, BLAS single-threaded inside the
   // parallel loop), ⟨Ĝ, P_s⟩ on the tile and dW += P_s while P_s is in cache. Every tile sums its
   // segments in order and the partial dots are reduced tile by tile in order: the same result for any
