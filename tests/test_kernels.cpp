@@ -133,7 +133,9 @@ void check_linear_backward_ghost(const vector<int64_t>& seg, int64_t in, int64_t
   if (bias) EXPECT_ERR_LT(rel_max_err(db, rdb), tol, errname("db " + what));
   EXPECT_ERR_LT(rel_max_err(rdot, rseg), tol, errname("segment dots " + what));
   for (int64_t t = 0; t < n; ++t)  // only first rows of non-empty segments receive a dot
-    if (rseg[size_t(t)] == 0.0) EXPECT_EQ(rdot[size_t(t)], 0.0) << "row " << t;
+    if (rseg[size_t(t)] == 0.0) {
+      EXPECT_EQ(rdot[size_t(t)], 0.0) << "row " << t;
+    }
 }
 
 TEST(Kernels, LinearBackwardGhostMatchesDoubleLoops) {

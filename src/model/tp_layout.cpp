@@ -62,8 +62,7 @@ std::vector<TpCopy> tp_shard_map(const LlamaConfig& c, int tp, int r) {
 }
 
 std::vector<TpCopy> stage_shard_map(const LlamaConfig& c, int tp, int r, const PipeStage& stage) {
-  std::vector<TpCopy> m = tp_shard_map(c, tp, r);
-  if (stage.whole() && (stage.layer_end < 0 || stage.layer_end == c.num_hidden_layers) && stage.layer_begin == 0) return m;
+  const std::vector<TpCopy> m = tp_shard_map(c, tp, r);
   const LlamaConfig lc = tp_local_config(c, tp);
   const ParamLayout L(lc), S(lc, stage);
   // The stage's tensors are a subsequence of L's with the same names: local offset ranges of L that

@@ -7,6 +7,7 @@
 #include <vector>
 
 #include "metapo/core/error.h"
+#include "metapo/kernels/embedding.h"
 #include "metapo/kernels/logprob.h"
 
 namespace metapo {
@@ -67,34 +68,15 @@ template <typename T>
 void vocab_parallel_embedding_backward(T* dE_local, const T* dx, const int32_t* tokens, int64_t n, int64_t C,
                                        const VocabShard& s) {
   check_tokens(tokens, n, s.vocab, "vocab_parallel_embedding_backward");
-  // As cpu::embedding_backward: threads own column blocks, tokens are added in order (deterministic).
-  constexpr int64_t kBlock = 64;
-  const int64_t nblk = (C + kBlock - 1) / kBlock;
-#pragma omp parallel for schedule(static)
-  for (int64_t b = 0; b < nblk; ++b) {
-    const int64_t c0 = b * kBlock, c1 = std::min(C, c0 + kBlock);
-    for (int64_t t = 0; t < n; ++t) {
-      if (!s.owns(tokens[t])) continue;  // another rank's row (dx is replicated: it adds it there)
-      T* row = dE_local + (int64_t(tokens[t]) - s.begin) * C;
-      const T* g = dx + t * C;
-      for (int64_t c = c0; c < c1; ++c) row[c] += g[c];
-    }
-  }
+  // Another rank's rows are skipped (dx is replicated: that rank adds them).
+  cpu::embedding_backward(dE_local, dx, tokens, n, C, s.begin, s.begin + s.real);
 }
 
 template <typename T>
 void vocab_parallel_embedding_ghost_dots(const T* dx, const int32_t* tokens, const T* Ghat_local, int64_t n,
                                          int64_t C, const VocabShard& s, double* rdot) {
   check_tokens(tokens, n, s.vocab, "vocab_parallel_embedding_ghost_dots");
-#pragma omp parallel for schedule(static)
-  for (int64_t t = 0; t < n; ++t) {
-    if (!s.owns(tokens[t])) continue;
-    const T* g = Ghat_local + (int64_t(tokens[t]) - s.begin) * C;
-    double sum = 0;
-#pragma omp simd reduction(+ : sum)
-    for (int64_t c = 0; c < C; ++c) sum += double(g[c]) * double(dx[t * C + c]);
-    rdot[t] += sum;
-  }
+  cpu::embedding_ghost_dots(dx, tokens, Ghat_local, n, C, rdot, s.begin, s.begin + s.real);
 }
 
 // ---- target log-probs ----

@@ -275,19 +275,15 @@ struct TrainRun {
   // all-reduces go through the TP one, activations through the PP one); after the first step also the
   // measured activation memory, printed and added to run.json (collective over pp_comm).
   void report(nlohmann::json& j, int64_t step) {
-    for (int k = 0; k < kNumCommOps; ++k) {
-      uint64_t b = 0;
-      for (Comm* c : comms()) b += c->volume().bytes[k];
-      j[std::string("comm/") + kCommOpNames[k] + "_bytes"] = b;
-    }
+    uint64_t mine[kNumCommOps] = {}, all[kNumCommOps];
+    for (Comm* c : comms())
+      for (int k = 0; k < kNumCommOps; ++k) mine[k] += c->volume().bytes[k];
     // And summed over every rank of the world (what the analytic count in docs/training.md gives).
-    uint64_t all[kNumCommOps];
+    MPI_Allreduce(mine, all, kNumCommOps, MPI_UINT64_T, MPI_SUM, topo.world);
     for (int k = 0; k < kNumCommOps; ++k) {
-      all[k] = 0;
-      for (Comm* c : comms()) all[k] += c->volume().bytes[k];
+      j[std::string("comm/") + kCommOpNames[k] + "_bytes"] = mine[k];
+      j[std::string("comm_all/") + kCommOpNames[k] + "_bytes"] = all[k];
     }
-    MPI_Allreduce(MPI_IN_PLACE, all, kNumCommOps, MPI_UINT64_T, MPI_SUM, topo.world);
-    for (int k = 0; k < kNumCommOps; ++k) j[std::string("comm_all/") + kCommOpNames[k] + "_bytes"] = all[k];
     if (step == 0) {
       j["memory/activations_bytes"] = sm.model->activation_bytes();
       report_memory(cfg, kind, topo, config, rank_memory(opt, int64_t(sm.model->activation_bytes())));

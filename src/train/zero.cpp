@@ -16,11 +16,11 @@ size_t shard_of(size_t n, int dp) {
 
 }  // namespace
 
-ZeroAdamW::ZeroAdamW(const ParamLayout& lay, const AdamWConfig& cfg, Comm& dp, Comm* tp,
+ZeroAdamW::ZeroAdamW(const ParamLayout& lay, const AdamWConfig& cfg, Comm& dp, Comm* mp,
                      const std::vector<TpCopy>& replicated, bool count_replicated)
     : dp_(dp),
-      tp_(tp && tp->size() > 1 ? tp : nullptr),
-      count_replicated_(!tp_ || count_replicated),
+      mp_(mp && mp->size() > 1 ? mp : nullptr),
+      count_replicated_(!mp_ || count_replicated),
       n_(lay.total()),
       shard_(shard_of(lay.total(), dp.size())),
       opt_(lay, cfg, shard_ * size_t(dp.rank()), shard_ * size_t(dp.rank() + 1)),
@@ -45,7 +45,7 @@ ZeroAdamW::ZeroAdamW(const ParamLayout& lay, const AdamWConfig& cfg, Comm& dp, C
 
 double ZeroAdamW::shard_sq_norm(const float* g) const {
   if (count_replicated_) {
-    // tp = 1 takes exactly the path it always took (bit-identical runs).
+    // Every run counts (no model parallelism, or TP rank 0): the plain path, bit-identical to before.
     const double n = grad_norm(g, shard_);
     return n * n;
   }
@@ -70,7 +70,7 @@ double ZeroAdamW::step(float* params, float* grads, double lr, double scale, dou
   double sq = shard_sq_norm(g);
   if (!one) dp_.allreduce_sum(&sq, 1);
   // Then over the replica (TP and PP): every rank of a part holds the same DP sum, so all end equal.
-  if (tp_) tp_->allreduce_sum(&sq, 1);
+  if (mp_) mp_->allreduce_sum(&sq, 1);
   const double norm = std::sqrt(sq);
   clip_grads(g, shard_, norm, max_norm);
   opt_.step(params + shard_begin(), g, lr);  // the valid part of the shard only

@@ -68,10 +68,7 @@ def local_params(TP, first, last, layers):
     return (Vr * C if first else 0) + layers * per_layer + ((C + Vr * C) if last else 0)
 
 def stage_sizes(PP, TP, counts):
-    out, at = [], 0
-    for s, n in enumerate(counts):
-        out.append(local_params(TP, s == 0, s == PP - 1, n))
-    return out
+    return [local_params(TP, s == 0, s == PP - 1, n) for s, n in enumerate(counts)]
 
 def expected(j, DP, PP, TP):
     N, R, W = j["tokens"], j["scored_tokens"], DP * PP * TP

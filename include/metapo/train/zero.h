@@ -60,7 +60,7 @@ class ZeroAdamW {
   double shard_sq_norm(const float* g) const;
 
   Comm& dp_;
-  Comm* tp_;  // the model-parallel group; null: the whole model is here
+  Comm* mp_;  // the model-parallel group; null: the whole model is here
   bool count_replicated_ = true;
   size_t n_, shard_;
   // With TP on ranks other than 0: the [begin, end) ranges of g_ that count towards the norm (the

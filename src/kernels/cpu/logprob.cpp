@@ -60,20 +60,36 @@ void row_lse(T* z, int64_t nr, int64_t V, const int32_t* targets, T* logp, T* ls
   }
 }
 
-}  // namespace
-
 template <typename T>
-void logprob_forward(const LogprobParams<T>& p, T* logp, T* lse, T* prob_cache) {
-  const int64_t chunk = std::min(kChunk, std::max<int64_t>(p.n_rows, 1));
+int64_t chunk_rows(const LogprobParams<T>& p) {
+  return std::min(kChunk, std::max<int64_t>(p.n_rows, 1));
+}
+
+// Walks the scored rows in chunks of at most kChunk: gathers a chunk's hidden rows into hc [nr, C],
+// points z at its [nr, V] block — in the probability cache when given, else in a scratch chunk — and
+// computes the logits there (always when `logits`, else only without a cache, whose probabilities the
+// caller then reads), then calls f(r0, nr, hc, z).
+template <typename T, typename F>
+void for_each_chunk(const LogprobParams<T>& p, T* prob_cache, bool logits, F&& f) {
+  const int64_t chunk = chunk_rows(p);
   std::vector<T> hc(size_t(chunk * p.C));
   std::vector<T> zc(prob_cache ? 0 : size_t(chunk * p.V));
   for (int64_t r0 = 0; r0 < p.n_rows; r0 += chunk) {
     const int64_t nr = std::min(chunk, p.n_rows - r0);
     T* z = prob_cache ? prob_cache + r0 * p.V : zc.data();
     gather_rows(hc.data(), p.h, p.rows + r0, nr, p.C);
-    gemm<T>(false, true, nr, p.V, p.C, T(1), hc.data(), p.C, p.W, p.C, T(0), z, p.V);  // logits
-    row_lse(z, nr, p.V, p.targets + r0, logp + r0, lse + r0, prob_cache != nullptr);
+    if (logits || !prob_cache) gemm<T>(false, true, nr, p.V, p.C, T(1), hc.data(), p.C, p.W, p.C, T(0), z, p.V);
+    f(r0, nr, static_cast<const T*>(hc.data()), z);
   }
+}
+
+}  // namespace
+
+template <typename T>
+void logprob_forward(const LogprobParams<T>& p, T* logp, T* lse, T* prob_cache) {
+  for_each_chunk(p, prob_cache, true, [&](int64_t r0, int64_t nr, const T*, T* z) {
+    row_lse(z, nr, p.V, p.targets + r0, logp + r0, lse + r0, prob_cache != nullptr);
+  });
 }
 
 template <typename T>
@@ -86,14 +102,7 @@ void logprob_forward_shard(const LogprobParams<T>& p, int64_t vocab_begin, T* ro
     std::fill(target_logit, target_logit + p.n_rows, T(0));
     return;
   }
-  const int64_t chunk = std::min(kChunk, std::max<int64_t>(p.n_rows, 1));
-  std::vector<T> hc(size_t(chunk * p.C));
-  std::vector<T> zc(prob_cache ? 0 : size_t(chunk * p.V));
-  for (int64_t r0 = 0; r0 < p.n_rows; r0 += chunk) {
-    const int64_t nr = std::min(chunk, p.n_rows - r0);
-    T* z = prob_cache ? prob_cache + r0 * p.V : zc.data();
-    gather_rows(hc.data(), p.h, p.rows + r0, nr, p.C);
-    gemm<T>(false, true, nr, p.V, p.C, T(1), hc.data(), p.C, p.W, p.C, T(0), z, p.V);  // logits
+  for_each_chunk(p, prob_cache, true, [&](int64_t r0, int64_t nr, const T*, T* z) {
 #pragma omp parallel for schedule(static)
     for (int64_t i = r0; i < r0 + nr; ++i) {
       T* row = z + (i - r0) * p.V;
@@ -101,7 +110,7 @@ void logprob_forward_shard(const LogprobParams<T>& p, int64_t vocab_begin, T* ro
       target_logit[i] = (tv >= 0 && tv < p.V) ? row[tv] : T(0);
       row_max_sumexp(row, p.V, prob_cache != nullptr, row_max[i], row_sumexp[i]);
     }
-  }
+  });
 }
 
 template <typename T>
@@ -116,15 +125,10 @@ void logprob_backward_shard(const LogprobParams<T>& p, int64_t vocab_begin, cons
   MP_CHECK(p.V >= 0 && vocab_begin >= 0, "logprob_backward_shard: bad shard [", vocab_begin, ", +", p.V, ")");
   if (!accumulate && p.n_rows == 0) std::fill(dW, dW + p.V * p.C, T(0));
   if (p.V == 0) return;  // no logits here: nothing reaches dh, dW (empty) or row_dot
-  const int64_t chunk = std::min(kChunk, std::max<int64_t>(p.n_rows, 1));
-  std::vector<T> hc(size_t(chunk * p.C)), dhc(size_t(chunk * p.C));
-  std::vector<T> zc(prob_cache ? 0 : size_t(chunk * p.V)), gz(Ghat ? size_t(chunk * p.C) : 0);
-  for (int64_t r0 = 0; r0 < p.n_rows; r0 += chunk) {
-    const int64_t nr = std::min(chunk, p.n_rows - r0);
-    T* z = prob_cache ? prob_cache + r0 * p.V : zc.data();
-    gather_rows(hc.data(), p.h, p.rows + r0, nr, p.C);
-    if (!prob_cache)
-      gemm<T>(false, true, nr, p.V, p.C, T(1), hc.data(), p.C, p.W, p.C, T(0), z, p.V);
+  const int64_t chunk = chunk_rows(p);
+  std::vector<T> dhc(size_t(chunk * p.C)), gz(Ghat ? size_t(chunk * p.C) : 0);
+  // Without a cache the logits are recomputed; with one, z holds the probabilities.
+  for_each_chunk(p, prob_cache, false, [&](int64_t r0, int64_t nr, const T* hc, T* z) {
     // dlogits = coef (onehot - softmax), written over z.
 #pragma omp parallel for schedule(static)
     for (int64_t i = 0; i < nr; ++i) {
@@ -147,7 +151,7 @@ void logprob_backward_shard(const LogprobParams<T>& p, int64_t vocab_begin, cons
 #pragma omp parallel for schedule(static)
       for (int64_t i = 0; i < nr; ++i) {
         const T* a = gz.data() + i * p.C;
-        const T* hrow = hc.data() + i * p.C;
+        const T* hrow = hc + i * p.C;
         double s = 0;
 #pragma omp simd reduction(+ : s)
         for (int64_t c = 0; c < p.C; ++c) s += double(a[c]) * double(hrow[c]);
@@ -156,14 +160,14 @@ void logprob_backward_shard(const LogprobParams<T>& p, int64_t vocab_begin, cons
     }
     gemm<T>(false, false, nr, p.C, p.V, T(1), z, p.V, p.W, p.C, T(0), dhc.data(), p.C);
     const T beta = (accumulate || r0 > 0) ? T(1) : T(0);  // the first chunk may overwrite dW
-    gemm<T>(true, false, p.V, p.C, nr, T(1), z, p.V, hc.data(), p.C, beta, dW, p.C);
+    gemm<T>(true, false, p.V, p.C, nr, T(1), z, p.V, hc, p.C, beta, dW, p.C);
 #pragma omp parallel for schedule(static)
     for (int64_t i = 0; i < nr; ++i) {
       T* dst = dh + int64_t(p.rows[r0 + i]) * p.C;
       const T* src = dhc.data() + i * p.C;
       for (int64_t c = 0; c < p.C; ++c) dst[c] += src[c];
     }
-  }
+  });
 }
 
 template void logprob_forward<float>(const LogprobParams<float>&, float*, float*, float*);
