@@ -46,25 +46,27 @@ WeightNet only_feature(int k, uint64_t seed = 5) {
   return net;
 }
 
-// N pairs with random history (n from 0 to 5 observations), margins and losses; quality alternates
+// N pairs with random history (n from 0 to 5 observations), margins, losses and log-prob gaps; quality alternates
 // in a known pattern (3 of every 10 flipped) and difficulty on a different period.
 AnalyzeInput synthetic_input(int64_t N, uint64_t seed) {
   Philox rng(seed, 1, 2, 3);
   vector<PairStatRow> rows(static_cast<size_t>(N));
-  vector<double> margin(static_cast<size_t>(N)), loss(static_cast<size_t>(N));
+  vector<PairNow> now(static_cast<size_t>(N));
   AnalyzeInput in;
   for (int64_t i = 0; i < N; ++i) {
     PairStatRow& r = rows[size_t(i)];
     const int64_t n = int64_t(rng.below(6));
     for (int64_t t = 0; t < n; ++t) update_pair_stat(r, rng.normal(), std::abs(rng.normal()), t, 0.3);
-    margin[size_t(i)] = rng.normal();
-    loss[size_t(i)] = std::log1p(std::exp(-margin[size_t(i)]));
+    PairNow& p = now[size_t(i)];
+    p.margin = rng.normal();
+    p.loss = std::log1p(std::exp(-p.margin));
+    p.logp_gap = rng.normal();
     in.sample_id.push_back(i);
     in.history.push_back(r.n);
     in.quality.push_back(i % 10 < 3 ? 0.0f : 1.0f);
     in.difficulty.push_back(i % 4 == 0 ? 1.0f : 0.0f);
   }
-  in.raw = make_features(rows, margin, loss);
+  in.raw = make_features(rows, now);
   return in;
 }
 
@@ -244,7 +246,7 @@ TEST(Analyze, DistributionQuantilesAndHistogram) {
 TEST(Analyze, MetaRunFileIsValidated) {
   WeightNet net = only_feature(kFeatMargin);
   json j;
-  j["format"] = "metapo-meta", j["format_version"] = 1;
+  j["format"] = "metapo-meta", j["format_version"] = kMetaRunFormatVersion;
   j["net"] = {{"hidden", 8}, {"a_min", 1e-3}, {"n_features", kNumFeatures}, {"params", net.params()}};
   j["features"] = vector<std::string>(kFeatureNames.begin(), kFeatureNames.end());
   j["standardizer"] = vector<double>(3 * kNumFeatures, 0.0);
@@ -265,12 +267,12 @@ TEST(Analyze, MetaRunFileIsValidated) {
     edit(b);
     return error_of([&] { parse_meta_run(b, "r/metapo.json"); });
   };
-  EXPECT_NE(broken([](json& b) { b["format_version"] = 2; }).find("r/metapo.json: format_version 2"), std::string::npos);
+  EXPECT_NE(broken([](json& b) { b["format_version"] = 1; }).find("r/metapo.json: format_version 1 is not supported"), std::string::npos);
   EXPECT_NE(broken([](json& b) { b["format"] = "x"; }).find("r/metapo.json: format"), std::string::npos);
   EXPECT_NE(broken([](json& b) { b["net"]["params"].erase(0); }).find("net.params has"), std::string::npos);
   EXPECT_NE(broken([](json& b) { b["net"]["params"][3] = nullptr; }).find("net.params[3]"), std::string::npos);
   EXPECT_NE(broken([](json& b) { b["features"][5] = "m"; }).find("features[5]"), std::string::npos);
-  EXPECT_NE(broken([](json& b) { b["standardizer"].erase(0); }).find("standardizer has 20"), std::string::npos);
+  EXPECT_NE(broken([](json& b) { b["standardizer"].erase(0); }).find("standardizer has 23"), std::string::npos);
   EXPECT_NE(broken([](json& b) { b["pair_stats"]["rows"] = 3; }).find("pair_stats.data has 14"), std::string::npos);
   EXPECT_NE(broken([](json& b) { b.erase("pair_stats"); }).find("missing field pair_stats"), std::string::npos);
   EXPECT_NE(error_of([] { read_meta_run("/nonexistent/metapo.json"); }).find("--weighting metapo"), std::string::npos);

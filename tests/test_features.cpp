@@ -25,10 +25,17 @@ PairStatRow row(double n, double mu, double trend, double vol, double dev) {
   return r;
 }
 
+// The current values of pairs with these margins and losses (logp_gap 0 unless given).
+vector<PairNow> now_of(const vector<double>& margin, const vector<double>& loss, const vector<double>& gap = {}) {
+  vector<PairNow> v;
+  for (size_t b = 0; b < margin.size(); ++b) v.push_back({margin[b], b < loss.size() ? loss[b] : 0.0, gap.empty() ? 0.0 : gap[b]});
+  return v;
+}
+
 // Raw features of pairs that all have history (n = 5), column f = values[b].
 vector<double> with_column(int f, const vector<double>& values) {
   vector<PairStatRow> rows(values.size(), row(5, 0, 0, 0, 0));
-  vector<double> x = make_features(rows, vector<double>(values.size(), 0.0), vector<double>(values.size(), 0.0));
+  vector<double> x = make_features(rows, vector<PairNow>(values.size()));
   for (size_t b = 0; b < values.size(); ++b) x[b * kNumFeatures + size_t(f)] = values[b];
   return x;
 }
@@ -38,27 +45,34 @@ vector<double> with_column(int f, const vector<double>& values) {
 TEST(Features, NamesAndGroups) {
   const vector<std::string> names(kFeatureNames.begin(), kFeatureNames.end());
   EXPECT_EQ(names, (vector<std::string>{"margin_ema", "margin_trend", "volatility", "ref_deviation",
-                                        "log_count", "margin", "loss"}));
-  EXPECT_EQ(kNumFeatures, 7);
+                                        "log_count", "margin", "loss", "logp_gap"}));
+  EXPECT_EQ(kNumFeatures, 8);
   for (int f : {kFeatMarginEma, kFeatMarginTrend, kFeatVolatility, kFeatRefDeviation, kFeatLogCount})
     EXPECT_TRUE(is_temporal(f)) << kFeatureNames[size_t(f)];
-  for (int f : {kFeatMargin, kFeatLoss, -1, 7}) EXPECT_FALSE(is_temporal(f)) << f;
+  for (int f : {kFeatMargin, kFeatLoss, kFeatLogpGap, -1, 8}) EXPECT_FALSE(is_temporal(f)) << f;
 }
 
 TEST(Features, RawValues) {
-  const vector<double> x = make_features({row(3, 1.5, -0.25, 4.0, 0.125), row(0, 0, 0, 0, 0)}, {2.0, -1.0},
-                                         {0.1269, 1.3133});
-  ASSERT_EQ(x.size(), 14u);
-  EXPECT_EQ(vector<double>(x.begin(), x.begin() + 7),
-            (vector<double>{1.5, -0.25, 2.0, 0.125, std::log(4.0), 2.0, 0.1269}));
-  EXPECT_EQ(vector<double>(x.begin() + 7, x.end()), (vector<double>{0, 0, 0, 0, 0, -1.0, 1.3133}));
-  EXPECT_EQ(error_of([] { make_features({row(1, 0, 0, 0, 0)}, {1.0, 2.0}, {1.0}); }),
-            "make_features: 1 statistics rows but 2 margins and 1 losses");
+  const vector<double> x = make_features({row(3, 1.5, -0.25, 4.0, 0.125), row(0, 0, 0, 0, 0)},
+                                         now_of({2.0, -1.0}, {0.1269, 1.3133}, {0.75, -0.5}));
+  ASSERT_EQ(x.size(), 16u);
+  EXPECT_EQ(vector<double>(x.begin(), x.begin() + 8),
+            (vector<double>{1.5, -0.25, 2.0, 0.125, std::log(4.0), 2.0, 0.1269, 0.75}));
+  EXPECT_EQ(vector<double>(x.begin() + 8, x.end()), (vector<double>{0, 0, 0, 0, 0, -1.0, 1.3133, -0.5}));
+  EXPECT_EQ(error_of([] { make_features({row(1, 0, 0, 0, 0)}, now_of({1.0, 2.0}, {1.0})); }),
+            "make_features: 1 statistics rows but 2 pairs' current values");
+}
+
+TEST(Features, LogpGapIsThePerTokenPreference) {
+  // chosen: −6 over 3 tokens (−2 per token), rejected: −10 over 4 (−2.5): the policy prefers chosen.
+  EXPECT_DOUBLE_EQ(logp_gap(-6.0, 3, -10.0, 4), 0.5);
+  EXPECT_DOUBLE_EQ(logp_gap(-10.0, 4, -6.0, 3), -0.5);
+  EXPECT_EQ(error_of([] { logp_gap(-1.0, 0, -1.0, 2); }), "logp_gap: response lengths must be >= 1 (got 0 and 2)");
 }
 
 TEST(Features, HistoryFromLogCount) {
   for (double n : {0.0, 1.0, 2.0, 3.0, 1e6, 123456789.0}) {
-    const vector<double> x = make_features({row(n, 0, 0, 0, 0)}, {0.0}, {0.0});
+    const vector<double> x = make_features({row(n, 0, 0, 0, 0)}, now_of({0.0}, {0.0}));
     EXPECT_EQ(has_history(x.data()), n >= 2) << n;
   }
 }
@@ -116,7 +130,7 @@ TEST(Features, PairsWithoutHistoryGetZeroTemporalFeatures) {
   // Two pairs with history (n = 2, 4) and two without (n = 0, 1) whose temporal values are far off.
   const vector<PairStatRow> rows = {row(2, 1.0, 0.5, 1.0, 0.2), row(4, 3.0, -0.5, 9.0, 0.4),
                                     row(0, 0, 0, 0, 0), row(1, 50.0, 0, 0, 7.0)};
-  const vector<double> x = make_features(rows, {1.0, 3.0, 5.0, 7.0}, {1.0, 2.0, 3.0, 4.0});
+  const vector<double> x = make_features(rows, now_of({1.0, 3.0, 5.0, 7.0}, {1.0, 2.0, 3.0, 4.0}, {0.5, -0.5, 1.0, 2.0}));
   s.update(x, comm);
   // Temporal statistics come from the two pairs with history only.
   EXPECT_EQ(s.count(kFeatMarginEma), 2);
@@ -129,7 +143,7 @@ TEST(Features, PairsWithoutHistoryGetZeroTemporalFeatures) {
   for (size_t b = 0; b < 4; ++b) {
     for (int f = 0; f < kNumFeatures; ++f) {
       const double zf = z[b * kNumFeatures + size_t(f)];
-      if (is_temporal(f) && b >= 2) {
+      if ((is_temporal(f) && b >= 2) || !is_net_input(f)) {
         EXPECT_EQ(zf, 0.0) << "pair " << b << " " << kFeatureNames[size_t(f)];
       } else {
         EXPECT_DOUBLE_EQ(zf, (x[b * kNumFeatures + size_t(f)] - s.mean(f)) / s.stddev(f))
@@ -143,7 +157,7 @@ TEST(Features, PairsWithoutHistoryGetZeroTemporalFeatures) {
 
 TEST(Features, NoStatisticsYetGivesZeros) {
   FeatureStandardizer s;
-  const vector<double> x = make_features({row(3, 1.0, 2.0, 3.0, 4.0)}, {5.0}, {6.0});
+  const vector<double> x = make_features({row(3, 1.0, 2.0, 3.0, 4.0)}, now_of({5.0}, {6.0}));
   EXPECT_EQ(s.standardize(x), vector<double>(kNumFeatures, 0.0));
 }
 
@@ -152,9 +166,9 @@ TEST(Features, StateRoundTrip) {
   FeatureStandardizer a;
   const vector<PairStatRow> rows = {row(2, 1.0, 0.5, 1.0, 0.2), row(7, -3.0, 0.25, 0.5, 0.1),
                                     row(1, 0, 0, 0, 0)};
-  const vector<double> x = make_features(rows, {0.3, -0.7, 2.0}, {0.5, 1.2, 0.1});
+  const vector<double> x = make_features(rows, now_of({0.3, -0.7, 2.0}, {0.5, 1.2, 0.1}));
   a.update(x, comm);
-  a.update(make_features(rows, {1.3, 0.7, -2.0}, {0.2, 0.6, 3.1}), comm);
+  a.update(make_features(rows, now_of({1.3, 0.7, -2.0}, {0.2, 0.6, 3.1})), comm);
   const vector<double> st = a.state();
   ASSERT_EQ(st.size(), size_t(3 * kNumFeatures));
   FeatureStandardizer b;
@@ -162,8 +176,8 @@ TEST(Features, StateRoundTrip) {
   EXPECT_EQ(b.state(), st);
   EXPECT_EQ(b.standardize(x), a.standardize(x));
   EXPECT_EQ(error_of([&] { b.load_state(vector<double>(20, 0.0)); }),
-            "feature statistics: checkpoint state has 20 values, expected 21 (count, sum and sum of squares "
-            "of 7 features)");
+            "feature statistics: checkpoint state has 20 values, expected 24 (count, sum and sum of squares "
+            "of 8 features)");
   vector<double> bad = st;
   bad[kFeatLoss] = -1;
   EXPECT_EQ(error_of([&] { b.load_state(bad); }).rfind(
@@ -175,8 +189,25 @@ TEST(Features, RejectsMalformedMatrices) {
   SelfComm comm;
   FeatureStandardizer s;
   EXPECT_EQ(error_of([&] { s.update(vector<double>(10, 0.0), comm); }),
-            "feature statistics: 10 values are not a [B, 7] feature matrix");
+            "feature statistics: 10 values are not a [B, 8] feature matrix");
   vector<double> x = with_column(kFeatLoss, {1.0, NAN});
   EXPECT_EQ(error_of([&] { s.update(x, comm); }),
             "feature statistics: feature loss of row 1 is not finite (nan)");
+}
+
+TEST(Features, LogCountIsNoNetInput) {
+  // After whole epochs every pair has the same count: the running std of log_count is 0. A pair seen
+  // once more (the next epoch, or `metapo analyze` on the final table) used to standardize to the +5
+  // clip; log_count now always enters the net as 0, the other temporal features as before.
+  SelfComm comm;
+  FeatureStandardizer s;
+  const vector<PairStatRow> seen_twice = {row(2, 1.0, 0.5, 1.0, 0.2), row(2, 3.0, -0.5, 9.0, 0.4)};
+  s.update(make_features(seen_twice, now_of({1.0, 3.0}, {0.5, 0.1}, {0.2, 0.4})), comm);
+  EXPECT_LT(s.stddev(kFeatLogCount), FeatureStandardizer::kMinStd);
+  const vector<double> z = s.standardize(make_features({row(3, 3.0, 0.5, 9.0, 0.4)}, now_of({3.0}, {0.1}, {0.4})));
+  EXPECT_EQ(z[kFeatLogCount], 0.0);
+  EXPECT_DOUBLE_EQ(z[kFeatMarginEma], 1.0);  // (3 − 2) / 1
+  EXPECT_FALSE(is_net_input(kFeatLogCount));
+  for (int f = 0; f < kNumFeatures; ++f)
+    if (f != kFeatLogCount) EXPECT_TRUE(is_net_input(f)) << kFeatureNames[size_t(f)];
 }

@@ -148,7 +148,64 @@ TEST(MetaGrad, FullChainThroughWeightNetMatchesFiniteDifferences) {
   for (size_t i = 0; i < summed.size(); ++i) ASSERT_NEAR(summed[i], grad[i], 1e-14) << "parameter " << i;
 }
 
+TEST(MetaGrad, RmsNormalizedAlignments) {
+  // s = (3, −4) on one rank, (0, 0) on the other: Σ s² = 25 over B = 4, rms 2.5.
+  const vector<double> a = rms_normalized({3.0, -4.0}, 25.0, 4);
+  EXPECT_DOUBLE_EQ(a[0], 1.2);
+  EXPECT_DOUBLE_EQ(a[1], -1.6);
+  EXPECT_EQ(rms_normalized({0.0, 0.0}, 25.0, 4), (vector<double>{0.0, 0.0}));
+  EXPECT_EQ(rms_normalized({0.0, 0.0}, 0.0, 2), (vector<double>{0.0, 0.0}));  // an all-zero batch stays zero
+  // Scale-free: s and 1000 s give the same result; the normalized batch has unit RMS.
+  const vector<double> s = test::randn<double>(9, 5);
+  const double ss = test::dot(s, s);
+  vector<double> big = s;
+  for (double& v : big) v *= 1000;
+  const vector<double> x = rms_normalized(s, ss, 9), y = rms_normalized(big, 1e6 * ss, 9);
+  for (size_t i = 0; i < 9; ++i) EXPECT_NEAR(x[i], y[i], 1e-14);
+  EXPECT_NEAR(test::dot(x, x), 9.0, 1e-12);
+}
+
+TEST(MetaGrad, UniformPenaltyMatchesFiniteDifferences) {
+  // L(a) = Σ_i g_i w̃_i + (ρ / 2B) Σ_i (w̃_i − 1)²: add_uniform_penalty gives ∂L/∂w̃, and dLda carries it
+  // through the normalization; both against central differences in a.
+  for (uint64_t seed : {1, 2, 3}) {
+    const size_t n = 13;
+    const double rho = 0.5 * double(seed);
+    vector<double> a = random_a(n, seed);
+    const vector<double> g0 = test::randn<double>(n, seed + 20);
+    const auto loss = [&] {
+      const vector<double> w = normalized_weights(a, int64_t(n), local_a_sum(a));
+      double p = 0;
+      for (double v : w) p += (v - 1) * (v - 1);
+      return test::dot(g0, w) + rho / (2.0 * double(n)) * p;
+    };
+    vector<double> g = g0;
+    add_uniform_penalty(g, a, int64_t(n), local_a_sum(a), rho);
+    const vector<double> d = dLda(g, a, int64_t(n), local_a_sum(a), local_ga_sum(g, a));
+    const vector<double> fd = test::fd_grad(a, loss, 1e-6);
+    double max_abs = 0;
+    for (size_t j = 0; j < n; ++j) max_abs = std::max(max_abs, std::abs(d[j] - fd[j]));
+    std::printf("penalized dL/da vs FD (seed %d, rho %.1f): max abs err %.3e\n", int(seed), rho, max_abs);
+    EXPECT_LT(max_abs, 1e-8);  // as in DLdaMatchesFiniteDifferences: L is O(1) and smooth in a
+  }
+  // At uniform weights the penalty has no gradient; ρ = 0 leaves g as it was.
+  vector<double> g = {0.25, -0.5};
+  add_uniform_penalty(g, {0.3, 0.3}, 2, 0.6, 2.0);
+  EXPECT_EQ(g, (vector<double>{0.25, -0.5}));
+  add_uniform_penalty(g, {0.1, 0.5}, 2, 0.6, 0.0);
+  EXPECT_EQ(g, (vector<double>{0.25, -0.5}));
+  // Raw weights (0.1, 0.5) of a batch of 2: w̃ = (1/3, 5/3), ρ = 3: g += 3 (w̃ − 1) / 2 = (−1, 1).
+  add_uniform_penalty(g, {0.1, 0.5}, 2, 0.6, 3.0);
+  EXPECT_NEAR(g[0], 0.25 - 1.0, 1e-15);
+  EXPECT_NEAR(g[1], -0.5 + 1.0, 1e-15);
+}
+
 TEST(MetaGrad, RejectsBadInput) {
+  EXPECT_NE(error_of([] {
+              vector<double> g = {1.0};
+              add_uniform_penalty(g, {1.0}, 1, 1.0, -1.0);
+            }).find("rho must be finite and >= 0"),
+            std::string::npos);
   EXPECT_NE(error_of([] { normalized_weights({1.0}, 1, 0.0); }).find("must be finite and > 0"),
             std::string::npos);
   EXPECT_NE(error_of([] { dLda({1.0, 2.0}, {1.0}, 2, 1.0, 1.0); }).find("2 values of dL/dw for 1"),

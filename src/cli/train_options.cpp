@@ -45,6 +45,7 @@ void add_train_options(po::options_description& desc, TrainConfig& cfg, TrainOpt
       ("meta-warmup", po::value(&cfg.meta.warmup)->default_value(0), "MetaPO: first step with a weight-net update")
       ("meta-lr", po::value(&cfg.meta.lr)->default_value(3e-3), "MetaPO: Adam learning rate of the weight net")
       ("meta-val-batch", po::value(&cfg.meta.val_batch)->default_value(8), "MetaPO: validation pairs per meta update (all ranks)")
+      ("meta-penalty", po::value(&cfg.meta.penalty)->default_value(0.5), "MetaPO: strength rho of the trust region (rho/2B) sum (w - 1)^2 that keeps the normalized weights near uniform unless the alignments say otherwise (0: the plain first-order objective)")
       ("meta-precondition", po::value(&cfg.meta.precondition)->default_value(true), "MetaPO: precondition the validation gradient with Adam's second moment (true/false)")
       ("meta-hidden", po::value(&cfg.meta.hidden)->default_value(32), "MetaPO: weight-net hidden width")
       ("weight-floor", po::value(&cfg.meta.a_min)->default_value(1e-3), "MetaPO: a_min, the floor of the raw weights")
@@ -52,7 +53,8 @@ void add_train_options(po::options_description& desc, TrainConfig& cfg, TrainOpt
       ("hypergrad", po::value(&cfg.meta.hypergrad)->default_value("ghost"), "MetaPO: ghost | exact (per-pair backward) | fd (finite difference along the validation gradient)")
       ("stats-ema", po::value(&cfg.meta.ema_rate)->default_value(0.1), "MetaPO: EMA rate of the pair statistics")
       ("stats-refresh-every", po::value(&cfg.meta.refresh_every)->default_value(0), "MetaPO: score a window of training pairs forward-only every N steps (0: off)")
-      ("stats-refresh-pairs", po::value(&cfg.meta.refresh_pairs)->default_value(0), "MetaPO: training pairs per refresh (the window rotates through the split)");
+      ("stats-refresh-pairs", po::value(&cfg.meta.refresh_pairs)->default_value(0), "MetaPO: training pairs per refresh (the window rotates through the split)")
+      ("meta-trace", po::value(&cfg.meta.trace_path), "MetaPO diagnostics: append one JSON line per meta step (every pair's sample id, features, weight, alignment) to this file");
   }
 }
 

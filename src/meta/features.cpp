@@ -17,10 +17,15 @@ void check_matrix(const std::vector<double>& raw, const char* what) {
 
 }  // namespace
 
-std::vector<double> make_features(const std::vector<PairStatRow>& rows, const std::vector<double>& margin,
-                                  const std::vector<double>& loss) {
-  MP_CHECK(margin.size() == rows.size() && loss.size() == rows.size(), "make_features: ", rows.size(),
-           " statistics rows but ", margin.size(), " margins and ", loss.size(), " losses");
+double logp_gap(double logp_chosen, int64_t len_chosen, double logp_rejected, int64_t len_rejected) {
+  MP_CHECK(len_chosen >= 1 && len_rejected >= 1, "logp_gap: response lengths must be >= 1 (got ", len_chosen, " and ",
+           len_rejected, ")");
+  return logp_chosen / double(len_chosen) - logp_rejected / double(len_rejected);
+}
+
+std::vector<double> make_features(const std::vector<PairStatRow>& rows, const std::vector<PairNow>& now) {
+  MP_CHECK(now.size() == rows.size(), "make_features: ", rows.size(), " statistics rows but ", now.size(),
+           " pairs' current values");
   std::vector<double> x(rows.size() * F);  // [B, F]
   for (size_t b = 0; b < rows.size(); ++b) {
     const PairStatRow& r = rows[b];
@@ -30,8 +35,9 @@ std::vector<double> make_features(const std::vector<PairStatRow>& rows, const st
     xb[kFeatVolatility] = std::sqrt(std::max(r.vol, 0.0));
     xb[kFeatRefDeviation] = r.ref_dev;
     xb[kFeatLogCount] = std::log1p(r.n);
-    xb[kFeatMargin] = margin[b];
-    xb[kFeatLoss] = loss[b];
+    xb[kFeatMargin] = now[b].margin;
+    xb[kFeatLoss] = now[b].loss;
+    xb[kFeatLogpGap] = now[b].logp_gap;
   }
   return x;
 }
@@ -79,7 +85,7 @@ std::vector<double> FeatureStandardizer::standardize(const std::vector<double>& 
     const double* x = &raw[b * F];
     const bool history = has_history(x);
     for (size_t f = 0; f < F; ++f) {
-      if (count_[f] <= 0 || (is_temporal(int(f)) && !history)) continue;
+      if (count_[f] <= 0 || (is_temporal(int(f)) && !history) || !is_net_input(int(f))) continue;
       z[b * F + f] = std::clamp((x[f] - mu[f]) * inv_sd[f], -kClip, kClip);
     }
   }

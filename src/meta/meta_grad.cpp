@@ -44,6 +44,27 @@ std::vector<double> lookahead_dLdw(const std::vector<double>& s, int64_t B, doub
   return g;
 }
 
+std::vector<double> rms_normalized(const std::vector<double>& s, double global_sum_sq, int64_t B) {
+  check_batch("normalized alignments", s.size(), B);
+  MP_CHECK(std::isfinite(global_sum_sq) && global_sum_sq >= 0, "normalized alignments: Σ s² must be finite and >= 0 (got ",
+           global_sum_sq, ")");
+  std::vector<double> out(s.size(), 0.0);
+  if (global_sum_sq <= 0) return out;
+  const double inv = 1.0 / std::sqrt(global_sum_sq / double(B));
+  for (size_t i = 0; i < s.size(); ++i) out[i] = s[i] * inv;
+  return out;
+}
+
+void add_uniform_penalty(std::vector<double>& g, const std::vector<double>& a, int64_t B, double global_sum_a,
+                         double rho) {
+  MP_CHECK(g.size() == a.size(), "uniform penalty: ", g.size(), " values of dL/dw for ", a.size(), " raw weights");
+  check_batch("uniform penalty", a.size(), B);
+  check_sum_a("uniform penalty", global_sum_a);
+  MP_CHECK(rho >= 0 && std::isfinite(rho), "uniform penalty: rho must be finite and >= 0 (got ", rho, ")");
+  const double scale = double(B) / global_sum_a;
+  for (size_t i = 0; i < g.size(); ++i) g[i] += rho * (scale * a[i] - 1.0) / double(B);
+}
+
 double local_ga_sum(const std::vector<double>& g, const std::vector<double>& a) {
   MP_CHECK(g.size() == a.size(), "local g·a sum: ", g.size(), " values of dL/dw for ", a.size(),
            " raw weights");

@@ -255,20 +255,20 @@ AnalyzeInput analysis_input(LlamaModel<float>& model, const float* params, const
   pair_logps(model, nullptr, params, s, idx, micro, topo.world, chosen, rejected);
 
   // The instantaneous features exactly as the trainer forms them: margin = the implicit-reward
-  // margin of pair_loss, loss = the base loss ℓ_i.
-  std::vector<double> margin(static_cast<size_t>(N)), lossv(static_cast<size_t>(N));
+  // margin of pair_loss, loss = the base loss ℓ_i, the policy's per-token log-probability gap.
+  std::vector<PairNow> now(static_cast<size_t>(N));
   for (int64_t i = 0; i < N; ++i) {
     PairLogps p;
     p.policy_chosen = chosen[size_t(i)], p.policy_rejected = rejected[size_t(i)];
     if (s.has_ref()) p.ref_chosen = s.ref_logp_chosen[size_t(i)], p.ref_rejected = s.ref_logp_rejected[size_t(i)];
     p.len_chosen = s.chosen.len(i), p.len_rejected = s.rejected.len(i);
     const PairLossResult r = pair_loss(loss, p);
-    margin[size_t(i)] = r.margin, lossv[size_t(i)] = r.loss;
+    now[size_t(i)] = {r.margin, r.loss, logp_gap(p.policy_chosen, p.len_chosen, p.policy_rejected, p.len_rejected)};
   }
   AnalyzeInput in;
   in.sample_id = s.sample_id;
   const std::vector<PairStatRow> rows = run.rows_of(s.sample_id);
-  in.raw = make_features(rows, margin, lossv);
+  in.raw = make_features(rows, now);
   for (const PairStatRow& r : rows) in.history.push_back(r.n);
   in.quality = s.quality;
   if (auto it = s.columns.find("difficulty"); it != s.columns.end()) in.difficulty = it->second;

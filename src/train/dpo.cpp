@@ -16,6 +16,7 @@
 #include "metapo/core/timer.h"
 #include "metapo/io/dataset_h5.h"
 #include "metapo/io/hf_model.h"
+#include "metapo/train/analyze.h"
 #include "metapo/train/metrics.h"
 #include "metapo/train/pairs.h"
 #include "metapo/train/pipeline.h"
@@ -703,6 +704,10 @@ int run_dpo(const Topology& topo, const TrainConfig& cfg) {
     j["tokens"] = tokens, j["scored_tokens"] = scored;
     j["weights/mean"] = wmean, j["weights/std"] = std::sqrt(std::max(0.0, st.w_sq / st.n - wmean * wmean));
     j["weights/min"] = st.w_min, j["weights/max"] = st.w_max;
+    // Effective sample size (Σa)² / Σa² of the global batch: B for equal weights, 1 when one pair
+    // carries all the weight.
+    const double ess = st.w_sq > 0 ? st.weight_sum * st.weight_sum / st.w_sq : 0.0;
+    j["weights/ess"] = ess;
     if (meta_step) {
       double mg = meta ? meta->last_meta_grad_norm() : 0.0;  // the last stage's (zero elsewhere)
       if (topo.pp > 1) pp->allreduce_sum(&mg, 1);
@@ -713,10 +718,10 @@ int run_dpo(const Topology& topo, const TrainConfig& cfg) {
     run.report(j, step);
     char line[320];
     std::snprintf(line, sizeof line,
-                  "step %5lld/%lld | loss %.4f | acc %.3f | margin %+.3f | w %.2f±%.2f | lr %.2e | gnorm %.3f | %.0f tok/s",
+                  "step %5lld/%lld | loss %.4f | acc %.3f | margin %+.3f | w %.2f±%.2f ess %.1f | lr %.2e | gnorm %.3f | %.0f tok/s",
                   (long long)(step + 1), (long long)total, j["loss"].get<double>(),
                   j["rewards/accuracies"].get<double>(), j["rewards/margins"].get<double>(), wmean,
-                  j["weights/std"].get<double>(), lr, gnorm, tokens / secs);
+                  j["weights/std"].get<double>(), ess, lr, gnorm, tokens / secs);
     log.step(step, j, line);
     if (cfg.eval_every > 0 && ((step + 1) % cfg.eval_every == 0 || step + 1 == total)) run_eval(step);
     if (!tracked.empty() && cfg.track_every > 0 && ((step + 1) % cfg.track_every == 0 || step + 1 == total))
@@ -755,7 +760,7 @@ int run_dpo(const Topology& topo, const TrainConfig& cfg) {
       const std::vector<double> table = meta->table().gather_all();
       if (topo.is_last_stage_root()) {
         nlohmann::json j;
-        j["format"] = "metapo-meta", j["format_version"] = 1;
+        j["format"] = "metapo-meta", j["format_version"] = kMetaRunFormatVersion;
         j["net"]["hidden"] = cfg.meta.hidden, j["net"]["a_min"] = cfg.meta.a_min;
         j["features_used"] = cfg.meta.features;
         j["net"]["n_features"] = kNumFeatures, j["net"]["params"] = meta->net().params();

@@ -2,6 +2,10 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstring>
+#include <fstream>
+
+#include <nlohmann/json.hpp>
 
 #include "metapo/comm/collectives.h"
 #include "metapo/core/error.h"
@@ -20,8 +24,13 @@ MetaPOState::MetaPOState(const MetaConfig& cfg, int64_t max_sample_id, uint64_t 
   MP_CHECK(cfg.lr > 0, "--meta-lr must be positive");
   MP_CHECK(cfg.ema_rate > 0 && cfg.ema_rate <= 1, "--stats-ema must be in (0, 1]");
   MP_CHECK(cfg.val_batch >= 1, "--meta-val-batch must be positive");
+  MP_CHECK(cfg.penalty >= 0 && std::isfinite(cfg.penalty), "--meta-penalty must be finite and >= 0 (got ", cfg.penalty, ")");
   std::vector<double> probe(kNumFeatures, 0.0);
   mask_features(probe, 1, cfg.features);  // rejects an unknown --meta-features before any step
+  if (!cfg.trace_path.empty() && dp.rank() == 0) {
+    std::ofstream f(cfg.trace_path, std::ios::trunc);
+    MP_CHECK(f.good(), "--meta-trace ", cfg.trace_path, ": cannot be written");
+  }
   MP_CHECK(cfg.refresh_every >= 0 && cfg.refresh_pairs >= 0, "--stats-refresh-every and --stats-refresh-pairs must not be negative");
 }
 
@@ -30,14 +39,15 @@ std::vector<double> MetaPOState::weights(const PairSplit& s, const std::vector<i
   std::vector<int64_t> ids;
   for (int64_t i : chunk) ids.push_back(s.sample_id[size_t(i)]);
   const std::vector<PairStatRow> rows = table_.fetch(ids);
-  std::vector<double> margin, loss;
+  std::vector<PairNow> now;
   for (size_t k = 0; k < chunk.size(); ++k) {
-    margin.push_back(out[k].margin), loss.push_back(out[k].loss);
+    now.push_back({out[k].margin, out[k].loss,
+                   logp_gap(in[k].policy_chosen, in[k].len_chosen, in[k].policy_rejected, in[k].len_rejected)});
     step_obs_.push_back({ids[k], 0, out[k].margin,
                          reference_deviation(in[k].policy_chosen, in[k].ref_chosen, in[k].len_chosen,
                                              in[k].policy_rejected, in[k].ref_rejected, in[k].len_rejected)});
   }
-  const std::vector<double> raw = make_features(rows, margin, loss);
+  const std::vector<double> raw = make_features(rows, now);
   // Standardized with the statistics of the earlier steps only: this step's features go in at
   // end_step, all at once, so a pair's input does not depend on the micro-batching or on the number
   // of data-parallel ranks (only on the global batch).
@@ -54,7 +64,14 @@ std::vector<double> MetaPOState::weights(const PairSplit& s, const std::vector<i
 void MetaPOState::end_step(int64_t step, const std::vector<double>* align, int64_t B, double global_sum_a) {
   if (align) {
     MP_CHECK(align->size() == step_a_.size(), "MetaPO: ", align->size(), " alignments for ", step_a_.size(), " pairs");
-    const std::vector<double> g = lookahead_dLdw(*align, B);
+    if (!cfg_.trace_path.empty()) write_trace(step, *align);
+    // Scale-free alignments, then the look-ahead gradient with the trust region around uniform
+    // weights (docs/metapo.md, "Diagnosis" and "The meta objective").
+    double ss = 0;
+    for (double v : *align) ss += v * v;
+    dp_.allreduce_sum(&ss, 1);
+    std::vector<double> g = lookahead_dLdw(rms_normalized(*align, ss, B), B);
+    add_uniform_penalty(g, step_a_, B, global_sum_a, cfg_.penalty);
     double ga = local_ga_sum(g, step_a_);
     dp_.allreduce_sum(&ga, 1);
     const std::vector<double> dA = dLda(g, step_a_, B, global_sum_a, ga);
@@ -72,6 +89,42 @@ void MetaPOState::end_step(int64_t step, const std::vector<double>* align, int64
   for (PairObservation& o : step_obs_) o.step = step;
   table_.observe(step_obs_);
   step_obs_.clear(), step_x_.clear(), step_a_.clear(), step_raw_.clear();
+}
+
+void MetaPOState::write_trace(int64_t step, const std::vector<double>& align) {
+  // Per pair: [sample id, raw features, standardized features, a, s], gathered over the ranks.
+  constexpr size_t R = 3 + 2 * kNumFeatures;
+  const size_t n = step_a_.size();
+  std::vector<double> rec(n * R);
+  for (size_t k = 0; k < n; ++k) {
+    double* r = &rec[k * R];
+    r[0] = double(step_obs_[k].sample_id);
+    for (int f = 0; f < kNumFeatures; ++f)
+      r[1 + f] = step_raw_[k * kNumFeatures + size_t(f)], r[1 + kNumFeatures + f] = step_x_[k * kNumFeatures + size_t(f)];
+    r[R - 2] = step_a_[k], r[R - 1] = align[k];
+  }
+  std::vector<uint8_t> all;
+  std::vector<size_t> counts;
+  dp_.allgatherv(rec.data(), rec.size() * sizeof(double), all, counts);
+  if (dp_.rank() != 0) return;
+  const size_t m = all.size() / sizeof(double) / R;
+  std::vector<double> v(all.size() / sizeof(double));
+  std::memcpy(v.data(), all.data(), all.size());
+  nlohmann::json j;
+  j["step"] = step + 1;
+  std::vector<int64_t> ids(m);
+  std::vector<double> raw(m * kNumFeatures), x(m * kNumFeatures), a(m), s(m);
+  for (size_t k = 0; k < m; ++k) {
+    const double* r = &v[k * R];
+    ids[k] = int64_t(r[0]);
+    for (int f = 0; f < kNumFeatures; ++f)
+      raw[k * kNumFeatures + size_t(f)] = r[1 + f], x[k * kNumFeatures + size_t(f)] = r[1 + kNumFeatures + f];
+    a[k] = r[R - 2], s[k] = r[R - 1];
+  }
+  j["sample_id"] = ids, j["raw"] = raw, j["x"] = x, j["a"] = a, j["s"] = s;
+  std::ofstream f(cfg_.trace_path, std::ios::app);
+  f << j.dump() << "\n";
+  MP_CHECK(f.good(), cfg_.trace_path, ": could not append the MetaPO trace");
 }
 
 std::vector<int64_t> refresh_window(const MetaConfig& cfg, int64_t N, int64_t step) {

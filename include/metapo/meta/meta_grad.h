@@ -7,7 +7,9 @@
 //   Σa     = allreduce(local_a_sum(a))               one scalar, also needed for the loss weights
 //   w̃      = normalized_weights(a, B, Σa)            w̃_i = B a_i / Σa, so Σ_global w̃ = B
 //   s_i    = ⟨ĝ_V, ∇θ ℓ_i⟩                            alignments from the training backward (step 2)
-//   g      = lookahead_dLdw(s, B)                    g_i = ∂L_V/∂w̃_i ≈ −(η/B) s_i, η = 1
+//   ŝ      = rms_normalized(s, allreduce(Σ s²), B)   scale-free alignments
+//   g      = lookahead_dLdw(ŝ, B)                    g_i = ∂L_V/∂w̃_i ≈ −(η/B) ŝ_i, η = 1
+//   add_uniform_penalty(g, a, B, Σa, ρ)              g_i += ρ (w̃_i − 1) / B
 //   Σga    = allreduce(local_ga_sum(g, a))
 //   dL/da  = dLda(g, a, B, Σa, Σga)
 //   grad   = 0; net.backward(dL/da, grad); grad = allreduce(grad); adam_update(φ, grad, ...)
@@ -34,6 +36,19 @@ std::vector<double> lookahead_dLdw(const std::vector<double>& s, int64_t B, doub
 
 // Σ_i g_i a_i over the local pairs, in index order (reduce it over DP for Σga).
 double local_ga_sum(const std::vector<double>& g, const std::vector<double>& a);
+
+// Scale-free alignments (docs/metapo.md, "Diagnosis"): s_i / rms(s), with the root mean square
+// √(Σ s² / n) over the global batch (global_sum_sq = Σ s², n = B); zeros stay zeros, an all-zero
+// batch stays zero. The meta step then no longer depends on the scale of s, which shrinks by orders
+// of magnitude over training, so the penalty below has one meaning at every step.
+std::vector<double> rms_normalized(const std::vector<double>& s, double global_sum_sq, int64_t B);
+
+// Adds the gradient of the trust region (ρ / 2B) Σ_i (w̃_i − 1)² around uniform weights to g = ∂L/∂w̃
+// of the local pairs. Because Σ_i w̃_i² = B² / ESS, this penalizes a small effective sample size; with
+// unit-RMS alignments the weights the net can reach move from 1 in proportion to E[ŝ | features] / ρ,
+// so they stay near uniform while the meta signal is weak or pure noise.
+void add_uniform_penalty(std::vector<double>& g, const std::vector<double>& a, int64_t B, double global_sum_a,
+                         double rho);
 
 // Backpropagates g = ∂L/∂w̃ through the normalization to the raw weights of the local pairs:
 //   L = Σ_i g_i w̃_i,  w̃_i = B a_i / Σa   ⇒   ∂L/∂a_j = (B/Σa) (g_j − Σga / Σa)

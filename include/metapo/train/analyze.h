@@ -29,7 +29,7 @@ namespace metapo {
 
 // The format this build reads (written by run_dpo with --weighting metapo).
 constexpr const char* kMetaRunFormat = "metapo-meta";
-constexpr int64_t kMetaRunFormatVersion = 1;
+constexpr int64_t kMetaRunFormatVersion = 2;  // 2: eight features (logp_gap)
 
 // RUN/metapo.json in memory, validated.
 struct MetaRun {

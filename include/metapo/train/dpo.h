@@ -29,6 +29,7 @@ struct MetaConfig {
   double lr = 3e-3;         // Adam on the weight net
   double ema_rate = 0.1;    // λ of the pair statistics
   int64_t val_batch = 8;    // validation pairs per meta update (all ranks)
+  double penalty = 0.5;     // ρ of the trust region (ρ/2B) Σ (w̃ − 1)² around uniform weights
   bool precondition = true; // ĝ_V = g_V / (√v̂ + ε) with the policy optimizer's second moment
   int64_t hidden = 32;
   double a_min = 1e-3;
@@ -44,6 +45,9 @@ struct MetaConfig {
   // inputs zeroed). Zeroed standardized inputs sit at the origin the attributions are measured from.
   std::string features = "all";
   double fd_step = 1e-3;  // fd: θ ± h ĝ with h = fd_step / max|ĝ|
+  // Diagnostics: on every meta step, one JSON line per step in this file with every pair's sample
+  // id, raw and standardized features, weight and alignment s_i ("": off).
+  std::string trace_path;
 };
 
 struct TrainConfig {

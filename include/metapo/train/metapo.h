@@ -69,6 +69,7 @@ class MetaPOState {
   std::vector<double> step_raw_, step_x_, step_a_;  // raw and standardized features [n, F], weights of this step
   std::vector<PairObservation> step_obs_;
   double last_grad_norm_ = 0;
+  void write_trace(int64_t step, const std::vector<double>& align);
 };
 
 // Collective. g_V = ∇θ of the mean base loss over a validation batch (global batch `val_batch`,

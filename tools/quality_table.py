@@ -1,0 +1,136 @@
+#!/usr/bin/env python3
+"""The tables of tools/bench-quality.sh from its results.jsonl (one JSON line per run).
+
+Prints markdown: per number of DPO epochs, task, SFT strength (SFT epochs) and flip rate, one row per
+method with the mean ± std over seeds of the clean test preference accuracy, the greedy answer accuracy,
+the weight AUC (clean vs flipped, MetaPO only), the temporal share of the weight net's decisions
+(integrated gradients / permutation) and the mean effective sample size of the weights per step; then
+the acceptance checks of MetaPO against uniform DPO and the oracle, one line per cell:
+
+- every cell: MetaPO ≥ uniform − 1 point of preference accuracy and ≥ uniform − 2 points of answer accuracy;
+- 40% flips: MetaPO ≥ uniform + 5 points, or, where the oracle gains less than 8 points over uniform, at
+  least 60% of the oracle's gain; and a weight AUC ≥ 0.85;
+- 40% flips at 1 epoch: MetaPO ≥ uniform.
+
+Standard library only, so it runs where the benchmark runs.
+"""
+import argparse
+import json
+import statistics
+import sys
+
+
+def mean_std(v):
+    v = [x for x in v if x is not None]
+    if not v:
+        return None, None
+    return statistics.mean(v), (statistics.stdev(v) if len(v) > 1 else None)
+
+
+def fmt(v, digits=3):
+    m, s = mean_std(v)
+    if m is None:
+        return "—"
+    return f"{m:.{digits}f}" if s is None else f"{m:.{digits}f} ± {s:.{digits}f}"
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("results", help="results.jsonl of tools/bench-quality.sh")
+    ap.add_argument("--meta-args", default="", help="the MetaPO options of the runs (for the caption)")
+    a = ap.parse_args()
+    rows = []
+    for n, line in enumerate(open(a.results), 1):
+        line = line.strip()
+        if not line:
+            continue
+        try:
+            rows.append(json.loads(line))
+        except json.JSONDecodeError as e:
+            sys.exit(f"error: {a.results}:{n}: not a JSON line ({e})")
+    if not rows:
+        sys.exit(f"error: {a.results}: no results yet")
+    for r in rows:  # lines of the single-task benchmark of earlier versions
+        r.setdefault("task", "sort"), r.setdefault("sft_epochs", 3), r.setdefault("epochs", 3)
+    order = ["sft", "uniform", "cdpo", "robust", "wpo", "margin", "metapo", "metapo-instantaneous",
+             "metapo-temporal", "oracle"]
+    names = {"sft": "SFT model (reference)", "uniform": "uniform (DPO)", "oracle": "oracle (flipped dropped)",
+             "metapo-instantaneous": "metapo, instantaneous features only",
+             "metapo-temporal": "metapo, temporal features only"}
+    key = lambda r: (r["epochs"], r["task"], r["sft_epochs"], r["flip"])
+    cells = sorted({key(r) for r in rows}, key=lambda k: (-k[0], ["sort", "reverse", "add"].index(k[1])
+                                                            if k[1] in ("sort", "reverse", "add") else 9, -k[2], k[3]))
+    seeds = sorted({r["seed"] for r in rows})
+    print(f"\nseeds {' '.join(map(str, seeds))}; clean test split; mean ± std over seeds; "
+          f"MetaPO options: {a.meta_args or '(defaults)'}\n")
+    print("| DPO epochs | task | SFT epochs | flipped | method | seeds | test pref. accuracy | answer accuracy "
+          "| weight AUC | temporal share (IG / perm.) | ESS (of batch) |")
+    print("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
+    by = {}
+    for c in cells:
+        methods = sorted({r["method"] for r in rows if key(r) == c},
+                         key=lambda m: order.index(m) if m in order else 99)
+        for m in methods:
+            rs = [r for r in rows if key(r) == c and r["method"] == m]
+            by[c + (m,)] = rs
+            an = [r.get("analyze") or {} for r in rs]
+            pref = "—" if m == "sft" else fmt([r["eval"]["pref_acc"] for r in rs])
+            ans = fmt([r["gen"]["answer_accuracy"] for r in rs])
+            auc = fmt([x.get("quality_auc") for x in an])
+            share = "—"
+            if any(x.get("temporal_share") is not None for x in an):
+                share = f"{fmt([x.get('temporal_share') for x in an], 2)} / " \
+                        f"{fmt([x.get('temporal_share_permutation') for x in an], 2)}"
+            ess = fmt([r.get("ess") for r in rs], 1)
+            if ess != "—":
+                ess += f" (of {rs[0].get('batch', '?')})"
+            name = names.get(m, m)
+            if m in ("cdpo", "robust"):
+                name += f" (ε {c[3] if c[3] > 0 else 0.1})"
+            print(f"| {c[0]} | {c[1]} | {c[2]} | {c[3]:.0%} | {name} | {len(rs)} | {pref} | {ans} | {auc} | {share} | {ess} |")
+
+    # The acceptance checks (means over seeds).
+    def m_of(c, method, f):
+        rs = by.get(c + (method,))
+        if not rs:
+            return None
+        return mean_std([f(r) for r in rs])[0]
+    pref = lambda r: r["eval"]["pref_acc"]
+    ans = lambda r: r["gen"]["answer_accuracy"]
+    auc = lambda r: (r.get("analyze") or {}).get("quality_auc")
+    checks = []
+    for c in cells:
+        mp, up = m_of(c, "metapo", pref), m_of(c, "uniform", pref)
+        if mp is None or up is None:
+            continue
+        ma, ua = m_of(c, "metapo", ans), m_of(c, "uniform", ans)
+        label = f"{c[0]} epoch(s), {c[1]}, SFT {c[2]}, {c[3]:.0%} flipped"
+        if c[0] == 1:
+            if c[3] >= 0.4 - 1e-9:
+                checks.append((label, "pref ≥ uniform", mp - up, mp >= up, f"{mp:.3f} vs {up:.3f}"))
+            continue
+        checks.append((label, "pref ≥ uniform − 1 pt", mp - up, mp >= up - 0.01, f"{mp:.3f} vs {up:.3f}"))
+        checks.append((label, "answer ≥ uniform − 2 pts", ma - ua, ma >= ua - 0.02, f"{ma:.3f} vs {ua:.3f}"))
+        if abs(c[3] - 0.4) < 1e-9:
+            op = m_of(c, "oracle", pref)
+            if op is not None and op - up < 0.08:
+                need = 0.6 * (op - up)
+                checks.append((label, f"pref gain ≥ 60% of the oracle's ({op - up:+.3f})", mp - up,
+                               mp - up >= need, f"{mp:.3f} vs {up:.3f}, need {need:+.3f}"))
+            else:
+                checks.append((label, "pref ≥ uniform + 5 pts", mp - up, mp >= up + 0.05, f"{mp:.3f} vs {up:.3f}"))
+            au = m_of(c, "metapo", auc)
+            if au is not None:
+                checks.append((label, "weight AUC ≥ 0.85", au - 0.85, au >= 0.85, f"{au:.3f}"))
+    if checks:
+        print("\nChecks (MetaPO against uniform DPO and the oracle, means over seeds):\n")
+        print("| cell | check | difference | holds | values |")
+        print("| --- | --- | --- | --- | --- |")
+        for label, what, diff, ok, vals in checks:
+            print(f"| {label} | {what} | {diff:+.3f} | {'yes' if ok else '**no**'} | {vals} |")
+        bad = sum(1 for x in checks if not x[3])
+        print(f"\n{len(checks) - bad} of {len(checks)} checks hold.")
+
+
+if __name__ == "__main__":
+    main()
