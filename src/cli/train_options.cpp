@@ -43,7 +43,7 @@ void add_train_options(po::options_description& desc, TrainConfig& cfg, TrainOpt
       ("track-every", po::value(&cfg.track_every)->default_value(10), "steps between trajectory points")
       ("meta-interval", po::value(&cfg.meta.interval)->default_value(1), "MetaPO: a weight-net update every N steps")
       ("meta-warmup", po::value(&cfg.meta.warmup)->default_value(0), "MetaPO: first step with a weight-net update")
-      ("meta-lr", po::value(&cfg.meta.lr)->default_value(3e-3), "MetaPO: Adam learning rate of the weight net")
+      ("meta-lr", po::value(&cfg.meta.lr)->default_value(1e-3), "MetaPO: Adam learning rate of the weight net")
       ("meta-val-batch", po::value(&cfg.meta.val_batch)->default_value(8), "MetaPO: validation pairs per meta update (all ranks)")
       ("meta-penalty", po::value(&cfg.meta.penalty)->default_value(0.5), "MetaPO: strength rho of the trust region (rho/2B) sum (w - 1)^2 that keeps the normalized weights near uniform unless the alignments say otherwise (0: the plain first-order objective)")
       ("meta-precondition", po::value(&cfg.meta.precondition)->default_value(true), "MetaPO: precondition the validation gradient with Adam's second moment (true/false)")

@@ -26,7 +26,7 @@ namespace metapo {
 struct MetaConfig {
   int64_t interval = 1;     // a meta update every `interval` steps ...
   int64_t warmup = 0;       // ... from this step on
-  double lr = 3e-3;         // Adam on the weight net
+  double lr = 1e-3;         // Adam on the weight net
   double ema_rate = 0.1;    // λ of the pair statistics
   int64_t val_batch = 8;    // validation pairs per meta update (all ranks)
   double penalty = 0.5;     // ρ of the trust region (ρ/2B) Σ (w̃ − 1)² around uniform weights
