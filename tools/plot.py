@@ -14,6 +14,12 @@ Writes into DIR (default: RUN/plots of the first run):
                     permutation importance per feature, temporal vs instantaneous; one row per run.
   trajectories.png  from RUN/trajectories.jsonl (`metapo train`, --track-pairs): margin trajectories of
                     the tracked clean/easy, clean/hard and flipped pairs; one row per run.
+  alignment.png     from RUN/meta_trace.jsonl (`metapo train --meta-trace RUN/meta_trace.jsonl`) and the
+                    dataset's quality and difficulty columns (--data FILE.h5, needs h5py): per window of
+                    meta steps, the mean normalized alignment s_i / rms(s) of clean/easy, clean/hard and
+                    flipped pairs; the AUC (clean vs flipped) of s, of the weights and of each feature;
+                    the Spearman correlation of s with the current margin within the clean and within the
+                    flipped pairs; the effective sample size and the mean normalized weight per group.
 
 Only curves.png needs an input (metrics.jsonl); each other plot is skipped, with a message, when no
 run has its input. Needs matplotlib (pip install matplotlib); draws with the Agg backend.
@@ -370,6 +376,155 @@ def plot_trajectories(runs, labels, out, per_group):
     return None
 
 
+# ---- alignment.png ------------------------------------------------------------------------------
+
+
+def rank_auc(score, pos):
+    """AUC of score for pos (bool array) against the rest, ties count half; None for one class."""
+    import numpy as np
+    score, pos = np.asarray(score, float), np.asarray(pos, bool)
+    n1, n0 = int(pos.sum()), int((~pos).sum())
+    if n1 == 0 or n0 == 0:
+        return None
+    order = np.argsort(score, kind="mergesort")
+    s = score[order]
+    ranks = np.empty(len(s))
+    i = 0
+    while i < len(s):  # average ranks over ties
+        j = i
+        while j < len(s) and s[j] == s[i]:
+            j += 1
+        ranks[i:j] = (i + j + 1) / 2.0
+        i = j
+    r = np.empty(len(s))
+    r[order] = ranks
+    return float((r[pos].sum() - n1 * (n1 + 1) / 2.0) / (n1 * n0))
+
+
+def spearman(x, y):
+    import numpy as np
+    if len(x) < 3:
+        return None
+    rx = np.argsort(np.argsort(x)).astype(float)
+    ry = np.argsort(np.argsort(y)).astype(float)
+    if rx.std() == 0 or ry.std() == 0:
+        return None
+    return float(np.corrcoef(rx, ry)[0, 1])
+
+
+def read_labels(data):
+    """sample id → (clean, hard) from the dataset's train split."""
+    try:
+        import h5py
+    except ImportError:
+        return None, "needs h5py (python3 -m pip install h5py)"
+    try:
+        with h5py.File(data, "r") as f:
+            ids = f["train/sample_id"][()]
+            q = f["train/quality"][()] if "train/quality" in f else None
+            d = f["train/columns/difficulty"][()] if "train/columns/difficulty" in f else None
+    except (OSError, KeyError) as e:
+        return None, f"{data}: {e}"
+    if q is None:
+        return None, f"{data}: no train/quality column (clean vs flipped unknown)"
+    return {int(i): (bool(q[k] >= 0.5), bool(d is not None and d[k] >= 0.5)) for k, i in enumerate(ids)}, None
+
+
+def plot_alignment(runs, labels, out, data, windows):
+    import numpy as np
+    have = [(r, l) for r, l in zip(runs, labels) if os.path.exists(os.path.join(r, "meta_trace.jsonl"))]
+    if not have:
+        return "no run has meta_trace.jsonl (metapo train --meta-trace RUN/meta_trace.jsonl)"
+    if not data:
+        return "needs --data FILE.h5 for the clean/flipped labels of the trace"
+    lab, why = read_labels(data)
+    if lab is None:
+        return why
+    fig, axes = plt.subplots(len(have), 4, figsize=(22, 4.2 * len(have)), squeeze=False)
+    for row, (r, l) in enumerate(have):
+        steps = read_jsonl(os.path.join(r, "meta_trace.jsonl"))
+        if not steps:
+            continue
+        F = len(steps[0]["raw"]) // len(steps[0]["a"])
+        names = FEATURE_NAMES.get(F, [f"f{k}" for k in range(F)])
+        W = max(1, len(steps) // windows)
+        xs, sgrp, aucs, rho, ess, wgrp = [], [], [], [], [], []
+        for k in range(0, len(steps), W):
+            ch = steps[k:k + W]
+            ids = np.concatenate([np.array(j["sample_id"]) for j in ch])
+            known = np.array([int(i) in lab for i in ids])
+            s = np.concatenate([np.array(j["s"]) / (np.sqrt(np.mean(np.square(j["s"]))) or 1.0) for j in ch])
+            a = np.concatenate([np.array(j["a"]) for j in ch])
+            w = np.concatenate([np.array(j["a"]) / np.mean(j["a"]) for j in ch])
+            raw = np.concatenate([np.array(j["raw"]).reshape(-1, F) for j in ch])
+            ids, s, a, w, raw = ids[known], s[known], a[known], w[known], raw[known]
+            clean = np.array([lab[int(i)][0] for i in ids])
+            hard = np.array([lab[int(i)][1] for i in ids])
+            xs.append(ch[len(ch) // 2]["step"])
+            groups = [clean & ~hard, clean & hard, ~clean & ~hard, ~clean & hard]
+            sgrp.append([float(s[g].mean()) if g.any() else np.nan for g in groups])
+            wgrp.append([float(w[g].mean()) if g.any() else np.nan for g in groups])
+            aucs.append([rank_auc(s, clean), rank_auc(a, clean)] + [rank_auc(raw[:, f], clean) for f in range(F)])
+            m = raw[:, names.index("margin")] if "margin" in names else raw[:, 0]
+            rho.append([spearman(s[clean], m[clean]), spearman(s[~clean], m[~clean]), spearman(s, m)])
+            ess.append(float(np.mean([np.sum(j["a"]) ** 2 / np.sum(np.square(j["a"])) for j in ch])))
+        none = lambda v: np.nan if v is None else v
+        gnames = ["clean/easy", "clean/hard", "flipped/easy", "flipped/hard"]
+        gcol = ["tab:green", "tab:olive", "tab:red", "tab:orange"]
+        ax = axes[row][0]
+        for g in range(4):
+            ax.plot(xs, [v[g] for v in sgrp], color=gcol[g], marker=".", label=gnames[g])
+        ax.axhline(0, color="k", lw=0.8)
+        ax.set_title(f"{l}: mean alignment s_i / rms(s) per group", fontsize=10)
+        ax.set_xlabel("step")
+        ax.legend(fontsize=8)
+        ax.grid(alpha=0.3)
+        ax = axes[row][1]
+        ax.plot(xs, [none(v[0]) for v in aucs], color="k", lw=2, label="alignment s")
+        ax.plot(xs, [none(v[1]) for v in aucs], color="magenta", lw=2.5, label="weight a")
+        for f in range(F):
+            if names[f] == "log_count":
+                continue
+            ax.plot(xs, [none(v[2 + f]) for v in aucs], lw=1, ls="-" if f >= 5 or names[f] == "logp_gap" else ":",
+                    label=names[f])
+        ax.axhline(0.5, color="k", lw=0.8, ls="--")
+        ax.set_ylim(0, 1)
+        ax.set_title("AUC clean vs flipped (per window of steps)", fontsize=10)
+        ax.set_xlabel("step")
+        ax.legend(fontsize=7, ncol=2)
+        ax.grid(alpha=0.3)
+        ax = axes[row][2]
+        for k, (name, c) in enumerate([("within clean", "tab:green"), ("within flipped", "tab:red"), ("all pairs", "k")]):
+            ax.plot(xs, [none(v[k]) for v in rho], color=c, marker=".", label=name)
+        ax.axhline(0, color="k", lw=0.8)
+        ax.set_ylim(-1, 1)
+        ax.set_title("Spearman ρ(alignment s, current margin)", fontsize=10)
+        ax.set_xlabel("step")
+        ax.legend(fontsize=8)
+        ax.grid(alpha=0.3)
+        ax = axes[row][3]
+        B = len(steps[0]["a"])
+        ax.plot(xs, [e / B for e in ess], color="k", lw=2, label=f"ESS / B (B = {B})")
+        for g in range(4):
+            ax.plot(xs, [v[g] for v in wgrp], color=gcol[g], marker=".", label=f"mean w̃, {gnames[g]}")
+        ax.set_ylim(bottom=0)
+        ax.set_title("effective sample size and normalized weights", fontsize=10)
+        ax.set_xlabel("step")
+        ax.legend(fontsize=7)
+        ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(out, dpi=90)
+    plt.close(fig)
+    return None
+
+
+# The feature columns of meta_trace.jsonl by their count (7: metapo.json format 1, before logp_gap).
+FEATURE_NAMES = {
+    7: ["margin_ema", "margin_trend", "volatility", "ref_deviation", "log_count", "margin", "loss"],
+    8: ["margin_ema", "margin_trend", "volatility", "ref_deviation", "log_count", "margin", "loss", "logp_gap"],
+}
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("runs", nargs="+", metavar="RUN", help="run directories of metapo train")
@@ -377,6 +532,8 @@ def main():
     ap.add_argument("--smooth", type=int, default=None,
                     help="moving-average window over training steps (default: steps/25; 1: raw)")
     ap.add_argument("--pairs-per-group", type=int, default=4, help="tracked pairs drawn per group (default 4)")
+    ap.add_argument("--data", help="the runs' dataset .h5 (alignment.png: clean/flipped and easy/hard labels)")
+    ap.add_argument("--windows", type=int, default=15, help="alignment.png: windows of meta steps (default 15)")
     args = ap.parse_args()
     for r in args.runs:
         if not os.path.isdir(r):
@@ -396,7 +553,8 @@ def main():
     print(f"wrote {path}")
     for name, fn in [("weights_hist.png", lambda p: plot_weights_hist(args.runs, labels, p)),
                      ("attribution.png", lambda p: plot_attribution(args.runs, labels, p)),
-                     ("trajectories.png", lambda p: plot_trajectories(args.runs, labels, p, args.pairs_per_group))]:
+                     ("trajectories.png", lambda p: plot_trajectories(args.runs, labels, p, args.pairs_per_group)),
+                     ("alignment.png", lambda p: plot_alignment(args.runs, labels, p, args.data, args.windows))]:
         path = os.path.join(out, name)
         why = fn(path)
         if why:

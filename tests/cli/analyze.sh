@@ -11,6 +11,31 @@ common="--model init --data d.h5 --weighting metapo --batch-size 16 --micro-batc
 "$METAPO" train $common --out run --max-steps 6 >/dev/null
 [ -f run/metapo.json ] || fail "train --weighting metapo wrote no run/metapo.json"
 
+# --meta-trace: one line per meta step with every pair's features, weight and alignment; its weights
+# are the ones metrics.jsonl summarizes (weights/mean, weights/ess = (Σa)²/Σa²).
+"$METAPO" train $common --out traced --max-steps 6 --meta-trace traced/meta_trace.jsonl >/dev/null
+python3 - <<'P'
+import json, math
+tr = [json.loads(l) for l in open("traced/meta_trace.jsonl")]
+mt = [json.loads(l) for l in open("traced/metrics.jsonl") if '"weights/ess"' in l]
+assert [t["step"] for t in tr] == [1, 2, 3, 4, 5, 6], [t["step"] for t in tr]
+assert len(mt) == 6, len(mt)
+for t, m in zip(tr, mt):
+    n = len(t["a"])
+    assert n == 16 and len(set(t["sample_id"])) == 16, t["sample_id"]
+    assert len(t["raw"]) == len(t["x"]) == 16 * 8 and len(t["s"]) == 16, {k: len(v) for k, v in t.items() if k != "step"}
+    a = t["a"]
+    ess = sum(a) ** 2 / sum(v * v for v in a)
+    assert abs(ess - m["weights/ess"]) < 1e-9 * ess, (t["step"], ess, m["weights/ess"])
+    assert abs(sum(a) / n - m["weights/mean"]) < 1e-12, (t["step"], sum(a) / n, m["weights/mean"])
+    assert all(math.isfinite(v) for v in t["s"]) and any(v != 0 for v in t["s"]), t["s"]
+    assert all(t["x"][k * 8 + 4] == 0 for k in range(n)), "log_count entered the net"
+assert mt[0]["weights/ess"] == 16.0 or abs(mt[0]["weights/ess"] - 16) < 1e-9, mt[0]["weights/ess"]  # step 1: equal weights
+print("ok: meta_trace.jsonl (6 steps x 16 pairs) matches weights/mean and weights/ess")
+P
+expect_error "--meta-penalty must be finite and >= 0" "$METAPO" train $common --out badpen --max-steps 1 --meta-penalty -1
+[ ! -e badpen ] || fail "train wrote badpen/ despite a bad --meta-penalty"
+
 "$METAPO" analyze --run run --data d.h5 > a1.log
 $MPIRUN 2 "$METAPO" analyze --run run --data d.h5 --out run/np2/analysis.json > a2.log
 echo "--- metapo analyze (1 rank) ---"; cat a1.log; echo "---"

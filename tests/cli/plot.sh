@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # tools/plot.py end to end on a tiny pipeline (synth → init → sft → precompute-ref → a uniform and a
-# MetaPO run → analyze): curves/weights_hist/attribution/trajectories PNGs exist and are PNG files;
+# MetaPO run with --meta-trace → analyze): curves/weights_hist/attribution/trajectories/alignment PNGs
+# exist and are PNG files;
 # a run without analyze inputs skips those plots with a message; a missing run dir or metrics file
 # fails with one error line. Skipped (exit 0) when python3 lacks matplotlib.
 source "$(dirname "$0")/common.sh"
@@ -16,10 +17,10 @@ fi
 common="--model sft/final --data d.h5 --batch-size 16 --micro-batch 16 --epochs 3 --eval-every 4"
 "$METAPO" train $common --out uni >/dev/null
 "$METAPO" train $common --out meta --weighting metapo --meta-val-batch 16 \
-  --stats-refresh-every 1 --stats-refresh-pairs 16 >/dev/null
+  --stats-refresh-every 1 --stats-refresh-pairs 16 --meta-trace meta/meta_trace.jsonl >/dev/null
 "$METAPO" analyze --run meta --data d.h5 --ig-steps 8 --permutation-repeats 1 >/dev/null
 
-python3 "$PLOT" uni meta --out plots > plot.log 2>&1 || { cat plot.log; fail "tools/plot.py uni meta failed"; }
+python3 "$PLOT" uni meta --out plots --data d.h5 --windows 4 > plot.log 2>&1 || { cat plot.log; fail "tools/plot.py uni meta failed"; }
 cat plot.log
 check_png() {
   [ -s "$1" ] || fail "$1 missing or empty"
@@ -29,6 +30,7 @@ check_png() {
 check_png plots/curves.png
 check_png plots/weights_hist.png
 check_png plots/attribution.png
+check_png plots/alignment.png
 if [ -f meta/trajectories.jsonl ]; then
   check_png plots/trajectories.png
 else
@@ -39,7 +41,7 @@ fi
 rm -f uni/trajectories.jsonl
 python3 "$PLOT" uni > uni.log 2>&1 || { cat uni.log; fail "tools/plot.py uni failed"; }
 check_png uni/plots/curves.png
-for p in weights_hist attribution trajectories; do
+for p in weights_hist attribution trajectories alignment; do
   grep -q "skipped $p.png" uni.log || { cat uni.log; fail "no skip message for $p.png"; }
   [ ! -e "uni/plots/$p.png" ] || fail "uni/plots/$p.png written without its input"
 done
