@@ -25,8 +25,9 @@ cd "$(dirname "$0")/.."
 tools/setup.sh >/dev/null
 source tools/mpi-env.sh
 M=$PWD/build/metapo
-TASKS=${TASKS:-"sort reverse add"}
-STRENGTHS=${STRENGTHS:-"3 1"}  # SFT epochs: the demo's 3 and a clearly weaker 1
+# TASK and SFT_EPOCHS (one task, one SFT strength) are the names of earlier versions.
+TASKS=${TASKS:-${TASK:-"sort reverse add"}}
+STRENGTHS=${STRENGTHS:-${SFT_EPOCHS:-"3 1"}}  # SFT epochs: the demo's 3 and a clearly weaker 1
 FLIPS=${FLIPS:-"0.4 0 0.2"}    # in this order: the 40% cells first
 SEEDS=${SEEDS:-"1 2 3"}
 METHODS=${METHODS:-"uniform cdpo robust wpo margin metapo oracle"}
@@ -55,6 +56,13 @@ for m in $METHODS; do
 done
 for t in $TASKS; do
   case "$t" in sort|reverse|add) ;; *) log "error: TASKS: unknown task '$t' (sort, reverse, add)"; exit 1 ;; esac
+done
+for e in $STRENGTHS $EPOCHS; do
+  [[ "$e" =~ ^[1-9][0-9]*$ ]] || { log "error: STRENGTHS and EPOCHS take positive whole numbers of epochs (got '$e')"; exit 1; }
+done
+for f in $FLIPS; do
+  python3 -c "import sys; f = float(sys.argv[1]); sys.exit(0 if 0 <= f < 0.5 else 1)" "$f" 2>/dev/null ||
+    { log "error: FLIPS: '$f' is not a flip rate in [0, 0.5)"; exit 1; }
 done
 
 # One training with its evaluations: task strength seed flip method → one JSON line in results.jsonl.

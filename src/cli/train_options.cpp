@@ -1,6 +1,7 @@
 #include "metapo/cli/train_options.h"
 
 #include "metapo/core/error.h"
+#include "metapo/train/metapo.h"
 
 namespace metapo::cli {
 
@@ -67,6 +68,7 @@ void finish_train_options(TrainConfig& cfg, const TrainOptionStrings& s, bool pr
     cfg.weighting = parse_weighting(s.weighting);
     validate(cfg.loss);
     if (cfg.weighting != Weighting::Metapo) validate(cfg.weighting, cfg.weight_opt);
+    if (cfg.weighting == Weighting::Metapo) validate(cfg.meta);
   }
   cfg.command_line = "metapo";
   for (int i = 0; i < argc; ++i) cfg.command_line += std::string(" ") + argv[i];

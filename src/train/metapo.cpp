@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstring>
+#include <filesystem>
 #include <fstream>
 
 #include <nlohmann/json.hpp>
@@ -14,24 +15,37 @@
 
 namespace metapo {
 
-MetaPOState::MetaPOState(const MetaConfig& cfg, int64_t max_sample_id, uint64_t seed, Comm& dp)
-    : cfg_(cfg),
-      dp_(dp),
-      table_(max_sample_id, cfg.ema_rate, dp),
-      net_(WeightNetConfig{kNumFeatures, cfg.hidden, cfg.a_min, seed}) {
+void validate(const MetaConfig& cfg) {
   MP_CHECK(cfg.interval >= 1, "--meta-interval must be at least 1");
   MP_CHECK(cfg.warmup >= 0, "--meta-warmup must not be negative");
   MP_CHECK(cfg.lr > 0, "--meta-lr must be positive");
   MP_CHECK(cfg.ema_rate > 0 && cfg.ema_rate <= 1, "--stats-ema must be in (0, 1]");
   MP_CHECK(cfg.val_batch >= 1, "--meta-val-batch must be positive");
   MP_CHECK(cfg.penalty >= 0 && std::isfinite(cfg.penalty), "--meta-penalty must be finite and >= 0 (got ", cfg.penalty, ")");
+  MP_CHECK(cfg.hidden >= 1, "--meta-hidden must be at least 1");
+  MP_CHECK(cfg.a_min >= 0 && cfg.a_min < 1, "--weight-floor must be in [0, 1) (got ", cfg.a_min, ")");
   std::vector<double> probe(kNumFeatures, 0.0);
-  mask_features(probe, 1, cfg.features);  // rejects an unknown --meta-features before any step
+  mask_features(probe, 1, cfg.features);  // rejects an unknown --meta-features
+  MP_CHECK(cfg.refresh_every >= 0 && cfg.refresh_pairs >= 0, "--stats-refresh-every and --stats-refresh-pairs must not be negative");
+  if (!cfg.trace_path.empty()) {
+    const std::filesystem::path p(cfg.trace_path);
+    const std::filesystem::path dir = p.has_parent_path() ? p.parent_path() : std::filesystem::path(".");
+    MP_CHECK(!std::filesystem::is_directory(p), "--meta-trace ", cfg.trace_path, ": is a directory");
+    MP_CHECK(std::filesystem::is_directory(dir) || !std::filesystem::exists(dir), "--meta-trace ", cfg.trace_path,
+             ": ", dir.string(), " is not a directory");
+  }
+}
+
+MetaPOState::MetaPOState(const MetaConfig& cfg, int64_t max_sample_id, uint64_t seed, Comm& dp)
+    : cfg_(cfg),
+      dp_(dp),
+      table_(max_sample_id, cfg.ema_rate, dp),
+      net_(WeightNetConfig{kNumFeatures, cfg.hidden, cfg.a_min, seed}) {
+  validate(cfg);
   if (!cfg.trace_path.empty() && dp.rank() == 0) {
     std::ofstream f(cfg.trace_path, std::ios::trunc);
     MP_CHECK(f.good(), "--meta-trace ", cfg.trace_path, ": cannot be written");
   }
-  MP_CHECK(cfg.refresh_every >= 0 && cfg.refresh_pairs >= 0, "--stats-refresh-every and --stats-refresh-pairs must not be negative");
 }
 
 std::vector<double> MetaPOState::weights(const PairSplit& s, const std::vector<int64_t>& chunk,

@@ -27,6 +27,11 @@ inline bool is_meta_step(const MetaConfig& cfg, int64_t step) {
 // of refresh_pairs rotating through the n pairs of the split; empty on steps without a refresh.
 std::vector<int64_t> refresh_window(const MetaConfig& cfg, int64_t n, int64_t step);
 
+// Checks every MetaPO option (--meta-*, --stats-*, --weight-floor, --meta-trace: its file must be
+// writable) with one error line naming the option; the CLI calls it before the run directory is made,
+// and MetaPOState's constructor again.
+void validate(const MetaConfig& cfg);
+
 class MetaPOState {
  public:
   MetaPOState(const MetaConfig& cfg, int64_t max_sample_id, uint64_t seed, Comm& dp);
