@@ -63,7 +63,7 @@ for d in ["run", "run/np2"]:
     full = json.load(open(f"{d}/analysis.json"))
     assert full["summary"]["n"] == 128 and full["split"] == "train"
     assert len(full["weights"]["histogram"]["counts"]) == 20 and sum(full["weights"]["histogram"]["counts"]) == 128
-    assert len(full["attribution"]["integrated_gradients"]["mean_abs"]) == 7
+    assert len(full["attribution"]["integrated_gradients"]["mean_abs"]) == 8
     assert {g["name"] for g in full["groups"]} >= {"clean", "flipped", "clean/hard", "flipped/easy"}
     assert sum(g["count"] for g in full["groups"] if g["name"] in ("clean", "flipped")) == 128
     lines = [json.loads(l) for l in open(f"{d}/pair_weights.jsonl")]
@@ -71,7 +71,7 @@ for d in ["run", "run/np2"]:
     assert sorted(l["sample_id"] for l in lines) == sorted(set(l["sample_id"] for l in lines))
     for l in lines:
         assert {"sample_id", "weight", "quality", "difficulty", "history", "features"} <= set(l), l
-        assert len(l["features"]) == 7
+        assert len(l["features"]) == 8
 print(f"ok: analyze on 1 and 2 ranks agree: {json.dumps(a)}")
 P
 [ ! -e run/analysis.json.partial ] || fail "left a .partial file"
