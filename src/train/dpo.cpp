@@ -588,7 +588,7 @@ int run_dpo(const Topology& topo, const TrainConfig& cfg) {
     for (int64_t id : train.sample_id) max_id = std::max(max_id, id);
     // The pair statistics, the features and the weight net live on the last pipeline stage, where
     // the pair losses are (DESIGN §6); its DP ranks share the table.
-    if (last_stage) meta = std::make_unique<MetaPOState>(cfg.meta, max_id, cfg.seed, dp_comm);
+    if (last_stage) meta = std::make_unique<MetaPOState>(cfg.meta, max_id, cfg.seed, dp_comm, topo.is_last_stage_root());
     ghat.resize(params.size());
   }
 

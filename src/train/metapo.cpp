@@ -36,13 +36,14 @@ void validate(const MetaConfig& cfg) {
   }
 }
 
-MetaPOState::MetaPOState(const MetaConfig& cfg, int64_t max_sample_id, uint64_t seed, Comm& dp)
+MetaPOState::MetaPOState(const MetaConfig& cfg, int64_t max_sample_id, uint64_t seed, Comm& dp, bool writes_trace)
     : cfg_(cfg),
       dp_(dp),
+      writes_trace_(writes_trace && !cfg.trace_path.empty()),
       table_(max_sample_id, cfg.ema_rate, dp),
       net_(WeightNetConfig{kNumFeatures, cfg.hidden, cfg.a_min, seed}) {
   validate(cfg);
-  if (!cfg.trace_path.empty() && dp.rank() == 0) {
+  if (writes_trace_) {
     std::ofstream f(cfg.trace_path, std::ios::trunc);
     MP_CHECK(f.good(), "--meta-trace ", cfg.trace_path, ": cannot be written");
   }
@@ -105,36 +106,40 @@ void MetaPOState::end_step(int64_t step, const std::vector<double>* align, int64
   step_obs_.clear(), step_x_.clear(), step_a_.clear(), step_raw_.clear();
 }
 
+namespace {
+
+// One pair of the trace, gathered over the data-parallel ranks as raw bytes.
+struct TraceRecord {
+  double sample_id;
+  double raw[kNumFeatures], x[kNumFeatures];  // raw and standardized features
+  double a, s;                                // weight and alignment
+};
+
+}  // namespace
+
 void MetaPOState::write_trace(int64_t step, const std::vector<double>& align) {
-  // Per pair: [sample id, raw features, standardized features, a, s], gathered over the ranks.
-  constexpr size_t R = 3 + 2 * kNumFeatures;
   const size_t n = step_a_.size();
-  std::vector<double> rec(n * R);
+  std::vector<TraceRecord> mine(n);
   for (size_t k = 0; k < n; ++k) {
-    double* r = &rec[k * R];
-    r[0] = double(step_obs_[k].sample_id);
-    for (int f = 0; f < kNumFeatures; ++f)
-      r[1 + f] = step_raw_[k * kNumFeatures + size_t(f)], r[1 + kNumFeatures + f] = step_x_[k * kNumFeatures + size_t(f)];
-    r[R - 2] = step_a_[k], r[R - 1] = align[k];
+    TraceRecord& r = mine[k];
+    r.sample_id = double(step_obs_[k].sample_id), r.a = step_a_[k], r.s = align[k];
+    std::copy_n(&step_raw_[k * kNumFeatures], kNumFeatures, r.raw);
+    std::copy_n(&step_x_[k * kNumFeatures], kNumFeatures, r.x);
   }
-  std::vector<uint8_t> all;
+  std::vector<uint8_t> bytes;
   std::vector<size_t> counts;
-  dp_.allgatherv(rec.data(), rec.size() * sizeof(double), all, counts);
-  if (dp_.rank() != 0) return;
-  const size_t m = all.size() / sizeof(double) / R;
-  std::vector<double> v(all.size() / sizeof(double));
-  std::memcpy(v.data(), all.data(), all.size());
+  dp_.allgatherv(mine.data(), n * sizeof(TraceRecord), bytes, counts);  // collective: every rank gathers
+  if (!writes_trace_) return;
+  std::vector<TraceRecord> all(bytes.size() / sizeof(TraceRecord));
+  std::memcpy(all.data(), bytes.data(), bytes.size());
+  std::vector<int64_t> ids;
+  std::vector<double> raw, x, a, s;
+  for (const TraceRecord& r : all) {
+    ids.push_back(int64_t(r.sample_id)), a.push_back(r.a), s.push_back(r.s);
+    raw.insert(raw.end(), r.raw, r.raw + kNumFeatures), x.insert(x.end(), r.x, r.x + kNumFeatures);
+  }
   nlohmann::json j;
   j["step"] = step + 1;
-  std::vector<int64_t> ids(m);
-  std::vector<double> raw(m * kNumFeatures), x(m * kNumFeatures), a(m), s(m);
-  for (size_t k = 0; k < m; ++k) {
-    const double* r = &v[k * R];
-    ids[k] = int64_t(r[0]);
-    for (int f = 0; f < kNumFeatures; ++f)
-      raw[k * kNumFeatures + size_t(f)] = r[1 + f], x[k * kNumFeatures + size_t(f)] = r[1 + kNumFeatures + f];
-    a[k] = r[R - 2], s[k] = r[R - 1];
-  }
   j["sample_id"] = ids, j["raw"] = raw, j["x"] = x, j["a"] = a, j["s"] = s;
   std::ofstream f(cfg_.trace_path, std::ios::app);
   f << j.dump() << "\n";

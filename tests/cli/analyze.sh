@@ -33,6 +33,20 @@ for t, m in zip(tr, mt):
 assert mt[0]["weights/ess"] == 16.0 or abs(mt[0]["weights/ess"] - 16) < 1e-9, mt[0]["weights/ess"]  # step 1: equal weights
 print("ok: meta_trace.jsonl (6 steps x 16 pairs) matches weights/mean and weights/ess")
 P
+# Under --tp 2 both ranks hold the replica's MetaPO state; one of them writes the trace, once a step,
+# with the same weights as one rank (fp32 summation order apart).
+$MPIRUN 2 "$METAPO" train $common --out traced_tp --max-steps 6 --tp 2 --meta-trace traced_tp/meta_trace.jsonl >/dev/null
+python3 - <<'P'
+import json
+one = [json.loads(l) for l in open("traced/meta_trace.jsonl")]
+tp = [json.loads(l) for l in open("traced_tp/meta_trace.jsonl")]
+assert [t["step"] for t in tp] == [1, 2, 3, 4, 5, 6], [t["step"] for t in tp]
+for a, b in zip(one, tp):
+    wa, wb = dict(zip(a["sample_id"], a["a"])), dict(zip(b["sample_id"], b["a"]))
+    assert wa.keys() == wb.keys(), a["step"]
+    assert max(abs(wa[k] - wb[k]) for k in wa) < 1e-5, a["step"]  # fp32 TP reductions reorder sums
+print("ok: --tp 2 writes one trace line per step, weights as on one rank")
+P
 expect_error "--meta-penalty must be finite and >= 0" "$METAPO" train $common --out badpen --max-steps 1 --meta-penalty -1
 [ ! -e badpen ] || fail "train wrote badpen/ despite a bad --meta-penalty"
 

@@ -27,14 +27,16 @@ inline bool is_meta_step(const MetaConfig& cfg, int64_t step) {
 // of refresh_pairs rotating through the n pairs of the split; empty on steps without a refresh.
 std::vector<int64_t> refresh_window(const MetaConfig& cfg, int64_t n, int64_t step);
 
-// Checks every MetaPO option (--meta-*, --stats-*, --weight-floor, --meta-trace: its file must be
-// writable) with one error line naming the option; the CLI calls it before the run directory is made,
+// Checks every MetaPO option (--meta-*, --stats-*, --weight-floor, --meta-trace: not a directory, in
+// a folder that exists or is yet to be made) with one error line naming the option; the CLI calls it before the run directory is made,
 // and MetaPOState's constructor again.
 void validate(const MetaConfig& cfg);
 
 class MetaPOState {
  public:
-  MetaPOState(const MetaConfig& cfg, int64_t max_sample_id, uint64_t seed, Comm& dp);
+  // writes_trace: this rank writes --meta-trace (one rank of the whole job: with TP the ranks of a
+  // replica hold the same state, and every data-parallel group gathers its own copy).
+  MetaPOState(const MetaConfig& cfg, int64_t max_sample_id, uint64_t seed, Comm& dp, bool writes_trace = true);
 
   bool is_meta_step(int64_t step) const { return metapo::is_meta_step(cfg_, step); }
 
@@ -67,6 +69,7 @@ class MetaPOState {
  private:
   MetaConfig cfg_;
   Comm& dp_;
+  bool writes_trace_;  // this rank writes cfg_.trace_path
   PairStatsTable table_;
   FeatureStandardizer stdz_;
   WeightNet net_;
@@ -74,6 +77,7 @@ class MetaPOState {
   std::vector<double> step_raw_, step_x_, step_a_;  // raw and standardized features [n, F], weights of this step
   std::vector<PairObservation> step_obs_;
   double last_grad_norm_ = 0;
+  // Collective over dp: gathers the step's pairs and, on the writing rank, appends one line.
   void write_trace(int64_t step, const std::vector<double>& align);
 };
 
