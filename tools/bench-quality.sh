@@ -206,11 +206,13 @@ if [ "$TABLE_ONLY" != 1 ]; then
   xargs -P "$JOBS" -L 1 bash -c 'worker "$@"' _ < "$jobs_file" || rc=$?
   [ "$rc" = 0 ] || log "bench-quality: some runs failed (see the error lines above); run the same command again to retry them"
   if [ "${PLOTS}" = 1 ] && python3 -c "import matplotlib" 2>/dev/null; then
-    for d in "$OUT"/*/sft*/seed*/flip*; do
+    # The cells this invocation ran (not every cell under OUT again).
+    while read -r task strength seed flip; do
+      d="$OUT/$task/sft$strength/seed$seed/flip$flip"
       runs=()
       for m in uniform metapo oracle; do [ -f "$d/$m-e$EPOCHS/metrics.jsonl" ] && runs+=("$d/$m-e$EPOCHS"); done
       [ ${#runs[@]} -gt 0 ] && python3 tools/plot.py "${runs[@]}" --out "$d/plots-e$EPOCHS" > "$d/plots.log" 2>&1 || true
-    done
+    done < <(cut -d' ' -f2-5 "$jobs_file" | sort -u)
   fi
 fi
 

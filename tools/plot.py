@@ -380,25 +380,8 @@ def plot_trajectories(runs, labels, out, per_group):
 
 
 def rank_auc(score, pos):
-    """AUC of score for pos (bool array) against the rest, ties count half; None for one class."""
-    import numpy as np
-    score, pos = np.asarray(score, float), np.asarray(pos, bool)
-    n1, n0 = int(pos.sum()), int((~pos).sum())
-    if n1 == 0 or n0 == 0:
-        return None
-    order = np.argsort(score, kind="mergesort")
-    s = score[order]
-    ranks = np.empty(len(s))
-    i = 0
-    while i < len(s):  # average ranks over ties
-        j = i
-        while j < len(s) and s[j] == s[i]:
-            j += 1
-        ranks[i:j] = (i + j + 1) / 2.0
-        i = j
-    r = np.empty(len(s))
-    r[order] = ranks
-    return float((r[pos].sum() - n1 * (n1 + 1) / 2.0) / (n1 * n0))
+    """auc() of score for pos (bool array) against the rest."""
+    return auc([float(v) for v, p in zip(score, pos) if p], [float(v) for v, p in zip(score, pos) if not p])
 
 
 def spearman(x, y):
