@@ -11,7 +11,9 @@
 #include "metapo/meta/features.h"
 #include "metapo/meta/pair_stats.h"
 #include "metapo/meta/weight_net.h"
-#include "metapo/train/dpo.h"
+#include "metapo/comm/topology.h"
+#include "metapo/train/meta_config.h"
+#include "metapo/train/objective.h"
 #include "metapo/train/zero.h"
 
 namespace metapo {

@@ -1,0 +1,81 @@
+// The checkpoint file (DESIGN §7, docs/formats.md "Checkpoints"): one HDF5 file written and read
+// collectively through MPI-IO by every rank of a job. Datasets hold full logical arrays; each rank
+// passes the parts it holds as runs of the array's row-major element index, so a file written under
+// one parallel layout reads back under any other. Every rank must make the same calls in the same
+// order (the dataset names and shapes are the same on every rank; the runs differ).
+//
+// Integrity: every array carries a 64-bit checksum of its logical contents (a sum over elements of a
+// hash of the element's index and bits, so it can be accumulated in any order and over any partition
+// of the elements). A writer and a reader each sum the hashes of the runs they mark `primary` (a set of
+// ranks that covers every element exactly once) over the world, and read() fails on a mismatch.
+#pragma once
+#include <mpi.h>
+
+#include <cstddef>
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <vector>
+
+namespace metapo {
+
+// Elements [offset, offset + count) of an array's row-major index, at element `at` of the rank's buffer.
+struct FlatRun {
+  size_t offset = 0, count = 0, at = 0;
+};
+
+class CheckpointFile {
+ public:
+  // Collective over comm. create: a new file at path (truncated if it exists); open: read-only. open
+  // throws metapo::Error naming the path when the file is missing, truncated or not a checkpoint.
+  static CheckpointFile create(const std::string& path, MPI_Comm comm);
+  static CheckpointFile open(const std::string& path, MPI_Comm comm);
+  CheckpointFile(CheckpointFile&&) noexcept;
+  CheckpointFile& operator=(CheckpointFile&&) noexcept;
+  ~CheckpointFile();
+
+  // Collective: the array `name` ("/group/sub/name"; groups are made as needed) of shape dims, of
+  // float (T = float) or double (T = double) elements; this rank writes the runs `runs` from buf.
+  // primary: whether this rank's runs count in the checksum (see above). Runs of different ranks must
+  // not overlap, except that non-primary ranks may write the same values as a primary one.
+  template <typename T>
+  void write(const std::string& name, const std::vector<uint64_t>& dims, const std::vector<FlatRun>& runs,
+             const T* buf, bool primary);
+  // Collective: reads the runs of `name` into buf (any runs; ranks may overlap). The stored shape must
+  // be dims and the stored element type T's; the checksum over the primary runs must match.
+  template <typename T>
+  void read(const std::string& name, const std::vector<uint64_t>& dims, const std::vector<FlatRun>& runs, T* buf,
+            bool primary);
+
+  // Collective. Small values every rank passes the same of: a string (JSON text, names) or an int64,
+  // as scalar datasets (h5py: f["/state/step"][()]).
+  void write_string(const std::string& name, const std::string& value);
+  void write_int(const std::string& name, int64_t value);
+  std::string read_string(const std::string& name);
+  int64_t read_int(const std::string& name);
+  bool exists(const std::string& name);
+  std::vector<uint64_t> shape(const std::string& name);  // throws when absent
+
+  // Collective: closes and flushes the file (create: then fsyncs it). Throws when the close fails (a
+  // full disk), so the caller does not rename a broken file into place.
+  void close();
+  const std::string& path() const { return path_; }
+
+ private:
+  CheckpointFile(const std::string& path, MPI_Comm comm, bool writing);
+  struct Impl;
+  std::unique_ptr<Impl> impl_;
+  std::string path_;
+  MPI_Comm comm_ = MPI_COMM_NULL;
+  bool writing_ = false;
+};
+
+// The 64-bit element hash the checksums sum (exposed for tests).
+uint64_t checksum_term(uint64_t index, uint64_t bits);
+
+// Writes `text` to dir/name through name.tmp, fsync and rename, then fsyncs dir (for `latest`).
+void write_file_atomic(const std::string& dir, const std::string& name, const std::string& text);
+// fsync of a directory, so a rename in it survives a crash.
+void fsync_dir(const std::string& dir);
+
+}  // namespace metapo

@@ -1,0 +1,37 @@
+// The options of MetaPO (DESIGN §6), shared by the trainer and the MetaPO state.
+#pragma once
+#include <cstdint>
+#include <string>
+
+namespace metapo {
+
+// MetaPO (DESIGN §6): per-pair weights from a weight net over temporal pair statistics, learned by a
+// first-order bilevel update on validation batches.
+struct MetaConfig {
+  int64_t interval = 1;     // a meta update every `interval` steps ...
+  int64_t warmup = 0;       // ... from this step on
+  double lr = 1e-3;         // Adam on the weight net
+  double ema_rate = 0.1;    // λ of the pair statistics
+  int64_t val_batch = 8;    // validation pairs per meta update (all ranks)
+  double penalty = 0.5;     // ρ of the trust region (ρ/2B) Σ (w̃ − 1)² around uniform weights
+  bool precondition = true; // ĝ_V = g_V / (√v̂ + ε) with the policy optimizer's second moment
+  int64_t hidden = 32;
+  double a_min = 1e-3;
+  // Forward-only refresh of the pair statistics: every refresh_every steps, the next refresh_pairs
+  // training pairs (a window rotating through the split) are scored and observed, so pairs gather
+  // history faster than one observation per epoch (0: off).
+  int64_t refresh_every = 0, refresh_pairs = 0;
+  // How the alignments s_i = ⟨ĝ_V, ∇θ ℓ_i⟩ are computed: "ghost" (ghost products in the training
+  // backward, the default), "exact" (one extra forward+backward per pair; tests and tiny models) or
+  // "fd" (central finite difference of ℓ_i along ĝ_V: two extra forwards per micro-batch).
+  std::string hypergrad = "ghost";
+  // Feature ablation: "all", "temporal" (instantaneous inputs zeroed) or "instantaneous" (temporal
+  // inputs zeroed). Zeroed standardized inputs sit at the origin the attributions are measured from.
+  std::string features = "all";
+  double fd_step = 1e-3;  // fd: θ ± h ĝ with h = fd_step / max|ĝ|
+  // Diagnostics: on every meta step, one JSON line per step in this file with every pair's sample
+  // id, raw and standardized features, weight and alignment s_i ("": off).
+  std::string trace_path;
+};
+
+}  // namespace metapo

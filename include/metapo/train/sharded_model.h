@@ -1,0 +1,30 @@
+// A rank's share of the model under the process grid (DESIGN §4).
+#pragma once
+#include <memory>
+#include <vector>
+
+#include "metapo/comm/mpi_comm.h"
+#include "metapo/comm/topology.h"
+#include "metapo/model/llama.h"
+#include "metapo/model/tp_layout.h"
+
+namespace metapo {
+
+// One rank's share of a model (DESIGN §4): its pipeline stage (pipeline_stages(layers, topo.pp,
+// pp_layers)[topo.pp_rank]), split over topo.tp_comm, and the rank's stage_shard_map shard of the
+// parameters; with tp = pp = 1 the whole model (no communicator, exactly the single-process model).
+// Every rank must be handed the same full buffer. The communicators are members so they live as long
+// as the model that borrows them.
+struct ShardedModel {
+  std::unique_ptr<MpiComm> tp;  // null when topo.tp == 1
+  std::unique_ptr<MpiComm> pp;  // the pipeline (this rank's peers in the other stages); null when pp == 1
+  std::unique_ptr<MpiComm> mp;  // the whole replica (TP x PP); null when tp == pp == 1
+  std::unique_ptr<LlamaModel<float>> model;
+  std::vector<float> params;    // the local layout (model->layout().total() elements)
+  std::vector<TpCopy> shard_map;  // stage_shard_map of this rank (empty when tp == pp == 1)
+};
+// `full` is consumed (moved from when tp == pp == 1, released otherwise) so a rank does not keep both.
+ShardedModel shard_model(const LlamaConfig& c, std::vector<float>&& full, const Topology& topo,
+                         const std::vector<int64_t>& pp_layers = {});
+
+}  // namespace metapo

@@ -1,0 +1,393 @@
+#include "metapo/io/checkpoint.h"
+
+#include <fcntl.h>
+#include <hdf5.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <cstring>
+#include <filesystem>
+#include <fstream>
+#include <type_traits>
+
+#include "metapo/core/error.h"
+#include "metapo/io/h5util.h"
+
+namespace metapo {
+
+namespace fs = std::filesystem;
+
+struct CheckpointFile::Impl {
+  H5Id file;
+};
+
+namespace {
+
+uint64_t mix(uint64_t x) {  // splitmix64's finalizer
+  x ^= x >> 30, x *= 0xbf58476d1ce4e5b9ull, x ^= x >> 27, x *= 0x94d049bb133111ebull, x ^= x >> 31;
+  return x;
+}
+
+template <typename T>
+uint64_t bits_of(T v) {
+  if constexpr (sizeof(T) == 4) {
+    uint32_t b;
+    std::memcpy(&b, &v, 4);
+    return b;
+  } else {
+    uint64_t b;
+    std::memcpy(&b, &v, 8);
+    return b;
+  }
+}
+
+template <typename T>
+hid_t mem_type() {
+  static_assert(std::is_same_v<T, float> || std::is_same_v<T, double>, "float or double arrays");
+  return std::is_same_v<T, float> ? H5T_NATIVE_FLOAT : H5T_NATIVE_DOUBLE;
+}
+
+// Runs sorted by offset: the order HDF5 walks a file selection in, so the packed buffer matches it.
+std::vector<FlatRun> sorted_runs(std::vector<FlatRun> runs, uint64_t total, const std::string& name) {
+  runs.erase(std::remove_if(runs.begin(), runs.end(), [](const FlatRun& r) { return r.count == 0; }), runs.end());
+  std::sort(runs.begin(), runs.end(), [](const FlatRun& a, const FlatRun& b) { return a.offset < b.offset; });
+  for (size_t k = 0; k < runs.size(); ++k) {
+    MP_CHECK(runs[k].offset + runs[k].count <= total, "checkpoint ", name, ": run past the end of the array");
+    MP_CHECK(k == 0 || runs[k - 1].offset + runs[k - 1].count <= runs[k].offset, "checkpoint ", name,
+             ": overlapping runs");
+  }
+  return runs;
+}
+
+// The file selection of the runs on a dataspace of rank 1 or 2: each run as at most three rectangles
+// (a partial first row, whole rows, a partial last row), with rectangles that continue each other
+// (the same columns, the next rows) merged, so a row- or column-block shard is one hyperslab.
+void select_runs(hid_t space, const std::vector<uint64_t>& dims, const std::vector<FlatRun>& runs) {
+  H5Sselect_none(space);
+  if (runs.empty()) return;
+  const uint64_t cols = dims.size() == 2 ? dims[1] : 0;
+  struct Rect {
+    uint64_t r, c, nr, nc;
+  };
+  std::vector<Rect> rects;
+  auto add = [&](Rect x) {
+    if (x.nr == 0 || x.nc == 0) return;
+    if (!rects.empty()) {
+      Rect& p = rects.back();
+      if (p.c == x.c && p.nc == x.nc && p.r + p.nr == x.r) {
+        p.nr += x.nr;
+        return;
+      }
+      if (p.nr == 1 && x.nr == 1 && p.r == x.r && p.c + p.nc == x.c) {  // adjacent in one row
+        p.nc += x.nc;
+        return;
+      }
+    }
+    rects.push_back(x);
+  };
+  for (const FlatRun& run : runs) {
+    if (cols == 0) {
+      add({0, run.offset, 1, run.count});
+      continue;
+    }
+    uint64_t a = run.offset, e = run.offset + run.count;
+    if (a % cols != 0) {  // partial first row
+      const uint64_t stop = std::min(e, (a / cols + 1) * cols);
+      add({a / cols, a % cols, 1, stop - a});
+      a = stop;
+    }
+    if (e - a >= cols) {  // whole rows
+      const uint64_t rows = (e - a) / cols;
+      add({a / cols, 0, rows, cols});
+      a += rows * cols;
+    }
+    if (a < e) add({a / cols, 0, 1, e - a});
+  }
+  for (const Rect& x : rects) {
+    if (cols == 0) {
+      const hsize_t start[1] = {x.c}, count[1] = {x.nc};
+      MP_CHECK(H5Sselect_hyperslab(space, H5S_SELECT_OR, start, nullptr, count, nullptr) >= 0, "HDF5 selection failed");
+    } else {
+      const hsize_t start[2] = {x.r, x.c}, count[2] = {x.nr, x.nc};
+      MP_CHECK(H5Sselect_hyperslab(space, H5S_SELECT_OR, start, nullptr, count, nullptr) >= 0, "HDF5 selection failed");
+    }
+  }
+}
+
+uint64_t numel(const std::vector<uint64_t>& dims) {
+  uint64_t n = 1;
+  for (uint64_t d : dims) n *= d;
+  return n;
+}
+
+std::string dims_str(const std::vector<uint64_t>& d) {
+  std::string s = "[";
+  for (size_t i = 0; i < d.size(); ++i) s += (i ? ", " : "") + std::to_string(d[i]);
+  return s + "]";
+}
+
+// Makes the groups of "/a/b/name" that do not exist yet (collective in parallel HDF5).
+void make_parents(hid_t file, const std::string& name) {
+  for (size_t p = name.find('/', 1); p != std::string::npos; p = name.find('/', p + 1)) {
+    const std::string g = name.substr(0, p);
+    if (H5Lexists(file, g.c_str(), H5P_DEFAULT) > 0) continue;
+    H5Id id(H5Gcreate2(file, g.c_str(), H5P_DEFAULT, H5P_DEFAULT, H5P_DEFAULT), H5Gclose);
+    MP_CHECK(id.valid(), "cannot create group ", g, h5_reason());
+  }
+}
+
+H5Id collective_dxpl() {
+  H5Id dxpl(H5Pcreate(H5P_DATASET_XFER), H5Pclose);
+  H5Pset_dxpl_mpio(dxpl, H5FD_MPIO_COLLECTIVE);
+  return dxpl;
+}
+
+H5Id string_type(size_t n) {
+  H5Id t(H5Tcopy(H5T_C_S1), H5Tclose);
+  H5Tset_size(t, std::max<size_t>(n, 1));
+  H5Tset_strpad(t, H5T_STR_NULLPAD);
+  return t;
+}
+
+}  // namespace
+
+uint64_t checksum_term(uint64_t index, uint64_t bits) { return mix(mix(index + 0x9e3779b97f4a7c15ull) ^ bits); }
+
+CheckpointFile::CheckpointFile(const std::string& path, MPI_Comm comm, bool writing)
+    : impl_(std::make_unique<Impl>()), path_(path), comm_(comm), writing_(writing) {
+  quiet_hdf5();
+  H5Id fapl(H5Pcreate(H5P_FILE_ACCESS), H5Pclose);
+  H5Pset_fapl_mpio(fapl, comm, MPI_INFO_NULL);
+  // Metadata (group and dataset headers) written collectively too: one writer, no small-write storm.
+  H5Pset_all_coll_metadata_ops(fapl, true);
+  H5Pset_coll_metadata_write(fapl, true);
+  if (writing) {
+    impl_->file = H5Id(H5Fcreate(path.c_str(), H5F_ACC_TRUNC, H5P_DEFAULT, fapl), H5Fclose);
+    MP_CHECK(impl_->file.valid(), path, ": cannot create the checkpoint file", h5_reason());
+  } else {
+    MP_CHECK(fs::exists(path), path, ": no such checkpoint file");
+    impl_->file = H5Id(H5Fopen(path.c_str(), H5F_ACC_RDONLY, fapl), H5Fclose);
+    MP_CHECK(impl_->file.valid(), path, ": not a readable HDF5 file (truncated or corrupt?)", h5_reason());
+  }
+}
+
+CheckpointFile CheckpointFile::create(const std::string& path, MPI_Comm comm) { return CheckpointFile(path, comm, true); }
+CheckpointFile CheckpointFile::open(const std::string& path, MPI_Comm comm) { return CheckpointFile(path, comm, false); }
+CheckpointFile::CheckpointFile(CheckpointFile&&) noexcept = default;
+CheckpointFile& CheckpointFile::operator=(CheckpointFile&&) noexcept = default;
+CheckpointFile::~CheckpointFile() = default;
+
+template <typename T>
+void CheckpointFile::write(const std::string& name, const std::vector<uint64_t>& dims,
+                           const std::vector<FlatRun>& runs_in, const T* buf, bool primary) {
+  MP_CHECK(dims.size() == 1 || dims.size() == 2, "checkpoint ", name, ": arrays of rank 1 or 2 only");
+  const std::vector<FlatRun> runs = sorted_runs(runs_in, numel(dims), name);
+  make_parents(impl_->file, name);
+  std::vector<hsize_t> hd(dims.begin(), dims.end());
+  H5Id space(H5Screate_simple(int(hd.size()), hd.data(), nullptr), H5Sclose);
+  H5Id ds(H5Dcreate2(impl_->file, name.c_str(), mem_type<T>(), space, H5P_DEFAULT, H5P_DEFAULT, H5P_DEFAULT),
+          H5Dclose);
+  MP_CHECK(ds.valid(), path_, ": cannot create ", name, h5_reason());
+  // Pack the runs in file order and hash them on the way.
+  size_t n = 0;
+  for (const FlatRun& r : runs) n += r.count;
+  std::vector<T> packed(std::max<size_t>(n, 1));
+  uint64_t sum = 0;
+  size_t at = 0;
+  for (const FlatRun& r : runs) {
+    std::copy_n(buf + r.at, r.count, packed.data() + at);
+    if (primary)
+      for (size_t i = 0; i < r.count; ++i) sum += checksum_term(r.offset + i, bits_of(buf[r.at + i]));
+    at += r.count;
+  }
+  select_runs(space, dims, runs);
+  const hsize_t mn = std::max<size_t>(n, 1);
+  H5Id mem(H5Screate_simple(1, &mn, nullptr), H5Sclose);
+  if (n == 0) H5Sselect_none(mem);
+  H5Id dxpl = collective_dxpl();
+  MP_CHECK(H5Dwrite(ds, mem_type<T>(), mem, space, dxpl, packed.data()) >= 0, path_, ": writing ", name, " failed",
+           h5_reason());
+  MPI_Allreduce(MPI_IN_PLACE, &sum, 1, MPI_UINT64_T, MPI_SUM, comm_);
+  H5Id ascalar(H5Screate(H5S_SCALAR), H5Sclose);
+  H5Id attr(H5Acreate2(ds, "checksum", H5T_NATIVE_UINT64, ascalar, H5P_DEFAULT, H5P_DEFAULT), H5Aclose);
+  MP_CHECK(attr.valid() && H5Awrite(attr, H5T_NATIVE_UINT64, &sum) >= 0, path_, ": writing ", name, "'s checksum failed");
+}
+
+template <typename T>
+void CheckpointFile::read(const std::string& name, const std::vector<uint64_t>& dims,
+                          const std::vector<FlatRun>& runs_in, T* buf, bool primary) {
+  const std::vector<uint64_t> have = shape(name);
+  MP_CHECK(have == dims, path_, ": ", name, " has shape ", dims_str(have), ", expected ", dims_str(dims),
+           " (a checkpoint of another model shape?)");
+  H5Id ds(H5Dopen2(impl_->file, name.c_str(), H5P_DEFAULT), H5Dclose);
+  MP_CHECK(ds.valid(), path_, ": cannot open ", name, h5_reason());
+  {
+    H5Id t(H5Dget_type(ds), H5Tclose);
+    MP_CHECK(H5Tget_class(t) == H5T_FLOAT && H5Tget_size(t) == sizeof(T), path_, ": ", name, " is not of type float",
+             sizeof(T) * 8);
+  }
+  // Overlapping runs (replicated tensors read by every TP rank) are fine for reading; sort only.
+  std::vector<FlatRun> runs = runs_in;
+  runs.erase(std::remove_if(runs.begin(), runs.end(), [](const FlatRun& r) { return r.count == 0; }), runs.end());
+  std::sort(runs.begin(), runs.end(), [](const FlatRun& a, const FlatRun& b) { return a.offset < b.offset; });
+  // Reads go one non-overlapping group at a time: split the sorted runs into layers without overlap.
+  std::vector<std::vector<FlatRun>> layers;
+  for (const FlatRun& r : runs) {
+    MP_CHECK(r.offset + r.count <= numel(dims), "checkpoint ", name, ": run past the end of the array");
+    bool placed = false;
+    for (auto& l : layers)
+      if (l.back().offset + l.back().count <= r.offset) {
+        l.push_back(r), placed = true;
+        break;
+      }
+    if (!placed) layers.push_back({r});
+  }
+  int n_layers = int(layers.size());
+  MPI_Allreduce(MPI_IN_PLACE, &n_layers, 1, MPI_INT, MPI_MAX, comm_);
+  layers.resize(size_t(n_layers));
+  H5Id dxpl = collective_dxpl();
+  uint64_t sum = 0;
+  for (const std::vector<FlatRun>& l : layers) {
+    size_t n = 0;
+    for (const FlatRun& r : l) n += r.count;
+    std::vector<T> packed(std::max<size_t>(n, 1));
+    std::vector<hsize_t> hd(dims.begin(), dims.end());
+    H5Id space(H5Screate_simple(int(hd.size()), hd.data(), nullptr), H5Sclose);
+    select_runs(space, dims, l);
+    const hsize_t mn = std::max<size_t>(n, 1);
+    H5Id mem(H5Screate_simple(1, &mn, nullptr), H5Sclose);
+    if (n == 0) H5Sselect_none(mem);
+    MP_CHECK(H5Dread(ds, mem_type<T>(), mem, space, dxpl, packed.data()) >= 0, path_, ": reading ", name,
+             " failed (truncated or corrupt?)", h5_reason());
+    size_t at = 0;
+    for (const FlatRun& r : l) {
+      std::copy_n(packed.data() + at, r.count, buf + r.at);
+      at += r.count;
+    }
+  }
+  if (primary)
+    for (const FlatRun& r : runs)
+      for (size_t i = 0; i < r.count; ++i) sum += checksum_term(r.offset + i, bits_of(buf[r.at + i]));
+  MPI_Allreduce(MPI_IN_PLACE, &sum, 1, MPI_UINT64_T, MPI_SUM, comm_);
+  uint64_t want = 0;
+  H5Id attr(H5Aopen(ds, "checksum", H5P_DEFAULT), H5Aclose);
+  MP_CHECK(attr.valid() && H5Aread(attr, H5T_NATIVE_UINT64, &want) >= 0, path_, ": ", name, " has no checksum");
+  MP_CHECK(sum == want, path_, ": ", name, " is corrupt (checksum mismatch)");
+}
+
+std::vector<uint64_t> CheckpointFile::shape(const std::string& name) {
+  MP_CHECK(exists(name), path_, ": ", name, " is missing (not a metapo checkpoint, or of another kind of run?)");
+  H5Id ds(H5Dopen2(impl_->file, name.c_str(), H5P_DEFAULT), H5Dclose);
+  MP_CHECK(ds.valid(), path_, ": cannot open ", name, h5_reason());
+  H5Id space(H5Dget_space(ds), H5Sclose);
+  const int rank = H5Sget_simple_extent_ndims(space);
+  MP_CHECK(rank >= 0 && rank <= 2, path_, ": ", name, " has rank ", rank);
+  hsize_t d[2] = {0, 0};
+  H5Sget_simple_extent_dims(space, d, nullptr);
+  return std::vector<uint64_t>(d, d + rank);
+}
+
+bool CheckpointFile::exists(const std::string& name) {
+  // Every parent must exist for H5Lexists on a path.
+  for (size_t p = name.find('/', 1); p != std::string::npos; p = name.find('/', p + 1))
+    if (H5Lexists(impl_->file, name.substr(0, p).c_str(), H5P_DEFAULT) <= 0) return false;
+  return H5Lexists(impl_->file, name.c_str(), H5P_DEFAULT) > 0;
+}
+
+void CheckpointFile::write_string(const std::string& name, const std::string& value) {
+  make_parents(impl_->file, name);
+  H5Id t = string_type(value.size());
+  H5Id space(H5Screate(H5S_SCALAR), H5Sclose);
+  H5Id ds(H5Dcreate2(impl_->file, name.c_str(), t, space, H5P_DEFAULT, H5P_DEFAULT, H5P_DEFAULT), H5Dclose);
+  MP_CHECK(ds.valid(), path_, ": cannot create ", name, h5_reason());
+  int rank = 0;
+  MPI_Comm_rank(comm_, &rank);
+  if (rank != 0) H5Sselect_none(space);
+  H5Id dxpl = collective_dxpl();
+  const std::string v = value.empty() ? std::string(1, '\0') : value;
+  MP_CHECK(H5Dwrite(ds, t, space, space, dxpl, v.data()) >= 0, path_, ": writing ", name, " failed", h5_reason());
+}
+
+void CheckpointFile::write_int(const std::string& name, int64_t value) {
+  make_parents(impl_->file, name);
+  H5Id space(H5Screate(H5S_SCALAR), H5Sclose);
+  H5Id ds(H5Dcreate2(impl_->file, name.c_str(), H5T_NATIVE_INT64, space, H5P_DEFAULT, H5P_DEFAULT, H5P_DEFAULT),
+          H5Dclose);
+  MP_CHECK(ds.valid(), path_, ": cannot create ", name, h5_reason());
+  int rank = 0;
+  MPI_Comm_rank(comm_, &rank);
+  if (rank != 0) H5Sselect_none(space);
+  H5Id dxpl = collective_dxpl();
+  MP_CHECK(H5Dwrite(ds, H5T_NATIVE_INT64, space, space, dxpl, &value) >= 0, path_, ": writing ", name, " failed",
+           h5_reason());
+}
+
+std::string CheckpointFile::read_string(const std::string& name) {
+  MP_CHECK(exists(name), path_, ": ", name, " is missing (not a metapo checkpoint?)");
+  H5Id ds(H5Dopen2(impl_->file, name.c_str(), H5P_DEFAULT), H5Dclose);
+  H5Id t(H5Dget_type(ds), H5Tclose);
+  MP_CHECK(H5Tget_class(t) == H5T_STRING && !H5Tis_variable_str(t), path_, ": ", name, " is not a string");
+  std::string v(H5Tget_size(t), '\0');
+  MP_CHECK(H5Dread(ds, t, H5S_ALL, H5S_ALL, H5P_DEFAULT, v.data()) >= 0, path_, ": reading ", name, " failed",
+           h5_reason());
+  v.resize(std::strlen(v.c_str()));
+  return v;
+}
+
+int64_t CheckpointFile::read_int(const std::string& name) {
+  MP_CHECK(exists(name), path_, ": ", name, " is missing (not a metapo checkpoint?)");
+  H5Id ds(H5Dopen2(impl_->file, name.c_str(), H5P_DEFAULT), H5Dclose);
+  int64_t v = 0;
+  MP_CHECK(H5Dread(ds, H5T_NATIVE_INT64, H5S_ALL, H5S_ALL, H5P_DEFAULT, &v) >= 0, path_, ": reading ", name,
+           " failed", h5_reason());
+  return v;
+}
+
+void CheckpointFile::close() {
+  if (!impl_ || !impl_->file.valid()) return;
+  const bool ok = impl_->file.close();
+  int all_ok = ok ? 1 : 0;
+  MPI_Allreduce(MPI_IN_PLACE, &all_ok, 1, MPI_INT, MPI_MIN, comm_);
+  MP_CHECK(all_ok, path_, ": closing the checkpoint failed (disk full?)");
+  if (!writing_) return;
+  int rank = 0;
+  MPI_Comm_rank(comm_, &rank);
+  if (rank == 0) {
+    const int fd = ::open(path_.c_str(), O_RDONLY);
+    MP_CHECK(fd >= 0 && ::fsync(fd) == 0, path_, ": fsync failed");
+    ::close(fd);
+  }
+  MPI_Barrier(comm_);
+}
+
+#define INSTANTIATE(T)                                                                                      \
+  template void CheckpointFile::write<T>(const std::string&, const std::vector<uint64_t>&,                  \
+                                         const std::vector<FlatRun>&, const T*, bool);                      \
+  template void CheckpointFile::read<T>(const std::string&, const std::vector<uint64_t>&,                   \
+                                        const std::vector<FlatRun>&, T*, bool);
+INSTANTIATE(float)
+INSTANTIATE(double)
+#undef INSTANTIATE
+
+void fsync_dir(const std::string& dir) {
+  const int fd = ::open(dir.c_str(), O_RDONLY | O_DIRECTORY);
+  if (fd < 0) return;
+  ::fsync(fd);
+  ::close(fd);
+}
+
+void write_file_atomic(const std::string& dir, const std::string& name, const std::string& text) {
+  const std::string tmp = dir + "/" + name + ".tmp", dst = dir + "/" + name;
+  {
+    std::ofstream f(tmp, std::ios::trunc);
+    f << text;
+    f.flush();
+    MP_CHECK(f.good(), tmp, ": cannot be written");
+  }
+  const int fd = ::open(tmp.c_str(), O_RDONLY);
+  if (fd >= 0) ::fsync(fd), ::close(fd);
+  fs::rename(tmp, dst);
+  fsync_dir(dir);
+}
+
+}  // namespace metapo

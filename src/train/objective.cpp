@@ -1,0 +1,217 @@
+// The preference objective (DESIGN §6): pair losses and weights per micro-batch, their backward
+// through the model or the pipeline, and forward-only log-probs of pairs.
+#include "metapo/train/objective.h"
+
+#include <algorithm>
+
+#include "metapo/comm/collectives.h"
+#include "metapo/meta/reference_hypergrad.h"
+#include "metapo/train/pairs.h"
+#include "metapo/train/pipeline.h"
+#include "metapo/core/error.h"
+
+namespace metapo {
+
+void PairStats::add(const PairLogps& p, const PairLossResult& r, double w) {
+  n += 1, weight_sum += w, weighted_loss += w * r.loss, loss += r.loss;
+  correct += r.reward_chosen > r.reward_rejected ? 1.0 : 0.0;
+  margin += r.margin, reward_chosen += r.reward_chosen, reward_rejected += r.reward_rejected;
+  logp_chosen += p.policy_chosen, logp_rejected += p.policy_rejected;
+  w_min = std::min(w_min, w), w_max = std::max(w_max, w), w_sq += w * w;
+}
+
+void PairStats::merge(const PairStats& o) {
+  n += o.n, weight_sum += o.weight_sum, weighted_loss += o.weighted_loss, loss += o.loss;
+  correct += o.correct, margin += o.margin, reward_chosen += o.reward_chosen;
+  reward_rejected += o.reward_rejected, logp_chosen += o.logp_chosen, logp_rejected += o.logp_rejected;
+  w_min = std::min(w_min, o.w_min), w_max = std::max(w_max, o.w_max), w_sq += o.w_sq;
+}
+
+void PairStats::allreduce(MPI_Comm comm) {
+  double sums[11] = {n, weight_sum, weighted_loss, loss, correct, margin, reward_chosen,
+                     reward_rejected, logp_chosen, logp_rejected, w_sq};
+  allreduce_sum(sums, 11, comm);
+  n = sums[0], weight_sum = sums[1], weighted_loss = sums[2], loss = sums[3], correct = sums[4];
+  margin = sums[5], reward_chosen = sums[6], reward_rejected = sums[7], logp_chosen = sums[8];
+  logp_rejected = sums[9], w_sq = sums[10];
+  MPI_Allreduce(MPI_IN_PLACE, &w_min, 1, MPI_DOUBLE, MPI_MIN, comm);
+  MPI_Allreduce(MPI_IN_PLACE, &w_max, 1, MPI_DOUBLE, MPI_MAX, comm);
+}
+
+PairLogps pair_input(const PairSplit& s, int64_t i, double pc, double pr) {
+  return {pc, pr, s.ref_logp_chosen[size_t(i)], s.ref_logp_rejected[size_t(i)], s.chosen.len(i),
+          s.rejected.len(i)};
+}
+
+namespace {
+
+// A micro-batch's pair losses and weights from its per-row logp (into r), and dL/dlogp per row with
+// coefficient a_k · coef_scale on pair k's loss.
+template <typename T>
+std::vector<T> pair_dlogp(const PairSplit& s, const std::vector<int64_t>& chunk, const PackedBatch& batch,
+                          const std::vector<int32_t>& targets, const std::vector<T>& logp, const LossConfig& loss,
+                          const WeightFn& weigh, double coef_scale, PairMicroResult& r) {
+  const std::vector<double> seq = sequence_logps(batch, logp);
+  for (size_t k = 0; k < chunk.size(); ++k) {
+    r.in.push_back(pair_input(s, chunk[k], seq[2 * k], seq[2 * k + 1]));
+    r.out.push_back(pair_loss(loss, r.in.back()));
+  }
+  r.weights = weigh(r.in, r.out);
+  std::vector<double> coef(2 * chunk.size());
+  for (size_t k = 0; k < chunk.size(); ++k) {
+    coef[2 * k] = r.weights[k] * coef_scale * r.out[k].d_policy_chosen;
+    coef[2 * k + 1] = r.weights[k] * coef_scale * r.out[k].d_policy_rejected;
+  }
+  return expand_seq_coef<T>(batch, targets, coef);
+}
+
+// The backward ran with a_k·coef_scale on pair k: divide it out of the ghost dots to get ⟨ĝ, ∇θ ℓ_k⟩.
+void pair_align(const std::vector<double>& seq_dots, double coef_scale, PairMicroResult& r) {
+  for (size_t k = 0; k < r.weights.size(); ++k)
+    r.align.push_back((seq_dots[2 * k] + seq_dots[2 * k + 1]) / (r.weights[k] * coef_scale));
+}
+
+}  // namespace
+
+template <typename T>
+PairMicroResult pair_micro_step(LlamaModel<T>& model, const T* params, T* grads, bool accumulate,
+                                const PairSplit& s, const std::vector<int64_t>& chunk, const LossConfig& loss,
+                                const WeightFn& weigh, double coef_scale, const T* ghat) {
+  PairMicroResult r;
+  const PairBatch pb = make_pair_batch(s, chunk);
+  std::vector<T> logp(size_t(pb.batch.n_tokens()));
+  model.forward(params, pb.batch, pb.targets.data(), logp.data());
+  const std::vector<T> dlogp = pair_dlogp<T>(s, chunk, pb.batch, pb.targets, logp, loss, weigh, coef_scale, r);
+  std::vector<double> seq_dots;
+  model.set_ghost_group(2);  // only the pair sums are used (pair_align)
+  model.backward(params, dlogp.data(), grads, accumulate, ghat, ghat ? &seq_dots : nullptr);
+  model.set_ghost_group(1);
+  if (ghat) pair_align(seq_dots, coef_scale, r);
+  r.tokens = pb.batch.n_tokens();
+  return r;
+}
+
+std::vector<std::vector<int64_t>> split_chunks(const std::vector<int64_t>& idx, int64_t micro) {
+  std::vector<std::vector<int64_t>> out;
+  for (size_t a = 0; a < idx.size(); a += size_t(micro))
+    out.emplace_back(idx.begin() + long(a), idx.begin() + long(std::min(idx.size(), a + size_t(micro))));
+  return out;
+}
+
+std::vector<PairMicroResult> pair_pipeline_step(LlamaModel<float>& model, Comm* pp, const float* params, float* grads,
+                                                const PairSplit& s, const std::vector<std::vector<int64_t>>& chunks,
+                                                const LossConfig& loss, const ChunkWeightFn& weigh, double coef_scale,
+                                                const float* ghat) {
+  std::vector<PairMicroResult> res(chunks.size());
+  std::vector<PipeMicro> mbs;
+  for (size_t m = 0; m < chunks.size(); ++m) {
+    PairBatch pb = make_pair_batch(s, chunks[m]);
+    res[m].tokens = pb.batch.n_tokens();
+    res[m].scored = std::count_if(pb.targets.begin(), pb.targets.end(), [](int32_t t) { return t >= 0; });
+    mbs.push_back({std::move(pb.batch), std::move(pb.targets)});
+  }
+  const PipeLossFn lf = [&](size_t m, const std::vector<float>& logp) {
+    const WeightFn w = [&](const std::vector<PairLogps>& in, const std::vector<PairLossResult>& out) {
+      return weigh(m, in, out);
+    };
+    return pair_dlogp<float>(s, chunks[m], mbs[m].batch, mbs[m].targets, logp, loss, w, coef_scale, res[m]);
+  };
+  std::vector<std::vector<double>> dots;
+  model.set_ghost_group(2);  // only the pair sums are used (pair_align)
+  pipeline_train(model, pp, params, grads, mbs, lf, ghat, ghat ? &dots : nullptr);
+  model.set_ghost_group(1);
+  if (ghat && model.stage().last)
+    for (size_t m = 0; m < chunks.size(); ++m) pair_align(dots[m], coef_scale, res[m]);
+  return res;
+}
+
+template <typename T>
+PairMicroResult pair_micro_step(LlamaModel<T>& model, const T* params, T* grads, bool accumulate,
+                                const PairSplit& s, const std::vector<int64_t>& chunk, const LossConfig& loss,
+                                Weighting weighting, const WeightOptions& wopt,
+                                const std::vector<double>& column, double coef_scale) {
+  const WeightFn weigh = [&](const std::vector<PairLogps>& in, const std::vector<PairLossResult>& out) {
+    std::vector<double> col;
+    if (!column.empty())
+      for (int64_t i : chunk) col.push_back(column[size_t(i)]);
+    return static_pair_weights(weighting, in, out, col, wopt);
+  };
+  return pair_micro_step<T>(model, params, grads, accumulate, s, chunk, loss, weigh, coef_scale, nullptr);
+}
+
+// The reference alignments of meta/reference_hypergrad.h, bound to the model and the pairs.
+template <typename T>
+std::vector<double> pair_alignments_exact(LlamaModel<T>& model, const T* params, T* grads, size_t n_params,
+                                          const PairSplit& s, const std::vector<int64_t>& chunk,
+                                          const LossConfig& loss, const T* ghat) {
+  const std::function<void(int64_t, T*)> pair_grad = [&](int64_t k, T* g) {
+    pair_micro_step<T>(model, params, g, false, s, {chunk[size_t(k)]}, loss, Weighting::Uniform, {}, {}, 1.0);
+  };
+  return exact_alignments<T>(int64_t(chunk.size()), pair_grad, grads, n_params, ghat);
+}
+
+template <typename T>
+std::vector<double> pair_alignments_fd(LlamaModel<T>& model, const T* params, T* scratch, size_t n_params,
+                                       const PairSplit& s, const std::vector<int64_t>& chunk,
+                                       const LossConfig& loss, const T* ghat, double rel_step) {
+  const PairBatch pb = make_pair_batch(s, chunk);
+  std::vector<T> logp(size_t(pb.batch.n_tokens()));
+  const std::function<std::vector<double>(const T*)> losses = [&](const T* theta) {
+    model.forward(theta, pb.batch, pb.targets.data(), logp.data());
+    const std::vector<double> seq = sequence_logps(pb.batch, logp);
+    std::vector<double> l;
+    for (size_t k = 0; k < chunk.size(); ++k)
+      l.push_back(pair_loss(loss, pair_input(s, chunk[k], seq[2 * k], seq[2 * k + 1])).loss);
+    return l;
+  };
+  return fd_alignments<T>(int64_t(chunk.size()), losses, params, scratch, n_params, ghat, rel_step);
+}
+
+#define INSTANTIATE_MICRO(T)                                                                                  \
+  template PairMicroResult pair_micro_step<T>(LlamaModel<T>&, const T*, T*, bool, const PairSplit&,           \
+                                              const std::vector<int64_t>&, const LossConfig&, const WeightFn&, \
+                                              double, const T*);                                              \
+  template PairMicroResult pair_micro_step<T>(LlamaModel<T>&, const T*, T*, bool, const PairSplit&,           \
+                                              const std::vector<int64_t>&, const LossConfig&, Weighting,      \
+                                              const WeightOptions&, const std::vector<double>&, double);       \
+  template std::vector<double> pair_alignments_exact<T>(LlamaModel<T>&, const T*, T*, size_t, const PairSplit&, \
+                                                        const std::vector<int64_t>&, const LossConfig&, const T*); \
+  template std::vector<double> pair_alignments_fd<T>(LlamaModel<T>&, const T*, T*, size_t, const PairSplit&,    \
+                                                     const std::vector<int64_t>&, const LossConfig&, const T*,  \
+                                                     double);
+INSTANTIATE_MICRO(float)
+INSTANTIATE_MICRO(double)
+#undef INSTANTIATE_MICRO
+
+void pair_logps(LlamaModel<float>& model, Comm* pp, const float* params, const PairSplit& s,
+                const std::vector<int64_t>& idx, int64_t micro, MPI_Comm comm, std::vector<double>& chosen,
+                std::vector<double>& rejected) {
+  int rank = 0, size = 1;
+  MPI_Comm_rank(comm, &rank);
+  MPI_Comm_size(comm, &size);
+  chosen.assign(idx.size(), 0.0), rejected.assign(idx.size(), 0.0);
+  std::vector<size_t> mine;
+  for (size_t k = size_t(rank); k < idx.size(); k += size_t(size)) mine.push_back(k);
+  std::vector<PipeMicro> mbs;
+  std::vector<size_t> first;  // position in `mine` of each micro-batch's first pair
+  for (size_t a = 0; a < mine.size(); a += size_t(micro)) {
+    const size_t z = std::min(mine.size(), a + size_t(micro));
+    std::vector<int64_t> chunk;
+    for (size_t k = a; k < z; ++k) chunk.push_back(idx[mine[k]]);
+    PairBatch pb = make_pair_batch(s, chunk);
+    mbs.push_back({std::move(pb.batch), std::move(pb.targets)});
+    first.push_back(a);
+  }
+  pipeline_forward(model, pp, params, mbs, [&](size_t m, const std::vector<float>& logp) {
+    const std::vector<double> seq = sequence_logps(mbs[m].batch, logp);
+    for (size_t k = 0; 2 * k < seq.size(); ++k)
+      chosen[mine[first[m] + k]] = seq[2 * k], rejected[mine[first[m] + k]] = seq[2 * k + 1];
+  });
+  // Every entry was filled by exactly one rank (the others hold 0): sums gather them, over DP and
+  // then from the last pipeline stage to the others.
+  allreduce_sum(chosen.data(), chosen.size(), comm);
+  allreduce_sum(rejected.data(), rejected.size(), comm);
+  if (pp && pp->size() > 1) pp->allreduce_sum(chosen.data(), chosen.size()), pp->allreduce_sum(rejected.data(), rejected.size());
+}
+
+}  // namespace metapo

@@ -1,0 +1,104 @@
+// The run's report files: RUN/run.json (configuration, layout, memory per rank) and the metric
+// names of the step and evaluation lines.
+#include "metapo/train/reports.h"
+
+#include <cstdio>
+#include <filesystem>
+#include <fstream>
+
+#include "metapo/comm/collectives.h"
+
+namespace fs = std::filesystem;
+
+namespace metapo {
+
+
+nlohmann::json stats_json(const PairStats& s, const std::string& prefix) {
+  const double n = std::max(s.n, 1.0);
+  nlohmann::json j;
+  j[prefix + "loss"] = s.weight_sum > 0 ? s.weighted_loss / s.weight_sum : 0.0;
+  j[prefix + "rewards/chosen"] = s.reward_chosen / n;
+  j[prefix + "rewards/rejected"] = s.reward_rejected / n;
+  j[prefix + "rewards/accuracies"] = s.correct / n;
+  j[prefix + "rewards/margins"] = s.margin / n;
+  j[prefix + "logps/chosen"] = s.logp_chosen / n;
+  j[prefix + "logps/rejected"] = s.logp_rejected / n;
+  return j;
+}
+
+// extra: keys added at the top level (the parallel layout, memory_bytes).
+static void write_run_json(const TrainConfig& cfg, const std::string& kind, const nlohmann::json& extra) {
+  nlohmann::json j;
+  j["command"] = kind;
+  j["command_line"] = cfg.command_line;
+  j["model"] = cfg.model_dir, j["data"] = cfg.data_path, j["seed"] = cfg.seed;
+  j["loss"] = loss_name(cfg.loss.type), j["beta"] = cfg.loss.beta;
+  j["label_smoothing"] = cfg.loss.label_smoothing;
+  j["simpo_gamma"] = cfg.loss.simpo_gamma, j["discopop_tau"] = cfg.loss.discopop_tau;
+  j["weighting"] = weighting_name(cfg.weighting);
+  j["ref_model"] = cfg.ref_model_dir.empty() ? cfg.model_dir : cfg.ref_model_dir;
+  j["batch_size"] = cfg.batch_size, j["micro_batch"] = cfg.micro_batch;
+  j["lr"] = cfg.adam.lr, j["weight_decay"] = cfg.adam.weight_decay;
+  for (const auto& [k, v] : extra.items()) j[k] = v;
+  fs::create_directories(cfg.out_dir);
+  std::ofstream(cfg.out_dir + "/run.json") << j.dump(2) << "\n";
+}
+
+
+RankMemory rank_memory(const ZeroAdamW& opt, int64_t activations) {
+  const double pb = double(opt.padded_size() * sizeof(float));
+  return {pb, pb, double(opt.state_bytes()), double(activations)};
+}
+
+static nlohmann::json memory_json(const RankMemory& m) {
+  nlohmann::json j;
+  j["params"] = int64_t(m.params), j["grads"] = int64_t(m.grads), j["optimizer_state"] = int64_t(m.optimizer_state);
+  if (m.activations >= 0) j["activations"] = int64_t(m.activations); else j["activations"] = nullptr;
+  return j;
+}
+
+// Every pipeline stage's figures as its rank with this rank's DP and TP coordinates has them, gathered
+// on this rank's stage 0 (collective over pp_comm; the world root is a stage 0).
+static std::vector<RankMemory> stage_memory(const Topology& topo, const RankMemory& mine) {
+  std::vector<RankMemory> all(size_t(topo.pp));
+  static_assert(sizeof(RankMemory) == 4 * sizeof(double), "RankMemory travels as 4 doubles");
+  MPI_Gather(&mine, 4, MPI_DOUBLE, all.data(), 4, MPI_DOUBLE, 0, topo.pp_comm);
+  return all;
+}
+
+static nlohmann::json parallel_json(const Topology& topo, const std::vector<int64_t>& pp_layers, int64_t n_layers) {
+  nlohmann::json p;
+  p["world"] = topo.world_size, p["dp"] = topo.dp, p["tp"] = topo.tp, p["pp"] = topo.pp;
+  for (const PipeStage& st : pipeline_stages(n_layers, topo.pp, pp_layers))
+    p["stage_layers"].push_back({st.layer_begin, st.layer_end});
+  return p;
+}
+
+// The memory lines and the run.json keys: memory_bytes (the world root's, a first-stage rank) and with
+// a pipeline memory_bytes_per_stage. Collective over pp_comm.
+void report_memory(const TrainConfig& cfg, const std::string& kind, const Topology& topo, const LlamaConfig& c,
+                   const RankMemory& mine) {
+  const std::vector<RankMemory> st = stage_memory(topo, mine);
+  if (!topo.is_root()) return;
+  const double mib = 1024.0 * 1024.0;
+  const std::vector<PipeStage> stages = pipeline_stages(c.num_hidden_layers, topo.pp, cfg.pp_layers);
+  for (int s = 0; s < topo.pp; ++s) {
+    const RankMemory& m = st[size_t(s)];
+    char act[64] = "activations after the first step";
+    if (m.activations >= 0) std::snprintf(act, sizeof act, "activations %.2f MiB", m.activations / mib);
+    char where[96] = "";
+    if (topo.pp > 1)
+      std::snprintf(where, sizeof where, ", stage %d (layers %lld-%lld)", s, (long long)stages[size_t(s)].layer_begin,
+                    (long long)stages[size_t(s)].layer_end - 1);
+    std::printf("memory per rank (DP %d x PP %d x TP %d%s): params %.2f MiB, grads %.2f MiB, optimizer state %.2f MiB, %s\n",
+                topo.dp, topo.pp, topo.tp, where, m.params / mib, m.grads / mib, m.optimizer_state / mib, act);
+  }
+  nlohmann::json extra;
+  extra["parallel"] = parallel_json(topo, cfg.pp_layers, c.num_hidden_layers);
+  extra["memory_bytes"] = memory_json(st[0]);
+  if (topo.pp > 1)
+    for (const RankMemory& m : st) extra["memory_bytes_per_stage"].push_back(memory_json(m));
+  write_run_json(cfg, kind, extra);  // creates the run directory the log goes into
+}
+
+}  // namespace metapo
