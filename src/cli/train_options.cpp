@@ -5,6 +5,29 @@
 
 namespace metapo::cli {
 
+double parse_duration(const std::string& text) {
+  // [D-]HH:MM:SS, MM:SS, or seconds (Slurm's --time forms, minus its minutes-only reading of a bare number).
+  auto fail = [&]() -> double {
+    throw Error("--max-time " + text + ": not a duration (D-HH:MM:SS, HH:MM:SS, MM:SS or seconds)");
+  };
+  std::string rest = text;
+  double days = 0;
+  const size_t dash = rest.find('-');
+  auto number = [&](const std::string& t) {
+    if (t.empty() || t.find_first_not_of("0123456789.") != std::string::npos) fail();
+    return std::stod(t);
+  };
+  if (dash != std::string::npos) days = number(rest.substr(0, dash)), rest = rest.substr(dash + 1);
+  std::vector<double> parts;
+  size_t start = 0;
+  for (size_t c; (c = rest.find(':', start)) != std::string::npos; start = c + 1) parts.push_back(number(rest.substr(start, c - start)));
+  parts.push_back(number(rest.substr(start)));
+  if (parts.size() > 3 || (dash != std::string::npos && parts.size() != 3)) fail();
+  double secs = 0;
+  for (double p : parts) secs = secs * 60 + p;
+  return days * 86400 + secs;
+}
+
 void add_train_options(po::options_description& desc, TrainConfig& cfg, TrainOptionStrings& s, bool pref) {
   desc.add_options()
     ("model", po::value(&cfg.model_dir)->required(), "initial model directory (Hugging Face layout)")
@@ -25,7 +48,13 @@ void add_train_options(po::options_description& desc, TrainConfig& cfg, TrainOpt
     ("warmup-ratio", po::value(&cfg.warmup_ratio)->default_value(0.1), "warmup as a fraction of the steps (when --warmup-steps is 0)")
     ("min-lr-ratio", po::value(&cfg.sched.min_lr_ratio)->default_value(0.1), "cosine floor as a fraction of --lr")
     ("max-grad-norm", po::value(&cfg.max_grad_norm)->default_value(1.0), "clip the global gradient norm (0: off)")
-    ("save-dtype", po::value(&cfg.save_dtype)->default_value("float32"), "dtype of RUN/final: float32, bfloat16, float16");
+    ("save-dtype", po::value(&cfg.save_dtype)->default_value("float32"), "dtype of RUN/final: float32, bfloat16, float16")
+    ("save-every", po::value(&cfg.save_every)->default_value(0), "write a checkpoint RUN/step_XXXXXXXX.h5 every N steps (0: off)")
+    ("save-every-minutes", po::value(&cfg.save_every_minutes)->default_value(30), "and every M minutes of training (0: off)")
+    ("keep", po::value(&cfg.keep)->default_value(2), "keep the newest K checkpoints (0: all)")
+    ("resume", po::value(&cfg.resume), "auto: continue RUN from its newest valid checkpoint (a new run when it has none); or a checkpoint file / run directory to start from")
+    ("max-time", po::value(&s.max_time), "wall-clock budget D-HH:MM:SS (or HH:MM:SS, MM:SS, or seconds): checkpoint and exit with status 124 before it runs out")
+    ("max-skipped-steps", po::value(&cfg.max_skipped_steps)->default_value(10), "steps skipped for a non-finite loss or gradient norm before the run stops with an error");
   if (pref) {
     desc.add_options()
       ("loss", po::value(&s.loss)->default_value("sigmoid"), "sigmoid | ipo | hinge | cdpo | robust | simpo | ... (TRL's formulas)")
@@ -63,6 +92,14 @@ void finish_train_options(TrainConfig& cfg, const TrainOptionStrings& s, bool pr
   MP_CHECK(cfg.adam.lr > 0, "--lr must be positive");
   MP_CHECK(cfg.epochs > 0 || cfg.max_steps > 0, "--epochs or --max-steps must be positive");
   MP_CHECK(cfg.warmup_ratio >= 0 && cfg.warmup_ratio < 1, "--warmup-ratio must be in [0, 1)");
+  MP_CHECK(cfg.save_every >= 0, "--save-every must be >= 0");
+  MP_CHECK(cfg.save_every_minutes >= 0, "--save-every-minutes must be >= 0");
+  MP_CHECK(cfg.keep >= 0, "--keep must be >= 0");
+  MP_CHECK(cfg.max_skipped_steps >= 0, "--max-skipped-steps must be >= 0");
+  if (!s.max_time.empty()) {
+    cfg.max_time_s = parse_duration(s.max_time);
+    MP_CHECK(cfg.max_time_s > 0, "--max-time ", s.max_time, ": must be positive");
+  }
   if (pref) {
     cfg.loss.type = parse_loss(s.loss);
     cfg.weighting = parse_weighting(s.weighting);

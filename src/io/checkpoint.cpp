@@ -149,6 +149,13 @@ H5Id string_type(size_t n) {
   return t;
 }
 
+// Every rank learns whether all ranks succeeded; all throw the same message when one did not.
+void agree(bool ok, MPI_Comm comm, const std::string& what) {
+  int all = ok ? 1 : 0;
+  MPI_Allreduce(MPI_IN_PLACE, &all, 1, MPI_INT, MPI_MIN, comm);
+  MP_CHECK(all, what);
+}
+
 }  // namespace
 
 uint64_t checksum_term(uint64_t index, uint64_t bits) { return mix(mix(index + 0x9e3779b97f4a7c15ull) ^ bits); }
@@ -167,7 +174,7 @@ CheckpointFile::CheckpointFile(const std::string& path, MPI_Comm comm, bool writ
   } else {
     MP_CHECK(fs::exists(path), path, ": no such checkpoint file");
     impl_->file = H5Id(H5Fopen(path.c_str(), H5F_ACC_RDONLY, fapl), H5Fclose);
-    MP_CHECK(impl_->file.valid(), path, ": not a readable HDF5 file (truncated or corrupt?)", h5_reason());
+    agree(impl_->file.valid(), comm, path + ": not a readable HDF5 file (truncated or corrupt?)");
   }
 }
 
@@ -196,7 +203,7 @@ void CheckpointFile::write(const std::string& name, const std::vector<uint64_t>&
   size_t at = 0;
   for (const FlatRun& r : runs) {
     std::copy_n(buf + r.at, r.count, packed.data() + at);
-    if (primary)
+    if (primary && r.counted)
       for (size_t i = 0; i < r.count; ++i) sum += checksum_term(r.offset + i, bits_of(buf[r.at + i]));
     at += r.count;
   }
@@ -257,8 +264,8 @@ void CheckpointFile::read(const std::string& name, const std::vector<uint64_t>& 
     const hsize_t mn = std::max<size_t>(n, 1);
     H5Id mem(H5Screate_simple(1, &mn, nullptr), H5Sclose);
     if (n == 0) H5Sselect_none(mem);
-    MP_CHECK(H5Dread(ds, mem_type<T>(), mem, space, dxpl, packed.data()) >= 0, path_, ": reading ", name,
-             " failed (truncated or corrupt?)", h5_reason());
+    agree(H5Dread(ds, mem_type<T>(), mem, space, dxpl, packed.data()) >= 0, comm_,
+          path_ + ": reading " + name + " failed (truncated or corrupt?)");
     size_t at = 0;
     for (const FlatRun& r : l) {
       std::copy_n(packed.data() + at, r.count, buf + r.at);
@@ -267,7 +274,8 @@ void CheckpointFile::read(const std::string& name, const std::vector<uint64_t>& 
   }
   if (primary)
     for (const FlatRun& r : runs)
-      for (size_t i = 0; i < r.count; ++i) sum += checksum_term(r.offset + i, bits_of(buf[r.at + i]));
+      if (r.counted)
+        for (size_t i = 0; i < r.count; ++i) sum += checksum_term(r.offset + i, bits_of(buf[r.at + i]));
   MPI_Allreduce(MPI_IN_PLACE, &sum, 1, MPI_UINT64_T, MPI_SUM, comm_);
   uint64_t want = 0;
   H5Id attr(H5Aopen(ds, "checksum", H5P_DEFAULT), H5Aclose);

@@ -1,5 +1,6 @@
 #include "metapo/io/hf_model.h"
 
+#include <cmath>
 #include <filesystem>
 #include <fstream>
 #include <map>
@@ -126,8 +127,15 @@ HfModel load_hf_model(const std::string& dir) {
 
   // Pass 2: read, converting to fp32 straight into the flat buffer.
   m.params.assign(lay.total(), 0.0f);
-  for (const TensorEntry& t : lay.tensors())
+  for (const TensorEntry& t : lay.tensors()) {
     readers[source[t.name]].read(t.name, m.params.data() + t.offset);
+    // A diverged model is refused here, so eval, score, generate and training never run on one.
+    const float* x = m.params.data() + t.offset;
+    size_t bad = 0;
+    for (size_t i = 0; i < t.numel; ++i) bad += std::isfinite(x[i]) ? 0 : 1;
+    MP_CHECK(bad == 0, readers[source[t.name]].path(), ": tensor ", t.name, " holds ", bad, " non-finite values (of ",
+             t.numel, "); the model diverged");
+  }
   return m;
 }
 

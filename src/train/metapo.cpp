@@ -36,14 +36,15 @@ void validate(const MetaConfig& cfg) {
   }
 }
 
-MetaPOState::MetaPOState(const MetaConfig& cfg, int64_t max_sample_id, uint64_t seed, Comm& dp, bool writes_trace)
+MetaPOState::MetaPOState(const MetaConfig& cfg, int64_t max_sample_id, uint64_t seed, Comm& dp, bool writes_trace,
+                         bool resuming)
     : cfg_(cfg),
       dp_(dp),
       writes_trace_(writes_trace && !cfg.trace_path.empty()),
       table_(max_sample_id, cfg.ema_rate, dp),
       net_(WeightNetConfig{kNumFeatures, cfg.hidden, cfg.a_min, seed}) {
   validate(cfg);
-  if (writes_trace_) {
+  if (writes_trace_ && !resuming) {
     std::ofstream f(cfg.trace_path, std::ios::trunc);
     MP_CHECK(f.good(), "--meta-trace ", cfg.trace_path, ": cannot be written");
   }
@@ -105,6 +106,8 @@ void MetaPOState::end_step(int64_t step, const std::vector<double>* align, int64
   table_.observe(step_obs_);
   step_obs_.clear(), step_x_.clear(), step_a_.clear(), step_raw_.clear();
 }
+
+void MetaPOState::discard_step() { step_obs_.clear(), step_x_.clear(), step_a_.clear(), step_raw_.clear(); }
 
 namespace {
 

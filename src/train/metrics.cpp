@@ -2,6 +2,7 @@
 
 #include <unistd.h>
 
+#include <algorithm>
 #include <cmath>
 
 #include "metapo/core/error.h"
@@ -21,10 +22,10 @@ std::string format_duration(double s) {
   return buf;
 }
 
-MetricsLog::MetricsLog(const std::string& path, bool enabled, int64_t total)
-    : enabled_(enabled), tty_(enabled && isatty(STDERR_FILENO)), total_(total) {
+MetricsLog::MetricsLog(const std::string& path, bool enabled, int64_t total, bool append, int64_t first_step)
+    : enabled_(enabled), tty_(enabled && isatty(STDERR_FILENO)), total_(total), first_(first_step) {
   if (!enabled_ || path.empty()) return;
-  f_ = std::fopen(path.c_str(), "w");  // a new run starts a new file
+  f_ = std::fopen(path.c_str(), append ? "a" : "w");
   MP_CHECK(f_, path, ": cannot open for appending");
 }
 
@@ -43,7 +44,7 @@ void MetricsLog::event(const nlohmann::json& j, const std::string& line) {
 
 void MetricsLog::step(int64_t step, const nlohmann::json& j, const std::string& line) {
   if (!enabled_) return;
-  const double el = clock_.seconds(), eta = el / double(step + 1) * double(total_ - step - 1);
+  const double el = clock_.seconds(), eta = el / double(std::max<int64_t>(step + 1 - first_, 1)) * double(total_ - step - 1);
   event(j, line + " | ETA " + format_duration(eta));
   if (tty_) {
     const int width = 30, done = int(double(width) * double(step + 1) / double(std::max<int64_t>(total_, 1)));

@@ -26,24 +26,53 @@ nlohmann::json stats_json(const PairStats& s, const std::string& prefix) {
   return j;
 }
 
-// extra: keys added at the top level (the parallel layout, memory_bytes).
-static void write_run_json(const TrainConfig& cfg, const std::string& kind, const nlohmann::json& extra) {
+nlohmann::json run_config_json(const TrainConfig& cfg, const std::string& kind) {
   nlohmann::json j;
   j["command"] = kind;
   j["command_line"] = cfg.command_line;
   j["model"] = cfg.model_dir, j["data"] = cfg.data_path, j["seed"] = cfg.seed;
-  j["loss"] = loss_name(cfg.loss.type), j["beta"] = cfg.loss.beta;
-  j["label_smoothing"] = cfg.loss.label_smoothing;
-  j["simpo_gamma"] = cfg.loss.simpo_gamma, j["discopop_tau"] = cfg.loss.discopop_tau;
-  j["weighting"] = weighting_name(cfg.weighting);
-  j["ref_model"] = cfg.ref_model_dir.empty() ? cfg.model_dir : cfg.ref_model_dir;
+  j["train_split"] = cfg.train_split;
+  if (kind == "train") {
+    j["val_split"] = cfg.val_split;
+    j["loss"] = loss_name(cfg.loss.type), j["beta"] = cfg.loss.beta;
+    j["label_smoothing"] = cfg.loss.label_smoothing;
+    j["simpo_gamma"] = cfg.loss.simpo_gamma, j["discopop_tau"] = cfg.loss.discopop_tau;
+    j["weighting"] = weighting_name(cfg.weighting);
+    j["ref_model"] = cfg.ref_model_dir.empty() ? cfg.model_dir : cfg.ref_model_dir;
+    j["eval_every"] = cfg.eval_every, j["eval_pairs"] = cfg.eval_pairs;
+    j["track_pairs"] = cfg.track_pairs, j["track_every"] = cfg.track_every;
+    if (cfg.weighting == Weighting::Metapo) {
+      const MetaConfig& m = cfg.meta;
+      j["meta"] = {{"interval", m.interval}, {"warmup", m.warmup}, {"lr", m.lr}, {"ema_rate", m.ema_rate},
+                   {"val_batch", m.val_batch}, {"penalty", m.penalty}, {"precondition", m.precondition},
+                   {"hidden", m.hidden}, {"a_min", m.a_min}, {"refresh_every", m.refresh_every},
+                   {"refresh_pairs", m.refresh_pairs}, {"hypergrad", m.hypergrad}, {"features", m.features},
+                   {"trace", m.trace_path}};
+    } else {
+      j["weight_options"] = {{"wpo_alpha", cfg.weight_opt.wpo_alpha}, {"margin_tau", cfg.weight_opt.margin_tau},
+                             {"column", cfg.weight_opt.column}};
+    }
+  }
   j["batch_size"] = cfg.batch_size, j["micro_batch"] = cfg.micro_batch;
+  j["epochs"] = cfg.epochs, j["max_steps"] = cfg.max_steps;
   j["lr"] = cfg.adam.lr, j["weight_decay"] = cfg.adam.weight_decay;
-  for (const auto& [k, v] : extra.items()) j[k] = v;
-  fs::create_directories(cfg.out_dir);
-  std::ofstream(cfg.out_dir + "/run.json") << j.dump(2) << "\n";
+  j["adam_beta1"] = cfg.adam.beta1, j["adam_beta2"] = cfg.adam.beta2, j["adam_eps"] = cfg.adam.eps;
+  j["lr_schedule"] = cfg.sched.kind, j["warmup_steps"] = cfg.sched.warmup_steps, j["warmup_ratio"] = cfg.warmup_ratio;
+  j["min_lr_ratio"] = cfg.sched.min_lr_ratio, j["max_grad_norm"] = cfg.max_grad_norm;
+  j["save_dtype"] = cfg.save_dtype, j["save_every"] = cfg.save_every, j["save_every_minutes"] = cfg.save_every_minutes;
+  j["keep"] = cfg.keep, j["max_time_s"] = cfg.max_time_s, j["max_skipped_steps"] = cfg.max_skipped_steps;
+  j["resume"] = cfg.resume;
+  return j;
 }
 
+// extra: keys added at the top level (the parallel layout, memory_bytes).
+static void write_run_json(const TrainConfig& cfg, const std::string& kind, const nlohmann::json& extra) {
+  nlohmann::json j = run_config_json(cfg, kind);
+  for (const auto& [k, v] : extra.items()) j[k] = v;
+  fs::create_directories(cfg.out_dir);
+  std::ofstream(cfg.out_dir + "/run.json.partial") << j.dump(2) << "\n";
+  fs::rename(cfg.out_dir + "/run.json.partial", cfg.out_dir + "/run.json");
+}
 
 RankMemory rank_memory(const ZeroAdamW& opt, int64_t activations) {
   const double pb = double(opt.padded_size() * sizeof(float));

@@ -1,8 +1,11 @@
 // The trainer loops of metapo train and metapo sft.
 #include "metapo/train/dpo.h"
 
+#include <signal.h>
+
 #include <algorithm>
 #include <cmath>
+#include <csignal>
 #include <cstdio>
 #include <filesystem>
 #include <fstream>
@@ -24,6 +27,7 @@
 #include "metapo/train/pairs.h"
 #include "metapo/train/pipeline.h"
 #include "metapo/train/reports.h"
+#include "metapo/train/train_state.h"
 
 namespace fs = std::filesystem;
 
@@ -57,7 +61,8 @@ LrSchedule make_schedule(const TrainConfig& cfg, int64_t total) {
 }
 
 // params (this rank's shard, possibly with ZeRO-1 padding past the layout's end) is assembled into the
-// full buffer over the model replica (collective there); the world root saves it.
+// full buffer over the model replica (collective there); the world root saves it, unless a value is
+// not finite (then every rank throws: no final/ is written from a diverged run).
 void save_final(const TrainConfig& cfg, const Topology& topo, const LlamaConfig& c, const ShardedModel& sm,
                 const std::vector<float>& params) {
   const size_t n = ParamLayout(c).total();
@@ -68,29 +73,254 @@ void save_final(const TrainConfig& cfg, const Topology& topo, const LlamaConfig&
   } else {
     full.assign(params.begin(), params.begin() + long(n));
   }
+  int ok = !topo.is_root() || all_finite(full.data(), full.size());
+  MPI_Allreduce(MPI_IN_PLACE, &ok, 1, MPI_INT, MPI_MIN, topo.world);
+  MP_CHECK(ok, cfg.out_dir, "/final: not written: the trained parameters hold non-finite values");
   if (topo.is_root()) save_hf_model(cfg.out_dir + "/final", c, full, cfg.save_dtype);
   MPI_Barrier(topo.world);
 }
 
+// SIGUSR1 and SIGTERM ask the run to finish its step, checkpoint and exit kExitCheckpointed. The flag
+// holds the signal's number; the ranks agree on it once per step (TrainRun::control).
+volatile std::sig_atomic_t g_stop_signal = 0;
+const Timer g_process_clock;  // --max-time counts from the start of the process
+extern "C" void on_stop_signal(int sig) { g_stop_signal = sig; }
+
+void install_stop_handlers() {
+  struct sigaction sa {};
+  sa.sa_handler = on_stop_signal;
+  sigemptyset(&sa.sa_mask);
+  sa.sa_flags = SA_RESTART;
+  sigaction(SIGUSR1, &sa, nullptr);
+  sigaction(SIGTERM, &sa, nullptr);
+}
+
+const char* stop_reason(int code) {
+  return code == SIGUSR1 ? "SIGUSR1" : code == SIGTERM ? "SIGTERM" : code == 1 ? "--max-time" : "a signal";
+}
+
+std::string bcast_text(std::string s, const Topology& topo) {
+  int64_t n = int64_t(s.size());
+  MPI_Bcast(&n, 1, MPI_INT64_T, 0, topo.world);
+  s.resize(size_t(n));
+  MPI_Bcast(s.data(), int(n), MPI_CHAR, 0, topo.world);
+  return s;
+}
+
+// What --out and --resume say before anything heavy is done: decided by the world root (the
+// directory is shared), agreed by every rank, so an error is the same line everywhere.
+struct RunDirPlan {
+  bool complete = false;                // --resume auto on a finished run: nothing to do
+  bool in_place = false;                // continuing RUN's own files from one of its checkpoints
+  std::vector<std::string> candidates;  // checkpoints to try in order
+  bool fallback = false;                // --resume auto: an unreadable one is skipped
+  bool fresh_dir = false;               // --out did not exist or was empty: all in it is this run's
+  bool made_dir = false;                // --out did not exist
+};
+
+RunDirPlan decide_run_dir(const TrainConfig& cfg, const std::string& kind) {
+  const fs::path out(cfg.out_dir);
+  std::error_code ec;
+  const bool exists = fs::exists(out, ec);
+  MP_CHECK(!exists || fs::is_directory(out, ec), "--out ", cfg.out_dir, ": exists and is not a directory");
+  const bool has_run = exists && fs::exists(out / "run.json", ec);
+  const bool nonempty = exists && !fs::is_empty(out, ec);
+  MP_CHECK(has_run || !nonempty, "--out ", cfg.out_dir,
+           ": exists and is not a metapo run directory (no run.json); choose another --out (metapo writes a new run only "
+           "into a new or empty directory)");
+  RunDirPlan plan;
+  plan.fresh_dir = !nonempty, plan.made_dir = !exists;
+  if (cfg.resume.empty()) {
+    MP_CHECK(!has_run, "--out ", cfg.out_dir,
+             ": an existing run directory (pass --resume auto to continue it, or choose another --out)");
+    return plan;
+  }
+  if (has_run) {
+    std::string was;
+    try {
+      was = nlohmann::json::parse(std::ifstream(out / "run.json")).value("command", "");
+    } catch (const std::exception&) {
+    }
+    MP_CHECK(was.empty() || was == kind, "--out ", cfg.out_dir, ": a run of `metapo ", was, "`, not of `metapo ", kind, "`");
+  }
+  if (cfg.resume == "auto") {
+    if (!has_run) {
+      std::printf("--resume auto: %s holds no run yet; starting a new one\n", cfg.out_dir.c_str());
+      return plan;
+    }
+    if (fs::exists(out / "final" / "config.json", ec)) {
+      plan.complete = true;
+      return plan;
+    }
+    plan.candidates = list_checkpoints(cfg.out_dir);
+    if (plan.candidates.empty()) {
+      std::printf("--resume auto: %s has no checkpoint yet; starting again from step 0\n", cfg.out_dir.c_str());
+      return plan;
+    }
+    plan.in_place = plan.fallback = true;
+    return plan;
+  }
+  MP_CHECK(fs::exists(cfg.resume, ec), "--resume ", cfg.resume, ": no such file or directory (or pass --resume auto)");
+  const std::string ck = resolve_checkpoint(cfg.resume);
+  MP_CHECK(fs::is_regular_file(ck, ec), "--resume ", cfg.resume, ": ", ck, " is not a checkpoint file");
+  const bool same = has_run && fs::equivalent(fs::path(ck).parent_path(), out, ec);
+  MP_CHECK(!has_run || same, "--out ", cfg.out_dir, ": an existing run directory, and --resume ", cfg.resume,
+           " is not one of its checkpoints (a run resumed from another run's checkpoint goes into a new --out)");
+  plan.in_place = same;
+  plan.candidates = {ck};
+  return plan;
+}
+
+RunDirPlan plan_run_dir(const TrainConfig& cfg, const Topology& topo, const std::string& kind) {
+  nlohmann::json j;
+  if (topo.is_root()) {
+    try {
+      const RunDirPlan p = decide_run_dir(cfg, kind);
+      j = {{"complete", p.complete}, {"in_place", p.in_place}, {"candidates", p.candidates}, {"fallback", p.fallback},
+           {"fresh_dir", p.fresh_dir}, {"made_dir", p.made_dir}};
+    } catch (const Error& e) {
+      j = {{"error", e.what()}};
+    }
+    std::fflush(stdout);
+  }
+  j = nlohmann::json::parse(bcast_text(j.dump(), topo));
+  if (j.contains("error")) throw Error(j["error"].get<std::string>());
+  RunDirPlan p;
+  p.complete = j["complete"], p.in_place = j["in_place"], p.fallback = j["fallback"], p.fresh_dir = j["fresh_dir"], p.made_dir = j["made_dir"];
+  p.candidates = j["candidates"].get<std::vector<std::string>>();
+  if (p.complete && topo.is_root())
+    std::printf("%s: the run is complete (%s/final exists); nothing to resume\n", cfg.out_dir.c_str(), cfg.out_dir.c_str());
+  return p;
+}
+
+// The training split's fingerprint (FNV-1a over its tokens, offsets and sample ids; not the reference
+// log-probs, which a resume under another layout may recompute): a checkpoint resumes only on it.
+struct Fingerprint {
+  uint64_t h = 1469598103934665603ull;
+  template <typename T>
+  void add(const std::vector<T>& v) {
+    const unsigned char* p = reinterpret_cast<const unsigned char*>(v.data());
+    const uint64_t n = v.size() * sizeof(T);
+    for (int k = 0; k < 8; ++k) h = (h ^ ((n >> (8 * k)) & 0xff)) * 1099511628211ull;
+    for (uint64_t i = 0; i < n; ++i) h = (h ^ p[i]) * 1099511628211ull;
+  }
+  void add(const Ragged& r) { add(r.tokens), add(r.offsets); }
+  std::string hex() const {
+    char b[24];
+    std::snprintf(b, sizeof b, "%016llx", (unsigned long long)h);
+    return b;
+  }
+};
+
+std::string fingerprint(const PairSplit& s) {
+  Fingerprint f;
+  f.add(s.prompt), f.add(s.chosen), f.add(s.rejected), f.add(s.sample_id);
+  return "pairs:" + std::to_string(s.size()) + ":" + f.hex();
+}
+std::string fingerprint(const SftSplit& s) {
+  Fingerprint f;
+  f.add(s.prompt), f.add(s.answer), f.add(s.sample_id);
+  return "sft:" + std::to_string(s.size()) + ":" + f.hex();
+}
+
+// What the ranks agree on once per step, after the gradients are reduced: skip the update (a
+// non-finite loss, gradient norm or alignment on some rank), stop (a signal on some rank, or the
+// --max-time budget on the root), checkpoint (--save-every-minutes on the root).
+struct StepControl {
+  bool skip = false;
+  int stop = 0;  // 0, or stop_reason's code
+  bool save_due = false;
+};
+
 // What run_dpo and run_sft share around their steps: the model split into this rank's pipeline stage
 // and TP shard, ZeRO-1 over DP (with its padding of the parameter and gradient buffers), run.json with
-// the layout and the memory per rank, the metrics log, the per-step communication report and the save.
+// the layout and the memory per rank, the training state with its checkpoints and resume, the metrics
+// log, the per-step communication report and the save.
 struct TrainRun {
   TrainRun(const TrainConfig& cfg, const Topology& topo, HfModel& hf, const char* kind, int64_t total)
       : cfg(cfg),
         topo(topo),
         config(hf.config),
         kind(kind),
+        total(total),
         sm(shard_model(hf.config, std::move(hf.params), topo, cfg.pp_layers)),
         dp_comm(topo.dp_comm),
         opt(sm.model->layout(), cfg.adam, dp_comm, sm.mp.get(), sm.shard_map, topo.tp_rank == 0),
         grads(opt.padded_size()) {
     sm.params.resize(opt.padded_size(), 0.0f);  // ZeRO-1 padding (zeros, never read by the model)
     report_memory(cfg, kind, topo, config, rank_memory(opt, -1));
-    log.emplace(cfg.out_dir + "/metrics.jsonl", topo.is_root(), total);
+    MPI_Barrier(topo.world);  // the run directory exists on every rank from here on
+    install_stop_handlers();
   }
 
   Comm* pipe() const { return sm.pp.get(); }
+
+  // Collective. The training state (files: the run's append-only files by key), restored from the
+  // plan's checkpoint when there is one; then the metrics log, continued or started empty.
+  void start(const RunDirPlan& plan, std::vector<std::pair<std::string, std::string>> files, const std::string& fp,
+             bool uses_meta, MetaPOState* meta) {
+    state.kind = kind, state.topo = &topo, state.config = config, state.pp_layers = cfg.pp_layers;
+    state.sm = &sm, state.opt = &opt, state.uses_meta = uses_meta, state.meta = meta;
+    state.run_config = run_config_json(cfg, kind), state.data_fingerprint = fp, state.files = std::move(files);
+    if (topo.is_root()) {  // checkpoints a killed run left half-written
+      std::error_code ec;
+      for (const auto& e : fs::directory_iterator(cfg.out_dir, ec)) {
+        const std::string name = e.path().filename().string();
+        if (name.rfind("step_", 0) == 0 && name.size() > 11 && name.compare(name.size() - 11, 11, ".h5.partial") == 0)
+          fs::remove(e.path(), ec);
+      }
+    }
+    std::string loaded;
+    try {
+      for (const std::string& c : plan.candidates) {
+        try {
+          load_checkpoint(state, c);
+          loaded = c;
+          break;
+        } catch (const CheckpointIncompatible&) {
+          throw;
+        } catch (const Error& e) {
+          if (!plan.fallback) throw;
+          if (topo.is_root()) std::printf("--resume auto: skipping %s\n", e.what()), std::fflush(stdout);
+        }
+      }
+      MP_CHECK(plan.candidates.empty() || !loaded.empty(), "--resume auto: none of the ", plan.candidates.size(),
+               " checkpoints of ", cfg.out_dir, " can be read (above); move them away to start the run again");
+    } catch (const Error&) {
+      // A refused resume into a new directory leaves nothing behind (all in it is this run's).
+      if (plan.fresh_dir && topo.is_root()) {
+        std::error_code ec;
+        for (const auto& e : fs::directory_iterator(cfg.out_dir, ec)) fs::remove_all(e.path(), ec);
+        if (plan.made_dir) fs::remove(cfg.out_dir, ec);
+      }
+      throw;
+    }
+    resumed = !loaded.empty();
+    if (resumed && plan.in_place && topo.is_root()) {
+      // The run's files back to where the checkpoint stood: each step once.
+      for (const auto& [key, path] : state.files) {
+        if (!state.file_sizes.contains(key)) continue;
+        const uintmax_t want = state.file_sizes[key].get<uintmax_t>();
+        std::error_code ec;
+        const uintmax_t have = fs::exists(path, ec) ? fs::file_size(path, ec) : 0;
+        if (have < want)
+          std::printf("warning: %s holds %llu bytes, fewer than the %llu it had at the checkpoint; continuing it as it is\n",
+                      path.c_str(), (unsigned long long)have, (unsigned long long)want);
+        else if (have > want)
+          fs::resize_file(path, want, ec);
+      }
+    }
+    MPI_Barrier(topo.world);
+    log.emplace(cfg.out_dir + "/metrics.jsonl", topo.is_root(), total, resumed && plan.in_place, state.step);
+    since_save.reset();
+    if (resumed) {
+      nlohmann::json j;
+      j["event"] = "resumed", j["step"] = state.step, j["checkpoint"] = loaded, j["skipped_steps"] = state.skipped_steps;
+      j["parallel"] = {{"dp", topo.dp}, {"tp", topo.tp}, {"pp", topo.pp}};
+      log->event(j, str_cat("resumed from ", loaded, " at step ", state.step, " (DP ", topo.dp, " x PP ", topo.pp, " x TP ",
+                            topo.tp, ")"));
+    }
+  }
 
   // Count this step's communication only (not setup, evaluation or trajectories).
   void begin_step() {
@@ -101,6 +331,69 @@ struct TrainRun {
     for (MpiComm* c : {sm.tp.get(), sm.pp.get(), sm.mp.get()})
       if (c) v.push_back(c);
     return v;
+  }
+
+  // Collective over the world (see StepControl).
+  StepControl control(bool bad) {
+    int f[3] = {bad ? 1 : 0, int(g_stop_signal), 0};
+    if (topo.is_root()) {
+      if (cfg.max_time_s > 0 && f[1] == 0 && g_process_clock.seconds() + 2 * max_step_s + save_s >= cfg.max_time_s) f[1] = 1;
+      if (cfg.save_every_minutes > 0 && since_save.seconds() >= cfg.save_every_minutes * 60) f[2] = 1;
+    }
+    MPI_Allreduce(MPI_IN_PLACE, f, 3, MPI_INT, MPI_MAX, topo.world);
+    return {f[0] != 0, f[1], f[2] != 0};
+  }
+
+  // Collective. After step `step` (done or skipped, logged): the counters, then a checkpoint when one
+  // is due or the run stops. Returns true when the run is to exit kExitCheckpointed.
+  bool end_step(int64_t step, bool skipped, const StepControl& c, double step_seconds) {
+    state.step = step + 1;
+    state.consumed_samples += cfg.batch_size;
+    max_step_s = std::max(max_step_s, step_seconds);
+    const bool stop = c.stop != 0 && step + 1 < total;
+    // No periodic checkpoint of a skipped step: the newest checkpoint stays the last good state.
+    const bool due = !skipped && ((cfg.save_every > 0 && (step + 1) % cfg.save_every == 0) || c.save_due);
+    if (stop || due) checkpoint();
+    if (stop && topo.is_root()) {
+      std::printf("stopping at step %lld of %lld on %s: checkpointed; exit status %d (continue with --resume auto)\n",
+                  (long long)(step + 1), (long long)total, stop_reason(c.stop), kExitCheckpointed);
+      std::fflush(stdout);
+    }
+    return stop;
+  }
+
+  void checkpoint() {
+    Timer t;
+    const std::string path = save_checkpoint(state, cfg.out_dir, cfg.keep);
+    save_s = t.seconds();
+    since_save.reset();
+    if (topo.is_root()) {
+      std::error_code ec;
+      std::printf("checkpoint %s (%.1f MiB, %.2f s)\n", path.c_str(), double(fs::file_size(path, ec)) / (1024.0 * 1024.0), save_s);
+      std::fflush(stdout);
+    }
+  }
+
+  // A skipped step: counted, logged, and past --max-skipped-steps the run stops with an error on
+  // every rank (nothing more is written; the newest checkpoint is the last good state).
+  void skip_step(int64_t step, double loss, double gnorm, double lr) {
+    ++state.skipped_steps;
+    nlohmann::json j;
+    j["step"] = step + 1, j["skipped"] = true, j["skipped_steps"] = state.skipped_steps;
+    j["loss"] = loss, j["grad_norm"] = gnorm, j["lr"] = lr;  // non-finite values are null in JSON
+    char line[256];
+    std::snprintf(line, sizeof line, "step %5lld/%lld | skipped: non-finite loss or gradient norm (loss %g, gnorm %g) | %lld skipped of --max-skipped-steps %lld",
+                  (long long)(step + 1), (long long)total, loss, gnorm, (long long)state.skipped_steps,
+                  (long long)cfg.max_skipped_steps);
+    log->step(step, j, line);
+    if (state.skipped_steps > cfg.max_skipped_steps) {
+      const std::vector<std::string> ck = list_checkpoints(cfg.out_dir);
+      throw Error(str_cat("step ", step + 1, ": ", state.skipped_steps,
+                          " steps skipped for a non-finite loss or gradient norm, more than --max-skipped-steps ",
+                          cfg.max_skipped_steps, "; stopping without writing ", cfg.out_dir, "/final (",
+                          ck.empty() ? std::string("no checkpoint was written") : "the last good checkpoint is " + ck.front(),
+                          "; a lower --lr or --max-grad-norm may help)"));
+    }
   }
 
   // The step's report: comm/<kind>_bytes, the bytes this rank (the world root: DP, TP and PP rank 0)
@@ -117,8 +410,10 @@ struct TrainRun {
       j[std::string("comm/") + kCommOpNames[k] + "_bytes"] = mine[k];
       j[std::string("comm_all/") + kCommOpNames[k] + "_bytes"] = all[k];
     }
-    if (step == 0) {
-      j["memory/activations_bytes"] = sm.model->activation_bytes();
+    j["skipped_steps"] = state.skipped_steps;
+    if (step == 0) j["memory/activations_bytes"] = sm.model->activation_bytes();
+    if (!reported_activations) {  // the first step of this process
+      reported_activations = true;
       report_memory(cfg, kind, topo, config, rank_memory(opt, int64_t(sm.model->activation_bytes())));
     }
   }
@@ -129,11 +424,16 @@ struct TrainRun {
   const Topology& topo;
   const LlamaConfig config;
   const std::string kind;
+  const int64_t total;
   ShardedModel sm;
   MpiComm dp_comm;
   ZeroAdamW opt;
   Buffer<float> grads;
   std::optional<MetricsLog> log;
+  TrainState state;
+  bool resumed = false, reported_activations = false;
+  Timer since_save;
+  double max_step_s = 0, save_s = 0;
 };
 
 }  // namespace
@@ -141,6 +441,8 @@ struct TrainRun {
 int run_dpo(const Topology& topo, const TrainConfig& cfg) {
   validate(cfg.loss);
   check_batching(cfg, topo);
+  const RunDirPlan plan = plan_run_dir(cfg, topo, "train");
+  if (plan.complete) return 0;
   HfModel hf = load_hf_model(cfg.model_dir);
   const DatasetInfo info = read_dataset_info(cfg.data_path);
   check_compatible(hf.config, info, cfg.data_path);
@@ -170,7 +472,6 @@ int run_dpo(const Topology& topo, const TrainConfig& cfg) {
   ZeroAdamW& opt = run.opt;
   std::vector<float>& params = run.sm.params;
   Buffer<float>& grads = run.grads;
-  MetricsLog& log = *run.log;
   const double B = double(cfg.batch_size);
   std::unique_ptr<MetaPOState> meta;
   Buffer<float> ghat, hyper_scratch;
@@ -188,9 +489,18 @@ int run_dpo(const Topology& topo, const TrainConfig& cfg) {
     for (int64_t id : train.sample_id) max_id = std::max(max_id, id);
     // The pair statistics, the features and the weight net live on the last pipeline stage, where
     // the pair losses are (DESIGN §6); its DP ranks share the table.
-    if (last_stage) meta = std::make_unique<MetaPOState>(cfg.meta, max_id, cfg.seed, dp_comm, topo.is_last_stage_root());
+    if (last_stage)
+      meta = std::make_unique<MetaPOState>(cfg.meta, max_id, cfg.seed, dp_comm, topo.is_last_stage_root(),
+                                           plan.in_place && !plan.candidates.empty());
     ghat.resize(params.size());
   }
+  const std::vector<int64_t> tracked = tracked_pairs(train, cfg.track_pairs);
+  const std::string traj_path = cfg.out_dir + "/trajectories.jsonl";
+  std::vector<std::pair<std::string, std::string>> files{{"metrics.jsonl", cfg.out_dir + "/metrics.jsonl"}};
+  if (!tracked.empty()) files.emplace_back("trajectories.jsonl", traj_path);
+  if (use_meta && !cfg.meta.trace_path.empty()) files.emplace_back("meta_trace", cfg.meta.trace_path);
+  run.start(plan, files, fingerprint(train), use_meta, meta.get());
+  MetricsLog& log = *run.log;
 
   auto run_eval = [&](int64_t step) {
     PairStats ev = evaluate_pairs(model, pp, params.data(), val, cfg.loss, cfg.micro_batch, cfg.eval_pairs, topo.dp_comm);
@@ -203,13 +513,12 @@ int run_dpo(const Topology& topo, const TrainConfig& cfg) {
     log.event(j, line);
   };
 
-  const std::vector<int64_t> tracked = tracked_pairs(train, cfg.track_pairs);
-  const std::string traj_path = cfg.out_dir + "/trajectories.jsonl";
-  if (topo.is_root() && !tracked.empty()) std::ofstream(traj_path, std::ios::trunc);
-  if (!tracked.empty())
+  if (!run.resumed && !tracked.empty()) {
+    if (topo.is_root()) std::ofstream(traj_path, std::ios::trunc);
     write_trajectories(model, pp, params.data(), train, tracked, cfg.loss, 0, cfg.micro_batch, topo, traj_path);
+  }
 
-  for (int64_t step = 0; step < total; ++step) {
+  for (int64_t step = run.state.step; step < total; ++step) {
     Timer tm;
     run.begin_step();
     const std::vector<int64_t> mine = dp_share(global_batch(train.size(), cfg.batch_size, cfg.seed, step), topo.dp_rank, topo.dp);
@@ -281,20 +590,34 @@ int run_dpo(const Topology& topo, const TrainConfig& cfg) {
     // The pair statistics are the last stage's (the other stages hold zeros): share them, so every
     // stage knows Σa for the rescale and the root can log them.
     if (topo.pp > 1) st.allreduce(topo.pp_comm);
-    phase.reset();
-    if (meta) meta->end_step(step, meta_step ? &align : nullptr, cfg.batch_size, st.weight_sum);
-    t_meta = phase.seconds();
     double counts[2] = {tokens, scored};
     MPI_Allreduce(MPI_IN_PLACE, counts, 2, MPI_DOUBLE, MPI_SUM, topo.dp_comm);
     tokens = counts[0], scored = counts[1];
-    MP_CHECK(st.weight_sum > 0, "step ", step + 1, ": the pair weights of the batch sum to 0 (--weighting ",
+    const bool finite_w = std::isfinite(st.weight_sum);
+    MP_CHECK(!finite_w || st.weight_sum > 0, "step ", step + 1, ": the pair weights of the batch sum to 0 (--weighting ",
              weighting_name(cfg.weighting), ")");
     phase.reset();
     // ZeRO-1: reduce-scatter, undo the a_i/B scaling of the backward with B/Σa (DESIGN §6: exact
-    // global normalization of the weights), clip, update this rank's shard, all-gather.
+    // global normalization of the weights), then (unless some rank saw a non-finite value) the meta
+    // update, clipping, this rank's shard's update and the all-gather.
     const double lr = sched.at(step);
-    const double gnorm = opt.step(params.data(), grads.data(), lr, B / st.weight_sum, cfg.max_grad_norm);
-    const double t_opt = phase.seconds();
+    const double gnorm = opt.reduce(grads.data(), finite_w ? B / st.weight_sum : 1.0);
+    bool bad = !finite_w || !std::isfinite(st.weighted_loss) || !std::isfinite(gnorm);
+    for (double a : align) bad = bad || !std::isfinite(a);
+    const StepControl ctl = run.control(bad);
+    if (ctl.skip) {
+      if (meta) meta->discard_step();
+      run.skip_step(step, st.weight_sum > 0 ? st.weighted_loss / st.weight_sum : st.weighted_loss, gnorm, lr);
+      if (run.end_step(step, true, ctl, tm.seconds())) return kExitCheckpointed;
+      continue;
+    }
+    double t_opt = phase.seconds();
+    phase.reset();
+    if (meta) meta->end_step(step, meta_step ? &align : nullptr, cfg.batch_size, st.weight_sum);
+    t_meta = phase.seconds();
+    phase.reset();
+    opt.apply(params.data(), grads.data(), lr, gnorm, cfg.max_grad_norm);
+    t_opt += phase.seconds();
 
     const double secs = tm.seconds();
     nlohmann::json j = stats_json(st, "");
@@ -326,6 +649,7 @@ int run_dpo(const Topology& topo, const TrainConfig& cfg) {
     if (cfg.eval_every > 0 && ((step + 1) % cfg.eval_every == 0 || step + 1 == total)) run_eval(step);
     if (!tracked.empty() && cfg.track_every > 0 && ((step + 1) % cfg.track_every == 0 || step + 1 == total))
       write_trajectories(model, pp, params.data(), train, tracked, cfg.loss, step + 1, cfg.micro_batch, topo, traj_path);
+    if (run.end_step(step, false, ctl, tm.seconds())) return kExitCheckpointed;
   }
   run.save();
   if (use_meta) {
@@ -381,6 +705,8 @@ int run_dpo(const Topology& topo, const TrainConfig& cfg) {
 
 int run_sft(const Topology& topo, const TrainConfig& cfg) {
   check_batching(cfg, topo);
+  const RunDirPlan plan = plan_run_dir(cfg, topo, "sft");
+  if (plan.complete) return 0;
   HfModel hf = load_hf_model(cfg.model_dir);
   const DatasetInfo info = read_dataset_info(cfg.data_path);
   check_compatible(hf.config, info, cfg.data_path);
@@ -392,9 +718,10 @@ int run_sft(const Topology& topo, const TrainConfig& cfg) {
   ZeroAdamW& opt = run.opt;
   std::vector<float>& params = run.sm.params;
   Buffer<float>& grads = run.grads;
+  run.start(plan, {{"metrics.jsonl", cfg.out_dir + "/metrics.jsonl"}}, fingerprint(train), false, nullptr);
   MetricsLog& log = *run.log;
 
-  for (int64_t step = 0; step < total; ++step) {
+  for (int64_t step = run.state.step; step < total; ++step) {
     Timer tm;
     run.begin_step();
     const std::vector<int64_t> global = global_batch(train.size(), cfg.batch_size, cfg.seed, step);
@@ -422,7 +749,14 @@ int run_sft(const Topology& topo, const TrainConfig& cfg) {
     allreduce_sum(sums, 2, topo.dp_comm);
     if (topo.pp > 1) run.pipe()->allreduce_sum(sums, 1);  // the NLL is the last stage's (0 elsewhere)
     const double lr = sched.at(step);
-    const double gnorm = opt.step(params.data(), grads.data(), lr, 1.0, cfg.max_grad_norm);
+    const double gnorm = opt.reduce(grads.data(), 1.0);
+    const StepControl ctl = run.control(!std::isfinite(sums[0]) || !std::isfinite(gnorm));
+    if (ctl.skip) {
+      run.skip_step(step, sums[0] / n_answer, gnorm, lr);
+      if (run.end_step(step, true, ctl, tm.seconds())) return kExitCheckpointed;
+      continue;
+    }
+    opt.apply(params.data(), grads.data(), lr, gnorm, cfg.max_grad_norm);
     const double secs = tm.seconds();
     nlohmann::json j;
     j["step"] = step + 1, j["loss"] = sums[0] / n_answer, j["lr"] = lr, j["grad_norm"] = gnorm;
@@ -432,6 +766,7 @@ int run_sft(const Topology& topo, const TrainConfig& cfg) {
     std::snprintf(line, sizeof line, "sft %5lld/%lld | loss %.4f | lr %.2e | gnorm %.3f | %.0f tok/s",
                   (long long)(step + 1), (long long)total, sums[0] / n_answer, lr, gnorm, sums[1] / secs);
     log.step(step, j, line);
+    if (run.end_step(step, false, ctl, tm.seconds())) return kExitCheckpointed;
   }
   run.save();
   if (topo.is_root()) std::printf("wrote %s/final and %s/metrics.jsonl\n", cfg.out_dir.c_str(), cfg.out_dir.c_str());

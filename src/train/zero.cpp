@@ -57,7 +57,7 @@ double ZeroAdamW::shard_sq_norm(const float* g) const {
   return sq;
 }
 
-double ZeroAdamW::step(float* params, float* grads, double lr, double scale, double max_norm) {
+double ZeroAdamW::reduce(float* grads, double scale) {
   const bool one = dp_.size() == 1;
   float* g = one ? grads : g_.data();
   if (!one) dp_.reduce_scatter_sum(grads, g, shard_);
@@ -71,10 +71,20 @@ double ZeroAdamW::step(float* params, float* grads, double lr, double scale, dou
   if (!one) dp_.allreduce_sum(&sq, 1);
   // Then over the replica (TP and PP): every rank of a part holds the same DP sum, so all end equal.
   if (mp_) mp_->allreduce_sum(&sq, 1);
-  const double norm = std::sqrt(sq);
+  return std::sqrt(sq);
+}
+
+void ZeroAdamW::apply(float* params, float* grads, double lr, double norm, double max_norm) {
+  const bool one = dp_.size() == 1;
+  float* g = one ? grads : g_.data();
   clip_grads(g, shard_, norm, max_norm);
   opt_.step(params + shard_begin(), g, lr);  // the valid part of the shard only
   if (!one) dp_.allgather(params, shard_);
+}
+
+double ZeroAdamW::step(float* params, float* grads, double lr, double scale, double max_norm) {
+  const double norm = reduce(grads, scale);
+  apply(params, grads, lr, norm, max_norm);
   return norm;
 }
 

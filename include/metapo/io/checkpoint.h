@@ -20,8 +20,11 @@
 namespace metapo {
 
 // Elements [offset, offset + count) of an array's row-major index, at element `at` of the rank's buffer.
+// counted: whether the run enters this rank's checksum sum (false for a copy another rank counts,
+// e.g. a norm weight every TP rank reads).
 struct FlatRun {
   size_t offset = 0, count = 0, at = 0;
+  bool counted = true;
 };
 
 class CheckpointFile {
@@ -42,7 +45,9 @@ class CheckpointFile {
   void write(const std::string& name, const std::vector<uint64_t>& dims, const std::vector<FlatRun>& runs,
              const T* buf, bool primary);
   // Collective: reads the runs of `name` into buf (any runs; ranks may overlap). The stored shape must
-  // be dims and the stored element type T's; the checksum over the primary runs must match.
+  // be dims and the stored element type T's; the checksum over the counted runs of the primary ranks
+  // must match. A failure on any rank throws on every rank (the same message), so no rank is left in
+  // a collective.
   template <typename T>
   void read(const std::string& name, const std::vector<uint64_t>& dims, const std::vector<FlatRun>& runs, T* buf,
             bool primary);

@@ -46,6 +46,18 @@ struct TrainConfig {
   MetaConfig meta;
   std::string save_dtype = "float32";
   std::vector<int64_t> pp_layers;  // layers per pipeline stage (--pp-layers); empty: an even split
+  // Checkpoints (docs/training.md "Checkpoints and resume"): RUN/step_XXXXXXXX.h5 every save_every
+  // steps and every save_every_minutes (0: off), the newest `keep` kept (0: all); resume "" (a new
+  // run), "auto" (the newest valid checkpoint of RUN, or a new run when there is none) or a checkpoint
+  // file or run directory; max_time_s > 0: checkpoint and exit kExitCheckpointed before the run has
+  // been going that long. max_skipped_steps: steps skipped for a non-finite loss or gradient norm
+  // (in all) before the run stops with an error.
+  int64_t save_every = 0;
+  double save_every_minutes = 30;
+  int64_t keep = 2;
+  std::string resume;
+  double max_time_s = 0;
+  int64_t max_skipped_steps = 10;
   std::string command_line;  // recorded in RUN/run.json
 };
 

@@ -38,7 +38,10 @@ class MetaPOState {
  public:
   // writes_trace: this rank writes --meta-trace (one rank of the whole job: with TP the ranks of a
   // replica hold the same state, and every data-parallel group gathers its own copy).
-  MetaPOState(const MetaConfig& cfg, int64_t max_sample_id, uint64_t seed, Comm& dp, bool writes_trace = true);
+  // resuming: --meta-trace continues (the trainer truncates it to the checkpoint's size) instead of
+  // being started empty.
+  MetaPOState(const MetaConfig& cfg, int64_t max_sample_id, uint64_t seed, Comm& dp, bool writes_trace = true,
+              bool resuming = false);
 
   bool is_meta_step(int64_t step) const { return metapo::is_meta_step(cfg_, step); }
 
@@ -56,6 +59,9 @@ class MetaPOState {
   // into the standardizer's running statistics (one all-reduce over the ranks) and the step's
   // observations into the table. global_sum_a = Σ a over the global batch of B pairs.
   void end_step(int64_t step, const std::vector<double>* align, int64_t B, double global_sum_a);
+  // Local. A skipped step (non-finite loss or gradient norm): forgets the step's features, weights
+  // and observations, so the table, the standardizer and the net stay as they were.
+  void discard_step();
 
   // Collective. The forward-only refresh: the pairs idx = refresh_window(...) scored under the current
   // parameters (chosen/rejected: their policy log-probs, pair_logps) are recorded now (each rank
@@ -66,6 +72,7 @@ class MetaPOState {
   WeightNet& net() { return net_; }
   PairStatsTable& table() { return table_; }
   FeatureStandardizer& standardizer() { return stdz_; }
+  AdamState& adam() { return adam_; }  // the weight net's optimizer (checkpoints)
   double last_meta_grad_norm() const { return last_grad_norm_; }
 
  private:

@@ -13,8 +13,9 @@ namespace metapo {
 
 class MetricsLog {
  public:
-  // path empty or enabled == false: nothing is written (non-root ranks).
-  MetricsLog(const std::string& path, bool enabled, int64_t total_steps);
+  // path empty or enabled == false: nothing is written (non-root ranks). A new run starts the file
+  // empty; a resumed one (append) continues it, and its ETA counts from first_step.
+  MetricsLog(const std::string& path, bool enabled, int64_t total_steps, bool append = false, int64_t first_step = 0);
   ~MetricsLog();
   // Appends j to the JSONL file; prints `line` (with an ETA) and updates the bar.
   void step(int64_t step, const nlohmann::json& j, const std::string& line);
@@ -23,7 +24,7 @@ class MetricsLog {
  private:
   FILE* f_ = nullptr;
   bool enabled_, tty_;
-  int64_t total_;
+  int64_t total_, first_;
   Timer clock_;
 };
 

@@ -36,8 +36,10 @@ class AdamW {
   void step(float* params, const float* grads, double lr);
   size_t size() const { return m_.size(); }
   int64_t steps_taken() const { return t_; }
+  void set_steps_taken(int64_t t) { t_ = t; }  // resuming from a checkpoint
   const AdamWConfig& config() const { return cfg_; }
   std::vector<float>& exp_avg() { return m_; }
+  const std::vector<float>& exp_avg() const { return m_; }
   std::vector<float>& exp_avg_sq() { return v_; }
   const std::vector<float>& exp_avg_sq() const { return v_; }
 

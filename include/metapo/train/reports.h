@@ -15,6 +15,10 @@ namespace metapo {
 // The TRL metric names of a PairStats (means over pairs); `prefix` is "" or "eval/".
 nlohmann::json stats_json(const PairStats& s, const std::string& prefix);
 
+// The run's configuration as RUN/run.json and a checkpoint's /state/config record it (kind "train" or
+// "sft"; the preference-only keys for "train").
+nlohmann::json run_config_json(const TrainConfig& cfg, const std::string& kind);
+
 // Memory per rank (docs/training.md): parameters and gradients are the padded local flat buffers
 // (fp32), the optimizer state Adam's two moments of this rank's ZeRO-1 shard; activations as the model
 // measured them (after a step, every activation slot of the pipeline schedule; < 0: not yet known).

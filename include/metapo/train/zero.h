@@ -45,6 +45,12 @@ class ZeroAdamW {
   // to `max_norm` (≤ 0: no clipping) by the norm over all shards (DP, TP and PP), and the rank's shard of params is
   // updated and all-gathered. Returns the gradient norm before clipping (after scaling).
   double step(float* params, float* grads, double lr, double scale, double max_norm);
+  // step() in two halves, so a caller can look at the norm (every rank gets the same) and skip the
+  // update on all ranks when it is not finite: reduce() reduce-scatters and scales this rank's
+  // gradient and returns the global norm; apply() clips by it, updates the shard and all-gathers.
+  // Calling reduce() without apply() leaves parameters, moments and the step count untouched.
+  double reduce(float* grads, double scale);
+  void apply(float* params, float* grads, double lr, double norm, double max_norm);
 
   // Sums g[0, padded_size()) over the ranks (a reduce-scatter and an all-gather, the volume of one
   // all-reduce) and, when `precondition` and a step has been taken, divides it by √v̂ + ε of Adam's
@@ -54,6 +60,11 @@ class ZeroAdamW {
 
   int64_t steps_taken() const { return opt_.steps_taken(); }
   const AdamWConfig& config() const { return opt_.config(); }
+  // This rank's shard of the moments: local-layout elements [shard_begin(), shard_begin() + size) with
+  // size = min(shard_size(), n_params() - shard_begin()) (a checkpoint's /optimizer).
+  std::vector<float>& exp_avg() { return opt_.exp_avg(); }
+  std::vector<float>& exp_avg_sq() { return opt_.exp_avg_sq(); }
+  void set_steps_taken(int64_t t) { opt_.set_steps_taken(t); }
 
  private:
   // Σ g² over this rank's reduced shard, replicated runs skipped on TP ranks other than 0.

@@ -1,0 +1,327 @@
+// Checkpoints of the training state (see the header and docs/formats.md "Checkpoints").
+#include "metapo/train/train_state.h"
+
+#include <unistd.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdio>
+#include <filesystem>
+#include <fstream>
+
+#include "metapo/io/checkpoint.h"
+#include "metapo/model/layout.h"
+#include "metapo/train/metapo.h"
+
+namespace fs = std::filesystem;
+
+namespace metapo {
+
+namespace {
+
+// The runs of tensor e (an entry of the full layout) in a rank's local buffer, restricted to the
+// local window [lo, hi) and placed at (local offset − lo) of the caller's buffer. map: the rank's
+// stage_shard_map, sorted by full offset; empty: the local buffer is the full one. skip_replicated:
+// leave out the runs other TP ranks also hold (writers other than TP rank 0); uncount_replicated: keep
+// them but out of the checksum (readers other than TP rank 0).
+std::vector<FlatRun> tensor_runs(const TensorEntry& e, const std::vector<TpCopy>& map, size_t lo, size_t hi,
+                                 bool skip_replicated, bool uncount_replicated) {
+  std::vector<FlatRun> runs;
+  auto add = [&](size_t full, size_t local, size_t count, bool replicated) {
+    const size_t a = std::max(local, lo), b = std::min(local + count, hi);
+    if (a >= b) return;
+    if (replicated && skip_replicated) return;
+    runs.push_back({full + (a - local) - e.offset, b - a, a - lo, !(replicated && uncount_replicated)});
+  };
+  if (map.empty()) {
+    add(e.offset, e.offset, e.numel, false);
+    return runs;
+  }
+  auto it = std::lower_bound(map.begin(), map.end(), e.offset,
+                             [](const TpCopy& c, size_t off) { return c.full + c.count <= off; });
+  for (; it != map.end() && it->full < e.offset + e.numel; ++it) {
+    MP_CHECK(it->full >= e.offset && it->full + it->count <= e.offset + e.numel, "checkpoint: shard run crosses ",
+             e.name);
+    add(it->full, it->local, it->count, it->replicated);
+  }
+  return runs;
+}
+
+std::vector<uint64_t> dims_of(const TensorEntry& e) { return std::vector<uint64_t>(e.shape.begin(), e.shape.end()); }
+
+std::vector<FlatRun> whole(size_t n, bool counted = true) {
+  return n ? std::vector<FlatRun>{{0, n, 0, counted}} : std::vector<FlatRun>{};
+}
+
+std::vector<TpCopy> sorted_map(const ShardedModel& sm) {
+  std::vector<TpCopy> m = sm.shard_map;
+  std::sort(m.begin(), m.end(), [](const TpCopy& a, const TpCopy& b) { return a.full < b.full; });
+  return m;
+}
+
+// The world rank of the MetaPO state's writer (the last stage's DP 0 / TP 0 rank).
+int meta_root(const Topology& topo) {
+  int r = topo.is_last_stage_root() ? topo.world_rank : -1;
+  MPI_Allreduce(MPI_IN_PLACE, &r, 1, MPI_INT, MPI_MAX, topo.world);
+  return r;
+}
+
+std::string bcast_string(std::string s, int root, MPI_Comm comm) {
+  int64_t n = int64_t(s.size());
+  MPI_Bcast(&n, 1, MPI_INT64_T, root, comm);
+  s.resize(size_t(n));
+  MPI_Bcast(s.data(), int(n), MPI_CHAR, root, comm);
+  return s;
+}
+
+// Sizes of the run's files as rank 0 sees them (every writer flushes per line; the barrier orders
+// their last appends before the stat).
+nlohmann::json file_sizes(const TrainState& st) {
+  MPI_Barrier(st.topo->world);
+  nlohmann::json j = nlohmann::json::object();
+  if (st.topo->is_root())
+    for (const auto& [key, path] : st.files) {
+      std::error_code ec;
+      const auto n = fs::file_size(path, ec);
+      j[key] = ec ? int64_t(0) : int64_t(n);
+    }
+  return nlohmann::json::parse(bcast_string(j.dump(), 0, st.topo->world));
+}
+
+bool finite_all(const std::vector<double>& v) {
+  for (double x : v)
+    if (!std::isfinite(x)) return false;
+  return true;
+}
+
+uint64_t step_of(const std::string& name) {  // step_XXXXXXXX.h5 -> XXXXXXXX; UINT64_MAX if not one
+  if (name.size() < 9 || name.compare(0, 5, "step_") != 0 || name.compare(name.size() - 3, 3, ".h5") != 0)
+    return UINT64_MAX;
+  const std::string digits = name.substr(5, name.size() - 8);
+  if (digits.empty() || digits.find_first_not_of("0123456789") != std::string::npos) return UINT64_MAX;
+  return std::stoull(digits);
+}
+
+}  // namespace
+
+bool all_finite(const float* x, size_t n) {
+  int bad = 0;
+#pragma omp parallel for reduction(| : bad) schedule(static)
+  for (size_t i = 0; i < n; ++i) bad |= std::isfinite(x[i]) ? 0 : 1;
+  return !bad;
+}
+
+std::string checkpoint_name(int64_t step) {
+  char b[32];
+  std::snprintf(b, sizeof b, "step_%08lld.h5", (long long)step);
+  return b;
+}
+
+std::vector<std::string> list_checkpoints(const std::string& dir) {
+  std::vector<std::pair<uint64_t, std::string>> found;
+  std::error_code ec;
+  for (const auto& e : fs::directory_iterator(dir, ec)) {
+    const std::string name = e.path().filename().string();
+    const uint64_t s = step_of(name);
+    if (s != UINT64_MAX && e.is_regular_file(ec)) found.emplace_back(s, e.path().string());
+  }
+  std::sort(found.rbegin(), found.rend());
+  std::vector<std::string> out;
+  for (auto& [s, p] : found) out.push_back(p);
+  return out;
+}
+
+std::string save_checkpoint(TrainState& st, const std::string& dir, int64_t keep) {
+  const Topology& topo = *st.topo;
+  ShardedModel& sm = *st.sm;
+  ZeroAdamW& opt = *st.opt;
+  const size_t n_local = sm.model->layout().total();
+  // Nothing non-finite is ever written: check the whole state first, on every rank.
+  bool ok = all_finite(sm.params.data(), n_local) && all_finite(opt.exp_avg().data(), opt.exp_avg().size()) &&
+            all_finite(opt.exp_avg_sq().data(), opt.exp_avg_sq().size());
+  if (st.meta) ok = ok && finite_all(st.meta->net().params()) && finite_all(st.meta->adam().m) && finite_all(st.meta->adam().v);
+  int all_ok = ok ? 1 : 0;
+  MPI_Allreduce(MPI_IN_PLACE, &all_ok, 1, MPI_INT, MPI_MIN, topo.world);
+  MP_CHECK(all_ok, dir, ": refusing to write the checkpoint of step ", st.step, ": the training state holds non-finite values");
+
+  st.file_sizes = file_sizes(st);
+  const std::string name = checkpoint_name(st.step), final_path = dir + "/" + name, partial = final_path + ".partial";
+  CheckpointFile f = CheckpointFile::create(partial, topo.world);
+  const ParamLayout full(st.config);
+  const std::vector<TpCopy> map = sorted_map(sm);
+  const bool tp0 = topo.tp_rank == 0;
+  // The model: one replica (DP rank 0) writes; each rank its TP/PP shard as hyperslabs.
+  for (const TensorEntry& e : full.tensors()) {
+    std::vector<FlatRun> runs;
+    if (topo.dp_rank == 0) runs = tensor_runs(e, map, 0, n_local, !tp0, false);
+    f.write<float>("/model/" + e.name, dims_of(e), runs, sm.params.data(), topo.dp_rank == 0);
+  }
+  // AdamW's moments: each DP rank writes its ZeRO-1 shard of its part.
+  const size_t lo = std::min(opt.shard_begin(), n_local), hi = std::min(opt.shard_begin() + opt.shard_size(), n_local);
+  for (const char* which : {"exp_avg", "exp_avg_sq"}) {
+    const std::vector<float>& m = std::string(which) == "exp_avg" ? opt.exp_avg() : opt.exp_avg_sq();
+    MP_CHECK(m.size() == hi - lo, "checkpoint: ZeRO shard of ", m.size(), " elements, expected ", hi - lo);
+    for (const TensorEntry& e : full.tensors())
+      f.write<float>(std::string("/optimizer/") + which + "/" + e.name, dims_of(e), tensor_runs(e, map, lo, hi, !tp0, false),
+                     m.data(), true);
+  }
+  f.write_int("/optimizer/step", opt.steps_taken());
+  if (st.uses_meta) {
+    // Written by the last stage's root from its (replicated) state; the table gathered from its owners.
+    const int root = meta_root(topo);
+    std::vector<double> table, net, m, v, stdz;
+    int64_t counts[3] = {0, 0, 0};  // rows of the table, weight-net parameters, Adam steps
+    if (st.meta) {
+      table = st.meta->table().gather_all();  // collective over the last stage's DP ranks
+      net = st.meta->net().params(), stdz = st.meta->standardizer().state();
+      AdamState& a = st.meta->adam();
+      m = a.m.empty() ? std::vector<double>(net.size(), 0.0) : a.m;
+      v = a.v.empty() ? std::vector<double>(net.size(), 0.0) : a.v;
+      counts[0] = st.meta->table().rows(), counts[1] = int64_t(net.size()), counts[2] = a.t;
+    }
+    MPI_Bcast(counts, 3, MPI_INT64_T, root, topo.world);
+    const bool mine = topo.world_rank == root;
+    const uint64_t N = uint64_t(counts[0]), P = uint64_t(counts[1]);
+    f.write<double>("/meta/net", {P}, mine ? whole(P) : std::vector<FlatRun>{}, net.data(), mine);
+    f.write<double>("/meta/adam/m", {P}, mine ? whole(P) : std::vector<FlatRun>{}, m.data(), mine);
+    f.write<double>("/meta/adam/v", {P}, mine ? whole(P) : std::vector<FlatRun>{}, v.data(), mine);
+    f.write_int("/meta/adam/t", counts[2]);
+    f.write<double>("/meta/feature_stats", {3, uint64_t(kNumFeatures)}, mine ? whole(3 * kNumFeatures) : std::vector<FlatRun>{},
+                    stdz.data(), mine);
+    f.write<double>("/meta/pair_stats", {N, uint64_t(kPairStatFields)},
+                    mine ? whole(N * kPairStatFields) : std::vector<FlatRun>{}, table.data(), mine);
+    nlohmann::json names;
+    names["features"] = std::vector<std::string>(kFeatureNames.begin(), kFeatureNames.end());
+    names["pair_stats"] = std::vector<std::string>(kPairStatFieldNames.begin(), kPairStatFieldNames.end());
+    names["feature_stats"] = {"count", "sum", "sum_of_squares"};
+    f.write_string("/meta/columns", names.dump());
+  }
+  nlohmann::json layout;
+  layout["dp"] = topo.dp, layout["tp"] = topo.tp, layout["pp"] = topo.pp, layout["world"] = topo.world_size;
+  layout["pp_layers"] = st.pp_layers;
+  f.write_int("/state/format_version", kCheckpointFormatVersion);
+  f.write_string("/state/kind", st.kind);
+  f.write_int("/state/step", st.step);
+  f.write_int("/state/consumed_samples", st.consumed_samples);
+  f.write_int("/state/skipped_steps", st.skipped_steps);
+  f.write_int("/state/seed", st.run_config.value("seed", int64_t(0)));
+  f.write_string("/state/config", st.run_config.dump());
+  f.write_string("/state/model_config", config_to_json(st.config).dump());
+  f.write_string("/state/dataset_fingerprint", st.data_fingerprint);
+  f.write_string("/state/layout", layout.dump());
+  f.write_string("/state/files", st.file_sizes.dump());
+  f.close();
+  if (topo.is_root()) {
+    fs::rename(partial, final_path);
+    write_file_atomic(dir, "latest", name + "\n");  // fsyncs the directory (the rename with it)
+    if (keep > 0) {
+      const std::vector<std::string> all = list_checkpoints(dir);
+      for (size_t k = size_t(keep); k < all.size(); ++k) {
+        std::error_code ec;
+        fs::remove(all[k], ec);
+      }
+    }
+  }
+  MPI_Barrier(topo.world);
+  return final_path;
+}
+
+void load_checkpoint(TrainState& st, const std::string& path) {
+  const Topology& topo = *st.topo;
+  ShardedModel& sm = *st.sm;
+  ZeroAdamW& opt = *st.opt;
+  CheckpointFile f = CheckpointFile::open(path, topo.world);
+  auto incompatible = [&](bool ok, const std::string& why) {
+    if (!ok) throw CheckpointIncompatible(path + ": " + why);
+  };
+  incompatible(f.exists("/state/format_version"), "not a metapo checkpoint (no /state/format_version)");
+  const int64_t version = f.read_int("/state/format_version");
+  incompatible(version == kCheckpointFormatVersion, str_cat("checkpoint format version ", version, "; this metapo reads version ",
+                                                            kCheckpointFormatVersion));
+  const std::string kind = f.read_string("/state/kind");
+  incompatible(kind == st.kind, str_cat("a checkpoint of `metapo ", kind, "`, not of `metapo ", st.kind, "`"));
+  const nlohmann::json have = nlohmann::json::parse(f.read_string("/state/model_config")), want = config_to_json(st.config);
+  for (const auto& [k, v] : want.items())
+    incompatible(have.contains(k) && have[k] == v,
+                 str_cat("written for another model (", k, " ", have.contains(k) ? have[k].dump() : "absent", ", this model has ",
+                         v.dump(), ")"));
+  const std::string fp = f.read_string("/state/dataset_fingerprint");
+  incompatible(fp == st.data_fingerprint, str_cat("written for another dataset (training split fingerprint ", fp,
+                                                  ", this run's data has ", st.data_fingerprint, ")"));
+  const bool has_meta = f.exists("/meta/net");
+  incompatible(has_meta == st.uses_meta, has_meta ? "written by a run with --weighting metapo (this run has another weighting)"
+                                                  : "written without --weighting metapo (this run uses it)");
+
+  const size_t n_local = sm.model->layout().total();
+  const ParamLayout full(st.config);
+  const std::vector<TpCopy> map = sorted_map(sm);
+  const bool tp0 = topo.tp_rank == 0;
+  for (const TensorEntry& e : full.tensors())
+    f.read<float>("/model/" + e.name, dims_of(e), tensor_runs(e, map, 0, n_local, false, !tp0), sm.params.data(),
+                  topo.dp_rank == 0);
+  const size_t lo = std::min(opt.shard_begin(), n_local), hi = std::min(opt.shard_begin() + opt.shard_size(), n_local);
+  for (const char* which : {"exp_avg", "exp_avg_sq"}) {
+    std::vector<float>& m = std::string(which) == "exp_avg" ? opt.exp_avg() : opt.exp_avg_sq();
+    for (const TensorEntry& e : full.tensors())
+      f.read<float>(std::string("/optimizer/") + which + "/" + e.name, dims_of(e), tensor_runs(e, map, lo, hi, false, !tp0),
+                    m.data(), true);
+  }
+  opt.set_steps_taken(f.read_int("/optimizer/step"));
+  if (st.uses_meta) {
+    const std::vector<uint64_t> ps = f.shape("/meta/pair_stats"), ns = f.shape("/meta/net");
+    const uint64_t N = ps.empty() ? 0 : ps[0], P = ns.empty() ? 0 : ns[0];
+    const bool mine = st.meta != nullptr, counted = topo.is_last_stage_root();
+    if (mine) {
+      incompatible(int64_t(N) == st.meta->table().rows(), str_cat("/meta/pair_stats has ", N, " rows, this dataset's table ",
+                                                                  st.meta->table().rows()));
+      incompatible(int64_t(P) == st.meta->net().n_params(), str_cat("/meta/net has ", P, " parameters, this weight net (--meta-hidden) ",
+                                                                     st.meta->net().n_params()));
+    }
+    std::vector<double> net(mine ? P : 0), m(net.size()), v(net.size()), stdz(mine ? 3 * kNumFeatures : 0),
+        table(mine ? N * kPairStatFields : 0);
+    auto runs = [&](size_t n) { return mine ? std::vector<FlatRun>{{0, n, 0, counted}} : std::vector<FlatRun>{}; };
+    f.read<double>("/meta/net", {P}, runs(P), net.data(), counted);
+    f.read<double>("/meta/adam/m", {P}, runs(P), m.data(), counted);
+    f.read<double>("/meta/adam/v", {P}, runs(P), v.data(), counted);
+    const int64_t t = f.read_int("/meta/adam/t");
+    f.read<double>("/meta/feature_stats", {3, uint64_t(kNumFeatures)}, runs(3 * kNumFeatures), stdz.data(), counted);
+    f.read<double>("/meta/pair_stats", {N, uint64_t(kPairStatFields)}, runs(N * kPairStatFields), table.data(), counted);
+    if (mine) {
+      st.meta->net().params() = net;
+      AdamState& a = st.meta->adam();
+      a.t = t;
+      if (t > 0) a.m = m, a.v = v; else a.m.clear(), a.v.clear();
+      st.meta->standardizer().load_state(stdz);
+      st.meta->table().load_all(table);
+    }
+  }
+  st.step = f.read_int("/state/step");
+  st.consumed_samples = f.read_int("/state/consumed_samples");
+  st.skipped_steps = f.read_int("/state/skipped_steps");
+  st.file_sizes = nlohmann::json::parse(f.read_string("/state/files"));
+  f.close();
+}
+
+std::string resolve_checkpoint(const std::string& path) {
+  if (!fs::is_directory(path)) return path;
+  std::ifstream in(path + "/latest");
+  std::string name;
+  MP_CHECK(in && (in >> name) && !name.empty(), path, ": no `latest` file (not a run directory with checkpoints?)");
+  return path + "/" + name;
+}
+
+void read_checkpoint_model(const std::string& path, LlamaConfig& config, std::vector<float>& params) {
+  CheckpointFile f = CheckpointFile::open(path, MPI_COMM_SELF);
+  MP_CHECK(f.exists("/state/model_config"), path, ": not a metapo checkpoint (no /state/model_config)");
+  const int64_t version = f.read_int("/state/format_version");
+  MP_CHECK(version == kCheckpointFormatVersion, path, ": checkpoint format version ", version,
+           "; this metapo reads version ", kCheckpointFormatVersion);
+  config = config_from_json(nlohmann::json::parse(f.read_string("/state/model_config")), path + ": /state/model_config");
+  const ParamLayout lay(config);
+  params.assign(lay.total(), 0.0f);
+  for (const TensorEntry& e : lay.tensors())
+    f.read<float>("/model/" + e.name, dims_of(e), {{0, e.numel, e.offset, true}}, params.data(), true);
+  f.close();
+}
+
+}  // namespace metapo
