@@ -41,6 +41,14 @@ uint64_t bits_of(T v) {
   }
 }
 
+// Σ checksum_term(offset + i, bits of x[i]) over i < n, inlined so the compiler vectorizes it.
+template <typename T>
+uint64_t checksum_range(const T* x, uint64_t offset, size_t n) {
+  uint64_t sum = 0;
+  for (size_t i = 0; i < n; ++i) sum += mix(((offset + i + 1) * 0x9e3779b97f4a7c15ull) ^ bits_of(x[i]));
+  return sum;
+}
+
 template <typename T>
 hid_t mem_type() {
   static_assert(std::is_same_v<T, float> || std::is_same_v<T, double>, "float or double arrays");
@@ -158,7 +166,7 @@ void agree(bool ok, MPI_Comm comm, const std::string& what) {
 
 }  // namespace
 
-uint64_t checksum_term(uint64_t index, uint64_t bits) { return mix(mix(index + 0x9e3779b97f4a7c15ull) ^ bits); }
+uint64_t checksum_term(uint64_t index, uint64_t bits) { return mix(((index + 1) * 0x9e3779b97f4a7c15ull) ^ bits); }
 
 CheckpointFile::CheckpointFile(const std::string& path, MPI_Comm comm, bool writing)
     : impl_(std::make_unique<Impl>()), path_(path), comm_(comm), writing_(writing) {
@@ -195,24 +203,26 @@ void CheckpointFile::write(const std::string& name, const std::vector<uint64_t>&
   H5Id ds(H5Dcreate2(impl_->file, name.c_str(), mem_type<T>(), space, H5P_DEFAULT, H5P_DEFAULT, H5P_DEFAULT),
           H5Dclose);
   MP_CHECK(ds.valid(), path_, ": cannot create ", name, h5_reason());
-  // Pack the runs in file order and hash them on the way.
+  // Hash the runs, and pack them in file order unless there is just one (then it goes from buf).
   size_t n = 0;
   for (const FlatRun& r : runs) n += r.count;
-  std::vector<T> packed(std::max<size_t>(n, 1));
   uint64_t sum = 0;
-  size_t at = 0;
-  for (const FlatRun& r : runs) {
-    std::copy_n(buf + r.at, r.count, packed.data() + at);
-    if (primary && r.counted)
-      for (size_t i = 0; i < r.count; ++i) sum += checksum_term(r.offset + i, bits_of(buf[r.at + i]));
-    at += r.count;
+  for (const FlatRun& r : runs)
+    if (primary && r.counted) sum += checksum_range(buf + r.at, r.offset, r.count);
+  std::vector<T> packed;
+  const T* src = runs.size() == 1 ? buf + runs[0].at : nullptr;
+  if (!src) {
+    packed.resize(std::max<size_t>(n, 1));
+    size_t at = 0;
+    for (const FlatRun& r : runs) std::copy_n(buf + r.at, r.count, packed.data() + at), at += r.count;
+    src = packed.data();
   }
   select_runs(space, dims, runs);
   const hsize_t mn = std::max<size_t>(n, 1);
   H5Id mem(H5Screate_simple(1, &mn, nullptr), H5Sclose);
   if (n == 0) H5Sselect_none(mem);
   H5Id dxpl = collective_dxpl();
-  MP_CHECK(H5Dwrite(ds, mem_type<T>(), mem, space, dxpl, packed.data()) >= 0, path_, ": writing ", name, " failed",
+  MP_CHECK(H5Dwrite(ds, mem_type<T>(), mem, space, dxpl, src) >= 0, path_, ": writing ", name, " failed",
            h5_reason());
   MPI_Allreduce(MPI_IN_PLACE, &sum, 1, MPI_UINT64_T, MPI_SUM, comm_);
   H5Id ascalar(H5Screate(H5S_SCALAR), H5Sclose);
@@ -257,25 +267,27 @@ void CheckpointFile::read(const std::string& name, const std::vector<uint64_t>& 
   for (const std::vector<FlatRun>& l : layers) {
     size_t n = 0;
     for (const FlatRun& r : l) n += r.count;
-    std::vector<T> packed(std::max<size_t>(n, 1));
+    // One run reads straight into buf; several through a packed buffer.
+    const bool direct = l.size() == 1;
+    std::vector<T> packed(direct ? 0 : std::max<size_t>(n, 1));
+    T* dst = direct ? buf + l[0].at : packed.data();
     std::vector<hsize_t> hd(dims.begin(), dims.end());
     H5Id space(H5Screate_simple(int(hd.size()), hd.data(), nullptr), H5Sclose);
     select_runs(space, dims, l);
     const hsize_t mn = std::max<size_t>(n, 1);
     H5Id mem(H5Screate_simple(1, &mn, nullptr), H5Sclose);
     if (n == 0) H5Sselect_none(mem);
-    agree(H5Dread(ds, mem_type<T>(), mem, space, dxpl, packed.data()) >= 0, comm_,
+    T dummy{};
+    agree(H5Dread(ds, mem_type<T>(), mem, space, dxpl, n ? dst : &dummy) >= 0, comm_,
           path_ + ": reading " + name + " failed (truncated or corrupt?)");
-    size_t at = 0;
-    for (const FlatRun& r : l) {
-      std::copy_n(packed.data() + at, r.count, buf + r.at);
-      at += r.count;
+    if (!direct) {
+      size_t at = 0;
+      for (const FlatRun& r : l) std::copy_n(packed.data() + at, r.count, buf + r.at), at += r.count;
     }
   }
   if (primary)
     for (const FlatRun& r : runs)
-      if (r.counted)
-        for (size_t i = 0; i < r.count; ++i) sum += checksum_term(r.offset + i, bits_of(buf[r.at + i]));
+      if (r.counted) sum += checksum_range(buf + r.at, r.offset, r.count);
   MPI_Allreduce(MPI_IN_PLACE, &sum, 1, MPI_UINT64_T, MPI_SUM, comm_);
   uint64_t want = 0;
   H5Id attr(H5Aopen(ds, "checksum", H5P_DEFAULT), H5Aclose);

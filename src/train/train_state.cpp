@@ -150,14 +150,12 @@ std::string save_checkpoint(TrainState& st, const std::string& dir, int64_t keep
   const ParamLayout full(st.config);
   const std::vector<TpCopy> map = sorted_map(sm);
   const bool tp0 = topo.tp_rank == 0;
-  // The model: one replica (DP rank 0) writes; each rank its TP/PP shard as hyperslabs.
-  for (const TensorEntry& e : full.tensors()) {
-    std::vector<FlatRun> runs;
-    if (topo.dp_rank == 0) runs = tensor_runs(e, map, 0, n_local, !tp0, false);
-    f.write<float>("/model/" + e.name, dims_of(e), runs, sm.params.data(), topo.dp_rank == 0);
-  }
-  // AdamW's moments: each DP rank writes its ZeRO-1 shard of its part.
+  // Each rank writes its TP/PP part of the model and of AdamW's moments as hyperslabs, and of those
+  // its ZeRO-1 window [lo, hi): the replicas share the model's writing, each element written once
+  // (the copies of replicated tensors by TP rank 0 only).
   const size_t lo = std::min(opt.shard_begin(), n_local), hi = std::min(opt.shard_begin() + opt.shard_size(), n_local);
+  for (const TensorEntry& e : full.tensors())
+    f.write<float>("/model/" + e.name, dims_of(e), tensor_runs(e, map, lo, hi, !tp0, false), sm.params.data() + lo, true);
   for (const char* which : {"exp_avg", "exp_avg_sq"}) {
     const std::vector<float>& m = std::string(which) == "exp_avg" ? opt.exp_avg() : opt.exp_avg_sq();
     MP_CHECK(m.size() == hi - lo, "checkpoint: ZeRO shard of ", m.size(), " elements, expected ", hi - lo);
@@ -256,10 +254,10 @@ void load_checkpoint(TrainState& st, const std::string& path) {
   const ParamLayout full(st.config);
   const std::vector<TpCopy> map = sorted_map(sm);
   const bool tp0 = topo.tp_rank == 0;
-  for (const TensorEntry& e : full.tensors())
-    f.read<float>("/model/" + e.name, dims_of(e), tensor_runs(e, map, 0, n_local, false, !tp0), sm.params.data(),
-                  topo.dp_rank == 0);
+  // Each rank reads its ZeRO-1 window of its part of the model; the all-gather over DP completes it.
   const size_t lo = std::min(opt.shard_begin(), n_local), hi = std::min(opt.shard_begin() + opt.shard_size(), n_local);
+  for (const TensorEntry& e : full.tensors())
+    f.read<float>("/model/" + e.name, dims_of(e), tensor_runs(e, map, lo, hi, false, !tp0), sm.params.data() + lo, true);
   for (const char* which : {"exp_avg", "exp_avg_sq"}) {
     std::vector<float>& m = std::string(which) == "exp_avg" ? opt.exp_avg() : opt.exp_avg_sq();
     for (const TensorEntry& e : full.tensors())
@@ -267,6 +265,7 @@ void load_checkpoint(TrainState& st, const std::string& path) {
                     m.data(), true);
   }
   opt.set_steps_taken(f.read_int("/optimizer/step"));
+  opt.allgather(sm.params.data());
   if (st.uses_meta) {
     const std::vector<uint64_t> ps = f.shape("/meta/pair_stats"), ns = f.shape("/meta/net");
     const uint64_t N = ps.empty() ? 0 : ps[0], P = ns.empty() ? 0 : ns[0];

@@ -271,6 +271,7 @@ struct TrainRun {
       }
     }
     std::string loaded;
+    Timer load_clock;
     try {
       for (const std::string& c : plan.candidates) {
         try {
@@ -296,6 +297,7 @@ struct TrainRun {
       throw;
     }
     resumed = !loaded.empty();
+    const double load_s = load_clock.seconds();
     if (resumed && plan.in_place && topo.is_root()) {
       // The run's files back to where the checkpoint stood: each step once.
       for (const auto& [key, path] : state.files) {
@@ -317,8 +319,11 @@ struct TrainRun {
       nlohmann::json j;
       j["event"] = "resumed", j["step"] = state.step, j["checkpoint"] = loaded, j["skipped_steps"] = state.skipped_steps;
       j["parallel"] = {{"dp", topo.dp}, {"tp", topo.tp}, {"pp", topo.pp}};
+      char secs[32];
+      std::snprintf(secs, sizeof secs, "%.2f", load_s);
+      j["load_seconds"] = load_s;
       log->event(j, str_cat("resumed from ", loaded, " at step ", state.step, " (DP ", topo.dp, " x PP ", topo.pp, " x TP ",
-                            topo.tp, ")"));
+                            topo.tp, ") in ", secs, " s"));
     }
   }
 

@@ -82,6 +82,10 @@ void ZeroAdamW::apply(float* params, float* grads, double lr, double norm, doubl
   if (!one) dp_.allgather(params, shard_);
 }
 
+void ZeroAdamW::allgather(float* params) {
+  if (dp_.size() > 1) dp_.allgather(params, shard_);
+}
+
 double ZeroAdamW::step(float* params, float* grads, double lr, double scale, double max_norm) {
   const double norm = reduce(grads, scale);
   apply(params, grads, lr, norm, max_norm);

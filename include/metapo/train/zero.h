@@ -65,6 +65,8 @@ class ZeroAdamW {
   std::vector<float>& exp_avg() { return opt_.exp_avg(); }
   std::vector<float>& exp_avg_sq() { return opt_.exp_avg_sq(); }
   void set_steps_taken(int64_t t) { opt_.set_steps_taken(t); }
+  // Collective over DP: every rank's shard of params[0, padded_size()) to all (a checkpoint's read).
+  void allgather(float* params);
 
  private:
   // Σ g² over this rank's reduced shard, replicated runs skipped on TP ranks other than 0.
