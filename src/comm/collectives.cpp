@@ -1,5 +1,6 @@
 #include "metapo/comm/collectives.h"
 
+#include <cstdint>
 #include <vector>
 
 namespace metapo {
@@ -27,5 +28,13 @@ void allreduce_identical(T* data, size_t n, MPI_Comm comm, MPI_Datatype type) {
 
 void allreduce_sum(float* data, size_t n, MPI_Comm comm) { allreduce_identical(data, n, comm, MPI_FLOAT); }
 void allreduce_sum(double* data, size_t n, MPI_Comm comm) { allreduce_identical(data, n, comm, MPI_DOUBLE); }
+
+std::string bcast_string(std::string s, int root, MPI_Comm comm) {
+  int64_t n = int64_t(s.size());
+  MPI_Bcast(&n, 1, MPI_INT64_T, root, comm);
+  s.resize(size_t(n));
+  MPI_Bcast(s.data(), int(n), MPI_CHAR, root, comm);
+  return s;
+}
 
 }  // namespace metapo

@@ -9,6 +9,7 @@
 #include <filesystem>
 #include <fstream>
 
+#include "metapo/comm/collectives.h"
 #include "metapo/io/checkpoint.h"
 #include "metapo/model/layout.h"
 #include "metapo/train/metapo.h"
@@ -64,14 +65,6 @@ int meta_root(const Topology& topo) {
   int r = topo.is_last_stage_root() ? topo.world_rank : -1;
   MPI_Allreduce(MPI_IN_PLACE, &r, 1, MPI_INT, MPI_MAX, topo.world);
   return r;
-}
-
-std::string bcast_string(std::string s, int root, MPI_Comm comm) {
-  int64_t n = int64_t(s.size());
-  MPI_Bcast(&n, 1, MPI_INT64_T, root, comm);
-  s.resize(size_t(n));
-  MPI_Bcast(s.data(), int(n), MPI_CHAR, root, comm);
-  return s;
 }
 
 // Sizes of the run's files as rank 0 sees them (every writer flushes per line; the barrier orders

@@ -99,14 +99,6 @@ const char* stop_reason(int code) {
   return code == SIGUSR1 ? "SIGUSR1" : code == SIGTERM ? "SIGTERM" : code == 1 ? "--max-time" : "a signal";
 }
 
-std::string bcast_text(std::string s, const Topology& topo) {
-  int64_t n = int64_t(s.size());
-  MPI_Bcast(&n, 1, MPI_INT64_T, 0, topo.world);
-  s.resize(size_t(n));
-  MPI_Bcast(s.data(), int(n), MPI_CHAR, 0, topo.world);
-  return s;
-}
-
 // What --out and --resume say before anything heavy is done: decided by the world root (the
 // directory is shared), agreed by every rank, so an error is the same line everywhere.
 struct RunDirPlan {
@@ -183,7 +175,7 @@ RunDirPlan plan_run_dir(const TrainConfig& cfg, const Topology& topo, const std:
     }
     std::fflush(stdout);
   }
-  j = nlohmann::json::parse(bcast_text(j.dump(), topo));
+  j = nlohmann::json::parse(bcast_string(j.dump(), 0, topo.world));
   if (j.contains("error")) throw Error(j["error"].get<std::string>());
   RunDirPlan p;
   p.complete = j["complete"], p.in_place = j["in_place"], p.fallback = j["fallback"], p.fresh_dir = j["fresh_dir"], p.made_dir = j["made_dir"];

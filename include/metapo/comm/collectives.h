@@ -3,6 +3,7 @@
 #include <mpi.h>
 
 #include <cstddef>
+#include <string>
 
 namespace metapo {
 
@@ -11,5 +12,8 @@ namespace metapo {
 // different order on different ranks, which would let data-parallel replicas drift apart.
 void allreduce_sum(float* data, size_t n, MPI_Comm comm);
 void allreduce_sum(double* data, size_t n, MPI_Comm comm);
+
+// Collective over comm: root's string s to every rank (returned; s is ignored elsewhere).
+std::string bcast_string(std::string s, int root, MPI_Comm comm);
 
 }  // namespace metapo
