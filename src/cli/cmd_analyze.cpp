@@ -44,7 +44,8 @@ int cmd_analyze(Context& ctx, int argc, char** argv) {
 
   const MetaRun run = read_meta_run((fs::path(run_dir) / "metapo.json").string());
   std::vector<std::string> notes;
-  const LossConfig loss = read_run_loss((fs::path(run_dir) / "run.json").string(), &notes);
+  const std::string run_json = (fs::path(run_dir) / "run.json").string();
+  const LossConfig loss = read_run_record(run_json).loss(run_json, &notes);
   const DatasetInfo info = read_dataset_info(data);
   const PairSplit s = read_pair_split(data, split);
   MP_CHECK(s.size() > 0, data, ": /", split, " has no pairs");

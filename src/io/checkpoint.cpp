@@ -11,22 +11,29 @@
 #include <type_traits>
 
 #include "metapo/core/error.h"
+#include "metapo/core/simd.h"
 #include "metapo/io/h5util.h"
 
 namespace metapo {
 
 namespace fs = std::filesystem;
 
+// Checksums are summed over the ranks once, at close(): a per-array all-reduce would make every
+// array a synchronization point, and with ZeRO-1 windows most arrays are written by one or two ranks
+// while the others would wait for them instead of writing their own.
 struct CheckpointFile::Impl {
   H5Id file;
+  struct Pending {
+    H5Id ds;               // writing: the open dataset its checksum attribute goes on
+    std::string name;
+    uint64_t sum = 0;      // this rank's part of the checksum
+    uint64_t stored = 0;   // reading: the checksum attribute
+  };
+  std::vector<Pending> pending;
+  std::string error;  // this rank's first failed transfer (reported by every rank at close)
 };
 
 namespace {
-
-uint64_t mix(uint64_t x) {  // splitmix64's finalizer
-  x ^= x >> 30, x *= 0xbf58476d1ce4e5b9ull, x ^= x >> 27, x *= 0x94d049bb133111ebull, x ^= x >> 31;
-  return x;
-}
 
 template <typename T>
 uint64_t bits_of(T v) {
@@ -41,11 +48,22 @@ uint64_t bits_of(T v) {
   }
 }
 
-// Σ checksum_term(offset + i, bits of x[i]) over i < n, inlined so the compiler vectorizes it.
+// One element's term (docs/formats.md): the bits xored with a multiple of the index, times an odd
+// constant, then an xorshift. For a given index each step is a bijection, so a change to any one
+// element always changes the sum; the index makes moved or swapped elements change it too. One
+// 64-bit multiply per element beside the index's: the sum runs over the whole state at every
+// checkpoint and every resume, and splitmix64's three multiplies made it cost as much as the write.
+inline uint64_t term(uint64_t index, uint64_t bits) {
+  const uint64_t x = (bits ^ ((index + 1) * 0x9e3779b97f4a7c15ull)) * 0xbf58476d1ce4e5b9ull;
+  return x ^ (x >> 29);
+}
+
+// Σ term(offset + i, bits of x[i]) over i < n (mod 2^64), vectorized and on the rank's threads.
 template <typename T>
-uint64_t checksum_range(const T* x, uint64_t offset, size_t n) {
+METAPO_WIDE_LOOPS uint64_t checksum_range(const T* x, uint64_t offset, size_t n) {
   uint64_t sum = 0;
-  for (size_t i = 0; i < n; ++i) sum += mix(((offset + i + 1) * 0x9e3779b97f4a7c15ull) ^ bits_of(x[i]));
+#pragma omp parallel for reduction(+ : sum) schedule(static) if (n > (1u << 16))
+  for (size_t i = 0; i < n; ++i) sum += term(offset + i, bits_of(x[i]));
   return sum;
 }
 
@@ -144,9 +162,12 @@ void make_parents(hid_t file, const std::string& name) {
   }
 }
 
-H5Id collective_dxpl() {
+// Raw data moves by independent MPI-IO: each rank writes (reads) its own runs without waiting for
+// the others, as its runs are large and contiguous, or strided rows of a TP shard. The metadata (file,
+// group, dataset and attribute headers) stays collective (see the file access list below).
+H5Id independent_dxpl() {
   H5Id dxpl(H5Pcreate(H5P_DATASET_XFER), H5Pclose);
-  H5Pset_dxpl_mpio(dxpl, H5FD_MPIO_COLLECTIVE);
+  H5Pset_dxpl_mpio(dxpl, H5FD_MPIO_INDEPENDENT);
   return dxpl;
 }
 
@@ -155,6 +176,19 @@ H5Id string_type(size_t n) {
   H5Tset_size(t, std::max<size_t>(n, 1));
   H5Tset_strpad(t, H5T_STR_NULLPAD);
   return t;
+}
+
+// Waits until every rank of comm has arrived, polling a non-blocking barrier with short sleeps: a rank
+// done with its part of a file must not spin in a blocking collective while the others still write
+// or read theirs (with more ranks than cores, as in tests, it would take their CPU).
+void idle_barrier(MPI_Comm comm) {
+  MPI_Request req;
+  MPI_Ibarrier(comm, &req);
+  for (int done = 0;;) {
+    MPI_Test(&req, &done, MPI_STATUS_IGNORE);
+    if (done) return;
+    ::usleep(200);
+  }
 }
 
 // Every rank learns whether all ranks succeeded; all throw the same message when one did not.
@@ -166,17 +200,19 @@ void agree(bool ok, MPI_Comm comm, const std::string& what) {
 
 }  // namespace
 
-uint64_t checksum_term(uint64_t index, uint64_t bits) { return mix(((index + 1) * 0x9e3779b97f4a7c15ull) ^ bits); }
+uint64_t checksum_term(uint64_t index, uint64_t bits) { return term(index, bits); }
 
 CheckpointFile::CheckpointFile(const std::string& path, MPI_Comm comm, bool writing)
     : impl_(std::make_unique<Impl>()), path_(path), comm_(comm), writing_(writing) {
   quiet_hdf5();
   H5Id fapl(H5Pcreate(H5P_FILE_ACCESS), H5Pclose);
   H5Pset_fapl_mpio(fapl, comm, MPI_INFO_NULL);
-  // Metadata (group and dataset headers) written collectively too: one writer, no small-write storm.
-  H5Pset_all_coll_metadata_ops(fapl, true);
-  H5Pset_coll_metadata_write(fapl, true);
   if (writing) {
+    // Metadata (group, dataset and attribute headers) written collectively: one writer at the flush,
+    // no storm of small writes. Reading keeps metadata reads independent, so that a rank reads as
+    // many parts of an array as it needs without the others making the same calls.
+    H5Pset_all_coll_metadata_ops(fapl, true);
+    H5Pset_coll_metadata_write(fapl, true);
     impl_->file = H5Id(H5Fcreate(path.c_str(), H5F_ACC_TRUNC, H5P_DEFAULT, fapl), H5Fclose);
     MP_CHECK(impl_->file.valid(), path, ": cannot create the checkpoint file", h5_reason());
   } else {
@@ -200,8 +236,9 @@ void CheckpointFile::write(const std::string& name, const std::vector<uint64_t>&
   make_parents(impl_->file, name);
   std::vector<hsize_t> hd(dims.begin(), dims.end());
   H5Id space(H5Screate_simple(int(hd.size()), hd.data(), nullptr), H5Sclose);
-  H5Id ds(H5Dcreate2(impl_->file, name.c_str(), mem_type<T>(), space, H5P_DEFAULT, H5P_DEFAULT, H5P_DEFAULT),
-          H5Dclose);
+  H5Id dcpl(H5Pcreate(H5P_DATASET_CREATE), H5Pclose);
+  H5Pset_fill_time(dcpl, H5D_FILL_TIME_NEVER);  // every element is written: no fill pass
+  H5Id ds(H5Dcreate2(impl_->file, name.c_str(), mem_type<T>(), space, H5P_DEFAULT, dcpl, H5P_DEFAULT), H5Dclose);
   MP_CHECK(ds.valid(), path_, ": cannot create ", name, h5_reason());
   // Hash the runs, and pack them in file order unless there is just one (then it goes from buf).
   size_t n = 0;
@@ -221,18 +258,16 @@ void CheckpointFile::write(const std::string& name, const std::vector<uint64_t>&
   const hsize_t mn = std::max<size_t>(n, 1);
   H5Id mem(H5Screate_simple(1, &mn, nullptr), H5Sclose);
   if (n == 0) H5Sselect_none(mem);
-  H5Id dxpl = collective_dxpl();
-  MP_CHECK(H5Dwrite(ds, mem_type<T>(), mem, space, dxpl, src) >= 0, path_, ": writing ", name, " failed",
-           h5_reason());
-  MPI_Allreduce(MPI_IN_PLACE, &sum, 1, MPI_UINT64_T, MPI_SUM, comm_);
-  H5Id ascalar(H5Screate(H5S_SCALAR), H5Sclose);
-  H5Id attr(H5Acreate2(ds, "checksum", H5T_NATIVE_UINT64, ascalar, H5P_DEFAULT, H5P_DEFAULT), H5Aclose);
-  MP_CHECK(attr.valid() && H5Awrite(attr, H5T_NATIVE_UINT64, &sum) >= 0, path_, ": writing ", name, "'s checksum failed");
+  if (impl_->error.empty() && H5Dwrite(ds, mem_type<T>(), mem, space, independent_dxpl(), src) < 0)
+    impl_->error = path_ + ": writing " + name + " failed" + h5_reason();
+  impl_->pending.push_back({std::move(ds), name, sum, 0});
 }
 
 template <typename T>
 void CheckpointFile::read(const std::string& name, const std::vector<uint64_t>& dims,
                           const std::vector<FlatRun>& runs_in, T* buf, bool primary) {
+  // The shape, type and checksum attribute are metadata, the same on every rank: a failure here
+  // throws on all of them alike.
   const std::vector<uint64_t> have = shape(name);
   MP_CHECK(have == dims, path_, ": ", name, " has shape ", dims_str(have), ", expected ", dims_str(dims),
            " (a checkpoint of another model shape?)");
@@ -242,6 +277,11 @@ void CheckpointFile::read(const std::string& name, const std::vector<uint64_t>& 
     H5Id t(H5Dget_type(ds), H5Tclose);
     MP_CHECK(H5Tget_class(t) == H5T_FLOAT && H5Tget_size(t) == sizeof(T), path_, ": ", name, " is not of type float",
              sizeof(T) * 8);
+  }
+  uint64_t stored = 0;
+  {
+    H5Id attr(H5Aopen(ds, "checksum", H5P_DEFAULT), H5Aclose);
+    MP_CHECK(attr.valid() && H5Aread(attr, H5T_NATIVE_UINT64, &stored) >= 0, path_, ": ", name, " has no checksum");
   }
   // Overlapping runs (replicated tensors read by every TP rank) are fine for reading; sort only.
   std::vector<FlatRun> runs = runs_in;
@@ -259,40 +299,33 @@ void CheckpointFile::read(const std::string& name, const std::vector<uint64_t>& 
       }
     if (!placed) layers.push_back({r});
   }
-  int n_layers = int(layers.size());
-  MPI_Allreduce(MPI_IN_PLACE, &n_layers, 1, MPI_INT, MPI_MAX, comm_);
-  layers.resize(size_t(n_layers));
-  H5Id dxpl = collective_dxpl();
-  uint64_t sum = 0;
   for (const std::vector<FlatRun>& l : layers) {
+    if (!impl_->error.empty()) break;
     size_t n = 0;
     for (const FlatRun& r : l) n += r.count;
     // One run reads straight into buf; several through a packed buffer.
     const bool direct = l.size() == 1;
-    std::vector<T> packed(direct ? 0 : std::max<size_t>(n, 1));
+    std::vector<T> packed(direct ? 0 : n);
     T* dst = direct ? buf + l[0].at : packed.data();
     std::vector<hsize_t> hd(dims.begin(), dims.end());
     H5Id space(H5Screate_simple(int(hd.size()), hd.data(), nullptr), H5Sclose);
     select_runs(space, dims, l);
-    const hsize_t mn = std::max<size_t>(n, 1);
+    const hsize_t mn = n;
     H5Id mem(H5Screate_simple(1, &mn, nullptr), H5Sclose);
-    if (n == 0) H5Sselect_none(mem);
-    T dummy{};
-    agree(H5Dread(ds, mem_type<T>(), mem, space, dxpl, n ? dst : &dummy) >= 0, comm_,
-          path_ + ": reading " + name + " failed (truncated or corrupt?)");
+    if (H5Dread(ds, mem_type<T>(), mem, space, independent_dxpl(), dst) < 0) {
+      impl_->error = path_ + ": reading " + name + " failed (truncated or corrupt?)";
+      break;
+    }
     if (!direct) {
       size_t at = 0;
       for (const FlatRun& r : l) std::copy_n(packed.data() + at, r.count, buf + r.at), at += r.count;
     }
   }
+  uint64_t sum = 0;
   if (primary)
     for (const FlatRun& r : runs)
       if (r.counted) sum += checksum_range(buf + r.at, r.offset, r.count);
-  MPI_Allreduce(MPI_IN_PLACE, &sum, 1, MPI_UINT64_T, MPI_SUM, comm_);
-  uint64_t want = 0;
-  H5Id attr(H5Aopen(ds, "checksum", H5P_DEFAULT), H5Aclose);
-  MP_CHECK(attr.valid() && H5Aread(attr, H5T_NATIVE_UINT64, &want) >= 0, path_, ": ", name, " has no checksum");
-  MP_CHECK(sum == want, path_, ": ", name, " is corrupt (checksum mismatch)");
+  impl_->pending.push_back({H5Id(), name, sum, stored});
 }
 
 std::vector<uint64_t> CheckpointFile::shape(const std::string& name) {
@@ -322,10 +355,9 @@ void CheckpointFile::write_string(const std::string& name, const std::string& va
   MP_CHECK(ds.valid(), path_, ": cannot create ", name, h5_reason());
   int rank = 0;
   MPI_Comm_rank(comm_, &rank);
-  if (rank != 0) H5Sselect_none(space);
-  H5Id dxpl = collective_dxpl();
   const std::string v = value.empty() ? std::string(1, '\0') : value;
-  MP_CHECK(H5Dwrite(ds, t, space, space, dxpl, v.data()) >= 0, path_, ": writing ", name, " failed", h5_reason());
+  if (rank == 0 && impl_->error.empty() && H5Dwrite(ds, t, H5S_ALL, H5S_ALL, independent_dxpl(), v.data()) < 0)
+    impl_->error = path_ + ": writing " + name + " failed" + h5_reason();
 }
 
 void CheckpointFile::write_int(const std::string& name, int64_t value) {
@@ -336,10 +368,8 @@ void CheckpointFile::write_int(const std::string& name, int64_t value) {
   MP_CHECK(ds.valid(), path_, ": cannot create ", name, h5_reason());
   int rank = 0;
   MPI_Comm_rank(comm_, &rank);
-  if (rank != 0) H5Sselect_none(space);
-  H5Id dxpl = collective_dxpl();
-  MP_CHECK(H5Dwrite(ds, H5T_NATIVE_INT64, space, space, dxpl, &value) >= 0, path_, ": writing ", name, " failed",
-           h5_reason());
+  if (rank == 0 && impl_->error.empty() && H5Dwrite(ds, H5T_NATIVE_INT64, H5S_ALL, H5S_ALL, independent_dxpl(), &value) < 0)
+    impl_->error = path_ + ": writing " + name + " failed" + h5_reason();
 }
 
 std::string CheckpointFile::read_string(const std::string& name) {
@@ -365,19 +395,48 @@ int64_t CheckpointFile::read_int(const std::string& name) {
 
 void CheckpointFile::close() {
   if (!impl_ || !impl_->file.valid()) return;
-  const bool ok = impl_->file.close();
+  // Every rank learns whether every transfer went through, and the checksums are summed: one
+  // all-reduce for the whole file (every rank made the same calls, so the lists line up).
+  idle_barrier(comm_);
+  std::vector<uint64_t> sums(impl_->pending.size() + 1);
+  for (size_t k = 0; k < impl_->pending.size(); ++k) sums[k] = impl_->pending[k].sum;
+  sums.back() = impl_->error.empty() ? 0 : 1;
+  MPI_Allreduce(MPI_IN_PLACE, sums.data(), int(sums.size()), MPI_UINT64_T, MPI_SUM, comm_);
+  if (sums.back() != 0) {
+    impl_->pending.clear();
+    impl_->file.reset();
+    throw Error(!impl_->error.empty() ? impl_->error
+                                      : path_ + ": another rank's transfer failed (truncated or corrupt file, or disk full?)");
+  }
+  if (!writing_) {
+    std::vector<Impl::Pending> pending = std::move(impl_->pending);
+    impl_->file.reset();
+    for (size_t k = 0; k < pending.size(); ++k)
+      MP_CHECK(sums[k] == pending[k].stored, path_, ": ", pending[k].name, " is corrupt (checksum mismatch)");
+    return;
+  }
+  bool ok = true;
+  H5Id ascalar(H5Screate(H5S_SCALAR), H5Sclose);
+  for (size_t k = 0; k < impl_->pending.size() && ok; ++k) {
+    H5Id attr(H5Acreate2(impl_->pending[k].ds, "checksum", H5T_NATIVE_UINT64, ascalar, H5P_DEFAULT, H5P_DEFAULT), H5Aclose);
+    ok = attr.valid() && H5Awrite(attr, H5T_NATIVE_UINT64, &sums[k]) >= 0;
+  }
+  impl_->pending.clear();
+  ok = impl_->file.close() && ok;
   int all_ok = ok ? 1 : 0;
   MPI_Allreduce(MPI_IN_PLACE, &all_ok, 1, MPI_INT, MPI_MIN, comm_);
   MP_CHECK(all_ok, path_, ": closing the checkpoint failed (disk full?)");
-  if (!writing_) return;
   int rank = 0;
   MPI_Comm_rank(comm_, &rank);
+  int synced = 1;  // one rank fsyncs; every rank learns whether it worked
   if (rank == 0) {
     const int fd = ::open(path_.c_str(), O_RDONLY);
-    MP_CHECK(fd >= 0 && ::fsync(fd) == 0, path_, ": fsync failed");
-    ::close(fd);
+    synced = fd >= 0 && ::fsync(fd) == 0;
+    if (fd >= 0) ::close(fd);
   }
-  MPI_Barrier(comm_);
+  idle_barrier(comm_);
+  MPI_Allreduce(MPI_IN_PLACE, &synced, 1, MPI_INT, MPI_MIN, comm_);
+  MP_CHECK(synced, path_, ": fsync failed");
 }
 
 #define INSTANTIATE(T)                                                                                      \

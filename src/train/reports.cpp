@@ -3,12 +3,8 @@
 #include "metapo/train/reports.h"
 
 #include <cstdio>
-#include <filesystem>
-#include <fstream>
 
 #include "metapo/comm/collectives.h"
-
-namespace fs = std::filesystem;
 
 namespace metapo {
 
@@ -65,25 +61,9 @@ nlohmann::json run_config_json(const TrainConfig& cfg, const std::string& kind) 
   return j;
 }
 
-// extra: keys added at the top level (the parallel layout, memory_bytes).
-static void write_run_json(const TrainConfig& cfg, const std::string& kind, const nlohmann::json& extra) {
-  nlohmann::json j = run_config_json(cfg, kind);
-  for (const auto& [k, v] : extra.items()) j[k] = v;
-  fs::create_directories(cfg.out_dir);
-  std::ofstream(cfg.out_dir + "/run.json.partial") << j.dump(2) << "\n";
-  fs::rename(cfg.out_dir + "/run.json.partial", cfg.out_dir + "/run.json");
-}
-
 RankMemory rank_memory(const ZeroAdamW& opt, int64_t activations) {
   const double pb = double(opt.padded_size() * sizeof(float));
   return {pb, pb, double(opt.state_bytes()), double(activations)};
-}
-
-static nlohmann::json memory_json(const RankMemory& m) {
-  nlohmann::json j;
-  j["params"] = int64_t(m.params), j["grads"] = int64_t(m.grads), j["optimizer_state"] = int64_t(m.optimizer_state);
-  if (m.activations >= 0) j["activations"] = int64_t(m.activations); else j["activations"] = nullptr;
-  return j;
 }
 
 // Every pipeline stage's figures as its rank with this rank's DP and TP coordinates has them, gathered
@@ -93,14 +73,6 @@ static std::vector<RankMemory> stage_memory(const Topology& topo, const RankMemo
   static_assert(sizeof(RankMemory) == 4 * sizeof(double), "RankMemory travels as 4 doubles");
   MPI_Gather(&mine, 4, MPI_DOUBLE, all.data(), 4, MPI_DOUBLE, 0, topo.pp_comm);
   return all;
-}
-
-static nlohmann::json parallel_json(const Topology& topo, const std::vector<int64_t>& pp_layers, int64_t n_layers) {
-  nlohmann::json p;
-  p["world"] = topo.world_size, p["dp"] = topo.dp, p["tp"] = topo.tp, p["pp"] = topo.pp;
-  for (const PipeStage& st : pipeline_stages(n_layers, topo.pp, pp_layers))
-    p["stage_layers"].push_back({st.layer_begin, st.layer_end});
-  return p;
 }
 
 // The memory lines and the run.json keys: memory_bytes (the world root's, a first-stage rank) and with
@@ -122,12 +94,16 @@ void report_memory(const TrainConfig& cfg, const std::string& kind, const Topolo
     std::printf("memory per rank (DP %d x PP %d x TP %d%s): params %.2f MiB, grads %.2f MiB, optimizer state %.2f MiB, %s\n",
                 topo.dp, topo.pp, topo.tp, where, m.params / mib, m.grads / mib, m.optimizer_state / mib, act);
   }
-  nlohmann::json extra;
-  extra["parallel"] = parallel_json(topo, cfg.pp_layers, c.num_hidden_layers);
-  extra["memory_bytes"] = memory_json(st[0]);
-  if (topo.pp > 1)
-    for (const RankMemory& m : st) extra["memory_bytes_per_stage"].push_back(memory_json(m));
-  write_run_json(cfg, kind, extra);  // creates the run directory the log goes into
+  RunRecord r;
+  r.options = run_config_json(cfg, kind);
+  r.command = kind, r.command_line = cfg.command_line;
+  RunLayout l;
+  l.world = topo.world_size, l.dp = topo.dp, l.tp = topo.tp, l.pp = topo.pp;
+  for (const PipeStage& p : stages) l.stage_layers.emplace_back(p.layer_begin, p.layer_end);
+  r.parallel = l;
+  r.memory = st[0];
+  if (topo.pp > 1) r.memory_per_stage = st;
+  write_run_record(cfg.out_dir, r);  // creates the run directory the log goes into
 }
 
 }  // namespace metapo

@@ -6,10 +6,12 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdio>
+#include <cstring>
 #include <filesystem>
 #include <fstream>
 
 #include "metapo/comm/collectives.h"
+#include "metapo/core/simd.h"
 #include "metapo/io/checkpoint.h"
 #include "metapo/model/layout.h"
 #include "metapo/train/metapo.h"
@@ -97,10 +99,16 @@ uint64_t step_of(const std::string& name) {  // step_XXXXXXXX.h5 -> XXXXXXXX; UI
 
 }  // namespace
 
-bool all_finite(const float* x, size_t n) {
-  int bad = 0;
-#pragma omp parallel for reduction(| : bad) schedule(static)
-  for (size_t i = 0; i < n; ++i) bad |= std::isfinite(x[i]) ? 0 : 1;
+// A bit test (exponent all ones: inf or NaN) rather than std::isfinite, which the compiler does not
+// vectorize: 10 GB/s instead of 2, and this scan runs over the whole state before every checkpoint.
+METAPO_WIDE_LOOPS bool all_finite(const float* x, size_t n) {
+  uint32_t bad = 0;
+#pragma omp parallel for reduction(| : bad) schedule(static) if (n > (1u << 16))
+  for (size_t i = 0; i < n; ++i) {
+    uint32_t b;
+    std::memcpy(&b, x + i, 4);
+    bad |= uint32_t((b & 0x7f800000u) == 0x7f800000u);
+  }
   return !bad;
 }
 

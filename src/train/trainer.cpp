@@ -21,7 +21,7 @@
 #include "metapo/io/dataset_h5.h"
 #include "metapo/io/hf_model.h"
 #include "metapo/meta/features.h"
-#include "metapo/train/analyze.h"
+#include "metapo/train/run_files.h"
 #include "metapo/train/metapo.h"
 #include "metapo/train/metrics.h"
 #include "metapo/train/pairs.h"
@@ -128,12 +128,8 @@ RunDirPlan decide_run_dir(const TrainConfig& cfg, const std::string& kind) {
     return plan;
   }
   if (has_run) {
-    std::string was;
-    try {
-      was = nlohmann::json::parse(std::ifstream(out / "run.json")).value("command", "");
-    } catch (const std::exception&) {
-    }
-    MP_CHECK(was.empty() || was == kind, "--out ", cfg.out_dir, ": a run of `metapo ", was, "`, not of `metapo ", kind, "`");
+    const std::string was = read_run_record((out / "run.json").string()).command;
+    MP_CHECK(was == kind, "--out ", cfg.out_dir, ": a run of `metapo ", was, "`, not of `metapo ", kind, "`");
   }
   if (cfg.resume == "auto") {
     if (!has_run) {
@@ -680,18 +676,11 @@ int run_dpo(const Topology& topo, const TrainConfig& cfg) {
       // (the logical [N, S] array, gathered from its owners), written by the last stage.
       const std::vector<double> table = meta->table().gather_all();
       if (topo.is_last_stage_root()) {
-        nlohmann::json j;
-        j["format"] = "metapo-meta", j["format_version"] = kMetaRunFormatVersion;
-        j["net"]["hidden"] = cfg.meta.hidden, j["net"]["a_min"] = cfg.meta.a_min;
-        j["features_used"] = cfg.meta.features;
-        j["net"]["n_features"] = kNumFeatures, j["net"]["params"] = meta->net().params();
-        j["features"] = std::vector<std::string>(kFeatureNames.begin(), kFeatureNames.end());
-        j["standardizer"] = meta->standardizer().state();
-        j["pair_stats"]["fields"] = std::vector<std::string>(kPairStatFieldNames.begin(), kPairStatFieldNames.end());
-        j["pair_stats"]["rows"] = meta->table().rows();
-        j["pair_stats"]["data"] = table;
-        std::ofstream(cfg.out_dir + "/metapo.json.partial") << j.dump() << "\n";
-        fs::rename(cfg.out_dir + "/metapo.json.partial", cfg.out_dir + "/metapo.json");
+        MetaRun run;
+        run.net.n_features = kNumFeatures, run.net.hidden = cfg.meta.hidden, run.net.a_min = cfg.meta.a_min;
+        run.params = meta->net().params(), run.standardizer = meta->standardizer().state();
+        run.stat_rows = meta->table().rows(), run.pair_stats = table, run.features_used = cfg.meta.features;
+        write_meta_run(cfg.out_dir, run);
       }
     }
     MPI_Barrier(topo.world);  // metapo.json is complete when any rank reports the run done

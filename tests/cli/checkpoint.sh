@@ -112,7 +112,7 @@ import h5py
 with h5py.File('v99.h5', 'r+') as f:
     del f['/state/format_version']; f['/state/format_version'] = 99
 "
-  expect_error "v99.h5: checkpoint format version 99; this metapo reads version 1" "$METAPO" train $base $meta \
+  expect_error "v99.h5: checkpoint format version 99; this metapo reads version 2" "$METAPO" train $base $meta \
     --max-steps 14 --out r-v --resume v99.h5
   # The layout in docs/formats.md, as h5py reads it.
   python3 - <<'P'
@@ -125,6 +125,23 @@ with h5py.File("l8/step_00000008.h5", "r") as f:
     rows, fields = f["/meta/pair_stats"].shape
     assert fields == len(json.loads(f["/meta/columns"][()])["pair_stats"]), fields
     print(f"ok: h5py reads the checkpoint: /meta/pair_stats [{rows}, {fields}], step 8")
+    # Every array's checksum attribute, recomputed in numpy from the formula in docs/formats.md.
+    import numpy as np
+    def checksum(a):
+        u = np.uint32 if a.dtype.itemsize == 4 else np.uint64
+        b = np.ascontiguousarray(a).ravel().view(u).astype(np.uint64)
+        i = np.arange(1, b.size + 1, dtype=np.uint64)
+        with np.errstate(over="ignore"):
+            x = (b ^ (i * np.uint64(0x9E3779B97F4A7C15))) * np.uint64(0xBF58476D1CE4E5B9)
+            return int((x ^ (x >> np.uint64(29))).sum(dtype=np.uint64))
+    seen = []
+    def check(name, obj):
+        if isinstance(obj, h5py.Dataset) and "checksum" in obj.attrs:
+            assert checksum(obj[()]) == int(obj.attrs["checksum"]), name
+            seen.append(obj.dtype.itemsize)
+    f.visititems(check)
+    assert 4 in seen and 8 in seen and len(seen) > 100, seen
+    print(f"ok: numpy recomputes the checksums of all {len(seen)} arrays (float32 and float64)")
 P
 else
   echo "skipped: h5py not installed (format-version refusal, h5py reading)"

@@ -7,7 +7,11 @@
 // Integrity: every array carries a 64-bit checksum of its logical contents (a sum over elements of a
 // hash of the element's index and bits, so it can be accumulated in any order and over any partition
 // of the elements). A writer and a reader each sum the hashes of the runs they mark `primary` (a set of
-// ranks that covers every element exactly once) over the world, and read() fails on a mismatch.
+// ranks that covers every element exactly once); the sums over the world are taken once per file, at
+// close(), where a reader fails on a mismatch.
+//
+// Raw data moves by independent MPI-IO (each rank its own runs, no rank waiting for another between
+// arrays); file, group and dataset creation and the attributes are collective.
 #pragma once
 #include <mpi.h>
 
@@ -37,17 +41,18 @@ class CheckpointFile {
   CheckpointFile& operator=(CheckpointFile&&) noexcept;
   ~CheckpointFile();
 
-  // Collective: the array `name` ("/group/sub/name"; groups are made as needed) of shape dims, of
-  // float (T = float) or double (T = double) elements; this rank writes the runs `runs` from buf.
-  // primary: whether this rank's runs count in the checksum (see above). Runs of different ranks must
-  // not overlap, except that non-primary ranks may write the same values as a primary one.
+  // Collective (it creates the dataset): the array `name` ("/group/sub/name"; groups are made as
+  // needed) of shape dims, of float (T = float) or double (T = double) elements; this rank writes the
+  // runs `runs` from buf. primary: whether this rank's runs count in the checksum (see above). Runs of
+  // different ranks must not overlap, except that non-primary ranks may write the same values as a
+  // primary one. A failed transfer is reported by close(), on every rank.
   template <typename T>
   void write(const std::string& name, const std::vector<uint64_t>& dims, const std::vector<FlatRun>& runs,
              const T* buf, bool primary);
-  // Collective: reads the runs of `name` into buf (any runs; ranks may overlap). The stored shape must
-  // be dims and the stored element type T's; the checksum over the counted runs of the primary ranks
-  // must match. A failure on any rank throws on every rank (the same message), so no rank is left in
-  // a collective.
+  // Every rank calls it: reads the runs of `name` into buf (any runs; ranks may overlap). The stored
+  // shape must be dims and the stored element type T's (else it throws, on every rank alike: that is
+  // metadata). The data are only known good after close(), which checks the checksum over the
+  // counted runs of the primary ranks and any failed read, and throws the same on every rank.
   template <typename T>
   void read(const std::string& name, const std::vector<uint64_t>& dims, const std::vector<FlatRun>& runs, T* buf,
             bool primary);
@@ -61,8 +66,10 @@ class CheckpointFile {
   bool exists(const std::string& name);
   std::vector<uint64_t> shape(const std::string& name);  // throws when absent
 
-  // Collective: closes and flushes the file (create: then fsyncs it). Throws when the close fails (a
-  // full disk), so the caller does not rename a broken file into place.
+  // Collective. Writing: sums the checksums, writes them, closes and flushes the file, then fsyncs
+  // it; throws when a transfer or the close failed (a full disk), so the caller does not rename a
+  // broken file into place. Reading: throws when a read failed or an array's checksum does not match
+  // (the same message on every rank), so nothing read is used before this returns.
   void close();
   const std::string& path() const { return path_; }
 

@@ -2,8 +2,7 @@
 //
 // The computation is split so that every piece except the model forward is a pure function a unit
 // test can drive with hand-made inputs:
-//   read_meta_run / parse_meta_run   RUN/metapo.json → weight net, standardizer state, pair table
-//   read_run_loss                    RUN/run.json → the loss config the run trained with
+//   read_meta_run, read_run_record   RUN/metapo.json and RUN/run.json (train/run_files.h)
 //   analysis_input                   model forward over a split → raw features per pair (collective)
 //   analyze_weights                  features → weights, attributions, quality statistics
 //   analysis_json / summary_json / pair_weights_jsonl / summary_text   the outputs
@@ -24,39 +23,9 @@
 #include "metapo/meta/pair_stats.h"
 #include "metapo/meta/weight_net.h"
 #include "metapo/model/llama.h"
+#include "metapo/train/run_files.h"
 
 namespace metapo {
-
-// The format this build reads (written by run_dpo with --weighting metapo).
-constexpr const char* kMetaRunFormat = "metapo-meta";
-constexpr int64_t kMetaRunFormatVersion = 2;  // 2: eight features (logp_gap)
-
-// RUN/metapo.json in memory, validated.
-struct MetaRun {
-  WeightNetConfig net;               // n_features (= kNumFeatures), hidden, a_min
-  std::vector<double> params;        // φ, WeightNetLayout order
-  std::vector<double> standardizer;  // FeatureStandardizer::state(): [count[F], sum[F], sumsq[F]]
-  int64_t stat_rows = 0;             // N of the logical [N, S] pair table
-  std::vector<double> pair_stats;    // [N, S] row-major, row = sample id, S = kPairStatFields
-  std::string features_used = "all"; // --meta-features of the run (absent in older files: all)
-
-  WeightNet make_net() const;
-  FeatureStandardizer make_standardizer() const;
-  // The stored rows of these sample ids. Ids at or past stat_rows were never trained on (e.g. a val
-  // split): they get an unseen row (n = 0), whose temporal features standardize to 0.
-  std::vector<PairStatRow> rows_of(const std::vector<int64_t>& sample_ids) const;
-};
-
-// Checks format, version, feature and field names, sizes and finiteness; every error names `path`
-// and the field ("runs/x/metapo.json: net.params has 10 values, expected 1345 ...").
-MetaRun parse_meta_run(const nlohmann::json& j, const std::string& path);
-// Reads and parses the file; a missing file says that only `train --weighting metapo` writes it.
-MetaRun read_meta_run(const std::string& path);
-
-// The loss config recorded in RUN/run.json (loss, beta, label_smoothing; simpo_gamma and
-// discopop_tau where recorded). Settings the file does not record but the loss reads keep their
-// defaults, and a line saying so is appended to `notes` (so the fallback is never silent).
-LossConfig read_run_loss(const std::string& path, std::vector<std::string>* notes);
 
 struct AnalyzeOptions {
   int64_t ig_steps = 64;             // trapezoid intervals of integrated gradients

@@ -8,6 +8,7 @@
 #include "metapo/comm/topology.h"
 #include "metapo/model/config.h"
 #include "metapo/train/dpo.h"
+#include "metapo/train/run_files.h"
 #include "metapo/train/zero.h"
 
 namespace metapo {
@@ -16,15 +17,10 @@ namespace metapo {
 nlohmann::json stats_json(const PairStats& s, const std::string& prefix);
 
 // The run's configuration as RUN/run.json and a checkpoint's /state/config record it (kind "train" or
-// "sft"; the preference-only keys for "train").
+// "sft"; the preference-only keys for "train"). RunRecord (run_files.h) is the file's typed form.
 nlohmann::json run_config_json(const TrainConfig& cfg, const std::string& kind);
 
-// Memory per rank (docs/training.md): parameters and gradients are the padded local flat buffers
-// (fp32), the optimizer state Adam's two moments of this rank's ZeRO-1 shard; activations as the model
-// measured them (after a step, every activation slot of the pipeline schedule; < 0: not yet known).
-struct RankMemory {
-  double params = 0, grads = 0, optimizer_state = 0, activations = -1;
-};
+// This rank's figures (RankMemory, run_files.h).
 RankMemory rank_memory(const ZeroAdamW& opt, int64_t activations);
 
 // The memory lines and RUN/run.json (kind "train" or "sft"; the configuration, the layout,

@@ -24,7 +24,7 @@ namespace metapo {
 
 class MetaPOState;
 
-constexpr int64_t kCheckpointFormatVersion = 1;
+constexpr int64_t kCheckpointFormatVersion = 2;  // 2: the one-multiply checksum (docs/formats.md)
 // The exit status of a run that stopped early on a signal or --max-time after writing a checkpoint:
 // "checkpointed, requeue me" (docs/training.md).
 constexpr int kExitCheckpointed = 124;
