@@ -71,6 +71,42 @@ TEST(RunFiles, RunRecordRoundTripsThroughTheFile) {
   EXPECT_EQ(lc.type, LossType::Simpo);
   EXPECT_EQ(lc.beta, 2.5);
   EXPECT_EQ(lc.simpo_gamma, 0.75);
+  EXPECT_EQ(b.restarts, 0);
+  EXPECT_FALSE(b.slurm.has_value());
+  fs::remove_all(dir);
+}
+
+// Under Slurm the record carries the job (id, node list, Slurm's requeue count) and the run's own
+// restart count; outside it, no "slurm" key at all.
+TEST(RunFiles, RunRecordCarriesTheSlurmJobAndTheRestarts) {
+  ::unsetenv("SLURM_JOB_ID");
+  EXPECT_FALSE(SlurmJob::from_env().has_value());
+  ::setenv("SLURM_JOB_ID", "4242", 1), ::setenv("SLURM_JOB_NAME", "metapo-train", 1);
+  ::setenv("SLURM_JOB_NODELIST", "gpu[001-004]", 1), ::setenv("SLURM_RESTART_COUNT", "3", 1);
+  ::setenv("SLURM_JOB_NUM_NODES", "4", 1), ::setenv("SLURM_NTASKS", "32", 1);
+  const std::optional<SlurmJob> sl = SlurmJob::from_env();
+  for (const char* v : {"SLURM_JOB_ID", "SLURM_JOB_NAME", "SLURM_JOB_NODELIST", "SLURM_RESTART_COUNT",
+                        "SLURM_JOB_NUM_NODES", "SLURM_NTASKS"})
+    ::unsetenv(v);
+  ASSERT_TRUE(sl.has_value());
+  EXPECT_EQ(sl->job_id, "4242");
+  EXPECT_EQ(sl->node_list, "gpu[001-004]");
+  EXPECT_EQ(sl->restart_count, 3);
+  EXPECT_EQ(sl->ntasks, 32);
+  RunRecord r;
+  r.command = "sft", r.restarts = 5, r.slurm = sl;
+  const std::string dir = temp_dir("run-record-slurm");
+  write_run_record(dir, r);
+  const RunRecord b = read_run_record(dir + "/run.json");
+  EXPECT_EQ(b.restarts, 5);
+  ASSERT_TRUE(b.slurm.has_value());
+  EXPECT_EQ(b.slurm->job_name, "metapo-train");
+  EXPECT_EQ(b.slurm->nodes, 4);
+  EXPECT_EQ(b.slurm->restart_count, 3);
+  EXPECT_FALSE(b.options.contains("slurm"));  // typed, not left among the options
+  const json j = json::parse(std::ifstream(dir + "/run.json"));
+  EXPECT_EQ(j["slurm"]["job_id"], "4242");
+  EXPECT_EQ(j["restarts"], 5);
   fs::remove_all(dir);
 }
 

@@ -6,7 +6,10 @@ cd "$(dirname "$0")/.."
 
 pkgs=(cmake g++ make libopenmpi-dev openmpi-bin libhdf5-openmpi-dev hdf5-tools
       libboost-program-options-dev libopenblas-dev libopenblas-openmp-dev nlohmann-json3-dev
-      libgtest-dev)
+      libgtest-dev
+      # The Slurm tests (tests/cli/slurm_*.sh) start a private single-node cluster; shellcheck
+      # checks the batch scripts in jobs/.
+      slurm-wlm munge shellcheck)
 missing=()
 for p in "${pkgs[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

@@ -4,6 +4,8 @@
 
 #include <algorithm>
 #include <chrono>
+#include <cstdio>
+#include <cstdlib>
 #include <cstring>
 #include <thread>
 #include <functional>
@@ -87,6 +89,16 @@ int main(int argc, char** argv) {
               << (world > 1 ? " [rank " + std::to_string(rank) + "]" : "") << std::endl;
     if (world > 1) MPI_Abort(MPI_COMM_WORLD, 1);
     rc = 1;
+  }
+  // METAPO_STATUS_FILE (set by jobs/lib.sh): rank 0 writes its exit status there, so a job script can
+  // tell a run that ended from a launcher that exits 0 without having started it (srun does, when a
+  // step fails to launch). Written under a temporary name and renamed: the file is whole or absent.
+  if (const char* status = std::getenv("METAPO_STATUS_FILE"); status && *status && rank == 0) {
+    const std::string tmp = std::string(status) + ".tmp";
+    if (std::FILE* f = std::fopen(tmp.c_str(), "w")) {
+      std::fprintf(f, "%d\n", rc);
+      if (std::fclose(f) == 0) std::rename(tmp.c_str(), status);
+    }
   }
   ctx.topo.free();
   MPI_Finalize();

@@ -5,10 +5,10 @@
 
 namespace metapo::cli {
 
-double parse_duration(const std::string& text) {
+double parse_duration(const std::string& text, const std::string& option) {
   // [D-]HH:MM:SS, MM:SS, or seconds (Slurm's --time forms, minus its minutes-only reading of a bare number).
   auto fail = [&]() -> double {
-    throw Error("--max-time " + text + ": not a duration (D-HH:MM:SS, HH:MM:SS, MM:SS or seconds)");
+    throw Error(option + " " + text + ": not a duration (D-HH:MM:SS, HH:MM:SS, MM:SS or seconds)");
   };
   std::string rest = text;
   double days = 0;
@@ -54,7 +54,8 @@ void add_train_options(po::options_description& desc, TrainConfig& cfg, TrainOpt
     ("keep", po::value(&cfg.keep)->default_value(2), "keep the newest K checkpoints (0: all)")
     ("resume", po::value(&cfg.resume), "auto: continue RUN from its newest valid checkpoint (a new run when it has none); or a checkpoint file / run directory to start from")
     ("max-time", po::value(&s.max_time), "wall-clock budget D-HH:MM:SS (or HH:MM:SS, MM:SS, or seconds): checkpoint and exit with status 124 before it runs out")
-    ("max-skipped-steps", po::value(&cfg.max_skipped_steps)->default_value(10), "steps skipped for a non-finite loss or gradient norm before the run stops with an error");
+    ("max-skipped-steps", po::value(&cfg.max_skipped_steps)->default_value(10), "steps skipped for a non-finite loss or gradient norm before the run stops with an error")
+    ("hang-timeout", po::value(&s.hang_timeout)->default_value("auto"), "abort the job with exit status 125 when no step completes within this time (seconds or D-HH:MM:SS; 0: off; auto: 20 median step times, at least 10 minutes)");
   if (pref) {
     desc.add_options()
       ("loss", po::value(&s.loss)->default_value("sigmoid"), "sigmoid | ipo | hinge | cdpo | robust | simpo | ... (TRL's formulas)")
@@ -97,9 +98,10 @@ void finish_train_options(TrainConfig& cfg, const TrainOptionStrings& s, bool pr
   MP_CHECK(cfg.keep >= 0, "--keep must be >= 0");
   MP_CHECK(cfg.max_skipped_steps >= 0, "--max-skipped-steps must be >= 0");
   if (!s.max_time.empty()) {
-    cfg.max_time_s = parse_duration(s.max_time);
+    cfg.max_time_s = parse_duration(s.max_time, "--max-time");
     MP_CHECK(cfg.max_time_s > 0, "--max-time ", s.max_time, ": must be positive");
   }
+  cfg.hang_timeout_s = s.hang_timeout == "auto" ? -1.0 : parse_duration(s.hang_timeout, "--hang-timeout");
   if (pref) {
     cfg.loss.type = parse_loss(s.loss);
     cfg.weighting = parse_weighting(s.weighting);

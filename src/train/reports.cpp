@@ -78,7 +78,7 @@ static std::vector<RankMemory> stage_memory(const Topology& topo, const RankMemo
 // The memory lines and the run.json keys: memory_bytes (the world root's, a first-stage rank) and with
 // a pipeline memory_bytes_per_stage. Collective over pp_comm.
 void report_memory(const TrainConfig& cfg, const std::string& kind, const Topology& topo, const LlamaConfig& c,
-                   const RankMemory& mine) {
+                   const RankMemory& mine, int64_t restarts) {
   const std::vector<RankMemory> st = stage_memory(topo, mine);
   if (!topo.is_root()) return;
   const double mib = 1024.0 * 1024.0;
@@ -103,6 +103,7 @@ void report_memory(const TrainConfig& cfg, const std::string& kind, const Topolo
   r.parallel = l;
   r.memory = st[0];
   if (topo.pp > 1) r.memory_per_stage = st;
+  r.restarts = restarts, r.slurm = SlurmJob::from_env();
   write_run_record(cfg.out_dir, r);  // creates the run directory the log goes into
 }
 

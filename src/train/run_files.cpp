@@ -2,6 +2,7 @@
 #include "metapo/train/run_files.h"
 
 #include <cmath>
+#include <cstdlib>
 #include <filesystem>
 #include <fstream>
 
@@ -97,9 +98,36 @@ RankMemory parse_memory(const json& j, const std::string& path, const std::strin
   return m;
 }
 
+std::string env_or(const char* name, const std::string& fallback) {
+  const char* v = std::getenv(name);
+  return v && *v ? std::string(v) : fallback;
+}
+
+int64_t env_int(const char* name) {
+  const std::string v = env_or(name, "");
+  char* end = nullptr;
+  const long long x = v.empty() ? 0 : std::strtoll(v.c_str(), &end, 10);
+  return end && *end == '\0' ? int64_t(x) : 0;
+}
+
 }  // namespace
 
 // ---- RUN/run.json ---------------------------------------------------------------------------------
+
+std::optional<SlurmJob> SlurmJob::from_env() {
+  if (env_or("SLURM_JOB_ID", "").empty()) return std::nullopt;
+  SlurmJob s;
+  s.job_id = env_or("SLURM_JOB_ID", ""), s.job_name = env_or("SLURM_JOB_NAME", "");
+  s.node_list = env_or("SLURM_JOB_NODELIST", env_or("SLURM_NODELIST", ""));
+  s.restart_count = env_int("SLURM_RESTART_COUNT");
+  s.nodes = env_int("SLURM_JOB_NUM_NODES"), s.ntasks = env_int("SLURM_NTASKS");
+  return s;
+}
+
+json to_json(const SlurmJob& s) {
+  return {{"job_id", s.job_id}, {"job_name", s.job_name}, {"node_list", s.node_list}, {"restart_count", s.restart_count},
+          {"nodes", s.nodes}, {"ntasks", s.ntasks}};
+}
 
 json to_json(const RunRecord& r) {
   json j = r.options.is_object() ? r.options : json::object();
@@ -113,6 +141,8 @@ json to_json(const RunRecord& r) {
   }
   if (r.memory) j["memory_bytes"] = memory_json(*r.memory);
   for (const RankMemory& m : r.memory_per_stage) j["memory_bytes_per_stage"].push_back(memory_json(m));
+  j["restarts"] = r.restarts;
+  if (r.slurm) j["slurm"] = to_json(*r.slurm);
   return j;
 }
 
@@ -150,8 +180,25 @@ RunRecord parse_run_record(const json& j, const std::string& path) {
     for (size_t s = 0; s < ms.size(); ++s)
       r.memory_per_stage.push_back(parse_memory(ms[s], path, str_cat("memory_bytes_per_stage[", s, "]")));
   }
+  if (j.contains("restarts")) {
+    r.restarts = need_int(j, "restarts", path, "");
+    MP_CHECK(r.restarts >= 0, path, ": restarts is ", r.restarts, ", expected >= 0");
+  }
+  if (j.contains("slurm")) {
+    const json& sj = j["slurm"];
+    SlurmJob sl;
+    for (auto [key, field] : {std::pair{"job_id", &sl.job_id}, {"job_name", &sl.job_name}, {"node_list", &sl.node_list}}) {
+      const json& v = need(sj, key, path, "slurm");
+      MP_CHECK(v.is_string(), path, ": slurm.", key, " is not a string");
+      *field = v.get<std::string>();
+    }
+    sl.restart_count = need_int(sj, "restart_count", path, "slurm");
+    sl.nodes = need_int(sj, "nodes", path, "slurm"), sl.ntasks = need_int(sj, "ntasks", path, "slurm");
+    r.slurm = sl;
+  }
   r.options = j;
-  for (const char* k : {"command", "command_line", "parallel", "memory_bytes", "memory_bytes_per_stage"}) r.options.erase(k);
+  for (const char* k : {"command", "command_line", "parallel", "memory_bytes", "memory_bytes_per_stage", "restarts", "slurm"})
+    r.options.erase(k);
   return r;
 }
 

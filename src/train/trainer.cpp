@@ -2,6 +2,7 @@
 #include "metapo/train/dpo.h"
 
 #include <signal.h>
+#include <unistd.h>
 
 #include <algorithm>
 #include <cmath>
@@ -28,6 +29,7 @@
 #include "metapo/train/pipeline.h"
 #include "metapo/train/reports.h"
 #include "metapo/train/train_state.h"
+#include "metapo/train/watchdog.h"
 
 namespace fs = std::filesystem;
 
@@ -95,6 +97,25 @@ void install_stop_handlers() {
   sigaction(SIGTERM, &sa, nullptr);
 }
 
+// The hang watchdog's end of the job: one line, then MPI_Abort from the watchdog's thread (the main
+// thread is blocked in a collective that will not complete). Open MPI's abort does not go through the
+// communicators the blocked thread holds; should it not return either, SIGALRM ends the process.
+std::unique_ptr<HangWatchdog> make_watchdog(const TrainConfig& cfg, const Topology& topo, const std::string& kind) {
+  char host[256] = "?";
+  ::gethostname(host, sizeof host - 1);
+  const std::string who = str_cat("rank ", topo.world_rank, " of ", topo.world_size, " (DP ", topo.dp_rank, ", PP ",
+                                  topo.pp_rank, ", TP ", topo.tp_rank, ") on ", host, ", pid ", ::getpid());
+  HangConfig hc;
+  hc.timeout_s = cfg.hang_timeout_s;
+  return std::make_unique<HangWatchdog>(hc, who, [kind](const std::string& message) {
+    std::fprintf(stderr, "metapo %s: error: %s\n", kind.c_str(), message.c_str());
+    std::fflush(stderr);
+    ::alarm(60);
+    MPI_Abort(MPI_COMM_WORLD, kExitHung);
+    std::_Exit(kExitHung);
+  });
+}
+
 const char* stop_reason(int code) {
   return code == SIGUSR1 ? "SIGUSR1" : code == SIGTERM ? "SIGTERM" : code == 1 ? "--max-time" : "a signal";
 }
@@ -108,6 +129,7 @@ struct RunDirPlan {
   bool fallback = false;                // --resume auto: an unreadable one is skipped
   bool fresh_dir = false;               // --out did not exist or was empty: all in it is this run's
   bool made_dir = false;                // --out did not exist
+  int64_t restarts = 0;                 // run.json's restarts for this start (continuing RUN: one more)
 };
 
 RunDirPlan decide_run_dir(const TrainConfig& cfg, const std::string& kind) {
@@ -128,8 +150,9 @@ RunDirPlan decide_run_dir(const TrainConfig& cfg, const std::string& kind) {
     return plan;
   }
   if (has_run) {
-    const std::string was = read_run_record((out / "run.json").string()).command;
-    MP_CHECK(was == kind, "--out ", cfg.out_dir, ": a run of `metapo ", was, "`, not of `metapo ", kind, "`");
+    const RunRecord was = read_run_record((out / "run.json").string());
+    MP_CHECK(was.command == kind, "--out ", cfg.out_dir, ": a run of `metapo ", was.command, "`, not of `metapo ", kind, "`");
+    plan.restarts = was.restarts + 1;
   }
   if (cfg.resume == "auto") {
     if (!has_run) {
@@ -165,7 +188,7 @@ RunDirPlan plan_run_dir(const TrainConfig& cfg, const Topology& topo, const std:
     try {
       const RunDirPlan p = decide_run_dir(cfg, kind);
       j = {{"complete", p.complete}, {"in_place", p.in_place}, {"candidates", p.candidates}, {"fallback", p.fallback},
-           {"fresh_dir", p.fresh_dir}, {"made_dir", p.made_dir}};
+           {"fresh_dir", p.fresh_dir}, {"made_dir", p.made_dir}, {"restarts", p.restarts}};
     } catch (const Error& e) {
       j = {{"error", e.what()}};
     }
@@ -176,6 +199,7 @@ RunDirPlan plan_run_dir(const TrainConfig& cfg, const Topology& topo, const std:
   RunDirPlan p;
   p.complete = j["complete"], p.in_place = j["in_place"], p.fallback = j["fallback"], p.fresh_dir = j["fresh_dir"], p.made_dir = j["made_dir"];
   p.candidates = j["candidates"].get<std::vector<std::string>>();
+  p.restarts = j["restarts"];
   if (p.complete && topo.is_root())
     std::printf("%s: the run is complete (%s/final exists); nothing to resume\n", cfg.out_dir.c_str(), cfg.out_dir.c_str());
   return p;
@@ -225,21 +249,27 @@ struct StepControl {
 // the layout and the memory per rank, the training state with its checkpoints and resume, the metrics
 // log, the per-step communication report and the save.
 struct TrainRun {
-  TrainRun(const TrainConfig& cfg, const Topology& topo, HfModel& hf, const char* kind, int64_t total)
+  TrainRun(const TrainConfig& cfg, const Topology& topo, HfModel& hf, const char* kind, int64_t total,
+           int64_t restarts)
       : cfg(cfg),
         topo(topo),
         config(hf.config),
         kind(kind),
         total(total),
+        restarts(restarts),
         sm(shard_model(hf.config, std::move(hf.params), topo, cfg.pp_layers)),
         dp_comm(topo.dp_comm),
         opt(sm.model->layout(), cfg.adam, dp_comm, sm.mp.get(), sm.shard_map, topo.tp_rank == 0),
         grads(opt.padded_size()) {
     sm.params.resize(opt.padded_size(), 0.0f);  // ZeRO-1 padding (zeros, never read by the model)
-    report_memory(cfg, kind, topo, config, rank_memory(opt, -1));
+    report_memory(cfg, kind, topo, config, rank_memory(opt, -1), restarts);
     MPI_Barrier(topo.world);  // the run directory exists on every rank from here on
-    install_stop_handlers();
+    watch = make_watchdog(cfg, topo, kind);
+    watch->phase("start-up (checkpoint load)", 0);
   }
+
+  // The phase this rank enters (for the hang watchdog's message); step is 0-based.
+  void phase(const char* name, int64_t step) { watch->phase(name, step + 1); }
 
   Comm* pipe() const { return sm.pp.get(); }
 
@@ -309,15 +339,17 @@ struct TrainRun {
       j["parallel"] = {{"dp", topo.dp}, {"tp", topo.tp}, {"pp", topo.pp}};
       char secs[32];
       std::snprintf(secs, sizeof secs, "%.2f", load_s);
-      j["load_seconds"] = load_s;
+      j["load_seconds"] = load_s, j["restarts"] = restarts;
+      if (const std::optional<SlurmJob> sl = SlurmJob::from_env()) j["slurm"] = to_json(*sl);
       log->event(j, str_cat("resumed from ", loaded, " at step ", state.step, " (DP ", topo.dp, " x PP ", topo.pp, " x TP ",
                             topo.tp, ") in ", secs, " s"));
     }
   }
 
   // Count this step's communication only (not setup, evaluation or trajectories).
-  void begin_step() {
+  void begin_step(int64_t step) {
     for (Comm* c : comms()) c->reset_volume();
+    phase("forward/backward", step);
   }
   std::vector<Comm*> comms() {
     std::vector<Comm*> v{&dp_comm};
@@ -346,7 +378,12 @@ struct TrainRun {
     const bool stop = c.stop != 0 && step + 1 < total;
     // No periodic checkpoint of a skipped step: the newest checkpoint stays the last good state.
     const bool due = !skipped && ((cfg.save_every > 0 && (step + 1) % cfg.save_every == 0) || c.save_due);
-    if (stop || due) checkpoint();
+    watch->progress(step_seconds);
+    if (stop || due) {
+      phase("checkpoint write", step);
+      checkpoint();
+      watch->progress(-1);  // a checkpoint gets its own full limit, and restarts it when done
+    }
     if (stop && topo.is_root()) {
       std::printf("stopping at step %lld of %lld on %s: checkpointed; exit status %d (continue with --resume auto)\n",
                   (long long)(step + 1), (long long)total, stop_reason(c.stop), kExitCheckpointed);
@@ -407,22 +444,27 @@ struct TrainRun {
     if (step == 0) j["memory/activations_bytes"] = sm.model->activation_bytes();
     if (!reported_activations) {  // the first step of this process
       reported_activations = true;
-      report_memory(cfg, kind, topo, config, rank_memory(opt, int64_t(sm.model->activation_bytes())));
+      report_memory(cfg, kind, topo, config, rank_memory(opt, int64_t(sm.model->activation_bytes())), restarts);
     }
   }
 
-  void save() { save_final(cfg, topo, config, sm, sm.params); }
+  void save() {
+    watch->phase("final save", 0);
+    save_final(cfg, topo, config, sm, sm.params);
+  }
 
   const TrainConfig& cfg;
   const Topology& topo;
   const LlamaConfig config;
   const std::string kind;
   const int64_t total;
+  const int64_t restarts;
   ShardedModel sm;
   MpiComm dp_comm;
   ZeroAdamW opt;
   Buffer<float> grads;
   std::optional<MetricsLog> log;
+  std::unique_ptr<HangWatchdog> watch;
   TrainState state;
   bool resumed = false, reported_activations = false;
   Timer since_save;
@@ -432,6 +474,7 @@ struct TrainRun {
 }  // namespace
 
 int run_dpo(const Topology& topo, const TrainConfig& cfg) {
+  install_stop_handlers();  // from the start: a SIGUSR1 during the load stops the run after its first step
   validate(cfg.loss);
   check_batching(cfg, topo);
   const RunDirPlan plan = plan_run_dir(cfg, topo, "train");
@@ -457,7 +500,7 @@ int run_dpo(const Topology& topo, const TrainConfig& cfg) {
 
   const int64_t total = total_steps(cfg, train.size());
   const LrSchedule sched = make_schedule(cfg, total);
-  TrainRun run(cfg, topo, hf, "train", total);
+  TrainRun run(cfg, topo, hf, "train", total, plan.restarts);
   LlamaModel<float>& model = *run.sm.model;
   Comm* pp = run.pipe();
   const bool last_stage = topo.last_stage();
@@ -513,7 +556,7 @@ int run_dpo(const Topology& topo, const TrainConfig& cfg) {
 
   for (int64_t step = run.state.step; step < total; ++step) {
     Timer tm;
-    run.begin_step();
+    run.begin_step(step);
     const std::vector<int64_t> mine = dp_share(global_batch(train.size(), cfg.batch_size, cfg.seed, step), topo.dp_rank, topo.dp);
     PairStats st;
     double tokens = 0, scored = 0;
@@ -525,6 +568,7 @@ int run_dpo(const Topology& topo, const TrainConfig& cfg) {
     if (use_meta) {
       const std::vector<int64_t> window = refresh_window(cfg.meta, train.size(), step);
       if (!window.empty()) {
+        run.phase("MetaPO refresh pass", step);
         std::vector<double> c, r;
         pair_logps(model, pp, params.data(), train, window, cfg.micro_batch, topo.dp_comm, c, r);
         if (meta) meta->observe_refresh(train, window, c, r, cfg.loss, step);
@@ -533,6 +577,7 @@ int run_dpo(const Topology& topo, const TrainConfig& cfg) {
     t_refresh = phase.seconds();
     const bool meta_step = use_meta && is_meta_step(cfg.meta, step);
     phase.reset();
+    if (meta_step) run.phase("MetaPO validation gradient", step);
     if (meta_step)
       validation_gradient(model, pp, params.data(), val, cfg.loss, cfg.meta.val_batch, cfg.micro_batch, cfg.seed, step,
                           topo, opt, cfg.meta.precondition, ghat.data());
@@ -554,6 +599,7 @@ int run_dpo(const Topology& topo, const TrainConfig& cfg) {
       };
     }
     const bool ghost = meta_step && cfg.meta.hypergrad == "ghost";
+    run.phase("forward/backward", step);
     const std::vector<PairMicroResult> res =
         pair_pipeline_step(model, pp, params.data(), grads.data(), train, chunks, cfg.loss, weigh, 1.0 / B,
                            ghost ? ghat.data() : nullptr);
@@ -579,6 +625,7 @@ int run_dpo(const Topology& topo, const TrainConfig& cfg) {
       }
     }
     const double t_train = phase.seconds();
+    run.phase("batch statistics all-reduce", step);
     st.allreduce(topo.dp_comm);
     // The pair statistics are the last stage's (the other stages hold zeros): share them, so every
     // stage knows Σa for the rescale and the root can log them.
@@ -594,9 +641,11 @@ int run_dpo(const Topology& topo, const TrainConfig& cfg) {
     // global normalization of the weights), then (unless some rank saw a non-finite value) the meta
     // update, clipping, this rank's shard's update and the all-gather.
     const double lr = sched.at(step);
+    run.phase("gradient reduction (ZeRO-1 reduce-scatter)", step);
     const double gnorm = opt.reduce(grads.data(), finite_w ? B / st.weight_sum : 1.0);
     bool bad = !finite_w || !std::isfinite(st.weighted_loss) || !std::isfinite(gnorm);
     for (double a : align) bad = bad || !std::isfinite(a);
+    run.phase("step agreement (all-reduce)", step);
     const StepControl ctl = run.control(bad);
     if (ctl.skip) {
       if (meta) meta->discard_step();
@@ -606,9 +655,11 @@ int run_dpo(const Topology& topo, const TrainConfig& cfg) {
     }
     double t_opt = phase.seconds();
     phase.reset();
+    run.phase("MetaPO meta update", step);
     if (meta) meta->end_step(step, meta_step ? &align : nullptr, cfg.batch_size, st.weight_sum);
     t_meta = phase.seconds();
     phase.reset();
+    run.phase("optimizer (ZeRO-1 all-gather)", step);
     opt.apply(params.data(), grads.data(), lr, gnorm, cfg.max_grad_norm);
     t_opt += phase.seconds();
 
@@ -631,6 +682,7 @@ int run_dpo(const Topology& topo, const TrainConfig& cfg) {
     }
     j["time/train"] = t_train, j["time/optimizer"] = t_opt;
     if (use_meta) j["time/refresh"] = t_refresh, j["time/val_grad"] = t_val, j["time/meta_update"] = t_meta;
+    run.phase("step report", step);
     run.report(j, step);
     char line[320];
     std::snprintf(line, sizeof line,
@@ -639,7 +691,9 @@ int run_dpo(const Topology& topo, const TrainConfig& cfg) {
                   j["rewards/accuracies"].get<double>(), j["rewards/margins"].get<double>(), wmean,
                   j["weights/std"].get<double>(), ess, lr, gnorm, tokens / secs);
     log.step(step, j, line);
+    run.phase("evaluation", step);
     if (cfg.eval_every > 0 && ((step + 1) % cfg.eval_every == 0 || step + 1 == total)) run_eval(step);
+    run.phase("trajectories", step);
     if (!tracked.empty() && cfg.track_every > 0 && ((step + 1) % cfg.track_every == 0 || step + 1 == total))
       write_trajectories(model, pp, params.data(), train, tracked, cfg.loss, step + 1, cfg.micro_batch, topo, traj_path);
     if (run.end_step(step, false, ctl, tm.seconds())) return kExitCheckpointed;
@@ -690,6 +744,7 @@ int run_dpo(const Topology& topo, const TrainConfig& cfg) {
 }
 
 int run_sft(const Topology& topo, const TrainConfig& cfg) {
+  install_stop_handlers();  // from the start: a SIGUSR1 during the load stops the run after its first step
   check_batching(cfg, topo);
   const RunDirPlan plan = plan_run_dir(cfg, topo, "sft");
   if (plan.complete) return 0;
@@ -699,7 +754,7 @@ int run_sft(const Topology& topo, const TrainConfig& cfg) {
   const SftSplit train = read_sft_split(cfg.data_path);
   const int64_t total = total_steps(cfg, train.size());
   const LrSchedule sched = make_schedule(cfg, total);
-  TrainRun run(cfg, topo, hf, "sft", total);
+  TrainRun run(cfg, topo, hf, "sft", total, plan.restarts);
   LlamaModel<float>& model = *run.sm.model;
   ZeroAdamW& opt = run.opt;
   std::vector<float>& params = run.sm.params;
@@ -709,7 +764,7 @@ int run_sft(const Topology& topo, const TrainConfig& cfg) {
 
   for (int64_t step = run.state.step; step < total; ++step) {
     Timer tm;
-    run.begin_step();
+    run.begin_step(step);
     const std::vector<int64_t> global = global_batch(train.size(), cfg.batch_size, cfg.seed, step);
     // Every rank reads the whole dataset, so the global count of answer tokens (the loss is their
     // mean, as in TRL's SFT) needs no communication.
@@ -732,18 +787,23 @@ int run_sft(const Topology& topo, const TrainConfig& cfg) {
       return dlogp;
     });
     double sums[2] = {nll, tokens};
+    run.phase("loss all-reduce", step);
     allreduce_sum(sums, 2, topo.dp_comm);
     if (topo.pp > 1) run.pipe()->allreduce_sum(sums, 1);  // the NLL is the last stage's (0 elsewhere)
     const double lr = sched.at(step);
+    run.phase("gradient reduction (ZeRO-1 reduce-scatter)", step);
     const double gnorm = opt.reduce(grads.data(), 1.0);
+    run.phase("step agreement (all-reduce)", step);
     const StepControl ctl = run.control(!std::isfinite(sums[0]) || !std::isfinite(gnorm));
     if (ctl.skip) {
       run.skip_step(step, sums[0] / n_answer, gnorm, lr);
       if (run.end_step(step, true, ctl, tm.seconds())) return kExitCheckpointed;
       continue;
     }
+    run.phase("optimizer (ZeRO-1 all-gather)", step);
     opt.apply(params.data(), grads.data(), lr, gnorm, cfg.max_grad_norm);
     const double secs = tm.seconds();
+    run.phase("step report", step);
     nlohmann::json j;
     j["step"] = step + 1, j["loss"] = sums[0] / n_answer, j["lr"] = lr, j["grad_norm"] = gnorm;
     j["tokens_per_s"] = sums[1] / secs, j["step_time"] = secs;

@@ -8,11 +8,11 @@
 namespace metapo::cli {
 
 struct TrainOptionStrings {
-  std::string loss = "sigmoid", weighting = "uniform", max_time;
+  std::string loss = "sigmoid", weighting = "uniform", max_time, hang_timeout = "auto";
 };
 
-// --max-time: D-HH:MM:SS, HH:MM:SS, MM:SS or seconds, in seconds; throws naming the option.
-double parse_duration(const std::string& text);
+// A duration D-HH:MM:SS, HH:MM:SS, MM:SS or seconds, in seconds; throws naming the option.
+double parse_duration(const std::string& text, const std::string& option);
 
 // Adds the options to desc, storing into cfg / s.
 void add_train_options(po::options_description& desc, TrainConfig& cfg, TrainOptionStrings& s, bool preference);

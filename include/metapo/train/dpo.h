@@ -58,6 +58,8 @@ struct TrainConfig {
   std::string resume;
   double max_time_s = 0;
   int64_t max_skipped_steps = 10;
+  // --hang-timeout (train/watchdog.h): > 0 seconds, 0 off, < 0 auto.
+  double hang_timeout_s = -1;
   std::string command_line;  // recorded in RUN/run.json
 };
 

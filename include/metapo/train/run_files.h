@@ -36,6 +36,15 @@ struct RunLayout {
   std::vector<std::pair<int64_t, int64_t>> stage_layers;
 };
 
+// The Slurm job a run belongs to, from the environment sbatch and srun set (absent outside Slurm).
+struct SlurmJob {
+  std::string job_id, job_name, node_list;  // SLURM_JOB_ID, SLURM_JOB_NAME, SLURM_JOB_NODELIST
+  int64_t restart_count = 0;                // SLURM_RESTART_COUNT: how often Slurm requeued the job
+  int64_t nodes = 0, ntasks = 0;            // SLURM_JOB_NUM_NODES, SLURM_NTASKS
+  static std::optional<SlurmJob> from_env();
+};
+nlohmann::json to_json(const SlurmJob& s);
+
 struct RunRecord {
   std::string command;       // "train" or "sft"
   std::string command_line;  // as the user typed it
@@ -43,6 +52,8 @@ struct RunRecord {
   std::optional<RunLayout> parallel;          // written once the layout is known
   std::optional<RankMemory> memory;           // the world root's (a first-stage rank)
   std::vector<RankMemory> memory_per_stage;   // with a pipeline: every stage's DP 0 / TP 0 rank
+  int64_t restarts = 0;                       // how often this run directory was started again (--resume)
+  std::optional<SlurmJob> slurm;              // the job of the latest start, under Slurm
 
   // The loss a `train` run used (loss, beta, label_smoothing; simpo_gamma and discopop_tau where
   // recorded). Settings an older file does not record but the loss reads keep their defaults, and a
