@@ -50,7 +50,7 @@ int cmd_bench(Context& ctx, int argc, char** argv) {
   if (!model_dir.empty()) {
     m = load_hf_model(model_dir);
   } else {
-    m.config = config_from_ini(resolve_preset(preset));
+    m.config = preset_config(preset);
     m.params = init_params(m.config, seed);
   }
   const LlamaConfig& c = m.config;

@@ -36,11 +36,10 @@ int cmd_eval(Context& ctx, int argc, char** argv) {
   apply_parallel_options(ctx, par);
   lc.type = parse_loss(loss);
   validate(lc);
-  HfModel hf = load_hf_model(model_dir);
   const PairSplit s = read_pair_split(data, split);
   MP_CHECK(s.has_ref(), data, ": /", split, " has no reference log-probs (run metapo precompute-ref first)");
   // Pairs split over DP; the TP ranks of a replica score the same pairs together.
-  ShardedModel sm = shard_model(hf.config, std::move(hf.params), ctx.topo, par.pp_layers);
+  ShardedModel sm = load_sharded_model(model_dir, ctx.topo, par.pp_layers);
   const PairStats st = evaluate_pairs(*sm.model, sm.pp.get(), sm.params.data(), s, lc, micro, limit, ctx.topo.dp_comm);
   if (ctx.topo.is_root()) {
     nlohmann::json j;
@@ -68,11 +67,11 @@ int cmd_precompute_ref(Context& ctx, int argc, char** argv) {
                   argv, vm, ctx))
     return 0;
   apply_parallel_options(ctx, par);
-  HfModel hf = load_hf_model(model_dir);
+  const LlamaConfig config = load_hf_config(model_dir);
   const Dataset d = read_dataset(data);
-  MP_CHECK(d.info.vocab_size <= hf.config.vocab_size, data, ": vocab_size ", d.info.vocab_size,
-           " is larger than the model's ", hf.config.vocab_size);
-  ShardedModel sm = shard_model(hf.config, std::move(hf.params), ctx.topo, par.pp_layers);
+  MP_CHECK(d.info.vocab_size <= config.vocab_size, data, ": vocab_size ", d.info.vocab_size,
+           " is larger than the model's ", config.vocab_size);
+  ShardedModel sm = load_sharded_model(model_dir, ctx.topo, par.pp_layers);
   std::map<std::string, std::pair<std::vector<double>, std::vector<double>>> ref;
   for (const auto& [name, split] : d.pairs) {
     std::vector<int64_t> idx(static_cast<size_t>(split.size()));
@@ -81,7 +80,7 @@ int cmd_precompute_ref(Context& ctx, int argc, char** argv) {
     pair_logps(*sm.model, sm.pp.get(), sm.params.data(), split, idx, micro, ctx.topo.dp_comm, c, r);
     if (ctx.topo.is_root()) std::printf("%s: %lld pairs scored\n", name.c_str(), (long long)split.size());
   }
-  if (ctx.topo.is_root()) write_ref_logps(data, ref, model_dir, hf.config.max_position_embeddings);
+  if (ctx.topo.is_root()) write_ref_logps(data, ref, model_dir, config.max_position_embeddings);
   MPI_Barrier(ctx.topo.world);
   if (ctx.topo.is_root()) std::printf("wrote reference log-probs into %s\n", data.c_str());
   return 0;

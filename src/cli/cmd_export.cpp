@@ -1,5 +1,6 @@
 #include <filesystem>
 #include <iostream>
+#include <memory>
 
 #include "metapo/cli/commands.h"
 #include "metapo/io/hf_model.h"
@@ -10,33 +11,44 @@ namespace metapo::cli {
 
 int cmd_export(Context& ctx, int argc, char** argv) {
   po::options_description desc("metapo export options");
-  std::string model, out, dtype;
+  std::string model, out, dtype, max_shard;
   desc.add_options()
     ("model", po::value(&model)->required(), "source: a model directory (Hugging Face layout), a checkpoint RUN/step_XXXXXXXX.h5, or a run directory RUN (its latest checkpoint)")
     ("out", po::value(&out)->required(), "output directory (written atomically)")
-    ("dtype", po::value(&dtype)->default_value("float32"), "stored dtype: float32, bfloat16 or float16");
+    ("dtype", po::value(&dtype)->default_value("float32"), "stored dtype: float32, bfloat16 or float16")
+    ("max-shard-size", po::value(&max_shard)->default_value("5GB"), "largest safetensors file (bytes, or with KB/MB/GB): a bigger model is split into model-0000k-of-0000n.safetensors with model.safetensors.index.json, as transformers' save_pretrained does");
   po::variables_map vm;
-  if (!parse_args("export", "metapo export --model SRC|RUN|RUN/step_XXXXXXXX.h5 --out DIR [--dtype float32|bfloat16|float16]",
+  if (!parse_args("export", "[mpirun -np N] metapo export --model SRC|RUN|RUN/step_XXXXXXXX.h5 --out DIR [--dtype float32|bfloat16|float16]",
                   desc, argc, argv, vm, ctx))
     return 0;
-  if (ctx.topo.is_root()) {
-    namespace fs = std::filesystem;
-    std::error_code ec;
-    HfModel m;
-    std::string from = model;
-    // A checkpoint file, or a run directory (no config.json) whose `latest` names one.
-    const bool checkpoint = fs::is_regular_file(model, ec) ||
-                            (fs::is_directory(model, ec) && !fs::exists(fs::path(model) / "config.json", ec) &&
-                             fs::exists(fs::path(model) / "latest", ec));
-    if (checkpoint) {
-      from = resolve_checkpoint(model);
-      read_checkpoint_model(from, m.config, m.params);
-    } else {
-      m = load_hf_model(model);
-    }
-    save_hf_model(out, m.config, m.params, dtype);
-    std::cout << "wrote " << out << " from " << from << " (" << m.params.size() << " parameters, " << dtype << ")\n";
-  }
+  namespace fs = std::filesystem;
+  std::error_code ec;
+  // Before any reading: the dtype, and an --out that is new or a model directory.
+  MP_CHECK(dtype == "float32" || dtype == "bfloat16" || dtype == "float16", "--dtype ", dtype,
+           ": not float32, bfloat16 or float16");
+  const uint64_t max_shard_bytes = parse_bytes(max_shard, "--max-shard-size");
+  check_model_dir_target(out);
+  // A checkpoint file, or a run directory (no config.json) whose `latest` names one.
+  const bool checkpoint = fs::is_regular_file(model, ec) ||
+                          (fs::is_directory(model, ec) && !fs::exists(fs::path(model) / "config.json", ec) &&
+                           fs::exists(fs::path(model) / "latest", ec));
+  const std::string from = checkpoint ? resolve_checkpoint(model) : model;
+  std::unique_ptr<HfModelReader> reader;
+  if (!checkpoint) reader = std::make_unique<HfModelReader>(model);
+  const LlamaConfig config = checkpoint ? read_checkpoint_config(from) : reader->config();
+  // Each rank reads its window of the flat buffer and writes it: no rank holds the whole model.
+  const size_t n = ParamLayout(config).total(), rank = size_t(ctx.topo.world_rank), ranks = size_t(ctx.topo.world_size);
+  const size_t lo = n * rank / ranks, hi = n * (rank + 1) / ranks;
+  std::vector<float> part(hi - lo);
+  if (checkpoint)
+    read_checkpoint_model(from, ctx.topo.world, config, lo, hi, part.data());
+  else
+    reader->read_runs({{lo, 0, hi - lo, false}}, part.data());
+  save_hf_model_parallel(out, config, {{lo, 0, hi - lo, false}}, true, part.data(), dtype, ctx.topo.world,
+                         max_shard_bytes);
+  if (ctx.topo.is_root())
+    std::cout << "wrote " << out << " from " << from << " (" << n << " parameters, " << dtype << ", " << ranks
+              << " rank" << (ranks > 1 ? "s" : "") << ")\n";
   return 0;
 }
 

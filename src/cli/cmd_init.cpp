@@ -11,17 +11,22 @@ int cmd_init(Context& ctx, int argc, char** argv) {
   po::options_description desc("metapo init options");
   std::string preset, out, dtype;
   uint64_t seed = 0;
+  int64_t layers = 0;
   double std_dev = 0.02;
   desc.add_options()
-    ("preset", po::value(&preset)->required(), "model preset: a name from configs/presets/ (tiny, bench-28m) or an .ini path")
+    ("preset", po::value(&preset)->required(), "model shape: a name from configs/presets/ (tiny, bench-28m) or configs/models/ (llama-3-8b, llama-2-70b, qwen2-7b, ...), or an .ini or config.json path")
+    ("layers", po::value(&layers)->default_value(0), "decoder layers (0: the preset's): a real model's shape with a few layers")
     ("out", po::value(&out)->required(), "output model directory (Hugging Face layout)")
     ("seed", po::value(&seed)->default_value(0), "random seed")
     ("init-std", po::value(&std_dev)->default_value(0.02), "standard deviation of the weight matrices")
     ("dtype", po::value(&dtype)->default_value("float32"), "stored dtype: float32, bfloat16 or float16");
   po::variables_map vm;
-  if (!parse_args("init", "metapo init --preset NAME --out DIR [--seed S]", desc, argc, argv, vm, ctx))
+  if (!parse_args("init", "metapo init --preset NAME --out DIR [--layers N] [--seed S]", desc, argc, argv, vm, ctx))
     return 0;
-  const LlamaConfig c = config_from_ini(resolve_preset(preset));
+  MP_CHECK(layers >= 0, "--layers ", layers, ": must be >= 0");
+  LlamaConfig c = preset_config(preset);
+  if (layers > 0) c.num_hidden_layers = layers;
+  c.validate("--preset " + preset);
   if (ctx.topo.is_root()) {
     save_hf_model(out, c, init_params(c, seed, std_dev), dtype);
     std::cout << "wrote " << out << " (" << ParamLayout(c).total() << " parameters, preset " << preset

@@ -1,9 +1,11 @@
 #include "metapo/cli/common.h"
 
+#include <cctype>
 #include <cstdio>
 #include <filesystem>
 #include <fstream>
 #include <iostream>
+#include <map>
 #include <sstream>
 
 #include "metapo/core/error.h"
@@ -133,11 +135,43 @@ void apply_parallel_options(Context& ctx, ParallelOptions& p) {
   ctx.threads = configure_threads(ctx.topo.local_size);
 }
 
+uint64_t parse_bytes(const std::string& text, const std::string& option) {
+  size_t digits = 0;
+  while (digits < text.size() && (std::isdigit(static_cast<unsigned char>(text[digits])) || text[digits] == '.')) ++digits;
+  const std::string num = text.substr(0, digits), unit = text.substr(digits);
+  static const std::map<std::string, double> units = {
+      {"", 1.0},         {"B", 1.0},           {"KB", 1e3},          {"MB", 1e6},          {"GB", 1e9},
+      {"TB", 1e12},      {"KiB", 1024.0},      {"MiB", 1048576.0},   {"GiB", 1073741824.0}, {"TiB", 1099511627776.0}};
+  const auto u = units.find(unit);
+  char* end = nullptr;
+  const double v = num.empty() ? -1.0 : std::strtod(num.c_str(), &end);
+  MP_CHECK(u != units.end() && end && *end == '\0' && v > 0, option, " ", text,
+           ": not a size (a positive number of bytes, or with KB, MB, GB, TB, KiB, MiB, GiB, TiB)");
+  return uint64_t(v * u->second);
+}
+
 std::string resolve_preset(const std::string& name) {
   if (fs::is_regular_file(name)) return name;
-  const fs::path p = fs::path(METAPO_SOURCE_DIR) / "configs" / "presets" / (name + ".ini");
-  MP_CHECK(fs::is_regular_file(p), "--preset ", name, ": no such preset (looked for ", p.string(), ")");
-  return p.string();
+  const fs::path configs = fs::path(METAPO_SOURCE_DIR) / "configs";
+  const fs::path ini = configs / "presets" / (name + ".ini"), json = configs / "models" / (name + ".json");
+  if (fs::is_regular_file(ini)) return ini.string();
+  MP_CHECK(fs::is_regular_file(json), "--preset ", name, ": no such preset (looked for ", ini.string(), " and ",
+           json.string(), ")");
+  return json.string();
+}
+
+LlamaConfig preset_config(const std::string& name) {
+  const std::string path = resolve_preset(name);
+  if (path.size() < 5 || path.compare(path.size() - 5, 5, ".json") != 0) return config_from_ini(path);
+  std::ifstream in(path);
+  MP_CHECK(in, path, ": cannot open");
+  nlohmann::json j;
+  try {
+    j = nlohmann::json::parse(in);
+  } catch (const nlohmann::json::exception& e) {
+    fail(path, ": bad JSON: ", e.what());
+  }
+  return config_from_json(j, path);
 }
 
 std::vector<std::string> gather_to_root(const std::string& mine, const Topology& topo) {

@@ -1,6 +1,14 @@
 #include "metapo/io/hf_model.h"
 
+#include <fcntl.h>
+#include <mpi.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <cerrno>
 #include <cmath>
+#include <cstdio>
+#include <cstring>
 #include <filesystem>
 #include <fstream>
 #include <map>
@@ -42,11 +50,111 @@ void write_json(const fs::path& path, const json& j) {
   MP_CHECK(out, path.string(), ": write failed");
 }
 
+// The path rank 0 of comm holds, on every rank.
+fs::path bcast_path(const fs::path& p, MPI_Comm comm) {
+  std::string s = p.string();
+  uint64_t n = s.size();
+  MPI_Bcast(&n, 1, MPI_UINT64_T, 0, comm);
+  s.resize(n);
+  MPI_Bcast(s.data(), int(n), MPI_CHAR, 0, comm);
+  return s;
+}
+
 bool ends_with(const std::string& s, const std::string& suffix) {
   return s.size() >= suffix.size() && s.compare(s.size() - suffix.size(), suffix.size(), suffix) == 0;
 }
 
+// A run of the flat buffer cut at tensor boundaries and into pieces of at most 1M elements: the unit
+// of work of the parallel reads and writes.
+struct Piece {
+  size_t tensor, first, count, local;  // elements [first, first + count) of tensor k <-> local + ...
+  bool replicated;
+};
+
+std::vector<Piece> split_runs(const ParamLayout& lay, const std::vector<TpCopy>& runs, const std::string& where) {
+  constexpr size_t kPiece = size_t(1) << 20;
+  const std::vector<TensorEntry>& ts = lay.tensors();
+  std::vector<Piece> pieces;
+  for (const TpCopy& r : runs) {
+    size_t full = r.full, at = r.local, left = r.count;
+    while (left > 0) {
+      // The tensor holding `full`: the last one starting at or before it (tensors are in offset order).
+      const auto it = std::upper_bound(ts.begin(), ts.end(), full,
+                                       [](size_t f, const TensorEntry& t) { return f < t.offset; });
+      MP_CHECK(it != ts.begin(), where, ": element ", full, " is before the first tensor");
+      const size_t k = size_t(it - ts.begin()) - 1;
+      const size_t first = full - ts[k].offset;
+      MP_CHECK(first < ts[k].numel, where, ": element ", full, " is past tensor ", ts[k].name);
+      const size_t n = std::min({left, ts[k].numel - first, kPiece});
+      pieces.push_back({k, first, n, at, r.replicated});
+      full += n, at += n, left -= n;
+    }
+  }
+  return pieces;
+}
+
+const std::map<std::string, std::string>& st_dtypes() {
+  static const std::map<std::string, std::string> m = {{"float32", "F32"}, {"bfloat16", "BF16"}, {"float16", "F16"}};
+  return m;
+}
+
+// dir + ".partial", made fresh, beside a `dir` that is absent or a model directory (one with
+// config.json: what save_hf_model writes); never replaces any other directory. Returns the path.
+fs::path begin_model_dir(const std::string& dir) {
+  check_model_dir_target(dir);
+  // "out/" + ".partial" would land inside out/: work on the path without its trailing slash.
+  fs::path target = fs::path(dir).lexically_normal();
+  if (!target.has_filename()) target = target.parent_path();
+  const fs::path tmp = target.string() + ".partial";
+  std::error_code ec;
+  if (target.has_parent_path()) {
+    fs::create_directories(target.parent_path(), ec);
+    MP_CHECK(!ec, target.parent_path().string(), ": cannot create (", ec.message(), ")");
+  }
+  fs::remove_all(tmp, ec);  // a stale one from a crashed export
+  fs::create_directory(tmp, ec);
+  MP_CHECK(!ec, tmp.string(), ": cannot create (", ec.message(), ")");
+  return tmp;
+}
+
+// config.json (torch_dtype = dtype) and generation_config.json into tmp.
+void write_model_json(const fs::path& tmp, const LlamaConfig& c, const std::string& dtype) {
+  LlamaConfig saved = c;
+  saved.torch_dtype = dtype;
+  write_json(tmp / "config.json", config_to_json(saved));
+  write_json(tmp / "generation_config.json", {{"bos_token_id", c.bos_token_id}, {"eos_token_id", c.eos_token_id}});
+}
+
+// Renames the complete tmp (begin_model_dir) to dir. rename() cannot replace a non-empty directory, so
+// an old dir steps aside first; a crash in between leaves dir.old and dir.partial, both complete,
+// never a half-written dir.
+void commit_model_dir(const fs::path& tmp, const std::string& dir) {
+  fs::path target = fs::path(dir).lexically_normal();
+  if (!target.has_filename()) target = target.parent_path();
+  const fs::path old = target.string() + ".old";
+  std::error_code ec;
+  if (fs::exists(target, ec)) {
+    fs::remove_all(old, ec);
+    fs::rename(target, old, ec);
+    MP_CHECK(!ec, target.string(), ": cannot move the old model aside (", ec.message(), ")");
+  }
+  fs::rename(tmp, target, ec);
+  MP_CHECK(!ec, target.string(), ": cannot rename ", tmp.string(), " to it (", ec.message(), ")");
+  fs::remove_all(old, ec);
+}
+
 }  // namespace
+
+void check_model_dir_target(const std::string& dir) {
+  fs::path target = fs::path(dir).lexically_normal();
+  if (!target.has_filename()) target = target.parent_path();
+  std::error_code ec;
+  if (fs::exists(target, ec)) {
+    MP_CHECK(fs::is_directory(target, ec) && fs::is_regular_file(target / "config.json", ec),
+             target.string(), ": exists and is not a model directory (no config.json); "
+             "refusing to replace it");
+  }
+}
 
 LlamaConfig load_hf_config(const std::string& dir) {
   check_dir(dir);
@@ -56,11 +164,10 @@ LlamaConfig load_hf_config(const std::string& dir) {
   return config_from_json(read_json(path), path.string());
 }
 
-HfModel load_hf_model(const std::string& dir) {
-  HfModel m;
-  m.config = load_hf_config(dir);
-  const LlamaConfig& c = m.config;
-  const ParamLayout lay(c);
+HfModelReader::HfModelReader(const std::string& dir)
+    : dir_(dir), config_(load_hf_config(dir)), layout_(config_) {
+  const LlamaConfig& c = config_;
+  const ParamLayout& lay = layout_;
 
   // Which files to read. Like transformers, a single model.safetensors wins over an index.
   const fs::path single = fs::path(dir) / "model.safetensors";
@@ -89,18 +196,17 @@ HfModel load_hf_model(const std::string& dir) {
               "safetensors; re-save .bin checkpoints with transformers first)");
   }
 
-  // Pass 1: open every file (validating its header) and match tensors to the layout, so that a
-  // missing or misshapen tensor fails before gigabytes are read.
-  std::vector<SafetensorsReader> readers;
-  for (const auto& f : files) readers.emplace_back(f);
+  // Open every file (validating its header) and match tensors to the layout, so that a missing or
+  // misshapen tensor fails before gigabytes are read.
+  for (const auto& f : files) readers_.emplace_back(f);
   std::map<std::string, size_t> source;  // layout tensor -> reader index
-  for (size_t ri = 0; ri < readers.size(); ++ri) {
-    const std::string& file = readers[ri].path();
+  for (size_t ri = 0; ri < readers_.size(); ++ri) {
+    const std::string& file = readers_[ri].path();
     const std::string fname = fs::path(file).filename().string();
     for (const auto& kv : wmap)
-      MP_CHECK(kv.second != fname || readers[ri].find(kv.first), listing, ": tensor ", kv.first,
+      MP_CHECK(kv.second != fname || readers_[ri].find(kv.first), listing, ": tensor ", kv.first,
                " is listed in shard ", fname, ", which does not hold it");
-    for (const SafetensorsEntry& e : readers[ri].tensors()) {
+    for (const SafetensorsEntry& e : readers_[ri].tensors()) {
       const TensorEntry* t = lay.find(e.name);
       if (!t) {
         // transformers may save the tied head (same values as the embedding) and old RoPE caches.
@@ -119,81 +225,223 @@ HfModel load_hf_model(const std::string& dir) {
       MP_CHECK(e.shape == t->shape, file, ": tensor ", e.name, ": expected ",
                shape_str(t->shape), ", file has ", shape_str(e.shape));
       auto [it, fresh] = source.emplace(e.name, ri);
-      MP_CHECK(fresh, file, ": tensor ", e.name, " is also in ", readers[it->second].path());
+      MP_CHECK(fresh, file, ": tensor ", e.name, " is also in ", readers_[it->second].path());
     }
   }
-  for (const TensorEntry& t : lay.tensors())
-    MP_CHECK(source.count(t.name), listing, ": tensor ", t.name, " is missing");
-
-  // Pass 2: read, converting to fp32 straight into the flat buffer.
-  m.params.assign(lay.total(), 0.0f);
   for (const TensorEntry& t : lay.tensors()) {
-    readers[source[t.name]].read(t.name, m.params.data() + t.offset);
-    // A diverged model is refused here, so eval, score, generate and training never run on one.
-    const float* x = m.params.data() + t.offset;
-    size_t bad = 0;
-    for (size_t i = 0; i < t.numel; ++i) bad += std::isfinite(x[i]) ? 0 : 1;
-    MP_CHECK(bad == 0, readers[source[t.name]].path(), ": tensor ", t.name, " holds ", bad, " non-finite values (of ",
-             t.numel, "); the model diverged");
+    MP_CHECK(source.count(t.name), listing, ": tensor ", t.name, " is missing");
+    source_.push_back(source[t.name]);
   }
-  return m;
+}
+
+void HfModelReader::read_runs(const std::vector<TpCopy>& runs, float* local) const {
+  const std::vector<TensorEntry>& ts = layout_.tensors();
+  const std::vector<Piece> pieces = split_runs(layout_, runs, dir_);
+  std::vector<size_t> bad(ts.size(), 0), read(ts.size(), 0);
+  std::string error;
+#pragma omp parallel
+  {
+    std::vector<size_t> my_bad(ts.size(), 0), my_read(ts.size(), 0);
+#pragma omp for schedule(dynamic)
+    for (size_t i = 0; i < pieces.size(); ++i) {
+      const Piece& p = pieces[i];
+      try {
+        const SafetensorsReader& rd = readers_[source_[p.tensor]];
+        rd.read_elements(*rd.find(ts[p.tensor].name), p.first, p.count, local + p.local);
+      } catch (const std::exception& e) {
+#pragma omp critical(hf_read_error)
+        if (error.empty()) error = e.what();
+        continue;
+      }
+      const float* x = local + p.local;
+      size_t b = 0;
+      for (size_t j = 0; j < p.count; ++j) b += std::isfinite(x[j]) ? 0 : 1;
+      my_bad[p.tensor] += b, my_read[p.tensor] += p.count;
+    }
+#pragma omp critical(hf_read_count)
+    for (size_t k = 0; k < ts.size(); ++k) bad[k] += my_bad[k], read[k] += my_read[k];
+  }
+  if (!error.empty()) throw Error(error);
+  // A diverged model is refused here, so eval, score, generate and training never run on one.
+  for (size_t k = 0; k < ts.size(); ++k)
+    MP_CHECK(bad[k] == 0, readers_[source_[k]].path(), ": tensor ", ts[k].name, " holds ", bad[k],
+             " non-finite values (of ", read[k], read[k] == ts[k].numel ? "" : " read by this rank",
+             "); the model diverged");
+}
+
+std::vector<float> HfModelReader::read_all() const {
+  std::vector<TpCopy> all;
+  for (const TensorEntry& t : layout_.tensors()) all.push_back({t.offset, t.offset, t.numel, false});
+  std::vector<float> params(layout_.total(), 0.0f);
+  read_runs(all, params.data());
+  return params;
+}
+
+HfModel load_hf_model(const std::string& dir) {
+  const HfModelReader reader(dir);
+  return {reader.config(), reader.read_all()};
 }
 
 void save_hf_model(const std::string& dir, const LlamaConfig& c, const std::vector<float>& params,
                    const std::string& dtype) {
-  static const std::map<std::string, std::string> st_dtype = {
-      {"float32", "F32"}, {"bfloat16", "BF16"}, {"float16", "F16"}};
-  MP_CHECK(st_dtype.count(dtype), dir, ": cannot save dtype ", dtype,
-           " (float32, bfloat16 or float16)");
+  MP_CHECK(st_dtypes().count(dtype), dir, ": cannot save dtype ", dtype, " (float32, bfloat16 or float16)");
   c.validate(dir);
   const ParamLayout lay(c);
   MP_CHECK(params.size() == lay.total(), dir, ": ", params.size(),
            " parameters given, the config needs ", lay.total());
-
-  // "out/" + ".partial" would land inside out/: work on the path without its trailing slash.
-  fs::path target = fs::path(dir).lexically_normal();
-  if (!target.has_filename()) target = target.parent_path();
-  const fs::path tmp = target.string() + ".partial", old = target.string() + ".old";
-  std::error_code ec;
-  // Replace only what we would have written ourselves; never delete an arbitrary directory.
-  if (fs::exists(target, ec)) {
-    MP_CHECK(fs::is_directory(target, ec) && fs::is_regular_file(target / "config.json", ec),
-             target.string(), ": exists and is not a model directory (no config.json); "
-             "refusing to replace it");
-  }
-  if (target.has_parent_path()) {
-    fs::create_directories(target.parent_path(), ec);
-    MP_CHECK(!ec, target.parent_path().string(), ": cannot create (", ec.message(), ")");
-  }
-  fs::remove_all(tmp, ec);  // a stale one from a crashed export
-  fs::create_directory(tmp, ec);
-  MP_CHECK(!ec, tmp.string(), ": cannot create (", ec.message(), ")");
-
+  const fs::path tmp = begin_model_dir(dir);
   try {
-    LlamaConfig saved = c;
-    saved.torch_dtype = dtype;
-    write_json(tmp / "config.json", config_to_json(saved));
-    write_json(tmp / "generation_config.json",
-               {{"bos_token_id", c.bos_token_id}, {"eos_token_id", c.eos_token_id}});
+    write_model_json(tmp, c, dtype);
     std::vector<SafetensorsTensor> tensors;
     for (const TensorEntry& t : lay.tensors())
       tensors.push_back({t.name, t.shape, params.data() + t.offset});
-    write_safetensors((tmp / "model.safetensors").string(), tensors, st_dtype.at(dtype));
+    write_safetensors((tmp / "model.safetensors").string(), tensors, st_dtypes().at(dtype));
   } catch (...) {
+    std::error_code ec;
     fs::remove_all(tmp, ec);
     throw;
   }
+  commit_model_dir(tmp, dir);
+}
 
-  // rename() cannot replace a non-empty directory, so the old one steps aside first; a crash in
-  // between leaves dir.old and dir.partial, both complete, never a half-written dir.
-  if (fs::exists(target, ec)) {
-    fs::remove_all(old, ec);
-    fs::rename(target, old, ec);
-    MP_CHECK(!ec, target.string(), ": cannot move the old model aside (", ec.message(), ")");
+HfFilePlan plan_hf_files(const LlamaConfig& c, const std::string& dtype, uint64_t max_shard_bytes) {
+  MP_CHECK(st_dtypes().count(dtype), "cannot save dtype ", dtype, " (float32, bfloat16 or float16)");
+  const std::string st = st_dtypes().at(dtype);
+  const size_t esize = st == "F32" ? 4 : 2;
+  const ParamLayout lay(c);
+  const std::vector<TensorEntry>& ts = lay.tensors();
+  HfFilePlan plan;
+  plan.dtype = st;
+  // Tensors in layout order, a new file when the next tensor would take this one past the limit.
+  std::vector<std::vector<size_t>> groups;
+  uint64_t bytes = 0;
+  for (size_t k = 0; k < ts.size(); ++k) {
+    const uint64_t b = uint64_t(ts[k].numel) * esize;
+    if (groups.empty() || (bytes > 0 && bytes + b > max_shard_bytes)) groups.emplace_back(), bytes = 0;
+    groups.back().push_back(k), bytes += b;
   }
-  fs::rename(tmp, target, ec);
-  MP_CHECK(!ec, target.string(), ": cannot rename ", tmp.string(), " to it (", ec.message(), ")");
-  fs::remove_all(old, ec);
+  plan.where.resize(ts.size());
+  for (size_t g = 0; g < groups.size(); ++g) {
+    HfFilePlan::File f;
+    char name[64];
+    std::snprintf(name, sizeof name, "model-%05zu-of-%05zu.safetensors", g + 1, groups.size());
+    f.name = groups.size() == 1 ? "model.safetensors" : name;
+    std::vector<SafetensorsTensor> list;
+    for (size_t k : groups[g]) list.push_back({ts[k].name, ts[k].shape, nullptr});
+    f.layout = safetensors_layout(f.name, list, st);
+    for (size_t j = 0; j < groups[g].size(); ++j) plan.where[groups[g][j]] = {g, f.layout.offsets[j]};
+    plan.files.push_back(std::move(f));
+  }
+  return plan;
+}
+
+void save_hf_model_parallel(const std::string& dir, const LlamaConfig& c, const std::vector<TpCopy>& runs,
+                            bool write_replicated, const float* local, const std::string& dtype, MPI_Comm comm,
+                            uint64_t max_shard_bytes) {
+  int rank = 0;
+  MPI_Comm_rank(comm, &rank);
+  const ParamLayout lay(c);
+  const std::vector<TensorEntry>& ts = lay.tensors();
+  const HfFilePlan plan = plan_hf_files(c, dtype, max_shard_bytes);
+  // Every rank learns whether all ranks succeeded, and throws the same line when one did not.
+  auto agree = [&](std::string error) {
+    int bad = error.empty() ? 0 : 1, any = 0;
+    MPI_Allreduce(&bad, &any, 1, MPI_INT, MPI_MAX, comm);
+    if (!any) return;
+    if (error.empty()) error = dir + ": another rank could not write its part of the model";
+    throw Error(error);
+  };
+  // Rank 0 lays the directory out: the JSON files, the index, every file's header at its full size.
+  fs::path tmp;
+  std::string error;
+  if (rank == 0) {
+    try {
+      c.validate(dir);
+      tmp = begin_model_dir(dir);
+      write_model_json(tmp, c, dtype);
+      if (plan.files.size() > 1) {
+        uint64_t total = 0;
+        json index = {{"metadata", {{"total_size", 0}}}, {"weight_map", json::object()}};
+        for (size_t k = 0; k < ts.size(); ++k) {
+          index["weight_map"][ts[k].name] = plan.files[plan.where[k].first].name;
+          total += uint64_t(ts[k].numel) * plan.files[0].layout.element_size;
+        }
+        index["metadata"]["total_size"] = total;
+        write_json(tmp / "model.safetensors.index.json", index);
+      }
+      for (const HfFilePlan::File& f : plan.files) {
+        const std::string path = (tmp / f.name).string();
+        const int fd = ::open(path.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+        MP_CHECK(fd >= 0, path, ": cannot create (", std::strerror(errno), ")");
+        const bool ok = ::pwrite(fd, f.layout.head.data(), f.layout.head.size(), 0) == ssize_t(f.layout.head.size()) &&
+                        ::ftruncate(fd, off_t(f.layout.file_size)) == 0;
+        ::close(fd);
+        MP_CHECK(ok, path, ": cannot write the header (", std::strerror(errno), ")");
+      }
+    } catch (const std::exception& e) {
+      error = e.what();
+    }
+  }
+  agree(error);
+  tmp = bcast_path(tmp, comm);
+  // Every rank converts and writes its own runs, on its threads, and fsyncs what it wrote.
+  const std::vector<Piece> pieces = split_runs(lay, runs, dir);
+  std::vector<int> fds(plan.files.size(), -1);
+  uint64_t written = 0;
+  try {
+    for (size_t g = 0; g < plan.files.size(); ++g) {
+      const std::string path = (tmp / plan.files[g].name).string();
+      fds[g] = ::open(path.c_str(), O_WRONLY | O_CLOEXEC);
+      MP_CHECK(fds[g] >= 0, path, ": cannot open for writing (", std::strerror(errno), ")");
+    }
+#pragma omp parallel for schedule(dynamic) reduction(+ : written)
+    for (size_t i = 0; i < pieces.size(); ++i) {
+      const Piece& p = pieces[i];
+      if (p.replicated && !write_replicated) continue;
+      const auto [g, off] = plan.where[p.tensor];
+      const size_t es = plan.files[g].layout.element_size;
+      std::vector<char> buf(p.count * es);
+      encode_floats(local + p.local, p.count, plan.dtype, buf.data());
+      size_t done = 0;
+      while (done < buf.size()) {
+        const ssize_t n = ::pwrite(fds[g], buf.data() + done, buf.size() - done, off_t(off + uint64_t(p.first) * es + done));
+        if (n < 0 && errno == EINTR) continue;
+        if (n <= 0) {
+#pragma omp critical(hf_write_error)
+          if (error.empty()) error = str_cat((tmp / plan.files[g].name).string(), ": write failed (", std::strerror(errno), ")");
+          break;
+        }
+        done += size_t(n);
+      }
+      written += p.count;
+    }
+    for (size_t g = 0; g < fds.size() && error.empty(); ++g)
+      if (::fsync(fds[g]) != 0) error = str_cat((tmp / plan.files[g].name).string(), ": fsync failed (", std::strerror(errno), ")");
+  } catch (const std::exception& e) {
+    if (error.empty()) error = e.what();
+  }
+  for (int fd : fds)
+    if (fd >= 0) ::close(fd);
+  // The ranks' parts must cover the model exactly once.
+  uint64_t all = 0;
+  MPI_Allreduce(&written, &all, 1, MPI_UINT64_T, MPI_SUM, comm);
+  if (error.empty() && all != lay.total())
+    error = str_cat(dir, ": the ranks wrote ", all, " of the model's ", lay.total(), " parameters");
+  try {
+    agree(error);
+  } catch (...) {
+    std::error_code ec;
+    if (rank == 0) fs::remove_all(tmp, ec);
+    throw;
+  }
+  if (rank == 0) {
+    try {
+      commit_model_dir(tmp, dir);
+    } catch (const std::exception& e) {
+      error = e.what();
+    }
+  }
+  agree(error);
 }
 
 }  // namespace metapo

@@ -1,6 +1,7 @@
 #include "metapo/io/safetensors.h"
 
-#include <unistd.h>  // fsync
+#include <fcntl.h>
+#include <unistd.h>  // fsync, pread
 
 #include <cerrno>
 #include <cstdio>
@@ -55,20 +56,19 @@ SafetensorsReader::SafetensorsReader(const std::string& path) : path_(path) {
   MP_CHECK(fs::is_regular_file(path, ec), path, ": no such file");
   const uint64_t file_size = fs::file_size(path, ec);
   MP_CHECK(!ec, path, ": cannot stat (", ec.message(), ")");
-  file_.open(path, std::ios::binary);
-  MP_CHECK(file_, path, ": cannot open (", std::strerror(errno), ")");
+  fd_ = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
+  MP_CHECK(fd_ >= 0, path, ": cannot open (", std::strerror(errno), ")");
   MP_CHECK(file_size >= 8, path, ": file has ", file_size,
            " bytes, too short for the 8-byte header length (truncated?)");
 
   unsigned char b[8];
-  file_.read(reinterpret_cast<char*>(b), 8);
+  MP_CHECK(::pread(fd_, b, 8, 0) == 8, path, ": cannot read the header length");
   uint64_t n = 0;
   for (int i = 7; i >= 0; --i) n = (n << 8) | b[i];
   MP_CHECK(n <= file_size - 8, path, ": header length ", n,
            " runs past the end of the file (size ", file_size, "; truncated or not safetensors?)");
   std::string header(n, '\0');
-  file_.read(&header[0], std::streamsize(n));
-  MP_CHECK(file_, path, ": cannot read the ", n, "-byte header");
+  MP_CHECK(n == 0 || ::pread(fd_, &header[0], n, 8) == ssize_t(n), path, ": cannot read the ", n, "-byte header");
   data_start_ = 8 + n;
   const uint64_t data_size = file_size - data_start_;
 
@@ -130,32 +130,60 @@ SafetensorsReader::SafetensorsReader(const std::string& path) : path_(path) {
   for (size_t i = 0; i < tensors_.size(); ++i) index_[tensors_[i].name] = i;
 }
 
+SafetensorsReader::SafetensorsReader(SafetensorsReader&& o) noexcept
+    : path_(std::move(o.path_)),
+      fd_(o.fd_),
+      data_start_(o.data_start_),
+      tensors_(std::move(o.tensors_)),
+      index_(std::move(o.index_)),
+      metadata_(std::move(o.metadata_)) {
+  o.fd_ = -1;
+}
+
+SafetensorsReader::~SafetensorsReader() {
+  if (fd_ >= 0) ::close(fd_);
+}
+
 const SafetensorsEntry* SafetensorsReader::find(const std::string& name) const {
   auto it = index_.find(name);
   return it == index_.end() ? nullptr : &tensors_[it->second];
 }
 
-void SafetensorsReader::read(const std::string& name, float* out) {
+void SafetensorsReader::read(const std::string& name, float* out) const {
   const SafetensorsEntry* e = find(name);
   MP_CHECK(e, path_, ": no tensor ", name);
-  const std::string& dt = e->dtype;
-  MP_CHECK(dt == "F32" || dt == "BF16" || dt == "F16" || dt == "F64", path_, ": tensor ", name,
+  read_elements(*e, 0, e->numel, out);
+}
+
+void SafetensorsReader::read_elements(const SafetensorsEntry& e, size_t first, size_t count, float* out) const {
+  const std::string& dt = e.dtype;
+  MP_CHECK(dt == "F32" || dt == "BF16" || dt == "F16" || dt == "F64", path_, ": tensor ", e.name,
            ": unsupported dtype ", dt, " (metapo reads F32, BF16, F16, F64)");
+  MP_CHECK(first <= e.numel && count <= e.numel - first, path_, ": tensor ", e.name, ": elements [", first, ", ",
+           first + count, ") are outside its ", e.numel);
   const size_t esize = dtype_size(dt);
-  file_.clear();
-  file_.seekg(std::streamoff(data_start_ + e->begin));
-  std::vector<char> buf;
-  for (size_t i = 0; i < e->numel; i += kChunk) {
-    const size_t n = std::min(kChunk, e->numel - i);
-    char* dst = dt == "F32" ? reinterpret_cast<char*>(out + i) : nullptr;  // F32: no conversion
-    if (!dst) {
-      buf.resize(n * esize);
-      dst = buf.data();
+  // Reads all n bytes at `at` into dst (pread may return less than asked).
+  auto pread_all = [&](char* dst, size_t n, uint64_t at) {
+    while (n > 0) {
+      const ssize_t got = ::pread(fd_, dst, n, off_t(at));
+      if (got < 0 && errno == EINTR) continue;
+      MP_CHECK(got > 0, path_, ": tensor ", e.name, ": read failed (",
+               got < 0 ? std::strerror(errno) : "unexpected end of file: truncated while open?", ")");
+      dst += got, n -= size_t(got), at += uint64_t(got);
     }
-    file_.read(dst, std::streamsize(n * esize));
-    MP_CHECK(file_, path_, ": tensor ", name, ": read failed (file truncated while open?)");
-    for (size_t k = 0; k < n && dt != "F32"; ++k) {
-      const char* p = dst + k * esize;
+  };
+  std::vector<char> buf;
+  for (size_t i = 0; i < count; i += kChunk) {
+    const size_t n = std::min(kChunk, count - i);
+    const uint64_t at = data_start_ + e.begin + uint64_t(first + i) * esize;
+    if (dt == "F32") {  // no conversion: straight into out
+      pread_all(reinterpret_cast<char*>(out + i), n * 4, at);
+      continue;
+    }
+    buf.resize(n * esize);
+    pread_all(buf.data(), n * esize, at);
+    for (size_t k = 0; k < n; ++k) {
+      const char* p = buf.data() + k * esize;
       if (dt == "F64") {
         double d;
         std::memcpy(&d, p, 8);
@@ -169,7 +197,7 @@ void SafetensorsReader::read(const std::string& name, float* out) {
   }
 }
 
-std::vector<float> SafetensorsReader::read(const std::string& name) {
+std::vector<float> SafetensorsReader::read(const std::string& name) const {
   const SafetensorsEntry* e = find(name);
   MP_CHECK(e, path_, ": no tensor ", name);
   std::vector<float> v(e->numel);
@@ -177,15 +205,15 @@ std::vector<float> SafetensorsReader::read(const std::string& name) {
   return v;
 }
 
-void write_safetensors(const std::string& path, const std::vector<SafetensorsTensor>& tensors,
-                       const std::string& dtype) {
-  const size_t esize = dtype == "F32" ? 4 : (dtype == "BF16" || dtype == "F16") ? 2 : 0;
-  MP_CHECK(esize, path, ": cannot write dtype ", dtype, " (F32, BF16 or F16)");
-
+SafetensorsLayout safetensors_layout(const std::string& path, const std::vector<SafetensorsTensor>& tensors,
+                                     const std::string& dtype) {
+  SafetensorsLayout L;
+  L.element_size = dtype == "F32" ? 4 : (dtype == "BF16" || dtype == "F16") ? 2 : 0;
+  MP_CHECK(L.element_size, path, ": cannot write dtype ", dtype, " (F32, BF16 or F16)");
   json h = json::object();
   h["__metadata__"] = {{"format", "pt"}};
   uint64_t off = 0;
-  std::vector<size_t> numels;
+  std::vector<uint64_t> data_offsets;
   for (const auto& t : tensors) {
     MP_CHECK(!h.contains(t.name), path, ": tensor ", t.name, " is given twice");
     size_t numel = 1;
@@ -193,37 +221,56 @@ void write_safetensors(const std::string& path, const std::vector<SafetensorsTen
       MP_CHECK(d >= 0, path, ": tensor ", t.name, ": negative dimension in ", shape_str(t.shape));
       numel *= size_t(d);
     }
-    MP_CHECK(t.data || numel == 0, path, ": tensor ", t.name, ": no data");
-    h[t.name] = {{"dtype", dtype}, {"shape", t.shape}, {"data_offsets", {off, off + numel * esize}}};
-    off += numel * esize;
-    numels.push_back(numel);
+    h[t.name] = {{"dtype", dtype}, {"shape", t.shape}, {"data_offsets", {off, off + numel * L.element_size}}};
+    data_offsets.push_back(off);
+    off += numel * L.element_size;
   }
   // Padding the header to a multiple of 8 aligns the data section, as the reference writer does.
   std::string header = h.dump();
   header.resize((header.size() + 7) / 8 * 8, ' ');
+  L.head.resize(8);
+  for (int i = 0; i < 8; ++i) L.head[size_t(i)] = char(uint8_t(uint64_t(header.size()) >> (8 * i)));
+  L.head += header;
+  for (uint64_t d : data_offsets) L.offsets.push_back(L.head.size() + d);
+  L.file_size = L.head.size() + off;
+  return L;
+}
+
+void encode_floats(const float* x, size_t n, const std::string& dtype, void* out) {
+  if (dtype == "F32") {
+    std::memcpy(out, x, n * 4);
+    return;
+  }
+  uint16_t* o = static_cast<uint16_t*>(out);
+  if (dtype == "BF16") {
+    for (size_t k = 0; k < n; ++k) o[k] = f32_to_bf16(x[k]);
+  } else {
+    MP_CHECK(dtype == "F16", "cannot encode dtype ", dtype);
+    for (size_t k = 0; k < n; ++k) o[k] = f32_to_f16(x[k]);
+  }
+}
+
+void write_safetensors(const std::string& path, const std::vector<SafetensorsTensor>& tensors,
+                       const std::string& dtype) {
+  const SafetensorsLayout L = safetensors_layout(path, tensors, dtype);
+  for (size_t ti = 0; ti < tensors.size(); ++ti)
+    MP_CHECK(tensors[ti].data || (ti + 1 < tensors.size() ? L.offsets[ti + 1] : L.file_size) == L.offsets[ti], path,
+             ": tensor ", tensors[ti].name, ": no data");
 
   const std::string tmp = path + ".partial";
   std::FILE* f = std::fopen(tmp.c_str(), "wb");
   MP_CHECK(f, tmp, ": cannot create (", std::strerror(errno), ")");
   bool ok = true;
   auto put = [&](const void* p, size_t n) { ok = ok && std::fwrite(p, 1, n, f) == n; };
-  unsigned char len[8];
-  for (int i = 0; i < 8; ++i) len[i] = uint8_t(uint64_t(header.size()) >> (8 * i));
-  put(len, 8);
-  put(header.data(), header.size());
-  std::vector<uint16_t> buf;
+  put(L.head.data(), L.head.size());
+  std::vector<char> buf;
   for (size_t ti = 0; ti < tensors.size() && ok; ++ti) {
-    const float* src = tensors[ti].data;
-    if (dtype == "F32") {
-      put(src, numels[ti] * 4);
-      continue;
-    }
-    for (size_t i = 0; i < numels[ti]; i += kChunk) {
-      const size_t n = std::min(kChunk, numels[ti] - i);
-      buf.resize(n);
-      for (size_t k = 0; k < n; ++k)
-        buf[k] = dtype == "BF16" ? f32_to_bf16(src[i + k]) : f32_to_f16(src[i + k]);
-      put(buf.data(), n * 2);
+    const size_t numel = ((ti + 1 < tensors.size() ? L.offsets[ti + 1] : L.file_size) - L.offsets[ti]) / L.element_size;
+    for (size_t i = 0; i < numel; i += kChunk) {
+      const size_t n = std::min(kChunk, numel - i);
+      buf.resize(n * L.element_size);
+      encode_floats(tensors[ti].data + i, n, dtype, buf.data());
+      put(buf.data(), buf.size());
     }
   }
   // fsync before the rename: otherwise a power loss can leave an empty file under the final name.

@@ -75,8 +75,8 @@ void ensure_ref_logps(PairSplit& s, const std::string& split_name, const std::st
   if (topo.is_root())
     std::printf("%s: no reference log-probs in the dataset; computing them with %s\n", split_name.c_str(),
                 ref_dir.c_str());
-  HfModel ref = load_hf_model(ref_dir);
-  ShardedModel sm = shard_model(ref.config, std::move(ref.params), topo, pp_layers);
+  // This rank's shard only: the reference never becomes a second full copy beside the policy.
+  ShardedModel sm = load_sharded_model(ref_dir, topo, pp_layers);
   std::vector<int64_t> idx(static_cast<size_t>(s.size()));
   for (int64_t i = 0; i < s.size(); ++i) idx[size_t(i)] = i;
   // Over DP: the TP ranks of a replica score the same pairs together.

@@ -2,24 +2,57 @@
 
 namespace metapo {
 
-ShardedModel shard_model(const LlamaConfig& c, std::vector<float>&& full, const Topology& topo,
-                         const std::vector<int64_t>& pp_layers) {
+namespace {
+
+// The model, communicators and shard map of this rank; `fill(local)` fills its parameters (the
+// local buffer, zeroed) from the shard map's runs.
+template <typename Fill>
+ShardedModel make_shard(const LlamaConfig& c, const Topology& topo, const std::vector<int64_t>& pp_layers, Fill fill) {
   ShardedModel sm;
+  sm.config = c;
   const PipeStage stage = pipeline_stages(c.num_hidden_layers, topo.pp, pp_layers)[size_t(topo.pp_rank)];
   if (topo.tp == 1 && topo.pp == 1) {
     sm.model = std::make_unique<LlamaModel<float>>(c);
-    sm.params = std::move(full);
-    return sm;
+  } else {
+    if (topo.tp > 1) sm.tp = std::make_unique<MpiComm>(topo.tp_comm);
+    if (topo.pp > 1) sm.pp = std::make_unique<MpiComm>(topo.pp_comm);
+    sm.mp = std::make_unique<MpiComm>(topo.mp_comm);
+    sm.model = std::make_unique<LlamaModel<float>>(c, sm.tp.get(), stage);
+    sm.shard_map = stage_shard_map(c, topo.tp, topo.tp_rank, stage);
   }
-  if (topo.tp > 1) sm.tp = std::make_unique<MpiComm>(topo.tp_comm);
-  if (topo.pp > 1) sm.pp = std::make_unique<MpiComm>(topo.pp_comm);
-  sm.mp = std::make_unique<MpiComm>(topo.mp_comm);
-  sm.model = std::make_unique<LlamaModel<float>>(c, sm.tp.get(), stage);
-  sm.shard_map = stage_shard_map(c, topo.tp, topo.tp_rank, stage);
-  sm.params.resize(sm.model->layout().total());
-  shard_split(sm.shard_map, sm.params.size(), full.data(), sm.params.data());
-  std::vector<float>().swap(full);  // the full copy is not needed again (save_final gathers)
+  fill(sm);
   return sm;
+}
+
+}  // namespace
+
+ShardedModel shard_model(const LlamaConfig& c, std::vector<float>&& full, const Topology& topo,
+                         const std::vector<int64_t>& pp_layers) {
+  return make_shard(c, topo, pp_layers, [&](ShardedModel& sm) {
+    if (!sm.mp) {  // tp = pp = 1: the whole model
+      sm.params = std::move(full);
+      return;
+    }
+    sm.params.resize(sm.model->layout().total());
+    shard_split(sm.shard_map, sm.params.size(), full.data(), sm.params.data());
+    std::vector<float>().swap(full);  // the full copy is not needed again (save_final gathers)
+  });
+}
+
+ShardedModel load_sharded_model(const std::string& dir, const Topology& topo, const std::vector<int64_t>& pp_layers) {
+  return load_sharded_model(HfModelReader(dir), topo, pp_layers);
+}
+
+ShardedModel load_sharded_model(const HfModelReader& reader, const Topology& topo,
+                                const std::vector<int64_t>& pp_layers) {
+  return make_shard(reader.config(), topo, pp_layers, [&](ShardedModel& sm) {
+    if (!sm.mp) {  // tp = pp = 1: the whole model
+      sm.params = reader.read_all();
+      return;
+    }
+    sm.params.assign(sm.model->layout().total(), 0.0f);  // vocabulary padding rows stay zero
+    reader.read_runs(sm.shard_map, sm.params.data());
+  });
 }
 
 }  // namespace metapo

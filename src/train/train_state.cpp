@@ -310,17 +310,29 @@ std::string resolve_checkpoint(const std::string& path) {
   return path + "/" + name;
 }
 
-void read_checkpoint_model(const std::string& path, LlamaConfig& config, std::vector<float>& params) {
+LlamaConfig read_checkpoint_config(const std::string& path) {
   CheckpointFile f = CheckpointFile::open(path, MPI_COMM_SELF);
   MP_CHECK(f.exists("/state/model_config"), path, ": not a metapo checkpoint (no /state/model_config)");
   const int64_t version = f.read_int("/state/format_version");
   MP_CHECK(version == kCheckpointFormatVersion, path, ": checkpoint format version ", version,
            "; this metapo reads version ", kCheckpointFormatVersion);
-  config = config_from_json(nlohmann::json::parse(f.read_string("/state/model_config")), path + ": /state/model_config");
+  const LlamaConfig config =
+      config_from_json(nlohmann::json::parse(f.read_string("/state/model_config")), path + ": /state/model_config");
+  f.close();
+  return config;
+}
+
+void read_checkpoint_model(const std::string& path, MPI_Comm comm, const LlamaConfig& config, size_t lo, size_t hi,
+                           float* part) {
+  CheckpointFile f = CheckpointFile::open(path, comm);
   const ParamLayout lay(config);
-  params.assign(lay.total(), 0.0f);
-  for (const TensorEntry& e : lay.tensors())
-    f.read<float>("/model/" + e.name, dims_of(e), {{0, e.numel, e.offset, true}}, params.data(), true);
+  for (const TensorEntry& e : lay.tensors()) {
+    // This rank's window of the tensor (none: an empty read, every rank makes the same calls).
+    const size_t a = std::max(lo, e.offset), b = std::min(hi, e.offset + e.numel);
+    std::vector<FlatRun> runs;
+    if (a < b) runs.push_back({a - e.offset, b - a, a - lo, true});
+    f.read<float>("/model/" + e.name, dims_of(e), runs, part, true);
+  }
   f.close();
 }
 

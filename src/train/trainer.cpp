@@ -62,23 +62,21 @@ LrSchedule make_schedule(const TrainConfig& cfg, int64_t total) {
   return s;
 }
 
-// params (this rank's shard, possibly with ZeRO-1 padding past the layout's end) is assembled into the
-// full buffer over the model replica (collective there); the world root saves it, unless a value is
-// not finite (then every rank throws: no final/ is written from a diverged run).
+// RUN/final from the shards of data-parallel replica 0: every rank of it writes its own runs into the
+// model files (save_hf_model_parallel), so no rank assembles the whole model. params: this rank's
+// shard, possibly with ZeRO-1 padding past the layout's end. Nothing is written when a value on any
+// rank is not finite (every rank throws: no final/ from a diverged run).
 void save_final(const TrainConfig& cfg, const Topology& topo, const LlamaConfig& c, const ShardedModel& sm,
                 const std::vector<float>& params) {
-  const size_t n = ParamLayout(c).total();
-  std::vector<float> full;
-  if (sm.mp) {
-    full.resize(n);
-    shard_gather(sm.shard_map, n, topo.tp_rank == 0, *sm.mp, params.data(), full.data());
-  } else {
-    full.assign(params.begin(), params.begin() + long(n));
-  }
-  int ok = !topo.is_root() || all_finite(full.data(), full.size());
+  int ok = all_finite(params.data(), sm.model->layout().total());
   MPI_Allreduce(MPI_IN_PLACE, &ok, 1, MPI_INT, MPI_MIN, topo.world);
   MP_CHECK(ok, cfg.out_dir, "/final: not written: the trained parameters hold non-finite values");
-  if (topo.is_root()) save_hf_model(cfg.out_dir + "/final", c, full, cfg.save_dtype);
+  if (topo.dp_rank == 0) {
+    std::vector<TpCopy> runs = sm.shard_map;
+    if (!sm.mp)  // the whole model on this rank
+      for (const TensorEntry& t : sm.model->layout().tensors()) runs.push_back({t.offset, t.offset, t.numel, false});
+    save_hf_model_parallel(cfg.out_dir + "/final", c, runs, topo.tp_rank == 0, params.data(), cfg.save_dtype, topo.mp_comm);
+  }
   MPI_Barrier(topo.world);
 }
 
@@ -249,15 +247,15 @@ struct StepControl {
 // the layout and the memory per rank, the training state with its checkpoints and resume, the metrics
 // log, the per-step communication report and the save.
 struct TrainRun {
-  TrainRun(const TrainConfig& cfg, const Topology& topo, HfModel& hf, const char* kind, int64_t total,
+  TrainRun(const TrainConfig& cfg, const Topology& topo, ShardedModel&& model, const char* kind, int64_t total,
            int64_t restarts)
       : cfg(cfg),
         topo(topo),
-        config(hf.config),
+        config(model.config),
         kind(kind),
         total(total),
         restarts(restarts),
-        sm(shard_model(hf.config, std::move(hf.params), topo, cfg.pp_layers)),
+        sm(std::move(model)),
         dp_comm(topo.dp_comm),
         opt(sm.model->layout(), cfg.adam, dp_comm, sm.mp.get(), sm.shard_map, topo.tp_rank == 0),
         grads(opt.padded_size()) {
@@ -479,9 +477,11 @@ int run_dpo(const Topology& topo, const TrainConfig& cfg) {
   check_batching(cfg, topo);
   const RunDirPlan plan = plan_run_dir(cfg, topo, "train");
   if (plan.complete) return 0;
-  HfModel hf = load_hf_model(cfg.model_dir);
+  // Opened and checked now (config, every tensor's presence and shape); read after the reference
+  // log-probs, so the reference shard is gone by then.
+  const HfModelReader policy(cfg.model_dir);
   const DatasetInfo info = read_dataset_info(cfg.data_path);
-  check_compatible(hf.config, info, cfg.data_path);
+  check_compatible(policy.config(), info, cfg.data_path);
   PairSplit train = read_pair_split(cfg.data_path, cfg.train_split);
   const bool use_meta = cfg.weighting == Weighting::Metapo;
   const bool do_eval = cfg.eval_every > 0 || use_meta;
@@ -500,7 +500,7 @@ int run_dpo(const Topology& topo, const TrainConfig& cfg) {
 
   const int64_t total = total_steps(cfg, train.size());
   const LrSchedule sched = make_schedule(cfg, total);
-  TrainRun run(cfg, topo, hf, "train", total, plan.restarts);
+  TrainRun run(cfg, topo, load_sharded_model(policy, topo, cfg.pp_layers), "train", total, plan.restarts);
   LlamaModel<float>& model = *run.sm.model;
   Comm* pp = run.pipe();
   const bool last_stage = topo.last_stage();
@@ -748,13 +748,13 @@ int run_sft(const Topology& topo, const TrainConfig& cfg) {
   check_batching(cfg, topo);
   const RunDirPlan plan = plan_run_dir(cfg, topo, "sft");
   if (plan.complete) return 0;
-  HfModel hf = load_hf_model(cfg.model_dir);
+  const HfModelReader initial(cfg.model_dir);
   const DatasetInfo info = read_dataset_info(cfg.data_path);
-  check_compatible(hf.config, info, cfg.data_path);
+  check_compatible(initial.config(), info, cfg.data_path);
   const SftSplit train = read_sft_split(cfg.data_path);
   const int64_t total = total_steps(cfg, train.size());
   const LrSchedule sched = make_schedule(cfg, total);
-  TrainRun run(cfg, topo, hf, "sft", total, plan.restarts);
+  TrainRun run(cfg, topo, load_sharded_model(initial, topo, cfg.pp_layers), "sft", total, plan.restarts);
   LlamaModel<float>& model = *run.sm.model;
   ZeroAdamW& opt = run.opt;
   std::vector<float>& params = run.sm.params;

@@ -155,5 +155,7 @@ grep -q "^/meta/pair_stats " h5ls.txt || fail "h5ls -r does not list /meta/pair_
 "$METAPO" export --model s4 --out ex-latest >/dev/null
 cmp ex-latest/model.safetensors s4/final/model.safetensors || fail "export of s4 (latest: step 4, the last) differs from s4/final"
 "$METAPO" export --model l1/step_00000004.h5 --out ex4 >/dev/null
+$MPIRUN 3 "$METAPO" export --model l1/step_00000004.h5 --out ex4-3 >/dev/null
+cmp ex4/model.safetensors ex4-3/model.safetensors || fail "the 3-rank export of a checkpoint differs from the 1-rank one"
 "$METAPO" eval --model ex4 --data d.h5 >/dev/null
 echo "ok: metapo export of a run directory (its latest checkpoint, the last step: = final/) and of a checkpoint file"

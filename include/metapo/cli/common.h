@@ -10,6 +10,7 @@
 #include <nlohmann/json.hpp>
 
 #include "metapo/comm/topology.h"
+#include "metapo/model/config.h"
 
 namespace metapo::cli {
 
@@ -43,6 +44,13 @@ void apply_parallel_options(Context& ctx, ParallelOptions& p);
 // A preset name ("tiny") resolves to configs/presets/<name>.ini of the source tree; a path to an
 // existing .ini file is taken as is.
 std::string resolve_preset(const std::string& name_or_path);
+// The model config of a preset: an .ini (configs/presets/NAME.ini) or a Hugging Face config.json
+// (configs/models/NAME.json, or any .json path).
+LlamaConfig preset_config(const std::string& name_or_path);
+
+// A size in bytes: a number with an optional unit, KB/MB/GB/TB (powers of 1000, as transformers'
+// max_shard_size) or KiB/MiB/GiB/TiB (powers of 1024); "5GB", "512MiB", "1000". Throws naming option.
+uint64_t parse_bytes(const std::string& text, const std::string& option);
 
 // Rank 0 receives every rank's text (each rank's lines in the order it produced them); other ranks get
 // an empty vector. Collective over topo.world.

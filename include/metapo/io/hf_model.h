@@ -2,10 +2,17 @@
 // model-0000x-of-0000y.safetensors listed by model.safetensors.index.json), in HF tensor names.
 // This is how models enter metapo (`--init-from`) and leave it (`export`).
 #pragma once
+#include <mpi.h>
+
+#include <cstdint>
 #include <string>
+#include <utility>
 #include <vector>
 
+#include "metapo/io/safetensors.h"
 #include "metapo/model/config.h"
+#include "metapo/model/layout.h"
+#include "metapo/model/tp_layout.h"
 
 namespace metapo {
 
@@ -17,15 +24,75 @@ struct HfModel {
 // Reads and validates dir/config.json.
 LlamaConfig load_hf_config(const std::string& dir);
 
-// Reads config.json and every tensor of ParamLayout(config) (any of F32/BF16/F16/F64, converted to
-// fp32). Every tensor must be present with exactly its shape; extra tensors are errors, except
-// lm_head.weight in a tied model and rotary_emb.inv_freq buffers, which transformers may write.
+// A model directory opened for reading: config.json, and every tensor of ParamLayout(config) located
+// in the safetensors files and checked before any data is read (present exactly once, with exactly
+// its shape; extra tensors are errors, except lm_head.weight in a tied model and rotary_emb.inv_freq
+// buffers, which transformers may write). Then any part of the flat buffer can be read: a rank reads
+// only the byte ranges of its own shard (DESIGN §7b).
+class HfModelReader {
+ public:
+  explicit HfModelReader(const std::string& dir);
+  const LlamaConfig& config() const { return config_; }
+  const ParamLayout& layout() const { return layout_; }
+
+  // For every run r: local[r.local, r.local + r.count) = the flat buffer's elements
+  // [r.full, r.full + r.count) (ParamLayout(config) order), converted to fp32 from F32/BF16/F16/F64;
+  // other elements of local are not touched. Reads only those bytes, on the calling rank's OpenMP
+  // threads (pread, at most 1M elements staged per thread). A value that is not finite is an error
+  // naming the file and the tensor (the model diverged).
+  void read_runs(const std::vector<TpCopy>& runs, float* local) const;
+  // The whole flat buffer.
+  std::vector<float> read_all() const;
+
+ private:
+  std::string dir_;
+  LlamaConfig config_;
+  ParamLayout layout_;
+  std::vector<SafetensorsReader> readers_;
+  std::vector<size_t> source_;  // layout tensor k -> its reader
+};
+
+// Reads config.json and every tensor of ParamLayout(config) (HfModelReader::read_all).
 HfModel load_hf_model(const std::string& dir);
+
+// Whether save_hf_model may write `dir`: absent, or a model directory (with config.json) that it
+// replaces; throws naming dir otherwise. For validating an output before heavy work.
+void check_model_dir_target(const std::string& dir);
 
 // Writes config.json (torch_dtype = dtype), generation_config.json and model.safetensors, with dtype
 // float32, bfloat16 or float16. Builds dir + ".partial" and renames it to dir; an existing `dir` is
 // replaced only when it holds a config.json (a model directory), never any other directory.
 void save_hf_model(const std::string& dir, const LlamaConfig& c, const std::vector<float>& params,
                    const std::string& dtype = "float32");
+
+// The safetensors files of a model directory as save_hf_model_parallel writes them: the tensors in
+// ParamLayout order, a new file whenever the next tensor would take the current one past
+// max_shard_bytes (a tensor is never split). One file is model.safetensors; several are
+// model-0000k-of-0000n.safetensors with model.safetensors.index.json, as transformers writes them.
+// It depends on the model, the dtype and the limit only, never on the layout that writes it.
+struct HfFilePlan {
+  struct File {
+    std::string name;
+    SafetensorsLayout layout;  // header and each tensor's byte offset
+  };
+  std::string dtype;                                 // F32, BF16, F16
+  std::vector<File> files;
+  std::vector<std::pair<size_t, uint64_t>> where;    // layout tensor k -> (file, byte offset of its data)
+};
+constexpr uint64_t kHfMaxShardBytes = 5000000000ull;  // transformers' save_pretrained default, "5GB"
+HfFilePlan plan_hf_files(const LlamaConfig& c, const std::string& dtype, uint64_t max_shard_bytes = kHfMaxShardBytes);
+
+// Collective over comm (the ranks that hold one copy of the model between them): writes the model
+// directory `dir` with each rank writing only its own parts, streamed, so no rank ever holds the
+// whole model. Rank r's parts are `runs` (local offsets into `local` <-> full ParamLayout offsets, as
+// tp_shard_map / stage_shard_map give them); replicated runs are written only where write_replicated.
+// Rank 0 first makes dir + ".partial" with config.json, generation_config.json, the index and every
+// file's header at its final size; then every rank converts its runs to dtype and pwrites them,
+// on its threads, and fsyncs; the runs of all ranks must cover every parameter exactly once (else an
+// error); rank 0 renames the directory into place (as save_hf_model). The bytes are those
+// save_hf_model writes when the model fits in one file. Any rank's failure throws the same on all.
+void save_hf_model_parallel(const std::string& dir, const LlamaConfig& c, const std::vector<TpCopy>& runs,
+                            bool write_replicated, const float* local, const std::string& dtype, MPI_Comm comm,
+                            uint64_t max_shard_bytes = kHfMaxShardBytes);
 
 }  // namespace metapo

@@ -5,6 +5,7 @@
 
 #include "metapo/comm/mpi_comm.h"
 #include "metapo/comm/topology.h"
+#include "metapo/io/hf_model.h"
 #include "metapo/model/llama.h"
 #include "metapo/model/tp_layout.h"
 
@@ -16,6 +17,7 @@ namespace metapo {
 // Every rank must be handed the same full buffer. The communicators are members so they live as long
 // as the model that borrows them.
 struct ShardedModel {
+  LlamaConfig config;           // the whole model's
   std::unique_ptr<MpiComm> tp;  // null when topo.tp == 1
   std::unique_ptr<MpiComm> pp;  // the pipeline (this rank's peers in the other stages); null when pp == 1
   std::unique_ptr<MpiComm> mp;  // the whole replica (TP x PP); null when tp == pp == 1
@@ -26,5 +28,14 @@ struct ShardedModel {
 // `full` is consumed (moved from when tp == pp == 1, released otherwise) so a rank does not keep both.
 ShardedModel shard_model(const LlamaConfig& c, std::vector<float>&& full, const Topology& topo,
                          const std::vector<int64_t>& pp_layers = {});
+
+// The same shard read straight from a model directory: each rank reads only the byte ranges of its
+// own runs (HfModelReader::read_runs), so its peak memory is its shard plus the readers' bounded
+// staging, never the whole model (DESIGN §7b).
+ShardedModel load_sharded_model(const std::string& dir, const Topology& topo,
+                                const std::vector<int64_t>& pp_layers = {});
+// From a directory opened (and its tensors checked) before.
+ShardedModel load_sharded_model(const HfModelReader& reader, const Topology& topo,
+                                const std::vector<int64_t>& pp_layers = {});
 
 }  // namespace metapo

@@ -70,8 +70,12 @@ std::string save_checkpoint(TrainState& st, const std::string& dir, int64_t keep
 // Throws CheckpointIncompatible or (unreadable, truncated, corrupt) Error, on every rank alike.
 void load_checkpoint(TrainState& st, const std::string& path);
 
-// The model of a checkpoint (for `metapo export`), read by one process: config and the full buffer.
-void read_checkpoint_model(const std::string& path, LlamaConfig& config, std::vector<float>& params);
+// The model of a checkpoint (for `metapo export`). Collective over comm: every rank reads the model
+// config and the flat buffer's elements [lo, hi) (ParamLayout order) into part (hi - lo floats); the
+// ranks' windows must together cover the model (the checksums are checked over all of them).
+LlamaConfig read_checkpoint_config(const std::string& path);
+void read_checkpoint_model(const std::string& path, MPI_Comm comm, const LlamaConfig& config, size_t lo, size_t hi,
+                           float* part);
 // A run directory's `latest` checkpoint (or path itself when it is a file).
 std::string resolve_checkpoint(const std::string& path);
 
