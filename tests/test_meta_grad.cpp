@@ -214,3 +214,63 @@ TEST(MetaGrad, RejectsBadInput) {
             std::string::npos);
   EXPECT_NE(error_of([] { local_ga_sum({1.0}, {}); }).find("1 values of dL/dw for 0"), std::string::npos);
 }
+
+// The significance gate: the correlation from the all-reduced sums is Pearson's (split over two
+// "ranks" by adding their sums), undefined without spread; T is the EMA-weighted mean of the
+// correlations over its own standard error, computed here from the explicit weights of the EMA.
+TEST(MetaGrad, GateCorrelationAndTStatistic) {
+  const vector<double> a = random_a(12, 5), s = test::randn<double>(12, 6, 1.0);
+  double lo[kGateSums], hi[kGateSums], all[kGateSums];
+  local_gate_sums(slice(a, 0, 5), slice(s, 0, 5), lo);
+  local_gate_sums(slice(a, 5, 12), slice(s, 5, 12), hi);
+  for (int k = 0; k < kGateSums; ++k) all[k] = lo[k] + hi[k];
+  double ma = 0, ms = 0, saa = 0, sss = 0, sas = 0;
+  for (size_t i = 0; i < 12; ++i) ma += a[i] / 12, ms += s[i] / 12;
+  for (size_t i = 0; i < 12; ++i)
+    saa += (a[i] - ma) * (a[i] - ma), sss += (s[i] - ms) * (s[i] - ms), sas += (a[i] - ma) * (s[i] - ms);
+  EXPECT_NEAR(correlation_from_sums(all, 12), sas / std::sqrt(saa * sss), 1e-12);
+  // Every weight the same (the first step: the net's last layer is zero): no correlation.
+  local_gate_sums(vector<double>(12, 0.5), s, all);
+  EXPECT_TRUE(std::isnan(correlation_from_sums(all, 12)));
+
+  const double alpha = 0.1;
+  const int64_t B = 32;
+  const vector<double> c = {0.3, 0.1, 0.25, NAN, 0.4, 0.05, 0.2};
+  GateState st;
+  vector<double> taken;
+  for (double v : c) {
+    gate_update(st, v, alpha, B);
+    if (!std::isnan(v)) taken.push_back(v);
+    const size_t n = taken.size();
+    ASSERT_EQ(st.n, int64_t(n));
+    // Explicit normalized EMA weights w_k ∝ α (1 − α)^(n − 1 − k).
+    vector<double> w(n);
+    double sw = 0;
+    for (size_t k = 0; k < n; ++k) sw += (w[k] = alpha * std::pow(1 - alpha, double(n - 1 - k)));
+    double m = 0, m2 = 0, S = 0;
+    for (size_t k = 0; k < n; ++k) m += w[k] / sw * taken[k], m2 += w[k] / sw * taken[k] * taken[k], S += (w[k] / sw) * (w[k] / sw);
+    const double var = std::max(m2 - m * m, 1.0 / double(B - 1));
+    EXPECT_NEAR(st.t, m / std::sqrt(var * S), 1e-9) << "after " << n << " correlations";
+  }
+  // γ: 0 up to Z, then 1 − 1/T².
+  st.t = 1.5;
+  EXPECT_EQ(gate_gamma(st, 2.0), 0.0);
+  EXPECT_NEAR(gate_gamma(st, 1.0), 1.0 - 1.0 / 2.25, 1e-15);
+  st.t = 4.0;
+  EXPECT_NEAR(gate_gamma(st, 2.0), 0.9375, 1e-15);
+  st.t = 0.5;  // below 1 no share of T² is signal, whatever Z
+  EXPECT_EQ(gate_gamma(st, 0.0), 0.0);
+  st.t = -5.0;
+  EXPECT_EQ(gate_gamma(st, 2.0), 0.0);
+  // The applied weights.
+  const vector<double> w = {0.25, 0.5, 0.9};
+  EXPECT_EQ(applied_weights(w, 1.0), w);
+  EXPECT_EQ(applied_weights(w, 0.0), vector<double>(3, 1.0));
+  const vector<double> w2 = applied_weights(w, 2.0);
+  for (size_t i = 0; i < w.size(); ++i) EXPECT_NEAR(w2[i], w[i] * w[i], 1e-15);
+  EXPECT_NE(error_of([] {
+              GateState g;
+              gate_update(g, 0.1, 0.0, 8);
+            }).find("EMA rate must be in (0, 1]"),
+            std::string::npos);
+}

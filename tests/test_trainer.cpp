@@ -238,6 +238,7 @@ TEST(Trainer, MetaPOWeightsOfAStepDoNotDependOnItsMicroBatches) {
   for (int64_t i = 0; i < 16; ++i) s.sample_id.push_back(100 + i);
   MetaConfig mc;
   mc.lr = 0.05;
+  mc.gate = 0;  // the net's own weights, so that the comparison sees them differ between pairs
   SelfComm c1, c2;
   MetaPOState one(mc, 115, 7, c1), four(mc, 115, 7, c2);
   Philox r(3, 1, 2, 3);
@@ -276,6 +277,49 @@ TEST(Trainer, MetaPOWeightsOfAStepDoNotDependOnItsMicroBatches) {
   }
   EXPECT_GT(one.standardizer().count(kFeatMarginEma), 0) << "no pair got history";
   EXPECT_GT(spread, 1e-3) << "the weights never differed between pairs: the comparison would be trivial";
+}
+
+
+// The significance gate changes what the policy trains on, not what the weight net learns: with a
+// gate that never opens (Z huge) weights() returns 1 for every pair while the net, the standardizer
+// and the gate's statistics evolve exactly as without the gate; with --meta-gate off γ stays 1 and
+// the weights are the net's own.
+TEST(Trainer, MetaPOGateChangesTheAppliedWeightsNotTheNet) {
+  PairSplit s;
+  for (int64_t i = 0; i < 16; ++i) s.sample_id.push_back(i);
+  MetaConfig plain, gated;
+  plain.lr = gated.lr = 0.05;
+  plain.gate = 0, gated.gate = 1e9;
+  SelfComm c1, c2;
+  MetaPOState p(plain, 15, 7, c1), g(gated, 15, 7, c2);
+  Philox r(3, 1, 2, 3);
+  double spread = 0;
+  for (int64_t step = 0; step < 6; ++step) {
+    std::vector<int64_t> batch;
+    for (int64_t k = 0; k < 8; ++k) batch.push_back((step * 8 + k * 3) % 16);
+    std::vector<PairLogps> in(8);
+    std::vector<PairLossResult> out(8);
+    std::vector<double> align(8);
+    for (size_t k = 0; k < 8; ++k) {
+      in[k] = {-10 + r.normal(), -12 + r.normal(), -11, -11, 5, 6};
+      out[k].margin = 0.1 * (in[k].policy_chosen - in[k].policy_rejected), out[k].loss = 0.7 + 0.1 * r.normal();
+      align[k] = r.normal() + out[k].margin;  // some relation to the features, so the gate has something to see
+    }
+    const std::vector<double> ap = p.weights(s, batch, in, out), ag = g.weights(s, batch, in, out);
+    EXPECT_EQ(ag, std::vector<double>(8, 1.0)) << "step " << step;
+    for (double a : ap) spread = std::max(spread, std::abs(a - ap[0]));
+    double sum_p = 0;
+    for (double a : ap) sum_p += a;
+    p.end_step(step, &align, 8, sum_p);
+    g.end_step(step, &align, 8, 8.0);
+    EXPECT_EQ(p.net().params(), g.net().params()) << "step " << step;
+    EXPECT_EQ(p.standardizer().state(), g.standardizer().state()) << "step " << step;
+    EXPECT_EQ(p.gate().gamma, 1.0);
+    EXPECT_EQ(g.gate().gamma, 0.0);
+  }
+  EXPECT_GT(spread, 1e-3) << "the weights never differed between pairs: the comparison would be trivial";
+  EXPECT_GT(g.gate().n, 0) << "the gate took in no correlation";
+  EXPECT_EQ(p.gate().n, 0) << "without --meta-gate no statistics are kept";
 }
 
 }  // namespace
@@ -345,6 +389,7 @@ TEST(Trainer, MetaPORunDependsOnTheGlobalBatchNotOnTheMicroBatching) {
     cfg.sched.peak = 1e-3, cfg.sched.warmup_steps = 1;
     cfg.seed = 5;
     cfg.meta.val_batch = 8, cfg.meta.refresh_every = 1, cfg.meta.refresh_pairs = 16;
+    cfg.meta.gate = 0;  // the weights as learned: a 12-step run would keep the significance gate shut
     EXPECT_EQ(run_dpo(topo, cfg), 0);
     return cfg.out_dir;
   };

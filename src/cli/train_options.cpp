@@ -79,6 +79,8 @@ void add_train_options(po::options_description& desc, TrainConfig& cfg, TrainOpt
       ("meta-penalty", po::value(&cfg.meta.penalty)->default_value(0.5), "MetaPO: strength rho of the trust region (rho/2B) sum (w - 1)^2 that keeps the normalized weights near uniform unless the alignments say otherwise (0: the plain first-order objective)")
       ("meta-precondition", po::value(&cfg.meta.precondition)->default_value(true), "MetaPO: precondition the validation gradient with Adam's second moment (true/false)")
       ("meta-hidden", po::value(&cfg.meta.hidden)->default_value(32), "MetaPO: weight-net hidden width")
+      ("meta-gate", po::value(&cfg.meta.gate)->default_value(2), "MetaPO: significance gate Z: the policy trains on uniform weights until T, the t statistic of the running correlation of the weights with the alignments, exceeds Z, then on a^g with g = 1 - 1/T^2 (0: off, g = 1: the weights as learned)")
+      ("meta-gate-ema", po::value(&cfg.meta.gate_ema)->default_value(0.02), "MetaPO: EMA rate over meta steps of the gate's correlation statistics, in (0, 1]")
       ("weight-floor", po::value(&cfg.meta.a_min)->default_value(1e-3), "MetaPO: a_min, the floor of the raw weights")
       ("meta-features", po::value(&cfg.meta.features)->default_value("all"), "MetaPO feature ablation: all | temporal | instantaneous")
       ("hypergrad", po::value(&cfg.meta.hypergrad)->default_value("ghost"), "MetaPO: ghost | exact (per-pair backward) | fd (finite difference along the validation gradient)")

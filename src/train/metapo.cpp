@@ -24,6 +24,8 @@ void validate(const MetaConfig& cfg) {
   MP_CHECK(cfg.penalty >= 0 && std::isfinite(cfg.penalty), "--meta-penalty must be finite and >= 0 (got ", cfg.penalty, ")");
   MP_CHECK(cfg.hidden >= 1, "--meta-hidden must be at least 1");
   MP_CHECK(cfg.a_min >= 0 && cfg.a_min < 1, "--weight-floor must be in [0, 1) (got ", cfg.a_min, ")");
+  MP_CHECK(cfg.gate >= 0 && std::isfinite(cfg.gate), "--meta-gate must be finite and >= 0 (got ", cfg.gate, ")");
+  MP_CHECK(cfg.gate_ema > 0 && cfg.gate_ema <= 1, "--meta-gate-ema must be in (0, 1] (got ", cfg.gate_ema, ")");
   std::vector<double> probe(kNumFeatures, 0.0);
   mask_features(probe, 1, cfg.features);  // rejects an unknown --meta-features
   MP_CHECK(cfg.refresh_every >= 0 && cfg.refresh_pairs >= 0, "--stats-refresh-every and --stats-refresh-pairs must not be negative");
@@ -44,6 +46,7 @@ MetaPOState::MetaPOState(const MetaConfig& cfg, int64_t max_sample_id, uint64_t 
       table_(max_sample_id, cfg.ema_rate, dp),
       net_(WeightNetConfig{kNumFeatures, cfg.hidden, cfg.a_min, seed}) {
   validate(cfg);
+  gate_.gamma = cfg.gate > 0 ? 0.0 : 1.0;
   if (writes_trace_ && !resuming) {
     std::ofstream f(cfg.trace_path, std::ios::trunc);
     MP_CHECK(f.good(), "--meta-trace ", cfg.trace_path, ": cannot be written");
@@ -74,19 +77,22 @@ std::vector<double> MetaPOState::weights(const PairSplit& s, const std::vector<i
   net_.forward(x, int64_t(chunk.size()), a);
   step_x_.insert(step_x_.end(), x.begin(), x.end());
   step_a_.insert(step_a_.end(), a.begin(), a.end());
-  return a;
+  return applied_weights(a, gate_.gamma);
 }
 
-void MetaPOState::end_step(int64_t step, const std::vector<double>* align, int64_t B, double global_sum_a) {
+void MetaPOState::end_step(int64_t step, const std::vector<double>* align, int64_t B, double global_sum_applied) {
   if (align) {
     MP_CHECK(align->size() == step_a_.size(), "MetaPO: ", align->size(), " alignments for ", step_a_.size(), " pairs");
     if (!cfg_.trace_path.empty()) write_trace(step, *align);
+    // One all-reduce for the sums of the normalization, the gate's correlation and Σa of the net's
+    // own weights (the policy step used a^γ, whose sum the trainer passed).
+    double sums[kGateSums];
+    local_gate_sums(step_a_, *align, sums);
+    dp_.allreduce_sum(sums, kGateSums);
+    const double global_sum_a = gate_.gamma == 1.0 ? global_sum_applied : sums[0];
     // Scale-free alignments, then the look-ahead gradient with the trust region around uniform
     // weights (docs/metapo.md, "Diagnosis" and "The meta objective").
-    double ss = 0;
-    for (double v : *align) ss += v * v;
-    dp_.allreduce_sum(&ss, 1);
-    std::vector<double> g = lookahead_dLdw(rms_normalized(*align, ss, B), B);
+    std::vector<double> g = lookahead_dLdw(rms_normalized(*align, sums[3], B), B);
     add_uniform_penalty(g, step_a_, B, global_sum_a, cfg_.penalty);
     double ga = local_ga_sum(g, step_a_);
     dp_.allreduce_sum(&ga, 1);
@@ -100,6 +106,12 @@ void MetaPOState::end_step(int64_t step, const std::vector<double>* align, int64
     for (double v : grad) n2 += v * v;
     last_grad_norm_ = std::sqrt(n2);
     adam_update(net_.params(), grad, adam_, cfg_.lr);
+    // The gate sees this step's weights (made before the step's alignments were known, by the net
+    // of the earlier steps) against the alignments: an out-of-sample test of the net's predictions.
+    if (cfg_.gate > 0) {
+      gate_update(gate_, correlation_from_sums(sums, B), cfg_.gate_ema, B);
+      gate_.gamma = gate_gamma(gate_, cfg_.gate);
+    }
   }
   stdz_.update(step_raw_, dp_);  // the whole step's raw features in one collective
   for (PairObservation& o : step_obs_) o.step = step;
@@ -144,6 +156,7 @@ void MetaPOState::write_trace(int64_t step, const std::vector<double>& align) {
   nlohmann::json j;
   j["step"] = step + 1;
   j["sample_id"] = ids, j["raw"] = raw, j["x"] = x, j["a"] = a, j["s"] = s;
+  j["gamma"] = gate_.gamma;  // the policy step trained on a^gamma (the significance gate)
   std::ofstream f(cfg_.trace_path, std::ios::app);
   f << j.dump() << "\n";
   MP_CHECK(f.good(), cfg_.trace_path, ": could not append the MetaPO trace");

@@ -168,9 +168,11 @@ std::string save_checkpoint(TrainState& st, const std::string& dir, int64_t keep
   if (st.uses_meta) {
     // Written by the last stage's root from its (replicated) state; the table gathered from its owners.
     const int root = meta_root(topo);
-    std::vector<double> table, net, m, v, stdz;
+    std::vector<double> table, net, m, v, stdz, gate(4, 0.0);
     int64_t counts[3] = {0, 0, 0};  // rows of the table, weight-net parameters, Adam steps
     if (st.meta) {
+      const GateState& g = st.meta->gate();
+      gate = {g.m, g.v, double(g.n), g.gamma};
       table = st.meta->table().gather_all();  // collective over the last stage's DP ranks
       net = st.meta->net().params(), stdz = st.meta->standardizer().state();
       AdamState& a = st.meta->adam();
@@ -185,6 +187,7 @@ std::string save_checkpoint(TrainState& st, const std::string& dir, int64_t keep
     f.write<double>("/meta/adam/m", {P}, mine ? whole(P) : std::vector<FlatRun>{}, m.data(), mine);
     f.write<double>("/meta/adam/v", {P}, mine ? whole(P) : std::vector<FlatRun>{}, v.data(), mine);
     f.write_int("/meta/adam/t", counts[2]);
+    f.write<double>("/meta/gate", {4}, mine ? whole(4) : std::vector<FlatRun>{}, gate.data(), mine);  // m, v, n, γ
     f.write<double>("/meta/feature_stats", {3, uint64_t(kNumFeatures)}, mine ? whole(3 * kNumFeatures) : std::vector<FlatRun>{},
                     stdz.data(), mine);
     f.write<double>("/meta/pair_stats", {N, uint64_t(kPairStatFields)},
@@ -286,7 +289,15 @@ void load_checkpoint(TrainState& st, const std::string& path) {
     const int64_t t = f.read_int("/meta/adam/t");
     f.read<double>("/meta/feature_stats", {3, uint64_t(kNumFeatures)}, runs(3 * kNumFeatures), stdz.data(), counted);
     f.read<double>("/meta/pair_stats", {N, uint64_t(kPairStatFields)}, runs(N * kPairStatFields), table.data(), counted);
+    // The significance gate's state (m, v, n, γ); checkpoints written before it have none.
+    std::vector<double> gate(mine ? 4 : 0, 0.0);
+    const bool has_gate = f.exists("/meta/gate");
+    if (has_gate) f.read<double>("/meta/gate", {4}, runs(4), gate.data(), counted);
     if (mine) {
+      if (has_gate) {
+        GateState& g = st.meta->gate();
+        g.m = gate[0], g.v = gate[1], g.n = int64_t(gate[2]), g.gamma = gate[3];
+      }
       st.meta->net().params() = net;
       AdamState& a = st.meta->adam();
       a.t = t;

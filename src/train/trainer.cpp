@@ -679,6 +679,13 @@ int run_dpo(const Topology& topo, const TrainConfig& cfg) {
       double mg = meta ? meta->last_meta_grad_norm() : 0.0;  // the last stage's (zero elsewhere)
       if (topo.pp > 1) pp->allreduce_sum(&mg, 1);
       j["meta/grad_norm"] = mg;
+      if (cfg.meta.gate > 0) {
+        // The significance gate after this step (the last stage's; zero elsewhere): its T and the
+        // exponent γ of the next step's weights.
+        double gt[2] = {meta ? meta->gate().t : 0.0, meta ? meta->gate().gamma : 0.0};
+        if (topo.pp > 1) pp->allreduce_sum(gt, 2);
+        j["meta/gate_t"] = gt[0], j["meta/gamma"] = gt[1];
+      }
     }
     j["time/train"] = t_train, j["time/optimizer"] = t_opt;
     if (use_meta) j["time/refresh"] = t_refresh, j["time/val_grad"] = t_val, j["time/meta_update"] = t_meta;

@@ -12,7 +12,8 @@ common="--model init --data d.h5 --weighting metapo --batch-size 16 --micro-batc
 [ -f run/metapo.json ] || fail "train --weighting metapo wrote no run/metapo.json"
 
 # --meta-trace: one line per meta step with every pair's features, weight and alignment; its weights
-# are the ones metrics.jsonl summarizes (weights/mean, weights/ess = (Σa)²/Σa²).
+# a, raised to the step's gamma (the significance gate), are the ones metrics.jsonl summarizes
+# (weights/mean, weights/ess = (Σa)²/Σa²).
 "$METAPO" train $common --out traced --max-steps 6 --meta-trace traced/meta_trace.jsonl >/dev/null
 python3 - <<'P'
 import json, math
@@ -24,7 +25,8 @@ for t, m in zip(tr, mt):
     n = len(t["a"])
     assert n == 16 and len(set(t["sample_id"])) == 16, t["sample_id"]
     assert len(t["raw"]) == len(t["x"]) == 16 * 8 and len(t["s"]) == 16, {k: len(v) for k, v in t.items() if k != "step"}
-    a = t["a"]
+    assert 0 <= t["gamma"] < 1 or t["gamma"] == 1, t["gamma"]
+    a = [1.0 if t["gamma"] == 0 else v ** t["gamma"] for v in t["a"]]
     ess = sum(a) ** 2 / sum(v * v for v in a)
     assert abs(ess - m["weights/ess"]) < 1e-9 * ess, (t["step"], ess, m["weights/ess"])
     assert abs(sum(a) / n - m["weights/mean"]) < 1e-12, (t["step"], sum(a) / n, m["weights/mean"])
@@ -49,6 +51,9 @@ print("ok: --tp 2 writes one trace line per step, weights as on one rank")
 P
 expect_error "--meta-penalty must be finite and >= 0" "$METAPO" train $common --out badpen --max-steps 1 --meta-penalty -1
 [ ! -e badpen ] || fail "train wrote badpen/ despite a bad --meta-penalty"
+expect_error "--meta-gate must be finite and >= 0" "$METAPO" train $common --out badgate --max-steps 1 --meta-gate -1
+expect_error "--meta-gate-ema must be in (0, 1]" "$METAPO" train $common --out badgate --max-steps 1 --meta-gate-ema 0
+[ ! -e badgate ] || fail "train wrote badgate/ despite a bad --meta-gate"
 
 "$METAPO" analyze --run run --data d.h5 > a1.log
 $MPIRUN 2 "$METAPO" analyze --run run --data d.h5 --out run/np2/analysis.json > a2.log

@@ -10,7 +10,9 @@ source "$(dirname "$0")/common.sh"
 "$METAPO" init --preset tiny --out init --seed 2 >/dev/null
 "$METAPO" precompute-ref --model init --data d.h5 >/dev/null
 base="--model init --data d.h5 --batch-size 8 --micro-batch 2 --lr 1e-3 --warmup-steps 1 --keep 0"
-meta="--weighting metapo --meta-lr 1e-2 --meta-val-batch 8 --stats-refresh-every 2 --stats-refresh-pairs 16"
+# --meta-gate 0: the weights as learned (a 10-step run can keep the significance gate shut, and then the
+# policy would not see the weight net)
+meta="--weighting metapo --meta-gate 0 --meta-lr 1e-2 --meta-val-batch 8 --stats-refresh-every 2 --stats-refresh-pairs 16"
 
 # compare_runs A B: every per-step and eval line of A/metrics.jsonl equal in B (timings and the restart
 # marker aside), and the other run files byte-identical.
@@ -39,17 +41,25 @@ P
 # later checkpoints removed (as a kill after step 9 would leave it, with the files run past step 6).
 same_layout() {  # NAME NP LAYOUT...
   local name="$1" np="$2"; shift 2
-  $MPIRUN "$np" "$METAPO" train "$@" $base $meta --max-steps 10 --save-every 3 --eval-every 4 --track-pairs 2 \
+  $MPIRUN "$np" "$METAPO" train "$@" $base ${GATE_META:-$meta} --max-steps 10 --save-every 3 --eval-every 4 --track-pairs 2 \
     --track-every 3 --out "$name" --meta-trace "$name/trace.jsonl" >"$name.log"
   rm -rf "$name-r" && cp -r "$name" "$name-r"
   rm -rf "$name-r/final" "$name-r/metapo.json" "$name-r/step_00000009.h5"
-  $MPIRUN "$np" "$METAPO" train "$@" $base $meta --max-steps 10 --save-every 3 --eval-every 4 --track-pairs 2 \
+  $MPIRUN "$np" "$METAPO" train "$@" $base ${GATE_META:-$meta} --max-steps 10 --save-every 3 --eval-every 4 --track-pairs 2 \
     --track-every 3 --out "$name-r" --meta-trace "$name-r/trace.jsonl" --resume auto >"$name-r.log"
   grep -q "^resumed from $name-r/step_00000006.h5 at step 6" "$name-r.log" || { cat "$name-r.log"; fail "$name: no resume from step 6"; }
   compare_runs "$name" "$name-r"
 }
 same_layout one 1
 same_layout grid 8 --tp 2 --pp 2
+# The significance gate's state (/meta/gate) resumes too: its T, logged on every step, continues as in
+# the uninterrupted run (compare_runs compares every metrics key, meta/gate_t and meta/gamma included).
+GATE_META="${meta/--meta-gate 0/--meta-gate 1e-9}" same_layout gated 1
+python3 - <<'P'
+import json
+t = [j["meta/gate_t"] for j in map(json.loads, open("gated/metrics.jsonl")) if "meta/gate_t" in j]
+assert len(t) == 10 and any(v != 0 for v in t), t
+P
 python3 - <<'P'
 import json
 w = [j["weights/std"] for j in map(json.loads, open("one/metrics.jsonl")) if "weights/std" in j]

@@ -38,8 +38,8 @@ echo "ok: precompute-ref on 1 and 2 ranks agree within 1e-4"
 
 # MetaPO: the same on 1 and 2 ranks (weight net updates every step; its parameters are checked
 # bit-identical across the 2 ranks by the trainer itself, which fails otherwise).
-"$METAPO" train --model sft1/final --data d1.h5 --out meta1 $common --weighting metapo --meta-val-batch 8 --stats-refresh-every 1 --stats-refresh-pairs 16 >/dev/null
-$MPIRUN 2 "$METAPO" train --model sft1/final --data d2.h5 --out meta2 $common --weighting metapo --meta-val-batch 8 --stats-refresh-every 1 --stats-refresh-pairs 16 > meta2.log
+"$METAPO" train --model sft1/final --data d1.h5 --out meta1 $common --weighting metapo --meta-gate 0 --meta-val-batch 8 --stats-refresh-every 1 --stats-refresh-pairs 16 >/dev/null
+$MPIRUN 2 "$METAPO" train --model sft1/final --data d2.h5 --out meta2 $common --weighting metapo --meta-gate 0 --meta-val-batch 8 --stats-refresh-every 1 --stats-refresh-pairs 16 > meta2.log
 grep -q "weight net identical on all 2 data-parallel ranks" meta2.log || fail "no weight-net identity check at 2 ranks"
 PYTHONPATH="$SRC/tests/cli" python3 - <<'P'
 import json

@@ -56,4 +56,39 @@ void add_uniform_penalty(std::vector<double>& g, const std::vector<double>& a, i
 std::vector<double> dLda(const std::vector<double>& g, const std::vector<double>& a, int64_t B,
                          double global_sum_a, double global_sum_ga);
 
+// The significance gate (docs/metapo.md, "The significance gate"). The net learns its weights a_i as
+// before; the policy trains on a_i^γ (γ ∈ [0, 1)), and γ follows how well the net's weights have been predicting
+// the alignments: per meta step, c = corr(a, s) over the global batch (the weights were made before
+// the step's alignments existed, so c is an out-of-sample test), its running mean m̂ and second moment
+// (bias-corrected EMAs of rate α over meta steps), and the t statistic
+//   T = m̂ / √(var · S),  var = max(v̂ − m̂², 1/(B − 1)),  S = Σ_k w_k² of the EMA's normalized weights,
+// i.e. the running mean against its own standard error (the variance floor is that of a correlation of
+// B independent pairs, so a few early steps cannot make it small). γ = 1 − 1/T² once T > Z,
+// else 0: uniform weights (plain DPO) until the weights have predicted the alignments better than
+// chance by Z standard errors, then the weights as learned, shrunk by the share of T² that is noise
+// (E[T²] = 1 + signal², the positive-part James–Stein factor).
+struct GateState {
+  double m = 0, v = 0;  // EMAs of c and c²
+  int64_t n = 0;        // meta steps taken in (with a defined c)
+  double t = 0;         // the current T
+  double gamma = 1;     // the exponent weights() applies
+};
+
+// The sums one all-reduce gives the meta step: Σa, Σa², Σs, Σs², Σas over the local pairs.
+constexpr int kGateSums = 5;
+void local_gate_sums(const std::vector<double>& a, const std::vector<double>& s, double* sums);
+
+// Pearson's correlation of a and s over the global batch of B pairs from the all-reduced sums; NaN
+// where either has no spread (every weight the same, as at the first step, or every s zero).
+double correlation_from_sums(const double* sums, int64_t B);
+
+// Takes in one meta step's correlation c (a NaN is skipped) and updates T.
+void gate_update(GateState& st, double c, double alpha, int64_t B);
+
+// γ = 1 − 1/T² where T > max(Z, 1); 0 otherwise.
+double gate_gamma(const GateState& st, double Z);
+
+// The weights the policy trains on: a_i^γ (a itself when γ = 1, all ones when γ = 0).
+std::vector<double> applied_weights(const std::vector<double>& a, double gamma);
+
 }  // namespace metapo

@@ -17,6 +17,13 @@ struct MetaConfig {
   bool precondition = true; // ĝ_V = g_V / (√v̂ + ε) with the policy optimizer's second moment
   int64_t hidden = 32;
   double a_min = 1e-3;
+  // The significance gate (docs/metapo.md, "The significance gate"): the policy trains on a_i^γ
+  // rather than a_i, with γ = 1 − 1/T² once T > Z (0 before: uniform weights) and T the t statistic
+  // of the running mean (EMA, rate gate_ema, over meta steps) of corr(a, s), the correlation over each
+  // global batch of the net's weights with the alignments they are meant to predict. Z = gate; 0: no
+  // gate (γ = 1, the weights as learned).
+  double gate = 2;
+  double gate_ema = 0.02;
   // Forward-only refresh of the pair statistics: every refresh_every steps, the next refresh_pairs
   // training pairs (a window rotating through the split) are scored and observed, so pairs gather
   // history faster than one observation per epoch (0: off).

@@ -9,6 +9,7 @@
 #include "metapo/comm/comm.h"
 #include "metapo/data/dataset.h"
 #include "metapo/meta/features.h"
+#include "metapo/meta/meta_grad.h"
 #include "metapo/meta/pair_stats.h"
 #include "metapo/meta/weight_net.h"
 #include "metapo/comm/topology.h"
@@ -57,8 +58,10 @@ class MetaPOState {
   // the order the weights were made) the meta update — g_i = −s_i/B, dL/da through the global
   // normalization, dφ through the net, summed over ranks, Adam — then the step's raw features go
   // into the standardizer's running statistics (one all-reduce over the ranks) and the step's
-  // observations into the table. global_sum_a = Σ a over the global batch of B pairs.
-  void end_step(int64_t step, const std::vector<double>* align, int64_t B, double global_sum_a);
+  // observations into the table. global_sum_applied = Σ over the global batch of B pairs of the
+  // weights weights() returned (a^γ under the significance gate; a without it). With align, the
+  // gate's statistics take in the step and γ for the next step is set.
+  void end_step(int64_t step, const std::vector<double>* align, int64_t B, double global_sum_applied);
   // Local. A skipped step (non-finite loss or gradient norm): forgets the step's features, weights
   // and observations, so the table, the standardizer and the net stay as they were.
   void discard_step();
@@ -74,6 +77,7 @@ class MetaPOState {
   FeatureStandardizer& standardizer() { return stdz_; }
   AdamState& adam() { return adam_; }  // the weight net's optimizer (checkpoints)
   double last_meta_grad_norm() const { return last_grad_norm_; }
+  GateState& gate() { return gate_; }  // the significance gate (checkpoints, metrics)
 
  private:
   MetaConfig cfg_;
@@ -86,6 +90,7 @@ class MetaPOState {
   std::vector<double> step_raw_, step_x_, step_a_;  // raw and standardized features [n, F], weights of this step
   std::vector<PairObservation> step_obs_;
   double last_grad_norm_ = 0;
+  GateState gate_;
   // Collective over dp: gathers the step's pairs and, on the writing rank, appends one line.
   void write_trace(int64_t step, const std::vector<double>& align);
 };
