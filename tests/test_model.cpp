@@ -3,6 +3,9 @@
 // against the double one, packing invariance and bit-exact determinism.
 #include <gtest/gtest.h>
 
+#include <algorithm>
+#include <cstring>
+
 #include "metapo/core/error.h"
 #include "metapo/model/init.h"
 #include "metapo/model/llama.h"
@@ -179,3 +182,54 @@ TEST(Model, OverwritingBackwardEqualsAccumulatingIntoZeros) {
 }
 
 }  // namespace
+
+// Activation recomputation runs the same kernels on the same inputs, so selective and full give the
+// same bits as keeping everything: log-probs, gradients (overwriting and accumulating backwards over
+// two micro-batches) and ghost dots; and they hold fewer activation bytes, full the fewest.
+TEST(Model, RecomputationIsBitIdenticalAndKeepsLess) {
+  for (const std::string variant : {"gqa", "qwen2_tied_bias_mqa", "llama3_rope_headdim"}) {
+    const LlamaConfig c = tiny_config(variant);
+    const vector<float> p = rich_params<float>(c, 5);
+    const vector<float> ghat = randn<float>(p.size(), 6, 0.3);
+    const PackedBatch b1 = small_batch();
+    PackedBatch b2;
+    b2.add({3, 8, 8, 1, 0, 6, 2});
+    b2.add({10, 4});
+    struct Result {
+      vector<float> logp, grads;
+      vector<double> dots;
+      size_t bytes = 0;
+    };
+    auto run = [&](Recompute r) {
+      LlamaModel<float> m(c);
+      m.set_recompute(r);
+      m.set_prob_cache_budget(0);
+      Result out;
+      out.grads.assign(p.size(), 0.0f);
+      for (const PackedBatch* b : {&b1, const_cast<const PackedBatch*>(&b2)}) {
+        const vector<int32_t> tg = next_token_targets(*b, nullptr);
+        vector<float> logp(size_t(b->n_tokens()));
+        m.forward(p.data(), *b, tg.data(), logp.data());
+        out.bytes = std::max(out.bytes, m.activation_bytes());
+        vector<float> dlogp(logp.size());
+        for (size_t t = 0; t < dlogp.size(); ++t) dlogp[t] = 0.1f * float(t % 5) - 0.2f;
+        vector<double> dots;
+        m.backward(p.data(), dlogp.data(), out.grads.data(), b != &b1, ghat.data(), &dots);
+        out.logp.insert(out.logp.end(), logp.begin(), logp.end());
+        out.dots.insert(out.dots.end(), dots.begin(), dots.end());
+      }
+      return out;
+    };
+    const Result none = run(Recompute::None), sel = run(Recompute::Selective), full = run(Recompute::Full);
+    for (const Result* r : {&sel, &full}) {
+      const char* name = r == &sel ? "selective" : "full";
+      EXPECT_EQ(std::memcmp(r->logp.data(), none.logp.data(), none.logp.size() * 4), 0) << variant << " " << name;
+      EXPECT_EQ(std::memcmp(r->grads.data(), none.grads.data(), none.grads.size() * 4), 0) << variant << " " << name;
+      EXPECT_EQ(r->dots, none.dots) << variant << " " << name;
+    }
+    EXPECT_LT(sel.bytes, none.bytes) << variant;
+    EXPECT_LT(full.bytes, sel.bytes) << variant;
+  }
+  EXPECT_EQ(parse_recompute("full"), Recompute::Full);
+  EXPECT_THROW(parse_recompute("some"), Error);
+}

@@ -22,7 +22,7 @@ namespace metapo::cli {
 
 int cmd_bench(Context& ctx, int argc, char** argv) {
   po::options_description desc("metapo bench options");
-  std::string model_dir, preset;
+  std::string model_dir, preset, recompute;
   int64_t T = 0, B = 0, R = 0;
   int steps = 0, warmup = 0;
   uint64_t seed = 0;
@@ -37,7 +37,8 @@ int cmd_bench(Context& ctx, int argc, char** argv) {
     ("targets", po::value(&R)->default_value(0),
      "scored tokens per sequence: only the last N rows predict a token (a DPO response); 0: all")
     ("ghost", po::bool_switch(), "also take ghost dot products with a random ghat in the backward (MetaPO)")
-    ("profile", po::bool_switch(), "print the time per operation over the timed steps");
+    ("profile", po::bool_switch(), "print the time per operation over the timed steps")
+    ("recompute", po::value(&recompute)->default_value("none"), "activation recomputation: none, selective, full (as train --recompute)");
   po::variables_map vm;
   if (!parse_args("bench", "metapo bench (--model DIR | --preset NAME) --seq-len T --batch B --steps S",
                   desc, argc, argv, vm, ctx))
@@ -55,6 +56,7 @@ int cmd_bench(Context& ctx, int argc, char** argv) {
   }
   const LlamaConfig& c = m.config;
   LlamaModel<float> model(c);
+  model.set_recompute(parse_recompute(recompute));
   PackedBatch b;
   for (int64_t s = 0; s < B; ++s) {
     Philox rng = make_rng(seed, 0, uint32_t(s), RngPurpose::Bench);
@@ -115,6 +117,7 @@ int cmd_bench(Context& ctx, int argc, char** argv) {
     j["threads"] = ctx.threads;
     j["ghost"] = ghost;
     j["activation_mb"] = double(model.activation_bytes()) / (1 << 20);
+    j["recompute"] = recompute_name(model.recompute());
     std::cout << j.dump() << std::endl;
   }
   return 0;

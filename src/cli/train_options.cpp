@@ -55,6 +55,7 @@ void add_train_options(po::options_description& desc, TrainConfig& cfg, TrainOpt
     ("resume", po::value(&cfg.resume), "auto: continue RUN from its newest valid checkpoint (a new run when it has none); or a checkpoint file / run directory to start from")
     ("max-time", po::value(&s.max_time), "wall-clock budget D-HH:MM:SS (or HH:MM:SS, MM:SS, or seconds): checkpoint and exit with status 124 before it runs out")
     ("max-skipped-steps", po::value(&cfg.max_skipped_steps)->default_value(10), "steps skipped for a non-finite loss or gradient norm before the run stops with an error")
+    ("recompute", po::value(&s.recompute)->default_value("none"), "activation recomputation per layer: none (keep everything), selective (redo the norms' outputs and the SwiGLU product: no GEMM), full (keep each layer's input, redo its forward in the backward); results are bit-identical")
     ("hang-timeout", po::value(&s.hang_timeout)->default_value("auto"), "abort the job with exit status 125 when no step completes within this time (seconds or D-HH:MM:SS; 0: off; auto: 20 median step times, at least 10 minutes)");
   if (pref) {
     desc.add_options()
@@ -104,6 +105,7 @@ void finish_train_options(TrainConfig& cfg, const TrainOptionStrings& s, bool pr
     MP_CHECK(cfg.max_time_s > 0, "--max-time ", s.max_time, ": must be positive");
   }
   cfg.hang_timeout_s = s.hang_timeout == "auto" ? -1.0 : parse_duration(s.hang_timeout, "--hang-timeout");
+  cfg.recompute = parse_recompute(s.recompute);
   if (pref) {
     cfg.loss.type = parse_loss(s.loss);
     cfg.weighting = parse_weighting(s.weighting);

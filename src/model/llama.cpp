@@ -25,6 +25,17 @@ std::vector<int32_t> next_token_targets(const PackedBatch& b, const uint8_t* mas
   return tg;
 }
 
+Recompute parse_recompute(const std::string& name) {
+  if (name == "none") return Recompute::None;
+  if (name == "selective") return Recompute::Selective;
+  MP_CHECK(name == "full", "--recompute ", name, ": unknown (none, selective, full)");
+  return Recompute::Full;
+}
+
+const char* recompute_name(Recompute r) {
+  return r == Recompute::None ? "none" : r == Recompute::Selective ? "selective" : "full";
+}
+
 template <typename T>
 LlamaModel<T>::LlamaModel(const LlamaConfig& c, Comm* tp, const PipeStage& stage)
     : cfg_(c),
@@ -69,6 +80,72 @@ static void resize(V& v, int64_t n) {
 }
 
 template <typename T>
+typename LlamaModel<T>::LayerRefs LlamaModel<T>::refs(LayerActs& a) {
+  LayerActs& s = scratch_;
+  switch (recompute_) {
+    case Recompute::None:
+      return {&a.xn1, &a.rstd1, &a.qkv, &a.att, &a.lse, &a.x_mid, &a.xn2, &a.rstd2, &a.gu, &a.h};
+    case Recompute::Selective:
+      return {&s.xn1, &a.rstd1, &a.qkv, &a.att, &a.lse, &a.x_mid, &s.xn2, &a.rstd2, &a.gu, &s.h};
+    default:
+      return {&s.xn1, &s.rstd1, &s.qkv, &s.att, &s.lse, &s.x_mid, &s.xn2, &s.rstd2, &s.gu, &s.h};
+  }
+}
+
+template <typename T>
+void LlamaModel<T>::layer_forward(const LayerView<const T>& lw, const T* x_in, const LayerRefs& r, T* x_out,
+                                  bool profile) {
+  const LlamaConfig& c = cfg_;
+  const PackedBatch& b = batch_;
+  const int64_t n = b.n_tokens(), C = c.hidden_size, I = lc_.intermediate_size;
+  const int64_t Hq = lc_.num_attention_heads, Hkv = lc_.num_key_value_heads, D = c.head_dim;
+  const int64_t Q = lc_.q_dim(), QKV = lc_.qkv_dim();
+  auto run = [&](const char* name, auto&& f) {
+    if (profile)
+      prof_.run(name, f);
+    else
+      f();
+  };
+  // Row-parallel layers (o_proj, down_proj) accumulate onto the residual; under TP only rank 0 carries
+  // it into the all-reduce, so it is counted once.
+  const bool own_residual = !tp_ || tp_->rank() == 0;
+  auto copy_residual = [&](T* dst, const T* src, int64_t count) {
+    if (own_residual)
+      std::memcpy(dst, src, sizeof(T) * size_t(count));
+    else
+      std::fill(dst, dst + count, T(0));
+  };
+  resize(*r.xn1, n * C), resize(*r.rstd1, n), resize(*r.qkv, n * QKV), resize(*r.att, n * Q);
+  resize(*r.lse, Hq * n), resize(*r.x_mid, n * C), resize(*r.xn2, n * C), resize(*r.rstd2, n);
+  resize(*r.gu, n * 2 * I), resize(*r.h, n * I);
+
+  // Attention block: xn1 = norm(x_in); qkv = xn1 Wqkv^T (+b); rope(q, k); att = attn(q, k, v)
+  run("rmsnorm", [&] { cpu::rmsnorm_forward(r.xn1->data(), r.rstd1->data(), x_in, lw.attn_norm, n, C, c.rms_norm_eps); });
+  run("qkv_proj", [&] { cpu::linear_forward(r.qkv->data(), r.xn1->data(), lw.wqkv, lw.bqkv, n, C, QKV); });  // [n, QKV]
+  run("rope", [&] { cpu::rope_apply(r.qkv->data(), n, Hq, D, QKV, pos_.data(), rope_, false); });  // q
+  run("rope", [&] { cpu::rope_apply(r.qkv->data() + Q, n, Hkv, D, QKV, pos_.data(), rope_, false); });  // k
+  cpu::AttentionParams<T> ap{r.qkv->data(), r.qkv->data() + Q, r.qkv->data() + Q + lc_.kv_dim(), QKV,
+                             r.att->data(), Q, r.lse->data(), b.cu_seqlens.data(), b.n_seqs(), n,
+                             Hq, Hkv, D, T(1) / std::sqrt(T(D))};
+  run("attention", [&] { cpu::attention_forward(ap); });  // [n, Q]
+  // x_mid = x_in + att Wo^T (the GEMM accumulates onto the copied residual). Row-parallel under TP:
+  // each rank's heads give a partial product; the residual rides on rank 0's partial only, so one
+  // all-reduce of [n, C] yields x_in + Σ_r att_r Wo_r^T on every rank.
+  copy_residual(r.x_mid->data(), x_in, n * C);
+  run("o_proj", [&] { cpu::gemm<T>(false, true, n, C, Q, T(1), r.att->data(), Q, lw.wo, Q, T(1), r.x_mid->data(), C); });
+  if (tp_) run("tp_allreduce", [&] { tp_->allreduce_sum(r.x_mid->data(), size_t(n * C)); });
+
+  // MLP block: xn2 = norm(x_mid); gu = xn2 Wgu^T; h = silu(g) u; x_out = x_mid + h Wdown^T
+  run("rmsnorm", [&] { cpu::rmsnorm_forward(r.xn2->data(), r.rstd2->data(), r.x_mid->data(), lw.mlp_norm, n, C, c.rms_norm_eps); });
+  run("gate_up_proj", [&] { cpu::linear_forward(r.gu->data(), r.xn2->data(), lw.wgu, (const T*)nullptr, n, C, 2 * I); });  // [n, 2I]
+  run("swiglu", [&] { cpu::swiglu_forward(r.h->data(), r.gu->data(), n, I); });  // [n, I]
+  if (!x_out) return;
+  copy_residual(x_out, r.x_mid->data(), n * C);  // row-parallel like o_proj
+  run("down_proj", [&] { cpu::gemm<T>(false, true, n, C, I, T(1), r.h->data(), I, lw.wdown, I, T(1), x_out, C); });
+  if (tp_) run("tp_allreduce", [&] { tp_->allreduce_sum(x_out, size_t(n * C)); });
+}
+
+template <typename T>
 void LlamaModel<T>::forward(const T* params, const PackedBatch& b, const int32_t* targets, T* logp) {
   MP_CHECK(lay_.stage.whole(), "LlamaModel::forward on a pipeline stage (use forward_stage)");
   forward_stage(params, b, targets, nullptr, logp);
@@ -79,10 +156,8 @@ void LlamaModel<T>::forward_stage(const T* params, const PackedBatch& b, const i
                                   T* out) {
   const LlamaConfig& c = cfg_;
   const PipeStage& st = lay_.stage;
-  // Head, intermediate and vocabulary extents are this rank's (lc_ == cfg_ without TP).
-  const int64_t n = b.n_tokens(), C = c.hidden_size, V = c.vocab_size, I = lc_.intermediate_size;
-  const int64_t Hq = lc_.num_attention_heads, Hkv = lc_.num_key_value_heads, D = c.head_dim;
-  const int64_t Q = lc_.q_dim(), QKV = lc_.qkv_dim();
+  // The vocabulary extent here is the whole model's; the layers use this rank's (layer_forward).
+  const int64_t n = b.n_tokens(), C = c.hidden_size, V = c.vocab_size;
   const ModelView<const T> w = make_view(lay_, params);
 
   // Positions restart at 0 in every sequence; check ids and lengths once, here.
@@ -103,15 +178,6 @@ void LlamaModel<T>::forward_stage(const T* params, const PackedBatch& b, const i
                " is outside the vocabulary [0, ", V, ")");
   if (max_len > rope_.max_pos) rope_.build(inv_freq_, std::max<int64_t>(max_len, 64));
   batch_ = b;
-  // Row-parallel layers (o_proj, down_proj) accumulate onto the residual; under TP only rank 0 carries
-  // it into the all-reduce, so it is counted once.
-  const bool own_residual = !tp_ || tp_->rank() == 0;
-  auto copy_residual = [&](T* dst, const T* src, int64_t count) {
-    if (own_residual)
-      std::memcpy(dst, src, sizeof(T) * size_t(count));
-    else
-      std::fill(dst, dst + count, T(0));
-  };
 
   // x = embed(tokens)                                                   [n, C]
   Buffer<T>& x0 = acts_.empty() ? x_final_ : acts_[0].x_in;
@@ -124,37 +190,9 @@ void LlamaModel<T>::forward_stage(const T* params, const PackedBatch& b, const i
     prof_.run("embedding", [&] { cpu::embedding_forward(x0.data(), w.embed, b.tokens.data(), n, C); });
 
   for (size_t l = 0; l < acts_.size(); ++l) {
-    LayerActs& a = acts_[l];
-    const LayerView<const T>& lw = w.layers[l];
-    resize(a.xn1, n * C), resize(a.rstd1, n), resize(a.qkv, n * QKV), resize(a.att, n * Q);
-    resize(a.lse, Hq * n), resize(a.x_mid, n * C), resize(a.xn2, n * C), resize(a.rstd2, n);
-    resize(a.gu, n * 2 * I), resize(a.h, n * I);
-
-    // Attention block: xn1 = norm(x_in); qkv = xn1 Wqkv^T (+b); rope(q, k); att = attn(q, k, v)
-    prof_.run("rmsnorm", [&] { cpu::rmsnorm_forward(a.xn1.data(), a.rstd1.data(), a.x_in.data(), lw.attn_norm, n, C, c.rms_norm_eps); });
-    prof_.run("qkv_proj", [&] { cpu::linear_forward(a.qkv.data(), a.xn1.data(), lw.wqkv, lw.bqkv, n, C, QKV); });  // [n, QKV]
-    prof_.run("rope", [&] { cpu::rope_apply(a.qkv.data(), n, Hq, D, QKV, pos_.data(), rope_, false); });  // q
-    prof_.run("rope", [&] { cpu::rope_apply(a.qkv.data() + Q, n, Hkv, D, QKV, pos_.data(), rope_, false); });  // k
-    cpu::AttentionParams<T> ap{a.qkv.data(), a.qkv.data() + Q, a.qkv.data() + Q + lc_.kv_dim(), QKV,
-                               a.att.data(), Q, a.lse.data(), b.cu_seqlens.data(), b.n_seqs(), n,
-                               Hq, Hkv, D, T(1) / std::sqrt(T(D))};
-    prof_.run("attention", [&] { cpu::attention_forward(ap); });  // [n, Q]
-    // x_mid = x_in + att Wo^T (the GEMM accumulates onto the copied residual). Row-parallel under TP:
-    // each rank's heads give a partial product; the residual rides on rank 0's partial only, so one
-    // all-reduce of [n, C] yields x_in + Σ_r att_r Wo_r^T on every rank.
-    copy_residual(a.x_mid.data(), a.x_in.data(), n * C);
-    prof_.run("o_proj", [&] { cpu::gemm<T>(false, true, n, C, Q, T(1), a.att.data(), Q, lw.wo, Q, T(1), a.x_mid.data(), C); });
-    if (tp_) prof_.run("tp_allreduce", [&] { tp_->allreduce_sum(a.x_mid.data(), size_t(n * C)); });
-
-    // MLP block: xn2 = norm(x_mid); gu = xn2 Wgu^T; h = silu(g) u; x_out = x_mid + h Wdown^T
-    prof_.run("rmsnorm", [&] { cpu::rmsnorm_forward(a.xn2.data(), a.rstd2.data(), a.x_mid.data(), lw.mlp_norm, n, C, c.rms_norm_eps); });
-    prof_.run("gate_up_proj", [&] { cpu::linear_forward(a.gu.data(), a.xn2.data(), lw.wgu, (const T*)nullptr, n, C, 2 * I); });  // [n, 2I]
-    prof_.run("swiglu", [&] { cpu::swiglu_forward(a.h.data(), a.gu.data(), n, I); });  // [n, I]
-    Buffer<T>& x_out = l + 1 < acts_.size() ? acts_[l + 1].x_in : x_final_;
+    Buffer<T>& x_out = l + 1 < acts_.size() ? acts_[l + 1].x_in : x_final_;  // the next layer's input
     resize(x_out, n * C);
-    copy_residual(x_out.data(), a.x_mid.data(), n * C);  // row-parallel like o_proj
-    prof_.run("down_proj", [&] { cpu::gemm<T>(false, true, n, C, I, T(1), a.h.data(), I, lw.wdown, I, T(1), x_out.data(), C); });
-    if (tp_) prof_.run("tp_allreduce", [&] { tp_->allreduce_sum(x_out.data(), size_t(n * C)); });
+    layer_forward(w.layers[l], acts_[l].x_in.data(), refs(acts_[l]), x_out.data(), true);
   }
 
   if (!st.last) {
@@ -285,39 +323,53 @@ void LlamaModel<T>::backward_stage(const T* params, const T* dout, T* grads, boo
   Buffer<T>&dh = wk.dh, &dgu = wk.dgu, &dxn = wk.dxn, &datt = wk.datt, &dqkv = wk.dqkv;
   resize(dh, n * I), resize(dgu, n * 2 * I), resize(datt, n * Q), resize(dqkv, n * QKV);
   for (size_t li = acts_.size(); li-- > 0;) {
-    const LayerActs& a = acts_[li];
     const LayerView<const T>& lw = w.layers[li];
     const LayerView<T>& lg = g.layers[li];
+    // The layer's intermediates: kept, or computed again from the layer's kept input.
+    const T* x_in = acts_[li].x_in.data();
+    const LayerRefs r = refs(acts_[li]);
+    if (recompute_ == Recompute::Full) {
+      prof_.run("recompute", [&] { layer_forward(lw, x_in, r, nullptr, false); });
+    } else if (recompute_ == Recompute::Selective) {
+      // The norm outputs from the kept inputs (their rstd comes out the same, into scratch), and the
+      // SwiGLU product from the kept gate/up.
+      prof_.run("recompute", [&] {
+        resize(*r.xn1, n * C), resize(*r.xn2, n * C), resize(*r.h, n * I), resize(scratch_.rstd1, n);
+        cpu::rmsnorm_forward(r.xn1->data(), scratch_.rstd1.data(), x_in, lw.attn_norm, n, C, c.rms_norm_eps);
+        cpu::rmsnorm_forward(r.xn2->data(), scratch_.rstd1.data(), r.x_mid->data(), lw.mlp_norm, n, C, c.rms_norm_eps);
+        cpu::swiglu_forward(r.h->data(), r.gu->data(), n, I);
+      });
+    }
 
     const LayerView<const T>* lgh = ghost ? &gh->layers[li] : nullptr;
 
     // MLP block backward (each ghost call reads its G before the next step overwrites it).
-    prof_.run("down_proj.bwd", [&] { linear_bwd(dh.data(), lg.wdown, (T*)nullptr, dx.data(), a.h.data(), lw.wdown, n, I, C, lgh ? lgh->wdown : nullptr, nullptr); });
-    prof_.run("swiglu.bwd", [&] { cpu::swiglu_backward(dgu.data(), dh.data(), a.gu.data(), n, I); });
-    prof_.run("gate_up_proj.bwd", [&] { linear_bwd(dxn.data(), lg.wgu, (T*)nullptr, dgu.data(), a.xn2.data(), lw.wgu, n, C, 2 * I, lgh ? lgh->wgu : nullptr, nullptr); });
+    prof_.run("down_proj.bwd", [&] { linear_bwd(dh.data(), lg.wdown, (T*)nullptr, dx.data(), r.h->data(), lw.wdown, n, I, C, lgh ? lgh->wdown : nullptr, nullptr); });
+    prof_.run("swiglu.bwd", [&] { cpu::swiglu_backward(dgu.data(), dh.data(), r.gu->data(), n, I); });
+    prof_.run("gate_up_proj.bwd", [&] { linear_bwd(dxn.data(), lg.wgu, (T*)nullptr, dgu.data(), r.xn2->data(), lw.wgu, n, C, 2 * I, lgh ? lgh->wgu : nullptr, nullptr); });
     // Column-parallel input gradient: each rank's gate/up slice gives a partial dxn.
     if (tp_) prof_.run("tp_allreduce", [&] { tp_->allreduce_sum(dxn.data(), size_t(n * C)); });
     if (ghost_replicated)
-      prof_.run("ghost", [&] { cpu::rmsnorm_ghost_dots(dxn.data(), a.x_mid.data(), a.rstd2.data(), lgh->mlp_norm, n, C, rdot.data()); });
-    prof_.run("rmsnorm.bwd", [&] { cpu::rmsnorm_backward(dx.data(), lg.mlp_norm, dxn.data(), a.x_mid.data(), lw.mlp_norm,
-                          a.rstd2.data(), n, C, true); });  // dx: now w.r.t. x_mid
+      prof_.run("ghost", [&] { cpu::rmsnorm_ghost_dots(dxn.data(), r.x_mid->data(), r.rstd2->data(), lgh->mlp_norm, n, C, rdot.data()); });
+    prof_.run("rmsnorm.bwd", [&] { cpu::rmsnorm_backward(dx.data(), lg.mlp_norm, dxn.data(), r.x_mid->data(), lw.mlp_norm,
+                          r.rstd2->data(), n, C, true); });  // dx: now w.r.t. x_mid
 
     // Attention block backward.
-    prof_.run("o_proj.bwd", [&] { linear_bwd(datt.data(), lg.wo, (T*)nullptr, dx.data(), a.att.data(), lw.wo, n, Q, C, lgh ? lgh->wo : nullptr, nullptr); });
-    cpu::AttentionParams<T> ap{a.qkv.data(), a.qkv.data() + Q, a.qkv.data() + Q + KV, QKV,
-                               const_cast<T*>(a.att.data()), Q, const_cast<T*>(a.lse.data()),
+    prof_.run("o_proj.bwd", [&] { linear_bwd(datt.data(), lg.wo, (T*)nullptr, dx.data(), r.att->data(), lw.wo, n, Q, C, lgh ? lgh->wo : nullptr, nullptr); });
+    cpu::AttentionParams<T> ap{r.qkv->data(), r.qkv->data() + Q, r.qkv->data() + Q + KV, QKV,
+                               const_cast<T*>(r.att->data()), Q, const_cast<T*>(r.lse->data()),
                                b.cu_seqlens.data(), b.n_seqs(), n, Hq, Hkv, D,
                                T(1) / std::sqrt(T(D))};
     cpu::AttentionGradParams<T> agp{datt.data(), dqkv.data(), dqkv.data() + Q, dqkv.data() + Q + KV, QKV};
     prof_.run("attention.bwd", [&] { cpu::attention_backward(ap, agp); });
     prof_.run("rope.bwd", [&] { cpu::rope_apply(dqkv.data(), n, Hq, D, QKV, pos_.data(), rope_, true); });  // dq before rope
     prof_.run("rope.bwd", [&] { cpu::rope_apply(dqkv.data() + Q, n, Hkv, D, QKV, pos_.data(), rope_, true); });  // dk before rope
-    prof_.run("qkv_proj.bwd", [&] { linear_bwd(dxn.data(), lg.wqkv, lg.bqkv, dqkv.data(), a.xn1.data(), lw.wqkv, n, C, QKV, lgh ? lgh->wqkv : nullptr, lgh ? lgh->bqkv : nullptr); });
+    prof_.run("qkv_proj.bwd", [&] { linear_bwd(dxn.data(), lg.wqkv, lg.bqkv, dqkv.data(), r.xn1->data(), lw.wqkv, n, C, QKV, lgh ? lgh->wqkv : nullptr, lgh ? lgh->bqkv : nullptr); });
     if (tp_) prof_.run("tp_allreduce", [&] { tp_->allreduce_sum(dxn.data(), size_t(n * C)); });  // partial, as above
     if (ghost_replicated)
-      prof_.run("ghost", [&] { cpu::rmsnorm_ghost_dots(dxn.data(), a.x_in.data(), a.rstd1.data(), lgh->attn_norm, n, C, rdot.data()); });
-    prof_.run("rmsnorm.bwd", [&] { cpu::rmsnorm_backward(dx.data(), lg.attn_norm, dxn.data(), a.x_in.data(), lw.attn_norm,
-                          a.rstd1.data(), n, C, true); });  // dx: now w.r.t. x_in
+      prof_.run("ghost", [&] { cpu::rmsnorm_ghost_dots(dxn.data(), x_in, r.rstd1->data(), lgh->attn_norm, n, C, rdot.data()); });
+    prof_.run("rmsnorm.bwd", [&] { cpu::rmsnorm_backward(dx.data(), lg.attn_norm, dxn.data(), x_in, lw.attn_norm,
+                          r.rstd1->data(), n, C, true); });  // dx: now w.r.t. x_in
   }
   if (!st.first) {
     std::memcpy(dx_in, dx.data(), sizeof(T) * size_t(n * C));  // to the previous stage
@@ -339,16 +391,18 @@ void LlamaModel<T>::backward_stage(const T* params, const T* dout, T* grads, boo
 
 template <typename T>
 size_t LlamaModel<T>::activation_bytes() const {
-  auto bytes = [](const std::vector<LayerActs>& acts, size_t e) {
-    for (const LayerActs& a : acts)
-      e += a.x_in.size() + a.xn1.size() + a.rstd1.size() + a.qkv.size() + a.att.size() + a.lse.size() +
+  auto layer = [](const LayerActs& a) {
+    return a.x_in.size() + a.xn1.size() + a.rstd1.size() + a.qkv.size() + a.att.size() + a.lse.size() +
            a.x_mid.size() + a.xn2.size() + a.rstd2.size() + a.gu.size() + a.h.size();
+  };
+  auto bytes = [&](const std::vector<LayerActs>& acts, size_t e) {
+    for (const LayerActs& a : acts) e += layer(a);
     return e * sizeof(T);
   };
   size_t total = bytes(acts_, x_final_.size() + hN_.size() + rstdN_.size() + row_lse_.size() + probs_.size());
   for (const Saved& s : parked_)  // the other slots (the current slot's parked entry is empty)
     total += bytes(s.acts, s.x_final.size() + s.hN.size() + s.rstdN.size() + s.row_lse.size() + s.probs.size());
-  return total;
+  return total + layer(scratch_) * sizeof(T);
 }
 
 template class LlamaModel<float>;

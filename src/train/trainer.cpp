@@ -260,6 +260,7 @@ struct TrainRun {
         opt(sm.model->layout(), cfg.adam, dp_comm, sm.mp.get(), sm.shard_map, topo.tp_rank == 0),
         grads(opt.padded_size()) {
     sm.params.resize(opt.padded_size(), 0.0f);  // ZeRO-1 padding (zeros, never read by the model)
+    sm.model->set_recompute(cfg.recompute);
     report_memory(cfg, kind, topo, config, rank_memory(opt, -1), restarts);
     MPI_Barrier(topo.world);  // the run directory exists on every rank from here on
     watch = make_watchdog(cfg, topo, kind);

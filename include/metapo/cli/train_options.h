@@ -8,7 +8,7 @@
 namespace metapo::cli {
 
 struct TrainOptionStrings {
-  std::string loss = "sigmoid", weighting = "uniform", max_time, hang_timeout = "auto";
+  std::string loss = "sigmoid", weighting = "uniform", max_time, hang_timeout = "auto", recompute = "none";
 };
 
 // A duration D-HH:MM:SS, HH:MM:SS, MM:SS or seconds, in seconds; throws naming the option.

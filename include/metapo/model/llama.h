@@ -18,6 +18,7 @@
 // flight: each activation slot (set_slots / use_slot) keeps one forward for its backward.
 #pragma once
 #include <cstdint>
+#include <string>
 #include <vector>
 
 #include "metapo/comm/comm.h"
@@ -29,6 +30,19 @@
 #include "metapo/parallel/vocab_parallel.h"
 
 namespace metapo {
+
+// Activation recomputation (activation checkpointing) per decoder layer: what a forward keeps for
+// its backward, and what the backward computes again (docs/engine.md "Activation recomputation").
+//   None       every layer keeps its input and every intermediate (norm outputs, q/k/v, attention
+//              output and log-sum-exp, the mid residual, gate/up, the SwiGLU product).
+//   Selective  drops what costs no GEMM to redo: the two norm outputs (from the layer input or the mid
+//              residual and their kept rstd) and the SwiGLU product (from gate/up).
+//   Full       keeps only each layer's input; the backward runs the layer's forward again (its
+//              GEMMs, attention and, under TP, the o_proj all-reduce) before the layer's backward.
+// The recomputation runs the same kernels on the same inputs, so results are bit-identical to None.
+enum class Recompute { None, Selective, Full };
+Recompute parse_recompute(const std::string& name);  // none | selective | full; throws naming --recompute
+const char* recompute_name(Recompute r);
 
 // A packed micro-batch: sequence s is tokens[cu_seqlens[s] .. cu_seqlens[s+1]).
 struct PackedBatch {
@@ -64,6 +78,9 @@ class LlamaModel {
   // Probabilities of up to this many bytes are kept from forward to backward instead of
   // recomputing the LM-head GEMM (0: always recompute).
   void set_prob_cache_budget(size_t bytes) { cache_budget_ = bytes; }
+  // What the next forwards keep per layer (see Recompute). Default None.
+  void set_recompute(Recompute r) { recompute_ = r; }
+  Recompute recompute() const { return recompute_; }
 
   // logp[t] = log p(targets[t] | tokens of its sequence up to t), 0 where targets[t] < 0.
   // Keeps what backward needs. Token ids out of range and over-long sequences are errors.
@@ -104,7 +121,8 @@ class LlamaModel {
   void set_slots(int n);
   void use_slot(int k);
 
-  // Activation bytes held by the last forward.
+  // Activation bytes held: the kept activations of every slot plus the recomputation scratch (one
+  // layer's dropped intermediates).
   size_t activation_bytes() const;
 
   // Per-operation times (enable with profile().enabled = true).
@@ -114,6 +132,14 @@ class LlamaModel {
   struct LayerActs {
     Buffer<T> x_in, xn1, rstd1, qkv, att, lse, x_mid, xn2, rstd2, gu, h;
   };
+  // A layer's intermediates wherever they are: its own LayerActs (kept) or the scratch (dropped).
+  struct LayerRefs {
+    Buffer<T> *xn1, *rstd1, *qkv, *att, *lse, *x_mid, *xn2, *rstd2, *gu, *h;
+  };
+  LayerRefs refs(LayerActs& a);  // by recompute_
+  // The layer's forward from x_in through the SwiGLU product into r; with x_out, on to the layer's
+  // output (else it stops there: a recomputation needs nothing after h). profile: per-op times.
+  void layer_forward(const LayerView<const T>& lw, const T* x_in, const LayerRefs& r, T* x_out, bool profile);
   // What one forward keeps for its backward (the members below for the current slot).
   struct Saved {
     PackedBatch batch;
@@ -141,6 +167,8 @@ class LlamaModel {
   std::vector<Saved> parked_;  // parked_[k]: slot k's state while another slot is current
   int slot_ = 0;
   int64_t ghost_group_ = 1;
+  Recompute recompute_ = Recompute::None;
+  LayerActs scratch_;  // one layer's dropped intermediates (forward) or recomputed ones (backward)
   struct BackwardWork {
     Buffer<T> coef, dx, dxn, dh, dgu, datt, dqkv;
   } work_;

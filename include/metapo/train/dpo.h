@@ -60,6 +60,7 @@ struct TrainConfig {
   int64_t max_skipped_steps = 10;
   // --hang-timeout (train/watchdog.h): > 0 seconds, 0 off, < 0 auto.
   double hang_timeout_s = -1;
+  Recompute recompute = Recompute::None;  // --recompute: what each layer keeps for its backward
   std::string command_line;  // recorded in RUN/run.json
 };
 
