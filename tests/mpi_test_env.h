@@ -37,6 +37,18 @@ inline bool mpi_running() {
   return init != 0;
 }
 
+inline int world_rank() {
+  int r = 0;
+  MPI_Comm_rank(MPI_COMM_WORLD, &r);
+  return r;
+}
+
+inline int world_size() {
+  int p = 1;
+  MPI_Comm_size(MPI_COMM_WORLD, &p);
+  return p;
+}
+
 // Whether a condition holds on every rank (so all ranks report the same verdict).
 inline bool all_ranks(bool ok) {
   int v = ok ? 1 : 0;

@@ -23,21 +23,11 @@
 
 using namespace metapo;
 using metapo::testing_mpi::all_ranks;
+using metapo::testing_mpi::world_rank;
+using metapo::testing_mpi::world_size;
 using std::vector;
 
 namespace {
-
-int world_rank() {
-  int r = 0;
-  MPI_Comm_rank(MPI_COMM_WORLD, &r);
-  return r;
-}
-
-int world_size() {
-  int p = 1;
-  MPI_Comm_size(MPI_COMM_WORLD, &p);
-  return p;
-}
 
 // A file name every rank agrees on, in the test's working directory (the CLI script's temp dir).
 std::string shared_name(const std::string& stem) {

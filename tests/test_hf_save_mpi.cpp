@@ -24,22 +24,12 @@
 
 using namespace metapo;
 using metapo::testing_mpi::all_ranks;
+using metapo::testing_mpi::world_rank;
+using metapo::testing_mpi::world_size;
 using std::vector;
 namespace fs = std::filesystem;
 
 namespace {
-
-int world_rank() {
-  int r = 0;
-  MPI_Comm_rank(MPI_COMM_WORLD, &r);
-  return r;
-}
-
-int world_size() {
-  int p = 1;
-  MPI_Comm_size(MPI_COMM_WORLD, &p);
-  return p;
-}
 
 // GQA, untied, 3 layers: 2 KV heads, so TP 2 applies.
 LlamaConfig small() {
