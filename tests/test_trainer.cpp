@@ -376,7 +376,7 @@ TEST(Trainer, MetaPORunDependsOnTheGlobalBatchNotOnTheMicroBatching) {
     sc.n_train = 32, sc.n_val = 16, sc.n_test = 0, sc.n_sft = 0;
     Dataset d = make_synth(sc);
     // The reference log-probs once, into the file, so both runs read the same values.
-    for (auto& [name, split] : d.pairs) ensure_ref_logps(split, name, (dir / "ref").string(), 8, topo);
+    for (auto& [name, split] : d.pairs) ensure_ref_logps(split, name, (dir / "ref").string(), MicroBatching{8, 0}, topo);
     write_dataset((dir / "data.h5").string(), d);
   }
   auto train = [&](int64_t micro) {

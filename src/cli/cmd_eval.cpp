@@ -18,7 +18,7 @@ int cmd_eval(Context& ctx, int argc, char** argv) {
   po::options_description desc("metapo eval options");
   std::string model_dir, data, split, loss;
   LossConfig lc;
-  int64_t micro = 0, limit = 0;
+  int64_t micro = 0, micro_tokens = 0, limit = 0;
   desc.add_options()
     ("model", po::value(&model_dir)->required(), "model directory (Hugging Face layout)")
     ("data", po::value(&data)->required(), "dataset .h5 with reference log-probs (metapo precompute-ref)")
@@ -27,6 +27,7 @@ int cmd_eval(Context& ctx, int argc, char** argv) {
     ("beta", po::value(&lc.beta)->default_value(0.1), "DPO beta")
     ("label-smoothing", po::value(&lc.label_smoothing)->default_value(0.0), "label smoothing")
     ("micro-batch", po::value(&micro)->default_value(16), "pairs per forward")
+    ("micro-batch-tokens", po::value(&micro_tokens)->default_value(0), "> 0: forwards of whole pairs up to N tokens instead of --micro-batch pairs")
     ("limit", po::value(&limit)->default_value(0), "evaluate the first N pairs only (0: all)");
   ParallelOptions par;
   add_parallel_options(desc, par);
@@ -38,9 +39,11 @@ int cmd_eval(Context& ctx, int argc, char** argv) {
   validate(lc);
   const PairSplit s = read_pair_split(data, split);
   MP_CHECK(s.has_ref(), data, ": /", split, " has no reference log-probs (run metapo precompute-ref first)");
+  const MicroBatching mb{micro, micro_tokens};
+  check_token_budget(s.size(), [&](int64_t i) { return pair_tokens(s, i); }, s.sample_id, mb, data + ": /" + split);
   // Pairs split over DP; the TP ranks of a replica score the same pairs together.
   ShardedModel sm = load_sharded_model(model_dir, ctx.topo, par.pp_layers);
-  const PairStats st = evaluate_pairs(*sm.model, sm.pp.get(), sm.params.data(), s, lc, micro, limit, ctx.topo.dp_comm);
+  const PairStats st = evaluate_pairs(*sm.model, sm.pp.get(), sm.params.data(), s, lc, mb, limit, ctx.topo.dp_comm);
   if (ctx.topo.is_root()) {
     nlohmann::json j;
     j["split"] = split, j["n"] = st.n;
@@ -55,11 +58,12 @@ int cmd_eval(Context& ctx, int argc, char** argv) {
 int cmd_precompute_ref(Context& ctx, int argc, char** argv) {
   po::options_description desc("metapo precompute-ref options");
   std::string model_dir, data;
-  int64_t micro = 0;
+  int64_t micro = 0, micro_tokens = 0;
   desc.add_options()
     ("model", po::value(&model_dir)->required(), "reference model directory (Hugging Face layout)")
     ("data", po::value(&data)->required(), "dataset .h5; gains ref_logp_chosen/ref_logp_rejected in every pair split")
-    ("micro-batch", po::value(&micro)->default_value(16), "pairs per forward");
+    ("micro-batch", po::value(&micro)->default_value(16), "pairs per forward")
+    ("micro-batch-tokens", po::value(&micro_tokens)->default_value(0), "> 0: forwards of whole pairs up to N tokens instead of --micro-batch pairs");
   ParallelOptions par;
   add_parallel_options(desc, par);
   po::variables_map vm;
@@ -71,13 +75,16 @@ int cmd_precompute_ref(Context& ctx, int argc, char** argv) {
   const Dataset d = read_dataset(data);
   MP_CHECK(d.info.vocab_size <= config.vocab_size, data, ": vocab_size ", d.info.vocab_size,
            " is larger than the model's ", config.vocab_size);
+  const MicroBatching mb{micro, micro_tokens};
+  for (const auto& [name, split] : d.pairs)
+    check_token_budget(split.size(), [&](int64_t i) { return pair_tokens(split, i); }, split.sample_id, mb, data + ": /" + name);
   ShardedModel sm = load_sharded_model(model_dir, ctx.topo, par.pp_layers);
   std::map<std::string, std::pair<std::vector<double>, std::vector<double>>> ref;
   for (const auto& [name, split] : d.pairs) {
     std::vector<int64_t> idx(static_cast<size_t>(split.size()));
     for (int64_t i = 0; i < split.size(); ++i) idx[size_t(i)] = i;
     auto& [c, r] = ref[name];
-    pair_logps(*sm.model, sm.pp.get(), sm.params.data(), split, idx, micro, ctx.topo.dp_comm, c, r);
+    pair_logps(*sm.model, sm.pp.get(), sm.params.data(), split, idx, mb, ctx.topo.dp_comm, c, r);
     if (ctx.topo.is_root()) std::printf("%s: %lld pairs scored\n", name.c_str(), (long long)split.size());
   }
   if (ctx.topo.is_root()) write_ref_logps(data, ref, model_dir, config.max_position_embeddings);

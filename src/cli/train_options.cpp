@@ -36,6 +36,10 @@ void add_train_options(po::options_description& desc, TrainConfig& cfg, TrainOpt
     ("seed", po::value(&cfg.seed)->default_value(0), "data order seed")
     ("batch-size", po::value(&cfg.batch_size)->default_value(pref ? 32 : 32), pref ? "pairs per optimizer step (all ranks)" : "examples per optimizer step (all ranks)")
     ("micro-batch", po::value(&cfg.micro_batch)->default_value(8), "per rank per forward/backward (gradient accumulation covers the rest)")
+    ("micro-batch-tokens", po::value(&cfg.micro_batch_tokens)->default_value(0), "> 0: micro-batches of whole examples up to N tokens each (a pair counts its prompt twice), sorted by length, instead of --micro-batch examples; the data-parallel ranks get about equal tokens")
+    ("max-length", po::value(&cfg.truncation.max_length)->default_value(0), "prompt + response tokens: longer responses are cut to fit, as tools/prepare_data.py does (0: no limit)")
+    ("max-prompt-length", po::value(&cfg.truncation.max_prompt_length)->default_value(0), "prompt tokens kept (0: no limit)")
+    ("truncation-mode", po::value(&s.truncation_mode)->default_value("keep_end"), "which end of a long prompt is kept: keep_end or keep_start")
     ("epochs", po::value(&cfg.epochs)->default_value(1), "passes over the training split")
     ("max-steps", po::value(&cfg.max_steps)->default_value(0), "optimizer steps (overrides --epochs when > 0)")
     ("lr", po::value(&cfg.adam.lr)->default_value(pref ? 1e-4 : 1e-3), "peak learning rate (AdamW)")
@@ -100,6 +104,12 @@ void finish_train_options(TrainConfig& cfg, const TrainOptionStrings& s, bool pr
   MP_CHECK(cfg.save_every_minutes >= 0, "--save-every-minutes must be >= 0");
   MP_CHECK(cfg.keep >= 0, "--keep must be >= 0");
   MP_CHECK(cfg.max_skipped_steps >= 0, "--max-skipped-steps must be >= 0");
+  MP_CHECK(cfg.micro_batch_tokens >= 0, "--micro-batch-tokens must be >= 0");
+  MP_CHECK(cfg.truncation.max_length >= 0, "--max-length must be >= 0");
+  MP_CHECK(cfg.truncation.max_prompt_length >= 0, "--max-prompt-length must be >= 0");
+  MP_CHECK(s.truncation_mode == "keep_end" || s.truncation_mode == "keep_start", "--truncation-mode ",
+           s.truncation_mode, ": unknown (valid: keep_end, keep_start)");
+  cfg.truncation.keep_end = s.truncation_mode == "keep_end";
   if (!s.max_time.empty()) {
     cfg.max_time_s = parse_duration(s.max_time, "--max-time");
     MP_CHECK(cfg.max_time_s > 0, "--max-time ", s.max_time, ": must be positive");

@@ -124,3 +124,71 @@ void check_dataset(const Dataset& d, const std::string& file) {
 }
 
 }  // namespace metapo
+
+namespace metapo {
+
+namespace {
+
+// The new contents of one Ragged field, item by item (keeps the flat layout).
+struct RaggedBuilder {
+  Ragged r;
+  void add(const int32_t* p, int64_t n) {
+    r.tokens.insert(r.tokens.end(), p, p + n);
+    r.offsets.push_back(int64_t(r.tokens.size()));
+  }
+};
+
+// Where the prompt of one example starts and how many of its tokens stay.
+std::pair<int64_t, int64_t> cut_prompt(int64_t len, const Truncation& t) {
+  if (t.max_prompt_length <= 0 || len <= t.max_prompt_length) return {0, len};
+  return {t.keep_end ? len - t.max_prompt_length : 0, t.max_prompt_length};
+}
+
+}  // namespace
+
+std::vector<int64_t> truncate_pairs(PairSplit& s, const Truncation& t, const std::string& where) {
+  std::vector<int64_t> changed;
+  if (!t.active()) return changed;
+  RaggedBuilder prompt, chosen, rejected;
+  for (int64_t i = 0; i < s.size(); ++i) {
+    const auto [p0, np] = cut_prompt(s.prompt.len(i), t);
+    int64_t nc = s.chosen.len(i), nr = s.rejected.len(i);
+    if (t.max_length > 0 && np + std::max(nc, nr) > t.max_length) {
+      const int64_t budget = std::max<int64_t>(t.max_length - np, 0);
+      MP_CHECK(budget > 0, where, ": pair ", i, " (sample_id ", s.sample_id[size_t(i)], "): its prompt of ", np,
+               " tokens leaves no room for a response under --max-length ", t.max_length,
+               " (set --max-prompt-length below it, or drop such pairs with tools/prepare_data.py --max-length)");
+      nc = std::min(nc, budget), nr = std::min(nr, budget);
+    }
+    if (np != s.prompt.len(i) || nc != s.chosen.len(i) || nr != s.rejected.len(i)) changed.push_back(i);
+    prompt.add(s.prompt.data(i) + p0, np);
+    chosen.add(s.chosen.data(i), nc);
+    rejected.add(s.rejected.data(i), nr);
+  }
+  if (!changed.empty()) s.prompt = std::move(prompt.r), s.chosen = std::move(chosen.r), s.rejected = std::move(rejected.r);
+  return changed;
+}
+
+int64_t truncate_sft(SftSplit& s, const Truncation& t, const std::string& where) {
+  int64_t changed = 0;
+  if (!t.active()) return 0;
+  RaggedBuilder prompt, answer;
+  for (int64_t i = 0; i < s.size(); ++i) {
+    const auto [p0, np] = cut_prompt(s.prompt.len(i), t);
+    int64_t na = s.answer.len(i);
+    if (t.max_length > 0 && np + na > t.max_length) {
+      const int64_t budget = std::max<int64_t>(t.max_length - np, 0);
+      MP_CHECK(budget > 0, where, ": example ", i, " (sample_id ", s.sample_id[size_t(i)], "): its prompt of ", np,
+               " tokens leaves no room for the answer under --max-length ", t.max_length,
+               " (set --max-prompt-length below it)");
+      na = budget;
+    }
+    changed += (np != s.prompt.len(i) || na != s.answer.len(i));
+    prompt.add(s.prompt.data(i) + p0, np);
+    answer.add(s.answer.data(i), na);
+  }
+  if (changed) s.prompt = std::move(prompt.r), s.answer = std::move(answer.r);
+  return changed;
+}
+
+}  // namespace metapo

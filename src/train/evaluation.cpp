@@ -32,10 +32,10 @@ std::vector<int64_t> tracked_pairs(const PairSplit& s, int64_t k) {
 }
 
 void write_trajectories(LlamaModel<float>& model, Comm* pp, const float* params, const PairSplit& s,
-                        const std::vector<int64_t>& idx, const LossConfig& loss, int64_t step, int64_t micro,
+                        const std::vector<int64_t>& idx, const LossConfig& loss, int64_t step, const MicroBatching& mb,
                         const Topology& topo, const std::string& path) {
   std::vector<double> c, r;
-  pair_logps(model, pp, params, s, idx, micro, topo.dp_comm, c, r);
+  pair_logps(model, pp, params, s, idx, mb, topo.dp_comm, c, r);
   if (!topo.is_root()) return;
   nlohmann::json j;
   j["step"] = step;
@@ -54,13 +54,13 @@ void write_trajectories(LlamaModel<float>& model, Comm* pp, const float* params,
 }
 
 PairStats evaluate_pairs(LlamaModel<float>& model, Comm* pp, const float* params, const PairSplit& s,
-                         const LossConfig& loss, int64_t micro, int64_t limit, MPI_Comm comm) {
+                         const LossConfig& loss, const MicroBatching& mb, int64_t limit, MPI_Comm comm) {
   MP_CHECK(s.has_ref(), "evaluation needs reference log-probs (run metapo precompute-ref)");
   const int64_t n = limit > 0 ? std::min(limit, s.size()) : s.size();
   std::vector<int64_t> idx(static_cast<size_t>(n));
   for (int64_t i = 0; i < n; ++i) idx[size_t(i)] = i;
   std::vector<double> c, r;
-  pair_logps(model, pp, params, s, idx, micro, comm, c, r);
+  pair_logps(model, pp, params, s, idx, mb, comm, c, r);
   PairStats st;
   for (int64_t i = 0; i < n; ++i) {
     const PairLogps p = pair_input(s, i, c[size_t(i)], r[size_t(i)]);
@@ -69,19 +69,30 @@ PairStats evaluate_pairs(LlamaModel<float>& model, Comm* pp, const float* params
   return st;
 }
 
-void ensure_ref_logps(PairSplit& s, const std::string& split_name, const std::string& ref_dir, int64_t micro,
-                      const Topology& topo, const std::vector<int64_t>& pp_layers) {
-  if (s.has_ref()) return;
-  if (topo.is_root())
-    std::printf("%s: no reference log-probs in the dataset; computing them with %s\n", split_name.c_str(),
-                ref_dir.c_str());
+void ensure_ref_logps(PairSplit& s, const std::string& split_name, const std::string& ref_dir,
+                      const MicroBatching& mb, const Topology& topo, const std::vector<int64_t>& pp_layers,
+                      const std::vector<int64_t>& stale) {
+  if (s.has_ref() && stale.empty()) return;
+  std::vector<int64_t> idx = stale;
+  if (!s.has_ref()) {
+    idx.resize(size_t(s.size()));
+    for (int64_t i = 0; i < s.size(); ++i) idx[size_t(i)] = i;
+  }
+  if (topo.is_root()) {
+    if (s.has_ref())
+      std::printf("%s: %lld pairs cut by --max-length after their reference log-probs were computed; computing theirs again with %s\n",
+                  split_name.c_str(), (long long)idx.size(), ref_dir.c_str());
+    else
+      std::printf("%s: no reference log-probs in the dataset; computing them with %s\n", split_name.c_str(), ref_dir.c_str());
+    std::fflush(stdout);
+  }
   // This rank's shard only: the reference never becomes a second full copy beside the policy.
   ShardedModel sm = load_sharded_model(ref_dir, topo, pp_layers);
-  std::vector<int64_t> idx(static_cast<size_t>(s.size()));
-  for (int64_t i = 0; i < s.size(); ++i) idx[size_t(i)] = i;
   // Over DP: the TP ranks of a replica score the same pairs together.
-  pair_logps(*sm.model, sm.pp.get(), sm.params.data(), s, idx, micro, topo.dp_comm, s.ref_logp_chosen,
-             s.ref_logp_rejected);
+  std::vector<double> c, r;
+  pair_logps(*sm.model, sm.pp.get(), sm.params.data(), s, idx, mb, topo.dp_comm, c, r);
+  s.ref_logp_chosen.resize(size_t(s.size())), s.ref_logp_rejected.resize(size_t(s.size()));
+  for (size_t k = 0; k < idx.size(); ++k) s.ref_logp_chosen[size_t(idx[k])] = c[k], s.ref_logp_rejected[size_t(idx[k])] = r[k];
 }
 
 }  // namespace metapo

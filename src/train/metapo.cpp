@@ -187,16 +187,18 @@ void MetaPOState::observe_refresh(const PairSplit& s, const std::vector<int64_t>
 }
 
 void validation_gradient(LlamaModel<float>& model, Comm* pp, const float* params, const PairSplit& val,
-                         const LossConfig& loss, int64_t val_batch, int64_t micro, uint64_t seed, int64_t step,
+                         const LossConfig& loss, int64_t val_batch, const MicroBatching& mb, uint64_t seed, int64_t step,
                          const Topology& topo, ZeroAdamW& opt, bool precondition, float* ghat) {
   MP_CHECK(val_batch % topo.dp == 0, "--meta-val-batch ", val_batch, " is not divisible by the ", topo.dp,
            " data-parallel ranks");
   // Its own stream of validation batches: (seed + 1) keeps it apart from the training order.
-  const std::vector<int64_t> mine = dp_share(global_batch(val.size(), val_batch, seed + 1, step), topo.dp_rank, topo.dp);
+  const TokensOf tokens_of = [&](int64_t i) { return pair_tokens(val, i); };
+  const std::vector<int64_t> mine =
+      dp_share(global_batch(val.size(), val_batch, seed + 1, step), topo.dp_rank, topo.dp, tokens_of, mb);
   const ChunkWeightFn uniform = [](size_t, const std::vector<PairLogps>& in, const std::vector<PairLossResult>&) {
     return std::vector<double>(in.size(), 1.0);
   };
-  pair_pipeline_step(model, pp, params, ghat, val, split_chunks(mine, micro), loss, uniform, 1.0 / double(val_batch));
+  pair_pipeline_step(model, pp, params, ghat, val, micro_batches(mine, tokens_of, mb), loss, uniform, 1.0 / double(val_batch));
   // ĝ = g / (√v̂ + ε) when preconditioned: the direction Adam would step along, so alignments weigh
   // coordinates the way the policy update does.
   opt.allreduce_preconditioned(ghat, precondition);

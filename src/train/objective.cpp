@@ -91,13 +91,6 @@ PairMicroResult pair_micro_step(LlamaModel<T>& model, const T* params, T* grads,
   return r;
 }
 
-std::vector<std::vector<int64_t>> split_chunks(const std::vector<int64_t>& idx, int64_t micro) {
-  std::vector<std::vector<int64_t>> out;
-  for (size_t a = 0; a < idx.size(); a += size_t(micro))
-    out.emplace_back(idx.begin() + long(a), idx.begin() + long(std::min(idx.size(), a + size_t(micro))));
-  return out;
-}
-
 std::vector<PairMicroResult> pair_pipeline_step(LlamaModel<float>& model, Comm* pp, const float* params, float* grads,
                                                 const PairSplit& s, const std::vector<std::vector<int64_t>>& chunks,
                                                 const LossConfig& loss, const ChunkWeightFn& weigh, double coef_scale,
@@ -184,28 +177,27 @@ INSTANTIATE_MICRO(double)
 #undef INSTANTIATE_MICRO
 
 void pair_logps(LlamaModel<float>& model, Comm* pp, const float* params, const PairSplit& s,
-                const std::vector<int64_t>& idx, int64_t micro, MPI_Comm comm, std::vector<double>& chosen,
+                const std::vector<int64_t>& idx, const MicroBatching& mb, MPI_Comm comm, std::vector<double>& chosen,
                 std::vector<double>& rejected) {
   int rank = 0, size = 1;
   MPI_Comm_rank(comm, &rank);
   MPI_Comm_size(comm, &size);
   chosen.assign(idx.size(), 0.0), rejected.assign(idx.size(), 0.0);
-  std::vector<size_t> mine;
-  for (size_t k = size_t(rank); k < idx.size(); k += size_t(size)) mine.push_back(k);
+  std::vector<int64_t> mine;  // positions in idx
+  for (size_t k = size_t(rank); k < idx.size(); k += size_t(size)) mine.push_back(int64_t(k));
+  const std::vector<std::vector<int64_t>> pos =
+      micro_batches(mine, [&](int64_t k) { return pair_tokens(s, idx[size_t(k)]); }, mb);
   std::vector<PipeMicro> mbs;
-  std::vector<size_t> first;  // position in `mine` of each micro-batch's first pair
-  for (size_t a = 0; a < mine.size(); a += size_t(micro)) {
-    const size_t z = std::min(mine.size(), a + size_t(micro));
+  for (const std::vector<int64_t>& p : pos) {
     std::vector<int64_t> chunk;
-    for (size_t k = a; k < z; ++k) chunk.push_back(idx[mine[k]]);
+    for (int64_t k : p) chunk.push_back(idx[size_t(k)]);
     PairBatch pb = make_pair_batch(s, chunk);
     mbs.push_back({std::move(pb.batch), std::move(pb.targets)});
-    first.push_back(a);
   }
   pipeline_forward(model, pp, params, mbs, [&](size_t m, const std::vector<float>& logp) {
     const std::vector<double> seq = sequence_logps(mbs[m].batch, logp);
     for (size_t k = 0; 2 * k < seq.size(); ++k)
-      chosen[mine[first[m] + k]] = seq[2 * k], rejected[mine[first[m] + k]] = seq[2 * k + 1];
+      chosen[size_t(pos[m][k])] = seq[2 * k], rejected[size_t(pos[m][k])] = seq[2 * k + 1];
   });
   // Every entry was filled by exactly one rank (the others hold 0): sums gather them, over DP and
   // then from the last pipeline stage to the others.

@@ -1,5 +1,6 @@
 #include "metapo/train/pairs.h"
 
+#include <algorithm>
 #include <numeric>
 
 #include "metapo/core/error.h"
@@ -59,6 +60,68 @@ std::vector<int64_t> global_batch(int64_t n, int64_t batch, uint64_t seed, int64
 std::vector<int64_t> dp_share(const std::vector<int64_t>& global, int dp_rank, int dp) {
   const size_t per = global.size() / size_t(dp);
   return std::vector<int64_t>(global.begin() + long(per * size_t(dp_rank)), global.begin() + long(per * size_t(dp_rank + 1)));
+}
+
+}  // namespace metapo
+
+namespace metapo {
+
+namespace {
+
+// idx ordered longest first, ties in input order.
+std::vector<int64_t> longest_first(const std::vector<int64_t>& idx, const TokensOf& tokens_of) {
+  std::vector<std::pair<int64_t, size_t>> key(idx.size());
+  for (size_t k = 0; k < idx.size(); ++k) key[k] = {-tokens_of(idx[k]), k};
+  std::sort(key.begin(), key.end());
+  std::vector<int64_t> out(idx.size());
+  for (size_t k = 0; k < idx.size(); ++k) out[k] = idx[key[k].second];
+  return out;
+}
+
+}  // namespace
+
+int64_t pair_tokens(const PairSplit& s, int64_t i) { return 2 * s.prompt.len(i) + s.chosen.len(i) + s.rejected.len(i); }
+int64_t sft_tokens(const SftSplit& s, int64_t i) { return s.prompt.len(i) + s.answer.len(i); }
+
+std::vector<std::vector<int64_t>> micro_batches(const std::vector<int64_t>& idx, const TokensOf& tokens_of,
+                                                const MicroBatching& mb) {
+  std::vector<std::vector<int64_t>> out;
+  if (mb.tokens <= 0) {
+    MP_CHECK(mb.pairs > 0, "--micro-batch must be positive");
+    for (size_t a = 0; a < idx.size(); a += size_t(mb.pairs))
+      out.emplace_back(idx.begin() + long(a), idx.begin() + long(std::min(idx.size(), a + size_t(mb.pairs))));
+    return out;
+  }
+  int64_t used = 0;
+  for (int64_t i : longest_first(idx, tokens_of)) {
+    const int64_t t = tokens_of(i);
+    if (out.empty() || used + t > mb.tokens) out.emplace_back(), used = 0;
+    out.back().push_back(i);
+    used += t;
+  }
+  return out;
+}
+
+void check_token_budget(int64_t n, const TokensOf& tokens_of, const std::vector<int64_t>& sample_id,
+                        const MicroBatching& mb, const std::string& where) {
+  if (mb.tokens <= 0) return;
+  for (int64_t i = 0; i < n; ++i) {
+    const int64_t t = tokens_of(i);
+    MP_CHECK(t <= mb.tokens, where, ": example ", i, " (sample_id ", sample_id[size_t(i)], ") has ", t,
+             " tokens, more than --micro-batch-tokens ", mb.tokens, " (a pair counts its prompt twice); raise it or set --max-length");
+  }
+}
+
+std::vector<int64_t> dp_share(const std::vector<int64_t>& global, int dp_rank, int dp, const TokensOf& tokens_of,
+                              const MicroBatching& mb) {
+  if (mb.tokens <= 0) return dp_share(global, dp_rank, dp);
+  std::vector<int64_t> load(size_t(dp), 0), mine;
+  for (int64_t i : longest_first(global, tokens_of)) {
+    const size_t r = size_t(std::min_element(load.begin(), load.end()) - load.begin());
+    load[r] += tokens_of(i);
+    if (int(r) == dp_rank) mine.push_back(i);
+  }
+  return mine;
 }
 
 }  // namespace metapo

@@ -49,7 +49,9 @@ nlohmann::json run_config_json(const TrainConfig& cfg, const std::string& kind) 
                              {"column", cfg.weight_opt.column}};
     }
   }
-  j["batch_size"] = cfg.batch_size, j["micro_batch"] = cfg.micro_batch;
+  j["batch_size"] = cfg.batch_size, j["micro_batch"] = cfg.micro_batch, j["micro_batch_tokens"] = cfg.micro_batch_tokens;
+  j["max_length"] = cfg.truncation.max_length, j["max_prompt_length"] = cfg.truncation.max_prompt_length;
+  j["truncation_mode"] = cfg.truncation.keep_end ? "keep_end" : "keep_start";
   j["epochs"] = cfg.epochs, j["max_steps"] = cfg.max_steps;
   j["lr"] = cfg.adam.lr, j["weight_decay"] = cfg.adam.weight_decay;
   j["adam_beta1"] = cfg.adam.beta1, j["adam_beta2"] = cfg.adam.beta2, j["adam_eps"] = cfg.adam.eps;

@@ -54,6 +54,18 @@ void check_batching(const TrainConfig& cfg, const Topology& topo) {
            " is not divisible by the number of data-parallel ranks (", topo.dp, ")");
 }
 
+// --max-length and --max-prompt-length on a split just read: the pairs they cut, counted on the root.
+std::vector<int64_t> truncate_split(PairSplit& s, const TrainConfig& cfg, const std::string& split, const Topology& topo) {
+  const std::vector<int64_t> cut = truncate_pairs(s, cfg.truncation, str_cat(cfg.data_path, ": /", split));
+  if (!cut.empty() && topo.is_root())
+    std::printf("%s: %lld of %lld pairs cut to --max-length %lld / --max-prompt-length %lld (%s)\n", split.c_str(),
+                (long long)cut.size(), (long long)s.size(), (long long)cfg.truncation.max_length,
+                (long long)cfg.truncation.max_prompt_length, cfg.truncation.keep_end ? "keep_end" : "keep_start");
+  check_token_budget(s.size(), [&](int64_t i) { return pair_tokens(s, i); }, s.sample_id, cfg.micro(),
+                     str_cat(cfg.data_path, ": /", split));
+  return cut;
+}
+
 LrSchedule make_schedule(const TrainConfig& cfg, int64_t total) {
   LrSchedule s = cfg.sched;
   s.peak = cfg.adam.lr;
@@ -484,13 +496,18 @@ int run_dpo(const Topology& topo, const TrainConfig& cfg) {
   const DatasetInfo info = read_dataset_info(cfg.data_path);
   check_compatible(policy.config(), info, cfg.data_path);
   PairSplit train = read_pair_split(cfg.data_path, cfg.train_split);
+  const std::vector<int64_t> cut_train = truncate_split(train, cfg, cfg.train_split, topo);
   const bool use_meta = cfg.weighting == Weighting::Metapo;
   const bool do_eval = cfg.eval_every > 0 || use_meta;
   PairSplit val;
-  if (do_eval) val = read_pair_split(cfg.data_path, cfg.val_split);
+  std::vector<int64_t> cut_val;
+  if (do_eval) val = read_pair_split(cfg.data_path, cfg.val_split), cut_val = truncate_split(val, cfg, cfg.val_split, topo);
   const std::string ref_dir = cfg.ref_model_dir.empty() ? cfg.model_dir : cfg.ref_model_dir;
-  ensure_ref_logps(train, cfg.train_split, ref_dir, cfg.micro_batch, topo, cfg.pp_layers);
-  if (do_eval) ensure_ref_logps(val, cfg.val_split, ref_dir, cfg.micro_batch, topo, cfg.pp_layers);
+  // Stored reference log-probs are of the sequences as the file holds them: those of cut pairs are
+  // computed again, on the cut sequences the policy is trained on.
+  ensure_ref_logps(train, cfg.train_split, ref_dir, cfg.micro(), topo, cfg.pp_layers, cut_train);
+  if (do_eval) ensure_ref_logps(val, cfg.val_split, ref_dir, cfg.micro(), topo, cfg.pp_layers, cut_val);
+  const TokensOf train_tokens = [&](int64_t i) { return pair_tokens(train, i); };
   std::vector<double> column;
   if (cfg.weighting == Weighting::Column) {
     auto it = train.columns.find(cfg.weight_opt.column);
@@ -540,7 +557,7 @@ int run_dpo(const Topology& topo, const TrainConfig& cfg) {
   MetricsLog& log = *run.log;
 
   auto run_eval = [&](int64_t step) {
-    PairStats ev = evaluate_pairs(model, pp, params.data(), val, cfg.loss, cfg.micro_batch, cfg.eval_pairs, topo.dp_comm);
+    PairStats ev = evaluate_pairs(model, pp, params.data(), val, cfg.loss, cfg.micro(), cfg.eval_pairs, topo.dp_comm);
     nlohmann::json j = stats_json(ev, "eval/");
     j["step"] = step + 1;
     char line[256];
@@ -552,13 +569,14 @@ int run_dpo(const Topology& topo, const TrainConfig& cfg) {
 
   if (!run.resumed && !tracked.empty()) {
     if (topo.is_root()) std::ofstream(traj_path, std::ios::trunc);
-    write_trajectories(model, pp, params.data(), train, tracked, cfg.loss, 0, cfg.micro_batch, topo, traj_path);
+    write_trajectories(model, pp, params.data(), train, tracked, cfg.loss, 0, cfg.micro(), topo, traj_path);
   }
 
   for (int64_t step = run.state.step; step < total; ++step) {
     Timer tm;
     run.begin_step(step);
-    const std::vector<int64_t> mine = dp_share(global_batch(train.size(), cfg.batch_size, cfg.seed, step), topo.dp_rank, topo.dp);
+    const std::vector<int64_t> mine =
+        dp_share(global_batch(train.size(), cfg.batch_size, cfg.seed, step), topo.dp_rank, topo.dp, train_tokens, cfg.micro());
     PairStats st;
     double tokens = 0, scored = 0;
     // MetaPO: the validation gradient at the current θ first, so the training backward can take
@@ -571,7 +589,7 @@ int run_dpo(const Topology& topo, const TrainConfig& cfg) {
       if (!window.empty()) {
         run.phase("MetaPO refresh pass", step);
         std::vector<double> c, r;
-        pair_logps(model, pp, params.data(), train, window, cfg.micro_batch, topo.dp_comm, c, r);
+        pair_logps(model, pp, params.data(), train, window, cfg.micro(), topo.dp_comm, c, r);
         if (meta) meta->observe_refresh(train, window, c, r, cfg.loss, step);
       }
     }
@@ -580,11 +598,11 @@ int run_dpo(const Topology& topo, const TrainConfig& cfg) {
     phase.reset();
     if (meta_step) run.phase("MetaPO validation gradient", step);
     if (meta_step)
-      validation_gradient(model, pp, params.data(), val, cfg.loss, cfg.meta.val_batch, cfg.micro_batch, cfg.seed, step,
+      validation_gradient(model, pp, params.data(), val, cfg.loss, cfg.meta.val_batch, cfg.micro(), cfg.seed, step,
                           topo, opt, cfg.meta.precondition, ghat.data());
     t_val = phase.seconds();
     phase.reset();
-    const std::vector<std::vector<int64_t>> chunks = split_chunks(mine, cfg.micro_batch);
+    const std::vector<std::vector<int64_t>> chunks = micro_batches(mine, train_tokens, cfg.micro());
     // Backward with a_i / B; the step rescales by B / Σa once Σa over all ranks is known.
     ChunkWeightFn weigh;
     if (use_meta) {
@@ -703,7 +721,7 @@ int run_dpo(const Topology& topo, const TrainConfig& cfg) {
     if (cfg.eval_every > 0 && ((step + 1) % cfg.eval_every == 0 || step + 1 == total)) run_eval(step);
     run.phase("trajectories", step);
     if (!tracked.empty() && cfg.track_every > 0 && ((step + 1) % cfg.track_every == 0 || step + 1 == total))
-      write_trajectories(model, pp, params.data(), train, tracked, cfg.loss, step + 1, cfg.micro_batch, topo, traj_path);
+      write_trajectories(model, pp, params.data(), train, tracked, cfg.loss, step + 1, cfg.micro(), topo, traj_path);
     if (run.end_step(step, false, ctl, tm.seconds())) return kExitCheckpointed;
   }
   run.save();
@@ -759,7 +777,13 @@ int run_sft(const Topology& topo, const TrainConfig& cfg) {
   const HfModelReader initial(cfg.model_dir);
   const DatasetInfo info = read_dataset_info(cfg.data_path);
   check_compatible(initial.config(), info, cfg.data_path);
-  const SftSplit train = read_sft_split(cfg.data_path);
+  SftSplit train = read_sft_split(cfg.data_path);
+  const int64_t cut = truncate_sft(train, cfg.truncation, cfg.data_path + ": /sft");
+  if (cut > 0 && topo.is_root())
+    std::printf("sft: %lld of %lld examples cut to --max-length %lld / --max-prompt-length %lld\n", (long long)cut,
+                (long long)train.size(), (long long)cfg.truncation.max_length, (long long)cfg.truncation.max_prompt_length);
+  const TokensOf train_tokens = [&](int64_t i) { return sft_tokens(train, i); };
+  check_token_budget(train.size(), train_tokens, train.sample_id, cfg.micro(), cfg.data_path + ": /sft");
   const int64_t total = total_steps(cfg, train.size());
   const LrSchedule sched = make_schedule(cfg, total);
   TrainRun run(cfg, topo, load_sharded_model(initial, topo, cfg.pp_layers), "sft", total, plan.restarts);
@@ -779,10 +803,10 @@ int run_sft(const Topology& topo, const TrainConfig& cfg) {
     double n_answer = 0;
     for (int64_t i : global) n_answer += double(train.answer.len(i));
     MP_CHECK(n_answer > 0, "SFT batch ", step, " has no answer tokens");
-    const std::vector<int64_t> mine = dp_share(global, topo.dp_rank, topo.dp);
+    const std::vector<int64_t> mine = dp_share(global, topo.dp_rank, topo.dp, train_tokens, cfg.micro());
     double nll = 0, tokens = 0;
     std::vector<PipeMicro> mbs;
-    for (const std::vector<int64_t>& chunk : split_chunks(mine, cfg.micro_batch)) {
+    for (const std::vector<int64_t>& chunk : micro_batches(mine, train_tokens, cfg.micro())) {
       PipeMicro mb;
       mb.batch = make_sft_batch(train, chunk, mb.targets);
       tokens += double(mb.batch.n_tokens());

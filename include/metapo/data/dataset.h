@@ -66,6 +66,23 @@ struct Dataset {
   std::map<std::string, PairSplit> pairs;  // by split name: "train", "val", "test"
 };
 
+// Training-time truncation (--max-length, --max-prompt-length, --truncation-mode): the rule of
+// tools/prepare_data.py and TRL's DPO trainer. A prompt longer than max_prompt_length keeps its last
+// (keep_end) or first tokens; then, when prompt + the longer response exceed max_length, each response
+// keeps its first max_length - prompt tokens (a cut response loses its EOS). 0: no limit.
+struct Truncation {
+  int64_t max_length = 0, max_prompt_length = 0;
+  bool keep_end = true;
+  bool active() const { return max_length > 0 || max_prompt_length > 0; }
+};
+
+// Applies t to every pair of s in place and returns the indices of the pairs it changed. A pair whose
+// response would become empty is refused with a line naming it (`where`: "data.h5: /train"), since
+// dropping pairs at training time would change the data behind every index.
+std::vector<int64_t> truncate_pairs(PairSplit& s, const Truncation& t, const std::string& where);
+// The same for SFT examples (prompt + answer); returns how many it changed.
+int64_t truncate_sft(SftSplit& s, const Truncation& t, const std::string& where);
+
 // Consistency checks shared by the reader and the writer, so a file metapo writes always reads back.
 // Every error names `file`, the split and the field as the file spells them
 // ("data.h5: /train/chosen_offsets: last offset 120 != chosen_tokens length 118").

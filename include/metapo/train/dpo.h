@@ -33,6 +33,9 @@ struct TrainConfig {
   WeightOptions weight_opt;
   int64_t batch_size = 32;  // pairs (or SFT examples) per optimizer step, over all ranks
   int64_t micro_batch = 8;  // per rank per forward/backward
+  // > 0: micro-batches of whole pairs up to this many tokens instead of micro_batch pairs (pairs.h)
+  int64_t micro_batch_tokens = 0;
+  Truncation truncation;  // --max-length, --max-prompt-length, --truncation-mode (dataset.h)
   int64_t epochs = 1, max_steps = 0;  // max_steps > 0 overrides epochs
   int64_t eval_every = 0, eval_pairs = 0;  // eval_pairs 0: the whole val split
   // Margin trajectories of a few training pairs (K per group: clean/easy, clean/hard, flipped when the
@@ -62,6 +65,8 @@ struct TrainConfig {
   double hang_timeout_s = -1;
   Recompute recompute = Recompute::None;  // --recompute: what each layer keeps for its backward
   std::string command_line;  // recorded in RUN/run.json
+
+  MicroBatching micro() const { return {micro_batch, micro_batch_tokens}; }
 };
 
 int run_dpo(const Topology& topo, const TrainConfig& cfg);

@@ -101,7 +101,7 @@ class MetaPOState {
 // ghat[0, opt.padded_size()) (the model's layout: with TP and PP the rank's local part; zero padding).
 // Through the pipeline pp (null: the whole model is here); collective over all stages.
 void validation_gradient(LlamaModel<float>& model, Comm* pp, const float* params, const PairSplit& val,
-                         const LossConfig& loss, int64_t val_batch, int64_t micro, uint64_t seed, int64_t step,
+                         const LossConfig& loss, int64_t val_batch, const MicroBatching& mb, uint64_t seed, int64_t step,
                          const Topology& topo, ZeroAdamW& opt, bool precondition, float* ghat);
 
 }  // namespace metapo

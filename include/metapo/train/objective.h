@@ -13,6 +13,7 @@
 #include "metapo/comm/comm.h"
 #include "metapo/data/dataset.h"
 #include "metapo/model/llama.h"
+#include "metapo/train/pairs.h"
 
 namespace metapo {
 
@@ -77,17 +78,14 @@ std::vector<PairMicroResult> pair_pipeline_step(LlamaModel<float>& model, Comm* 
                                                 const PairSplit& s, const std::vector<std::vector<int64_t>>& chunks,
                                                 const LossConfig& loss, const ChunkWeightFn& weigh, double coef_scale,
                                                 const float* ghat = nullptr);
-// `idx` in micro-batches of at most `micro`.
-std::vector<std::vector<int64_t>> split_chunks(const std::vector<int64_t>& idx, int64_t micro);
-
-// Σ log π over each pair's chosen and rejected response tokens, forward only, micro-batches of
-// `micro` pairs. The rows of idx are split over the ranks of comm (pair k on rank k mod size) and the
+// Σ log π over each pair's chosen and rejected response tokens, forward only, in micro-batches cut
+// by `mb` (pairs.h). The rows of idx are split over the ranks of comm (pair k on rank k mod size) and the
 // result gathered on every rank. With tensor parallelism comm is the data-parallel communicator: the
 // TP ranks of one replica process the same pairs (the model's collectives need them all). With a
 // pipeline pp (else null) the micro-batches flow through the stages and the last stage's results are
 // shared with the others.
 void pair_logps(LlamaModel<float>& model, Comm* pp, const float* params, const PairSplit& s,
-                const std::vector<int64_t>& idx, int64_t micro, MPI_Comm comm,
+                const std::vector<int64_t>& idx, const MicroBatching& mb, MPI_Comm comm,
                 std::vector<double>& chosen, std::vector<double>& rejected);
 
 }  // namespace metapo

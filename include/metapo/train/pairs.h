@@ -2,6 +2,8 @@
 // (prompt + rejected); only response tokens are scored, so the LM head never runs on prompt rows.
 #pragma once
 #include <cstdint>
+#include <functional>
+#include <string>
 #include <vector>
 
 #include "metapo/data/dataset.h"
@@ -46,5 +48,32 @@ PackedBatch make_sft_batch(const SftSplit& s, const std::vector<int64_t>& idx, s
 std::vector<int64_t> global_batch(int64_t n, int64_t batch, uint64_t seed, int64_t step);
 // This data-parallel rank's share of a global batch (contiguous, equal sizes; batch % dp == 0).
 std::vector<int64_t> dp_share(const std::vector<int64_t>& global, int dp_rank, int dp);
+
+// How a rank's examples are cut into micro-batches (--micro-batch, --micro-batch-tokens). With
+// tokens == 0, `pairs` examples each, in order. With tokens > 0, whole examples (a pair: the prompt
+// twice and both responses) up to that many tokens each: the examples sorted by length, longest first
+// (ties in input order), then filled in that order, so similar lengths share a micro-batch and the
+// activations of one micro-batch never pass the budget. A pure function of the input: every pipeline
+// stage and every TP rank cuts the same micro-batches.
+struct MicroBatching {
+  int64_t pairs = 8;
+  int64_t tokens = 0;
+};
+using TokensOf = std::function<int64_t(int64_t)>;
+std::vector<std::vector<int64_t>> micro_batches(const std::vector<int64_t>& idx, const TokensOf& tokens_of,
+                                                const MicroBatching& mb);
+// Tokens of pair i in a micro-batch (prompt + chosen, prompt + rejected), and of SFT example i.
+int64_t pair_tokens(const PairSplit& s, int64_t i);
+int64_t sft_tokens(const SftSplit& s, int64_t i);
+// Refuses, naming the first one, an example longer than mb.tokens (option: how the user set it).
+void check_token_budget(int64_t n, const TokensOf& tokens_of, const std::vector<int64_t>& sample_id,
+                        const MicroBatching& mb, const std::string& where);
+
+// This data-parallel rank's share of a global batch under a token budget: the examples, longest first,
+// each to the rank with the fewest tokens so far (the lowest rank on ties), so ranks get about equal
+// work whatever the lengths. The same pairs make the step on any layout; only who processes which
+// changes. With mb.tokens == 0 it is dp_share.
+std::vector<int64_t> dp_share(const std::vector<int64_t>& global, int dp_rank, int dp, const TokensOf& tokens_of,
+                              const MicroBatching& mb);
 
 }  // namespace metapo
