@@ -208,6 +208,9 @@ TEST(Features, LogCountIsNoNetInput) {
   EXPECT_EQ(z[kFeatLogCount], 0.0);
   EXPECT_DOUBLE_EQ(z[kFeatMarginEma], 1.0);  // (3 − 2) / 1
   EXPECT_FALSE(is_net_input(kFeatLogCount));
-  for (int f = 0; f < kNumFeatures; ++f)
-    if (f != kFeatLogCount) EXPECT_TRUE(is_net_input(f)) << kFeatureNames[size_t(f)];
+  for (int f = 0; f < kNumFeatures; ++f) {
+    if (f != kFeatLogCount) {
+      EXPECT_TRUE(is_net_input(f)) << kFeatureNames[size_t(f)];
+    }
+  }
 }

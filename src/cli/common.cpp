@@ -105,26 +105,29 @@ void add_parallel_options(po::options_description& desc, ParallelOptions& p) {
     ("pp-layers", po::value(&p.pp_layers_text)->default_value(""), "decoder layers per pipeline stage, comma-separated, e.g. 3,2,2,1 (default: an even split, the remainder on the first stages)");
 }
 
-void apply_parallel_options(Context& ctx, ParallelOptions& p) {
-  p.pp_layers.clear();
-  if (!p.pp_layers_text.empty()) {
-    std::stringstream ss(p.pp_layers_text);
-    std::string item;
-    while (std::getline(ss, item, ',')) {
-      size_t used = 0;
-      int64_t v = -1;
-      try {
-        v = std::stoll(item, &used);
-      } catch (const std::exception&) {
-        used = 0;
-      }
-      MP_CHECK(used == item.size() && !item.empty() && v >= 1, "--pp-layers ", p.pp_layers_text,
-               ": expected comma-separated positive layer counts, one per pipeline stage");
-      p.pp_layers.push_back(v);
+std::vector<int64_t> parse_pp_layers(const std::string& text, int pp) {
+  std::vector<int64_t> out;
+  if (text.empty()) return out;
+  std::stringstream ss(text);
+  std::string item;
+  while (std::getline(ss, item, ',')) {
+    size_t used = 0;
+    int64_t v = -1;
+    try {
+      v = std::stoll(item, &used);
+    } catch (const std::exception&) {
+      used = 0;
     }
-    MP_CHECK(int64_t(p.pp_layers.size()) == p.pp, "--pp-layers ", p.pp_layers_text, ": ", p.pp_layers.size(),
-             " layer counts for --pp ", p.pp, " stages");
+    MP_CHECK(used == item.size() && !item.empty() && v >= 1, "--pp-layers ", text,
+             ": expected comma-separated positive layer counts, one per pipeline stage");
+    out.push_back(v);
   }
+  MP_CHECK(int64_t(out.size()) == pp, "--pp-layers ", text, ": ", out.size(), " layer counts for --pp ", pp, " stages");
+  return out;
+}
+
+void apply_parallel_options(Context& ctx, ParallelOptions& p) {
+  p.pp_layers = parse_pp_layers(p.pp_layers_text, p.pp);
   MP_CHECK(p.tp >= 1, "--tp ", p.tp, ": must be at least 1");
   MP_CHECK(p.pp >= 1, "--pp ", p.pp, ": must be at least 1");
   MP_CHECK(ctx.topo.world_size % (p.tp * p.pp) == 0, "--tp ", p.tp, " x --pp ", p.pp, " = ", p.tp * p.pp,

@@ -39,6 +39,7 @@ const std::vector<Command>& commands() {
       {"train", "preference optimization (DPO loss family, weighting)", metapo::cli::cmd_train},
       {"eval", "preference metrics of a model on a dataset split", metapo::cli::cmd_eval},
       {"generate", "completions of prompts with a KV cache (greedy or sampled)", metapo::cli::cmd_generate},
+      {"plan", "memory per device by category and FLOPs per step; the layouts that fit", metapo::cli::cmd_plan},
       {"analyze", "what a MetaPO run's weight net decides: attributions, weights vs quality", metapo::cli::cmd_analyze},
   };
   return cmds;

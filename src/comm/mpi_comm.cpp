@@ -211,22 +211,20 @@ void MpiComm::barrier() { MPI_Barrier(comm_); }
 void MpiComm::send(const float* data, size_t n, int peer) {
   MP_CHECK(peer >= 0 && peer < size_ && peer != rank_, "MpiComm::send: peer ", peer, " of ", size_);
   count(CommOp::PointToPoint, n * sizeof(float));
-  // Drop the sends that have completed (their copies are no longer needed).
-  pending_.erase(std::remove_if(pending_.begin(), pending_.end(),
-                                [](PendingSend& p) {
-                                  int done = 0;
-                                  MPI_Testall(int(p.req.size()), p.req.data(), &done, MPI_STATUSES_IGNORE);
-                                  return done != 0;
-                                }),
-                 pending_.end());
-  PendingSend p;
-  p.data.assign(data, data + n);
+  // The previous message to this peer first: its copy is then free to take this one. Waiting cannot
+  // deadlock the pipeline schedules (train/pipeline.cpp): the peer receives messages in the order
+  // they were sent, and a stage posts each receive without waiting for anything it has yet to send.
+  if (pending_.size() < size_t(size_)) pending_.resize(size_t(size_));
+  PendingSend& p = pending_[size_t(peer)];
+  if (!p.req.empty()) MPI_Waitall(int(p.req.size()), p.req.data(), MPI_STATUSES_IGNORE);
+  p.req.clear();
+  resize_for_overwrite(p.data, n);
+  std::memcpy(p.data.data(), data, n * sizeof(float));
   const size_t piece = max_bytes_ / sizeof(float);
   in_pieces(n, piece, [&](size_t off, size_t cnt) {
     p.req.emplace_back();
     MPI_Isend(p.data.data() + off, int(cnt), MPI_FLOAT, peer, 0, comm_, &p.req.back());
   });
-  pending_.push_back(std::move(p));  // moving the vector keeps its heap buffer where MPI reads it
 }
 
 void MpiComm::recv(float* data, size_t n, int peer) {
@@ -241,7 +239,8 @@ void MpiComm::recv(float* data, size_t n, int peer) {
 }
 
 void MpiComm::wait_sends() {
-  for (PendingSend& p : pending_) MPI_Waitall(int(p.req.size()), p.req.data(), MPI_STATUSES_IGNORE);
+  for (PendingSend& p : pending_)
+    if (!p.req.empty()) MPI_Waitall(int(p.req.size()), p.req.data(), MPI_STATUSES_IGNORE);
   pending_.clear();
 }
 

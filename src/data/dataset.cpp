@@ -191,4 +191,25 @@ int64_t truncate_sft(SftSplit& s, const Truncation& t, const std::string& where)
   return changed;
 }
 
+namespace {
+
+template <typename V>
+int64_t cap_bytes(const V& v) {
+  return int64_t(v.capacity() * sizeof(typename V::value_type));
+}
+int64_t cap_bytes(const Ragged& r) { return cap_bytes(r.tokens) + cap_bytes(r.offsets); }
+
+}  // namespace
+
+int64_t memory_bytes(const PairSplit& s) {
+  int64_t b = cap_bytes(s.prompt) + cap_bytes(s.chosen) + cap_bytes(s.rejected) + cap_bytes(s.sample_id) +
+              cap_bytes(s.quality) + cap_bytes(s.ref_logp_chosen) + cap_bytes(s.ref_logp_rejected);
+  for (const auto& [name, v] : s.columns) b += cap_bytes(v);
+  return b;
+}
+
+int64_t memory_bytes(const SftSplit& s) {
+  return cap_bytes(s.prompt) + cap_bytes(s.answer) + cap_bytes(s.sample_id);
+}
+
 }  // namespace metapo

@@ -75,6 +75,7 @@ PairStatsTable::PairStatsTable(int64_t max_sample_id, double ema_rate, Comm& dp)
   const int64_t p = dp_.size(), r = dp_.rank();
   n_local_ = r < n_rows_ ? (n_rows_ - r + p - 1) / p : 0;
   local_.assign(size_t(n_local_), PairStatRow{});
+  mem_.track(local_);
 }
 
 std::vector<PairStatRow> PairStatsTable::fetch(const std::vector<int64_t>& ids) {

@@ -45,7 +45,27 @@ LlamaModel<T>::LlamaModel(const LlamaConfig& c, Comm* tp, const PipeStage& stage
       lay_(lc_, stage),
       inv_freq_(rope_inv_freq(c)) {
   acts_.resize(lay_.layers.size());
+  for (LayerActs& a : acts_) tag(a);
+  for (Buffer<T>* b : {&x_final_, &hN_, &rstdN_, &row_lse_, &probs_}) *b = tagged_buffer<T>(Mem::Activations);
+  tag(scratch_);
+  for (Buffer<T>* b : {&work_.coef, &work_.dx, &work_.dxn, &work_.dh, &work_.dgu, &work_.datt, &work_.dqkv})
+    *b = tagged_buffer<T>(Mem::Workspace);
   parked_.resize(1);
+  tag(parked_[0]);
+}
+
+// A slot's saved state, empty, its buffers counted as activations.
+template <typename T>
+void LlamaModel<T>::tag(Saved& s) {
+  s.acts.resize(lay_.layers.size());
+  for (LayerActs& a : s.acts) tag(a);
+  for (Buffer<T>* b : {&s.x_final, &s.hN, &s.rstdN, &s.row_lse, &s.probs}) *b = tagged_buffer<T>(Mem::Activations);
+}
+
+template <typename T>
+void LlamaModel<T>::tag(LayerActs& a) {
+  for (Buffer<T>* b : {&a.x_in, &a.xn1, &a.rstd1, &a.qkv, &a.att, &a.lse, &a.x_mid, &a.xn2, &a.rstd2, &a.gu, &a.h})
+    *b = tagged_buffer<T>(Mem::Activations);
 }
 
 template <typename T>
@@ -60,9 +80,9 @@ template <typename T>
 void LlamaModel<T>::set_slots(int n) {
   MP_CHECK(n >= 1, "LlamaModel::set_slots: ", n, " slots");
   use_slot(0);
+  const size_t old = parked_.size();
   parked_.resize(size_t(n));
-  for (Saved& s : parked_)
-    if (s.acts.size() != acts_.size()) s.acts.resize(acts_.size());
+  for (size_t k = old; k < parked_.size(); ++k) tag(parked_[k]);
 }
 
 template <typename T>
@@ -76,7 +96,7 @@ void LlamaModel<T>::use_slot(int k) {
 
 template <typename V>
 static void resize(V& v, int64_t n) {
-  v.resize(size_t(n));  // keeps capacity across steps: no reallocation once shapes settle
+  resize_for_overwrite(v, size_t(n));  // keeps capacity across steps: no reallocation once shapes settle
 }
 
 template <typename T>

@@ -53,11 +53,28 @@ MetaPOState::MetaPOState(const MetaConfig& cfg, int64_t max_sample_id, uint64_t 
   }
 }
 
+void MetaPOState::begin_step(const PairSplit& s, const std::vector<int64_t>& mine) {
+  std::vector<int64_t> ids;
+  for (int64_t i : mine) ids.push_back(s.sample_id[size_t(i)]);
+  const std::vector<PairStatRow> rows = table_.fetch(ids);
+  fetched_.clear();
+  for (size_t k = 0; k < ids.size(); ++k) fetched_[ids[k]] = rows[k];
+}
+
 std::vector<double> MetaPOState::weights(const PairSplit& s, const std::vector<int64_t>& chunk,
                                          const std::vector<PairLogps>& in, const std::vector<PairLossResult>& out) {
   std::vector<int64_t> ids;
   for (int64_t i : chunk) ids.push_back(s.sample_id[size_t(i)]);
-  const std::vector<PairStatRow> rows = table_.fetch(ids);
+  std::vector<PairStatRow> rows;
+  if (fetched_.empty()) {
+    rows = table_.fetch(ids);
+  } else {
+    for (int64_t id : ids) {
+      const auto it = fetched_.find(id);
+      MP_CHECK(it != fetched_.end(), "MetaPO: pair ", id, " was not fetched by begin_step");
+      rows.push_back(it->second);
+    }
+  }
   std::vector<PairNow> now;
   for (size_t k = 0; k < chunk.size(); ++k) {
     now.push_back({out[k].margin, out[k].loss,
@@ -81,6 +98,7 @@ std::vector<double> MetaPOState::weights(const PairSplit& s, const std::vector<i
 }
 
 void MetaPOState::end_step(int64_t step, const std::vector<double>* align, int64_t B, double global_sum_applied) {
+  fetched_.clear();  // the table changes below
   if (align) {
     MP_CHECK(align->size() == step_a_.size(), "MetaPO: ", align->size(), " alignments for ", step_a_.size(), " pairs");
     if (!cfg_.trace_path.empty()) write_trace(step, *align);
@@ -119,7 +137,10 @@ void MetaPOState::end_step(int64_t step, const std::vector<double>* align, int64
   step_obs_.clear(), step_x_.clear(), step_a_.clear(), step_raw_.clear();
 }
 
-void MetaPOState::discard_step() { step_obs_.clear(), step_x_.clear(), step_a_.clear(), step_raw_.clear(); }
+void MetaPOState::discard_step() {
+  step_obs_.clear(), step_x_.clear(), step_a_.clear(), step_raw_.clear();
+  fetched_.clear();
+}
 
 namespace {
 

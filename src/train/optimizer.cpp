@@ -23,6 +23,7 @@ AdamW::AdamW(const ParamLayout& lay, const AdamWConfig& cfg, size_t begin, size_
   end = std::min(end, lay.total());
   const size_t n = end > begin ? end - begin : 0;
   decay_.assign(n, 0), m_.assign(n, 0.0f), v_.assign(n, 0.0f);
+  mem_.set(int64_t(decay_.capacity() + (m_.capacity() + v_.capacity()) * sizeof(float)));
   // Weight decay on matrices only, as Hugging Face's Trainer does (norm weights and biases are 1-D).
   for (const TensorEntry& e : lay.tensors()) {
     if (e.shape.size() < 2) continue;

@@ -20,15 +20,22 @@ struct StageIo {
     MP_CHECK(st.first == (s == 0) && st.last == (s == P - 1), "pipeline: the model's stage (layers [",
              st.layer_begin, ", ", st.layer_end, ")) does not match rank ", s, " of ", P, " stages");
   }
-  // The stage's forward of micro-batch mb: out is logp (last stage) or sent on.
-  void forward(const float* params, const PipeMicro& mb, std::vector<float>& xin, std::vector<float>& out) {
+  // The stage's forward of micro-batch mb: into logp on the last stage, else into xout, sent on.
+  void forward(const float* params, const PipeMicro& mb, std::vector<float>& logp) {
     const size_t n = size_t(mb.batch.n_tokens());
     const PipeStage& st = model.stage();
-    if (!st.first) xin.resize(n * C), pp->recv(xin.data(), n * C, s - 1);
-    out.resize(st.last ? n : n * C);
-    model.forward_stage(params, mb.batch, st.last ? mb.targets.data() : nullptr, xin.data(), out.data());
-    if (!st.last) pp->send(out.data(), n * C, s + 1);
+    if (!st.first) resize_for_overwrite(xin, n * C), pp->recv(xin.data(), n * C, s - 1);
+    float* out = nullptr;
+    if (st.last)
+      logp.resize(n), out = logp.data();
+    else
+      resize_for_overwrite(xout, n * C), out = xout.data();
+    model.forward_stage(params, mb.batch, st.last ? mb.targets.data() : nullptr, xin.data(), out);
+    if (!st.last) pp->send(xout.data(), n * C, s + 1);
   }
+  // The residual stream in and out of the stage, [n, hidden], and its gradients (counted as comm).
+  Buffer<float> xin = tagged_buffer<float>(Mem::Comm), xout = tagged_buffer<float>(Mem::Comm);
+  Buffer<float> dy = tagged_buffer<float>(Mem::Comm), dx = tagged_buffer<float>(Mem::Comm);
 };
 
 }  // namespace
@@ -45,18 +52,19 @@ void pipeline_train(LlamaModel<float>& model, Comm* pp_in, const float* params, 
   MP_CHECK(!ghat || seq_dots, "pipeline_train: ghat given without seq_dots");
   if (seq_dots) seq_dots->assign(M, {});
   std::vector<std::vector<float>> dlogp(M);  // last stage: from forward to backward
-  std::vector<float> xin, out, dy, dx;
+  std::vector<float> logp;
+  Buffer<float>&dy = io.dy, &dx = io.dx;
   auto F = [&](size_t m) {
     model.use_slot(int(m % size_t(slots)));
-    io.forward(params, mbs[m], xin, out);
-    if (st.last) dlogp[m] = loss(m, out);
+    io.forward(params, mbs[m], logp);
+    if (st.last) dlogp[m] = loss(m, logp);
   };
   auto B = [&](size_t m) {
     model.use_slot(int(m % size_t(slots)));
     const size_t n = size_t(mbs[m].batch.n_tokens());
     const float* dout = dlogp[m].data();
-    if (!st.last) dy.resize(n * io.C), io.pp->recv(dy.data(), n * io.C, io.s + 1), dout = dy.data();
-    if (!st.first) dx.resize(n * io.C);
+    if (!st.last) resize_for_overwrite(dy, n * io.C), io.pp->recv(dy.data(), n * io.C, io.s + 1), dout = dy.data();
+    if (!st.first) resize_for_overwrite(dx, n * io.C);
     model.backward_stage(params, dout, grads, /*accumulate=*/m > 0, ghat, ghat ? &(*seq_dots)[m] : nullptr,
                          st.first ? nullptr : dx.data());
     if (!st.first) io.pp->send(dx.data(), n * io.C, io.s - 1);
@@ -81,10 +89,10 @@ void pipeline_forward(LlamaModel<float>& model, Comm* pp_in, const float* params
                       const PipeLogpFn& on_logp) {
   StageIo io(model, pp_in);
   model.set_slots(1);
-  std::vector<float> xin, out;
+  std::vector<float> logp;
   for (size_t m = 0; m < mbs.size(); ++m) {
-    io.forward(params, mbs[m], xin, out);
-    if (model.stage().last) on_logp(m, out);
+    io.forward(params, mbs[m], logp);
+    if (model.stage().last) on_logp(m, logp);
   }
   if (io.pp) io.pp->wait_sends();
 }

@@ -2,9 +2,12 @@
 // names of the step and evaluation lines.
 #include "metapo/train/reports.h"
 
+#include <algorithm>
 #include <cstdio>
+#include <string>
 
 #include "metapo/comm/collectives.h"
+#include "metapo/core/error.h"
 
 namespace metapo {
 
@@ -79,9 +82,28 @@ static std::vector<RankMemory> stage_memory(const Topology& topo, const RankMemo
 
 // The memory lines and the run.json keys: memory_bytes (the world root's, a first-stage rank) and with
 // a pipeline memory_bytes_per_stage. Collective over pp_comm.
+// Every rank's high-water marks, on the world root (collective over the world).
+static std::vector<RankPeak> gather_peaks(const Topology& topo) {
+  constexpr int kFields = 5 + kNumMem;
+  const MemBytes b = mem_peak();
+  int64_t mine[kFields] = {topo.world_rank, topo.dp_rank, topo.pp_rank, topo.tp_rank, mem_peak_total()};
+  for (int k = 0; k < kNumMem; ++k) mine[5 + k] = b[size_t(k)];
+  std::vector<int64_t> all(size_t(topo.world_size * kFields));
+  MPI_Gather(mine, kFields, MPI_INT64_T, all.data(), kFields, MPI_INT64_T, 0, topo.world);
+  std::vector<RankPeak> out(size_t(topo.world_size));
+  for (size_t r = 0; r < out.size(); ++r) {
+    const int64_t* f = &all[r * kFields];
+    RankPeak& p = out[r];
+    p.rank = f[0], p.dp = f[1], p.pp = f[2], p.tp = f[3], p.total = f[4];
+    for (int k = 0; k < kNumMem; ++k) p.bytes[size_t(k)] = f[5 + k];
+  }
+  return out;
+}
+
 void report_memory(const TrainConfig& cfg, const std::string& kind, const Topology& topo, const LlamaConfig& c,
-                   const RankMemory& mine, int64_t restarts) {
+                   const RankMemory& mine, int64_t restarts, bool print_peaks) {
   const std::vector<RankMemory> st = stage_memory(topo, mine);
+  const std::vector<RankPeak> peaks = gather_peaks(topo);
   if (!topo.is_root()) return;
   const double mib = 1024.0 * 1024.0;
   const std::vector<PipeStage> stages = pipeline_stages(c.num_hidden_layers, topo.pp, cfg.pp_layers);
@@ -96,6 +118,25 @@ void report_memory(const TrainConfig& cfg, const std::string& kind, const Topolo
     std::printf("memory per rank (DP %d x PP %d x TP %d%s): params %.2f MiB, grads %.2f MiB, optimizer state %.2f MiB, %s\n",
                 topo.dp, topo.pp, topo.tp, where, m.params / mib, m.grads / mib, m.optimizer_state / mib, act);
   }
+  for (int s = 0; s < topo.pp && print_peaks; ++s) {
+    // The largest mark of each category over the stage's ranks (DP and TP), as `metapo plan` gives it.
+    MemBytes most{};
+    int64_t total = 0;
+    for (const RankPeak& p : peaks)
+      if (p.pp == s) {
+        for (int k = 0; k < kNumMem; ++k) most[size_t(k)] = std::max(most[size_t(k)], p.bytes[size_t(k)]);
+        total = std::max(total, p.total);
+      }
+    std::string line = str_cat("memory high-water per rank", topo.pp > 1 ? str_cat(", stage ", s) : std::string(), ":");
+    char buf[64];
+    for (int k = 0; k < kNumMem; ++k) {
+      if (Mem(k) == Mem::Other && most[size_t(k)] == 0) continue;
+      std::snprintf(buf, sizeof buf, " %s %.2f,", mem_name(Mem(k)), double(most[size_t(k)]) / mib);
+      line += buf;
+    }
+    std::snprintf(buf, sizeof buf, " total %.2f MiB", double(total) / mib);
+    std::printf("%s%s\n", line.c_str(), buf);
+  }
   RunRecord r;
   r.options = run_config_json(cfg, kind);
   r.command = kind, r.command_line = cfg.command_line;
@@ -105,6 +146,7 @@ void report_memory(const TrainConfig& cfg, const std::string& kind, const Topolo
   r.parallel = l;
   r.memory = st[0];
   if (topo.pp > 1) r.memory_per_stage = st;
+  r.memory_peak = peaks;
   r.restarts = restarts, r.slurm = SlurmJob::from_env();
   write_run_record(cfg.out_dir, r);  // creates the run directory the log goes into
 }

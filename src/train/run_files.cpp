@@ -98,6 +98,23 @@ RankMemory parse_memory(const json& j, const std::string& path, const std::strin
   return m;
 }
 
+json peak_json(const RankPeak& p) {
+  json j;
+  j["rank"] = p.rank, j["dp"] = p.dp, j["pp"] = p.pp, j["tp"] = p.tp;
+  for (int k = 0; k < kNumMem; ++k) j[mem_name(Mem(k))] = p.bytes[size_t(k)];
+  j["total"] = p.total;
+  return j;
+}
+
+RankPeak parse_peak(const json& j, const std::string& path, const std::string& where) {
+  RankPeak p;
+  p.rank = need_int(j, "rank", path, where), p.dp = need_int(j, "dp", path, where);
+  p.pp = need_int(j, "pp", path, where), p.tp = need_int(j, "tp", path, where);
+  for (int k = 0; k < kNumMem; ++k) p.bytes[size_t(k)] = need_int(j, mem_name(Mem(k)), path, where);
+  p.total = need_int(j, "total", path, where);
+  return p;
+}
+
 std::string env_or(const char* name, const std::string& fallback) {
   const char* v = std::getenv(name);
   return v && *v ? std::string(v) : fallback;
@@ -141,6 +158,7 @@ json to_json(const RunRecord& r) {
   }
   if (r.memory) j["memory_bytes"] = memory_json(*r.memory);
   for (const RankMemory& m : r.memory_per_stage) j["memory_bytes_per_stage"].push_back(memory_json(m));
+  for (const RankPeak& m : r.memory_peak) j["memory_peak_bytes_per_rank"].push_back(peak_json(m));
   j["restarts"] = r.restarts;
   if (r.slurm) j["slurm"] = to_json(*r.slurm);
   return j;
@@ -180,6 +198,12 @@ RunRecord parse_run_record(const json& j, const std::string& path) {
     for (size_t s = 0; s < ms.size(); ++s)
       r.memory_per_stage.push_back(parse_memory(ms[s], path, str_cat("memory_bytes_per_stage[", s, "]")));
   }
+  if (j.contains("memory_peak_bytes_per_rank")) {
+    const json& ms = j["memory_peak_bytes_per_rank"];
+    MP_CHECK(ms.is_array(), path, ": memory_peak_bytes_per_rank is not an array");
+    for (size_t s = 0; s < ms.size(); ++s)
+      r.memory_peak.push_back(parse_peak(ms[s], path, str_cat("memory_peak_bytes_per_rank[", s, "]")));
+  }
   if (j.contains("restarts")) {
     r.restarts = need_int(j, "restarts", path, "");
     MP_CHECK(r.restarts >= 0, path, ": restarts is ", r.restarts, ", expected >= 0");
@@ -197,7 +221,7 @@ RunRecord parse_run_record(const json& j, const std::string& path) {
     r.slurm = sl;
   }
   r.options = j;
-  for (const char* k : {"command", "command_line", "parallel", "memory_bytes", "memory_bytes_per_stage", "restarts", "slurm"})
+  for (const char* k : {"command", "command_line", "parallel", "memory_bytes", "memory_bytes_per_stage", "memory_peak_bytes_per_rank", "restarts", "slurm"})
     r.options.erase(k);
   return r;
 }

@@ -1,5 +1,7 @@
 #include "metapo/train/sharded_model.h"
 
+#include <algorithm>
+
 namespace metapo {
 
 namespace {
@@ -21,6 +23,7 @@ ShardedModel make_shard(const LlamaConfig& c, const Topology& topo, const std::v
     sm.shard_map = stage_shard_map(c, topo.tp, topo.tp_rank, stage);
   }
   fill(sm);
+  sm.params_mem.track(sm.params);
   return sm;
 }
 
@@ -44,13 +47,17 @@ ShardedModel load_sharded_model(const std::string& dir, const Topology& topo, co
 }
 
 ShardedModel load_sharded_model(const HfModelReader& reader, const Topology& topo,
-                                const std::vector<int64_t>& pp_layers) {
+                                const std::vector<int64_t>& pp_layers, size_t padded_size) {
   return make_shard(reader.config(), topo, pp_layers, [&](ShardedModel& sm) {
-    if (!sm.mp) {  // tp = pp = 1: the whole model
-      sm.params = reader.read_all();
+    const size_t local = sm.model->layout().total();
+    // Vocabulary padding rows (TP) and ZeRO-1 padding stay zero.
+    sm.params.assign(std::max(local, padded_size), 0.0f);
+    if (!sm.mp) {  // tp = pp = 1: the whole model, every tensor one run
+      std::vector<TpCopy> runs;
+      for (const TensorEntry& t : sm.model->layout().tensors()) runs.push_back({t.offset, t.offset, t.numel, false});
+      reader.read_runs(runs, sm.params.data());
       return;
     }
-    sm.params.assign(sm.model->layout().total(), 0.0f);  // vocabulary padding rows stay zero
     reader.read_runs(sm.shard_map, sm.params.data());
   });
 }

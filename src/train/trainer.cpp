@@ -22,6 +22,7 @@
 #include "metapo/io/dataset_h5.h"
 #include "metapo/io/hf_model.h"
 #include "metapo/meta/features.h"
+#include "metapo/model/tp_layout.h"
 #include "metapo/train/run_files.h"
 #include "metapo/train/metapo.h"
 #include "metapo/train/metrics.h"
@@ -64,6 +65,15 @@ std::vector<int64_t> truncate_split(PairSplit& s, const TrainConfig& cfg, const 
   check_token_budget(s.size(), [&](int64_t i) { return pair_tokens(s, i); }, s.sample_id, cfg.micro(),
                      str_cat(cfg.data_path, ": /", split));
   return cut;
+}
+
+// The local parameter buffer's length with ZeRO-1's padding (ZeroAdamW::padded_size), known before
+// the model is read so the buffer is allocated once.
+size_t zero_padded_size(const LlamaConfig& c, const Topology& topo, const std::vector<int64_t>& pp_layers) {
+  const PipeStage stage = pipeline_stages(c.num_hidden_layers, topo.pp, pp_layers)[size_t(topo.pp_rank)];
+  const size_t local = ParamLayout(topo.tp > 1 ? tp_local_config(c, topo.tp) : c, stage).total();
+  const size_t shard = (local + size_t(topo.dp) - 1) / size_t(topo.dp);
+  return shard * size_t(topo.dp);
 }
 
 LrSchedule make_schedule(const TrainConfig& cfg, int64_t total) {
@@ -270,8 +280,9 @@ struct TrainRun {
         sm(std::move(model)),
         dp_comm(topo.dp_comm),
         opt(sm.model->layout(), cfg.adam, dp_comm, sm.mp.get(), sm.shard_map, topo.tp_rank == 0),
-        grads(opt.padded_size()) {
-    sm.params.resize(opt.padded_size(), 0.0f);  // ZeRO-1 padding (zeros, never read by the model)
+        grads(tagged_buffer<float>(Mem::Grads, opt.padded_size())) {
+    resize_exact(sm.params, opt.padded_size());  // ZeRO-1 padding (zeros, never read by the model)
+    sm.params_mem.track(sm.params);
     sm.model->set_recompute(cfg.recompute);
     report_memory(cfg, kind, topo, config, rank_memory(opt, -1), restarts);
     MPI_Barrier(topo.world);  // the run directory exists on every rank from here on
@@ -455,11 +466,14 @@ struct TrainRun {
     if (step == 0) j["memory/activations_bytes"] = sm.model->activation_bytes();
     if (!reported_activations) {  // the first step of this process
       reported_activations = true;
-      report_memory(cfg, kind, topo, config, rank_memory(opt, int64_t(sm.model->activation_bytes())), restarts);
+      report_memory(cfg, kind, topo, config, rank_memory(opt, int64_t(sm.model->activation_bytes())), restarts, true);
     }
   }
 
   void save() {
+    // The high-water marks of the whole run, before the save (which allocates nothing tracked).
+    watch->phase("memory report", 0);
+    report_memory(cfg, kind, topo, config, rank_memory(opt, int64_t(sm.model->activation_bytes())), restarts, true);
     watch->phase("final save", 0);
     save_final(cfg, topo, config, sm, sm.params);
   }
@@ -508,6 +522,8 @@ int run_dpo(const Topology& topo, const TrainConfig& cfg) {
   ensure_ref_logps(train, cfg.train_split, ref_dir, cfg.micro(), topo, cfg.pp_layers, cut_train);
   if (do_eval) ensure_ref_logps(val, cfg.val_split, ref_dir, cfg.micro(), topo, cfg.pp_layers, cut_val);
   const TokensOf train_tokens = [&](int64_t i) { return pair_tokens(train, i); };
+  MemoryHandle data_mem(Mem::Data);
+  data_mem.set(memory_bytes(train) + memory_bytes(val));
   std::vector<double> column;
   if (cfg.weighting == Weighting::Column) {
     auto it = train.columns.find(cfg.weight_opt.column);
@@ -518,7 +534,7 @@ int run_dpo(const Topology& topo, const TrainConfig& cfg) {
 
   const int64_t total = total_steps(cfg, train.size());
   const LrSchedule sched = make_schedule(cfg, total);
-  TrainRun run(cfg, topo, load_sharded_model(policy, topo, cfg.pp_layers), "train", total, plan.restarts);
+  TrainRun run(cfg, topo, load_sharded_model(policy, topo, cfg.pp_layers, zero_padded_size(policy.config(), topo, cfg.pp_layers)), "train", total, plan.restarts);
   LlamaModel<float>& model = *run.sm.model;
   Comm* pp = run.pipe();
   const bool last_stage = topo.last_stage();
@@ -546,7 +562,7 @@ int run_dpo(const Topology& topo, const TrainConfig& cfg) {
     if (last_stage)
       meta = std::make_unique<MetaPOState>(cfg.meta, max_id, cfg.seed, dp_comm, topo.is_last_stage_root(),
                                            plan.in_place && !plan.candidates.empty());
-    ghat.resize(params.size());
+    ghat = tagged_buffer<float>(Mem::MetaPO, params.size());
   }
   const std::vector<int64_t> tracked = tracked_pairs(train, cfg.track_pairs);
   const std::string traj_path = cfg.out_dir + "/trajectories.jsonl";
@@ -617,6 +633,9 @@ int run_dpo(const Topology& topo, const TrainConfig& cfg) {
         return static_pair_weights(cfg.weighting, in, out, col, cfg.weight_opt);
       };
     }
+    // One exchange of the pairs' history before the micro-batches: with a token budget the DP ranks
+    // may run different numbers of them.
+    if (meta) meta->begin_step(train, mine);
     const bool ghost = meta_step && cfg.meta.hypergrad == "ghost";
     run.phase("forward/backward", step);
     const std::vector<PairMicroResult> res =
@@ -633,7 +652,7 @@ int run_dpo(const Topology& topo, const TrainConfig& cfg) {
       } else if (meta_step) {
         // Reference methods (DESIGN §6), after the training backward so they only reuse scratch (one
         // rank holds the whole model: checked above).
-        if (hyper_scratch.empty()) hyper_scratch.resize(params.size());
+        if (hyper_scratch.empty()) hyper_scratch = tagged_buffer<float>(Mem::MetaPO, params.size());
         const std::vector<double> a =
             cfg.meta.hypergrad == "exact"
                 ? pair_alignments_exact<float>(model, params.data(), hyper_scratch.data(), params.size(), train,
@@ -784,9 +803,11 @@ int run_sft(const Topology& topo, const TrainConfig& cfg) {
                 (long long)train.size(), (long long)cfg.truncation.max_length, (long long)cfg.truncation.max_prompt_length);
   const TokensOf train_tokens = [&](int64_t i) { return sft_tokens(train, i); };
   check_token_budget(train.size(), train_tokens, train.sample_id, cfg.micro(), cfg.data_path + ": /sft");
+  MemoryHandle data_mem(Mem::Data);
+  data_mem.set(memory_bytes(train));
   const int64_t total = total_steps(cfg, train.size());
   const LrSchedule sched = make_schedule(cfg, total);
-  TrainRun run(cfg, topo, load_sharded_model(initial, topo, cfg.pp_layers), "sft", total, plan.restarts);
+  TrainRun run(cfg, topo, load_sharded_model(initial, topo, cfg.pp_layers, zero_padded_size(initial.config(), topo, cfg.pp_layers)), "sft", total, plan.restarts);
   LlamaModel<float>& model = *run.sm.model;
   ZeroAdamW& opt = run.opt;
   std::vector<float>& params = run.sm.params;

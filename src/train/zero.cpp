@@ -26,6 +26,7 @@ ZeroAdamW::ZeroAdamW(const ParamLayout& lay, const AdamWConfig& cfg, Comm& dp, C
       opt_(lay, cfg, shard_ * size_t(dp.rank()), shard_ * size_t(dp.rank() + 1)),
       // One DP rank reduces nothing: it works on the caller's buffer in place, with no copy.
       g_(dp.size() > 1 ? shard_ : 0, 0.0f) {
+  g_mem_.track(g_);
   if (count_replicated_) return;
   // The complement of the replicated runs within this rank's shard [b, e), in shard offsets.
   std::vector<std::pair<size_t, size_t>> rep;

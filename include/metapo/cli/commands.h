@@ -15,5 +15,6 @@ int cmd_eval(Context& ctx, int argc, char** argv);
 int cmd_precompute_ref(Context& ctx, int argc, char** argv);
 int cmd_generate(Context& ctx, int argc, char** argv);
 int cmd_analyze(Context& ctx, int argc, char** argv);
+int cmd_plan(Context& ctx, int argc, char** argv);
 
 }  // namespace metapo::cli

@@ -51,6 +51,8 @@ LlamaConfig preset_config(const std::string& name_or_path);
 // A size in bytes: a number with an optional unit, KB/MB/GB/TB (powers of 1000, as transformers'
 // max_shard_size) or KiB/MiB/GiB/TiB (powers of 1024); "5GB", "512MiB", "1000". Throws naming option.
 uint64_t parse_bytes(const std::string& text, const std::string& option);
+// --pp-layers: pp comma-separated positive layer counts ("" gives none: an even split).
+std::vector<int64_t> parse_pp_layers(const std::string& text, int pp);
 
 // Rank 0 receives every rank's text (each rank's lines in the order it produced them); other ranks get
 // an empty vector. Collective over topo.world.

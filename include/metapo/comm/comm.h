@@ -73,10 +73,11 @@ class Comm {
   // every rank holds every rank's block (in place).
   virtual void allgather(float* data, size_t block) = 0;
 
-  // Point-to-point (pipeline parallelism), the only calls that are not collective. send returns at
-  // once: the data is copied or already on its way, so the caller may reuse its buffer; it completes
-  // by wait_sends() at the latest. recv blocks until `n` floats from `peer` have arrived; the sender
-  // must have sent exactly n. Messages between two ranks arrive in the order they were sent.
+  // Point-to-point (pipeline parallelism), the only calls that are not collective. send returns once
+  // the previous send to the same peer has completed (so one message per peer is in flight): the data
+  // is copied or already on its way, so the caller may reuse its buffer; it completes by wait_sends()
+  // at the latest. recv blocks until `n` floats from `peer` have arrived; the sender must have sent
+  // exactly n. Messages between two ranks arrive in the order they were sent.
   virtual void send(const float* data, size_t n, int peer) = 0;
   virtual void recv(float* data, size_t n, int peer) = 0;
   virtual void wait_sends() = 0;

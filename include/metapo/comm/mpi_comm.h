@@ -8,6 +8,7 @@
 #include <vector>
 
 
+#include "metapo/core/buffer.h"
 #include "metapo/comm/comm.h"
 
 namespace metapo {
@@ -44,8 +45,10 @@ class MpiComm final : public Comm {
   // the same collective on pieces of every block, staged through a contiguous buffer.
   void reduce_scatter_sum(const float* send, float* recv, size_t block) override;
   void allgather(float* data, size_t block) override;
-  // send: MPI_Isend from a copy this object keeps until the send completes (wait_sends, or the next
-  // send finds it done); pieces of max_message_bytes.
+  // send: MPI_Isend from a copy this object keeps until the send completes: the next send to the same
+  // peer waits for it and reuses the copy, wait_sends frees them all. So the copies held are at most
+  // one per peer, whatever MPI's timing (the memory accountant counts them as comm); pieces of
+  // max_message_bytes.
   void send(const float* data, size_t n, int peer) override;
   void recv(float* data, size_t n, int peer) override;
   void wait_sends() override;
@@ -54,17 +57,17 @@ class MpiComm final : public Comm {
 
  private:
   struct PendingSend {
-    std::vector<float> data;
+    Buffer<float> data = tagged_buffer<float>(Mem::Comm);  // the message's copy, counted as comm
     std::vector<MPI_Request> req;
   };
-  std::vector<PendingSend> pending_;
+  std::vector<PendingSend> pending_;  // by peer
 
   void broadcast_uncounted(void* data, size_t bytes, int root);
 
   MPI_Comm comm_;
   int rank_ = 0, size_ = 1;
   size_t max_bytes_;
-  std::vector<float> stage_;  // pieces of blocks that do not fit one call
+  Buffer<float> stage_ = tagged_buffer<float>(Mem::Comm);  // pieces of blocks that do not fit one call
 };
 
 }  // namespace metapo

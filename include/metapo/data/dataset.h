@@ -76,6 +76,10 @@ struct Truncation {
   bool active() const { return max_length > 0 || max_prompt_length > 0; }
 };
 
+// Bytes a split holds in memory (its arrays' capacities): what the memory accountant counts as data.
+int64_t memory_bytes(const PairSplit& s);
+int64_t memory_bytes(const SftSplit& s);
+
 // Applies t to every pair of s in place and returns the indices of the pairs it changed. A pair whose
 // response would become empty is refused with a line naming it (`where`: "data.h5: /train"), since
 // dropping pairs at training time would change the data behind every index.

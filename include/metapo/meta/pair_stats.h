@@ -22,6 +22,7 @@
 #include <vector>
 
 #include "metapo/comm/comm.h"
+#include "metapo/core/memory.h"
 
 namespace metapo {
 
@@ -88,6 +89,7 @@ class PairStatsTable {
   double ema_rate_;
   Comm& dp_;
   std::vector<PairStatRow> local_;  // local_[k] = row of sample id k·P + rank
+  MemoryHandle mem_{Mem::MetaPO};
 };
 
 }  // namespace metapo

@@ -137,6 +137,7 @@ class LlamaModel {
     Buffer<T> *xn1, *rstd1, *qkv, *att, *lse, *x_mid, *xn2, *rstd2, *gu, *h;
   };
   LayerRefs refs(LayerActs& a);  // by recompute_
+  static void tag(LayerActs& a);  // its buffers count as activations (core/memory.h)
   // The layer's forward from x_in through the SwiGLU product into r; with x_out, on to the layer's
   // output (else it stops there: a recomputation needs nothing after h). profile: per-op times.
   void layer_forward(const LayerView<const T>& lw, const T* x_in, const LayerRefs& r, T* x_out, bool profile);
@@ -149,6 +150,7 @@ class LlamaModel {
     bool have_forward = false;
   };
   void swap_saved(Saved& s);
+  void tag(Saved& s);
   LlamaConfig cfg_;
   Comm* tp_ = nullptr;  // null: no tensor parallelism
   LlamaConfig lc_;      // local shapes (heads, intermediate, vocab rows); == cfg_ without TP

@@ -3,6 +3,7 @@
 // collective must be called by all data-parallel ranks in the same order.
 #pragma once
 #include <cstdint>
+#include <unordered_map>
 #include <vector>
 
 #include "metapo/align/losses.h"
@@ -46,7 +47,13 @@ class MetaPOState {
 
   bool is_meta_step(int64_t step) const { return metapo::is_meta_step(cfg_, step); }
 
-  // Collective. Weights a_i of one micro-batch: fetches the pairs' history, builds the features and
+  // Collective over the data-parallel ranks. Fetches the history of this rank's pairs of the step
+  // (mine) in one exchange before its micro-batches, so the weights() calls of the step communicate
+  // nothing and the ranks may run different numbers of micro-batches (--micro-batch-tokens). The
+  // table does not change within a step, so the rows are those weights() would fetch itself.
+  void begin_step(const PairSplit& s, const std::vector<int64_t>& mine);
+
+  // Collective unless begin_step fetched the pairs. Weights a_i of one micro-batch: fetches the pairs' history, builds the features and
   // standardizes them with the running statistics as of the start of the step (earlier steps only),
   // runs the weight net. Keeps the raw and standardized features and the observations for
   // end_step(). The weights thus depend on the global batch, not on how it is split into
@@ -89,6 +96,7 @@ class MetaPOState {
   AdamState adam_;
   std::vector<double> step_raw_, step_x_, step_a_;  // raw and standardized features [n, F], weights of this step
   std::vector<PairObservation> step_obs_;
+  std::unordered_map<int64_t, PairStatRow> fetched_;  // begin_step's rows by sample id
   double last_grad_norm_ = 0;
   GateState gate_;
   // Collective over dp: gathers the step's pairs and, on the writing rank, appends one line.

@@ -4,6 +4,7 @@
 #include <string>
 #include <vector>
 
+#include "metapo/core/memory.h"
 #include "metapo/model/layout.h"
 
 namespace metapo {
@@ -48,6 +49,7 @@ class AdamW {
   std::vector<uint8_t> decay_;  // per element: 1 where weight decay applies
   std::vector<float> m_, v_;
   int64_t t_ = 0;
+  MemoryHandle mem_{Mem::Optimizer};  // the moments and the mask
 };
 
 // L2 norm of the gradient buffer (summed in double, fixed order).

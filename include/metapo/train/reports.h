@@ -25,10 +25,12 @@ RankMemory rank_memory(const ZeroAdamW& opt, int64_t activations);
 
 // The memory lines and RUN/run.json (kind "train" or "sft"; the configuration, the layout,
 // memory_bytes of the world root, a first-stage rank, and with a pipeline memory_bytes_per_stage).
-// Collective over pp_comm; the world root writes.
+// Every rank's high-water marks from the memory accountant go into memory_peak_bytes_per_rank; with
+// print_peaks, one line per pipeline stage gives the largest of its ranks' marks per category.
+// Collective over the world; the world root writes.
 // restarts: how often the run directory was started again (RunRecord::restarts); the Slurm job comes
 // from the environment.
 void report_memory(const TrainConfig& cfg, const std::string& kind, const Topology& topo, const LlamaConfig& c,
-                   const RankMemory& mine, int64_t restarts);
+                   const RankMemory& mine, int64_t restarts, bool print_peaks = false);
 
 }  // namespace metapo

@@ -14,6 +14,7 @@
 
 #include <nlohmann/json.hpp>
 
+#include "metapo/core/memory.h"
 #include "metapo/align/losses.h"
 #include "metapo/meta/features.h"
 #include "metapo/meta/pair_stats.h"
@@ -28,6 +29,14 @@ namespace metapo {
 // measured them (after a step, every activation slot of the pipeline schedule; < 0: not yet known).
 struct RankMemory {
   double params = 0, grads = 0, optimizer_state = 0, activations = -1;
+};
+
+// One rank's high-water marks from the memory accountant (core/memory.h): bytes[k] for category k
+// (mem_name), total the high-water mark of their sum.
+struct RankPeak {
+  int64_t rank = 0, dp = 0, pp = 0, tp = 0;
+  MemBytes bytes{};
+  int64_t total = 0;
 };
 
 // The parallel layout: world = dp * tp * pp ranks; stage_layers[s] = [first, end) layers of stage s.
@@ -52,6 +61,7 @@ struct RunRecord {
   std::optional<RunLayout> parallel;          // written once the layout is known
   std::optional<RankMemory> memory;           // the world root's (a first-stage rank)
   std::vector<RankMemory> memory_per_stage;   // with a pipeline: every stage's DP 0 / TP 0 rank
+  std::vector<RankPeak> memory_peak;          // every rank's high-water marks (memory_peak_bytes_per_rank)
   int64_t restarts = 0;                       // how often this run directory was started again (--resume)
   std::optional<SlurmJob> slurm;              // the job of the latest start, under Slurm
 

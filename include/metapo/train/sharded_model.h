@@ -24,6 +24,7 @@ struct ShardedModel {
   std::unique_ptr<LlamaModel<float>> model;
   std::vector<float> params;    // the local layout (model->layout().total() elements)
   std::vector<TpCopy> shard_map;  // stage_shard_map of this rank (empty when tp == pp == 1)
+  MemoryHandle params_mem{Mem::Params};  // params, counted by the accountant (core/memory.h)
 };
 // `full` is consumed (moved from when tp == pp == 1, released otherwise) so a rank does not keep both.
 ShardedModel shard_model(const LlamaConfig& c, std::vector<float>&& full, const Topology& topo,
@@ -34,8 +35,10 @@ ShardedModel shard_model(const LlamaConfig& c, std::vector<float>&& full, const 
 // staging, never the whole model (DESIGN §7b).
 ShardedModel load_sharded_model(const std::string& dir, const Topology& topo,
                                 const std::vector<int64_t>& pp_layers = {});
-// From a directory opened (and its tensors checked) before.
+// From a directory opened (and its tensors checked) before. padded_size > the local layout's total:
+// params is allocated that long at once (zeros past the layout: ZeRO-1's padding), so the trainer
+// never grows it (which would hold the old and the new buffer at once).
 ShardedModel load_sharded_model(const HfModelReader& reader, const Topology& topo,
-                                const std::vector<int64_t>& pp_layers = {});
+                                const std::vector<int64_t>& pp_layers = {}, size_t padded_size = 0);
 
 }  // namespace metapo

@@ -81,6 +81,7 @@ class ZeroAdamW {
   std::vector<std::pair<size_t, size_t>> norm_ranges_;
   AdamW opt_;
   std::vector<float> g_;  // this rank's reduced gradient shard
+  MemoryHandle g_mem_{Mem::Optimizer};
 };
 
 }  // namespace metapo

@@ -5,6 +5,8 @@
 #include <algorithm>
 #include <vector>
 
+#include "metapo/core/buffer.h"
+
 namespace metapo::cpu {
 
 static CBLAS_TRANSPOSE tr(bool t) { return t ? CblasTrans : CblasNoTrans; }
@@ -106,7 +108,7 @@ void linear_backward_ghost(T* dX, T* dW, T* db, const T* dY, const T* X, const T
     // Short segments: one [n, out] ghost GEMM and per-row dots are cheaper.
     linear_backward(dX, dW, db, dY, X, W, n, in, out, accumulate);
     if (n > 0) {
-      std::vector<T> work(size_t(n * std::min(in, out)));
+      Buffer<T> work = tagged_buffer<T>(Mem::Workspace, size_t(n * std::min(in, out)));
       std::vector<double> row(size_t(n), 0.0);
       linear_ghost_dots(X, dY, Ghat, ghat_b, n, in, out, work.data(), row.data());
       for (int64_t s = 0; s < n_seg; ++s)
