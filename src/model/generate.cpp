@@ -487,9 +487,10 @@ std::vector<std::vector<int32_t>> generate(const LlamaConfig& c, const float* pa
     for (const Active& a : active) handles.push_back(a.handle), tokens.push_back(out[size_t(a.idx)].back());
     if (last) logits.resize(active.size() * size_t(V));
     dec.step(handles, tokens, last ? logits.data() : nullptr);
-    for (size_t k = 0; k < active.size() && last; ++k)
-      tokens[k] = choose_token(logits.data() + k * size_t(V), V, opt, uint64_t(out[size_t(active[k].idx)].size()),
-                               ids[size_t(active[k].idx)]);
+    if (last)
+      for (size_t k = 0; k < active.size(); ++k)
+        tokens[k] = choose_token(logits.data() + k * size_t(V), V, opt, uint64_t(out[size_t(active[k].idx)].size()),
+                                 ids[size_t(active[k].idx)]);
     share(tokens);
     std::vector<Active> still;
     for (size_t k = 0; k < active.size(); ++k) {
