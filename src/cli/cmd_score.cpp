@@ -1,6 +1,8 @@
 // metapo score: per-token log-probs of given token sequences, so users can check metapo against any
 // other implementation. Sequences are packed (no padding) into forwards of at most
-// --max-batch-tokens tokens; with several ranks, line i is scored by rank i mod world.
+// --max-batch-tokens tokens. The world is DP x PP x TP (--tp, --pp as eval takes them): line i is
+// scored by data-parallel replica i mod DP, through its sharded model (the pipeline forward of eval
+// and precompute-ref); with --tp 1 --pp 1 that is rank i mod world, packed as on one replica.
 #include <mpi.h>
 
 #include <fstream>
@@ -13,6 +15,8 @@
 #include "metapo/core/error.h"
 #include "metapo/io/hf_model.h"
 #include "metapo/model/llama.h"
+#include "metapo/train/pipeline.h"
+#include "metapo/train/sharded_model.h"
 
 namespace metapo::cli {
 
@@ -43,6 +47,23 @@ std::vector<ScoreInput> read_score_input(const std::string& path, int64_t vocab)
   return out;
 }
 
+// One score line: row t of the sequence's logp predicts token t+1, so token_logps[t-1] =
+// log p(tokens[t] | tokens[<t]) = logp[t-1].
+std::string score_line(const ScoreInput& s, const float* logp) {
+  nlohmann::json j;
+  std::vector<double> tl;
+  double sum = 0;
+  int64_t count = 0;
+  for (size_t t = 1; t < s.tokens.size(); ++t) {
+    const double v = double(logp[t - 1]);
+    tl.push_back(v);
+    if (s.mask.empty() || s.mask[t]) sum += v, ++count;
+  }
+  j["logp"] = sum;
+  j["n_tokens"] = count;
+  j["token_logps"] = tl;
+  return j.dump();
+}
 
 }  // namespace
 
@@ -55,55 +76,51 @@ int cmd_score(Context& ctx, int argc, char** argv) {
     ("input", po::value(&input)->required(), "JSONL: {\"tokens\": [ids], \"loss_mask\": [0/1 per token]} per line")
     ("output", po::value(&output)->required(), "JSONL: {\"logp\", \"n_tokens\", \"token_logps\"} per line, same order")
     ("max-batch-tokens", po::value(&max_tokens)->default_value(8192), "tokens per packed forward");
+  ParallelOptions par;
+  add_parallel_options(desc, par);
   po::variables_map vm;
-  if (!parse_args("score", "metapo score --model DIR --input IN.jsonl --output OUT.jsonl", desc, argc,
-                  argv, vm, ctx))
+  if (!parse_args("score", "[mpirun -np N] metapo score [--tp T] [--pp P] --model DIR --input IN.jsonl --output OUT.jsonl",
+                  desc, argc, argv, vm, ctx))
     return 0;
   MP_CHECK(max_tokens > 0, "--max-batch-tokens must be positive");
-  const HfModel hf = load_hf_model(model_dir);
-  const std::vector<ScoreInput> seqs = read_score_input(input, hf.config.vocab_size);
-  LlamaModel<float> model(hf.config);
+  apply_parallel_options(ctx, par);
+  const Topology& topo = ctx.topo;
+  const HfModelReader reader(model_dir);
+  const std::vector<ScoreInput> seqs = read_score_input(input, reader.config().vocab_size);
+  ShardedModel sm = load_sharded_model(reader, topo, par.pp_layers);
 
-  // This rank's lines, packed greedily into forwards.
-  std::ostringstream mine;
+  // This replica's lines, packed greedily into forwards (micro-batches of the pipeline).
   std::vector<size_t> todo;
-  for (size_t i = size_t(ctx.topo.world_rank); i < seqs.size(); i += size_t(ctx.topo.world_size)) todo.push_back(i);
+  for (size_t i = size_t(topo.dp_rank); i < seqs.size(); i += size_t(topo.dp)) todo.push_back(i);
+  std::vector<PipeMicro> mbs;
+  std::vector<size_t> first;  // index in todo of each micro-batch's first line
   for (size_t a = 0; a < todo.size();) {
-    PackedBatch b;
-    size_t z = a;
-    while (z < todo.size() && (z == a || b.n_tokens() + int64_t(seqs[todo[z]].tokens.size()) <= max_tokens))
-      b.add(seqs[todo[z++]].tokens);
-    const std::vector<int32_t> targets = next_token_targets(b, nullptr);
-    std::vector<float> logp(size_t(b.n_tokens()));
-    model.forward(hf.params.data(), b, targets.data(), logp.data());
-    for (size_t k = a; k < z; ++k) {
-      const ScoreInput& s = seqs[todo[k]];
-      const int64_t off = b.cu_seqlens[k - a];
-      nlohmann::json j;
-      std::vector<double> tl;
-      double sum = 0;
-      int64_t count = 0;
-      // Row t predicts token t+1: token_logps[t-1] = log p(tokens[t] | tokens[<t]) = logp[row t-1].
-      for (size_t t = 1; t < s.tokens.size(); ++t) {
-        const double v = double(logp[size_t(off) + t - 1]);
-        tl.push_back(v);
-        if (s.mask.empty() || s.mask[t]) sum += v, ++count;
-      }
-      j["logp"] = sum;
-      j["n_tokens"] = count;
-      j["token_logps"] = tl;
-      mine << j.dump() << "\n";
-    }
-    a = z;
+    PipeMicro mb;
+    first.push_back(a);
+    while (a < todo.size() && (a == first.back() || mb.batch.n_tokens() + int64_t(seqs[todo[a]].tokens.size()) <= max_tokens))
+      mb.batch.add(seqs[todo[a++]].tokens);
+    mb.targets = next_token_targets(mb.batch, nullptr);
+    mbs.push_back(std::move(mb));
   }
+  // The last stage has the log-probs, identical on its TP ranks: TP rank 0 there writes the lines.
+  const bool writer = topo.last_stage() && topo.tp_rank == 0;
+  std::ostringstream mine;
+  pipeline_forward(*sm.model, sm.pp.get(), sm.params.data(), mbs, [&](size_t m, const std::vector<float>& logp) {
+    if (!writer) return;
+    const PackedBatch& b = mbs[m].batch;
+    for (int64_t k = 0; k < b.n_seqs(); ++k)
+      mine << score_line(seqs[todo[first[m] + size_t(k)]], logp.data() + b.cu_seqlens[size_t(k)]) << "\n";
+  });
 
-  const std::vector<std::string> parts = gather_to_root(mine.str(), ctx.topo);
-  if (ctx.topo.is_root()) {
+  const std::vector<std::string> parts = gather_to_root(mine.str(), topo);
+  if (topo.is_root()) {
     std::vector<std::istringstream> streams;
     for (const std::string& p : parts) streams.emplace_back(p);
     std::string out, line;
     for (size_t i = 0; i < seqs.size(); ++i) {
-      std::getline(streams[i % parts.size()], line);
+      // Replica d's writer is world rank (d * pp + pp - 1) * tp (rank = (dp * pp + pp_rank) * tp + tp_rank).
+      const size_t d = i % size_t(topo.dp);
+      std::getline(streams[(d * size_t(topo.pp) + size_t(topo.pp - 1)) * size_t(topo.tp)], line);
       out += line + "\n";
     }
     write_file_atomic(output, out);

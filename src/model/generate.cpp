@@ -15,6 +15,7 @@
 #include "metapo/kernels/swiglu.h"
 #include "metapo/kernels/vec_math.h"
 #include "metapo/model/rope_freq.h"
+#include "metapo/model/tp_layout.h"
 
 namespace metapo {
 
@@ -95,14 +96,26 @@ void resize(V& v, int64_t n) {
 
 }  // namespace
 
-KvCacheDecoder::KvCacheDecoder(const LlamaConfig& c, const float* params)
-    : cfg_(c), lay_(c), w_(make_view(lay_, params)), inv_freq_(rope_inv_freq(c)) {}
+KvCacheDecoder::KvCacheDecoder(const LlamaConfig& c, const float* params, const DecoderShard& shard)
+    : cfg_(c),
+      sh_(shard),
+      lc_(shard.tp ? tp_local_config(c, shard.tp->size()) : c),
+      vocab_(shard.tp ? VocabShard(c.vocab_size, shard.tp->size(), shard.tp->rank()) : VocabShard()),
+      lay_(lc_, shard.stage),
+      w_(make_view(lay_, params)),
+      inv_freq_(rope_inv_freq(c)) {
+  const int P = sh_.pp ? sh_.pp->size() : 1, s = sh_.pp ? sh_.pp->rank() : 0;
+  MP_CHECK(sh_.stage.first == (s == 0) && sh_.stage.last == (s == P - 1), "KvCacheDecoder: the stage (layers [",
+           sh_.stage.layer_begin, ", ", sh_.stage.layer_end, ")) does not match rank ", s, " of ", P,
+           " pipeline stages");
+  if (P == 1) sh_.pp = nullptr;  // one stage: nothing to send
+}
 
 float* KvCacheDecoder::k_row(Seq& s, int64_t layer, int64_t pos) {
-  return s.kv.data() + ((2 * layer) * s.cap + pos) * cfg_.kv_dim();
+  return s.kv.data() + ((2 * layer) * s.cap + pos) * lc_.kv_dim();
 }
 float* KvCacheDecoder::v_row(Seq& s, int64_t layer, int64_t pos) {
-  return s.kv.data() + ((2 * layer + 1) * s.cap + pos) * cfg_.kv_dim();
+  return s.kv.data() + ((2 * layer + 1) * s.cap + pos) * lc_.kv_dim();
 }
 
 const KvCacheDecoder::Seq& KvCacheDecoder::live_seq(int64_t seq) const {
@@ -134,18 +147,76 @@ void KvCacheDecoder::ensure_rope(int64_t positions) {
     rope_.build(inv_freq_, std::max<int64_t>({positions, 2 * rope_.max_pos, 64}));
 }
 
+void KvCacheDecoder::add_row_parallel(float* x, const float* partial, int64_t count) {
+  if (!sh_.tp) {
+    add_rows(x, partial, count);
+    return;
+  }
+  // An all-gather and the sum here, in rank order, rather than an all-reduce: MPI picks a reduction
+  // algorithm, and with it the order in which ranks are combined, by the message size, which grows
+  // with the number of active sequences. A row's sum would then depend on its batch once tp > 2,
+  // and batch invariance (above) would be lost. The gather moves tp times the bytes; at decode sizes
+  // ([active sequences, hidden]) that is small.
+  const size_t n = size_t(count), P = size_t(sh_.tp->size());
+  gather_.resize(P * n);
+  std::memcpy(gather_.data() + size_t(sh_.tp->rank()) * n, partial, sizeof(float) * n);
+  sh_.tp->allgather(gather_.data(), n);
+  float* sum = gather_.data();  // rank 0's partial, then + rank 1's, ...: one order for every element
+  for (size_t r = 1; r < P; ++r) add_rows(sum, gather_.data() + r * n, count);
+  add_rows(x, sum, count);
+}
+
 void KvCacheDecoder::logits_rows(const float* x, int64_t m, float* logits) {
-  const int64_t C = cfg_.hidden_size;
+  const int64_t C = cfg_.hidden_size, V = cfg_.vocab_size;
   resize(xn_, m * C), resize(rstd_, m);
   cpu::rmsnorm_forward(xn_.data(), rstd_.data(), x, w_.final_norm, m, C, cfg_.rms_norm_eps);
-  linear_rows(logits, xn_.data(), w_.lm_head, nullptr, m, C, cfg_.vocab_size);  // [m, V]
+  if (!sh_.tp) {
+    linear_rows(logits, xn_.data(), w_.lm_head, nullptr, m, C, V);  // [m, V]
+    return;
+  }
+  // Vocab-parallel head: this rank's real rows give its logits [m, real] (each one the dot product
+  // the whole model computes, so bit for bit the same), gathered over TP into [m, V] on every rank.
+  const int P = sh_.tp->size();
+  const size_t block = size_t(m * vocab_.rows);
+  gather_.resize(size_t(P) * block);
+  linear_rows(gather_.data() + size_t(sh_.tp->rank()) * block, xn_.data(), w_.lm_head, nullptr, m, C,
+              vocab_.real);
+  sh_.tp->allgather(gather_.data(), block);
+  for (int r = 0; r < P; ++r) {
+    const VocabShard vs(V, P, r);  // block r: [m, vs.real] logits of tokens [vs.begin, vs.end())
+    for (int64_t i = 0; i < m; ++i)
+      std::memcpy(logits + i * V + vs.begin, gather_.data() + size_t(r) * block + size_t(i * vs.real),
+                  sizeof(float) * size_t(vs.real));
+  }
+}
+
+void KvCacheDecoder::stage_input(const int32_t* tokens, int64_t m) {
+  const int64_t C = cfg_.hidden_size;
+  resize(x_, m * C);
+  if (!sh_.stage.first)
+    sh_.pp->recv(x_.data(), size_t(m * C), sh_.pp->rank() - 1);
+  else if (sh_.tp)  // the owner of each token writes its row: exact, one nonzero term per element
+    vocab_parallel_embedding_forward(x_.data(), w_.embed, tokens, m, C, vocab_, *sh_.tp);
+  else
+    cpu::embedding_forward(x_.data(), w_.embed, tokens, m, C);
+}
+
+void KvCacheDecoder::stage_output(const float* x, int64_t m, float* logits) {
+  if (sh_.stage.last) {
+    logits_rows(x, m, logits);
+    return;
+  }
+  sh_.pp->send(x, size_t(m * cfg_.hidden_size), sh_.pp->rank() + 1);
+  sh_.pp->wait_sends();  // the next stage receives it first thing in the same call
 }
 
 int64_t KvCacheDecoder::add(const std::vector<int32_t>& prompt, int64_t extra, float* logits) {
   const LlamaConfig& c = cfg_;
   const int64_t n = int64_t(prompt.size()), C = c.hidden_size, V = c.vocab_size;
-  const int64_t I = c.intermediate_size, Hq = c.num_attention_heads, Hkv = c.num_key_value_heads;
-  const int64_t D = c.head_dim, Q = c.q_dim(), KV = c.kv_dim(), QKV = c.qkv_dim();
+  // This rank's heads and MLP slice (all of them without TP).
+  const int64_t I = lc_.intermediate_size, Hq = lc_.num_attention_heads, Hkv = lc_.num_key_value_heads;
+  const int64_t D = c.head_dim, Q = lc_.q_dim(), KV = lc_.kv_dim(), QKV = lc_.qkv_dim();
+  const int64_t L = int64_t(lay_.layers.size());  // this stage's layers
   MP_CHECK(n > 0, "generate: empty prompt (at least one token is needed to condition on)");
   MP_CHECK(extra >= 0, "generate: negative room for new tokens (", extra, ")");
   for (int64_t t = 0; t < n; ++t)
@@ -163,7 +234,7 @@ int64_t KvCacheDecoder::add(const std::vector<int32_t>& prompt, int64_t extra, f
   s.live = true;
   s.len = n;
   s.cap = n + extra;
-  s.kv.assign(size_t(2 * c.num_hidden_layers * s.cap * KV), 0.0f);
+  s.kv.assign(size_t(2 * L * s.cap * KV), 0.0f);
   ensure_rope(s.cap);
 
   // The prompt's own forward, as the training forward does it over one packed sequence. Its GEMMs
@@ -171,10 +242,11 @@ int64_t KvCacheDecoder::add(const std::vector<int32_t>& prompt, int64_t extra, f
   pos_.resize(size_t(n));
   std::iota(pos_.begin(), pos_.end(), 0);
   const int64_t cu[2] = {0, n};
-  resize(x_, n * C), resize(xn_, n * C), resize(rstd_, n), resize(qkv_, n * QKV);
-  resize(att_, n * Q), resize(lse_, Hq * n), resize(gu_, n * 2 * I), resize(h_, n * I);
-  cpu::embedding_forward(x_.data(), w_.embed, prompt.data(), n, C);  // x: the residual stream [n, C]
-  for (int64_t l = 0; l < c.num_hidden_layers; ++l) {
+  resize(xn_, n * C), resize(rstd_, n), resize(qkv_, n * QKV), resize(att_, n * Q);
+  resize(lse_, Hq * n), resize(gu_, n * 2 * I), resize(h_, n * I);
+  if (sh_.tp) resize(y_, n * C);
+  stage_input(prompt.data(), n);  // x: the residual stream [n, C]
+  for (int64_t l = 0; l < L; ++l) {
     const LayerView<const float>& lw = w_.layers[size_t(l)];
     cpu::rmsnorm_forward(xn_.data(), rstd_.data(), x_.data(), lw.attn_norm, n, C, c.rms_norm_eps);
     cpu::linear_forward(qkv_.data(), xn_.data(), lw.wqkv, lw.bqkv, n, C, QKV);  // [n, QKV]
@@ -188,16 +260,31 @@ int64_t KvCacheDecoder::add(const std::vector<int32_t>& prompt, int64_t extra, f
                                    att_.data(), Q, lse_.data(), cu, 1, n, Hq, Hkv, D,
                                    1.0f / std::sqrt(float(D))};
     cpu::attention_forward(ap);  // [n, Q]
-    // x += att Wo^T; then the MLP block: x += swiglu(norm(x) Wgu^T) Wdown^T
-    cpu::gemm<float>(false, true, n, C, Q, 1.0f, att_.data(), Q, lw.wo, Q, 1.0f, x_.data(), C);
+    // x += att Wo^T; then the MLP block: x += swiglu(norm(x) Wgu^T) Wdown^T. Under TP both products
+    // are this rank's partial sums (row-parallel), combined by add_row_parallel.
+    if (sh_.tp) {
+      cpu::gemm<float>(false, true, n, C, Q, 1.0f, att_.data(), Q, lw.wo, Q, 0.0f, y_.data(), C);
+      add_row_parallel(x_.data(), y_.data(), n * C);
+    } else {
+      cpu::gemm<float>(false, true, n, C, Q, 1.0f, att_.data(), Q, lw.wo, Q, 1.0f, x_.data(), C);
+    }
     cpu::rmsnorm_forward(xn_.data(), rstd_.data(), x_.data(), lw.mlp_norm, n, C, c.rms_norm_eps);
     cpu::linear_forward(gu_.data(), xn_.data(), lw.wgu, (const float*)nullptr, n, C, 2 * I);  // [n, 2I]
     cpu::swiglu_forward(h_.data(), gu_.data(), n, I);                                        // [n, I]
-    cpu::gemm<float>(false, true, n, C, I, 1.0f, h_.data(), I, lw.wdown, I, 1.0f, x_.data(), C);
+    if (sh_.tp) {
+      cpu::gemm<float>(false, true, n, C, I, 1.0f, h_.data(), I, lw.wdown, I, 0.0f, y_.data(), C);
+      add_row_parallel(x_.data(), y_.data(), n * C);
+    } else {
+      cpu::gemm<float>(false, true, n, C, I, 1.0f, h_.data(), I, lw.wdown, I, 1.0f, x_.data(), C);
+    }
+  }
+  if (!sh_.stage.last) {  // the next stage needs every row for its own layers' caches
+    stage_output(x_.data(), n, nullptr);
+    return h;
   }
   // Only the last position's logits are needed: they predict the first new token.
   std::vector<float> last(x_.begin() + (n - 1) * C, x_.begin() + n * C);
-  logits_rows(last.data(), 1, logits);
+  stage_output(last.data(), 1, logits);
   return h;
 }
 
@@ -205,8 +292,9 @@ void KvCacheDecoder::step(const std::vector<int64_t>& seqs, const std::vector<in
                           float* logits) {
   const LlamaConfig& c = cfg_;
   const int64_t m = int64_t(seqs.size()), C = c.hidden_size, V = c.vocab_size;
-  const int64_t I = c.intermediate_size, Hq = c.num_attention_heads, Hkv = c.num_key_value_heads;
-  const int64_t D = c.head_dim, Q = c.q_dim(), KV = c.kv_dim(), QKV = c.qkv_dim();
+  const int64_t I = lc_.intermediate_size, Hq = lc_.num_attention_heads, Hkv = lc_.num_key_value_heads;
+  const int64_t D = c.head_dim, Q = lc_.q_dim(), KV = lc_.kv_dim(), QKV = lc_.qkv_dim();
+  const int64_t L = int64_t(lay_.layers.size());
   MP_CHECK(tokens.size() == seqs.size(), "KvCacheDecoder::step: ", seqs.size(), " sequences but ",
            tokens.size(), " tokens");
   if (m == 0) return;
@@ -227,12 +315,12 @@ void KvCacheDecoder::step(const std::vector<int64_t>& seqs, const std::vector<in
     max_len = std::max(max_len, sp[i]->len + 1);
   }
 
-  resize(x_, m * C), resize(xn_, m * C), resize(rstd_, m), resize(qkv_, m * QKV);
+  resize(xn_, m * C), resize(rstd_, m), resize(qkv_, m * QKV);
   resize(att_, m * Q), resize(y_, m * C), resize(gu_, m * 2 * I), resize(h_, m * I);
-  cpu::embedding_forward(x_.data(), w_.embed, tokens.data(), m, C);  // x: one row per sequence [m, C]
+  stage_input(tokens.data(), m);  // x: one row per sequence [m, C]
   const int64_t hpg = Hq / Hkv;
   const float scale = 1.0f / std::sqrt(float(D));
-  for (int64_t l = 0; l < c.num_hidden_layers; ++l) {
+  for (int64_t l = 0; l < L; ++l) {
     const LayerView<const float>& lw = w_.layers[size_t(l)];
     cpu::rmsnorm_forward(xn_.data(), rstd_.data(), x_.data(), lw.attn_norm, m, C, c.rms_norm_eps);
     linear_rows(qkv_.data(), xn_.data(), lw.wqkv, lw.bqkv, m, C, QKV);  // [m, QKV]
@@ -244,7 +332,8 @@ void KvCacheDecoder::step(const std::vector<int64_t>& seqs, const std::vector<in
     }
 
     // Attention of each new query over its own sequence's cached keys 0..pos (itself included).
-    // Grouped-query: head h reads KV head h / (Hq / Hkv). One (row, head) per task, fixed order.
+    // Grouped-query: head h reads KV head h / (Hq / Hkv) (local heads onto local KV heads under TP).
+    // One (row, head) per task, fixed order.
 #pragma omp parallel if (m * Hq * max_len * D > (int64_t(1) << 18))
     {
       std::vector<float> p(static_cast<size_t>(max_len));  // [keys] scores, then probabilities
@@ -273,16 +362,16 @@ void KvCacheDecoder::step(const std::vector<int64_t>& seqs, const std::vector<in
           for (int64_t e = 0; e < D; ++e) o[e] *= inv;
         }
     }
-    linear_rows(y_.data(), att_.data(), lw.wo, nullptr, m, Q, C);  // [m, C]
-    add_rows(x_.data(), y_.data(), m * C);
+    linear_rows(y_.data(), att_.data(), lw.wo, nullptr, m, Q, C);  // [m, C]; a partial sum under TP
+    add_row_parallel(x_.data(), y_.data(), m * C);
     cpu::rmsnorm_forward(xn_.data(), rstd_.data(), x_.data(), lw.mlp_norm, m, C, c.rms_norm_eps);
     linear_rows(gu_.data(), xn_.data(), lw.wgu, nullptr, m, C, 2 * I);  // [m, 2I]
     cpu::swiglu_forward(h_.data(), gu_.data(), m, I);                    // [m, I]
-    linear_rows(y_.data(), h_.data(), lw.wdown, nullptr, m, I, C);      // [m, C]
-    add_rows(x_.data(), y_.data(), m * C);
+    linear_rows(y_.data(), h_.data(), lw.wdown, nullptr, m, I, C);      // [m, C]; a partial sum under TP
+    add_row_parallel(x_.data(), y_.data(), m * C);
   }
   for (Seq* s : sp) ++s->len;
-  logits_rows(x_.data(), m, logits);
+  stage_output(x_.data(), m, logits);
 }
 
 int32_t choose_token(const float* logits, int64_t V, const GenerateOptions& opt, uint64_t step,
@@ -340,7 +429,7 @@ int32_t choose_token(const float* logits, int64_t V, const GenerateOptions& opt,
 std::vector<std::vector<int32_t>> generate(const LlamaConfig& c, const float* params,
                                            const std::vector<std::vector<int32_t>>& prompts,
                                            const std::vector<uint32_t>& ids,
-                                           const GenerateOptions& opt) {
+                                           const GenerateOptions& opt, const DecoderShard& shard) {
   MP_CHECK(ids.size() == prompts.size(), "generate: ", prompts.size(), " prompts but ", ids.size(), " ids");
   MP_CHECK(opt.max_new_tokens >= 0, "generate: max_new_tokens must be >= 0 (got ", opt.max_new_tokens, ")");
   MP_CHECK(opt.max_batch > 0, "generate: max_batch must be positive (got ", opt.max_batch, ")");
@@ -353,7 +442,15 @@ std::vector<std::vector<int32_t>> generate(const LlamaConfig& c, const float* pa
   std::vector<std::vector<int32_t>> out(static_cast<size_t>(n));
   if (opt.max_new_tokens == 0) return out;
 
-  KvCacheDecoder dec(c, params);
+  KvCacheDecoder dec(c, params, shard);
+  // Only the last pipeline stage has logits; it picks the tokens (every TP rank there the same ones,
+  // from the same gathered logits) and the other stages learn them from it, so that every stage
+  // feeds, finishes and batches the same sequences.
+  const bool last = shard.stage.last;
+  Comm* pp = shard.pp && shard.pp->size() > 1 ? shard.pp : nullptr;
+  auto share = [&](std::vector<int32_t>& tokens) {
+    if (pp) pp->broadcast(tokens.data(), tokens.size() * sizeof(int32_t), pp->size() - 1);
+  };
   // An active sequence: prompt index and decoder handle. The last token of out[idx] is fed next.
   struct Active {
     int64_t idx, handle;
@@ -368,26 +465,36 @@ std::vector<std::vector<int32_t>> generate(const LlamaConfig& c, const float* pa
   while (next < n || !active.empty()) {
     // Continuous batching: waiting prompts fill free places, each prefilled on its own; its first
     // new token comes from the prefill's logits.
-    while (next < n && int64_t(active.size()) < opt.max_batch) {
+    std::vector<Active> started;
+    std::vector<int32_t> tokens;
+    if (last) logits.resize(size_t(V));
+    while (next < n && int64_t(active.size() + started.size()) < opt.max_batch) {
       const int64_t i = next++;
-      logits.resize(size_t(V));
-      const int64_t h = dec.add(prompts[size_t(i)], opt.max_new_tokens, logits.data());
-      out[size_t(i)].push_back(choose_token(logits.data(), V, opt, 0, ids[size_t(i)]));
-      if (finished(i))
-        dec.remove(h);
+      started.push_back({i, dec.add(prompts[size_t(i)], opt.max_new_tokens, last ? logits.data() : nullptr)});
+      tokens.push_back(last ? choose_token(logits.data(), V, opt, 0, ids[size_t(i)]) : 0);
+    }
+    share(tokens);
+    for (size_t k = 0; k < started.size(); ++k) {
+      out[size_t(started[k].idx)].push_back(tokens[k]);
+      if (finished(started[k].idx))
+        dec.remove(started[k].handle);
       else
-        active.push_back({i, h});
+        active.push_back(started[k]);
     }
     if (active.empty()) continue;
     std::vector<int64_t> handles;
-    std::vector<int32_t> tokens;
+    tokens.clear();
     for (const Active& a : active) handles.push_back(a.handle), tokens.push_back(out[size_t(a.idx)].back());
-    logits.resize(active.size() * size_t(V));
-    dec.step(handles, tokens, logits.data());
+    if (last) logits.resize(active.size() * size_t(V));
+    dec.step(handles, tokens, last ? logits.data() : nullptr);
+    if (last)
+      for (size_t k = 0; k < active.size(); ++k)
+        tokens[k] = choose_token(logits.data() + k * size_t(V), V, opt, uint64_t(out[size_t(active[k].idx)].size()),
+                                 ids[size_t(active[k].idx)]);
+    share(tokens);
     std::vector<Active> still;
     for (size_t k = 0; k < active.size(); ++k) {
-      std::vector<int32_t>& o = out[size_t(active[k].idx)];
-      o.push_back(choose_token(logits.data() + k * size_t(V), V, opt, uint64_t(o.size()), ids[size_t(active[k].idx)]));
+      out[size_t(active[k].idx)].push_back(tokens[k]);
       if (finished(active[k].idx))
         dec.remove(active[k].handle);
       else

@@ -13,16 +13,41 @@
 //    order) instead of a GEMM whose shape would depend on how many sequences are active;
 //  - each random draw is a pure function of (seed, token index, prompt id).
 // Greedy and sampled outputs are therefore reproducible from the prompt, its id and the options.
+//
+// Tensor and pipeline parallelism (DESIGN §4): a DecoderShard places the decoder on one rank of a TP
+// group and one stage of a pipeline, holding the parameters ShardedModel holds (tp_layout.h: its q/k/v
+// heads, KV heads, MLP slice and vocabulary rows; its stage's layers) and the KV cache of its KV heads
+// and layers only. Under TP the row-parallel o_proj and down_proj partials are all-gathered and summed
+// in rank order (not all-reduced: see KvCacheDecoder::add_row_parallel), and the vocab-parallel LM
+// head's logits are gathered, so every TP rank holds the same [V] logits and picks the same token.
+// Under PP each stage sends the residual stream [tokens, hidden] to the next and the last stage's
+// tokens are broadcast over the pipeline. The column-parallel products, attention, the stage
+// boundaries and the logits are the single-rank computations on the rank's rows, so PP alone is bit
+// for bit the single-rank decoder; TP changes only the summation order of the row-parallel layers
+// (rounding), and within a given TP x PP layout none of the invariances above depend on the batch,
+// the data-parallel rank count or the thread count.
 #pragma once
 #include <cstdint>
 #include <vector>
 
+#include "metapo/comm/comm.h"
 #include "metapo/core/buffer.h"
 #include "metapo/kernels/rope.h"
 #include "metapo/model/config.h"
 #include "metapo/model/layout.h"
+#include "metapo/parallel/vocab_parallel.h"
 
 namespace metapo {
+
+// Where a rank's decoder sits in the process grid. tp: its TP group (borrowed; null: no tensor
+// parallelism); pp: its pipeline, ordered by stage (borrowed; null: one stage); stage: its layers and
+// whether it embeds (first) and holds the LM head (last), as pipeline_stages gives it. The default is
+// the whole model on one rank.
+struct DecoderShard {
+  Comm* tp = nullptr;
+  Comm* pp = nullptr;
+  PipeStage stage;
+};
 
 struct GenerateOptions {
   int64_t max_new_tokens = 32;
@@ -41,10 +66,12 @@ struct GenerateOptions {
 // sample does not depend on batching or rank count. Sequences may run past max_position_embeddings
 // (RoPE is extended, as transformers does); a model with a sliding_window refuses a prompt whose
 // prompt + max_new_tokens - 1 tokens would exceed it (sliding-window attention is not implemented).
+// With a DecoderShard, params is the rank's shard and the call is collective over its TP group and
+// pipeline (every rank passes the same prompts, ids and options); every rank returns the tokens.
 std::vector<std::vector<int32_t>> generate(const LlamaConfig& c, const float* params,
                                            const std::vector<std::vector<int32_t>>& prompts,
                                            const std::vector<uint32_t>& ids,
-                                           const GenerateOptions& opt);
+                                           const GenerateOptions& opt, const DecoderShard& shard = {});
 
 // The next token from logits [V]: greedy argmax, or temperature + top-p sampling with the uniform
 // draw of make_rng(opt.seed, step, id, RngPurpose::Sample). step is the index of the token being
@@ -53,14 +80,17 @@ int32_t choose_token(const float* logits, int64_t V, const GenerateOptions& opt,
                      uint32_t id);
 
 // The cached decoder that generate() drives; public so tests can compare its logits with the
-// training forward. Holds a pointer to the caller's parameters (ParamLayout order).
+// training forward. Holds a pointer to the caller's parameters: ParamLayout order, or with a shard
+// the layout of ParamLayout(tp_local_config(c, tp), stage) (layout()). With a shard every call is
+// collective over the TP group and the pipeline, with the same arguments on every rank, and logits
+// are written on the last stage only (elsewhere they may be null).
 class KvCacheDecoder {
  public:
-  KvCacheDecoder(const LlamaConfig& c, const float* params);
+  KvCacheDecoder(const LlamaConfig& c, const float* params, const DecoderShard& shard = {});
 
   // Starts a sequence: runs the prompt (at least one token) through the model, keeps each layer's
   // keys and values with room for `extra` more tokens, and writes the logits [V] that predict the
-  // token after the prompt. Returns the sequence's handle.
+  // token after the prompt. Returns the sequence's handle (the same on every rank of a shard).
   int64_t add(const std::vector<int32_t>& prompt, int64_t extra, float* logits);
 
   // One decode step: appends tokens[i] to sequence seqs[i] (distinct handles, each with room left)
@@ -72,22 +102,34 @@ class KvCacheDecoder {
 
   // Tokens fed to the sequence so far (prompt + decoded tokens).
   int64_t length(int64_t seq) const;
-  // Bytes held by live sequences' caches.
+  // Bytes held by live sequences' caches (this rank's KV heads and layers).
   size_t cache_bytes() const;
+  // The layout of params: this rank's shard.
+  const ParamLayout& layout() const { return lay_; }
 
  private:
   struct Seq {
     bool live = false;
     int64_t len = 0, cap = 0;
-    std::vector<float> kv;  // [layers][2 (k, v)][cap][Hkv * D]
+    std::vector<float> kv;  // [stage layers][2 (k, v)][cap][local Hkv * D]
   };
   float* k_row(Seq& s, int64_t layer, int64_t pos);
   float* v_row(Seq& s, int64_t layer, int64_t pos);
   const Seq& live_seq(int64_t seq) const;
   void ensure_rope(int64_t positions);
+  // x_ [m, C] = the residual stream entering the stage: the tokens embedded on the first stage,
+  // received from the previous stage elsewhere.
+  void stage_input(const int32_t* tokens, int64_t m);
+  // x [m, C] leaving the stage: sent to the next stage, or on the last one the logits of its rows.
+  void stage_output(const float* x, int64_t m, float* logits);
+  // x[0, count) += the sum over the TP group of every rank's partial[0, count).
+  void add_row_parallel(float* x, const float* partial, int64_t count);
   void logits_rows(const float* x, int64_t m, float* logits);  // final norm + LM head
 
-  LlamaConfig cfg_;
+  LlamaConfig cfg_;  // the whole model's
+  DecoderShard sh_;
+  LlamaConfig lc_;    // this rank's shapes (tp_local_config); == cfg_ without TP
+  VocabShard vocab_;  // this rank's embedding and LM-head rows (TP only)
   ParamLayout lay_;
   ModelView<const float> w_;
   std::vector<double> inv_freq_;
@@ -95,6 +137,7 @@ class KvCacheDecoder {
   std::vector<Seq> seqs_;
   // Workspaces, kept from call to call.
   Buffer<float> x_, xn_, rstd_, qkv_, att_, lse_, y_, gu_, h_;
+  std::vector<float> gather_;  // TP: every rank's partial sums or logits, [tp][...]
   std::vector<int32_t> pos_;
 };
 
