@@ -1,16 +1,6 @@
-// Pipeline parallelism (DESIGN §4): the 1F1B schedule over the stages of one model replica.
-//
-// Every rank builds every micro-batch itself (each rank reads the dataset), so only the residual
-// stream crosses stage boundaries: forward, stage s sends its output [n_tokens, hidden] to stage s+1;
-// backward, stage s+1 sends dL/d(that) back. Messages are exactly n_tokens × hidden floats of the
-// packed micro-batch (variable length, no padding to a maximum). Stage s of P runs
-//   warm-up:  F(0) … F(w−1),                   w = min(P − s − 1, M)
-//   steady:   F(w) B(0), F(w+1) B(1), …         (one forward, one backward)
-//   cool-down: B(M−w) … B(M−1)
-// so it holds at most P − s forwards at once (the model's activation slots), and the last stage runs
-// each micro-batch's backward right after its forward. Sends are asynchronous and receives blocking;
-// with this order every receive is matched by a send its peer reaches without waiting on us, so the
-// schedule cannot deadlock. With one stage it is the plain loop F(0) B(0) F(1) B(1) …
+// Pipeline parallelism (DESIGN §4) for LlamaModel: the 1F1B schedule of parallel/pipeline_schedule.h
+// bound to the model's stage (forward_stage / backward_stage, its activation slots) and to packed
+// micro-batches of token sequences.
 #pragma once
 #include <cstddef>
 #include <cstdint>
