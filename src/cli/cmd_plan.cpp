@@ -14,7 +14,9 @@
 #include "metapo/core/error.h"
 #include "metapo/io/dataset_h5.h"
 #include "metapo/io/hf_model.h"
+#include "metapo/train/evaluation.h"
 #include "metapo/train/memory_plan.h"
+#include "metapo/train/metapo.h"
 #include "metapo/train/pairs.h"
 
 namespace fs = std::filesystem;
@@ -39,23 +41,43 @@ LlamaConfig plan_model(const std::string& m) {
 // and the most micro-batches one rank runs through one pipeline call, over the steps of a run.
 struct DataShape {
   int64_t max_tokens = 0, max_rows = 0, max_micro = 0, pairs = 0, bytes = 0;
+  int64_t bwd_tokens = 0, bwd_rows = 0;  // of the micro-batches that also run a backward
 };
 
-void scan(const PairSplit& s, const std::vector<int64_t>& global, int dp, const MicroBatching& mb, DataShape& d) {
-  const TokensOf tok = [&](int64_t i) { return pair_tokens(s, i); };
-  for (int r = 0; r < dp; ++r) {
-    const std::vector<std::vector<int64_t>> chunks = micro_batches(dp_share(global, r, dp, tok, mb), tok, mb);
-    d.max_micro = std::max(d.max_micro, int64_t(chunks.size()));
-    for (const std::vector<int64_t>& c : chunks) {
-      int64_t t = 0, rows = 0;
-      for (int64_t i : c) t += tok(i), rows += s.chosen.len(i) + s.rejected.len(i);
-      d.max_tokens = std::max(d.max_tokens, t), d.max_rows = std::max(d.max_rows, rows);
-    }
+// backward: the pass trains (its micro-batch count sets the 1F1B slots, its sizes the workspace).
+void take(const PairSplit& s, const std::vector<std::vector<int64_t>>& chunks, bool backward, DataShape& d) {
+  if (backward) d.max_micro = std::max(d.max_micro, int64_t(chunks.size()));
+  for (const std::vector<int64_t>& c : chunks) {
+    int64_t t = 0, rows = 0;
+    for (int64_t i : c) t += pair_tokens(s, i), rows += s.chosen.len(i) + s.rejected.len(i);
+    d.max_tokens = std::max(d.max_tokens, t), d.max_rows = std::max(d.max_rows, rows);
+    if (backward) d.bwd_tokens = std::max(d.bwd_tokens, t), d.bwd_rows = std::max(d.bwd_rows, rows);
   }
 }
 
+// A training step's (or a validation gradient's) micro-batches on every DP rank: dp_share, then
+// micro_batches, as the trainer cuts them. Their count sets the 1F1B slots.
+void scan(const PairSplit& s, const std::vector<int64_t>& global, int dp, const MicroBatching& mb, DataShape& d) {
+  const TokensOf tok = [&](int64_t i) { return pair_tokens(s, i); };
+  for (int r = 0; r < dp; ++r) take(s, micro_batches(dp_share(global, r, dp, tok, mb), tok, mb), true, d);
+}
+
+// A forward-only pass over the pairs idx (evaluation, trajectories, refresh): pair_logps deals them
+// round-robin over the DP ranks; one slot.
+void scan_logps(const PairSplit& s, const std::vector<int64_t>& idx, int dp, const MicroBatching& mb, DataShape& d) {
+  for (int r = 0; r < dp; ++r) {
+    std::vector<int64_t> mine;
+    for (size_t k = size_t(r); k < idx.size(); k += size_t(dp)) mine.push_back(idx[k]);
+    take(s, micro_batches(mine, [&](int64_t i) { return pair_tokens(s, i); }, mb), false, d);
+  }
+}
+
+struct Passes {  // the run's forward-only passes besides the steps (train's options of the same names)
+  int64_t eval_every = 0, eval_pairs = 0, track_pairs = 4, refresh_every = 0, refresh_pairs = 0;
+};
+
 DataShape data_shape(const std::string& path, int dp, const MicroBatching& mb, int64_t batch, int64_t steps,
-                     bool metapo, int64_t val_batch, uint64_t seed) {
+                     bool metapo, int64_t val_batch, uint64_t seed, const Passes& ps) {
   DataShape d;
   const PairSplit train = read_pair_split(path, "train");
   MP_CHECK(batch > 0 && batch <= train.size() && batch % dp == 0, "--batch-size ", batch,
@@ -65,11 +87,26 @@ DataShape data_shape(const std::string& path, int dp, const MicroBatching& mb, i
   for (int64_t step = 0; step < steps; ++step) scan(train, global_batch(train.size(), batch, seed, step), dp, mb, d);
   for (int64_t id : train.sample_id) d.pairs = std::max(d.pairs, id + 1);
   d.bytes = memory_bytes(train);
-  if (metapo) {
+  scan_logps(train, tracked_pairs(train, ps.track_pairs), dp, mb, d);
+  if (metapo && ps.refresh_every > 0) {
+    MetaConfig mc;
+    mc.refresh_every = ps.refresh_every, mc.refresh_pairs = ps.refresh_pairs;
+    for (int64_t step = 0; step < steps; ++step) scan_logps(train, refresh_window(mc, train.size(), step), dp, mb, d);
+  }
+  if (metapo || ps.eval_every > 0) {
     const PairSplit val = read_pair_split(path, "val");
-    MP_CHECK(val_batch > 0 && val_batch <= val.size() && val_batch % dp == 0, "--meta-val-batch ", val_batch,
-             " must be positive, at most the validation split (", val.size(), " pairs) and divisible by DP ", dp);
-    for (int64_t step = 0; step < steps; ++step) scan(val, global_batch(val.size(), val_batch, seed + 1, step), dp, mb, d);
+    check_token_budget(val.size(), [&](int64_t i) { return pair_tokens(val, i); }, val.sample_id, mb, path + ": /val");
+    if (metapo) {
+      MP_CHECK(val_batch > 0 && val_batch <= val.size() && val_batch % dp == 0, "--meta-val-batch ", val_batch,
+               " must be positive, at most the validation split (", val.size(), " pairs) and divisible by DP ", dp);
+      for (int64_t step = 0; step < steps; ++step) scan(val, global_batch(val.size(), val_batch, seed + 1, step), dp, mb, d);
+    }
+    if (ps.eval_every > 0) {
+      const int64_t n = ps.eval_pairs > 0 ? std::min(ps.eval_pairs, val.size()) : val.size();
+      std::vector<int64_t> idx(static_cast<size_t>(n));
+      for (int64_t i = 0; i < n; ++i) idx[size_t(i)] = i;
+      scan_logps(val, idx, dp, mb, d);
+    }
     d.bytes += memory_bytes(val);
   }
   return d;
@@ -98,6 +135,7 @@ int cmd_plan(Context& ctx, int argc, char** argv) {
   int64_t batch = 32, micro = 8, steps = 0, val_batch = 8, show = 3, tokens_per_step = 0;
   uint64_t seed = 0;
   double min_headroom = 0.2;
+  Passes passes;
   desc.add_options()
     ("model", po::value(&model)->required(), "model shape: a model directory, a name from configs/models/ or configs/presets/, or an .ini / config.json path")
     ("gpus", po::value(&gpus)->default_value(1), "devices (ranks) in all")
@@ -122,7 +160,12 @@ int cmd_plan(Context& ctx, int argc, char** argv) {
     ("micro-batch", po::value(&micro)->default_value(8), "with --data and --micro-batch-tokens 0: pairs per micro-batch")
     ("max-steps", po::value(&steps)->default_value(0), "with --data: steps (0: one epoch)")
     ("meta-val-batch", po::value(&val_batch)->default_value(8), "with --data and --weighting metapo: validation pairs per meta step")
-    ("seed", po::value(&seed)->default_value(0), "with --data: the run's data order seed");
+    ("seed", po::value(&seed)->default_value(0), "with --data: the run's data order seed")
+    ("eval-every", po::value(&passes.eval_every)->default_value(0), "with --data: the run's evaluations (their micro-batches count too)")
+    ("eval-pairs", po::value(&passes.eval_pairs)->default_value(0), "with --data: validation pairs per evaluation (0: all)")
+    ("track-pairs", po::value(&passes.track_pairs)->default_value(4), "with --data: the run's tracked pairs per group (train's default 4)")
+    ("stats-refresh-every", po::value(&passes.refresh_every)->default_value(0), "with --data: MetaPO's refresh passes")
+    ("stats-refresh-pairs", po::value(&passes.refresh_pairs)->default_value(0), "with --data: pairs per refresh");
   po::variables_map vm;
   if (!parse_args("plan", "metapo plan --model CONFIG --gpus N [--gpu-memory 80GB] [--tp T --pp P --recompute R --micro-batch-tokens N]",
                   desc, argc, argv, vm, ctx))
@@ -189,8 +232,9 @@ int cmd_plan(Context& ctx, int argc, char** argv) {
       if (!data.empty()) {
         const int64_t run_steps = steps > 0 ? steps : std::max<int64_t>(1, read_pair_split(data, "train").size() / batch);
         const DataShape d = data_shape(data, dp, MicroBatching{micro, micro_tokens}, batch, run_steps, in.metapo,
-                                       val_batch, seed);
+                                       val_batch, seed, passes);
         in.micro_tokens = d.max_tokens, in.micro_rows = d.max_rows, in.pairs = d.pairs, in.data_bytes = d.bytes;
+        in.backward_tokens = d.bwd_tokens, in.backward_rows = d.bwd_rows;
         if (micro_batches == 0) in.micro_batches = d.max_micro;
         if (ctx.topo.is_root() && pps.size() == 1 && tps.size() == 1)
           std::printf("%s over %lld steps at DP %d: the largest micro-batch has %lld tokens and %lld scored rows; at most %lld micro-batches per rank and step\n",

@@ -54,6 +54,8 @@ std::vector<StagePlan> plan_memory(const PlanInput& in) {
     StagePlan p;
     p.layer_begin = st.layer_begin, p.layer_end = st.layer_end;
     auto add = [&](Mem m, int64_t bytes) { p.bytes[size_t(m)] += bytes; };
+    const int64_t nb = in.backward_tokens < 0 ? n : std::min(in.backward_tokens, n);
+    const int64_t Rb = in.backward_rows < 0 ? R : std::min(in.backward_rows, R);
     // The local layout, padded to a multiple of the DP size for ZeRO-1; rank 0 owns a full shard.
     const int64_t local = int64_t(ParamLayout(lc, st).total());
     const int64_t shard = (local + in.dp - 1) / in.dp, padded = shard * in.dp;
@@ -75,11 +77,13 @@ std::vector<StagePlan> plan_memory(const PlanInput& in) {
     add(Mem::Activations, slots * per_slot + le.scratch * n * pr.act);
     // The backward's gradient buffers (LlamaModel::BackwardWork): dx, dxn [C], dh [I], dgu [2I],
     // datt [Q], dqkv [QKV]; on the last stage the per-row loss coefficients.
-    add(Mem::Workspace, (2 * C + 3 * I + Q + QKV) * n * pr.act + (st.last ? R * pr.act : 0));
-    // The pipeline's messages of [n, C]: toward each neighbour the buffer sent, its copy in flight
-    // (MpiComm keeps one per peer) and the buffer received.
-    const int64_t neighbours = (st.first ? 0 : 1) + (st.last ? 0 : 1);
-    add(Mem::Comm, neighbours * 3 * n * C * pr.act);
+    add(Mem::Workspace, (2 * C + 3 * I + Q + QKV) * nb * pr.act + (st.last ? Rb * pr.act : 0));
+    // The pipeline's messages of [tokens, C]: toward the next stage the output sent and its copy in
+    // flight (MpiComm keeps one per peer), with the gradient received from it; toward the previous
+    // stage the input received, the gradient sent and its copy. Gradients flow only in passes with a
+    // backward.
+    if (!st.last) add(Mem::Comm, (2 * n + nb) * C * pr.act);
+    if (!st.first) add(Mem::Comm, (n + 2 * nb) * C * pr.act);
     if (in.metapo) {
       add(Mem::MetaPO, padded * 4);  // the validation gradient ĝ, in the parameter layout (fp32)
       if (st.last) {                 // the pair table's rows this DP rank owns

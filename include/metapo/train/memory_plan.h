@@ -31,6 +31,9 @@ struct PlanInput {
   Recompute recompute = Recompute::None;
   int64_t micro_tokens = 4096;     // tokens of the largest micro-batch
   int64_t micro_rows = -1;         // its scored rows (response tokens); -1: all of them
+  // The largest micro-batch that also runs a backward (the workspace's size: forward-only passes such
+  // as evaluation allocate none); -1: the same as above.
+  int64_t backward_tokens = -1, backward_rows = -1;
   int64_t micro_batches = 0;       // per rank and step (0: enough to fill the pipeline)
   PlanPrecision precision;
   bool metapo = false;             // the validation gradient and the pair table
