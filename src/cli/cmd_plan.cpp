@@ -118,6 +118,17 @@ std::string gib(int64_t b) {
   return s;
 }
 
+// The tables' unit: GiB, or MiB for a model whose largest layout stays under 1 GiB (the tests' sizes).
+struct Unit {
+  const char* name = "GiB";
+  double bytes = double(int64_t(1) << 30);
+  std::string operator()(int64_t b) const {
+    char s[32];
+    std::snprintf(s, sizeof s, "%.2f", double(b) / bytes);
+    return s;
+  }
+};
+
 struct Candidate {
   int tp, pp, dp;
   Recompute rc;
@@ -272,9 +283,12 @@ int cmd_plan(Context& ctx, int argc, char** argv) {
               base.metapo ? "MetaPO" : "uniform DPO", 100 * min_headroom);
   std::printf("FLOPs per step of %lld tokens (sequences of %lld): %.3g (forward + backward); MetaPO adds its validation gradient and about one forward for the ghost products\n",
               (long long)step_tokens, (long long)seq_len, flops);
-  std::printf("\n%4s %4s %4s %-10s %12s %9s\n", "tp", "pp", "dp", "recompute", "peak GiB", "headroom");
   int fitting = 0;
-  for (const Candidate& k : all) fitting += k.headroom >= min_headroom;
+  int64_t largest = 0;
+  for (const Candidate& k : all) fitting += k.headroom >= min_headroom, largest = std::max(largest, k.peak);
+  Unit unit;
+  if (largest < (int64_t(1) << 30)) unit.name = "MiB", unit.bytes = double(int64_t(1) << 20);
+  std::printf("\n%4s %4s %4s %-10s %12s %9s\n", "tp", "pp", "dp", "recompute", (std::string("peak ") + unit.name).c_str(), "headroom");
   // Every layout that fits; of the others the five closest to fitting.
   std::vector<const Candidate*> near;
   for (const Candidate& k : all)
@@ -283,25 +297,25 @@ int cmd_plan(Context& ctx, int argc, char** argv) {
   if (near.size() > 5) near.resize(5);
   for (const Candidate& k : all)
     if (k.headroom >= min_headroom)
-      std::printf("%4d %4d %4d %-10s %12s %8.1f%%\n", k.tp, k.pp, k.dp, recompute_name(k.rc), gib(k.peak).c_str(), 100 * k.headroom);
+      std::printf("%4d %4d %4d %-10s %12s %8.1f%%\n", k.tp, k.pp, k.dp, recompute_name(k.rc), unit(k.peak).c_str(), 100 * k.headroom);
   if (fitting == 0) std::printf("(no layout fits with %.0f%% headroom)\n", 100 * min_headroom);
   for (const Candidate* k : near)
     std::printf("%4d %4d %4d %-10s %12s %8.1f%%  (does not fit)\n", k->tp, k->pp, k->dp, recompute_name(k->rc),
-                gib(k->peak).c_str(), 100 * k->headroom);
+                unit(k->peak).c_str(), 100 * k->headroom);
   if (all.size() - size_t(fitting) > near.size())
     std::printf("(%zu more layouts do not fit)\n", all.size() - size_t(fitting) - near.size());
   int shown = 0;
   for (const Candidate& k : all) {
     if (shown >= show || (k.headroom < min_headroom && fitting > 0)) break;
     ++shown;
-    std::printf("\nTP %d x PP %d x DP %d, --recompute %s: GiB per device by stage\n%-8s", k.tp, k.pp, k.dp,
-                recompute_name(k.rc), "stage");
+    std::printf("\nTP %d x PP %d x DP %d, --recompute %s: %s per device by stage\n%-8s", k.tp, k.pp, k.dp,
+                recompute_name(k.rc), unit.name, "stage");
     for (int m = 1; m < kNumMem; ++m) std::printf(" %11s", mem_name(Mem(m)));
     std::printf(" %11s %11s\n", "reserve", "total");
     for (size_t s = 0; s < k.stages.size(); ++s) {
       std::printf("%-8zu", s);
-      for (int m = 1; m < kNumMem; ++m) std::printf(" %11s", gib(k.stages[s].bytes[size_t(m)]).c_str());
-      std::printf(" %11s %11s\n", gib(reserve_bytes).c_str(), gib(k.stages[s].total).c_str());
+      for (int m = 1; m < kNumMem; ++m) std::printf(" %11s", unit(k.stages[s].bytes[size_t(m)]).c_str());
+      std::printf(" %11s %11s\n", unit(reserve_bytes).c_str(), unit(k.stages[s].total).c_str());
     }
   }
   nlohmann::json j;
