@@ -635,7 +635,8 @@ TEST(HfModel, ReadRunsAcrossTensorsAndNonFiniteValues) {
   reader.read_runs({{from, 0, n, false}}, got.data());
   ASSERT_TRUE(std::memcmp(got.data(), p.data() + from, n * 4) == 0);
 
-  const TensorEntry* w = ParamLayout(c).find("model.layers.1.mlp.down_proj.weight");
+  const ParamLayout lay(c);  // outlives w (a pointer into it)
+  const TensorEntry* w = lay.find("model.layers.1.mlp.down_proj.weight");
   ASSERT_NE(w, nullptr);
   p[w->offset + 3] = std::numeric_limits<float>::quiet_NaN();
   save_hf_model(tmp / "m", c, p);
