@@ -80,7 +80,7 @@ ParamLayout::ParamLayout(const LlamaConfig& c, const PipeStage& st) : stage(st) 
   }
 }
 
-const TensorEntry* ParamLayout::find(const std::string& name) const {
+const TensorEntry* ParamLayout::find(const std::string& name) const& {
   for (const auto& e : tensors_)
     if (e.name == name) return &e;
   return nullptr;

@@ -63,8 +63,9 @@ class ParamLayout {
   const std::vector<TensorEntry>& tensors() const& { return tensors_; }
   // `for (auto& e : ParamLayout(c).tensors())` would iterate a destroyed layout: make it not compile.
   void tensors() const&& = delete;
-  // Returns nullptr when no tensor has that name.
-  const TensorEntry* find(const std::string& name) const;
+  // Returns nullptr when no tensor has that name. Not on a temporary: the pointer would dangle.
+  const TensorEntry* find(const std::string& name) const&;
+  void find(const std::string& name) const&& = delete;
 
   size_t embed = 0, final_norm = 0, lm_head = 0;  // lm_head == embed when tied; npos when absent
   PipeStage stage;
