@@ -252,6 +252,14 @@ int cmd_plan(Context& ctx, int argc, char** argv) {
                       data.c_str(), (long long)run_steps, dp, (long long)d.max_tokens, (long long)d.max_rows,
                       (long long)d.max_micro);
       }
+      // A layout the model cannot take (a tied LM head on a later pipeline stage): skipped when the
+      // layouts are searched, an error when asked for.
+      try {
+        plan_memory(in);
+      } catch (const Error&) {
+        if (tps.size() > 1 || pps.size() > 1) continue;
+        throw;
+      }
       for (Recompute rc : modes) {
         in.recompute = rc;
         Candidate k{tp, pp, dp, rc, plan_memory(in)};
@@ -278,8 +286,8 @@ int cmd_plan(Context& ctx, int argc, char** argv) {
   std::printf("model %s: %lld parameters, %lld layers, hidden %lld, %lld heads (%lld KV), vocab %lld\n", model.c_str(),
               (long long)ParamLayout(c).total(), (long long)c.num_hidden_layers, (long long)c.hidden_size,
               (long long)c.num_attention_heads, (long long)c.num_key_value_heads, (long long)c.vocab_size);
-  std::printf("%lld devices of %s GiB, %s, micro-batches of %lld tokens, %s; a layout fits with >= %.0f%% headroom\n",
-              (long long)gpus, gib(device).c_str(), precision.c_str(), (long long)micro_tokens,
+  std::printf("%lld device%s of %s GiB, %s, micro-batches of %lld tokens, %s; a layout fits with >= %.0f%% headroom\n",
+              (long long)gpus, gpus == 1 ? "" : "s", gib(device).c_str(), precision.c_str(), (long long)micro_tokens,
               base.metapo ? "MetaPO" : "uniform DPO", 100 * min_headroom);
   std::printf("FLOPs per step of %lld tokens (sequences of %lld): %.3g (forward + backward); MetaPO adds its validation gradient and about one forward for the ghost products\n",
               (long long)step_tokens, (long long)seq_len, flops);
