@@ -42,6 +42,7 @@ LlamaConfig plan_model(const std::string& m) {
 struct DataShape {
   int64_t max_tokens = 0, max_rows = 0, max_micro = 0, pairs = 0, bytes = 0;
   int64_t bwd_tokens = 0, bwd_rows = 0;  // of the micro-batches that also run a backward
+  int64_t ref_tokens = 0, ref_rows = 0;  // of the reference model's scoring
 };
 
 // backward: the pass trains (its micro-batch count sets the 1F1B slots, its sizes the workspace).
@@ -86,7 +87,17 @@ DataShape data_shape(const std::string& path, int dp, const MicroBatching& mb, i
                      path + ": /train");
   for (int64_t step = 0; step < steps; ++step) scan(train, global_batch(train.size(), batch, seed, step), dp, mb, d);
   for (int64_t id : train.sample_id) d.pairs = std::max(d.pairs, id + 1);
-  d.bytes = memory_bytes(train);
+  // Without stored reference log-probs the run scores every pair with the reference model first
+  // (forward only), and then holds them.
+  auto all = [](int64_t n) {
+    std::vector<int64_t> idx(static_cast<size_t>(n));
+    for (int64_t i = 0; i < n; ++i) idx[size_t(i)] = i;
+    return idx;
+  };
+  const int64_t ref_bytes = train.has_ref() ? 0 : 2 * int64_t(sizeof(double)) * train.size();
+  DataShape ref;
+  if (!train.has_ref()) scan_logps(train, all(train.size()), dp, mb, ref);
+  d.bytes = memory_bytes(train) + ref_bytes;
   scan_logps(train, tracked_pairs(train, ps.track_pairs), dp, mb, d);
   if (metapo && ps.refresh_every > 0) {
     MetaConfig mc;
@@ -101,14 +112,11 @@ DataShape data_shape(const std::string& path, int dp, const MicroBatching& mb, i
                " must be positive, at most the validation split (", val.size(), " pairs) and divisible by DP ", dp);
       for (int64_t step = 0; step < steps; ++step) scan(val, global_batch(val.size(), val_batch, seed + 1, step), dp, mb, d);
     }
-    if (ps.eval_every > 0) {
-      const int64_t n = ps.eval_pairs > 0 ? std::min(ps.eval_pairs, val.size()) : val.size();
-      std::vector<int64_t> idx(static_cast<size_t>(n));
-      for (int64_t i = 0; i < n; ++i) idx[size_t(i)] = i;
-      scan_logps(val, idx, dp, mb, d);
-    }
-    d.bytes += memory_bytes(val);
+    if (ps.eval_every > 0) scan_logps(val, all(ps.eval_pairs > 0 ? std::min(ps.eval_pairs, val.size()) : val.size()), dp, mb, d);
+    if (!val.has_ref()) scan_logps(val, all(val.size()), dp, mb, ref);
+    d.bytes += memory_bytes(val) + (val.has_ref() ? 0 : 2 * int64_t(sizeof(double)) * val.size());
   }
+  d.ref_tokens = ref.max_tokens, d.ref_rows = ref.max_rows;
   return d;
 }
 
@@ -246,6 +254,7 @@ int cmd_plan(Context& ctx, int argc, char** argv) {
                                        val_batch, seed, passes);
         in.micro_tokens = d.max_tokens, in.micro_rows = d.max_rows, in.pairs = d.pairs, in.data_bytes = d.bytes;
         in.backward_tokens = d.bwd_tokens, in.backward_rows = d.bwd_rows;
+        in.ref_tokens = d.ref_tokens, in.ref_rows = d.ref_rows;
         if (micro_batches == 0) in.micro_batches = d.max_micro;
         if (ctx.topo.is_root() && pps.size() == 1 && tps.size() == 1)
           std::printf("%s over %lld steps at DP %d: the largest micro-batch has %lld tokens and %lld scored rows; at most %lld micro-batches per rank and step\n",

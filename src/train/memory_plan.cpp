@@ -69,21 +69,31 @@ std::vector<StagePlan> plan_memory(const PlanInput& in) {
     const int64_t layers = st.layer_end - st.layer_begin;
     const int64_t M = in.micro_batches > 0 ? in.micro_batches : in.pp;
     const int64_t slots = std::max<int64_t>(1, std::min<int64_t>(in.pp - s, M));
-    int64_t per_slot = (layers * le.kept + C) * n * pr.act;  // + x_final
-    if (st.last) {
-      const int64_t probs = R * Vl * pr.act <= in.prob_cache_bytes ? R * Vl * pr.act : 0;
-      per_slot += (C + 1) * n * pr.act + R * 4 + probs;  // hN, rstdN; row_lse (fp32); probabilities
-    }
-    add(Mem::Activations, slots * per_slot + le.scratch * n * pr.act);
+    auto per_slot = [&](int64_t kept, int64_t tokens, int64_t rows) {
+      int64_t b = (layers * kept + C) * tokens * pr.act;  // + x_final
+      if (st.last) {
+        const int64_t probs = rows * Vl * pr.act <= in.prob_cache_bytes ? rows * Vl * pr.act : 0;
+        b += (C + 1) * tokens * pr.act + rows * 4 + probs;  // hN, rstdN; row_lse (fp32); probabilities
+      }
+      return b;
+    };
+    // Slot 0 also takes the forward-only passes (evaluation, trajectories, refreshes); the others
+    // only micro-batches that train. The reference model, when it scores the pairs first, is a
+    // model of its own without recomputation, gone before the policy's is made.
+    const int64_t policy = per_slot(le.kept, n, R) + (slots - 1) * per_slot(le.kept, nb, Rb) + le.scratch * n * pr.act;
+    const int64_t ref = in.ref_tokens > 0 ? per_slot(layer_elems(lc, Recompute::None).kept, in.ref_tokens, in.ref_rows) : 0;
+    add(Mem::Activations, std::max(policy, ref));
     // The backward's gradient buffers (LlamaModel::BackwardWork): dx, dxn [C], dh [I], dgu [2I],
     // datt [Q], dqkv [QKV]; on the last stage the per-row loss coefficients.
     add(Mem::Workspace, (2 * C + 3 * I + Q + QKV) * nb * pr.act + (st.last ? Rb * pr.act : 0));
-    // The pipeline's messages of [tokens, C]: toward the next stage the output sent and its copy in
-    // flight (MpiComm keeps one per peer), with the gradient received from it; toward the previous
-    // stage the input received, the gradient sent and its copy. Gradients flow only in passes with a
-    // backward.
-    if (!st.last) add(Mem::Comm, (2 * n + nb) * C * pr.act);
-    if (!st.first) add(Mem::Comm, (n + 2 * nb) * C * pr.act);
+    // The pipeline's messages of [tokens, C], held for one pass: in a training pass, toward the next
+    // stage the output sent and its copy in flight (MpiComm keeps one per peer) and the gradient
+    // received; toward the previous stage the input received, the gradient sent and its copy. A
+    // forward-only pass has no gradients.
+    const int64_t nf = std::max(n, in.ref_tokens);
+    const int64_t train_pass = ((st.last ? 0 : 3) + (st.first ? 0 : 3)) * nb;
+    const int64_t fwd_pass = ((st.last ? 0 : 2) + (st.first ? 0 : 1)) * nf;
+    add(Mem::Comm, std::max(train_pass, fwd_pass) * C * pr.act);
     if (in.metapo) {
       add(Mem::MetaPO, padded * 4);  // the validation gradient ĝ, in the parameter layout (fp32)
       if (st.last) {                 // the pair table's rows this DP rank owns

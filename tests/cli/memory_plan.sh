@@ -4,11 +4,13 @@
 # every category of the plan (fp32, --data: the run's own micro-batches) within 10% of the run's
 # high-water mark (run.json memory_peak_bytes_per_rank, the largest over each stage's ranks), nothing
 # counted as "other", and the run's progress output prints the marks. Also DP 2 x PP 2 with pair-count
-# micro-batches, evaluations and refresh passes (forward-only passes: their micro-batches count too).
+# micro-batches, evaluations, refresh passes and no stored reference log-probs (forward-only passes:
+# their micro-batches count too).
 # Then the bad-input lines.
 source "$(dirname "$0")/common.sh"
 "$METAPO" synth --task sort --seed 7 --flip 0.2 --n-train 96 --n-val 32 --n-test 16 --n-sft 16 --out d.h5 >/dev/null
 "$METAPO" init --preset tiny --out init --seed 1 >/dev/null
+cp d.h5 noref.h5  # the DP 2 x PP 2 case scores its reference log-probs itself
 "$METAPO" precompute-ref --model init --data d.h5 >/dev/null
 common="--batch-size 16 --max-steps 4 --weighting metapo --meta-val-batch 8"
 opts="$common --micro-batch-tokens 120"
@@ -29,11 +31,12 @@ for l in $layouts; do
       --data d.h5 $opts >"plan-$l-$rc.txt"
   done
 done
-# Pair counts, evaluations and refresh passes (layout label 2x1x2e: DP 2 x PP 2).
+# Pair counts, evaluations, refresh passes and the reference model's scoring (a dataset without
+# reference log-probs): layout label 2x1x2e, DP 2 x PP 2.
 extra="$common --micro-batch 3 --eval-every 2 --stats-refresh-every 1 --stats-refresh-pairs 20"
-$MPIRUN 4 "$METAPO" train --model init --data d.h5 --out run-2x1x2e-none $extra --pp 2 --save-every-minutes 0 \
+$MPIRUN 4 "$METAPO" train --model init --data noref.h5 --out run-2x1x2e-none $extra --pp 2 --save-every-minutes 0 \
   >run-2x1x2e-none.log
-"$METAPO" plan --model init --gpus 4 --tp 1 --pp 2 --recompute none --precision fp32 --data d.h5 $extra --micro-batch-tokens 0 \
+"$METAPO" plan --model init --gpus 4 --tp 1 --pp 2 --recompute none --precision fp32 --data noref.h5 $extra --micro-batch-tokens 0 \
   >plan-2x1x2e-none.txt
 layouts="$layouts 2x1x2e"
 grep -q "^memory high-water per rank" run-1x1x1-none.log || { cat run-1x1x1-none.log; fail "no high-water line in the progress output"; }

@@ -34,6 +34,9 @@ struct PlanInput {
   // The largest micro-batch that also runs a backward (the workspace's size: forward-only passes such
   // as evaluation allocate none); -1: the same as above.
   int64_t backward_tokens = -1, backward_rows = -1;
+  // The largest micro-batch the reference model scores before training (no stored reference
+  // log-probs); 0: none.
+  int64_t ref_tokens = 0, ref_rows = 0;
   int64_t micro_batches = 0;       // per rank and step (0: enough to fill the pipeline)
   PlanPrecision precision;
   bool metapo = false;             // the validation gradient and the pair table
