@@ -48,22 +48,6 @@ void AdamW::step(float* p, const float* g, double lr) {
   }
 }
 
-double grad_norm(const float* g, size_t n) {
-  // Blocks summed in a fixed order: the same norm whatever the thread count.
-  constexpr size_t kBlock = 1 << 16;
-  const size_t nb = (n + kBlock - 1) / kBlock;
-  std::vector<double> part(nb, 0.0);
-#pragma omp parallel for schedule(static)
-  for (size_t b = 0; b < nb; ++b) {
-    double s = 0;
-    for (size_t i = b * kBlock; i < std::min(n, (b + 1) * kBlock); ++i) s += double(g[i]) * double(g[i]);
-    part[b] = s;
-  }
-  double s = 0;
-  for (double x : part) s += x;
-  return std::sqrt(s);
-}
-
 double clip_grads(float* g, size_t n, double norm, double max_norm) {
   if (max_norm <= 0 || !(norm > max_norm)) return 1.0;
   const float f = float(max_norm / (norm + 1e-6));

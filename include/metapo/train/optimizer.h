@@ -6,6 +6,7 @@
 
 #include "metapo/core/memory.h"
 #include "metapo/model/layout.h"
+#include "metapo/parallel/zero.h"  // grad_norm
 
 namespace metapo {
 
@@ -52,8 +53,6 @@ class AdamW {
   MemoryHandle mem_{Mem::Optimizer};  // the moments and the mask
 };
 
-// L2 norm of the gradient buffer (summed in double, fixed order).
-double grad_norm(const float* grads, size_t n);
 // Scales grads by max_norm / norm when norm > max_norm (max_norm <= 0: never). Returns the factor.
 double clip_grads(float* grads, size_t n, double norm, double max_norm);
 

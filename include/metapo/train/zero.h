@@ -1,17 +1,12 @@
-// ZeRO-1 over the data-parallel ranks (DESIGN §4): the AdamW moments (the fp32 master weights too,
-// where parameters are kept in a lower precision) are sharded; gradients are reduce-scattered, each
-// rank updates its shard, and the parameters are all-gathered.
-//
-// The flat buffer of n parameters is padded to dp × shard with shard = ⌈n / dp⌉; rank r owns
-// [r·shard, (r+1)·shard) ∩ [0, n). Parameter and gradient buffers handed in must hold padded_size()
-// floats with zeros in the padding (the model never writes past n). With one rank it is plain AdamW,
-// bit for bit.
+// ZeRO-1 AdamW over the data-parallel ranks (DESIGN §4): the AdamW moments (the fp32 master weights
+// too, where parameters are kept in a lower precision) are sharded; gradients are reduce-scattered,
+// each rank updates its shard, and the parameters are all-gathered. The data movement is
+// parallel/zero.h's ZeroShards over the flat local buffer; this class adds the optimizer. With one
+// rank it is plain AdamW, bit for bit.
 //
 // Tensor and pipeline parallelism: each rank runs its own ZeroAdamW over the DP ranks that hold the
-// same part of the model (its TP shard of its pipeline stage: the local layout). Only the gradient norm
-// for clipping crosses the replica: it must be the norm of the whole model, so the optional
-// model-parallel communicator (the replica's TP × PP ranks) adds the parts' squared norms, with the
-// runs that every TP rank holds a copy of (norm weights, TpCopy::replicated) counted on TP rank 0 only.
+// same part of the model (its TP shard of its pipeline stage: the local layout); the gradient norm for
+// clipping is the whole model's (ZeroShards).
 #pragma once
 #include <cstddef>
 #include <utility>
@@ -20,6 +15,7 @@
 #include "metapo/comm/comm.h"
 #include "metapo/model/layout.h"
 #include "metapo/model/tp_layout.h"
+#include "metapo/parallel/zero.h"
 #include "metapo/train/optimizer.h"
 
 namespace metapo {
@@ -33,10 +29,10 @@ class ZeroAdamW {
   ZeroAdamW(const ParamLayout& lay, const AdamWConfig& cfg, Comm& dp, Comm* mp = nullptr,
             const std::vector<TpCopy>& replicated = {}, bool count_replicated = false);
 
-  size_t n_params() const { return n_; }
-  size_t padded_size() const { return shard_ * size_t(dp_.size()); }
-  size_t shard_size() const { return shard_; }
-  size_t shard_begin() const { return shard_ * size_t(dp_.rank()); }
+  size_t n_params() const { return z_.n(); }
+  size_t padded_size() const { return z_.padded_size(); }
+  size_t shard_size() const { return z_.shard_size(); }
+  size_t shard_begin() const { return z_.shard_begin(); }
   // Bytes of optimizer state (first and second moments) held by this rank.
   size_t state_bytes() const { return 2 * opt_.size() * sizeof(float); }
 
@@ -69,19 +65,8 @@ class ZeroAdamW {
   void allgather(float* params);
 
  private:
-  // Σ g² over this rank's reduced shard, replicated runs skipped on TP ranks other than 0.
-  double shard_sq_norm(const float* g) const;
-
-  Comm& dp_;
-  Comm* mp_;  // the model-parallel group; null: the whole model is here
-  bool count_replicated_ = true;
-  size_t n_, shard_;
-  // With TP on ranks other than 0: the [begin, end) ranges of g_ that count towards the norm (the
-  // shard minus the replicated runs), so every replicated element is counted exactly once.
-  std::vector<std::pair<size_t, size_t>> norm_ranges_;
+  ZeroShards z_;
   AdamW opt_;
-  std::vector<float> g_;  // this rank's reduced gradient shard
-  MemoryHandle g_mem_{Mem::Optimizer};
 };
 
 }  // namespace metapo
