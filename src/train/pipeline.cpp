@@ -19,6 +19,25 @@ Comm* stage_group(const LlamaModel<float>& model, Comm* pp_in) {
   return pp;
 }
 
+// The stage callbacks both passes share: the boundary of micro-batch m ([n_tokens, hidden]) and its
+// forward, into x_out or, on the last stage, into logp handed to on_logp.
+void bind_forward(StageFns& f, LlamaModel<float>& model, const float* params, const std::vector<PipeMicro>& mbs,
+                  std::vector<float>& logp, const std::function<void(size_t, const std::vector<float>&)>& on_logp) {
+  const size_t C = size_t(model.config().hidden_size);
+  const bool last = model.stage().last;
+  f.boundary = [&mbs, C](size_t m) { return size_t(mbs[m].batch.n_tokens()) * C; };
+  f.forward = [&model, params, &mbs, &logp, on_logp, last](size_t m, int slot, const float* x_in, float* x_out) {
+    model.use_slot(slot);
+    if (!last) {
+      model.forward_stage(params, mbs[m].batch, nullptr, x_in, x_out);
+      return;
+    }
+    logp.resize(size_t(mbs[m].batch.n_tokens()));
+    model.forward_stage(params, mbs[m].batch, mbs[m].targets.data(), x_in, logp.data());
+    on_logp(m, logp);
+  };
+}
+
 }  // namespace
 
 void pipeline_train(LlamaModel<float>& model, Comm* pp_in, const float* params, float* grads,
@@ -26,24 +45,14 @@ void pipeline_train(LlamaModel<float>& model, Comm* pp_in, const float* params, 
                     std::vector<std::vector<double>>* seq_dots) {
   Comm* pp = stage_group(model, pp_in);
   const PipeStage& st = model.stage();
-  const size_t M = mbs.size(), C = size_t(model.config().hidden_size);
+  const size_t M = mbs.size();
   model.set_slots(pipeline_slots(pp ? pp->size() : 1, pp ? pp->rank() : 0, M));
   MP_CHECK(!ghat || seq_dots, "pipeline_train: ghat given without seq_dots");
   if (seq_dots) seq_dots->assign(M, {});
   std::vector<std::vector<float>> dlogp(M);  // last stage: from forward to backward
   std::vector<float> logp;
   StageFns f;
-  f.boundary = [&](size_t m) { return size_t(mbs[m].batch.n_tokens()) * C; };
-  f.forward = [&](size_t m, int slot, const float* x_in, float* x_out) {
-    model.use_slot(slot);
-    if (!st.last) {
-      model.forward_stage(params, mbs[m].batch, nullptr, x_in, x_out);
-      return;
-    }
-    logp.resize(size_t(mbs[m].batch.n_tokens()));
-    model.forward_stage(params, mbs[m].batch, mbs[m].targets.data(), x_in, logp.data());
-    dlogp[m] = loss(m, logp);
-  };
+  bind_forward(f, model, params, mbs, logp, [&](size_t m, const std::vector<float>& lp) { dlogp[m] = loss(m, lp); });
   f.backward = [&](size_t m, int slot, const float* dy, float* dx) {
     model.use_slot(slot);
     model.backward_stage(params, st.last ? dlogp[m].data() : dy, grads, /*accumulate=*/m > 0, ghat,
@@ -64,22 +73,10 @@ void pipeline_train(LlamaModel<float>& model, Comm* pp_in, const float* params, 
 void pipeline_forward(LlamaModel<float>& model, Comm* pp_in, const float* params, const std::vector<PipeMicro>& mbs,
                       const PipeLogpFn& on_logp) {
   Comm* pp = stage_group(model, pp_in);
-  const PipeStage& st = model.stage();
-  const size_t C = size_t(model.config().hidden_size);
   model.set_slots(1);
   std::vector<float> logp;
   StageFns f;
-  f.boundary = [&](size_t m) { return size_t(mbs[m].batch.n_tokens()) * C; };
-  f.forward = [&](size_t m, int slot, const float* x_in, float* x_out) {
-    model.use_slot(slot);
-    if (!st.last) {
-      model.forward_stage(params, mbs[m].batch, nullptr, x_in, x_out);
-      return;
-    }
-    logp.resize(size_t(mbs[m].batch.n_tokens()));
-    model.forward_stage(params, mbs[m].batch, mbs[m].targets.data(), x_in, logp.data());
-    on_logp(m, logp);
-  };
+  bind_forward(f, model, params, mbs, logp, on_logp);
   run_forward_only(pp, mbs.size(), f);
 }
 
