@@ -77,10 +77,17 @@ struct Passes {  // the run's forward-only passes besides the steps (train's opt
   int64_t eval_every = 0, eval_pairs = 0, track_pairs = 4, refresh_every = 0, refresh_pairs = 0;
 };
 
-DataShape data_shape(const std::string& path, int dp, const MicroBatching& mb, int64_t batch, int64_t steps,
+// The dataset's splits, read once for every layout planned.
+struct PlanData {
+  std::string path;
+  PairSplit train, val;  // val only when the run reads it (MetaPO or evaluations)
+};
+
+DataShape data_shape(const PlanData& pd, int dp, const MicroBatching& mb, int64_t batch, int64_t steps,
                      bool metapo, int64_t val_batch, uint64_t seed, const Passes& ps) {
   DataShape d;
-  const PairSplit train = read_pair_split(path, "train");
+  const std::string& path = pd.path;
+  const PairSplit& train = pd.train;
   MP_CHECK(batch > 0 && batch <= train.size() && batch % dp == 0, "--batch-size ", batch,
            " must be positive, at most the training split (", train.size(), " pairs) and divisible by DP ", dp);
   check_token_budget(train.size(), [&](int64_t i) { return pair_tokens(train, i); }, train.sample_id, mb,
@@ -105,7 +112,7 @@ DataShape data_shape(const std::string& path, int dp, const MicroBatching& mb, i
     for (int64_t step = 0; step < steps; ++step) scan_logps(train, refresh_window(mc, train.size(), step), dp, mb, d);
   }
   if (metapo || ps.eval_every > 0) {
-    const PairSplit val = read_pair_split(path, "val");
+    const PairSplit& val = pd.val;
     check_token_budget(val.size(), [&](int64_t i) { return pair_tokens(val, i); }, val.sample_id, mb, path + ": /val");
     if (metapo) {
       MP_CHECK(val_batch > 0 && val_batch <= val.size() && val_batch % dp == 0, "--meta-val-batch ", val_batch,
@@ -235,6 +242,11 @@ int cmd_plan(Context& ctx, int argc, char** argv) {
   base.runtime_reserve = reserve_bytes;
   base.micro_batches = micro_batches;
   base.pairs = pairs;
+  PlanData pd;
+  if (!data.empty()) {
+    pd.path = data, pd.train = read_pair_split(data, "train");
+    if (base.metapo || passes.eval_every > 0) pd.val = read_pair_split(data, "val");
+  }
   std::vector<Candidate> all;
   for (int tp : tps)
     for (int pp : pps) {
@@ -249,8 +261,8 @@ int cmd_plan(Context& ctx, int argc, char** argv) {
       in.dp = dp, in.tp = tp, in.pp = pp, in.pp_layers = pp_layers;
       in.micro_tokens = micro_tokens;
       if (!data.empty()) {
-        const int64_t run_steps = steps > 0 ? steps : std::max<int64_t>(1, read_pair_split(data, "train").size() / batch);
-        const DataShape d = data_shape(data, dp, MicroBatching{micro, micro_tokens}, batch, run_steps, in.metapo,
+        const int64_t run_steps = steps > 0 ? steps : std::max<int64_t>(1, pd.train.size() / batch);
+        const DataShape d = data_shape(pd, dp, MicroBatching{micro, micro_tokens}, batch, run_steps, in.metapo,
                                        val_batch, seed, passes);
         in.micro_tokens = d.max_tokens, in.micro_rows = d.max_rows, in.pairs = d.pairs, in.data_bytes = d.bytes;
         in.backward_tokens = d.bwd_tokens, in.backward_rows = d.bwd_rows;
