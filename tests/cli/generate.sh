@@ -4,15 +4,7 @@
 source "$(dirname "$0")/common.sh"
 # A larger init std than HF's 0.02 so the next-token distribution is not flat and completions vary.
 "$METAPO" init --preset tiny --out model --seed 3 --init-std 0.3 >/dev/null
-cat > prompts.jsonl <<'J'
-{"tokens": [1, 14, 7, 5, 8, 3]}
-{"tokens": [1, 15, 9, 9, 4, 6, 11, 3], "id": 41}
-{"tokens": [30]}
-
-{"tokens": [1, 16, 5, 17, 6, 3], "id": 7}
-{"tokens": [1, 14, 13, 12, 11, 10, 9, 8, 7, 6, 5, 4, 3]}
-{"tokens": [2, 2, 2, 40, 50, 60, 63, 0]}
-J
+cp "$SRC/tests/data/generate_prompts.jsonl" prompts.jsonl  # a blank line among them: skipped
 G="generate --model model --prompts prompts.jsonl --max-new-tokens 12"
 "$METAPO" $G --output greedy1.jsonl > stats1.txt 2>/dev/null
 $MPIRUN 2 "$METAPO" $G --output greedy2.jsonl --batch-size 2 > stats2.txt 2>/dev/null

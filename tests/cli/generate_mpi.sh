@@ -12,14 +12,7 @@ source "$(dirname "$0")/common.sh"
 run_mpi_gtest test_generate_mpi 2 4
 
 "$METAPO" init --preset tiny --out model --seed 3 --init-std 0.3 >/dev/null
-cat > prompts.jsonl <<'J'
-{"tokens": [1, 14, 7, 5, 8, 3]}
-{"tokens": [1, 15, 9, 9, 4, 6, 11, 3], "id": 41}
-{"tokens": [30]}
-{"tokens": [1, 16, 5, 17, 6, 3], "id": 7}
-{"tokens": [1, 14, 13, 12, 11, 10, 9, 8, 7, 6, 5, 4, 3]}
-{"tokens": [2, 2, 2, 40, 50, 60, 63, 0]}
-J
+cp "$SRC/tests/data/generate_prompts.jsonl" prompts.jsonl  # the prompts of tests/cli/generate.sh
 G="generate --model model --prompts prompts.jsonl --max-new-tokens 12"
 S="$G --temperature 0.8 --top-p 0.9 --seed 5"
 "$METAPO" $G --output greedy1.jsonl >/dev/null 2>&1
