@@ -228,6 +228,26 @@ TEST(Trainer, HypergradientMethodsAgree) {
 
 namespace {
 
+// A made-up MetaPO step over 16 pairs: 8 of them (every pair comes back, with history), their
+// log-probs and losses, and alignments (with `related`, partly the margin: something for the gate to
+// see). Draws from r in a fixed order.
+struct MadeUpStep {
+  std::vector<int64_t> batch;
+  std::vector<PairLogps> in;
+  std::vector<PairLossResult> out;
+  std::vector<double> align;
+};
+MadeUpStep made_up_step(Philox& r, int64_t step, bool related) {
+  MadeUpStep m{{}, std::vector<PairLogps>(8), std::vector<PairLossResult>(8), std::vector<double>(8)};
+  for (int64_t k = 0; k < 8; ++k) m.batch.push_back((step * 8 + k * 3) % 16);
+  for (size_t k = 0; k < 8; ++k) {
+    m.in[k] = {-10 + r.normal(), -12 + r.normal(), -11, -11, 5, 6};
+    m.out[k].margin = 0.1 * (m.in[k].policy_chosen - m.in[k].policy_rejected), m.out[k].loss = 0.7 + 0.1 * r.normal();
+    m.align[k] = r.normal() + (related ? m.out[k].margin : 0.0);
+  }
+  return m;
+}
+
 // MetaPOState alone (SelfComm, no model): the weights of a step are made with the standardizer as of
 // the start of the step, whatever the micro-batches it comes in; the step's features enter the
 // statistics at end_step. Several steps with meta updates (made-up alignments), so the net moves and
@@ -244,16 +264,7 @@ TEST(Trainer, MetaPOWeightsOfAStepDoNotDependOnItsMicroBatches) {
   Philox r(3, 1, 2, 3);
   double spread = 0;  // the largest difference between two weights of a batch
   for (int64_t step = 0; step < 6; ++step) {
-    std::vector<int64_t> batch;  // 8 of the 16 pairs: every pair comes back, with history
-    for (int64_t k = 0; k < 8; ++k) batch.push_back((step * 8 + k * 3) % 16);
-    std::vector<PairLogps> in(8);
-    std::vector<PairLossResult> out(8);
-    std::vector<double> align(8);
-    for (size_t k = 0; k < 8; ++k) {
-      in[k] = {-10 + r.normal(), -12 + r.normal(), -11, -11, 5, 6};
-      out[k].margin = 0.1 * (in[k].policy_chosen - in[k].policy_rejected), out[k].loss = 0.7 + 0.1 * r.normal();
-      align[k] = r.normal();
-    }
+    const auto [batch, in, out, align] = made_up_step(r, step, false);
     const std::vector<double> a1 = one.weights(s, batch, in, out);
     const double before = four.standardizer().count(kFeatMargin);
     std::vector<double> a4;
@@ -295,16 +306,7 @@ TEST(Trainer, MetaPOGateChangesTheAppliedWeightsNotTheNet) {
   Philox r(3, 1, 2, 3);
   double spread = 0;
   for (int64_t step = 0; step < 6; ++step) {
-    std::vector<int64_t> batch;
-    for (int64_t k = 0; k < 8; ++k) batch.push_back((step * 8 + k * 3) % 16);
-    std::vector<PairLogps> in(8);
-    std::vector<PairLossResult> out(8);
-    std::vector<double> align(8);
-    for (size_t k = 0; k < 8; ++k) {
-      in[k] = {-10 + r.normal(), -12 + r.normal(), -11, -11, 5, 6};
-      out[k].margin = 0.1 * (in[k].policy_chosen - in[k].policy_rejected), out[k].loss = 0.7 + 0.1 * r.normal();
-      align[k] = r.normal() + out[k].margin;  // some relation to the features, so the gate has something to see
-    }
+    const auto [batch, in, out, align] = made_up_step(r, step, true);
     const std::vector<double> ap = p.weights(s, batch, in, out), ag = g.weights(s, batch, in, out);
     EXPECT_EQ(ag, std::vector<double>(8, 1.0)) << "step " << step;
     for (double a : ap) spread = std::max(spread, std::abs(a - ap[0]));
