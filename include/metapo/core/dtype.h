@@ -1,0 +1,49 @@
+// Element types and devices: what a buffer holds and where it lives, for the ops (ops/ops.h) and the
+// collectives (comm/comm.h). bf16 is stored as its 16 raw bits (core/half.h converts).
+#pragma once
+#include <cstddef>
+#include <cstdint>
+
+namespace metapo {
+
+enum class DType : uint8_t { BF16, F32, F64, I32, I64, U64, U8 };
+
+constexpr size_t dtype_size(DType t) {
+  switch (t) {
+    case DType::BF16: return 2;
+    case DType::F32: case DType::I32: return 4;
+    case DType::F64: case DType::I64: case DType::U64: return 8;
+    case DType::U8: return 1;
+  }
+  return 0;
+}
+
+constexpr const char* dtype_name(DType t) {
+  switch (t) {
+    case DType::BF16: return "bf16";
+    case DType::F32: return "fp32";
+    case DType::F64: return "fp64";
+    case DType::I32: return "int32";
+    case DType::I64: return "int64";
+    case DType::U64: return "uint64";
+    case DType::U8: return "uint8";
+  }
+  return "?";
+}
+
+// The DType of a C++ element type (bf16 has no C++ type here: its buffers are uint16_t).
+template <typename T> struct DTypeOf;
+template <> struct DTypeOf<float> { static constexpr DType value = DType::F32; };
+template <> struct DTypeOf<double> { static constexpr DType value = DType::F64; };
+template <> struct DTypeOf<int32_t> { static constexpr DType value = DType::I32; };
+template <> struct DTypeOf<int64_t> { static constexpr DType value = DType::I64; };
+template <> struct DTypeOf<uint64_t> { static constexpr DType value = DType::U64; };
+template <> struct DTypeOf<uint8_t> { static constexpr DType value = DType::U8; };
+template <typename T> inline constexpr DType dtype_of = DTypeOf<T>::value;
+
+// Where a buffer lives and an op runs. CPU is the reference backend (kernels/cpu); CUDA runs on the
+// current device of the calling rank.
+enum class Device : uint8_t { CPU, CUDA };
+constexpr const char* device_name(Device d) { return d == Device::CPU ? "cpu" : "cuda"; }
+
+}  // namespace metapo
