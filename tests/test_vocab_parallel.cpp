@@ -93,7 +93,7 @@ TYPED_TEST(VocabParallel, LogprobWithSelfCommIsTheSingleRankKernel) {
     for (bool accumulate : {false, true}) {
       vector<T> lp0(nr), lse0(nr), lp1(nr), lse1(nr), cache0(use_cache ? nr * V : 0), cache1 = cache0;
       cpu::logprob_forward(ref, lp0.data(), lse0.data(), use_cache ? cache0.data() : nullptr);
-      vocab_parallel_logprob_forward(vp, self, lp1.data(), lse1.data(), use_cache ? cache1.data() : nullptr);
+      vocab_parallel_logprob_forward(ops::Context{}, vp, self, lp1.data(), lse1.data(), use_cache ? cache1.data() : nullptr);
       EXPECT_TRUE(same_bits(lp0, lp1)) << "logp, cache " << use_cache;
       EXPECT_TRUE(same_bits(lse0, lse1)) << "lse, cache " << use_cache;
       EXPECT_TRUE(same_bits(cache0, cache1)) << "probability cache";
@@ -103,8 +103,7 @@ TYPED_TEST(VocabParallel, LogprobWithSelfCommIsTheSingleRankKernel) {
       vector<double> rd0(n, 0.0), rd1(n, 0.0);
       cpu::logprob_backward(ref, coef.data(), lse0.data(), use_cache ? cache0.data() : nullptr, dh0.data(),
                             dW0.data(), accumulate, G.data(), rd0.data());
-      vocab_parallel_logprob_backward(vp, coef.data(), lse1.data(), use_cache ? cache1.data() : nullptr,
-                                      dh1.data(), dW1.data(), accumulate, G.data(), rd1.data());
+      vocab_parallel_logprob_backward(ops::Context{}, vp, ops::LogprobGrad<T>{coef.data(), lse1.data(), use_cache ? cache1.data() : nullptr, dh1.data(), dW1.data(), accumulate, G.data(), rd1.data()});
       EXPECT_TRUE(same_bits(dh0, dh1)) << "dh, cache " << use_cache << " accumulate " << accumulate;
       EXPECT_TRUE(same_bits(dW0, dW1)) << "dW, cache " << use_cache << " accumulate " << accumulate;
       EXPECT_TRUE(same_bits(rd0, rd1)) << "row dots, cache " << use_cache << " accumulate " << accumulate;
@@ -123,15 +122,15 @@ TYPED_TEST(VocabParallel, EmbeddingWithSelfCommIsTheSingleRankKernel) {
   const VocabShard s(V, 1, 0);
   vector<T> x0(n * C), x1(n * C, T(7));
   cpu::embedding_forward(x0.data(), E.data(), tok.data(), n, C);
-  vocab_parallel_embedding_forward(x1.data(), E.data(), tok.data(), n, C, s, self);
+  vocab_parallel_embedding_forward(ops::Context{}, x1.data(), E.data(), tok.data(), n, C, s, self);
   EXPECT_TRUE(same_bits(x0, x1));
   vector<T> dE0 = cast<T>(randn<double>(V * C, 4)), dE1 = dE0;
   cpu::embedding_backward(dE0.data(), dx.data(), tok.data(), n, C);
-  vocab_parallel_embedding_backward(dE1.data(), dx.data(), tok.data(), n, C, s);
+  vocab_parallel_embedding_backward(ops::Context{}, dE1.data(), dx.data(), tok.data(), n, C, s);
   EXPECT_TRUE(same_bits(dE0, dE1));
   vector<double> rd0(n, 0.5), rd1(n, 0.5);
   cpu::embedding_ghost_dots(dx.data(), tok.data(), G.data(), n, C, rd0.data());
-  vocab_parallel_embedding_ghost_dots(dx.data(), tok.data(), G.data(), n, C, s, rd1.data());
+  vocab_parallel_embedding_ghost_dots(ops::Context{}, dx.data(), tok.data(), G.data(), n, C, s, rd1.data());
   EXPECT_TRUE(same_bits(rd0, rd1));
 }
 
@@ -188,22 +187,22 @@ TEST(VocabParallelErrors, BadInputFailsWithAClearMessage) {
   const int64_t C = 2, V = 5;
   vector<float> E(V * C, 1.0f), x(3 * C), dx(3 * C, 1.0f);
   vector<int32_t> tok = {0, 5, 1};
-  EXPECT_NE(error_of([&] { vocab_parallel_embedding_forward(x.data(), E.data(), tok.data(), 3, C, VocabShard(V, 1, 0), self); })
+  EXPECT_NE(error_of([&] { vocab_parallel_embedding_forward(ops::Context{}, x.data(), E.data(), tok.data(), 3, C, VocabShard(V, 1, 0), self); })
                 .find("token id 5 at position 1 is outside the vocabulary [0, 5)"),
             std::string::npos);
   tok[1] = -1;
-  EXPECT_NE(error_of([&] { vocab_parallel_embedding_backward(E.data(), dx.data(), tok.data(), 3, C, VocabShard(V, 1, 0)); })
+  EXPECT_NE(error_of([&] { vocab_parallel_embedding_backward(ops::Context{}, E.data(), dx.data(), tok.data(), 3, C, VocabShard(V, 1, 0)); })
                 .find("token id -1"),
             std::string::npos);
   tok[1] = 2;
   // A shard made for another group than the communicator's.
-  EXPECT_NE(error_of([&] { vocab_parallel_embedding_forward(x.data(), E.data(), tok.data(), 3, C, VocabShard(V, 2, 1), self); })
+  EXPECT_NE(error_of([&] { vocab_parallel_embedding_forward(ops::Context{}, x.data(), E.data(), tok.data(), 3, C, VocabShard(V, 2, 1), self); })
                 .find("the vocabulary shard is for rank 1 of 2 but the communicator is rank 0 of 1"),
             std::string::npos);
   vector<int32_t> rows = {0}, targets = {7};
   vector<float> lp(1), lse(1);
   VocabParallelLogprobParams<float> p{x.data(), E.data(), C, VocabShard(V, 1, 0), rows.data(), targets.data(), 1};
-  EXPECT_NE(error_of([&] { vocab_parallel_logprob_forward(p, self, lp.data(), lse.data(), (float*)nullptr); })
+  EXPECT_NE(error_of([&] { vocab_parallel_logprob_forward(ops::Context{}, p, self, lp.data(), lse.data(), (float*)nullptr); })
                 .find("token id 7"),
             std::string::npos);
 }

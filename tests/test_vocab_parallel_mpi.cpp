@@ -111,7 +111,7 @@ void logprob_case(int64_t V, double tol) {
                               (use_cache ? " cache" : "") + (accumulate ? " accumulate" : "");
       vector<T> lp(static_cast<size_t>(nr)), lse(static_cast<size_t>(nr)), cache(use_cache ? size_t(nr * s.real) : 0);
       comm.reset_volume();
-      vocab_parallel_logprob_forward(p, comm, lp.data(), lse.data(), use_cache ? cache.data() : nullptr);
+      vocab_parallel_logprob_forward(ops::Context{}, p, comm, lp.data(), lse.data(), use_cache ? cache.data() : nullptr);
       // Two all-reduces: the row maxima, then sum-exp and target logit (3 doubles per row in all).
       EXPECT_EQ(comm.volume()[CommOp::AllReduce], uint64_t(3 * nr) * sizeof(double));
       EXPECT_EQ(comm.volume().calls[int(CommOp::AllReduce)], 2u);
@@ -123,8 +123,7 @@ void logprob_case(int64_t V, double tol) {
       vector<T> dh(size_t(n * C), T(0)), dW = accumulate ? base_loc : vector<T>(size_t(s.rows * C), T(5));
       vector<double> rd(size_t(n), 0.0);
       comm.reset_volume();
-      vocab_parallel_logprob_backward(p, coef.data(), lse.data(), use_cache ? cache.data() : nullptr, dh.data(),
-                                      dW.data(), accumulate, G_loc.data(), rd.data());
+      vocab_parallel_logprob_backward(ops::Context{}, p, ops::LogprobGrad<T>{coef.data(), lse.data(), use_cache ? cache.data() : nullptr, dh.data(), dW.data(), accumulate, G_loc.data(), rd.data()});
       EXPECT_EQ(comm.volume()[CommOp::AllReduce], 0u) << "the backward communicates nothing";
       comm.allreduce_sum(dh.data(), dh.size());  // the caller's TP all-reduces of the partial sums
       comm.allreduce_sum(rd.data(), rd.size());
@@ -154,11 +153,11 @@ void embedding_case(int64_t V, double tol) {
   vector<T> x(size_t(n * C), T(3)), dE(size_t(s.rows * C), T(0));
   vector<double> rd(size_t(n), 0.0);
   comm.reset_volume();
-  vocab_parallel_embedding_forward(x.data(), E_loc.data(), tok.data(), n, C, s, comm);
+  vocab_parallel_embedding_forward(ops::Context{}, x.data(), E_loc.data(), tok.data(), n, C, s, comm);
   EXPECT_EQ(comm.volume()[CommOp::AllReduce], uint64_t(n * C) * sizeof(T));
   EXPECT_EQ(rel_max_err(x, x0), 0.0) << "the lookup is exact" << tag;
-  vocab_parallel_embedding_backward(dE.data(), dx.data(), tok.data(), n, C, s);
-  vocab_parallel_embedding_ghost_dots(dx.data(), tok.data(), G_loc.data(), n, C, s, rd.data());
+  vocab_parallel_embedding_backward(ops::Context{}, dE.data(), dx.data(), tok.data(), n, C, s);
+  vocab_parallel_embedding_ghost_dots(ops::Context{}, dx.data(), tok.data(), G_loc.data(), n, C, s, rd.data());
   comm.allreduce_sum(rd.data(), rd.size());  // the caller's TP all-reduce of the partial dots
   EXPECT_ERR_LT(rel_max_err(rd, rd0), tol, test::errname("embedding rdot" + tag));
   expect_gathered(gather(comm, dE), dE0, s, C, tol, "dE" + tag);

@@ -8,86 +8,12 @@
 
 #include "metapo/core/error.h"
 #include "metapo/core/rng.h"
-#include "metapo/kernels/attention.h"
-#include "metapo/kernels/embedding.h"
-#include "metapo/kernels/gemm.h"
-#include "metapo/kernels/rmsnorm.h"
-#include "metapo/kernels/swiglu.h"
-#include "metapo/kernels/vec_math.h"
 #include "metapo/model/rope_freq.h"
 #include "metapo/model/tp_layout.h"
 
 namespace metapo {
 
 namespace {
-
-// Y[m, out] = X[m, in] W[out, in]^T (+ b[out]) for the decode step. Tiles run over W's rows, whose
-// count is fixed by the layer, and each output element is one dot product summed in a fixed order
-// (kL interleaved partial sums, then a fixed tree), so row i's result is bit-identical whatever m is
-// and whichever rows share the call. A BLAS GEMM is not: it picks its kernel by the shape. Every
-// thread owns whole tiles, so the thread count does not matter either.
-void linear_rows(float* Y, const float* X, const float* W, const float* b, int64_t m, int64_t in,
-                 int64_t out) {
-  constexpr int64_t kR = 4;   // W rows per tile: each X load feeds kR multiply-adds
-  constexpr int64_t kL = 16;  // partial sums per output: independent chains for the FMA pipes
-  static_assert(kR == 4, "the tile loop below names its four W rows");
-  const int64_t n_tiles = (out + kR - 1) / kR;
-  // A decode step of a small model is many tiny products: threads only pay off above ~0.25M MACs
-  // (either way each output is computed by one thread in the same order).
-#pragma omp parallel for schedule(static) if (m * in * out > (int64_t(1) << 18))
-  for (int64_t tile = 0; tile < n_tiles; ++tile) {
-    const int64_t o0 = tile * kR;
-    // The last tile may be short: its missing rows repeat the last row and are not stored.
-    const float* w0 = W + std::min(o0 + 0, out - 1) * in;
-    const float* w1 = W + std::min(o0 + 1, out - 1) * in;
-    const float* w2 = W + std::min(o0 + 2, out - 1) * in;
-    const float* w3 = W + std::min(o0 + 3, out - 1) * in;
-    for (int64_t i = 0; i < m; ++i) {
-      const float* x = X + i * in;
-      float acc[kR][kL] = {};
-      int64_t k = 0;
-      for (; k + kL <= in; k += kL) {
-#pragma omp simd
-        for (int64_t j = 0; j < kL; ++j) {
-          const float xv = x[k + j];
-          acc[0][j] += xv * w0[k + j];
-          acc[1][j] += xv * w1[k + j];
-          acc[2][j] += xv * w2[k + j];
-          acc[3][j] += xv * w3[k + j];
-        }
-      }
-      const float* w[kR] = {w0, w1, w2, w3};
-      for (int64_t r = 0; r < kR && o0 + r < out; ++r) {
-        float tail = 0;
-        for (int64_t kk = k; kk < in; ++kk) tail += x[kk] * w[r][kk];
-        for (int64_t half = kL / 2; half > 0; half /= 2)
-          for (int64_t j = 0; j < half; ++j) acc[r][j] += acc[r][j + half];
-        Y[i * out + o0 + r] = acc[r][0] + tail + (b ? b[o0 + r] : 0.0f);
-      }
-    }
-  }
-}
-
-// <a, b> over n elements with 16 interleaved partial sums folded in a fixed tree: vectorizes
-// without -ffast-math, and the result depends only on a and b.
-inline float dot_fixed(const float* a, const float* b, int64_t n) {
-  constexpr int64_t kL = 16;
-  float acc[kL] = {};
-  int64_t k = 0;
-  for (; k + kL <= n; k += kL) {
-#pragma omp simd
-    for (int64_t j = 0; j < kL; ++j) acc[j] += a[k + j] * b[k + j];
-  }
-  float tail = 0;
-  for (; k < n; ++k) tail += a[k] * b[k];
-  for (int64_t half = kL / 2; half > 0; half /= 2)
-    for (int64_t j = 0; j < half; ++j) acc[j] += acc[j + half];
-  return acc[0] + tail;
-}
-
-void add_rows(float* x, const float* y, int64_t n) {
-  for (int64_t i = 0; i < n; ++i) x[i] += y[i];
-}
 
 template <typename V>
 void resize(V& v, int64_t n) {
@@ -109,6 +35,11 @@ KvCacheDecoder::KvCacheDecoder(const LlamaConfig& c, const float* params, const 
            sh_.stage.layer_begin, ", ", sh_.stage.layer_end, ")) does not match rank ", s, " of ", P,
            " pipeline stages");
   if (P == 1) sh_.pp = nullptr;  // one stage: nothing to send
+  if (sh_.tp)
+    for (int r = 0; r < sh_.tp->size(); ++r) {
+      const VocabShard vs(c.vocab_size, sh_.tp->size(), r);
+      vocab_col0_.push_back(vs.begin), vocab_width_.push_back(vs.real);
+    }
 }
 
 float* KvCacheDecoder::k_row(Seq& s, int64_t layer, int64_t pos) {
@@ -149,7 +80,7 @@ void KvCacheDecoder::ensure_rope(int64_t positions) {
 
 void KvCacheDecoder::add_row_parallel(float* x, const float* partial, int64_t count) {
   if (!sh_.tp) {
-    add_rows(x, partial, count);
+    ops::add(ctx_, x, partial, count);
     return;
   }
   // An all-gather and the sum here, in rank order, rather than an all-reduce: MPI picks a reduction
@@ -159,19 +90,19 @@ void KvCacheDecoder::add_row_parallel(float* x, const float* partial, int64_t co
   // ([active sequences, hidden]) that is small.
   const size_t n = size_t(count), P = size_t(sh_.tp->size());
   gather_.resize(P * n);
-  std::memcpy(gather_.data() + size_t(sh_.tp->rank()) * n, partial, sizeof(float) * n);
+  ops::copy(ctx_, gather_.data() + size_t(sh_.tp->rank()) * n, partial, count);
   sh_.tp->allgather(gather_.data(), n);
   float* sum = gather_.data();  // rank 0's partial, then + rank 1's, ...: one order for every element
-  for (size_t r = 1; r < P; ++r) add_rows(sum, gather_.data() + r * n, count);
-  add_rows(x, sum, count);
+  for (size_t r = 1; r < P; ++r) ops::add(ctx_, sum, gather_.data() + r * n, count);
+  ops::add(ctx_, x, sum, count);
 }
 
 void KvCacheDecoder::logits_rows(const float* x, int64_t m, float* logits) {
   const int64_t C = cfg_.hidden_size, V = cfg_.vocab_size;
   resize(xn_, m * C), resize(rstd_, m);
-  cpu::rmsnorm_forward(xn_.data(), rstd_.data(), x, w_.final_norm, m, C, cfg_.rms_norm_eps);
+  ops::rmsnorm_forward(ctx_, ops::RmsNorm<float>{xn_.data(), rstd_.data(), x, w_.final_norm, m, C, cfg_.rms_norm_eps});
   if (!sh_.tp) {
-    linear_rows(logits, xn_.data(), w_.lm_head, nullptr, m, C, V);  // [m, V]
+    ops::linear_rows(ctx_, ops::Linear<float>{logits, xn_.data(), w_.lm_head, nullptr, m, C, V});  // [m, V]
     return;
   }
   // Vocab-parallel head: this rank's real rows give its logits [m, real] (each one the dot product
@@ -179,15 +110,11 @@ void KvCacheDecoder::logits_rows(const float* x, int64_t m, float* logits) {
   const int P = sh_.tp->size();
   const size_t block = size_t(m * vocab_.rows);
   gather_.resize(size_t(P) * block);
-  linear_rows(gather_.data() + size_t(sh_.tp->rank()) * block, xn_.data(), w_.lm_head, nullptr, m, C,
-              vocab_.real);
+  ops::linear_rows(ctx_, ops::Linear<float>{gather_.data() + size_t(sh_.tp->rank()) * block, xn_.data(), w_.lm_head,
+                                             nullptr, m, C, vocab_.real});
   sh_.tp->allgather(gather_.data(), block);
-  for (int r = 0; r < P; ++r) {
-    const VocabShard vs(V, P, r);  // block r: [m, vs.real] logits of tokens [vs.begin, vs.end())
-    for (int64_t i = 0; i < m; ++i)
-      std::memcpy(logits + i * V + vs.begin, gather_.data() + size_t(r) * block + size_t(i * vs.real),
-                  sizeof(float) * size_t(vs.real));
-  }
+  // Block r: [m, real] logits of rank r's tokens [begin, begin + real), into those columns.
+  ops::blocks_to_columns(ctx_, logits, V, gather_.data(), int64_t(block), m, vocab_col0_.data(), vocab_width_.data(), P);
 }
 
 void KvCacheDecoder::stage_input(const int32_t* tokens, int64_t m) {
@@ -196,9 +123,9 @@ void KvCacheDecoder::stage_input(const int32_t* tokens, int64_t m) {
   if (!sh_.stage.first)
     sh_.pp->recv(x_.data(), size_t(m * C), sh_.pp->rank() - 1);
   else if (sh_.tp)  // the owner of each token writes its row: exact, one nonzero term per element
-    vocab_parallel_embedding_forward(x_.data(), w_.embed, tokens, m, C, vocab_, *sh_.tp);
+    vocab_parallel_embedding_forward(ctx_, x_.data(), w_.embed, tokens, m, C, vocab_, *sh_.tp);
   else
-    cpu::embedding_forward(x_.data(), w_.embed, tokens, m, C);
+    ops::embedding_forward(ctx_, ops::Embedding<float>{x_.data(), w_.embed, tokens, m, C});
 }
 
 void KvCacheDecoder::stage_output(const float* x, int64_t m, float* logits) {
@@ -246,36 +173,36 @@ int64_t KvCacheDecoder::add(const std::vector<int32_t>& prompt, int64_t extra, f
   resize(lse_, Hq * n), resize(gu_, n * 2 * I), resize(h_, n * I);
   if (sh_.tp) resize(y_, n * C);
   stage_input(prompt.data(), n);  // x: the residual stream [n, C]
+  const ops::Context& cx = ctx_;
   for (int64_t l = 0; l < L; ++l) {
     const LayerView<const float>& lw = w_.layers[size_t(l)];
-    cpu::rmsnorm_forward(xn_.data(), rstd_.data(), x_.data(), lw.attn_norm, n, C, c.rms_norm_eps);
-    cpu::linear_forward(qkv_.data(), xn_.data(), lw.wqkv, lw.bqkv, n, C, QKV);  // [n, QKV]
-    cpu::rope_apply(qkv_.data(), n, Hq, D, QKV, pos_.data(), rope_, false);       // q
-    cpu::rope_apply(qkv_.data() + Q, n, Hkv, D, QKV, pos_.data(), rope_, false);  // k
-    for (int64_t t = 0; t < n; ++t) {  // the cache keeps k after RoPE, and v
-      std::memcpy(k_row(s, l, t), qkv_.data() + t * QKV + Q, sizeof(float) * KV);
-      std::memcpy(v_row(s, l, t), qkv_.data() + t * QKV + Q + KV, sizeof(float) * KV);
-    }
-    cpu::AttentionParams<float> ap{qkv_.data(), qkv_.data() + Q, qkv_.data() + Q + KV, QKV,
+    ops::rmsnorm_forward(cx, ops::RmsNorm<float>{xn_.data(), rstd_.data(), x_.data(), lw.attn_norm, n, C, c.rms_norm_eps});
+    ops::linear_forward(cx, ops::Linear<float>{qkv_.data(), xn_.data(), lw.wqkv, lw.bqkv, n, C, QKV});  // [n, QKV]
+    ops::rope(cx, ops::Rope<float>{qkv_.data(), n, Hq, D, QKV, pos_.data(), &rope_, false});       // q
+    ops::rope(cx, ops::Rope<float>{qkv_.data() + Q, n, Hkv, D, QKV, pos_.data(), &rope_, false});  // k
+    // The cache keeps k after RoPE, and v: rows 0..n-1 of this layer's k and v blocks.
+    ops::copy_2d(cx, k_row(s, l, 0), KV, qkv_.data() + Q, QKV, KV, n);
+    ops::copy_2d(cx, v_row(s, l, 0), KV, qkv_.data() + Q + KV, QKV, KV, n);
+    const ops::Attention<float> ap{qkv_.data(), qkv_.data() + Q, qkv_.data() + Q + KV, QKV,
                                    att_.data(), Q, lse_.data(), cu, 1, n, Hq, Hkv, D,
                                    1.0f / std::sqrt(float(D))};
-    cpu::attention_forward(ap);  // [n, Q]
+    ops::attention_forward(cx, ap);  // [n, Q]
     // x += att Wo^T; then the MLP block: x += swiglu(norm(x) Wgu^T) Wdown^T. Under TP both products
     // are this rank's partial sums (row-parallel), combined by add_row_parallel.
     if (sh_.tp) {
-      cpu::gemm<float>(false, true, n, C, Q, 1.0f, att_.data(), Q, lw.wo, Q, 0.0f, y_.data(), C);
+      ops::gemm(cx, ops::Gemm<float>{false, true, n, C, Q, 1.0f, att_.data(), Q, lw.wo, Q, 0.0f, y_.data(), C});
       add_row_parallel(x_.data(), y_.data(), n * C);
     } else {
-      cpu::gemm<float>(false, true, n, C, Q, 1.0f, att_.data(), Q, lw.wo, Q, 1.0f, x_.data(), C);
+      ops::gemm(cx, ops::Gemm<float>{false, true, n, C, Q, 1.0f, att_.data(), Q, lw.wo, Q, 1.0f, x_.data(), C});
     }
-    cpu::rmsnorm_forward(xn_.data(), rstd_.data(), x_.data(), lw.mlp_norm, n, C, c.rms_norm_eps);
-    cpu::linear_forward(gu_.data(), xn_.data(), lw.wgu, (const float*)nullptr, n, C, 2 * I);  // [n, 2I]
-    cpu::swiglu_forward(h_.data(), gu_.data(), n, I);                                        // [n, I]
+    ops::rmsnorm_forward(cx, ops::RmsNorm<float>{xn_.data(), rstd_.data(), x_.data(), lw.mlp_norm, n, C, c.rms_norm_eps});
+    ops::linear_forward(cx, ops::Linear<float>{gu_.data(), xn_.data(), lw.wgu, nullptr, n, C, 2 * I});  // [n, 2I]
+    ops::swiglu_forward(cx, ops::SwiGlu<float>{h_.data(), gu_.data(), n, I});                          // [n, I]
     if (sh_.tp) {
-      cpu::gemm<float>(false, true, n, C, I, 1.0f, h_.data(), I, lw.wdown, I, 0.0f, y_.data(), C);
+      ops::gemm(cx, ops::Gemm<float>{false, true, n, C, I, 1.0f, h_.data(), I, lw.wdown, I, 0.0f, y_.data(), C});
       add_row_parallel(x_.data(), y_.data(), n * C);
     } else {
-      cpu::gemm<float>(false, true, n, C, I, 1.0f, h_.data(), I, lw.wdown, I, 1.0f, x_.data(), C);
+      ops::gemm(cx, ops::Gemm<float>{false, true, n, C, I, 1.0f, h_.data(), I, lw.wdown, I, 1.0f, x_.data(), C});
     }
   }
   if (!sh_.stage.last) {  // the next stage needs every row for its own layers' caches
@@ -283,8 +210,7 @@ int64_t KvCacheDecoder::add(const std::vector<int32_t>& prompt, int64_t extra, f
     return h;
   }
   // Only the last position's logits are needed: they predict the first new token.
-  std::vector<float> last(x_.begin() + (n - 1) * C, x_.begin() + n * C);
-  stage_output(last.data(), 1, logits);
+  stage_output(x_.data() + (n - 1) * C, 1, logits);
   return h;
 }
 
@@ -301,7 +227,6 @@ void KvCacheDecoder::step(const std::vector<int64_t>& seqs, const std::vector<in
   std::vector<Seq*> sp(static_cast<size_t>(m));
   std::vector<char> seen(seqs_.size(), 0);
   pos_.resize(size_t(m));
-  int64_t max_len = 0;
   for (int64_t i = 0; i < m; ++i) {
     live_seq(seqs[i]);
     MP_CHECK(!seen[size_t(seqs[i])], "KvCacheDecoder::step: sequence ", seqs[i], " given twice");
@@ -312,62 +237,37 @@ void KvCacheDecoder::step(const std::vector<int64_t>& seqs, const std::vector<in
     MP_CHECK(tokens[i] >= 0 && tokens[i] < V, "generate: token id ", tokens[i],
              " is outside the vocabulary [0, ", V, ")");
     pos_[i] = int32_t(sp[i]->len);  // the new token's position
-    max_len = std::max(max_len, sp[i]->len + 1);
   }
 
   resize(xn_, m * C), resize(rstd_, m), resize(qkv_, m * QKV);
   resize(att_, m * Q), resize(y_, m * C), resize(gu_, m * 2 * I), resize(h_, m * I);
+  n_keys_.resize(size_t(m)), k_dst_.resize(size_t(m)), v_dst_.resize(size_t(m));
+  k_src_.resize(size_t(m)), v_src_.resize(size_t(m));
+  for (int64_t i = 0; i < m; ++i) n_keys_[i] = pos_[i] + 1;  // keys 0..pos, itself included
   stage_input(tokens.data(), m);  // x: one row per sequence [m, C]
-  const int64_t hpg = Hq / Hkv;
-  const float scale = 1.0f / std::sqrt(float(D));
+  const ops::Context& cx = ctx_;
   for (int64_t l = 0; l < L; ++l) {
     const LayerView<const float>& lw = w_.layers[size_t(l)];
-    cpu::rmsnorm_forward(xn_.data(), rstd_.data(), x_.data(), lw.attn_norm, m, C, c.rms_norm_eps);
-    linear_rows(qkv_.data(), xn_.data(), lw.wqkv, lw.bqkv, m, C, QKV);  // [m, QKV]
-    cpu::rope_apply(qkv_.data(), m, Hq, D, QKV, pos_.data(), rope_, false);       // q
-    cpu::rope_apply(qkv_.data() + Q, m, Hkv, D, QKV, pos_.data(), rope_, false);  // k
-    for (int64_t i = 0; i < m; ++i) {
-      std::memcpy(k_row(*sp[i], l, pos_[i]), qkv_.data() + i * QKV + Q, sizeof(float) * KV);
-      std::memcpy(v_row(*sp[i], l, pos_[i]), qkv_.data() + i * QKV + Q + KV, sizeof(float) * KV);
+    for (int64_t i = 0; i < m; ++i) {  // each row's cache rows of this layer
+      k_dst_[i] = k_row(*sp[i], l, pos_[i]), v_dst_[i] = v_row(*sp[i], l, pos_[i]);
+      k_src_[i] = k_row(*sp[i], l, 0), v_src_[i] = v_row(*sp[i], l, 0);
     }
-
+    ops::rmsnorm_forward(cx, ops::RmsNorm<float>{xn_.data(), rstd_.data(), x_.data(), lw.attn_norm, m, C, c.rms_norm_eps});
+    ops::linear_rows(cx, ops::Linear<float>{qkv_.data(), xn_.data(), lw.wqkv, lw.bqkv, m, C, QKV});  // [m, QKV]
+    ops::rope(cx, ops::Rope<float>{qkv_.data(), m, Hq, D, QKV, pos_.data(), &rope_, false});       // q
+    ops::rope(cx, ops::Rope<float>{qkv_.data() + Q, m, Hkv, D, QKV, pos_.data(), &rope_, false});  // k
+    ops::copy_rows(cx, k_dst_.data(), qkv_.data() + Q, QKV, KV, m);
+    ops::copy_rows(cx, v_dst_.data(), qkv_.data() + Q + KV, QKV, KV, m);
     // Attention of each new query over its own sequence's cached keys 0..pos (itself included).
     // Grouped-query: head h reads KV head h / (Hq / Hkv) (local heads onto local KV heads under TP).
-    // One (row, head) per task, fixed order.
-#pragma omp parallel if (m * Hq * max_len * D > (int64_t(1) << 18))
-    {
-      std::vector<float> p(static_cast<size_t>(max_len));  // [keys] scores, then probabilities
-#pragma omp for collapse(2) schedule(static)
-      for (int64_t i = 0; i < m; ++i)
-        for (int64_t hd = 0; hd < Hq; ++hd) {
-          Seq& s = *sp[i];
-          const int64_t nk = pos_[i] + 1, g = hd / hpg;
-          const float* q = qkv_.data() + i * QKV + hd * D;
-          float mx = -std::numeric_limits<float>::infinity();
-          for (int64_t j = 0; j < nk; ++j) {
-            p[j] = dot_fixed(q, k_row(s, l, j) + g * D, D) * scale;
-            mx = std::max(mx, p[j]);
-          }
-#pragma omp simd
-          for (int64_t j = 0; j < nk; ++j) p[j] = cpu::vexp(p[j] - mx);
-          float sum = 0;
-          for (int64_t j = 0; j < nk; ++j) sum += p[j];
-          float* o = att_.data() + i * Q + hd * D;  // [D]
-          std::fill(o, o + D, 0.0f);
-          for (int64_t j = 0; j < nk; ++j) {
-            const float* v = v_row(s, l, j) + g * D;
-            for (int64_t e = 0; e < D; ++e) o[e] += p[j] * v[e];
-          }
-          const float inv = 1.0f / sum;
-          for (int64_t e = 0; e < D; ++e) o[e] *= inv;
-        }
-    }
-    linear_rows(y_.data(), att_.data(), lw.wo, nullptr, m, Q, C);  // [m, C]; a partial sum under TP
+    ops::decode_attention(cx, ops::DecodeAttention{qkv_.data(), QKV, att_.data(), Q, k_src_.data(), v_src_.data(), KV,
+                                                   n_keys_.data(), m, Hq, Hkv, D, 1.0f / std::sqrt(float(D))});
+    ops::linear_rows(cx, ops::Linear<float>{y_.data(), att_.data(), lw.wo, nullptr, m, Q, C});  // [m, C]; a partial sum under TP
     add_row_parallel(x_.data(), y_.data(), m * C);
-    cpu::rmsnorm_forward(xn_.data(), rstd_.data(), x_.data(), lw.mlp_norm, m, C, c.rms_norm_eps);
-    linear_rows(gu_.data(), xn_.data(), lw.wgu, nullptr, m, C, 2 * I);  // [m, 2I]
-    cpu::swiglu_forward(h_.data(), gu_.data(), m, I);                    // [m, I]
-    linear_rows(y_.data(), h_.data(), lw.wdown, nullptr, m, I, C);      // [m, C]; a partial sum under TP
+    ops::rmsnorm_forward(cx, ops::RmsNorm<float>{xn_.data(), rstd_.data(), x_.data(), lw.mlp_norm, m, C, c.rms_norm_eps});
+    ops::linear_rows(cx, ops::Linear<float>{gu_.data(), xn_.data(), lw.wgu, nullptr, m, C, 2 * I});  // [m, 2I]
+    ops::swiglu_forward(cx, ops::SwiGlu<float>{h_.data(), gu_.data(), m, I});                       // [m, I]
+    ops::linear_rows(cx, ops::Linear<float>{y_.data(), h_.data(), lw.wdown, nullptr, m, I, C});     // [m, C]; a partial sum under TP
     add_row_parallel(x_.data(), y_.data(), m * C);
   }
   for (Seq* s : sp) ++s->len;

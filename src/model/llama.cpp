@@ -2,28 +2,13 @@
 
 #include <algorithm>
 #include <cmath>
-#include <cstring>
 #include <optional>
 
 #include "metapo/core/error.h"
-#include "metapo/kernels/attention.h"
-#include "metapo/kernels/embedding.h"
-#include "metapo/kernels/gemm.h"
-#include "metapo/kernels/logprob.h"
-#include "metapo/kernels/rmsnorm.h"
-#include "metapo/kernels/swiglu.h"
 #include "metapo/model/rope_freq.h"
 #include "metapo/model/tp_layout.h"
 
 namespace metapo {
-
-std::vector<int32_t> next_token_targets(const PackedBatch& b, const uint8_t* mask) {
-  std::vector<int32_t> tg(size_t(b.n_tokens()), -1);
-  for (int64_t s = 0; s < b.n_seqs(); ++s)
-    for (int64_t t = b.cu_seqlens[s]; t + 1 < b.cu_seqlens[s + 1]; ++t)
-      if (!mask || mask[t + 1]) tg[t] = b.tokens[t + 1];
-  return tg;
-}
 
 Recompute parse_recompute(const std::string& name) {
   if (name == "none") return Recompute::None;
@@ -37,13 +22,14 @@ const char* recompute_name(Recompute r) {
 }
 
 template <typename T>
-LlamaModel<T>::LlamaModel(const LlamaConfig& c, Comm* tp, const PipeStage& stage)
+LlamaModel<T>::LlamaModel(const LlamaConfig& c, Comm* tp, const PipeStage& stage, const ops::Context& ctx)
     : cfg_(c),
       tp_(tp),
       lc_(tp ? tp_local_config(c, tp->size()) : c),
       shard_(tp ? VocabShard(c.vocab_size, tp->size(), tp->rank()) : VocabShard()),
       lay_(lc_, stage),
-      inv_freq_(rope_inv_freq(c)) {
+      inv_freq_(rope_inv_freq(c)),
+      ctx_(ctx) {
   acts_.resize(lay_.layers.size());
   for (LayerActs& a : acts_) tag(a);
   for (Buffer<T>* b : {&x_final_, &hN_, &rstdN_, &row_lse_, &probs_}) *b = tagged_buffer<T>(Mem::Activations);
@@ -52,6 +38,13 @@ LlamaModel<T>::LlamaModel(const LlamaConfig& c, Comm* tp, const PipeStage& stage
     *b = tagged_buffer<T>(Mem::Workspace);
   parked_.resize(1);
   tag(parked_[0]);
+}
+
+template <typename T>
+const ops::Context& LlamaModel<T>::ctx() {
+  ctx_.arena = &arena_, ctx_.profile = &prof_;
+  arena_.reset();
+  return ctx_;
 }
 
 // A slot's saved state, empty, its buffers counted as activations.
@@ -70,8 +63,8 @@ void LlamaModel<T>::tag(LayerActs& a) {
 
 template <typename T>
 void LlamaModel<T>::swap_saved(Saved& s) {
-  std::swap(batch_, s.batch), std::swap(pos_, s.pos), std::swap(rows_, s.rows);
-  std::swap(row_targets_, s.row_targets), std::swap(acts_, s.acts), std::swap(x_final_, s.x_final);
+  std::swap(batch_, s.batch), std::swap(idx_, s.idx);
+  std::swap(acts_, s.acts), std::swap(x_final_, s.x_final);
   std::swap(hN_, s.hN), std::swap(rstdN_, s.rstdN), std::swap(row_lse_, s.row_lse), std::swap(probs_, s.probs);
   std::swap(have_forward_, s.have_forward);
 }
@@ -115,6 +108,7 @@ typename LlamaModel<T>::LayerRefs LlamaModel<T>::refs(LayerActs& a) {
 template <typename T>
 void LlamaModel<T>::layer_forward(const LayerView<const T>& lw, const T* x_in, const LayerRefs& r, T* x_out,
                                   bool profile) {
+  const ops::Context& cx = ctx_;
   const LlamaConfig& c = cfg_;
   const PackedBatch& b = batch_;
   const int64_t n = b.n_tokens(), C = c.hidden_size, I = lc_.intermediate_size;
@@ -131,37 +125,37 @@ void LlamaModel<T>::layer_forward(const LayerView<const T>& lw, const T* x_in, c
   const bool own_residual = !tp_ || tp_->rank() == 0;
   auto copy_residual = [&](T* dst, const T* src, int64_t count) {
     if (own_residual)
-      std::memcpy(dst, src, sizeof(T) * size_t(count));
+      ops::copy(cx, dst, src, count);
     else
-      std::fill(dst, dst + count, T(0));
+      ops::fill(cx, dst, T(0), count);
   };
   resize(*r.xn1, n * C), resize(*r.rstd1, n), resize(*r.qkv, n * QKV), resize(*r.att, n * Q);
   resize(*r.lse, Hq * n), resize(*r.x_mid, n * C), resize(*r.xn2, n * C), resize(*r.rstd2, n);
   resize(*r.gu, n * 2 * I), resize(*r.h, n * I);
+  T* qkv = r.qkv->data();
 
   // Attention block: xn1 = norm(x_in); qkv = xn1 Wqkv^T (+b); rope(q, k); att = attn(q, k, v)
-  run("rmsnorm", [&] { cpu::rmsnorm_forward(r.xn1->data(), r.rstd1->data(), x_in, lw.attn_norm, n, C, c.rms_norm_eps); });
-  run("qkv_proj", [&] { cpu::linear_forward(r.qkv->data(), r.xn1->data(), lw.wqkv, lw.bqkv, n, C, QKV); });  // [n, QKV]
-  run("rope", [&] { cpu::rope_apply(r.qkv->data(), n, Hq, D, QKV, pos_.data(), rope_, false); });  // q
-  run("rope", [&] { cpu::rope_apply(r.qkv->data() + Q, n, Hkv, D, QKV, pos_.data(), rope_, false); });  // k
-  cpu::AttentionParams<T> ap{r.qkv->data(), r.qkv->data() + Q, r.qkv->data() + Q + lc_.kv_dim(), QKV,
-                             r.att->data(), Q, r.lse->data(), b.cu_seqlens.data(), b.n_seqs(), n,
-                             Hq, Hkv, D, T(1) / std::sqrt(T(D))};
-  run("attention", [&] { cpu::attention_forward(ap); });  // [n, Q]
+  run("rmsnorm", [&] { ops::rmsnorm_forward(cx, ops::RmsNorm<T>{r.xn1->data(), r.rstd1->data(), x_in, lw.attn_norm, n, C, c.rms_norm_eps}); });
+  run("qkv_proj", [&] { ops::linear_forward(cx, ops::Linear<T>{qkv, r.xn1->data(), lw.wqkv, lw.bqkv, n, C, QKV}); });  // [n, QKV]
+  run("rope", [&] { ops::rope(cx, ops::Rope<T>{qkv, n, Hq, D, QKV, idx_.pos.data(), &rope_, false}); });  // q
+  run("rope", [&] { ops::rope(cx, ops::Rope<T>{qkv + Q, n, Hkv, D, QKV, idx_.pos.data(), &rope_, false}); });  // k
+  const ops::Attention<T> ap{qkv, qkv + Q, qkv + Q + lc_.kv_dim(), QKV, r.att->data(), Q, r.lse->data(),
+                             b.cu_seqlens.data(), b.n_seqs(), n, Hq, Hkv, D, T(1) / std::sqrt(T(D))};
+  run("attention", [&] { ops::attention_forward(cx, ap); });  // [n, Q]
   // x_mid = x_in + att Wo^T (the GEMM accumulates onto the copied residual). Row-parallel under TP:
   // each rank's heads give a partial product; the residual rides on rank 0's partial only, so one
   // all-reduce of [n, C] yields x_in + Σ_r att_r Wo_r^T on every rank.
   copy_residual(r.x_mid->data(), x_in, n * C);
-  run("o_proj", [&] { cpu::gemm<T>(false, true, n, C, Q, T(1), r.att->data(), Q, lw.wo, Q, T(1), r.x_mid->data(), C); });
+  run("o_proj", [&] { ops::gemm(cx, ops::Gemm<T>{false, true, n, C, Q, T(1), r.att->data(), Q, lw.wo, Q, T(1), r.x_mid->data(), C}); });
   if (tp_) run("tp_allreduce", [&] { tp_->allreduce_sum(r.x_mid->data(), size_t(n * C)); });
 
   // MLP block: xn2 = norm(x_mid); gu = xn2 Wgu^T; h = silu(g) u; x_out = x_mid + h Wdown^T
-  run("rmsnorm", [&] { cpu::rmsnorm_forward(r.xn2->data(), r.rstd2->data(), r.x_mid->data(), lw.mlp_norm, n, C, c.rms_norm_eps); });
-  run("gate_up_proj", [&] { cpu::linear_forward(r.gu->data(), r.xn2->data(), lw.wgu, (const T*)nullptr, n, C, 2 * I); });  // [n, 2I]
-  run("swiglu", [&] { cpu::swiglu_forward(r.h->data(), r.gu->data(), n, I); });  // [n, I]
+  run("rmsnorm", [&] { ops::rmsnorm_forward(cx, ops::RmsNorm<T>{r.xn2->data(), r.rstd2->data(), r.x_mid->data(), lw.mlp_norm, n, C, c.rms_norm_eps}); });
+  run("gate_up_proj", [&] { ops::linear_forward(cx, ops::Linear<T>{r.gu->data(), r.xn2->data(), lw.wgu, nullptr, n, C, 2 * I}); });  // [n, 2I]
+  run("swiglu", [&] { ops::swiglu_forward(cx, ops::SwiGlu<T>{r.h->data(), r.gu->data(), n, I}); });  // [n, I]
   if (!x_out) return;
   copy_residual(x_out, r.x_mid->data(), n * C);  // row-parallel like o_proj
-  run("down_proj", [&] { cpu::gemm<T>(false, true, n, C, I, T(1), r.h->data(), I, lw.wdown, I, T(1), x_out, C); });
+  run("down_proj", [&] { ops::gemm(cx, ops::Gemm<T>{false, true, n, C, I, T(1), r.h->data(), I, lw.wdown, I, T(1), x_out, C}); });
   if (tp_) run("tp_allreduce", [&] { tp_->allreduce_sum(x_out, size_t(n * C)); });
 }
 
@@ -174,40 +168,31 @@ void LlamaModel<T>::forward(const T* params, const PackedBatch& b, const int32_t
 template <typename T>
 void LlamaModel<T>::forward_stage(const T* params, const PackedBatch& b, const int32_t* targets, const T* x_in,
                                   T* out) {
+  const ops::Context& cx = ctx();
   const LlamaConfig& c = cfg_;
   const PipeStage& st = lay_.stage;
   // The vocabulary extent here is the whole model's; the layers use this rank's (layer_forward).
   const int64_t n = b.n_tokens(), C = c.hidden_size, V = c.vocab_size;
   const ModelView<const T> w = make_view(lay_, params);
 
-  // Positions restart at 0 in every sequence; check ids and lengths once, here.
-  pos_.resize(size_t(n));
-  int64_t max_len = 0;
-  for (int64_t s = 0; s < b.n_seqs(); ++s) {
-    const int64_t len = b.cu_seqlens[s + 1] - b.cu_seqlens[s];
-    MP_CHECK(len >= 0, "packed batch: cu_seqlens is not non-decreasing at sequence ", s);
-    max_len = std::max(max_len, len);
-    for (int64_t t = 0; t < len; ++t) pos_[size_t(b.cu_seqlens[s] + t)] = int32_t(t);
-  }
-  MP_CHECK(c.sliding_window == 0 || max_len <= c.sliding_window, "sequence of ", max_len,
+  // The micro-batch's index data (positions; on the last stage the rows that have a target), its
+  // token ids and lengths checked, once, here.
+  index_batch(b, st.first, st.last ? targets : nullptr, V, idx_);
+  MP_CHECK(c.sliding_window == 0 || idx_.max_len <= c.sliding_window, "sequence of ", idx_.max_len,
            " tokens is longer than the model's sliding_window (", c.sliding_window,
            "); sliding-window attention is not implemented");
-  if (st.first)
-    for (int64_t t = 0; t < n; ++t)
-      MP_CHECK(b.tokens[t] >= 0 && b.tokens[t] < V, "token id ", b.tokens[t], " at position ", t,
-               " is outside the vocabulary [0, ", V, ")");
-  if (max_len > rope_.max_pos) rope_.build(inv_freq_, std::max<int64_t>(max_len, 64));
+  if (idx_.max_len > rope_.max_pos) rope_.build(inv_freq_, std::max<int64_t>(idx_.max_len, 64));
   batch_ = b;
 
   // x = embed(tokens)                                                   [n, C]
   Buffer<T>& x0 = acts_.empty() ? x_final_ : acts_[0].x_in;
   resize(x0, n * C);
   if (!st.first)  // the previous stage's output
-    std::memcpy(x0.data(), x_in, sizeof(T) * size_t(n * C));
+    ops::copy(cx, x0.data(), x_in, n * C);
   else if (tp_)  // each rank looks up the tokens it owns, one all-reduce of [n, C] (exact: one term each)
-    prof_.run("embedding", [&] { vocab_parallel_embedding_forward(x0.data(), w.embed, b.tokens.data(), n, C, shard_, *tp_); });
+    prof_.run("embedding", [&] { vocab_parallel_embedding_forward(cx, x0.data(), w.embed, b.tokens.data(), n, C, shard_, *tp_); });
   else
-    prof_.run("embedding", [&] { cpu::embedding_forward(x0.data(), w.embed, b.tokens.data(), n, C); });
+    prof_.run("embedding", [&] { ops::embedding_forward(cx, ops::Embedding<T>{x0.data(), w.embed, b.tokens.data(), n, C}); });
 
   for (size_t l = 0; l < acts_.size(); ++l) {
     Buffer<T>& x_out = l + 1 < acts_.size() ? acts_[l + 1].x_in : x_final_;  // the next layer's input
@@ -216,35 +201,28 @@ void LlamaModel<T>::forward_stage(const T* params, const PackedBatch& b, const i
   }
 
   if (!st.last) {
-    std::memcpy(out, x_final_.data(), sizeof(T) * size_t(n * C));
+    ops::copy(cx, out, x_final_.data(), n * C);
     have_forward_ = true;
     return;
   }
   T* logp = out;
   // Final norm and the LM head, only on rows that have a target.
   resize(hN_, n * C), resize(rstdN_, n);
-  prof_.run("rmsnorm", [&] { cpu::rmsnorm_forward(hN_.data(), rstdN_.data(), x_final_.data(), w.final_norm, n, C, c.rms_norm_eps); });
-  rows_.clear(), row_targets_.clear();
-  for (int64_t t = 0; t < n; ++t)
-    if (targets[t] >= 0) {
-      MP_CHECK(targets[t] < V, "target token id ", targets[t], " is outside the vocabulary [0, ", V, ")");
-      rows_.push_back(int32_t(t)), row_targets_.push_back(targets[t]);
-    }
-  const int64_t nr = int64_t(rows_.size());
-  std::vector<T> row_logp(static_cast<size_t>(nr));
+  prof_.run("rmsnorm", [&] { ops::rmsnorm_forward(cx, ops::RmsNorm<T>{hN_.data(), rstdN_.data(), x_final_.data(), w.final_norm, n, C, c.rms_norm_eps}); });
+  const int64_t nr = int64_t(idx_.rows.size());
+  T* row_logp = cx.arena->alloc<T>(size_t(nr));
   resize(row_lse_, nr);
   const int64_t Vl = tp_ ? shard_.real : V;  // logits this rank computes
   const bool cache = size_t(nr) * size_t(Vl) * sizeof(T) <= cache_budget_;
   resize(probs_, cache ? nr * Vl : 0);
   if (tp_) {
-    VocabParallelLogprobParams<T> vp{hN_.data(), w.lm_head, C, shard_, rows_.data(), row_targets_.data(), nr};
-    prof_.run("lm_head_logprob", [&] { vocab_parallel_logprob_forward(vp, *tp_, row_logp.data(), row_lse_.data(), cache ? probs_.data() : nullptr); });
+    VocabParallelLogprobParams<T> vp{hN_.data(), w.lm_head, C, shard_, idx_.rows.data(), idx_.row_targets.data(), nr};
+    prof_.run("lm_head_logprob", [&] { vocab_parallel_logprob_forward(cx, vp, *tp_, row_logp, row_lse_.data(), cache ? probs_.data() : nullptr); });
   } else {
-    cpu::LogprobParams<T> lp{hN_.data(), w.lm_head, C, V, rows_.data(), row_targets_.data(), nr};
-    prof_.run("lm_head_logprob", [&] { cpu::logprob_forward(lp, row_logp.data(), row_lse_.data(), cache ? probs_.data() : nullptr); });
+    const ops::Logprob<T> lp{hN_.data(), w.lm_head, C, V, idx_.rows.data(), idx_.row_targets.data(), nr};
+    prof_.run("lm_head_logprob", [&] { ops::logprob_forward(cx, lp, row_logp, row_lse_.data(), cache ? probs_.data() : nullptr); });
   }
-  std::fill(logp, logp + n, T(0));
-  for (int64_t i = 0; i < nr; ++i) logp[rows_[i]] = row_logp[i];
+  ops::scatter(cx, logp, n, row_logp, idx_.rows.data(), nr);  // 0 on rows without a target
   have_forward_ = true;
 }
 
@@ -261,6 +239,7 @@ void LlamaModel<T>::backward_stage(const T* params, const T* dout, T* grads, boo
   const PipeStage& st = lay_.stage;
   MP_CHECK(have_forward_, "LlamaModel::backward called without a forward (or twice for one forward)");
   have_forward_ = false;  // the probability cache is consumed below
+  const ops::Context& cx = ctx();
   const LlamaConfig& c = cfg_;
   const PackedBatch& b = batch_;
   const int64_t n = b.n_tokens(), C = c.hidden_size, V = lc_.vocab_size, I = lc_.intermediate_size;
@@ -279,33 +258,34 @@ void LlamaModel<T>::backward_stage(const T* params, const T* dout, T* grads, boo
   const bool ghost_replicated = ghost && (!tp_ || tp_->rank() == 0);
   MP_CHECK(!ghost || seq_dots, "LlamaModel::backward: ghat given without seq_dots");
   std::optional<ModelView<const T>> gh;
-  std::vector<double> rdot;
-  std::vector<int64_t> seg;  // the rows of each group of ghost_group_ sequences
+  double* rdot = nullptr;  // [n] per-row ghost dots
   if (ghost) {
     gh = make_view(lay_, ghat);
-    rdot.assign(size_t(n), 0.0);
-    MP_CHECK(ghost_group_ >= 1, "LlamaModel: ghost group of ", ghost_group_, " sequences");
-    for (int64_t s = 0; s < b.n_seqs(); s += ghost_group_) seg.push_back(b.cu_seqlens[s]);
-    seg.push_back(b.n_tokens());
+    rdot = cx.arena->alloc<double>(size_t(n));
+    ops::fill(cx, rdot, 0.0, n);
+    group_starts(b, ghost_group_, seg_);  // the rows of each group of ghost_group_ sequences
   }
   // A linear layer's backward; with ĝ, fused with its ghost dots per group of sequences (each group's
   // dot lands on its first row of rdot, which is summed per sequence at the end).
   auto linear_bwd = [&](T* dX, T* dW, T* db, const T* dY, const T* X, const T* W, int64_t rows, int64_t in,
                         int64_t out, const T* gW, const T* gb) {
-    if (gW)
-      cpu::linear_backward_ghost(dX, dW, db, dY, X, W, rows, in, out, accumulate, gW, gb, seg.data(),
-                                 int64_t(seg.size()) - 1, rdot.data());
-    else
-      cpu::linear_backward(dX, dW, db, dY, X, W, rows, in, out, accumulate);
+    ops::LinearGrad<T> a{dX, dW, db, dY, X, W, rows, in, out, accumulate};
+    if (gW) a.ghat_w = gW, a.ghat_b = gb, a.seg = seg_.data(), a.n_seg = int64_t(seg_.size()) - 1, a.rdot = rdot;
+    ops::linear_backward(cx, a);
+  };
+  auto norm_bwd = [&](T* dX, T* dW, const T* dY, const T* X, const T* W, const T* rstd, bool acc) {
+    ops::rmsnorm_backward(cx, ops::RmsNormGrad<T>{dX, dW, dY, X, W, rstd, n, C, acc});
+  };
+  auto norm_ghost = [&](const T* dY, const T* X, const T* rstd, const T* gW) {
+    ops::rmsnorm_ghost_dots(cx, ops::RmsNormGhost<T>{dY, X, rstd, gW, n, C, rdot});
   };
   if (!accumulate) {
     // The GEMMs overwrite their weight gradients (beta = 0); only the tensors that are summed into
     // (norm weights, and an untied embedding's scatter-add) start from zero here. A tied embedding
     // is first written by the LM head's GEMM.
-    auto zero = [](T* p, int64_t count) { std::fill(p, p + count, T(0)); };
-    for (const LayerView<T>& lg : g.layers) zero(lg.attn_norm, C), zero(lg.mlp_norm, C);
-    if (st.last) zero(g.final_norm, C);
-    if (st.first && !c.tie_word_embeddings) zero(g.embed, V * C);
+    for (const LayerView<T>& lg : g.layers) ops::fill(cx, lg.attn_norm, T(0), C), ops::fill(cx, lg.mlp_norm, T(0), C);
+    if (st.last) ops::fill(cx, g.final_norm, T(0), C);
+    if (st.first && !c.tie_word_embeddings) ops::fill(cx, g.embed, T(0), V * C);
   }
 
   // Workspaces are members: their pages stay mapped from step to step.
@@ -313,30 +293,29 @@ void LlamaModel<T>::backward_stage(const T* params, const T* dout, T* grads, boo
   Buffer<T>&dhN = wk.dxn, &dx = wk.dx;
   resize(dhN, n * C), resize(dx, n * C);
   if (!st.last) {
-    std::memcpy(dx.data(), dout, sizeof(T) * size_t(n * C));  // the next stage's dL/d(our output)
+    ops::copy(cx, dx.data(), dout, n * C);  // the next stage's dL/d(our output)
   } else {
     // LM head: dhN = dlogits W, dW_head += dlogits^T hN (tied: lands in the embedding gradient).
     const T* dlogp = dout;
-    const int64_t nr = int64_t(rows_.size());
+    const int64_t nr = int64_t(idx_.rows.size());
     Buffer<T>& coef = wk.coef;
     resize(coef, nr);
-    for (int64_t i = 0; i < nr; ++i) coef[i] = dlogp[rows_[i]];
-    std::fill(dhN.begin(), dhN.end(), T(0));
+    ops::gather(cx, coef.data(), dlogp, idx_.rows.data(), nr);
+    ops::fill(cx, dhN.data(), T(0), n * C);
+    const ops::LogprobGrad<T> lg{coef.data(), row_lse_.data(), probs_.empty() ? nullptr : probs_.data(), dhN.data(),
+                                 g.lm_head, accumulate, ghost ? gh->lm_head : nullptr, rdot};
     if (tp_) {
       // dhN is this rank's partial over its vocabulary rows: summed over TP before the final norm.
-      VocabParallelLogprobParams<T> vp{hN_.data(), w.lm_head, C, shard_, rows_.data(), row_targets_.data(), nr};
-      prof_.run("lm_head_logprob.bwd", [&] { vocab_parallel_logprob_backward(vp, coef.data(), row_lse_.data(), probs_.empty() ? nullptr : probs_.data(),
-                            dhN.data(), g.lm_head, accumulate, ghost ? gh->lm_head : nullptr, ghost ? rdot.data() : nullptr); });
+      VocabParallelLogprobParams<T> vp{hN_.data(), w.lm_head, C, shard_, idx_.rows.data(), idx_.row_targets.data(), nr};
+      prof_.run("lm_head_logprob.bwd", [&] { vocab_parallel_logprob_backward(cx, vp, lg); });
       prof_.run("tp_allreduce", [&] { tp_->allreduce_sum(dhN.data(), size_t(n * C)); });
     } else {
-      cpu::LogprobParams<T> lp{hN_.data(), w.lm_head, C, V, rows_.data(), row_targets_.data(), nr};
-      prof_.run("lm_head_logprob.bwd", [&] { cpu::logprob_backward(lp, coef.data(), row_lse_.data(), probs_.empty() ? nullptr : probs_.data(),
-                            dhN.data(), g.lm_head, accumulate, ghost ? gh->lm_head : nullptr, ghost ? rdot.data() : nullptr); });
+      const ops::Logprob<T> lp{hN_.data(), w.lm_head, C, V, idx_.rows.data(), idx_.row_targets.data(), nr};
+      prof_.run("lm_head_logprob.bwd", [&] { ops::logprob_backward(cx, lp, lg); });
     }
-    prof_.run("rmsnorm.bwd", [&] { cpu::rmsnorm_backward(dx.data(), g.final_norm, dhN.data(), x_final_.data(), w.final_norm,
-                          rstdN_.data(), n, C, false); });
+    prof_.run("rmsnorm.bwd", [&] { norm_bwd(dx.data(), g.final_norm, dhN.data(), x_final_.data(), w.final_norm, rstdN_.data(), false); });
     if (ghost_replicated)
-      prof_.run("ghost", [&] { cpu::rmsnorm_ghost_dots(dhN.data(), x_final_.data(), rstdN_.data(), gh->final_norm, n, C, rdot.data()); });
+      prof_.run("ghost", [&] { norm_ghost(dhN.data(), x_final_.data(), rstdN_.data(), gh->final_norm); });
   }
 
   // dx is the gradient with respect to the current layer's output (the residual stream).
@@ -355,57 +334,53 @@ void LlamaModel<T>::backward_stage(const T* params, const T* dout, T* grads, boo
       // SwiGLU product from the kept gate/up.
       prof_.run("recompute", [&] {
         resize(*r.xn1, n * C), resize(*r.xn2, n * C), resize(*r.h, n * I), resize(scratch_.rstd1, n);
-        cpu::rmsnorm_forward(r.xn1->data(), scratch_.rstd1.data(), x_in, lw.attn_norm, n, C, c.rms_norm_eps);
-        cpu::rmsnorm_forward(r.xn2->data(), scratch_.rstd1.data(), r.x_mid->data(), lw.mlp_norm, n, C, c.rms_norm_eps);
-        cpu::swiglu_forward(r.h->data(), r.gu->data(), n, I);
+        ops::rmsnorm_forward(cx, ops::RmsNorm<T>{r.xn1->data(), scratch_.rstd1.data(), x_in, lw.attn_norm, n, C, c.rms_norm_eps});
+        ops::rmsnorm_forward(cx, ops::RmsNorm<T>{r.xn2->data(), scratch_.rstd1.data(), r.x_mid->data(), lw.mlp_norm, n, C, c.rms_norm_eps});
+        ops::swiglu_forward(cx, ops::SwiGlu<T>{r.h->data(), r.gu->data(), n, I});
       });
     }
 
     const LayerView<const T>* lgh = ghost ? &gh->layers[li] : nullptr;
 
     // MLP block backward (each ghost call reads its G before the next step overwrites it).
-    prof_.run("down_proj.bwd", [&] { linear_bwd(dh.data(), lg.wdown, (T*)nullptr, dx.data(), r.h->data(), lw.wdown, n, I, C, lgh ? lgh->wdown : nullptr, nullptr); });
-    prof_.run("swiglu.bwd", [&] { cpu::swiglu_backward(dgu.data(), dh.data(), r.gu->data(), n, I); });
-    prof_.run("gate_up_proj.bwd", [&] { linear_bwd(dxn.data(), lg.wgu, (T*)nullptr, dgu.data(), r.xn2->data(), lw.wgu, n, C, 2 * I, lgh ? lgh->wgu : nullptr, nullptr); });
+    prof_.run("down_proj.bwd", [&] { linear_bwd(dh.data(), lg.wdown, nullptr, dx.data(), r.h->data(), lw.wdown, n, I, C, lgh ? lgh->wdown : nullptr, nullptr); });
+    prof_.run("swiglu.bwd", [&] { ops::swiglu_backward(cx, ops::SwiGluGrad<T>{dgu.data(), dh.data(), r.gu->data(), n, I}); });
+    prof_.run("gate_up_proj.bwd", [&] { linear_bwd(dxn.data(), lg.wgu, nullptr, dgu.data(), r.xn2->data(), lw.wgu, n, C, 2 * I, lgh ? lgh->wgu : nullptr, nullptr); });
     // Column-parallel input gradient: each rank's gate/up slice gives a partial dxn.
     if (tp_) prof_.run("tp_allreduce", [&] { tp_->allreduce_sum(dxn.data(), size_t(n * C)); });
     if (ghost_replicated)
-      prof_.run("ghost", [&] { cpu::rmsnorm_ghost_dots(dxn.data(), r.x_mid->data(), r.rstd2->data(), lgh->mlp_norm, n, C, rdot.data()); });
-    prof_.run("rmsnorm.bwd", [&] { cpu::rmsnorm_backward(dx.data(), lg.mlp_norm, dxn.data(), r.x_mid->data(), lw.mlp_norm,
-                          r.rstd2->data(), n, C, true); });  // dx: now w.r.t. x_mid
+      prof_.run("ghost", [&] { norm_ghost(dxn.data(), r.x_mid->data(), r.rstd2->data(), lgh->mlp_norm); });
+    prof_.run("rmsnorm.bwd", [&] { norm_bwd(dx.data(), lg.mlp_norm, dxn.data(), r.x_mid->data(), lw.mlp_norm, r.rstd2->data(), true); });  // dx: now w.r.t. x_mid
 
     // Attention block backward.
-    prof_.run("o_proj.bwd", [&] { linear_bwd(datt.data(), lg.wo, (T*)nullptr, dx.data(), r.att->data(), lw.wo, n, Q, C, lgh ? lgh->wo : nullptr, nullptr); });
-    cpu::AttentionParams<T> ap{r.qkv->data(), r.qkv->data() + Q, r.qkv->data() + Q + KV, QKV,
-                               const_cast<T*>(r.att->data()), Q, const_cast<T*>(r.lse->data()),
-                               b.cu_seqlens.data(), b.n_seqs(), n, Hq, Hkv, D,
-                               T(1) / std::sqrt(T(D))};
-    cpu::AttentionGradParams<T> agp{datt.data(), dqkv.data(), dqkv.data() + Q, dqkv.data() + Q + KV, QKV};
-    prof_.run("attention.bwd", [&] { cpu::attention_backward(ap, agp); });
-    prof_.run("rope.bwd", [&] { cpu::rope_apply(dqkv.data(), n, Hq, D, QKV, pos_.data(), rope_, true); });  // dq before rope
-    prof_.run("rope.bwd", [&] { cpu::rope_apply(dqkv.data() + Q, n, Hkv, D, QKV, pos_.data(), rope_, true); });  // dk before rope
+    prof_.run("o_proj.bwd", [&] { linear_bwd(datt.data(), lg.wo, nullptr, dx.data(), r.att->data(), lw.wo, n, Q, C, lgh ? lgh->wo : nullptr, nullptr); });
+    const T* qkv = r.qkv->data();
+    const ops::Attention<T> ap{qkv, qkv + Q, qkv + Q + KV, QKV, r.att->data(), Q, r.lse->data(),
+                               b.cu_seqlens.data(), b.n_seqs(), n, Hq, Hkv, D, T(1) / std::sqrt(T(D))};
+    const ops::AttentionGrad<T> agp{datt.data(), dqkv.data(), dqkv.data() + Q, dqkv.data() + Q + KV, QKV};
+    prof_.run("attention.bwd", [&] { ops::attention_backward(cx, ap, agp); });
+    prof_.run("rope.bwd", [&] { ops::rope(cx, ops::Rope<T>{dqkv.data(), n, Hq, D, QKV, idx_.pos.data(), &rope_, true}); });  // dq before rope
+    prof_.run("rope.bwd", [&] { ops::rope(cx, ops::Rope<T>{dqkv.data() + Q, n, Hkv, D, QKV, idx_.pos.data(), &rope_, true}); });  // dk before rope
     prof_.run("qkv_proj.bwd", [&] { linear_bwd(dxn.data(), lg.wqkv, lg.bqkv, dqkv.data(), r.xn1->data(), lw.wqkv, n, C, QKV, lgh ? lgh->wqkv : nullptr, lgh ? lgh->bqkv : nullptr); });
     if (tp_) prof_.run("tp_allreduce", [&] { tp_->allreduce_sum(dxn.data(), size_t(n * C)); });  // partial, as above
     if (ghost_replicated)
-      prof_.run("ghost", [&] { cpu::rmsnorm_ghost_dots(dxn.data(), x_in, r.rstd1->data(), lgh->attn_norm, n, C, rdot.data()); });
-    prof_.run("rmsnorm.bwd", [&] { cpu::rmsnorm_backward(dx.data(), lg.attn_norm, dxn.data(), x_in, lw.attn_norm,
-                          r.rstd1->data(), n, C, true); });  // dx: now w.r.t. x_in
+      prof_.run("ghost", [&] { norm_ghost(dxn.data(), x_in, r.rstd1->data(), lgh->attn_norm); });
+    prof_.run("rmsnorm.bwd", [&] { norm_bwd(dx.data(), lg.attn_norm, dxn.data(), x_in, lw.attn_norm, r.rstd1->data(), true); });  // dx: now w.r.t. x_in
   }
   if (!st.first) {
-    std::memcpy(dx_in, dx.data(), sizeof(T) * size_t(n * C));  // to the previous stage
+    ops::copy(cx, dx_in, dx.data(), n * C);  // to the previous stage
   } else if (tp_) {
-    prof_.run("embedding.bwd", [&] { vocab_parallel_embedding_backward(g.embed, dx.data(), b.tokens.data(), n, C, shard_); });
-    if (ghost) vocab_parallel_embedding_ghost_dots(dx.data(), b.tokens.data(), gh->embed, n, C, shard_, rdot.data());
+    prof_.run("embedding.bwd", [&] { vocab_parallel_embedding_backward(cx, g.embed, dx.data(), b.tokens.data(), n, C, shard_); });
+    if (ghost) vocab_parallel_embedding_ghost_dots(cx, dx.data(), b.tokens.data(), gh->embed, n, C, shard_, rdot);
   } else {
-    prof_.run("embedding.bwd", [&] { cpu::embedding_backward(g.embed, dx.data(), b.tokens.data(), n, C); });
-    if (ghost) cpu::embedding_ghost_dots(dx.data(), b.tokens.data(), gh->embed, n, C, rdot.data());
+    prof_.run("embedding.bwd", [&] { ops::embedding_backward(cx, ops::EmbeddingGrad<T>{g.embed, dx.data(), b.tokens.data(), n, C}); });
+    if (ghost) ops::embedding_ghost_dots(cx, ops::EmbeddingGhost<T>{dx.data(), b.tokens.data(), gh->embed, n, C, rdot});
   }
   if (ghost) {
     // Every partial row dot of this backward in one all-reduce; the result is identical on all ranks.
-    if (tp_) prof_.run("tp_allreduce", [&] { tp_->allreduce_sum(rdot.data(), size_t(n)); });
-    seq_dots->assign(size_t(b.n_seqs()), 0.0);
-    for (int64_t s = 0; s < b.n_seqs(); ++s)
-      for (int64_t t = b.cu_seqlens[s]; t < b.cu_seqlens[s + 1]; ++t) (*seq_dots)[size_t(s)] += rdot[size_t(t)];
+    if (tp_) prof_.run("tp_allreduce", [&] { tp_->allreduce_sum(rdot, size_t(n)); });
+    seq_dots->resize(size_t(b.n_seqs()));
+    ops::segment_sum(cx, seq_dots->data(), rdot, b.cu_seqlens.data(), b.n_seqs());
   }
 }
 

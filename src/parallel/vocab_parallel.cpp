@@ -7,8 +7,6 @@
 #include <vector>
 
 #include "metapo/core/error.h"
-#include "metapo/kernels/embedding.h"
-#include "metapo/kernels/logprob.h"
 
 namespace metapo {
 
@@ -39,9 +37,9 @@ void check_tokens(const int32_t* tokens, int64_t n, int64_t V, const char* who) 
 }
 
 template <typename T>
-cpu::LogprobParams<T> local_params(const VocabParallelLogprobParams<T>& p) {
+ops::Logprob<T> local_params(const VocabParallelLogprobParams<T>& p) {
   // Only the real rows: padded rows produce no logit (as if they were -inf) and no gradient.
-  return cpu::LogprobParams<T>{p.h, p.W, p.C, p.shard.real, p.rows, p.targets, p.n_rows};
+  return ops::Logprob<T>{p.h, p.W, p.C, p.shard.real, p.rows, p.targets, p.n_rows, p.shard.begin};
 }
 
 }  // namespace
@@ -49,113 +47,81 @@ cpu::LogprobParams<T> local_params(const VocabParallelLogprobParams<T>& p) {
 // ---- embedding ----
 
 template <typename T>
-void vocab_parallel_embedding_forward(T* x, const T* E_local, const int32_t* tokens, int64_t n, int64_t C,
-                                      const VocabShard& s, Comm& tp) {
+void vocab_parallel_embedding_forward(const ops::Context& ctx, T* x, const T* E_local, const int32_t* tokens, int64_t n,
+                                      int64_t C, const VocabShard& s, Comm& tp) {
   check_group(s, tp, "vocab_parallel_embedding_forward");
   check_tokens(tokens, n, s.vocab, "vocab_parallel_embedding_forward");
-#pragma omp parallel for schedule(static)
-  for (int64_t t = 0; t < n; ++t) {
-    if (s.owns(tokens[t]))
-      std::memcpy(x + t * C, E_local + (int64_t(tokens[t]) - s.begin) * C, sizeof(T) * C);
-    else
-      std::fill(x + t * C, x + (t + 1) * C, T(0));
-  }
+  // The rows this rank owns; the others zero.
+  ops::embedding_forward(ctx, ops::Embedding<T>{x, E_local, tokens, n, C, s.begin, s.begin + s.real});
   // Adding zeros is exact: x equals the single-rank lookup bit for bit.
   tp.allreduce_sum(x, size_t(n * C));
 }
 
 template <typename T>
-void vocab_parallel_embedding_backward(T* dE_local, const T* dx, const int32_t* tokens, int64_t n, int64_t C,
-                                       const VocabShard& s) {
+void vocab_parallel_embedding_backward(const ops::Context& ctx, T* dE_local, const T* dx, const int32_t* tokens,
+                                       int64_t n, int64_t C, const VocabShard& s) {
   check_tokens(tokens, n, s.vocab, "vocab_parallel_embedding_backward");
   // Another rank's rows are skipped (dx is replicated: that rank adds them).
-  cpu::embedding_backward(dE_local, dx, tokens, n, C, s.begin, s.begin + s.real);
+  ops::embedding_backward(ctx, ops::EmbeddingGrad<T>{dE_local, dx, tokens, n, C, s.begin, s.begin + s.real});
 }
 
 template <typename T>
-void vocab_parallel_embedding_ghost_dots(const T* dx, const int32_t* tokens, const T* Ghat_local, int64_t n,
-                                         int64_t C, const VocabShard& s, double* rdot) {
+void vocab_parallel_embedding_ghost_dots(const ops::Context& ctx, const T* dx, const int32_t* tokens,
+                                         const T* Ghat_local, int64_t n, int64_t C, const VocabShard& s,
+                                         double* rdot) {
   check_tokens(tokens, n, s.vocab, "vocab_parallel_embedding_ghost_dots");
-  cpu::embedding_ghost_dots(dx, tokens, Ghat_local, n, C, rdot, s.begin, s.begin + s.real);
+  ops::embedding_ghost_dots(ctx, ops::EmbeddingGhost<T>{dx, tokens, Ghat_local, n, C, rdot, s.begin, s.begin + s.real});
 }
 
 // ---- target log-probs ----
 
 template <typename T>
-void vocab_parallel_logprob_forward(const VocabParallelLogprobParams<T>& p, Comm& tp, T* logp, T* lse,
-                                    T* prob_cache) {
+void vocab_parallel_logprob_forward(const ops::Context& ctx, const VocabParallelLogprobParams<T>& p, Comm& tp,
+                                    T* logp, T* lse, T* prob_cache) {
   check_group(p.shard, tp, "vocab_parallel_logprob_forward");
   check_tokens(p.targets, p.n_rows, p.shard.vocab, "vocab_parallel_logprob_forward (targets)");
   const int64_t nr = p.n_rows;
   const size_t n = static_cast<size_t>(nr);
-  std::vector<T> mx(n), se(n), tl(n);
-  cpu::logprob_forward_shard(local_params(p), p.shard.begin, mx.data(), se.data(), tl.data(), prob_cache);
+  ops::Arena local;  // the temporaries: the caller's arena, else one of our own
+  ops::Arena& ar = ctx.arena ? *ctx.arena : local;
+  T *mx = ar.alloc<T>(n), *se = ar.alloc<T>(n), *tl = ar.alloc<T>(n);
+  ops::logprob_forward_shard(ctx, local_params(p), mx, se, tl, prob_cache);
 
   // In double: the all-reduces are double, and the rescaling exp(m_r - M) of a float sum loses nothing.
-  std::vector<double> gmax(n), red(2 * n);
-  for (size_t i = 0; i < n; ++i) gmax[i] = double(mx[i]);
-  tp.allreduce_max(gmax.data(), n);
-  for (size_t i = 0; i < n; ++i) {
-    // A rank with no real logits (mx = -inf, se = 0) adds nothing; the guard avoids -inf - -inf.
-    red[i] = se[i] > 0 ? double(se[i]) * std::exp(double(mx[i]) - gmax[i]) : 0.0;
-    red[n + i] = double(tl[i]);  // the owner's logit, 0 elsewhere: the sum is exact
-  }
-  tp.allreduce_sum(red.data(), 2 * n);
-
-  // The same arithmetic as cpu::logprob_forward when tp = 1 (M = m, S = s, exp(0) = 1): bit for bit.
-  for (size_t i = 0; i < n; ++i) {
-    lse[i] = T(gmax[i]) + std::log(T(red[i]));
-    logp[i] = T(red[n + i]) - lse[i];
-  }
-  if (prob_cache && p.shard.real > 0) {
-    // The cache holds exp(z - m_r); softmax = exp(z - m_r) · exp(m_r - M) / S. For tp = 1 the factor
-    // is 1/S, rounded once from double (exact for a division), like the single-rank 1/sum.
-    const int64_t V = p.shard.real;
-#pragma omp parallel for schedule(static)
-    for (int64_t i = 0; i < nr; ++i) {
-      const T f = se[i] > 0 ? T(std::exp(double(mx[i]) - gmax[i]) / red[i]) : T(0);
-      T* row = prob_cache + i * V;
-#pragma omp simd
-      for (int64_t v = 0; v < V; ++v) row[v] *= f;
-    }
-  }
+  double *gmax = ar.alloc<double>(n), *red = ar.alloc<double>(2 * n);
+  ops::widen(ctx, gmax, mx, nr);
+  tp.allreduce_max(gmax, n);
+  ops::logprob_shard_partials(ctx, mx, se, tl, gmax, red, nr);
+  tp.allreduce_sum(red, 2 * n);
+  // The same arithmetic as the single-rank logprob_forward when tp = 1: bit for bit.
+  ops::logprob_shard_finish(ctx, mx, se, gmax, red, lse, logp, prob_cache, nr, p.shard.real);
 }
 
 template <typename T>
-void vocab_parallel_logprob_backward(const VocabParallelLogprobParams<T>& p, const T* coef, const T* lse,
-                                     T* prob_cache, T* dh, T* dW_local, bool accumulate, const T* Ghat_local,
-                                     double* row_dot) {
+void vocab_parallel_logprob_backward(const ops::Context& ctx, const VocabParallelLogprobParams<T>& p,
+                                     const ops::LogprobGrad<T>& g) {
   check_tokens(p.targets, p.n_rows, p.shard.vocab, "vocab_parallel_logprob_backward (targets)");
-  MP_CHECK(!Ghat_local == !row_dot, "vocab_parallel_logprob_backward: Ghat_local and row_dot go together");
+  MP_CHECK(!g.ghat == !g.row_dot, "vocab_parallel_logprob_backward: Ghat_local and row_dot go together");
   const VocabShard& s = p.shard;
-  if (!accumulate) std::fill(dW_local + s.real * p.C, dW_local + s.rows * p.C, T(0));  // padding: zero
-  cpu::logprob_backward_shard(local_params(p), s.begin, coef, lse, prob_cache, dh, dW_local, accumulate,
-                              Ghat_local, row_dot);
+  if (!g.accumulate) ops::fill(ctx, g.dW + s.real * p.C, T(0), (s.rows - s.real) * p.C);  // padding: zero
+  ops::logprob_backward(ctx, local_params(p), g);
 }
 
 // ---- instantiations ----
 
-template void vocab_parallel_embedding_forward<float>(float*, const float*, const int32_t*, int64_t, int64_t,
-                                                      const VocabShard&, Comm&);
-template void vocab_parallel_embedding_forward<double>(double*, const double*, const int32_t*, int64_t, int64_t,
-                                                       const VocabShard&, Comm&);
-template void vocab_parallel_embedding_backward<float>(float*, const float*, const int32_t*, int64_t, int64_t,
-                                                       const VocabShard&);
-template void vocab_parallel_embedding_backward<double>(double*, const double*, const int32_t*, int64_t,
-                                                        int64_t, const VocabShard&);
-template void vocab_parallel_embedding_ghost_dots<float>(const float*, const int32_t*, const float*, int64_t,
-                                                         int64_t, const VocabShard&, double*);
-template void vocab_parallel_embedding_ghost_dots<double>(const double*, const int32_t*, const double*, int64_t,
-                                                          int64_t, const VocabShard&, double*);
-template void vocab_parallel_logprob_forward<float>(const VocabParallelLogprobParams<float>&, Comm&, float*,
-                                                    float*, float*);
-template void vocab_parallel_logprob_forward<double>(const VocabParallelLogprobParams<double>&, Comm&, double*,
-                                                     double*, double*);
-template void vocab_parallel_logprob_backward<float>(const VocabParallelLogprobParams<float>&, const float*,
-                                                     const float*, float*, float*, float*, bool, const float*,
-                                                     double*);
-template void vocab_parallel_logprob_backward<double>(const VocabParallelLogprobParams<double>&, const double*,
-                                                      const double*, double*, double*, double*, bool,
-                                                      const double*, double*);
+#define MP_INSTANTIATE(T)                                                                                       \
+  template void vocab_parallel_embedding_forward<T>(const ops::Context&, T*, const T*, const int32_t*, int64_t, \
+                                                    int64_t, const VocabShard&, Comm&);                         \
+  template void vocab_parallel_embedding_backward<T>(const ops::Context&, T*, const T*, const int32_t*, int64_t, \
+                                                     int64_t, const VocabShard&);                                \
+  template void vocab_parallel_embedding_ghost_dots<T>(const ops::Context&, const T*, const int32_t*, const T*,  \
+                                                       int64_t, int64_t, const VocabShard&, double*);            \
+  template void vocab_parallel_logprob_forward<T>(const ops::Context&, const VocabParallelLogprobParams<T>&,     \
+                                                  Comm&, T*, T*, T*);                                           \
+  template void vocab_parallel_logprob_backward<T>(const ops::Context&, const VocabParallelLogprobParams<T>&,    \
+                                                   const ops::LogprobGrad<T>&);
+MP_INSTANTIATE(float)
+MP_INSTANTIATE(double)
+#undef MP_INSTANTIATE
 
 }  // namespace metapo

@@ -44,12 +44,12 @@ ZeroShards::ZeroShards(size_t n, Comm& dp, Comm* mp, const std::vector<std::pair
 double ZeroShards::shard_sq_norm(const float* g) const {
   if (count_replicated_) {
     // Every run counts (no model parallelism, or TP rank 0): the plain path.
-    const double n = grad_norm(g, shard_);
+    const double n = grad_norm(g, shard_, ctx_);
     return n * n;
   }
   double sq = 0;
   for (const auto& [lo, hi] : norm_ranges_) {
-    const double n = grad_norm(g + lo, hi - lo);
+    const double n = grad_norm(g + lo, hi - lo, ctx_);
     sq += n * n;
   }
   return sq;
@@ -60,9 +60,7 @@ double ZeroShards::reduce(float* grads, double scale) {
   float* g = shard(grads);
   if (!one) dp_.reduce_scatter_sum(grads, g, shard_);
   if (scale != 1.0) {
-    const float f = float(scale);
-#pragma omp parallel for schedule(static)
-    for (size_t i = 0; i < shard_; ++i) g[i] *= f;
+    ops::scale(ctx_, g, float(scale), shard_);
   }
   // The padding of the last block is zero on every rank, so it adds nothing to the norm.
   double sq = shard_sq_norm(g);
@@ -80,7 +78,7 @@ float* ZeroShards::reduce_scatter(float* g) {
 
 void ZeroShards::allgather_shard(float* g) {
   if (dp_.size() == 1) return;
-  std::copy(g_.begin(), g_.end(), g + shard_begin());
+  ops::copy(ctx_, g + shard_begin(), g_.data(), int64_t(g_.size()));
   dp_.allgather(g, shard_);
 }
 
@@ -88,20 +86,9 @@ void ZeroShards::allgather(float* buf) {
   if (dp_.size() > 1) dp_.allgather(buf, shard_);
 }
 
-double grad_norm(const float* g, size_t n) {
+double grad_norm(const float* g, size_t n, const ops::Context& ctx) {
   // Blocks summed in a fixed order: the same norm whatever the thread count.
-  constexpr size_t kBlock = 1 << 16;
-  const size_t nb = (n + kBlock - 1) / kBlock;
-  std::vector<double> part(nb, 0.0);
-#pragma omp parallel for schedule(static)
-  for (size_t b = 0; b < nb; ++b) {
-    double s = 0;
-    for (size_t i = b * kBlock; i < std::min(n, (b + 1) * kBlock); ++i) s += double(g[i]) * double(g[i]);
-    part[b] = s;
-  }
-  double s = 0;
-  for (double x : part) s += x;
-  return std::sqrt(s);
+  return std::sqrt(ops::sum_squares(ctx, g, n));
 }
 
 }  // namespace metapo

@@ -86,6 +86,15 @@ std::vector<StagePlan> plan_memory(const PlanInput& in) {
     // The backward's gradient buffers (LlamaModel::BackwardWork): dx, dxn [C], dh [I], dgu [2I],
     // datt [Q], dqkv [QKV]; on the last stage the per-row loss coefficients.
     add(Mem::Workspace, (2 * C + 3 * I + Q + QKV) * nb * pr.act + (st.last ? Rb * pr.act : 0));
+    // The model's arena (ops::Arena, pieces rounded to 16 bytes) holds what one forward or one backward needs
+    // at most: on the last stage the forward's row log-probs, and under TP the vocab-parallel
+    // partials (row max, Σ exp, target logit; the global max and the two sums in double); with
+    // MetaPO the backward's per-row ghost dots (double). The reference model's arena goes with it.
+    auto r16 = [](int64_t bytes) { return (bytes + 15) / 16 * 16; };
+    auto fwd_arena = [&](int64_t rows) {
+      return st.last ? r16(rows * pr.act) + (in.tp > 1 ? 3 * r16(rows * pr.act) + r16(8 * rows) + r16(16 * rows) : 0) : 0;
+    };
+    add(Mem::Workspace, std::max(fwd_arena(R), in.metapo ? r16(8 * nb) : 0));
     // The pipeline's messages of [tokens, C], held for one pass: in a training pass, toward the next
     // stage the output sent and its copy in flight (MpiComm keeps one per peer) and the gradient
     // received; toward the previous stage the input received, the gradient sent and its copy. A

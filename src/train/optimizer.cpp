@@ -4,6 +4,7 @@
 #include <cmath>
 
 #include "metapo/core/error.h"
+#include "metapo/ops/ops.h"
 
 namespace metapo {
 
@@ -38,21 +39,15 @@ void AdamW::step(float* p, const float* g, double lr) {
   const float b1 = float(cfg_.beta1), b2 = float(cfg_.beta2);
   const float step_size = float(lr / bc1), inv_bc2_sqrt = float(1.0 / std::sqrt(bc2));
   const float eps = float(cfg_.eps), wd = float(lr * cfg_.weight_decay);
-  const int64_t n = int64_t(m_.size());
-#pragma omp parallel for schedule(static)
-  for (int64_t i = 0; i < n; ++i) {
-    if (decay_[i]) p[i] -= wd * p[i];  // decoupled decay (AdamW), before the Adam update
-    m_[i] = b1 * m_[i] + (1.0f - b1) * g[i];
-    v_[i] = b2 * v_[i] + (1.0f - b2) * g[i] * g[i];
-    p[i] -= step_size * m_[i] / (std::sqrt(v_[i]) * inv_bc2_sqrt + eps);
-  }
+  // Decoupled decay (AdamW) where decay_ is set, before the Adam update.
+  ops::adamw_step(ctx_, ops::AdamW{p, g, m_.data(), v_.data(), decay_.data(), m_.size(), b1, b2, step_size,
+                                            inv_bc2_sqrt, eps, wd});
 }
 
-double clip_grads(float* g, size_t n, double norm, double max_norm) {
+double clip_grads(float* g, size_t n, double norm, double max_norm, const ops::Context& ctx) {
   if (max_norm <= 0 || !(norm > max_norm)) return 1.0;
   const float f = float(max_norm / (norm + 1e-6));
-#pragma omp parallel for schedule(static)
-  for (size_t i = 0; i < n; ++i) g[i] *= f;
+  ops::scale(ctx, g, f, n);
   return f;
 }
 

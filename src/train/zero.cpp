@@ -2,6 +2,8 @@
 
 #include <cmath>
 
+#include "metapo/ops/ops.h"
+
 namespace metapo {
 
 namespace {
@@ -25,7 +27,7 @@ double ZeroAdamW::reduce(float* grads, double scale) { return z_.reduce(grads, s
 
 void ZeroAdamW::apply(float* params, float* grads, double lr, double norm, double max_norm) {
   float* g = z_.shard(grads);
-  clip_grads(g, z_.shard_size(), norm, max_norm);
+  clip_grads(g, z_.shard_size(), norm, max_norm, opt_.context());
   opt_.step(params + shard_begin(), g, lr);  // the valid part of the shard only
   z_.allgather(params);
 }
@@ -50,8 +52,7 @@ void ZeroAdamW::allreduce_preconditioned(float* g, bool precondition) {
     const double b2 = opt_.config().beta2;
     const float bc2 = float(1.0 - std::pow(b2, double(opt_.steps_taken() + 1)));
     const float eps = float(opt_.config().eps), fb2 = float(b2), fb2c = float(1.0 - b2);
-#pragma omp parallel for schedule(static)
-    for (size_t i = 0; i < v.size(); ++i) s[i] /= std::sqrt((fb2 * v[i] + fb2c * s[i] * s[i]) / bc2) + eps;
+    ops::adam_precondition(opt_.context(), s, v.data(), v.size(), fb2, fb2c, bc2, eps);
   }
   z_.allgather_shard(g);
 }

@@ -4,9 +4,12 @@
 
 namespace metapo::cpu {
 
-// x[t, :] = E[tokens[t], :]. E: [V, C]; x: [n, C]. Token ids are checked by the caller.
+// x[t, :] = E[tokens[t], :]. E: [V, C]; x: [n, C]. Token ids are checked by the caller. With a row range
+// [row_begin, row_end) (a vocabulary shard), E holds only those rows and the other tokens' rows of x are
+// zero; row_end < 0: the whole table.
 template <typename T>
-void embedding_forward(T* x, const T* E, const int32_t* tokens, int64_t n, int64_t C);
+void embedding_forward(T* x, const T* E, const int32_t* tokens, int64_t n, int64_t C, int64_t row_begin = 0,
+                       int64_t row_end = -1);
 
 // dE[tokens[t], :] += dx[t, :], in token order (deterministic: threads own column blocks).
 // With a row range [row_begin, row_end) (a vocabulary shard), dE holds only those rows

@@ -56,4 +56,17 @@ void logprob_backward_shard(const LogprobParams<T>& p, int64_t vocab_begin, cons
                             T* prob_cache, T* dh, T* dW, bool accumulate = true, const T* Ghat = nullptr,
                             double* row_dot = nullptr);
 
+// Combining the shards' partial results (vocab-parallel log-probs) once the TP group has reduced them.
+// Given gmax[i] = max over shards of row_max[i]: red[i] = row_sumexp[i] · exp(row_max[i] - gmax[i]) (0
+// for a shard with no logits) and red[n + i] = target_logit[i], for the group's sum.
+template <typename T>
+void logprob_shard_partials(const T* row_max, const T* row_sumexp, const T* target_logit, const double* gmax,
+                            double* red, int64_t n);
+// With red summed over the group: lse = gmax + log(red[i]), logp = red[n + i] - lse; a shard's cache of
+// exp(z - row_max) (V columns, may be null) becomes softmax. For one shard this is bit for bit the
+// arithmetic of logprob_forward.
+template <typename T>
+void logprob_shard_finish(const T* row_max, const T* row_sumexp, const double* gmax, const double* red, T* lse,
+                          T* logp, T* prob_cache, int64_t n, int64_t V);
+
 }  // namespace metapo::cpu

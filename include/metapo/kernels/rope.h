@@ -5,15 +5,22 @@
 #include <vector>
 
 
-namespace metapo::cpu {
+namespace metapo {
 
-// cos/sin tables [max_pos, D/2] for positions 0..max_pos-1.
+// cos/sin tables [max_pos, D/2] for positions 0..max_pos-1: data the rope op reads, built on the host
+// (a device backend keeps its own copy).
 template <typename T>
 struct RopeTable {
   int64_t half = 0, max_pos = 0;
   std::vector<T> cos, sin;
   void build(const std::vector<double>& inv_freq, int64_t max_pos);
 };
+
+}  // namespace metapo
+
+namespace metapo::cpu {
+
+using metapo::RopeTable;
 
 // In place on x rows of [n_heads, D] (row stride ld elements), token t at position pos[t].
 // inverse = true rotates by -angle: that is the backward (the rotation is orthogonal).

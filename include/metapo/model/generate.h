@@ -32,9 +32,9 @@
 
 #include "metapo/comm/comm.h"
 #include "metapo/core/buffer.h"
-#include "metapo/kernels/rope.h"
 #include "metapo/model/config.h"
 #include "metapo/model/layout.h"
+#include "metapo/ops/ops.h"
 #include "metapo/parallel/vocab_parallel.h"
 
 namespace metapo {
@@ -133,12 +133,18 @@ class KvCacheDecoder {
   ParamLayout lay_;
   ModelView<const float> w_;
   std::vector<double> inv_freq_;
-  cpu::RopeTable<float> rope_;
+  RopeTable<float> rope_;
   std::vector<Seq> seqs_;
   // Workspaces, kept from call to call.
   Buffer<float> x_, xn_, rstd_, qkv_, att_, lse_, y_, gu_, h_;
   std::vector<float> gather_;  // TP: every rank's partial sums or logits, [tp][...]
+  // Index data of the current call: positions; per row its KV-cache rows of the current layer and
+  // its key count (decode step); per TP rank its logit columns.
   std::vector<int32_t> pos_;
+  std::vector<float*> k_dst_, v_dst_;
+  std::vector<const float*> k_src_, v_src_;
+  std::vector<int64_t> n_keys_, vocab_col0_, vocab_width_;
+  ops::Context ctx_;  // the CPU
 };
 
 }  // namespace metapo

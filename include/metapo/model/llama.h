@@ -24,9 +24,10 @@
 #include "metapo/comm/comm.h"
 #include "metapo/core/buffer.h"
 #include "metapo/core/timer.h"
-#include "metapo/kernels/rope.h"
+#include "metapo/model/batch.h"
 #include "metapo/model/config.h"
 #include "metapo/model/layout.h"
+#include "metapo/ops/ops.h"
 #include "metapo/parallel/vocab_parallel.h"
 
 namespace metapo {
@@ -44,22 +45,6 @@ enum class Recompute { None, Selective, Full };
 Recompute parse_recompute(const std::string& name);  // none | selective | full; throws naming --recompute
 const char* recompute_name(Recompute r);
 
-// A packed micro-batch: sequence s is tokens[cu_seqlens[s] .. cu_seqlens[s+1]).
-struct PackedBatch {
-  std::vector<int32_t> tokens;
-  std::vector<int64_t> cu_seqlens{0};
-  int64_t n_seqs() const { return int64_t(cu_seqlens.size()) - 1; }
-  int64_t n_tokens() const { return cu_seqlens.back(); }
-  void add(const std::vector<int32_t>& seq) {
-    tokens.insert(tokens.end(), seq.begin(), seq.end());
-    cu_seqlens.push_back(int64_t(tokens.size()));
-  }
-};
-
-// targets[t] = the token that row t predicts: tokens[t+1] when t+1 is in the same sequence and
-// (mask == nullptr or mask[t+1] != 0), else -1 (row scored by nobody, no LM-head work spent on it).
-std::vector<int32_t> next_token_targets(const PackedBatch& b, const uint8_t* mask);
-
 template <typename T>
 class LlamaModel {
  public:
@@ -67,7 +52,9 @@ class LlamaModel {
   // model is rank tp->rank() of a TP group of tp->size() ranks (borrowed; must outlive the model); a
   // group of one rank runs the TP code path on the full layout. Throws when heads or the intermediate
   // size are not divisible by the TP size.
-  explicit LlamaModel(const LlamaConfig& c, Comm* tp = nullptr, const PipeStage& stage = {});
+  // ctx: where the ops run (the CPU by default); the model adds its own arena and profile.
+  explicit LlamaModel(const LlamaConfig& c, Comm* tp = nullptr, const PipeStage& stage = {},
+                      const ops::Context& ctx = {});
 
   const LlamaConfig& config() const { return cfg_; }  // the full model's config
   // The layout of the buffers passed to forward/backward: this rank's shard in TP mode.
@@ -144,7 +131,7 @@ class LlamaModel {
   // What one forward keeps for its backward (the members below for the current slot).
   struct Saved {
     PackedBatch batch;
-    std::vector<int32_t> pos, rows, row_targets;
+    BatchIndex idx;
     std::vector<LayerActs> acts;
     Buffer<T> x_final, hN, rstdN, row_lse, probs;
     bool have_forward = false;
@@ -156,13 +143,13 @@ class LlamaModel {
   LlamaConfig lc_;      // local shapes (heads, intermediate, vocab rows); == cfg_ without TP
   VocabShard shard_;    // this rank's vocabulary rows (TP mode)
   ParamLayout lay_;
-  cpu::RopeTable<T> rope_;
+  RopeTable<T> rope_;
   std::vector<double> inv_freq_;
   size_t cache_budget_ = size_t(256) << 20;
 
   // The last forward's batch and activations.
   PackedBatch batch_;
-  std::vector<int32_t> pos_, rows_, row_targets_;
+  BatchIndex idx_;  // built once per forward
   std::vector<LayerActs> acts_;
   Buffer<T> x_final_, hN_, rstdN_, row_lse_, probs_;
   bool have_forward_ = false;
@@ -175,6 +162,10 @@ class LlamaModel {
     Buffer<T> coef, dx, dxn, dh, dgu, datt, dqkv;
   } work_;
   OpProfile prof_;
+  ops::Context ctx_;   // the caller's, with arena_ and prof_ (see ctx())
+  ops::Arena arena_;   // a forward's or backward's temporaries
+  std::vector<int64_t> seg_;  // the ghost-dot groups of the last backward
+  const ops::Context& ctx();  // ctx_ pointed at this model's arena and profile, the arena reset
 };
 
 extern template class LlamaModel<float>;

@@ -17,6 +17,7 @@
 #include <cstdint>
 
 #include "metapo/comm/comm.h"
+#include "metapo/ops/ops.h"
 
 namespace metapo {
 
@@ -48,19 +49,19 @@ struct VocabShard {
 // element has one nonzero term — so x is replicated on return. E_local: [shard.rows, C]. Token ids
 // must lie in [0, V) (checked).
 template <typename T>
-void vocab_parallel_embedding_forward(T* x, const T* E_local, const int32_t* tokens, int64_t n, int64_t C,
+void vocab_parallel_embedding_forward(const ops::Context& ctx, T* x, const T* E_local, const int32_t* tokens, int64_t n, int64_t C,
                                       const VocabShard& shard, Comm& tp);
 
 // dE_local[tokens[t] - begin] += dx[t] for the tokens this rank owns (dx: [n, C], replicated), in
 // token order like cpu::embedding_backward. No communication; padded rows are never touched.
 template <typename T>
-void vocab_parallel_embedding_backward(T* dE_local, const T* dx, const int32_t* tokens, int64_t n, int64_t C,
+void vocab_parallel_embedding_backward(const ops::Context& ctx, T* dE_local, const T* dx, const int32_t* tokens, int64_t n, int64_t C,
                                        const VocabShard& shard);
 
 // Ghost dots of the embedding shard: rdot[t] += ⟨Ĝ_local[tokens[t] - begin], dx[t]⟩ for owned tokens
 // only, a partial sum: the caller all-reduces rdot over tp (each token is owned by exactly one rank).
 template <typename T>
-void vocab_parallel_embedding_ghost_dots(const T* dx, const int32_t* tokens, const T* Ghat_local, int64_t n,
+void vocab_parallel_embedding_ghost_dots(const ops::Context& ctx, const T* dx, const int32_t* tokens, const T* Ghat_local, int64_t n,
                                          int64_t C, const VocabShard& shard, double* rdot);
 
 // ---- target log-probs through the vocab-parallel LM head ----
@@ -84,8 +85,8 @@ struct VocabParallelLogprobParams {
 // prob_cache: [n_rows, shard.real] or null; when given, receives this rank's softmax columns
 // exp(z - lse) for the backward. With tp = 1 the numbers equal cpu::logprob_forward bit for bit.
 template <typename T>
-void vocab_parallel_logprob_forward(const VocabParallelLogprobParams<T>& p, Comm& tp, T* logp, T* lse,
-                                    T* prob_cache);
+void vocab_parallel_logprob_forward(const ops::Context& ctx, const VocabParallelLogprobParams<T>& p, Comm& tp,
+                                    T* logp, T* lse, T* prob_cache);
 
 // With dlogits_i = coef_i (onehot_i - softmax_i) restricted to this rank's real columns (the onehot
 // only where this rank owns the target):
@@ -94,11 +95,11 @@ void vocab_parallel_logprob_forward(const VocabParallelLogprobParams<T>& p, Comm
 //                                                !accumulate and left untouched when accumulating;
 //   row_dot[rows[i]] += ⟨dlogits_i, Ĝ_local h_i⟩ (when Ghat_local [shard.rows, C] is given)
 //                                              — PARTIAL: the caller all-reduces row_dot over tp.
-// lse from the forward (global); prob_cache from the forward, or null (the logits are recomputed);
-// it is consumed. No communication.
+// g: coef, lse from the forward (global), prob_cache from the forward or null (the logits are
+// recomputed; it is consumed), dh, dW = dW_local, accumulate, ghat = Ĝ_local and row_dot (both or
+// neither). No communication.
 template <typename T>
-void vocab_parallel_logprob_backward(const VocabParallelLogprobParams<T>& p, const T* coef, const T* lse,
-                                     T* prob_cache, T* dh, T* dW_local, bool accumulate = true,
-                                     const T* Ghat_local = nullptr, double* row_dot = nullptr);
+void vocab_parallel_logprob_backward(const ops::Context& ctx, const VocabParallelLogprobParams<T>& p,
+                                     const ops::LogprobGrad<T>& g);
 
 }  // namespace metapo

@@ -18,6 +18,7 @@
 
 #include "metapo/comm/comm.h"
 #include "metapo/core/memory.h"
+#include "metapo/ops/ops.h"
 
 namespace metapo {
 
@@ -61,10 +62,11 @@ class ZeroShards {
   // block minus the replicated runs), so every replicated element is counted exactly once.
   std::vector<std::pair<size_t, size_t>> norm_ranges_;
   std::vector<float> g_;  // this rank's reduced block
+  ops::Context ctx_;      // where its arithmetic runs (the CPU)
   MemoryHandle g_mem_{Mem::Optimizer};
 };
 
 // L2 norm of a buffer, summed in double in a fixed order (the same on every rank and thread count).
-double grad_norm(const float* g, size_t n);
+double grad_norm(const float* g, size_t n, const ops::Context& ctx = {});
 
 }  // namespace metapo

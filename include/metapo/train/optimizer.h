@@ -6,6 +6,7 @@
 
 #include "metapo/core/memory.h"
 #include "metapo/model/layout.h"
+#include "metapo/ops/ops.h"
 #include "metapo/parallel/zero.h"  // grad_norm
 
 namespace metapo {
@@ -40,6 +41,7 @@ class AdamW {
   int64_t steps_taken() const { return t_; }
   void set_steps_taken(int64_t t) { t_ = t; }  // resuming from a checkpoint
   const AdamWConfig& config() const { return cfg_; }
+  const ops::Context& context() const { return ctx_; }  // where the update runs (the CPU)
   std::vector<float>& exp_avg() { return m_; }
   const std::vector<float>& exp_avg() const { return m_; }
   std::vector<float>& exp_avg_sq() { return v_; }
@@ -51,9 +53,10 @@ class AdamW {
   std::vector<float> m_, v_;
   int64_t t_ = 0;
   MemoryHandle mem_{Mem::Optimizer};  // the moments and the mask
+  ops::Context ctx_;
 };
 
 // Scales grads by max_norm / norm when norm > max_norm (max_norm <= 0: never). Returns the factor.
-double clip_grads(float* grads, size_t n, double norm, double max_norm);
+double clip_grads(float* grads, size_t n, double norm, double max_norm, const ops::Context& ctx = {});
 
 }  // namespace metapo

@@ -7,9 +7,20 @@
 namespace metapo::cpu {
 
 template <typename T>
-void embedding_forward(T* x, const T* E, const int32_t* tokens, int64_t n, int64_t C) {
+void embedding_forward(T* x, const T* E, const int32_t* tokens, int64_t n, int64_t C, int64_t row_begin,
+                       int64_t row_end) {
+  if (row_end < 0) {
 #pragma omp parallel for schedule(static)
-  for (int64_t t = 0; t < n; ++t) std::memcpy(x + t * C, E + int64_t(tokens[t]) * C, sizeof(T) * C);
+    for (int64_t t = 0; t < n; ++t) std::memcpy(x + t * C, E + int64_t(tokens[t]) * C, sizeof(T) * C);
+    return;
+  }
+#pragma omp parallel for schedule(static)
+  for (int64_t t = 0; t < n; ++t) {
+    if (tokens[t] >= row_begin && tokens[t] < row_end)
+      std::memcpy(x + t * C, E + (int64_t(tokens[t]) - row_begin) * C, sizeof(T) * C);
+    else
+      std::fill(x + t * C, x + (t + 1) * C, T(0));
+  }
 }
 
 template <typename T>
@@ -49,8 +60,9 @@ template void embedding_ghost_dots<float>(const float*, const int32_t*, const fl
                                           int64_t, int64_t);
 template void embedding_ghost_dots<double>(const double*, const int32_t*, const double*, int64_t, int64_t,
                                            double*, int64_t, int64_t);
-template void embedding_forward<float>(float*, const float*, const int32_t*, int64_t, int64_t);
-template void embedding_forward<double>(double*, const double*, const int32_t*, int64_t, int64_t);
+template void embedding_forward<float>(float*, const float*, const int32_t*, int64_t, int64_t, int64_t, int64_t);
+template void embedding_forward<double>(double*, const double*, const int32_t*, int64_t, int64_t, int64_t,
+                                         int64_t);
 template void embedding_backward<float>(float*, const float*, const int32_t*, int64_t, int64_t, int64_t, int64_t);
 template void embedding_backward<double>(double*, const double*, const int32_t*, int64_t, int64_t, int64_t,
                                          int64_t);

@@ -170,6 +170,44 @@ void logprob_backward_shard(const LogprobParams<T>& p, int64_t vocab_begin, cons
   });
 }
 
+template <typename T>
+void logprob_shard_partials(const T* mx, const T* se, const T* tl, const double* gmax, double* red, int64_t n) {
+  for (int64_t i = 0; i < n; ++i) {
+    // A rank with no real logits (mx = -inf, se = 0) adds nothing; the guard avoids -inf - -inf.
+    red[i] = se[i] > 0 ? double(se[i]) * std::exp(double(mx[i]) - gmax[i]) : 0.0;
+    red[n + i] = double(tl[i]);  // the owner's logit, 0 elsewhere: the sum is exact
+  }
+}
+
+template <typename T>
+void logprob_shard_finish(const T* mx, const T* se, const double* gmax, const double* red, T* lse, T* logp,
+                          T* prob_cache, int64_t n, int64_t V) {
+  // The same arithmetic as logprob_forward when there is one shard (M = m, S = s, exp(0) = 1).
+  for (int64_t i = 0; i < n; ++i) {
+    lse[i] = T(gmax[i]) + std::log(T(red[i]));
+    logp[i] = T(red[n + i]) - lse[i];
+  }
+  if (!prob_cache || V == 0) return;
+  // The cache holds exp(z - m_r); softmax = exp(z - m_r) · exp(m_r - M) / S. For one shard the factor
+  // is 1/S, rounded once from double (exact for a division), like the single-rank 1/sum.
+#pragma omp parallel for schedule(static)
+  for (int64_t i = 0; i < n; ++i) {
+    const T f = se[i] > 0 ? T(std::exp(double(mx[i]) - gmax[i]) / red[i]) : T(0);
+    T* row = prob_cache + i * V;
+#pragma omp simd
+    for (int64_t v = 0; v < V; ++v) row[v] *= f;
+  }
+}
+
+template void logprob_shard_partials<float>(const float*, const float*, const float*, const double*, double*,
+                                            int64_t);
+template void logprob_shard_partials<double>(const double*, const double*, const double*, const double*, double*,
+                                             int64_t);
+template void logprob_shard_finish<float>(const float*, const float*, const double*, const double*, float*, float*,
+                                          float*, int64_t, int64_t);
+template void logprob_shard_finish<double>(const double*, const double*, const double*, const double*, double*,
+                                           double*, double*, int64_t, int64_t);
+
 template void logprob_forward<float>(const LogprobParams<float>&, float*, float*, float*);
 template void logprob_forward<double>(const LogprobParams<double>&, double*, double*, double*);
 template void logprob_backward<float>(const LogprobParams<float>&, const float*, const float*,

@@ -3,7 +3,7 @@
 #include <cmath>
 
 
-namespace metapo::cpu {
+namespace metapo {
 
 template <typename T>
 void RopeTable<T>::build(const std::vector<double>& inv_freq, int64_t mp) {
@@ -18,6 +18,13 @@ void RopeTable<T>::build(const std::vector<double>& inv_freq, int64_t mp) {
       sin[p * half + i] = T(std::sin(a));
     }
 }
+
+template struct RopeTable<float>;
+template struct RopeTable<double>;
+
+}  // namespace metapo
+
+namespace metapo::cpu {
 
 template <typename T>
 void rope_apply(T* x, int64_t n, int64_t n_heads, int64_t D, int64_t ld, const int32_t* pos,
@@ -39,8 +46,6 @@ void rope_apply(T* x, int64_t n, int64_t n_heads, int64_t D, int64_t ld, const i
   }
 }
 
-template struct RopeTable<float>;
-template struct RopeTable<double>;
 template void rope_apply<float>(float*, int64_t, int64_t, int64_t, int64_t, const int32_t*,
                                 const RopeTable<float>&, bool);
 template void rope_apply<double>(double*, int64_t, int64_t, int64_t, int64_t, const int32_t*,

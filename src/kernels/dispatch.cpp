@@ -1,0 +1,320 @@
+// The ops dispatch (ops/ops.h): each op goes to the backend of its context's device. The CPU backend is
+// kernels/cpu; a device backend adds its case to MP_DISPATCH and its name to no_backend's message.
+#include <algorithm>
+
+#include "metapo/core/error.h"
+#include "metapo/kernels/attention.h"
+#include "metapo/kernels/decode.h"
+#include "metapo/kernels/embedding.h"
+#include "metapo/kernels/gemm.h"
+#include "metapo/kernels/logprob.h"
+#include "metapo/kernels/optim.h"
+#include "metapo/kernels/rmsnorm.h"
+#include "metapo/kernels/rope.h"
+#include "metapo/kernels/swiglu.h"
+#include "metapo/kernels/tensor.h"
+#include "metapo/ops/ops.h"
+
+namespace metapo::ops {
+
+namespace {
+
+[[noreturn]] void no_backend(const Context& ctx, const char* op) {
+  fail("op ", op, ": this build has no ", device_name(ctx.device), " backend (built with: cpu)");
+}
+
+}  // namespace
+
+// Runs `cpu_call` on the CPU; any other device has no backend in this build.
+#define MP_DISPATCH(op, cpu_call)  \
+  switch (ctx.device) {            \
+    case Device::CPU:              \
+      cpu_call;                    \
+      return;                      \
+    default:                       \
+      no_backend(ctx, op);         \
+  }
+
+// ---- Arena ----
+
+void* Arena::alloc_bytes(size_t bytes) {
+  constexpr size_t kAlign = 16;  // the blocks come from malloc, 16-byte aligned
+  bytes = (bytes + kAlign - 1) / kAlign * kAlign;
+  if (blocks_.empty()) blocks_.push_back(tagged_buffer<uint8_t>(Mem::Workspace));
+  Buffer<uint8_t>& main = blocks_[0];
+  if (used_ + bytes <= main.size()) {
+    void* p = main.data() + used_;
+    used_ += bytes;
+    return p;
+  }
+  // Overflow: a block of its own (the main block's pieces handed out stay valid), merged at reset().
+  blocks_.push_back(tagged_buffer<uint8_t>(Mem::Workspace, bytes));
+  overflow_ += bytes;
+  return blocks_.back().data();
+}
+
+void Arena::reset() {
+  if (overflow_ > 0) {  // one block for all that the last sequence of calls needed
+    const size_t want = used_ + overflow_;
+    blocks_.resize(1);
+    if (want > blocks_[0].size()) resize_for_overwrite(blocks_[0], want);
+  }
+  used_ = overflow_ = 0;
+}
+
+size_t Arena::capacity() const {
+  size_t c = 0;
+  for (const Buffer<uint8_t>& b : blocks_) c += b.size();
+  return c;
+}
+
+// ---- GEMMs ----
+
+template <typename T>
+void gemm(const Context& ctx, const Gemm<T>& a) {
+  MP_DISPATCH("gemm", cpu::gemm<T>(a.ta, a.tb, a.M, a.N, a.K, a.alpha, a.A, a.lda, a.B, a.ldb, a.beta, a.C, a.ldc));
+}
+
+template <typename T>
+void linear_forward(const Context& ctx, const Linear<T>& a) {
+  MP_DISPATCH("linear_forward", cpu::linear_forward(a.y, a.x, a.w, a.b, a.rows, a.in, a.out));
+}
+
+template <typename T>
+void linear_backward(const Context& ctx, const LinearGrad<T>& a) {
+  if (a.ghat_w) {
+    MP_CHECK(a.seg && a.rdot, "linear_backward: ghost dots need segments and rdot");
+    MP_DISPATCH("linear_backward", cpu::linear_backward_ghost(a.dx, a.dw, a.db, a.dy, a.x, a.w, a.rows, a.in, a.out,
+                                                              a.accumulate, a.ghat_w, a.ghat_b, a.seg, a.n_seg,
+                                                              a.rdot));
+  }
+  MP_DISPATCH("linear_backward",
+              cpu::linear_backward(a.dx, a.dw, a.db, a.dy, a.x, a.w, a.rows, a.in, a.out, a.accumulate));
+}
+
+void linear_rows(const Context& ctx, const Linear<float>& a) {
+  MP_DISPATCH("linear_rows", cpu::linear_rows(a.y, a.x, a.w, a.b, a.rows, a.in, a.out));
+}
+
+// ---- normalization, position, activation ----
+
+template <typename T>
+void rmsnorm_forward(const Context& ctx, const RmsNorm<T>& a) {
+  MP_DISPATCH("rmsnorm_forward", cpu::rmsnorm_forward(a.y, a.rstd, a.x, a.w, a.rows, a.C, a.eps));
+}
+
+template <typename T>
+void rmsnorm_backward(const Context& ctx, const RmsNormGrad<T>& a) {
+  MP_DISPATCH("rmsnorm_backward",
+              cpu::rmsnorm_backward(a.dx, a.dw, a.dy, a.x, a.w, a.rstd, a.rows, a.C, a.accumulate));
+}
+
+template <typename T>
+void rmsnorm_ghost_dots(const Context& ctx, const RmsNormGhost<T>& a) {
+  MP_DISPATCH("rmsnorm_ghost_dots", cpu::rmsnorm_ghost_dots(a.dy, a.x, a.rstd, a.ghat_w, a.rows, a.C, a.rdot));
+}
+
+template <typename T>
+void rope(const Context& ctx, const Rope<T>& a) {
+  MP_DISPATCH("rope", cpu::rope_apply(a.x, a.rows, a.heads, a.D, a.ld, a.pos, *a.table, a.inverse));
+}
+
+template <typename T>
+void swiglu_forward(const Context& ctx, const SwiGlu<T>& a) {
+  MP_DISPATCH("swiglu_forward", cpu::swiglu_forward(a.h, a.gu, a.rows, a.I));
+}
+
+template <typename T>
+void swiglu_backward(const Context& ctx, const SwiGluGrad<T>& a) {
+  MP_DISPATCH("swiglu_backward", cpu::swiglu_backward(a.dgu, a.dh, a.gu, a.rows, a.I));
+}
+
+// ---- attention ----
+
+namespace {
+template <typename T>
+cpu::AttentionParams<T> cpu_attention(const Attention<T>& a) {
+  return {a.q,      a.k,          a.v,       a.ld_qkv,  a.out,      a.ld_out,     a.lse,
+          a.cu_seqlens, a.n_seqs, a.n_tokens, a.n_heads, a.n_kv_heads, a.head_dim, a.scale};
+}
+}  // namespace
+
+template <typename T>
+void attention_forward(const Context& ctx, const Attention<T>& a) {
+  MP_DISPATCH("attention_forward", cpu::attention_forward(cpu_attention(a)));
+}
+
+template <typename T>
+void attention_backward(const Context& ctx, const Attention<T>& fwd, const AttentionGrad<T>& a) {
+  MP_DISPATCH("attention_backward",
+              cpu::attention_backward(cpu_attention(fwd),
+                                      cpu::AttentionGradParams<T>{a.dout, a.dq, a.dk, a.dv, a.ld_dqkv}));
+}
+
+void decode_attention(const Context& ctx, const DecodeAttention& a) {
+  MP_DISPATCH("decode_attention",
+              cpu::decode_attention(cpu::DecodeAttentionParams{a.q, a.ld_q, a.out, a.ld_out, a.k, a.v, a.ld_kv,
+                                                               a.n_keys, a.rows, a.n_heads, a.n_kv_heads,
+                                                               a.head_dim, a.scale}));
+}
+
+// ---- embedding ----
+
+template <typename T>
+void embedding_forward(const Context& ctx, const Embedding<T>& a) {
+  MP_DISPATCH("embedding_forward", cpu::embedding_forward(a.x, a.E, a.tokens, a.n, a.C, a.row_begin, a.row_end));
+}
+
+template <typename T>
+void embedding_backward(const Context& ctx, const EmbeddingGrad<T>& a) {
+  MP_DISPATCH("embedding_backward", cpu::embedding_backward(a.dE, a.dx, a.tokens, a.n, a.C, a.row_begin, a.row_end));
+}
+
+template <typename T>
+void embedding_ghost_dots(const Context& ctx, const EmbeddingGhost<T>& a) {
+  MP_DISPATCH("embedding_ghost_dots",
+              cpu::embedding_ghost_dots(a.dx, a.tokens, a.ghat, a.n, a.C, a.rdot, a.row_begin, a.row_end));
+}
+
+// ---- log-probabilities ----
+
+namespace {
+template <typename T>
+cpu::LogprobParams<T> cpu_logprob(const Logprob<T>& a) {
+  return {a.h, a.W, a.C, a.V, a.rows, a.targets, a.n_rows};
+}
+}  // namespace
+
+template <typename T>
+void logprob_forward(const Context& ctx, const Logprob<T>& a, T* logp, T* lse, T* prob_cache) {
+  MP_CHECK(a.vocab_begin == 0, "logprob_forward: a vocabulary shard (use logprob_forward_shard)");
+  MP_DISPATCH("logprob_forward", cpu::logprob_forward(cpu_logprob(a), logp, lse, prob_cache));
+}
+
+template <typename T>
+void logprob_forward_shard(const Context& ctx, const Logprob<T>& a, T* row_max, T* row_sumexp, T* target_logit,
+                           T* prob_cache) {
+  MP_DISPATCH("logprob_forward_shard", cpu::logprob_forward_shard(cpu_logprob(a), a.vocab_begin, row_max, row_sumexp,
+                                                                  target_logit, prob_cache));
+}
+
+template <typename T>
+void logprob_shard_partials(const Context& ctx, const T* row_max, const T* row_sumexp, const T* target_logit,
+                            const double* gmax, double* red, int64_t n_rows) {
+  MP_DISPATCH("logprob_shard_partials", cpu::logprob_shard_partials(row_max, row_sumexp, target_logit, gmax, red, n_rows));
+}
+
+template <typename T>
+void logprob_shard_finish(const Context& ctx, const T* row_max, const T* row_sumexp, const double* gmax,
+                          const double* red, T* lse, T* logp, T* prob_cache, int64_t n_rows, int64_t V) {
+  MP_DISPATCH("logprob_shard_finish",
+              cpu::logprob_shard_finish(row_max, row_sumexp, gmax, red, lse, logp, prob_cache, n_rows, V));
+}
+
+template <typename T>
+void logprob_backward(const Context& ctx, const Logprob<T>& fwd, const LogprobGrad<T>& a) {
+  MP_DISPATCH("logprob_backward",
+              cpu::logprob_backward_shard(cpu_logprob(fwd), fwd.vocab_begin, a.coef, a.lse, a.prob_cache, a.dh, a.dW,
+                                          a.accumulate, a.ghat, a.row_dot));
+}
+
+// ---- data movement ----
+
+template <typename T>
+void copy(const Context& ctx, T* dst, const T* src, int64_t n) {
+  MP_DISPATCH("copy", cpu::copy(dst, src, n));
+}
+template <typename T>
+void fill(const Context& ctx, T* dst, T value, int64_t n) {
+  MP_DISPATCH("fill", cpu::fill(dst, value, n));
+}
+template <typename T>
+void gather(const Context& ctx, T* dst, const T* src, const int32_t* idx, int64_t n) {
+  MP_DISPATCH("gather", cpu::gather(dst, src, idx, n));
+}
+template <typename T>
+void scatter(const Context& ctx, T* dst, int64_t n_dst, const T* src, const int32_t* idx, int64_t n) {
+  MP_DISPATCH("scatter", cpu::scatter(dst, n_dst, src, idx, n));
+}
+void segment_sum(const Context& ctx, double* out, const double* x, const int64_t* cu, int64_t n_seg) {
+  MP_DISPATCH("segment_sum", cpu::segment_sum(out, x, cu, n_seg));
+}
+template <typename T>
+void widen(const Context& ctx, double* dst, const T* src, int64_t n) {
+  MP_DISPATCH("widen", cpu::widen(dst, src, n));
+}
+template <typename T>
+void add(const Context& ctx, T* x, const T* y, int64_t n) {
+  MP_DISPATCH("add", cpu::add(x, y, n));
+}
+template <typename T>
+void copy_rows(const Context& ctx, T* const* dst, const T* src, int64_t ld_src, int64_t width, int64_t n) {
+  MP_DISPATCH("copy_rows", cpu::copy_rows(dst, src, ld_src, width, n));
+}
+template <typename T>
+void copy_2d(const Context& ctx, T* dst, int64_t ld_dst, const T* src, int64_t ld_src, int64_t width, int64_t rows) {
+  MP_DISPATCH("copy_2d", cpu::copy_2d(dst, ld_dst, src, ld_src, width, rows));
+}
+template <typename T>
+void blocks_to_columns(const Context& ctx, T* dst, int64_t ld_dst, const T* src, int64_t block, int64_t rows,
+                       const int64_t* col0, const int64_t* widths, int64_t n_blocks) {
+  MP_DISPATCH("blocks_to_columns", cpu::blocks_to_columns(dst, ld_dst, src, block, rows, col0, widths, n_blocks));
+}
+
+// ---- optimizer arithmetic ----
+
+void adamw_step(const Context& ctx, const AdamW& a) {
+  MP_DISPATCH("adamw_step", cpu::adamw_step(a.p, a.g, a.m, a.v, a.decay, a.n, a.b1, a.b2, a.step_size,
+                                            a.inv_bc2_sqrt, a.eps, a.wd));
+}
+void scale(const Context& ctx, float* x, float f, size_t n) { MP_DISPATCH("scale", cpu::scale(x, f, n)); }
+double sum_squares(const Context& ctx, const float* x, size_t n) {
+  if (ctx.device == Device::CPU) return cpu::sum_squares(x, n);
+  no_backend(ctx, "sum_squares");
+}
+void adam_precondition(const Context& ctx, float* s, const float* v, size_t n, float b2, float b2c, float bc2,
+                       float eps) {
+  MP_DISPATCH("adam_precondition", cpu::adam_precondition(s, v, n, b2, b2c, bc2, eps));
+}
+
+#undef MP_DISPATCH
+
+// ---- instantiations: fp32 (the engine) and fp64 (the finite-difference checks) ----
+
+#define MP_INSTANTIATE(T)                                                                                    \
+  template void gemm<T>(const Context&, const Gemm<T>&);                                                    \
+  template void linear_forward<T>(const Context&, const Linear<T>&);                                        \
+  template void linear_backward<T>(const Context&, const LinearGrad<T>&);                                   \
+  template void rmsnorm_forward<T>(const Context&, const RmsNorm<T>&);                                      \
+  template void rmsnorm_backward<T>(const Context&, const RmsNormGrad<T>&);                                 \
+  template void rmsnorm_ghost_dots<T>(const Context&, const RmsNormGhost<T>&);                              \
+  template void rope<T>(const Context&, const Rope<T>&);                                                    \
+  template void swiglu_forward<T>(const Context&, const SwiGlu<T>&);                                        \
+  template void swiglu_backward<T>(const Context&, const SwiGluGrad<T>&);                                   \
+  template void attention_forward<T>(const Context&, const Attention<T>&);                                  \
+  template void attention_backward<T>(const Context&, const Attention<T>&, const AttentionGrad<T>&);        \
+  template void embedding_forward<T>(const Context&, const Embedding<T>&);                                  \
+  template void embedding_backward<T>(const Context&, const EmbeddingGrad<T>&);                             \
+  template void embedding_ghost_dots<T>(const Context&, const EmbeddingGhost<T>&);                          \
+  template void logprob_forward<T>(const Context&, const Logprob<T>&, T*, T*, T*);                          \
+  template void logprob_forward_shard<T>(const Context&, const Logprob<T>&, T*, T*, T*, T*);                \
+  template void logprob_shard_partials<T>(const Context&, const T*, const T*, const T*, const double*,      \
+                                          double*, int64_t);                                                \
+  template void logprob_shard_finish<T>(const Context&, const T*, const T*, const double*, const double*,   \
+                                        T*, T*, T*, int64_t, int64_t);                                      \
+  template void logprob_backward<T>(const Context&, const Logprob<T>&, const LogprobGrad<T>&);              \
+  template void copy<T>(const Context&, T*, const T*, int64_t);                                             \
+  template void fill<T>(const Context&, T*, T, int64_t);                                                    \
+  template void gather<T>(const Context&, T*, const T*, const int32_t*, int64_t);                           \
+  template void scatter<T>(const Context&, T*, int64_t, const T*, const int32_t*, int64_t);                 \
+  template void widen<T>(const Context&, double*, const T*, int64_t);                                       \
+  template void add<T>(const Context&, T*, const T*, int64_t);                                              \
+  template void copy_rows<T>(const Context&, T* const*, const T*, int64_t, int64_t, int64_t);               \
+  template void copy_2d<T>(const Context&, T*, int64_t, const T*, int64_t, int64_t, int64_t);               \
+  template void blocks_to_columns<T>(const Context&, T*, int64_t, const T*, int64_t, int64_t, const int64_t*, \
+                                     const int64_t*, int64_t);
+MP_INSTANTIATE(float)
+MP_INSTANTIATE(double)
+#undef MP_INSTANTIATE
+
+}  // namespace metapo::ops
