@@ -7,6 +7,7 @@
 #include <cmath>
 #include <numeric>
 
+#include "metapo/core/half.h"
 #include "metapo/ops/ops.h"
 #include "test_util.h"
 
@@ -351,6 +352,13 @@ TEST(Ops, DataMovementIsExact) {
   vector<double> wide(24);
   ops::widen(cpu_ctx, wide.data(), f.data(), 24);
   for (int64_t i = 0; i < 24; ++i) EXPECT_EQ(wide[i], double(f[i]));
+  vector<float> r(24);
+  ops::round_bf16(cpu_ctx, r.data(), f.data(), 24);
+  for (int64_t i = 0; i < 24; ++i) {  // the nearest bf16 value: 8 significant bits
+    const double rel = std::abs(double(r[i]) - double(f[i])) / std::abs(double(f[i]));
+    EXPECT_LE(rel, std::ldexp(1.0, -9));
+    EXPECT_EQ(r[i], bf16_to_f32(f32_to_bf16(r[i])));  // representable in bf16
+  }
   ops::add(cpu_ctx, f2.data(), f.data(), 24);
   for (int64_t i = 0; i < 24; ++i) EXPECT_EQ(f2[i], f[i] + f[i]);
   // Rows to pointers, strided 2-D copies, blocks to columns.

@@ -60,6 +60,7 @@ void add_train_options(po::options_description& desc, TrainConfig& cfg, TrainOpt
     ("max-time", po::value(&s.max_time), "wall-clock budget D-HH:MM:SS (or HH:MM:SS, MM:SS, or seconds): checkpoint and exit with status 124 before it runs out")
     ("max-skipped-steps", po::value(&cfg.max_skipped_steps)->default_value(10), "steps skipped for a non-finite loss or gradient norm before the run stops with an error")
     ("recompute", po::value(&s.recompute)->default_value("none"), "activation recomputation per layer: none (keep everything), selective (redo the norms' outputs and the SwiGLU product: no GEMM), full (keep each layer's input, redo its forward in the backward); results are bit-identical")
+    ("precision", po::value(&s.precision)->default_value("fp32"), "storage precision of the model's parameters and activations: fp32, or bf16 (gradients and master weights stay fp32; on the CPU bf16 is emulated by rounding: the numerics of a bf16 GPU run, not its speed)")
     ("hang-timeout", po::value(&s.hang_timeout)->default_value("auto"), "abort the job with exit status 125 when no step completes within this time (seconds or D-HH:MM:SS; 0: off; auto: 20 median step times, at least 10 minutes)");
   if (pref) {
     desc.add_options()
@@ -116,6 +117,7 @@ void finish_train_options(TrainConfig& cfg, const TrainOptionStrings& s, bool pr
   }
   cfg.hang_timeout_s = s.hang_timeout == "auto" ? -1.0 : parse_duration(s.hang_timeout, "--hang-timeout");
   cfg.recompute = parse_recompute(s.recompute);
+  cfg.precision = parse_precision(s.precision);
   if (pref) {
     cfg.loss.type = parse_loss(s.loss);
     cfg.weighting = parse_weighting(s.weighting);

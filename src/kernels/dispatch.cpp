@@ -243,6 +243,9 @@ template <typename T>
 void widen(const Context& ctx, double* dst, const T* src, int64_t n) {
   MP_DISPATCH("widen", cpu::widen(dst, src, n));
 }
+void round_bf16(const Context& ctx, float* dst, const float* src, int64_t n) {
+  MP_DISPATCH("round_bf16", cpu::round_bf16(dst, src, n));
+}
 template <typename T>
 void add(const Context& ctx, T* x, const T* y, int64_t n) {
   MP_DISPATCH("add", cpu::add(x, y, n));

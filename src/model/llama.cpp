@@ -3,12 +3,18 @@
 #include <algorithm>
 #include <cmath>
 #include <optional>
+#include <type_traits>
 
 #include "metapo/core/error.h"
 #include "metapo/model/rope_freq.h"
 #include "metapo/model/tp_layout.h"
 
 namespace metapo {
+
+template <typename V>
+static void resize(V& v, int64_t n) {
+  resize_for_overwrite(v, size_t(n));  // keeps capacity across steps: no reallocation once shapes settle
+}
 
 Recompute parse_recompute(const std::string& name) {
   if (name == "none") return Recompute::None;
@@ -29,6 +35,8 @@ LlamaModel<T>::LlamaModel(const LlamaConfig& c, Comm* tp, const PipeStage& stage
       shard_(tp ? VocabShard(c.vocab_size, tp->size(), tp->rank()) : VocabShard()),
       lay_(lc_, stage),
       inv_freq_(rope_inv_freq(c)),
+      prec_(std::is_same_v<T, double> ? Precision::fp64() : Precision::fp32()),
+      wparams_(tagged_buffer<T>(Mem::Params)),
       ctx_(ctx) {
   acts_.resize(lay_.layers.size());
   for (LayerActs& a : acts_) tag(a);
@@ -38,6 +46,36 @@ LlamaModel<T>::LlamaModel(const LlamaConfig& c, Comm* tp, const PipeStage& stage
     *b = tagged_buffer<T>(Mem::Workspace);
   parked_.resize(1);
   tag(parked_[0]);
+}
+
+template <typename T>
+void LlamaModel<T>::set_precision(const Precision& p) {
+  if constexpr (std::is_same_v<T, double>) {
+    MP_CHECK(p == Precision::fp64(), "LlamaModel<double>: precision ", precision_name(p), " (fp64 only)");
+  } else {
+    auto ok = [](DType t) { return t == DType::F32 || t == DType::BF16; };
+    MP_CHECK(ok(p.params) && ok(p.activations) && p.grads == DType::F32, "LlamaModel: precision ", precision_name(p),
+             " (parameters and activations fp32 or bf16, gradients fp32)");
+  }
+  prec_ = p;
+}
+
+template <typename T>
+const T* LlamaModel<T>::stored_params(const ops::Context& cx, const T* params) {
+  if constexpr (std::is_same_v<T, float>) {
+    if (prec_.params == DType::BF16) {
+      resize(wparams_, int64_t(lay_.total()));
+      ops::round_bf16(cx, wparams_.data(), params, int64_t(lay_.total()));
+      return wparams_.data();
+    }
+  }
+  return params;
+}
+
+template <typename T>
+void LlamaModel<T>::store(T* x, int64_t n) {
+  if constexpr (std::is_same_v<T, float>)
+    if (prec_.activations == DType::BF16) ops::round_bf16(ctx_, x, x, n);
 }
 
 template <typename T>
@@ -87,11 +125,6 @@ void LlamaModel<T>::use_slot(int k) {
   slot_ = k;
 }
 
-template <typename V>
-static void resize(V& v, int64_t n) {
-  resize_for_overwrite(v, size_t(n));  // keeps capacity across steps: no reallocation once shapes settle
-}
-
 template <typename T>
 typename LlamaModel<T>::LayerRefs LlamaModel<T>::refs(LayerActs& a) {
   LayerActs& s = scratch_;
@@ -135,28 +168,31 @@ void LlamaModel<T>::layer_forward(const LayerView<const T>& lw, const T* x_in, c
   T* qkv = r.qkv->data();
 
   // Attention block: xn1 = norm(x_in); qkv = xn1 Wqkv^T (+b); rope(q, k); att = attn(q, k, v)
-  run("rmsnorm", [&] { ops::rmsnorm_forward(cx, ops::RmsNorm<T>{r.xn1->data(), r.rstd1->data(), x_in, lw.attn_norm, n, C, c.rms_norm_eps}); });
+  // Every activation stored is rounded to the storage precision (store: nothing in fp32).
+  run("rmsnorm", [&] { ops::rmsnorm_forward(cx, ops::RmsNorm<T>{r.xn1->data(), r.rstd1->data(), x_in, lw.attn_norm, n, C, c.rms_norm_eps}); store(r.xn1->data(), n * C); });
   run("qkv_proj", [&] { ops::linear_forward(cx, ops::Linear<T>{qkv, r.xn1->data(), lw.wqkv, lw.bqkv, n, C, QKV}); });  // [n, QKV]
   run("rope", [&] { ops::rope(cx, ops::Rope<T>{qkv, n, Hq, D, QKV, idx_.pos.data(), &rope_, false}); });  // q
-  run("rope", [&] { ops::rope(cx, ops::Rope<T>{qkv + Q, n, Hkv, D, QKV, idx_.pos.data(), &rope_, false}); });  // k
+  run("rope", [&] { ops::rope(cx, ops::Rope<T>{qkv + Q, n, Hkv, D, QKV, idx_.pos.data(), &rope_, false}); store(qkv, n * QKV); });  // k
   const ops::Attention<T> ap{qkv, qkv + Q, qkv + Q + lc_.kv_dim(), QKV, r.att->data(), Q, r.lse->data(),
                              b.cu_seqlens.data(), b.n_seqs(), n, Hq, Hkv, D, T(1) / std::sqrt(T(D))};
-  run("attention", [&] { ops::attention_forward(cx, ap); });  // [n, Q]
+  run("attention", [&] { ops::attention_forward(cx, ap); store(r.att->data(), n * Q); });  // [n, Q]
   // x_mid = x_in + att Wo^T (the GEMM accumulates onto the copied residual). Row-parallel under TP:
   // each rank's heads give a partial product; the residual rides on rank 0's partial only, so one
   // all-reduce of [n, C] yields x_in + Σ_r att_r Wo_r^T on every rank.
   copy_residual(r.x_mid->data(), x_in, n * C);
   run("o_proj", [&] { ops::gemm(cx, ops::Gemm<T>{false, true, n, C, Q, T(1), r.att->data(), Q, lw.wo, Q, T(1), r.x_mid->data(), C}); });
   if (tp_) run("tp_allreduce", [&] { tp_->allreduce_sum(r.x_mid->data(), size_t(n * C)); });
+  store(r.x_mid->data(), n * C);
 
   // MLP block: xn2 = norm(x_mid); gu = xn2 Wgu^T; h = silu(g) u; x_out = x_mid + h Wdown^T
-  run("rmsnorm", [&] { ops::rmsnorm_forward(cx, ops::RmsNorm<T>{r.xn2->data(), r.rstd2->data(), r.x_mid->data(), lw.mlp_norm, n, C, c.rms_norm_eps}); });
-  run("gate_up_proj", [&] { ops::linear_forward(cx, ops::Linear<T>{r.gu->data(), r.xn2->data(), lw.wgu, nullptr, n, C, 2 * I}); });  // [n, 2I]
-  run("swiglu", [&] { ops::swiglu_forward(cx, ops::SwiGlu<T>{r.h->data(), r.gu->data(), n, I}); });  // [n, I]
+  run("rmsnorm", [&] { ops::rmsnorm_forward(cx, ops::RmsNorm<T>{r.xn2->data(), r.rstd2->data(), r.x_mid->data(), lw.mlp_norm, n, C, c.rms_norm_eps}); store(r.xn2->data(), n * C); });
+  run("gate_up_proj", [&] { ops::linear_forward(cx, ops::Linear<T>{r.gu->data(), r.xn2->data(), lw.wgu, nullptr, n, C, 2 * I}); store(r.gu->data(), n * 2 * I); });  // [n, 2I]
+  run("swiglu", [&] { ops::swiglu_forward(cx, ops::SwiGlu<T>{r.h->data(), r.gu->data(), n, I}); store(r.h->data(), n * I); });  // [n, I]
   if (!x_out) return;
   copy_residual(x_out, r.x_mid->data(), n * C);  // row-parallel like o_proj
   run("down_proj", [&] { ops::gemm(cx, ops::Gemm<T>{false, true, n, C, I, T(1), r.h->data(), I, lw.wdown, I, T(1), x_out, C}); });
   if (tp_) run("tp_allreduce", [&] { tp_->allreduce_sum(x_out, size_t(n * C)); });
+  store(x_out, n * C);
 }
 
 template <typename T>
@@ -173,7 +209,7 @@ void LlamaModel<T>::forward_stage(const T* params, const PackedBatch& b, const i
   const PipeStage& st = lay_.stage;
   // The vocabulary extent here is the whole model's; the layers use this rank's (layer_forward).
   const int64_t n = b.n_tokens(), C = c.hidden_size, V = c.vocab_size;
-  const ModelView<const T> w = make_view(lay_, params);
+  const ModelView<const T> w = make_view(lay_, stored_params(cx, params));
 
   // The micro-batch's index data (positions; on the last stage the rows that have a target), its
   // token ids and lengths checked, once, here.
@@ -187,7 +223,7 @@ void LlamaModel<T>::forward_stage(const T* params, const PackedBatch& b, const i
   // x = embed(tokens)                                                   [n, C]
   Buffer<T>& x0 = acts_.empty() ? x_final_ : acts_[0].x_in;
   resize(x0, n * C);
-  if (!st.first)  // the previous stage's output
+  if (!st.first)  // the previous stage's output (already in the storage precision)
     ops::copy(cx, x0.data(), x_in, n * C);
   else if (tp_)  // each rank looks up the tokens it owns, one all-reduce of [n, C] (exact: one term each)
     prof_.run("embedding", [&] { vocab_parallel_embedding_forward(cx, x0.data(), w.embed, b.tokens.data(), n, C, shard_, *tp_); });
@@ -208,7 +244,7 @@ void LlamaModel<T>::forward_stage(const T* params, const PackedBatch& b, const i
   T* logp = out;
   // Final norm and the LM head, only on rows that have a target.
   resize(hN_, n * C), resize(rstdN_, n);
-  prof_.run("rmsnorm", [&] { ops::rmsnorm_forward(cx, ops::RmsNorm<T>{hN_.data(), rstdN_.data(), x_final_.data(), w.final_norm, n, C, c.rms_norm_eps}); });
+  prof_.run("rmsnorm", [&] { ops::rmsnorm_forward(cx, ops::RmsNorm<T>{hN_.data(), rstdN_.data(), x_final_.data(), w.final_norm, n, C, c.rms_norm_eps}); store(hN_.data(), n * C); });
   const int64_t nr = int64_t(idx_.rows.size());
   T* row_logp = cx.arena->alloc<T>(size_t(nr));
   resize(row_lse_, nr);
@@ -245,7 +281,8 @@ void LlamaModel<T>::backward_stage(const T* params, const T* dout, T* grads, boo
   const int64_t n = b.n_tokens(), C = c.hidden_size, V = lc_.vocab_size, I = lc_.intermediate_size;
   const int64_t Hq = lc_.num_attention_heads, Hkv = lc_.num_key_value_heads, D = c.head_dim;
   const int64_t Q = lc_.q_dim(), KV = lc_.kv_dim(), QKV = lc_.qkv_dim();
-  const ModelView<const T> w = make_view(lay_, params);
+  // The parameters the forward used: with bf16 parameters, its rounded working copy.
+  const ModelView<const T> w = make_view(lay_, prec_.params == DType::BF16 ? wparams_.data() : params);
   const ModelView<T> g = make_view(lay_, grads);
   // Ghost dot products (DESIGN §6): every parameter gradient is a sum of per-row terms, and a row's
   // terms belong to its own sequence (attention never crosses sequences), so per-row dots with ĝ,
@@ -337,6 +374,7 @@ void LlamaModel<T>::backward_stage(const T* params, const T* dout, T* grads, boo
         ops::rmsnorm_forward(cx, ops::RmsNorm<T>{r.xn1->data(), scratch_.rstd1.data(), x_in, lw.attn_norm, n, C, c.rms_norm_eps});
         ops::rmsnorm_forward(cx, ops::RmsNorm<T>{r.xn2->data(), scratch_.rstd1.data(), r.x_mid->data(), lw.mlp_norm, n, C, c.rms_norm_eps});
         ops::swiglu_forward(cx, ops::SwiGlu<T>{r.h->data(), r.gu->data(), n, I});
+        store(r.xn1->data(), n * C), store(r.xn2->data(), n * C), store(r.h->data(), n * I);
       });
     }
 

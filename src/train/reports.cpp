@@ -63,6 +63,7 @@ nlohmann::json run_config_json(const TrainConfig& cfg, const std::string& kind) 
   j["save_dtype"] = cfg.save_dtype, j["save_every"] = cfg.save_every, j["save_every_minutes"] = cfg.save_every_minutes;
   j["keep"] = cfg.keep, j["max_time_s"] = cfg.max_time_s, j["max_skipped_steps"] = cfg.max_skipped_steps;
   j["resume"] = cfg.resume, j["recompute"] = recompute_name(cfg.recompute);
+  j["precision"] = precision_name(cfg.precision);
   return j;
 }
 

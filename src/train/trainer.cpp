@@ -284,6 +284,7 @@ struct TrainRun {
     resize_exact(sm.params, opt.padded_size());  // ZeRO-1 padding (zeros, never read by the model)
     sm.params_mem.track(sm.params);
     sm.model->set_recompute(cfg.recompute);
+    sm.model->set_precision(cfg.precision);
     report_memory(cfg, kind, topo, config, rank_memory(opt, -1), restarts);
     MPI_Barrier(topo.world);  // the run directory exists on every rank from here on
     watch = make_watchdog(cfg, topo, kind);

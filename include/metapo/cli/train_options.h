@@ -8,7 +8,8 @@
 namespace metapo::cli {
 
 struct TrainOptionStrings {
-  std::string loss = "sigmoid", weighting = "uniform", max_time, hang_timeout = "auto", recompute = "none", truncation_mode = "keep_end";
+  std::string loss = "sigmoid", weighting = "uniform", max_time, hang_timeout = "auto", recompute = "none", truncation_mode = "keep_end",
+              precision = "fp32";
 };
 
 // A duration D-HH:MM:SS, HH:MM:SS, MM:SS or seconds, in seconds; throws naming the option.

@@ -3,6 +3,7 @@
 #pragma once
 #include <cstddef>
 #include <cstdint>
+#include <string>
 
 namespace metapo {
 
@@ -40,6 +41,24 @@ template <> struct DTypeOf<int64_t> { static constexpr DType value = DType::I64;
 template <> struct DTypeOf<uint64_t> { static constexpr DType value = DType::U64; };
 template <> struct DTypeOf<uint8_t> { static constexpr DType value = DType::U8; };
 template <typename T> inline constexpr DType dtype_of = DTypeOf<T>::value;
+
+// A model's storage precision: parameters and activations in fp32 or bf16, gradients and master
+// weights in fp32; everything fp64 for the finite-difference tests. Arithmetic is fp32 (fp64) in
+// every case: bf16 is a storage format, rounded to nearest even where a value is stored.
+struct Precision {
+  DType params = DType::F32, activations = DType::F32, grads = DType::F32;
+  static Precision fp32() { return {}; }
+  static Precision bf16() { return {DType::BF16, DType::BF16, DType::F32}; }
+  static Precision fp64() { return {DType::F64, DType::F64, DType::F64}; }
+  bool operator==(const Precision& o) const {
+    return params == o.params && activations == o.activations && grads == o.grads;
+  }
+  bool operator!=(const Precision& o) const { return !(*this == o); }
+};
+// "fp32", "bf16", "fp64", or "params/activations/grads" for another combination.
+std::string precision_name(const Precision& p);
+// fp32 | bf16 (the training precisions); throws naming `option` otherwise.
+Precision parse_precision(const std::string& name, const char* option = "--precision");
 
 // Where a buffer lives and an op runs. CPU is the reference backend (kernels/cpu); CUDA runs on the
 // current device of the calling rank.

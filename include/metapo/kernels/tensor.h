@@ -23,6 +23,9 @@ void segment_sum(double* out, const double* x, const int64_t* cu, int64_t n_seg)
 // dst[i] = double(src[i]), i < n.
 template <typename T>
 void widen(double* dst, const T* src, int64_t n);
+// x[i] = x[i] rounded to bf16 (nearest even), kept in fp32: bf16 storage with fp32 arithmetic. Or from
+// src into dst (may be the same).
+void round_bf16(float* dst, const float* src, int64_t n);
 // x[i] += y[i], i < n.
 template <typename T>
 void add(T* x, const T* y, int64_t n);

@@ -65,6 +65,15 @@ class LlamaModel {
   // Probabilities of up to this many bytes are kept from forward to backward instead of
   // recomputing the LM-head GEMM (0: always recompute).
   void set_prob_cache_budget(size_t bytes) { cache_budget_ = bytes; }
+  // Storage precision (core/dtype.h). T = float: fp32 (the default) or bf16 parameters and/or
+  // activations, which the CPU backend emulates: a forward rounds the parameters it is given to bf16
+  // into a working copy (the caller's buffer stays the fp32 master) and rounds every activation it
+  // stores to bf16, as a bf16 device run stores them; arithmetic, the norms' and attention's
+  // statistics, the log-probabilities and all gradients stay fp32. T = double: fp64 only. Throws for
+  // another combination.
+  void set_precision(const Precision& p);
+  const Precision& precision() const { return prec_; }
+
   // What the next forwards keep per layer (see Recompute). Default None.
   void set_recompute(Recompute r) { recompute_ = r; }
   Recompute recompute() const { return recompute_; }
@@ -162,6 +171,10 @@ class LlamaModel {
     Buffer<T> coef, dx, dxn, dh, dgu, datt, dqkv;
   } work_;
   OpProfile prof_;
+  Precision prec_;
+  Buffer<T> wparams_;  // bf16 parameters: the rounded working copy of the last forward's
+  const T* stored_params(const ops::Context& cx, const T* params);  // params, or rounded into wparams_
+  void store(T* x, int64_t n);  // an activation just written: rounded to the storage precision
   ops::Context ctx_;   // the caller's, with arena_ and prof_ (see ctx())
   ops::Arena arena_;   // a forward's or backward's temporaries
   std::vector<int64_t> seg_;  // the ghost-dot groups of the last backward

@@ -339,6 +339,8 @@ void segment_sum(const Context& ctx, double* out, const double* x, const int64_t
 // dst = double(src).
 template <typename T>
 void widen(const Context& ctx, double* dst, const T* src, int64_t n);
+// dst = src rounded to bf16 (nearest even), stored in fp32: the rounding of bf16 storage.
+void round_bf16(const Context& ctx, float* dst, const float* src, int64_t n);
 // x += y.
 template <typename T>
 void add(const Context& ctx, T* x, const T* y, int64_t n);

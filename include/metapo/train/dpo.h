@@ -14,6 +14,7 @@
 #include "metapo/align/weighting.h"
 #include "metapo/comm/mpi_comm.h"
 #include "metapo/comm/topology.h"
+#include "metapo/core/dtype.h"
 #include "metapo/data/dataset.h"
 #include "metapo/model/llama.h"
 #include "metapo/model/tp_layout.h"
@@ -64,6 +65,7 @@ struct TrainConfig {
   // --hang-timeout (train/watchdog.h): > 0 seconds, 0 off, < 0 auto.
   double hang_timeout_s = -1;
   Recompute recompute = Recompute::None;  // --recompute: what each layer keeps for its backward
+  Precision precision;                     // --precision: the model's storage precision (fp32, bf16)
   std::string command_line;  // recorded in RUN/run.json
 
   MicroBatching micro() const { return {micro_batch, micro_batch_tokens}; }

@@ -3,6 +3,8 @@
 #include <algorithm>
 #include <cstring>
 
+#include "metapo/core/half.h"
+
 namespace metapo::cpu {
 
 template <typename T>
@@ -37,6 +39,11 @@ void segment_sum(double* out, const double* x, const int64_t* cu, int64_t n_seg)
 template <typename T>
 void widen(double* dst, const T* src, int64_t n) {
   for (int64_t i = 0; i < n; ++i) dst[i] = double(src[i]);
+}
+
+void round_bf16(float* dst, const float* src, int64_t n) {
+#pragma omp parallel for schedule(static) if (n > (int64_t(1) << 16))
+  for (int64_t i = 0; i < n; ++i) dst[i] = bf16_to_f32(f32_to_bf16(src[i]));
 }
 
 template <typename T>
