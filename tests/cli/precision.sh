@@ -10,7 +10,7 @@ source "$(dirname "$0")/common.sh"
 common="--model init --data d.h5 --batch-size 16 --max-steps 30 --lr 1e-3 --warmup-steps 2 --eval-every 0"
 # Largest per-step differences of bf16 from fp32 over the run: |loss| absolute, logps/chosen relative.
 # Measured 2026-12-06 (tiny preset, sort, seed 3): loss 5.4e-4, logps/chosen 8.5e-4 (1 rank). The
-# limits leave about 10x margin: bf16 rounds each stored value by up to 2^-9 relative.
+# limits leave about 10x margin: bf16 rounds each stored value by up to 2^-8 relative.
 compare() {
   python3 - "$1" "$2" <<'P' || fail "bf16 run $2 differs from fp32 $1 beyond the recorded tolerance"
 import json, sys
