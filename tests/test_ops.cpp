@@ -429,6 +429,9 @@ TEST(Ops, ArenaHandsOutAlignedPiecesAndSettlesInOneBlock) {
     x[9] = 1.0f, y[99] = 2.0;
   }
   EXPECT_EQ(a.capacity(), size_t(48 + 800));  // one block: what one round needs (pieces of 16 bytes)
+  a.reset();
+  a.alloc<double>(250);  // larger, first after a reset: the block is replaced, not joined by another
+  EXPECT_EQ(a.capacity(), size_t(2000));
 }
 
 TEST(Ops, ADeviceWithoutABackendIsRefusedByName) {

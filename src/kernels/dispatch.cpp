@@ -42,6 +42,9 @@ void* Arena::alloc_bytes(size_t bytes) {
   bytes = (bytes + kAlign - 1) / kAlign * kAlign;
   if (blocks_.empty()) blocks_.push_back(tagged_buffer<uint8_t>(Mem::Workspace));
   Buffer<uint8_t>& main = blocks_[0];
+  // Nothing handed out since the last reset: the main block may simply grow (its old bytes are freed
+  // first, so the two are never held together).
+  if (used_ == 0 && overflow_ == 0 && bytes > main.size()) resize_for_overwrite(main, bytes);
   if (used_ + bytes <= main.size()) {
     void* p = main.data() + used_;
     used_ += bytes;

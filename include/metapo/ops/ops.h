@@ -21,9 +21,11 @@
 
 namespace metapo::ops {
 
-// A bump allocator for per-call temporaries: alloc() hands out 16-byte aligned pieces of one block, reset()
-// takes them all back. A block that overflows is kept and a larger one is made at the next reset, so
-// once shapes settle a step allocates nothing. Its bytes count as workspace (core/memory.h).
+// A bump allocator for per-call temporaries: alloc() hands out 16-byte aligned pieces of one block,
+// reset() takes them all back. What does not fit gets a block of its own until the next reset, which
+// makes one block of what the last sequence of calls needed; so once shapes settle a step allocates
+// nothing, and the arena holds at most what one sequence of calls needs. Its bytes count as
+// workspace (core/memory.h).
 class Arena {
  public:
   template <typename T>
