@@ -37,9 +37,21 @@ namespace {
 
 // ---- Arena ----
 
+namespace {
+constexpr size_t kAlign = 16;  // the blocks come from malloc, 16-byte aligned
+size_t aligned(size_t bytes) { return (bytes + kAlign - 1) / kAlign * kAlign; }
+}  // namespace
+
+void Arena::reserve(std::initializer_list<size_t> piece_bytes) {
+  MP_CHECK(used_ == 0 && overflow_ == 0, "Arena::reserve after pieces were handed out");
+  size_t total = 0;
+  for (size_t b : piece_bytes) total += aligned(b);
+  if (blocks_.empty()) blocks_.push_back(tagged_buffer<uint8_t>(Mem::Workspace));
+  if (total > blocks_[0].size()) resize_for_overwrite(blocks_[0], total);
+}
+
 void* Arena::alloc_bytes(size_t bytes) {
-  constexpr size_t kAlign = 16;  // the blocks come from malloc, 16-byte aligned
-  bytes = (bytes + kAlign - 1) / kAlign * kAlign;
+  bytes = aligned(bytes);
   if (blocks_.empty()) blocks_.push_back(tagged_buffer<uint8_t>(Mem::Workspace));
   Buffer<uint8_t>& main = blocks_[0];
   // Nothing handed out since the last reset: the main block may simply grow (its old bytes are freed

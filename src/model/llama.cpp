@@ -42,8 +42,6 @@ LlamaModel<T>::LlamaModel(const LlamaConfig& c, Comm* tp, const PipeStage& stage
   for (LayerActs& a : acts_) tag(a);
   for (Buffer<T>* b : {&x_final_, &hN_, &rstdN_, &row_lse_, &probs_}) *b = tagged_buffer<T>(Mem::Activations);
   tag(scratch_);
-  for (Buffer<T>* b : {&work_.coef, &work_.dx, &work_.dxn, &work_.dh, &work_.dgu, &work_.datt, &work_.dqkv})
-    *b = tagged_buffer<T>(Mem::Workspace);
   parked_.resize(1);
   tag(parked_[0]);
 }
@@ -246,7 +244,12 @@ void LlamaModel<T>::forward_stage(const T* params, const PackedBatch& b, const i
   resize(hN_, n * C), resize(rstdN_, n);
   prof_.run("rmsnorm", [&] { ops::rmsnorm_forward(cx, ops::RmsNorm<T>{hN_.data(), rstdN_.data(), x_final_.data(), w.final_norm, n, C, c.rms_norm_eps}); store(hN_.data(), n * C); });
   const int64_t nr = int64_t(idx_.rows.size());
-  T* row_logp = cx.arena->alloc<T>(size_t(nr));
+  // The arena's pieces: the row log-probs; under TP the vocab-parallel partials (row max, Σ exp,
+  // target logit, then the global max and the two sums in double).
+  const size_t e = sizeof(T), unr = size_t(nr);
+  const size_t part = tp_ ? e * unr : 0;
+  cx.arena->reserve({e * unr, part, part, part, tp_ ? 8 * unr : 0, tp_ ? 16 * unr : 0});
+  T* row_logp = cx.arena->alloc<T>(unr);
   resize(row_lse_, nr);
   const int64_t Vl = tp_ ? shard_.real : V;  // logits this rank computes
   const bool cache = size_t(nr) * size_t(Vl) * sizeof(T) <= cache_budget_;
@@ -298,8 +301,6 @@ void LlamaModel<T>::backward_stage(const T* params, const T* dout, T* grads, boo
   double* rdot = nullptr;  // [n] per-row ghost dots
   if (ghost) {
     gh = make_view(lay_, ghat);
-    rdot = cx.arena->alloc<double>(size_t(n));
-    ops::fill(cx, rdot, 0.0, n);
     group_starts(b, ghost_group_, seg_);  // the rows of each group of ghost_group_ sequences
   }
   // A linear layer's backward; with ĝ, fused with its ghost dots per group of sequences (each group's
@@ -325,39 +326,46 @@ void LlamaModel<T>::backward_stage(const T* params, const T* dout, T* grads, boo
     if (st.first && !c.tie_word_embeddings) ops::fill(cx, g.embed, T(0), V * C);
   }
 
-  // Workspaces are members: their pages stay mapped from step to step.
-  BackwardWork& wk = work_;
-  Buffer<T>&dhN = wk.dxn, &dx = wk.dx;
-  resize(dhN, n * C), resize(dx, n * C);
+  // The workspaces come from the arena (the same block, so the same pages, from step to step): the
+  // gradient of the residual stream dx, of a norm's output dxn (first dhN, the final norm's), of the
+  // MLP's product dh and gate/up dgu, of the attention output datt and of q/k/v dqkv; on the last
+  // stage the per-row loss coefficients.
+  ops::Arena& ar = *cx.arena;
+  const size_t e = sizeof(T), un = size_t(n);
+  ar.reserve({e * un * C, e * un * C, st.last ? e * idx_.rows.size() : 0, e * un * I, e * un * 2 * I, e * un * Q,
+              e * un * QKV, ghost ? sizeof(double) * un : 0});
+  T *dx = ar.alloc<T>(un * C), *dxn = ar.alloc<T>(un * C), *dhN = dxn;
+  if (ghost) {
+    rdot = ar.alloc<double>(un);
+    ops::fill(cx, rdot, 0.0, n);
+  }
   if (!st.last) {
-    ops::copy(cx, dx.data(), dout, n * C);  // the next stage's dL/d(our output)
+    ops::copy(cx, dx, dout, n * C);  // the next stage's dL/d(our output)
   } else {
     // LM head: dhN = dlogits W, dW_head += dlogits^T hN (tied: lands in the embedding gradient).
     const T* dlogp = dout;
     const int64_t nr = int64_t(idx_.rows.size());
-    Buffer<T>& coef = wk.coef;
-    resize(coef, nr);
-    ops::gather(cx, coef.data(), dlogp, idx_.rows.data(), nr);
-    ops::fill(cx, dhN.data(), T(0), n * C);
-    const ops::LogprobGrad<T> lg{coef.data(), row_lse_.data(), probs_.empty() ? nullptr : probs_.data(), dhN.data(),
+    T* coef = ar.alloc<T>(size_t(nr));
+    ops::gather(cx, coef, dlogp, idx_.rows.data(), nr);
+    ops::fill(cx, dhN, T(0), n * C);
+    const ops::LogprobGrad<T> lg{coef, row_lse_.data(), probs_.empty() ? nullptr : probs_.data(), dhN,
                                  g.lm_head, accumulate, ghost ? gh->lm_head : nullptr, rdot};
     if (tp_) {
       // dhN is this rank's partial over its vocabulary rows: summed over TP before the final norm.
       VocabParallelLogprobParams<T> vp{hN_.data(), w.lm_head, C, shard_, idx_.rows.data(), idx_.row_targets.data(), nr};
       prof_.run("lm_head_logprob.bwd", [&] { vocab_parallel_logprob_backward(cx, vp, lg); });
-      prof_.run("tp_allreduce", [&] { tp_->allreduce_sum(dhN.data(), size_t(n * C)); });
+      prof_.run("tp_allreduce", [&] { tp_->allreduce_sum(dhN, size_t(n * C)); });
     } else {
       const ops::Logprob<T> lp{hN_.data(), w.lm_head, C, V, idx_.rows.data(), idx_.row_targets.data(), nr};
       prof_.run("lm_head_logprob.bwd", [&] { ops::logprob_backward(cx, lp, lg); });
     }
-    prof_.run("rmsnorm.bwd", [&] { norm_bwd(dx.data(), g.final_norm, dhN.data(), x_final_.data(), w.final_norm, rstdN_.data(), false); });
+    prof_.run("rmsnorm.bwd", [&] { norm_bwd(dx, g.final_norm, dhN, x_final_.data(), w.final_norm, rstdN_.data(), false); });
     if (ghost_replicated)
-      prof_.run("ghost", [&] { norm_ghost(dhN.data(), x_final_.data(), rstdN_.data(), gh->final_norm); });
+      prof_.run("ghost", [&] { norm_ghost(dhN, x_final_.data(), rstdN_.data(), gh->final_norm); });
   }
 
   // dx is the gradient with respect to the current layer's output (the residual stream).
-  Buffer<T>&dh = wk.dh, &dgu = wk.dgu, &dxn = wk.dxn, &datt = wk.datt, &dqkv = wk.dqkv;
-  resize(dh, n * I), resize(dgu, n * 2 * I), resize(datt, n * Q), resize(dqkv, n * QKV);
+  T *dh = ar.alloc<T>(un * I), *dgu = ar.alloc<T>(un * 2 * I), *datt = ar.alloc<T>(un * Q), *dqkv = ar.alloc<T>(un * QKV);
   for (size_t li = acts_.size(); li-- > 0;) {
     const LayerView<const T>& lw = w.layers[li];
     const LayerView<T>& lg = g.layers[li];
@@ -381,38 +389,38 @@ void LlamaModel<T>::backward_stage(const T* params, const T* dout, T* grads, boo
     const LayerView<const T>* lgh = ghost ? &gh->layers[li] : nullptr;
 
     // MLP block backward (each ghost call reads its G before the next step overwrites it).
-    prof_.run("down_proj.bwd", [&] { linear_bwd(dh.data(), lg.wdown, nullptr, dx.data(), r.h->data(), lw.wdown, n, I, C, lgh ? lgh->wdown : nullptr, nullptr); });
-    prof_.run("swiglu.bwd", [&] { ops::swiglu_backward(cx, ops::SwiGluGrad<T>{dgu.data(), dh.data(), r.gu->data(), n, I}); });
-    prof_.run("gate_up_proj.bwd", [&] { linear_bwd(dxn.data(), lg.wgu, nullptr, dgu.data(), r.xn2->data(), lw.wgu, n, C, 2 * I, lgh ? lgh->wgu : nullptr, nullptr); });
+    prof_.run("down_proj.bwd", [&] { linear_bwd(dh, lg.wdown, nullptr, dx, r.h->data(), lw.wdown, n, I, C, lgh ? lgh->wdown : nullptr, nullptr); });
+    prof_.run("swiglu.bwd", [&] { ops::swiglu_backward(cx, ops::SwiGluGrad<T>{dgu, dh, r.gu->data(), n, I}); });
+    prof_.run("gate_up_proj.bwd", [&] { linear_bwd(dxn, lg.wgu, nullptr, dgu, r.xn2->data(), lw.wgu, n, C, 2 * I, lgh ? lgh->wgu : nullptr, nullptr); });
     // Column-parallel input gradient: each rank's gate/up slice gives a partial dxn.
-    if (tp_) prof_.run("tp_allreduce", [&] { tp_->allreduce_sum(dxn.data(), size_t(n * C)); });
+    if (tp_) prof_.run("tp_allreduce", [&] { tp_->allreduce_sum(dxn, size_t(n * C)); });
     if (ghost_replicated)
-      prof_.run("ghost", [&] { norm_ghost(dxn.data(), r.x_mid->data(), r.rstd2->data(), lgh->mlp_norm); });
-    prof_.run("rmsnorm.bwd", [&] { norm_bwd(dx.data(), lg.mlp_norm, dxn.data(), r.x_mid->data(), lw.mlp_norm, r.rstd2->data(), true); });  // dx: now w.r.t. x_mid
+      prof_.run("ghost", [&] { norm_ghost(dxn, r.x_mid->data(), r.rstd2->data(), lgh->mlp_norm); });
+    prof_.run("rmsnorm.bwd", [&] { norm_bwd(dx, lg.mlp_norm, dxn, r.x_mid->data(), lw.mlp_norm, r.rstd2->data(), true); });  // dx: now w.r.t. x_mid
 
     // Attention block backward.
-    prof_.run("o_proj.bwd", [&] { linear_bwd(datt.data(), lg.wo, nullptr, dx.data(), r.att->data(), lw.wo, n, Q, C, lgh ? lgh->wo : nullptr, nullptr); });
+    prof_.run("o_proj.bwd", [&] { linear_bwd(datt, lg.wo, nullptr, dx, r.att->data(), lw.wo, n, Q, C, lgh ? lgh->wo : nullptr, nullptr); });
     const T* qkv = r.qkv->data();
     const ops::Attention<T> ap{qkv, qkv + Q, qkv + Q + KV, QKV, r.att->data(), Q, r.lse->data(),
                                b.cu_seqlens.data(), b.n_seqs(), n, Hq, Hkv, D, T(1) / std::sqrt(T(D))};
-    const ops::AttentionGrad<T> agp{datt.data(), dqkv.data(), dqkv.data() + Q, dqkv.data() + Q + KV, QKV};
+    const ops::AttentionGrad<T> agp{datt, dqkv, dqkv + Q, dqkv + Q + KV, QKV};
     prof_.run("attention.bwd", [&] { ops::attention_backward(cx, ap, agp); });
-    prof_.run("rope.bwd", [&] { ops::rope(cx, ops::Rope<T>{dqkv.data(), n, Hq, D, QKV, idx_.pos.data(), &rope_, true}); });  // dq before rope
-    prof_.run("rope.bwd", [&] { ops::rope(cx, ops::Rope<T>{dqkv.data() + Q, n, Hkv, D, QKV, idx_.pos.data(), &rope_, true}); });  // dk before rope
-    prof_.run("qkv_proj.bwd", [&] { linear_bwd(dxn.data(), lg.wqkv, lg.bqkv, dqkv.data(), r.xn1->data(), lw.wqkv, n, C, QKV, lgh ? lgh->wqkv : nullptr, lgh ? lgh->bqkv : nullptr); });
-    if (tp_) prof_.run("tp_allreduce", [&] { tp_->allreduce_sum(dxn.data(), size_t(n * C)); });  // partial, as above
+    prof_.run("rope.bwd", [&] { ops::rope(cx, ops::Rope<T>{dqkv, n, Hq, D, QKV, idx_.pos.data(), &rope_, true}); });  // dq before rope
+    prof_.run("rope.bwd", [&] { ops::rope(cx, ops::Rope<T>{dqkv + Q, n, Hkv, D, QKV, idx_.pos.data(), &rope_, true}); });  // dk before rope
+    prof_.run("qkv_proj.bwd", [&] { linear_bwd(dxn, lg.wqkv, lg.bqkv, dqkv, r.xn1->data(), lw.wqkv, n, C, QKV, lgh ? lgh->wqkv : nullptr, lgh ? lgh->bqkv : nullptr); });
+    if (tp_) prof_.run("tp_allreduce", [&] { tp_->allreduce_sum(dxn, size_t(n * C)); });  // partial, as above
     if (ghost_replicated)
-      prof_.run("ghost", [&] { norm_ghost(dxn.data(), x_in, r.rstd1->data(), lgh->attn_norm); });
-    prof_.run("rmsnorm.bwd", [&] { norm_bwd(dx.data(), lg.attn_norm, dxn.data(), x_in, lw.attn_norm, r.rstd1->data(), true); });  // dx: now w.r.t. x_in
+      prof_.run("ghost", [&] { norm_ghost(dxn, x_in, r.rstd1->data(), lgh->attn_norm); });
+    prof_.run("rmsnorm.bwd", [&] { norm_bwd(dx, lg.attn_norm, dxn, x_in, lw.attn_norm, r.rstd1->data(), true); });  // dx: now w.r.t. x_in
   }
   if (!st.first) {
-    ops::copy(cx, dx_in, dx.data(), n * C);  // to the previous stage
+    ops::copy(cx, dx_in, dx, n * C);  // to the previous stage
   } else if (tp_) {
-    prof_.run("embedding.bwd", [&] { vocab_parallel_embedding_backward(cx, g.embed, dx.data(), b.tokens.data(), n, C, shard_); });
-    if (ghost) vocab_parallel_embedding_ghost_dots(cx, dx.data(), b.tokens.data(), gh->embed, n, C, shard_, rdot);
+    prof_.run("embedding.bwd", [&] { vocab_parallel_embedding_backward(cx, g.embed, dx, b.tokens.data(), n, C, shard_); });
+    if (ghost) vocab_parallel_embedding_ghost_dots(cx, dx, b.tokens.data(), gh->embed, n, C, shard_, rdot);
   } else {
-    prof_.run("embedding.bwd", [&] { ops::embedding_backward(cx, ops::EmbeddingGrad<T>{g.embed, dx.data(), b.tokens.data(), n, C}); });
-    if (ghost) ops::embedding_ghost_dots(cx, ops::EmbeddingGhost<T>{dx.data(), b.tokens.data(), gh->embed, n, C, rdot});
+    prof_.run("embedding.bwd", [&] { ops::embedding_backward(cx, ops::EmbeddingGrad<T>{g.embed, dx, b.tokens.data(), n, C}); });
+    if (ghost) ops::embedding_ghost_dots(cx, ops::EmbeddingGhost<T>{dx, b.tokens.data(), gh->embed, n, C, rdot});
   }
   if (ghost) {
     // Every partial row dot of this backward in one all-reduce; the result is identical on all ranks.

@@ -83,18 +83,18 @@ std::vector<StagePlan> plan_memory(const PlanInput& in) {
     const int64_t policy = per_slot(le.kept, n, R) + (slots - 1) * per_slot(le.kept, nb, Rb) + le.scratch * n * pr.act;
     const int64_t ref = in.ref_tokens > 0 ? per_slot(layer_elems(lc, Recompute::None).kept, in.ref_tokens, in.ref_rows) : 0;
     add(Mem::Activations, std::max(policy, ref));
-    // The backward's gradient buffers (LlamaModel::BackwardWork): dx, dxn [C], dh [I], dgu [2I],
-    // datt [Q], dqkv [QKV]; on the last stage the per-row loss coefficients.
-    add(Mem::Workspace, (2 * C + 3 * I + Q + QKV) * nb * pr.act + (st.last ? Rb * pr.act : 0));
-    // The model's arena (ops::Arena, pieces rounded to 16 bytes) holds what one forward or one backward needs
-    // at most: on the last stage the forward's row log-probs, and under TP the vocab-parallel
-    // partials (row max, Σ exp, target logit; the global max and the two sums in double); with
-    // MetaPO the backward's per-row ghost dots (double). The reference model's arena goes with it.
+    // The model's arena (ops::Arena: pieces rounded to 16 bytes) holds what one forward or one
+    // backward needs, whichever is more. A forward: on the last stage its row log-probs and under TP
+    // the vocab-parallel partials (row max, Σ exp, target logit; the global max and the two sums in
+    // double). A backward: the gradient buffers dx, dxn [C], dh [I], dgu [2I], datt [Q], dqkv [QKV],
+    // on the last stage the per-row loss coefficients, with MetaPO the per-row ghost dots (double).
     auto r16 = [](int64_t bytes) { return (bytes + 15) / 16 * 16; };
-    auto fwd_arena = [&](int64_t rows) {
-      return st.last ? r16(rows * pr.act) + (in.tp > 1 ? 3 * r16(rows * pr.act) + r16(8 * rows) + r16(16 * rows) : 0) : 0;
-    };
-    add(Mem::Workspace, std::max(fwd_arena(R), in.metapo ? r16(8 * nb) : 0));
+    const int64_t fwd_arena =
+        st.last ? r16(R * pr.act) + (in.tp > 1 ? 3 * r16(R * pr.act) + r16(8 * R) + r16(16 * R) : 0) : 0;
+    const int64_t bwd_arena = 2 * r16(C * nb * pr.act) + r16(I * nb * pr.act) + r16(2 * I * nb * pr.act) +
+                              r16(Q * nb * pr.act) + r16(QKV * nb * pr.act) + (st.last ? r16(Rb * pr.act) : 0) +
+                              (in.metapo ? r16(8 * nb) : 0);
+    add(Mem::Workspace, std::max(fwd_arena, bwd_arena));
     // The pipeline's messages of [tokens, C], held for one pass: in a training pass, toward the next
     // stage the output sent and its copy in flight (MpiComm keeps one per peer) and the gradient
     // received; toward the previous stage the input received, the gradient sent and its copy. A

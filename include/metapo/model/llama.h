@@ -167,16 +167,13 @@ class LlamaModel {
   int64_t ghost_group_ = 1;
   Recompute recompute_ = Recompute::None;
   LayerActs scratch_;  // one layer's dropped intermediates (forward) or recomputed ones (backward)
-  struct BackwardWork {
-    Buffer<T> coef, dx, dxn, dh, dgu, datt, dqkv;
-  } work_;
   OpProfile prof_;
   Precision prec_;
   Buffer<T> wparams_;  // bf16 parameters: the rounded working copy of the last forward's
   const T* stored_params(const ops::Context& cx, const T* params);  // params, or rounded into wparams_
   void store(T* x, int64_t n);  // an activation just written: rounded to the storage precision
   ops::Context ctx_;   // the caller's, with arena_ and prof_ (see ctx())
-  ops::Arena arena_;   // a forward's or backward's temporaries
+  ops::Arena arena_;   // a forward's or backward's temporaries and workspaces
   std::vector<int64_t> seg_;  // the ghost-dot groups of the last backward
   const ops::Context& ctx();  // ctx_ pointed at this model's arena and profile, the arena reset
 };

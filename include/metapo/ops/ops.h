@@ -11,6 +11,7 @@
 #pragma once
 #include <cstddef>
 #include <cstdint>
+#include <initializer_list>
 #include <vector>
 
 #include "metapo/core/buffer.h"
@@ -33,6 +34,10 @@ class Arena {
     return static_cast<T*>(alloc_bytes(n * sizeof(T)));
   }
   void reset();
+  // Right after reset(): makes room for pieces of these sizes in bytes in the one block (growing it,
+  // the old one freed first), so a sequence of calls that reserves what it will take never overflows
+  // and the arena never holds more than the largest such sequence.
+  void reserve(std::initializer_list<size_t> piece_bytes);
   size_t capacity() const;
 
  private:
