@@ -16,6 +16,7 @@
 #include <nlohmann/json.hpp>
 
 #include "metapo/comm/collectives.h"
+#include "metapo/comm/mpi_session.h"
 #include "metapo/core/buffer.h"
 #include "metapo/core/error.h"
 #include "metapo/core/timer.h"
@@ -117,9 +118,9 @@ void install_stop_handlers() {
   sigaction(SIGTERM, &sa, nullptr);
 }
 
-// The hang watchdog's end of the job: one line, then MPI_Abort from the watchdog's thread (the main
-// thread is blocked in a collective that will not complete). Open MPI's abort does not go through the
-// communicators the blocked thread holds; should it not return either, SIGALRM ends the process.
+// The hang watchdog's end of the job: one line, then the job's abort from the watchdog's thread (the
+// main thread is blocked in a collective that will not complete). Open MPI's abort does not go through
+// the communicators the blocked thread holds; should it not return either, SIGALRM ends the process.
 std::unique_ptr<HangWatchdog> make_watchdog(const TrainConfig& cfg, const Topology& topo, const std::string& kind) {
   char host[256] = "?";
   ::gethostname(host, sizeof host - 1);
@@ -131,8 +132,7 @@ std::unique_ptr<HangWatchdog> make_watchdog(const TrainConfig& cfg, const Topolo
     std::fprintf(stderr, "metapo %s: error: %s\n", kind.c_str(), message.c_str());
     std::fflush(stderr);
     ::alarm(60);
-    MPI_Abort(MPI_COMM_WORLD, kExitHung);
-    std::_Exit(kExitHung);
+    abort_job(kExitHung);
   });
 }
 
