@@ -66,7 +66,8 @@ int main(int argc, char** argv) {
       if (!sm.mp)
         for (const TensorEntry& t : sm.model->layout().tensors()) runs.push_back({t.offset, t.offset, t.numel, false});
       if (mode == "sharded") {
-        save_hf_model_parallel(out, sm.config, runs, topo.tp_rank == 0, sm.params.data(), "bfloat16", topo.mp_comm);
+        MpiComm mp(topo.mp_comm);
+        save_hf_model_parallel(out, sm.config, runs, topo.tp_rank == 0, sm.params.data(), "bfloat16", mp);
       } else {
         const size_t n = ParamLayout(sm.config).total();
         std::vector<float> full(n);

@@ -44,8 +44,8 @@ int cmd_export(Context& ctx, int argc, char** argv) {
     read_checkpoint_model(from, ctx.topo.world, config, lo, hi, part.data());
   else
     reader->read_runs({{lo, 0, hi - lo, false}}, part.data());
-  save_hf_model_parallel(out, config, {{lo, 0, hi - lo, false}}, true, part.data(), dtype, ctx.topo.world,
-                         max_shard_bytes);
+  MpiComm world(ctx.topo.world);
+  save_hf_model_parallel(out, config, {{lo, 0, hi - lo, false}}, true, part.data(), dtype, world, max_shard_bytes);
   if (ctx.topo.is_root())
     std::cout << "wrote " << out << " from " << from << " (" << n << " parameters, " << dtype << ", " << ranks
               << " rank" << (ranks > 1 ? "s" : "") << ")\n";

@@ -11,6 +11,7 @@
 #include <fstream>
 
 #include "metapo/comm/collectives.h"
+#include "metapo/comm/mpi_comm.h"
 #include "metapo/core/simd.h"
 #include "metapo/io/checkpoint.h"
 #include "metapo/model/layout.h"
@@ -147,7 +148,8 @@ std::string save_checkpoint(TrainState& st, const std::string& dir, int64_t keep
 
   st.file_sizes = file_sizes(st);
   const std::string name = checkpoint_name(st.step), final_path = dir + "/" + name, partial = final_path + ".partial";
-  CheckpointFile f = CheckpointFile::create(partial, topo.world);
+  MpiComm world(topo.world);
+  CheckpointFile f = CheckpointFile::create(partial, world);
   const ParamLayout full(st.config);
   const std::vector<TpCopy> map = sorted_map(sm);
   const bool tp0 = topo.tp_rank == 0;
@@ -232,7 +234,8 @@ void load_checkpoint(TrainState& st, const std::string& path) {
   const Topology& topo = *st.topo;
   ShardedModel& sm = *st.sm;
   ZeroAdamW& opt = *st.opt;
-  CheckpointFile f = CheckpointFile::open(path, topo.world);
+  MpiComm world(topo.world);
+  CheckpointFile f = CheckpointFile::open(path, world);
   auto incompatible = [&](bool ok, const std::string& why) {
     if (!ok) throw CheckpointIncompatible(path + ": " + why);
   };
@@ -322,7 +325,8 @@ std::string resolve_checkpoint(const std::string& path) {
 }
 
 LlamaConfig read_checkpoint_config(const std::string& path) {
-  CheckpointFile f = CheckpointFile::open(path, MPI_COMM_SELF);
+  SelfComm self;
+  CheckpointFile f = CheckpointFile::open(path, self);
   MP_CHECK(f.exists("/state/model_config"), path, ": not a metapo checkpoint (no /state/model_config)");
   const int64_t version = f.read_int("/state/format_version");
   MP_CHECK(version == kCheckpointFormatVersion, path, ": checkpoint format version ", version,
@@ -335,7 +339,8 @@ LlamaConfig read_checkpoint_config(const std::string& path) {
 
 void read_checkpoint_model(const std::string& path, MPI_Comm comm, const LlamaConfig& config, size_t lo, size_t hi,
                            float* part) {
-  CheckpointFile f = CheckpointFile::open(path, comm);
+  MpiComm c(comm);
+  CheckpointFile f = CheckpointFile::open(path, c);
   const ParamLayout lay(config);
   for (const TensorEntry& e : lay.tensors()) {
     // This rank's window of the tensor (none: an empty read, every rank makes the same calls).
