@@ -98,6 +98,5 @@ int main(int argc, char** argv) {
       if (std::fclose(f) == 0) std::rename(tmp.c_str(), status);
     }
   }
-  ctx.topo.free();
   return rc;
 }
