@@ -1,5 +1,6 @@
-// The communication seam (DESIGN §2): the model, kernels, meta code, trainer, CLI and I/O talk to
-// their peers only through this interface, so they build and test without MPI. MpiComm (mpi_comm.h)
+// The communication seam (DESIGN §2): the model, kernels and meta code talk to their peers only
+// through this interface, so they build and test without MPI; the trainer, the CLI and the I/O layer
+// use it too (over the Topology's communicators), so that only comm/ calls MPI. MpiComm (mpi_comm.h)
 // implements it on host buffers over an MPI communicator; SelfComm below is the one-process case; an
 // NCCL backend implements it on device buffers (the typed calls take a dtype and a stream for it).
 //
