@@ -55,7 +55,7 @@ uint64_t parse_bytes(const std::string& text, const std::string& option);
 std::vector<int64_t> parse_pp_layers(const std::string& text, int pp);
 
 // Rank 0 receives every rank's text (each rank's lines in the order it produced them); other ranks get
-// an empty vector. Collective over topo.world.
+// an empty vector. Collective over topo.world_comm().
 std::vector<std::string> gather_to_root(const std::string& mine, const Topology& topo);
 
 // Reads a JSONL file of token sequences ({"tokens": [ids], ...} per line; blank lines skipped):
