@@ -249,6 +249,9 @@ TEST_P(CommMpi, GatherToARoot) {
   REQUIRE_MPI("tests/cli/comm_mpi.sh");
   MpiComm comm(MPI_COMM_WORLD, GetParam());
   const int p = comm.size(), r = comm.rank();
+  auto bytes_of = [](int q) { return q == 1 ? size_t(40) : size_t(3 * q + 1); };
+  size_t total = 0;
+  for (int q = 0; q < p; ++q) total += bytes_of(q);
   for (int root = 0; root < p; ++root) {
     // Rank q sends 3q + 1 bytes of value q (rank 1 sends a long message to reach the pieces).
     const size_t mine = r == 1 ? 40 : size_t(3 * r + 1);
@@ -271,6 +274,9 @@ TEST_P(CommMpi, GatherToARoot) {
     }
     EXPECT_EQ(recv.size(), at);
   }
+  // Counted as all-gather: the bytes gathered where this rank was the root, the bytes sent elsewhere.
+  EXPECT_EQ(comm.volume()[CommOp::AllGather], total + size_t(p - 1) * bytes_of(r));
+  EXPECT_EQ(comm.volume().calls[int(CommOp::AllGather)], uint64_t(p));
   // broadcast_string over the same communicator.
   const std::string s = broadcast_string(comm, r == p - 1 ? std::string(50, 'x') + "end" : "", p - 1);
   EXPECT_EQ(s, std::string(50, 'x') + "end");
