@@ -16,6 +16,7 @@
 #include <string>
 #include <vector>
 
+#include "metapo/comm/mpi_comm.h"
 #include "metapo/core/error.h"
 #include "metapo/core/rng.h"
 #include "metapo/io/checkpoint.h"
@@ -28,6 +29,12 @@ using metapo::testing_mpi::world_size;
 using std::vector;
 
 namespace {
+
+// MPI_COMM_WORLD as a Comm (made on first use, after MPI is up).
+MpiComm& world() {
+  static MpiComm w(MPI_COMM_WORLD);
+  return w;
+}
 
 // A file name every rank agrees on, in the test's working directory (the CLI script's temp dir).
 std::string shared_name(const std::string& stem) {
@@ -84,7 +91,7 @@ const vector<uint64_t> kMatrix = {37, 23}, kVector = {301};
 
 void write_file(const std::string& path, const vector<float>& m, const vector<double>& v, uint32_t seed) {
   const int rank = world_rank(), ranks = world_size();
-  CheckpointFile f = CheckpointFile::create(path, MPI_COMM_WORLD);
+  CheckpointFile f = CheckpointFile::create(path, world());
   f.write<float>("/a/matrix", kMatrix, partition(m.size(), seed, rank, ranks), m.data(), true);
   // The whole vector from every rank, only rank 0's counted (a replicated array).
   f.write<double>("/b/c/vector", kVector, {{0, v.size(), 0, true}}, v.data(), rank == 0);
@@ -110,7 +117,7 @@ TEST(CheckpointFileMpi, AnyPartitionReadsBackBitForBitWithTheChecksumOfOneRank) 
     vector<FlatRun> runs = partition(m.size(), seed, rank, ranks);
     runs.push_back({0, 7, 0, false});  // an overlapping copy, not counted
     vector<double> gv(v.size(), -1.0);
-    CheckpointFile f = CheckpointFile::open(path, MPI_COMM_WORLD);
+    CheckpointFile f = CheckpointFile::open(path, world());
     EXPECT_EQ(f.shape("/a/matrix"), kMatrix);
     f.read<float>("/a/matrix", kMatrix, runs, got.data(), true);
     f.read<double>("/b/c/vector", kVector, {{0, v.size(), 0, true}}, gv.data(), rank == ranks - 1);
@@ -154,7 +161,7 @@ TEST(CheckpointFileMpi, AFlippedByteFailsTheReadOnEveryRank) {
   vector<float> got(m.size());
   std::string what;
   try {
-    CheckpointFile f = CheckpointFile::open(path, MPI_COMM_WORLD);
+    CheckpointFile f = CheckpointFile::open(path, world());
     f.read<float>("/a/matrix", kMatrix, partition(m.size(), 9, rank, ranks), got.data(), true);
     f.close();
   } catch (const Error& e) {
@@ -176,7 +183,7 @@ TEST(CheckpointFileMpi, ATruncatedFileFailsToOpenOnEveryRank) {
   MPI_Barrier(MPI_COMM_WORLD);
   std::string what;
   try {
-    CheckpointFile f = CheckpointFile::open(path, MPI_COMM_WORLD);
+    CheckpointFile f = CheckpointFile::open(path, world());
     vector<float> got(m.size());
     f.read<float>("/a/matrix", kMatrix, {{0, m.size(), 0, rank == 0}}, got.data(), true);
     f.close();

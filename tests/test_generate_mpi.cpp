@@ -91,10 +91,6 @@ struct Grid {
   DecoderShard shard() const { return {sm.tp.get(), sm.pp.get(), sm.model->stage()}; }
   Grid(const LlamaConfig& c, const vector<float>& full, Layout l)
       : topo(Topology::create(l.tp, l.pp)), sm(shard_model(c, vector<float>(full), topo)) {}
-  ~Grid() {
-    sm = ShardedModel();  // its communicators wrap topo's: free them first
-    topo.free();
-  }
 };
 
 // max over ranks (every rank then prints and checks the same figure).

@@ -14,6 +14,7 @@
 #include <string>
 #include <vector>
 
+#include "metapo/comm/mpi_comm.h"
 #include "metapo/core/error.h"
 #include "metapo/core/half.h"
 #include "metapo/core/rng.h"
@@ -30,6 +31,12 @@ using std::vector;
 namespace fs = std::filesystem;
 
 namespace {
+
+// MPI_COMM_WORLD as a Comm (made on first use, after MPI is up).
+MpiComm& world() {
+  static MpiComm w(MPI_COMM_WORLD);
+  return w;
+}
 
 // GQA, untied, 3 layers: 2 KV heads, so TP 2 applies.
 LlamaConfig small() {
@@ -91,7 +98,7 @@ TEST(HfSaveMpi, AnySplitWritesTheBytesOfTheOneProcessWriter) {
     for (int split = 0; split < 2; ++split) {
       const vector<TpCopy> runs = split == 0 ? window(p.size(), world_rank(), world_size())
                                              : partition(p.size(), world_rank(), world_size());
-      save_hf_model_parallel(dir, c, runs, true, p.data(), dtype, MPI_COMM_WORLD);
+      save_hf_model_parallel(dir, c, runs, true, p.data(), dtype, world());
       MPI_Barrier(MPI_COMM_WORLD);
       bool same = true;
       for (const char* f : {"model.safetensors", "config.json", "generation_config.json"})
@@ -120,7 +127,8 @@ TEST(HfSaveMpi, TensorParallelShardsWithReplicatedNormsWriteTheSameBytes) {
     const vector<TpCopy> map = tp_shard_map(c, 2, rank);
     vector<float> local(ParamLayout(tp_local_config(c, 2)).total());
     shard_split(map, local.size(), p.data(), local.data());
-    save_hf_model_parallel(dir, c, map, rank == 0, local.data(), "float32", replica);
+    MpiComm rc(replica);
+    save_hf_model_parallel(dir, c, map, rank == 0, local.data(), "float32", rc);
   }
   MPI_Comm_free(&replica);
   MPI_Barrier(MPI_COMM_WORLD);
@@ -139,7 +147,7 @@ TEST(HfSaveMpi, SeveralFilesAndAnIndexReadBackBitForBit) {
   ASSERT_GT(plan.files.size(), 3u);
   for (const HfFilePlan::File& f : plan.files) EXPECT_NE(f.name, "model.safetensors");
   save_hf_model_parallel(dir, c, partition(p.size(), world_rank(), world_size()), true, p.data(), "float32",
-                         MPI_COMM_WORLD, limit);
+                         world(), limit);
   MPI_Barrier(MPI_COMM_WORLD);
   EXPECT_TRUE(fs::exists(fs::path(dir) / "model.safetensors.index.json"));
   EXPECT_FALSE(fs::exists(fs::path(dir) / "model.safetensors"));
@@ -158,7 +166,7 @@ TEST(HfSaveMpi, APartMissingFailsOnEveryRankAndLeavesNothing) {
   if (world_rank() == world_size() - 1) runs[0].count -= 3;  // three parameters nobody writes
   std::string msg;
   try {
-    save_hf_model_parallel(dir, c, runs, true, p.data(), "float32", MPI_COMM_WORLD);
+    save_hf_model_parallel(dir, c, runs, true, p.data(), "float32", world());
   } catch (const Error& e) {
     msg = e.what();
   }

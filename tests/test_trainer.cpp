@@ -417,7 +417,6 @@ TEST(Trainer, MetaPORunDependsOnTheGlobalBatchNotOnTheMicroBatching) {
     return j["net"]["params"].get<std::vector<double>>();
   };
   EXPECT_ERR_LT(rel_max_err(net(r2), net(r8)), 1e-4, errname("weight-net parameters, micro 2 vs 8"));
-  topo.free();
   fs::remove_all(dir);
 }
 

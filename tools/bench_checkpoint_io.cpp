@@ -24,6 +24,7 @@
 #include <string>
 #include <vector>
 
+#include "metapo/comm/mpi_comm.h"
 #include "metapo/core/error.h"
 #include "metapo/io/checkpoint.h"
 #include "metapo/model/config.h"
@@ -57,6 +58,7 @@ int main(int argc, char** argv) {
   MPI_Comm_rank(MPI_COMM_WORLD, &rank);
   MPI_Comm_size(MPI_COMM_WORLD, &ranks);
   try {
+    MpiComm world(MPI_COMM_WORLD);
     MP_CHECK(argc == 4, "usage: mpirun -np R bench_checkpoint_io PRESET.ini DIR REPS");
     const LlamaConfig config = config_from_ini(argv[1]);
     const std::string dir = argv[2];
@@ -83,7 +85,7 @@ int main(int argc, char** argv) {
       MPI_Barrier(MPI_COMM_WORLD);
       const double t0 = now();
       {
-        CheckpointFile f = CheckpointFile::create(path, MPI_COMM_WORLD);
+        CheckpointFile f = CheckpointFile::create(path, world);
         for (const TensorEntry& e : lay.tensors()) f.write<float>("/model/" + e.name, dims_of(e), window_runs(e, lo, hi), params.data(), true);
         for (const char* which : {"exp_avg", "exp_avg_sq"})
           for (const TensorEntry& e : lay.tensors())

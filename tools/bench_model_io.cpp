@@ -66,7 +66,7 @@ int main(int argc, char** argv) {
       if (!sm.mp)
         for (const TensorEntry& t : sm.model->layout().tensors()) runs.push_back({t.offset, t.offset, t.numel, false});
       if (mode == "sharded") {
-        save_hf_model_parallel(out, sm.config, runs, topo.tp_rank == 0, sm.params.data(), "bfloat16", topo.mp_comm);
+        save_hf_model_parallel(out, sm.config, runs, topo.tp_rank == 0, sm.params.data(), "bfloat16", topo.mp_comm());
       } else {
         const size_t n = ParamLayout(sm.config).total();
         std::vector<float> full(n);
@@ -88,7 +88,6 @@ int main(int argc, char** argv) {
     if (rank == 0)
       std::printf("{\"params\": %zu, \"load_s\": %.3f, \"load_peak_mib\": %.0f, \"save_s\": %.3f, \"save_peak_mib\": %.0f}\n",
                   ParamLayout(sm.config).total(), m[0], m[1], m[2], m[3]);
-    topo.free();
   } catch (const std::exception& e) {
     std::fprintf(stderr, "bench_model_io: error: %s\n", e.what());
     MPI_Abort(MPI_COMM_WORLD, 1);

@@ -43,7 +43,7 @@ int cmd_eval(Context& ctx, int argc, char** argv) {
   check_token_budget(s.size(), [&](int64_t i) { return pair_tokens(s, i); }, s.sample_id, mb, data + ": /" + split);
   // Pairs split over DP; the TP ranks of a replica score the same pairs together.
   ShardedModel sm = load_sharded_model(model_dir, ctx.topo, par.pp_layers);
-  const PairStats st = evaluate_pairs(*sm.model, sm.pp.get(), sm.params.data(), s, lc, mb, limit, ctx.topo.dp_comm);
+  const PairStats st = evaluate_pairs(*sm.model, sm.pp.get(), sm.params.data(), s, lc, mb, limit, ctx.topo.dp_comm());
   if (ctx.topo.is_root()) {
     nlohmann::json j;
     j["split"] = split, j["n"] = st.n;
@@ -84,11 +84,11 @@ int cmd_precompute_ref(Context& ctx, int argc, char** argv) {
     std::vector<int64_t> idx(static_cast<size_t>(split.size()));
     for (int64_t i = 0; i < split.size(); ++i) idx[size_t(i)] = i;
     auto& [c, r] = ref[name];
-    pair_logps(*sm.model, sm.pp.get(), sm.params.data(), split, idx, mb, ctx.topo.dp_comm, c, r);
+    pair_logps(*sm.model, sm.pp.get(), sm.params.data(), split, idx, mb, ctx.topo.dp_comm(), c, r);
     if (ctx.topo.is_root()) std::printf("%s: %lld pairs scored\n", name.c_str(), (long long)split.size());
   }
   if (ctx.topo.is_root()) write_ref_logps(data, ref, model_dir, config.max_position_embeddings);
-  MPI_Barrier(ctx.topo.world);
+  ctx.topo.world_comm().barrier();
   if (ctx.topo.is_root()) std::printf("wrote reference log-probs into %s\n", data.c_str());
   return 0;
 }

@@ -41,10 +41,10 @@ int cmd_export(Context& ctx, int argc, char** argv) {
   const size_t lo = n * rank / ranks, hi = n * (rank + 1) / ranks;
   std::vector<float> part(hi - lo);
   if (checkpoint)
-    read_checkpoint_model(from, ctx.topo.world, config, lo, hi, part.data());
+    read_checkpoint_model(from, ctx.topo.world_comm(), config, lo, hi, part.data());
   else
     reader->read_runs({{lo, 0, hi - lo, false}}, part.data());
-  save_hf_model_parallel(out, config, {{lo, 0, hi - lo, false}}, true, part.data(), dtype, ctx.topo.world,
+  save_hf_model_parallel(out, config, {{lo, 0, hi - lo, false}}, true, part.data(), dtype, ctx.topo.world_comm(),
                          max_shard_bytes);
   if (ctx.topo.is_root())
     std::cout << "wrote " << out << " from " << from << " (" << n << " parameters, " << dtype << ", " << ranks

@@ -6,7 +6,6 @@
 // and writes the lines in input order. Every prompt's tokens depend only on the prompt, its id, the
 // options and the TP x PP layout (TP only through rounding), so any DP count and batch size give the
 // same file.
-#include <mpi.h>
 #include <unistd.h>
 
 #include <chrono>
@@ -162,7 +161,7 @@ int cmd_generate(Context& ctx, int argc, char** argv) {
   // The replica's first rank (TP 0 of the first stage) writes its lines and counts them.
   const bool writer = topo.tp_rank == 0 && topo.first_stage();
 
-  MPI_Barrier(topo.world);
+  topo.world_comm().barrier();
   const auto t0 = std::chrono::steady_clock::now();
   // Chunks of prompts only to report progress; outputs do not depend on the chunking.
   const size_t chunk = size_t(8 * opt.max_batch);
@@ -196,8 +195,8 @@ int cmd_generate(Context& ctx, int argc, char** argv) {
     }
     lines << j.dump() << "\n";
   }
-  MPI_Allreduce(MPI_IN_PLACE, counts, 2, MPI_DOUBLE, MPI_SUM, topo.world);
-  MPI_Allreduce(MPI_IN_PLACE, &secs, 1, MPI_DOUBLE, MPI_MAX, topo.world);
+  topo.world_comm().allreduce_sum(counts, 2);  // whole numbers: the sum is exact
+  topo.world_comm().allreduce_max(&secs, 1);
 
   const std::vector<std::string> parts = gather_to_root(lines.str(), topo);
   if (topo.is_root()) {

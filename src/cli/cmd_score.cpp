@@ -3,7 +3,6 @@
 // --max-batch-tokens tokens. The world is DP x PP x TP (--tp, --pp as eval takes them): line i is
 // scored by data-parallel replica i mod DP, through its sharded model (the pipeline forward of eval
 // and precompute-ref); with --tp 1 --pp 1 that is rank i mod world, packed as on one replica.
-#include <mpi.h>
 
 #include <fstream>
 #include <iostream>

@@ -133,7 +133,6 @@ void apply_parallel_options(Context& ctx, ParallelOptions& p) {
   MP_CHECK(ctx.topo.world_size % (p.tp * p.pp) == 0, "--tp ", p.tp, " x --pp ", p.pp, " = ", p.tp * p.pp,
            " does not divide the world size ", ctx.topo.world_size, " (mpirun -np)");
   if (p.tp == ctx.topo.tp && p.pp == ctx.topo.pp) return;
-  ctx.topo.free();
   ctx.topo = Topology::create(p.tp, p.pp);
   ctx.threads = configure_threads(ctx.topo.local_size);
 }
@@ -178,19 +177,12 @@ LlamaConfig preset_config(const std::string& name) {
 }
 
 std::vector<std::string> gather_to_root(const std::string& mine, const Topology& topo) {
-  int len = int(mine.size());
-  std::vector<int> lens(static_cast<size_t>(topo.world_size)), displs(static_cast<size_t>(topo.world_size));
-  MPI_Gather(&len, 1, MPI_INT, lens.data(), 1, MPI_INT, 0, topo.world);
-  std::string all;
-  if (topo.is_root()) {
-    int tot = 0;
-    for (int r = 0; r < topo.world_size; ++r) displs[size_t(r)] = tot, tot += lens[size_t(r)];
-    all.resize(size_t(tot));
-  }
-  MPI_Gatherv(mine.data(), len, MPI_CHAR, all.data(), lens.data(), displs.data(), MPI_CHAR, 0, topo.world);
+  std::vector<uint8_t> all;
+  std::vector<size_t> lens;  // empty except on the root
+  topo.world_comm().gather(mine.data(), mine.size(), all, lens, 0);
   std::vector<std::string> per_rank;
-  if (topo.is_root())
-    for (int r = 0; r < topo.world_size; ++r) per_rank.push_back(all.substr(size_t(displs[size_t(r)]), size_t(lens[size_t(r)])));
+  size_t at = 0;
+  for (size_t n : lens) per_rank.emplace_back(all.begin() + long(at), all.begin() + long(at + n)), at += n;
   return per_rank;
 }
 

@@ -1,7 +1,5 @@
 // metapo: one MPI program, git-style subcommands. Every fatal error becomes one line on stderr and a
-// non-zero exit; in a job of several ranks it goes through MPI_Abort so no rank is left waiting.
-#include <mpi.h>
-
+// non-zero exit; in a job of several ranks it aborts the whole job so no rank is left waiting.
 #include <algorithm>
 #include <chrono>
 #include <cstdio>
@@ -15,6 +13,7 @@
 
 #include "metapo/cli/commands.h"
 #include "metapo/cli/common.h"
+#include "metapo/comm/mpi_session.h"
 #include "metapo/core/error.h"
 #include "metapo/core/threads.h"
 
@@ -57,11 +56,9 @@ void usage(std::ostream& os) {
 }  // namespace
 
 int main(int argc, char** argv) {
-  int provided = 0;
-  MPI_Init_thread(&argc, &argv, MPI_THREAD_FUNNELED, &provided);
-  int world = 1, rank = 0;
-  MPI_Comm_size(MPI_COMM_WORLD, &world);
-  MPI_Comm_rank(MPI_COMM_WORLD, &rank);
+  // First, so that every communicator (ctx.topo's) is freed before MPI ends.
+  metapo::MpiSession mpi(argc, argv);
+  const int world = mpi.world_size(), rank = mpi.world_rank();
 
   int rc = 0;
   std::string cmd = argc > 1 ? argv[1] : "";
@@ -83,12 +80,12 @@ int main(int argc, char** argv) {
     }
   } catch (const std::exception& e) {
     // Bad input usually fails on every rank at once. Ranks other than 0 wait a moment before
-    // reporting, so rank 0's MPI_Abort usually ends them first and the user reads the error once;
+    // reporting, so rank 0's abort usually ends them first and the user reads the error once;
     // an error only one rank sees is still reported by that rank.
     if (world > 1 && rank != 0) std::this_thread::sleep_for(std::chrono::milliseconds(500));
     std::cerr << "metapo" << (cmd.empty() || cmd[0] == '-' ? "" : " " + cmd) << ": error: " << e.what()
               << (world > 1 ? " [rank " + std::to_string(rank) + "]" : "") << std::endl;
-    if (world > 1) MPI_Abort(MPI_COMM_WORLD, 1);
+    if (world > 1) metapo::abort_job(1);
     rc = 1;
   }
   // METAPO_STATUS_FILE (set by jobs/lib.sh): rank 0 writes its exit status there, so a job script can
@@ -101,7 +98,5 @@ int main(int argc, char** argv) {
       if (std::fclose(f) == 0) std::rename(tmp.c_str(), status);
     }
   }
-  ctx.topo.free();
-  MPI_Finalize();
   return rc;
 }

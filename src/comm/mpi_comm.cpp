@@ -2,9 +2,10 @@
 
 #include <algorithm>
 #include <cstring>
+#include <exception>
 
-#include "metapo/comm/collectives.h"
 #include "metapo/core/error.h"
+#include "metapo/core/half.h"
 
 namespace metapo {
 
@@ -12,22 +13,33 @@ static_assert(sizeof(size_t) == sizeof(uint64_t), "counts travel as MPI_UINT64_T
 
 namespace {
 
-// Max or min with the same fixed combination order as collectives.cpp's sum: each chunk is reduced by
-// its owner (reduce-scatter), then all-gathered, so every rank ends with the owner's bytes. (Max and
-// min are exact, but a per-rank order could still differ on -0 vs +0 and on NaN payloads.)
-void allreduce_identical(double* data, size_t n, MPI_Op op, MPI_Comm comm, int rank, int size) {
-  if (size == 1 || n == 0) return;
-  const size_t p = static_cast<size_t>(size);
-  std::vector<int> counts(p), displs(p);
-  for (int r = 0; r < size; ++r) {
-    const size_t b = n * size_t(r) / size_t(size), e = n * size_t(r + 1) / size_t(size);
-    counts[size_t(r)] = int(e - b), displs[size_t(r)] = int(b);
+// Point-to-point pieces of a gather too large for one MPI_Gatherv; tag 0 is the pipeline's and the
+// all-to-all's.
+constexpr int kGatherTag = 1;
+
+MPI_Datatype mpi_type(DType t) {
+  switch (t) {
+    case DType::BF16: return MPI_UINT16_T;  // moved as raw bits; reductions are staged in fp32
+    case DType::F32: return MPI_FLOAT;
+    case DType::F64: return MPI_DOUBLE;
+    case DType::I32: return MPI_INT32_T;
+    case DType::I64: return MPI_INT64_T;
+    case DType::U64: return MPI_UINT64_T;
+    case DType::U8: return MPI_UINT8_T;
   }
-  std::vector<double> mine(size_t(counts[size_t(rank)]));
-  MPI_Reduce_scatter(data, mine.data(), counts.data(), MPI_DOUBLE, op, comm);
-  MPI_Allgatherv(mine.data(), counts[size_t(rank)], MPI_DOUBLE, data, counts.data(), displs.data(),
-                 MPI_DOUBLE, comm);
+  fail("MpiComm: unknown dtype ", int(t));
 }
+
+MPI_Op mpi_op(ReduceOp op) {
+  switch (op) {
+    case ReduceOp::Sum: return MPI_SUM;
+    case ReduceOp::Max: return MPI_MAX;
+    case ReduceOp::Min: return MPI_MIN;
+  }
+  fail("MpiComm: unknown reduction ", int(op));
+}
+
+bool is_float(DType t) { return t == DType::F32 || t == DType::F64; }
 
 // Runs f(offset, count) over [0, n) in pieces of at most `piece` elements. Reductions are element-wise,
 // so splitting changes no result.
@@ -35,6 +47,28 @@ template <typename F>
 void in_pieces(size_t n, size_t piece, F&& f) {
   for (size_t off = 0; off < n; off += piece) f(off, std::min(piece, n - off));
 }
+
+void to_f32(const uint16_t* in, float* out, size_t n) {
+  for (size_t i = 0; i < n; ++i) out[i] = bf16_to_f32(in[i]);
+}
+void to_bf16(const float* in, uint16_t* out, size_t n) {
+  for (size_t i = 0; i < n; ++i) out[i] = f32_to_bf16(in[i]);
+}
+
+// A request behind an MPI_Request (MPI_Ibarrier's).
+class MpiPending final : public CommRequest::Pending {
+ public:
+  explicit MpiPending(MPI_Request req) : req_(req) {}
+  bool test() override {
+    int done = 0;
+    MPI_Test(&req_, &done, MPI_STATUS_IGNORE);
+    return done != 0;
+  }
+  void wait() override { MPI_Wait(&req_, MPI_STATUS_IGNORE); }
+
+ private:
+  MPI_Request req_;
+};
 
 }  // namespace
 
@@ -46,30 +80,115 @@ MpiComm::MpiComm(MPI_Comm comm, size_t max_message_bytes) : comm_(comm), max_byt
   MPI_Comm_size(comm_, &size_);
 }
 
-void MpiComm::allreduce_sum(double* data, size_t n) {
-  count(CommOp::AllReduce, n * sizeof(double));
-  in_pieces(n, max_bytes_ / sizeof(double),
-            [&](size_t off, size_t cnt) { metapo::allreduce_sum(data + off, cnt, comm_); });
+std::unique_ptr<MpiComm> MpiComm::adopt(MPI_Comm comm, size_t max_message_bytes) {
+  auto c = std::make_unique<MpiComm>(comm, max_message_bytes);
+  c->owned_ = true;
+  return c;
 }
 
-void MpiComm::allreduce_sum(float* data, size_t n) {
-  count(CommOp::AllReduce, n * sizeof(float));
-  in_pieces(n, max_bytes_ / sizeof(float),
-            [&](size_t off, size_t cnt) { metapo::allreduce_sum(data + off, cnt, comm_); });
-}
-
-void MpiComm::allreduce_max(double* data, size_t n) {
-  count(CommOp::AllReduce, n * sizeof(double));
-  in_pieces(n, max_bytes_ / sizeof(double), [&](size_t off, size_t cnt) {
-    allreduce_identical(data + off, cnt, MPI_MAX, comm_, rank_, size_);
+// The fixed combination order: each chunk of [0, n) is reduced by its owner (reduce-scatter), then
+// all-gathered, so every rank ends with the owner's bytes. A plain MPI_Allreduce may combine in a
+// different order on different ranks, which would let data-parallel replicas drift apart (and even
+// max and min could then differ in -0 vs +0 and in NaN payloads).
+void MpiComm::allreduce_identical(void* data, size_t n, size_t esize, MPI_Datatype type, MPI_Op op) {
+  in_pieces(n, max_bytes_ / esize, [&](size_t off, size_t cnt) {
+    if (size_ == 1 || cnt == 0) return;
+    const size_t p = size_t(size_);
+    std::vector<int> counts(p), displs(p);
+    for (size_t r = 0; r < p; ++r) {
+      const size_t b = cnt * r / p, e = cnt * (r + 1) / p;
+      counts[r] = int(e - b), displs[r] = int(b);
+    }
+    uint8_t* piece = static_cast<uint8_t*>(data) + off * esize;
+    std::vector<uint8_t> mine(size_t(counts[size_t(rank_)]) * esize);
+    MPI_Reduce_scatter(piece, mine.data(), counts.data(), type, op, comm_);
+    MPI_Allgatherv(mine.data(), counts[size_t(rank_)], type, piece, counts.data(), displs.data(), type, comm_);
   });
 }
 
-void MpiComm::allreduce_min(double* data, size_t n) {
-  count(CommOp::AllReduce, n * sizeof(double));
-  in_pieces(n, max_bytes_ / sizeof(double), [&](size_t off, size_t cnt) {
-    allreduce_identical(data + off, cnt, MPI_MIN, comm_, rank_, size_);
+CommRequest MpiComm::allreduce_async(void* data, size_t n, DType type, ReduceOp op, Stream) {
+  const size_t es = dtype_size(type);
+  count(CommOp::AllReduce, n * es);
+  if (is_float(type)) {
+    allreduce_identical(data, n, es, mpi_type(type), mpi_op(op));
+  } else if (type == DType::BF16) {
+    if (size_ == 1) return {};
+    auto* p = static_cast<uint16_t*>(data);
+    in_pieces(n, max_bytes_ / sizeof(float), [&](size_t off, size_t cnt) {
+      resize_for_overwrite(stage_f32_, cnt);
+      to_f32(p + off, stage_f32_.data(), cnt);
+      allreduce_identical(stage_f32_.data(), cnt, sizeof(float), MPI_FLOAT, mpi_op(op));
+      to_bf16(stage_f32_.data(), p + off, cnt);
+    });
+  } else {  // integers: exact in any order
+    if (size_ == 1) return {};
+    auto* p = static_cast<uint8_t*>(data);
+    in_pieces(n, max_bytes_ / es, [&](size_t off, size_t cnt) {
+      MPI_Allreduce(MPI_IN_PLACE, p + off * es, int(cnt), mpi_type(type), mpi_op(op), comm_);
+    });
+  }
+  return {};
+}
+
+CommRequest MpiComm::reduce_scatter_async(const void* send_v, void* recv_v, size_t block, DType type, ReduceOp op,
+                                          Stream) {
+  const size_t p = size_t(size_), es = dtype_size(type);
+  count(CommOp::ReduceScatter, p * block * es);
+  if (block == 0) return {};
+  const auto* send = static_cast<const uint8_t*>(send_v);
+  auto* recv = static_cast<uint8_t*>(recv_v);
+  MP_CHECK(send + p * block * es <= recv || recv + block * es <= send,
+           "MpiComm::reduce_scatter: recv overlaps send");
+  if (type != DType::BF16) {
+    reduce_scatter_raw(send, recv, block, es, mpi_type(type), mpi_op(op));
+    return {};
+  }
+  // Reduced in fp32 (staged as [p blocks | the result]), rounded to bf16 once.
+  resize_for_overwrite(stage_f32_, (p + 1) * block);
+  float* in = stage_f32_.data();
+  float* out = in + p * block;
+  to_f32(reinterpret_cast<const uint16_t*>(send), in, p * block);
+  reduce_scatter_raw(reinterpret_cast<const uint8_t*>(in), reinterpret_cast<uint8_t*>(out), block, sizeof(float),
+                     MPI_FLOAT, mpi_op(op));
+  to_bf16(out, reinterpret_cast<uint16_t*>(recv), block);
+  return {};
+}
+
+void MpiComm::reduce_scatter_raw(const uint8_t* send, uint8_t* recv, size_t block, size_t es, MPI_Datatype type,
+                                 MPI_Op op) {
+  const size_t p = size_t(size_), piece = max_bytes_ / es;
+  if (block <= piece) {
+    MPI_Reduce_scatter_block(send, recv, int(block), type, op, comm_);
+    return;
+  }
+  // Piece [off, off + cnt) of every block, gathered into a contiguous [p, cnt] buffer: the same
+  // element-wise reductions, in calls whose counts fit an int.
+  in_pieces(block, piece, [&](size_t off, size_t cnt) {
+    resize_for_overwrite(stage_, p * cnt * es);
+    for (size_t q = 0; q < p; ++q) std::memcpy(&stage_[q * cnt * es], send + (q * block + off) * es, cnt * es);
+    MPI_Reduce_scatter_block(stage_.data(), recv + off * es, int(cnt), type, op, comm_);
   });
+}
+
+CommRequest MpiComm::allgather_async(void* data_v, size_t block, DType type, Stream) {
+  const size_t p = size_t(size_), es = dtype_size(type);
+  count(CommOp::AllGather, p * block * es);
+  if (block == 0) return {};
+  auto* data = static_cast<uint8_t*>(data_v);
+  const MPI_Datatype t = mpi_type(type);
+  const size_t piece = max_bytes_ / es;
+  if (block <= piece) {
+    MPI_Allgather(MPI_IN_PLACE, 0, MPI_DATATYPE_NULL, data, int(block), t, comm_);
+    return {};
+  }
+  const size_t me = size_t(rank_);
+  in_pieces(block, piece, [&](size_t off, size_t cnt) {
+    resize_for_overwrite(stage_, p * cnt * es);
+    std::memcpy(&stage_[me * cnt * es], data + (me * block + off) * es, cnt * es);
+    MPI_Allgather(MPI_IN_PLACE, 0, MPI_DATATYPE_NULL, stage_.data(), int(cnt), t, comm_);
+    for (size_t q = 0; q < p; ++q) std::memcpy(data + (q * block + off) * es, &stage_[q * cnt * es], cnt * es);
+  });
+  return {};
 }
 
 void MpiComm::alltoallv(const void* send, const std::vector<size_t>& send_counts,
@@ -157,6 +276,42 @@ void MpiComm::allgatherv(const void* send, size_t bytes, std::vector<uint8_t>& r
   for (size_t q = 0; q < p; ++q) broadcast_uncounted(recv.data() + displs[q], counts[q], int(q));
 }
 
+void MpiComm::gather(const void* send, size_t bytes, std::vector<uint8_t>& recv, std::vector<size_t>& counts,
+                     int root) {
+  MP_CHECK(root >= 0 && root < size_, "MpiComm::gather: root ", root, " is not a rank of a ", size_,
+           "-rank communicator");
+  const size_t p = size_t(size_);
+  std::vector<size_t> all(p, 0);
+  const uint64_t mine = bytes;
+  MPI_Allgather(&mine, 1, MPI_UINT64_T, all.data(), 1, MPI_UINT64_T, comm_);
+  std::vector<size_t> displs(p, 0);
+  size_t total = 0;
+  for (size_t q = 0; q < p; ++q) displs[q] = total, total += all[q];
+  const bool at_root = rank_ == root;
+  count(CommOp::AllGather, at_root ? total : bytes);
+  recv.clear(), counts.clear();
+  if (at_root) recv.resize(total), counts = all;
+  if (total <= max_bytes_) {
+    std::vector<int> c(p), d(p);
+    for (size_t q = 0; q < p; ++q) c[q] = int(all[q]), d[q] = int(displs[q]);
+    MPI_Gatherv(send, int(bytes), MPI_BYTE, recv.data(), c.data(), d.data(), MPI_BYTE, root, comm_);
+    return;
+  }
+  const auto* s = static_cast<const uint8_t*>(send);
+  if (!at_root) {
+    in_pieces(bytes, max_bytes_,
+              [&](size_t off, size_t cnt) { MPI_Send(s + off, int(cnt), MPI_BYTE, root, kGatherTag, comm_); });
+    return;
+  }
+  if (bytes > 0) std::memcpy(recv.data() + displs[size_t(rank_)], send, bytes);
+  for (size_t q = 0; q < p; ++q) {
+    if (int(q) == root) continue;
+    in_pieces(all[q], max_bytes_, [&](size_t off, size_t cnt) {
+      MPI_Recv(recv.data() + displs[q] + off, int(cnt), MPI_BYTE, int(q), kGatherTag, comm_, MPI_STATUS_IGNORE);
+    });
+  }
+}
+
 void MpiComm::broadcast_uncounted(void* data, size_t bytes, int root) {
   MP_CHECK(root >= 0 && root < size_, "MpiComm::broadcast: root ", root, " is not a rank of a ",
            size_, "-rank communicator");
@@ -170,43 +325,27 @@ void MpiComm::broadcast(void* data, size_t bytes, int root) {
   broadcast_uncounted(data, bytes, root);
 }
 
-void MpiComm::reduce_scatter_sum(const float* send, float* recv, size_t block) {
-  const size_t p = size_t(size_);
-  count(CommOp::ReduceScatter, p * block * sizeof(float));
-  if (block == 0) return;
-  MP_CHECK(send + p * block <= recv || recv + block <= send, "MpiComm::reduce_scatter_sum: recv overlaps send");
-  const size_t piece = max_bytes_ / sizeof(float);
-  if (block <= piece) {
-    MPI_Reduce_scatter_block(send, recv, int(block), MPI_FLOAT, MPI_SUM, comm_);
-    return;
-  }
-  // Piece [off, off + cnt) of every block, gathered into a contiguous [p, cnt] buffer: the same
-  // element-wise sums, in calls whose counts fit an int.
-  in_pieces(block, piece, [&](size_t off, size_t cnt) {
-    stage_.resize(p * cnt);
-    for (size_t q = 0; q < p; ++q) std::memcpy(&stage_[q * cnt], send + q * block + off, cnt * sizeof(float));
-    MPI_Reduce_scatter_block(stage_.data(), recv + off, int(cnt), MPI_FLOAT, MPI_SUM, comm_);
-  });
-}
-
-void MpiComm::allgather(float* data, size_t block) {
-  const size_t p = size_t(size_);
-  count(CommOp::AllGather, p * block * sizeof(float));
-  if (block == 0) return;
-  const size_t piece = max_bytes_ / sizeof(float);
-  if (block <= piece) {
-    MPI_Allgather(MPI_IN_PLACE, 0, MPI_DATATYPE_NULL, data, int(block), MPI_FLOAT, comm_);
-    return;
-  }
-  in_pieces(block, piece, [&](size_t off, size_t cnt) {
-    stage_.resize(p * cnt);
-    std::memcpy(&stage_[size_t(rank_) * cnt], data + size_t(rank_) * block + off, cnt * sizeof(float));
-    MPI_Allgather(MPI_IN_PLACE, 0, MPI_DATATYPE_NULL, stage_.data(), int(cnt), MPI_FLOAT, comm_);
-    for (size_t q = 0; q < p; ++q) std::memcpy(data + q * block + off, &stage_[q * cnt], cnt * sizeof(float));
-  });
-}
-
 void MpiComm::barrier() { MPI_Barrier(comm_); }
+
+CommRequest MpiComm::ibarrier() {
+  MPI_Request req;
+  MPI_Ibarrier(comm_, &req);
+  return CommRequest(std::make_unique<MpiPending>(req));
+}
+
+std::unique_ptr<Comm> MpiComm::split(int color, int key) {
+  MP_CHECK(color >= 0 || color == kNoColor, "MpiComm::split: colour ", color, " (must be >= 0 or kNoColor)");
+  MPI_Comm out = MPI_COMM_NULL;
+  MPI_Comm_split(comm_, color == kNoColor ? MPI_UNDEFINED : color, key, &out);
+  if (out == MPI_COMM_NULL) return nullptr;
+  return adopt(out, max_bytes_);
+}
+
+std::unique_ptr<Comm> MpiComm::dup() {
+  MPI_Comm out = MPI_COMM_NULL;
+  MPI_Comm_dup(comm_, &out);
+  return adopt(out, max_bytes_);
+}
 
 void MpiComm::send(const float* data, size_t n, int peer) {
   MP_CHECK(peer >= 0 && peer < size_ && peer != rank_, "MpiComm::send: peer ", peer, " of ", size_);
@@ -245,10 +384,12 @@ void MpiComm::wait_sends() {
 }
 
 MpiComm::~MpiComm() {
-  // An unfinished send would read freed memory: complete them (a correct program has none left).
   int finalized = 0;
   MPI_Finalized(&finalized);
-  if (!finalized) wait_sends();
+  if (finalized) return;
+  // An unfinished send would read freed memory: complete them (a correct program has none left).
+  wait_sends();
+  if (owned_ && std::uncaught_exceptions() == 0) MPI_Comm_free(&comm_);
 }
 
 }  // namespace metapo

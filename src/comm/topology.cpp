@@ -1,8 +1,22 @@
 #include "metapo/comm/topology.h"
 
+#include <mpi.h>
+
+#include "metapo/comm/mpi_comm.h"
 #include "metapo/core/error.h"
 
 namespace metapo {
+
+Topology::Topology()
+    : world_(std::make_unique<SelfComm>()),
+      tp_(std::make_unique<SelfComm>()),
+      pp_(std::make_unique<SelfComm>()),
+      dp_(std::make_unique<SelfComm>()),
+      mp_(std::make_unique<SelfComm>()) {}
+
+Topology::Topology(Topology&&) noexcept = default;
+Topology& Topology::operator=(Topology&&) noexcept = default;
+Topology::~Topology() = default;
 
 Topology Topology::create(int tp, int pp) {
   Topology t;
@@ -16,21 +30,17 @@ Topology Topology::create(int tp, int pp) {
   t.tp_rank = t.world_rank % tp;
   t.pp_rank = (t.world_rank / tp) % pp;
   t.dp_rank = t.world_rank / (tp * pp);
-  MPI_Comm_split(MPI_COMM_WORLD, t.dp_rank * pp + t.pp_rank, t.tp_rank, &t.tp_comm);
-  MPI_Comm_split(MPI_COMM_WORLD, t.dp_rank * tp + t.tp_rank, t.pp_rank, &t.pp_comm);
-  MPI_Comm_split(MPI_COMM_WORLD, t.pp_rank * tp + t.tp_rank, t.dp_rank, &t.dp_comm);
-  MPI_Comm_split(MPI_COMM_WORLD, t.dp_rank, t.pp_rank * tp + t.tp_rank, &t.mp_comm);
+  t.world_ = std::make_unique<MpiComm>(MPI_COMM_WORLD);
+  t.tp_ = t.world_->split(t.dp_rank * pp + t.pp_rank, t.tp_rank);
+  t.pp_ = t.world_->split(t.dp_rank * tp + t.tp_rank, t.pp_rank);
+  t.dp_ = t.world_->split(t.pp_rank * tp + t.tp_rank, t.dp_rank);
+  t.mp_ = t.world_->split(t.dp_rank, t.pp_rank * tp + t.tp_rank);
   MPI_Comm node;
   MPI_Comm_split_type(MPI_COMM_WORLD, MPI_COMM_TYPE_SHARED, t.world_rank, MPI_INFO_NULL, &node);
   MPI_Comm_size(node, &t.local_size);
   MPI_Comm_rank(node, &t.local_rank);
   MPI_Comm_free(&node);
   return t;
-}
-
-void Topology::free() {
-  for (MPI_Comm* c : {&tp_comm, &pp_comm, &dp_comm, &mp_comm})
-    if (*c != MPI_COMM_NULL) MPI_Comm_free(c);
 }
 
 }  // namespace metapo

@@ -10,6 +10,7 @@
 #include <fstream>
 #include <type_traits>
 
+#include "metapo/comm/mpio.h"
 #include "metapo/core/error.h"
 #include "metapo/core/simd.h"
 #include "metapo/io/h5util.h"
@@ -181,20 +182,15 @@ H5Id string_type(size_t n) {
 // Waits until every rank of comm has arrived, polling a non-blocking barrier with short sleeps: a rank
 // done with its part of a file must not spin in a blocking collective while the others still write
 // or read theirs (with more ranks than cores, as in tests, it would take their CPU).
-void idle_barrier(MPI_Comm comm) {
-  MPI_Request req;
-  MPI_Ibarrier(comm, &req);
-  for (int done = 0;;) {
-    MPI_Test(&req, &done, MPI_STATUS_IGNORE);
-    if (done) return;
-    ::usleep(200);
-  }
+void idle_barrier(Comm& comm) {
+  CommRequest req = comm.ibarrier();
+  while (!req.test()) ::usleep(200);
 }
 
 // Every rank learns whether all ranks succeeded; all throw the same message when one did not.
-void agree(bool ok, MPI_Comm comm, const std::string& what) {
-  int all = ok ? 1 : 0;
-  MPI_Allreduce(MPI_IN_PLACE, &all, 1, MPI_INT, MPI_MIN, comm);
+void agree(bool ok, Comm& comm, const std::string& what) {
+  int32_t all = ok ? 1 : 0;
+  comm.allreduce(&all, 1, ReduceOp::Min);
   MP_CHECK(all, what);
 }
 
@@ -202,11 +198,11 @@ void agree(bool ok, MPI_Comm comm, const std::string& what) {
 
 uint64_t checksum_term(uint64_t index, uint64_t bits) { return term(index, bits); }
 
-CheckpointFile::CheckpointFile(const std::string& path, MPI_Comm comm, bool writing)
-    : impl_(std::make_unique<Impl>()), path_(path), comm_(comm), writing_(writing) {
+CheckpointFile::CheckpointFile(const std::string& path, Comm& comm, bool writing)
+    : impl_(std::make_unique<Impl>()), path_(path), comm_(&comm), writing_(writing) {
   quiet_hdf5();
   H5Id fapl(H5Pcreate(H5P_FILE_ACCESS), H5Pclose);
-  H5Pset_fapl_mpio(fapl, comm, MPI_INFO_NULL);
+  set_fapl_mpio(fapl, comm);
   if (writing) {
     // Metadata (group, dataset and attribute headers) written collectively: one writer at the flush,
     // no storm of small writes. Reading keeps metadata reads independent, so that a rank reads as
@@ -222,8 +218,8 @@ CheckpointFile::CheckpointFile(const std::string& path, MPI_Comm comm, bool writ
   }
 }
 
-CheckpointFile CheckpointFile::create(const std::string& path, MPI_Comm comm) { return CheckpointFile(path, comm, true); }
-CheckpointFile CheckpointFile::open(const std::string& path, MPI_Comm comm) { return CheckpointFile(path, comm, false); }
+CheckpointFile CheckpointFile::create(const std::string& path, Comm& comm) { return CheckpointFile(path, comm, true); }
+CheckpointFile CheckpointFile::open(const std::string& path, Comm& comm) { return CheckpointFile(path, comm, false); }
 CheckpointFile::CheckpointFile(CheckpointFile&&) noexcept = default;
 CheckpointFile& CheckpointFile::operator=(CheckpointFile&&) noexcept = default;
 CheckpointFile::~CheckpointFile() = default;
@@ -353,8 +349,7 @@ void CheckpointFile::write_string(const std::string& name, const std::string& va
   H5Id space(H5Screate(H5S_SCALAR), H5Sclose);
   H5Id ds(H5Dcreate2(impl_->file, name.c_str(), t, space, H5P_DEFAULT, H5P_DEFAULT, H5P_DEFAULT), H5Dclose);
   MP_CHECK(ds.valid(), path_, ": cannot create ", name, h5_reason());
-  int rank = 0;
-  MPI_Comm_rank(comm_, &rank);
+  const int rank = comm_->rank();
   const std::string v = value.empty() ? std::string(1, '\0') : value;
   if (rank == 0 && impl_->error.empty() && H5Dwrite(ds, t, H5S_ALL, H5S_ALL, independent_dxpl(), v.data()) < 0)
     impl_->error = path_ + ": writing " + name + " failed" + h5_reason();
@@ -366,8 +361,7 @@ void CheckpointFile::write_int(const std::string& name, int64_t value) {
   H5Id ds(H5Dcreate2(impl_->file, name.c_str(), H5T_NATIVE_INT64, space, H5P_DEFAULT, H5P_DEFAULT, H5P_DEFAULT),
           H5Dclose);
   MP_CHECK(ds.valid(), path_, ": cannot create ", name, h5_reason());
-  int rank = 0;
-  MPI_Comm_rank(comm_, &rank);
+  const int rank = comm_->rank();
   if (rank == 0 && impl_->error.empty() && H5Dwrite(ds, H5T_NATIVE_INT64, H5S_ALL, H5S_ALL, independent_dxpl(), &value) < 0)
     impl_->error = path_ + ": writing " + name + " failed" + h5_reason();
 }
@@ -397,11 +391,11 @@ void CheckpointFile::close() {
   if (!impl_ || !impl_->file.valid()) return;
   // Every rank learns whether every transfer went through, and the checksums are summed: one
   // all-reduce for the whole file (every rank made the same calls, so the lists line up).
-  idle_barrier(comm_);
+  idle_barrier(*comm_);
   std::vector<uint64_t> sums(impl_->pending.size() + 1);
   for (size_t k = 0; k < impl_->pending.size(); ++k) sums[k] = impl_->pending[k].sum;
   sums.back() = impl_->error.empty() ? 0 : 1;
-  MPI_Allreduce(MPI_IN_PLACE, sums.data(), int(sums.size()), MPI_UINT64_T, MPI_SUM, comm_);
+  comm_->allreduce(sums.data(), sums.size(), ReduceOp::Sum);
   if (sums.back() != 0) {
     impl_->pending.clear();
     impl_->file.reset();
@@ -423,19 +417,17 @@ void CheckpointFile::close() {
   }
   impl_->pending.clear();
   ok = impl_->file.close() && ok;
-  int all_ok = ok ? 1 : 0;
-  MPI_Allreduce(MPI_IN_PLACE, &all_ok, 1, MPI_INT, MPI_MIN, comm_);
+  int32_t all_ok = ok ? 1 : 0;
+  comm_->allreduce(&all_ok, 1, ReduceOp::Min);
   MP_CHECK(all_ok, path_, ": closing the checkpoint failed (disk full?)");
-  int rank = 0;
-  MPI_Comm_rank(comm_, &rank);
-  int synced = 1;  // one rank fsyncs; every rank learns whether it worked
-  if (rank == 0) {
+  int32_t synced = 1;  // one rank fsyncs; every rank learns whether it worked
+  if (comm_->rank() == 0) {
     const int fd = ::open(path_.c_str(), O_RDONLY);
     synced = fd >= 0 && ::fsync(fd) == 0;
     if (fd >= 0) ::close(fd);
   }
-  idle_barrier(comm_);
-  MPI_Allreduce(MPI_IN_PLACE, &synced, 1, MPI_INT, MPI_MIN, comm_);
+  idle_barrier(*comm_);
+  comm_->allreduce(&synced, 1, ReduceOp::Min);
   MP_CHECK(synced, path_, ": fsync failed");
 }
 

@@ -1,7 +1,6 @@
 #include "metapo/io/hf_model.h"
 
 #include <fcntl.h>
-#include <mpi.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -51,14 +50,7 @@ void write_json(const fs::path& path, const json& j) {
 }
 
 // The path rank 0 of comm holds, on every rank.
-fs::path bcast_path(const fs::path& p, MPI_Comm comm) {
-  std::string s = p.string();
-  uint64_t n = s.size();
-  MPI_Bcast(&n, 1, MPI_UINT64_T, 0, comm);
-  s.resize(n);
-  MPI_Bcast(s.data(), int(n), MPI_CHAR, 0, comm);
-  return s;
-}
+fs::path bcast_path(const fs::path& p, Comm& comm) { return broadcast_string(comm, p.string(), 0); }
 
 bool ends_with(const std::string& s, const std::string& suffix) {
   return s.size() >= suffix.size() && s.compare(s.size() - suffix.size(), suffix.size(), suffix) == 0;
@@ -336,17 +328,16 @@ HfFilePlan plan_hf_files(const LlamaConfig& c, const std::string& dtype, uint64_
 }
 
 void save_hf_model_parallel(const std::string& dir, const LlamaConfig& c, const std::vector<TpCopy>& runs,
-                            bool write_replicated, const float* local, const std::string& dtype, MPI_Comm comm,
+                            bool write_replicated, const float* local, const std::string& dtype, Comm& comm,
                             uint64_t max_shard_bytes) {
-  int rank = 0;
-  MPI_Comm_rank(comm, &rank);
+  const int rank = comm.rank();
   const ParamLayout lay(c);
   const std::vector<TensorEntry>& ts = lay.tensors();
   const HfFilePlan plan = plan_hf_files(c, dtype, max_shard_bytes);
   // Every rank learns whether all ranks succeeded, and throws the same line when one did not.
   auto agree = [&](std::string error) {
-    int bad = error.empty() ? 0 : 1, any = 0;
-    MPI_Allreduce(&bad, &any, 1, MPI_INT, MPI_MAX, comm);
+    int32_t any = error.empty() ? 0 : 1;
+    comm.allreduce(&any, 1, ReduceOp::Max);
     if (!any) return;
     if (error.empty()) error = dir + ": another rank could not write its part of the model";
     throw Error(error);
@@ -423,8 +414,8 @@ void save_hf_model_parallel(const std::string& dir, const LlamaConfig& c, const 
   for (int fd : fds)
     if (fd >= 0) ::close(fd);
   // The ranks' parts must cover the model exactly once.
-  uint64_t all = 0;
-  MPI_Allreduce(&written, &all, 1, MPI_UINT64_T, MPI_SUM, comm);
+  uint64_t all = written;
+  comm.allreduce(&all, 1, ReduceOp::Sum);
   if (error.empty() && all != lay.total())
     error = str_cat(dir, ": the ranks wrote ", all, " of the model's ", lay.total(), " parameters");
   try {

@@ -75,7 +75,7 @@ AnalyzeInput analysis_input(LlamaModel<float>& model, const float* params, const
   std::vector<int64_t> idx(static_cast<size_t>(N));
   std::iota(idx.begin(), idx.end(), int64_t(0));
   std::vector<double> chosen, rejected;
-  pair_logps(model, nullptr, params, s, idx, MicroBatching{micro, 0}, topo.world, chosen, rejected);
+  pair_logps(model, nullptr, params, s, idx, MicroBatching{micro, 0}, topo.world_comm(), chosen, rejected);
 
   // The instantaneous features exactly as the trainer forms them: margin = the implicit-reward
   // margin of pair_loss, loss = the base loss ℓ_i, the policy's per-token log-probability gap.

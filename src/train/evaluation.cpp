@@ -35,7 +35,7 @@ void write_trajectories(LlamaModel<float>& model, Comm* pp, const float* params,
                         const std::vector<int64_t>& idx, const LossConfig& loss, int64_t step, const MicroBatching& mb,
                         const Topology& topo, const std::string& path) {
   std::vector<double> c, r;
-  pair_logps(model, pp, params, s, idx, mb, topo.dp_comm, c, r);
+  pair_logps(model, pp, params, s, idx, mb, topo.dp_comm(), c, r);
   if (!topo.is_root()) return;
   nlohmann::json j;
   j["step"] = step;
@@ -54,7 +54,7 @@ void write_trajectories(LlamaModel<float>& model, Comm* pp, const float* params,
 }
 
 PairStats evaluate_pairs(LlamaModel<float>& model, Comm* pp, const float* params, const PairSplit& s,
-                         const LossConfig& loss, const MicroBatching& mb, int64_t limit, MPI_Comm comm) {
+                         const LossConfig& loss, const MicroBatching& mb, int64_t limit, Comm& comm) {
   MP_CHECK(s.has_ref(), "evaluation needs reference log-probs (run metapo precompute-ref)");
   const int64_t n = limit > 0 ? std::min(limit, s.size()) : s.size();
   std::vector<int64_t> idx(static_cast<size_t>(n));
@@ -90,7 +90,7 @@ void ensure_ref_logps(PairSplit& s, const std::string& split_name, const std::st
   ShardedModel sm = load_sharded_model(ref_dir, topo, pp_layers);
   // Over DP: the TP ranks of a replica score the same pairs together.
   std::vector<double> c, r;
-  pair_logps(*sm.model, sm.pp.get(), sm.params.data(), s, idx, mb, topo.dp_comm, c, r);
+  pair_logps(*sm.model, sm.pp.get(), sm.params.data(), s, idx, mb, topo.dp_comm(), c, r);
   s.ref_logp_chosen.resize(size_t(s.size())), s.ref_logp_rejected.resize(size_t(s.size()));
   for (size_t k = 0; k < idx.size(); ++k) s.ref_logp_chosen[size_t(idx[k])] = c[k], s.ref_logp_rejected[size_t(idx[k])] = r[k];
 }

@@ -8,7 +8,6 @@
 
 #include <nlohmann/json.hpp>
 
-#include "metapo/comm/collectives.h"
 #include "metapo/core/error.h"
 #include "metapo/meta/meta_grad.h"
 #include "metapo/train/pairs.h"

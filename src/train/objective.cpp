@@ -4,7 +4,6 @@
 
 #include <algorithm>
 
-#include "metapo/comm/collectives.h"
 #include "metapo/meta/reference_hypergrad.h"
 #include "metapo/train/pairs.h"
 #include "metapo/train/pipeline.h"
@@ -27,15 +26,15 @@ void PairStats::merge(const PairStats& o) {
   w_min = std::min(w_min, o.w_min), w_max = std::max(w_max, o.w_max), w_sq += o.w_sq;
 }
 
-void PairStats::allreduce(MPI_Comm comm) {
+void PairStats::allreduce(Comm& comm) {
   double sums[11] = {n, weight_sum, weighted_loss, loss, correct, margin, reward_chosen,
                      reward_rejected, logp_chosen, logp_rejected, w_sq};
-  allreduce_sum(sums, 11, comm);
+  comm.allreduce_sum(sums, 11);
   n = sums[0], weight_sum = sums[1], weighted_loss = sums[2], loss = sums[3], correct = sums[4];
   margin = sums[5], reward_chosen = sums[6], reward_rejected = sums[7], logp_chosen = sums[8];
   logp_rejected = sums[9], w_sq = sums[10];
-  MPI_Allreduce(MPI_IN_PLACE, &w_min, 1, MPI_DOUBLE, MPI_MIN, comm);
-  MPI_Allreduce(MPI_IN_PLACE, &w_max, 1, MPI_DOUBLE, MPI_MAX, comm);
+  comm.allreduce_min(&w_min, 1);
+  comm.allreduce_max(&w_max, 1);
 }
 
 PairLogps pair_input(const PairSplit& s, int64_t i, double pc, double pr) {
@@ -177,11 +176,9 @@ INSTANTIATE_MICRO(double)
 #undef INSTANTIATE_MICRO
 
 void pair_logps(LlamaModel<float>& model, Comm* pp, const float* params, const PairSplit& s,
-                const std::vector<int64_t>& idx, const MicroBatching& mb, MPI_Comm comm, std::vector<double>& chosen,
+                const std::vector<int64_t>& idx, const MicroBatching& mb, Comm& comm, std::vector<double>& chosen,
                 std::vector<double>& rejected) {
-  int rank = 0, size = 1;
-  MPI_Comm_rank(comm, &rank);
-  MPI_Comm_size(comm, &size);
+  const int rank = comm.rank(), size = comm.size();
   chosen.assign(idx.size(), 0.0), rejected.assign(idx.size(), 0.0);
   std::vector<int64_t> mine;  // positions in idx
   for (size_t k = size_t(rank); k < idx.size(); k += size_t(size)) mine.push_back(int64_t(k));
@@ -201,8 +198,8 @@ void pair_logps(LlamaModel<float>& model, Comm* pp, const float* params, const P
   });
   // Every entry was filled by exactly one rank (the others hold 0): sums gather them, over DP and
   // then from the last pipeline stage to the others.
-  allreduce_sum(chosen.data(), chosen.size(), comm);
-  allreduce_sum(rejected.data(), rejected.size(), comm);
+  comm.allreduce_sum(chosen.data(), chosen.size());
+  comm.allreduce_sum(rejected.data(), rejected.size());
   if (pp && pp->size() > 1) pp->allreduce_sum(chosen.data(), chosen.size()), pp->allreduce_sum(rejected.data(), rejected.size());
 }
 

@@ -4,9 +4,9 @@
 
 #include <algorithm>
 #include <cstdio>
+#include <cstring>
 #include <string>
 
-#include "metapo/comm/collectives.h"
 #include "metapo/core/error.h"
 
 namespace metapo {
@@ -77,7 +77,10 @@ RankMemory rank_memory(const ZeroAdamW& opt, int64_t activations) {
 static std::vector<RankMemory> stage_memory(const Topology& topo, const RankMemory& mine) {
   std::vector<RankMemory> all(size_t(topo.pp));
   static_assert(sizeof(RankMemory) == 4 * sizeof(double), "RankMemory travels as 4 doubles");
-  MPI_Gather(&mine, 4, MPI_DOUBLE, all.data(), 4, MPI_DOUBLE, 0, topo.pp_comm);
+  std::vector<uint8_t> bytes;
+  std::vector<size_t> counts;
+  topo.pp_comm().gather(&mine, sizeof mine, bytes, counts, 0);
+  if (!bytes.empty()) std::memcpy(all.data(), bytes.data(), std::min(bytes.size(), all.size() * sizeof(RankMemory)));
   return all;
 }
 
@@ -90,7 +93,10 @@ static std::vector<RankPeak> gather_peaks(const Topology& topo) {
   int64_t mine[kFields] = {topo.world_rank, topo.dp_rank, topo.pp_rank, topo.tp_rank, mem_peak_total()};
   for (int k = 0; k < kNumMem; ++k) mine[5 + k] = b[size_t(k)];
   std::vector<int64_t> all(size_t(topo.world_size * kFields));
-  MPI_Gather(mine, kFields, MPI_INT64_T, all.data(), kFields, MPI_INT64_T, 0, topo.world);
+  std::vector<uint8_t> bytes;
+  std::vector<size_t> counts;
+  topo.world_comm().gather(mine, sizeof mine, bytes, counts, 0);
+  if (!bytes.empty()) std::memcpy(all.data(), bytes.data(), std::min(bytes.size(), all.size() * sizeof(int64_t)));
   std::vector<RankPeak> out(size_t(topo.world_size));
   for (size_t r = 0; r < out.size(); ++r) {
     const int64_t* f = &all[r * kFields];

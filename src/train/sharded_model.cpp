@@ -16,9 +16,9 @@ ShardedModel make_shard(const LlamaConfig& c, const Topology& topo, const std::v
   if (topo.tp == 1 && topo.pp == 1) {
     sm.model = std::make_unique<LlamaModel<float>>(c);
   } else {
-    if (topo.tp > 1) sm.tp = std::make_unique<MpiComm>(topo.tp_comm);
-    if (topo.pp > 1) sm.pp = std::make_unique<MpiComm>(topo.pp_comm);
-    sm.mp = std::make_unique<MpiComm>(topo.mp_comm);
+    if (topo.tp > 1) sm.tp = topo.tp_comm().dup();
+    if (topo.pp > 1) sm.pp = topo.pp_comm().dup();
+    sm.mp = topo.mp_comm().dup();
     sm.model = std::make_unique<LlamaModel<float>>(c, sm.tp.get(), stage);
     sm.shard_map = stage_shard_map(c, topo.tp, topo.tp_rank, stage);
   }

@@ -10,7 +10,6 @@
 #include <filesystem>
 #include <fstream>
 
-#include "metapo/comm/collectives.h"
 #include "metapo/core/simd.h"
 #include "metapo/io/checkpoint.h"
 #include "metapo/model/layout.h"
@@ -64,15 +63,15 @@ std::vector<TpCopy> sorted_map(const ShardedModel& sm) {
 
 // The world rank of the MetaPO state's writer (the last stage's DP 0 / TP 0 rank).
 int meta_root(const Topology& topo) {
-  int r = topo.is_last_stage_root() ? topo.world_rank : -1;
-  MPI_Allreduce(MPI_IN_PLACE, &r, 1, MPI_INT, MPI_MAX, topo.world);
+  int32_t r = topo.is_last_stage_root() ? topo.world_rank : -1;
+  topo.world_comm().allreduce(&r, 1, ReduceOp::Max);
   return r;
 }
 
 // Sizes of the run's files as rank 0 sees them (every writer flushes per line; the barrier orders
 // their last appends before the stat).
 nlohmann::json file_sizes(const TrainState& st) {
-  MPI_Barrier(st.topo->world);
+  st.topo->world_comm().barrier();
   nlohmann::json j = nlohmann::json::object();
   if (st.topo->is_root())
     for (const auto& [key, path] : st.files) {
@@ -80,7 +79,7 @@ nlohmann::json file_sizes(const TrainState& st) {
       const auto n = fs::file_size(path, ec);
       j[key] = ec ? int64_t(0) : int64_t(n);
     }
-  return nlohmann::json::parse(bcast_string(j.dump(), 0, st.topo->world));
+  return nlohmann::json::parse(broadcast_string(st.topo->world_comm(), j.dump(), 0));
 }
 
 bool finite_all(const std::vector<double>& v) {
@@ -141,13 +140,13 @@ std::string save_checkpoint(TrainState& st, const std::string& dir, int64_t keep
   bool ok = all_finite(sm.params.data(), n_local) && all_finite(opt.exp_avg().data(), opt.exp_avg().size()) &&
             all_finite(opt.exp_avg_sq().data(), opt.exp_avg_sq().size());
   if (st.meta) ok = ok && finite_all(st.meta->net().params()) && finite_all(st.meta->adam().m) && finite_all(st.meta->adam().v);
-  int all_ok = ok ? 1 : 0;
-  MPI_Allreduce(MPI_IN_PLACE, &all_ok, 1, MPI_INT, MPI_MIN, topo.world);
+  int32_t all_ok = ok ? 1 : 0;
+  topo.world_comm().allreduce(&all_ok, 1, ReduceOp::Min);
   MP_CHECK(all_ok, dir, ": refusing to write the checkpoint of step ", st.step, ": the training state holds non-finite values");
 
   st.file_sizes = file_sizes(st);
   const std::string name = checkpoint_name(st.step), final_path = dir + "/" + name, partial = final_path + ".partial";
-  CheckpointFile f = CheckpointFile::create(partial, topo.world);
+  CheckpointFile f = CheckpointFile::create(partial, topo.world_comm());
   const ParamLayout full(st.config);
   const std::vector<TpCopy> map = sorted_map(sm);
   const bool tp0 = topo.tp_rank == 0;
@@ -180,7 +179,7 @@ std::string save_checkpoint(TrainState& st, const std::string& dir, int64_t keep
       v = a.v.empty() ? std::vector<double>(net.size(), 0.0) : a.v;
       counts[0] = st.meta->table().rows(), counts[1] = int64_t(net.size()), counts[2] = a.t;
     }
-    MPI_Bcast(counts, 3, MPI_INT64_T, root, topo.world);
+    topo.world_comm().broadcast(counts, sizeof counts, root);
     const bool mine = topo.world_rank == root;
     const uint64_t N = uint64_t(counts[0]), P = uint64_t(counts[1]);
     f.write<double>("/meta/net", {P}, mine ? whole(P) : std::vector<FlatRun>{}, net.data(), mine);
@@ -224,7 +223,7 @@ std::string save_checkpoint(TrainState& st, const std::string& dir, int64_t keep
       }
     }
   }
-  MPI_Barrier(topo.world);
+  topo.world_comm().barrier();
   return final_path;
 }
 
@@ -232,7 +231,7 @@ void load_checkpoint(TrainState& st, const std::string& path) {
   const Topology& topo = *st.topo;
   ShardedModel& sm = *st.sm;
   ZeroAdamW& opt = *st.opt;
-  CheckpointFile f = CheckpointFile::open(path, topo.world);
+  CheckpointFile f = CheckpointFile::open(path, topo.world_comm());
   auto incompatible = [&](bool ok, const std::string& why) {
     if (!ok) throw CheckpointIncompatible(path + ": " + why);
   };
@@ -322,7 +321,8 @@ std::string resolve_checkpoint(const std::string& path) {
 }
 
 LlamaConfig read_checkpoint_config(const std::string& path) {
-  CheckpointFile f = CheckpointFile::open(path, MPI_COMM_SELF);
+  SelfComm self;
+  CheckpointFile f = CheckpointFile::open(path, self);
   MP_CHECK(f.exists("/state/model_config"), path, ": not a metapo checkpoint (no /state/model_config)");
   const int64_t version = f.read_int("/state/format_version");
   MP_CHECK(version == kCheckpointFormatVersion, path, ": checkpoint format version ", version,
@@ -333,7 +333,7 @@ LlamaConfig read_checkpoint_config(const std::string& path) {
   return config;
 }
 
-void read_checkpoint_model(const std::string& path, MPI_Comm comm, const LlamaConfig& config, size_t lo, size_t hi,
+void read_checkpoint_model(const std::string& path, Comm& comm, const LlamaConfig& config, size_t lo, size_t hi,
                            float* part) {
   CheckpointFile f = CheckpointFile::open(path, comm);
   const ParamLayout lay(config);

@@ -15,7 +15,7 @@
 
 #include <nlohmann/json.hpp>
 
-#include "metapo/comm/collectives.h"
+#include "metapo/comm/mpi_session.h"
 #include "metapo/core/buffer.h"
 #include "metapo/core/error.h"
 #include "metapo/core/timer.h"
@@ -90,16 +90,16 @@ LrSchedule make_schedule(const TrainConfig& cfg, int64_t total) {
 // rank is not finite (every rank throws: no final/ from a diverged run).
 void save_final(const TrainConfig& cfg, const Topology& topo, const LlamaConfig& c, const ShardedModel& sm,
                 const std::vector<float>& params) {
-  int ok = all_finite(params.data(), sm.model->layout().total());
-  MPI_Allreduce(MPI_IN_PLACE, &ok, 1, MPI_INT, MPI_MIN, topo.world);
+  int32_t ok = all_finite(params.data(), sm.model->layout().total());
+  topo.world_comm().allreduce(&ok, 1, ReduceOp::Min);
   MP_CHECK(ok, cfg.out_dir, "/final: not written: the trained parameters hold non-finite values");
   if (topo.dp_rank == 0) {
     std::vector<TpCopy> runs = sm.shard_map;
     if (!sm.mp)  // the whole model on this rank
       for (const TensorEntry& t : sm.model->layout().tensors()) runs.push_back({t.offset, t.offset, t.numel, false});
-    save_hf_model_parallel(cfg.out_dir + "/final", c, runs, topo.tp_rank == 0, params.data(), cfg.save_dtype, topo.mp_comm);
+    save_hf_model_parallel(cfg.out_dir + "/final", c, runs, topo.tp_rank == 0, params.data(), cfg.save_dtype, topo.mp_comm());
   }
-  MPI_Barrier(topo.world);
+  topo.world_comm().barrier();
 }
 
 // SIGUSR1 and SIGTERM ask the run to finish its step, checkpoint and exit kExitCheckpointed. The flag
@@ -117,9 +117,9 @@ void install_stop_handlers() {
   sigaction(SIGTERM, &sa, nullptr);
 }
 
-// The hang watchdog's end of the job: one line, then MPI_Abort from the watchdog's thread (the main
-// thread is blocked in a collective that will not complete). Open MPI's abort does not go through the
-// communicators the blocked thread holds; should it not return either, SIGALRM ends the process.
+// The hang watchdog's end of the job: one line, then the job's abort from the watchdog's thread (the
+// main thread is blocked in a collective that will not complete). Open MPI's abort does not go through
+// the communicators the blocked thread holds; should it not return either, SIGALRM ends the process.
 std::unique_ptr<HangWatchdog> make_watchdog(const TrainConfig& cfg, const Topology& topo, const std::string& kind) {
   char host[256] = "?";
   ::gethostname(host, sizeof host - 1);
@@ -131,8 +131,7 @@ std::unique_ptr<HangWatchdog> make_watchdog(const TrainConfig& cfg, const Topolo
     std::fprintf(stderr, "metapo %s: error: %s\n", kind.c_str(), message.c_str());
     std::fflush(stderr);
     ::alarm(60);
-    MPI_Abort(MPI_COMM_WORLD, kExitHung);
-    std::_Exit(kExitHung);
+    abort_job(kExitHung);
   });
 }
 
@@ -214,7 +213,7 @@ RunDirPlan plan_run_dir(const TrainConfig& cfg, const Topology& topo, const std:
     }
     std::fflush(stdout);
   }
-  j = nlohmann::json::parse(bcast_string(j.dump(), 0, topo.world));
+  j = nlohmann::json::parse(broadcast_string(topo.world_comm(), j.dump(), 0));
   if (j.contains("error")) throw Error(j["error"].get<std::string>());
   RunDirPlan p;
   p.complete = j["complete"], p.in_place = j["in_place"], p.fallback = j["fallback"], p.fresh_dir = j["fresh_dir"], p.made_dir = j["made_dir"];
@@ -278,15 +277,15 @@ struct TrainRun {
         total(total),
         restarts(restarts),
         sm(std::move(model)),
-        dp_comm(topo.dp_comm),
-        opt(sm.model->layout(), cfg.adam, dp_comm, sm.mp.get(), sm.shard_map, topo.tp_rank == 0),
+        dp_comm(topo.dp_comm().dup()),
+        opt(sm.model->layout(), cfg.adam, *dp_comm, sm.mp.get(), sm.shard_map, topo.tp_rank == 0),
         grads(tagged_buffer<float>(Mem::Grads, opt.padded_size())) {
     resize_exact(sm.params, opt.padded_size());  // ZeRO-1 padding (zeros, never read by the model)
     sm.params_mem.track(sm.params);
     sm.model->set_recompute(cfg.recompute);
     sm.model->set_precision(cfg.precision);
     report_memory(cfg, kind, topo, config, rank_memory(opt, -1), restarts);
-    MPI_Barrier(topo.world);  // the run directory exists on every rank from here on
+    topo.world_comm().barrier();  // the run directory exists on every rank from here on
     watch = make_watchdog(cfg, topo, kind);
     watch->phase("start-up (checkpoint load)", 0);
   }
@@ -353,7 +352,7 @@ struct TrainRun {
           fs::resize_file(path, want, ec);
       }
     }
-    MPI_Barrier(topo.world);
+    topo.world_comm().barrier();
     log.emplace(cfg.out_dir + "/metrics.jsonl", topo.is_root(), total, resumed && plan.in_place, state.step);
     since_save.reset();
     if (resumed) {
@@ -375,20 +374,20 @@ struct TrainRun {
     phase("forward/backward", step);
   }
   std::vector<Comm*> comms() {
-    std::vector<Comm*> v{&dp_comm};
-    for (MpiComm* c : {sm.tp.get(), sm.pp.get(), sm.mp.get()})
+    std::vector<Comm*> v{dp_comm.get()};
+    for (Comm* c : {sm.tp.get(), sm.pp.get(), sm.mp.get()})
       if (c) v.push_back(c);
     return v;
   }
 
   // Collective over the world (see StepControl).
   StepControl control(bool bad) {
-    int f[3] = {bad ? 1 : 0, int(g_stop_signal), 0};
+    int32_t f[3] = {bad ? 1 : 0, int32_t(g_stop_signal), 0};
     if (topo.is_root()) {
       if (cfg.max_time_s > 0 && f[1] == 0 && g_process_clock.seconds() + 2 * max_step_s + save_s >= cfg.max_time_s) f[1] = 1;
       if (cfg.save_every_minutes > 0 && since_save.seconds() >= cfg.save_every_minutes * 60) f[2] = 1;
     }
-    MPI_Allreduce(MPI_IN_PLACE, f, 3, MPI_INT, MPI_MAX, topo.world);
+    topo.world_comm().allreduce(f, 3, ReduceOp::Max);
     return {f[0] != 0, f[1], f[2] != 0};
   }
 
@@ -458,7 +457,8 @@ struct TrainRun {
     for (Comm* c : comms())
       for (int k = 0; k < kNumCommOps; ++k) mine[k] += c->volume().bytes[k];
     // And summed over every rank of the world (what the analytic count in docs/training.md gives).
-    MPI_Allreduce(mine, all, kNumCommOps, MPI_UINT64_T, MPI_SUM, topo.world);
+    std::copy(mine, mine + kNumCommOps, all);
+    topo.world_comm().allreduce(all, kNumCommOps, ReduceOp::Sum);
     for (int k = 0; k < kNumCommOps; ++k) {
       j[std::string("comm/") + kCommOpNames[k] + "_bytes"] = mine[k];
       j[std::string("comm_all/") + kCommOpNames[k] + "_bytes"] = all[k];
@@ -486,7 +486,7 @@ struct TrainRun {
   const int64_t total;
   const int64_t restarts;
   ShardedModel sm;
-  MpiComm dp_comm;
+  std::unique_ptr<Comm> dp_comm;  // the optimizer's and MetaPO's (counted in the step report)
   ZeroAdamW opt;
   Buffer<float> grads;
   std::optional<MetricsLog> log;
@@ -539,7 +539,7 @@ int run_dpo(const Topology& topo, const TrainConfig& cfg) {
   LlamaModel<float>& model = *run.sm.model;
   Comm* pp = run.pipe();
   const bool last_stage = topo.last_stage();
-  MpiComm& dp_comm = run.dp_comm;
+  Comm& dp_comm = *run.dp_comm;
   ZeroAdamW& opt = run.opt;
   std::vector<float>& params = run.sm.params;
   Buffer<float>& grads = run.grads;
@@ -574,7 +574,7 @@ int run_dpo(const Topology& topo, const TrainConfig& cfg) {
   MetricsLog& log = *run.log;
 
   auto run_eval = [&](int64_t step) {
-    PairStats ev = evaluate_pairs(model, pp, params.data(), val, cfg.loss, cfg.micro(), cfg.eval_pairs, topo.dp_comm);
+    PairStats ev = evaluate_pairs(model, pp, params.data(), val, cfg.loss, cfg.micro(), cfg.eval_pairs, topo.dp_comm());
     nlohmann::json j = stats_json(ev, "eval/");
     j["step"] = step + 1;
     char line[256];
@@ -606,7 +606,7 @@ int run_dpo(const Topology& topo, const TrainConfig& cfg) {
       if (!window.empty()) {
         run.phase("MetaPO refresh pass", step);
         std::vector<double> c, r;
-        pair_logps(model, pp, params.data(), train, window, cfg.micro(), topo.dp_comm, c, r);
+        pair_logps(model, pp, params.data(), train, window, cfg.micro(), topo.dp_comm(), c, r);
         if (meta) meta->observe_refresh(train, window, c, r, cfg.loss, step);
       }
     }
@@ -665,12 +665,12 @@ int run_dpo(const Topology& topo, const TrainConfig& cfg) {
     }
     const double t_train = phase.seconds();
     run.phase("batch statistics all-reduce", step);
-    st.allreduce(topo.dp_comm);
+    st.allreduce(topo.dp_comm());
     // The pair statistics are the last stage's (the other stages hold zeros): share them, so every
     // stage knows Σa for the rescale and the root can log them.
-    if (topo.pp > 1) st.allreduce(topo.pp_comm);
-    double counts[2] = {tokens, scored};
-    MPI_Allreduce(MPI_IN_PLACE, counts, 2, MPI_DOUBLE, MPI_SUM, topo.dp_comm);
+    if (topo.pp > 1) st.allreduce(topo.pp_comm());
+    double counts[2] = {tokens, scored};  // whole numbers: their sum is exact
+    topo.dp_comm().allreduce_sum(counts, 2);
     tokens = counts[0], scored = counts[1];
     const bool finite_w = std::isfinite(st.weight_sum);
     MP_CHECK(!finite_w || st.weight_sum > 0, "step ", step + 1, ": the pair weights of the batch sum to 0 (--weighting ",
@@ -750,15 +750,13 @@ int run_dpo(const Topology& topo, const TrainConfig& cfg) {
     // (same reduced gradients, same Adam; the TP ranks of a replica run the same meta computations on
     // the same inputs): check it element by element over those ranks (max == min) and fail loudly if
     // not. The split is collective over the world.
-    MPI_Comm holders = MPI_COMM_NULL;
-    MPI_Comm_split(topo.world, meta ? 0 : MPI_UNDEFINED, topo.world_rank, &holders);
+    std::unique_ptr<Comm> holders = topo.world_comm().split(meta ? 0 : Comm::kNoColor, topo.world_rank);
     if (meta) {
       std::vector<double> hi = meta->net().params(), lo = hi;
-      int n_holders = 1;
-      MPI_Comm_size(holders, &n_holders);
-      MPI_Allreduce(MPI_IN_PLACE, hi.data(), int(hi.size()), MPI_DOUBLE, MPI_MAX, holders);
-      MPI_Allreduce(MPI_IN_PLACE, lo.data(), int(lo.size()), MPI_DOUBLE, MPI_MIN, holders);
-      MPI_Comm_free(&holders);
+      const int n_holders = holders->size();
+      holders->allreduce_max(hi.data(), hi.size());
+      holders->allreduce_min(lo.data(), lo.size());
+      holders.reset();
       MP_CHECK(hi == lo, "MetaPO: the weight net differs between ranks");
       if (topo.is_last_stage_root() && n_holders > 1) {
         if (topo.tp == 1 && topo.pp == 1)
@@ -783,7 +781,7 @@ int run_dpo(const Topology& topo, const TrainConfig& cfg) {
         write_meta_run(cfg.out_dir, run);
       }
     }
-    MPI_Barrier(topo.world);  // metapo.json is complete when any rank reports the run done
+    topo.world_comm().barrier();  // metapo.json is complete when any rank reports the run done
   }
   if (topo.is_root()) std::printf("wrote %s/final and %s/metrics.jsonl\n", cfg.out_dir.c_str(), cfg.out_dir.c_str());
   return 0;
@@ -842,7 +840,7 @@ int run_sft(const Topology& topo, const TrainConfig& cfg) {
     });
     double sums[2] = {nll, tokens};
     run.phase("loss all-reduce", step);
-    allreduce_sum(sums, 2, topo.dp_comm);
+    topo.dp_comm().allreduce_sum(sums, 2);
     if (topo.pp > 1) run.pipe()->allreduce_sum(sums, 1);  // the NLL is the last stage's (0 elsewhere)
     const double lr = sched.at(step);
     run.phase("gradient reduction (ZeRO-1 reduce-scatter)", step);

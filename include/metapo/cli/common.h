@@ -36,8 +36,8 @@ struct ParallelOptions {
   std::vector<int64_t> pp_layers;  // parsed by apply_parallel_options (empty: an even split)
 };
 void add_parallel_options(po::options_description& desc, ParallelOptions& p);
-// After parse_args: re-creates ctx.topo as Topology::create(tp, pp) (world = DP x PP x TP; freeing the
-// 1 x 1 grid main() made) and re-runs configure_threads; parses --pp-layers. One-line errors name the
+// After parse_args: re-creates ctx.topo as Topology::create(tp, pp) (world = DP x PP x TP; the 1 x 1
+// grid main() made is freed) and re-runs configure_threads; parses --pp-layers. One-line errors name the
 // option: a world size not divisible by --tp x --pp, --pp-layers that is not one count per stage.
 void apply_parallel_options(Context& ctx, ParallelOptions& p);
 
@@ -55,7 +55,7 @@ uint64_t parse_bytes(const std::string& text, const std::string& option);
 std::vector<int64_t> parse_pp_layers(const std::string& text, int pp);
 
 // Rank 0 receives every rank's text (each rank's lines in the order it produced them); other ranks get
-// an empty vector. Collective over topo.world.
+// an empty vector. Collective over topo.world_comm().
 std::vector<std::string> gather_to_root(const std::string& mine, const Topology& topo);
 
 // Reads a JSONL file of token sequences ({"tokens": [ids], ...} per line; blank lines skipped):

@@ -13,13 +13,13 @@
 // Raw data moves by independent MPI-IO (each rank its own runs, no rank waiting for another between
 // arrays); file, group and dataset creation and the attributes are collective.
 #pragma once
-#include <mpi.h>
-
 #include <cstddef>
 #include <cstdint>
 #include <memory>
 #include <string>
 #include <vector>
+
+#include "metapo/comm/comm.h"
 
 namespace metapo {
 
@@ -33,10 +33,11 @@ struct FlatRun {
 
 class CheckpointFile {
  public:
-  // Collective over comm. create: a new file at path (truncated if it exists); open: read-only. open
-  // throws metapo::Error naming the path when the file is missing, truncated or not a checkpoint.
-  static CheckpointFile create(const std::string& path, MPI_Comm comm);
-  static CheckpointFile open(const std::string& path, MPI_Comm comm);
+  // Collective over comm (an MpiComm, or a SelfComm for one process: comm/mpio.h), which must outlive
+  // the file. create: a new file at path (truncated if it exists); open: read-only. open throws
+  // metapo::Error naming the path when the file is missing, truncated or not a checkpoint.
+  static CheckpointFile create(const std::string& path, Comm& comm);
+  static CheckpointFile open(const std::string& path, Comm& comm);
   CheckpointFile(CheckpointFile&&) noexcept;
   CheckpointFile& operator=(CheckpointFile&&) noexcept;
   ~CheckpointFile();
@@ -74,11 +75,11 @@ class CheckpointFile {
   const std::string& path() const { return path_; }
 
  private:
-  CheckpointFile(const std::string& path, MPI_Comm comm, bool writing);
+  CheckpointFile(const std::string& path, Comm& comm, bool writing);
   struct Impl;
   std::unique_ptr<Impl> impl_;
   std::string path_;
-  MPI_Comm comm_ = MPI_COMM_NULL;
+  Comm* comm_ = nullptr;
   bool writing_ = false;
 };
 

@@ -2,13 +2,12 @@
 // model-0000x-of-0000y.safetensors listed by model.safetensors.index.json), in HF tensor names.
 // This is how models enter metapo (`--init-from`) and leave it (`export`).
 #pragma once
-#include <mpi.h>
-
 #include <cstdint>
 #include <string>
 #include <utility>
 #include <vector>
 
+#include "metapo/comm/comm.h"
 #include "metapo/io/safetensors.h"
 #include "metapo/model/config.h"
 #include "metapo/model/layout.h"
@@ -92,7 +91,7 @@ HfFilePlan plan_hf_files(const LlamaConfig& c, const std::string& dtype, uint64_
 // error); rank 0 renames the directory into place (as save_hf_model). The bytes are those
 // save_hf_model writes when the model fits in one file. Any rank's failure throws the same on all.
 void save_hf_model_parallel(const std::string& dir, const LlamaConfig& c, const std::vector<TpCopy>& runs,
-                            bool write_replicated, const float* local, const std::string& dtype, MPI_Comm comm,
+                            bool write_replicated, const float* local, const std::string& dtype, Comm& comm,
                             uint64_t max_shard_bytes = kHfMaxShardBytes);
 
 }  // namespace metapo

@@ -58,7 +58,7 @@ class PairStatsTable {
   PairStatsTable(int64_t max_sample_id, double ema_rate, Comm& dp);
 
   // fetch() and observe() check their inputs before any communication; a bad id throws on the rank
-  // that passed it (and the CLI's MPI_Abort ends the other ranks).
+  // that passed it (and the CLI's abort of the job ends the other ranks).
 
   // Collective: every rank passes the ids it needs (any ids in [0, N), repeats allowed, possibly none)
   // and gets their rows in the same order. One request/reply all-to-all round trip.

@@ -45,7 +45,7 @@ struct AnalyzeInput {
   int64_t size() const { return int64_t(sample_id.size()); }
 };
 
-// Collective over topo.world: the forward pass of every pair of s under the model (pairs split over
+// Collective over topo.world_comm(): the forward pass of every pair of s under the model (pairs split over
 // the ranks by pair_logps, gathered on every rank), pair_loss with `loss` for the instantaneous
 // margin and loss, the stored table rows for the temporal features. Every rank returns the same
 // input. s needs reference log-probs unless the loss is reference-free.

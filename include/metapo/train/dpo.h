@@ -12,7 +12,7 @@
 
 #include "metapo/align/losses.h"
 #include "metapo/align/weighting.h"
-#include "metapo/comm/mpi_comm.h"
+#include "metapo/comm/comm.h"
 #include "metapo/comm/topology.h"
 #include "metapo/core/dtype.h"
 #include "metapo/data/dataset.h"

@@ -13,7 +13,7 @@ namespace metapo {
 // Unweighted base-loss statistics of the pairs (all of the split when limit == 0) against the stored
 // reference log-probs.
 PairStats evaluate_pairs(LlamaModel<float>& model, Comm* pp, const float* params, const PairSplit& s,
-                         const LossConfig& loss, const MicroBatching& mb, int64_t limit, MPI_Comm comm);
+                         const LossConfig& loss, const MicroBatching& mb, int64_t limit, Comm& comm);
 
 // Fills s.ref_logp_* with the reference model's log-probs when the file has none, or those of the
 // pairs `stale` when it has them (pairs that --max-length changed after the file's were computed):

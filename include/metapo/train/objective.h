@@ -6,8 +6,6 @@
 #include <functional>
 #include <vector>
 
-#include <mpi.h>
-
 #include "metapo/align/losses.h"
 #include "metapo/align/weighting.h"
 #include "metapo/comm/comm.h"
@@ -27,7 +25,8 @@ struct PairStats {
   double w_min = 1e300, w_max = -1e300, w_sq = 0;
   void add(const PairLogps& p, const PairLossResult& r, double w);
   void merge(const PairStats& o);
-  void allreduce(MPI_Comm comm);
+  // Collective over comm: the sums, minimum and maximum over its ranks (fixed-order sums).
+  void allreduce(Comm& comm);
 };
 
 // One micro-batch of the preference objective: forward over the pairs `chunk` of s, pair losses and
@@ -85,7 +84,7 @@ std::vector<PairMicroResult> pair_pipeline_step(LlamaModel<float>& model, Comm* 
 // pipeline pp (else null) the micro-batches flow through the stages and the last stage's results are
 // shared with the others.
 void pair_logps(LlamaModel<float>& model, Comm* pp, const float* params, const PairSplit& s,
-                const std::vector<int64_t>& idx, const MicroBatching& mb, MPI_Comm comm,
+                const std::vector<int64_t>& idx, const MicroBatching& mb, Comm& comm,
                 std::vector<double>& chosen, std::vector<double>& rejected);
 
 }  // namespace metapo

@@ -3,7 +3,7 @@
 #include <memory>
 #include <vector>
 
-#include "metapo/comm/mpi_comm.h"
+#include "metapo/comm/comm.h"
 #include "metapo/comm/topology.h"
 #include "metapo/io/hf_model.h"
 #include "metapo/model/llama.h"
@@ -12,15 +12,16 @@
 namespace metapo {
 
 // One rank's share of a model (DESIGN §4): its pipeline stage (pipeline_stages(layers, topo.pp,
-// pp_layers)[topo.pp_rank]), split over topo.tp_comm, and the rank's stage_shard_map shard of the
+// pp_layers)[topo.pp_rank]), split over topo.tp_comm(), and the rank's stage_shard_map shard of the
 // parameters; with tp = pp = 1 the whole model (no communicator, exactly the single-process model).
-// Every rank must be handed the same full buffer. The communicators are members so they live as long
-// as the model that borrows them.
+// Every rank must be handed the same full buffer. The communicators are the model's own (Comm::dup of
+// the Topology's, so its traffic is counted apart from the rest), members so they live as long as the
+// model that borrows them; making the model is collective over the world.
 struct ShardedModel {
   LlamaConfig config;           // the whole model's
-  std::unique_ptr<MpiComm> tp;  // null when topo.tp == 1
-  std::unique_ptr<MpiComm> pp;  // the pipeline (this rank's peers in the other stages); null when pp == 1
-  std::unique_ptr<MpiComm> mp;  // the whole replica (TP x PP); null when tp == pp == 1
+  std::unique_ptr<Comm> tp;     // null when topo.tp == 1
+  std::unique_ptr<Comm> pp;     // the pipeline (this rank's peers in the other stages); null when pp == 1
+  std::unique_ptr<Comm> mp;     // the whole replica (TP x PP); null when tp == pp == 1
   std::unique_ptr<LlamaModel<float>> model;
   std::vector<float> params;    // the local layout (model->layout().total() elements)
   std::vector<TpCopy> shard_map;  // stage_shard_map of this rank (empty when tp == pp == 1)

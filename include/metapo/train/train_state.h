@@ -74,7 +74,7 @@ void load_checkpoint(TrainState& st, const std::string& path);
 // config and the flat buffer's elements [lo, hi) (ParamLayout order) into part (hi - lo floats); the
 // ranks' windows must together cover the model (the checksums are checked over all of them).
 LlamaConfig read_checkpoint_config(const std::string& path);
-void read_checkpoint_model(const std::string& path, MPI_Comm comm, const LlamaConfig& config, size_t lo, size_t hi,
+void read_checkpoint_model(const std::string& path, Comm& comm, const LlamaConfig& config, size_t lo, size_t hi,
                            float* part);
 // A run directory's `latest` checkpoint (or path itself when it is a file).
 std::string resolve_checkpoint(const std::string& path);

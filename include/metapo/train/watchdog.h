@@ -2,7 +2,7 @@
 // HangWatchdog thread. The trainer names the phase it enters (phase()) and reports each completed
 // step (progress()); when no step completes within the limit, the watchdog reports which phase this
 // rank has been waiting in and calls the abort function, which ends the whole job
-// (MPI_Abort(kExitHung) in the trainer). A rank that is itself stopped (SIGSTOP, a dead peer's
+// (abort_job(kExitHung) in the trainer, comm/mpi_session.h). A rank that is itself stopped (SIGSTOP, a dead peer's
 // collective) cannot act, but the others block in a collective with it, and their watchdogs fire.
 //
 // The limit: fixed (--hang-timeout SECONDS), or "auto": max(floor, multiple × the median of the
