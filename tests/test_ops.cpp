@@ -407,6 +407,12 @@ TEST(Ops, OptimizerArithmeticMatchesDoubleLoops) {
   double ss = 0;
   for (float x : gf) ss += double(x) * double(x);
   EXPECT_NEAR(ops::sum_squares(cpu_ctx, gf.data(), n), ss, 1e-12 * ss);
+  EXPECT_TRUE(ops::all_finite(cpu_ctx, gf.data(), n));
+  for (float bad : {INFINITY, -INFINITY, NAN}) {
+    vector<float> h = gf;
+    h[n / 2] = bad;
+    EXPECT_FALSE(ops::all_finite(cpu_ctx, h.data(), n)) << bad;
+  }
   vector<float> d = gf;
   ops::adam_precondition(cpu_ctx, d.data(), v_start.data(), n, b2, 1 - b2, 0.5f, eps);
   worst = 0;

@@ -290,6 +290,10 @@ double sum_squares(const Context& ctx, const float* x, size_t n) {
   if (ctx.device == Device::CPU) return cpu::sum_squares(x, n);
   no_backend(ctx, "sum_squares");
 }
+bool all_finite(const Context& ctx, const float* x, size_t n) {
+  if (ctx.device == Device::CPU) return cpu::all_finite(x, n);
+  no_backend(ctx, "all_finite");
+}
 void adam_precondition(const Context& ctx, float* s, const float* v, size_t n, float b2, float b2c, float bc2,
                        float eps) {
   MP_DISPATCH("adam_precondition", cpu::adam_precondition(s, v, n, b2, b2c, bc2, eps));

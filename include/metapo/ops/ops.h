@@ -376,6 +376,8 @@ void adamw_step(const Context& ctx, const AdamW& a);
 void scale(const Context& ctx, float* x, float f, size_t n);
 // Σ x² in double, in a fixed order whatever the thread count.
 double sum_squares(const Context& ctx, const float* x, size_t n);
+// Whether no element of x[0, n) is inf or NaN.
+bool all_finite(const Context& ctx, const float* x, size_t n);
 // s /= √((b2 v + b2c s²) / bc2) + eps: the direction Adam would step along for gradient s.
 void adam_precondition(const Context& ctx, float* s, const float* v, size_t n, float b2, float b2c, float bc2,
                        float eps);

@@ -53,7 +53,7 @@ void vocab_parallel_embedding_forward(const ops::Context& ctx, T* x, const T* E_
                                       const VocabShard& shard, Comm& tp);
 
 // dE_local[tokens[t] - begin] += dx[t] for the tokens this rank owns (dx: [n, C], replicated), in
-// token order like cpu::embedding_backward. No communication; padded rows are never touched.
+// token order like ops::embedding_backward. No communication; padded rows are never touched.
 template <typename T>
 void vocab_parallel_embedding_backward(const ops::Context& ctx, T* dE_local, const T* dx, const int32_t* tokens, int64_t n, int64_t C,
                                        const VocabShard& shard);
@@ -83,7 +83,7 @@ struct VocabParallelLogprobParams {
 // [s_r · exp(m_r - M) | target logit, 0 where another rank owns the target] gives S and z_target;
 // lse = M + log S, logp = z_target - lse. Communication: 3 · n_rows doubles in two all-reduces.
 // prob_cache: [n_rows, shard.real] or null; when given, receives this rank's softmax columns
-// exp(z - lse) for the backward. With tp = 1 the numbers equal cpu::logprob_forward bit for bit.
+// exp(z - lse) for the backward. With tp = 1 the numbers equal ops::logprob_forward bit for bit.
 template <typename T>
 void vocab_parallel_logprob_forward(const ops::Context& ctx, const VocabParallelLogprobParams<T>& p, Comm& tp,
                                     T* logp, T* lse, T* prob_cache);

@@ -2,7 +2,10 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstring>
 #include <vector>
+
+#include "metapo/core/simd.h"
 
 namespace metapo::cpu {
 
@@ -41,6 +44,17 @@ double sum_squares(const float* g, size_t n) {
 void adam_precondition(float* s, const float* v, size_t n, float b2, float b2c, float bc2, float eps) {
 #pragma omp parallel for schedule(static)
   for (size_t i = 0; i < n; ++i) s[i] /= std::sqrt((b2 * v[i] + b2c * s[i] * s[i]) / bc2) + eps;
+}
+
+METAPO_WIDE_LOOPS bool all_finite(const float* x, size_t n) {
+  uint32_t bad = 0;
+#pragma omp parallel for reduction(| : bad) schedule(static) if (n > (1u << 16))
+  for (size_t i = 0; i < n; ++i) {
+    uint32_t b;
+    std::memcpy(&b, x + i, 4);
+    bad |= uint32_t((b & 0x7f800000u) == 0x7f800000u);
+  }
+  return !bad;
 }
 
 }  // namespace metapo::cpu
