@@ -440,11 +440,14 @@ TEST(Ops, ArenaHandsOutAlignedPiecesAndSettlesInOneBlock) {
   EXPECT_EQ(a.capacity(), size_t(2000));
 }
 
-TEST(Ops, ADeviceWithoutABackendIsRefusedByName) {
+TEST(Ops, AnOpWithoutAKernelForTheDeviceIsRefusedByName) {
   ops::Context cuda;
   cuda.device = Device::CUDA;
-  vector<float> x(4);
-  EXPECT_EQ(error_of([&] { ops::fill(cuda, x.data(), 1.0f, 4); }), "op fill: this build has no cuda backend (built with: cpu)");
-  EXPECT_EQ(error_of([&] { ops::sum_squares(cuda, x.data(), 4); }),
-            "op sum_squares: this build has no cuda backend (built with: cpu)");
+  vector<double> x(4);
+  const bool have_cuda = std::string(ops::backends()) == "cpu, cuda";
+  const std::string why = have_cuda ? ": the cuda backend has no kernel for it (or for this element type) yet"
+                                    : ": this build has no cuda backend (built with: cpu)";
+  // Neither calls a kernel: segment_sum has no CUDA kernel, and fill has none for fp64.
+  EXPECT_EQ(error_of([&] { ops::segment_sum(cuda, x.data(), x.data(), nullptr, 0); }), "op segment_sum" + why);
+  EXPECT_EQ(error_of([&] { ops::fill(cuda, x.data(), 1.0, 4); }), "op fill" + why);
 }

@@ -1,6 +1,10 @@
 // The ops dispatch (ops/ops.h): each op goes to the backend of its context's device. The CPU backend is
-// kernels/cpu; a device backend adds its case to MP_DISPATCH and its name to no_backend's message.
+// kernels/cpu; the CUDA backend (kernels/cuda, built when nvcc is found: METAPO_HAVE_CUDA) takes the
+// ops it has kernels for, in fp32 (MP_DISPATCH_CUDA); the others are refused on a CUDA context with
+// one line naming the op.
 #include <algorithm>
+#include <string>
+#include <type_traits>
 
 #include "metapo/core/error.h"
 #include "metapo/kernels/attention.h"
@@ -14,18 +18,31 @@
 #include "metapo/kernels/swiglu.h"
 #include "metapo/kernels/tensor.h"
 #include "metapo/ops/ops.h"
+#ifdef METAPO_HAVE_CUDA
+#include "metapo/kernels/cuda.h"
+#endif
 
 namespace metapo::ops {
+
+const char* backends() {
+#ifdef METAPO_HAVE_CUDA
+  return "cpu, cuda";
+#else
+  return "cpu";
+#endif
+}
 
 namespace {
 
 [[noreturn]] void no_backend(const Context& ctx, const char* op) {
-  fail("op ", op, ": this build has no ", device_name(ctx.device), " backend (built with: cpu)");
+  if (ctx.device == Device::CUDA && std::string(backends()).find("cuda") != std::string::npos)
+    fail("op ", op, ": the cuda backend has no kernel for it (or for this element type) yet");
+  fail("op ", op, ": this build has no ", device_name(ctx.device), " backend (built with: ", backends(), ")");
 }
 
 }  // namespace
 
-// Runs `cpu_call` on the CPU; any other device has no backend in this build.
+// Runs `cpu_call` on the CPU; any other device has no kernel for the op.
 #define MP_DISPATCH(op, cpu_call)  \
   switch (ctx.device) {            \
     case Device::CPU:              \
@@ -34,6 +51,27 @@ namespace {
     default:                       \
       no_backend(ctx, op);         \
   }
+
+// Runs `cpu_call` on the CPU and `cuda_call` on a CUDA device when the element type T is float (the
+// CUDA kernels are fp32 and bf16; fp64 is the CPU's, for the tests).
+#ifdef METAPO_HAVE_CUDA
+#define MP_DISPATCH_CUDA(op, cpu_call, cuda_call)  \
+  switch (ctx.device) {                            \
+    case Device::CPU:                              \
+      cpu_call;                                    \
+      return;                                      \
+    case Device::CUDA:                             \
+      if constexpr (std::is_same_v<T, float>) {    \
+        cuda_call;                                 \
+        return;                                    \
+      }                                            \
+      no_backend(ctx, op);                         \
+    default:                                       \
+      no_backend(ctx, op);                         \
+  }
+#else
+#define MP_DISPATCH_CUDA(op, cpu_call, cuda_call) MP_DISPATCH(op, cpu_call)
+#endif
 
 // ---- Arena ----
 
@@ -115,13 +153,14 @@ void linear_rows(const Context& ctx, const Linear<float>& a) {
 
 template <typename T>
 void rmsnorm_forward(const Context& ctx, const RmsNorm<T>& a) {
-  MP_DISPATCH("rmsnorm_forward", cpu::rmsnorm_forward(a.y, a.rstd, a.x, a.w, a.rows, a.C, a.eps));
+  MP_DISPATCH_CUDA("rmsnorm_forward", cpu::rmsnorm_forward(a.y, a.rstd, a.x, a.w, a.rows, a.C, a.eps),
+                   cuda::rmsnorm_forward(a.y, a.rstd, a.x, a.w, a.rows, a.C, a.eps, ctx.stream));
 }
 
 template <typename T>
 void rmsnorm_backward(const Context& ctx, const RmsNormGrad<T>& a) {
-  MP_DISPATCH("rmsnorm_backward",
-              cpu::rmsnorm_backward(a.dx, a.dw, a.dy, a.x, a.w, a.rstd, a.rows, a.C, a.accumulate));
+  MP_DISPATCH_CUDA("rmsnorm_backward", cpu::rmsnorm_backward(a.dx, a.dw, a.dy, a.x, a.w, a.rstd, a.rows, a.C, a.accumulate),
+                   cuda::rmsnorm_backward(a.dx, a.dw, a.dy, a.x, a.w, a.rstd, a.rows, a.C, a.accumulate, ctx.stream));
 }
 
 template <typename T>
@@ -136,12 +175,14 @@ void rope(const Context& ctx, const Rope<T>& a) {
 
 template <typename T>
 void swiglu_forward(const Context& ctx, const SwiGlu<T>& a) {
-  MP_DISPATCH("swiglu_forward", cpu::swiglu_forward(a.h, a.gu, a.rows, a.I));
+  MP_DISPATCH_CUDA("swiglu_forward", cpu::swiglu_forward(a.h, a.gu, a.rows, a.I),
+                   cuda::swiglu_forward(a.h, a.gu, a.rows, a.I, ctx.stream));
 }
 
 template <typename T>
 void swiglu_backward(const Context& ctx, const SwiGluGrad<T>& a) {
-  MP_DISPATCH("swiglu_backward", cpu::swiglu_backward(a.dgu, a.dh, a.gu, a.rows, a.I));
+  MP_DISPATCH_CUDA("swiglu_backward", cpu::swiglu_backward(a.dgu, a.dh, a.gu, a.rows, a.I),
+                   cuda::swiglu_backward(a.dgu, a.dh, a.gu, a.rows, a.I, ctx.stream));
 }
 
 // ---- attention ----
@@ -237,11 +278,11 @@ void logprob_backward(const Context& ctx, const Logprob<T>& fwd, const LogprobGr
 
 template <typename T>
 void copy(const Context& ctx, T* dst, const T* src, int64_t n) {
-  MP_DISPATCH("copy", cpu::copy(dst, src, n));
+  MP_DISPATCH_CUDA("copy", cpu::copy(dst, src, n), cuda::copy(dst, src, n, ctx.stream));
 }
 template <typename T>
 void fill(const Context& ctx, T* dst, T value, int64_t n) {
-  MP_DISPATCH("fill", cpu::fill(dst, value, n));
+  MP_DISPATCH_CUDA("fill", cpu::fill(dst, value, n), cuda::fill(dst, value, n, ctx.stream));
 }
 template <typename T>
 void gather(const Context& ctx, T* dst, const T* src, const int32_t* idx, int64_t n) {
@@ -259,7 +300,8 @@ void widen(const Context& ctx, double* dst, const T* src, int64_t n) {
   MP_DISPATCH("widen", cpu::widen(dst, src, n));
 }
 void round_bf16(const Context& ctx, float* dst, const float* src, int64_t n) {
-  MP_DISPATCH("round_bf16", cpu::round_bf16(dst, src, n));
+  using T = float;
+  MP_DISPATCH_CUDA("round_bf16", cpu::round_bf16(dst, src, n), cuda::round_bf16(dst, src, n, ctx.stream));
 }
 template <typename T>
 void add(const Context& ctx, T* x, const T* y, int64_t n) {
@@ -282,10 +324,16 @@ void blocks_to_columns(const Context& ctx, T* dst, int64_t ld_dst, const T* src,
 // ---- optimizer arithmetic ----
 
 void adamw_step(const Context& ctx, const AdamW& a) {
-  MP_DISPATCH("adamw_step", cpu::adamw_step(a.p, a.g, a.m, a.v, a.decay, a.n, a.b1, a.b2, a.step_size,
-                                            a.inv_bc2_sqrt, a.eps, a.wd));
+  using T = float;
+  MP_DISPATCH_CUDA("adamw_step",
+                   cpu::adamw_step(a.p, a.g, a.m, a.v, a.decay, a.n, a.b1, a.b2, a.step_size, a.inv_bc2_sqrt, a.eps, a.wd),
+                   cuda::adamw_step(a.p, a.g, a.m, a.v, a.decay, a.n, a.b1, a.b2, a.step_size, a.inv_bc2_sqrt, a.eps,
+                                    a.wd, ctx.stream));
 }
-void scale(const Context& ctx, float* x, float f, size_t n) { MP_DISPATCH("scale", cpu::scale(x, f, n)); }
+void scale(const Context& ctx, float* x, float f, size_t n) {
+  using T = float;
+  MP_DISPATCH_CUDA("scale", cpu::scale(x, f, n), cuda::scale(x, f, n, ctx.stream));
+}
 double sum_squares(const Context& ctx, const float* x, size_t n) {
   if (ctx.device == Device::CPU) return cpu::sum_squares(x, n);
   no_backend(ctx, "sum_squares");
@@ -300,6 +348,7 @@ void adam_precondition(const Context& ctx, float* s, const float* v, size_t n, f
 }
 
 #undef MP_DISPATCH
+#undef MP_DISPATCH_CUDA
 
 // ---- instantiations: fp32 (the engine) and fp64 (the finite-difference checks) ----
 

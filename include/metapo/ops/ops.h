@@ -64,6 +64,9 @@ struct Context {
   }
 };
 
+// The backends this build has: "cpu", or "cpu, cuda".
+const char* backends();
+
 // ---- GEMMs ----
 
 // C[M, N] = alpha op(A) op(B) + beta C, row-major; op(X) = X^T where the flag is set.

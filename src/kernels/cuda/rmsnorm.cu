@@ -1,0 +1,81 @@
+// RMSNorm forward and backward: one block per row, the row's sums reduced in shared memory by a fixed
+// tree (so a row's result does not depend on the launch); the weight gradient one thread per column,
+// summing the rows in order (no atomics).
+#include "common.cuh"
+#include "metapo/kernels/cuda.h"
+
+namespace metapo::cuda {
+
+namespace {
+
+constexpr int kThreads = 256;
+
+// The block's sum of v (every thread passes its partial); every thread gets the result.
+__device__ float block_sum(float v, float* shared) {
+  shared[threadIdx.x] = v;
+  __syncthreads();
+  for (int s = kThreads / 2; s > 0; s /= 2) {
+    if (int(threadIdx.x) < s) shared[threadIdx.x] += shared[threadIdx.x + s];
+    __syncthreads();
+  }
+  const float r = shared[0];
+  __syncthreads();
+  return r;
+}
+
+__global__ void forward_kernel(float* y, float* rstd, const float* x, const float* w, int64_t C, float eps) {
+  __shared__ float shared[kThreads];
+  const float* xi = x + blockIdx.x * C;
+  float ss = 0;
+  for (int64_t c = threadIdx.x; c < C; c += kThreads) ss += xi[c] * xi[c];
+  ss = block_sum(ss, shared);
+  const float r = 1.0f / sqrtf(ss / float(C) + eps);
+  if (threadIdx.x == 0) rstd[blockIdx.x] = r;
+  float* yi = y + blockIdx.x * C;
+  for (int64_t c = threadIdx.x; c < C; c += kThreads) yi[c] = xi[c] * r * w[c];
+}
+
+__global__ void backward_dx_kernel(float* dx, const float* dy, const float* x, const float* w, const float* rstd,
+                                   int64_t C, bool accumulate) {
+  __shared__ float shared[kThreads];
+  const float* xi = x + blockIdx.x * C;
+  const float* gi = dy + blockIdx.x * C;
+  float* dxi = dx + blockIdx.x * C;
+  const float r = rstd[blockIdx.x];
+  float dot = 0;
+  for (int64_t c = threadIdx.x; c < C; c += kThreads) dot += w[c] * gi[c] * xi[c];
+  dot = block_sum(dot, shared);
+  const float k = dot * r * r * r / float(C);
+  for (int64_t c = threadIdx.x; c < C; c += kThreads) {
+    const float d = r * w[c] * gi[c] - k * xi[c];
+    dxi[c] = accumulate ? dxi[c] + d : d;
+  }
+}
+
+__global__ void backward_dw_kernel(float* dw, const float* dy, const float* x, const float* rstd, int64_t n, int64_t C) {
+  const int64_t c = blockIdx.x * int64_t(blockDim.x) + threadIdx.x;
+  if (c >= C) return;
+  float s = 0;
+  for (int64_t i = 0; i < n; ++i) s += dy[i * C + c] * x[i * C + c] * rstd[i];
+  dw[c] += s;
+}
+
+}  // namespace
+
+void rmsnorm_forward(float* y, float* rstd, const float* x, const float* w, int64_t n, int64_t C, double eps,
+                     void* stream) {
+  if (n <= 0) return;
+  forward_kernel<<<unsigned(n), kThreads, 0, as_stream(stream)>>>(y, rstd, x, w, C, float(eps));
+  check_launch("rmsnorm_forward");
+}
+
+void rmsnorm_backward(float* dx, float* dw, const float* dy, const float* x, const float* w, const float* rstd,
+                      int64_t n, int64_t C, bool accumulate, void* stream) {
+  if (n <= 0) return;
+  backward_dx_kernel<<<unsigned(n), kThreads, 0, as_stream(stream)>>>(dx, dy, x, w, rstd, C, accumulate);
+  check_launch("rmsnorm_backward (dx)");
+  backward_dw_kernel<<<unsigned((C + kThreads - 1) / kThreads), kThreads, 0, as_stream(stream)>>>(dw, dy, x, rstd, n, C);
+  check_launch("rmsnorm_backward (dw)");
+}
+
+}  // namespace metapo::cuda
