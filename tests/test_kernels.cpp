@@ -14,6 +14,7 @@
 #include "metapo/kernels/rmsnorm.h"
 #include "metapo/kernels/rope.h"
 #include "metapo/kernels/swiglu.h"
+#include "reference.h"
 #include "test_util.h"
 
 using namespace metapo;
@@ -27,22 +28,10 @@ constexpr double kFp32Tol = 1e-5;
 constexpr double kFdTol = 1e-7;
 
 // ---------- linear ----------
-static vector<double> ref_linear(const vector<double>& X, const vector<double>& W, const vector<double>* b,
-                                 int64_t n, int64_t in, int64_t out) {
-  vector<double> Y(size_t(n * out));
-  for (int64_t i = 0; i < n; ++i)
-    for (int64_t j = 0; j < out; ++j) {
-      double s = b ? (*b)[j] : 0.0;
-      for (int64_t k = 0; k < in; ++k) s += X[i * in + k] * W[j * in + k];
-      Y[i * out + j] = s;
-    }
-  return Y;
-}
-
 TEST(Kernels, LinearForwardMatchesDoubleLoop) {
   const int64_t n = 7, in = 13, out = 5;
   auto X = randn<double>(n * in, 1), W = randn<double>(out * in, 2), b = randn<double>(out, 3);
-  auto ref = ref_linear(X, W, &b, n, in, out);
+  auto ref = ref_linear(X, W, b.data(), n, in, out);
   vector<float> Y(n * out), Xf = cast<float>(X), Wf = cast<float>(W), bf = cast<float>(b);
   cpu::linear_forward(Y.data(), Xf.data(), Wf.data(), bf.data(), n, in, out);
   EXPECT_ERR_LT(rel_max_err(Y, ref), kFp32Tol, errname("Y"));
@@ -52,7 +41,7 @@ TEST(Kernels, LinearBackwardMatchesFiniteDifferences) {
   const int64_t n = 4, in = 6, out = 3;
   auto X = randn<double>(n * in, 1), W = randn<double>(out * in, 2), b = randn<double>(out, 3);
   auto R = randn<double>(n * out, 4);
-  auto f = [&] { return dot(R, ref_linear(X, W, &b, n, in, out)); };
+  auto f = [&] { return dot(R, ref_linear(X, W, b.data(), n, in, out)); };
   vector<double> dX(n * in), dW(out * in, 0.0), db(out, 0.0);
   cpu::linear_backward(dX.data(), dW.data(), db.data(), R.data(), X.data(), W.data(), n, in, out);
   EXPECT_ERR_LT(rel_max_err(dX, fd_grad(X, f)), kFdTol, errname("dX"));
@@ -176,18 +165,6 @@ TEST(Kernels, LinearBackwardGhostIsTheSameForAnyThreadCount) {
 }
 
 // ---------- rmsnorm ----------
-static vector<double> ref_rmsnorm(const vector<double>& x, const vector<double>& w, int64_t n, int64_t C,
-                                  double eps) {
-  vector<double> y(x.size());
-  for (int64_t i = 0; i < n; ++i) {
-    double ss = 0;
-    for (int64_t c = 0; c < C; ++c) ss += x[i * C + c] * x[i * C + c];
-    const double r = 1.0 / std::sqrt(ss / double(C) + eps);
-    for (int64_t c = 0; c < C; ++c) y[i * C + c] = x[i * C + c] * r * w[c];
-  }
-  return y;
-}
-
 TEST(Kernels, RmsNormForwardMatchesDoubleLoop) {
   const int64_t n = 5, C = 70;
   auto x = randn<double>(n * C, 1), w = randn<double>(C, 2, 0.2, 1.0);
@@ -214,16 +191,6 @@ TEST(Kernels, RmsNormBackwardMatchesFiniteDifferences) {
 }
 
 // ---------- swiglu ----------
-static vector<double> ref_swiglu(const vector<double>& gu, int64_t n, int64_t I) {
-  vector<double> h(size_t(n * I));
-  for (int64_t t = 0; t < n; ++t)
-    for (int64_t i = 0; i < I; ++i) {
-      const double g = gu[t * 2 * I + i], u = gu[t * 2 * I + I + i];
-      h[t * I + i] = g / (1.0 + std::exp(-g)) * u;
-    }
-  return h;
-}
-
 TEST(Kernels, SwigluForwardAndBackward) {
   const int64_t n = 4, I = 9;
   auto gu = randn<double>(n * 2 * I, 1, 2.0);
@@ -295,33 +262,6 @@ struct AttnShape {
   vector<int64_t> cu;
 };
 
-// Reference: every (sequence, head, row) separately, in double.
-static vector<double> ref_attention(const vector<double>& qkv, const AttnShape& s) {
-  const int64_t n = s.cu.back(), Q = s.Hq * s.D, ld = Q + 2 * s.Hkv * s.D;
-  vector<double> out(size_t(n * Q), 0.0);
-  const double scale = 1.0 / std::sqrt(double(s.D));
-  for (size_t si = 0; si + 1 < s.cu.size(); ++si)
-    for (int64_t h = 0; h < s.Hq; ++h) {
-      const int64_t g = h / (s.Hq / s.Hkv);
-      for (int64_t i = s.cu[si]; i < s.cu[si + 1]; ++i) {
-        vector<double> sc;
-        double mx = -1e300;
-        for (int64_t j = s.cu[si]; j <= i; ++j) {
-          double d = 0;
-          for (int64_t k = 0; k < s.D; ++k) d += qkv[i * ld + h * s.D + k] * qkv[j * ld + Q + g * s.D + k];
-          sc.push_back(d * scale);
-          mx = std::max(mx, d * scale);
-        }
-        double sum = 0;
-        for (double& v : sc) sum += (v = std::exp(v - mx));
-        for (int64_t j = s.cu[si]; j <= i; ++j)
-          for (int64_t k = 0; k < s.D; ++k)
-            out[i * Q + h * s.D + k] += sc[j - s.cu[si]] / sum * qkv[j * ld + Q + s.Hkv * s.D + g * s.D + k];
-      }
-    }
-  return out;
-}
-
 template <typename T>
 static cpu::AttentionParams<T> attn_params(T* qkv, T* out, T* lse, const AttnShape& s) {
   const int64_t n = s.cu.back(), Q = s.Hq * s.D, KV = s.Hkv * s.D;
@@ -337,7 +277,7 @@ TEST_P(AttentionTest, ForwardMatchesDoubleLoop) {
   auto qkv = randn<double>(n * ld, 1);
   vector<float> qkvf = cast<float>(qkv), out(n * Q), lse(s.Hq * n);
   cpu::attention_forward(attn_params(qkvf.data(), out.data(), lse.data(), s));
-  EXPECT_ERR_LT(rel_max_err(out, ref_attention(qkv, s)), kFp32Tol, errname("out"));
+  EXPECT_ERR_LT(rel_max_err(out, ref_attention(qkv, s.cu, s.Hq, s.Hkv, s.D)), kFp32Tol, errname("out"));
 }
 
 TEST_P(AttentionTest, BackwardMatchesFiniteDifferences) {
@@ -349,7 +289,7 @@ TEST_P(AttentionTest, BackwardMatchesFiniteDifferences) {
   cpu::attention_forward(p);
   cpu::attention_backward(p, cpu::AttentionGradParams<double>{R.data(), dqkv.data(), dqkv.data() + Q,
                                                               dqkv.data() + Q + s.Hkv * s.D, ld});
-  EXPECT_ERR_LT(rel_max_err(dqkv, fd_grad(qkv, [&] { return dot(R, ref_attention(qkv, s)); })), kFdTol, errname("dqkv"));
+  EXPECT_ERR_LT(rel_max_err(dqkv, fd_grad(qkv, [&] { return dot(R, ref_attention(qkv, s.cu, s.Hq, s.Hkv, s.D)); })), kFdTol, errname("dqkv"));
 }
 
 // MHA, GQA, MQA; a length-1 sequence; a sequence longer than the 64-row block.
@@ -360,24 +300,6 @@ INSTANTIATE_TEST_SUITE_P(Shapes, AttentionTest,
                                            AttnShape{2, 1, 4, {0, 70, 75}}));
 
 // ---------- log-probs through the LM head ----------
-static vector<double> ref_logprob(const vector<double>& h, const vector<double>& W, const vector<int32_t>& rows,
-                                  const vector<int32_t>& tg, int64_t C, int64_t V) {
-  vector<double> lp;
-  for (size_t i = 0; i < rows.size(); ++i) {
-    vector<double> z(V);
-    double mx = -1e300;
-    for (int64_t v = 0; v < V; ++v) {
-      double s = 0;
-      for (int64_t c = 0; c < C; ++c) s += h[rows[i] * C + c] * W[v * C + c];
-      mx = std::max(mx, z[v] = s);
-    }
-    double sum = 0;
-    for (double x : z) sum += std::exp(x - mx);
-    lp.push_back(z[tg[i]] - mx - std::log(sum));
-  }
-  return lp;
-}
-
 TEST(Kernels, LogprobForwardMatchesDoubleLoopWithAndWithoutCache) {
   const int64_t n = 300, C = 8, V = 37;  // n > one 256-row chunk
   vector<int32_t> rows, tg;

@@ -9,6 +9,7 @@
 
 #include "metapo/core/half.h"
 #include "metapo/ops/ops.h"
+#include "reference.h"
 #include "test_util.h"
 
 using namespace metapo;
@@ -22,89 +23,12 @@ constexpr double kFdTol = 1e-7;    // double, h = 1e-6
 
 const ops::Context cpu_ctx{};
 
-vector<double> ref_linear(const vector<double>& X, const vector<double>& W, const double* b, int64_t n,
-                          int64_t in, int64_t out) {
-  vector<double> Y(size_t(n * out));
-  for (int64_t i = 0; i < n; ++i)
-    for (int64_t j = 0; j < out; ++j) {
-      double s = b ? b[j] : 0.0;
-      for (int64_t k = 0; k < in; ++k) s += X[i * in + k] * W[j * in + k];
-      Y[i * out + j] = s;
-    }
-  return Y;
-}
-
-vector<double> ref_rmsnorm(const vector<double>& x, const vector<double>& w, int64_t n, int64_t C, double eps) {
-  vector<double> y(x.size());
-  for (int64_t i = 0; i < n; ++i) {
-    double ss = 0;
-    for (int64_t c = 0; c < C; ++c) ss += x[i * C + c] * x[i * C + c];
-    const double r = 1.0 / std::sqrt(ss / double(C) + eps);
-    for (int64_t c = 0; c < C; ++c) y[i * C + c] = x[i * C + c] * r * w[c];
-  }
-  return y;
-}
-
-vector<double> ref_swiglu(const vector<double>& gu, int64_t n, int64_t I) {
-  vector<double> h(size_t(n * I));
-  for (int64_t i = 0; i < n; ++i)
-    for (int64_t j = 0; j < I; ++j) {
-      const double g = gu[i * 2 * I + j], u = gu[i * 2 * I + I + j];
-      h[i * I + j] = g / (1.0 + std::exp(-g)) * u;
-    }
-  return h;
-}
-
-// Causal attention of query rows over key rows, per packed sequence; q/k/v column ranges of rows of
-// stride ld.
-vector<double> ref_attention(const vector<double>& qkv, const vector<int64_t>& cu, int64_t Hq, int64_t Hkv,
-                             int64_t D) {
-  const int64_t n = cu.back(), Q = Hq * D, ld = Q + 2 * Hkv * D;
-  vector<double> out(size_t(n * Q), 0.0);
-  for (size_t s = 0; s + 1 < cu.size(); ++s)
-    for (int64_t h = 0; h < Hq; ++h) {
-      const int64_t g = h / (Hq / Hkv);
-      for (int64_t i = cu[s]; i < cu[s + 1]; ++i) {
-        vector<double> p;
-        double mx = -1e300, sum = 0;
-        for (int64_t j = cu[s]; j <= i; ++j) {
-          double d = 0;
-          for (int64_t k = 0; k < D; ++k) d += qkv[i * ld + h * D + k] * qkv[j * ld + Q + g * D + k];
-          p.push_back(d / std::sqrt(double(D)));
-          mx = std::max(mx, p.back());
-        }
-        for (double& v : p) sum += (v = std::exp(v - mx));
-        for (int64_t j = cu[s]; j <= i; ++j)
-          for (int64_t k = 0; k < D; ++k)
-            out[i * Q + h * D + k] += p[size_t(j - cu[s])] / sum * qkv[j * ld + Q + Hkv * D + g * D + k];
-      }
-    }
-  return out;
-}
-
 template <typename T>
 ops::Attention<T> attention_args(T* qkv, T* out, T* lse, const vector<int64_t>& cu, int64_t Hq, int64_t Hkv,
                                  int64_t D) {
   const int64_t Q = Hq * D, KV = Hkv * D;
   return {qkv, qkv + Q, qkv + Q + KV, Q + 2 * KV, out, Q, lse, cu.data(), int64_t(cu.size()) - 1, cu.back(), Hq, Hkv, D,
           T(1) / std::sqrt(T(D))};
-}
-
-// log p(target) of rows of h under the LM head W (V rows).
-vector<double> ref_logprob(const vector<double>& h, const vector<double>& W, const vector<int32_t>& rows,
-                           const vector<int32_t>& tg, int64_t C, int64_t V) {
-  vector<double> lp;
-  for (size_t i = 0; i < rows.size(); ++i) {
-    vector<double> z(size_t(V), 0.0);
-    double mx = -1e300, sum = 0;
-    for (int64_t v = 0; v < V; ++v) {
-      for (int64_t c = 0; c < C; ++c) z[size_t(v)] += W[v * C + c] * h[rows[i] * C + c];
-      mx = std::max(mx, z[size_t(v)]);
-    }
-    for (double x : z) sum += std::exp(x - mx);
-    lp.push_back(z[size_t(tg[i])] - mx - std::log(sum));
-  }
-  return lp;
 }
 
 }  // namespace
