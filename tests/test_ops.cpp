@@ -364,6 +364,31 @@ TEST(Ops, ArenaHandsOutAlignedPiecesAndSettlesInOneBlock) {
   EXPECT_EQ(a.capacity(), size_t(2000));
 }
 
+TEST(Ops, DeviceBufferKnowsItsDeviceAndCountsItsBytes) {
+  auto now = [] { return mem_current()[size_t(Mem::Activations)]; };
+  const int64_t before = now();
+  {
+    ops::DeviceBuffer b(Device::CPU, 1000, Mem::Activations);
+    EXPECT_EQ(b.device(), Device::CPU);
+    EXPECT_EQ(b.size(), 1000u);
+    EXPECT_EQ(now() - before, 1000);
+    b.data()[999] = 7;
+    b.resize_for_overwrite(500);  // never shrinks
+    EXPECT_EQ(b.size(), 1000u);
+    b.resize_for_overwrite(3000);  // the old bytes freed first: never both counted
+    EXPECT_EQ(now() - before, 3000);
+    ops::DeviceBuffer moved = std::move(b);
+    EXPECT_EQ(b.size(), 0u);
+    EXPECT_EQ(moved.size(), 3000u);
+    EXPECT_EQ(now() - before, 3000);
+  }
+  EXPECT_EQ(now(), before);
+  if (std::string(ops::backends()) == "cpu") {
+    EXPECT_EQ(error_of([] { ops::DeviceBuffer(Device::CUDA, 16); }),
+              "a cuda buffer: this build has no cuda backend (built with: cpu)");
+  }
+}
+
 TEST(Ops, AnOpWithoutAKernelForTheDeviceIsRefusedByName) {
   ops::Context cuda;
   cuda.device = Device::CUDA;

@@ -73,35 +73,87 @@ namespace {
 #define MP_DISPATCH_CUDA(op, cpu_call, cuda_call) MP_DISPATCH(op, cpu_call)
 #endif
 
-// ---- Arena ----
+// ---- device buffers and the arena ----
+
+DeviceBuffer::DeviceBuffer(Device device, size_t bytes, Mem category) : device_(device), category_(category) {
+  resize_for_overwrite(bytes);
+}
+
+DeviceBuffer& DeviceBuffer::operator=(DeviceBuffer&& o) noexcept {
+  if (this != &o) {
+    release();
+    device_ = o.device_, category_ = o.category_, data_ = o.data_, bytes_ = o.bytes_;
+    o.data_ = nullptr, o.bytes_ = 0;
+  }
+  return *this;
+}
+
+void DeviceBuffer::release() {
+  if (!data_) return;
+  switch (device_) {
+    case Device::CPU:
+      HugePageAllocator<uint8_t>(category_).deallocate(data_, bytes_);
+      break;
+    case Device::CUDA:
+#ifdef METAPO_HAVE_CUDA
+      cuda::device_free(data_);
+      mem_add(category_, -int64_t(bytes_));
+#endif
+      break;
+  }
+  data_ = nullptr, bytes_ = 0;
+}
+
+void DeviceBuffer::resize_for_overwrite(size_t bytes) {
+  if (bytes <= bytes_ && data_) return;
+  release();
+  if (bytes == 0) return;
+  switch (device_) {
+    case Device::CPU:
+      data_ = HugePageAllocator<uint8_t>(category_).allocate(bytes);  // counts itself
+      break;
+    case Device::CUDA:
+#ifdef METAPO_HAVE_CUDA
+      data_ = static_cast<uint8_t*>(cuda::device_alloc(bytes));
+      mem_add(category_, int64_t(bytes));
+      break;
+#else
+      fail("a cuda buffer: this build has no cuda backend (built with: ", backends(), ")");
+#endif
+  }
+  bytes_ = bytes;
+}
 
 namespace {
-constexpr size_t kAlign = 16;  // the blocks come from malloc, 16-byte aligned
+constexpr size_t kAlign = 16;  // CPU blocks come from malloc (16-byte aligned), CUDA ones from cudaMalloc (256)
 size_t aligned(size_t bytes) { return (bytes + kAlign - 1) / kAlign * kAlign; }
 }  // namespace
+
+DeviceBuffer& Arena::main() {
+  if (blocks_.empty()) blocks_.emplace_back(device_, 0);
+  return blocks_[0];
+}
 
 void Arena::reserve(std::initializer_list<size_t> piece_bytes) {
   MP_CHECK(used_ == 0 && overflow_ == 0, "Arena::reserve after pieces were handed out");
   size_t total = 0;
   for (size_t b : piece_bytes) total += aligned(b);
-  if (blocks_.empty()) blocks_.push_back(tagged_buffer<uint8_t>(Mem::Workspace));
-  if (total > blocks_[0].size()) resize_for_overwrite(blocks_[0], total);
+  main().resize_for_overwrite(total);
 }
 
 void* Arena::alloc_bytes(size_t bytes) {
   bytes = aligned(bytes);
-  if (blocks_.empty()) blocks_.push_back(tagged_buffer<uint8_t>(Mem::Workspace));
-  Buffer<uint8_t>& main = blocks_[0];
+  DeviceBuffer& m = main();
   // Nothing handed out since the last reset: the main block may simply grow (its old bytes are freed
   // first, so the two are never held together).
-  if (used_ == 0 && overflow_ == 0 && bytes > main.size()) resize_for_overwrite(main, bytes);
-  if (used_ + bytes <= main.size()) {
-    void* p = main.data() + used_;
+  if (used_ == 0 && overflow_ == 0) m.resize_for_overwrite(bytes);
+  if (used_ + bytes <= m.size()) {
+    void* p = m.data() + used_;
     used_ += bytes;
     return p;
   }
   // Overflow: a block of its own (the main block's pieces handed out stay valid), merged at reset().
-  blocks_.push_back(tagged_buffer<uint8_t>(Mem::Workspace, bytes));
+  blocks_.emplace_back(device_, bytes);
   overflow_ += bytes;
   return blocks_.back().data();
 }
@@ -110,14 +162,14 @@ void Arena::reset() {
   if (overflow_ > 0) {  // one block for all that the last sequence of calls needed
     const size_t want = used_ + overflow_;
     blocks_.resize(1);
-    if (want > blocks_[0].size()) resize_for_overwrite(blocks_[0], want);
+    blocks_[0].resize_for_overwrite(want);
   }
   used_ = overflow_ = 0;
 }
 
 size_t Arena::capacity() const {
   size_t c = 0;
-  for (const Buffer<uint8_t>& b : blocks_) c += b.size();
+  for (const DeviceBuffer& b : blocks_) c += b.size();
   return c;
 }
 

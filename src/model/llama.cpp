@@ -37,7 +37,8 @@ LlamaModel<T>::LlamaModel(const LlamaConfig& c, Comm* tp, const PipeStage& stage
       inv_freq_(rope_inv_freq(c)),
       prec_(std::is_same_v<T, double> ? Precision::fp64() : Precision::fp32()),
       wparams_(tagged_buffer<T>(Mem::Params)),
-      ctx_(ctx) {
+      ctx_(ctx),
+      arena_(ctx.device) {
   acts_.resize(lay_.layers.size());
   for (LayerActs& a : acts_) tag(a);
   for (Buffer<T>* b : {&x_final_, &hN_, &rstdN_, &row_lse_, &probs_}) *b = tagged_buffer<T>(Mem::Activations);

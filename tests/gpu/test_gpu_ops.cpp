@@ -80,6 +80,12 @@ void record(const std::string& op, double err, double tol) { rows.push_back({op,
 // the hardware exp, so elementwise ops agree to a few ulp and reductions over C to ~C ulp.
 constexpr double kElementwise = 1e-6, kReduction = 1e-5;
 
+void test_device_memory() {
+  void* p = cuda::device_alloc(1 << 20);
+  record("device_alloc (null pointers)", p == nullptr ? 1 : 0, 0);
+  cuda::device_free(p);
+}
+
 void test_tensor() {
   const int64_t n = 100003;
   const vector<float> x = randn(size_t(n), 1, 3.0f);
@@ -158,7 +164,7 @@ int main() {
   }
   std::printf("test_gpu_ops on %s: CUDA op vs CPU op, max |cuda - cpu| / max |cpu|\n\n", cuda::device_name());
   const std::vector<std::pair<const char*, std::function<void()>>> tests = {
-      {"tensor", test_tensor}, {"rmsnorm", test_rmsnorm}, {"swiglu", test_swiglu}, {"adamw", test_adamw}};
+      {"device memory", test_device_memory}, {"tensor", test_tensor}, {"rmsnorm", test_rmsnorm}, {"swiglu", test_swiglu}, {"adamw", test_adamw}};
   int failed = 0;
   for (const auto& [name, f] : tests) {
     try {

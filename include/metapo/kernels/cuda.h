@@ -14,6 +14,10 @@ bool device_available();
 // The name of device 0 ("" without one), for logs.
 const char* device_name();
 
+// Device memory (tensor.cu): cudaMalloc'd bytes (256-byte aligned), and their release.
+void* device_alloc(size_t bytes);
+void device_free(void* p);
+
 // ---- data movement (tensor.cu) ----
 void copy(float* dst, const float* src, int64_t n, void* stream);
 void fill(float* dst, float value, int64_t n, void* stream);

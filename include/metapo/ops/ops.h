@@ -12,6 +12,7 @@
 #include <cstddef>
 #include <cstdint>
 #include <initializer_list>
+#include <utility>
 #include <vector>
 
 #include "metapo/core/buffer.h"
@@ -22,13 +23,44 @@
 
 namespace metapo::ops {
 
-// A bump allocator for per-call temporaries: alloc() hands out 16-byte aligned pieces of one block,
-// reset() takes them all back. What does not fit gets a block of its own until the next reset, which
-// makes one block of what the last sequence of calls needed; so once shapes settle a step allocates
-// nothing, and the arena holds at most what one sequence of calls needs. Its bytes count as
-// workspace (core/memory.h).
+// Bytes in one device's memory, counted by the memory accountant under a category and freed with the
+// object: a buffer that knows its device. The CPU's come from the huge-page allocator (core/buffer.h),
+// a CUDA device's from cudaMalloc. Not zeroed. Move-only.
+class DeviceBuffer {
+ public:
+  DeviceBuffer() = default;
+  DeviceBuffer(Device device, size_t bytes, Mem category = Mem::Workspace);
+  DeviceBuffer(DeviceBuffer&& o) noexcept { *this = std::move(o); }
+  DeviceBuffer& operator=(DeviceBuffer&& o) noexcept;
+  DeviceBuffer(const DeviceBuffer&) = delete;
+  DeviceBuffer& operator=(const DeviceBuffer&) = delete;
+  ~DeviceBuffer() { release(); }
+  Device device() const { return device_; }
+  Mem category() const { return category_; }
+  size_t size() const { return bytes_; }
+  uint8_t* data() { return data_; }
+  const uint8_t* data() const { return data_; }
+  // At least `bytes` for a caller that overwrites them: when it must grow, the old memory is freed
+  // first (never both held) and exactly `bytes` are allocated.
+  void resize_for_overwrite(size_t bytes);
+
+ private:
+  void release();
+  Device device_ = Device::CPU;
+  Mem category_ = Mem::Workspace;
+  uint8_t* data_ = nullptr;
+  size_t bytes_ = 0;
+};
+
+// A bump allocator for per-call temporaries on one device: alloc() hands out 16-byte aligned pieces of
+// one block, reset() takes them all back. What does not fit gets a block of its own until the next
+// reset, which makes one block of what the last sequence of calls needed; so once shapes settle a
+// step allocates nothing, and the arena holds at most what one sequence of calls needs. Its bytes
+// count as workspace (core/memory.h).
 class Arena {
  public:
+  explicit Arena(Device device = Device::CPU) : device_(device) {}
+  Device device() const { return device_; }
   template <typename T>
   T* alloc(size_t n) {
     return static_cast<T*>(alloc_bytes(n * sizeof(T)));
@@ -42,7 +74,9 @@ class Arena {
 
  private:
   void* alloc_bytes(size_t bytes);
-  std::vector<Buffer<uint8_t>> blocks_;  // blocks_[0] the main block, later ones overflow
+  DeviceBuffer& main();
+  Device device_;
+  std::vector<DeviceBuffer> blocks_;  // blocks_[0] the main block, later ones overflow
   size_t used_ = 0, overflow_ = 0;
 };
 

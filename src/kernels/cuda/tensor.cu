@@ -45,6 +45,14 @@ const char* device_name() {
   return prop.name;
 }
 
+void* device_alloc(size_t bytes) {
+  void* p = nullptr;
+  check(cudaMalloc(&p, bytes), "device_alloc");
+  return p;
+}
+
+void device_free(void* p) { cudaFree(p); }
+
 void copy(float* dst, const float* src, int64_t n, void* stream) {
   if (n > 0) check(cudaMemcpyAsync(dst, src, sizeof(float) * size_t(n), cudaMemcpyDeviceToDevice, as_stream(stream)), "copy");
 }
