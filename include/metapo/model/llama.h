@@ -14,8 +14,9 @@
 // Pipeline parallelism (DESIGN §4): constructed with a PipeStage, the model holds and runs only that
 // stage (its layers; the embedding on the first stage, the final norm and LM head on the last) through
 // forward_stage / backward_stage, which take and give the residual stream at the stage boundaries. The
-// pipeline schedule (train/pipeline.h) moves those between stages. Several micro-batches can be in
-// flight: each activation slot (set_slots / use_slot) keeps one forward for its backward.
+// pipeline schedule (parallel/pipeline_schedule.h, bound to the model in train/pipeline.h) moves those
+// between stages. Several micro-batches can be in flight: each activation slot (set_slots / use_slot)
+// keeps one forward for its backward.
 #pragma once
 #include <cstdint>
 #include <string>
