@@ -87,6 +87,29 @@ TEST(Precision, RecomputationIsBitIdenticalUnderBf16) {
   }
 }
 
+TEST(Precision, ABackwardUsesItsOwnForwardsParametersAfterAnotherForward) {
+  // Slot 0 runs a forward of P1, slot 1 a forward of P2, then slot 0's backward: its gradients are
+  // those of P1 (the bf16 working copy is rounded again from P1), as in a model that saw P1 only.
+  const LlamaConfig c = config();
+  const vector<float> p1 = init_params(c, 4, 0.1), p2 = init_params(c, 5, 0.1);
+  const PackedBatch b = batch();
+  const vector<int32_t> tg = next_token_targets(b, nullptr);
+  vector<float> logp(size_t(b.n_tokens())), dlogp(logp.size(), 0.1f), g(p1.size()), g_ref(p1.size());
+  LlamaModel<float> m(c);
+  m.set_precision(Precision::bf16());
+  m.set_slots(2);
+  m.forward(p1.data(), b, tg.data(), logp.data());
+  m.use_slot(1);
+  m.forward(p2.data(), b, tg.data(), logp.data());
+  m.use_slot(0);
+  m.backward(p1.data(), dlogp.data(), g.data(), false);
+  LlamaModel<float> ref(c);
+  ref.set_precision(Precision::bf16());
+  ref.forward(p1.data(), b, tg.data(), logp.data());
+  ref.backward(p1.data(), dlogp.data(), g_ref.data(), false);
+  EXPECT_EQ(g, g_ref);
+}
+
 TEST(Precision, BadCombinationsAreRefused) {
   const LlamaConfig c = config();
   LlamaModel<float> f(c);

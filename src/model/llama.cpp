@@ -65,6 +65,7 @@ const T* LlamaModel<T>::stored_params(const ops::Context& cx, const T* params) {
     if (prec_.params == DType::BF16) {
       resize(wparams_, int64_t(lay_.total()));
       ops::round_bf16(cx, wparams_.data(), params, int64_t(lay_.total()));
+      rounded_from_ = params;
       return wparams_.data();
     }
   }
@@ -228,6 +229,7 @@ void LlamaModel<T>::forward_stage(const T* params, const PackedBatch& b, const i
     prof_.run("embedding", [&] { vocab_parallel_embedding_forward(cx, x0.data(), w.embed, b.tokens.data(), n, C, shard_, *tp_); });
   else
     prof_.run("embedding", [&] { ops::embedding_forward(cx, ops::Embedding<T>{x0.data(), w.embed, b.tokens.data(), n, C}); });
+  if (st.first) store(x0.data(), n * C);  // exact already when the parameters are bf16 too
 
   for (size_t l = 0; l < acts_.size(); ++l) {
     Buffer<T>& x_out = l + 1 < acts_.size() ? acts_[l + 1].x_in : x_final_;  // the next layer's input
@@ -285,8 +287,10 @@ void LlamaModel<T>::backward_stage(const T* params, const T* dout, T* grads, boo
   const int64_t n = b.n_tokens(), C = c.hidden_size, V = lc_.vocab_size, I = lc_.intermediate_size;
   const int64_t Hq = lc_.num_attention_heads, Hkv = lc_.num_key_value_heads, D = c.head_dim;
   const int64_t Q = lc_.q_dim(), KV = lc_.kv_dim(), QKV = lc_.qkv_dim();
-  // The parameters the forward used: with bf16 parameters, its rounded working copy.
-  const ModelView<const T> w = make_view(lay_, prec_.params == DType::BF16 ? wparams_.data() : params);
+  // The parameters the forward used: with bf16 parameters, their rounded working copy (rounded again
+  // when another buffer was rounded since, e.g. by a forward-only pass of other parameters).
+  const ModelView<const T> w =
+      make_view(lay_, prec_.params == DType::BF16 && params == rounded_from_ ? wparams_.data() : stored_params(cx, params));
   const ModelView<T> g = make_view(lay_, grads);
   // Ghost dot products (DESIGN §6): every parameter gradient is a sum of per-row terms, and a row's
   // terms belong to its own sequence (attention never crosses sequences), so per-row dots with ĝ,

@@ -82,7 +82,7 @@ void vocab_parallel_logprob_forward(const ops::Context& ctx, const VocabParallel
   check_tokens(p.targets, p.n_rows, p.shard.vocab, "vocab_parallel_logprob_forward (targets)");
   const int64_t nr = p.n_rows;
   const size_t n = static_cast<size_t>(nr);
-  ops::Arena local;  // the temporaries: the caller's arena, else one of our own
+  ops::Arena local(ctx.device);  // the temporaries: the caller's arena, else one of our own
   ops::Arena& ar = ctx.arena ? *ctx.arena : local;
   T *mx = ar.alloc<T>(n), *se = ar.alloc<T>(n), *tl = ar.alloc<T>(n);
   ops::logprob_forward_shard(ctx, local_params(p), mx, se, tl, prob_cache);

@@ -89,10 +89,10 @@ std::vector<StagePlan> plan_memory(const PlanInput& in) {
     // double). A backward: the gradient buffers dx, dxn [C], dh [I], dgu [2I], datt [Q], dqkv [QKV],
     // on the last stage the per-row loss coefficients, with MetaPO the per-row ghost dots (double).
     auto r16 = [](int64_t bytes) { return (bytes + 15) / 16 * 16; };
-    const int64_t fwd_arena =
-        st.last ? r16(R * pr.act) + (in.tp > 1 ? 3 * r16(R * pr.act) + r16(8 * R) + r16(16 * R) : 0) : 0;
+    // The log-probabilities, their partials and the loss coefficients are fp32 in every precision.
+    const int64_t fwd_arena = st.last ? r16(R * 4) + (in.tp > 1 ? 3 * r16(R * 4) + r16(8 * R) + r16(16 * R) : 0) : 0;
     const int64_t bwd_arena = 2 * r16(C * nb * pr.act) + r16(I * nb * pr.act) + r16(2 * I * nb * pr.act) +
-                              r16(Q * nb * pr.act) + r16(QKV * nb * pr.act) + (st.last ? r16(Rb * pr.act) : 0) +
+                              r16(Q * nb * pr.act) + r16(QKV * nb * pr.act) + (st.last ? r16(Rb * 4) : 0) +
                               (in.metapo ? r16(8 * nb) : 0);
     add(Mem::Workspace, std::max(fwd_arena, bwd_arena));
     // The pipeline's messages of [tokens, C], held for one pass: in a training pass, toward the next

@@ -171,6 +171,7 @@ class LlamaModel {
   OpProfile prof_;
   Precision prec_;
   Buffer<T> wparams_;  // bf16 parameters: the rounded working copy of the last forward's
+  const T* rounded_from_ = nullptr;  // the buffer wparams_ was rounded from
   const T* stored_params(const ops::Context& cx, const T* params);  // params, or rounded into wparams_
   void store(T* x, int64_t n);  // an activation just written: rounded to the storage precision
   ops::Context ctx_;   // the caller's, with arena_ and prof_ (see ctx())
