@@ -87,15 +87,6 @@ struct Context {
   void* blas = nullptr;    // the device BLAS handle (cublasLtHandle_t); the CPU uses OpenBLAS
   Arena* arena = nullptr;  // temporaries of a call sequence (may be null: callers that need one own one)
   OpProfile* profile = nullptr;  // per-op seconds when enabled (may be null)
-
-  // f() timed under `name` in the profile, when there is one and it is enabled.
-  template <typename F>
-  void timed(const char* name, F&& f) const {
-    if (profile)
-      profile->run(name, f);
-    else
-      f();
-  }
 };
 
 // The backends this build has: "cpu", or "cpu, cuda".
