@@ -1,7 +1,9 @@
 // The ops dispatch (ops/ops.h): each op goes to the backend of its context's device. The CPU backend is
 // kernels/cpu; the CUDA backend (kernels/cuda, built when nvcc is found: METAPO_HAVE_CUDA) takes the
-// ops it has kernels for, in fp32 (MP_DISPATCH_CUDA); the others are refused on a CUDA context with
-// one line naming the op.
+// ops it has kernels for, in fp32 (MP_DISPATCH_CUDA); the others (the decode step's) are refused on a
+// CUDA context with one line naming the op. On a CUDA context every pointer an op takes is device
+// memory (index arrays included), except blocks_to_columns' column table and the rope table (a host
+// RopeTable whose device copy the dispatch makes on first use).
 #include <algorithm>
 #include <type_traits>
 
@@ -18,6 +20,8 @@
 #include "metapo/kernels/tensor.h"
 #include "metapo/ops/ops.h"
 #ifdef METAPO_HAVE_CUDA
+#include <memory>
+
 #include "metapo/kernels/cuda.h"
 #endif
 
@@ -177,24 +181,35 @@ size_t Arena::capacity() const {
 
 template <typename T>
 void gemm(const Context& ctx, const Gemm<T>& a) {
-  MP_DISPATCH("gemm", cpu::gemm<T>(a.ta, a.tb, a.M, a.N, a.K, a.alpha, a.A, a.lda, a.B, a.ldb, a.beta, a.C, a.ldc));
+  MP_DISPATCH_CUDA("gemm", cpu::gemm<T>(a.ta, a.tb, a.M, a.N, a.K, a.alpha, a.A, a.lda, a.B, a.ldb, a.beta, a.C, a.ldc),
+                   cuda::gemm(ctx.blas, a.ta, a.tb, a.M, a.N, a.K, a.alpha, a.A, a.lda, a.B, a.ldb, a.beta, a.C, a.ldc,
+                              nullptr, ctx.stream));
 }
 
 template <typename T>
 void linear_forward(const Context& ctx, const Linear<T>& a) {
-  MP_DISPATCH("linear_forward", cpu::linear_forward(a.y, a.x, a.w, a.b, a.rows, a.in, a.out));
+  MP_DISPATCH_CUDA("linear_forward", cpu::linear_forward(a.y, a.x, a.w, a.b, a.rows, a.in, a.out),
+                   cuda::linear_forward(ctx.blas, a.y, a.x, a.w, a.b, a.rows, a.in, a.out, ctx.stream));
 }
 
 template <typename T>
 void linear_backward(const Context& ctx, const LinearGrad<T>& a) {
   if (a.ghat_w) {
     MP_CHECK(a.seg && a.rdot, "linear_backward: ghost dots need segments and rdot");
-    MP_DISPATCH("linear_backward", cpu::linear_backward_ghost(a.dx, a.dw, a.db, a.dy, a.x, a.w, a.rows, a.in, a.out,
-                                                              a.accumulate, a.ghat_w, a.ghat_b, a.seg, a.n_seg,
-                                                              a.rdot));
+    MP_DISPATCH_CUDA("linear_backward",
+                     cpu::linear_backward_ghost(a.dx, a.dw, a.db, a.dy, a.x, a.w, a.rows, a.in, a.out, a.accumulate,
+                                                a.ghat_w, a.ghat_b, a.seg, a.n_seg, a.rdot),
+                     {
+                       cuda::linear_ghost_dots(ctx.blas, a.x, a.dy, a.ghat_w, a.ghat_b, a.rows, a.in, a.out, a.seg,
+                                               a.n_seg, a.rdot, ctx.stream);
+                       cuda::linear_backward(ctx.blas, a.dx, a.dw, a.db, a.dy, a.x, a.w, a.rows, a.in, a.out,
+                                             a.accumulate, ctx.stream);
+                     });
   }
-  MP_DISPATCH("linear_backward",
-              cpu::linear_backward(a.dx, a.dw, a.db, a.dy, a.x, a.w, a.rows, a.in, a.out, a.accumulate));
+  MP_DISPATCH_CUDA("linear_backward",
+                   cpu::linear_backward(a.dx, a.dw, a.db, a.dy, a.x, a.w, a.rows, a.in, a.out, a.accumulate),
+                   cuda::linear_backward(ctx.blas, a.dx, a.dw, a.db, a.dy, a.x, a.w, a.rows, a.in, a.out, a.accumulate,
+                                         ctx.stream));
 }
 
 void linear_rows(const Context& ctx, const Linear<float>& a) {
@@ -217,12 +232,32 @@ void rmsnorm_backward(const Context& ctx, const RmsNormGrad<T>& a) {
 
 template <typename T>
 void rmsnorm_ghost_dots(const Context& ctx, const RmsNormGhost<T>& a) {
-  MP_DISPATCH("rmsnorm_ghost_dots", cpu::rmsnorm_ghost_dots(a.dy, a.x, a.rstd, a.ghat_w, a.rows, a.C, a.rdot));
+  MP_DISPATCH_CUDA("rmsnorm_ghost_dots", cpu::rmsnorm_ghost_dots(a.dy, a.x, a.rstd, a.ghat_w, a.rows, a.C, a.rdot),
+                   cuda::rmsnorm_ghost_dots(a.dy, a.x, a.rstd, a.ghat_w, a.rows, a.C, a.rdot, ctx.stream));
 }
+
+#ifdef METAPO_HAVE_CUDA
+namespace {
+// The device copy of a rope table, [cos | sin], made on first use and kept with the table.
+const float* device_rope_table(const RopeTable<float>& t) {
+  if (!t.device_copy) {
+    const size_t n = t.cos.size();
+    auto* p = static_cast<float*>(cuda::device_alloc(2 * n * sizeof(float)));
+    t.device_copy = std::shared_ptr<void>(p, cuda::device_free);
+    cuda::to_device(p, t.cos.data(), n * sizeof(float));
+    cuda::to_device(p + n, t.sin.data(), n * sizeof(float));
+  }
+  return static_cast<const float*>(t.device_copy.get());
+}
+}  // namespace
+#endif
 
 template <typename T>
 void rope(const Context& ctx, const Rope<T>& a) {
-  MP_DISPATCH("rope", cpu::rope_apply(a.x, a.rows, a.heads, a.D, a.ld, a.pos, *a.table, a.inverse));
+  MP_DISPATCH_CUDA("rope", cpu::rope_apply(a.x, a.rows, a.heads, a.D, a.ld, a.pos, *a.table, a.inverse), {
+    const float* tab = device_rope_table(*a.table);
+    cuda::rope(a.x, a.rows, a.heads, a.D, a.ld, a.pos, tab, tab + a.table->cos.size(), a.inverse, ctx.stream);
+  });
 }
 
 template <typename T>
@@ -245,18 +280,27 @@ cpu::AttentionParams<T> cpu_attention(const Attention<T>& a) {
   return {a.q,      a.k,          a.v,       a.ld_qkv,  a.out,      a.ld_out,     a.lse,
           a.cu_seqlens, a.n_seqs, a.n_tokens, a.n_heads, a.n_kv_heads, a.head_dim, a.scale};
 }
+
+#ifdef METAPO_HAVE_CUDA
+cuda::AttentionArgs cuda_attention(const Attention<float>& a) {
+  return {a.q,          a.k,      a.v,        a.ld_qkv,  a.out,        a.ld_out,     a.lse,
+          a.cu_seqlens, a.n_seqs, a.n_tokens, a.n_heads, a.n_kv_heads, a.head_dim, a.scale};
+}
+#endif
 }  // namespace
 
 template <typename T>
 void attention_forward(const Context& ctx, const Attention<T>& a) {
-  MP_DISPATCH("attention_forward", cpu::attention_forward(cpu_attention(a)));
+  MP_DISPATCH_CUDA("attention_forward", cpu::attention_forward(cpu_attention(a)),
+                   cuda::attention_forward(cuda_attention(a), ctx.stream));
 }
 
 template <typename T>
 void attention_backward(const Context& ctx, const Attention<T>& fwd, const AttentionGrad<T>& a) {
-  MP_DISPATCH("attention_backward",
-              cpu::attention_backward(cpu_attention(fwd),
-                                      cpu::AttentionGradParams<T>{a.dout, a.dq, a.dk, a.dv, a.ld_dqkv}));
+  MP_DISPATCH_CUDA("attention_backward",
+                   cpu::attention_backward(cpu_attention(fwd),
+                                           cpu::AttentionGradParams<T>{a.dout, a.dq, a.dk, a.dv, a.ld_dqkv}),
+                   cuda::attention_backward(cuda_attention(fwd), a.dout, a.dq, a.dk, a.dv, a.ld_dqkv, ctx.stream));
 }
 
 void decode_attention(const Context& ctx, const DecodeAttention& a) {
@@ -270,18 +314,22 @@ void decode_attention(const Context& ctx, const DecodeAttention& a) {
 
 template <typename T>
 void embedding_forward(const Context& ctx, const Embedding<T>& a) {
-  MP_DISPATCH("embedding_forward", cpu::embedding_forward(a.x, a.E, a.tokens, a.n, a.C, a.row_begin, a.row_end));
+  MP_DISPATCH_CUDA("embedding_forward", cpu::embedding_forward(a.x, a.E, a.tokens, a.n, a.C, a.row_begin, a.row_end),
+                   cuda::embedding_forward(a.x, a.E, a.tokens, a.n, a.C, a.row_begin, a.row_end, ctx.stream));
 }
 
 template <typename T>
 void embedding_backward(const Context& ctx, const EmbeddingGrad<T>& a) {
-  MP_DISPATCH("embedding_backward", cpu::embedding_backward(a.dE, a.dx, a.tokens, a.n, a.C, a.row_begin, a.row_end));
+  MP_DISPATCH_CUDA("embedding_backward", cpu::embedding_backward(a.dE, a.dx, a.tokens, a.n, a.C, a.row_begin, a.row_end),
+                   cuda::embedding_backward(a.dE, a.dx, a.tokens, a.n, a.C, a.row_begin, a.row_end, ctx.stream));
 }
 
 template <typename T>
 void embedding_ghost_dots(const Context& ctx, const EmbeddingGhost<T>& a) {
-  MP_DISPATCH("embedding_ghost_dots",
-              cpu::embedding_ghost_dots(a.dx, a.tokens, a.ghat, a.n, a.C, a.rdot, a.row_begin, a.row_end));
+  MP_DISPATCH_CUDA("embedding_ghost_dots",
+                   cpu::embedding_ghost_dots(a.dx, a.tokens, a.ghat, a.n, a.C, a.rdot, a.row_begin, a.row_end),
+                   cuda::embedding_ghost_dots(a.dx, a.tokens, a.ghat, a.n, a.C, a.rdot, a.row_begin, a.row_end,
+                                              ctx.stream));
 }
 
 // ---- log-probabilities ----
@@ -291,39 +339,54 @@ template <typename T>
 cpu::LogprobParams<T> cpu_logprob(const Logprob<T>& a) {
   return {a.h, a.W, a.C, a.V, a.rows, a.targets, a.n_rows};
 }
+#ifdef METAPO_HAVE_CUDA
+cuda::LogprobArgs cuda_logprob(const Logprob<float>& a) {
+  return {a.h, a.W, a.C, a.V, a.rows, a.targets, a.n_rows, a.vocab_begin};
+}
+#endif
 }  // namespace
 
 template <typename T>
 void logprob_forward(const Context& ctx, const Logprob<T>& a, T* logp, T* lse, T* prob_cache) {
   MP_CHECK(a.vocab_begin == 0, "logprob_forward: a vocabulary shard (use logprob_forward_shard)");
-  MP_DISPATCH("logprob_forward", cpu::logprob_forward(cpu_logprob(a), logp, lse, prob_cache));
+  MP_DISPATCH_CUDA("logprob_forward", cpu::logprob_forward(cpu_logprob(a), logp, lse, prob_cache),
+                   cuda::logprob_forward(ctx.blas, cuda_logprob(a), logp, lse, prob_cache, ctx.stream));
 }
 
 template <typename T>
 void logprob_forward_shard(const Context& ctx, const Logprob<T>& a, T* row_max, T* row_sumexp, T* target_logit,
                            T* prob_cache) {
-  MP_DISPATCH("logprob_forward_shard", cpu::logprob_forward_shard(cpu_logprob(a), a.vocab_begin, row_max, row_sumexp,
-                                                                  target_logit, prob_cache));
+  MP_DISPATCH_CUDA("logprob_forward_shard",
+                   cpu::logprob_forward_shard(cpu_logprob(a), a.vocab_begin, row_max, row_sumexp, target_logit,
+                                              prob_cache),
+                   cuda::logprob_forward_shard(ctx.blas, cuda_logprob(a), row_max, row_sumexp, target_logit,
+                                               prob_cache, ctx.stream));
 }
 
 template <typename T>
 void logprob_shard_partials(const Context& ctx, const T* row_max, const T* row_sumexp, const T* target_logit,
                             const double* gmax, double* red, int64_t n_rows) {
-  MP_DISPATCH("logprob_shard_partials", cpu::logprob_shard_partials(row_max, row_sumexp, target_logit, gmax, red, n_rows));
+  MP_DISPATCH_CUDA("logprob_shard_partials",
+                   cpu::logprob_shard_partials(row_max, row_sumexp, target_logit, gmax, red, n_rows),
+                   cuda::logprob_shard_partials(row_max, row_sumexp, target_logit, gmax, red, n_rows, ctx.stream));
 }
 
 template <typename T>
 void logprob_shard_finish(const Context& ctx, const T* row_max, const T* row_sumexp, const double* gmax,
                           const double* red, T* lse, T* logp, T* prob_cache, int64_t n_rows, int64_t V) {
-  MP_DISPATCH("logprob_shard_finish",
-              cpu::logprob_shard_finish(row_max, row_sumexp, gmax, red, lse, logp, prob_cache, n_rows, V));
+  MP_DISPATCH_CUDA("logprob_shard_finish",
+                   cpu::logprob_shard_finish(row_max, row_sumexp, gmax, red, lse, logp, prob_cache, n_rows, V),
+                   cuda::logprob_shard_finish(row_max, row_sumexp, gmax, red, lse, logp, prob_cache, n_rows, V,
+                                              ctx.stream));
 }
 
 template <typename T>
 void logprob_backward(const Context& ctx, const Logprob<T>& fwd, const LogprobGrad<T>& a) {
-  MP_DISPATCH("logprob_backward",
-              cpu::logprob_backward_shard(cpu_logprob(fwd), fwd.vocab_begin, a.coef, a.lse, a.prob_cache, a.dh, a.dW,
-                                          a.accumulate, a.ghat, a.row_dot));
+  MP_DISPATCH_CUDA("logprob_backward",
+                   cpu::logprob_backward_shard(cpu_logprob(fwd), fwd.vocab_begin, a.coef, a.lse, a.prob_cache, a.dh,
+                                               a.dW, a.accumulate, a.ghat, a.row_dot),
+                   cuda::logprob_backward(ctx.blas, cuda_logprob(fwd), a.coef, a.lse, a.prob_cache, a.dh, a.dW,
+                                          a.accumulate, a.ghat, a.row_dot, ctx.stream));
 }
 
 // ---- data movement ----
@@ -338,18 +401,19 @@ void fill(const Context& ctx, T* dst, T value, int64_t n) {
 }
 template <typename T>
 void gather(const Context& ctx, T* dst, const T* src, const int32_t* idx, int64_t n) {
-  MP_DISPATCH("gather", cpu::gather(dst, src, idx, n));
+  MP_DISPATCH_CUDA("gather", cpu::gather(dst, src, idx, n), cuda::gather(dst, src, idx, n, ctx.stream));
 }
 template <typename T>
 void scatter(const Context& ctx, T* dst, int64_t n_dst, const T* src, const int32_t* idx, int64_t n) {
-  MP_DISPATCH("scatter", cpu::scatter(dst, n_dst, src, idx, n));
+  MP_DISPATCH_CUDA("scatter", cpu::scatter(dst, n_dst, src, idx, n), cuda::scatter(dst, n_dst, src, idx, n, ctx.stream));
 }
 void segment_sum(const Context& ctx, double* out, const double* x, const int64_t* cu, int64_t n_seg) {
-  MP_DISPATCH("segment_sum", cpu::segment_sum(out, x, cu, n_seg));
+  using T = float;  // (the CUDA kernel is the double one; T only gates MP_DISPATCH_CUDA)
+  MP_DISPATCH_CUDA("segment_sum", cpu::segment_sum(out, x, cu, n_seg), cuda::segment_sum(out, x, cu, n_seg, ctx.stream));
 }
 template <typename T>
 void widen(const Context& ctx, double* dst, const T* src, int64_t n) {
-  MP_DISPATCH("widen", cpu::widen(dst, src, n));
+  MP_DISPATCH_CUDA("widen", cpu::widen(dst, src, n), cuda::widen(dst, src, n, ctx.stream));
 }
 void round_bf16(const Context& ctx, float* dst, const float* src, int64_t n) {
   using T = float;
@@ -357,20 +421,23 @@ void round_bf16(const Context& ctx, float* dst, const float* src, int64_t n) {
 }
 template <typename T>
 void add(const Context& ctx, T* x, const T* y, int64_t n) {
-  MP_DISPATCH("add", cpu::add(x, y, n));
+  MP_DISPATCH_CUDA("add", cpu::add(x, y, n), cuda::add(x, y, n, ctx.stream));
 }
 template <typename T>
 void copy_rows(const Context& ctx, T* const* dst, const T* src, int64_t ld_src, int64_t width, int64_t n) {
-  MP_DISPATCH("copy_rows", cpu::copy_rows(dst, src, ld_src, width, n));
+  MP_DISPATCH_CUDA("copy_rows", cpu::copy_rows(dst, src, ld_src, width, n),
+                   cuda::copy_rows(dst, src, ld_src, width, n, ctx.stream));
 }
 template <typename T>
 void copy_2d(const Context& ctx, T* dst, int64_t ld_dst, const T* src, int64_t ld_src, int64_t width, int64_t rows) {
-  MP_DISPATCH("copy_2d", cpu::copy_2d(dst, ld_dst, src, ld_src, width, rows));
+  MP_DISPATCH_CUDA("copy_2d", cpu::copy_2d(dst, ld_dst, src, ld_src, width, rows),
+                   cuda::copy_2d(dst, ld_dst, src, ld_src, width, rows, ctx.stream));
 }
 template <typename T>
 void blocks_to_columns(const Context& ctx, T* dst, int64_t ld_dst, const T* src, int64_t block, int64_t rows,
                        const int64_t* col0, const int64_t* widths, int64_t n_blocks) {
-  MP_DISPATCH("blocks_to_columns", cpu::blocks_to_columns(dst, ld_dst, src, block, rows, col0, widths, n_blocks));
+  MP_DISPATCH_CUDA("blocks_to_columns", cpu::blocks_to_columns(dst, ld_dst, src, block, rows, col0, widths, n_blocks),
+                   cuda::blocks_to_columns(dst, ld_dst, src, block, rows, col0, widths, n_blocks, ctx.stream));
 }
 
 // ---- optimizer arithmetic ----
@@ -388,15 +455,23 @@ void scale(const Context& ctx, float* x, float f, size_t n) {
 }
 double sum_squares(const Context& ctx, const float* x, size_t n) {
   if (ctx.device == Device::CPU) return cpu::sum_squares(x, n);
+#ifdef METAPO_HAVE_CUDA
+  if (ctx.device == Device::CUDA) return cuda::sum_squares(x, n, ctx.stream);
+#endif
   no_backend(ctx, "sum_squares");
 }
 bool all_finite(const Context& ctx, const float* x, size_t n) {
   if (ctx.device == Device::CPU) return cpu::all_finite(x, n);
+#ifdef METAPO_HAVE_CUDA
+  if (ctx.device == Device::CUDA) return cuda::all_finite(x, n, ctx.stream);
+#endif
   no_backend(ctx, "all_finite");
 }
 void adam_precondition(const Context& ctx, float* s, const float* v, size_t n, float b2, float b2c, float bc2,
                        float eps) {
-  MP_DISPATCH("adam_precondition", cpu::adam_precondition(s, v, n, b2, b2c, bc2, eps));
+  using T = float;
+  MP_DISPATCH_CUDA("adam_precondition", cpu::adam_precondition(s, v, n, b2, b2c, bc2, eps),
+                   cuda::adam_precondition(s, v, n, b2, b2c, bc2, eps, ctx.stream));
 }
 
 #undef MP_DISPATCH

@@ -2,6 +2,7 @@
 // dimension D, element i pairs with element i + D/2 and turns by angle pos * inv_freq[i].
 #pragma once
 #include <cstdint>
+#include <memory>
 #include <vector>
 
 
@@ -13,6 +14,8 @@ template <typename T>
 struct RopeTable {
   int64_t half = 0, max_pos = 0;
   std::vector<T> cos, sin;
+  // A device backend's copy of [cos | sin], made on first use there and dropped by build().
+  mutable std::shared_ptr<void> device_copy;
   void build(const std::vector<double>& inv_freq, int64_t max_pos);
 };
 

@@ -7,6 +7,7 @@ namespace metapo {
 
 template <typename T>
 void RopeTable<T>::build(const std::vector<double>& inv_freq, int64_t mp) {
+  device_copy.reset();
   half = int64_t(inv_freq.size());
   max_pos = mp;
   cos.resize(size_t(mp * half));

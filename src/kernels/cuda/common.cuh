@@ -1,4 +1,5 @@
-// Shared by the CUDA kernels: error checks that throw metapo::Error naming the op, launch geometry.
+// Shared by the CUDA kernels: error checks that throw metapo::Error naming the op, launch geometry,
+// block reductions with a fixed tree, and stream-ordered scratch memory.
 #pragma once
 #include <cuda_runtime.h>
 
@@ -21,5 +22,57 @@ inline unsigned blocks_for(int64_t n, int threads = 256) {
   const int64_t b = (n + threads - 1) / threads;
   return unsigned(b < 1 ? 1 : (b > 65535 * 32 ? 65535 * 32 : b));
 }
+
+// for (i in [0, n)) over the whole grid.
+#define MP_GRID_LOOP(i, n) \
+  for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < (n); i += int64_t(gridDim.x) * blockDim.x)
+
+// The sum of every thread's v over the block (blockDim.x a power of two, at most 1024), the same tree
+// on every launch; every thread gets the result. shared: blockDim.x elements.
+template <typename T>
+__device__ T block_sum(T v, T* shared) {
+  shared[threadIdx.x] = v;
+  __syncthreads();
+  for (unsigned s = blockDim.x / 2; s > 0; s /= 2) {
+    if (threadIdx.x < s) shared[threadIdx.x] += shared[threadIdx.x + s];
+    __syncthreads();
+  }
+  const T r = shared[0];
+  __syncthreads();
+  return r;
+}
+
+template <typename T>
+__device__ T block_max(T v, T* shared) {
+  shared[threadIdx.x] = v;
+  __syncthreads();
+  for (unsigned s = blockDim.x / 2; s > 0; s /= 2) {
+    if (threadIdx.x < s) shared[threadIdx.x] = fmax(shared[threadIdx.x], shared[threadIdx.x + s]);
+    __syncthreads();
+  }
+  const T r = shared[0];
+  __syncthreads();
+  return r;
+}
+
+// Temporary device memory for one launcher, stream-ordered (cudaMallocAsync from the device's pool, freed
+// on the stream after the work queued with it), so no synchronization and no hold past the call.
+template <typename T>
+class Scratch {
+ public:
+  Scratch(size_t n, void* stream) : stream_(as_stream(stream)) {
+    if (n) check(cudaMallocAsync(reinterpret_cast<void**>(&p_), n * sizeof(T), stream_), "scratch allocation");
+  }
+  ~Scratch() {
+    if (p_) cudaFreeAsync(p_, stream_);
+  }
+  Scratch(const Scratch&) = delete;
+  Scratch& operator=(const Scratch&) = delete;
+  T* get() const { return p_; }
+
+ private:
+  T* p_ = nullptr;
+  cudaStream_t stream_;
+};
 
 }  // namespace metapo::cuda

@@ -1,6 +1,6 @@
 // RMSNorm forward and backward: one block per row, the row's sums reduced in shared memory by a fixed
 // tree (so a row's result does not depend on the launch); the weight gradient one thread per column,
-// summing the rows in order (no atomics).
+// summing the rows in order (no atomics); the ghost dots one block per row, in double.
 #include "common.cuh"
 #include "metapo/kernels/cuda.h"
 
@@ -9,19 +9,6 @@ namespace metapo::cuda {
 namespace {
 
 constexpr int kThreads = 256;
-
-// The block's sum of v (every thread passes its partial); every thread gets the result.
-__device__ float block_sum(float v, float* shared) {
-  shared[threadIdx.x] = v;
-  __syncthreads();
-  for (int s = kThreads / 2; s > 0; s /= 2) {
-    if (int(threadIdx.x) < s) shared[threadIdx.x] += shared[threadIdx.x + s];
-    __syncthreads();
-  }
-  const float r = shared[0];
-  __syncthreads();
-  return r;
-}
 
 __global__ void forward_kernel(float* y, float* rstd, const float* x, const float* w, int64_t C, float eps) {
   __shared__ float shared[kThreads];
@@ -60,6 +47,16 @@ __global__ void backward_dw_kernel(float* dw, const float* dy, const float* x, c
   dw[c] += s;
 }
 
+__global__ void ghost_kernel(const float* dy, const float* x, const float* rstd, const float* ghat_w, int64_t C,
+                             double* rdot) {
+  __shared__ double shared[kThreads];
+  const int64_t i = blockIdx.x;
+  double s = 0;
+  for (int64_t c = threadIdx.x; c < C; c += kThreads) s += double(ghat_w[c]) * double(dy[i * C + c]) * double(x[i * C + c]);
+  s = block_sum(s, shared);
+  if (threadIdx.x == 0) rdot[i] += s * double(rstd[i]);
+}
+
 }  // namespace
 
 void rmsnorm_forward(float* y, float* rstd, const float* x, const float* w, int64_t n, int64_t C, double eps,
@@ -76,6 +73,13 @@ void rmsnorm_backward(float* dx, float* dw, const float* dy, const float* x, con
   check_launch("rmsnorm_backward (dx)");
   backward_dw_kernel<<<unsigned((C + kThreads - 1) / kThreads), kThreads, 0, as_stream(stream)>>>(dw, dy, x, rstd, n, C);
   check_launch("rmsnorm_backward (dw)");
+}
+
+void rmsnorm_ghost_dots(const float* dy, const float* x, const float* rstd, const float* ghat_w, int64_t n,
+                        int64_t C, double* rdot, void* stream) {
+  if (n <= 0) return;
+  ghost_kernel<<<unsigned(n), kThreads, 0, as_stream(stream)>>>(dy, x, rstd, ghat_w, C, rdot);
+  check_launch("rmsnorm_ghost_dots");
 }
 
 }  // namespace metapo::cuda

@@ -7,7 +7,7 @@ namespace metapo::cuda {
 namespace {
 
 __global__ void forward_kernel(float* h, const float* gu, int64_t n, int64_t I) {
-  for (int64_t k = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; k < n * I; k += int64_t(gridDim.x) * blockDim.x) {
+  MP_GRID_LOOP(k, n * I) {
     const int64_t t = k / I, i = k % I;
     const float g = gu[t * 2 * I + i], u = gu[t * 2 * I + I + i];
     h[k] = g / (1.0f + expf(-g)) * u;
@@ -16,7 +16,7 @@ __global__ void forward_kernel(float* h, const float* gu, int64_t n, int64_t I) 
 
 // silu(g) = g s, s = sigmoid(g); d silu / dg = s (1 + g (1 - s)).
 __global__ void backward_kernel(float* dgu, const float* dh, const float* gu, int64_t n, int64_t I) {
-  for (int64_t k = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; k < n * I; k += int64_t(gridDim.x) * blockDim.x) {
+  MP_GRID_LOOP(k, n * I) {
     const int64_t t = k / I, i = k % I;
     const float g = gu[t * 2 * I + i], u = gu[t * 2 * I + I + i];
     const float s = 1.0f / (1.0f + expf(-g));

@@ -1,4 +1,5 @@
-// Data movement on the device: copies, fills, bf16 rounding and casts.
+// Data movement on the device: copies, fills, bf16 rounding and casts, gathers and scatters, per-segment
+// sums, strided copies.
 #include <cuda_bf16.h>
 
 #include "common.cuh"
@@ -9,26 +10,68 @@ namespace metapo::cuda {
 namespace {
 
 __global__ void fill_kernel(float* dst, float value, int64_t n) {
-  for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < n; i += int64_t(gridDim.x) * blockDim.x)
+  MP_GRID_LOOP(i, n)
     dst[i] = value;
 }
 
 __global__ void round_bf16_kernel(float* dst, const float* src, int64_t n) {
-  for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < n; i += int64_t(gridDim.x) * blockDim.x)
+  MP_GRID_LOOP(i, n)
     dst[i] = __bfloat162float(__float2bfloat16_rn(src[i]));
 }
 
 __global__ void to_bf16_kernel(uint16_t* dst, const float* src, int64_t n) {
-  for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < n; i += int64_t(gridDim.x) * blockDim.x)
+  MP_GRID_LOOP(i, n)
     dst[i] = __bfloat16_as_ushort(__float2bfloat16_rn(src[i]));
 }
 
 __global__ void from_bf16_kernel(float* dst, const uint16_t* src, int64_t n) {
-  for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < n; i += int64_t(gridDim.x) * blockDim.x)
+  MP_GRID_LOOP(i, n)
     dst[i] = __bfloat162float(__ushort_as_bfloat16(src[i]));
 }
 
+__global__ void gather_kernel(float* dst, const float* src, const int32_t* idx, int64_t n) {
+  MP_GRID_LOOP(i, n) dst[i] = src[idx[i]];
+}
+
+__global__ void scatter_kernel(float* dst, const float* src, const int32_t* idx, int64_t n) {
+  MP_GRID_LOOP(i, n) dst[idx[i]] = src[i];
+}
+
+// One thread per segment, summing in index order (the CPU's order: bit-identical).
+__global__ void segment_sum_kernel(double* out, const double* x, const int64_t* cu, int64_t n_seg) {
+  MP_GRID_LOOP(s, n_seg) {
+    double acc = 0;
+    for (int64_t i = cu[s]; i < cu[s + 1]; ++i) acc += x[i];
+    out[s] = acc;
+  }
+}
+
+__global__ void widen_kernel(double* dst, const float* src, int64_t n) {
+  MP_GRID_LOOP(i, n) dst[i] = double(src[i]);
+}
+
+__global__ void add_kernel(float* x, const float* y, int64_t n) {
+  MP_GRID_LOOP(i, n) x[i] += y[i];
+}
+
+__global__ void copy_rows_kernel(float* const* dst, const float* src, int64_t ld_src, int64_t width, int64_t n) {
+  MP_GRID_LOOP(k, n * width) {
+    const int64_t i = k / width, c = k % width;
+    dst[i][c] = src[i * ld_src + c];
+  }
+}
+
 }  // namespace
+
+void synchronize(void* stream) { check(cudaStreamSynchronize(as_stream(stream)), "stream synchronize"); }
+
+void to_device(void* dst, const void* src, size_t bytes) {
+  if (bytes) check(cudaMemcpy(dst, src, bytes, cudaMemcpyHostToDevice), "copy to device");
+}
+
+void to_host(void* dst, const void* src, size_t bytes) {
+  if (bytes) check(cudaMemcpy(dst, src, bytes, cudaMemcpyDeviceToHost), "copy to host");
+}
 
 bool device_available() {
   int n = 0;
@@ -79,6 +122,56 @@ void cast_bf16_to_f32(float* dst, const uint16_t* src, int64_t n, void* stream) 
   if (n <= 0) return;
   from_bf16_kernel<<<blocks_for(n), 256, 0, as_stream(stream)>>>(dst, src, n);
   check_launch("cast_bf16_to_f32");
+}
+
+void gather(float* dst, const float* src, const int32_t* idx, int64_t n, void* stream) {
+  if (n <= 0) return;
+  gather_kernel<<<blocks_for(n), 256, 0, as_stream(stream)>>>(dst, src, idx, n);
+  check_launch("gather");
+}
+
+void scatter(float* dst, int64_t n_dst, const float* src, const int32_t* idx, int64_t n, void* stream) {
+  fill(dst, 0.0f, n_dst, stream);
+  if (n <= 0) return;
+  scatter_kernel<<<blocks_for(n), 256, 0, as_stream(stream)>>>(dst, src, idx, n);
+  check_launch("scatter");
+}
+
+void segment_sum(double* out, const double* x, const int64_t* cu, int64_t n_seg, void* stream) {
+  if (n_seg <= 0) return;
+  segment_sum_kernel<<<blocks_for(n_seg, 128), 128, 0, as_stream(stream)>>>(out, x, cu, n_seg);
+  check_launch("segment_sum");
+}
+
+void widen(double* dst, const float* src, int64_t n, void* stream) {
+  if (n <= 0) return;
+  widen_kernel<<<blocks_for(n), 256, 0, as_stream(stream)>>>(dst, src, n);
+  check_launch("widen");
+}
+
+void add(float* x, const float* y, int64_t n, void* stream) {
+  if (n <= 0) return;
+  add_kernel<<<blocks_for(n), 256, 0, as_stream(stream)>>>(x, y, n);
+  check_launch("add");
+}
+
+void copy_rows(float* const* dst, const float* src, int64_t ld_src, int64_t width, int64_t n, void* stream) {
+  if (n <= 0 || width <= 0) return;
+  copy_rows_kernel<<<blocks_for(n * width), 256, 0, as_stream(stream)>>>(dst, src, ld_src, width, n);
+  check_launch("copy_rows");
+}
+
+void copy_2d(float* dst, int64_t ld_dst, const float* src, int64_t ld_src, int64_t width, int64_t rows, void* stream) {
+  if (rows <= 0 || width <= 0) return;
+  check(cudaMemcpy2DAsync(dst, sizeof(float) * size_t(ld_dst), src, sizeof(float) * size_t(ld_src),
+                          sizeof(float) * size_t(width), size_t(rows), cudaMemcpyDeviceToDevice, as_stream(stream)),
+        "copy_2d");
+}
+
+void blocks_to_columns(float* dst, int64_t ld_dst, const float* src, int64_t block, int64_t rows, const int64_t* col0,
+                       const int64_t* widths, int64_t n_blocks, void* stream) {
+  for (int64_t r = 0; r < n_blocks; ++r)
+    copy_2d(dst + col0[r], ld_dst, src + r * block, widths[r], widths[r], rows, stream);
 }
 
 }  // namespace metapo::cuda
