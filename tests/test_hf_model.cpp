@@ -8,6 +8,7 @@
 #include <fstream>
 #include <random>
 
+#include "metapo/model/config_json.h"
 #include "metapo/core/error.h"
 #include "metapo/core/half.h"
 #include "metapo/io/hf_model.h"

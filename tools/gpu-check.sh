@@ -1,27 +1,44 @@
 #!/usr/bin/env bash
-# The GPU check, in one call on a lent device machine (which has the CUDA toolkit but not MPI, HDF5,
-# Boost or OpenBLAS): builds the CUDA kernels and the GPU tests as a project of their own
-# (tests/gpu), runs them, prints one table and writes every log to $OUT (default runs/gpu-check).
-# Within 8 minutes. On a machine without a GPU it builds the same and reports the tests skipped (a dry
+# The GPU check, in one call on a lent device machine (which has the CUDA toolkit and PyTorch but not
+# MPI, HDF5, Boost or OpenBLAS): builds the CUDA kernels, the model and the GPU tests and benchmark as a
+# project of their own (tests/gpu), runs
+#   1. test_gpu_ops     every CUDA op against the CPU op;
+#   2. test_gpu_model   the model on CUDA against the CPU (tiny and bench-28m shapes: log-probs, every
+#                       gradient, ghost dots, fp32 and bf16, a rerun bit for bit, 50 DPO and 50
+#                       weighted steps' loss curves);
+#   3. bench_gpu_model  fwd+bwd, DPO and MetaPO steps of the 1.3B shape (configs/presets/gpu-1.3b.ini)
+#                       on packed 2048-token sequences: tokens/s, TFLOP/s, MFU;
+#   4. tools/bench_torch.py, the same shape in PyTorch + transformers (bf16 autocast, SDPA), same run;
+# then prints one table and writes every log to $OUT (default runs/gpu-check). Within 8 minutes on an
+# H100/H200. On a machine without a GPU it builds the same and reports the GPU steps skipped (a dry
 # run: `tools/gpu-check.sh` here checks that it would build there).
 #   OUT=/some/dir tools/gpu-check.sh
 #   ARCH=90 tools/gpu-check.sh        # the architectures to build for (default: 80;90)
-set -euo pipefail
+#   SANITIZE=1 tools/gpu-check.sh     # also compute-sanitizer memcheck on test_gpu_ops
+#   BATCH=4 SEQ=2048 tools/gpu-check.sh  # the benchmark's sequences per step and their length
+set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-runs/gpu-check}
 ARCH=${ARCH:-80;90}
 BUILD=${BUILD:-build-gpu}
+BATCH=${BATCH:-4}
+SEQ=${SEQ:-2048}
 mkdir -p "$OUT"
-log() { echo "gpu-check: $*" | tee -a "$OUT/summary.txt"; }
 : > "$OUT/summary.txt"
+log() { echo "gpu-check: $*" | tee -a "$OUT/summary.txt"; }
 command -v nvcc >/dev/null || PATH=/usr/local/cuda/bin:$PATH
 command -v nvcc >/dev/null || { log "error: nvcc not found (CUDA toolkit in /usr/local/cuda?)"; exit 1; }
+# cuBLASLt is dlopen'd at run time: the toolkit's library folders on the loader's path.
+cuda_root=$(dirname "$(dirname "$(command -v nvcc)")")
+export LD_LIBRARY_PATH="$cuda_root/lib64:$cuda_root/lib:${LD_LIBRARY_PATH:-}"
 log "$(date -u +%FT%TZ) on $(hostname): $(nvcc --version | tail -1)"
+gpu=0
 if command -v nvidia-smi >/dev/null && nvidia-smi -L >/dev/null 2>&1; then
+  gpu=1
   nvidia-smi -L | tee -a "$OUT/summary.txt"
   nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.max.sm --format=csv | tee "$OUT/nvidia-smi.csv"
 else
-  log "no GPU visible (nvidia-smi): a dry run, the tests report skipped"
+  log "no GPU visible (nvidia-smi): a dry run, the GPU steps report skipped"
 fi
 start=$SECONDS
 log "building tests/gpu for sm ${ARCH} into $BUILD"
@@ -32,14 +49,47 @@ if ! { cmake -S tests/gpu -B "$BUILD" -DCMAKE_BUILD_TYPE=Release "-DCMAKE_CUDA_A
   exit 1
 fi
 log "built in $((SECONDS - start)) s"
-status=0
-timeout 300 "$BUILD/tests/gpu/test_gpu_ops" >"$OUT/test_gpu_ops.log" 2>&1 || status=$?
-cat "$OUT/test_gpu_ops.log"
-case $status in
-  0) log "test_gpu_ops: passed" ;;
-  77) log "test_gpu_ops: skipped (no CUDA device)" ;;
-  124) log "error: test_gpu_ops timed out"; exit 1 ;;
-  *) log "error: test_gpu_ops failed (exit $status)"; exit 1 ;;
-esac
-log "not yet measured: the model on the GPU (--device cuda, MFU, the PyTorch comparison) needs the CUDA GEMM, attention and log-prob ops"
+
+declare -A result
+# run NAME TIMEOUT CMD...: the command's output into $OUT/NAME.log and on screen; its verdict in result.
+run() {
+  local name=$1 limit=$2
+  shift 2
+  local t0=$SECONDS status=0
+  timeout "$limit" "$@" >"$OUT/$name.log" 2>&1 || status=$?
+  cat "$OUT/$name.log"
+  case $status in
+    0) result[$name]="passed" ;;
+    77) result[$name]="skipped (no CUDA device)" ;;
+    124) result[$name]="TIMED OUT after ${limit} s" ;;
+    *) result[$name]="FAILED (exit $status)" ;;
+  esac
+  log "$name: ${result[$name]} in $((SECONDS - t0)) s"
+}
+run test_gpu_ops 120 "$BUILD/tests/gpu/test_gpu_ops"
+run test_gpu_model 300 "$BUILD/tests/gpu/test_gpu_model"
+if [ "${SANITIZE:-0}" = 1 ] && [ $gpu = 1 ] && command -v compute-sanitizer >/dev/null; then
+  run memcheck 240 compute-sanitizer --tool memcheck --error-exitcode 9 "$BUILD/tests/gpu/test_gpu_ops"
+fi
+run bench_gpu_model 240 "$BUILD/tests/gpu/bench_gpu_model" --shape 1.3b --seq-len "$SEQ" --batch "$BATCH"
+if [ $gpu = 1 ]; then
+  for step in fwdbwd dpo; do
+    run "bench_torch_$step" 180 env PYTHONUNBUFFERED=1 python3 tools/bench_torch.py --device cuda --dtype bf16 \
+      --step "$step" --preset configs/presets/gpu-1.3b.ini --seq-len "$SEQ" --batch "$BATCH" --warmup 1 --steps 3
+  done
+fi
+
+echo
+echo "| check | result |" | tee -a "$OUT/summary.txt"
+echo "| --- | --- |" | tee -a "$OUT/summary.txt"
+for name in test_gpu_ops test_gpu_model memcheck bench_gpu_model bench_torch_fwdbwd bench_torch_dpo; do
+  [ -n "${result[$name]:-}" ] && echo "| $name | ${result[$name]} |" | tee -a "$OUT/summary.txt"
+done
+grep -h "FAIL\|error" "$OUT"/test_gpu_*.log 2>/dev/null | head -20 | tee -a "$OUT/summary.txt"
+grep -h '^| \(fwd+bwd\|DPO\|MetaPO\)' "$OUT/bench_gpu_model.log" 2>/dev/null | tee -a "$OUT/summary.txt"
+grep -h "MetaPO / DPO" "$OUT/bench_gpu_model.log" 2>/dev/null | tee -a "$OUT/summary.txt"
+for step in fwdbwd dpo; do tail -1 "$OUT/bench_torch_$step.log" 2>/dev/null | sed "s/^/torch $step: /" | tee -a "$OUT/summary.txt"; done
 log "done in $((SECONDS - start)) s; logs in $OUT"
+failed=0
+for name in "${!result[@]}"; do case ${result[$name]} in FAILED*|TIMED*) failed=1 ;; esac; done
+exit $failed

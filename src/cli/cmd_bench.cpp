@@ -2,7 +2,11 @@
 // length T (the work of one DPO micro-batch without the pair loss). The last line is JSON.
 // --ghost adds the MetaPO ghost products (DESIGN §6) to the backward, with a fixed random ĝ, so the
 // extra cost of a meta step's training backward can be read off (with --profile: per operation).
+// --device cuda runs it on the GPU (parameters, activations and gradients in device memory) and adds
+// TFLOP/s and MFU against the card's dense bf16 peak; --precision bf16 stores parameters and
+// activations in bf16 (on the GPU its GEMMs then run on the tensor cores).
 #include <algorithm>
+#include <cmath>
 #include <cstdio>
 #include <iostream>
 #include <numeric>
@@ -17,12 +21,14 @@
 #include "metapo/io/hf_model.h"
 #include "metapo/model/init.h"
 #include "metapo/model/llama.h"
+#include "metapo/ops/ops.h"
 
 namespace metapo::cli {
 
 int cmd_bench(Context& ctx, int argc, char** argv) {
   po::options_description desc("metapo bench options");
-  std::string model_dir, preset, recompute;
+  std::string model_dir, preset, recompute, device, precision;
+  double peak_tflops = 0;
   int64_t T = 0, B = 0, R = 0;
   int steps = 0, warmup = 0;
   uint64_t seed = 0;
@@ -38,7 +44,11 @@ int cmd_bench(Context& ctx, int argc, char** argv) {
      "scored tokens per sequence: only the last N rows predict a token (a DPO response); 0: all")
     ("ghost", po::bool_switch(), "also take ghost dot products with a random ghat in the backward (MetaPO)")
     ("profile", po::bool_switch(), "print the time per operation over the timed steps")
-    ("recompute", po::value(&recompute)->default_value("none"), "activation recomputation: none, selective, full (as train --recompute)");
+    ("recompute", po::value(&recompute)->default_value("none"), "activation recomputation: none, selective, full (as train --recompute)")
+    ("device", po::value(&device)->default_value("cpu"), "where to run: cpu, cuda")
+    ("precision", po::value(&precision)->default_value("fp32"), "parameter and activation storage: fp32, bf16")
+    ("peak-tflops", po::value(&peak_tflops)->default_value(0),
+     "the device's dense bf16 peak for MFU (0: from the card's name; H100/H200 989, A100 312)");
   po::variables_map vm;
   if (!parse_args("bench", "metapo bench (--model DIR | --preset NAME) --seq-len T --batch B --steps S",
                   desc, argc, argv, vm, ctx))
@@ -46,6 +56,10 @@ int cmd_bench(Context& ctx, int argc, char** argv) {
   MP_CHECK(model_dir.empty() != preset.empty(), "metapo bench: give exactly one of --model and --preset");
   MP_CHECK(T >= 2 && B >= 1 && steps >= 1 && warmup >= 0 && R >= 0,
            "metapo bench: need --seq-len >= 2, --batch >= 1, --steps >= 1, --warmup >= 0, --targets >= 0");
+  MP_CHECK(peak_tflops >= 0, "metapo bench: --peak-tflops ", peak_tflops, " (must be >= 0)");
+  const Device dev = parse_device(device);
+  const Precision prec = parse_precision(precision);
+  ops::require_device(dev);  // before loading anything
 
   HfModel m;
   if (!model_dir.empty()) {
@@ -55,8 +69,11 @@ int cmd_bench(Context& ctx, int argc, char** argv) {
     m.params = init_params(m.config, seed);
   }
   const LlamaConfig& c = m.config;
-  LlamaModel<float> model(c);
+  const ops::DeviceContext dc(dev);
+  const ops::Context& ox = dc.get();
+  LlamaModel<float> model(c, nullptr, {}, ox);
   model.set_recompute(parse_recompute(recompute));
+  model.set_precision(prec);
   PackedBatch b;
   for (int64_t s = 0; s < B; ++s) {
     Philox rng = make_rng(seed, 0, uint32_t(s), RngPurpose::Bench);
@@ -78,22 +95,43 @@ int cmd_bench(Context& ctx, int argc, char** argv) {
     for (float& x : ghat) x = float(rng.uniform() - 0.5);
   }
   std::vector<float> logp(size_t(b.n_tokens())), dlogp(size_t(b.n_tokens()), 1.0f);
-  Buffer<float> grads(m.params.size());
+  // Parameters, gradients, ĝ, log-probs and their upstream gradient on the device (on the CPU: host
+  // memory, copied once).
+  auto on_device = [&](const float* src, size_t n, Mem cat) {
+    ops::DeviceArray<float> a(dev, cat);
+    a.resize_for_overwrite(n);
+    if (src) ops::to_device(ox, a.data(), src, n * sizeof(float));
+    return a;
+  };
+  ops::DeviceArray<float> params = on_device(m.params.data(), m.params.size(), Mem::Params),
+                          grads = on_device(nullptr, m.params.size(), Mem::Grads),
+                          ghat_d = on_device(ghost ? ghat.data() : nullptr, ghost ? ghat.size() : 0, Mem::Grads),
+                          logp_d = on_device(nullptr, logp.size(), Mem::Activations),
+                          dlogp_d = on_device(dlogp.data(), dlogp.size(), Mem::Activations);
   const double flops = train_flops(c, b);
+  double peak = peak_tflops * 1e12;
+  const std::string card = ops::device_description(dev);
+  if (peak == 0 && dev == Device::CUDA) {  // dense bf16 tensor-core peaks
+    if (card.find("H100") != std::string::npos) peak = card.find("PCIe") != std::string::npos ? 756e12 : 989e12;
+    else if (card.find("H200") != std::string::npos) peak = 989e12;
+    else if (card.find("A100") != std::string::npos) peak = 312e12;
+  }
 
   const bool root = ctx.topo.is_root();
   if (root)
-    std::printf("bench: %lld params, %lld x %lld tokens, %d threads, %.1f GFLOP/step%s\n",
-                (long long)m.params.size(), (long long)B, (long long)T, ctx.threads, flops / 1e9,
-                ghost ? " (without the ghost products)" : "");
+    std::printf("bench: %lld params, %lld x %lld tokens, %s, %s, %d threads, %.1f GFLOP/step%s\n",
+                (long long)m.params.size(), (long long)B, (long long)T, card.c_str(), precision_name(prec).c_str(),
+                ctx.threads, flops / 1e9, ghost ? " (without the ghost products)" : "");
   std::vector<double> times;
   for (int it = 0; it < warmup + steps; ++it) {
     model.profile().enabled = vm["profile"].as<bool>() && it >= warmup;
     Timer tm;
-    model.forward(m.params.data(), b, targets.data(), logp.data());
-    model.backward(m.params.data(), dlogp.data(), grads.data(), /*accumulate=*/false,
-                   ghost ? ghat.data() : nullptr, ghost ? &seq_dots : nullptr);
+    model.forward(params.data(), b, targets.data(), logp_d.data());
+    model.backward(params.data(), dlogp_d.data(), grads.data(), /*accumulate=*/false,
+                   ghost ? ghat_d.data() : nullptr, ghost ? &seq_dots : nullptr);
+    ops::synchronize(ox);
     const double s = tm.seconds();
+    ops::to_host(ox, logp.data(), logp_d.data(), logp.size() * sizeof(float));
     const double obj = std::accumulate(logp.begin(), logp.end(), 0.0);
     if (it >= warmup) times.push_back(s);
     if (root)
@@ -102,6 +140,9 @@ int cmd_bench(Context& ctx, int argc, char** argv) {
                   double(b.n_tokens()) / s, flops / s / 1e9, obj);
   }
   const double mean = std::accumulate(times.begin(), times.end(), 0.0) / double(times.size());
+  if (root && dev != Device::CPU)
+    std::printf("%s: %.1f TFLOP/s%s\n", card.c_str(), flops / mean / 1e12,
+                peak > 0 ? (", MFU " + std::to_string(int(std::round(100 * flops / mean / peak))) + "% of the dense bf16 peak").c_str() : "");
   if (root && vm["profile"].as<bool>()) {
     double tot = 0;
     for (const auto& [name, sec] : model.profile().seconds) tot += sec;
@@ -118,6 +159,12 @@ int cmd_bench(Context& ctx, int argc, char** argv) {
     j["ghost"] = ghost;
     j["activation_mb"] = double(model.activation_bytes()) / (1 << 20);
     j["recompute"] = recompute_name(model.recompute());
+    j["device"] = card;
+    j["precision"] = precision_name(prec);
+    if (dev != Device::CPU) {
+      j["tflops_per_s"] = flops / mean / 1e12;
+      if (peak > 0) j["mfu"] = flops / mean / peak;
+    }
     std::cout << j.dump() << std::endl;
   }
   return 0;

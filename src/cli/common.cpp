@@ -1,3 +1,4 @@
+#include "metapo/model/config_json.h"
 #include "metapo/cli/common.h"
 
 #include <cctype>

@@ -17,4 +17,10 @@ Precision parse_precision(const std::string& name, const char* option) {
   return Precision::bf16();
 }
 
+Device parse_device(const std::string& name, const char* option) {
+  if (name == "cpu") return Device::CPU;
+  MP_CHECK(name == "cuda", option, " ", name, ": unknown (valid: cpu, cuda)");
+  return Device::CUDA;
+}
+
 }  // namespace metapo

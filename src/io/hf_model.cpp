@@ -1,3 +1,4 @@
+#include "metapo/model/config_json.h"
 #include "metapo/io/hf_model.h"
 
 #include <fcntl.h>

@@ -5,6 +5,7 @@
 // memory (index arrays included), except blocks_to_columns' column table and the rope table (a host
 // RopeTable whose device copy the dispatch makes on first use).
 #include <algorithm>
+#include <cstring>
 #include <type_traits>
 
 #include "metapo/core/error.h"
@@ -35,6 +36,44 @@ const char* backends() {
 #endif
 }
 
+void require_device(Device d, const char* option) {
+  if (d == Device::CPU) return;
+#ifdef METAPO_HAVE_CUDA
+  MP_CHECK(cuda::device_available(), option, " ", device_name(d), ": no CUDA device is visible to this process");
+#else
+  fail(option, " ", device_name(d), ": this build has no ", device_name(d), " backend (built with: ", backends(), ")");
+#endif
+}
+
+std::string device_description(Device d) {
+#ifdef METAPO_HAVE_CUDA
+  if (d == Device::CUDA) return cuda::device_name();
+#endif
+  return device_name(d);
+}
+
+void synchronize(const Context& ctx) {
+#ifdef METAPO_HAVE_CUDA
+  if (ctx.device == Device::CUDA) cuda::synchronize(ctx.stream);
+#else
+  (void)ctx;
+#endif
+}
+
+DeviceContext::DeviceContext(Device d) {
+  require_device(d);
+  ctx_.device = d;
+#ifdef METAPO_HAVE_CUDA
+  if (d == Device::CUDA) ctx_.blas = cuda::blas_create();
+#endif
+}
+
+DeviceContext::~DeviceContext() {
+#ifdef METAPO_HAVE_CUDA
+  if (ctx_.blas) cuda::blas_destroy(ctx_.blas);
+#endif
+}
+
 namespace {
 
 [[noreturn]] void no_backend(const Context& ctx, const char* op) {
@@ -43,6 +82,10 @@ namespace {
 #endif
   fail("op ", op, ": this build has no ", device_name(ctx.device), " backend (built with: ", backends(), ")");
 }
+
+#ifdef METAPO_HAVE_CUDA
+cuda::BlasCall blas_call(const Context& ctx) { return {ctx.blas, ctx.gemm_inputs == DType::BF16}; }
+#endif
 
 }  // namespace
 
@@ -182,14 +225,14 @@ size_t Arena::capacity() const {
 template <typename T>
 void gemm(const Context& ctx, const Gemm<T>& a) {
   MP_DISPATCH_CUDA("gemm", cpu::gemm<T>(a.ta, a.tb, a.M, a.N, a.K, a.alpha, a.A, a.lda, a.B, a.ldb, a.beta, a.C, a.ldc),
-                   cuda::gemm(ctx.blas, a.ta, a.tb, a.M, a.N, a.K, a.alpha, a.A, a.lda, a.B, a.ldb, a.beta, a.C, a.ldc,
+                   cuda::gemm(blas_call(ctx), a.ta, a.tb, a.M, a.N, a.K, a.alpha, a.A, a.lda, a.B, a.ldb, a.beta, a.C, a.ldc,
                               nullptr, ctx.stream));
 }
 
 template <typename T>
 void linear_forward(const Context& ctx, const Linear<T>& a) {
   MP_DISPATCH_CUDA("linear_forward", cpu::linear_forward(a.y, a.x, a.w, a.b, a.rows, a.in, a.out),
-                   cuda::linear_forward(ctx.blas, a.y, a.x, a.w, a.b, a.rows, a.in, a.out, ctx.stream));
+                   cuda::linear_forward(blas_call(ctx), a.y, a.x, a.w, a.b, a.rows, a.in, a.out, ctx.stream));
 }
 
 template <typename T>
@@ -200,15 +243,15 @@ void linear_backward(const Context& ctx, const LinearGrad<T>& a) {
                      cpu::linear_backward_ghost(a.dx, a.dw, a.db, a.dy, a.x, a.w, a.rows, a.in, a.out, a.accumulate,
                                                 a.ghat_w, a.ghat_b, a.seg, a.n_seg, a.rdot),
                      {
-                       cuda::linear_ghost_dots(ctx.blas, a.x, a.dy, a.ghat_w, a.ghat_b, a.rows, a.in, a.out, a.seg,
+                       cuda::linear_ghost_dots(blas_call(ctx), a.x, a.dy, a.ghat_w, a.ghat_b, a.rows, a.in, a.out, a.seg,
                                                a.n_seg, a.rdot, ctx.stream);
-                       cuda::linear_backward(ctx.blas, a.dx, a.dw, a.db, a.dy, a.x, a.w, a.rows, a.in, a.out,
+                       cuda::linear_backward(blas_call(ctx), a.dx, a.dw, a.db, a.dy, a.x, a.w, a.rows, a.in, a.out,
                                              a.accumulate, ctx.stream);
                      });
   }
   MP_DISPATCH_CUDA("linear_backward",
                    cpu::linear_backward(a.dx, a.dw, a.db, a.dy, a.x, a.w, a.rows, a.in, a.out, a.accumulate),
-                   cuda::linear_backward(ctx.blas, a.dx, a.dw, a.db, a.dy, a.x, a.w, a.rows, a.in, a.out, a.accumulate,
+                   cuda::linear_backward(blas_call(ctx), a.dx, a.dw, a.db, a.dy, a.x, a.w, a.rows, a.in, a.out, a.accumulate,
                                          ctx.stream));
 }
 
@@ -239,13 +282,13 @@ void rmsnorm_ghost_dots(const Context& ctx, const RmsNormGhost<T>& a) {
 #ifdef METAPO_HAVE_CUDA
 namespace {
 // The device copy of a rope table, [cos | sin], made on first use and kept with the table.
-const float* device_rope_table(const RopeTable<float>& t) {
+const float* device_rope_table(const RopeTable<float>& t, void* stream) {
   if (!t.device_copy) {
     const size_t n = t.cos.size();
     auto* p = static_cast<float*>(cuda::device_alloc(2 * n * sizeof(float)));
     t.device_copy = std::shared_ptr<void>(p, cuda::device_free);
-    cuda::to_device(p, t.cos.data(), n * sizeof(float));
-    cuda::to_device(p + n, t.sin.data(), n * sizeof(float));
+    cuda::to_device(p, t.cos.data(), n * sizeof(float), stream);
+    cuda::to_device(p + n, t.sin.data(), n * sizeof(float), stream);
   }
   return static_cast<const float*>(t.device_copy.get());
 }
@@ -255,7 +298,7 @@ const float* device_rope_table(const RopeTable<float>& t) {
 template <typename T>
 void rope(const Context& ctx, const Rope<T>& a) {
   MP_DISPATCH_CUDA("rope", cpu::rope_apply(a.x, a.rows, a.heads, a.D, a.ld, a.pos, *a.table, a.inverse), {
-    const float* tab = device_rope_table(*a.table);
+    const float* tab = device_rope_table(*a.table, ctx.stream);
     cuda::rope(a.x, a.rows, a.heads, a.D, a.ld, a.pos, tab, tab + a.table->cos.size(), a.inverse, ctx.stream);
   });
 }
@@ -350,7 +393,7 @@ template <typename T>
 void logprob_forward(const Context& ctx, const Logprob<T>& a, T* logp, T* lse, T* prob_cache) {
   MP_CHECK(a.vocab_begin == 0, "logprob_forward: a vocabulary shard (use logprob_forward_shard)");
   MP_DISPATCH_CUDA("logprob_forward", cpu::logprob_forward(cpu_logprob(a), logp, lse, prob_cache),
-                   cuda::logprob_forward(ctx.blas, cuda_logprob(a), logp, lse, prob_cache, ctx.stream));
+                   cuda::logprob_forward(blas_call(ctx), cuda_logprob(a), logp, lse, prob_cache, ctx.stream));
 }
 
 template <typename T>
@@ -359,7 +402,7 @@ void logprob_forward_shard(const Context& ctx, const Logprob<T>& a, T* row_max, 
   MP_DISPATCH_CUDA("logprob_forward_shard",
                    cpu::logprob_forward_shard(cpu_logprob(a), a.vocab_begin, row_max, row_sumexp, target_logit,
                                               prob_cache),
-                   cuda::logprob_forward_shard(ctx.blas, cuda_logprob(a), row_max, row_sumexp, target_logit,
+                   cuda::logprob_forward_shard(blas_call(ctx), cuda_logprob(a), row_max, row_sumexp, target_logit,
                                                prob_cache, ctx.stream));
 }
 
@@ -385,11 +428,43 @@ void logprob_backward(const Context& ctx, const Logprob<T>& fwd, const LogprobGr
   MP_DISPATCH_CUDA("logprob_backward",
                    cpu::logprob_backward_shard(cpu_logprob(fwd), fwd.vocab_begin, a.coef, a.lse, a.prob_cache, a.dh,
                                                a.dW, a.accumulate, a.ghat, a.row_dot),
-                   cuda::logprob_backward(ctx.blas, cuda_logprob(fwd), a.coef, a.lse, a.prob_cache, a.dh, a.dW,
+                   cuda::logprob_backward(blas_call(ctx), cuda_logprob(fwd), a.coef, a.lse, a.prob_cache, a.dh, a.dW,
                                           a.accumulate, a.ghat, a.row_dot, ctx.stream));
 }
 
 // ---- data movement ----
+
+void to_device(const Context& ctx, void* dst, const void* src, size_t bytes) {
+  if (bytes == 0) return;
+  switch (ctx.device) {
+    case Device::CPU:
+      std::memcpy(dst, src, bytes);
+      return;
+    default:
+#ifdef METAPO_HAVE_CUDA
+      cuda::to_device(dst, src, bytes, ctx.stream);
+      return;
+#else
+      no_backend(ctx, "to_device");
+#endif
+  }
+}
+
+void to_host(const Context& ctx, void* dst, const void* src, size_t bytes) {
+  if (bytes == 0) return;
+  switch (ctx.device) {
+    case Device::CPU:
+      std::memcpy(dst, src, bytes);
+      return;
+    default:
+#ifdef METAPO_HAVE_CUDA
+      cuda::to_host(dst, src, bytes, ctx.stream);
+      return;
+#else
+      no_backend(ctx, "to_host");
+#endif
+  }
+}
 
 template <typename T>
 void copy(const Context& ctx, T* dst, const T* src, int64_t n) {
@@ -397,6 +472,10 @@ void copy(const Context& ctx, T* dst, const T* src, int64_t n) {
 }
 template <typename T>
 void fill(const Context& ctx, T* dst, T value, int64_t n) {
+#ifdef METAPO_HAVE_CUDA
+  if constexpr (std::is_same_v<T, double>)  // the per-row ghost dots are double on every backend
+    if (ctx.device == Device::CUDA) return cuda::fill(dst, value, n, ctx.stream);
+#endif
   MP_DISPATCH_CUDA("fill", cpu::fill(dst, value, n), cuda::fill(dst, value, n, ctx.stream));
 }
 template <typename T>

@@ -11,6 +11,7 @@
 #include <fstream>
 #include <set>
 
+#include "metapo/model/config_json.h"
 #include "metapo/core/error.h"
 #include "metapo/model/config.h"
 

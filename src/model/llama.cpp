@@ -11,9 +11,9 @@
 
 namespace metapo {
 
-template <typename V>
-static void resize(V& v, int64_t n) {
-  resize_for_overwrite(v, size_t(n));  // keeps capacity across steps: no reallocation once shapes settle
+template <typename E>
+static void resize(ops::DeviceArray<E>& v, int64_t n) {
+  v.resize_for_overwrite(size_t(n));  // keeps capacity across steps: no reallocation once shapes settle
 }
 
 Recompute parse_recompute(const std::string& name) {
@@ -36,13 +36,17 @@ LlamaModel<T>::LlamaModel(const LlamaConfig& c, Comm* tp, const PipeStage& stage
       lay_(lc_, stage),
       inv_freq_(rope_inv_freq(c)),
       prec_(std::is_same_v<T, double> ? Precision::fp64() : Precision::fp32()),
-      wparams_(tagged_buffer<T>(Mem::Params)),
+      wparams_(ctx.device, Mem::Params),
       ctx_(ctx),
       arena_(ctx.device) {
+  MP_CHECK(!tp || ctx.device == Device::CPU, "tensor parallelism on ", device_name(ctx.device),
+           ": not yet (the TP collectives run on host memory)");
   acts_.resize(lay_.layers.size());
   for (LayerActs& a : acts_) tag(a);
-  for (Buffer<T>* b : {&x_final_, &hN_, &rstdN_, &row_lse_, &probs_}) *b = tagged_buffer<T>(Mem::Activations);
+  for (Acts* b : {&x_final_, &hN_, &rstdN_, &row_lse_, &probs_}) *b = Acts(ctx_.device);
   tag(scratch_);
+  tag(di_);
+  seg_dev_ = ops::DeviceArray<int64_t>(ctx_.device, Mem::Workspace);
   parked_.resize(1);
   tag(parked_[0]);
 }
@@ -57,6 +61,9 @@ void LlamaModel<T>::set_precision(const Precision& p) {
              " (parameters and activations fp32 or bf16, gradients fp32)");
   }
   prec_ = p;
+  // With parameters and activations stored in bf16, a device's GEMMs may take their inputs as bf16
+  // (exact for those; the gradients they also read are rounded, as a bf16 run stores them).
+  ctx_.gemm_inputs = p.params == DType::BF16 && p.activations == DType::BF16 ? DType::BF16 : DType::F32;
 }
 
 template <typename T>
@@ -85,23 +92,48 @@ const ops::Context& LlamaModel<T>::ctx() {
   return ctx_;
 }
 
-// A slot's saved state, empty, its buffers counted as activations.
+// A slot's saved state, empty, its buffers on the context's device and counted as activations.
 template <typename T>
 void LlamaModel<T>::tag(Saved& s) {
   s.acts.resize(lay_.layers.size());
   for (LayerActs& a : s.acts) tag(a);
-  for (Buffer<T>* b : {&s.x_final, &s.hN, &s.rstdN, &s.row_lse, &s.probs}) *b = tagged_buffer<T>(Mem::Activations);
+  for (Acts* b : {&s.x_final, &s.hN, &s.rstdN, &s.row_lse, &s.probs}) *b = Acts(ctx_.device);
+  tag(s.di);
 }
 
 template <typename T>
 void LlamaModel<T>::tag(LayerActs& a) {
-  for (Buffer<T>* b : {&a.x_in, &a.xn1, &a.rstd1, &a.qkv, &a.att, &a.lse, &a.x_mid, &a.xn2, &a.rstd2, &a.gu, &a.h})
-    *b = tagged_buffer<T>(Mem::Activations);
+  for (Acts* b : {&a.x_in, &a.xn1, &a.rstd1, &a.qkv, &a.att, &a.lse, &a.x_mid, &a.xn2, &a.rstd2, &a.gu, &a.h})
+    *b = Acts(ctx_.device);
+}
+
+template <typename T>
+void LlamaModel<T>::tag(DeviceIndex& d) {
+  for (ops::DeviceArray<int32_t>* a : {&d.tokens, &d.pos, &d.rows, &d.row_targets})
+    *a = ops::DeviceArray<int32_t>(ctx_.device, Mem::Workspace);
+  d.cu_seqlens = ops::DeviceArray<int64_t>(ctx_.device, Mem::Workspace);
+}
+
+template <typename T>
+void LlamaModel<T>::index_on_device(const PackedBatch& b) {
+  DeviceIndex& d = di_;
+  if (ctx_.device == Device::CPU) {  // the ops read the host vectors
+    d.tokens_p = b.tokens.data(), d.pos_p = idx_.pos.data(), d.rows_p = idx_.rows.data();
+    d.row_targets_p = idx_.row_targets.data(), d.cu_seqlens_p = b.cu_seqlens.data();
+    return;
+  }
+  auto up = [&](auto& dst, const auto& src) {
+    dst.resize_for_overwrite(src.size());
+    ops::to_device(ctx_, dst.data(), src.data(), src.size() * sizeof(src[0]));
+    return dst.data();
+  };
+  d.tokens_p = up(d.tokens, b.tokens), d.pos_p = up(d.pos, idx_.pos), d.rows_p = up(d.rows, idx_.rows);
+  d.row_targets_p = up(d.row_targets, idx_.row_targets), d.cu_seqlens_p = up(d.cu_seqlens, b.cu_seqlens);
 }
 
 template <typename T>
 void LlamaModel<T>::swap_saved(Saved& s) {
-  std::swap(batch_, s.batch), std::swap(idx_, s.idx);
+  std::swap(batch_, s.batch), std::swap(idx_, s.idx), std::swap(di_, s.di);
   std::swap(acts_, s.acts), std::swap(x_final_, s.x_final);
   std::swap(hN_, s.hN), std::swap(rstdN_, s.rstdN), std::swap(row_lse_, s.row_lse), std::swap(probs_, s.probs);
   std::swap(have_forward_, s.have_forward);
@@ -171,10 +203,10 @@ void LlamaModel<T>::layer_forward(const LayerView<const T>& lw, const T* x_in, c
   // Every activation stored is rounded to the storage precision (store: nothing in fp32).
   run("rmsnorm", [&] { ops::rmsnorm_forward(cx, ops::RmsNorm<T>{r.xn1->data(), r.rstd1->data(), x_in, lw.attn_norm, n, C, c.rms_norm_eps}); store(r.xn1->data(), n * C); });
   run("qkv_proj", [&] { ops::linear_forward(cx, ops::Linear<T>{qkv, r.xn1->data(), lw.wqkv, lw.bqkv, n, C, QKV}); });  // [n, QKV]
-  run("rope", [&] { ops::rope(cx, ops::Rope<T>{qkv, n, Hq, D, QKV, idx_.pos.data(), &rope_, false}); });  // q
-  run("rope", [&] { ops::rope(cx, ops::Rope<T>{qkv + Q, n, Hkv, D, QKV, idx_.pos.data(), &rope_, false}); store(qkv, n * QKV); });  // k
+  run("rope", [&] { ops::rope(cx, ops::Rope<T>{qkv, n, Hq, D, QKV, di_.pos_p, &rope_, false}); });  // q
+  run("rope", [&] { ops::rope(cx, ops::Rope<T>{qkv + Q, n, Hkv, D, QKV, di_.pos_p, &rope_, false}); store(qkv, n * QKV); });  // k
   const ops::Attention<T> ap{qkv, qkv + Q, qkv + Q + lc_.kv_dim(), QKV, r.att->data(), Q, r.lse->data(),
-                             b.cu_seqlens.data(), b.n_seqs(), n, Hq, Hkv, D, T(1) / std::sqrt(T(D))};
+                             di_.cu_seqlens_p, b.n_seqs(), n, Hq, Hkv, D, T(1) / std::sqrt(T(D))};
   run("attention", [&] { ops::attention_forward(cx, ap); store(r.att->data(), n * Q); });  // [n, Q]
   // x_mid = x_in + att Wo^T (the GEMM accumulates onto the copied residual). Row-parallel under TP:
   // each rank's heads give a partial product; the residual rides on rank 0's partial only, so one
@@ -219,20 +251,21 @@ void LlamaModel<T>::forward_stage(const T* params, const PackedBatch& b, const i
            "); sliding-window attention is not implemented");
   if (idx_.max_len > rope_.max_pos) rope_.build(inv_freq_, std::max<int64_t>(idx_.max_len, 64));
   batch_ = b;
+  index_on_device(batch_);
 
   // x = embed(tokens)                                                   [n, C]
-  Buffer<T>& x0 = acts_.empty() ? x_final_ : acts_[0].x_in;
+  Acts& x0 = acts_.empty() ? x_final_ : acts_[0].x_in;
   resize(x0, n * C);
   if (!st.first)  // the previous stage's output (already in the storage precision)
     ops::copy(cx, x0.data(), x_in, n * C);
   else if (tp_)  // each rank looks up the tokens it owns, one all-reduce of [n, C] (exact: one term each)
-    prof_.run("embedding", [&] { vocab_parallel_embedding_forward(cx, x0.data(), w.embed, b.tokens.data(), n, C, shard_, *tp_); });
+    prof_.run("embedding", [&] { vocab_parallel_embedding_forward(cx, x0.data(), w.embed, di_.tokens_p, n, C, shard_, *tp_); });
   else
-    prof_.run("embedding", [&] { ops::embedding_forward(cx, ops::Embedding<T>{x0.data(), w.embed, b.tokens.data(), n, C}); });
+    prof_.run("embedding", [&] { ops::embedding_forward(cx, ops::Embedding<T>{x0.data(), w.embed, di_.tokens_p, n, C}); });
   if (st.first) store(x0.data(), n * C);  // exact already when the parameters are bf16 too
 
   for (size_t l = 0; l < acts_.size(); ++l) {
-    Buffer<T>& x_out = l + 1 < acts_.size() ? acts_[l + 1].x_in : x_final_;  // the next layer's input
+    Acts& x_out = l + 1 < acts_.size() ? acts_[l + 1].x_in : x_final_;  // the next layer's input
     resize(x_out, n * C);
     layer_forward(w.layers[l], acts_[l].x_in.data(), refs(acts_[l]), x_out.data(), true);
   }
@@ -258,13 +291,13 @@ void LlamaModel<T>::forward_stage(const T* params, const PackedBatch& b, const i
   const bool cache = size_t(nr) * size_t(Vl) * sizeof(T) <= cache_budget_;
   resize(probs_, cache ? nr * Vl : 0);
   if (tp_) {
-    VocabParallelLogprobParams<T> vp{hN_.data(), w.lm_head, C, shard_, idx_.rows.data(), idx_.row_targets.data(), nr};
+    VocabParallelLogprobParams<T> vp{hN_.data(), w.lm_head, C, shard_, di_.rows_p, di_.row_targets_p, nr};
     prof_.run("lm_head_logprob", [&] { vocab_parallel_logprob_forward(cx, vp, *tp_, row_logp, row_lse_.data(), cache ? probs_.data() : nullptr); });
   } else {
-    const ops::Logprob<T> lp{hN_.data(), w.lm_head, C, V, idx_.rows.data(), idx_.row_targets.data(), nr};
+    const ops::Logprob<T> lp{hN_.data(), w.lm_head, C, V, di_.rows_p, di_.row_targets_p, nr};
     prof_.run("lm_head_logprob", [&] { ops::logprob_forward(cx, lp, row_logp, row_lse_.data(), cache ? probs_.data() : nullptr); });
   }
-  ops::scatter(cx, logp, n, row_logp, idx_.rows.data(), nr);  // 0 on rows without a target
+  ops::scatter(cx, logp, n, row_logp, di_.rows_p, nr);  // 0 on rows without a target
   have_forward_ = true;
 }
 
@@ -307,13 +340,18 @@ void LlamaModel<T>::backward_stage(const T* params, const T* dout, T* grads, boo
   if (ghost) {
     gh = make_view(lay_, ghat);
     group_starts(b, ghost_group_, seg_);  // the rows of each group of ghost_group_ sequences
+    if (ctx_.device != Device::CPU) {
+      seg_dev_.resize_for_overwrite(seg_.size());
+      ops::to_device(ctx_, seg_dev_.data(), seg_.data(), seg_.size() * sizeof(int64_t));
+    }
   }
+  const int64_t* seg = ctx_.device == Device::CPU ? seg_.data() : seg_dev_.data();
   // A linear layer's backward; with ĝ, fused with its ghost dots per group of sequences (each group's
   // dot lands on its first row of rdot, which is summed per sequence at the end).
   auto linear_bwd = [&](T* dX, T* dW, T* db, const T* dY, const T* X, const T* W, int64_t rows, int64_t in,
                         int64_t out, const T* gW, const T* gb) {
     ops::LinearGrad<T> a{dX, dW, db, dY, X, W, rows, in, out, accumulate};
-    if (gW) a.ghat_w = gW, a.ghat_b = gb, a.seg = seg_.data(), a.n_seg = int64_t(seg_.size()) - 1, a.rdot = rdot;
+    if (gW) a.ghat_w = gW, a.ghat_b = gb, a.seg = seg, a.n_seg = int64_t(seg_.size()) - 1, a.rdot = rdot;
     ops::linear_backward(cx, a);
   };
   auto norm_bwd = [&](T* dX, T* dW, const T* dY, const T* X, const T* W, const T* rstd, bool acc) {
@@ -337,8 +375,10 @@ void LlamaModel<T>::backward_stage(const T* params, const T* dout, T* grads, boo
   // stage the per-row loss coefficients.
   ops::Arena& ar = *cx.arena;
   const size_t e = sizeof(T), un = size_t(n);
+  // (On a device, the per-sequence ghost dots are summed there and then copied to the host.)
+  const bool dots_on_device = ghost && ctx_.device != Device::CPU;
   ar.reserve({e * un * C, e * un * C, st.last ? e * idx_.rows.size() : 0, e * un * I, e * un * 2 * I, e * un * Q,
-              e * un * QKV, ghost ? sizeof(double) * un : 0});
+              e * un * QKV, ghost ? sizeof(double) * un : 0, dots_on_device ? sizeof(double) * size_t(b.n_seqs()) : 0});
   T *dx = ar.alloc<T>(un * C), *dxn = ar.alloc<T>(un * C), *dhN = dxn;
   if (ghost) {
     rdot = ar.alloc<double>(un);
@@ -351,17 +391,17 @@ void LlamaModel<T>::backward_stage(const T* params, const T* dout, T* grads, boo
     const T* dlogp = dout;
     const int64_t nr = int64_t(idx_.rows.size());
     T* coef = ar.alloc<T>(size_t(nr));
-    ops::gather(cx, coef, dlogp, idx_.rows.data(), nr);
+    ops::gather(cx, coef, dlogp, di_.rows_p, nr);
     ops::fill(cx, dhN, T(0), n * C);
     const ops::LogprobGrad<T> lg{coef, row_lse_.data(), probs_.empty() ? nullptr : probs_.data(), dhN,
                                  g.lm_head, accumulate, ghost ? gh->lm_head : nullptr, rdot};
     if (tp_) {
       // dhN is this rank's partial over its vocabulary rows: summed over TP before the final norm.
-      VocabParallelLogprobParams<T> vp{hN_.data(), w.lm_head, C, shard_, idx_.rows.data(), idx_.row_targets.data(), nr};
+      VocabParallelLogprobParams<T> vp{hN_.data(), w.lm_head, C, shard_, di_.rows_p, di_.row_targets_p, nr};
       prof_.run("lm_head_logprob.bwd", [&] { vocab_parallel_logprob_backward(cx, vp, lg); });
       prof_.run("tp_allreduce", [&] { tp_->allreduce_sum(dhN, size_t(n * C)); });
     } else {
-      const ops::Logprob<T> lp{hN_.data(), w.lm_head, C, V, idx_.rows.data(), idx_.row_targets.data(), nr};
+      const ops::Logprob<T> lp{hN_.data(), w.lm_head, C, V, di_.rows_p, di_.row_targets_p, nr};
       prof_.run("lm_head_logprob.bwd", [&] { ops::logprob_backward(cx, lp, lg); });
     }
     prof_.run("rmsnorm.bwd", [&] { norm_bwd(dx, g.final_norm, dhN, x_final_.data(), w.final_norm, rstdN_.data(), false); });
@@ -407,11 +447,11 @@ void LlamaModel<T>::backward_stage(const T* params, const T* dout, T* grads, boo
     prof_.run("o_proj.bwd", [&] { linear_bwd(datt, lg.wo, nullptr, dx, r.att->data(), lw.wo, n, Q, C, lgh ? lgh->wo : nullptr, nullptr); });
     const T* qkv = r.qkv->data();
     const ops::Attention<T> ap{qkv, qkv + Q, qkv + Q + KV, QKV, r.att->data(), Q, r.lse->data(),
-                               b.cu_seqlens.data(), b.n_seqs(), n, Hq, Hkv, D, T(1) / std::sqrt(T(D))};
+                               di_.cu_seqlens_p, b.n_seqs(), n, Hq, Hkv, D, T(1) / std::sqrt(T(D))};
     const ops::AttentionGrad<T> agp{datt, dqkv, dqkv + Q, dqkv + Q + KV, QKV};
     prof_.run("attention.bwd", [&] { ops::attention_backward(cx, ap, agp); });
-    prof_.run("rope.bwd", [&] { ops::rope(cx, ops::Rope<T>{dqkv, n, Hq, D, QKV, idx_.pos.data(), &rope_, true}); });  // dq before rope
-    prof_.run("rope.bwd", [&] { ops::rope(cx, ops::Rope<T>{dqkv + Q, n, Hkv, D, QKV, idx_.pos.data(), &rope_, true}); });  // dk before rope
+    prof_.run("rope.bwd", [&] { ops::rope(cx, ops::Rope<T>{dqkv, n, Hq, D, QKV, di_.pos_p, &rope_, true}); });  // dq before rope
+    prof_.run("rope.bwd", [&] { ops::rope(cx, ops::Rope<T>{dqkv + Q, n, Hkv, D, QKV, di_.pos_p, &rope_, true}); });  // dk before rope
     prof_.run("qkv_proj.bwd", [&] { linear_bwd(dxn, lg.wqkv, lg.bqkv, dqkv, r.xn1->data(), lw.wqkv, n, C, QKV, lgh ? lgh->wqkv : nullptr, lgh ? lgh->bqkv : nullptr); });
     if (tp_) prof_.run("tp_allreduce", [&] { tp_->allreduce_sum(dxn, size_t(n * C)); });  // partial, as above
     if (ghost_replicated)
@@ -421,17 +461,23 @@ void LlamaModel<T>::backward_stage(const T* params, const T* dout, T* grads, boo
   if (!st.first) {
     ops::copy(cx, dx_in, dx, n * C);  // to the previous stage
   } else if (tp_) {
-    prof_.run("embedding.bwd", [&] { vocab_parallel_embedding_backward(cx, g.embed, dx, b.tokens.data(), n, C, shard_); });
-    if (ghost) vocab_parallel_embedding_ghost_dots(cx, dx, b.tokens.data(), gh->embed, n, C, shard_, rdot);
+    prof_.run("embedding.bwd", [&] { vocab_parallel_embedding_backward(cx, g.embed, dx, di_.tokens_p, n, C, shard_); });
+    if (ghost) vocab_parallel_embedding_ghost_dots(cx, dx, di_.tokens_p, gh->embed, n, C, shard_, rdot);
   } else {
-    prof_.run("embedding.bwd", [&] { ops::embedding_backward(cx, ops::EmbeddingGrad<T>{g.embed, dx, b.tokens.data(), n, C}); });
-    if (ghost) ops::embedding_ghost_dots(cx, ops::EmbeddingGhost<T>{dx, b.tokens.data(), gh->embed, n, C, rdot});
+    prof_.run("embedding.bwd", [&] { ops::embedding_backward(cx, ops::EmbeddingGrad<T>{g.embed, dx, di_.tokens_p, n, C}); });
+    if (ghost) ops::embedding_ghost_dots(cx, ops::EmbeddingGhost<T>{dx, di_.tokens_p, gh->embed, n, C, rdot});
   }
   if (ghost) {
     // Every partial row dot of this backward in one all-reduce; the result is identical on all ranks.
     if (tp_) prof_.run("tp_allreduce", [&] { tp_->allreduce_sum(rdot, size_t(n)); });
     seq_dots->resize(size_t(b.n_seqs()));
-    ops::segment_sum(cx, seq_dots->data(), rdot, b.cu_seqlens.data(), b.n_seqs());
+    if (!dots_on_device) {
+      ops::segment_sum(cx, seq_dots->data(), rdot, di_.cu_seqlens_p, b.n_seqs());
+    } else {
+      double* dots = ar.alloc<double>(size_t(b.n_seqs()));
+      ops::segment_sum(cx, dots, rdot, di_.cu_seqlens_p, b.n_seqs());
+      ops::to_host(cx, seq_dots->data(), dots, sizeof(double) * size_t(b.n_seqs()));
+    }
   }
 }
 

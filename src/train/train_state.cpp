@@ -1,4 +1,5 @@
 // Checkpoints of the training state (see the header and docs/formats.md "Checkpoints").
+#include "metapo/model/config_json.h"
 #include "metapo/train/train_state.h"
 
 #include <unistd.h>

@@ -64,5 +64,7 @@ Precision parse_precision(const std::string& name, const char* option = "--preci
 // current device of the calling rank.
 enum class Device : uint8_t { CPU, CUDA };
 constexpr const char* device_name(Device d) { return d == Device::CPU ? "cpu" : "cuda"; }
+// cpu | cuda; throws naming `option` otherwise.
+Device parse_device(const std::string& name, const char* option = "--device");
 
 }  // namespace metapo

@@ -25,9 +25,9 @@ void synchronize(void* stream);
 // Device memory (tensor.cu): cudaMalloc'd bytes (256-byte aligned), and their release.
 void* device_alloc(size_t bytes);
 void device_free(void* p);
-// Host <-> device copies (synchronous).
-void to_device(void* dst, const void* src, size_t bytes);
-void to_host(void* dst, const void* src, size_t bytes);
+// Host <-> device copies on the stream, waited for.
+void to_device(void* dst, const void* src, size_t bytes, void* stream);
+void to_host(void* dst, const void* src, size_t bytes, void* stream);
 
 // ---- GEMMs through cuBLASLt (gemm.cu) ----
 
@@ -38,35 +38,46 @@ void to_host(void* dst, const void* src, size_t bytes);
 void* blas_create();
 void blas_destroy(void* blas);
 
+// What a launcher's GEMMs run with: the Blas object, and whether they may round their fp32 inputs to
+// bf16 (CUBLAS_COMPUTE_32F_FAST_16BF: tensor cores at the bf16 rate, fp32 accumulation). With bf16
+// storage (parameters and activations already rounded to bf16) that is exact for them and rounds only
+// the gradient operands, as a bf16 training run stores them; with fp32 storage it stays off.
+struct BlasCall {
+  BlasCall(void* h, bool bf16 = false) : handle(h), bf16_math(bf16) {}  // NOLINT: a handle is a call
+  void* handle;
+  bool bf16_math;
+};
+
 // C[M, N] = alpha op(A) op(B) + beta C, row-major, fp32 in and out with fp32 arithmetic (no TF32:
-// the checking precision); bias (may be null) adds bias[N] to every row (cuBLASLt's bias epilogue).
-void gemm(void* blas, bool ta, bool tb, int64_t M, int64_t N, int64_t K, float alpha, const float* A, int64_t lda,
+// the checking precision) unless blas.bf16_math; bias (may be null) adds bias[N] to every row
+// (cuBLASLt's bias epilogue).
+void gemm(const BlasCall& blas, bool ta, bool tb, int64_t M, int64_t N, int64_t K, float alpha, const float* A, int64_t lda,
           const float* B, int64_t ldb, float beta, float* C, int64_t ldc, const float* bias, void* stream);
 // The same with bf16 A and B (raw 16 bits) and fp32 accumulation; C is bf16 when c_bf16, else fp32.
-void gemm_bf16(void* blas, bool ta, bool tb, int64_t M, int64_t N, int64_t K, float alpha, const uint16_t* A,
+void gemm_bf16(const BlasCall& blas, bool ta, bool tb, int64_t M, int64_t N, int64_t K, float alpha, const uint16_t* A,
                int64_t lda, const uint16_t* B, int64_t ldb, float beta, void* C, int64_t ldc, bool c_bf16,
                void* stream);
 
 // ---- linear layers (linear.cu) ----
 
 // y[rows, out] = x[rows, in] w[out, in]^T (+ b).
-void linear_forward(void* blas, float* y, const float* x, const float* w, const float* b, int64_t rows, int64_t in,
+void linear_forward(const BlasCall& blas, float* y, const float* x, const float* w, const float* b, int64_t rows, int64_t in,
                     int64_t out, void* stream);
 // dx = dy w (skipped when dx is null); dw (+)= dy^T x; db (+)= column sums of dy in row order.
-void linear_backward(void* blas, float* dx, float* dw, float* db, const float* dy, const float* x, const float* w,
+void linear_backward(const BlasCall& blas, float* dx, float* dw, float* db, const float* dy, const float* x, const float* w,
                      int64_t rows, int64_t in, int64_t out, bool accumulate, void* stream);
 // The ghost dot products of the weight gradient (ops::LinearGrad): for every segment s of rows
 // [seg[s], seg[s+1]), rdot[seg[s]] += Σ_{t∈s} ⟨dy_t, Ĝ x_t + ĝ_b⟩, from one GEMM P = x Ĝ^T and a
 // row-wise dot in double, summed per segment in row order.
-void linear_ghost_dots(void* blas, const float* x, const float* dy, const float* ghat_w, const float* ghat_b,
+void linear_ghost_dots(const BlasCall& blas, const float* x, const float* dy, const float* ghat_w, const float* ghat_b,
                        int64_t rows, int64_t in, int64_t out, const int64_t* seg, int64_t n_seg, double* rdot,
                        void* stream);
 
 // ---- normalization, position and activation (rmsnorm.cu, rope.cu, swiglu.cu) ----
 void rmsnorm_forward(float* y, float* rstd, const float* x, const float* w, int64_t n, int64_t C, double eps,
                      void* stream);
-// dx (+)= dL/dx (accumulate: add); dw += dL/dw, each column summed over the rows in row order (no
-// atomics: the result does not depend on the launch).
+// dx (+)= dL/dx (accumulate: add); dw += dL/dw, each column summed over chunks of 64 rows and then
+// over the chunks, in a fixed order (no atomics: the result does not depend on the launch).
 void rmsnorm_backward(float* dx, float* dw, const float* dy, const float* x, const float* w, const float* rstd,
                       int64_t n, int64_t C, bool accumulate, void* stream);
 // rdot[row] += ⟨ĝ_w, this row's term of dL/dw⟩ = Σ_c ĝ_w[c] dy[c] x[c] rstd (double).
@@ -123,20 +134,21 @@ struct LogprobArgs {
   const int32_t* targets;
   int64_t n_rows, vocab_begin;
 };
-void logprob_forward(void* blas, const LogprobArgs& a, float* logp, float* lse, float* prob_cache, void* stream);
-void logprob_forward_shard(void* blas, const LogprobArgs& a, float* row_max, float* row_sumexp, float* target_logit,
+void logprob_forward(const BlasCall& blas, const LogprobArgs& a, float* logp, float* lse, float* prob_cache, void* stream);
+void logprob_forward_shard(const BlasCall& blas, const LogprobArgs& a, float* row_max, float* row_sumexp, float* target_logit,
                            float* prob_cache, void* stream);
 void logprob_shard_partials(const float* row_max, const float* row_sumexp, const float* target_logit,
                             const double* gmax, double* red, int64_t n_rows, void* stream);
 void logprob_shard_finish(const float* row_max, const float* row_sumexp, const double* gmax, const double* red,
                           float* lse, float* logp, float* prob_cache, int64_t n_rows, int64_t V, void* stream);
 // dh[rows] += coef (onehot - softmax) W; dW (+)= ...; with ghat, row_dot[rows[i]] += ⟨dlogits_i Ĝ, h_i⟩.
-void logprob_backward(void* blas, const LogprobArgs& a, const float* coef, const float* lse, float* prob_cache,
+void logprob_backward(const BlasCall& blas, const LogprobArgs& a, const float* coef, const float* lse, float* prob_cache,
                       float* dh, float* dW, bool accumulate, const float* ghat, double* row_dot, void* stream);
 
 // ---- data movement (tensor.cu) ----
 void copy(float* dst, const float* src, int64_t n, void* stream);
 void fill(float* dst, float value, int64_t n, void* stream);
+void fill(double* dst, double value, int64_t n, void* stream);  // the ghost dots' row sums
 // dst = src rounded to bf16 (nearest even), kept in fp32.
 void round_bf16(float* dst, const float* src, int64_t n, void* stream);
 // fp32 <-> bf16 storage (bf16 as its raw 16 bits).

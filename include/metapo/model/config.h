@@ -1,9 +1,8 @@
-// Llama-family model configuration, read from and written to Hugging Face config.json.
+// Llama-family model configuration, read from and written to Hugging Face config.json (config_json.h
+// has the JSON side, so that the model compiles without a JSON library: tests/gpu builds it alone).
 #pragma once
 #include <cstdint>
 #include <string>
-
-#include <nlohmann/json.hpp>
 
 namespace metapo {
 
@@ -45,10 +44,6 @@ struct LlamaConfig {
   void validate(const std::string& source) const;
 };
 
-// Parses a Hugging Face config.json object; `source` names the file in error messages.
-LlamaConfig config_from_json(const nlohmann::json& j, const std::string& source);
-// The config.json that transformers loads (architectures, model_type, shapes, rope, dtype).
-nlohmann::json config_to_json(const LlamaConfig& c);
 // Reads the [model] section of an INI preset (configs/presets/*.ini): config.json key names, one
 // `key = value` per line; dotted keys nest (rope_scaling.rope_type = llama3).
 LlamaConfig config_from_ini(const std::string& path);

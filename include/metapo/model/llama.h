@@ -126,15 +126,27 @@ class LlamaModel {
   OpProfile& profile() { return prof_; }
 
  private:
+  // Activations live on the context's device (ops::DeviceArray: host memory on the CPU).
+  using Acts = ops::DeviceArray<T>;
   struct LayerActs {
-    Buffer<T> x_in, xn1, rstd1, qkv, att, lse, x_mid, xn2, rstd2, gu, h;
+    Acts x_in, xn1, rstd1, qkv, att, lse, x_mid, xn2, rstd2, gu, h;
   };
   // A layer's intermediates wherever they are: its own LayerActs (kept) or the scratch (dropped).
   struct LayerRefs {
-    Buffer<T> *xn1, *rstd1, *qkv, *att, *lse, *x_mid, *xn2, *rstd2, *gu, *h;
+    Acts *xn1, *rstd1, *qkv, *att, *lse, *x_mid, *xn2, *rstd2, *gu, *h;
   };
+  // The micro-batch's index data where the ops read it: the host vectors themselves on the CPU, a copy
+  // in device memory on a device (uploaded once per forward).
+  struct DeviceIndex {
+    ops::DeviceArray<int32_t> tokens, pos, rows, row_targets;
+    ops::DeviceArray<int64_t> cu_seqlens;
+    const int32_t *tokens_p = nullptr, *pos_p = nullptr, *rows_p = nullptr, *row_targets_p = nullptr;
+    const int64_t* cu_seqlens_p = nullptr;
+  };
+  void index_on_device(const PackedBatch& b);  // di_ for batch_ and idx_
+  void tag(DeviceIndex& d);
   LayerRefs refs(LayerActs& a);  // by recompute_
-  static void tag(LayerActs& a);  // its buffers count as activations (core/memory.h)
+  void tag(LayerActs& a);  // its buffers on the context's device, counted as activations (core/memory.h)
   // The layer's forward from x_in through the SwiGLU product into r; with x_out, on to the layer's
   // output (else it stops there: a recomputation needs nothing after h). profile: per-op times.
   void layer_forward(const LayerView<const T>& lw, const T* x_in, const LayerRefs& r, T* x_out, bool profile);
@@ -142,8 +154,9 @@ class LlamaModel {
   struct Saved {
     PackedBatch batch;
     BatchIndex idx;
+    DeviceIndex di;
     std::vector<LayerActs> acts;
-    Buffer<T> x_final, hN, rstdN, row_lse, probs;
+    Acts x_final, hN, rstdN, row_lse, probs;
     bool have_forward = false;
   };
   void swap_saved(Saved& s);
@@ -160,8 +173,9 @@ class LlamaModel {
   // The last forward's batch and activations.
   PackedBatch batch_;
   BatchIndex idx_;  // built once per forward
+  DeviceIndex di_;  // where the ops read batch_ and idx_
   std::vector<LayerActs> acts_;
-  Buffer<T> x_final_, hN_, rstdN_, row_lse_, probs_;
+  Acts x_final_, hN_, rstdN_, row_lse_, probs_;
   bool have_forward_ = false;
   std::vector<Saved> parked_;  // parked_[k]: slot k's state while another slot is current
   int slot_ = 0;
@@ -170,13 +184,14 @@ class LlamaModel {
   LayerActs scratch_;  // one layer's dropped intermediates (forward) or recomputed ones (backward)
   OpProfile prof_;
   Precision prec_;
-  Buffer<T> wparams_;  // bf16 parameters: the rounded working copy of the last forward's
+  Acts wparams_;  // bf16 parameters: the rounded working copy of the last forward's
   const T* rounded_from_ = nullptr;  // the buffer wparams_ was rounded from
   const T* stored_params(const ops::Context& cx, const T* params);  // params, or rounded into wparams_
   void store(T* x, int64_t n);  // an activation just written: rounded to the storage precision
   ops::Context ctx_;   // the caller's, with arena_ and prof_ (see ctx())
   ops::Arena arena_;   // a forward's or backward's temporaries and workspaces
   std::vector<int64_t> seg_;  // the ghost-dot groups of the last backward
+  ops::DeviceArray<int64_t> seg_dev_;  // their copy on a device
   const ops::Context& ctx();  // ctx_ pointed at this model's arena and profile, the arena reset
 };
 

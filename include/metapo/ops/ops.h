@@ -12,6 +12,7 @@
 #include <cstddef>
 #include <cstdint>
 #include <initializer_list>
+#include <string>
 #include <utility>
 #include <vector>
 
@@ -52,6 +53,29 @@ class DeviceBuffer {
   size_t bytes_ = 0;
 };
 
+// n elements of T in a DeviceBuffer: the model's activations, on the context's device. data() is
+// device memory there (host memory on the CPU). Move-only.
+template <typename T>
+class DeviceArray {
+ public:
+  explicit DeviceArray(Device device = Device::CPU, Mem category = Mem::Activations) : buf_(device, 0, category) {}
+  Device device() const { return buf_.device(); }
+  size_t size() const { return n_; }
+  bool empty() const { return n_ == 0; }
+  T* data() { return reinterpret_cast<T*>(buf_.data()); }
+  const T* data() const { return reinterpret_cast<const T*>(buf_.data()); }
+  // n elements for a caller that overwrites them: the memory grows (old freed first, exactly n
+  // allocated) only past what it holds, so once shapes settle nothing is allocated.
+  void resize_for_overwrite(size_t n) {
+    buf_.resize_for_overwrite(n * sizeof(T));
+    n_ = n;
+  }
+
+ private:
+  DeviceBuffer buf_;
+  size_t n_ = 0;
+};
+
 // A bump allocator for per-call temporaries on one device: alloc() hands out 16-byte aligned pieces of
 // one block, reset() takes them all back. What does not fit gets a block of its own until the next
 // reset, which makes one block of what the last sequence of calls needed; so once shapes settle a
@@ -84,13 +108,39 @@ class Arena {
 struct Context {
   Device device = Device::CPU;
   void* stream = nullptr;  // the device stream the ops are queued on (cudaStream_t); unused on the CPU
-  void* blas = nullptr;    // the device BLAS handle (cublasLtHandle_t); the CPU uses OpenBLAS
+  void* blas = nullptr;    // the device BLAS object (kernels/cuda.h: cuda::blas_create); the CPU uses OpenBLAS
   Arena* arena = nullptr;  // temporaries of a call sequence (may be null: callers that need one own one)
   OpProfile* profile = nullptr;  // per-op seconds when enabled (may be null)
+  // The GEMMs' input precision on a device: BF16 lets them round fp32 inputs to bf16 and run on the
+  // tensor cores (exact for bf16-stored operands; the model sets it with bf16 storage). The CPU
+  // backend computes in T whatever this says.
+  DType gemm_inputs = DType::F32;
 };
 
 // The backends this build has: "cpu", or "cpu, cuda".
 const char* backends();
+
+// ---- devices ----
+
+// Throws one line naming `option` unless this build has a backend for the device and one is visible.
+void require_device(Device d, const char* option = "--device");
+// "cpu", or the GPU's name.
+std::string device_description(Device d);
+// Waits for the work queued on the context's stream (nothing to wait for on the CPU).
+void synchronize(const Context& ctx);
+
+// A context with what its device needs (on CUDA: the BLAS object, kernels/cuda.h), released with it.
+class DeviceContext {
+ public:
+  explicit DeviceContext(Device d);
+  ~DeviceContext();
+  DeviceContext(const DeviceContext&) = delete;
+  DeviceContext& operator=(const DeviceContext&) = delete;
+  const Context& get() const { return ctx_; }
+
+ private:
+  Context ctx_;
+};
 
 // ---- GEMMs ----
 
@@ -358,6 +408,10 @@ template <typename T>
 void logprob_backward(const Context& ctx, const Logprob<T>& fwd, const LogprobGrad<T>& a);
 
 // ---- data movement and small reductions ----
+
+// Bytes between the host and the context's device (a plain copy on the CPU); waits for the copy.
+void to_device(const Context& ctx, void* dst, const void* src, size_t bytes);
+void to_host(const Context& ctx, void* dst, const void* src, size_t bytes);
 
 template <typename T>
 void copy(const Context& ctx, T* dst, const T* src, int64_t n);

@@ -140,10 +140,12 @@ __global__ void dkv_kernel(AttentionArgs a, const float* dout, const float* delt
 }
 
 // The longest sequence (from a host copy of cu_seqlens), for the shared memory of the score rows.
-int64_t longest(const AttentionArgs& a) {
+int64_t longest(const AttentionArgs& a, void* stream) {
+  MP_CHECK(a.n_seqs > 0, "attention: no sequences for ", a.n_tokens, " tokens");
   std::vector<int64_t> cu(size_t(a.n_seqs + 1));
-  check(cudaMemcpy(cu.data(), a.cu_seqlens, sizeof(int64_t) * cu.size(), cudaMemcpyDeviceToHost),
-        "attention (sequence lengths)");
+  to_host(cu.data(), a.cu_seqlens, sizeof(int64_t) * cu.size(), stream);
+  MP_CHECK(cu.front() == 0 && cu.back() == a.n_tokens, "attention: cu_seqlens [", cu.front(), ", ", cu.back(),
+           "] do not cover the ", a.n_tokens, " tokens");
   int64_t L = 0;
   for (int64_t s = 0; s < a.n_seqs; ++s) L = std::max(L, cu[size_t(s) + 1] - cu[size_t(s)]);
   return L;
@@ -172,7 +174,7 @@ void check_args(const AttentionArgs& a, const char* op) {
 void attention_forward(const AttentionArgs& a, void* stream) {
   if (a.n_tokens <= 0) return;
   check_args(a, "attention_forward");
-  const int64_t L = longest(a);
+  const int64_t L = longest(a, stream);
   const size_t bytes = sizeof(float) * size_t(kThreads + a.head_dim + L);
   allow_shared(forward_kernel, bytes, L, "attention_forward");
   forward_kernel<<<dim3(unsigned(a.n_tokens), unsigned(a.n_heads)), kThreads, bytes, as_stream(stream)>>>(a);
@@ -183,7 +185,7 @@ void attention_backward(const AttentionArgs& a, const float* dout, float* dq, fl
                         void* stream) {
   if (a.n_tokens <= 0) return;
   check_args(a, "attention_backward");
-  const int64_t L = longest(a);
+  const int64_t L = longest(a, stream);
   Scratch<float> delta(size_t(a.n_heads * a.n_tokens), stream);
   const dim3 rows(unsigned(a.n_tokens), unsigned(a.n_heads)), kv_rows(unsigned(a.n_tokens), unsigned(a.n_kv_heads));
   delta_kernel<<<rows, kThreads, 0, as_stream(stream)>>>(a, dout, delta.get());

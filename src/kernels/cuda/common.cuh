@@ -55,16 +55,42 @@ __device__ T block_max(T v, T* shared) {
   return r;
 }
 
-// Temporary device memory for one launcher, stream-ordered (cudaMallocAsync from the device's pool, freed
-// on the stream after the work queued with it), so no synchronization and no hold past the call.
+// Whether the device has stream-ordered memory pools (cudaMallocAsync); when it has, the default pool
+// keeps what it has grown to (release threshold: unlimited), so scratch allocations settle to none.
+inline bool pools_supported() {
+  static const bool ok = [] {
+    int dev = 0, v = 0;
+    if (cudaGetDevice(&dev) != cudaSuccess) return false;
+    if (cudaDeviceGetAttribute(&v, cudaDevAttrMemoryPoolsSupported, dev) != cudaSuccess || v == 0) return false;
+    cudaMemPool_t pool;
+    if (cudaDeviceGetDefaultMemPool(&pool, dev) == cudaSuccess) {
+      uint64_t threshold = UINT64_MAX;
+      cudaMemPoolSetAttribute(pool, cudaMemPoolAttrReleaseThreshold, &threshold);
+    }
+    return true;
+  }();
+  return ok;
+}
+
+// Temporary device memory for one launcher, stream-ordered where the device has memory pools
+// (cudaMallocAsync, freed on the stream after the work queued with it: no synchronization, no hold past
+// the call); else cudaMalloc/cudaFree (which waits for the device).
 template <typename T>
 class Scratch {
  public:
   Scratch(size_t n, void* stream) : stream_(as_stream(stream)) {
-    if (n) check(cudaMallocAsync(reinterpret_cast<void**>(&p_), n * sizeof(T), stream_), "scratch allocation");
+    if (!n) return;
+    if (pools_supported())
+      check(cudaMallocAsync(reinterpret_cast<void**>(&p_), n * sizeof(T), stream_), "scratch allocation");
+    else
+      check(cudaMalloc(reinterpret_cast<void**>(&p_), n * sizeof(T)), "scratch allocation");
   }
   ~Scratch() {
-    if (p_) cudaFreeAsync(p_, stream_);
+    if (!p_) return;
+    if (pools_supported())
+      cudaFreeAsync(p_, stream_);
+    else
+      cudaFree(p_);
   }
   Scratch(const Scratch&) = delete;
   Scratch& operator=(const Scratch&) = delete;

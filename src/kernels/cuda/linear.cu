@@ -44,26 +44,26 @@ __global__ void segment_add_kernel(double* rdot, const double* row_dot, const in
 
 }  // namespace
 
-void linear_forward(void* blas, float* y, const float* x, const float* w, const float* b, int64_t rows, int64_t in,
+void linear_forward(const BlasCall& blas, float* y, const float* x, const float* w, const float* b, int64_t rows, int64_t in,
                     int64_t out, void* stream) {
   // y[rows, out] = x[rows, in] w[out, in]^T (+ b[out], the epilogue)
   gemm(blas, false, true, rows, out, in, 1.0f, x, in, w, in, 0.0f, y, out, b, stream);
 }
 
-void linear_backward(void* blas, float* dx, float* dw, float* db, const float* dy, const float* x, const float* w,
+void linear_backward(const BlasCall& blas, float* dx, float* dw, float* db, const float* dy, const float* x, const float* w,
                      int64_t rows, int64_t in, int64_t out, bool accumulate, void* stream) {
   // dx[rows, in] = dy[rows, out] w[out, in]
   if (dx) gemm(blas, false, false, rows, in, out, 1.0f, dy, out, w, in, 0.0f, dx, in, nullptr, stream);
   // dw[out, in] (+)= dy^T x
   gemm(blas, true, false, out, in, rows, 1.0f, dy, out, x, in, accumulate ? 1.0f : 0.0f, dw, in, nullptr, stream);
-  if (db) {
+  if (db && out > 0) {
     column_sum_kernel<<<unsigned((out + kThreads - 1) / kThreads), kThreads, 0, as_stream(stream)>>>(db, dy, rows, out,
                                                                                                    accumulate);
     check_launch("linear_backward (db)");
   }
 }
 
-void linear_ghost_dots(void* blas, const float* x, const float* dy, const float* ghat_w, const float* ghat_b,
+void linear_ghost_dots(const BlasCall& blas, const float* x, const float* dy, const float* ghat_w, const float* ghat_b,
                        int64_t rows, int64_t in, int64_t out, const int64_t* seg, int64_t n_seg, double* rdot,
                        void* stream) {
   if (rows <= 0 || n_seg <= 0) return;

@@ -120,7 +120,7 @@ __global__ void ghost_kernel(double* row_dot, const int32_t* rows, const float* 
 // The chunks of scored rows: gathers the chunk's hidden rows into hc, points z at its logits (in the
 // cache when given, else in zbuf), computes them when `logits` or there is no cache, then f(r0, nr, z).
 template <typename F>
-void for_each_chunk(void* blas, const LogprobArgs& a, float* cache, bool logits, float* hc, float* zbuf,
+void for_each_chunk(const BlasCall& blas, const LogprobArgs& a, float* cache, bool logits, float* hc, float* zbuf,
                     void* stream, F&& f) {
   const int64_t chunk = chunk_rows(a);
   for (int64_t r0 = 0; r0 < a.n_rows; r0 += chunk) {
@@ -136,7 +136,7 @@ void for_each_chunk(void* blas, const LogprobArgs& a, float* cache, bool logits,
 
 }  // namespace
 
-void logprob_forward(void* blas, const LogprobArgs& a, float* logp, float* lse, float* prob_cache, void* stream) {
+void logprob_forward(const BlasCall& blas, const LogprobArgs& a, float* logp, float* lse, float* prob_cache, void* stream) {
   if (a.n_rows <= 0) return;
   const int64_t chunk = chunk_rows(a);
   Scratch<float> hc(size_t(chunk * a.C), stream), zbuf(prob_cache ? 0 : size_t(chunk * a.V), stream);
@@ -147,7 +147,7 @@ void logprob_forward(void* blas, const LogprobArgs& a, float* logp, float* lse, 
   });
 }
 
-void logprob_forward_shard(void* blas, const LogprobArgs& a, float* row_max, float* row_sumexp, float* target_logit,
+void logprob_forward_shard(const BlasCall& blas, const LogprobArgs& a, float* row_max, float* row_sumexp, float* target_logit,
                            float* prob_cache, void* stream) {
   if (a.n_rows <= 0) return;
   if (a.V == 0) {
@@ -181,7 +181,7 @@ void logprob_shard_finish(const float* row_max, const float* row_sumexp, const d
   check_launch("logprob_shard_finish");
 }
 
-void logprob_backward(void* blas, const LogprobArgs& a, const float* coef, const float* lse, float* prob_cache,
+void logprob_backward(const BlasCall& blas, const LogprobArgs& a, const float* coef, const float* lse, float* prob_cache,
                       float* dh, float* dW, bool accumulate, const float* ghat, double* row_dot, void* stream) {
   if (!accumulate && a.n_rows == 0) fill(dW, 0.0f, a.V * a.C, stream);
   if (a.V == 0 || a.n_rows <= 0) return;

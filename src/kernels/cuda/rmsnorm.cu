@@ -1,6 +1,7 @@
 // RMSNorm forward and backward: one block per row, the row's sums reduced in shared memory by a fixed
-// tree (so a row's result does not depend on the launch); the weight gradient one thread per column,
-// summing the rows in order (no atomics); the ghost dots one block per row, in double.
+// tree (so a row's result does not depend on the launch); the weight gradient summed over chunks of
+// rows and then over the chunks, each in a fixed order (no atomics); the ghost dots one block per
+// row, in double.
 #include "common.cuh"
 #include "metapo/kernels/cuda.h"
 
@@ -39,11 +40,25 @@ __global__ void backward_dx_kernel(float* dx, const float* dy, const float* x, c
   }
 }
 
-__global__ void backward_dw_kernel(float* dw, const float* dy, const float* x, const float* rstd, int64_t n, int64_t C) {
+// The weight gradient in two fixed-order stages, so that it uses the whole GPU without atomics:
+// part[k][c] = Σ over rows [k kRowChunk, (k+1) kRowChunk) of dy x rstd (one thread per column and
+// chunk, rows in order), then dw[c] += Σ_k part[k][c] (one thread per column, chunks in order).
+constexpr int64_t kRowChunk = 64;
+
+__global__ void backward_dw_partial_kernel(float* part, const float* dy, const float* x, const float* rstd, int64_t n,
+                                           int64_t C) {
+  const int64_t c = blockIdx.x * int64_t(blockDim.x) + threadIdx.x, k = blockIdx.y;
+  if (c >= C) return;
+  float s = 0;
+  for (int64_t i = k * kRowChunk; i < min(n, (k + 1) * kRowChunk); ++i) s += dy[i * C + c] * x[i * C + c] * rstd[i];
+  part[k * C + c] = s;
+}
+
+__global__ void backward_dw_sum_kernel(float* dw, const float* part, int64_t chunks, int64_t C) {
   const int64_t c = blockIdx.x * int64_t(blockDim.x) + threadIdx.x;
   if (c >= C) return;
   float s = 0;
-  for (int64_t i = 0; i < n; ++i) s += dy[i * C + c] * x[i * C + c] * rstd[i];
+  for (int64_t k = 0; k < chunks; ++k) s += part[k * C + c];
   dw[c] += s;
 }
 
@@ -68,10 +83,17 @@ void rmsnorm_forward(float* y, float* rstd, const float* x, const float* w, int6
 
 void rmsnorm_backward(float* dx, float* dw, const float* dy, const float* x, const float* w, const float* rstd,
                       int64_t n, int64_t C, bool accumulate, void* stream) {
-  if (n <= 0) return;
+  if (n <= 0 || C <= 0) return;
   backward_dx_kernel<<<unsigned(n), kThreads, 0, as_stream(stream)>>>(dx, dy, x, w, rstd, C, accumulate);
   check_launch("rmsnorm_backward (dx)");
-  backward_dw_kernel<<<unsigned((C + kThreads - 1) / kThreads), kThreads, 0, as_stream(stream)>>>(dw, dy, x, rstd, n, C);
+  const int64_t chunks = (n + kRowChunk - 1) / kRowChunk;
+  MP_CHECK(chunks <= 65535, "rmsnorm_backward: ", n, " rows (at most ", 65535 * kRowChunk, ")");
+  Scratch<float> part(size_t(chunks * C), stream);
+  const unsigned col_blocks = unsigned((C + kThreads - 1) / kThreads);
+  backward_dw_partial_kernel<<<dim3(col_blocks, unsigned(chunks)), kThreads, 0, as_stream(stream)>>>(part.get(), dy, x,
+                                                                                                     rstd, n, C);
+  check_launch("rmsnorm_backward (dw, partial sums)");
+  backward_dw_sum_kernel<<<col_blocks, kThreads, 0, as_stream(stream)>>>(dw, part.get(), chunks, C);
   check_launch("rmsnorm_backward (dw)");
 }
 

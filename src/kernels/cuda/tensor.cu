@@ -9,7 +9,8 @@ namespace metapo::cuda {
 
 namespace {
 
-__global__ void fill_kernel(float* dst, float value, int64_t n) {
+template <typename T>
+__global__ void fill_kernel(T* dst, T value, int64_t n) {
   MP_GRID_LOOP(i, n)
     dst[i] = value;
 }
@@ -65,12 +66,18 @@ __global__ void copy_rows_kernel(float* const* dst, const float* src, int64_t ld
 
 void synchronize(void* stream) { check(cudaStreamSynchronize(as_stream(stream)), "stream synchronize"); }
 
-void to_device(void* dst, const void* src, size_t bytes) {
-  if (bytes) check(cudaMemcpy(dst, src, bytes, cudaMemcpyHostToDevice), "copy to device");
+// On the stream, then waited for: ordered after the work queued there, and (pageable host memory
+// being staged) complete when they return.
+void to_device(void* dst, const void* src, size_t bytes, void* stream) {
+  if (!bytes) return;
+  check(cudaMemcpyAsync(dst, src, bytes, cudaMemcpyHostToDevice, as_stream(stream)), "copy to device");
+  synchronize(stream);
 }
 
-void to_host(void* dst, const void* src, size_t bytes) {
-  if (bytes) check(cudaMemcpy(dst, src, bytes, cudaMemcpyDeviceToHost), "copy to host");
+void to_host(void* dst, const void* src, size_t bytes, void* stream) {
+  if (!bytes) return;
+  check(cudaMemcpyAsync(dst, src, bytes, cudaMemcpyDeviceToHost, as_stream(stream)), "copy to host");
+  synchronize(stream);
 }
 
 bool device_available() {
@@ -101,6 +108,12 @@ void copy(float* dst, const float* src, int64_t n, void* stream) {
 }
 
 void fill(float* dst, float value, int64_t n, void* stream) {
+  if (n <= 0) return;
+  fill_kernel<<<blocks_for(n), 256, 0, as_stream(stream)>>>(dst, value, n);
+  check_launch("fill");
+}
+
+void fill(double* dst, double value, int64_t n, void* stream) {
   if (n <= 0) return;
   fill_kernel<<<blocks_for(n), 256, 0, as_stream(stream)>>>(dst, value, n);
   check_launch("fill");

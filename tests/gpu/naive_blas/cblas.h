@@ -1,6 +1,6 @@
 // The two CBLAS calls the CPU kernels make (cblas_sgemm, cblas_dgemm), for the GPU tests' CPU reference:
 // the device machine has the CUDA toolkit but no BLAS, so tests/gpu compiles the CPU kernels against
-// these plain loops (naive_cblas.cpp, double accumulation) instead of OpenBLAS.
+// these plain loops (naive_cblas.cpp) instead of OpenBLAS.
 #pragma once
 
 enum CBLAS_ORDER { CblasRowMajor = 101, CblasColMajor = 102 };
