@@ -9,12 +9,16 @@
 #   3. bench_gpu_model  fwd+bwd, DPO and MetaPO steps of the 1.3B shape (configs/presets/gpu-1.3b.ini)
 #                       on packed 2048-token sequences: tokens/s, TFLOP/s, MFU;
 #   4. tools/bench_torch.py, the same shape in PyTorch + transformers (bf16 autocast, SDPA), same run;
-# then prints one table and writes every log to $OUT (default runs/gpu-check). Within 8 minutes on an
-# H100/H200. On a machine without a GPU it builds the same and reports the GPU steps skipped (a dry
-# run: `tools/gpu-check.sh` here checks that it would build there).
-#   OUT=/some/dir tools/gpu-check.sh
+# then prints one table and writes every log to $OUT (default runs/gpu-check). On a machine without a
+# GPU it builds the same and reports the GPU steps skipped (a dry run: `tools/gpu-check.sh` here checks
+# that it would build there).
+#
+# A device command may run 10 minutes, so the check comes in two parts, each well inside that: first
+# `PART=tests` (the build and 1-2, about 6 minutes), then, on the same warm machine whose build folder
+# is kept, `PART=bench` (3-4, about 5 minutes). PART=all (the default) runs both in one go.
+#   OUT=/some/dir PART=tests tools/gpu-check.sh
 #   ARCH=90 tools/gpu-check.sh        # the architectures to build for (default: 80;90)
-#   SANITIZE=1 tools/gpu-check.sh     # also compute-sanitizer memcheck on test_gpu_ops
+#   SANITIZE=1 tools/gpu-check.sh     # also compute-sanitizer memcheck on test_gpu_ops (tests part)
 #   BATCH=4 SEQ=2048 tools/gpu-check.sh  # the benchmark's sequences per step and their length
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -23,14 +27,20 @@ ARCH=${ARCH:-80;90}
 BUILD=${BUILD:-build-gpu}
 BATCH=${BATCH:-4}
 SEQ=${SEQ:-2048}
+PART=${PART:-all}
+case $PART in all|tests|bench) ;; *) echo "gpu-check: PART=$PART: all, tests or bench" >&2; exit 2 ;; esac
 mkdir -p "$OUT"
 : > "$OUT/summary.txt"
 log() { echo "gpu-check: $*" | tee -a "$OUT/summary.txt"; }
 command -v nvcc >/dev/null || PATH=/usr/local/cuda/bin:$PATH
 command -v nvcc >/dev/null || { log "error: nvcc not found (CUDA toolkit in /usr/local/cuda?)"; exit 1; }
-# cuBLASLt is dlopen'd at run time: the toolkit's library folders on the loader's path.
+# cuBLASLt is dlopen'd at run time: for metapo's programs (not for PyTorch, which brings its own), the
+# toolkit's library folders and those of the pip CUDA wheels on the loader's path.
 cuda_root=$(dirname "$(dirname "$(command -v nvcc)")")
-export LD_LIBRARY_PATH="$cuda_root/lib64:$cuda_root/lib:${LD_LIBRARY_PATH:-}"
+wheel_libs=$(python3 -c 'import glob, os, site
+print(":".join(sorted(set(os.path.dirname(p) for d in site.getsitepackages()
+                         for p in glob.glob(d + "/nvidia/*/lib/libcublasLt.so*")))))' 2>/dev/null || true)
+METAPO_LIBS="$cuda_root/lib64:$cuda_root/lib${wheel_libs:+:$wheel_libs}${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
 log "$(date -u +%FT%TZ) on $(hostname): $(nvcc --version | tail -1)"
 gpu=0
 if command -v nvidia-smi >/dev/null && nvidia-smi -L >/dev/null 2>&1; then
@@ -41,7 +51,7 @@ else
   log "no GPU visible (nvidia-smi): a dry run, the GPU steps report skipped"
 fi
 start=$SECONDS
-log "building tests/gpu for sm ${ARCH} into $BUILD"
+log "building tests/gpu for sm ${ARCH} into $BUILD (part: $PART)"
 if ! { cmake -S tests/gpu -B "$BUILD" -DCMAKE_BUILD_TYPE=Release "-DCMAKE_CUDA_ARCHITECTURES=$ARCH" &&
        cmake --build "$BUILD" -j"$(nproc)"; } >"$OUT/build.log" 2>&1; then
   tail -30 "$OUT/build.log"
@@ -60,19 +70,25 @@ run() {
   cat "$OUT/$name.log"
   case $status in
     0) result[$name]="passed" ;;
-    77) result[$name]="skipped (no CUDA device)" ;;
+    77) if [ $gpu = 1 ]; then result[$name]="FAILED (nvidia-smi sees a GPU, the CUDA runtime does not)"
+        else result[$name]="skipped (no CUDA device)"; fi ;;
     124) result[$name]="TIMED OUT after ${limit} s" ;;
     *) result[$name]="FAILED (exit $status)" ;;
   esac
   log "$name: ${result[$name]} in $((SECONDS - t0)) s"
 }
-run test_gpu_ops 120 "$BUILD/tests/gpu/test_gpu_ops"
-run test_gpu_model 300 "$BUILD/tests/gpu/test_gpu_model"
-if [ "${SANITIZE:-0}" = 1 ] && [ $gpu = 1 ] && command -v compute-sanitizer >/dev/null; then
-  run memcheck 240 compute-sanitizer --tool memcheck --error-exitcode 9 "$BUILD/tests/gpu/test_gpu_ops"
+if [ "$PART" != bench ]; then
+  run test_gpu_ops 90 env LD_LIBRARY_PATH="$METAPO_LIBS" "$BUILD/tests/gpu/test_gpu_ops"
+  run test_gpu_model 240 env LD_LIBRARY_PATH="$METAPO_LIBS" "$BUILD/tests/gpu/test_gpu_model"
+  if [ "${SANITIZE:-0}" = 1 ] && [ $gpu = 1 ] && command -v compute-sanitizer >/dev/null; then
+    run memcheck 150 env LD_LIBRARY_PATH="$METAPO_LIBS" compute-sanitizer --tool memcheck --error-exitcode 9 \
+      "$BUILD/tests/gpu/test_gpu_ops"
+  fi
 fi
-run bench_gpu_model 240 "$BUILD/tests/gpu/bench_gpu_model" --shape 1.3b --seq-len "$SEQ" --batch "$BATCH"
-if [ $gpu = 1 ]; then
+[ "$PART" != tests ] &&
+  run bench_gpu_model 200 env LD_LIBRARY_PATH="$METAPO_LIBS" "$BUILD/tests/gpu/bench_gpu_model" --shape 1.3b \
+    --seq-len "$SEQ" --batch "$BATCH"
+if [ $gpu = 1 ] && [ "$PART" != tests ]; then
   for step in fwdbwd dpo; do
     run "bench_torch_$step" 180 env PYTHONUNBUFFERED=1 python3 tools/bench_torch.py --device cuda --dtype bf16 \
       --step "$step" --preset configs/presets/gpu-1.3b.ini --seq-len "$SEQ" --batch "$BATCH" --warmup 1 --steps 3

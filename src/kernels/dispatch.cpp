@@ -327,7 +327,7 @@ cpu::AttentionParams<T> cpu_attention(const Attention<T>& a) {
 #ifdef METAPO_HAVE_CUDA
 cuda::AttentionArgs cuda_attention(const Attention<float>& a) {
   return {a.q,          a.k,      a.v,        a.ld_qkv,  a.out,        a.ld_out,     a.lse,
-          a.cu_seqlens, a.n_seqs, a.n_tokens, a.n_heads, a.n_kv_heads, a.head_dim, a.scale};
+          a.cu_seqlens, a.n_seqs, a.n_tokens, a.n_heads, a.n_kv_heads, a.head_dim, a.scale, a.max_seqlen};
 }
 #endif
 }  // namespace

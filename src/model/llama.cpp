@@ -41,6 +41,9 @@ LlamaModel<T>::LlamaModel(const LlamaConfig& c, Comm* tp, const PipeStage& stage
       arena_(ctx.device) {
   MP_CHECK(!tp || ctx.device == Device::CPU, "tensor parallelism on ", device_name(ctx.device),
            ": not yet (the TP collectives run on host memory)");
+  MP_CHECK(stage.whole() || ctx.device == Device::CPU, "pipeline stages on ", device_name(ctx.device),
+           ": not yet (the pipeline schedule moves host buffers)");
+  if (ctx.device != Device::CPU) prof_.wait = [this] { ops::synchronize(ctx_); };
   acts_.resize(lay_.layers.size());
   for (LayerActs& a : acts_) tag(a);
   for (Acts* b : {&x_final_, &hN_, &rstdN_, &row_lse_, &probs_}) *b = Acts(ctx_.device);
@@ -206,7 +209,7 @@ void LlamaModel<T>::layer_forward(const LayerView<const T>& lw, const T* x_in, c
   run("rope", [&] { ops::rope(cx, ops::Rope<T>{qkv, n, Hq, D, QKV, di_.pos_p, &rope_, false}); });  // q
   run("rope", [&] { ops::rope(cx, ops::Rope<T>{qkv + Q, n, Hkv, D, QKV, di_.pos_p, &rope_, false}); store(qkv, n * QKV); });  // k
   const ops::Attention<T> ap{qkv, qkv + Q, qkv + Q + lc_.kv_dim(), QKV, r.att->data(), Q, r.lse->data(),
-                             di_.cu_seqlens_p, b.n_seqs(), n, Hq, Hkv, D, T(1) / std::sqrt(T(D))};
+                             di_.cu_seqlens_p, b.n_seqs(), n, Hq, Hkv, D, T(1) / std::sqrt(T(D)), idx_.max_len};
   run("attention", [&] { ops::attention_forward(cx, ap); store(r.att->data(), n * Q); });  // [n, Q]
   // x_mid = x_in + att Wo^T (the GEMM accumulates onto the copied residual). Row-parallel under TP:
   // each rank's heads give a partial product; the residual rides on rank 0's partial only, so one
@@ -447,7 +450,7 @@ void LlamaModel<T>::backward_stage(const T* params, const T* dout, T* grads, boo
     prof_.run("o_proj.bwd", [&] { linear_bwd(datt, lg.wo, nullptr, dx, r.att->data(), lw.wo, n, Q, C, lgh ? lgh->wo : nullptr, nullptr); });
     const T* qkv = r.qkv->data();
     const ops::Attention<T> ap{qkv, qkv + Q, qkv + Q + KV, QKV, r.att->data(), Q, r.lse->data(),
-                               di_.cu_seqlens_p, b.n_seqs(), n, Hq, Hkv, D, T(1) / std::sqrt(T(D))};
+                               di_.cu_seqlens_p, b.n_seqs(), n, Hq, Hkv, D, T(1) / std::sqrt(T(D)), idx_.max_len};
     const ops::AttentionGrad<T> agp{datt, dqkv, dqkv + Q, dqkv + Q + KV, QKV};
     prof_.run("attention.bwd", [&] { ops::attention_backward(cx, ap, agp); });
     prof_.run("rope.bwd", [&] { ops::rope(cx, ops::Rope<T>{dqkv, n, Hq, D, QKV, di_.pos_p, &rope_, true}); });  // dq before rope

@@ -103,6 +103,7 @@ struct AttentionArgs {
   const int64_t* cu_seqlens;  // device memory, [n_seqs + 1]
   int64_t n_seqs, n_tokens, n_heads, n_kv_heads, head_dim;
   float scale;
+  int64_t max_seqlen = 0;  // 0: found from a host copy of cu_seqlens (which waits for the stream)
 };
 void attention_forward(const AttentionArgs& a, void* stream);
 // dq, dk, dv overwritten (stride ld_dqkv); dk and dv sum over the query heads of their group and the

@@ -291,6 +291,7 @@ struct Attention {
   const int64_t* cu_seqlens;
   int64_t n_seqs, n_tokens, n_heads, n_kv_heads, head_dim;
   T scale;
+  int64_t max_seqlen = 0;  // the longest sequence when the caller knows it (0: the backend finds it)
 };
 template <typename T>
 void attention_forward(const Context& ctx, const Attention<T>& a);

@@ -2,8 +2,10 @@
 // has the layout): the plain kernels of our own, the reference for a fused implementation and the
 // fallback where there is none. One block per (query row, head) keeps that row's scores in shared
 // memory (so a sequence may be as long as the shared memory holds: 48k tokens on sm_80/90); the
-// backward has one block per (query row, head) for dq and one per (key row, KV head) for dk and dv,
-// each summing in a fixed order: no atomics, bit-identical runs.
+// backward has one block per (query row, head) for dq and one per (key row, KV head) for dk and dv.
+// Each dot product over the head dimension is one warp's (lanes over d, so a row is read coalesced,
+// then a butterfly of shuffles); the weighted sums over rows have one thread per d, rows in order. No
+// atomics, and every sum has a fixed order: bit-identical runs.
 #include <algorithm>
 #include <vector>
 
@@ -28,9 +30,14 @@ __device__ int64_t sequence_of(const int64_t* cu, int64_t n_seqs, int64_t t) {
   return lo;
 }
 
-__device__ float dot(const float* a, const float* b, int64_t D) {
+constexpr int kWarps = kThreads / 32;
+
+// ⟨a, b⟩ over D by the calling warp: lane l sums d = l, l + 32, ...; then a fixed butterfly, so every
+// lane gets the same value in the same order on every launch.
+__device__ float warp_dot(const float* a, const float* b, int64_t D) {
   float s = 0;
-  for (int64_t d = 0; d < D; ++d) s += a[d] * b[d];
+  for (int64_t d = threadIdx.x % 32; d < D; d += 32) s += a[d] * b[d];
+  for (int o = 16; o > 0; o /= 2) s += __shfl_xor_sync(0xffffffffu, s, o);
   return s;
 }
 
@@ -45,12 +52,14 @@ __global__ void forward_kernel(AttentionArgs a) {
   const int64_t s0 = a.cu_seqlens[sequence_of(a.cu_seqlens, a.n_seqs, t)], nk = t - s0 + 1;
   for (int64_t d = threadIdx.x; d < D; d += kThreads) qs[d] = a.q[t * a.ld_qkv + h * D + d];
   __syncthreads();
+  const int64_t warp = threadIdx.x / 32, lane = threadIdx.x % 32;
   float m = -INFINITY;
-  for (int64_t j = threadIdx.x; j < nk; j += kThreads) {
-    S[j] = a.scale * dot(qs, a.k + (s0 + j) * a.ld_qkv + kvh * D, D);
-    m = fmaxf(m, S[j]);
+  for (int64_t j = warp; j < nk; j += kWarps) {
+    const float sj = a.scale * warp_dot(qs, a.k + (s0 + j) * a.ld_qkv + kvh * D, D);
+    if (lane == 0) S[j] = sj;
+    m = fmaxf(m, sj);
   }
-  const float mx = block_max(m, red);
+  const float mx = block_max(m, red);  // its barriers also publish S
   float s = 0;
   for (int64_t j = threadIdx.x; j < nk; j += kThreads) s += (S[j] = expf(S[j] - mx));
   const float sum = block_sum(s, red);  // its barriers also publish S
@@ -87,10 +96,11 @@ __global__ void dq_kernel(AttentionArgs a, const float* dout, const float* delta
     qs[d] = a.q[t * a.ld_qkv + h * D + d], dos[d] = dout[t * a.ld_out + h * D + d];
   __syncthreads();
   const float l = a.lse[h * a.n_tokens + t], dl = delta[h * a.n_tokens + t];
-  for (int64_t j = threadIdx.x; j < nk; j += kThreads) {
+  for (int64_t j = threadIdx.x / 32; j < nk; j += kWarps) {
     const int64_t row = (s0 + j) * a.ld_qkv + kvh * D;
-    const float p = expf(a.scale * dot(qs, a.k + row, D) - l);
-    S[j] = p * (dot(dos, a.v + row, D) - dl);
+    const float p = expf(a.scale * warp_dot(qs, a.k + row, D) - l);
+    const float ds = p * (warp_dot(dos, a.v + row, D) - dl);
+    if (threadIdx.x % 32 == 0) S[j] = ds;
   }
   __syncthreads();
   for (int64_t d = threadIdx.x; d < D; d += kThreads) {
@@ -118,11 +128,11 @@ __global__ void dkv_kernel(AttentionArgs a, const float* dout, const float* delt
   __syncthreads();
   for (int64_t r = 0; r < rep; ++r) {
     const int64_t h = g * rep + r;
-    for (int64_t i = threadIdx.x; i < nq; i += kThreads) {
+    for (int64_t i = threadIdx.x / 32; i < nq; i += kWarps) {
       const int64_t t = j + i;
-      const float p = expf(a.scale * dot(a.q + t * a.ld_qkv + h * D, ks, D) - a.lse[h * a.n_tokens + t]);
-      P[i] = p;
-      dS[i] = p * (dot(dout + t * a.ld_out + h * D, vs, D) - delta[h * a.n_tokens + t]);
+      const float p = expf(a.scale * warp_dot(a.q + t * a.ld_qkv + h * D, ks, D) - a.lse[h * a.n_tokens + t]);
+      const float ds = p * (warp_dot(dout + t * a.ld_out + h * D, vs, D) - delta[h * a.n_tokens + t]);
+      if (threadIdx.x % 32 == 0) P[i] = p, dS[i] = ds;
     }
     __syncthreads();
     for (int64_t d = threadIdx.x, u = 0; d < D; d += kThreads, ++u) {
@@ -141,6 +151,7 @@ __global__ void dkv_kernel(AttentionArgs a, const float* dout, const float* delt
 
 // The longest sequence (from a host copy of cu_seqlens), for the shared memory of the score rows.
 int64_t longest(const AttentionArgs& a, void* stream) {
+  if (a.max_seqlen > 0) return a.max_seqlen;
   MP_CHECK(a.n_seqs > 0, "attention: no sequences for ", a.n_tokens, " tokens");
   std::vector<int64_t> cu(size_t(a.n_seqs + 1));
   to_host(cu.data(), a.cu_seqlens, sizeof(int64_t) * cu.size(), stream);

@@ -16,8 +16,10 @@ void gemm(CBLAS_ORDER order, CBLAS_TRANSPOSE ta, CBLAS_TRANSPOSE tb, blasint M, 
   if (order != CblasRowMajor) std::abort();
   // a[i, k] = op(A)[i, k], bt[j, k] = op(B)[k, j]: both K-contiguous.
   std::vector<T> a(size_t(M) * size_t(K)), bt(size_t(N) * size_t(K));
+#pragma omp parallel for schedule(static)
   for (int64_t i = 0; i < M; ++i)
     for (int64_t k = 0; k < K; ++k) a[size_t(i * K + k)] = ta == CblasNoTrans ? A[i * lda + k] : A[k * lda + i];
+#pragma omp parallel for schedule(static)
   for (int64_t j = 0; j < N; ++j)
     for (int64_t k = 0; k < K; ++k) bt[size_t(j * K + k)] = tb == CblasNoTrans ? B[k * ldb + j] : B[j * ldb + k];
 #pragma omp parallel for schedule(static)
