@@ -16,7 +16,7 @@ namespace metapo::cli {
 
 int cmd_eval(Context& ctx, int argc, char** argv) {
   po::options_description desc("metapo eval options");
-  std::string model_dir, data, split, loss;
+  std::string model_dir, data, split, loss, device;
   LossConfig lc;
   int64_t micro = 0, micro_tokens = 0, limit = 0;
   desc.add_options()
@@ -31,10 +31,12 @@ int cmd_eval(Context& ctx, int argc, char** argv) {
     ("limit", po::value(&limit)->default_value(0), "evaluate the first N pairs only (0: all)");
   ParallelOptions par;
   add_parallel_options(desc, par);
+  add_device_option(desc, device);
   po::variables_map vm;
   if (!parse_args("eval", "[mpirun -np N] metapo eval [--tp T] [--pp P] --model DIR --data FILE.h5 --split test", desc, argc, argv, vm, ctx))
     return 0;
   apply_parallel_options(ctx, par);
+  const Device dev = check_device_option(device, par);
   lc.type = parse_loss(loss);
   validate(lc);
   const PairSplit s = read_pair_split(data, split);
@@ -43,7 +45,8 @@ int cmd_eval(Context& ctx, int argc, char** argv) {
   check_token_budget(s.size(), [&](int64_t i) { return pair_tokens(s, i); }, s.sample_id, mb, data + ": /" + split);
   // Pairs split over DP; the TP ranks of a replica score the same pairs together.
   ShardedModel sm = load_sharded_model(model_dir, ctx.topo, par.pp_layers);
-  const PairStats st = evaluate_pairs(*sm.model, sm.pp.get(), sm.params.data(), s, lc, mb, limit, ctx.topo.dp_comm());
+  place_on_device(sm, dev);
+  const PairStats st = evaluate_pairs(*sm.model, sm.pp.get(), sm.model_params(), s, lc, mb, limit, ctx.topo.dp_comm());
   if (ctx.topo.is_root()) {
     nlohmann::json j;
     j["split"] = split, j["n"] = st.n;
@@ -57,7 +60,7 @@ int cmd_eval(Context& ctx, int argc, char** argv) {
 
 int cmd_precompute_ref(Context& ctx, int argc, char** argv) {
   po::options_description desc("metapo precompute-ref options");
-  std::string model_dir, data;
+  std::string model_dir, data, device;
   int64_t micro = 0, micro_tokens = 0;
   desc.add_options()
     ("model", po::value(&model_dir)->required(), "reference model directory (Hugging Face layout)")
@@ -66,11 +69,13 @@ int cmd_precompute_ref(Context& ctx, int argc, char** argv) {
     ("micro-batch-tokens", po::value(&micro_tokens)->default_value(0), "> 0: forwards of whole pairs up to N tokens instead of --micro-batch pairs");
   ParallelOptions par;
   add_parallel_options(desc, par);
+  add_device_option(desc, device);
   po::variables_map vm;
   if (!parse_args("precompute-ref", "[mpirun -np N] metapo precompute-ref [--tp T] [--pp P] --model DIR --data FILE.h5", desc, argc,
                   argv, vm, ctx))
     return 0;
   apply_parallel_options(ctx, par);
+  const Device dev = check_device_option(device, par);
   const LlamaConfig config = load_hf_config(model_dir);
   const Dataset d = read_dataset(data);
   MP_CHECK(d.info.vocab_size <= config.vocab_size, data, ": vocab_size ", d.info.vocab_size,
@@ -79,12 +84,13 @@ int cmd_precompute_ref(Context& ctx, int argc, char** argv) {
   for (const auto& [name, split] : d.pairs)
     check_token_budget(split.size(), [&](int64_t i) { return pair_tokens(split, i); }, split.sample_id, mb, data + ": /" + name);
   ShardedModel sm = load_sharded_model(model_dir, ctx.topo, par.pp_layers);
+  place_on_device(sm, dev);
   std::map<std::string, std::pair<std::vector<double>, std::vector<double>>> ref;
   for (const auto& [name, split] : d.pairs) {
     std::vector<int64_t> idx(static_cast<size_t>(split.size()));
     for (int64_t i = 0; i < split.size(); ++i) idx[size_t(i)] = i;
     auto& [c, r] = ref[name];
-    pair_logps(*sm.model, sm.pp.get(), sm.params.data(), split, idx, mb, ctx.topo.dp_comm(), c, r);
+    pair_logps(*sm.model, sm.pp.get(), sm.model_params(), split, idx, mb, ctx.topo.dp_comm(), c, r);
     if (ctx.topo.is_root()) std::printf("%s: %lld pairs scored\n", name.c_str(), (long long)split.size());
   }
   if (ctx.topo.is_root()) write_ref_logps(data, ref, model_dir, config.max_position_embeddings);

@@ -68,7 +68,7 @@ std::string score_line(const ScoreInput& s, const float* logp) {
 
 int cmd_score(Context& ctx, int argc, char** argv) {
   po::options_description desc("metapo score options");
-  std::string model_dir, input, output;
+  std::string model_dir, input, output, device;
   int64_t max_tokens = 0;
   desc.add_options()
     ("model", po::value(&model_dir)->required(), "model directory (Hugging Face layout)")
@@ -77,16 +77,19 @@ int cmd_score(Context& ctx, int argc, char** argv) {
     ("max-batch-tokens", po::value(&max_tokens)->default_value(8192), "tokens per packed forward");
   ParallelOptions par;
   add_parallel_options(desc, par);
+  add_device_option(desc, device);
   po::variables_map vm;
   if (!parse_args("score", "[mpirun -np N] metapo score [--tp T] [--pp P] --model DIR --input IN.jsonl --output OUT.jsonl",
                   desc, argc, argv, vm, ctx))
     return 0;
   MP_CHECK(max_tokens > 0, "--max-batch-tokens must be positive");
   apply_parallel_options(ctx, par);
+  const Device dev = check_device_option(device, par);
   const Topology& topo = ctx.topo;
   const HfModelReader reader(model_dir);
   const std::vector<ScoreInput> seqs = read_score_input(input, reader.config().vocab_size);
   ShardedModel sm = load_sharded_model(reader, topo, par.pp_layers);
+  place_on_device(sm, dev);
 
   // This replica's lines, packed greedily into forwards (micro-batches of the pipeline).
   std::vector<size_t> todo;
@@ -104,7 +107,7 @@ int cmd_score(Context& ctx, int argc, char** argv) {
   // The last stage has the log-probs, identical on its TP ranks: TP rank 0 there writes the lines.
   const bool writer = topo.last_stage() && topo.tp_rank == 0;
   std::ostringstream mine;
-  pipeline_forward(*sm.model, sm.pp.get(), sm.params.data(), mbs, [&](size_t m, const std::vector<float>& logp) {
+  pipeline_forward(*sm.model, sm.pp.get(), sm.model_params(), mbs, [&](size_t m, const std::vector<float>& logp) {
     if (!writer) return;
     const PackedBatch& b = mbs[m].batch;
     for (int64_t k = 0; k < b.n_seqs(); ++k)

@@ -1,3 +1,4 @@
+#include "metapo/ops/ops.h"
 #include "metapo/model/config_json.h"
 #include "metapo/cli/common.h"
 
@@ -104,6 +105,19 @@ void add_parallel_options(po::options_description& desc, ParallelOptions& p) {
     ("tp", po::value(&p.tp)->default_value(1), "tensor-parallel ranks per model replica (Megatron style; heads, KV heads and intermediate size must divide)")
     ("pp", po::value(&p.pp)->default_value(1), "pipeline-parallel stages (1F1B schedule); data parallelism takes the rest: DP = world / (TP x PP)")
     ("pp-layers", po::value(&p.pp_layers_text)->default_value(""), "decoder layers per pipeline stage, comma-separated, e.g. 3,2,2,1 (default: an even split, the remainder on the first stages)");
+}
+
+void add_device_option(po::options_description& desc, std::string& device) {
+  desc.add_options()("device", po::value(&device)->default_value("cpu"),
+                     "where the forward passes run: cpu, cuda (one GPU per rank, --tp 1 --pp 1)");
+}
+
+Device check_device_option(const std::string& device, const ParallelOptions& par) {
+  const Device d = parse_device(device);
+  ops::require_device(d);
+  MP_CHECK(d == Device::CPU || (par.tp == 1 && par.pp == 1), "--device ", device,
+           ": one device per model replica for now (--tp 1 --pp 1)");
+  return d;
 }
 
 std::vector<int64_t> parse_pp_layers(const std::string& text, int pp) {

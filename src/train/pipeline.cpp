@@ -1,6 +1,7 @@
 #include "metapo/train/pipeline.h"
 
 #include <algorithm>
+#include <memory>
 
 #include "metapo/core/error.h"
 #include "metapo/parallel/pipeline_schedule.h"
@@ -26,14 +27,25 @@ void bind_forward(StageFns& f, LlamaModel<float>& model, const float* params, co
   const size_t C = size_t(model.config().hidden_size);
   const bool last = model.stage().last;
   f.boundary = [&mbs, C](size_t m) { return size_t(mbs[m].batch.n_tokens()) * C; };
-  f.forward = [&model, params, &mbs, &logp, on_logp, last](size_t m, int slot, const float* x_in, float* x_out) {
+  // On a device the log-probs are written there and copied back for on_logp (the pair losses and
+  // sums are host arithmetic on a few numbers per sequence).
+  auto dev_logp = std::make_shared<ops::DeviceArray<float>>(model.device(), Mem::Activations);
+  f.forward = [&model, params, &mbs, &logp, on_logp, last, dev_logp](size_t m, int slot, const float* x_in,
+                                                                      float* x_out) {
     model.use_slot(slot);
     if (!last) {
       model.forward_stage(params, mbs[m].batch, nullptr, x_in, x_out);
       return;
     }
-    logp.resize(size_t(mbs[m].batch.n_tokens()));
-    model.forward_stage(params, mbs[m].batch, mbs[m].targets.data(), x_in, logp.data());
+    const size_t n = size_t(mbs[m].batch.n_tokens());
+    logp.resize(n);
+    if (model.device() == Device::CPU) {
+      model.forward_stage(params, mbs[m].batch, mbs[m].targets.data(), x_in, logp.data());
+    } else {
+      dev_logp->resize_for_overwrite(n);
+      model.forward_stage(params, mbs[m].batch, mbs[m].targets.data(), x_in, dev_logp->data());
+      ops::to_host(model.context(), logp.data(), dev_logp->data(), n * sizeof(float));
+    }
     on_logp(m, logp);
   };
 }
@@ -48,6 +60,7 @@ void pipeline_train(LlamaModel<float>& model, Comm* pp_in, const float* params, 
   const size_t M = mbs.size();
   model.set_slots(pipeline_slots(pp ? pp->size() : 1, pp ? pp->rank() : 0, M));
   MP_CHECK(!ghat || seq_dots, "pipeline_train: ghat given without seq_dots");
+  MP_CHECK(model.device() == Device::CPU, "training on ", device_name(model.device()), ": not yet");
   if (seq_dots) seq_dots->assign(M, {});
   std::vector<std::vector<float>> dlogp(M);  // last stage: from forward to backward
   std::vector<float> logp;

@@ -2,6 +2,8 @@
 
 #include <algorithm>
 
+#include "metapo/core/error.h"
+
 namespace metapo {
 
 namespace {
@@ -60,6 +62,16 @@ ShardedModel load_sharded_model(const HfModelReader& reader, const Topology& top
     }
     reader.read_runs(sm.shard_map, sm.params.data());
   });
+}
+
+void place_on_device(ShardedModel& sm, Device d, const char* option) {
+  if (d == Device::CPU) return;
+  MP_CHECK(!sm.mp, option, " ", device_name(d), ": one device per model replica for now (--tp 1 --pp 1)");
+  sm.device = std::make_unique<ops::DeviceContext>(d);  // checks the build and the machine
+  sm.model = std::make_unique<LlamaModel<float>>(sm.config, nullptr, PipeStage{}, sm.device->get());
+  sm.device_params = ops::DeviceArray<float>(d, Mem::Params);
+  sm.device_params.resize_for_overwrite(sm.params.size());
+  ops::to_device(sm.device->get(), sm.device_params.data(), sm.params.data(), sm.params.size() * sizeof(float));
 }
 
 }  // namespace metapo

@@ -41,6 +41,12 @@ void add_parallel_options(po::options_description& desc, ParallelOptions& p);
 // option: a world size not divisible by --tp x --pp, --pp-layers that is not one count per stage.
 void apply_parallel_options(Context& ctx, ParallelOptions& p);
 
+// --device for the forward-only commands (eval, precompute-ref, score): cpu (default) or cuda.
+void add_device_option(po::options_description& desc, std::string& device);
+// Parses --device and checks it before any work, one line naming --device: an unknown name, a device
+// this build or machine lacks, cuda with --tp or --pp above 1 (one device per model replica for now).
+Device check_device_option(const std::string& device, const ParallelOptions& par);
+
 // A preset name ("tiny") resolves to configs/presets/<name>.ini of the source tree; a path to an
 // existing .ini file is taken as is.
 std::string resolve_preset(const std::string& name_or_path);

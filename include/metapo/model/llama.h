@@ -124,6 +124,9 @@ class LlamaModel {
 
   // Per-operation times (enable with profile().enabled = true).
   OpProfile& profile() { return prof_; }
+  // Where its ops run (the caller's context): its buffers' pointers are in this device's memory.
+  Device device() const { return ctx_.device; }
+  const ops::Context& context() const { return ctx_; }
 
  private:
   // Activations live on the context's device (ops::DeviceArray: host memory on the CPU).

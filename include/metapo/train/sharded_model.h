@@ -8,6 +8,7 @@
 #include "metapo/io/hf_model.h"
 #include "metapo/model/llama.h"
 #include "metapo/model/tp_layout.h"
+#include "metapo/ops/ops.h"
 
 namespace metapo {
 
@@ -26,7 +27,18 @@ struct ShardedModel {
   std::vector<float> params;    // the local layout (model->layout().total() elements)
   std::vector<TpCopy> shard_map;  // stage_shard_map of this rank (empty when tp == pp == 1)
   MemoryHandle params_mem{Mem::Params};  // params, counted by the accountant (core/memory.h)
+  // On a device (place_on_device): its context and the parameters' copy there, which the model reads.
+  std::unique_ptr<ops::DeviceContext> device;
+  ops::DeviceArray<float> device_params;
+  // The parameters as the model reads them: the device copy, or params on the CPU.
+  const float* model_params() const { return device ? device_params.data() : params.data(); }
 };
+
+// Moves a whole-model ShardedModel (tp = pp = 1) onto a device for forward passes (eval, score,
+// precompute-ref): the model is made again with the device's context and the parameters copied there;
+// params keeps the host copy. Throws one line naming `option` for a device this build or machine lacks,
+// or a TP / PP layout.
+void place_on_device(ShardedModel& sm, Device d, const char* option = "--device");
 // `full` is consumed (moved from when tp == pp == 1, released otherwise) so a rank does not keep both.
 ShardedModel shard_model(const LlamaConfig& c, std::vector<float>&& full, const Topology& topo,
                          const std::vector<int64_t>& pp_layers = {});
