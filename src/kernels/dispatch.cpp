@@ -434,37 +434,24 @@ void logprob_backward(const Context& ctx, const Logprob<T>& fwd, const LogprobGr
 
 // ---- data movement ----
 
-void to_device(const Context& ctx, void* dst, const void* src, size_t bytes) {
+namespace {
+// A copy between the host and the context's device, either way.
+void transfer(const Context& ctx, void* dst, const void* src, size_t bytes, bool to_dev) {
   if (bytes == 0) return;
-  switch (ctx.device) {
-    case Device::CPU:
-      std::memcpy(dst, src, bytes);
-      return;
-    default:
-#ifdef METAPO_HAVE_CUDA
-      cuda::to_device(dst, src, bytes, ctx.stream);
-      return;
-#else
-      no_backend(ctx, "to_device");
-#endif
+  if (ctx.device == Device::CPU) {
+    std::memcpy(dst, src, bytes);
+    return;
   }
+#ifdef METAPO_HAVE_CUDA
+  return to_dev ? cuda::to_device(dst, src, bytes, ctx.stream) : cuda::to_host(dst, src, bytes, ctx.stream);
+#else
+  no_backend(ctx, to_dev ? "to_device" : "to_host");
+#endif
 }
+}  // namespace
 
-void to_host(const Context& ctx, void* dst, const void* src, size_t bytes) {
-  if (bytes == 0) return;
-  switch (ctx.device) {
-    case Device::CPU:
-      std::memcpy(dst, src, bytes);
-      return;
-    default:
-#ifdef METAPO_HAVE_CUDA
-      cuda::to_host(dst, src, bytes, ctx.stream);
-      return;
-#else
-      no_backend(ctx, "to_host");
-#endif
-  }
-}
+void to_device(const Context& ctx, void* dst, const void* src, size_t bytes) { transfer(ctx, dst, src, bytes, true); }
+void to_host(const Context& ctx, void* dst, const void* src, size_t bytes) { transfer(ctx, dst, src, bytes, false); }
 
 template <typename T>
 void copy(const Context& ctx, T* dst, const T* src, int64_t n) {

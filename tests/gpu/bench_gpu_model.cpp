@@ -33,29 +33,12 @@
 #include "metapo/model/config.h"
 #include "metapo/model/llama.h"
 #include "metapo/ops/ops.h"
+#include "shapes.h"
 
 using namespace metapo;
 using std::vector;
 
 namespace {
-
-LlamaConfig shape(const std::string& name) {
-  LlamaConfig c;
-  c.rms_norm_eps = 1e-5, c.rope_theta = 10000;
-  if (name == "tiny") {
-    c.vocab_size = 64, c.hidden_size = 128, c.intermediate_size = 352, c.num_hidden_layers = 4;
-    c.num_attention_heads = 4, c.num_key_value_heads = 2, c.head_dim = 32, c.max_position_embeddings = 512;
-  } else if (name == "bench-28m") {
-    c.vocab_size = 8192, c.hidden_size = 512, c.intermediate_size = 1408, c.num_hidden_layers = 6;
-    c.num_attention_heads = 8, c.num_key_value_heads = 8, c.head_dim = 64, c.max_position_embeddings = 2048;
-  } else if (name == "1.3b") {  // configs/presets/gpu-1.3b.ini
-    c.vocab_size = 32000, c.hidden_size = 2048, c.intermediate_size = 5632, c.num_hidden_layers = 24;
-    c.num_attention_heads = 16, c.num_key_value_heads = 16, c.head_dim = 128, c.max_position_embeddings = 4096;
-  } else {
-    fail("--shape ", name, ": unknown (tiny, bench-28m, 1.3b)");
-  }
-  return c;
-}
 
 // The card's dense bf16 peak (FLOP/s), from its name; 0 when unknown.
 double bf16_peak(const std::string& name) {
@@ -91,7 +74,7 @@ int main(int argc, char** argv) try {
   }
   MP_CHECK(batch >= 2 && batch % 2 == 0, "--batch ", batch, ": an even number of sequences (chosen, rejected)");
   MP_CHECK(seq_len >= 2 && steps >= 1 && warmup >= 0, "--seq-len, --steps, --warmup: out of range");
-  const LlamaConfig cfg = shape(shape_name);
+  const LlamaConfig cfg = gpu_shape(shape_name);
   const Precision prec = parse_precision(precision);
   MP_CHECK(device == "cuda" || device == "cpu", "--device ", device, ": cuda or cpu");
   const Device where = device == "cuda" ? Device::CUDA : Device::CPU;

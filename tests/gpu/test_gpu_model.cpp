@@ -28,6 +28,7 @@
 #include "metapo/model/layout.h"
 #include "metapo/model/llama.h"
 #include "metapo/ops/ops.h"
+#include "shapes.h"
 
 using namespace metapo;
 using std::vector;
@@ -50,23 +51,6 @@ double rel_err(const T* a, const T* b, size_t n) {
     den = std::max(den, std::abs(double(b[i])));
   }
   return num / den;
-}
-
-// The presets' shapes (configs/presets/tiny.ini and bench-28m.ini), set here because this binary has no
-// JSON/INI reader.
-LlamaConfig tiny() {
-  LlamaConfig c;
-  c.vocab_size = 64, c.hidden_size = 128, c.intermediate_size = 352, c.num_hidden_layers = 4;
-  c.num_attention_heads = 4, c.num_key_value_heads = 2, c.head_dim = 32, c.max_position_embeddings = 512;
-  c.rms_norm_eps = 1e-5, c.rope_theta = 10000;
-  return c;
-}
-LlamaConfig bench_28m() {
-  LlamaConfig c;
-  c.vocab_size = 8192, c.hidden_size = 512, c.intermediate_size = 1408, c.num_hidden_layers = 6;
-  c.num_attention_heads = 8, c.num_key_value_heads = 8, c.head_dim = 64, c.max_position_embeddings = 2048;
-  c.rms_norm_eps = 1e-5, c.rope_theta = 10000;
-  return c;
 }
 
 vector<float> randn(size_t n, uint32_t seed, float scale) {
@@ -247,8 +231,8 @@ int main(int argc, char** argv) {
   }
   int failed = 0;
   // The harness check (here and in CI, on 2 cores and plain-loop GEMMs) takes the tiny shape only.
-  vector<std::pair<std::string, LlamaConfig>> shapes = {{"tiny", tiny()}};
-  if (!harness) shapes.push_back({"bench-28m", bench_28m()});
+  vector<std::pair<std::string, LlamaConfig>> shapes = {{"tiny", gpu_shape("tiny")}};
+  if (!harness) shapes.push_back({"bench-28m", gpu_shape("bench-28m")});
   for (const auto& [name, cfg] : shapes) {
     try {
       ops::Context cpu_ctx;
