@@ -389,6 +389,38 @@ TEST(Ops, DeviceBufferKnowsItsDeviceAndCountsItsBytes) {
   }
 }
 
+TEST(Ops, DeviceArraysAndTransfersOnTheCpu) {
+  // A DeviceArray counts its bytes under its category and keeps them across smaller sizes; the
+  // transfers are plain copies on the CPU.
+  auto now = [] { return mem_current()[size_t(Mem::Activations)]; };
+  const int64_t before = now();
+  {
+    ops::DeviceArray<float> a(Device::CPU, Mem::Activations);
+    EXPECT_TRUE(a.empty());
+    a.resize_for_overwrite(100);
+    EXPECT_EQ(a.size(), 100u);
+    EXPECT_EQ(now() - before, 400);
+    const vector<float> h = {1.5f, -2.0f, 3.25f};
+    ops::Context cpu;
+    ops::to_device(cpu, a.data(), h.data(), sizeof(float) * h.size());
+    vector<float> back(3);
+    ops::to_host(cpu, back.data(), a.data(), sizeof(float) * back.size());
+    EXPECT_EQ(back, h);
+    a.resize_for_overwrite(10);  // the memory stays
+    EXPECT_EQ(a.size(), 10u);
+    EXPECT_EQ(now() - before, 400);
+  }
+  EXPECT_EQ(now(), before);
+  EXPECT_NO_THROW(ops::require_device(Device::CPU));
+  EXPECT_EQ(ops::device_description(Device::CPU), "cpu");
+  // Without a GPU (this machine, CI): one line naming the option, whichever the build.
+  const std::string msg = error_of([] { ops::require_device(Device::CUDA, "--device"); });
+  if (msg == "(no error)") GTEST_SKIP() << "a CUDA device is visible here";
+  const bool have_cuda = std::string(ops::backends()) == "cpu, cuda";
+  EXPECT_EQ(msg, have_cuda ? "--device cuda: no CUDA device is visible to this process"
+                           : "--device cuda: this build has no cuda backend (built with: cpu)");
+}
+
 TEST(Ops, AnOpWithoutAKernelForTheDeviceIsRefusedByName) {
   ops::Context cuda;
   cuda.device = Device::CUDA;
