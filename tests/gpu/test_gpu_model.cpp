@@ -28,6 +28,7 @@
 #include "metapo/model/layout.h"
 #include "metapo/model/llama.h"
 #include "metapo/ops/ops.h"
+#include "report.h"
 #include "shapes.h"
 
 using namespace metapo;
@@ -35,13 +36,9 @@ using std::vector;
 
 namespace {
 
-struct Row {
-  std::string check;
-  double err, tol;
-};
-vector<Row> rows;
+Report report;
 bool harness = false;  // both sides on the CPU: every error must be 0
-void record(const std::string& c, double err, double tol) { rows.push_back({c, err, harness ? 0.0 : tol}); }
+void record(const std::string& c, double err, double tol) { report.record(c, err, harness ? 0.0 : tol); }
 
 template <typename T>
 double rel_err(const T* a, const T* b, size_t n) {
@@ -278,12 +275,7 @@ int main(int argc, char** argv) {
     }
   }
   if (blas) cuda::blas_destroy(blas);
-  std::printf("\n| check | error | tolerance | |\n| --- | --- | --- | --- |\n");
-  for (const Row& r : rows) {
-    const bool ok = r.err <= r.tol;
-    failed += !ok;
-    std::printf("| %s | %.3e | %.1e | %s |\n", r.check.c_str(), r.err, r.tol, ok ? "ok" : "FAIL");
-  }
+  failed += report.print("check");
   std::printf("\n%s\n", failed ? "test_gpu_model: FAILED" : "test_gpu_model: all checks within tolerance");
   return failed ? 1 : 0;
 }

@@ -26,6 +26,7 @@
 #include "metapo/kernels/rope.h"
 #include "metapo/kernels/swiglu.h"
 #include "metapo/kernels/tensor.h"
+#include "report.h"
 
 using namespace metapo;
 using std::vector;
@@ -79,13 +80,8 @@ double rel_err(const vector<T>& a, const vector<T>& b) {
   return num / den;
 }
 
-struct Row {
-  std::string op;
-  double err, tol;
-};
-vector<Row> rows;
-
-void record(const std::string& op, double err, double tol) { rows.push_back({op, err, tol}); }
+Report report;
+void record(const std::string& op, double err, double tol) { report.record(op, err, tol); }
 
 // Positions where a and b differ in any bit.
 template <typename T>
@@ -550,12 +546,7 @@ int main() {
     }
   }
   cuda::blas_destroy(blas);
-  std::printf("| op | error | tolerance | |\n| --- | --- | --- | --- |\n");
-  for (const Row& r : rows) {
-    const bool ok = r.err <= r.tol;
-    failed += !ok;
-    std::printf("| %s | %.3e | %.1e | %s |\n", r.op.c_str(), r.err, r.tol, ok ? "ok" : "FAIL");
-  }
+  failed += report.print("op");
   std::printf("\n%s\n", failed ? "test_gpu_ops: FAILED" : "test_gpu_ops: all ops within tolerance");
   return failed ? 1 : 0;
 }
