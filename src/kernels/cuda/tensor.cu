@@ -62,6 +62,14 @@ __global__ void copy_rows_kernel(float* const* dst, const float* src, int64_t ld
   }
 }
 
+// Launches an element-wise kernel over n elements (grid-stride) and checks the launch; nothing for n <= 0.
+template <typename Kernel, typename... Args>
+void elementwise(const char* op, Kernel kernel, int64_t n, void* stream, Args... args) {
+  if (n <= 0) return;
+  kernel<<<blocks_for(n), 256, 0, as_stream(stream)>>>(args...);
+  check_launch(op);
+}
+
 }  // namespace
 
 void synchronize(void* stream) { check(cudaStreamSynchronize(as_stream(stream)), "stream synchronize"); }
@@ -108,46 +116,32 @@ void copy(float* dst, const float* src, int64_t n, void* stream) {
 }
 
 void fill(float* dst, float value, int64_t n, void* stream) {
-  if (n <= 0) return;
-  fill_kernel<<<blocks_for(n), 256, 0, as_stream(stream)>>>(dst, value, n);
-  check_launch("fill");
+  elementwise("fill", fill_kernel<float>, n, stream, dst, value, n);
 }
 
 void fill(double* dst, double value, int64_t n, void* stream) {
-  if (n <= 0) return;
-  fill_kernel<<<blocks_for(n), 256, 0, as_stream(stream)>>>(dst, value, n);
-  check_launch("fill");
+  elementwise("fill", fill_kernel<double>, n, stream, dst, value, n);
 }
 
 void round_bf16(float* dst, const float* src, int64_t n, void* stream) {
-  if (n <= 0) return;
-  round_bf16_kernel<<<blocks_for(n), 256, 0, as_stream(stream)>>>(dst, src, n);
-  check_launch("round_bf16");
+  elementwise("round_bf16", round_bf16_kernel, n, stream, dst, src, n);
 }
 
 void cast_f32_to_bf16(uint16_t* dst, const float* src, int64_t n, void* stream) {
-  if (n <= 0) return;
-  to_bf16_kernel<<<blocks_for(n), 256, 0, as_stream(stream)>>>(dst, src, n);
-  check_launch("cast_f32_to_bf16");
+  elementwise("cast_f32_to_bf16", to_bf16_kernel, n, stream, dst, src, n);
 }
 
 void cast_bf16_to_f32(float* dst, const uint16_t* src, int64_t n, void* stream) {
-  if (n <= 0) return;
-  from_bf16_kernel<<<blocks_for(n), 256, 0, as_stream(stream)>>>(dst, src, n);
-  check_launch("cast_bf16_to_f32");
+  elementwise("cast_bf16_to_f32", from_bf16_kernel, n, stream, dst, src, n);
 }
 
 void gather(float* dst, const float* src, const int32_t* idx, int64_t n, void* stream) {
-  if (n <= 0) return;
-  gather_kernel<<<blocks_for(n), 256, 0, as_stream(stream)>>>(dst, src, idx, n);
-  check_launch("gather");
+  elementwise("gather", gather_kernel, n, stream, dst, src, idx, n);
 }
 
 void scatter(float* dst, int64_t n_dst, const float* src, const int32_t* idx, int64_t n, void* stream) {
   fill(dst, 0.0f, n_dst, stream);
-  if (n <= 0) return;
-  scatter_kernel<<<blocks_for(n), 256, 0, as_stream(stream)>>>(dst, src, idx, n);
-  check_launch("scatter");
+  elementwise("scatter", scatter_kernel, n, stream, dst, src, idx, n);
 }
 
 void segment_sum(double* out, const double* x, const int64_t* cu, int64_t n_seg, void* stream) {
@@ -157,15 +151,11 @@ void segment_sum(double* out, const double* x, const int64_t* cu, int64_t n_seg,
 }
 
 void widen(double* dst, const float* src, int64_t n, void* stream) {
-  if (n <= 0) return;
-  widen_kernel<<<blocks_for(n), 256, 0, as_stream(stream)>>>(dst, src, n);
-  check_launch("widen");
+  elementwise("widen", widen_kernel, n, stream, dst, src, n);
 }
 
 void add(float* x, const float* y, int64_t n, void* stream) {
-  if (n <= 0) return;
-  add_kernel<<<blocks_for(n), 256, 0, as_stream(stream)>>>(x, y, n);
-  check_launch("add");
+  elementwise("add", add_kernel, n, stream, x, y, n);
 }
 
 void copy_rows(float* const* dst, const float* src, int64_t ld_src, int64_t width, int64_t n, void* stream) {
