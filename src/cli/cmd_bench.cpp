@@ -111,11 +111,7 @@ int cmd_bench(Context& ctx, int argc, char** argv) {
   const double flops = train_flops(c, b);
   double peak = peak_tflops * 1e12;
   const std::string card = ops::device_description(dev);
-  if (peak == 0 && dev == Device::CUDA) {  // dense bf16 tensor-core peaks
-    if (card.find("H100") != std::string::npos) peak = card.find("PCIe") != std::string::npos ? 756e12 : 989e12;
-    else if (card.find("H200") != std::string::npos) peak = 989e12;
-    else if (card.find("A100") != std::string::npos) peak = 312e12;
-  }
+  if (peak == 0 && dev == Device::CUDA) peak = ops::bf16_peak_flops(card);
 
   const bool root = ctx.topo.is_root();
   if (root)

@@ -52,6 +52,14 @@ std::string device_description(Device d) {
   return device_name(d);
 }
 
+double bf16_peak_flops(const std::string& card) {
+  auto has = [&card](const char* s) { return card.find(s) != std::string::npos; };
+  if (has("H100")) return has("PCIe") ? 756e12 : 989e12;
+  if (has("H200")) return 989e12;
+  if (has("A100")) return 312e12;
+  return 0;
+}
+
 void synchronize(const Context& ctx) {
 #ifdef METAPO_HAVE_CUDA
   if (ctx.device == Device::CUDA) cuda::synchronize(ctx.stream);

@@ -40,14 +40,6 @@ using std::vector;
 
 namespace {
 
-// The card's dense bf16 peak (FLOP/s), from its name; 0 when unknown.
-double bf16_peak(const std::string& name) {
-  if (name.find("H100") != std::string::npos) return name.find("PCIe") != std::string::npos ? 756e12 : 989e12;
-  if (name.find("H200") != std::string::npos) return 989e12;
-  if (name.find("A100") != std::string::npos) return 312e12;
-  return 0;
-}
-
 double now() { return std::chrono::duration<double>(std::chrono::steady_clock::now().time_since_epoch()).count(); }
 
 }  // namespace
@@ -83,7 +75,7 @@ int main(int argc, char** argv) try {
     return 77;
   }
   const std::string card = where == Device::CUDA ? cuda::device_name() : "cpu";
-  if (peak == 0) peak = bf16_peak(card);
+  if (peak == 0) peak = ops::bf16_peak_flops(card);
   const int64_t pairs = batch / 2, vp = val_pairs >= 0 ? val_pairs : std::max<int64_t>(1, pairs / 4);
 
   ops::Context ctx;

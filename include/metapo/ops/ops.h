@@ -126,6 +126,9 @@ const char* backends();
 void require_device(Device d, const char* option = "--device");
 // "cpu", or the GPU's name.
 std::string device_description(Device d);
+// The dense bf16 tensor-core peak in FLOP/s of a card by its name (device_description): H100 SXM and
+// H200 989e12, H100 PCIe 756e12, A100 312e12; 0 for another (MFU then needs the peak given).
+double bf16_peak_flops(const std::string& card);
 // Waits for the work queued on the context's stream (nothing to wait for on the CPU).
 void synchronize(const Context& ctx);
 
