@@ -36,7 +36,7 @@ int cmd_eval(Context& ctx, int argc, char** argv) {
   if (!parse_args("eval", "[mpirun -np N] metapo eval [--tp T] [--pp P] --model DIR --data FILE.h5 --split test", desc, argc, argv, vm, ctx))
     return 0;
   apply_parallel_options(ctx, par);
-  const Device dev = check_device_option(device, par);
+  const Device dev = check_device_option(device, par, ctx.topo.local_rank);
   lc.type = parse_loss(loss);
   validate(lc);
   const PairSplit s = read_pair_split(data, split);
@@ -75,7 +75,7 @@ int cmd_precompute_ref(Context& ctx, int argc, char** argv) {
                   argv, vm, ctx))
     return 0;
   apply_parallel_options(ctx, par);
-  const Device dev = check_device_option(device, par);
+  const Device dev = check_device_option(device, par, ctx.topo.local_rank);
   const LlamaConfig config = load_hf_config(model_dir);
   const Dataset d = read_dataset(data);
   MP_CHECK(d.info.vocab_size <= config.vocab_size, data, ": vocab_size ", d.info.vocab_size,

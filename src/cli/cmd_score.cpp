@@ -84,7 +84,7 @@ int cmd_score(Context& ctx, int argc, char** argv) {
     return 0;
   MP_CHECK(max_tokens > 0, "--max-batch-tokens must be positive");
   apply_parallel_options(ctx, par);
-  const Device dev = check_device_option(device, par);
+  const Device dev = check_device_option(device, par, ctx.topo.local_rank);
   const Topology& topo = ctx.topo;
   const HfModelReader reader(model_dir);
   const std::vector<ScoreInput> seqs = read_score_input(input, reader.config().vocab_size);

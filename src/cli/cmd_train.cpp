@@ -11,12 +11,15 @@ int cmd_train(Context& ctx, int argc, char** argv) {
   add_train_options(desc, cfg, s, true);
   ParallelOptions par;
   add_parallel_options(desc, par);
+  std::string device;
+  add_device_option(desc, device);
   po::variables_map vm;
   if (!parse_args("train", "[mpirun -np N] metapo train [--tp T] [--pp P] --model DIR --data FILE.h5 --out RUN [--loss L] [--weighting W]",
                   desc, argc, argv, vm, ctx))
     return 0;
   finish_train_options(cfg, s, true, argc, argv);
   apply_parallel_options(ctx, par);
+  cfg.device = check_device_option(device, par, ctx.topo.local_rank);
   cfg.pp_layers = par.pp_layers;
   return run_dpo(ctx.topo, cfg);
 }
@@ -28,11 +31,14 @@ int cmd_sft(Context& ctx, int argc, char** argv) {
   add_train_options(desc, cfg, s, false);
   ParallelOptions par;
   add_parallel_options(desc, par);
+  std::string device;
+  add_device_option(desc, device);
   po::variables_map vm;
   if (!parse_args("sft", "[mpirun -np N] metapo sft [--tp T] [--pp P] --model DIR --data FILE.h5 --out RUN", desc, argc, argv, vm, ctx))
     return 0;
   finish_train_options(cfg, s, false, argc, argv);
   apply_parallel_options(ctx, par);
+  cfg.device = check_device_option(device, par, ctx.topo.local_rank);
   cfg.pp_layers = par.pp_layers;
   return run_sft(ctx.topo, cfg);
 }

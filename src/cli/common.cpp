@@ -109,14 +109,15 @@ void add_parallel_options(po::options_description& desc, ParallelOptions& p) {
 
 void add_device_option(po::options_description& desc, std::string& device) {
   desc.add_options()("device", po::value(&device)->default_value("cpu"),
-                     "where the forward passes run: cpu, cuda (one GPU per rank, --tp 1 --pp 1)");
+                     "where the model runs: cpu, cuda (one GPU per rank, --tp 1 --pp 1)");
 }
 
-Device check_device_option(const std::string& device, const ParallelOptions& par) {
+Device check_device_option(const std::string& device, const ParallelOptions& par, int local_rank) {
   const Device d = parse_device(device);
   ops::require_device(d);
   MP_CHECK(d == Device::CPU || (par.tp == 1 && par.pp == 1), "--device ", device,
            ": one device per model replica for now (--tp 1 --pp 1)");
+  ops::select_device(d, local_rank);
   return d;
 }
 

@@ -45,6 +45,14 @@ void require_device(Device d, const char* option) {
 #endif
 }
 
+void select_device(Device d, int local_rank) {
+#ifdef METAPO_HAVE_CUDA
+  if (d == Device::CUDA) cuda::select_device(local_rank);
+#else
+  (void)d, (void)local_rank;
+#endif
+}
+
 std::string device_description(Device d) {
 #ifdef METAPO_HAVE_CUDA
   if (d == Device::CUDA) return cuda::device_name();

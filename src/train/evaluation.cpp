@@ -71,7 +71,7 @@ PairStats evaluate_pairs(LlamaModel<float>& model, Comm* pp, const float* params
 
 void ensure_ref_logps(PairSplit& s, const std::string& split_name, const std::string& ref_dir,
                       const MicroBatching& mb, const Topology& topo, const std::vector<int64_t>& pp_layers,
-                      const std::vector<int64_t>& stale) {
+                      const std::vector<int64_t>& stale, Device device) {
   if (s.has_ref() && stale.empty()) return;
   std::vector<int64_t> idx = stale;
   if (!s.has_ref()) {
@@ -88,9 +88,10 @@ void ensure_ref_logps(PairSplit& s, const std::string& split_name, const std::st
   }
   // This rank's shard only: the reference never becomes a second full copy beside the policy.
   ShardedModel sm = load_sharded_model(ref_dir, topo, pp_layers);
+  place_on_device(sm, device);
   // Over DP: the TP ranks of a replica score the same pairs together.
   std::vector<double> c, r;
-  pair_logps(*sm.model, sm.pp.get(), sm.params.data(), s, idx, mb, topo.dp_comm(), c, r);
+  pair_logps(*sm.model, sm.pp.get(), sm.model_params(), s, idx, mb, topo.dp_comm(), c, r);
   s.ref_logp_chosen.resize(size_t(s.size())), s.ref_logp_rejected.resize(size_t(s.size()));
   for (size_t k = 0; k < idx.size(); ++k) s.ref_logp_chosen[size_t(idx[k])] = c[k], s.ref_logp_rejected[size_t(idx[k])] = r[k];
 }

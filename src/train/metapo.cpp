@@ -208,7 +208,8 @@ void MetaPOState::observe_refresh(const PairSplit& s, const std::vector<int64_t>
 
 void validation_gradient(LlamaModel<float>& model, Comm* pp, const float* params, const PairSplit& val,
                          const LossConfig& loss, int64_t val_batch, const MicroBatching& mb, uint64_t seed, int64_t step,
-                         const Topology& topo, ZeroAdamW& opt, bool precondition, float* ghat) {
+                         const Topology& topo, ZeroAdamW& opt, bool precondition, float* ghat,
+                         float* model_grads) {
   MP_CHECK(val_batch % topo.dp == 0, "--meta-val-batch ", val_batch, " is not divisible by the ", topo.dp,
            " data-parallel ranks");
   // Its own stream of validation batches: (seed + 1) keeps it apart from the training order.
@@ -218,7 +219,9 @@ void validation_gradient(LlamaModel<float>& model, Comm* pp, const float* params
   const ChunkWeightFn uniform = [](size_t, const std::vector<PairLogps>& in, const std::vector<PairLossResult>&) {
     return std::vector<double>(in.size(), 1.0);
   };
-  pair_pipeline_step(model, pp, params, ghat, val, micro_batches(mine, tokens_of, mb), loss, uniform, 1.0 / double(val_batch));
+  float* g = model_grads ? model_grads : ghat;
+  pair_pipeline_step(model, pp, params, g, val, micro_batches(mine, tokens_of, mb), loss, uniform, 1.0 / double(val_batch));
+  if (g != ghat) ops::to_host(model.context(), ghat, g, model.layout().total() * sizeof(float));
   // ĝ = g / (√v̂ + ε) when preconditioned: the direction Adam would step along, so alignments weigh
   // coordinates the way the policy update does.
   opt.allreduce_preconditioned(ghat, precondition);

@@ -60,16 +60,24 @@ void pipeline_train(LlamaModel<float>& model, Comm* pp_in, const float* params, 
   const size_t M = mbs.size();
   model.set_slots(pipeline_slots(pp ? pp->size() : 1, pp ? pp->rank() : 0, M));
   MP_CHECK(!ghat || seq_dots, "pipeline_train: ghat given without seq_dots");
-  MP_CHECK(model.device() == Device::CPU, "training on ", device_name(model.device()), ": not yet");
+  // On a device (one stage: LlamaModel refuses pipeline stages there) params, grads and ghat are
+  // device memory and each micro-batch's dL/dlogp is copied there before its backward.
+  const bool on_device = model.device() != Device::CPU;
   if (seq_dots) seq_dots->assign(M, {});
   std::vector<std::vector<float>> dlogp(M);  // last stage: from forward to backward
+  ops::DeviceArray<float> dev_dlogp(model.device(), Mem::Activations);
   std::vector<float> logp;
   StageFns f;
   bind_forward(f, model, params, mbs, logp, [&](size_t m, const std::vector<float>& lp) { dlogp[m] = loss(m, lp); });
   f.backward = [&](size_t m, int slot, const float* dy, float* dx) {
     model.use_slot(slot);
-    model.backward_stage(params, st.last ? dlogp[m].data() : dy, grads, /*accumulate=*/m > 0, ghat,
-                         ghat ? &(*seq_dots)[m] : nullptr, dx);
+    const float* d = st.last ? dlogp[m].data() : dy;
+    if (on_device && st.last) {
+      dev_dlogp.resize_for_overwrite(dlogp[m].size());
+      ops::to_device(model.context(), dev_dlogp.data(), dlogp[m].data(), dlogp[m].size() * sizeof(float));
+      d = dev_dlogp.data();
+    }
+    model.backward_stage(params, d, grads, /*accumulate=*/m > 0, ghat, ghat ? &(*seq_dots)[m] : nullptr, dx);
     std::vector<float>().swap(dlogp[m]);
   };
   run_1f1b(pp, M, f);

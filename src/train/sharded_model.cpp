@@ -1,6 +1,8 @@
 #include "metapo/train/sharded_model.h"
 
 #include <algorithm>
+#include <cstdlib>
+#include <string>
 
 #include "metapo/core/error.h"
 
@@ -64,14 +66,41 @@ ShardedModel load_sharded_model(const HfModelReader& reader, const Topology& top
   });
 }
 
-void place_on_device(ShardedModel& sm, Device d, const char* option) {
-  if (d == Device::CPU) return;
+namespace {
+
+bool stage_on_cpu() {
+  const char* e = std::getenv("METAPO_STAGE_ON_CPU");
+  return e && std::string(e) == "1";
+}
+
+}  // namespace
+
+void place_on_device(ShardedModel& sm, Device d, const char* option, bool training) {
+  if (d == Device::CPU && (!stage_on_cpu() || sm.mp)) return;
   MP_CHECK(!sm.mp, option, " ", device_name(d), ": one device per model replica for now (--tp 1 --pp 1)");
   sm.device = std::make_unique<ops::DeviceContext>(d);  // checks the build and the machine
   sm.model = std::make_unique<LlamaModel<float>>(sm.config, nullptr, PipeStage{}, sm.device->get());
+  const size_t n = sm.model->layout().total();  // not ZeRO-1's padding: the model never reads it
   sm.device_params = ops::DeviceArray<float>(d, Mem::Params);
-  sm.device_params.resize_for_overwrite(sm.params.size());
-  ops::to_device(sm.device->get(), sm.device_params.data(), sm.params.data(), sm.params.size() * sizeof(float));
+  sm.device_params.resize_for_overwrite(n);
+  sm.params_to_device();
+  if (training) {
+    sm.device_grads = ops::DeviceArray<float>(d, Mem::Grads);
+    sm.device_grads.resize_for_overwrite(n);
+  }
+}
+
+void ShardedModel::params_to_device() {
+  if (!device) return;
+  const size_t n = device_params.size();
+  MP_CHECK(params.size() >= n, "params_to_device: ", params.size(), " host parameters, the device copy holds ", n);
+  ops::to_device(device->get(), device_params.data(), params.data(), n * sizeof(float));
+}
+
+void ShardedModel::grads_to_host(float* host) {
+  if (!device) return;
+  MP_CHECK(device_grads.size() == device_params.size(), "grads_to_host: the model was not placed for training");
+  ops::to_host(device->get(), host, device_grads.data(), device_grads.size() * sizeof(float));
 }
 
 }  // namespace metapo

@@ -282,6 +282,7 @@ struct TrainRun {
         grads(tagged_buffer<float>(Mem::Grads, opt.padded_size())) {
     resize_exact(sm.params, opt.padded_size());  // ZeRO-1 padding (zeros, never read by the model)
     sm.params_mem.track(sm.params);
+    place_on_device(sm, cfg.device, "--device", /*training=*/true);
     sm.model->set_recompute(cfg.recompute);
     sm.model->set_precision(cfg.precision);
     report_memory(cfg, kind, topo, config, rank_memory(opt, -1), restarts);
@@ -352,6 +353,7 @@ struct TrainRun {
           fs::resize_file(path, want, ec);
       }
     }
+    sm.params_to_device();  // a checkpoint's parameters, where the model reads them
     topo.world_comm().barrier();
     log.emplace(cfg.out_dir + "/metrics.jsonl", topo.is_root(), total, resumed && plan.in_place, state.step);
     since_save.reset();
@@ -520,8 +522,8 @@ int run_dpo(const Topology& topo, const TrainConfig& cfg) {
   const std::string ref_dir = cfg.ref_model_dir.empty() ? cfg.model_dir : cfg.ref_model_dir;
   // Stored reference log-probs are of the sequences as the file holds them: those of cut pairs are
   // computed again, on the cut sequences the policy is trained on.
-  ensure_ref_logps(train, cfg.train_split, ref_dir, cfg.micro(), topo, cfg.pp_layers, cut_train);
-  if (do_eval) ensure_ref_logps(val, cfg.val_split, ref_dir, cfg.micro(), topo, cfg.pp_layers, cut_val);
+  ensure_ref_logps(train, cfg.train_split, ref_dir, cfg.micro(), topo, cfg.pp_layers, cut_train, cfg.device);
+  if (do_eval) ensure_ref_logps(val, cfg.val_split, ref_dir, cfg.micro(), topo, cfg.pp_layers, cut_val, cfg.device);
   const TokensOf train_tokens = [&](int64_t i) { return pair_tokens(train, i); };
   MemoryHandle data_mem(Mem::Data);
   data_mem.set(memory_bytes(train) + memory_bytes(val));
@@ -543,9 +545,14 @@ int run_dpo(const Topology& topo, const TrainConfig& cfg) {
   ZeroAdamW& opt = run.opt;
   std::vector<float>& params = run.sm.params;
   Buffer<float>& grads = run.grads;
+  // What the model reads and writes: on a device the copies there (params stays the host master).
+  const float* mparams = run.sm.model_params();
+  float* mgrads = run.sm.model_grads(grads.data());
+  const bool on_device = run.sm.device != nullptr;
   const double B = double(cfg.batch_size);
   std::unique_ptr<MetaPOState> meta;
   Buffer<float> ghat, hyper_scratch;
+  ops::DeviceArray<float> ghat_dev(cfg.device, Mem::MetaPO);  // ghat's copy the ghost products read on a device
   if (use_meta) {
     MP_CHECK(cfg.meta.hypergrad == "ghost" || cfg.meta.hypergrad == "exact" || cfg.meta.hypergrad == "fd",
              "--hypergrad ", cfg.meta.hypergrad, ": unknown (valid: ghost, exact, fd)");
@@ -556,6 +563,8 @@ int run_dpo(const Topology& topo, const TrainConfig& cfg) {
              " is not supported with --tp ", topo.tp, " (use --hypergrad ghost)");
     MP_CHECK(topo.pp == 1 || cfg.meta.hypergrad == "ghost", "--hypergrad ", cfg.meta.hypergrad,
              " is not supported with --pp ", topo.pp, " (use --hypergrad ghost)");
+    MP_CHECK(cfg.device == Device::CPU || cfg.meta.hypergrad == "ghost", "--hypergrad ", cfg.meta.hypergrad,
+             " is not supported with --device ", device_name(cfg.device), " (use --hypergrad ghost)");
     int64_t max_id = 0;
     for (int64_t id : train.sample_id) max_id = std::max(max_id, id);
     // The pair statistics, the features and the weight net live on the last pipeline stage, where
@@ -564,6 +573,7 @@ int run_dpo(const Topology& topo, const TrainConfig& cfg) {
       meta = std::make_unique<MetaPOState>(cfg.meta, max_id, cfg.seed, dp_comm, topo.is_last_stage_root(),
                                            plan.in_place && !plan.candidates.empty());
     ghat = tagged_buffer<float>(Mem::MetaPO, params.size());
+    if (on_device) ghat_dev.resize_for_overwrite(model.layout().total());
   }
   const std::vector<int64_t> tracked = tracked_pairs(train, cfg.track_pairs);
   const std::string traj_path = cfg.out_dir + "/trajectories.jsonl";
@@ -574,7 +584,7 @@ int run_dpo(const Topology& topo, const TrainConfig& cfg) {
   MetricsLog& log = *run.log;
 
   auto run_eval = [&](int64_t step) {
-    PairStats ev = evaluate_pairs(model, pp, params.data(), val, cfg.loss, cfg.micro(), cfg.eval_pairs, topo.dp_comm());
+    PairStats ev = evaluate_pairs(model, pp, mparams, val, cfg.loss, cfg.micro(), cfg.eval_pairs, topo.dp_comm());
     nlohmann::json j = stats_json(ev, "eval/");
     j["step"] = step + 1;
     char line[256];
@@ -586,7 +596,7 @@ int run_dpo(const Topology& topo, const TrainConfig& cfg) {
 
   if (!run.resumed && !tracked.empty()) {
     if (topo.is_root()) std::ofstream(traj_path, std::ios::trunc);
-    write_trajectories(model, pp, params.data(), train, tracked, cfg.loss, 0, cfg.micro(), topo, traj_path);
+    write_trajectories(model, pp, mparams, train, tracked, cfg.loss, 0, cfg.micro(), topo, traj_path);
   }
 
   for (int64_t step = run.state.step; step < total; ++step) {
@@ -606,7 +616,7 @@ int run_dpo(const Topology& topo, const TrainConfig& cfg) {
       if (!window.empty()) {
         run.phase("MetaPO refresh pass", step);
         std::vector<double> c, r;
-        pair_logps(model, pp, params.data(), train, window, cfg.micro(), topo.dp_comm(), c, r);
+        pair_logps(model, pp, mparams, train, window, cfg.micro(), topo.dp_comm(), c, r);
         if (meta) meta->observe_refresh(train, window, c, r, cfg.loss, step);
       }
     }
@@ -614,9 +624,14 @@ int run_dpo(const Topology& topo, const TrainConfig& cfg) {
     const bool meta_step = use_meta && is_meta_step(cfg.meta, step);
     phase.reset();
     if (meta_step) run.phase("MetaPO validation gradient", step);
-    if (meta_step)
-      validation_gradient(model, pp, params.data(), val, cfg.loss, cfg.meta.val_batch, cfg.micro(), cfg.seed, step,
-                          topo, opt, cfg.meta.precondition, ghat.data());
+    if (meta_step) {
+      // On a device the validation backward writes the gradient's device copy (scratch until the
+      // training backward) and ĝ, reduced on the host, goes back for the ghost products.
+      validation_gradient(model, pp, mparams, val, cfg.loss, cfg.meta.val_batch, cfg.micro(), cfg.seed, step,
+                          topo, opt, cfg.meta.precondition, ghat.data(), on_device ? mgrads : nullptr);
+      if (on_device)
+        ops::to_device(model.context(), ghat_dev.data(), ghat.data(), ghat_dev.size() * sizeof(float));
+    }
     t_val = phase.seconds();
     phase.reset();
     const std::vector<std::vector<int64_t>> chunks = micro_batches(mine, train_tokens, cfg.micro());
@@ -640,8 +655,9 @@ int run_dpo(const Topology& topo, const TrainConfig& cfg) {
     const bool ghost = meta_step && cfg.meta.hypergrad == "ghost";
     run.phase("forward/backward", step);
     const std::vector<PairMicroResult> res =
-        pair_pipeline_step(model, pp, params.data(), grads.data(), train, chunks, cfg.loss, weigh, 1.0 / B,
-                           ghost ? ghat.data() : nullptr);
+        pair_pipeline_step(model, pp, mparams, mgrads, train, chunks, cfg.loss, weigh, 1.0 / B,
+                           ghost ? (on_device ? ghat_dev.data() : ghat.data()) : nullptr);
+    run.sm.grads_to_host(grads.data());
     std::vector<double> align;
     for (size_t m = 0; m < chunks.size(); ++m) {
       const PairMicroResult& r = res[m];
@@ -700,6 +716,7 @@ int run_dpo(const Topology& topo, const TrainConfig& cfg) {
     phase.reset();
     run.phase("optimizer (ZeRO-1 all-gather)", step);
     opt.apply(params.data(), grads.data(), lr, gnorm, cfg.max_grad_norm);
+    run.sm.params_to_device();
     t_opt += phase.seconds();
 
     const double secs = tm.seconds();
@@ -741,7 +758,7 @@ int run_dpo(const Topology& topo, const TrainConfig& cfg) {
     if (cfg.eval_every > 0 && ((step + 1) % cfg.eval_every == 0 || step + 1 == total)) run_eval(step);
     run.phase("trajectories", step);
     if (!tracked.empty() && cfg.track_every > 0 && ((step + 1) % cfg.track_every == 0 || step + 1 == total))
-      write_trajectories(model, pp, params.data(), train, tracked, cfg.loss, step + 1, cfg.micro(), topo, traj_path);
+      write_trajectories(model, pp, mparams, train, tracked, cfg.loss, step + 1, cfg.micro(), topo, traj_path);
     if (run.end_step(step, false, ctl, tm.seconds())) return kExitCheckpointed;
   }
   run.save();
@@ -832,12 +849,14 @@ int run_sft(const Topology& topo, const TrainConfig& cfg) {
       tokens += double(mb.batch.n_tokens());
       mbs.push_back(std::move(mb));
     }
-    pipeline_train(model, run.pipe(), params.data(), grads.data(), mbs, [&](size_t m, const std::vector<float>& logp) {
+    pipeline_train(model, run.pipe(), run.sm.model_params(), run.sm.model_grads(grads.data()), mbs,
+                   [&](size_t m, const std::vector<float>& logp) {
       std::vector<float> dlogp(logp.size(), 0.0f);
       for (size_t t = 0; t < logp.size(); ++t)
         if (mbs[m].targets[t] >= 0) nll -= double(logp[t]), dlogp[t] = float(-1.0 / n_answer);
       return dlogp;
     });
+    run.sm.grads_to_host(grads.data());
     double sums[2] = {nll, tokens};
     run.phase("loss all-reduce", step);
     topo.dp_comm().allreduce_sum(sums, 2);
@@ -854,6 +873,7 @@ int run_sft(const Topology& topo, const TrainConfig& cfg) {
     }
     run.phase("optimizer (ZeRO-1 all-gather)", step);
     opt.apply(params.data(), grads.data(), lr, gnorm, cfg.max_grad_norm);
+    run.sm.params_to_device();
     const double secs = tm.seconds();
     run.phase("step report", step);
     nlohmann::json j;

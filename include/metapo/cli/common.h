@@ -44,8 +44,9 @@ void apply_parallel_options(Context& ctx, ParallelOptions& p);
 // --device for the forward-only commands (eval, precompute-ref, score): cpu (default) or cuda.
 void add_device_option(po::options_description& desc, std::string& device);
 // Parses --device and checks it before any work, one line naming --device: an unknown name, a device
-// this build or machine lacks, cuda with --tp or --pp above 1 (one device per model replica for now).
-Device check_device_option(const std::string& device, const ParallelOptions& par);
+// this build or machine lacks, cuda with --tp or --pp above 1 (one device per model replica for now);
+// then selects the rank's device (ops::select_device: GPU local_rank mod the node's GPUs).
+Device check_device_option(const std::string& device, const ParallelOptions& par, int local_rank);
 
 // A preset name ("tiny") resolves to configs/presets/<name>.ini of the source tree; a path to an
 // existing .ini file is taken as is.

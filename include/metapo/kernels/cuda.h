@@ -17,8 +17,12 @@ namespace metapo::cuda {
 
 // Whether this process sees a CUDA device (false, not an error, on a machine without one).
 bool device_available();
-// The name of device 0 ("" without one), for logs.
+// The name of the current device ("" without one), for logs.
 const char* device_name();
+// Makes device local_rank mod (the visible devices) this process's current device: one GPU per rank
+// of a node, several ranks on one GPU when there are more ranks than GPUs. Call before any other CUDA
+// work of the process.
+void select_device(int local_rank);
 // Waits for the work queued on the stream.
 void synchronize(void* stream);
 

@@ -124,6 +124,9 @@ const char* backends();
 
 // Throws one line naming `option` unless this build has a backend for the device and one is visible.
 void require_device(Device d, const char* option = "--device");
+// The device of this rank: on CUDA, GPU local_rank mod (the visible GPUs) of its node (one GPU per
+// rank; ranks share GPUs when there are more of them). Nothing to choose on the CPU.
+void select_device(Device d, int local_rank);
 // "cpu", or the GPU's name.
 std::string device_description(Device d);
 // The dense bf16 tensor-core peak in FLOP/s of a card by its name (device_description): H100 SXM and

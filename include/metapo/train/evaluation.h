@@ -17,10 +17,11 @@ PairStats evaluate_pairs(LlamaModel<float>& model, Comm* pp, const float* params
 
 // Fills s.ref_logp_* with the reference model's log-probs when the file has none, or those of the
 // pairs `stale` when it has them (pairs that --max-length changed after the file's were computed):
-// the reference model sharded over topo's TP and PP groups, pairs split over its DP ranks.
+// the reference model sharded over topo's TP and PP groups, pairs split over its DP ranks, run on
+// `device` (place_on_device).
 void ensure_ref_logps(PairSplit& s, const std::string& split_name, const std::string& ref_dir,
                       const MicroBatching& mb, const Topology& topo, const std::vector<int64_t>& pp_layers = {},
-                      const std::vector<int64_t>& stale = {});
+                      const std::vector<int64_t>& stale = {}, Device device = Device::CPU);
 
 // Up to k pairs of each group (clean/easy, clean/hard, flipped; or just the first 3k pairs when the
 // split has no quality), in index order: deterministic.

@@ -107,9 +107,12 @@ class MetaPOState {
 // drawn from (seed, step)), summed over the data-parallel ranks, optionally divided by √v̂ + ε of the
 // policy's AdamW (Adam preconditioning, on each rank's ZeRO-1 shard). Written into
 // ghat[0, opt.padded_size()) (the model's layout: with TP and PP the rank's local part; zero padding).
-// Through the pipeline pp (null: the whole model is here); collective over all stages.
+// Through the pipeline pp (null: the whole model is here); collective over all stages. On a device
+// params is the model's device copy and model_grads a device buffer of the layout's size the backward
+// writes, copied into ghat (host) for the all-reduce; on the CPU model_grads is null (or ghat).
 void validation_gradient(LlamaModel<float>& model, Comm* pp, const float* params, const PairSplit& val,
                          const LossConfig& loss, int64_t val_batch, const MicroBatching& mb, uint64_t seed, int64_t step,
-                         const Topology& topo, ZeroAdamW& opt, bool precondition, float* ghat);
+                         const Topology& topo, ZeroAdamW& opt, bool precondition, float* ghat,
+                         float* model_grads = nullptr);
 
 }  // namespace metapo

@@ -27,6 +27,8 @@ using PipeLogpFn = std::function<void(size_t m, const std::vector<float>& logp)>
 // or one rank: the model is whole). grads is overwritten by the first backward and accumulated into by
 // the others. With ghat, seq_dots[m] = the ghost dots (LlamaModel::backward) of micro-batch m over the
 // whole model — every stage's share summed over pp — on every stage.
+// On a device (model.device()) params, grads and ghat are memory there; loss still gets and returns host
+// vectors.
 void pipeline_train(LlamaModel<float>& model, Comm* pp, const float* params, float* grads,
                     const std::vector<PipeMicro>& mbs, const PipeLossFn& loss, const float* ghat = nullptr,
                     std::vector<std::vector<double>>* seq_dots = nullptr);

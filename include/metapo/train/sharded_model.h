@@ -27,18 +27,33 @@ struct ShardedModel {
   std::vector<float> params;    // the local layout (model->layout().total() elements)
   std::vector<TpCopy> shard_map;  // stage_shard_map of this rank (empty when tp == pp == 1)
   MemoryHandle params_mem{Mem::Params};  // params, counted by the accountant (core/memory.h)
-  // On a device (place_on_device): its context and the parameters' copy there, which the model reads.
+  // On a device (place_on_device): its context and the parameters' copy there, which the model reads;
+  // for training also the gradient's copy there, which the backward writes.
   std::unique_ptr<ops::DeviceContext> device;
-  ops::DeviceArray<float> device_params;
+  ops::DeviceArray<float> device_params, device_grads;
   // The parameters as the model reads them: the device copy, or params on the CPU.
   const float* model_params() const { return device ? device_params.data() : params.data(); }
+  // Where the model's backward writes the gradient: the device copy, or the caller's host buffer.
+  float* model_grads(float* host) { return device ? device_grads.data() : host; }
+  // Training on a device keeps the fp32 master parameters, the optimizer (ZeRO-1 AdamW) and the
+  // checkpoints on the host, as on the CPU; the model runs on the device. After params changed (an
+  // optimizer step, a checkpoint load) params_to_device copies them there; after a backward
+  // grads_to_host copies the gradient [0, layout total) into host. Both do nothing on the CPU.
+  void params_to_device();
+  void grads_to_host(float* host);
 };
 
-// Moves a whole-model ShardedModel (tp = pp = 1) onto a device for forward passes (eval, score,
-// precompute-ref): the model is made again with the device's context and the parameters copied there;
-// params keeps the host copy. Throws one line naming `option` for a device this build or machine lacks,
-// or a TP / PP layout.
-void place_on_device(ShardedModel& sm, Device d, const char* option = "--device");
+// Moves a whole-model ShardedModel (tp = pp = 1) onto a device: the model is made again with the
+// device's context and the parameters copied there; params keeps the host copy. `training` also
+// allocates the gradient's device copy. Throws one line naming `option` for a device this build or
+// machine lacks, or a TP / PP layout. The model's settings (recompute, precision) are those of a new
+// model: set them after.
+//
+// For the tests, METAPO_STAGE_ON_CPU=1 in the environment takes this path for Device::CPU too (whole
+// models only): the "device" copies are then host memory, so the CPU suite checks that every change
+// of the parameters reaches the copy the model reads and every gradient comes back (the run must be
+// bit-identical to the unstaged one).
+void place_on_device(ShardedModel& sm, Device d, const char* option = "--device", bool training = false);
 // `full` is consumed (moved from when tp == pp == 1, released otherwise) so a rank does not keep both.
 ShardedModel shard_model(const LlamaConfig& c, std::vector<float>&& full, const Topology& topo,
                          const std::vector<int64_t>& pp_layers = {});

@@ -98,9 +98,18 @@ const char* device_name() {
   static bool done = false;
   if (!done) {
     done = true;
-    if (!device_available() || cudaGetDeviceProperties(&prop, 0) != cudaSuccess) prop.name[0] = '\0';
+    int dev = 0;
+    if (!device_available() || cudaGetDevice(&dev) != cudaSuccess || cudaGetDeviceProperties(&prop, dev) != cudaSuccess)
+      prop.name[0] = '\0';
   }
   return prop.name;
+}
+
+void select_device(int local_rank) {
+  int n = 0;
+  check(cudaGetDeviceCount(&n), "select_device");
+  if (n <= 0) return;  // require_device reports it
+  check(cudaSetDevice(local_rank % n), "select_device");
 }
 
 void* device_alloc(size_t bytes) {
