@@ -86,6 +86,12 @@ void ZeroShards::allgather(float* buf) {
   if (dp_.size() > 1) dp_.allgather(buf, shard_);
 }
 
+void ZeroShards::set_context(const ops::Context& ctx) {
+  MP_CHECK(ctx.device == Device::CPU || local(), "ZeRO-1 on ", device_name(ctx.device),
+           ": only with one data-parallel rank and the whole model (the collectives move host memory)");
+  ctx_ = ctx;
+}
+
 double grad_norm(const float* g, size_t n, const ops::Context& ctx) {
   // Blocks summed in a fixed order: the same norm whatever the thread count.
   return std::sqrt(ops::sum_squares(ctx, g, n));

@@ -40,8 +40,32 @@ void AdamW::step(float* p, const float* g, double lr) {
   const float step_size = float(lr / bc1), inv_bc2_sqrt = float(1.0 / std::sqrt(bc2));
   const float eps = float(cfg_.eps), wd = float(lr * cfg_.weight_decay);
   // Decoupled decay (AdamW) where decay_ is set, before the Adam update.
-  ops::adamw_step(ctx_, ops::AdamW{p, g, m_.data(), v_.data(), decay_.data(), m_.size(), b1, b2, step_size,
-                                            inv_bc2_sqrt, eps, wd});
+  float* m = dev_ ? dm_.data() : m_.data();
+  float* v = dev_ ? dv_.data() : v_.data();
+  const uint8_t* decay = dev_ ? ddecay_.data() : decay_.data();
+  ops::adamw_step(ctx_, ops::AdamW{p, g, m, v, decay, m_.size(), b1, b2, step_size, inv_bc2_sqrt, eps, wd});
+}
+
+void AdamW::place_on_device(const ops::Context& ctx) {
+  ctx_ = ctx, dev_ = true;
+  ddecay_ = ops::DeviceArray<uint8_t>(ctx.device, Mem::Optimizer);
+  dm_ = ops::DeviceArray<float>(ctx.device, Mem::Optimizer);
+  dv_ = ops::DeviceArray<float>(ctx.device, Mem::Optimizer);
+  ddecay_.resize_for_overwrite(decay_.size()), dm_.resize_for_overwrite(m_.size()), dv_.resize_for_overwrite(v_.size());
+  ops::to_device(ctx_, ddecay_.data(), decay_.data(), decay_.size());
+  state_to_device();
+}
+
+void AdamW::state_to_host() {
+  if (!dev_) return;
+  ops::to_host(ctx_, m_.data(), dm_.data(), m_.size() * sizeof(float));
+  ops::to_host(ctx_, v_.data(), dv_.data(), v_.size() * sizeof(float));
+}
+
+void AdamW::state_to_device() {
+  if (!dev_) return;
+  ops::to_device(ctx_, dm_.data(), m_.data(), m_.size() * sizeof(float));
+  ops::to_device(ctx_, dv_.data(), v_.data(), v_.size() * sizeof(float));
 }
 
 double clip_grads(float* g, size_t n, double norm, double max_norm, const ops::Context& ctx) {

@@ -97,6 +97,11 @@ void ShardedModel::params_to_device() {
   ops::to_device(device->get(), device_params.data(), params.data(), n * sizeof(float));
 }
 
+void ShardedModel::params_to_host() {
+  if (!device) return;
+  ops::to_host(device->get(), params.data(), device_params.data(), device_params.size() * sizeof(float));
+}
+
 void ShardedModel::grads_to_host(float* host) {
   if (!device) return;
   MP_CHECK(device_grads.size() == device_params.size(), "grads_to_host: the model was not placed for training");

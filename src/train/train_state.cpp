@@ -126,6 +126,9 @@ std::string save_checkpoint(TrainState& st, const std::string& dir, int64_t keep
   ShardedModel& sm = *st.sm;
   ZeroAdamW& opt = *st.opt;
   const size_t n_local = sm.model->layout().total();
+  // With the optimizer on a device its state and the parameters are the device copies.
+  if (opt.on_device()) sm.params_to_host();
+  opt.state_to_host();
   // Nothing non-finite is ever written: check the whole state first, on every rank.
   bool ok = all_finite(sm.params.data(), n_local) && all_finite(opt.exp_avg().data(), opt.exp_avg().size()) &&
             all_finite(opt.exp_avg_sq().data(), opt.exp_avg_sq().size());
@@ -259,6 +262,7 @@ void load_checkpoint(TrainState& st, const std::string& path) {
   }
   opt.set_steps_taken(f.read_int("/optimizer/step"));
   opt.allgather(sm.params.data());
+  opt.state_to_device();  // the parameters follow in TrainRun::start (ShardedModel::params_to_device)
   if (st.uses_meta) {
     const std::vector<uint64_t> ps = f.shape("/meta/pair_stats"), ns = f.shape("/meta/net");
     const uint64_t N = ps.empty() ? 0 : ps[0], P = ns.empty() ? 0 : ns[0];

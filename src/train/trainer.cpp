@@ -283,6 +283,7 @@ struct TrainRun {
     resize_exact(sm.params, opt.padded_size());  // ZeRO-1 padding (zeros, never read by the model)
     sm.params_mem.track(sm.params);
     place_on_device(sm, cfg.device, "--device", /*training=*/true);
+    opt_on_device = sm.device && opt.place_on_device(sm.device->get());
     sm.model->set_recompute(cfg.recompute);
     sm.model->set_precision(cfg.precision);
     report_memory(cfg, kind, topo, config, rank_memory(opt, -1), restarts);
@@ -295,6 +296,18 @@ struct TrainRun {
   void phase(const char* name, int64_t step) { watch->phase(name, step + 1); }
 
   Comm* pipe() const { return sm.pp.get(); }
+
+  // Where the optimizer reads the gradient and updates the parameters: the device copies when it runs
+  // there (one data-parallel rank), else the host buffers, which backward_done / update_done keep in
+  // step with the device copies the model uses (nothing to do on the CPU).
+  float* opt_params() { return opt_on_device ? sm.device_params.data() : sm.params.data(); }
+  float* opt_grads() { return opt_on_device ? sm.device_grads.data() : grads.data(); }
+  void backward_done() {
+    if (!opt_on_device) sm.grads_to_host(grads.data());
+  }
+  void update_done() {
+    if (!opt_on_device) sm.params_to_device();
+  }
 
   // Collective. The training state (files: the run's append-only files by key), restored from the
   // plan's checkpoint when there is one; then the metrics log, continued or started empty.
@@ -478,6 +491,7 @@ struct TrainRun {
     watch->phase("memory report", 0);
     report_memory(cfg, kind, topo, config, rank_memory(opt, int64_t(sm.model->activation_bytes())), restarts, true);
     watch->phase("final save", 0);
+    if (opt_on_device) sm.params_to_host();
     save_final(cfg, topo, config, sm, sm.params);
   }
 
@@ -491,6 +505,7 @@ struct TrainRun {
   std::unique_ptr<Comm> dp_comm;  // the optimizer's and MetaPO's (counted in the step report)
   ZeroAdamW opt;
   Buffer<float> grads;
+  bool opt_on_device = false;  // the optimizer on the model's device (ZeroAdamW::place_on_device)
   std::optional<MetricsLog> log;
   std::unique_ptr<HangWatchdog> watch;
   TrainState state;
@@ -572,7 +587,9 @@ int run_dpo(const Topology& topo, const TrainConfig& cfg) {
     if (last_stage)
       meta = std::make_unique<MetaPOState>(cfg.meta, max_id, cfg.seed, dp_comm, topo.is_last_stage_root(),
                                            plan.in_place && !plan.candidates.empty());
-    ghat = tagged_buffer<float>(Mem::MetaPO, params.size());
+    // ĝ on the host where the optimizer is (its all-reduce and preconditioning); on a device also
+    // its copy there, which the ghost products read.
+    if (!run.opt_on_device) ghat = tagged_buffer<float>(Mem::MetaPO, params.size());
     if (on_device) ghat_dev.resize_for_overwrite(model.layout().total());
   }
   const std::vector<int64_t> tracked = tracked_pairs(train, cfg.track_pairs);
@@ -624,9 +641,14 @@ int run_dpo(const Topology& topo, const TrainConfig& cfg) {
     const bool meta_step = use_meta && is_meta_step(cfg.meta, step);
     phase.reset();
     if (meta_step) run.phase("MetaPO validation gradient", step);
-    if (meta_step) {
-      // On a device the validation backward writes the gradient's device copy (scratch until the
-      // training backward) and ĝ, reduced on the host, goes back for the ghost products.
+    if (meta_step && run.opt_on_device) {
+      // ĝ computed, reduced and preconditioned on the device.
+      validation_gradient(model, pp, mparams, val, cfg.loss, cfg.meta.val_batch, cfg.micro(), cfg.seed, step,
+                          topo, opt, cfg.meta.precondition, ghat_dev.data());
+    } else if (meta_step) {
+      // With the model on a device and the optimizer on the host, the validation backward writes the
+      // gradient's device copy (scratch until the training backward) and ĝ, reduced on the host, goes
+      // back for the ghost products.
       validation_gradient(model, pp, mparams, val, cfg.loss, cfg.meta.val_batch, cfg.micro(), cfg.seed, step,
                           topo, opt, cfg.meta.precondition, ghat.data(), on_device ? mgrads : nullptr);
       if (on_device)
@@ -657,7 +679,7 @@ int run_dpo(const Topology& topo, const TrainConfig& cfg) {
     const std::vector<PairMicroResult> res =
         pair_pipeline_step(model, pp, mparams, mgrads, train, chunks, cfg.loss, weigh, 1.0 / B,
                            ghost ? (on_device ? ghat_dev.data() : ghat.data()) : nullptr);
-    run.sm.grads_to_host(grads.data());
+    run.backward_done();
     std::vector<double> align;
     for (size_t m = 0; m < chunks.size(); ++m) {
       const PairMicroResult& r = res[m];
@@ -697,7 +719,7 @@ int run_dpo(const Topology& topo, const TrainConfig& cfg) {
     // update, clipping, this rank's shard's update and the all-gather.
     const double lr = sched.at(step);
     run.phase("gradient reduction (ZeRO-1 reduce-scatter)", step);
-    const double gnorm = opt.reduce(grads.data(), finite_w ? B / st.weight_sum : 1.0);
+    const double gnorm = opt.reduce(run.opt_grads(), finite_w ? B / st.weight_sum : 1.0);
     bool bad = !finite_w || !std::isfinite(st.weighted_loss) || !std::isfinite(gnorm);
     for (double a : align) bad = bad || !std::isfinite(a);
     run.phase("step agreement (all-reduce)", step);
@@ -715,8 +737,8 @@ int run_dpo(const Topology& topo, const TrainConfig& cfg) {
     t_meta = phase.seconds();
     phase.reset();
     run.phase("optimizer (ZeRO-1 all-gather)", step);
-    opt.apply(params.data(), grads.data(), lr, gnorm, cfg.max_grad_norm);
-    run.sm.params_to_device();
+    opt.apply(run.opt_params(), run.opt_grads(), lr, gnorm, cfg.max_grad_norm);
+    run.update_done();
     t_opt += phase.seconds();
 
     const double secs = tm.seconds();
@@ -826,7 +848,6 @@ int run_sft(const Topology& topo, const TrainConfig& cfg) {
   TrainRun run(cfg, topo, load_sharded_model(initial, topo, cfg.pp_layers, zero_padded_size(initial.config(), topo, cfg.pp_layers)), "sft", total, plan.restarts);
   LlamaModel<float>& model = *run.sm.model;
   ZeroAdamW& opt = run.opt;
-  std::vector<float>& params = run.sm.params;
   Buffer<float>& grads = run.grads;
   run.start(plan, {{"metrics.jsonl", cfg.out_dir + "/metrics.jsonl"}}, fingerprint(train), false, nullptr);
   MetricsLog& log = *run.log;
@@ -856,14 +877,14 @@ int run_sft(const Topology& topo, const TrainConfig& cfg) {
         if (mbs[m].targets[t] >= 0) nll -= double(logp[t]), dlogp[t] = float(-1.0 / n_answer);
       return dlogp;
     });
-    run.sm.grads_to_host(grads.data());
+    run.backward_done();
     double sums[2] = {nll, tokens};
     run.phase("loss all-reduce", step);
     topo.dp_comm().allreduce_sum(sums, 2);
     if (topo.pp > 1) run.pipe()->allreduce_sum(sums, 1);  // the NLL is the last stage's (0 elsewhere)
     const double lr = sched.at(step);
     run.phase("gradient reduction (ZeRO-1 reduce-scatter)", step);
-    const double gnorm = opt.reduce(grads.data(), 1.0);
+    const double gnorm = opt.reduce(run.opt_grads(), 1.0);
     run.phase("step agreement (all-reduce)", step);
     const StepControl ctl = run.control(!std::isfinite(sums[0]) || !std::isfinite(gnorm));
     if (ctl.skip) {
@@ -872,8 +893,8 @@ int run_sft(const Topology& topo, const TrainConfig& cfg) {
       continue;
     }
     run.phase("optimizer (ZeRO-1 all-gather)", step);
-    opt.apply(params.data(), grads.data(), lr, gnorm, cfg.max_grad_norm);
-    run.sm.params_to_device();
+    opt.apply(run.opt_params(), run.opt_grads(), lr, gnorm, cfg.max_grad_norm);
+    run.update_done();
     const double secs = tm.seconds();
     run.phase("step report", step);
     nlohmann::json j;

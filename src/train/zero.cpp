@@ -34,6 +34,13 @@ void ZeroAdamW::apply(float* params, float* grads, double lr, double norm, doubl
 
 void ZeroAdamW::allgather(float* params) { z_.allgather(params); }
 
+bool ZeroAdamW::place_on_device(const ops::Context& ctx) {
+  if (!z_.local()) return false;
+  z_.set_context(ctx);
+  opt_.place_on_device(ctx);
+  return true;
+}
+
 double ZeroAdamW::step(float* params, float* grads, double lr, double scale, double max_norm) {
   const double norm = reduce(grads, scale);
   apply(params, grads, lr, norm, max_norm);
@@ -48,11 +55,10 @@ void ZeroAdamW::allreduce_preconditioned(float* g, bool precondition) {
     // into v̂' bounds every component (|ĝ_i| ≤ √((1 − β2^(t+1)) / (1 − β2))); with v alone, a
     // coordinate whose training gradients were near zero so far would get g_i / ε, up to 1e8 × g_i,
     // and its rounding noise would decide ĝ.
-    const std::vector<float>& v = opt_.exp_avg_sq();
     const double b2 = opt_.config().beta2;
     const float bc2 = float(1.0 - std::pow(b2, double(opt_.steps_taken() + 1)));
     const float eps = float(opt_.config().eps), fb2 = float(b2), fb2c = float(1.0 - b2);
-    ops::adam_precondition(opt_.context(), s, v.data(), v.size(), fb2, fb2c, bc2, eps);
+    ops::adam_precondition(opt_.context(), s, opt_.exp_avg_sq_data(), opt_.size(), fb2, fb2c, bc2, eps);
   }
   z_.allgather_shard(g);
 }

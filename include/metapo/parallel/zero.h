@@ -50,6 +50,12 @@ class ZeroShards {
   // Every rank's block of buf[0, padded_size()) to all.
   void allgather(float* buf);
 
+  // One data-parallel rank and the whole model here: nothing is communicated.
+  bool local() const { return dp_.size() == 1 && !mp_; }
+  // Where the scaling and the norm run (the CPU unless set): a device context only with one
+  // data-parallel rank and the whole model here, where nothing is communicated.
+  void set_context(const ops::Context& ctx);
+
  private:
   // Σ g² over this rank's reduced block, replicated runs skipped unless this rank counts them.
   double shard_sq_norm(const float* g) const;
@@ -62,7 +68,7 @@ class ZeroShards {
   // block minus the replicated runs), so every replicated element is counted exactly once.
   std::vector<std::pair<size_t, size_t>> norm_ranges_;
   std::vector<float> g_;  // this rank's reduced block
-  ops::Context ctx_;      // where its arithmetic runs (the CPU)
+  ops::Context ctx_;      // where its arithmetic runs
   MemoryHandle g_mem_{Mem::Optimizer};
 };
 

@@ -41,11 +41,22 @@ class AdamW {
   int64_t steps_taken() const { return t_; }
   void set_steps_taken(int64_t t) { t_ = t; }  // resuming from a checkpoint
   const AdamWConfig& config() const { return cfg_; }
-  const ops::Context& context() const { return ctx_; }  // where the update runs (the CPU)
+  const ops::Context& context() const { return ctx_; }  // where the update runs
+  // The moments as checkpoints read and write them (host memory). On a device they are copies:
+  // state_to_host refreshes them, state_to_device makes them the state again.
   std::vector<float>& exp_avg() { return m_; }
   const std::vector<float>& exp_avg() const { return m_; }
   std::vector<float>& exp_avg_sq() { return v_; }
   const std::vector<float>& exp_avg_sq() const { return v_; }
+  // The second moment where the update keeps it (the device copy on a device).
+  const float* exp_avg_sq_data() const { return dev_ ? dv_.data() : v_.data(); }
+
+  // Moves the update onto ctx's device: the moments and the mask are copied there and step() then
+  // takes device pointers. ctx is borrowed and must outlive the optimizer.
+  void place_on_device(const ops::Context& ctx);
+  bool on_device() const { return dev_; }
+  void state_to_host();    // the device moments into exp_avg() / exp_avg_sq(); nothing off a device
+  void state_to_device();  // exp_avg() / exp_avg_sq() onto the device; nothing off a device
 
  private:
   AdamWConfig cfg_;
@@ -54,6 +65,9 @@ class AdamW {
   int64_t t_ = 0;
   MemoryHandle mem_{Mem::Optimizer};  // the moments and the mask
   ops::Context ctx_;
+  bool dev_ = false;
+  ops::DeviceArray<uint8_t> ddecay_;
+  ops::DeviceArray<float> dm_, dv_;
 };
 
 // Scales grads by max_norm / norm when norm > max_norm (max_norm <= 0: never). Returns the factor.

@@ -41,6 +41,9 @@ struct ShardedModel {
   // grads_to_host copies the gradient [0, layout total) into host. Both do nothing on the CPU.
   void params_to_device();
   void grads_to_host(float* host);
+  // The device copy into params, where the device copy is the master (the optimizer runs on the
+  // device: train/zero.h place_on_device): before a checkpoint or the final model is written.
+  void params_to_host();
 };
 
 // Moves a whole-model ShardedModel (tp = pp = 1) onto a device: the model is made again with the

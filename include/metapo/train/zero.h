@@ -64,6 +64,16 @@ class ZeroAdamW {
   // Collective over DP: every rank's shard of params[0, padded_size()) to all (a checkpoint's read).
   void allgather(float* params);
 
+  // With one data-parallel rank and the whole model here (nothing to communicate), moves the
+  // optimizer onto ctx's device and returns true: step, reduce, apply and allreduce_preconditioned
+  // then take device pointers, and the moments live there (exp_avg() / exp_avg_sq() are the host
+  // copies state_to_host refreshes for a checkpoint and state_to_device loads from one). Otherwise
+  // returns false and the optimizer stays on the host. ctx is borrowed.
+  bool place_on_device(const ops::Context& ctx);
+  bool on_device() const { return opt_.on_device(); }
+  void state_to_host() { opt_.state_to_host(); }
+  void state_to_device() { opt_.state_to_device(); }
+
  private:
   ZeroShards z_;
   AdamW opt_;
