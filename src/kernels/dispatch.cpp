@@ -345,13 +345,25 @@ cuda::AttentionArgs cuda_attention(const Attention<float>& a) {
   return {a.q,          a.k,      a.v,        a.ld_qkv,  a.out,        a.ld_out,     a.lse,
           a.cu_seqlens, a.n_seqs, a.n_tokens, a.n_heads, a.n_kv_heads, a.head_dim, a.scale, a.max_seqlen};
 }
+
+// bf16 training on CUDA: cuDNN's fused attention where it takes the shape, else the plain kernel.
+bool fused(const Context& ctx) { return ctx.fused_attention && ctx.gemm_inputs == DType::BF16; }
+
+void cuda_attention_forward(const Context& ctx, const cuda::AttentionArgs& a) {
+  if (!(fused(ctx) && cuda::cudnn_attention_forward(a, ctx.stream))) cuda::attention_forward(a, ctx.stream);
+}
+
+void cuda_attention_backward(const Context& ctx, const cuda::AttentionArgs& f, const AttentionGrad<float>& a) {
+  if (!(fused(ctx) && cuda::cudnn_attention_backward(f, a.dout, a.dq, a.dk, a.dv, a.ld_dqkv, ctx.stream)))
+    cuda::attention_backward(f, a.dout, a.dq, a.dk, a.dv, a.ld_dqkv, ctx.stream);
+}
 #endif
 }  // namespace
 
 template <typename T>
 void attention_forward(const Context& ctx, const Attention<T>& a) {
   MP_DISPATCH_CUDA("attention_forward", cpu::attention_forward(cpu_attention(a)),
-                   cuda::attention_forward(cuda_attention(a), ctx.stream));
+                   cuda_attention_forward(ctx, cuda_attention(a)));
 }
 
 template <typename T>
@@ -359,7 +371,7 @@ void attention_backward(const Context& ctx, const Attention<T>& fwd, const Atten
   MP_DISPATCH_CUDA("attention_backward",
                    cpu::attention_backward(cpu_attention(fwd),
                                            cpu::AttentionGradParams<T>{a.dout, a.dq, a.dk, a.dv, a.ld_dqkv}),
-                   cuda::attention_backward(cuda_attention(fwd), a.dout, a.dq, a.dk, a.dv, a.ld_dqkv, ctx.stream));
+                   cuda_attention_backward(ctx, cuda_attention(fwd), a));
 }
 
 void decode_attention(const Context& ctx, const DecodeAttention& a) {

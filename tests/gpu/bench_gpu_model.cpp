@@ -5,7 +5,9 @@
 // figures for the same shapes in the same run).
 //   bench_gpu_model [--shape 1.3b|bench-28m|tiny] [--seq-len 2048] [--batch 4] [--steps 3] [--warmup 1]
 //                   [--precision bf16|fp32] [--recompute none|selective|full] [--val-pairs N]
-//                   [--peak-tflops T] [--device cuda|cpu]
+//                   [--peak-tflops T] [--device cuda|cpu] [--attention cudnn|plain]
+// (--attention: in bf16 on CUDA, cuDNN's fused attention where it takes the shape (the default) or the
+// plain kernel; the line under the table says which ran.)
 // (--device cpu runs the same steps on the CPU backend: a check of this program where there is no GPU.)
 // The steps, as the trainer takes them (reference log-probs precomputed, so no reference forward):
 //   fwd+bwd  forward and backward of the batch (the FLOPs are train_flops: 6 per parameter and token
@@ -45,7 +47,7 @@ double now() { return std::chrono::duration<double>(std::chrono::steady_clock::n
 }  // namespace
 
 int main(int argc, char** argv) try {
-  std::string shape_name = "1.3b", precision = "bf16", recompute = "none", device = "cuda";
+  std::string shape_name = "1.3b", precision = "bf16", recompute = "none", device = "cuda", attention = "cudnn";
   int64_t seq_len = 2048, batch = 4, steps = 3, warmup = 1, val_pairs = -1;
   double peak = 0;
   for (int i = 1; i < argc; ++i) {
@@ -62,8 +64,10 @@ int main(int argc, char** argv) try {
     else if (a == "--val-pairs") val_pairs = std::stoll(v);
     else if (a == "--peak-tflops") peak = std::stod(v) * 1e12;
     else if (a == "--device") device = v;
+    else if (a == "--attention") attention = v;
     else fail(a, ": unknown option");
   }
+  MP_CHECK(attention == "cudnn" || attention == "plain", "--attention ", attention, ": cudnn or plain");
   MP_CHECK(batch >= 2 && batch % 2 == 0, "--batch ", batch, ": an even number of sequences (chosen, rejected)");
   MP_CHECK(seq_len >= 2 && steps >= 1 && warmup >= 0, "--seq-len, --steps, --warmup: out of range");
   const LlamaConfig cfg = gpu_shape(shape_name);
@@ -81,6 +85,7 @@ int main(int argc, char** argv) try {
   ops::Context ctx;
   ctx.device = where;
   if (where == Device::CUDA) ctx.blas = cuda::blas_create();
+  ctx.fused_attention = attention == "cudnn";
   auto sync = [&] {
     if (where == Device::CUDA) cuda::synchronize(nullptr);
   };
@@ -213,6 +218,10 @@ int main(int argc, char** argv) try {
       json += ",\"metapo_over_dpo\":" + std::to_string(s * 1e3 / dpo_ms);
     }
   }
+  std::string att = where == Device::CUDA ? cuda::cudnn_attention_status() : "cpu";
+  std::printf("\nattention: %s\n", att.c_str());
+  std::replace(att.begin(), att.end(), '"', '\'');  // a JSON string
+  json += ",\"attention\":\"" + att + "\"";
   std::printf("%s,\"peak_tflops\":%.0f,\"train_flops\":%.4g}\n", json.c_str(), peak / 1e12, flops);
   if (ctx.blas) cuda::blas_destroy(ctx.blas);
   return 0;

@@ -255,7 +255,17 @@ int main(int argc, char** argv) {
       // bf16 storage on both: an element that lands on the other side of a rounding boundary moves
       // by 2^-8 relative, so the tolerances are those of bf16 (tests/test_precision.cpp's bf16 vs fp32).
       cpu.model.set_precision(Precision::bf16()), gpu.model.set_precision(Precision::bf16());
+      // On the GPU bf16 runs attention on cuDNN's fused kernel (bf16 P V: one more rounding, within
+      // the same bound), and again on the plain kernel, the reference.
       compare_step(name + " bf16", cpu, gpu, b, params, 5e-3, 5e-2, 5e-2);
+      if (!harness) std::printf("%s bf16 attention: %s\n", name.c_str(), cuda::cudnn_attention_status());
+      {
+        ops::Context plain_ctx = gpu_ctx;
+        plain_ctx.fused_attention = false;
+        Side plain(cfg, plain_ctx);
+        plain.model.set_precision(Precision::bf16());
+        compare_step(name + " bf16, plain attention", cpu, plain, b, params, 5e-3, 5e-2, 5e-2);
+      }
       cpu.model.set_precision(Precision::fp32()), gpu.model.set_precision(Precision::fp32());
       // 50 AdamW steps amplify rounding differences: on the CPU, the same run with every parameter one
       // ulp apart ends 9e-7 (DPO) and 1.1e-6 (weighted) apart relative to the first loss (tiny). The

@@ -437,6 +437,65 @@ void test_attention() {
   record("attention_backward rerun (mismatched bits)", mismatches(dDqkv.host(), g1), 0);
 }
 
+// cuDNN's fused attention (bf16 training) against the CPU on the same bf16-exact inputs: the errors are
+// cuDNN's bf16 roundings (P before P V, the outputs, dO and the gradients), each 2^-9 relative, a few
+// of which add up in a row: 1e-2 for out, 2e-2 for the gradients; lse is fp32 throughout (1e-4). The
+// rows also check: reruns bit-identical (the deterministic backward), the plain backward running on
+// cuDNN's forward (lse transposed to this backend's layout), and the fallback for a head dimension
+// cuDNN does not take.
+void test_attention_cudnn() {
+  if (!cuda::cudnn_attention_built()) {
+    std::printf("attention (cuDNN): built without the cuDNN front end (tools/setup.sh fetches it): skipped\n");
+    return;
+  }
+  const vector<int64_t> cu = {0, 1, 8, 41, 169, 184, 440};
+  const int64_t n = cu.back(), Hq = 8, Hkv = 2, D = 64, ld = (Hq + 2 * Hkv) * D + 8, ld_out = Hq * D;
+  vector<float> qkv = randn(size_t(n * ld), 63), dout = randn(size_t(n * ld_out), 64);
+  for (float& x : qkv) x = bf16_to_f32(f32_to_bf16(x));
+  for (float& x : dout) x = bf16_to_f32(f32_to_bf16(x));
+  vector<float> out(size_t(n * ld_out)), lse(size_t(Hq * n)), dqkv(size_t(n * ld), 0.0f);
+  const float scale = 1.0f / std::sqrt(float(D));
+  cpu::AttentionParams<float> p{qkv.data(), qkv.data() + Hq * D, qkv.data() + (Hq + Hkv) * D, ld, out.data(), ld_out,
+                                lse.data(), cu.data(), int64_t(cu.size()) - 1, n, Hq, Hkv, D, scale};
+  cpu::attention_forward(p);
+  cpu::attention_backward(p, cpu::AttentionGradParams<float>{dout.data(), dqkv.data(), dqkv.data() + Hq * D,
+                                                             dqkv.data() + (Hq + Hkv) * D, ld});
+  Dev<float> dQKV(qkv), dOut(out.size()), dLse(lse.size()), dDout(dout), dDqkv(vector<float>(dqkv.size(), 0.0f));
+  Dev<int64_t> dCu(cu);
+  const cuda::AttentionArgs a{dQKV.p, dQKV.p + Hq * D, dQKV.p + (Hq + Hkv) * D, ld, dOut.p, ld_out, dLse.p, dCu.p,
+                              int64_t(cu.size()) - 1, n, Hq, Hkv, D, scale};
+  const bool fwd = cuda::cudnn_attention_forward(a, nullptr);
+  std::printf("attention (cuDNN): forward on %s\n", cuda::cudnn_attention_status());
+  record("cudnn attention_forward ran (0: yes)", fwd ? 0 : 1, 0);
+  if (!fwd) return;
+  const vector<float> o1 = dOut.host(), l1 = dLse.host();
+  record("cudnn attention_forward (out)", rel_err(o1, out), 1e-2);
+  record("cudnn attention_forward (lse)", rel_err(l1, lse), 1e-4);
+  cuda::cudnn_attention_forward(a, nullptr);
+  record("cudnn attention_forward rerun (mismatched bits)", mismatches(dOut.host(), o1) + mismatches(dLse.host(), l1), 0);
+  float* dq = dDqkv.p;
+  float* dk = dDqkv.p + Hq * D;
+  float* dv = dDqkv.p + (Hq + Hkv) * D;
+  // The plain backward on cuDNN's forward (its out and lse).
+  cuda::attention_backward(a, dDout.p, dq, dk, dv, ld, nullptr);
+  record("plain attention_backward on the cuDNN forward", rel_err(dDqkv.host(), dqkv), 2e-2);
+  cudaDeviceProp prop{};
+  cudaGetDeviceProperties(&prop, 0);
+  const bool bwd = cuda::cudnn_attention_backward(a, dDout.p, dq, dk, dv, ld, nullptr);
+  std::printf("attention (cuDNN): backward on %s\n", cuda::cudnn_attention_status());
+  // cuDNN has no deterministic backward over ragged sequences on sm_8x: the plain kernel runs there.
+  record("cudnn attention_backward ran where cuDNN has it (0: yes)", bwd || prop.major != 9 ? 0 : 1, 0);
+  if (bwd) {
+    const vector<float> g1 = dDqkv.host();
+    record("cudnn attention_backward (dq, dk, dv)", rel_err(g1, dqkv), 2e-2);
+    cuda::cudnn_attention_backward(a, dDout.p, dq, dk, dv, ld, nullptr);
+    record("cudnn attention_backward rerun (mismatched bits)", mismatches(dDqkv.host(), g1), 0);
+  }
+  cuda::AttentionArgs odd = a;
+  odd.head_dim = 12, odd.n_heads = 2, odd.n_kv_heads = 1;  // 12 % 8 != 0: not cuDNN's
+  record("cudnn attention falls back for head dimension 12 (0: yes)", cuda::cudnn_attention_forward(odd, nullptr) ? 1 : 0, 0);
+}
+
 void test_data_movement() {
   const int64_t n = 5000, m = 700;
   const vector<float> x = randn(size_t(n), 71), y = randn(size_t(n), 72);
@@ -534,6 +593,7 @@ int main() {
       {"embedding", test_embedding},
       {"logprob", [&] { test_logprob(blas); }},
       {"attention", test_attention},
+      {"attention (cuDNN)", test_attention_cudnn},
       {"adamw", test_adamw},
       {"optimizer reductions", test_optim_reductions}};
   int failed = 0;

@@ -115,6 +115,32 @@ void attention_forward(const AttentionArgs& a, void* stream);
 void attention_backward(const AttentionArgs& a, const float* dout, float* dq, float* dk, float* dv, int64_t ld_dqkv,
                         void* stream);
 
+// ---- attention through cuDNN's fused SDPA (attention_cudnn.cpp; helpers in attention_cudnn.cu) ----
+// For bf16 training: q, k, v (and in the backward out and dout) rounded to bf16 into packed copies,
+// cuDNN's flash attention over the packed sequences (ragged offsets, a causal and a padding mask,
+// grouped-query heads), the results written back in fp32 at the caller's strides, and lse in this
+// backend's [n_heads, n_tokens] layout (cuDNN's statistics are the same log-sum-exp of the scaled
+// scores, so either implementation can run the backward of the other's forward). The backward is
+// cuDNN's deterministic algorithm (bit-identical reruns). Each returns false, having done nothing,
+// where cuDNN cannot take the shape (library not found, a head dimension, GPU or cuDNN version it
+// does not support, offsets past int32); the caller then runs the plain kernel.
+bool cudnn_attention_built();
+// What the last call used, for logs: "cuDNN <version>", or the plain kernel and why.
+const char* cudnn_attention_status();
+bool cudnn_attention_forward(const AttentionArgs& a, void* stream);
+bool cudnn_attention_backward(const AttentionArgs& a, const float* dout, float* dq, float* dk, float* dv,
+                              int64_t ld_dqkv, void* stream);
+// seq_len[s] = cu[s + 1] - cu[s]; q_off, kv_off, stats_off [n_seqs + 1] = cu times the strides
+// (elements per token), as int32.
+void ragged_offsets(const int64_t* cu_seqlens, int64_t n_seqs, int64_t q_stride, int64_t kv_stride,
+                    int64_t stats_stride, int32_t* seq_len, int32_t* q_off, int32_t* kv_off, int32_t* stats_off,
+                    void* stream);
+// dst [rows, width] packed bf16 (raw bits) = src rows of stride ld_src, rounded to nearest even; and back.
+void cast_f32_to_bf16_2d(uint16_t* dst, const float* src, int64_t ld_src, int64_t width, int64_t rows, void* stream);
+void cast_bf16_to_f32_2d(float* dst, int64_t ld_dst, const uint16_t* src, int64_t width, int64_t rows, void* stream);
+// dst [cols, rows] = src [rows, cols] transposed.
+void transpose_f32(float* dst, const float* src, int64_t rows, int64_t cols, void* stream);
+
 // ---- embedding (embedding.cu) ----
 // Tokens outside [row_begin, row_end) (row_end < 0: no upper bound) give zero rows / add nothing.
 void embedding_forward(float* x, const float* E, const int32_t* tokens, int64_t n, int64_t C, int64_t row_begin,

@@ -115,6 +115,9 @@ struct Context {
   // tensor cores (exact for bf16-stored operands; the model sets it with bf16 storage). The CPU
   // backend computes in T whatever this says.
   DType gemm_inputs = DType::F32;
+  // With BF16 gemm_inputs on CUDA: attention through cuDNN's fused SDPA where it takes the shape
+  // (kernels/cuda.h); false, or where it does not: the plain kernel, the reference.
+  bool fused_attention = true;
 };
 
 // The backends this build has: "cpu", or "cpu, cuda".
