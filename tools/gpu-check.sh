@@ -6,6 +6,8 @@
 #   2. test_gpu_model   the model on CUDA against the CPU (tiny and bench-28m shapes: log-probs, every
 #                       gradient, ghost dots, fp32 and bf16, a rerun bit for bit, 50 DPO and 50
 #                       weighted steps' loss curves);
+#      test_gpu_generate  generation with the KV cache on CUDA against the CPU (tiny shape: greedy
+#                       tokens, every step's logits, batch invariance and a rerun bit for bit);
 #   3. bench_gpu_model  fwd+bwd, DPO and MetaPO steps of the 1.3B shape (configs/presets/gpu-1.3b.ini)
 #                       on packed 2048-token sequences: tokens/s, TFLOP/s, MFU;
 #   4. tools/bench_torch.py, the same shape in PyTorch + transformers (bf16 autocast, SDPA), same run;
@@ -80,6 +82,7 @@ run() {
 if [ "$PART" != bench ]; then
   run test_gpu_ops 90 env LD_LIBRARY_PATH="$METAPO_LIBS" "$BUILD/tests/gpu/test_gpu_ops"
   run test_gpu_model 240 env LD_LIBRARY_PATH="$METAPO_LIBS" "$BUILD/tests/gpu/test_gpu_model"
+  run test_gpu_generate 60 env LD_LIBRARY_PATH="$METAPO_LIBS" "$BUILD/tests/gpu/test_gpu_generate"
   if [ "${SANITIZE:-0}" = 1 ] && [ $gpu = 1 ] && command -v compute-sanitizer >/dev/null; then
     run memcheck 150 env LD_LIBRARY_PATH="$METAPO_LIBS" compute-sanitizer --tool memcheck --error-exitcode 9 \
       "$BUILD/tests/gpu/test_gpu_ops"
@@ -98,7 +101,7 @@ fi
 echo
 echo "| check | result |" | tee -a "$OUT/summary.txt"
 echo "| --- | --- |" | tee -a "$OUT/summary.txt"
-for name in test_gpu_ops test_gpu_model memcheck bench_gpu_model bench_torch_fwdbwd bench_torch_dpo; do
+for name in test_gpu_ops test_gpu_model test_gpu_generate memcheck bench_gpu_model bench_torch_fwdbwd bench_torch_dpo; do
   [ -n "${result[$name]:-}" ] && echo "| $name | ${result[$name]} |" | tee -a "$OUT/summary.txt"
 done
 grep -h "FAIL\|error" "$OUT"/test_gpu_*.log 2>/dev/null | head -20 | tee -a "$OUT/summary.txt"

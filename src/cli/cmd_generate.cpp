@@ -5,7 +5,7 @@
 // cache, MLP slice and vocabulary rows split over TP, layers and their caches over PP); rank 0 gathers
 // and writes the lines in input order. Every prompt's tokens depend only on the prompt, its id, the
 // options and the TP x PP layout (TP only through rounding), so any DP count and batch size give the
-// same file.
+// same file. --device cuda decodes on one GPU per rank (--tp 1 --pp 1; model/generate.h).
 #include <unistd.h>
 
 #include <chrono>
@@ -88,7 +88,7 @@ PromptSet read_dataset_prompts(const std::string& path, const std::string& split
 
 int cmd_generate(Context& ctx, int argc, char** argv) {
   po::options_description desc("metapo generate options");
-  std::string model_dir, data, split, prompts_path, output;
+  std::string model_dir, data, split, prompts_path, output, device;
   GenerateOptions opt;
   int64_t limit = 0, eos_id = 0;
   bool greedy = false;
@@ -108,9 +108,10 @@ int cmd_generate(Context& ctx, int argc, char** argv) {
     ("limit", po::value(&limit)->default_value(0), "the first K prompts only (0: all)");
   ParallelOptions par;
   add_parallel_options(desc, par);
+  add_device_option(desc, device);
   po::variables_map vm;
   if (!parse_args("generate",
-                  "[mpirun -np N] metapo generate [--tp T] [--pp P] --model DIR (--data FILE.h5 --split S | --prompts IN.jsonl)\n"
+                  "[mpirun -np N] metapo generate [--tp T] [--pp P] [--device D] --model DIR (--data FILE.h5 --split S | --prompts IN.jsonl)\n"
                   "       [--greedy | --temperature T --top-p P] [--seed S] --max-new-tokens N --output OUT.jsonl [--limit K]",
                   desc, argc, argv, vm, ctx))
     return 0;
@@ -129,6 +130,7 @@ int cmd_generate(Context& ctx, int argc, char** argv) {
   MP_CHECK(opt.max_batch > 0, "--batch-size must be positive (got ", opt.max_batch, ")");
   MP_CHECK(limit >= 0, "--limit must be >= 0 (got ", limit, ")");
   apply_parallel_options(ctx, par);
+  const Device dev = check_device_option(device, par, ctx.topo.local_rank);
   const Topology& topo = ctx.topo;
 
   const HfModelReader reader(model_dir);
@@ -149,7 +151,9 @@ int cmd_generate(Context& ctx, int argc, char** argv) {
 
   // This rank's shard only: under TP x PP no rank ever holds the whole model.
   ShardedModel sm = load_sharded_model(reader, topo, par.pp_layers);
+  place_on_device(sm, dev);  // with --device cuda: the parameters' copy on the GPU, which the decoder reads
   const DecoderShard shard{sm.tp.get(), sm.pp.get(), sm.model->stage()};
+  const ops::Context dctx = sm.device ? sm.device->get() : ops::Context{};
 
   // This replica's prompts: i = dp_rank, dp_rank + dp, ...; every rank of the replica generates them
   // together and ends with the same tokens.
@@ -171,7 +175,7 @@ int cmd_generate(Context& ctx, int argc, char** argv) {
     const size_t z = std::min(mine.size(), a + chunk);
     const std::vector<std::vector<int32_t>> p(mine.begin() + long(a), mine.begin() + long(z));
     const std::vector<uint32_t> id(mine_ids.begin() + long(a), mine_ids.begin() + long(z));
-    for (auto& c : generate(config, sm.params.data(), p, id, opt, shard)) completions.push_back(std::move(c));
+    for (auto& c : generate(config, sm.model_params(), p, id, opt, shard, dctx)) completions.push_back(std::move(c));
     if (progress) std::fprintf(stderr, "\rgenerate: rank 0 %zu/%zu prompts", z, mine.size());
   }
   if (progress) std::fprintf(stderr, "\n");

@@ -1,9 +1,10 @@
 // The ops dispatch (ops/ops.h): each op goes to the backend of its context's device. The CPU backend is
-// kernels/cpu; the CUDA backend (kernels/cuda, built when nvcc is found: METAPO_HAVE_CUDA) takes the
-// ops it has kernels for, in fp32 (MP_DISPATCH_CUDA); the others (the decode step's) are refused on a
+// kernels/cpu; the CUDA backend (kernels/cuda, built when nvcc is found: METAPO_HAVE_CUDA) has a kernel
+// for every op in fp32 (MP_DISPATCH_CUDA); fp64 (the CPU's finite-difference checks) is refused on a
 // CUDA context with one line naming the op. On a CUDA context every pointer an op takes is device
-// memory (index arrays included), except blocks_to_columns' column table and the rope table (a host
-// RopeTable whose device copy the dispatch makes on first use).
+// memory (index arrays included, and the decode attention's arrays of cache-row pointers), except
+// blocks_to_columns' column table and the rope table (a host RopeTable whose device copy the dispatch
+// makes on first use).
 #include <algorithm>
 #include <cstring>
 #include <type_traits>
@@ -272,7 +273,9 @@ void linear_backward(const Context& ctx, const LinearGrad<T>& a) {
 }
 
 void linear_rows(const Context& ctx, const Linear<float>& a) {
-  MP_DISPATCH("linear_rows", cpu::linear_rows(a.y, a.x, a.w, a.b, a.rows, a.in, a.out));
+  using T = float;
+  MP_DISPATCH_CUDA("linear_rows", cpu::linear_rows(a.y, a.x, a.w, a.b, a.rows, a.in, a.out),
+                   cuda::linear_rows(a.y, a.x, a.w, a.b, a.rows, a.in, a.out, ctx.stream));
 }
 
 // ---- normalization, position, activation ----
@@ -375,10 +378,15 @@ void attention_backward(const Context& ctx, const Attention<T>& fwd, const Atten
 }
 
 void decode_attention(const Context& ctx, const DecodeAttention& a) {
-  MP_DISPATCH("decode_attention",
-              cpu::decode_attention(cpu::DecodeAttentionParams{a.q, a.ld_q, a.out, a.ld_out, a.k, a.v, a.ld_kv,
-                                                               a.n_keys, a.rows, a.n_heads, a.n_kv_heads,
-                                                               a.head_dim, a.scale}));
+  using T = float;
+  MP_DISPATCH_CUDA("decode_attention",
+                   cpu::decode_attention(cpu::DecodeAttentionParams{a.q, a.ld_q, a.out, a.ld_out, a.k, a.v, a.ld_kv,
+                                                                    a.n_keys, a.rows, a.n_heads, a.n_kv_heads,
+                                                                    a.head_dim, a.scale}),
+                   cuda::decode_attention(cuda::DecodeAttentionArgs{a.q, a.ld_q, a.out, a.ld_out, a.k, a.v, a.ld_kv,
+                                                                    a.n_keys, a.rows, a.n_heads, a.n_kv_heads,
+                                                                    a.head_dim, a.scale, a.max_keys},
+                                          ctx.stream));
 }
 
 // ---- embedding ----

@@ -15,21 +15,34 @@ namespace metapo {
 
 namespace {
 
-template <typename V>
-void resize(V& v, int64_t n) {
-  v.resize(size_t(n));  // keeps capacity: no reallocation once the batch shape settles
+template <typename E>
+void resize(ops::DeviceArray<E>& v, int64_t n) {
+  v.resize_for_overwrite(size_t(n));  // keeps capacity: no reallocation once the batch shape settles
 }
 
 }  // namespace
 
-KvCacheDecoder::KvCacheDecoder(const LlamaConfig& c, const float* params, const DecoderShard& shard)
+KvCacheDecoder::KvCacheDecoder(const LlamaConfig& c, const float* params, const DecoderShard& shard,
+                               const ops::Context& ctx)
     : cfg_(c),
       sh_(shard),
       lc_(shard.tp ? tp_local_config(c, shard.tp->size()) : c),
       vocab_(shard.tp ? VocabShard(c.vocab_size, shard.tp->size(), shard.tp->rank()) : VocabShard()),
       lay_(lc_, shard.stage),
       w_(make_view(lay_, params)),
-      inv_freq_(rope_inv_freq(c)) {
+      inv_freq_(rope_inv_freq(c)),
+      ctx_(ctx) {
+  MP_CHECK(!shard.tp || ctx.device == Device::CPU, "generate: tensor parallelism on ", device_name(ctx.device),
+           ": not yet (the TP collectives run on host memory)");
+  MP_CHECK(shard.stage.whole() || ctx.device == Device::CPU, "generate: pipeline stages on ",
+           device_name(ctx.device), ": not yet (the stages exchange host buffers)");
+  for (ops::DeviceArray<float>* b : {&x_, &xn_, &rstd_, &qkv_, &att_, &lse_, &y_, &gu_, &h_, &logits_})
+    *b = ops::DeviceArray<float>(ctx.device, Mem::Workspace);
+  pos_dev_ = ops::DeviceArray<int32_t>(ctx.device, Mem::Workspace);
+  tokens_dev_ = ops::DeviceArray<int32_t>(ctx.device, Mem::Workspace);
+  cache_rows_dev_ = ops::DeviceArray<float*>(ctx.device, Mem::Workspace);
+  n_keys_dev_ = ops::DeviceArray<int64_t>(ctx.device, Mem::Workspace);
+  cu_dev_ = ops::DeviceArray<int64_t>(ctx.device, Mem::Workspace);
   const int P = sh_.pp ? sh_.pp->size() : 1, s = sh_.pp ? sh_.pp->rank() : 0;
   MP_CHECK(sh_.stage.first == (s == 0) && sh_.stage.last == (s == P - 1), "KvCacheDecoder: the stage (layers [",
            sh_.stage.layer_begin, ", ", sh_.stage.layer_end, ")) does not match rank ", s, " of ", P,
@@ -57,6 +70,14 @@ const KvCacheDecoder::Seq& KvCacheDecoder::live_seq(int64_t seq) const {
 
 int64_t KvCacheDecoder::length(int64_t seq) const { return live_seq(seq).len; }
 
+template <typename E>
+const E* KvCacheDecoder::for_ops(ops::DeviceArray<E>& dev, const E* host, size_t n) {
+  if (ctx_.device == Device::CPU) return host;
+  dev.resize_for_overwrite(n);
+  ops::to_device(ctx_, dev.data(), host, n * sizeof(E));  // waits: host may change right after
+  return dev.data();
+}
+
 size_t KvCacheDecoder::cache_bytes() const {
   size_t e = 0;
   for (const Seq& s : seqs_) e += s.kv.size();
@@ -68,7 +89,7 @@ void KvCacheDecoder::remove(int64_t seq) {
   Seq& s = seqs_[size_t(seq)];
   s.live = false;
   s.len = s.cap = 0;
-  std::vector<float>().swap(s.kv);
+  s.kv = ops::DeviceArray<float>(ctx_.device, Mem::Activations);  // frees the cache
 }
 
 void KvCacheDecoder::ensure_rope(int64_t positions) {
@@ -102,7 +123,14 @@ void KvCacheDecoder::logits_rows(const float* x, int64_t m, float* logits) {
   resize(xn_, m * C), resize(rstd_, m);
   ops::rmsnorm_forward(ctx_, ops::RmsNorm<float>{xn_.data(), rstd_.data(), x, w_.final_norm, m, C, cfg_.rms_norm_eps});
   if (!sh_.tp) {
-    ops::linear_rows(ctx_, ops::Linear<float>{logits, xn_.data(), w_.lm_head, nullptr, m, C, V});  // [m, V]
+    if (ctx_.device == Device::CPU) {
+      ops::linear_rows(ctx_, ops::Linear<float>{logits, xn_.data(), w_.lm_head, nullptr, m, C, V});  // [m, V]
+      return;
+    }
+    // On a device: into logits_, then to the caller's host memory (to_host waits for the stream).
+    resize(logits_, m * V);
+    ops::linear_rows(ctx_, ops::Linear<float>{logits_.data(), xn_.data(), w_.lm_head, nullptr, m, C, V});  // [m, V]
+    ops::to_host(ctx_, logits, logits_.data(), sizeof(float) * size_t(m * V));
     return;
   }
   // Vocab-parallel head: this rank's real rows give its logits [m, real] (each one the dot product
@@ -125,7 +153,7 @@ void KvCacheDecoder::stage_input(const int32_t* tokens, int64_t m) {
   else if (sh_.tp)  // the owner of each token writes its row: exact, one nonzero term per element
     vocab_parallel_embedding_forward(ctx_, x_.data(), w_.embed, tokens, m, C, vocab_, *sh_.tp);
   else
-    ops::embedding_forward(ctx_, ops::Embedding<float>{x_.data(), w_.embed, tokens, m, C});
+    ops::embedding_forward(ctx_, ops::Embedding<float>{x_.data(), w_.embed, for_ops(tokens_dev_, tokens, size_t(m)), m, C});
 }
 
 void KvCacheDecoder::stage_output(const float* x, int64_t m, float* logits) {
@@ -161,14 +189,18 @@ int64_t KvCacheDecoder::add(const std::vector<int32_t>& prompt, int64_t extra, f
   s.live = true;
   s.len = n;
   s.cap = n + extra;
-  s.kv.assign(size_t(2 * L * s.cap * KV), 0.0f);
+  // Not zeroed: a row is written (prefill, or the step that feeds its token) before any read of it.
+  s.kv = ops::DeviceArray<float>(ctx_.device, Mem::Activations);
+  s.kv.resize_for_overwrite(size_t(2 * L * s.cap * KV));
   ensure_rope(s.cap);
 
   // The prompt's own forward, as the training forward does it over one packed sequence. Its GEMMs
   // see only this prompt's rows, so their results do not depend on any other prompt.
   pos_.resize(size_t(n));
   std::iota(pos_.begin(), pos_.end(), 0);
-  const int64_t cu[2] = {0, n};
+  const int32_t* pos = for_ops(pos_dev_, pos_.data(), size_t(n));
+  const int64_t cu_host[2] = {0, n};
+  const int64_t* cu = for_ops(cu_dev_, cu_host, 2);
   resize(xn_, n * C), resize(rstd_, n), resize(qkv_, n * QKV), resize(att_, n * Q);
   resize(lse_, Hq * n), resize(gu_, n * 2 * I), resize(h_, n * I);
   if (sh_.tp) resize(y_, n * C);
@@ -178,14 +210,14 @@ int64_t KvCacheDecoder::add(const std::vector<int32_t>& prompt, int64_t extra, f
     const LayerView<const float>& lw = w_.layers[size_t(l)];
     ops::rmsnorm_forward(cx, ops::RmsNorm<float>{xn_.data(), rstd_.data(), x_.data(), lw.attn_norm, n, C, c.rms_norm_eps});
     ops::linear_forward(cx, ops::Linear<float>{qkv_.data(), xn_.data(), lw.wqkv, lw.bqkv, n, C, QKV});  // [n, QKV]
-    ops::rope(cx, ops::Rope<float>{qkv_.data(), n, Hq, D, QKV, pos_.data(), &rope_, false});       // q
-    ops::rope(cx, ops::Rope<float>{qkv_.data() + Q, n, Hkv, D, QKV, pos_.data(), &rope_, false});  // k
+    ops::rope(cx, ops::Rope<float>{qkv_.data(), n, Hq, D, QKV, pos, &rope_, false});       // q
+    ops::rope(cx, ops::Rope<float>{qkv_.data() + Q, n, Hkv, D, QKV, pos, &rope_, false});  // k
     // The cache keeps k after RoPE, and v: rows 0..n-1 of this layer's k and v blocks.
     ops::copy_2d(cx, k_row(s, l, 0), KV, qkv_.data() + Q, QKV, KV, n);
     ops::copy_2d(cx, v_row(s, l, 0), KV, qkv_.data() + Q + KV, QKV, KV, n);
     const ops::Attention<float> ap{qkv_.data(), qkv_.data() + Q, qkv_.data() + Q + KV, QKV,
                                    att_.data(), Q, lse_.data(), cu, 1, n, Hq, Hkv, D,
-                                   1.0f / std::sqrt(float(D))};
+                                   1.0f / std::sqrt(float(D)), n};
     ops::attention_forward(cx, ap);  // [n, Q]
     // x += att Wo^T; then the MLP block: x += swiglu(norm(x) Wgu^T) Wdown^T. Under TP both products
     // are this rank's partial sums (row-parallel), combined by add_row_parallel.
@@ -241,27 +273,39 @@ void KvCacheDecoder::step(const std::vector<int64_t>& seqs, const std::vector<in
 
   resize(xn_, m * C), resize(rstd_, m), resize(qkv_, m * QKV);
   resize(att_, m * Q), resize(y_, m * C), resize(gu_, m * 2 * I), resize(h_, m * I);
-  n_keys_.resize(size_t(m)), k_dst_.resize(size_t(m)), v_dst_.resize(size_t(m));
-  k_src_.resize(size_t(m)), v_src_.resize(size_t(m));
-  for (int64_t i = 0; i < m; ++i) n_keys_[i] = pos_[i] + 1;  // keys 0..pos, itself included
+  n_keys_.resize(size_t(m)), cache_rows_.resize(size_t(4 * L * m));
+  int64_t max_keys = 0;
+  for (int64_t i = 0; i < m; ++i) {
+    n_keys_[i] = pos_[i] + 1;  // keys 0..pos, itself included
+    max_keys = std::max(max_keys, n_keys_[i]);
+  }
+  for (int64_t l = 0; l < L; ++l)  // each row's cache rows of each layer
+    for (int64_t i = 0; i < m; ++i) {
+      float** r = cache_rows_.data() + 4 * l * m + i;
+      r[0] = k_row(*sp[i], l, pos_[i]), r[m] = v_row(*sp[i], l, pos_[i]);
+      r[2 * m] = k_row(*sp[i], l, 0), r[3 * m] = v_row(*sp[i], l, 0);
+    }
+  const int32_t* pos = for_ops(pos_dev_, pos_.data(), size_t(m));
+  const int64_t* n_keys = for_ops(n_keys_dev_, n_keys_.data(), size_t(m));
+  float* const* cache_rows = for_ops(cache_rows_dev_, cache_rows_.data(), cache_rows_.size());
   stage_input(tokens.data(), m);  // x: one row per sequence [m, C]
   const ops::Context& cx = ctx_;
   for (int64_t l = 0; l < L; ++l) {
     const LayerView<const float>& lw = w_.layers[size_t(l)];
-    for (int64_t i = 0; i < m; ++i) {  // each row's cache rows of this layer
-      k_dst_[i] = k_row(*sp[i], l, pos_[i]), v_dst_[i] = v_row(*sp[i], l, pos_[i]);
-      k_src_[i] = k_row(*sp[i], l, 0), v_src_[i] = v_row(*sp[i], l, 0);
-    }
+    float* const* k_dst = cache_rows + 4 * l * m;  // [m] each: this layer's rows of the step's sequences
+    float* const* v_dst = k_dst + m;
+    float* const* k_src = k_dst + 2 * m;
+    float* const* v_src = k_dst + 3 * m;
     ops::rmsnorm_forward(cx, ops::RmsNorm<float>{xn_.data(), rstd_.data(), x_.data(), lw.attn_norm, m, C, c.rms_norm_eps});
     ops::linear_rows(cx, ops::Linear<float>{qkv_.data(), xn_.data(), lw.wqkv, lw.bqkv, m, C, QKV});  // [m, QKV]
-    ops::rope(cx, ops::Rope<float>{qkv_.data(), m, Hq, D, QKV, pos_.data(), &rope_, false});       // q
-    ops::rope(cx, ops::Rope<float>{qkv_.data() + Q, m, Hkv, D, QKV, pos_.data(), &rope_, false});  // k
-    ops::copy_rows(cx, k_dst_.data(), qkv_.data() + Q, QKV, KV, m);
-    ops::copy_rows(cx, v_dst_.data(), qkv_.data() + Q + KV, QKV, KV, m);
+    ops::rope(cx, ops::Rope<float>{qkv_.data(), m, Hq, D, QKV, pos, &rope_, false});       // q
+    ops::rope(cx, ops::Rope<float>{qkv_.data() + Q, m, Hkv, D, QKV, pos, &rope_, false});  // k
+    ops::copy_rows(cx, k_dst, qkv_.data() + Q, QKV, KV, m);
+    ops::copy_rows(cx, v_dst, qkv_.data() + Q + KV, QKV, KV, m);
     // Attention of each new query over its own sequence's cached keys 0..pos (itself included).
     // Grouped-query: head h reads KV head h / (Hq / Hkv) (local heads onto local KV heads under TP).
-    ops::decode_attention(cx, ops::DecodeAttention{qkv_.data(), QKV, att_.data(), Q, k_src_.data(), v_src_.data(), KV,
-                                                   n_keys_.data(), m, Hq, Hkv, D, 1.0f / std::sqrt(float(D))});
+    ops::decode_attention(cx, ops::DecodeAttention{qkv_.data(), QKV, att_.data(), Q, k_src, v_src, KV, n_keys, m, Hq,
+                                                   Hkv, D, 1.0f / std::sqrt(float(D)), max_keys});
     ops::linear_rows(cx, ops::Linear<float>{y_.data(), att_.data(), lw.wo, nullptr, m, Q, C});  // [m, C]; a partial sum under TP
     add_row_parallel(x_.data(), y_.data(), m * C);
     ops::rmsnorm_forward(cx, ops::RmsNorm<float>{xn_.data(), rstd_.data(), x_.data(), lw.mlp_norm, m, C, c.rms_norm_eps});
@@ -329,7 +373,8 @@ int32_t choose_token(const float* logits, int64_t V, const GenerateOptions& opt,
 std::vector<std::vector<int32_t>> generate(const LlamaConfig& c, const float* params,
                                            const std::vector<std::vector<int32_t>>& prompts,
                                            const std::vector<uint32_t>& ids,
-                                           const GenerateOptions& opt, const DecoderShard& shard) {
+                                           const GenerateOptions& opt, const DecoderShard& shard,
+                                           const ops::Context& ctx) {
   MP_CHECK(ids.size() == prompts.size(), "generate: ", prompts.size(), " prompts but ", ids.size(), " ids");
   MP_CHECK(opt.max_new_tokens >= 0, "generate: max_new_tokens must be >= 0 (got ", opt.max_new_tokens, ")");
   MP_CHECK(opt.max_batch > 0, "generate: max_batch must be positive (got ", opt.max_batch, ")");
@@ -342,7 +387,7 @@ std::vector<std::vector<int32_t>> generate(const LlamaConfig& c, const float* pa
   std::vector<std::vector<int32_t>> out(static_cast<size_t>(n));
   if (opt.max_new_tokens == 0) return out;
 
-  KvCacheDecoder dec(c, params, shard);
+  KvCacheDecoder dec(c, params, shard, ctx);
   // Only the last pipeline stage has logits; it picks the tokens (every TP rank there the same ones,
   // from the same gathered logits) and the other stages learn them from it, so that every stage
   // feeds, finishes and batches the same sequences.

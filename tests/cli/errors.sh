@@ -23,13 +23,18 @@ printf '[score]\nmax-batch-tokens = 0\n' > bad.ini
 expect_error "max-batch-tokens" "$METAPO" score --config bad.ini --model model --input good.jsonl --output o.jsonl
 printf '[score]\nno_such_key = 1\n' > bad2.ini
 expect_error "bad2.ini" "$METAPO" score --config bad2.ini --model model --input good.jsonl --output o.jsonl
-# --device (score, eval, precompute-ref): an unknown name; cuda where this build has no backend or this
-# machine no GPU; nothing written.
+# --device (score, eval, precompute-ref, generate): an unknown name; cuda where this build has no backend
+# or this machine no GPU; nothing written.
 expect_error "--device tpu: unknown (valid: cpu, cuda)" "$METAPO" score --model model --input good.jsonl --output o.jsonl --device tpu
 if ! { command -v nvidia-smi >/dev/null && nvidia-smi -L >/dev/null 2>&1; }; then
   expect_error "--device cuda: " "$METAPO" score --model model --input good.jsonl --output o.jsonl --device cuda
   expect_error "--device cuda: " "$METAPO" precompute-ref --model model --data nosuch.h5 --device cuda
   expect_error "--device cuda: " "$METAPO" eval --model model --data nosuch.h5 --device cuda
+  # Checked before the model or the prompts are read (nosuchdir would fail later).
+  expect_error "--device cuda: " "$METAPO" generate --model nosuchdir --prompts good.jsonl --max-new-tokens 4 \
+    --output o.jsonl --device cuda
 fi
+expect_error "--device tpu: unknown (valid: cpu, cuda)" "$METAPO" generate --model model --prompts good.jsonl \
+  --max-new-tokens 4 --output o.jsonl --device tpu
 [ ! -e o.jsonl ] || fail "output written despite errors"
 echo "ok: all bad inputs rejected cleanly"

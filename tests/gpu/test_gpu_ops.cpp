@@ -18,6 +18,7 @@
 #include "metapo/core/half.h"
 #include "metapo/kernels/attention.h"
 #include "metapo/kernels/cuda.h"
+#include "metapo/kernels/decode.h"
 #include "metapo/kernels/embedding.h"
 #include "metapo/kernels/gemm.h"
 #include "metapo/kernels/logprob.h"
@@ -496,6 +497,95 @@ void test_attention_cudnn() {
   record("cudnn attention falls back for head dimension 12 (0: yes)", cuda::cudnn_attention_forward(odd, nullptr) ? 1 : 0, 0);
 }
 
+// Rows [r0, r0 + rows) of a row-major [*, width] host matrix.
+vector<float> row_range(const vector<float>& a, int64_t width, int64_t r0, int64_t rows) {
+  return vector<float>(a.begin() + long(r0 * width), a.begin() + long((r0 + rows) * width));
+}
+
+void test_linear_rows() {
+  // Odd sizes: the lanes' stride over `in` and the warps' groups of 8 rows both end part-way.
+  const int64_t m = 13, in = 203, out = 77;
+  const vector<float> x = randn(size_t(m * in), 91), w = randn(size_t(out * in), 92, 0.1f), b = randn(size_t(out), 93);
+  Dev<float> dX(x), dW(w), dB(b), dY(size_t(m * out)), dY1(static_cast<size_t>(out)), dY9(size_t(9 * out));
+  for (int bias = 0; bias < 2; ++bias) {
+    const std::string tag = bias ? " (bias)" : "";
+    vector<float> y(size_t(m * out));
+    cpu::linear_rows(y.data(), x.data(), w.data(), bias ? b.data() : nullptr, m, in, out);
+    cuda::linear_rows(dY.p, dX.p, dW.p, bias ? dB.p : nullptr, m, in, out, nullptr);
+    const vector<float> all = dY.host();
+    record("linear_rows" + tag, rel_err(all, y), kReduction);  // 203-term dot products in another order
+    // Batch invariance: row r alone (m = 1), and rows 4..12 as a call of 9 (each row at another place in
+    // its warp's group), bit for bit the rows of the call of 13.
+    double bad = 0;
+    for (int64_t r : {0, 7, 12}) {
+      cuda::linear_rows(dY1.p, dX.p + r * in, dW.p, bias ? dB.p : nullptr, 1, in, out, nullptr);
+      bad += mismatches(dY1.host(), row_range(all, out, r, 1));
+    }
+    cuda::linear_rows(dY9.p, dX.p + 4 * in, dW.p, bias ? dB.p : nullptr, 9, in, out, nullptr);
+    bad += mismatches(dY9.host(), row_range(all, out, 4, 9));
+    record("linear_rows" + tag + ": a row alone or in 9 vs in 13 (mismatched bits)", bad, 0);
+    cuda::linear_rows(dY.p, dX.p, dW.p, bias ? dB.p : nullptr, m, in, out, nullptr);
+    record("linear_rows" + tag + ": rerun (mismatched bits)", mismatches(dY.host(), all), 0);
+  }
+  // A wider layer (an LM head's shape): 1000-term dot products.
+  const int64_t m2 = 3, in2 = 1000, out2 = 1500;
+  const vector<float> x2 = randn(size_t(m2 * in2), 94), w2 = randn(size_t(out2 * in2), 95, 0.05f);
+  vector<float> y2(size_t(m2 * out2));
+  cpu::linear_rows(y2.data(), x2.data(), w2.data(), nullptr, m2, in2, out2);
+  Dev<float> dX2(x2), dW2(w2), dY2(y2.size());
+  cuda::linear_rows(dY2.p, dX2.p, dW2.p, nullptr, m2, in2, out2, nullptr);
+  record("linear_rows (in 1000, out 1500)", rel_err(dY2.host(), y2), kReduction);
+  // in = 0: the bias alone; m = 0: nothing written.
+  vector<float> yb(size_t(2 * out));
+  cpu::linear_rows(yb.data(), x.data(), w.data(), b.data(), 2, 0, out);
+  Dev<float> dYb(vector<float>(yb.size(), 7.0f));
+  cuda::linear_rows(dYb.p, dX.p, dW.p, dB.p, 2, 0, out, nullptr);
+  record("linear_rows (in = 0: the bias; mismatched bits)", mismatches(dYb.host(), yb), 0);
+  cuda::linear_rows(dYb.p, dX.p, dW.p, dB.p, 0, in, out, nullptr);
+  record("linear_rows (m = 0: untouched; mismatched bits)", mismatches(dYb.host(), yb), 0);
+}
+
+void test_decode_attention() {
+  // Five sequences' caches of 1, 5, 37, 130 and 8 keys, 8 query heads over 2 KV heads, head_dim 40 (not a
+  // multiple of the warp), padded rows of q, out and the cache.
+  const vector<int64_t> nk = {1, 5, 37, 130, 8};
+  const int64_t m = int64_t(nk.size()), Hq = 8, Hkv = 2, D = 40, Q = Hq * D, KV = Hkv * D;
+  const int64_t ld_q = Q + 2 * KV + 4, ld_out = Q + 3, ld_kv = KV + 5;
+  vector<int64_t> first(size_t(m) + 1, 0);  // sequence i's cache rows [first[i], first[i + 1]) of one buffer
+  for (int64_t i = 0; i < m; ++i) first[size_t(i) + 1] = first[size_t(i)] + nk[size_t(i)];
+  const vector<float> q = randn(size_t(m * ld_q), 96), kc = randn(size_t(first.back() * ld_kv), 97),
+                      vc = randn(size_t(first.back() * ld_kv), 98);
+  vector<const float*> kp(static_cast<size_t>(m)), vp(static_cast<size_t>(m));
+  for (int64_t i = 0; i < m; ++i) kp[size_t(i)] = kc.data() + first[size_t(i)] * ld_kv, vp[size_t(i)] = vc.data() + first[size_t(i)] * ld_kv;
+  const float scale = 1.0f / std::sqrt(float(D));
+  vector<float> out(size_t(m * ld_out), 0.0f);
+  cpu::decode_attention(cpu::DecodeAttentionParams{q.data(), ld_q, out.data(), ld_out, kp.data(), vp.data(), ld_kv,
+                                                   nk.data(), m, Hq, Hkv, D, scale});
+  Dev<float> dQ(q), dK(kc), dV(vc), dOut(vector<float>(out.size(), 0.0f)), dOut1(static_cast<size_t>(ld_out));
+  vector<const float*> dkp(static_cast<size_t>(m)), dvp(static_cast<size_t>(m));
+  for (int64_t i = 0; i < m; ++i) dkp[size_t(i)] = dK.p + first[size_t(i)] * ld_kv, dvp[size_t(i)] = dV.p + first[size_t(i)] * ld_kv;
+  Dev<const float*> dKp(dkp), dVp(dvp);
+  Dev<int64_t> dNk(nk);
+  cuda::DecodeAttentionArgs a{dQ.p, ld_q, dOut.p, ld_out, dKp.p, dVp.p, ld_kv, dNk.p, m, Hq, Hkv, D, scale, 130};
+  cuda::decode_attention(a, nullptr);
+  const vector<float> got = dOut.host();
+  record("decode_attention", rel_err(got, out), kChain);
+  // max_keys left to the launcher (a host copy of n_keys), and a rerun: the same bits.
+  a.max_keys = 0;
+  cuda::decode_attention(a, nullptr);
+  record("decode_attention: max_keys found, rerun (mismatched bits)", mismatches(dOut.host(), got), 0);
+  // Batch invariance: each row alone (m = 1) bit for bit its row of the call of 5.
+  double bad = 0;
+  for (int64_t i = 0; i < m; ++i) {
+    cuda::DecodeAttentionArgs one = a;
+    one.q = dQ.p + i * ld_q, one.out = dOut1.p, one.k = dKp.p + i, one.v = dVp.p + i, one.n_keys = dNk.p + i;
+    one.m = 1, one.max_keys = nk[size_t(i)];
+    cuda::decode_attention(one, nullptr);
+    bad += mismatches(row_range(dOut1.host(), ld_out, 0, 1), row_range(got, ld_out, i, 1));
+  }
+  record("decode_attention: a row alone vs in 5 (mismatched bits)", bad, 0);
+}
+
 void test_data_movement() {
   const int64_t n = 5000, m = 700;
   const vector<float> x = randn(size_t(n), 71), y = randn(size_t(n), 72);
@@ -594,6 +684,8 @@ int main() {
       {"logprob", [&] { test_logprob(blas); }},
       {"attention", test_attention},
       {"attention (cuDNN)", test_attention_cudnn},
+      {"linear_rows", test_linear_rows},
+      {"decode attention", test_decode_attention},
       {"adamw", test_adamw},
       {"optimizer reductions", test_optim_reductions}};
   int failed = 0;

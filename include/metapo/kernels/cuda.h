@@ -141,6 +141,34 @@ void cast_bf16_to_f32_2d(float* dst, int64_t ld_dst, const uint16_t* src, int64_
 // dst [cols, rows] = src [rows, cols] transposed.
 void transpose_f32(float* dst, const float* src, int64_t rows, int64_t cols, void* stream);
 
+// ---- the decode step (decode.cu; kernels/decode.h has the CPU ops) ----
+
+// Y[m, out] = X[m, in] W[out, in]^T (+ b[out]), one warp per output element (lane l sums k = l, l + 32,
+// ... in order, then a fixed butterfly): row i's result depends only on row i of X, on W and on b,
+// never on m or on the other rows (batch invariance), and is the same bits on every run.
+void linear_rows(float* Y, const float* X, const float* W, const float* b, int64_t m, int64_t in, int64_t out,
+                 void* stream);
+
+// The layout of ops::DecodeAttention: row i's query attends over its n_keys[i] cached keys and values,
+// key j of row i at k[i] + j * ld_kv (KV heads of head_dim side by side). k, v: device arrays of m device
+// pointers; n_keys: a device array of m counts (at least 1 each).
+struct DecodeAttentionArgs {
+  const float* q;
+  int64_t ld_q;
+  float* out;
+  int64_t ld_out;
+  const float* const* k;
+  const float* const* v;
+  int64_t ld_kv;
+  const int64_t* n_keys;
+  int64_t m, n_heads, n_kv_heads, head_dim;
+  float scale;
+  int64_t max_keys = 0;  // the largest n_keys when the caller knows it (0: found from a host copy, which waits)
+};
+// One block per (row, head), the scores in shared memory (up to 48k keys on sm_80/90) and every sum in a
+// fixed order: a row's output does not depend on m (batch invariance).
+void decode_attention(const DecodeAttentionArgs& a, void* stream);
+
 // ---- embedding (embedding.cu) ----
 // Tokens outside [row_begin, row_end) (row_end < 0: no upper bound) give zero rows / add nothing.
 void embedding_forward(float* x, const float* E, const int32_t* tokens, int64_t n, int64_t C, int64_t row_begin,

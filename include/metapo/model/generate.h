@@ -1,4 +1,4 @@
-// Autoregressive generation with a key/value cache (fp32, CPU), batched over prompts.
+// Autoregressive generation with a key/value cache (fp32, on the CPU or one GPU), batched over prompts.
 //
 // Each prompt is prefilled on its own (one forward over its tokens that keeps every layer's keys,
 // after RoPE, and values); then every active sequence gets one new token per decode step, all active
@@ -26,12 +26,18 @@
 // for bit the single-rank decoder; TP changes only the summation order of the row-parallel layers
 // (rounding), and within a given TP x PP layout none of the invariances above depend on the batch,
 // the data-parallel rank count or the thread count.
+//
+// On a device (an ops::Context on Device::CUDA; no TP or PP there yet, refused by name): the parameters
+// are the device's copy, the work buffers and the KV caches live in its memory, each call uploads its
+// tokens and index data and brings the logits back for choose_token; everything else runs through the
+// same ops as on the CPU. The CUDA decode-step kernels keep the batch invariance above (kernels/cuda.h),
+// so a device's tokens are batch-invariant too; they equal the CPU's up to rounding (fp32 in another
+// summation order: greedy tokens differ only where two logits are within rounding of each other).
 #pragma once
 #include <cstdint>
 #include <vector>
 
 #include "metapo/comm/comm.h"
-#include "metapo/core/buffer.h"
 #include "metapo/model/config.h"
 #include "metapo/model/layout.h"
 #include "metapo/ops/ops.h"
@@ -68,10 +74,12 @@ struct GenerateOptions {
 // prompt + max_new_tokens - 1 tokens would exceed it (sliding-window attention is not implemented).
 // With a DecoderShard, params is the rank's shard and the call is collective over its TP group and
 // pipeline (every rank passes the same prompts, ids and options); every rank returns the tokens.
+// ctx: where the decoder runs (params in its device's memory); prompts, ids and the result are host data.
 std::vector<std::vector<int32_t>> generate(const LlamaConfig& c, const float* params,
                                            const std::vector<std::vector<int32_t>>& prompts,
                                            const std::vector<uint32_t>& ids,
-                                           const GenerateOptions& opt, const DecoderShard& shard = {});
+                                           const GenerateOptions& opt, const DecoderShard& shard = {},
+                                           const ops::Context& ctx = {});
 
 // The next token from logits [V]: greedy argmax, or temperature + top-p sampling with the uniform
 // draw of make_rng(opt.seed, step, id, RngPurpose::Sample). step is the index of the token being
@@ -83,10 +91,13 @@ int32_t choose_token(const float* logits, int64_t V, const GenerateOptions& opt,
 // training forward. Holds a pointer to the caller's parameters: ParamLayout order, or with a shard
 // the layout of ParamLayout(tp_local_config(c, tp), stage) (layout()). With a shard every call is
 // collective over the TP group and the pipeline, with the same arguments on every rank, and logits
-// are written on the last stage only (elsewhere they may be null).
+// are written on the last stage only (elsewhere they may be null). ctx: where it runs; params is
+// memory of ctx's device, prompts, tokens and logits are host memory whatever the device. A shard
+// (TP or PP) on a device is refused.
 class KvCacheDecoder {
  public:
-  KvCacheDecoder(const LlamaConfig& c, const float* params, const DecoderShard& shard = {});
+  KvCacheDecoder(const LlamaConfig& c, const float* params, const DecoderShard& shard = {},
+                 const ops::Context& ctx = {});
 
   // Starts a sequence: runs the prompt (at least one token) through the model, keeps each layer's
   // keys and values with room for `extra` more tokens, and writes the logits [V] that predict the
@@ -111,16 +122,19 @@ class KvCacheDecoder {
   struct Seq {
     bool live = false;
     int64_t len = 0, cap = 0;
-    std::vector<float> kv;  // [stage layers][2 (k, v)][cap][local Hkv * D]
+    ops::DeviceArray<float> kv;  // [stage layers][2 (k, v)][cap][local Hkv * D], on ctx_'s device
   };
   float* k_row(Seq& s, int64_t layer, int64_t pos);
   float* v_row(Seq& s, int64_t layer, int64_t pos);
   const Seq& live_seq(int64_t seq) const;
   void ensure_rope(int64_t positions);
-  // x_ [m, C] = the residual stream entering the stage: the tokens embedded on the first stage,
+  // An index array of n elements where the ops read it: host on the CPU, else uploaded into dev.
+  template <typename E>
+  const E* for_ops(ops::DeviceArray<E>& dev, const E* host, size_t n);
+  // x_ [m, C] = the residual stream entering the stage: the tokens (host) embedded on the first stage,
   // received from the previous stage elsewhere.
   void stage_input(const int32_t* tokens, int64_t m);
-  // x [m, C] leaving the stage: sent to the next stage, or on the last one the logits of its rows.
+  // x [m, C] leaving the stage: sent to the next stage, or on the last one the logits (host) of its rows.
   void stage_output(const float* x, int64_t m, float* logits);
   // x[0, count) += the sum over the TP group of every rank's partial[0, count).
   void add_row_parallel(float* x, const float* partial, int64_t count);
@@ -135,16 +149,21 @@ class KvCacheDecoder {
   std::vector<double> inv_freq_;
   RopeTable<float> rope_;
   std::vector<Seq> seqs_;
-  // Workspaces, kept from call to call.
-  Buffer<float> x_, xn_, rstd_, qkv_, att_, lse_, y_, gu_, h_;
+  ops::Context ctx_;  // where the ops run: the CPU, or one device (no TP or PP)
+  // Workspaces on ctx_'s device, kept from call to call; logits_: the logits before they go to the
+  // host (a device only).
+  ops::DeviceArray<float> x_, xn_, rstd_, qkv_, att_, lse_, y_, gu_, h_, logits_;
   std::vector<float> gather_;  // TP: every rank's partial sums or logits, [tp][...]
-  // Index data of the current call: positions; per row its KV-cache rows of the current layer and
-  // its key count (decode step); per TP rank its logit columns.
+  // Index data of the current call, on the host: positions; per layer and row, its KV-cache rows
+  // ([layer][k_dst, v_dst, k_src, v_src][row]: where the new key and value go, where the keys and
+  // values start) and its key count (decode step); per TP rank its logit columns.
   std::vector<int32_t> pos_;
-  std::vector<float*> k_dst_, v_dst_;
-  std::vector<const float*> k_src_, v_src_;
+  std::vector<float*> cache_rows_;
   std::vector<int64_t> n_keys_, vocab_col0_, vocab_width_;
-  ops::Context ctx_;  // the CPU
+  // Their copies on a device (unused on the CPU, where the ops read the host arrays), and the tokens'.
+  ops::DeviceArray<int32_t> pos_dev_, tokens_dev_;
+  ops::DeviceArray<float*> cache_rows_dev_;
+  ops::DeviceArray<int64_t> n_keys_dev_, cu_dev_;
 };
 
 }  // namespace metapo

@@ -316,7 +316,8 @@ template <typename T>
 void attention_backward(const Context& ctx, const Attention<T>& fwd, const AttentionGrad<T>& a);
 
 // The decode step's attention (fp32): one query row per sequence over its KV cache
-// (kernels/decode.h has the layout).
+// (kernels/decode.h has the layout); like linear_rows, a row's output does not depend on the other rows.
+// On a device k and v are device arrays of device pointers, n_keys a device array.
 struct DecodeAttention {
   const float* q;
   int64_t ld_q;
@@ -328,6 +329,7 @@ struct DecodeAttention {
   const int64_t* n_keys;
   int64_t rows, n_heads, n_kv_heads, head_dim;
   float scale;
+  int64_t max_keys = 0;  // the largest n_keys when the caller knows it (0: the backend finds it)
 };
 void decode_attention(const Context& ctx, const DecodeAttention& a);
 

@@ -32,15 +32,6 @@ __device__ int64_t sequence_of(const int64_t* cu, int64_t n_seqs, int64_t t) {
 
 constexpr int kWarps = kThreads / 32;
 
-// ⟨a, b⟩ over D by the calling warp: lane l sums d = l, l + 32, ...; then a fixed butterfly, so every
-// lane gets the same value in the same order on every launch.
-__device__ float warp_dot(const float* a, const float* b, int64_t D) {
-  float s = 0;
-  for (int64_t d = threadIdx.x % 32; d < D; d += 32) s += a[d] * b[d];
-  for (int o = 16; o > 0; o /= 2) s += __shfl_xor_sync(0xffffffffu, s, o);
-  return s;
-}
-
 // Block (t, h): the scores of query t against keys [s0, t] into S, softmax, out = P V / sum.
 __global__ void forward_kernel(AttentionArgs a) {
   extern __shared__ float smem[];
@@ -160,17 +151,6 @@ int64_t longest(const AttentionArgs& a, void* stream) {
   int64_t L = 0;
   for (int64_t s = 0; s < a.n_seqs; ++s) L = std::max(L, cu[size_t(s) + 1] - cu[size_t(s)]);
   return L;
-}
-
-// Opts the kernel in to `bytes` of dynamic shared memory, or fails naming the sequence length.
-template <typename K>
-void allow_shared(K kernel, size_t bytes, int64_t L, const char* op) {
-  int dev = 0, max_optin = 0;
-  check(cudaGetDevice(&dev), op);
-  check(cudaDeviceGetAttribute(&max_optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, dev), op);
-  MP_CHECK(bytes <= size_t(max_optin), op, ": a sequence of ", L, " tokens needs ", bytes,
-           " bytes of shared memory; this device has ", max_optin, " per block");
-  check(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(bytes)), op);
 }
 
 void check_args(const AttentionArgs& a, const char* op) {

@@ -1,5 +1,6 @@
 // Shared by the CUDA kernels: error checks that throw metapo::Error naming the op, launch geometry,
-// block reductions with a fixed tree, and stream-ordered scratch memory.
+// block and warp reductions with a fixed tree, the opt-in to large shared memory, and stream-ordered
+// scratch memory.
 #pragma once
 #include <cuda_runtime.h>
 
@@ -53,6 +54,27 @@ __device__ T block_max(T v, T* shared) {
   const T r = shared[0];
   __syncthreads();
   return r;
+}
+
+// ⟨a, b⟩ over D by the calling warp: lane l sums d = l, l + 32, ...; then a fixed butterfly, so every
+// lane gets the same value in the same order on every launch.
+__device__ inline float warp_dot(const float* a, const float* b, int64_t D) {
+  float s = 0;
+  for (int64_t d = threadIdx.x % 32; d < D; d += 32) s += a[d] * b[d];
+  for (int o = 16; o > 0; o /= 2) s += __shfl_xor_sync(0xffffffffu, s, o);
+  return s;
+}
+
+// Opts the kernel in to `bytes` of dynamic shared memory (past the default 48 KiB), or fails naming the
+// sequence length L whose rows the shared memory holds.
+template <typename K>
+void allow_shared(K kernel, size_t bytes, int64_t L, const char* op) {
+  int dev = 0, max_optin = 0;
+  check(cudaGetDevice(&dev), op);
+  check(cudaDeviceGetAttribute(&max_optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, dev), op);
+  MP_CHECK(bytes <= size_t(max_optin), op, ": a sequence of ", L, " tokens needs ", bytes,
+           " bytes of shared memory; this device has ", max_optin, " per block");
+  check(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(bytes)), op);
 }
 
 // Whether the device has stream-ordered memory pools (cudaMallocAsync); when it has, the default pool
