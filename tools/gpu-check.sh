@@ -36,12 +36,14 @@ mkdir -p "$OUT"
 log() { echo "gpu-check: $*" | tee -a "$OUT/summary.txt"; }
 command -v nvcc >/dev/null || PATH=/usr/local/cuda/bin:$PATH
 command -v nvcc >/dev/null || { log "error: nvcc not found (CUDA toolkit in /usr/local/cuda?)"; exit 1; }
-# cuBLASLt is dlopen'd at run time: for metapo's programs (not for PyTorch, which brings its own), the
-# toolkit's library folders and those of the pip CUDA wheels on the loader's path.
+# cuBLASLt and cuDNN are dlopen'd at run time: for metapo's programs (not for PyTorch, which brings its
+# own), the toolkit's library folders and those of the pip CUDA wheels (PyTorch's cuDNN) on the loader's
+# path. cuDNN's fused attention is built when .cudnn-frontend/include is there (tools/setup.sh makes it;
+# carry it to the device machine), else the attention is the plain kernel only.
 cuda_root=$(dirname "$(dirname "$(command -v nvcc)")")
 wheel_libs=$(python3 -c 'import glob, os, site
 print(":".join(sorted(set(os.path.dirname(p) for d in site.getsitepackages()
-                         for p in glob.glob(d + "/nvidia/*/lib/libcublasLt.so*")))))' 2>/dev/null || true)
+                         for p in glob.glob(d + "/nvidia/*/lib/libcublasLt.so*") + glob.glob(d + "/nvidia/*/lib/libcudnn.so*")))))' 2>/dev/null || true)
 METAPO_LIBS="$cuda_root/lib64:$cuda_root/lib${wheel_libs:+:$wheel_libs}${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
 log "$(date -u +%FT%TZ) on $(hostname): $(nvcc --version | tail -1)"
 gpu=0
@@ -61,6 +63,11 @@ if ! { cmake -S tests/gpu -B "$BUILD" -DCMAKE_BUILD_TYPE=Release "-DCMAKE_CUDA_A
   exit 1
 fi
 log "built in $((SECONDS - start)) s"
+if grep -q "cuDNN front end in" "$OUT/build.log"; then
+  log "cuDNN's fused attention: built (bf16 attention through cuDNN where it takes the shape)"
+else
+  log "cuDNN's fused attention: NOT built (no .cudnn-frontend/include: run tools/setup.sh here and carry it)"
+fi
 
 declare -A result
 # run NAME TIMEOUT CMD...: the command's output into $OUT/NAME.log and on screen; its verdict in result.
@@ -106,7 +113,8 @@ for name in test_gpu_ops test_gpu_model test_gpu_generate memcheck bench_gpu_mod
 done
 grep -h "FAIL\|error" "$OUT"/test_gpu_*.log 2>/dev/null | head -20 | tee -a "$OUT/summary.txt"
 grep -h '^| \(fwd+bwd\|DPO\|MetaPO\)' "$OUT/bench_gpu_model.log" 2>/dev/null | tee -a "$OUT/summary.txt"
-grep -h "MetaPO / DPO" "$OUT/bench_gpu_model.log" 2>/dev/null | tee -a "$OUT/summary.txt"
+grep -h "MetaPO / DPO\|^attention:" "$OUT/bench_gpu_model.log" 2>/dev/null | tee -a "$OUT/summary.txt"
+grep -h "bf16 attention:\|attention (cuDNN)" "$OUT"/test_gpu_*.log 2>/dev/null | tee -a "$OUT/summary.txt"
 for step in fwdbwd dpo; do tail -1 "$OUT/bench_torch_$step.log" 2>/dev/null | sed "s/^/torch $step: /" | tee -a "$OUT/summary.txt"; done
 log "done in $((SECONDS - start)) s; logs in $OUT"
 failed=0
