@@ -47,7 +47,7 @@ bin=$BUILD/metapo
 [ -x "$bin" ] || die "no $bin: build it first: cmake -S . -B $BUILD -DCMAKE_BUILD_TYPE=Release && cmake --build $BUILD -j2 --target metapo"
 grep -q 'libcublasLt\.so' "$bin" ||
   die "$bin was built without CUDA (CMake found no nvcc): configure with /usr/local/cuda/bin on PATH and rebuild"
-for tool in apt-get dpkg dpkg-query ldd xz; do
+for tool in apt-get dpkg dpkg-query ldd objdump xz; do
   command -v "$tool" >/dev/null || die "$tool not found: this script needs a Debian or Ubuntu machine with xz-utils"
 done
 orted=$(command -v orted) || die "orted not found: install openmpi-bin (the MPI metapo was built with)"
@@ -163,6 +163,10 @@ cat >>"$stage/etc/openmpi/openmpi-mca-params.conf" <<'EOF'
 # tools/gpu-runtime.sh: start processes on this machine only (plm rsh needs ssh, which a device lacks).
 plm = isolated
 EOF
+# The newest glibc symbol version anything in the tree asks for: the device's glibc must be at least that.
+glibc=$(find "$stage" -type f \( -name '*.so*' -o -path '*/bin/*' \) -exec objdump -T {} + 2>/dev/null |
+        grep -o 'GLIBC_2\.[0-9]*' | sort -uV | tail -1)
+echo "needs glibc >= ${glibc#GLIBC_} (the loader and libc6 are the machine's own)" >>"$stage/MANIFEST"
 # PMIx's settings name its plugin folder absolutely; the launcher names ours (PMIX_PKGLIBDIR).
 sed -i 's/^mca_base_component_path/# (set by the launcher) &/' "$stage/$lib/pmix2/share/pmix-mca-params.conf"
 # OpenBLAS, compressed: the launcher unpacks it once.
@@ -257,6 +261,6 @@ fi
 # --- 6. Size.
 bytes=$(du -sb "$RT" | cut -f1)
 mib=$(( (bytes + 1048575) / 1048576 ))
-say "$RT: $mib MiB ($bytes bytes; $(find "$RT" -type f | wc -l) files; metapo $(( $(stat -c %s "$RT/bin/metapo") / 1048576 )) MiB)"
+say "$RT: $mib MiB ($bytes bytes; $(find "$RT" -type f | wc -l) files; metapo $(( $(stat -c %s "$RT/bin/metapo") / 1048576 )) MiB); $(grep '^needs' "$RT/MANIFEST")"
 [ "$mib" -le "$LIMIT_MIB" ] || die "$RT is $mib MiB, over LIMIT_MIB=$LIMIT_MIB (the device tool carries 64 MiB in all)"
 say "carry it: device run with carry [\"$RT\"], command: PART=cli tools/gpu-check.sh (docs/gpu.md)"
