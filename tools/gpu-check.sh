@@ -11,13 +11,20 @@
 #   3. bench_gpu_model  fwd+bwd, DPO and MetaPO steps of the 1.3B shape (configs/presets/gpu-1.3b.ini)
 #                       on packed 2048-token sequences: tokens/s, TFLOP/s, MFU;
 #   4. tools/bench_torch.py, the same shape in PyTorch + transformers (bf16 autocast, SDPA), same run;
+#   5. PART=cli: the real metapo binary, carried in .gpu-runtime/ (tools/gpu-runtime.sh: metapo with its
+#      MPI, HDF5, Boost and OpenBLAS libraries), with --device cuda against --device cpu on the tiny
+#      preset: sft, precompute-ref, train DPO and MetaPO (20 steps), a resume on the GPU bit-identical
+#      to the uninterrupted run, bf16, eval and score (tools/gpu-check-cli.sh: the steps, the
+#      tolerances and their reasons). DEVICE=cpu runs the other side on the CPU too, every difference
+#      exactly zero: the harness, checked without a GPU. Its logs: $OUT/cli.log, $OUT/cli-runs.tar.gz.
 # then prints one table and writes every log to $OUT (default runs/gpu-check). On a machine without a
 # GPU it builds the same and reports the GPU steps skipped (a dry run: `tools/gpu-check.sh` here checks
 # that it would build there).
 #
-# A device command may run 10 minutes, so the check comes in two parts, each well inside that: first
+# A device command may run 10 minutes, so the check comes in parts, each well inside that: first
 # `PART=tests` (the build and 1-2, about 6 minutes), then, on the same warm machine whose build folder
-# is kept, `PART=bench` (3-4, about 5 minutes). PART=all (the default) runs both in one go.
+# is kept, `PART=bench` (3-4, about 5 minutes); `PART=cli` (5: no build, a few minutes) whenever
+# .gpu-runtime/ was carried. PART=all (the default) runs all three in one go.
 #   OUT=/some/dir PART=tests tools/gpu-check.sh
 #   ARCH=90 tools/gpu-check.sh        # the architectures to build for (default: 80;90)
 #   SANITIZE=1 tools/gpu-check.sh     # also compute-sanitizer memcheck on test_gpu_ops (tests part)
@@ -30,7 +37,9 @@ BUILD=${BUILD:-build-gpu}
 BATCH=${BATCH:-4}
 SEQ=${SEQ:-2048}
 PART=${PART:-all}
-case $PART in all|tests|bench) ;; *) echo "gpu-check: PART=$PART: all, tests or bench" >&2; exit 2 ;; esac
+DEVICE=${DEVICE:-cuda}
+case $PART in all|tests|bench|cli) ;; *) echo "gpu-check: PART=$PART: all, tests, bench or cli" >&2; exit 2 ;; esac
+case $DEVICE in cuda|cpu) ;; *) echo "gpu-check: DEVICE=$DEVICE: cuda or cpu (PART=cli)" >&2; exit 2 ;; esac
 mkdir -p "$OUT"
 : > "$OUT/summary.txt"
 log() { echo "gpu-check: $*" | tee -a "$OUT/summary.txt"; }
@@ -55,28 +64,31 @@ else
   log "no GPU visible (nvidia-smi): a dry run, the GPU steps report skipped"
 fi
 start=$SECONDS
-log "building tests/gpu for sm ${ARCH} into $BUILD (part: $PART)"
-if ! { cmake -S tests/gpu -B "$BUILD" -DCMAKE_BUILD_TYPE=Release "-DCMAKE_CUDA_ARCHITECTURES=$ARCH" &&
-       cmake --build "$BUILD" -j"$(nproc)"; } >"$OUT/build.log" 2>&1; then
-  tail -30 "$OUT/build.log"
-  log "error: the build failed (log: $OUT/build.log)"
-  exit 1
-fi
-log "built in $((SECONDS - start)) s"
-if grep -q "cuDNN front end in" "$OUT/build.log"; then
-  log "cuDNN's fused attention: built (bf16 attention through cuDNN where it takes the shape)"
-else
-  log "cuDNN's fused attention: NOT built (no .cudnn-frontend/include: run tools/setup.sh here and carry it)"
+if [ "$PART" != cli ]; then
+  log "building tests/gpu for sm ${ARCH} into $BUILD (part: $PART)"
+  if ! { cmake -S tests/gpu -B "$BUILD" -DCMAKE_BUILD_TYPE=Release "-DCMAKE_CUDA_ARCHITECTURES=$ARCH" &&
+         cmake --build "$BUILD" -j"$(nproc)"; } >"$OUT/build.log" 2>&1; then
+    tail -30 "$OUT/build.log"
+    log "error: the build failed (log: $OUT/build.log)"
+    exit 1
+  fi
+  log "built in $((SECONDS - start)) s"
+  if grep -q "cuDNN front end in" "$OUT/build.log"; then
+    log "cuDNN's fused attention: built (bf16 attention through cuDNN where it takes the shape)"
+  else
+    log "cuDNN's fused attention: NOT built (no .cudnn-frontend/include: run tools/setup.sh here and carry it)"
+  fi
 fi
 
 declare -A result
-# run NAME TIMEOUT CMD...: the command's output into $OUT/NAME.log and on screen; its verdict in result.
+# run NAME TIMEOUT CMD...: the command's output into $LOGS/NAME.log (LOGS: default $OUT) and on screen;
+# its verdict in result.
 run() {
   local name=$1 limit=$2
   shift 2
-  local t0=$SECONDS status=0
-  timeout "$limit" "$@" >"$OUT/$name.log" 2>&1 || status=$?
-  cat "$OUT/$name.log"
+  local t0=$SECONDS status=0 logf=${LOGS:-$OUT}/$name.log
+  timeout "$limit" "$@" >"$logf" 2>&1 || status=$?
+  cat "$logf"
   case $status in
     0) result[$name]="passed" ;;
     77) if [ $gpu = 1 ]; then result[$name]="FAILED (nvidia-smi sees a GPU, the CUDA runtime does not)"
@@ -86,7 +98,7 @@ run() {
   esac
   log "$name: ${result[$name]} in $((SECONDS - t0)) s"
 }
-if [ "$PART" != bench ]; then
+if [ "$PART" = all ] || [ "$PART" = tests ]; then
   run test_gpu_ops 90 env LD_LIBRARY_PATH="$METAPO_LIBS" "$BUILD/tests/gpu/test_gpu_ops"
   run test_gpu_model 240 env LD_LIBRARY_PATH="$METAPO_LIBS" "$BUILD/tests/gpu/test_gpu_model"
   run test_gpu_generate 60 env LD_LIBRARY_PATH="$METAPO_LIBS" "$BUILD/tests/gpu/test_gpu_generate"
@@ -95,26 +107,58 @@ if [ "$PART" != bench ]; then
       "$BUILD/tests/gpu/test_gpu_ops"
   fi
 fi
-[ "$PART" != tests ] &&
+[ "$PART" = all ] || [ "$PART" = bench ] &&
   run bench_gpu_model 200 env LD_LIBRARY_PATH="$METAPO_LIBS" "$BUILD/tests/gpu/bench_gpu_model" --shape 1.3b \
     --seq-len "$SEQ" --batch "$BATCH"
-if [ $gpu = 1 ] && [ "$PART" != tests ]; then
+if [ $gpu = 1 ] && { [ "$PART" = all ] || [ "$PART" = bench ]; }; then
   for step in fwdbwd dpo; do
     run "bench_torch_$step" 180 env PYTHONUNBUFFERED=1 python3 tools/bench_torch.py --device cuda --dtype bf16 \
       --step "$step" --preset configs/presets/gpu-1.3b.ini --seq-len "$SEQ" --batch "$BATCH" --warmup 1 --steps 3
   done
 fi
 
+# Part 5: the real binary from .gpu-runtime/, each step a row; their output in one log (the device tool
+# brings back 8 files), the runs' metrics in one archive.
+cli_steps="runtime sft ref dpo metapo resume bf16 eval score"
+if [ "$PART" = all ] || [ "$PART" = cli ]; then
+  cli_work=$(mktemp -d)
+  : >"$OUT/cli.log"
+  if [ ! -x .gpu-runtime/metapo ]; then
+    for step in $cli_steps; do result[cli_$step]="skipped (no .gpu-runtime/: make it here with tools/gpu-runtime.sh, carry it)"; done
+    log "cli: skipped: no .gpu-runtime/ (make it with tools/gpu-runtime.sh where apt works, and carry it: docs/gpu.md)"
+  else
+    log "cli: .gpu-runtime/metapo --device $DEVICE against --device cpu in $cli_work ($(grep -m1 '^bin/metapo' .gpu-runtime/MANIFEST || true))"
+    for step in $cli_steps; do
+      if [ "$DEVICE" = cuda ] && [ $gpu = 0 ] && [ $step != runtime ]; then
+        result[cli_$step]="skipped (no GPU; DEVICE=cpu PART=cli checks the harness on the CPU)"
+        continue
+      fi
+      # A step after a failed one would compare missing runs: skipped, the first failure is the finding.
+      if [ -n "${cli_failed:-}" ]; then result[cli_$step]="skipped (after $cli_failed)"; continue; fi
+      # Without a GPU the runtime step (the tree runs here; init, synth) probes the CPU instead.
+      device=$DEVICE; [ $gpu = 0 ] && device=cpu
+      LOGS=$cli_work run "cli_$step" 150 env DEVICE="$device" LD_LIBRARY_PATH="$METAPO_LIBS" \
+        bash tools/gpu-check-cli.sh "$step" "$cli_work/w"
+      { echo "=== cli_$step: ${result[cli_$step]}"; cat "$cli_work/cli_$step.log"; } >>"$OUT/cli.log"
+      case ${result[cli_$step]} in passed) ;; *) cli_failed=cli_$step ;; esac
+    done
+    (cd "$cli_work/w" && tar czf - --ignore-failed-read */metrics.jsonl *.log *.json *.jsonl 2>/dev/null) >"$OUT/cli-runs.tar.gz" || true
+  fi
+  rm -rf "$cli_work"
+fi
+
 echo
 echo "| check | result |" | tee -a "$OUT/summary.txt"
 echo "| --- | --- |" | tee -a "$OUT/summary.txt"
-for name in test_gpu_ops test_gpu_model test_gpu_generate memcheck bench_gpu_model bench_torch_fwdbwd bench_torch_dpo; do
+for name in test_gpu_ops test_gpu_model test_gpu_generate memcheck bench_gpu_model bench_torch_fwdbwd bench_torch_dpo \
+            $(for step in $cli_steps; do echo cli_$step; done); do
   [ -n "${result[$name]:-}" ] && echo "| $name | ${result[$name]} |" | tee -a "$OUT/summary.txt"
 done
 grep -h "FAIL\|error" "$OUT"/test_gpu_*.log 2>/dev/null | head -20 | tee -a "$OUT/summary.txt"
 grep -h '^| \(fwd+bwd\|DPO\|MetaPO\)' "$OUT/bench_gpu_model.log" 2>/dev/null | tee -a "$OUT/summary.txt"
 grep -h "MetaPO / DPO\|^attention:" "$OUT/bench_gpu_model.log" 2>/dev/null | tee -a "$OUT/summary.txt"
 grep -h "bf16 attention:\|attention (cuDNN)" "$OUT"/test_gpu_*.log 2>/dev/null | tee -a "$OUT/summary.txt"
+grep -h "tolerance\|byte-identical\|^glibc here" "$OUT/cli.log" 2>/dev/null | tee -a "$OUT/summary.txt"
 for step in fwdbwd dpo; do tail -1 "$OUT/bench_torch_$step.log" 2>/dev/null | sed "s/^/torch $step: /" | tee -a "$OUT/summary.txt"; done
 log "done in $((SECONDS - start)) s; logs in $OUT"
 failed=0
