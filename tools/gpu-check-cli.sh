@@ -24,7 +24,7 @@ else
   # Tolerances (relative, or absolute in nats for log-probs), with their reasons:
   # - fp32 training losses and eval metrics, 1e-3: the GPU sums in other orders (cuBLASLt's products,
   #   our reductions), ~1e-7 relative per op; AdamW amplifies such differences over steps (on the CPU,
-  #   parameters one ulp apart give ~1e-6 loss differences after 50 steps), so 20 steps stay near 1e-5.
+  #   parameters one ulp apart give ~1e-6 loss differences after 50 steps), so 50 steps stay near 1e-5.
   #   1e-3 leaves two orders for that and is far below what a wrong kernel, a missed copy or a stale
   #   buffer gives (1e-2 and up from the first step).
   # - bf16, 2e-2: parameters and activations are rounded to bf16 (8 bits of mantissa, 4e-3 relative), and
@@ -34,7 +34,7 @@ else
 fi
 common="--batch-size 8 --micro-batch 2 --lr 1e-3 --warmup-steps 2 --keep 0"
 meta="--weighting metapo --meta-gate 0 --meta-lr 1e-2 --meta-val-batch 8 --stats-refresh-every 4 --stats-refresh-pairs 16"
-steps=20
+steps=50  # the 50 DPO and 50 MetaPO steps against the CPU loss curve
 
 # compare A B TOL WHAT: per-step losses and gradient norms, eval lines and the final parameters of run A
 # (the device) against run B (the CPU) within TOL (relative); with TOL 0, equal.
