@@ -157,6 +157,7 @@ int cmd_bench(Context& ctx, int argc, char** argv) {
     j["recompute"] = recompute_name(model.recompute());
     j["device"] = card;
     j["precision"] = precision_name(prec);
+    j["attention"] = ops::attention_description(model.context());
     if (dev != Device::CPU) {
       j["tflops_per_s"] = flops / mean / 1e12;
       if (peak > 0) j["mfu"] = flops / mean / peak;

@@ -363,6 +363,13 @@ void cuda_attention_backward(const Context& ctx, const cuda::AttentionArgs& f, c
 #endif
 }  // namespace
 
+std::string attention_description(const Context& ctx) {
+#ifdef METAPO_HAVE_CUDA
+  if (ctx.device == Device::CUDA) return fused(ctx) ? cuda::cudnn_attention_status() : "plain kernel (fp32)";
+#endif
+  return device_name(ctx.device);
+}
+
 template <typename T>
 void attention_forward(const Context& ctx, const Attention<T>& a) {
   MP_DISPATCH_CUDA("attention_forward", cpu::attention_forward(cpu_attention(a)),

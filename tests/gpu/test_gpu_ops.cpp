@@ -441,16 +441,13 @@ void test_attention() {
 // cuDNN's fused attention (bf16 training) against the CPU on the same bf16-exact inputs: the errors are
 // cuDNN's bf16 roundings (P before P V, the outputs, dO and the gradients), each 2^-9 relative, a few
 // of which add up in a row: 1e-2 for out, 2e-2 for the gradients; lse is fp32 throughout (1e-4). The
-// rows also check: reruns bit-identical (the deterministic backward), the plain backward running on
-// cuDNN's forward (lse transposed to this backend's layout), and the fallback for a head dimension
-// cuDNN does not take.
-void test_attention_cudnn() {
-  if (!cuda::cudnn_attention_built()) {
-    std::printf("attention (cuDNN): built without the cuDNN front end (tools/setup.sh fetches it): skipped\n");
-    return;
-  }
-  const vector<int64_t> cu = {0, 1, 8, 41, 169, 184, 440};
-  const int64_t n = cu.back(), Hq = 8, Hkv = 2, D = 64, ld = (Hq + 2 * Hkv) * D + 8, ld_out = Hq * D;
+// rows also check: reruns bit-identical (the deterministic backward), each implementation's backward
+// on the other's forward (lse transposed between the layouts), and the fallback for a head dimension
+// cuDNN does not take. Two shapes: grouped-query heads at d = 64 with 6 sequences (padded to 8 for the
+// graph), and as many KV heads as heads at d = 128 with 3 (padded to 4).
+void attention_cudnn_case(const std::string& tag, const vector<int64_t>& cu, int64_t Hq, int64_t Hkv, int64_t D,
+                          bool required) {
+  const int64_t n = cu.back(), ld = (Hq + 2 * Hkv) * D + 8, ld_out = Hq * D;
   vector<float> qkv = randn(size_t(n * ld), 63), dout = randn(size_t(n * ld_out), 64);
   for (float& x : qkv) x = bf16_to_f32(f32_to_bf16(x));
   for (float& x : dout) x = bf16_to_f32(f32_to_bf16(x));
@@ -465,35 +462,50 @@ void test_attention_cudnn() {
   Dev<int64_t> dCu(cu);
   const cuda::AttentionArgs a{dQKV.p, dQKV.p + Hq * D, dQKV.p + (Hq + Hkv) * D, ld, dOut.p, ld_out, dLse.p, dCu.p,
                               int64_t(cu.size()) - 1, n, Hq, Hkv, D, scale};
+  const std::string t = "cudnn attention " + tag + ": ";
   const bool fwd = cuda::cudnn_attention_forward(a, nullptr);
-  std::printf("attention (cuDNN): forward on %s\n", cuda::cudnn_attention_status());
-  record("cudnn attention_forward ran (0: yes)", fwd ? 0 : 1, 0);
+  std::printf("attention (cuDNN) %s: forward on %s\n", tag.c_str(), cuda::cudnn_attention_status());
+  record(t + "forward ran on cuDNN where it is used (0: yes)", fwd || !required ? 0 : 1, 0);
   if (!fwd) return;
   const vector<float> o1 = dOut.host(), l1 = dLse.host();
-  record("cudnn attention_forward (out)", rel_err(o1, out), 1e-2);
-  record("cudnn attention_forward (lse)", rel_err(l1, lse), 1e-4);
+  record(t + "forward (out)", rel_err(o1, out), 1e-2);
+  record(t + "forward (lse)", rel_err(l1, lse), 1e-4);
   cuda::cudnn_attention_forward(a, nullptr);
-  record("cudnn attention_forward rerun (mismatched bits)", mismatches(dOut.host(), o1) + mismatches(dLse.host(), l1), 0);
+  record(t + "forward rerun (mismatched bits)", mismatches(dOut.host(), o1) + mismatches(dLse.host(), l1), 0);
   float* dq = dDqkv.p;
   float* dk = dDqkv.p + Hq * D;
   float* dv = dDqkv.p + (Hq + Hkv) * D;
-  // The plain backward on cuDNN's forward (its out and lse).
-  cuda::attention_backward(a, dDout.p, dq, dk, dv, ld, nullptr);
-  record("plain attention_backward on the cuDNN forward", rel_err(dDqkv.host(), dqkv), 2e-2);
+  cuda::attention_backward(a, dDout.p, dq, dk, dv, ld, nullptr);  // the plain backward on cuDNN's forward
+  record(t + "plain backward on the cuDNN forward", rel_err(dDqkv.host(), dqkv), 2e-2);
+  const bool bwd = cuda::cudnn_attention_backward(a, dDout.p, dq, dk, dv, ld, nullptr);
+  std::printf("attention (cuDNN) %s: backward on %s\n", tag.c_str(), cuda::cudnn_attention_status());
+  record(t + "backward ran on cuDNN where it is used (0: yes)", bwd || !required ? 0 : 1, 0);
+  if (!bwd) return;
+  const vector<float> g1 = dDqkv.host();
+  record(t + "backward (dq, dk, dv)", rel_err(g1, dqkv), 2e-2);
+  cuda::cudnn_attention_backward(a, dDout.p, dq, dk, dv, ld, nullptr);
+  record(t + "backward rerun (mismatched bits)", mismatches(dDqkv.host(), g1), 0);
+  // cuDNN's backward on the plain forward (fp32 out and lse).
+  cuda::attention_forward(a, nullptr);
+  cuda::cudnn_attention_backward(a, dDout.p, dq, dk, dv, ld, nullptr);
+  record(t + "backward on the plain forward", rel_err(dDqkv.host(), dqkv), 2e-2);
+}
+
+void test_attention_cudnn() {
+  if (!cuda::cudnn_attention_built()) {
+    std::printf("attention (cuDNN): built without the cuDNN front end (tools/setup.sh fetches it): skipped\n");
+    return;
+  }
+  // metapo uses cuDNN's attention on sm_90 and newer (attention_cudnn.cpp); elsewhere it must fall back.
   cudaDeviceProp prop{};
   cudaGetDeviceProperties(&prop, 0);
-  const bool bwd = cuda::cudnn_attention_backward(a, dDout.p, dq, dk, dv, ld, nullptr);
-  std::printf("attention (cuDNN): backward on %s\n", cuda::cudnn_attention_status());
-  // cuDNN has no deterministic backward over ragged sequences on sm_8x: the plain kernel runs there.
-  record("cudnn attention_backward ran where cuDNN has it (0: yes)", bwd || prop.major != 9 ? 0 : 1, 0);
-  if (bwd) {
-    const vector<float> g1 = dDqkv.host();
-    record("cudnn attention_backward (dq, dk, dv)", rel_err(g1, dqkv), 2e-2);
-    cuda::cudnn_attention_backward(a, dDout.p, dq, dk, dv, ld, nullptr);
-    record("cudnn attention_backward rerun (mismatched bits)", mismatches(dDqkv.host(), g1), 0);
-  }
-  cuda::AttentionArgs odd = a;
-  odd.head_dim = 12, odd.n_heads = 2, odd.n_kv_heads = 1;  // 12 % 8 != 0: not cuDNN's
+  const bool required = prop.major >= 9;
+  attention_cudnn_case("GQA d64", {0, 1, 8, 41, 169, 184, 440}, 8, 2, 64, required);
+  attention_cudnn_case("MHA d128", {0, 100, 101, 357}, 4, 4, 128, required);
+  vector<int64_t> cu = {0, 5, 12};
+  Dev<int64_t> dCu(cu);
+  Dev<float> x(size_t(12 * 3 * 2 * 12)), o(size_t(12 * 2 * 12)), l(size_t(2 * 12));
+  const cuda::AttentionArgs odd{x.p, x.p + 24, x.p + 48, 72, o.p, 24, l.p, dCu.p, 2, 12, 2, 2, 12, 0.3f};  // d = 12
   record("cudnn attention falls back for head dimension 12 (0: yes)", cuda::cudnn_attention_forward(odd, nullptr) ? 1 : 0, 0);
 }
 

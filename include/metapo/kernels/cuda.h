@@ -130,9 +130,10 @@ const char* cudnn_attention_status();
 bool cudnn_attention_forward(const AttentionArgs& a, void* stream);
 bool cudnn_attention_backward(const AttentionArgs& a, const float* dout, float* dq, float* dk, float* dv,
                               int64_t ld_dqkv, void* stream);
-// seq_len[s] = cu[s + 1] - cu[s]; q_off, kv_off, stats_off [n_seqs + 1] = cu times the strides
-// (elements per token), as int32.
-void ragged_offsets(const int64_t* cu_seqlens, int64_t n_seqs, int64_t q_stride, int64_t kv_stride,
+// seq_len [n_pad] = cu[s + 1] - cu[s], then 0 for the padding sequences s >= n_seqs (empty, at the end);
+// q_off, kv_off, stats_off [n_pad + 1] = cu (cu[n_seqs] past n_seqs) times the strides (elements per
+// token), as int32.
+void ragged_offsets(const int64_t* cu_seqlens, int64_t n_seqs, int64_t n_pad, int64_t q_stride, int64_t kv_stride,
                     int64_t stats_stride, int32_t* seq_len, int32_t* q_off, int32_t* kv_off, int32_t* stats_off,
                     void* stream);
 // dst [rows, width] packed bf16 (raw bits) = src rows of stride ld_src, rounded to nearest even; and back.

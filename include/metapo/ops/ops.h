@@ -304,6 +304,9 @@ struct Attention {
 };
 template <typename T>
 void attention_forward(const Context& ctx, const Attention<T>& a);
+// Which attention the context's last calls ran, for logs: "cpu", "cuDNN <version>", or the plain
+// kernel and why.
+std::string attention_description(const Context& ctx);
 
 template <typename T>
 struct AttentionGrad {

@@ -11,9 +11,17 @@
 // as a padding mask, the causal mask top-left aligned (equal query and key lengths). The statistics
 // cuDNN keeps for the backward are the log-sum-exp of each row's scaled scores, as the plain kernel's
 // lse; cuDNN writes them token-major ([tokens, heads]) and this file transposes them to and from the
-// backend's head-major layout. Graphs are built once per (sequences, longest sequence rounded up to
-// 128, heads, KV heads, head dimension, scale, device) and reused; the backward is cuDNN's
-// deterministic algorithm.
+// backend's head-major layout (TransformerEngine's THD layout uses the same token-major statistics).
+// Graphs are built once per (sequences rounded up to a power of two, the extra ones empty; longest
+// sequence rounded up to 128; heads, KV heads, head dimension, scale, device) and reused; the backward is
+// cuDNN's deterministic algorithm.
+//
+// Where cuDNN is used: cuDNN 9.6 or newer (ragged statistics, grouped-query heads over ragged
+// sequences) on sm_90 and newer (cuDNN has no deterministic backward over ragged sequences on sm_8x,
+// and its ragged statistics are not used there). The backward's workspace is held to a quarter of the
+// free device memory: with cuDNN >= 9.25 the front end then takes its linear-workspace deterministic
+// path (CUDNN_FRONTEND_ATTN_DP_WORKSPACE_LIMIT, unless the user set it), before that a graph over the
+// budget falls back. Every refusal before the first kernel is queued falls back to the plain kernel.
 #include <cuda_runtime.h>
 #include <dlfcn.h>
 
@@ -52,11 +60,11 @@ enum Uid : int64_t {
 };
 
 struct Shape {
-  int64_t b, s, hq, hkv, d;
+  int64_t b, s, hq, hkv, d;  // b: the sequences rounded up to a power of two (the extra ones empty)
   uint32_t scale_bits;
-  int device;
+  int device, sm;
   bool backward;
-  auto tie() const { return std::tie(b, s, hq, hkv, d, scale_bits, device, backward); }
+  auto tie() const { return std::tie(b, s, hq, hkv, d, scale_bits, device, sm, backward); }
   bool operator<(const Shape& o) const { return tie() < o.tie(); }
 };
 
@@ -73,6 +81,7 @@ struct State {
   std::string load_error;  // empty once cuDNN is loaded
   size_t version = 0;
   std::map<int, cudnnHandle_t> handles;  // per device
+  std::map<int, int> sm;                 // compute capability (major * 10 + minor) per device
   std::map<Shape, Plan> plans;
   std::set<std::string> noted;  // fallback reasons already reported
   void* buf = nullptr;          // the packed copies, statistics, offsets and workspace
@@ -92,6 +101,11 @@ void check_cuda(cudaError_t e, const char* what) {
 bool load(State& st) {
   if (st.tried) return st.load_error.empty();
   st.tried = true;
+  // The front end calls a few CUDA runtime functions through its own dlopen of libcudart by name
+  // (metapo links the runtime statically): the toolkit's copy loaded first serves that name where the
+  // loader's path lacks it.
+  for (const char* name : {"libcudart.so.13", "/usr/local/cuda/lib64/libcudart.so.13"})
+    if (dlopen(name, RTLD_NOW | RTLD_GLOBAL)) break;
   for (const char* name : {"libcudnn.so.9", "/usr/local/cuda/lib64/libcudnn.so.9", "/usr/lib/x86_64-linux-gnu/libcudnn.so.9"})
     if ((fe::cudnn_dlhandle = dlopen(name, RTLD_NOW | RTLD_LOCAL))) break;
   if (!fe::cudnn_dlhandle) {
@@ -105,19 +119,38 @@ bool load(State& st) {
     st.load_error = std::string("cuDNN: ") + e.what();
     return false;
   }
+  if (st.version < 90600) {
+    st.load_error = "cuDNN " + std::to_string(st.version) + ": 9.6 or newer needed (ragged statistics)";
+    return false;
+  }
   return true;
 }
 
-cudnnHandle_t handle_for(State& st, int device, void* stream) {
+// The device's handle on the stream, or null with `why` set.
+cudnnHandle_t handle_for(State& st, int device, void* stream, std::string& why) {
   auto it = st.handles.find(device);
   if (it == st.handles.end()) {
     cudnnHandle_t h = nullptr;
-    MP_CHECK(fe::detail::create_handle(&h) == CUDNN_STATUS_SUCCESS, "cuDNN: cudnnCreate failed on device ", device);
+    if (fe::detail::create_handle(&h) != CUDNN_STATUS_SUCCESS) {
+      why = "cudnnCreate failed on device " + std::to_string(device);
+      return nullptr;
+    }
     it = st.handles.emplace(device, h).first;
   }
-  MP_CHECK(fe::detail::set_stream(it->second, static_cast<cudaStream_t>(stream)) == CUDNN_STATUS_SUCCESS,
-           "cuDNN: cudnnSetStream failed");
+  if (fe::detail::set_stream(it->second, static_cast<cudaStream_t>(stream)) != CUDNN_STATUS_SUCCESS) {
+    why = "cudnnSetStream failed";
+    return nullptr;
+  }
   return it->second;
+}
+
+int sm_version(State& st, int device) {
+  auto it = st.sm.find(device);
+  if (it != st.sm.end()) return it->second;
+  int major = 0, minor = 0;
+  check_cuda(cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, device), "cudaDeviceGetAttribute");
+  check_cuda(cudaDeviceGetAttribute(&minor, cudaDevAttrComputeCapabilityMinor, device), "cudaDeviceGetAttribute");
+  return st.sm[device] = major * 10 + minor;
 }
 
 TensorPtr index_tensor(fe::graph::Graph& g, const char* name, int64_t uid, int64_t n) {
@@ -146,8 +179,9 @@ fe::graph::Tensor_attributes& stats_layout(fe::graph::Tensor_attributes& t, cons
       .set_ragged_offset(off);
 }
 
-std::shared_ptr<fe::graph::Graph> new_graph() {
+std::shared_ptr<fe::graph::Graph> new_graph(const Shape& s) {
   auto g = std::make_shared<fe::graph::Graph>();
+  g->set_sm_version(s.sm);  // so the front end need not ask the CUDA runtime
   g->set_io_data_type(fe::DataType_t::BFLOAT16)
       .set_intermediate_data_type(fe::DataType_t::FLOAT)
       .set_compute_data_type(fe::DataType_t::FLOAT);
@@ -155,7 +189,7 @@ std::shared_ptr<fe::graph::Graph> new_graph() {
 }
 
 std::shared_ptr<fe::graph::Graph> forward_graph(const Shape& s, float scale) {
-  auto g = new_graph();
+  auto g = new_graph(s);
   const TensorPtr q = thd_input(*g, "Q", kQ, s, s.hq, index_tensor(*g, "off_q", kOffQ, s.b + 1));
   const TensorPtr k = thd_input(*g, "K", kK, s, s.hkv, index_tensor(*g, "off_k", kOffK, s.b + 1));
   const TensorPtr v = thd_input(*g, "V", kV, s, s.hkv, index_tensor(*g, "off_v", kOffV, s.b + 1));
@@ -175,7 +209,7 @@ std::shared_ptr<fe::graph::Graph> forward_graph(const Shape& s, float scale) {
 }
 
 std::shared_ptr<fe::graph::Graph> backward_graph(const Shape& s, float scale) {
-  auto g = new_graph();
+  auto g = new_graph(s);
   const TensorPtr q = thd_input(*g, "Q", kQ, s, s.hq, index_tensor(*g, "off_q", kOffQ, s.b + 1));
   const TensorPtr k = thd_input(*g, "K", kK, s, s.hkv, index_tensor(*g, "off_k", kOffK, s.b + 1));
   const TensorPtr v = thd_input(*g, "V", kV, s, s.hkv, index_tensor(*g, "off_v", kOffV, s.b + 1));
@@ -200,9 +234,12 @@ std::shared_ptr<fe::graph::Graph> backward_graph(const Shape& s, float scale) {
   return g;
 }
 
-Plan build(cudnnHandle_t h, const Shape& s, float scale) {
+Plan build(cudnnHandle_t h, const Shape& s, float scale, int64_t budget) {
   Plan p;
   try {
+    // The deterministic backward's workspace: within the budget (the front end's linear-workspace path
+    // on cuDNN >= 9.25; a user's own setting stays).
+    if (s.backward) setenv("CUDNN_FRONTEND_ATTN_DP_WORKSPACE_LIMIT", std::to_string(budget).c_str(), 0);
     p.graph = s.backward ? backward_graph(s, scale) : forward_graph(s, scale);
     const char* step = "validate";
     fe::error_t e = p.graph->validate();
@@ -213,6 +250,12 @@ Plan build(cudnnHandle_t h, const Shape& s, float scale) {
     if (e.is_good()) step = "get_workspace_size", e = p.graph->get_workspace_size(p.workspace);
     if (!e.is_good()) {
       p.why = std::string(step) + ": " + e.get_message();
+      return p;
+    }
+    if (p.workspace > budget) {
+      p.why = "a workspace of " + std::to_string(p.workspace >> 20) + " MiB, over the budget of " +
+              std::to_string(budget >> 20) + " MiB (a quarter of the free device memory)";
+      p.graph.reset();
       return p;
     }
     p.ok = true;
@@ -253,38 +296,71 @@ class Carve {
   size_t used_ = 0;
 };
 
-// The plan for a call, or null with the status set (under st.mu).
-const Plan* plan_for(State& st, const AttentionArgs& a, bool backward, void* stream, cudnnHandle_t* handle) {
-  auto fallback = [&](const std::string& why) -> const Plan* {
-    st.status = "plain kernel (" + why + ")";
-    if (st.noted.insert(why).second) std::fprintf(stderr, "metapo: attention on the plain kernel: %s\n", why.c_str());
-    return nullptr;
-  };
-  if (!load(st)) return fallback(st.load_error);
-  if (a.head_dim % 8 != 0 || a.head_dim > 256)
-    return fallback("head dimension " + std::to_string(a.head_dim) + ": cuDNN's SDPA needs a multiple of 8, at most 256");
-  if (a.n_tokens * a.n_heads * a.head_dim >= (int64_t(1) << 31))
-    return fallback("a micro-batch of " + std::to_string(a.n_tokens) + " tokens exceeds cuDNN's int32 offsets");
-  int device = 0;
-  check_cuda(cudaGetDevice(&device), "cudaGetDevice");
-  uint32_t scale_bits;
-  std::memcpy(&scale_bits, &a.scale, sizeof scale_bits);
-  const Shape s{a.n_seqs, round_up(longest(a, stream), 128), a.n_heads, a.n_kv_heads, a.head_dim, scale_bits, device,
-                backward};
-  *handle = handle_for(st, device, stream);
-  auto it = st.plans.find(s);
-  if (it == st.plans.end()) it = st.plans.emplace(s, build(*handle, s, a.scale)).first;
-  if (!it->second.ok) return fallback(std::string(backward ? "backward" : "forward") + " graph: " + it->second.why);
-  st.status = "cuDNN " + std::to_string(st.version);
-  return &it->second;
+// Records that the plain kernel runs, and why (one stderr line per reason).
+void fallback(State& st, const std::string& why) {
+  st.status = "plain kernel (" + why + ")";
+  if (st.noted.insert(why).second) std::fprintf(stderr, "metapo: attention on the plain kernel: %s\n", why.c_str());
 }
 
-// Lays out the call's device memory: grows the buffer when needed (cudaFree waits for the device).
+int64_t pow2_at_least(int64_t n) {
+  int64_t p = 1;
+  while (p < n) p *= 2;
+  return p;
+}
+
+// The plan for a call, or null with the status set (under st.mu); nothing is queued on the stream.
+const Plan* plan_for(State& st, const AttentionArgs& a, bool backward, void* stream, cudnnHandle_t* handle,
+                     int64_t* b_pad) {
+  auto refuse = [&](const std::string& why) -> const Plan* {
+    fallback(st, why);
+    return nullptr;
+  };
+  try {
+    if (!load(st)) return refuse(st.load_error);
+    if (a.head_dim % 8 != 0 || a.head_dim > 256)
+      return refuse("head dimension " + std::to_string(a.head_dim) + ": cuDNN's SDPA needs a multiple of 8, at most 256");
+    if (a.n_tokens * a.n_heads * a.head_dim >= (int64_t(1) << 31))
+      return refuse("a micro-batch of " + std::to_string(a.n_tokens) + " tokens exceeds cuDNN's int32 offsets");
+    int device = 0;
+    check_cuda(cudaGetDevice(&device), "cudaGetDevice");
+    const int sm = sm_version(st, device);
+    if (sm < 90)
+      return refuse("sm_" + std::to_string(sm) + ": cuDNN's attention over ragged sequences is used on sm_90 and newer");
+    uint32_t scale_bits;
+    std::memcpy(&scale_bits, &a.scale, sizeof scale_bits);
+    *b_pad = pow2_at_least(a.n_seqs);
+    const Shape s{*b_pad, round_up(longest(a, stream), 128), a.n_heads, a.n_kv_heads, a.head_dim, scale_bits, device,
+                  sm, backward};
+    std::string why;
+    *handle = handle_for(st, device, stream, why);
+    if (!*handle) return refuse(why);
+    auto it = st.plans.find(s);
+    if (it == st.plans.end()) {
+      size_t free_bytes = 0, total = 0;
+      check_cuda(cudaMemGetInfo(&free_bytes, &total), "cudaMemGetInfo");
+      it = st.plans.emplace(s, build(*handle, s, a.scale, int64_t(free_bytes / 4))).first;
+    }
+    if (!it->second.ok)
+      return refuse(std::string(backward ? "backward" : "forward") + " graph: " + it->second.why);
+    st.status = "cuDNN " + std::to_string(st.version);
+    return &it->second;
+  } catch (const std::exception& e) {
+    return refuse(e.what());
+  }
+}
+
+// The call's device memory: the buffer grown when needed (cudaFree waits for the device); null, with
+// the status set, when the device has not that much.
 void* reserve(State& st, size_t bytes) {
   if (bytes > st.cap) {
     if (st.buf) check_cuda(cudaFree(st.buf), "cudaFree");
     st.buf = nullptr, st.cap = 0;
-    check_cuda(cudaMalloc(&st.buf, bytes), "cudaMalloc (cuDNN attention buffers)");
+    if (cudaMalloc(&st.buf, bytes) != cudaSuccess) {
+      cudaGetLastError();  // clear it: the plain kernel runs instead
+      st.buf = nullptr;
+      fallback(st, "no room for cuDNN's buffers (" + std::to_string(bytes >> 20) + " MiB)");
+      return nullptr;
+    }
     st.cap = bytes;
   }
   return st.buf;
@@ -323,26 +399,29 @@ bool cudnn_attention_forward(const AttentionArgs& a, void* stream) {
   State& st = state();
   std::lock_guard<std::mutex> lock(st.mu);
   cudnnHandle_t h = nullptr;
-  const Plan* p = plan_for(st, a, false, stream, &h);
+  int64_t b = 0;
+  const Plan* p = plan_for(st, a, false, stream, &h, &b);
   if (!p) return false;
   const int64_t T = a.n_tokens, wq = a.n_heads * a.head_dim, wkv = a.n_kv_heads * a.head_dim;
   // Two passes over the layout: sizes first, then the pointers into the buffer.
   Carve c;
+  void* base = nullptr;
   uint16_t *q = nullptr, *k = nullptr, *v = nullptr, *o = nullptr;
   float* stats = nullptr;
   Offsets off{};
   void* ws = nullptr;
   for (int pass = 0; pass < 2; ++pass) {
-    c.set_base(pass ? reserve(st, c.used()) : nullptr);
+    if (pass == 1 && !(base = reserve(st, c.used()))) return false;  // before any work is queued
+    c.set_base(base);
     q = c.take<uint16_t>(size_t(T * wq)), k = c.take<uint16_t>(size_t(T * wkv)), v = c.take<uint16_t>(size_t(T * wkv));
     o = c.take<uint16_t>(size_t(T * wq)), stats = c.take<float>(size_t(T * a.n_heads));
-    off = take_offsets(c, a.n_seqs);
+    off = take_offsets(c, b);
     ws = c.take<char>(size_t(p->workspace));
   }
   cast_f32_to_bf16_2d(q, a.q, a.ld_qkv, wq, T, stream);
   cast_f32_to_bf16_2d(k, a.k, a.ld_qkv, wkv, T, stream);
   cast_f32_to_bf16_2d(v, a.v, a.ld_qkv, wkv, T, stream);
-  ragged_offsets(a.cu_seqlens, a.n_seqs, wq, wkv, a.n_heads, off.seq, off.q, off.kv, off.stats, stream);
+  ragged_offsets(a.cu_seqlens, a.n_seqs, b, wq, wkv, a.n_heads, off.seq, off.q, off.kv, off.stats, stream);
   std::unordered_map<int64_t, void*> pack = {
       {kQ, q},         {kK, k},         {kV, v},         {kO, o},         {kStats, stats},
       {kSeqQ, off.seq}, {kSeqKV, off.seq}, {kOffQ, off.q}, {kOffK, off.kv}, {kOffV, off.kv},
@@ -359,22 +438,25 @@ bool cudnn_attention_backward(const AttentionArgs& a, const float* dout, float* 
   State& st = state();
   std::lock_guard<std::mutex> lock(st.mu);
   cudnnHandle_t h = nullptr;
-  const Plan* p = plan_for(st, a, true, stream, &h);
+  int64_t b = 0;
+  const Plan* p = plan_for(st, a, true, stream, &h, &b);
   if (!p) return false;
   const int64_t T = a.n_tokens, wq = a.n_heads * a.head_dim, wkv = a.n_kv_heads * a.head_dim;
   Carve c;
+  void* base = nullptr;
   uint16_t *q = nullptr, *k = nullptr, *v = nullptr, *o = nullptr, *g = nullptr, *gq = nullptr, *gk = nullptr,
            *gv = nullptr;
   float* stats = nullptr;
   Offsets off{};
   void* ws = nullptr;
   for (int pass = 0; pass < 2; ++pass) {
-    c.set_base(pass ? reserve(st, c.used()) : nullptr);
+    if (pass == 1 && !(base = reserve(st, c.used()))) return false;  // before any work is queued
+    c.set_base(base);
     q = c.take<uint16_t>(size_t(T * wq)), k = c.take<uint16_t>(size_t(T * wkv)), v = c.take<uint16_t>(size_t(T * wkv));
     o = c.take<uint16_t>(size_t(T * wq)), g = c.take<uint16_t>(size_t(T * wq));
     gq = c.take<uint16_t>(size_t(T * wq)), gk = c.take<uint16_t>(size_t(T * wkv)), gv = c.take<uint16_t>(size_t(T * wkv));
     stats = c.take<float>(size_t(T * a.n_heads));
-    off = take_offsets(c, a.n_seqs);
+    off = take_offsets(c, b);
     ws = c.take<char>(size_t(p->workspace));
   }
   cast_f32_to_bf16_2d(q, a.q, a.ld_qkv, wq, T, stream);
@@ -383,7 +465,7 @@ bool cudnn_attention_backward(const AttentionArgs& a, const float* dout, float* 
   cast_f32_to_bf16_2d(o, a.out, a.ld_out, wq, T, stream);
   cast_f32_to_bf16_2d(g, dout, a.ld_out, wq, T, stream);
   transpose_f32(stats, a.lse, a.n_heads, T, stream);  // [H, T] -> [T, H]
-  ragged_offsets(a.cu_seqlens, a.n_seqs, wq, wkv, a.n_heads, off.seq, off.q, off.kv, off.stats, stream);
+  ragged_offsets(a.cu_seqlens, a.n_seqs, b, wq, wkv, a.n_heads, off.seq, off.q, off.kv, off.stats, stream);
   std::unordered_map<int64_t, void*> pack = {
       {kQ, q},           {kK, k},            {kV, v},           {kO, o},           {kDO, g},
       {kStats, stats},   {kDQ, gq},          {kDK, gk},         {kDV, gv},         {kSeqQ, off.seq},

@@ -12,13 +12,13 @@ namespace metapo::cuda {
 
 namespace {
 
-__global__ void ragged_kernel(const int64_t* cu, int64_t n_seqs, int64_t q_stride, int64_t kv_stride,
+__global__ void ragged_kernel(const int64_t* cu, int64_t n_seqs, int64_t n_pad, int64_t q_stride, int64_t kv_stride,
                               int64_t stats_stride, int32_t* seq_len, int32_t* q_off, int32_t* kv_off,
                               int32_t* stats_off) {
-  MP_GRID_LOOP(i, n_seqs + 1) {
-    const int64_t c = cu[i];
+  MP_GRID_LOOP(i, n_pad + 1) {
+    const int64_t c = cu[i < n_seqs ? i : n_seqs];  // the padding sequences: empty, at the end
     q_off[i] = int32_t(c * q_stride), kv_off[i] = int32_t(c * kv_stride), stats_off[i] = int32_t(c * stats_stride);
-    if (i < n_seqs) seq_len[i] = int32_t(cu[i + 1] - c);
+    if (i < n_pad) seq_len[i] = i < n_seqs ? int32_t(cu[i + 1] - c) : 0;
   }
 }
 
@@ -45,12 +45,12 @@ __global__ void transpose_kernel(float* dst, const float* src, int64_t rows, int
 
 }  // namespace
 
-void ragged_offsets(const int64_t* cu_seqlens, int64_t n_seqs, int64_t q_stride, int64_t kv_stride,
+void ragged_offsets(const int64_t* cu_seqlens, int64_t n_seqs, int64_t n_pad, int64_t q_stride, int64_t kv_stride,
                     int64_t stats_stride, int32_t* seq_len, int32_t* q_off, int32_t* kv_off, int32_t* stats_off,
                     void* stream) {
-  if (n_seqs <= 0) return;
-  ragged_kernel<<<blocks_for(n_seqs + 1), 256, 0, as_stream(stream)>>>(cu_seqlens, n_seqs, q_stride, kv_stride,
-                                                                       stats_stride, seq_len, q_off, kv_off, stats_off);
+  if (n_seqs <= 0 || n_pad < n_seqs) return;
+  ragged_kernel<<<blocks_for(n_pad + 1), 256, 0, as_stream(stream)>>>(cu_seqlens, n_seqs, n_pad, q_stride, kv_stride,
+                                                                      stats_stride, seq_len, q_off, kv_off, stats_off);
   check_launch("ragged_offsets");
 }
 
