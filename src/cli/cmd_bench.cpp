@@ -60,6 +60,7 @@ int cmd_bench(Context& ctx, int argc, char** argv) {
   const Device dev = parse_device(device);
   const Precision prec = parse_precision(precision);
   ops::require_device(dev);  // before loading anything
+  ops::select_device(dev, ctx.topo.local_rank);
 
   HfModel m;
   if (!model_dir.empty()) {

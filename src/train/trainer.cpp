@@ -307,6 +307,7 @@ struct TrainRun {
   }
   void update_done() {
     if (!opt_on_device) sm.params_to_device();
+    else ops::synchronize(sm.device->get());  // the update finished, for the step's time
   }
 
   // Collective. The training state (files: the run's append-only files by key), restored from the
@@ -520,6 +521,9 @@ int run_dpo(const Topology& topo, const TrainConfig& cfg) {
   install_stop_handlers();  // from the start: a SIGUSR1 during the load stops the run after its first step
   validate(cfg.loss);
   check_batching(cfg, topo);
+  MP_CHECK(cfg.device == Device::CPU || cfg.weighting != Weighting::Metapo || cfg.meta.hypergrad == "ghost",
+           "--hypergrad ", cfg.meta.hypergrad, " is not supported with the model on a device (--device ",
+           device_name(cfg.device), "; use --hypergrad ghost)");
   const RunDirPlan plan = plan_run_dir(cfg, topo, "train");
   if (plan.complete) return 0;
   // Opened and checked now (config, every tensor's presence and shape); read after the reference
@@ -578,8 +582,11 @@ int run_dpo(const Topology& topo, const TrainConfig& cfg) {
              " is not supported with --tp ", topo.tp, " (use --hypergrad ghost)");
     MP_CHECK(topo.pp == 1 || cfg.meta.hypergrad == "ghost", "--hypergrad ", cfg.meta.hypergrad,
              " is not supported with --pp ", topo.pp, " (use --hypergrad ghost)");
-    MP_CHECK(cfg.device == Device::CPU || cfg.meta.hypergrad == "ghost", "--hypergrad ", cfg.meta.hypergrad,
-             " is not supported with --device ", device_name(cfg.device), " (use --hypergrad ghost)");
+    // The reference methods read the host parameters; on a device (METAPO_STAGE_ON_CPU's too) the master
+    // copy is the device's.
+    MP_CHECK(!on_device || cfg.meta.hypergrad == "ghost", "--hypergrad ", cfg.meta.hypergrad,
+             " is not supported with the model on a device (--device ", device_name(cfg.device),
+             "; use --hypergrad ghost)");
     int64_t max_id = 0;
     for (int64_t id : train.sample_id) max_id = std::max(max_id, id);
     // The pair statistics, the features and the weight net live on the last pipeline stage, where

@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
-# Training with the model on a device (`--device cuda`) keeps the fp32 master parameters, ZeRO-1 AdamW
-# and the checkpoints on the host and copies the parameters to the device after every change and the
-# gradient back after every backward (ShardedModel::params_to_device / grads_to_host). No GPU here, so
-# METAPO_STAGE_ON_CPU=1 takes that path with host memory as the "device": the runs must be
-# bit-identical to the unstaged ones (a missed copy changes the run). Covered: SFT, DPO with the
+# Training with the model on a device (`--device cuda`): with one data-parallel rank the optimizer runs
+# there too and the host copies of the parameters and moments are refreshed for checkpoints and the
+# final save only; with several, the gradient comes to the host after every backward for ZeRO-1 over
+# MPI and the parameters go back after every update (ShardedModel::grads_to_host / params_to_device).
+# No GPU here, so METAPO_STAGE_ON_CPU=1 takes that path with host memory as the "device": the runs must
+# be bit-identical to the unstaged ones (a missed copy changes the run). Covered: SFT, DPO with the
 # reference log-probs computed by the trainer, evaluation and trajectories, MetaPO's ghost products
 # with refresh passes, bf16 storage, data parallelism (DP 2), and a resume from a checkpoint.
 source "$(dirname "$0")/common.sh"
@@ -72,3 +73,6 @@ if ! { command -v nvidia-smi >/dev/null && nvidia-smi -L >/dev/null 2>&1; }; the
 fi
 expect_error "--device tpu" "$METAPO" sft --model init --data d.h5 --out x --device tpu
 [ ! -e x ] || fail "a refused run left its directory"
+# The reference hypergradients read the host parameters: refused with the model on a device.
+METAPO_STAGE_ON_CPU=1 expect_error "use --hypergrad ghost" "$METAPO" train --model sft/final --data d.h5 --out x2 $common \
+  --max-steps 2 $meta --hypergrad exact
