@@ -99,7 +99,7 @@ run() {
   log "$name: ${result[$name]} in $((SECONDS - t0)) s"
 }
 if [ "$PART" = all ] || [ "$PART" = tests ]; then
-  run test_gpu_ops 90 env LD_LIBRARY_PATH="$METAPO_LIBS" "$BUILD/tests/gpu/test_gpu_ops"
+  run test_gpu_ops 150 env LD_LIBRARY_PATH="$METAPO_LIBS" "$BUILD/tests/gpu/test_gpu_ops"
   run test_gpu_model 240 env LD_LIBRARY_PATH="$METAPO_LIBS" "$BUILD/tests/gpu/test_gpu_model"
   run test_gpu_generate 60 env LD_LIBRARY_PATH="$METAPO_LIBS" "$BUILD/tests/gpu/test_gpu_generate"
   if [ "${SANITIZE:-0}" = 1 ] && [ $gpu = 1 ] && command -v compute-sanitizer >/dev/null; then

@@ -411,31 +411,54 @@ void test_logprob(void* blas) {
   record("logprob shards = whole vocabulary (logp)", rel_err(dLogp_s.host(), logp), kChain);
 }
 
+// Packed sequences cu with Hq query heads over Hkv KV heads of dimension D: q, k, v column ranges of one
+// fused row with padding, random inputs (rounded to bf16 when `bf16`), the CPU's forward and backward,
+// and the device copies the CUDA ops read.
+struct AttentionCase {
+  vector<int64_t> cu;
+  int64_t n, Hq, Hkv, D, ld, ld_out;
+  vector<float> qkv, dout, out, lse, dqkv;
+  std::unique_ptr<Dev<float>> dQKV, dOut, dLse, dDout, dDqkv;
+  std::unique_ptr<Dev<int64_t>> dCu;
+  cuda::AttentionArgs a{};
+
+  AttentionCase(vector<int64_t> cu_, int64_t hq, int64_t hkv, int64_t d, bool bf16, uint32_t seed)
+      : cu(std::move(cu_)), n(cu.back()), Hq(hq), Hkv(hkv), D(d), ld((hq + 2 * hkv) * d + 8), ld_out(hq * d) {
+    qkv = randn(size_t(n * ld), seed), dout = randn(size_t(n * ld_out), seed + 1);
+    if (bf16) {
+      for (float& x : qkv) x = bf16_to_f32(f32_to_bf16(x));
+      for (float& x : dout) x = bf16_to_f32(f32_to_bf16(x));
+    }
+    out.resize(size_t(n * ld_out)), lse.resize(size_t(Hq * n)), dqkv.assign(size_t(n * ld), 0.0f);
+    const float scale = 1.0f / std::sqrt(float(D));
+    cpu::AttentionParams<float> p{qkv.data(), qkv.data() + Hq * D, qkv.data() + (Hq + Hkv) * D, ld, out.data(), ld_out,
+                                  lse.data(), cu.data(), int64_t(cu.size()) - 1, n, Hq, Hkv, D, scale};
+    cpu::attention_forward(p);
+    cpu::attention_backward(p, cpu::AttentionGradParams<float>{dout.data(), dqkv.data(), dqkv.data() + Hq * D,
+                                                               dqkv.data() + (Hq + Hkv) * D, ld});
+    dQKV = std::make_unique<Dev<float>>(qkv), dOut = std::make_unique<Dev<float>>(out.size());
+    dLse = std::make_unique<Dev<float>>(lse.size()), dDout = std::make_unique<Dev<float>>(dout);
+    dDqkv = std::make_unique<Dev<float>>(vector<float>(dqkv.size(), 0.0f)), dCu = std::make_unique<Dev<int64_t>>(cu);
+    float* x = dQKV->p;
+    a = cuda::AttentionArgs{x, x + Hq * D, x + (Hq + Hkv) * D, ld, dOut->p, ld_out, dLse->p, dCu->p,
+                            int64_t(cu.size()) - 1, n, Hq, Hkv, D, scale};
+  }
+  float* dq() const { return dDqkv->p; }
+  float* dk() const { return dDqkv->p + Hq * D; }
+  float* dv() const { return dDqkv->p + (Hq + Hkv) * D; }
+};
+
 void test_attention() {
-  // Packed sequences of lengths 1, 7, 33, 64 and 15; 4 query heads over 2 KV heads (grouped); q, k, v
-  // column ranges of one fused row with padding.
-  const vector<int64_t> cu = {0, 1, 8, 41, 105, 120};
-  const int64_t n = cu.back(), Hq = 4, Hkv = 2, D = 32, ld = (Hq + 2 * Hkv) * D + 8, ld_out = Hq * D;
-  const vector<float> qkv = randn(size_t(n * ld), 61), dout = randn(size_t(n * ld_out), 62);
-  vector<float> out(size_t(n * ld_out)), lse(size_t(Hq * n)), dqkv(size_t(n * ld), 0.0f);
-  const float scale = 1.0f / std::sqrt(float(D));
-  cpu::AttentionParams<float> p{qkv.data(), qkv.data() + Hq * D, qkv.data() + (Hq + Hkv) * D, ld, out.data(), ld_out,
-                                lse.data(), cu.data(), int64_t(cu.size()) - 1, n, Hq, Hkv, D, scale};
-  cpu::attention_forward(p);
-  cpu::attention_backward(p, cpu::AttentionGradParams<float>{dout.data(), dqkv.data(), dqkv.data() + Hq * D,
-                                                             dqkv.data() + (Hq + Hkv) * D, ld});
-  Dev<float> dQKV(qkv), dOut(out.size()), dLse(lse.size()), dDout(dout), dDqkv(vector<float>(dqkv.size(), 0.0f));
-  Dev<int64_t> dCu(cu);
-  const cuda::AttentionArgs a{dQKV.p, dQKV.p + Hq * D, dQKV.p + (Hq + Hkv) * D, ld, dOut.p, ld_out, dLse.p, dCu.p,
-                              int64_t(cu.size()) - 1, n, Hq, Hkv, D, scale};
-  cuda::attention_forward(a, nullptr);
-  record("attention_forward (out)", rel_err(dOut.host(), out), kChain);
-  record("attention_forward (lse)", rel_err(dLse.host(), lse), kChain);
-  cuda::attention_backward(a, dDout.p, dDqkv.p, dDqkv.p + Hq * D, dDqkv.p + (Hq + Hkv) * D, ld, nullptr);
-  const vector<float> g1 = dDqkv.host();
-  record("attention_backward (dq, dk, dv)", rel_err(g1, dqkv), kChain);
-  cuda::attention_backward(a, dDout.p, dDqkv.p, dDqkv.p + Hq * D, dDqkv.p + (Hq + Hkv) * D, ld, nullptr);
-  record("attention_backward rerun (mismatched bits)", mismatches(dDqkv.host(), g1), 0);
+  // Packed sequences of lengths 1, 7, 33, 64 and 15; 4 query heads over 2 KV heads (grouped).
+  const AttentionCase c({0, 1, 8, 41, 105, 120}, 4, 2, 32, false, 61);
+  cuda::attention_forward(c.a, nullptr);
+  record("attention_forward (out)", rel_err(c.dOut->host(), c.out), kChain);
+  record("attention_forward (lse)", rel_err(c.dLse->host(), c.lse), kChain);
+  cuda::attention_backward(c.a, c.dDout->p, c.dq(), c.dk(), c.dv(), c.ld, nullptr);
+  const vector<float> g1 = c.dDqkv->host();
+  record("attention_backward (dq, dk, dv)", rel_err(g1, c.dqkv), kChain);
+  cuda::attention_backward(c.a, c.dDout->p, c.dq(), c.dk(), c.dv(), c.ld, nullptr);
+  record("attention_backward rerun (mismatched bits)", mismatches(c.dDqkv->host(), g1), 0);
 }
 
 // cuDNN's fused attention (bf16 training) against the CPU on the same bf16-exact inputs: the errors are
@@ -447,48 +470,31 @@ void test_attention() {
 // graph), and as many KV heads as heads at d = 128 with 3 (padded to 4).
 void attention_cudnn_case(const std::string& tag, const vector<int64_t>& cu, int64_t Hq, int64_t Hkv, int64_t D,
                           bool required) {
-  const int64_t n = cu.back(), ld = (Hq + 2 * Hkv) * D + 8, ld_out = Hq * D;
-  vector<float> qkv = randn(size_t(n * ld), 63), dout = randn(size_t(n * ld_out), 64);
-  for (float& x : qkv) x = bf16_to_f32(f32_to_bf16(x));
-  for (float& x : dout) x = bf16_to_f32(f32_to_bf16(x));
-  vector<float> out(size_t(n * ld_out)), lse(size_t(Hq * n)), dqkv(size_t(n * ld), 0.0f);
-  const float scale = 1.0f / std::sqrt(float(D));
-  cpu::AttentionParams<float> p{qkv.data(), qkv.data() + Hq * D, qkv.data() + (Hq + Hkv) * D, ld, out.data(), ld_out,
-                                lse.data(), cu.data(), int64_t(cu.size()) - 1, n, Hq, Hkv, D, scale};
-  cpu::attention_forward(p);
-  cpu::attention_backward(p, cpu::AttentionGradParams<float>{dout.data(), dqkv.data(), dqkv.data() + Hq * D,
-                                                             dqkv.data() + (Hq + Hkv) * D, ld});
-  Dev<float> dQKV(qkv), dOut(out.size()), dLse(lse.size()), dDout(dout), dDqkv(vector<float>(dqkv.size(), 0.0f));
-  Dev<int64_t> dCu(cu);
-  const cuda::AttentionArgs a{dQKV.p, dQKV.p + Hq * D, dQKV.p + (Hq + Hkv) * D, ld, dOut.p, ld_out, dLse.p, dCu.p,
-                              int64_t(cu.size()) - 1, n, Hq, Hkv, D, scale};
+  const AttentionCase c(cu, Hq, Hkv, D, true, 63);
   const std::string t = "cudnn attention " + tag + ": ";
-  const bool fwd = cuda::cudnn_attention_forward(a, nullptr);
+  const bool fwd = cuda::cudnn_attention_forward(c.a, nullptr);
   std::printf("attention (cuDNN) %s: forward on %s\n", tag.c_str(), cuda::cudnn_attention_status());
   record(t + "forward ran on cuDNN where it is used (0: yes)", fwd || !required ? 0 : 1, 0);
   if (!fwd) return;
-  const vector<float> o1 = dOut.host(), l1 = dLse.host();
-  record(t + "forward (out)", rel_err(o1, out), 1e-2);
-  record(t + "forward (lse)", rel_err(l1, lse), 1e-4);
-  cuda::cudnn_attention_forward(a, nullptr);
-  record(t + "forward rerun (mismatched bits)", mismatches(dOut.host(), o1) + mismatches(dLse.host(), l1), 0);
-  float* dq = dDqkv.p;
-  float* dk = dDqkv.p + Hq * D;
-  float* dv = dDqkv.p + (Hq + Hkv) * D;
-  cuda::attention_backward(a, dDout.p, dq, dk, dv, ld, nullptr);  // the plain backward on cuDNN's forward
-  record(t + "plain backward on the cuDNN forward", rel_err(dDqkv.host(), dqkv), 2e-2);
-  const bool bwd = cuda::cudnn_attention_backward(a, dDout.p, dq, dk, dv, ld, nullptr);
+  const vector<float> o1 = c.dOut->host(), l1 = c.dLse->host();
+  record(t + "forward (out)", rel_err(o1, c.out), 1e-2);
+  record(t + "forward (lse)", rel_err(l1, c.lse), 1e-4);
+  cuda::cudnn_attention_forward(c.a, nullptr);
+  record(t + "forward rerun (mismatched bits)", mismatches(c.dOut->host(), o1) + mismatches(c.dLse->host(), l1), 0);
+  cuda::attention_backward(c.a, c.dDout->p, c.dq(), c.dk(), c.dv(), c.ld, nullptr);  // plain, on cuDNN's forward
+  record(t + "plain backward on the cuDNN forward", rel_err(c.dDqkv->host(), c.dqkv), 2e-2);
+  const bool bwd = cuda::cudnn_attention_backward(c.a, c.dDout->p, c.dq(), c.dk(), c.dv(), c.ld, nullptr);
   std::printf("attention (cuDNN) %s: backward on %s\n", tag.c_str(), cuda::cudnn_attention_status());
   record(t + "backward ran on cuDNN where it is used (0: yes)", bwd || !required ? 0 : 1, 0);
   if (!bwd) return;
-  const vector<float> g1 = dDqkv.host();
-  record(t + "backward (dq, dk, dv)", rel_err(g1, dqkv), 2e-2);
-  cuda::cudnn_attention_backward(a, dDout.p, dq, dk, dv, ld, nullptr);
-  record(t + "backward rerun (mismatched bits)", mismatches(dDqkv.host(), g1), 0);
+  const vector<float> g1 = c.dDqkv->host();
+  record(t + "backward (dq, dk, dv)", rel_err(g1, c.dqkv), 2e-2);
+  cuda::cudnn_attention_backward(c.a, c.dDout->p, c.dq(), c.dk(), c.dv(), c.ld, nullptr);
+  record(t + "backward rerun (mismatched bits)", mismatches(c.dDqkv->host(), g1), 0);
   // cuDNN's backward on the plain forward (fp32 out and lse).
-  cuda::attention_forward(a, nullptr);
-  cuda::cudnn_attention_backward(a, dDout.p, dq, dk, dv, ld, nullptr);
-  record(t + "backward on the plain forward", rel_err(dDqkv.host(), dqkv), 2e-2);
+  cuda::attention_forward(c.a, nullptr);
+  cuda::cudnn_attention_backward(c.a, c.dDout->p, c.dq(), c.dk(), c.dv(), c.ld, nullptr);
+  record(t + "backward on the plain forward", rel_err(c.dDqkv->host(), c.dqkv), 2e-2);
 }
 
 void test_attention_cudnn() {

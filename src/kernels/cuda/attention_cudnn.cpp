@@ -34,6 +34,7 @@
 #include <set>
 #include <string>
 #include <tuple>
+#include <unordered_map>
 #include <vector>
 
 #include <cudnn_frontend.h>
@@ -382,6 +383,52 @@ void execute(const Plan& p, cudnnHandle_t h, std::unordered_map<int64_t, void*>&
   MP_CHECK(e.is_good(), "cuDNN attention ", what, ": ", e.get_message());
 }
 
+// One call's packed bf16 copies (dout, dq, dk, dv: the backward's), statistics, offsets and workspace
+// (null when the plan needs none), all in the one buffer.
+struct Buffers {
+  uint16_t *q = nullptr, *k = nullptr, *v = nullptr, *o = nullptr;
+  uint16_t *dout = nullptr, *dq = nullptr, *dk = nullptr, *dv = nullptr;
+  float* stats = nullptr;
+  Offsets off{};
+  void* ws = nullptr;
+};
+
+// Lays the call's pieces out in two passes (sizes, then pointers into the grown buffer); false, before
+// any work is queued, when the device has no room for them.
+bool lay_out(State& st, const AttentionArgs& a, int64_t b, int64_t workspace, bool backward, Buffers& u) {
+  const size_t T = size_t(a.n_tokens), wq = size_t(a.n_heads * a.head_dim), wkv = size_t(a.n_kv_heads * a.head_dim);
+  Carve c;
+  void* base = nullptr;
+  for (int pass = 0; pass < 2; ++pass) {
+    if (pass == 1 && !(base = reserve(st, c.used()))) return false;
+    c.set_base(base);
+    u = Buffers{};
+    u.q = c.take<uint16_t>(T * wq), u.k = c.take<uint16_t>(T * wkv), u.v = c.take<uint16_t>(T * wkv);
+    u.o = c.take<uint16_t>(T * wq);
+    if (backward) {
+      u.dout = c.take<uint16_t>(T * wq), u.dq = c.take<uint16_t>(T * wq);
+      u.dk = c.take<uint16_t>(T * wkv), u.dv = c.take<uint16_t>(T * wkv);
+    }
+    u.stats = c.take<float>(T * size_t(a.n_heads));
+    u.off = take_offsets(c, b);
+    if (workspace > 0) u.ws = c.take<char>(size_t(workspace));
+  }
+  return true;
+}
+
+// What both graphs read: q, k, v rounded to bf16 and the ragged offsets, queued on the stream; the
+// variant pack's entries for them and for O and the statistics.
+std::unordered_map<int64_t, void*> shared_inputs(const AttentionArgs& a, int64_t b, const Buffers& u, void* stream) {
+  const int64_t T = a.n_tokens, wq = a.n_heads * a.head_dim, wkv = a.n_kv_heads * a.head_dim;
+  cast_f32_to_bf16_2d(u.q, a.q, a.ld_qkv, wq, T, stream);
+  cast_f32_to_bf16_2d(u.k, a.k, a.ld_qkv, wkv, T, stream);
+  cast_f32_to_bf16_2d(u.v, a.v, a.ld_qkv, wkv, T, stream);
+  ragged_offsets(a.cu_seqlens, a.n_seqs, b, wq, wkv, a.n_heads, u.off.seq, u.off.q, u.off.kv, u.off.stats, stream);
+  return {{kQ, u.q},           {kK, u.k},          {kV, u.v},        {kO, u.o},
+          {kStats, u.stats},   {kSeqQ, u.off.seq}, {kSeqKV, u.off.seq}, {kOffQ, u.off.q},
+          {kOffK, u.off.kv},   {kOffV, u.off.kv},  {kOffO, u.off.q}, {kOffStats, u.off.stats}};
+}
+
 }  // namespace
 
 bool cudnn_attention_built() { return true; }
@@ -401,34 +448,12 @@ bool cudnn_attention_forward(const AttentionArgs& a, void* stream) {
   cudnnHandle_t h = nullptr;
   int64_t b = 0;
   const Plan* p = plan_for(st, a, false, stream, &h, &b);
-  if (!p) return false;
-  const int64_t T = a.n_tokens, wq = a.n_heads * a.head_dim, wkv = a.n_kv_heads * a.head_dim;
-  // Two passes over the layout: sizes first, then the pointers into the buffer.
-  Carve c;
-  void* base = nullptr;
-  uint16_t *q = nullptr, *k = nullptr, *v = nullptr, *o = nullptr;
-  float* stats = nullptr;
-  Offsets off{};
-  void* ws = nullptr;
-  for (int pass = 0; pass < 2; ++pass) {
-    if (pass == 1 && !(base = reserve(st, c.used()))) return false;  // before any work is queued
-    c.set_base(base);
-    q = c.take<uint16_t>(size_t(T * wq)), k = c.take<uint16_t>(size_t(T * wkv)), v = c.take<uint16_t>(size_t(T * wkv));
-    o = c.take<uint16_t>(size_t(T * wq)), stats = c.take<float>(size_t(T * a.n_heads));
-    off = take_offsets(c, b);
-    ws = c.take<char>(size_t(p->workspace));
-  }
-  cast_f32_to_bf16_2d(q, a.q, a.ld_qkv, wq, T, stream);
-  cast_f32_to_bf16_2d(k, a.k, a.ld_qkv, wkv, T, stream);
-  cast_f32_to_bf16_2d(v, a.v, a.ld_qkv, wkv, T, stream);
-  ragged_offsets(a.cu_seqlens, a.n_seqs, b, wq, wkv, a.n_heads, off.seq, off.q, off.kv, off.stats, stream);
-  std::unordered_map<int64_t, void*> pack = {
-      {kQ, q},         {kK, k},         {kV, v},         {kO, o},         {kStats, stats},
-      {kSeqQ, off.seq}, {kSeqKV, off.seq}, {kOffQ, off.q}, {kOffK, off.kv}, {kOffV, off.kv},
-      {kOffO, off.q},  {kOffStats, off.stats}};
-  execute(*p, h, pack, p->workspace > 0 ? ws : nullptr, "forward");
-  cast_bf16_to_f32_2d(a.out, a.ld_out, o, wq, T, stream);
-  transpose_f32(a.lse, stats, T, a.n_heads, stream);  // [T, H] -> [H, T]
+  Buffers u;
+  if (!p || !lay_out(st, a, b, p->workspace, false, u)) return false;
+  std::unordered_map<int64_t, void*> pack = shared_inputs(a, b, u, stream);
+  execute(*p, h, pack, u.ws, "forward");
+  cast_bf16_to_f32_2d(a.out, a.ld_out, u.o, a.n_heads * a.head_dim, a.n_tokens, stream);
+  transpose_f32(a.lse, u.stats, a.n_tokens, a.n_heads, stream);  // [T, H] -> [H, T]
   return true;
 }
 
@@ -440,41 +465,19 @@ bool cudnn_attention_backward(const AttentionArgs& a, const float* dout, float* 
   cudnnHandle_t h = nullptr;
   int64_t b = 0;
   const Plan* p = plan_for(st, a, true, stream, &h, &b);
-  if (!p) return false;
+  Buffers u;
+  if (!p || !lay_out(st, a, b, p->workspace, true, u)) return false;
   const int64_t T = a.n_tokens, wq = a.n_heads * a.head_dim, wkv = a.n_kv_heads * a.head_dim;
-  Carve c;
-  void* base = nullptr;
-  uint16_t *q = nullptr, *k = nullptr, *v = nullptr, *o = nullptr, *g = nullptr, *gq = nullptr, *gk = nullptr,
-           *gv = nullptr;
-  float* stats = nullptr;
-  Offsets off{};
-  void* ws = nullptr;
-  for (int pass = 0; pass < 2; ++pass) {
-    if (pass == 1 && !(base = reserve(st, c.used()))) return false;  // before any work is queued
-    c.set_base(base);
-    q = c.take<uint16_t>(size_t(T * wq)), k = c.take<uint16_t>(size_t(T * wkv)), v = c.take<uint16_t>(size_t(T * wkv));
-    o = c.take<uint16_t>(size_t(T * wq)), g = c.take<uint16_t>(size_t(T * wq));
-    gq = c.take<uint16_t>(size_t(T * wq)), gk = c.take<uint16_t>(size_t(T * wkv)), gv = c.take<uint16_t>(size_t(T * wkv));
-    stats = c.take<float>(size_t(T * a.n_heads));
-    off = take_offsets(c, b);
-    ws = c.take<char>(size_t(p->workspace));
-  }
-  cast_f32_to_bf16_2d(q, a.q, a.ld_qkv, wq, T, stream);
-  cast_f32_to_bf16_2d(k, a.k, a.ld_qkv, wkv, T, stream);
-  cast_f32_to_bf16_2d(v, a.v, a.ld_qkv, wkv, T, stream);
-  cast_f32_to_bf16_2d(o, a.out, a.ld_out, wq, T, stream);
-  cast_f32_to_bf16_2d(g, dout, a.ld_out, wq, T, stream);
-  transpose_f32(stats, a.lse, a.n_heads, T, stream);  // [H, T] -> [T, H]
-  ragged_offsets(a.cu_seqlens, a.n_seqs, b, wq, wkv, a.n_heads, off.seq, off.q, off.kv, off.stats, stream);
-  std::unordered_map<int64_t, void*> pack = {
-      {kQ, q},           {kK, k},            {kV, v},           {kO, o},           {kDO, g},
-      {kStats, stats},   {kDQ, gq},          {kDK, gk},         {kDV, gv},         {kSeqQ, off.seq},
-      {kSeqKV, off.seq}, {kOffQ, off.q},     {kOffK, off.kv},   {kOffV, off.kv},   {kOffO, off.q},
-      {kOffDO, off.q},   {kOffStats, off.stats}, {kOffDQ, off.q}, {kOffDK, off.kv}, {kOffDV, off.kv}};
-  execute(*p, h, pack, p->workspace > 0 ? ws : nullptr, "backward");
-  cast_bf16_to_f32_2d(dq, ld_dqkv, gq, wq, T, stream);
-  cast_bf16_to_f32_2d(dk, ld_dqkv, gk, wkv, T, stream);
-  cast_bf16_to_f32_2d(dv, ld_dqkv, gv, wkv, T, stream);
+  std::unordered_map<int64_t, void*> pack = shared_inputs(a, b, u, stream);
+  cast_f32_to_bf16_2d(u.o, a.out, a.ld_out, wq, T, stream);
+  cast_f32_to_bf16_2d(u.dout, dout, a.ld_out, wq, T, stream);
+  transpose_f32(u.stats, a.lse, a.n_heads, T, stream);  // [H, T] -> [T, H]
+  pack.insert({{kDO, u.dout}, {kDQ, u.dq}, {kDK, u.dk}, {kDV, u.dv}, {kOffDO, u.off.q}, {kOffDQ, u.off.q},
+               {kOffDK, u.off.kv}, {kOffDV, u.off.kv}});
+  execute(*p, h, pack, u.ws, "backward");
+  cast_bf16_to_f32_2d(dq, ld_dqkv, u.dq, wq, T, stream);
+  cast_bf16_to_f32_2d(dk, ld_dqkv, u.dk, wkv, T, stream);
+  cast_bf16_to_f32_2d(dv, ld_dqkv, u.dv, wkv, T, stream);
   return true;
 }
 
