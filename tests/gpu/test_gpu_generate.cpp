@@ -214,15 +214,8 @@ void check_shape(const std::string& name, const LlamaConfig& c, Device gpu_devic
 }  // namespace
 
 int main(int argc, char** argv) {
-  harness = argc > 1 && std::string(argv[1]) == "--harness-on-cpu";
-  if (!harness && !cuda::device_available()) {
-    std::printf("test_gpu_generate: no CUDA device here: skipped (tools/gpu-check.sh runs it on a GPU)\n");
-    return 77;
-  }
-  if (harness)
-    std::printf("test_gpu_generate --harness-on-cpu: both sides on the CPU, every error must be 0\n\n");
-  else
-    std::printf("test_gpu_generate on %s: generation on CUDA vs on the CPU (fp32)\n\n", cuda::device_name());
+  if (const int rc = begin_gpu_test("test_gpu_generate", "generation on CUDA vs on the CPU (fp32)", argc, argv, harness))
+    return rc;
   int failed = 0;
   try {
     check_shape("tiny", gpu_shape("tiny"), harness ? Device::CPU : Device::CUDA);

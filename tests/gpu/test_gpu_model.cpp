@@ -207,15 +207,7 @@ double curve(Side& cpu, Side& gpu, const PackedBatch& b, const vector<float>& pa
 }  // namespace
 
 int main(int argc, char** argv) {
-  harness = argc > 1 && std::string(argv[1]) == "--harness-on-cpu";
-  if (!harness && !cuda::device_available()) {
-    std::printf("test_gpu_model: no CUDA device here: skipped (tools/gpu-check.sh runs it on a GPU)\n");
-    return 77;
-  }
-  if (harness)
-    std::printf("test_gpu_model --harness-on-cpu: both sides on the CPU, every error must be 0\n\n");
-  else
-    std::printf("test_gpu_model on %s: the model on CUDA vs on the CPU (fp32)\n\n", cuda::device_name());
+  if (const int rc = begin_gpu_test("test_gpu_model", "the model on CUDA vs on the CPU", argc, argv, harness)) return rc;
   void* blas = nullptr;
   if (!harness) {
     try {
