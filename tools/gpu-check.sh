@@ -26,13 +26,14 @@
 # is kept, `PART=bench` (3-4, about 5 minutes); `PART=cli` (5: no build, a few minutes) whenever
 # .gpu-runtime/ was carried. PART=all (the default) runs all three in one go.
 #   OUT=/some/dir PART=tests tools/gpu-check.sh
-#   ARCH=90 tools/gpu-check.sh        # the architectures to build for (default: 80;90)
+#   ARCH=90 tools/gpu-check.sh        # the architectures to build for (default: the GPU's own, which
+#                                     # halves the CUDA build on the device; 80;90 without a GPU)
 #   SANITIZE=1 tools/gpu-check.sh     # also compute-sanitizer memcheck on test_gpu_ops (tests part)
 #   BATCH=4 SEQ=2048 tools/gpu-check.sh  # the benchmark's sequences per step and their length
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-runs/gpu-check}
-ARCH=${ARCH:-80;90}
+ARCH=${ARCH:-}
 BUILD=${BUILD:-build-gpu}
 BATCH=${BATCH:-4}
 SEQ=${SEQ:-2048}
@@ -60,9 +61,12 @@ if command -v nvidia-smi >/dev/null && nvidia-smi -L >/dev/null 2>&1; then
   gpu=1
   nvidia-smi -L | tee -a "$OUT/summary.txt"
   nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.max.sm --format=csv | tee "$OUT/nvidia-smi.csv"
+  # The card's own architecture only ("9.0" -> 90): device time is scarce.
+  [ -n "$ARCH" ] || ARCH=$(nvidia-smi --query-gpu=compute_cap --format=csv,noheader 2>/dev/null | head -1 | tr -d ' .')
 else
   log "no GPU visible (nvidia-smi): a dry run, the GPU steps report skipped"
 fi
+case $ARCH in '' | *[!0-9\;]*) ARCH="80;90" ;; esac
 start=$SECONDS
 if [ "$PART" != cli ]; then
   log "building tests/gpu for sm ${ARCH} into $BUILD (part: $PART)"
