@@ -66,17 +66,13 @@ ShardedModel load_sharded_model(const HfModelReader& reader, const Topology& top
   });
 }
 
-namespace {
-
-bool stage_on_cpu() {
+bool moves_to_device(Device d) {
   const char* e = std::getenv("METAPO_STAGE_ON_CPU");
-  return e && std::string(e) == "1";
+  return d != Device::CPU || (e && std::string(e) == "1");
 }
 
-}  // namespace
-
 void place_on_device(ShardedModel& sm, Device d, const char* option, bool training) {
-  if (d == Device::CPU && (!stage_on_cpu() || sm.mp)) return;
+  if (!moves_to_device(d) || (d == Device::CPU && sm.mp)) return;
   MP_CHECK(!sm.mp, option, " ", device_name(d), ": one device per model replica for now (--tp 1 --pp 1)");
   sm.device = std::make_unique<ops::DeviceContext>(d);  // checks the build and the machine
   sm.model = std::make_unique<LlamaModel<float>>(sm.config, nullptr, PipeStage{}, sm.device->get());

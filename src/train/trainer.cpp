@@ -521,7 +521,8 @@ int run_dpo(const Topology& topo, const TrainConfig& cfg) {
   install_stop_handlers();  // from the start: a SIGUSR1 during the load stops the run after its first step
   validate(cfg.loss);
   check_batching(cfg, topo);
-  MP_CHECK(cfg.device == Device::CPU || cfg.weighting != Weighting::Metapo || cfg.meta.hypergrad == "ghost",
+  // The reference hypergradients read the host parameters, which on a device are not the master copy.
+  MP_CHECK(!moves_to_device(cfg.device) || cfg.weighting != Weighting::Metapo || cfg.meta.hypergrad == "ghost",
            "--hypergrad ", cfg.meta.hypergrad, " is not supported with the model on a device (--device ",
            device_name(cfg.device), "; use --hypergrad ghost)");
   const RunDirPlan plan = plan_run_dir(cfg, topo, "train");
@@ -582,11 +583,6 @@ int run_dpo(const Topology& topo, const TrainConfig& cfg) {
              " is not supported with --tp ", topo.tp, " (use --hypergrad ghost)");
     MP_CHECK(topo.pp == 1 || cfg.meta.hypergrad == "ghost", "--hypergrad ", cfg.meta.hypergrad,
              " is not supported with --pp ", topo.pp, " (use --hypergrad ghost)");
-    // The reference methods read the host parameters; on a device (METAPO_STAGE_ON_CPU's too) the master
-    // copy is the device's.
-    MP_CHECK(!on_device || cfg.meta.hypergrad == "ghost", "--hypergrad ", cfg.meta.hypergrad,
-             " is not supported with the model on a device (--device ", device_name(cfg.device),
-             "; use --hypergrad ghost)");
     int64_t max_id = 0;
     for (int64_t id : train.sample_id) max_id = std::max(max_id, id);
     // The pair statistics, the features and the weight net live on the last pipeline stage, where
@@ -648,18 +644,15 @@ int run_dpo(const Topology& topo, const TrainConfig& cfg) {
     const bool meta_step = use_meta && is_meta_step(cfg.meta, step);
     phase.reset();
     if (meta_step) run.phase("MetaPO validation gradient", step);
-    if (meta_step && run.opt_on_device) {
-      // ĝ computed, reduced and preconditioned on the device.
+    if (meta_step) {
+      // ĝ is reduced and preconditioned where the optimizer is. With the model on a device and the
+      // optimizer on the host, the validation backward writes the gradient's device copy (scratch
+      // until the training backward) and ĝ goes back to the device for the ghost products.
+      const bool staged = on_device && !run.opt_on_device;
       validation_gradient(model, pp, mparams, val, cfg.loss, cfg.meta.val_batch, cfg.micro(), cfg.seed, step,
-                          topo, opt, cfg.meta.precondition, ghat_dev.data());
-    } else if (meta_step) {
-      // With the model on a device and the optimizer on the host, the validation backward writes the
-      // gradient's device copy (scratch until the training backward) and ĝ, reduced on the host, goes
-      // back for the ghost products.
-      validation_gradient(model, pp, mparams, val, cfg.loss, cfg.meta.val_batch, cfg.micro(), cfg.seed, step,
-                          topo, opt, cfg.meta.precondition, ghat.data(), on_device ? mgrads : nullptr);
-      if (on_device)
-        ops::to_device(model.context(), ghat_dev.data(), ghat.data(), ghat_dev.size() * sizeof(float));
+                          topo, opt, cfg.meta.precondition, run.opt_on_device ? ghat_dev.data() : ghat.data(),
+                          staged ? mgrads : nullptr);
+      if (staged) ops::to_device(model.context(), ghat_dev.data(), ghat.data(), ghat_dev.size() * sizeof(float));
     }
     t_val = phase.seconds();
     phase.reset();

@@ -66,8 +66,8 @@ struct TrainConfig {
   double hang_timeout_s = -1;
   Recompute recompute = Recompute::None;  // --recompute: what each layer keeps for its backward
   Precision precision;                     // --precision: the model's storage precision (fp32, bf16)
-  // --device: where the model runs (forward, backward, the reference log-probs); the fp32 master
-  // parameters, ZeRO-1 AdamW and the checkpoints stay on the host (ShardedModel::params_to_device).
+  // --device: where the model runs (forward, backward, the reference log-probs); with one
+  // data-parallel rank ZeRO-1 AdamW too, else it stays on the host (ShardedModel, train/zero.h).
   Device device = Device::CPU;
   std::string command_line;  // recorded in RUN/run.json
 

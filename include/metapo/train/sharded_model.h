@@ -35,14 +35,14 @@ struct ShardedModel {
   const float* model_params() const { return device ? device_params.data() : params.data(); }
   // Where the model's backward writes the gradient: the device copy, or the caller's host buffer.
   float* model_grads(float* host) { return device ? device_grads.data() : host; }
-  // Training on a device keeps the fp32 master parameters, the optimizer (ZeRO-1 AdamW) and the
-  // checkpoints on the host, as on the CPU; the model runs on the device. After params changed (an
-  // optimizer step, a checkpoint load) params_to_device copies them there; after a backward
-  // grads_to_host copies the gradient [0, layout total) into host. Both do nothing on the CPU.
+  // Where the optimizer runs on the host (several data-parallel ranks: ZeRO-1 over MPI), params is the
+  // master: after it changed (an optimizer step, a checkpoint load) params_to_device copies it to the
+  // device, and after a backward grads_to_host copies the gradient [0, layout total) into host.
+  // Where the optimizer runs on the device too (train/zero.h place_on_device), the device copy is the
+  // master and params_to_host refreshes params before a checkpoint or the final model is written.
+  // All three do nothing on the CPU.
   void params_to_device();
   void grads_to_host(float* host);
-  // The device copy into params, where the device copy is the master (the optimizer runs on the
-  // device: train/zero.h place_on_device): before a checkpoint or the final model is written.
   void params_to_host();
 };
 
@@ -57,6 +57,9 @@ struct ShardedModel {
 // of the parameters reaches the copy the model reads and every gradient comes back (the run must be
 // bit-identical to the unstaged one).
 void place_on_device(ShardedModel& sm, Device d, const char* option = "--device", bool training = false);
+// Whether place_on_device moves a whole model (tp = pp = 1) for d: any device but the CPU, and the CPU
+// too under METAPO_STAGE_ON_CPU=1.
+bool moves_to_device(Device d);
 // `full` is consumed (moved from when tp == pp == 1, released otherwise) so a rank does not keep both.
 ShardedModel shard_model(const LlamaConfig& c, std::vector<float>&& full, const Topology& topo,
                          const std::vector<int64_t>& pp_layers = {});
