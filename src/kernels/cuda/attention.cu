@@ -43,25 +43,9 @@ __global__ void forward_kernel(AttentionArgs a) {
   const int64_t s0 = a.cu_seqlens[sequence_of(a.cu_seqlens, a.n_seqs, t)], nk = t - s0 + 1;
   for (int64_t d = threadIdx.x; d < D; d += kThreads) qs[d] = a.q[t * a.ld_qkv + h * D + d];
   __syncthreads();
-  const int64_t warp = threadIdx.x / 32, lane = threadIdx.x % 32;
-  float m = -INFINITY;
-  for (int64_t j = warp; j < nk; j += kWarps) {
-    const float sj = a.scale * warp_dot(qs, a.k + (s0 + j) * a.ld_qkv + kvh * D, D);
-    if (lane == 0) S[j] = sj;
-    m = fmaxf(m, sj);
-  }
-  const float mx = block_max(m, red);  // its barriers also publish S
-  float s = 0;
-  for (int64_t j = threadIdx.x; j < nk; j += kThreads) s += (S[j] = expf(S[j] - mx));
-  const float sum = block_sum(s, red);  // its barriers also publish S
-  const float inv = 1.0f / sum;
-  for (int64_t d = threadIdx.x; d < D; d += kThreads) {
-    const float* v = a.v + s0 * a.ld_qkv + kvh * D + d;
-    float acc = 0;
-    for (int64_t j = 0; j < nk; ++j) acc += S[j] * v[j * a.ld_qkv];
-    a.out[t * a.ld_out + h * D + d] = acc * inv;
-  }
-  if (threadIdx.x == 0) a.lse[h * a.n_tokens + t] = mx + logf(sum);
+  const float lse = attend_row(qs, a.k + s0 * a.ld_qkv + kvh * D, a.v + s0 * a.ld_qkv + kvh * D, a.ld_qkv, nk, D,
+                               a.scale, S, red, a.out + t * a.ld_out + h * D);
+  if (threadIdx.x == 0) a.lse[h * a.n_tokens + t] = lse;
 }
 
 // delta[h, t] = ⟨dout_t, out_t⟩ over head h.

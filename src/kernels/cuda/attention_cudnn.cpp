@@ -189,21 +189,33 @@ std::shared_ptr<fe::graph::Graph> new_graph(const Shape& s) {
   return g;
 }
 
+struct Qkv {
+  TensorPtr q, k, v;
+};
+
+Qkv qkv_inputs(fe::graph::Graph& g, const Shape& s) {
+  return {thd_input(g, "Q", kQ, s, s.hq, index_tensor(g, "off_q", kOffQ, s.b + 1)),
+          thd_input(g, "K", kK, s, s.hkv, index_tensor(g, "off_k", kOffK, s.b + 1)),
+          thd_input(g, "V", kV, s, s.hkv, index_tensor(g, "off_v", kOffV, s.b + 1))};
+}
+
+// What both passes' options say: the causal mask (top-left diagonal, right bound 0), the scale, and
+// the sequence lengths as a padding mask.
+template <typename Attributes>
+Attributes& masked(Attributes& opt, fe::graph::Graph& g, const Shape& s, float scale) {
+  return opt.set_diagonal_alignment(fe::DiagonalAlignment_t::TOP_LEFT)
+      .set_diagonal_band_right_bound(0)
+      .set_attn_scale(scale)
+      .set_padding_mask(true)
+      .set_seq_len_q(index_tensor(g, "seq_q", kSeqQ, s.b))
+      .set_seq_len_kv(index_tensor(g, "seq_kv", kSeqKV, s.b));
+}
+
 std::shared_ptr<fe::graph::Graph> forward_graph(const Shape& s, float scale) {
   auto g = new_graph(s);
-  const TensorPtr q = thd_input(*g, "Q", kQ, s, s.hq, index_tensor(*g, "off_q", kOffQ, s.b + 1));
-  const TensorPtr k = thd_input(*g, "K", kK, s, s.hkv, index_tensor(*g, "off_k", kOffK, s.b + 1));
-  const TensorPtr v = thd_input(*g, "V", kV, s, s.hkv, index_tensor(*g, "off_v", kOffV, s.b + 1));
-  auto opt = fe::graph::SDPA_attributes()
-                 .set_name("sdpa")
-                 .set_generate_stats(true)
-                 .set_diagonal_alignment(fe::DiagonalAlignment_t::TOP_LEFT)  // causal
-                 .set_diagonal_band_right_bound(0)
-                 .set_attn_scale(scale)
-                 .set_padding_mask(true)
-                 .set_seq_len_q(index_tensor(*g, "seq_q", kSeqQ, s.b))
-                 .set_seq_len_kv(index_tensor(*g, "seq_kv", kSeqKV, s.b));
-  auto [o, stats] = g->sdpa(q, k, v, opt);
+  const Qkv in = qkv_inputs(*g, s);
+  auto opt = fe::graph::SDPA_attributes().set_name("sdpa").set_generate_stats(true);
+  auto [o, stats] = g->sdpa(in.q, in.k, in.v, masked(opt, *g, s, scale));
   thd(o->set_output(true).set_uid(kO), s, s.hq, index_tensor(*g, "off_o", kOffO, s.b + 1));
   stats_layout(stats->set_output(true).set_uid(kStats), s, index_tensor(*g, "off_stats", kOffStats, s.b + 1));
   return g;
@@ -211,24 +223,14 @@ std::shared_ptr<fe::graph::Graph> forward_graph(const Shape& s, float scale) {
 
 std::shared_ptr<fe::graph::Graph> backward_graph(const Shape& s, float scale) {
   auto g = new_graph(s);
-  const TensorPtr q = thd_input(*g, "Q", kQ, s, s.hq, index_tensor(*g, "off_q", kOffQ, s.b + 1));
-  const TensorPtr k = thd_input(*g, "K", kK, s, s.hkv, index_tensor(*g, "off_k", kOffK, s.b + 1));
-  const TensorPtr v = thd_input(*g, "V", kV, s, s.hkv, index_tensor(*g, "off_v", kOffV, s.b + 1));
+  const Qkv in = qkv_inputs(*g, s);
   const TensorPtr o = thd_input(*g, "O", kO, s, s.hq, index_tensor(*g, "off_o", kOffO, s.b + 1));
   const TensorPtr dout = thd_input(*g, "dO", kDO, s, s.hq, index_tensor(*g, "off_do", kOffDO, s.b + 1));
   fe::graph::Tensor_attributes st;
   st.set_name("Stats").set_uid(kStats);
   const TensorPtr stats = g->tensor(stats_layout(st, s, index_tensor(*g, "off_stats", kOffStats, s.b + 1)));
-  auto opt = fe::graph::SDPA_backward_attributes()
-                 .set_name("sdpa_backward")
-                 .set_diagonal_alignment(fe::DiagonalAlignment_t::TOP_LEFT)  // causal
-                 .set_diagonal_band_right_bound(0)
-                 .set_attn_scale(scale)
-                 .set_padding_mask(true)
-                 .set_seq_len_q(index_tensor(*g, "seq_q", kSeqQ, s.b))
-                 .set_seq_len_kv(index_tensor(*g, "seq_kv", kSeqKV, s.b))
-                 .set_deterministic_algorithm(true);
-  auto [dq, dk, dv] = g->sdpa_backward(q, k, v, o, dout, stats, opt);
+  auto opt = fe::graph::SDPA_backward_attributes().set_name("sdpa_backward").set_deterministic_algorithm(true);
+  auto [dq, dk, dv] = g->sdpa_backward(in.q, in.k, in.v, o, dout, stats, masked(opt, *g, s, scale));
   thd(dq->set_output(true).set_uid(kDQ), s, s.hq, index_tensor(*g, "off_dq", kOffDQ, s.b + 1));
   thd(dk->set_output(true).set_uid(kDK), s, s.hkv, index_tensor(*g, "off_dk", kOffDK, s.b + 1));
   thd(dv->set_output(true).set_uid(kDV), s, s.hkv, index_tensor(*g, "off_dv", kOffDV, s.b + 1));

@@ -65,6 +65,32 @@ __device__ inline float warp_dot(const float* a, const float* b, int64_t D) {
   return s;
 }
 
+// One query row's attention by the whole block (blockDim.x a power of two): the scaled scores of qs
+// (shared, [D]) against nk keys K + j ld, one warp's dot each, into S (shared, [nk]); softmax with the
+// block's fixed trees; out[d] = Σ_j p_j V[j ld + d] / Σ_j p_j, one thread per d, keys in order. red:
+// blockDim.x floats of shared memory. Returns the row's log-sum-exp of the scaled scores.
+__device__ inline float attend_row(const float* qs, const float* K, const float* V, int64_t ld, int64_t nk, int64_t D,
+                                   float scale, float* S, float* red, float* out) {
+  const int64_t warp = threadIdx.x / 32, lane = threadIdx.x % 32, warps = blockDim.x / 32;
+  float m = -INFINITY;
+  for (int64_t j = warp; j < nk; j += warps) {
+    const float sj = scale * warp_dot(qs, K + j * ld, D);
+    if (lane == 0) S[j] = sj;
+    m = fmaxf(m, sj);
+  }
+  const float mx = block_max(m, red);  // its barriers also publish S
+  float s = 0;
+  for (int64_t j = threadIdx.x; j < nk; j += blockDim.x) s += (S[j] = expf(S[j] - mx));
+  const float sum = block_sum(s, red);  // its barriers also publish S
+  const float inv = 1.0f / sum;
+  for (int64_t d = threadIdx.x; d < D; d += blockDim.x) {
+    float acc = 0;
+    for (int64_t j = 0; j < nk; ++j) acc += S[j] * V[j * ld + d];
+    out[d] = acc * inv;
+  }
+  return mx + logf(sum);
+}
+
 // Opts the kernel in to `bytes` of dynamic shared memory (past the default 48 KiB), or fails naming the
 // sequence length L whose rows the shared memory holds.
 template <typename K>

@@ -50,12 +50,10 @@ __global__ void linear_rows_kernel(float* Y, const float* X, const float* W, con
 // ---- decode_attention ----
 
 constexpr int kAttThreads = 128;
-constexpr int kAttWarps = kAttThreads / 32;
 
 // Block (i, h): query row i, head h, over its n_keys[i] cached keys and values (max_keys at most: the
-// shared memory holds that many scores). Scores one warp per key (warp_dot), softmax with the block's
-// fixed trees, out = Σ_j p_j v_j / Σ_j p_j with one thread per d and keys in order: the same
-// arithmetic as attention_forward's block for one query row.
+// shared memory holds that many scores): attend_row (common.cuh), the arithmetic of attention_forward's
+// block for one query row.
 __global__ void decode_attention_kernel(DecodeAttentionArgs a, int64_t max_keys) {
   extern __shared__ float smem[];
   float* red = smem;                // [kAttThreads]
@@ -71,25 +69,7 @@ __global__ void decode_attention_kernel(DecodeAttentionArgs a, int64_t max_keys)
   }
   for (int64_t d = threadIdx.x; d < D; d += kAttThreads) qs[d] = a.q[i * a.ld_q + h * D + d];
   __syncthreads();
-  const float* K = a.k[i] + g * D;  // key j at K + j ld_kv
-  const float* V = a.v[i] + g * D;
-  const int64_t warp = threadIdx.x / 32, lane = threadIdx.x % 32;
-  float m = -INFINITY;
-  for (int64_t j = warp; j < nk; j += kAttWarps) {
-    const float sj = a.scale * warp_dot(qs, K + j * a.ld_kv, D);
-    if (lane == 0) S[j] = sj;
-    m = fmaxf(m, sj);
-  }
-  const float mx = block_max(m, red);  // its barriers also publish S
-  float s = 0;
-  for (int64_t j = threadIdx.x; j < nk; j += kAttThreads) s += (S[j] = expf(S[j] - mx));
-  const float sum = block_sum(s, red);  // its barriers also publish S
-  const float inv = 1.0f / sum;
-  for (int64_t d = threadIdx.x; d < D; d += kAttThreads) {
-    float acc = 0;
-    for (int64_t j = 0; j < nk; ++j) acc += S[j] * V[j * a.ld_kv + d];
-    o[d] = acc * inv;
-  }
+  attend_row(qs, a.k[i] + g * D, a.v[i] + g * D, a.ld_kv, nk, D, a.scale, S, red, o);  // key j at + j ld_kv
 }
 
 // The largest n_keys: the caller's, or from a host copy (which waits for the stream).
