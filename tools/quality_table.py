@@ -12,6 +12,11 @@ the acceptance checks of MetaPO against uniform DPO and the oracle, one line per
   least 60% of the oracle's gain; and a weight AUC ≥ 0.85;
 - 40% flips at 1 epoch: MetaPO ≥ uniform.
 
+With --paired, each check also gets its margin seed by seed (MetaPO and uniform of one seed share the
+SFT model and the data; e.g. metapo − 0.4·uniform − 0.6·oracle for the 60% rule) and the standard error
+of that margin's mean over the seeds: a check whose margin is within about two standard errors of 0
+is not resolved by that many seeds.
+
 Standard library only, so it runs where the benchmark runs.
 """
 import argparse
@@ -38,6 +43,8 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("results", help="results.jsonl of tools/bench-quality.sh")
     ap.add_argument("--meta-args", default="", help="the MetaPO options of the runs (for the caption)")
+    ap.add_argument("--paired", action="store_true",
+                    help="add each check's per-seed margin: its mean ± standard error over the seeds")
     a = ap.parse_args()
     rows = []
     for n, line in enumerate(open(a.results), 1):
@@ -98,6 +105,20 @@ def main():
     pref = lambda r: r["eval"]["pref_acc"]
     ans = lambda r: r["gen"]["answer_accuracy"]
     auc = lambda r: (r.get("analyze") or {}).get("quality_auc")
+
+    def paired(c, f, terms, bar):
+        # The check's margin seed by seed: Σ coef·f(method's run of that seed) − bar, over the seeds that
+        # every method of terms has; "mean ± standard error (n seeds)".
+        per = {}
+        for method, coef in terms:
+            for r in by.get(c + (method,), []):
+                v = f(r)
+                if v is not None:
+                    per.setdefault(r["seed"], {})[method] = coef * v
+        d = [sum(v.values()) - bar for v in per.values() if len(v) == len(terms)]
+        if len(d) < 2:
+            return "—"
+        return f"{statistics.mean(d):+.3f} ± {statistics.stdev(d) / len(d) ** 0.5:.3f} ({len(d)})"
     checks = []
     for c in cells:
         mp, up = m_of(c, "metapo", pref), m_of(c, "uniform", pref)
@@ -107,27 +128,35 @@ def main():
         label = f"{c[0]} epoch(s), {c[1]}, SFT {c[2]}, {c[3]:.0%} flipped"
         if c[0] == 1:
             if c[3] >= 0.4 - 1e-9:
-                checks.append((label, "pref ≥ uniform", mp - up, mp >= up, f"{mp:.3f} vs {up:.3f}"))
+                checks.append((label, "pref ≥ uniform", mp - up, mp >= up, f"{mp:.3f} vs {up:.3f}",
+                               paired(c, pref, [("metapo", 1), ("uniform", -1)], 0)))
             continue
-        checks.append((label, "pref ≥ uniform − 1 pt", mp - up, mp >= up - 0.01, f"{mp:.3f} vs {up:.3f}"))
-        checks.append((label, "answer ≥ uniform − 2 pts", ma - ua, ma >= ua - 0.02, f"{ma:.3f} vs {ua:.3f}"))
+        checks.append((label, "pref ≥ uniform − 1 pt", mp - up, mp >= up - 0.01, f"{mp:.3f} vs {up:.3f}",
+                       paired(c, pref, [("metapo", 1), ("uniform", -1)], -0.01)))
+        checks.append((label, "answer ≥ uniform − 2 pts", ma - ua, ma >= ua - 0.02, f"{ma:.3f} vs {ua:.3f}",
+                       paired(c, ans, [("metapo", 1), ("uniform", -1)], -0.02)))
         if abs(c[3] - 0.4) < 1e-9:
             op = m_of(c, "oracle", pref)
             if op is not None and op - up < 0.08:
                 need = 0.6 * (op - up)
                 checks.append((label, f"pref gain ≥ 60% of the oracle's ({op - up:+.3f})", mp - up,
-                               mp - up >= need, f"{mp:.3f} vs {up:.3f}, need {need:+.3f}"))
+                               mp - up >= need, f"{mp:.3f} vs {up:.3f}, need {need:+.3f}",
+                               paired(c, pref, [("metapo", 1), ("uniform", -0.4), ("oracle", -0.6)], 0)))
             else:
-                checks.append((label, "pref ≥ uniform + 5 pts", mp - up, mp >= up + 0.05, f"{mp:.3f} vs {up:.3f}"))
+                checks.append((label, "pref ≥ uniform + 5 pts", mp - up, mp >= up + 0.05, f"{mp:.3f} vs {up:.3f}",
+                               paired(c, pref, [("metapo", 1), ("uniform", -1)], 0.05)))
             au = m_of(c, "metapo", auc)
             if au is not None:
-                checks.append((label, "weight AUC ≥ 0.85", au - 0.85, au >= 0.85, f"{au:.3f}"))
+                checks.append((label, "weight AUC ≥ 0.85", au - 0.85, au >= 0.85, f"{au:.3f}",
+                               paired(c, auc, [("metapo", 1)], 0.85)))
     if checks:
         print("\nChecks (MetaPO against uniform DPO and the oracle, means over seeds):\n")
-        print("| cell | check | difference | holds | values |")
-        print("| --- | --- | --- | --- | --- |")
-        for label, what, diff, ok, vals in checks:
-            print(f"| {label} | {what} | {diff:+.3f} | {'yes' if ok else '**no**'} | {vals} |")
+        extra = " margin per seed (mean ± s.e., seeds) |" if a.paired else ""
+        print("| cell | check | difference | holds | values |" + extra)
+        print("| --- | --- | --- | --- | --- |" + (" --- |" if a.paired else ""))
+        for label, what, diff, ok, vals, margin in checks:
+            print(f"| {label} | {what} | {diff:+.3f} | {'yes' if ok else '**no**'} | {vals} |"
+                  + (f" {margin} |" if a.paired else ""))
         bad = sum(1 for x in checks if not x[3])
         print(f"\n{len(checks) - bad} of {len(checks)} checks hold.")
 

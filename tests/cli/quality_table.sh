@@ -1,0 +1,61 @@
+#!/usr/bin/env bash
+# tools/quality_table.py on a made-up results.jsonl (one cell at 40% flips, seeds 1-3 for uniform,
+# MetaPO and the oracle, plus a MetaPO run of seed 4 with no uniform run to pair it with): the checks
+# table, and with --paired each check's per-seed margin (mean ± standard error over the paired seeds),
+# against the same figures computed here with awk. A malformed line fails with one error line.
+source "$(dirname "$0")/common.sh"
+TABLE="$SRC/tools/quality_table.py"
+line() {  # method seed pref auc
+  local an=null
+  [ "$4" = - ] || an="{\"quality_auc\": $4}"
+  echo "{\"task\": \"sort\", \"sft_epochs\": 3, \"seed\": $2, \"flip\": 0.4, \"epochs\": 3, \"method\": \"$1\"," \
+       "\"ess\": 32.0, \"batch\": 32, \"eval\": {\"pref_acc\": $3}, \"gen\": {\"answer_accuracy\": 0.5}, \"analyze\": $an}"
+}
+{
+  line uniform 1 0.80 -; line uniform 2 0.82 -; line uniform 3 0.84 -
+  line oracle 1 0.89 -;  line oracle 2 0.89 -;  line oracle 3 0.89 -
+  line metapo 1 0.86 0.90; line metapo 2 0.87 0.88; line metapo 3 0.91 0.86
+} > paired.jsonl
+# Seed 4 of MetaPO has no uniform run to pair with: it enters the means and the weight AUC's margin
+# (MetaPO's alone), not the paired margins. Its figures are the mean of seeds 1-3, so the means, and
+# with them the checks, stay as without it.
+{ cat paired.jsonl; line metapo 4 0.88 0.88; } > results.jsonl
+
+python3 "$TABLE" results.jsonl > plain.md || fail "quality_table.py failed"
+grep -q "margin per seed" plain.md && fail "the margin column appears without --paired"
+python3 "$TABLE" --paired results.jsonl > paired.md || fail "quality_table.py --paired failed"
+cat paired.md
+
+# mean ± standard error of "a b c" (one value per seed), as the table prints it.
+mse() { echo "$1" | awk '{ n = NF; s = 0; for (i = 1; i <= n; i++) s += $i; m = s / n; v = 0;
+  for (i = 1; i <= n; i++) v += ($i - m) ^ 2; printf "%+.3f ± %.3f (%d)", m, sqrt(v / (n - 1) / n), n }'; }
+# Per seed: pref. accuracy m (MetaPO), u (uniform), o (oracle); AUC a.
+m=(0.86 0.87 0.91); u=(0.80 0.82 0.84); o=(0.89 0.89 0.89); a=(0.90 0.88 0.86)
+pref="" sixty="" auc="" ans=""
+for i in 0 1 2; do
+  pref+=" $(awk -v m="${m[$i]}" -v u="${u[$i]}" 'BEGIN { print m - u + 0.01 }')"
+  sixty+=" $(awk -v m="${m[$i]}" -v u="${u[$i]}" -v o="${o[$i]}" 'BEGIN { print (m - u) - 0.6 * (o - u) }')"
+  auc+=" $(awk -v a="${a[$i]}" 'BEGIN { print a - 0.85 }')"
+  ans+=" 0.02"
+done
+expect() {  # check-name substring, expected margin
+  local row; row=$(grep -F "| $1" paired.md) || fail "no check '$1' in the table"
+  echo "$row" | grep -qF "| $2 |" || fail "check '$1': expected margin '$2', got: $row"
+  echo "ok: $1: $2"
+}
+expect "pref ≥ uniform − 1 pt" "$(mse "$pref")"
+expect "answer ≥ uniform − 2 pts" "$(mse "$ans")"
+expect "pref gain ≥ 60% of the oracle's" "$(mse "$sixty")"
+expect "weight AUC ≥ 0.85" "$(mse "$auc $(awk 'BEGIN { print 0.88 - 0.85 }')")"
+# The unpaired columns are the same with and without --paired.
+diff <(grep "^| 3 epoch" plain.md | cut -d'|' -f1-6) <(grep "^| 3 epoch" paired.md | cut -d'|' -f1-6) ||
+  fail "--paired changed the checks"
+
+echo '{"task": ' > bad.jsonl
+rc=0
+python3 "$TABLE" --paired bad.jsonl > out.txt 2> err.txt || rc=$?
+[ "$rc" -ne 0 ] || fail "a malformed line was accepted"
+[ "$(wc -l < err.txt)" -eq 1 ] && grep -q "bad.jsonl:1: not a JSON line" err.txt ||
+  { cat err.txt; fail "no single error line naming bad.jsonl:1"; }
+echo "ok: $(cat err.txt)"
+echo PASS
