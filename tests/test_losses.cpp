@@ -166,7 +166,59 @@ TEST_P(Losses, RewardsAreTrls) {
   }
 }
 
+// ---------- weights as label confidences (MetaPO --meta-apply confidence) ----------
+// ℓ(u) = (1+u)/2 ℓ + (1−u)/2 ℓ_swapped, built here from the pair with chosen and rejected swapped by
+// hand; its gradient and ∂²ℓ/∂u∂policy against central differences (same step and bar as above).
+TEST_P(Losses, ConfidenceMixesThePairWithItsSwappedSelf) {
+  const LossConfig c = typical_config(GetParam());
+  double worst_value = 0, worst_grad = 0, worst_du = 0;
+  Philox r(5, 1, 2, 3);
+  for (PairLogps p : random_pairs(16, 13)) {
+    const double u = r.next_u32() / 4294967296.0;
+    const double x = c.beta * ((p.policy_chosen - p.ref_chosen) - (p.policy_rejected - p.ref_rejected));
+    if (c.type == LossType::Hinge && std::abs(std::abs(x) - 1.0) < 1e-3) continue;  // either kink
+    const PairLogps sw{p.policy_rejected, p.policy_chosen, p.ref_rejected, p.ref_chosen, p.len_rejected, p.len_chosen};
+    const ConfidencePairLoss cl = confidence_pair_loss(c, p, u);
+    const double want = 0.5 * (1 + u) * pair_loss(c, p).loss + 0.5 * (1 - u) * pair_loss(c, sw).loss;
+    worst_value = std::max(worst_value, std::abs(cl.mixed.loss - want) / (std::abs(want) + 1.0));
+    EXPECT_EQ(cl.mixed.margin, pair_loss(c, p).margin);
+    vector<double> v = {p.policy_chosen, p.policy_rejected};
+    auto at = [&](double uu) {
+      return [&, uu] {
+        PairLogps q = p;
+        q.policy_chosen = v[0], q.policy_rejected = v[1];
+        return confidence_pair_loss(c, q, uu).mixed.loss;
+      };
+    };
+    const vector<double> fd = fd_grad(v, at(u), std::ldexp(1.0, -14));
+    worst_grad = std::max(worst_grad, rel_max_err(vector<double>{cl.mixed.d_policy_chosen, cl.mixed.d_policy_rejected}, fd));
+    // ℓ is linear in u, so ∂²ℓ/∂u∂policy = ∇ℓ(1) − ∇ℓ(0).
+    const vector<double> f1 = fd_grad(v, at(1.0), std::ldexp(1.0, -14)), f0 = fd_grad(v, at(0.0), std::ldexp(1.0, -14));
+    worst_du = std::max(worst_du, rel_max_err(vector<double>{cl.du_chosen, cl.du_rejected},
+                                              vector<double>{f1[0] - f0[0], f1[1] - f0[1]}));
+  }
+  EXPECT_ERR_LT(worst_value, 1e-12, errname("confidence loss vs its definition"));
+  EXPECT_ERR_LT(worst_grad, 1e-7, errname("confidence grad vs FD"));
+  EXPECT_ERR_LT(worst_du, 1e-7, errname("confidence d/du grad vs FD"));
+}
+
 INSTANTIATE_TEST_SUITE_P(All, Losses, ::testing::ValuesIn(all_losses()), param_name);
+
+// For the sigmoid loss, confidence u is cdpo with label smoothing ε = (1−u)/2: u = 0 has no
+// preference (the loss is smallest at margin 0), u = 1 is DPO.
+TEST(Losses, SigmoidConfidenceIsCdpo) {
+  LossConfig dpo, cdpo;
+  cdpo.type = LossType::Cdpo;
+  for (const PairLogps& p : random_pairs(8, 17))
+    for (double u : {0.0, 0.3, 0.9, 1.0}) {
+      cdpo.label_smoothing = 0.5 * (1 - u);
+      const ConfidencePairLoss cl = confidence_pair_loss(dpo, p, u);
+      const PairLossResult want = pair_loss(u == 1.0 ? dpo : cdpo, p);
+      EXPECT_NEAR(cl.mixed.loss, want.loss, 1e-12 * (1 + std::abs(want.loss)));
+      EXPECT_NEAR(cl.mixed.d_policy_chosen, want.d_policy_chosen, 1e-12);
+      EXPECT_NEAR(cl.mixed.d_policy_rejected, want.d_policy_rejected, 1e-12);
+    }
+}
 
 // Saturated sigmoids stay finite (the stable forms), where naive formulas would give inf or NaN.
 TEST(Losses, ExtremeMarginsStayFinite) {

@@ -224,6 +224,41 @@ TEST(Trainer, HypergradientMethodsAgree) {
   EXPECT_ERR_LT(rel_max_err(fd, exact), 1e-6, errname("fd vs exact"));
 }
 
+// With weights as label confidences (--meta-apply confidence) the alignment is that of ∂ℓ(u)/∂u. The
+// ghost path divides each sequence's dot by its own coefficient, which depends on u; exact and fd do
+// not. Weights from 0 to 1, and a second loss (ipo) whose swapped form is not cdpo's.
+TEST(Trainer, ConfidenceHypergradientMethodsAgree) {
+  const LlamaConfig c = tiny();
+  const PairSplit s = tiny_pairs();
+  for (LossType type : {LossType::Sigmoid, LossType::Ipo}) {
+    LossConfig loss;
+    loss.type = type, loss.beta = 0.5, loss.weights_as_confidence = true;
+    LlamaModel<double> model(c);
+    const vector<double> p = rich_params(c);
+    const vector<double> ghat = randn<double>(p.size(), 23);
+    const vector<int64_t> all = {0, 1, 2};
+    const WeightFn spread = [](const vector<PairLogps>& in, const vector<PairLossResult>&) {
+      vector<double> w;
+      for (size_t k = 0; k < in.size(); ++k) w.push_back(double(k) / 2.0);  // 0, ½, 1
+      return w;
+    };
+    vector<double> g(p.size()), scratch(p.size());
+    const vector<double> ghost =
+        pair_micro_step<double>(model, p.data(), g.data(), false, s, all, loss, spread, 1.0, ghat.data()).align;
+    const vector<double> exact =
+        pair_alignments_exact<double>(model, p.data(), scratch.data(), p.size(), s, all, loss, ghat.data());
+    const vector<double> fd =
+        pair_alignments_fd<double>(model, p.data(), scratch.data(), p.size(), s, all, loss, ghat.data(), 1e-6);
+    EXPECT_ERR_LT(rel_max_err(ghost, exact), 1e-10, errname("ghost vs exact, ") + loss_name(type));
+    EXPECT_ERR_LT(rel_max_err(fd, exact), 1e-6, errname("fd vs exact, ") + loss_name(type));
+    // Not the base loss's alignments (which the same pairs give without the flag).
+    loss.weights_as_confidence = false;
+    const vector<double> base =
+        pair_alignments_exact<double>(model, p.data(), scratch.data(), p.size(), s, all, loss, ghat.data());
+    EXPECT_GT(rel_max_err(base, exact), 1e-3);
+  }
+}
+
 }  // namespace
 
 namespace {

@@ -264,6 +264,22 @@ PairLossResult pair_loss(const LossConfig& cfg, const PairLogps& p) {
   return r;
 }
 
+ConfidencePairLoss confidence_pair_loss(const LossConfig& cfg, const PairLogps& p, double u) {
+  const PairLogps sw{p.policy_rejected, p.policy_chosen, p.ref_rejected, p.ref_chosen, p.len_rejected, p.len_chosen};
+  const PairLossResult r = pair_loss(cfg, p), q = pair_loss(cfg, sw);
+  // The swapped pair's chosen response is this pair's rejected one.
+  const double qc = q.d_policy_rejected, qr = q.d_policy_chosen;
+  const double hi = 0.5 * (1.0 + u), lo = 0.5 * (1.0 - u);
+  ConfidencePairLoss c;
+  c.mixed = r;
+  c.mixed.loss = hi * r.loss + lo * q.loss;
+  c.mixed.d_policy_chosen = hi * r.d_policy_chosen + lo * qc;
+  c.mixed.d_policy_rejected = hi * r.d_policy_rejected + lo * qr;
+  c.du_chosen = 0.5 * (r.d_policy_chosen - qc);
+  c.du_rejected = 0.5 * (r.d_policy_rejected - qr);
+  return c;
+}
+
 void RewardSums::add(const LossConfig& cfg, const PairLogps& p, const PairLossResult& r) {
   count += 1;
   rewards_chosen += r.reward_chosen;

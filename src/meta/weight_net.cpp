@@ -48,7 +48,8 @@ WeightNet::WeightNet(const WeightNetConfig& cfg) : cfg_(cfg) {
   MP_CHECK(cfg.a_min >= 0 && cfg.a_min < 1, "weight net: a_min must be in [0, 1) (got ", cfg.a_min, ")");
   const int64_t F = cfg.n_features, H = cfg.hidden;
   layout_ = weight_net_layout(F, H);
-  params_.assign(size_t(layout_.total), 0.0);  // biases and the whole last layer stay 0
+  params_.assign(size_t(layout_.total), 0.0);  // biases and the last layer's weights stay 0
+  params_[size_t(layout_.b3)] = cfg.init_logit;
   // One stream for both matrices, in layout order, so φ is a pure function of (seed, F, H).
   Philox rng = make_rng(cfg.seed, 0, 0, RngPurpose::MetaInit);
   glorot_uniform(rng, params_.data() + layout_.w1, H, F);

@@ -20,7 +20,10 @@ void validate(const MetaConfig& cfg) {
   MP_CHECK(cfg.lr > 0, "--meta-lr must be positive");
   MP_CHECK(cfg.ema_rate > 0 && cfg.ema_rate <= 1, "--stats-ema must be in (0, 1]");
   MP_CHECK(cfg.val_batch >= 1, "--meta-val-batch must be positive");
-  MP_CHECK(cfg.penalty >= 0 && std::isfinite(cfg.penalty), "--meta-penalty must be finite and >= 0 (got ", cfg.penalty, ")");
+  MP_CHECK(std::isnan(cfg.penalty) || (cfg.penalty >= 0 && std::isfinite(cfg.penalty)),
+           "--meta-penalty must be finite and >= 0 (got ", cfg.penalty, ")");
+  MP_CHECK(cfg.apply == "scale" || cfg.apply == "confidence", "--meta-apply ", cfg.apply,
+           ": unknown (valid: scale, confidence)");
   MP_CHECK(cfg.hidden >= 1, "--meta-hidden must be at least 1");
   MP_CHECK(cfg.a_min >= 0 && cfg.a_min < 1, "--weight-floor must be in [0, 1) (got ", cfg.a_min, ")");
   MP_CHECK(cfg.gate >= 0 && std::isfinite(cfg.gate), "--meta-gate must be finite and >= 0 (got ", cfg.gate, ")");
@@ -43,7 +46,9 @@ MetaPOState::MetaPOState(const MetaConfig& cfg, int64_t max_sample_id, uint64_t 
       dp_(dp),
       writes_trace_(writes_trace && !cfg.trace_path.empty()),
       table_(max_sample_id, cfg.ema_rate, dp),
-      net_(WeightNetConfig{kNumFeatures, cfg.hidden, cfg.a_min, seed}) {
+      // As confidences the weights start near 1 (σ(3) = 0.95: the plain loss, nearly), not at ½
+      // (which would smooth every label by ε = ¼ once the gate opens, before the net has learned).
+      net_(WeightNetConfig{kNumFeatures, cfg.hidden, cfg.a_min, seed, cfg.apply == "confidence" ? 3.0 : 0.0}) {
   validate(cfg);
   gate_.gamma = cfg.gate > 0 ? 0.0 : 1.0;
   if (writes_trace_ && !resuming) {
@@ -110,10 +115,18 @@ void MetaPOState::end_step(int64_t step, const std::vector<double>* align, int64
     // Scale-free alignments, then the look-ahead gradient with the trust region around uniform
     // weights (docs/metapo.md, "Diagnosis" and "The meta objective").
     std::vector<double> g = lookahead_dLdw(rms_normalized(*align, sums[3], B), B);
-    add_uniform_penalty(g, step_a_, B, global_sum_a, cfg_.penalty);
-    double ga = local_ga_sum(g, step_a_);
-    dp_.allreduce_sum(&ga, 1);
-    const std::vector<double> dA = dLda(g, step_a_, B, global_sum_a, ga);
+    std::vector<double> dA;
+    if (cfg_.apply == "confidence") {
+      // No normalization: each a_i is the pair's own label confidence, and the trust region is
+      // around 1 (the plain loss).
+      dA = std::move(g);
+      for (size_t i = 0; i < dA.size(); ++i) dA[i] += meta_penalty(cfg_) * (step_a_[i] - 1.0) / double(B);
+    } else {
+      add_uniform_penalty(g, step_a_, B, global_sum_a, meta_penalty(cfg_));
+      double ga = local_ga_sum(g, step_a_);
+      dp_.allreduce_sum(&ga, 1);
+      dA = dLda(g, step_a_, B, global_sum_a, ga);
+    }
     std::vector<double> a;
     net_.forward(step_x_, int64_t(step_a_.size()), a);  // the activations of the whole local batch
     std::vector<double> grad(size_t(net_.n_params()), 0.0);

@@ -3,6 +3,7 @@
 #include "metapo/train/objective.h"
 
 #include <algorithm>
+#include <cmath>
 
 #include "metapo/meta/reference_hypergrad.h"
 #include "metapo/train/pairs.h"
@@ -57,15 +58,46 @@ std::vector<T> pair_dlogp(const PairSplit& s, const std::vector<int64_t>& chunk,
   }
   r.weights = weigh(r.in, r.out);
   std::vector<double> coef(2 * chunk.size());
-  for (size_t k = 0; k < chunk.size(); ++k) {
-    coef[2 * k] = r.weights[k] * coef_scale * r.out[k].d_policy_chosen;
-    coef[2 * k + 1] = r.weights[k] * coef_scale * r.out[k].d_policy_rejected;
+  if (loss.weights_as_confidence) {
+    // ℓ(u) per pair, u = the weight clamped to [0, 1]. A sequence's ghost dot is its coefficient times
+    // ⟨ĝ, ∇ log π(y)⟩, so a coefficient of exactly 0 (ℓ(u) at its minimum) would lose the latter:
+    // keep it at least 1e-6 of the larger of the two losses' derivatives (a negligible change).
+    r.seq_coef.resize(2 * chunk.size()), r.seq_du.resize(2 * chunk.size());
+    for (size_t k = 0; k < chunk.size(); ++k) {
+      const ConfidencePairLoss c = confidence_pair_loss(loss, r.in[k], std::clamp(r.weights[k], 0.0, 1.0));
+      const double d[2] = {c.mixed.d_policy_chosen, c.mixed.d_policy_rejected};
+      const double du[2] = {c.du_chosen, c.du_rejected};
+      const double full[2] = {r.out[k].d_policy_chosen, r.out[k].d_policy_rejected};
+      for (int j = 0; j < 2; ++j) {
+        const double tiny = 1e-6 * (std::abs(full[j]) + std::abs(full[j] - 2.0 * du[j]));
+        r.seq_coef[2 * k + j] = std::abs(d[j]) >= tiny ? d[j] : (d[j] < 0 ? -tiny : tiny);
+        r.seq_du[2 * k + j] = du[j];
+        coef[2 * k + j] = coef_scale * r.seq_coef[2 * k + j];
+      }
+      r.out[k].loss = c.mixed.loss;
+    }
+  } else {
+    for (size_t k = 0; k < chunk.size(); ++k) {
+      coef[2 * k] = r.weights[k] * coef_scale * r.out[k].d_policy_chosen;
+      coef[2 * k + 1] = r.weights[k] * coef_scale * r.out[k].d_policy_rejected;
+    }
   }
   return expand_seq_coef<T>(batch, targets, coef);
 }
 
 // The backward ran with a_k·coef_scale on pair k: divide it out of the ghost dots to get ⟨ĝ, ∇θ ℓ_k⟩.
+// With weights as confidences, each sequence's dot is divided by its own coefficient, giving
+// ⟨ĝ, ∇ log π(y)⟩, and the alignment is that of ∂ℓ(u)/∂u: Σ_y du_y ⟨ĝ, ∇ log π(y)⟩.
 void pair_align(const std::vector<double>& seq_dots, double coef_scale, PairMicroResult& r) {
+  if (!r.seq_du.empty()) {
+    for (size_t k = 0; k < r.weights.size(); ++k) {
+      double s = 0;
+      for (size_t j = 2 * k; j < 2 * k + 2; ++j)
+        if (r.seq_du[j] != 0) s += r.seq_du[j] * seq_dots[j] / (r.seq_coef[j] * coef_scale);
+      r.align.push_back(s);
+    }
+    return;
+  }
   for (size_t k = 0; k < r.weights.size(); ++k)
     r.align.push_back((seq_dots[2 * k] + seq_dots[2 * k + 1]) / (r.weights[k] * coef_scale));
 }
@@ -136,8 +168,22 @@ template <typename T>
 std::vector<double> pair_alignments_exact(LlamaModel<T>& model, const T* params, T* grads, size_t n_params,
                                           const PairSplit& s, const std::vector<int64_t>& chunk,
                                           const LossConfig& loss, const T* ghat) {
+  std::vector<T> g0;
   const std::function<void(int64_t, T*)> pair_grad = [&](int64_t k, T* g) {
-    pair_micro_step<T>(model, params, g, false, s, {chunk[size_t(k)]}, loss, Weighting::Uniform, {}, {}, 1.0);
+    if (!loss.weights_as_confidence) {
+      pair_micro_step<T>(model, params, g, false, s, {chunk[size_t(k)]}, loss, Weighting::Uniform, {}, {}, 1.0);
+      return;
+    }
+    // ∇θ ∂ℓ(u)/∂u = ∇θ ℓ(1) − ∇θ ℓ(0): ℓ(u) is linear in u.
+    const auto at = [](double u) {
+      return WeightFn([u](const std::vector<PairLogps>& in, const std::vector<PairLossResult>&) {
+        return std::vector<double>(in.size(), u);
+      });
+    };
+    g0.resize(n_params);
+    pair_micro_step<T>(model, params, g, false, s, {chunk[size_t(k)]}, loss, at(1.0), 1.0);
+    pair_micro_step<T>(model, params, g0.data(), false, s, {chunk[size_t(k)]}, loss, at(0.0), 1.0);
+    for (size_t j = 0; j < n_params; ++j) g[j] -= g0[j];
   };
   return exact_alignments<T>(int64_t(chunk.size()), pair_grad, grads, n_params, ghat);
 }
@@ -152,8 +198,13 @@ std::vector<double> pair_alignments_fd(LlamaModel<T>& model, const T* params, T*
     model.forward(theta, pb.batch, pb.targets.data(), logp.data());
     const std::vector<double> seq = sequence_logps(pb.batch, logp);
     std::vector<double> l;
-    for (size_t k = 0; k < chunk.size(); ++k)
-      l.push_back(pair_loss(loss, pair_input(s, chunk[k], seq[2 * k], seq[2 * k + 1])).loss);
+    for (size_t k = 0; k < chunk.size(); ++k) {
+      const PairLogps p = pair_input(s, chunk[k], seq[2 * k], seq[2 * k + 1]);
+      // With weights as confidences the alignment is that of ∂ℓ(u)/∂u = ℓ(1) − ℓ(0).
+      l.push_back(loss.weights_as_confidence
+                      ? confidence_pair_loss(loss, p, 1.0).mixed.loss - confidence_pair_loss(loss, p, 0.0).mixed.loss
+                      : pair_loss(loss, p).loss);
+    }
     return l;
   };
   return fd_alignments<T>(int64_t(chunk.size()), losses, params, scratch, n_params, ghat, rel_step);

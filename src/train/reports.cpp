@@ -43,7 +43,7 @@ nlohmann::json run_config_json(const TrainConfig& cfg, const std::string& kind) 
     if (cfg.weighting == Weighting::Metapo) {
       const MetaConfig& m = cfg.meta;
       j["meta"] = {{"interval", m.interval}, {"warmup", m.warmup}, {"lr", m.lr}, {"ema_rate", m.ema_rate},
-                   {"val_batch", m.val_batch}, {"penalty", m.penalty}, {"precondition", m.precondition},
+                   {"val_batch", m.val_batch}, {"penalty", meta_penalty(m)}, {"apply", m.apply}, {"precondition", m.precondition},
                    {"hidden", m.hidden}, {"a_min", m.a_min}, {"refresh_every", m.refresh_every},
                    {"refresh_pairs", m.refresh_pairs}, {"hypergrad", m.hypergrad}, {"features", m.features},
                    {"trace", m.trace_path}};

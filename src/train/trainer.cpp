@@ -535,6 +535,11 @@ int run_dpo(const Topology& topo, const TrainConfig& cfg) {
   PairSplit train = read_pair_split(cfg.data_path, cfg.train_split);
   const std::vector<int64_t> cut_train = truncate_split(train, cfg, cfg.train_split, topo);
   const bool use_meta = cfg.weighting == Weighting::Metapo;
+  // --meta-apply confidence: each pair trains on its own ℓ(a_i) (confidence_pair_loss) with
+  // coefficient 1/B, and nothing is renormalized.
+  const bool confidence = use_meta && cfg.meta.apply == "confidence";
+  LossConfig train_loss = cfg.loss;
+  train_loss.weights_as_confidence = confidence;
   const bool do_eval = cfg.eval_every > 0 || use_meta;
   PairSplit val;
   std::vector<int64_t> cut_val;
@@ -677,7 +682,7 @@ int run_dpo(const Topology& topo, const TrainConfig& cfg) {
     const bool ghost = meta_step && cfg.meta.hypergrad == "ghost";
     run.phase("forward/backward", step);
     const std::vector<PairMicroResult> res =
-        pair_pipeline_step(model, pp, mparams, mgrads, train, chunks, cfg.loss, weigh, 1.0 / B,
+        pair_pipeline_step(model, pp, mparams, mgrads, train, chunks, train_loss, weigh, 1.0 / B,
                            ghost ? (on_device ? ghat_dev.data() : ghat.data()) : nullptr);
     run.backward_done();
     std::vector<double> align;
@@ -695,9 +700,9 @@ int run_dpo(const Topology& topo, const TrainConfig& cfg) {
         const std::vector<double> a =
             cfg.meta.hypergrad == "exact"
                 ? pair_alignments_exact<float>(model, params.data(), hyper_scratch.data(), params.size(), train,
-                                               chunks[m], cfg.loss, ghat.data())
+                                               chunks[m], train_loss, ghat.data())
                 : pair_alignments_fd<float>(model, params.data(), hyper_scratch.data(), params.size(), train,
-                                            chunks[m], cfg.loss, ghat.data(), cfg.meta.fd_step);
+                                            chunks[m], train_loss, ghat.data(), cfg.meta.fd_step);
         align.insert(align.end(), a.begin(), a.end());
       }
     }
@@ -711,7 +716,7 @@ int run_dpo(const Topology& topo, const TrainConfig& cfg) {
     topo.dp_comm().allreduce_sum(counts, 2);
     tokens = counts[0], scored = counts[1];
     const bool finite_w = std::isfinite(st.weight_sum);
-    MP_CHECK(!finite_w || st.weight_sum > 0, "step ", step + 1, ": the pair weights of the batch sum to 0 (--weighting ",
+    MP_CHECK(!finite_w || confidence || st.weight_sum > 0, "step ", step + 1, ": the pair weights of the batch sum to 0 (--weighting ",
              weighting_name(cfg.weighting), ")");
     phase.reset();
     // ZeRO-1: reduce-scatter, undo the a_i/B scaling of the backward with B/Σa (DESIGN §6: exact
@@ -719,7 +724,7 @@ int run_dpo(const Topology& topo, const TrainConfig& cfg) {
     // update, clipping, this rank's shard's update and the all-gather.
     const double lr = sched.at(step);
     run.phase("gradient reduction (ZeRO-1 reduce-scatter)", step);
-    const double gnorm = opt.reduce(run.opt_grads(), finite_w ? B / st.weight_sum : 1.0);
+    const double gnorm = opt.reduce(run.opt_grads(), finite_w && !confidence ? B / st.weight_sum : 1.0);
     bool bad = !finite_w || !std::isfinite(st.weighted_loss) || !std::isfinite(gnorm);
     for (double a : align) bad = bad || !std::isfinite(a);
     run.phase("step agreement (all-reduce)", step);
@@ -743,6 +748,7 @@ int run_dpo(const Topology& topo, const TrainConfig& cfg) {
 
     const double secs = tm.seconds();
     nlohmann::json j = stats_json(st, "");
+    if (confidence) j["loss"] = st.loss / st.n;  // the mean of the ℓ(a_i) the step descended
     const double wmean = st.weight_sum / st.n;
     j["step"] = step + 1, j["epoch"] = double(step + 1) * B / double(train.size());
     j["lr"] = lr, j["grad_norm"] = gnorm, j["tokens_per_s"] = tokens / secs, j["step_time"] = secs;

@@ -53,6 +53,10 @@ struct LossConfig {
   double label_smoothing = 0.0;  // ε: cdpo, robust (flip rate), exo_pair (EXO's ε), simpo
   double simpo_gamma = 0.5;      // SimPO's target margin γ (TRL: simpo_gamma; logits shift γ/β)
   double discopop_tau = 0.05;    // DiscoPOP's τ (TRL default and the paper's recommendation)
+  // How a pair's weight u enters its loss in training (not an option of its own: MetaPO's
+  // --meta-apply sets it). false: u scales the loss. true: u ∈ [0, 1] is a label confidence, the
+  // loss is confidence_pair_loss's ℓ(u) and weights are not normalized.
+  bool weights_as_confidence = false;
 };
 
 // Rejects settings a loss cannot use: beta <= 0, label_smoothing outside the loss's range, or set for
@@ -78,6 +82,18 @@ struct PairLossResult {
 // ℓ_i and its exact gradient for one pair. Inputs are not range-checked beyond the lengths of
 // length-normalized losses (validate the config once, not per pair).
 PairLossResult pair_loss(const LossConfig& cfg, const PairLogps& p);
+
+// A pair's loss when its weight u ∈ [0, 1] is the confidence in its label (MetaPO's --meta-apply
+// confidence; docs/metapo.md, "Weights as label confidence"):
+//   ℓ(u) = (1+u)/2 · ℓ(y_w ≻ y_l) + (1−u)/2 · ℓ(y_l ≻ y_w),
+// the loss mixed with the same pair's loss with chosen and rejected swapped. u = 1 is the loss itself;
+// u = 0 says "no preference" and pulls the pair back toward the reference's preference instead of
+// dropping it. For the sigmoid loss ℓ(u) is cdpo with ε = (1−u)/2.
+struct ConfidencePairLoss {
+  PairLossResult mixed;            // ℓ(u), its derivatives; rewards and margin are the unswapped pair's
+  double du_chosen = 0, du_rejected = 0;  // ∂²ℓ/∂u∂policy_*: (∂ℓ/∂policy − ∂ℓ_swapped/∂policy) / 2
+};
+ConfidencePairLoss confidence_pair_loss(const LossConfig& cfg, const PairLogps& p, double u);
 
 // Sums of TRL's logged per-pair quantities over a set of pairs. Every field is a plain sum, so ranks
 // all-reduce the fields and call means() once (metrics over the global batch, as TRL's gather does).

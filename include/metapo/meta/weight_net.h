@@ -21,6 +21,7 @@ struct WeightNetConfig {
   int64_t hidden = 32;     // H: width of both hidden layers
   double a_min = 1e-3;     // floor of a, in [0, 1)
   uint64_t seed = 0;       // Philox seed of the hidden layers' initialization
+  double init_logit = 0;   // b3 at initialization: every a starts at a_min + (1 − a_min) σ(init_logit)
 };
 
 // Offsets into the one flat parameter vector φ (and into its gradient, which has the same layout).

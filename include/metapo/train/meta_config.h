@@ -1,6 +1,8 @@
 // The options of MetaPO (DESIGN §6), shared by the trainer and the MetaPO state.
 #pragma once
+#include <cmath>
 #include <cstdint>
+#include <limits>
 #include <string>
 
 namespace metapo {
@@ -13,7 +15,12 @@ struct MetaConfig {
   double lr = 1e-3;         // Adam on the weight net
   double ema_rate = 0.1;    // λ of the pair statistics
   int64_t val_batch = 8;    // validation pairs per meta update (all ranks)
-  double penalty = 0.5;     // ρ of the trust region (ρ/2B) Σ (w̃ − 1)² around uniform weights
+  // ρ of the trust region (ρ/2B) Σ (w̃ − 1)² around uniform weights; NaN: the default of `apply`
+  // (meta_penalty()).
+  double penalty = std::numeric_limits<double>::quiet_NaN();
+  // How the policy uses the weights: "confidence" (each a_i ∈ [0, 1] the confidence in the pair's
+  // label: confidence_pair_loss, no normalization) or "scale" (Σ a_i ℓ_i / Σ a_i, DESIGN §6).
+  std::string apply = "confidence";
   bool precondition = true; // ĝ_V = g_V / (√v̂ + ε) with the policy optimizer's second moment
   int64_t hidden = 32;
   double a_min = 1e-3;
@@ -40,5 +47,12 @@ struct MetaConfig {
   // id, raw and standardized features, weight and alignment s_i ("": off).
   std::string trace_path;
 };
+
+// ρ in effect: cfg.penalty, or when that is NaN (not set) 0.2 for apply "confidence" and 0.5 for
+// "scale" (docs/metapo.md, "Weights as label confidence").
+inline double meta_penalty(const MetaConfig& cfg) {
+  if (!std::isnan(cfg.penalty)) return cfg.penalty;
+  return cfg.apply == "confidence" ? 0.2 : 0.5;
+}
 
 }  // namespace metapo

@@ -38,7 +38,11 @@ struct PairMicroResult {
   std::vector<PairLogps> in;
   std::vector<PairLossResult> out;
   std::vector<double> weights;
-  std::vector<double> align;  // with ghat: ⟨ghat, ∇θ ℓ_k⟩ per pair (ghost products, a_k factor divided out)
+  std::vector<double> align;  // with ghat: ⟨ghat, ∇θ ℓ_k⟩ per pair (ghost products, a_k factor divided out);
+                              // with loss.weights_as_confidence ⟨ghat, ∇θ ∂ℓ_k(u)/∂u⟩
+  // loss.weights_as_confidence only, two per pair (chosen, rejected): the backward's coefficient of
+  // the sequence (before coef_scale) and ∂²ℓ(u)/∂u∂log π(y) (confidence_pair_loss).
+  std::vector<double> seq_coef, seq_du;
   int64_t tokens = 0;  // in the micro-batch
   int64_t scored = 0;  // rows with a target (response tokens): where the LM head runs
 };
