@@ -1,5 +1,7 @@
 #include "metapo/cli/train_options.h"
 
+#include <cmath>
+
 #include "metapo/core/error.h"
 #include "metapo/train/metapo.h"
 
@@ -83,7 +85,10 @@ void add_train_options(po::options_description& desc, TrainConfig& cfg, TrainOpt
       ("meta-lr", po::value(&cfg.meta.lr)->default_value(1e-3), "MetaPO: Adam learning rate of the weight net")
       ("meta-val-batch", po::value(&cfg.meta.val_batch)->default_value(8), "MetaPO: validation pairs per meta update (all ranks)")
       ("meta-apply", po::value(&cfg.meta.apply)->default_value("confidence"), "MetaPO: how the policy uses the weights: confidence (a_i in [0, 1] is the pair's label confidence: its loss mixed with the swapped pair's, (1+a)/2 l + (1-a)/2 l_swapped; a_i near 0 pulls the pair back to no preference instead of dropping it) or scale (the loss weighted by a_i and normalized by their sum, DESIGN 6)")
-      ("meta-penalty", po::value(&cfg.meta.penalty), "MetaPO: strength rho of the trust region (rho/2B) sum (w - 1)^2 that keeps the weights near uniform unless the alignments say otherwise (0: the plain first-order objective; default 0.2 with --meta-apply confidence, 0.5 with scale)")
+      ("meta-penalty", po::value(&cfg.meta.penalty)->notifier([](double v) {
+         // Not given leaves NaN, "the default of --meta-apply"; a given value must be a real one.
+         MP_CHECK(std::isfinite(v) && v >= 0, "--meta-penalty must be finite and >= 0 (got ", v, ")");
+       }), "MetaPO: strength rho of the trust region (rho/2B) sum (w - 1)^2 that keeps the weights near uniform unless the alignments say otherwise (0: the plain first-order objective; default 0.2 with --meta-apply confidence, 0.5 with scale)")
       ("meta-precondition", po::value(&cfg.meta.precondition)->default_value(true), "MetaPO: precondition the validation gradient with Adam's second moment (true/false)")
       ("meta-hidden", po::value(&cfg.meta.hidden)->default_value(32), "MetaPO: weight-net hidden width")
       ("meta-gate", po::value(&cfg.meta.gate)->default_value(2), "MetaPO: significance gate Z: the policy trains on uniform weights until T, the t statistic of the running correlation of the weights with the alignments, exceeds Z, then on a^g with g = 1 - 1/T^2 (0: off, g = 1: the weights as learned)")

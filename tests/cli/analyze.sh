@@ -50,6 +50,7 @@ for a, b in zip(one, tp):
 print("ok: --tp 2 writes one trace line per step, weights as on one rank")
 P
 expect_error "--meta-penalty must be finite and >= 0" "$METAPO" train $common --out badpen --max-steps 1 --meta-penalty -1
+expect_error "--meta-penalty must be finite and >= 0 (got nan)" "$METAPO" train $common --out badpen --max-steps 1 --meta-penalty nan
 expect_error "--meta-apply weight: unknown (valid: scale, confidence)" "$METAPO" train $common --out badpen --max-steps 1 --meta-apply weight
 [ ! -e badpen ] || fail "train wrote badpen/ despite a bad --meta-penalty"
 expect_error "--meta-gate must be finite and >= 0" "$METAPO" train $common --out badgate --max-steps 1 --meta-gate -1
