@@ -14,7 +14,8 @@
 # in $OUT/results.jsonl is not run again, so the same command continues a benchmark that stopped.
 # Prints one progress line per run ([done/total], elapsed, ETA), then a markdown table (mean ± std over
 # seeds per task × SFT strength × flip rate × method) and the checks of docs/results.md, saved to
-# $OUT/results.md; the raw JSON lines are in $OUT/results.jsonl; everything else stays under $OUT.
+# $OUT/results.md, with the grid's figure in $OUT/results.png when matplotlib is there (PLOTS=1); the
+# raw JSON lines are in $OUT/results.jsonl; everything else stays under $OUT.
 #   tools/bench-quality.sh                                                    # the whole grid: hours
 #   EPOCHS=1 FLIPS=0.4 METHODS="uniform metapo oracle" tools/bench-quality.sh  # the single-epoch column
 #   TASKS=sort STRENGTHS=3 FLIPS=0.4 SEEDS=1 METHODS="uniform metapo oracle" N_TRAIN=512 N_VAL=64 \
@@ -216,4 +217,6 @@ if [ "$TABLE_ONLY" != 1 ]; then
   fi
 fi
 
-python3 tools/quality_table.py "$OUT/results.jsonl" --meta-args "$META_ARGS" | tee "$OUT/results.md"
+plot=()
+if [ "${PLOTS}" = 1 ] && python3 -c "import matplotlib" 2>/dev/null; then plot=(--plot "$OUT/results.png"); fi
+python3 tools/quality_table.py "$OUT/results.jsonl" --meta-args "$META_ARGS" "${plot[@]}" | tee "$OUT/results.md"

@@ -12,6 +12,11 @@ the acceptance checks of MetaPO against uniform DPO and the oracle, one line per
   least 60% of the oracle's gain; and a weight AUC ≥ 0.85;
 - 40% flips at 1 epoch: MetaPO ≥ uniform.
 
+With --plot FILE.png (needs matplotlib), also a figure of the grid: one column per task, one row per SFT
+strength for test preference accuracy and again for answer accuracy; per method the mean ± std over seeds
+against the flip rate (the DPO epochs of most runs), and the cells of another number of DPO epochs (the
+single-epoch 40% column) as hollow markers beside them.
+
 With --paired, each check also gets its margin seed by seed (MetaPO and uniform of one seed share the
 SFT model and the data; e.g. metapo − 0.4·uniform − 0.6·oracle for the 60% rule) and the standard error
 of that margin's mean over the seeds: a check whose margin is within about two standard errors of 0
@@ -45,7 +50,10 @@ def main():
     ap.add_argument("--meta-args", default="", help="the MetaPO options of the runs (for the caption)")
     ap.add_argument("--paired", action="store_true",
                     help="add each check's per-seed margin: its mean ± standard error over the seeds")
+    ap.add_argument("--plot", metavar="FILE.png", help="also draw the grid into FILE.png (needs matplotlib)")
     a = ap.parse_args()
+    if a.plot and not a.plot.endswith(".png"):
+        sys.exit(f"error: --plot {a.plot}: the figure's name must end in .png")
     rows = []
     for n, line in enumerate(open(a.results), 1):
         line = line.strip()
@@ -159,6 +167,74 @@ def main():
                   + (f" {margin} |" if a.paired else ""))
         bad = sum(1 for x in checks if not x[3])
         print(f"\n{len(checks) - bad} of {len(checks)} checks hold.")
+    if a.plot:
+        plot_grid(rows, order, names, a.plot)
+
+
+def plot_grid(rows, order, names, path):
+    """The grid as a figure: columns tasks, rows (metric, SFT strength); per method mean ± std over seeds
+    against the flip rate at the main number of DPO epochs, other epochs as hollow markers beside it."""
+    try:
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        sys.exit(f"error: --plot {path}: matplotlib is not installed (pip install matplotlib)")
+    runs = [r for r in rows if r["method"] != "sft" and r.get("eval")]
+    if not runs:
+        sys.exit(f"error: --plot {path}: no trained runs to draw")
+    tasks = [t for t in ["sort", "reverse", "add"] if any(r["task"] == t for r in runs)]
+    tasks += sorted({r["task"] for r in runs} - set(tasks))
+    strengths = sorted({r["sft_epochs"] for r in runs}, reverse=True)
+    epochs = [r["epochs"] for r in runs]
+    main_ep = max(set(epochs), key=lambda e: (epochs.count(e), e))
+    methods = sorted({r["method"] for r in runs}, key=lambda m: order.index(m) if m in order else 99)
+    cmap = plt.get_cmap("tab10")
+    color = {m: cmap(k % 10) for k, m in enumerate(methods)}
+    metrics = [("test pref. accuracy", lambda r: r["eval"].get("pref_acc")),
+               ("answer accuracy", lambda r: (r.get("gen") or {}).get("answer_accuracy"))]
+    nr, nc = len(metrics) * len(strengths), len(tasks)
+    fig, axes = plt.subplots(nr, nc, figsize=(4.2 * nc, 2.8 * nr), squeeze=False)
+    flips = sorted({r["flip"] for r in runs})
+    step = (flips[-1] - flips[0]) / max(len(flips) - 1, 1) if len(flips) > 1 else 0.2
+    for i, (mname, f) in enumerate(metrics):
+        for j, s in enumerate(strengths):
+            row = i * len(strengths) + j
+            for k, t in enumerate(tasks):
+                ax = axes[row][k]
+                for n, m in enumerate(methods):
+                    for ep in sorted({r["epochs"] for r in runs}):
+                        pts = []
+                        for fl in flips:
+                            v = [f(r) for r in runs if (r["task"], r["sft_epochs"], r["method"], r["epochs"],
+                                                        r["flip"]) == (t, s, m, ep, fl) and f(r) is not None]
+                            if v:
+                                pts.append((fl, statistics.mean(v), statistics.stdev(v) if len(v) > 1 else 0.0))
+                        if not pts:
+                            continue
+                        main = ep == main_ep
+                        dx = (n - (len(methods) - 1) / 2) * step * 0.03 + (0 if main else step * 0.25)
+                        x = [p[0] + dx for p in pts]
+                        ax.errorbar(x, [p[1] for p in pts], yerr=[p[2] for p in pts], color=color[m],
+                                    marker="o", ms=4, lw=1.4 if main else 0, elinewidth=1, capsize=2,
+                                    mfc=color[m] if main else "none",
+                                    label=names.get(m, m) if (main and row == 0 and k == 0) else None)
+                ax.set_title(f"{t}, SFT {s} epoch(s)", fontsize=9)
+                ax.set_xticks(flips)
+                ax.set_xticklabels([f"{fl:.0%}" for fl in flips])
+                ax.grid(alpha=0.3)
+                if k == 0:
+                    ax.set_ylabel(mname, fontsize=9)
+                if row == nr - 1:
+                    ax.set_xlabel("flipped training pairs")
+    other = sorted({e for e in epochs if e != main_ep})
+    note = (f"; hollow markers to the right: {', '.join(map(str, other))} DPO epoch(s)" if other else "")
+    fig.suptitle(f"mean ± std over seeds, {main_ep} DPO epochs{note}", fontsize=10)
+    fig.legend(loc="lower center", ncol=min(len(methods), 7), fontsize=8)
+    fig.tight_layout(rect=(0, 0.04, 1, 0.97))
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+    print(f"wrote {path}", file=sys.stderr)
 
 
 if __name__ == "__main__":

@@ -51,6 +51,20 @@ expect "weight AUC ≥ 0.85" "$(mse "$auc $(awk 'BEGIN { print 0.88 - 0.85 }')")
 diff <(grep "^| 3 epoch" plain.md | cut -d'|' -f1-6) <(grep "^| 3 epoch" paired.md | cut -d'|' -f1-6) ||
   fail "--paired changed the checks"
 
+# --plot: the figure of the grid, when matplotlib is there; a name not ending in .png is refused first.
+rc=0
+python3 "$TABLE" results.jsonl --plot grid.pdf > out.txt 2> err.txt || rc=$?
+[ "$rc" -ne 0 ] && [ "$(wc -l < err.txt)" -eq 1 ] && grep -q -- "--plot grid.pdf" err.txt ||
+  { cat err.txt; fail "--plot grid.pdf was not refused with one error line"; }
+[ ! -e grid.pdf ] || fail "--plot grid.pdf wrote a file"
+if python3 -c "import matplotlib" 2>/dev/null; then
+  python3 "$TABLE" results.jsonl --plot grid.png > /dev/null 2> plot.log || { cat plot.log; fail "--plot failed"; }
+  [ "$(head -c 8 grid.png | od -An -tx1 | tr -d ' \n')" = 89504e470d0a1a0a ] || fail "grid.png is not a PNG"
+  echo "ok: --plot grid.png ($(wc -c < grid.png) bytes)"
+else
+  echo "skipped: --plot (matplotlib missing)"
+fi
+
 echo '{"task": ' > bad.jsonl
 rc=0
 python3 "$TABLE" --paired bad.jsonl > out.txt 2> err.txt || rc=$?
