@@ -397,6 +397,28 @@ std::vector<nlohmann::json> read_jsonl(const std::string& path) {
 // with the earlier ones' statistics. The refresh pass gives pairs history from the second step on, so
 // the temporal features and their statistics take part; the reference is another model, so margins
 // are nonzero from the first step.
+// --meta-lr not given: kMetaLrBudget over the number of steps is_meta_step selects, counted here one
+// by one; a given value is kept.
+TEST(Trainer, MetaLearningRateByTheRunsLength) {
+  for (int64_t interval : {1, 3, 4})
+    for (int64_t warmup : {0, 5, 10})
+      for (int64_t total : {1, 5, 10, 11, 125, 375}) {
+        MetaConfig mc;
+        mc.interval = interval, mc.warmup = warmup;
+        int64_t n = 0;
+        for (int64_t step = 0; step < total; ++step) n += is_meta_step(mc, step);
+        EXPECT_EQ(meta_updates(mc, total), n) << interval << " " << warmup << " " << total;
+        EXPECT_EQ(meta_lr(mc, total), kMetaLrBudget / double(std::max<int64_t>(n, 1)));
+        mc.lr = 5e-4;
+        EXPECT_EQ(meta_lr(mc, total), 5e-4);
+      }
+  MetaConfig mc;
+  EXPECT_DOUBLE_EQ(meta_lr(mc, 375), 1e-3);  // 3 epochs of 4000 pairs at batch 32
+  EXPECT_DOUBLE_EQ(meta_lr(mc, 125), 3e-3);  // one epoch
+  mc.interval = 4;
+  EXPECT_DOUBLE_EQ(meta_lr(mc, 376), 0.375 / 94);
+}
+
 TEST(Trainer, MetaPORunDependsOnTheGlobalBatchNotOnTheMicroBatching) {
   ensure_mpi();
   namespace fs = std::filesystem;
@@ -427,6 +449,9 @@ TEST(Trainer, MetaPORunDependsOnTheGlobalBatchNotOnTheMicroBatching) {
     cfg.seed = 5;
     cfg.meta.val_batch = 8, cfg.meta.refresh_every = 1, cfg.meta.refresh_pairs = 16;
     cfg.meta.gate = 0;  // the weights as learned: a 12-step run would keep the significance gate shut
+    // The rate this test's tolerances were set at (by the run's length a 12-step run would take
+    // 0.375/12, which amplifies the fp32 summation-order differences of the micro-batchings 30-fold).
+    cfg.meta.lr = 1e-3;
     EXPECT_EQ(run_dpo(topo, cfg), 0);
     return cfg.out_dir;
   };

@@ -25,7 +25,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 tools/setup.sh >/dev/null
 source tools/mpi-env.sh
-M=$PWD/build/metapo
+M=${METAPO:-$PWD/build/metapo}  # the binary under test (METAPO: e.g. a copy, so that build/ can change)
+[ -x "$M" ] || { echo "error: METAPO: $M is not an executable" >&2; exit 1; }
 # TASK and SFT_EPOCHS (one task, one SFT strength) are the names of earlier versions.
 TASKS=${TASKS:-${TASK:-"sort reverse add"}}
 STRENGTHS=${STRENGTHS:-${SFT_EPOCHS:-"3 1"}}  # SFT epochs: the demo's 3 and a clearly weaker 1

@@ -82,7 +82,10 @@ void add_train_options(po::options_description& desc, TrainConfig& cfg, TrainOpt
       ("track-every", po::value(&cfg.track_every)->default_value(10), "steps between trajectory points")
       ("meta-interval", po::value(&cfg.meta.interval)->default_value(1), "MetaPO: a weight-net update every N steps")
       ("meta-warmup", po::value(&cfg.meta.warmup)->default_value(0), "MetaPO: first step with a weight-net update")
-      ("meta-lr", po::value(&cfg.meta.lr)->default_value(1e-3), "MetaPO: Adam learning rate of the weight net")
+      ("meta-lr", po::value(&cfg.meta.lr)->notifier([](double v) {
+         // Not given leaves NaN, "by the run's length"; a given value must be a real one.
+         MP_CHECK(std::isfinite(v) && v > 0, "--meta-lr must be finite and positive (got ", v, ")");
+       }), "MetaPO: Adam learning rate of the weight net (default: 0.375 / the run's number of meta updates, so the net can move as far in one epoch as in three: 1e-3 for 375 updates, 3e-3 for 125)")
       ("meta-val-batch", po::value(&cfg.meta.val_batch)->default_value(8), "MetaPO: validation pairs per meta update (all ranks)")
       ("meta-apply", po::value(&cfg.meta.apply)->default_value("confidence"), "MetaPO: how the policy uses the weights: confidence (a_i in [0, 1] is the pair's label confidence: its loss mixed with the swapped pair's, (1+a)/2 l + (1-a)/2 l_swapped; a_i near 0 pulls the pair back to no preference instead of dropping it) or scale (the loss weighted by a_i and normalized by their sum, DESIGN 6)")
       ("meta-penalty", po::value(&cfg.meta.penalty)->notifier([](double v) {

@@ -17,7 +17,8 @@ namespace metapo {
 void validate(const MetaConfig& cfg) {
   MP_CHECK(cfg.interval >= 1, "--meta-interval must be at least 1");
   MP_CHECK(cfg.warmup >= 0, "--meta-warmup must not be negative");
-  MP_CHECK(cfg.lr > 0, "--meta-lr must be positive");
+  MP_CHECK(std::isnan(cfg.lr) || (cfg.lr > 0 && std::isfinite(cfg.lr)), "--meta-lr must be finite and positive (got ",
+           cfg.lr, ")");
   MP_CHECK(cfg.ema_rate > 0 && cfg.ema_rate <= 1, "--stats-ema must be in (0, 1]");
   MP_CHECK(cfg.val_batch >= 1, "--meta-val-batch must be positive");
   MP_CHECK(std::isnan(cfg.penalty) || (cfg.penalty >= 0 && std::isfinite(cfg.penalty)),
@@ -50,6 +51,7 @@ MetaPOState::MetaPOState(const MetaConfig& cfg, int64_t max_sample_id, uint64_t 
       // (which would smooth every label by ε = ¼ once the gate opens, before the net has learned).
       net_(WeightNetConfig{kNumFeatures, cfg.hidden, cfg.a_min, seed, cfg.apply == "confidence" ? 3.0 : 0.0}) {
   validate(cfg);
+  MP_CHECK(!std::isnan(cfg.lr), "MetaPOState: the meta learning rate is not resolved (meta_lr())");
   gate_.gamma = cfg.gate > 0 ? 0.0 : 1.0;
   if (writes_trace_ && !resuming) {
     std::ofstream f(cfg.trace_path, std::ios::trunc);

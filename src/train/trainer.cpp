@@ -517,7 +517,11 @@ struct TrainRun {
 
 }  // namespace
 
-int run_dpo(const Topology& topo, const TrainConfig& cfg) {
+int run_dpo(const Topology& topo, const TrainConfig& cfg_in) {
+  // The options with what depends on the run's length resolved once the length is known (below), so
+  // that run.json, the checkpoints and the weight net all see the values in effect.
+  TrainConfig resolved = cfg_in;
+  const TrainConfig& cfg = resolved;
   install_stop_handlers();  // from the start: a SIGUSR1 during the load stops the run after its first step
   validate(cfg.loss);
   check_batching(cfg, topo);
@@ -561,6 +565,7 @@ int run_dpo(const Topology& topo, const TrainConfig& cfg) {
   }
 
   const int64_t total = total_steps(cfg, train.size());
+  resolved.meta.lr = meta_lr(cfg_in.meta, total);
   const LrSchedule sched = make_schedule(cfg, total);
   TrainRun run(cfg, topo, load_sharded_model(policy, topo, cfg.pp_layers, zero_padded_size(policy.config(), topo, cfg.pp_layers)), "train", total, plan.restarts);
   LlamaModel<float>& model = *run.sm.model;

@@ -9,6 +9,11 @@ source "$(dirname "$0")/common.sh"
 "$METAPO" precompute-ref --model init --data d.h5 >/dev/null
 common="--model init --data d.h5 --weighting metapo --batch-size 16 --micro-batch 8 --meta-val-batch 16"
 "$METAPO" train $common --out run --max-steps 6 >/dev/null
+# --meta-lr not given: 0.375 over the run's 6 meta updates, as run.json records it; a given one is kept.
+python3 -c "import json, sys; lr = json.load(open('run/run.json'))['meta']['lr']; sys.exit(0 if abs(lr - 0.375 / 6) < 1e-15 else f'run.json meta.lr {lr}, expected 0.375/6')"
+"$METAPO" train $common --out run_lr --max-steps 2 --meta-lr 2e-3 >/dev/null
+python3 -c "import json, sys; lr = json.load(open('run_lr/run.json'))['meta']['lr']; sys.exit(0 if lr == 2e-3 else f'run.json meta.lr {lr}, expected 2e-3')"
+echo "ok: run.json meta.lr by the run's length (0.375/6), and as given"
 [ -f run/metapo.json ] || fail "train --weighting metapo wrote no run/metapo.json"
 
 # --meta-trace: one line per meta step with every pair's features, weight and alignment; its weights
@@ -51,6 +56,8 @@ print("ok: --tp 2 writes one trace line per step, weights as on one rank")
 P
 expect_error "--meta-penalty must be finite and >= 0" "$METAPO" train $common --out badpen --max-steps 1 --meta-penalty -1
 expect_error "--meta-penalty must be finite and >= 0 (got nan)" "$METAPO" train $common --out badpen --max-steps 1 --meta-penalty nan
+expect_error "--meta-lr must be finite and positive (got nan)" "$METAPO" train $common --out badpen --max-steps 1 --meta-lr nan
+expect_error "--meta-lr must be finite and positive (got 0)" "$METAPO" train $common --out badpen --max-steps 1 --meta-lr 0
 expect_error "--meta-apply weight: unknown (valid: scale, confidence)" "$METAPO" train $common --out badpen --max-steps 1 --meta-apply weight
 [ ! -e badpen ] || fail "train wrote badpen/ despite a bad --meta-penalty"
 expect_error "--meta-gate must be finite and >= 0" "$METAPO" train $common --out badgate --max-steps 1 --meta-gate -1

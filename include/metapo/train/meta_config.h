@@ -12,7 +12,8 @@ namespace metapo {
 struct MetaConfig {
   int64_t interval = 1;     // a meta update every `interval` steps ...
   int64_t warmup = 0;       // ... from this step on
-  double lr = 1e-3;         // Adam on the weight net
+  // Adam's learning rate on the weight net; NaN: by the run's length (meta_lr()).
+  double lr = std::numeric_limits<double>::quiet_NaN();
   double ema_rate = 0.1;    // λ of the pair statistics
   int64_t val_batch = 8;    // validation pairs per meta update (all ranks)
   // ρ of the trust region (ρ/2B) Σ (w̃ − 1)² around uniform weights; NaN: the default of `apply`
@@ -47,6 +48,25 @@ struct MetaConfig {
   // id, raw and standardized features, weight and alignment s_i ("": off).
   std::string trace_path;
 };
+
+// The weight net's learning rate when --meta-lr is not given: kMetaLrBudget over the run's number of
+// meta updates, so that the net can move as far in a one-epoch run as in a three-epoch one (1e-3 for
+// the 375 updates of 3 epochs of 4000 pairs at batch 32, 3e-3 for one epoch; docs/metapo.md "The
+// meta learning rate").
+inline constexpr double kMetaLrBudget = 0.375;
+
+// The number of steps in [0, total_steps) that take a meta update (is_meta_step, metapo.h).
+inline int64_t meta_updates(const MetaConfig& cfg, int64_t total_steps) {
+  if (total_steps <= cfg.warmup) return 0;
+  return (total_steps - cfg.warmup + cfg.interval - 1) / cfg.interval;
+}
+
+// The learning rate in effect: cfg.lr, or when that is NaN (not set) kMetaLrBudget / meta_updates().
+inline double meta_lr(const MetaConfig& cfg, int64_t total_steps) {
+  if (!std::isnan(cfg.lr)) return cfg.lr;
+  const int64_t n = meta_updates(cfg, total_steps);
+  return kMetaLrBudget / double(n > 0 ? n : 1);
+}
 
 // ρ in effect: cfg.penalty, or when that is NaN (not set) 0.2 for apply "confidence" and 0.5 for
 // "scale" (docs/metapo.md, "Weights as label confidence").
