@@ -389,14 +389,6 @@ std::vector<nlohmann::json> read_jsonl(const std::string& path) {
   return v;
 }
 
-// MetaPO's weights, and so the whole run, depend on the global batch only: one rank with micro-batch 2
-// (4 micro-batches per step) and with micro-batch 8 (one) give the same per-step losses, weights and
-// weight net, up to fp32 summation order in the packed forwards and the gradient accumulation. The
-// feature standardizer takes each step's features in once, at the end of the step (DESIGN §6); when it
-// took each micro-batch in before standardizing it, the later micro-batches of a step were standardized
-// with the earlier ones' statistics. The refresh pass gives pairs history from the second step on, so
-// the temporal features and their statistics take part; the reference is another model, so margins
-// are nonzero from the first step.
 // --meta-lr not given: kMetaLrBudget over the number of steps is_meta_step selects, counted here one
 // by one; a given value is kept.
 TEST(Trainer, MetaLearningRateByTheRunsLength) {
@@ -419,6 +411,14 @@ TEST(Trainer, MetaLearningRateByTheRunsLength) {
   EXPECT_DOUBLE_EQ(meta_lr(mc, 376), 0.375 / 94);
 }
 
+// MetaPO's weights, and so the whole run, depend on the global batch only: one rank with micro-batch 2
+// (4 micro-batches per step) and with micro-batch 8 (one) give the same per-step losses, weights and
+// weight net, up to fp32 summation order in the packed forwards and the gradient accumulation. The
+// feature standardizer takes each step's features in once, at the end of the step (DESIGN §6); when it
+// took each micro-batch in before standardizing it, the later micro-batches of a step were standardized
+// with the earlier ones' statistics. The refresh pass gives pairs history from the second step on, so
+// the temporal features and their statistics take part; the reference is another model, so margins
+// are nonzero from the first step.
 TEST(Trainer, MetaPORunDependsOnTheGlobalBatchNotOnTheMicroBatching) {
   ensure_mpi();
   namespace fs = std::filesystem;

@@ -168,19 +168,20 @@ def main():
         bad = sum(1 for x in checks if not x[3])
         print(f"\n{len(checks) - bad} of {len(checks)} checks hold.")
     if a.plot:
-        plot_grid(rows, order, names, a.plot)
+        plot_grid(by, order, names, a.plot)
 
 
-def plot_grid(rows, order, names, path):
+def plot_grid(by, order, names, path):
     """The grid as a figure: columns tasks, rows (metric, SFT strength); per method mean ± std over seeds
-    against the flip rate at the main number of DPO epochs, other epochs as hollow markers beside it."""
+    against the flip rate at the main number of DPO epochs, other epochs as hollow markers beside it.
+    by: the table's runs per (DPO epochs, task, SFT epochs, flip, method)."""
     try:
         import matplotlib
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
     except ImportError:
         sys.exit(f"error: --plot {path}: matplotlib is not installed (pip install matplotlib)")
-    runs = [r for r in rows if r["method"] != "sft" and r.get("eval")]
+    runs = [r for k, rs in by.items() if k[4] != "sft" for r in rs]
     if not runs:
         sys.exit(f"error: --plot {path}: no trained runs to draw")
     tasks = [t for t in ["sort", "reverse", "add"] if any(r["task"] == t for r in runs)]
@@ -206,8 +207,7 @@ def plot_grid(rows, order, names, path):
                     for ep in sorted({r["epochs"] for r in runs}):
                         pts = []
                         for fl in flips:
-                            v = [f(r) for r in runs if (r["task"], r["sft_epochs"], r["method"], r["epochs"],
-                                                        r["flip"]) == (t, s, m, ep, fl) and f(r) is not None]
+                            v = [f(r) for r in by.get((ep, t, s, fl, m), []) if f(r) is not None]
                             if v:
                                 pts.append((fl, statistics.mean(v), statistics.stdev(v) if len(v) > 1 else 0.0))
                         if not pts:
