@@ -82,9 +82,11 @@ TEST(Kernels, LinearGhostDotsMatchDoubleLoopInBothGemmOrientations) {
 }
 
 // linear_backward_ghost against double loops: dX, dW, db as linear_backward, and each segment's
-// ⟨Ĝ, Σ_{t∈s} G_t A_tᵀ⟩ + ⟨ĝ_b, Σ_{t∈s} G_t⟩ on the segment's first row. Shapes larger than one
-// cache tile (96 × 512) in both directions and not multiples of it; empty and one-row segments; the
-// per-row fallback (short segments); accumulating onto a dW/db that holds values; float and double.
+// ⟨Ĝ, Σ_{t∈s} G_t A_tᵀ⟩ + ⟨ĝ_b, Σ_{t∈s} G_t⟩ on the segment's first row. Shapes that are not multiples
+// of the kernel's register block, more columns than one packed column block (320 floats, 160 doubles)
+// and more rows than one chunk (128) with segments across chunk boundaries and rows outside every
+// segment; empty and one-row segments; the per-row fallback (short segments); accumulating onto a
+// dW/db that holds values; float and double.
 template <typename T>
 void check_linear_backward_ghost(const vector<int64_t>& seg, int64_t in, int64_t out, bool bias, bool accumulate,
                                  double tol) {
@@ -138,13 +140,19 @@ TEST(Kernels, LinearBackwardGhostMatchesDoubleLoops) {
           check_linear_backward_ghost<float>(seg, in, out, bias, acc, 2 * kFp32Tol);
           check_linear_backward_ghost<double>(seg, in, out, bias, acc, 1e-12);
         }
+  // Segments across the chunks of 128 rows; the first 3 rows are in no segment.
+  const vector<int64_t> chunks = {3, 100, 129, 250, 250, 260, 300};
+  for (bool acc : {false, true}) {
+    check_linear_backward_ghost<float>(chunks, 600, 37, true, acc, 2 * kFp32Tol);
+    check_linear_backward_ghost<double>(chunks, 600, 37, false, acc, 1e-12);
+  }
   // No rows: dW (and db) are zeroed when overwritten, kept (up to their cast to float) when accumulated.
   check_linear_backward_ghost<float>({0, 0, 0}, 24, 9, true, false, 1e-7);
   check_linear_backward_ghost<float>({0}, 24, 9, true, true, 1e-7);
 }
 
 TEST(Kernels, LinearBackwardGhostIsTheSameForAnyThreadCount) {
-  const vector<int64_t> seg = {0, 11, 30, 31, 52};
+  const vector<int64_t> seg = {0, 11, 30, 31, 52, 170, 200};  // across a chunk of 128 rows
   const int64_t n = seg.back(), in = 530, out = 300;
   auto A = cast<float>(randn<double>(size_t(n * in), 1)), G = cast<float>(randn<double>(size_t(n * out), 2));
   auto W = cast<float>(randn<double>(size_t(out * in), 3)), Gh = cast<float>(randn<double>(size_t(out * in), 4));
@@ -301,7 +309,7 @@ INSTANTIATE_TEST_SUITE_P(Shapes, AttentionTest,
 
 // ---------- log-probs through the LM head ----------
 TEST(Kernels, LogprobForwardMatchesDoubleLoopWithAndWithoutCache) {
-  const int64_t n = 300, C = 8, V = 37;  // n > one 256-row chunk
+  const int64_t n = 420, C = 8, V = 37;  // 280 scored rows: more than one chunk of 256
   vector<int32_t> rows, tg;
   for (int32_t t = 0; t < n; ++t)
     if (t % 3 != 1) rows.push_back(t), tg.push_back((t * 7) % V);
@@ -335,7 +343,7 @@ TEST(Kernels, LogprobBackwardMatchesFiniteDifferences) {
 
 TEST(Kernels, LogprobBackwardGhostDotsMatchDoubleLoop) {
   // row_dot[rows[i]] += ⟨dlogits_i, Ĝ h_i⟩ with dlogits_i = coef_i (onehot(target_i) - softmax(W h_i)).
-  const int64_t n = 300, C = 8, V = 37;  // n > one 256-row chunk
+  const int64_t n = 420, C = 8, V = 37;  // 280 scored rows: more than one chunk of 256
   vector<int32_t> rows, tg;
   for (int32_t t = 0; t < n; ++t)
     if (t % 3 != 1) rows.push_back(t), tg.push_back((t * 7) % V);
@@ -366,6 +374,30 @@ TEST(Kernels, LogprobBackwardGhostDotsMatchDoubleLoop) {
     cpu::logprob_backward(p, cf.data(), lse.data(), use_cache ? cache.data() : (float*)nullptr, dh.data(), dW.data(),
                           false, Ghf.data(), rdot.data());
     EXPECT_ERR_LT(rel_max_err(rdot, ref), kFp32Tol, errname(std::string("ghost row dots cache=") + std::to_string(use_cache)));
+  }
+  // With segments of h's rows (the fused path): each segment's sum, the last across the chunk boundary
+  // (scored row 256 is h's row 384), one with a single scored row (380), one with none (40); dW and dh
+  // as without segments.
+  const vector<int64_t> seg = {0, 40, 41, 170, 380, 381, 420};
+  const int64_t n_seg = int64_t(seg.size()) - 1;
+  for (bool acc : {false, true}) {
+    cpu::LogprobParams<float> p{hf.data(), Wf.data(), C, V, rows.data(), tg.data(), nr};
+    vector<float> lp(size_t(nr), 0.0f), lse(size_t(nr), 0.0f), dh0(size_t(n * C), 0.0f), dh1(size_t(n * C), 0.0f);
+    vector<float> dW0(size_t(V * C), acc ? 0.5f : 9.0f), dW1 = dW0;
+    vector<double> rdot0(size_t(n), 0.0), rdot1(size_t(n), 0.0);
+    cpu::logprob_forward(p, lp.data(), lse.data(), (float*)nullptr);
+    cpu::logprob_backward(p, cf.data(), lse.data(), (float*)nullptr, dh0.data(), dW0.data(), acc, Ghf.data(), rdot0.data());
+    cpu::logprob_backward(p, cf.data(), lse.data(), (float*)nullptr, dh1.data(), dW1.data(), acc, Ghf.data(), rdot1.data(),
+                          seg.data(), n_seg);
+    vector<double> want(size_t(n_seg), 0.0), got(size_t(n_seg), 0.0);
+    for (int64_t k = 0; k < n_seg; ++k)
+      for (int64_t t = seg[size_t(k)]; t < seg[size_t(k) + 1]; ++t)
+        want[size_t(k)] += ref[size_t(t)], got[size_t(k)] += rdot1[size_t(t)];
+    const std::string what = std::string(" acc=") + std::to_string(acc);
+    EXPECT_ERR_LT(rel_max_err(got, want), kFp32Tol, errname("ghost segment dots" + what));
+    EXPECT_ERR_LT(rel_max_err(dW1, cast<double>(dW0)), kFp32Tol, errname("dW, fused against two GEMMs" + what));
+    EXPECT_EQ(dh1, dh0);
+    EXPECT_EQ(got[1], 0.0);  // row 40 has no target
   }
 }
 

@@ -18,24 +18,25 @@ struct LossInfo {
   bool uses_reference;
   bool length_normalized;
   bool uses_label_smoothing;
+  bool margin_only;  // the policy enters only through the pair's (implicit-reward) margin
 };
 
 // One row per loss: the single place that names a loss and says which inputs it reads.
 constexpr LossInfo kLosses[] = {
-    {LossType::Sigmoid, "sigmoid", true, false, false},
-    {LossType::Ipo, "ipo", true, true, false},
-    {LossType::Hinge, "hinge", true, false, false},
-    {LossType::Cdpo, "cdpo", true, false, true},
-    {LossType::Robust, "robust", true, false, true},
-    {LossType::Simpo, "simpo", false, true, true},
-    {LossType::ExoPair, "exo_pair", true, false, true},
-    {LossType::NcaPair, "nca_pair", true, false, false},
-    {LossType::BcoPair, "bco_pair", true, false, false},
-    {LossType::SppoHard, "sppo_hard", true, false, false},
-    {LossType::ApoZero, "apo_zero", true, false, false},
-    {LossType::ApoDown, "apo_down", true, false, false},
-    {LossType::Discopop, "discopop", true, false, false},
-    {LossType::SigmoidNorm, "sigmoid_norm", true, true, false},
+    {LossType::Sigmoid, "sigmoid", true, false, false, true},
+    {LossType::Ipo, "ipo", true, true, false, true},
+    {LossType::Hinge, "hinge", true, false, false, true},
+    {LossType::Cdpo, "cdpo", true, false, true, true},
+    {LossType::Robust, "robust", true, false, true, true},
+    {LossType::Simpo, "simpo", false, true, true, true},
+    {LossType::ExoPair, "exo_pair", true, false, true, true},
+    {LossType::NcaPair, "nca_pair", true, false, false, false},
+    {LossType::BcoPair, "bco_pair", true, false, false, false},
+    {LossType::SppoHard, "sppo_hard", true, false, false, false},
+    {LossType::ApoZero, "apo_zero", true, false, false, false},
+    {LossType::ApoDown, "apo_down", true, false, false, false},
+    {LossType::Discopop, "discopop", true, false, false, true},
+    {LossType::SigmoidNorm, "sigmoid_norm", true, true, false, true},
 };
 
 const LossInfo& info(LossType type) {
@@ -89,6 +90,7 @@ const std::vector<LossType>& all_losses() {
 bool loss_uses_reference(LossType type) { return info(type).uses_reference; }
 bool loss_is_length_normalized(LossType type) { return info(type).length_normalized; }
 bool loss_uses_label_smoothing(LossType type) { return info(type).uses_label_smoothing; }
+bool loss_is_margin_only(LossType type) { return info(type).margin_only; }
 
 void validate(const LossConfig& cfg) {
   const std::string name = loss_name(cfg.type);

@@ -470,7 +470,7 @@ template <typename T>
 void logprob_backward(const Context& ctx, const Logprob<T>& fwd, const LogprobGrad<T>& a) {
   MP_DISPATCH_CUDA("logprob_backward",
                    cpu::logprob_backward_shard(cpu_logprob(fwd), fwd.vocab_begin, a.coef, a.lse, a.prob_cache, a.dh,
-                                               a.dW, a.accumulate, a.ghat, a.row_dot),
+                                               a.dW, a.accumulate, a.ghat, a.row_dot, a.seg, a.n_seg),
                    cuda::logprob_backward(blas_call(ctx), cuda_logprob(fwd), a.coef, a.lse, a.prob_cache, a.dh, a.dW,
                                           a.accumulate, a.ghat, a.row_dot, ctx.stream));
 }

@@ -396,8 +396,9 @@ void LlamaModel<T>::backward_stage(const T* params, const T* dout, T* grads, boo
     T* coef = ar.alloc<T>(size_t(nr));
     ops::gather(cx, coef, dlogp, di_.rows_p, nr);
     ops::fill(cx, dhN, T(0), n * C);
-    const ops::LogprobGrad<T> lg{coef, row_lse_.data(), probs_.empty() ? nullptr : probs_.data(), dhN,
-                                 g.lm_head, accumulate, ghost ? gh->lm_head : nullptr, rdot};
+    ops::LogprobGrad<T> lg{coef, row_lse_.data(), probs_.empty() ? nullptr : probs_.data(), dhN,
+                           g.lm_head, accumulate, ghost ? gh->lm_head : nullptr, rdot};
+    if (ghost) lg.seg = seg, lg.n_seg = int64_t(seg_.size()) - 1;
     if (tp_) {
       // dhN is this rank's partial over its vocabulary rows: summed over TP before the final norm.
       VocabParallelLogprobParams<T> vp{hN_.data(), w.lm_head, C, shard_, di_.rows_p, di_.row_targets_p, nr};

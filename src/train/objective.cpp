@@ -46,11 +46,11 @@ PairLogps pair_input(const PairSplit& s, int64_t i, double pc, double pr) {
 namespace {
 
 // A micro-batch's pair losses and weights from its per-row logp (into r), and dL/dlogp per row with
-// coefficient a_k · coef_scale on pair k's loss.
+// coefficient a_k · coef_scale on pair k's loss. `ghost`: the backward also takes ghost dots.
 template <typename T>
 std::vector<T> pair_dlogp(const PairSplit& s, const std::vector<int64_t>& chunk, const PackedBatch& batch,
                           const std::vector<int32_t>& targets, const std::vector<T>& logp, const LossConfig& loss,
-                          const WeightFn& weigh, double coef_scale, PairMicroResult& r) {
+                          const WeightFn& weigh, double coef_scale, bool ghost, PairMicroResult& r) {
   const std::vector<double> seq = sequence_logps(batch, logp);
   for (size_t k = 0; k < chunk.size(); ++k) {
     r.in.push_back(pair_input(s, chunk[k], seq[2 * k], seq[2 * k + 1]));
@@ -61,7 +61,10 @@ std::vector<T> pair_dlogp(const PairSplit& s, const std::vector<int64_t>& chunk,
   if (loss.weights_as_confidence) {
     // ℓ(u) per pair, u = the weight clamped to [0, 1]. A sequence's ghost dot is its coefficient times
     // ⟨ĝ, ∇ log π(y)⟩, so a coefficient of exactly 0 (ℓ(u) at its minimum) would lose the latter:
-    // keep it at least 1e-6 of the larger of the two losses' derivatives (a negligible change).
+    // with ghost dots, keep it at least 1e-6 of the larger of the two losses' derivatives (a negligible
+    // change of a meta step's gradient), with the sign of ∂ℓ(u)/∂u's derivative where it is 0, so that
+    // a margin-only loss keeps the same ratio du / coef on both sequences of the pair (what pair sums
+    // of the dots rely on: ghost_group).
     r.seq_coef.resize(2 * chunk.size()), r.seq_du.resize(2 * chunk.size());
     for (size_t k = 0; k < chunk.size(); ++k) {
       const ConfidencePairLoss c = confidence_pair_loss(loss, r.in[k], std::clamp(r.weights[k], 0.0, 1.0));
@@ -69,8 +72,9 @@ std::vector<T> pair_dlogp(const PairSplit& s, const std::vector<int64_t>& chunk,
       const double du[2] = {c.du_chosen, c.du_rejected};
       const double full[2] = {r.out[k].d_policy_chosen, r.out[k].d_policy_rejected};
       for (int j = 0; j < 2; ++j) {
-        const double tiny = 1e-6 * (std::abs(full[j]) + std::abs(full[j] - 2.0 * du[j]));
-        r.seq_coef[2 * k + j] = std::abs(d[j]) >= tiny ? d[j] : (d[j] < 0 ? -tiny : tiny);
+        const double tiny = ghost ? 1e-6 * (std::abs(full[j]) + std::abs(full[j] - 2.0 * du[j])) : 0.0;
+        const double sign = d[j] != 0 ? d[j] : du[j];
+        r.seq_coef[2 * k + j] = std::abs(d[j]) >= tiny ? d[j] : (sign < 0 ? -tiny : tiny);
         r.seq_du[2 * k + j] = du[j];
         coef[2 * k + j] = coef_scale * r.seq_coef[2 * k + j];
       }
@@ -83,6 +87,14 @@ std::vector<T> pair_dlogp(const PairSplit& s, const std::vector<int64_t>& chunk,
     }
   }
   return expand_seq_coef<T>(batch, targets, coef);
+}
+
+// How many adjacent sequences one ghost dot may cover (LlamaModel::set_ghost_group). pair_align needs
+// per pair Σ_y du_y / coef_y · dot_y: pair sums suffice when du / coef is the same on both sequences,
+// which holds for the base loss (du = coef) and, with weights as confidences, for losses in which
+// the policy enters through the margin only. Otherwise every sequence keeps its own dot.
+int ghost_group(const LossConfig& loss) {
+  return loss.weights_as_confidence && !loss_is_margin_only(loss.type) ? 1 : 2;
 }
 
 // The backward ran with a_k·coef_scale on pair k: divide it out of the ghost dots to get ⟨ĝ, ∇θ ℓ_k⟩.
@@ -112,9 +124,10 @@ PairMicroResult pair_micro_step(LlamaModel<T>& model, const T* params, T* grads,
   const PairBatch pb = make_pair_batch(s, chunk);
   std::vector<T> logp(size_t(pb.batch.n_tokens()));
   model.forward(params, pb.batch, pb.targets.data(), logp.data());
-  const std::vector<T> dlogp = pair_dlogp<T>(s, chunk, pb.batch, pb.targets, logp, loss, weigh, coef_scale, r);
+  const std::vector<T> dlogp =
+      pair_dlogp<T>(s, chunk, pb.batch, pb.targets, logp, loss, weigh, coef_scale, ghat != nullptr, r);
   std::vector<double> seq_dots;
-  model.set_ghost_group(2);  // only the pair sums are used (pair_align)
+  model.set_ghost_group(ghost_group(loss));
   model.backward(params, dlogp.data(), grads, accumulate, ghat, ghat ? &seq_dots : nullptr);
   model.set_ghost_group(1);
   if (ghat) pair_align(seq_dots, coef_scale, r);
@@ -138,10 +151,11 @@ std::vector<PairMicroResult> pair_pipeline_step(LlamaModel<float>& model, Comm* 
     const WeightFn w = [&](const std::vector<PairLogps>& in, const std::vector<PairLossResult>& out) {
       return weigh(m, in, out);
     };
-    return pair_dlogp<float>(s, chunks[m], mbs[m].batch, mbs[m].targets, logp, loss, w, coef_scale, res[m]);
+    return pair_dlogp<float>(s, chunks[m], mbs[m].batch, mbs[m].targets, logp, loss, w, coef_scale, ghat != nullptr,
+                             res[m]);
   };
   std::vector<std::vector<double>> dots;
-  model.set_ghost_group(2);  // only the pair sums are used (pair_align)
+  model.set_ghost_group(ghost_group(loss));
   pipeline_train(model, pp, params, grads, mbs, lf, ghat, ghat ? &dots : nullptr);
   model.set_ghost_group(1);
   if (ghat && model.stage().last)

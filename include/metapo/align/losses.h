@@ -46,6 +46,12 @@ bool loss_uses_reference(LossType type);
 bool loss_is_length_normalized(LossType type);
 // True for losses that read label_smoothing (cdpo, robust, exo_pair, simpo).
 bool loss_uses_label_smoothing(LossType type);
+// True for losses in which the policy enters only through the pair's margin m (sigmoid, ipo, hinge,
+// cdpo, robust, simpo, exo_pair, discopop, sigmoid_norm): then ∂ℓ/∂log π(y_w) and ∂ℓ/∂log π(y_l)
+// have a fixed ratio per pair (−1, or the ratio of the lengths when normalized), and so have the
+// derivatives of the label-confidence loss ℓ(u) and of ∂ℓ(u)/∂u. Not: nca_pair, bco_pair, sppo_hard,
+// apo_zero, apo_down (terms of one response alone).
+bool loss_is_margin_only(LossType type);
 
 struct LossConfig {
   LossType type = LossType::Sigmoid;

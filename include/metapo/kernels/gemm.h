@@ -36,14 +36,25 @@ void linear_ghost_dots(const T* A, const T* G, const T* Ghat, const T* ghat_b, i
 // the whole segment's dot on its first row (other rows untouched; empty segments add nothing), so
 // summing rdot over each segment gives what linear_backward + linear_ghost_dots give. dX, dW, db as
 // linear_backward(dX, dW, db, G, A, W, n, in, out, accumulate); G = dY, A = X.
-// Cost: dW is computed one segment at a time on cache-sized tiles, and each segment's product is
-// dotted with Ĝ there: one extra pass over the tile per segment (3·in·out per segment) instead of a
-// second [n × in × out] GEMM, so the ghost costs about n_seg / n of a GEMM. When the mean segment is
+// Cost: dW and the dots come from weight_grad_ghost (below), a GEMM micro-kernel that dots each
+// segment's product with Ĝ while it is in registers: one FMA per element of the register block and
+// segment on top of the GEMM, instead of a second [n × in × out] GEMM. When the mean segment is
 // shorter than a few rows, it falls back to linear_backward + linear_ghost_dots (the per-row form).
 // Segments must be ordered, non-overlapping and within [0, n].
 template <typename T>
 void linear_backward_ghost(T* dX, T* dW, T* db, const T* dY, const T* X, const T* W, int64_t n, int64_t in,
                            int64_t out, bool accumulate, const T* Ghat, const T* ghat_b, const int64_t* seg,
                            int64_t n_seg, double* rdot);
+
+// The weight gradient of a linear layer fused with the ghost dots of its segments:
+// dW (+)= Gᵀ A (overwritten when !accumulate) and seg_dot[s] += ⟨Ĝ, Σ_{t∈s} G_t A_tᵀ⟩ for the rows
+// t ∈ [seg[s], seg[s+1]). G: [n, out], A: [n, in], dW and Ĝ: [out, in]. Rows outside every segment
+// count in dW only. Every sum is taken in the same order for any thread count.
+template <typename T>
+void weight_grad_ghost(T* dW, const T* G, const T* A, const T* Ghat, int64_t n, int64_t in, int64_t out, bool accumulate,
+                       const int64_t* seg, int64_t n_seg, double* seg_dot);
+// The workspace one weight_grad_ghost call holds (Mem::Workspace: its packed chunk of A), whatever the
+// shapes; the memory plan counts it.
+constexpr int64_t kWeightGradGhostWorkspaceBytes = 160 * 1024;
 
 }  // namespace metapo::cpu

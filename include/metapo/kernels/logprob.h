@@ -29,10 +29,15 @@ void logprob_forward(const LogprobParams<T>& p, T* logp, T* lse, T* prob_cache);
 // (dW = ... when !accumulate). Rows with coef 0 are still counted (their contribution is exactly
 // zero). The cache, when given, is consumed (overwritten).
 // With Ghat (a [V, C] tensor) given, also adds to row_dot[rows[i]] row i's part of ⟨Ghat, dW⟩:
-// ⟨dlogits_i, Ghat h_i⟩ (one extra GEMM per chunk: dlogits Ghat, [rows, C]).
+// ⟨dlogits_i, Ghat h_i⟩ (one extra GEMM per chunk: dlogits Ghat, [rows, C]). When segments of h's rows
+// are given as well (seg [n_seg + 1], the starts of the groups whose sum is all the caller needs, as
+// for linear_backward_ghost) and rows is increasing, only each segment's sum is formed: the rows of a
+// segment within a chunk put their whole dot on the segment's first scored row of the chunk, and dW
+// and the dots come from one fused kernel (weight_grad_ghost) instead of two GEMMs.
 template <typename T>
 void logprob_backward(const LogprobParams<T>& p, const T* coef, const T* lse, T* prob_cache, T* dh,
-                      T* dW, bool accumulate = true, const T* Ghat = nullptr, double* row_dot = nullptr);
+                      T* dW, bool accumulate = true, const T* Ghat = nullptr, double* row_dot = nullptr,
+                      const int64_t* seg = nullptr, int64_t n_seg = 0);
 
 // ---- vocabulary shards (the vocab-parallel LM head, parallel/vocab_parallel.h) ----
 // Here p.W holds only the vocabulary columns [vocab_begin, vocab_begin + p.V) (p.V may be 0), and
@@ -54,7 +59,7 @@ void logprob_forward_shard(const LogprobParams<T>& p, int64_t vocab_begin, T* ro
 template <typename T>
 void logprob_backward_shard(const LogprobParams<T>& p, int64_t vocab_begin, const T* coef, const T* lse,
                             T* prob_cache, T* dh, T* dW, bool accumulate = true, const T* Ghat = nullptr,
-                            double* row_dot = nullptr);
+                            double* row_dot = nullptr, const int64_t* seg = nullptr, int64_t n_seg = 0);
 
 // Combining the shards' partial results (vocab-parallel log-probs) once the TP group has reduced them.
 // Given gmax[i] = max over shards of row_max[i]: red[i] = row_sumexp[i] · exp(row_max[i] - gmax[i]) (0

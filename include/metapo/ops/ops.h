@@ -418,6 +418,10 @@ struct LogprobGrad {
   bool accumulate;
   const T* ghat = nullptr;
   double* row_dot = nullptr;
+  // With ghat: the starts of the groups of h's rows whose dot sum is all that is needed ([n_seg + 1], as
+  // LinearGrad::seg); the CPU then fuses the head's weight gradient with the dots. May be null.
+  const int64_t* seg = nullptr;
+  int64_t n_seg = 0;
 };
 template <typename T>
 void logprob_backward(const Context& ctx, const Logprob<T>& fwd, const LogprobGrad<T>& a);

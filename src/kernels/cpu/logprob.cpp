@@ -115,18 +115,47 @@ void logprob_forward_shard(const LogprobParams<T>& p, int64_t vocab_begin, T* ro
 
 template <typename T>
 void logprob_backward(const LogprobParams<T>& p, const T* coef, const T* lse, T* prob_cache, T* dh,
-                      T* dW, bool accumulate, const T* Ghat, double* row_dot) {
-  logprob_backward_shard(p, 0, coef, lse, prob_cache, dh, dW, accumulate, Ghat, row_dot);
+                      T* dW, bool accumulate, const T* Ghat, double* row_dot, const int64_t* seg, int64_t n_seg) {
+  logprob_backward_shard(p, 0, coef, lse, prob_cache, dh, dW, accumulate, Ghat, row_dot, seg, n_seg);
 }
+
+namespace {
+
+// For the fused LM-head ghost: per chunk of scored rows, the runs of rows in one segment of h's rows
+// (local [n_local + 1] starts into the chunk) and the segment of every row, from increasing rows.
+// Returns false when rows is not increasing or leaves [seg[0], seg[n_seg]) (the caller then takes the
+// per-row form).
+bool rows_in_segments(const int32_t* rows, int64_t n_rows, const int64_t* seg, int64_t n_seg,
+                      std::vector<int64_t>& row_seg) {
+  row_seg.resize(size_t(n_rows));
+  int64_t s = 0;
+  for (int64_t i = 0; i < n_rows; ++i) {
+    if (i > 0 && rows[i] <= rows[i - 1]) return false;
+    while (s < n_seg && rows[i] >= seg[s + 1]) ++s;
+    if (s >= n_seg || rows[i] < seg[s]) return false;
+    row_seg[size_t(i)] = s;
+  }
+  return true;
+}
+
+}  // namespace
 
 template <typename T>
 void logprob_backward_shard(const LogprobParams<T>& p, int64_t vocab_begin, const T* coef, const T* lse,
-                            T* prob_cache, T* dh, T* dW, bool accumulate, const T* Ghat, double* row_dot) {
+                            T* prob_cache, T* dh, T* dW, bool accumulate, const T* Ghat, double* row_dot,
+                            const int64_t* seg, int64_t n_seg) {
   MP_CHECK(p.V >= 0 && vocab_begin >= 0, "logprob_backward_shard: bad shard [", vocab_begin, ", +", p.V, ")");
   if (!accumulate && p.n_rows == 0) std::fill(dW, dW + p.V * p.C, T(0));
   if (p.V == 0) return;  // no logits here: nothing reaches dh, dW (empty) or row_dot
   const int64_t chunk = chunk_rows(p);
-  std::vector<T> dhc(size_t(chunk * p.C)), gz(Ghat ? size_t(chunk * p.C) : 0);
+  // Fused: segments given, rows increasing inside them, and a mean of at least 4 scored rows per segment
+  // (below that the flushes cost more than the per-row GEMM).
+  std::vector<int64_t> row_seg;
+  const bool fused = Ghat && seg && n_seg > 0 && rows_in_segments(p.rows, p.n_rows, seg, n_seg, row_seg) &&
+                     p.n_rows >= 4 * n_seg;
+  std::vector<T> dhc(size_t(chunk * p.C)), gz(Ghat && !fused ? size_t(chunk * p.C) : 0);
+  std::vector<int64_t> local;
+  std::vector<double> local_dot;
   // Without a cache the logits are recomputed; with one, z holds the probabilities.
   for_each_chunk(p, prob_cache, false, [&](int64_t r0, int64_t nr, const T* hc, T* z) {
     // dlogits = coef (onehot - softmax), written over z.
@@ -144,7 +173,18 @@ void logprob_backward_shard(const LogprobParams<T>& p, int64_t vocab_begin, cons
       const int64_t tv = int64_t(p.targets[r0 + i]) - vocab_begin;  // the onehot, where this shard owns it
       if (tv >= 0 && tv < p.V) row[tv] += c;
     }
-    if (Ghat) {
+    if (fused) {
+      gemm<T>(false, false, nr, p.C, p.V, T(1), z, p.V, p.W, p.C, T(0), dhc.data(), p.C);
+      // The chunk's runs of rows in one segment; each run's dot lands on its first row.
+      local.clear();
+      for (int64_t i = 0; i < nr; ++i)
+        if (i == 0 || row_seg[size_t(r0 + i)] != row_seg[size_t(r0 + i - 1)]) local.push_back(i);
+      local.push_back(nr);
+      local_dot.assign(local.size() - 1, 0.0);
+      weight_grad_ghost<T>(dW, z, hc, Ghat, nr, p.C, p.V, accumulate || r0 > 0, local.data(),
+                           int64_t(local.size()) - 1, local_dot.data());
+      for (size_t k = 0; k + 1 < local.size(); ++k) row_dot[p.rows[r0 + local[k]]] += local_dot[k];
+    } else if (Ghat) {
       // Ghost dots: ⟨dlogits_i, Ĝ h_i⟩ = ⟨dlogits_i Ĝ, h_i⟩ per row, from one extra GEMM with [nr, C]
       // output (not [nr, V]: the same FLOPs, 1/16 of the memory traffic at V = 16 C).
       gemm<T>(false, false, nr, p.C, p.V, T(1), z, p.V, Ghat, p.C, T(0), gz.data(), p.C);
@@ -158,9 +198,11 @@ void logprob_backward_shard(const LogprobParams<T>& p, int64_t vocab_begin, cons
         row_dot[p.rows[r0 + i]] += s;
       }
     }
-    gemm<T>(false, false, nr, p.C, p.V, T(1), z, p.V, p.W, p.C, T(0), dhc.data(), p.C);
-    const T beta = (accumulate || r0 > 0) ? T(1) : T(0);  // the first chunk may overwrite dW
-    gemm<T>(true, false, p.V, p.C, nr, T(1), z, p.V, hc, p.C, beta, dW, p.C);
+    if (!fused) {
+      gemm<T>(false, false, nr, p.C, p.V, T(1), z, p.V, p.W, p.C, T(0), dhc.data(), p.C);
+      const T beta = (accumulate || r0 > 0) ? T(1) : T(0);  // the first chunk may overwrite dW
+      gemm<T>(true, false, p.V, p.C, nr, T(1), z, p.V, hc, p.C, beta, dW, p.C);
+    }
 #pragma omp parallel for schedule(static)
     for (int64_t i = 0; i < nr; ++i) {
       T* dst = dh + int64_t(p.rows[r0 + i]) * p.C;
@@ -211,17 +253,19 @@ template void logprob_shard_finish<double>(const double*, const double*, const d
 template void logprob_forward<float>(const LogprobParams<float>&, float*, float*, float*);
 template void logprob_forward<double>(const LogprobParams<double>&, double*, double*, double*);
 template void logprob_backward<float>(const LogprobParams<float>&, const float*, const float*,
-                                      float*, float*, float*, bool, const float*, double*);
+                                      float*, float*, float*, bool, const float*, double*, const int64_t*, int64_t);
 template void logprob_backward<double>(const LogprobParams<double>&, const double*, const double*,
-                                       double*, double*, double*, bool, const double*, double*);
+                                       double*, double*, double*, bool, const double*, double*, const int64_t*,
+                                       int64_t);
 template void logprob_forward_shard<float>(const LogprobParams<float>&, int64_t, float*, float*, float*,
                                           float*);
 template void logprob_forward_shard<double>(const LogprobParams<double>&, int64_t, double*, double*, double*,
                                            double*);
 template void logprob_backward_shard<float>(const LogprobParams<float>&, int64_t, const float*, const float*,
-                                            float*, float*, float*, bool, const float*, double*);
+                                            float*, float*, float*, bool, const float*, double*, const int64_t*,
+                                            int64_t);
 template void logprob_backward_shard<double>(const LogprobParams<double>&, int64_t, const double*,
                                              const double*, double*, double*, double*, bool, const double*,
-                                             double*);
+                                             double*, const int64_t*, int64_t);
 
 }  // namespace metapo::cpu
