@@ -475,6 +475,8 @@ void logprob_backward(const Context& ctx, const Logprob<T>& fwd, const LogprobGr
                                           a.accumulate, a.ghat, a.row_dot, ctx.stream));
 }
 
+int64_t ghost_workspace_bytes() { return cpu::kWeightGradGhostWorkspaceBytes; }
+
 // ---- data movement ----
 
 namespace {

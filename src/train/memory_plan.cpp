@@ -3,10 +3,10 @@
 #include <algorithm>
 
 #include "metapo/core/error.h"
-#include "metapo/kernels/gemm.h"
 #include "metapo/meta/pair_stats.h"
 #include "metapo/model/layout.h"
 #include "metapo/model/tp_layout.h"
+#include "metapo/ops/ops.h"
 #include "metapo/parallel/vocab_parallel.h"
 
 namespace metapo {
@@ -95,9 +95,8 @@ std::vector<StagePlan> plan_memory(const PlanInput& in) {
     const int64_t bwd_arena = 2 * r16(C * nb * pr.act) + r16(I * nb * pr.act) + r16(2 * I * nb * pr.act) +
                               r16(Q * nb * pr.act) + r16(QKV * nb * pr.act) + (st.last ? r16(Rb * 4) : 0) +
                               (in.metapo ? r16(8 * nb) : 0);
-    // With MetaPO, a meta step's fused weight gradients (cpu::weight_grad_ghost) hold their packing
-    // buffer beside the backward's arena.
-    add(Mem::Workspace, std::max(fwd_arena, bwd_arena + (in.metapo ? cpu::kWeightGradGhostWorkspaceBytes : 0)));
+    // With MetaPO, a meta step's fused ghost weight gradients hold their packing buffer beside the arena.
+    add(Mem::Workspace, std::max(fwd_arena, bwd_arena + (in.metapo ? ops::ghost_workspace_bytes() : 0)));
     // The pipeline's messages of [tokens, C], held for one pass: in a training pass, toward the next
     // stage the output sent and its copy in flight (MpiComm keeps one per peer) and the gradient
     // received; toward the previous stage the input received, the gradient sent and its copy. A

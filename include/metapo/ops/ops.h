@@ -426,6 +426,11 @@ struct LogprobGrad {
 template <typename T>
 void logprob_backward(const Context& ctx, const Logprob<T>& fwd, const LogprobGrad<T>& a);
 
+// Bytes of workspace (Mem::Workspace) that a meta step's fused ghost weight gradients hold beside the
+// backward's arena: the CPU kernel's packing buffer, whatever the shapes (the device path needs none;
+// the memory plan, which does not know the device, counts it anyway).
+int64_t ghost_workspace_bytes();
+
 // ---- data movement and small reductions ----
 
 // Bytes between the host and the context's device (a plain copy on the CPU); waits for the copy.

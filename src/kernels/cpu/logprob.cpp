@@ -121,10 +121,9 @@ void logprob_backward(const LogprobParams<T>& p, const T* coef, const T* lse, T*
 
 namespace {
 
-// For the fused LM-head ghost: per chunk of scored rows, the runs of rows in one segment of h's rows
-// (local [n_local + 1] starts into the chunk) and the segment of every row, from increasing rows.
-// Returns false when rows is not increasing or leaves [seg[0], seg[n_seg]) (the caller then takes the
-// per-row form).
+// For the fused LM-head ghost: row_seg[i] = the segment of h's rows that scored row i lies in. Returns
+// false when rows is not increasing or leaves [seg[0], seg[n_seg]) (the caller then takes the per-row
+// form).
 bool rows_in_segments(const int32_t* rows, int64_t n_rows, const int64_t* seg, int64_t n_seg,
                       std::vector<int64_t>& row_seg) {
   row_seg.resize(size_t(n_rows));
@@ -173,8 +172,8 @@ void logprob_backward_shard(const LogprobParams<T>& p, int64_t vocab_begin, cons
       const int64_t tv = int64_t(p.targets[r0 + i]) - vocab_begin;  // the onehot, where this shard owns it
       if (tv >= 0 && tv < p.V) row[tv] += c;
     }
+    gemm<T>(false, false, nr, p.C, p.V, T(1), z, p.V, p.W, p.C, T(0), dhc.data(), p.C);
     if (fused) {
-      gemm<T>(false, false, nr, p.C, p.V, T(1), z, p.V, p.W, p.C, T(0), dhc.data(), p.C);
       // The chunk's runs of rows in one segment; each run's dot lands on its first row.
       local.clear();
       for (int64_t i = 0; i < nr; ++i)
@@ -184,22 +183,21 @@ void logprob_backward_shard(const LogprobParams<T>& p, int64_t vocab_begin, cons
       weight_grad_ghost<T>(dW, z, hc, Ghat, nr, p.C, p.V, accumulate || r0 > 0, local.data(),
                            int64_t(local.size()) - 1, local_dot.data());
       for (size_t k = 0; k + 1 < local.size(); ++k) row_dot[p.rows[r0 + local[k]]] += local_dot[k];
-    } else if (Ghat) {
-      // Ghost dots: ⟨dlogits_i, Ĝ h_i⟩ = ⟨dlogits_i Ĝ, h_i⟩ per row, from one extra GEMM with [nr, C]
-      // output (not [nr, V]: the same FLOPs, 1/16 of the memory traffic at V = 16 C).
-      gemm<T>(false, false, nr, p.C, p.V, T(1), z, p.V, Ghat, p.C, T(0), gz.data(), p.C);
+    } else {
+      if (Ghat) {
+        // Ghost dots: ⟨dlogits_i, Ĝ h_i⟩ = ⟨dlogits_i Ĝ, h_i⟩ per row, from one extra GEMM with [nr, C]
+        // output (not [nr, V]: the same FLOPs, 1/16 of the memory traffic at V = 16 C).
+        gemm<T>(false, false, nr, p.C, p.V, T(1), z, p.V, Ghat, p.C, T(0), gz.data(), p.C);
 #pragma omp parallel for schedule(static)
-      for (int64_t i = 0; i < nr; ++i) {
-        const T* a = gz.data() + i * p.C;
-        const T* hrow = hc + i * p.C;
-        double s = 0;
+        for (int64_t i = 0; i < nr; ++i) {
+          const T* a = gz.data() + i * p.C;
+          const T* hrow = hc + i * p.C;
+          double s = 0;
 #pragma omp simd reduction(+ : s)
-        for (int64_t c = 0; c < p.C; ++c) s += double(a[c]) * double(hrow[c]);
-        row_dot[p.rows[r0 + i]] += s;
+          for (int64_t c = 0; c < p.C; ++c) s += double(a[c]) * double(hrow[c]);
+          row_dot[p.rows[r0 + i]] += s;
+        }
       }
-    }
-    if (!fused) {
-      gemm<T>(false, false, nr, p.C, p.V, T(1), z, p.V, p.W, p.C, T(0), dhc.data(), p.C);
       const T beta = (accumulate || r0 > 0) ? T(1) : T(0);  // the first chunk may overwrite dW
       gemm<T>(true, false, p.V, p.C, nr, T(1), z, p.V, hc, p.C, beta, dW, p.C);
     }
