@@ -108,9 +108,9 @@ class LlamaModel {
                       std::vector<double>* seq_dots, T* dx_in);
 
   // Ghost dots are only needed summed over groups of k consecutive sequences (k = 2 for preference
-  // pairs: chosen and rejected). With k > 1 the linear layers' and the LM head's dots are taken per group (half the
-  // passes for pairs), so seq_dots[s] then holds a share of its group's dot: only sums over whole
-  // groups are meaningful. Default 1 (per sequence).
+  // pairs: chosen and rejected). With k > 1 the linear layers' and the LM head's dots are taken per
+  // group (half the passes for pairs), so seq_dots[s] then holds a share of its group's dot: only sums
+  // over whole groups are meaningful. Default 1 (per sequence).
   void set_ghost_group(int64_t k) { ghost_group_ = k; }
 
   // Activation slots: n forwards can be held at once (1F1B keeps up to one per later stage); use_slot

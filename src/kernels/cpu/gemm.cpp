@@ -94,7 +94,7 @@ namespace {
 // (packed panels, a register block of the output) so that each segment's product never leaves the
 // registers: dW = Gᵀ A is accumulated over the rows in an MR × NR register block of dW (MR rows of
 // `out`, NR = 2 vectors of `in`), and at the end of every segment the block is dotted with the same
-// block of Ĝ, added to dW in memory and cleared. The extra work is that flush, once per segment and
+// block of Ĝ, added to the chunk's sum and cleared. The extra work is that flush, once per segment and
 // block: a few rows' worth of FMAs, where a separate ghost GEMM would cost a whole forward and BLAS
 // calls per segment lose most of their speed on products of 30–60 rows.
 // GCC vector extensions: the vector width follows the target (AVX-512: 64 bytes, else 32).
@@ -134,7 +134,8 @@ void ghost_block(const GhostRun* runs, int64_t n_runs, const T* Ap, const T* Gp,
                  int rows, int cols, bool overwrite, double* part) {
   using V = typename GhostVec<T, VB>::type;
   constexpr int W = GhostVec<T, VB>::width, NR = 2 * W, MR = ghost_mr<T, VB>();
-  // Ĝ and dW are first needed at the end of the first run: fetch their rows while the run is summed.
+  // Ĝ is first needed at the end of the first run and dW at the end of the chunk: fetch their rows
+  // while the rows are summed.
   for (int r = 0; r < rows; ++r) {
     __builtin_prefetch(Gh + r * ld, 0), __builtin_prefetch(Gh + r * ld + NR - 1, 0);
     __builtin_prefetch(dW + r * ld, 1), __builtin_prefetch(dW + r * ld + NR - 1, 1);
