@@ -27,6 +27,8 @@ import re
 import statistics
 import sys
 
+from auc import rank_auc  # tools/auc.py: the script's directory is on sys.path
+
 
 def die(msg):
     print(f"error: {msg}", file=sys.stderr)
@@ -37,26 +39,6 @@ try:
     import numpy as np
 except ImportError:
     die("feature_ceiling.py needs numpy (pip install numpy)")
-
-
-def auc(score, pos):
-    """AUC of score for pos (bool array) against the rest: Mann-Whitney with tied ranks averaged."""
-    score = np.asarray(score, dtype=np.float64)
-    n1 = int(pos.sum())
-    n0 = len(pos) - n1
-    if n1 == 0 or n0 == 0:
-        return float("nan")
-    order = np.argsort(score, kind="mergesort")
-    s = score[order]
-    ranks = np.empty(len(s))
-    i = 0
-    while i < len(s):  # average ranks over ties
-        j = i
-        while j + 1 < len(s) and s[j + 1] == s[i]:
-            j += 1
-        ranks[order[i:j + 1]] = 0.5 * (i + j) + 1
-        i = j + 1
-    return float((ranks[pos].sum() - n1 * (n1 + 1) / 2) / (n1 * n0))
 
 
 def load(run):
@@ -139,7 +121,7 @@ def ceiling(x, flipped, folds, seed, ridge):
         ptr, pte = expand(x[tr], x[te])
         w = fit_logistic(ptr, flipped[tr].astype(np.float64), ridge)
         score[te] = np.hstack([np.ones((te.sum(), 1)), pte]) @ w
-    return auc(-score, ~flipped), score  # clean pairs as the positive class, as analyze's quality_auc
+    return rank_auc(-score, ~flipped), score  # clean pairs as the positive class, as analyze's quality_auc
 
 
 def one(run, a):
@@ -150,7 +132,7 @@ def one(run, a):
             die(f"--scores {a.scores}: {run} has no {'flipped' if clean.all() else 'clean'} pairs to fit against")
         return {"run": run, "n": len(x), "flipped": int(flipped.sum()), "weight_auc": None,
                 "best_feature": None, "best_feature_auc": None, "ceiling_auc": None}
-    per = {n: auc(x[:, j], clean) for j, n in enumerate(names)}
+    per = {n: rank_auc(x[:, j], clean) for j, n in enumerate(names)}
     best = max(per, key=lambda n: abs(per[n] - 0.5))
     ceil, score = ceiling(x, flipped, a.folds, a.seed, a.ridge)
     if a.scores:
@@ -159,7 +141,7 @@ def one(run, a):
             for i, z in zip(ids, score):
                 f.write(json.dumps({"sample_id": i, "p_clean": float(1 / (1 + np.exp(min(max(z, -30), 30))))}) + "\n")
         os.replace(tmp, a.scores)
-    return {"run": run, "n": len(x), "flipped": int(flipped.sum()), "weight_auc": auc(w, clean),
+    return {"run": run, "n": len(x), "flipped": int(flipped.sum()), "weight_auc": rank_auc(w, clean),
             "best_feature": best, "best_feature_auc": max(per[best], 1 - per[best]),
             "ceiling_auc": ceil,
             "feature_auc": per}

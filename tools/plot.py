@@ -30,6 +30,8 @@ import math
 import os
 import sys
 
+from auc import auc, rank_auc  # tools/auc.py: the script's directory is on sys.path
+
 try:
     import matplotlib
 
@@ -175,24 +177,6 @@ def plot_curves(runs, labels, colors, out, smooth):
 
 
 # ---- weights_hist.png ---------------------------------------------------------------------------
-
-
-def auc(pos, neg):
-    """P(weight of a positive > weight of a negative), ties count half."""
-    if not pos or not neg:
-        return None
-    allv = sorted([(v, 1) for v in pos] + [(v, 0) for v in neg])
-    i = 0
-    rank_sum = 0.0
-    while i < len(allv):
-        j = i
-        while j < len(allv) and allv[j][0] == allv[i][0]:
-            j += 1
-        r = (i + j + 1) / 2.0  # average 1-based rank
-        rank_sum += r * sum(1 for k in range(i, j) if allv[k][1] == 1)
-        i = j
-    n1, n0 = len(pos), len(neg)
-    return (rank_sum - n1 * (n1 + 1) / 2.0) / (n1 * n0)
 
 
 def hist_pair(ax, groups, bins, title):
@@ -377,11 +361,6 @@ def plot_trajectories(runs, labels, out, per_group):
 
 
 # ---- alignment.png ------------------------------------------------------------------------------
-
-
-def rank_auc(score, pos):
-    """auc() of score for pos (bool array) against the rest."""
-    return auc([float(v) for v, p in zip(score, pos) if p], [float(v) for v, p in zip(score, pos) if not p])
 
 
 def spearman(x, y):
