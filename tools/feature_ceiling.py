@@ -4,7 +4,7 @@
 For each run analysed by `metapo analyze` (RUN/pair_weights.jsonl: each pair's raw features, its weight
 and its `quality`, 1 clean and 0 flipped), this fits a classifier of flipped against clean pairs *with
 the true labels* on the weight net's own inputs (every feature but log_count, which the net does not
-read) and reports the AUC of its out-of-fold scores: the supervised ceiling of what the features say
+read; of a `--meta-features` ablation only that kind, as RUN/metapo.json records) and reports the AUC of its out-of-fold scores: the supervised ceiling of what the features say
 about a pair's label. The weight net never sees a label, so its weight AUC (`quality_auc` of analyze)
 is below this up to noise; where the ceiling itself is below a target, no weighting that reads these
 features reaches the target, however it is trained.
@@ -41,10 +41,30 @@ except ImportError:
     die("feature_ceiling.py needs numpy (pip install numpy)")
 
 
+def net_inputs(run):
+    """The features the run's weight net reads, by RUN/metapo.json: every feature but log_count, and of
+    a feature ablation (`--meta-features temporal|instantaneous`) only that kind. None: no metapo.json,
+    every feature in the file but log_count."""
+    path = os.path.join(run, "metapo.json")
+    if not os.path.isfile(path):
+        return None
+    try:
+        j = json.load(open(path))
+        feats, used = list(j["features"]), j.get("features_used", "all")
+        n_temporal = feats.index("log_count") + 1  # the temporal block ends with log_count (features.h)
+    except (ValueError, KeyError, TypeError) as e:
+        die(f"{path}: no feature list with log_count ({type(e).__name__}: {e})")
+    if used not in ("all", "temporal", "instantaneous"):
+        die(f"{path}: features_used '{used}' is not all, temporal or instantaneous")
+    keep = {"all": feats, "temporal": feats[:n_temporal], "instantaneous": feats[n_temporal:]}[used]
+    return {n for n in keep if n != "log_count"}
+
+
 def load(run):
     path = os.path.join(run, "pair_weights.jsonl")
     if not os.path.isfile(path):
         die(f"{path}: no such file (run `metapo analyze --run {run} --data FILE.h5` first)")
+    inputs = net_inputs(run)
     names, rows, q, w, ids = None, [], [], [], []
     with open(path) as f:
         for k, line in enumerate(f, 1):
@@ -52,7 +72,9 @@ def load(run):
                 r = json.loads(line)
                 feats = r["features"]
                 if names is None:
-                    names = sorted(n for n in feats if n != "log_count")
+                    names = sorted(n for n in feats if n != "log_count" and (inputs is None or n in inputs))
+                    if not names:
+                        die(f"{path}: none of the weight net's inputs is among the features")
                 rows.append([float(feats[n]) for n in names])
                 q.append(float(r["quality"]))
                 w.append(float(r["weight"]))
@@ -90,9 +112,14 @@ def expand(xtr, xte):
     return (ptr - mu) / sd, (pte - mu) / sd
 
 
+def design(x):
+    """x with a column of ones in front, for the intercept."""
+    return np.hstack([np.ones((len(x), 1)), x])
+
+
 def fit_logistic(x, y, ridge, iters=50):
     """Newton's method for L2-penalised logistic regression (intercept unpenalised)."""
-    a = np.hstack([np.ones((len(x), 1)), x])
+    a = design(x)
     w = np.zeros(a.shape[1])
     pen = np.full(a.shape[1], ridge)
     pen[0] = 0
@@ -120,7 +147,7 @@ def ceiling(x, flipped, folds, seed, ridge):
         tr, te = fold != k, fold == k
         ptr, pte = expand(x[tr], x[te])
         w = fit_logistic(ptr, flipped[tr].astype(np.float64), ridge)
-        score[te] = np.hstack([np.ones((te.sum(), 1)), pte]) @ w
+        score[te] = design(pte) @ w
     return rank_auc(-score, ~flipped), score  # clean pairs as the positive class, as analyze's quality_auc
 
 

@@ -33,6 +33,10 @@ def write(path, kind, n=2000):
 for kind in ("shift", "xor", "noise"):
     write(kind, kind)
 write("grid/sort/sft3/seed1/flip0.4/metapo-e3", "shift")
+# A feature ablation: the net of `--meta-features temporal` does not read margin, the informative one.
+write("temporal", "shift")
+feats = ["margin_ema", "margin_trend", "volatility", "ref_deviation", "log_count", "margin", "loss", "logp_gap"]
+json.dump({"features": feats, "features_used": "temporal"}, open("temporal/metapo.json", "w"))
 write("grid/sort/sft3/seed2/flip0.4/metapo-e3", "shift")
 P
 
@@ -58,6 +62,10 @@ within "xor: best single feature" "$(get 1 best_feature_auc)" 0.5 0.56
 within "xor: ceiling" "$(get 1 ceiling_auc)" 0.90 1.0
 within "noise: ceiling" "$(get 2 ceiling_auc)" 0.44 0.56
 within "noise: best single feature" "$(get 2 best_feature_auc)" 0.5 0.56
+python3 "$TOOL" --json temporal > abl.jsonl || fail "feature_ceiling.py on the ablation failed"
+abl() { python3 -c "import json, sys; print(json.load(open('abl.jsonl'))[sys.argv[1]])" "$1"; }
+[ "$(abl best_feature)" = volatility ] || fail "ablation: best feature $(abl best_feature), expected volatility (the only temporal input)"
+within "temporal ablation: ceiling (margin not a net input)" "$(abl ceiling_auc)" 0.44 0.56
 
 # The table, and --grid: one row per cell, the mean over its seeds.
 python3 "$TOOL" shift > table.md || fail "table failed"
