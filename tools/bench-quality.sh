@@ -45,6 +45,7 @@ N_TEST=${N_TEST:-512}
 N_SFT=${N_SFT:-2000}
 GEN_LIMIT=${GEN_LIMIT:-256}
 META_ARGS=${META_ARGS:-}  # extra `metapo train` options for MetaPO (none: its defaults)
+TRAIN_ARGS=${TRAIN_ARGS:-}  # extra `metapo train` options for every method's DPO run (not SFT), e.g. --beta 0.3
 PLOTS=${PLOTS:-1}         # tools/plot.py per task, strength, seed and flip when matplotlib is there
 OUT=${OUT:-runs/quality}
 TABLE_ONLY=${TABLE_ONLY:-0}
@@ -56,6 +57,12 @@ for m in $METHODS; do
   case "$m" in uniform|cdpo|robust|wpo|margin|metapo|oracle|metapo-instantaneous|metapo-temporal) ;;
     *) log "error: METHODS: unknown method '$m'"; exit 1 ;; esac
 done
+# cdpo and robust choose their own loss; another --loss for them would be a second, conflicting one.
+if [[ " $TRAIN_ARGS " == *" --loss"* ]]; then
+  for m in $METHODS; do
+    case "$m" in cdpo|robust) log "error: TRAIN_ARGS: --loss cannot be combined with METHODS '$m', which sets its own loss"; exit 1 ;; esac
+  done
+fi
 for t in $TASKS; do
   case "$t" in sort|reverse|add) ;; *) log "error: TASKS: unknown task '$t' (sort, reverse, add)"; exit 1 ;; esac
 done
@@ -86,7 +93,7 @@ one_run() {
   t0=$(date +%s.%N)
   rm -rf "$r"
   # shellcheck disable=SC2086
-  $M train --model "$s/sft/final" --data "$data" --out "$r" $args --epochs "$EPOCHS" --batch-size "$BATCH" \
+  $M train --model "$s/sft/final" --data "$data" --out "$r" $args $TRAIN_ARGS --epochs "$EPOCHS" --batch-size "$BATCH" \
     --micro-batch "$MICRO" --lr "$LR" --seed "$seed" > "$r.log" 2>&1 || { log "error: training failed, see $r.log"; return 1; }
   train_s=$(python3 -c "import sys; print(round(float(sys.argv[2]) - float(sys.argv[1]), 1))" "$t0" "$(date +%s.%N)")
   ev=$($M eval --model "$r/final" --data "$d/data.h5" --split test | tail -n 1)
@@ -178,8 +185,17 @@ P
 }
 
 if [ "$TABLE_ONLY" != 1 ]; then
+  # The options a tree's runs were made with: a resume with other ones would mix two benchmarks in
+  # one table. (A tree of an earlier version, without the file, takes the options of this call.)
+  args_now=$(printf 'META_ARGS=%s\nTRAIN_ARGS=%s\n' "$META_ARGS" "$TRAIN_ARGS")
+  if [ -f "$OUT/options" ]; then
+    [ "$(cat "$OUT/options")" = "$args_now" ] || {
+      log "error: OUT $OUT: its runs were made with other options ($(sed 's/=\(.*\)/="\1"/' "$OUT/options" | paste -sd ' ')); use another OUT"; exit 1; }
+  else
+    echo "$args_now" > "$OUT/options"
+  fi
   touch "$OUT/results.jsonl"
-  export M OUT EPOCHS LR BATCH MICRO N_TRAIN N_VAL N_TEST N_SFT GEN_LIMIT META_ARGS THREADS
+  export M OUT EPOCHS LR BATCH MICRO N_TRAIN N_VAL N_TEST N_SFT GEN_LIMIT META_ARGS TRAIN_ARGS THREADS
   export -f one_run ensure_inputs worker log
   jobs_file="$OUT/.jobs"
   : > "$jobs_file"
@@ -204,8 +220,9 @@ if [ "$TABLE_ONLY" != 1 ]; then
   export TOTAL=$todo START
   START=$(date +%s)
   # xargs keeps going past a failed run and exits non-zero at the end; the table shows what finished.
+  # -r: with nothing to do (a finished grid run again) no worker starts.
   rc=0
-  xargs -P "$JOBS" -L 1 bash -c 'worker "$@"' _ < "$jobs_file" || rc=$?
+  xargs -r -P "$JOBS" -L 1 bash -c 'worker "$@"' _ < "$jobs_file" || rc=$?
   [ "$rc" = 0 ] || log "bench-quality: some runs failed (see the error lines above); run the same command again to retry them"
   if [ "${PLOTS}" = 1 ] && python3 -c "import matplotlib" 2>/dev/null; then
     # The cells this invocation ran (not every cell under OUT again).
@@ -220,4 +237,4 @@ fi
 
 plot=()
 if [ "${PLOTS}" = 1 ] && python3 -c "import matplotlib" 2>/dev/null; then plot=(--plot "$OUT/results.png"); fi
-python3 tools/quality_table.py "$OUT/results.jsonl" --meta-args "$META_ARGS" "${plot[@]}" | tee "$OUT/results.md"
+python3 tools/quality_table.py "$OUT/results.jsonl" --meta-args "$META_ARGS" --train-args "$TRAIN_ARGS" "${plot[@]}" | tee "$OUT/results.md"

@@ -48,6 +48,7 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("results", help="results.jsonl of tools/bench-quality.sh")
     ap.add_argument("--meta-args", default="", help="the MetaPO options of the runs (for the caption)")
+    ap.add_argument("--train-args", default="", help="the options of every method's DPO run (for the caption)")
     ap.add_argument("--paired", action="store_true",
                     help="add each check's per-seed margin: its mean ± standard error over the seeds")
     ap.add_argument("--plot", metavar="FILE.png", help="also draw the grid into FILE.png (needs matplotlib)")
@@ -77,7 +78,8 @@ def main():
                                                             if k[1] in ("sort", "reverse", "add") else 9, -k[2], k[3]))
     seeds = sorted({r["seed"] for r in rows})
     print(f"\nseeds {' '.join(map(str, seeds))}; clean test split; mean ± std over seeds; "
-          f"MetaPO options: {a.meta_args or '(defaults)'}\n")
+          f"MetaPO options: {a.meta_args or '(defaults)'}"
+          + (f"; every method: {a.train_args}" if a.train_args else "") + "\n")
     print("| DPO epochs | task | SFT epochs | flipped | method | seeds | test pref. accuracy | answer accuracy "
           "| weight AUC | temporal share (IG / perm.) | ESS (of batch) |")
     print("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
