@@ -235,6 +235,11 @@ if [ "$TABLE_ONLY" != 1 ]; then
   fi
 fi
 
+# The caption names the options the tree's runs were made with (TABLE_ONLY=1 needs none given).
+if [ -f "$OUT/options" ]; then
+  META_ARGS=$(sed -n 's/^META_ARGS=//p' "$OUT/options")
+  TRAIN_ARGS=$(sed -n 's/^TRAIN_ARGS=//p' "$OUT/options")
+fi
 plot=()
 if [ "${PLOTS}" = 1 ] && python3 -c "import matplotlib" 2>/dev/null; then plot=(--plot "$OUT/results.png"); fi
 python3 tools/quality_table.py "$OUT/results.jsonl" --meta-args "$META_ARGS" --train-args "$TRAIN_ARGS" "${plot[@]}" | tee "$OUT/results.md"

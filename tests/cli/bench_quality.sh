@@ -37,6 +37,9 @@ echo "ok: two runs, --beta 0.2 in both DPO runs and not in SFT"
 grep -q "0 of 2 runs to do" again.txt || { cat again.txt; fail "the resume ran something again"; }
 [ "$(wc -l < q/results.jsonl)" -eq 3 ] || fail "the resume changed results.jsonl"
 echo "ok: the resume had nothing to do"
+# The table alone names the tree's options without being given them.
+./bq.sh TABLE_ONLY=1 > only.md 2>&1 || { cat only.md; fail "TABLE_ONLY=1 failed"; }
+grep -q "every method: --beta 0.2" only.md || { cat only.md; fail "TABLE_ONLY=1: the caption lacks the tree's TRAIN_ARGS"; }
 
 # Other options on the same tree, and a --loss beside cdpo: one error line, nothing run.
 cp q/results.jsonl before.jsonl
