@@ -185,14 +185,20 @@ P
 }
 
 if [ "$TABLE_ONLY" != 1 ]; then
-  # The options a tree's runs were made with: a resume with other ones would mix two benchmarks in
-  # one table. (A tree of an earlier version, without the file, takes the options of this call.)
-  args_now=$(printf 'META_ARGS=%s\nTRAIN_ARGS=%s\n' "$META_ARGS" "$TRAIN_ARGS")
+  # The settings a tree's runs were made with (OUT/options): a resume with other ones would mix two
+  # benchmarks in one table. (A tree of an earlier version, without the file, takes this call's; a
+  # setting the file does not name is not checked.)
+  settings="LR BATCH MICRO N_TRAIN N_VAL N_TEST N_SFT GEN_LIMIT META_ARGS TRAIN_ARGS"
   if [ -f "$OUT/options" ]; then
-    [ "$(cat "$OUT/options")" = "$args_now" ] || {
-      log "error: OUT $OUT: its runs were made with other options ($(sed 's/=\(.*\)/="\1"/' "$OUT/options" | paste -sd ' ')); use another OUT"; exit 1; }
+    differs=""
+    for v in $settings; do
+      grep -q "^$v=" "$OUT/options" || continue
+      was=$(sed -n "s/^$v=//p" "$OUT/options")
+      [ "$was" = "${!v}" ] || differs+=" $v=\"${!v}\" (its runs: \"$was\")"
+    done
+    [ -z "$differs" ] || { log "error: OUT $OUT: its runs were made with other settings:$differs; use another OUT"; exit 1; }
   else
-    echo "$args_now" > "$OUT/options"
+    for v in $settings; do printf '%s=%s\n' "$v" "${!v}"; done > "$OUT/options"
   fi
   touch "$OUT/results.jsonl"
   export M OUT EPOCHS LR BATCH MICRO N_TRAIN N_VAL N_TEST N_SFT GEN_LIMIT META_ARGS TRAIN_ARGS THREADS

@@ -2,7 +2,8 @@
 # tools/bench-quality.sh on a grid of two runs (sort, 1 SFT epoch, 40% flips, uniform and MetaPO, tiny
 # splits, 1 DPO epoch): one results line per run; TRAIN_ARGS reaches every method's DPO run and not the
 # SFT run; the same command resumes with nothing left to do; a resume with other options, and a --loss
-# in TRAIN_ARGS beside a method that sets its own, fail with one error line before any work.
+# in TRAIN_ARGS beside a method that sets its own, fail with one error line before any work; with
+# TABLE_ONLY=1 the caption names the tree's options.
 # (Accuracies are not checked: the quality figures are benchmarks, not tests.)
 source "$(dirname "$0")/common.sh"
 BQ="$SRC/tools/bench-quality.sh"
@@ -41,10 +42,13 @@ echo "ok: the resume had nothing to do"
 ./bq.sh TABLE_ONLY=1 > only.md 2>&1 || { cat only.md; fail "TABLE_ONLY=1 failed"; }
 grep -q "every method: --beta 0.2" only.md || { cat only.md; fail "TABLE_ONLY=1: the caption lacks the tree's TRAIN_ARGS"; }
 
-# Other options on the same tree, and a --loss beside cdpo: one error line, nothing run.
+# Other settings on the same tree, and a --loss beside cdpo: one error line, nothing run.
 cp q/results.jsonl before.jsonl
-expect_error "OUT $WORK/q: its runs were made with other options" ./bq.sh TRAIN_ARGS="--beta 0.3"
-expect_error "OUT $WORK/q: its runs were made with other options" ./bq.sh TRAIN_ARGS="--beta 0.2" META_ARGS="--meta-lr 1e-3"
+expect_error "OUT $WORK/q: its runs were made with other settings: TRAIN_ARGS=\"--beta 0.3\" (its runs: \"--beta 0.2\")" \
+  ./bq.sh TRAIN_ARGS="--beta 0.3"
+expect_error "other settings: META_ARGS=\"--meta-lr 1e-3\" (its runs: \"\")" ./bq.sh TRAIN_ARGS="--beta 0.2" META_ARGS="--meta-lr 1e-3"
+expect_error "other settings: LR=\"1e-4\" (its runs: \"5e-5\") N_TRAIN=\"256\" (its runs: \"128\")" \
+  ./bq.sh TRAIN_ARGS="--beta 0.2" LR=1e-4 N_TRAIN=256
 expect_error "TRAIN_ARGS: --loss cannot be combined with METHODS 'cdpo'" \
   ./bq.sh OUT="$WORK/q2" TRAIN_ARGS="--loss ipo" METHODS="uniform cdpo"
 cmp -s before.jsonl q/results.jsonl || fail "a refused call changed results.jsonl"
