@@ -52,6 +52,7 @@ TABLE_ONLY=${TABLE_ONLY:-0}
 mkdir -p "$OUT"
 OUT=$(cd "$OUT" && pwd)
 log() { echo "$*" >&2; }
+recorded() { sed -n "s/^$1=//p" "$OUT/options"; }  # a setting as OUT/options records it
 
 for m in $METHODS; do
   case "$m" in uniform|cdpo|robust|wpo|margin|metapo|oracle|metapo-instantaneous|metapo-temporal) ;;
@@ -193,7 +194,7 @@ if [ "$TABLE_ONLY" != 1 ]; then
     differs=""
     for v in $settings; do
       grep -q "^$v=" "$OUT/options" || continue
-      was=$(sed -n "s/^$v=//p" "$OUT/options")
+      was=$(recorded "$v")
       [ "$was" = "${!v}" ] || differs+=" $v=\"${!v}\" (its runs: \"$was\")"
     done
     [ -z "$differs" ] || { log "error: OUT $OUT: its runs were made with other settings:$differs; use another OUT"; exit 1; }
@@ -243,8 +244,8 @@ fi
 
 # The caption names the options the tree's runs were made with (TABLE_ONLY=1 needs none given).
 if [ -f "$OUT/options" ]; then
-  META_ARGS=$(sed -n 's/^META_ARGS=//p' "$OUT/options")
-  TRAIN_ARGS=$(sed -n 's/^TRAIN_ARGS=//p' "$OUT/options")
+  META_ARGS=$(recorded META_ARGS)
+  TRAIN_ARGS=$(recorded TRAIN_ARGS)
 fi
 plot=()
 if [ "${PLOTS}" = 1 ] && python3 -c "import matplotlib" 2>/dev/null; then plot=(--plot "$OUT/results.png"); fi

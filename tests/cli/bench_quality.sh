@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # tools/bench-quality.sh on a grid of two runs (sort, 1 SFT epoch, 40% flips, uniform and MetaPO, tiny
 # splits, 1 DPO epoch): one results line per run; TRAIN_ARGS reaches every method's DPO run and not the
-# SFT run; the same command resumes with nothing left to do; a resume with other options, and a --loss
+# SFT run; the same command resumes with nothing left to do; a resume with other settings, and a --loss
 # in TRAIN_ARGS beside a method that sets its own, fail with one error line before any work; with
 # TABLE_ONLY=1 the caption names the tree's options.
 # (Accuracies are not checked: the quality figures are benchmarks, not tests.)
@@ -33,7 +33,7 @@ done
 grep -q -- "--beta" "$(dirname "$d")/sft/run.json" 2>/dev/null && fail "TRAIN_ARGS reached the SFT run"
 echo "ok: two runs, --beta 0.2 in both DPO runs and not in SFT"
 
-# The same command again: nothing to do, the same two lines.
+# The same command again: nothing to do, the same lines.
 ./bq.sh TRAIN_ARGS="--beta 0.2" > /dev/null 2> again.txt || { cat again.txt; fail "the resume failed"; }
 grep -q "0 of 2 runs to do" again.txt || { cat again.txt; fail "the resume ran something again"; }
 [ "$(wc -l < q/results.jsonl)" -eq 3 ] || fail "the resume changed results.jsonl"
