@@ -49,8 +49,6 @@ TRAIN_ARGS=${TRAIN_ARGS:-}  # extra `metapo train` options for every method's DP
 PLOTS=${PLOTS:-1}         # tools/plot.py per task, strength, seed and flip when matplotlib is there
 OUT=${OUT:-runs/quality}
 TABLE_ONLY=${TABLE_ONLY:-0}
-mkdir -p "$OUT"
-OUT=$(cd "$OUT" && pwd)
 log() { echo "$*" >&2; }
 recorded() { sed -n "s/^$1=//p" "$OUT/options"; }  # a setting as OUT/options records it
 
@@ -74,6 +72,9 @@ for f in $FLIPS; do
   python3 -c "import sys; f = float(sys.argv[1]); sys.exit(0 if 0 <= f < 0.5 else 1)" "$f" 2>/dev/null ||
     { log "error: FLIPS: '$f' is not a flip rate in [0, 0.5)"; exit 1; }
 done
+# OUT only once the settings are known to be valid: a refused call creates nothing.
+mkdir -p "$OUT"
+OUT=$(cd "$OUT" && pwd)
 
 # One training with its evaluations: task strength seed flip method → one JSON line in results.jsonl.
 # Called by the workers below (exported), so it takes everything else from the environment.
