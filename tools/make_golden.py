@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Write the golden fixtures that the C++ engine's tests compare against (DESIGN.md §9).
+"""Write the golden fixtures that the C++ engine's tests compare against (docs/design.md §9).
 
 For each case a tiny random Hugging Face model is built from a config (no hub access needed), saved
 with save_pretrained (config.json + model.safetensors, float32), and run in float64, one sequence at
@@ -57,7 +57,7 @@ from transformers import (
 from transformers.masking_utils import AttentionMaskInterface, eager_mask
 from transformers.models.llama.modeling_llama import repeat_kv
 
-# Each case exercises a different part of DESIGN.md §3: GQA with head_dim != hidden/heads and
+# Each case exercises a different part of docs/design.md §3: GQA with head_dim != hidden/heads and
 # Llama-3 rope scaling; Qwen2's q/k/v biases, MQA and a tied head; plain MHA (Mistral).
 CASES = {
     "llama_gqa": dict(

@@ -37,6 +37,9 @@ int cmd_eval(Context& ctx, int argc, char** argv) {
     return 0;
   apply_parallel_options(ctx, par);
   const Device dev = check_device_option(device, par, ctx.topo.local_rank);
+  MP_CHECK(micro > 0, "--micro-batch ", micro, ": must be positive");
+  MP_CHECK(micro_tokens >= 0, "--micro-batch-tokens ", micro_tokens, ": must be >= 0 (0: --micro-batch pairs)");
+  MP_CHECK(limit >= 0, "--limit ", limit, ": must be >= 0 (0: all pairs)");
   lc.type = parse_loss(loss);
   validate(lc);
   const PairSplit s = read_pair_split(data, split);
@@ -76,6 +79,8 @@ int cmd_precompute_ref(Context& ctx, int argc, char** argv) {
     return 0;
   apply_parallel_options(ctx, par);
   const Device dev = check_device_option(device, par, ctx.topo.local_rank);
+  MP_CHECK(micro > 0, "--micro-batch ", micro, ": must be positive");
+  MP_CHECK(micro_tokens >= 0, "--micro-batch-tokens ", micro_tokens, ": must be >= 0 (0: --micro-batch pairs)");
   const LlamaConfig config = load_hf_config(model_dir);
   const Dataset d = read_dataset(data);
   MP_CHECK(d.info.vocab_size <= config.vocab_size, data, ": vocab_size ", d.info.vocab_size,

@@ -18,6 +18,16 @@ int cmd_train(Context& ctx, int argc, char** argv) {
                   desc, argc, argv, vm, ctx))
     return 0;
   finish_train_options(cfg, s, true, argc, argv);
+  if (cfg.weighting != Weighting::Metapo && ctx.topo.is_root()) {
+    // Given, but read only by MetaPO (an INI file shared between runs may hold them): said, not refused.
+    for (const auto& [name, value] : vm) {
+      const bool meta_only = name.rfind("meta-", 0) == 0 || name.rfind("stats-", 0) == 0 || name == "hypergrad" ||
+                             name == "weight-floor";
+      if (meta_only && !value.defaulted())
+        std::printf("warning: --%s has no effect without --weighting metapo\n", name.c_str());
+    }
+    std::fflush(stdout);
+  }
   apply_parallel_options(ctx, par);
   cfg.device = check_device_option(device, par, ctx.topo.local_rank);
   cfg.pp_layers = par.pp_layers;

@@ -27,6 +27,11 @@ std::string trim(const std::string& s) {
 
 // The [cmd] section of an INI file as --key=value arguments (keys may use '-' or '_').
 std::vector<std::string> ini_section_args(const std::string& path, const std::string& cmd) {
+  // The sections are commands (main.cpp's table): a misspelt one would silently set nothing.
+  static const char* const kCommands[] = {"init",  "score", "export",   "bench", "synth", "sft",
+                                          "precompute-ref", "train", "eval", "generate", "plan", "analyze"};
+  std::error_code ec;
+  MP_CHECK(!fs::is_directory(path, ec), "--config ", path, ": is a directory, not an INI file");
   std::ifstream in(path);
   MP_CHECK(in, "--config ", path, ": cannot open file");
   std::vector<std::string> args;
@@ -39,10 +44,15 @@ std::vector<std::string> ini_section_args(const std::string& path, const std::st
     if (line[0] == '[') {
       MP_CHECK(line.back() == ']', "--config ", path, ":", lineno, ": malformed section header");
       section = trim(line.substr(1, line.size() - 2));
+      bool known = false;
+      for (const char* c : kCommands) known = known || section == c;
+      MP_CHECK(known, "--config ", path, ":", lineno, ": [", section,
+               "] is not a metapo command (sections are named after commands: [train], [sft], [eval], ...)");
       continue;
     }
     const size_t eq = line.find('=');
     MP_CHECK(eq != std::string::npos, "--config ", path, ":", lineno, ": expected key = value");
+    MP_CHECK(!section.empty(), "--config ", path, ":", lineno, ": a key before any [command] section");
     if (section != cmd) continue;
     std::string key = trim(line.substr(0, eq)), val = trim(line.substr(eq + 1));
     for (char& ch : key)
@@ -62,7 +72,7 @@ bool parse_args(const std::string& cmd, const std::string& usage, po::options_de
     // Like main(), Boost skips argv[0] (here the subcommand name).
     po::store(po::command_line_parser(argc, argv).options(desc).run(), vm);
   } catch (const po::error& e) {
-    fail("metapo ", cmd, ": ", e.what(), " (see metapo ", cmd, " --help)");
+    fail(e.what(), " (see metapo ", cmd, " --help)");
   }
   if (vm.count("help")) {
     if (ctx.topo.is_root()) std::cout << "usage: " << usage << "\n\n" << desc << "\n";
@@ -76,6 +86,7 @@ bool parse_args(const std::string& cmd, const std::string& usage, po::options_de
       // written "key = true" or "key = false".
       const size_t eq = a.find('=');
       const std::string key = a.substr(2, eq - 2), val = a.substr(eq + 1);
+      MP_CHECK(key != "config", "--config ", path, " [", cmd, "]: config: a config file cannot include another");
       const po::option_description* od = desc.find_nothrow(key, false);
       if (od && od->semantic()->max_tokens() == 0) {
         MP_CHECK(val == "true" || val == "false", "--config ", path, " [", cmd, "]: ", key,
@@ -95,7 +106,7 @@ bool parse_args(const std::string& cmd, const std::string& usage, po::options_de
   try {
     po::notify(vm);
   } catch (const po::error& e) {
-    fail("metapo ", cmd, ": ", e.what(), " (see metapo ", cmd, " --help)");
+    fail(e.what(), " (see metapo ", cmd, " --help)");
   }
   return true;
 }

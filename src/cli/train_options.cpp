@@ -107,7 +107,27 @@ void add_train_options(po::options_description& desc, TrainConfig& cfg, TrainOpt
 }
 
 void finish_train_options(TrainConfig& cfg, const TrainOptionStrings& s, bool pref, int argc, char** argv) {
-  MP_CHECK(cfg.adam.lr > 0, "--lr must be positive");
+  // Everything an option alone can get wrong, before the run directory exists or anything is loaded.
+  MP_CHECK(!cfg.model_dir.empty(), "--model must not be empty");
+  MP_CHECK(!cfg.data_path.empty(), "--data must not be empty");
+  MP_CHECK(!cfg.out_dir.empty(), "--out must not be empty");
+  const AdamWConfig& a = cfg.adam;
+  MP_CHECK(std::isfinite(a.lr) && a.lr > 0, "--lr ", a.lr, ": must be finite and positive");
+  MP_CHECK(std::isfinite(a.weight_decay) && a.weight_decay >= 0, "--weight-decay ", a.weight_decay,
+           ": must be finite and >= 0");
+  MP_CHECK(a.beta1 >= 0 && a.beta1 < 1, "--adam-beta1 ", a.beta1, ": must be in [0, 1)");
+  MP_CHECK(a.beta2 >= 0 && a.beta2 < 1, "--adam-beta2 ", a.beta2, ": must be in [0, 1)");
+  MP_CHECK(std::isfinite(a.eps) && a.eps > 0, "--adam-eps ", a.eps, ": must be finite and positive");
+  MP_CHECK(cfg.sched.kind == "cosine" || cfg.sched.kind == "linear" || cfg.sched.kind == "constant", "--lr-schedule ",
+           cfg.sched.kind, ": unknown (valid: cosine, linear, constant)");
+  MP_CHECK(cfg.sched.warmup_steps >= 0, "--warmup-steps ", cfg.sched.warmup_steps, ": must be >= 0");
+  MP_CHECK(cfg.sched.min_lr_ratio >= 0 && cfg.sched.min_lr_ratio <= 1, "--min-lr-ratio ", cfg.sched.min_lr_ratio,
+           ": must be in [0, 1]");
+  MP_CHECK(std::isfinite(cfg.max_grad_norm) && cfg.max_grad_norm >= 0, "--max-grad-norm ", cfg.max_grad_norm,
+           ": must be finite and >= 0 (0: off)");
+  MP_CHECK(cfg.save_dtype == "float32" || cfg.save_dtype == "bfloat16" || cfg.save_dtype == "float16", "--save-dtype ",
+           cfg.save_dtype, ": unknown (valid: float32, bfloat16, float16)");
+  MP_CHECK(cfg.epochs >= 0 && cfg.max_steps >= 0, "--epochs and --max-steps must be >= 0");
   MP_CHECK(cfg.epochs > 0 || cfg.max_steps > 0, "--epochs or --max-steps must be positive");
   MP_CHECK(cfg.warmup_ratio >= 0 && cfg.warmup_ratio < 1, "--warmup-ratio must be in [0, 1)");
   MP_CHECK(cfg.save_every >= 0, "--save-every must be >= 0");
@@ -128,6 +148,10 @@ void finish_train_options(TrainConfig& cfg, const TrainOptionStrings& s, bool pr
   cfg.recompute = parse_recompute(s.recompute);
   cfg.precision = parse_precision(s.precision);
   if (pref) {
+    MP_CHECK(cfg.eval_every >= 0, "--eval-every ", cfg.eval_every, ": must be >= 0 (0: never)");
+    MP_CHECK(cfg.eval_pairs >= 0, "--eval-pairs ", cfg.eval_pairs, ": must be >= 0 (0: all)");
+    MP_CHECK(cfg.track_pairs >= 0, "--track-pairs ", cfg.track_pairs, ": must be >= 0 (0: off)");
+    MP_CHECK(cfg.track_every >= 1, "--track-every ", cfg.track_every, ": must be at least 1");
     cfg.loss.type = parse_loss(s.loss);
     cfg.weighting = parse_weighting(s.weighting);
     validate(cfg.loss);

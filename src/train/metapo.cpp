@@ -32,6 +32,11 @@ void validate(const MetaConfig& cfg) {
   std::vector<double> probe(kNumFeatures, 0.0);
   mask_features(probe, 1, cfg.features);  // rejects an unknown --meta-features
   MP_CHECK(cfg.refresh_every >= 0 && cfg.refresh_pairs >= 0, "--stats-refresh-every and --stats-refresh-pairs must not be negative");
+  // One without the other refreshes nothing: a mistake, not a setting.
+  MP_CHECK((cfg.refresh_every > 0) == (cfg.refresh_pairs > 0), "--stats-refresh-every ", cfg.refresh_every,
+           " and --stats-refresh-pairs ", cfg.refresh_pairs, ": a refresh needs both (or neither) to be positive");
+  MP_CHECK(cfg.hypergrad == "ghost" || cfg.hypergrad == "exact" || cfg.hypergrad == "fd", "--hypergrad ", cfg.hypergrad,
+           ": unknown (valid: ghost, exact, fd)");
   if (!cfg.trace_path.empty()) {
     const std::filesystem::path p(cfg.trace_path);
     const std::filesystem::path dir = p.has_parent_path() ? p.parent_path() : std::filesystem::path(".");

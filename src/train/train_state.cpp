@@ -245,6 +245,26 @@ void load_checkpoint(TrainState& st, const std::string& path) {
   const bool has_meta = f.exists("/meta/net");
   incompatible(has_meta == st.uses_meta, has_meta ? "written by a run with --weighting metapo (this run has another weighting)"
                                                   : "written without --weighting metapo (this run uses it)");
+  // The options the data order depends on (a resume under others would replay or skip pairs), and
+  // those that give the stored weight net and pair statistics their meaning. Checkpoints record the
+  // run's options in /state/config; one that lacks a key is not checked on it.
+  const nlohmann::json was = nlohmann::json::parse(f.read_string("/state/config"), nullptr, false);
+  auto same_option = [&](const nlohmann::json& old_cfg, const nlohmann::json& now, const char* key, const char* option) {
+    if (!old_cfg.is_object() || !now.is_object() || !old_cfg.contains(key) || !now.contains(key)) return;
+    incompatible(old_cfg[key] == now[key], str_cat("written by a run with ", option, " ", old_cfg[key].dump(), " (this run: ",
+                                                   now[key].dump(), "); resume with the same value"));
+  };
+  same_option(was, st.run_config, "batch_size", "--batch-size");
+  same_option(was, st.run_config, "seed", "--seed");
+  if (st.uses_meta && was.is_object() && was.contains("meta") && st.run_config.contains("meta")) {
+    same_option(was["meta"], st.run_config["meta"], "features", "--meta-features");
+    same_option(was["meta"], st.run_config["meta"], "apply", "--meta-apply");
+    same_option(was["meta"], st.run_config["meta"], "ema_rate", "--stats-ema");
+  }
+  const int64_t ck_step = f.read_int("/state/step");
+  incompatible(st.total_steps <= 0 || ck_step <= st.total_steps,
+               str_cat("at step ", ck_step, ", past this run's ", st.total_steps,
+                       " steps (--max-steps / --epochs); resume with at least as many"));
 
   const size_t n_local = sm.model->layout().total();
   const ParamLayout full(st.config);

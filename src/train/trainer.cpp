@@ -8,6 +8,7 @@
 #include <cmath>
 #include <csignal>
 #include <cstdio>
+#include <exception>
 #include <filesystem>
 #include <fstream>
 #include <memory>
@@ -151,6 +152,39 @@ struct RunDirPlan {
   int64_t restarts = 0;                 // run.json's restarts for this start (continuing RUN: one more)
 };
 
+// --meta-trace: a new file, or one in the run directory being continued, or the one its run.json
+// names (a resume continues it); never another file of the run, and in a directory that exists or
+// is --out (made by the run).
+void check_trace_path(const TrainConfig& cfg, bool has_run) {
+  const std::string& trace = cfg.meta.trace_path;
+  if (cfg.weighting != Weighting::Metapo || trace.empty()) return;
+  std::error_code ec;
+  const fs::path p = fs::absolute(trace, ec).lexically_normal(), out = fs::absolute(cfg.out_dir, ec).lexically_normal();
+  const fs::path dir = p.parent_path();
+  const bool in_out = dir == out || (fs::exists(dir, ec) && fs::exists(out, ec) && fs::equivalent(dir, out, ec));
+  MP_CHECK(fs::is_directory(dir, ec) || in_out, "--meta-trace ", trace, ": ", dir.string(), " is not a directory");
+  const std::string name = p.filename().string();
+  static const char* const kRunFiles[] = {"run.json", "metrics.jsonl", "trajectories.jsonl", "metapo.json",
+                                          "pair_weights.jsonl", "analysis.json", "latest", "final"};
+  bool own = name.rfind("step_", 0) == 0;
+  for (const char* f : kRunFiles) own = own || name == f;
+  MP_CHECK(!in_out || !own, "--meta-trace ", trace, ": a file of the run itself (e.g. ", (out / "meta_trace.jsonl").string(),
+           " instead)");
+  if (!fs::exists(p, ec)) return;
+  MP_CHECK(!fs::is_directory(p, ec), "--meta-trace ", trace, ": is a directory");
+  // In a run directory every file but the user's own is the run's (a copied run directory keeps
+  // its trace under another path than its run.json names).
+  bool recorded = has_run && in_out;
+  if (has_run && !recorded) {
+    const RunRecord was = read_run_record(cfg.out_dir + "/run.json");
+    const nlohmann::json& m = was.options.contains("meta") ? was.options["meta"] : nlohmann::json::object();
+    if (m.contains("trace") && m["trace"].is_string() && !m["trace"].get<std::string>().empty())
+      recorded = fs::equivalent(m["trace"].get<std::string>(), p, ec);
+  }
+  MP_CHECK(recorded, "--meta-trace ", trace, ": exists and is not this run's trace; metapo starts a trace only in a new "
+           "file (remove it or choose another path)");
+}
+
 RunDirPlan decide_run_dir(const TrainConfig& cfg, const std::string& kind) {
   const fs::path out(cfg.out_dir);
   std::error_code ec;
@@ -161,6 +195,7 @@ RunDirPlan decide_run_dir(const TrainConfig& cfg, const std::string& kind) {
   MP_CHECK(has_run || !nonempty, "--out ", cfg.out_dir,
            ": exists and is not a metapo run directory (no run.json); choose another --out (metapo writes a new run only "
            "into a new or empty directory)");
+  check_trace_path(cfg, has_run);
   RunDirPlan plan;
   plan.fresh_dir = !nonempty, plan.made_dir = !exists;
   if (cfg.resume.empty()) {
@@ -317,6 +352,7 @@ struct TrainRun {
     state.kind = kind, state.topo = &topo, state.config = config, state.pp_layers = cfg.pp_layers;
     state.sm = &sm, state.opt = &opt, state.uses_meta = uses_meta, state.meta = meta;
     state.run_config = run_config_json(cfg, kind), state.data_fingerprint = fp, state.files = std::move(files);
+    state.total_steps = total;
     if (topo.is_root()) {  // checkpoints a killed run left half-written
       std::error_code ec;
       for (const auto& e : fs::directory_iterator(cfg.out_dir, ec)) {
@@ -325,32 +361,23 @@ struct TrainRun {
           fs::remove(e.path(), ec);
       }
     }
+    // A refused resume into a new directory leaves nothing behind: StartupCleanup.
     std::string loaded;
     Timer load_clock;
-    try {
-      for (const std::string& c : plan.candidates) {
-        try {
-          load_checkpoint(state, c);
-          loaded = c;
-          break;
-        } catch (const CheckpointIncompatible&) {
-          throw;
-        } catch (const Error& e) {
-          if (!plan.fallback) throw;
-          if (topo.is_root()) std::printf("--resume auto: skipping %s\n", e.what()), std::fflush(stdout);
-        }
+    for (const std::string& c : plan.candidates) {
+      try {
+        load_checkpoint(state, c);
+        loaded = c;
+        break;
+      } catch (const CheckpointIncompatible&) {
+        throw;
+      } catch (const Error& e) {
+        if (!plan.fallback) throw;
+        if (topo.is_root()) std::printf("--resume auto: skipping %s\n", e.what()), std::fflush(stdout);
       }
-      MP_CHECK(plan.candidates.empty() || !loaded.empty(), "--resume auto: none of the ", plan.candidates.size(),
-               " checkpoints of ", cfg.out_dir, " can be read (above); move them away to start the run again");
-    } catch (const Error&) {
-      // A refused resume into a new directory leaves nothing behind (all in it is this run's).
-      if (plan.fresh_dir && topo.is_root()) {
-        std::error_code ec;
-        for (const auto& e : fs::directory_iterator(cfg.out_dir, ec)) fs::remove_all(e.path(), ec);
-        if (plan.made_dir) fs::remove(cfg.out_dir, ec);
-      }
-      throw;
     }
+    MP_CHECK(plan.candidates.empty() || !loaded.empty(), "--resume auto: none of the ", plan.candidates.size(),
+             " checkpoints of ", cfg.out_dir, " can be read (above); move them away to start the run again");
     resumed = !loaded.empty();
     const double load_s = load_clock.seconds();
     if (resumed && plan.in_place && topo.is_root()) {
@@ -515,6 +542,36 @@ struct TrainRun {
   double max_step_s = 0, save_s = 0;
 };
 
+// Until the first step begins, an error (a model, checkpoint or option that fails once loaded)
+// leaves nothing behind in a --out that this start made or found empty, nor a --meta-trace it
+// started: all of it is this run's, and a corrected command must be able to use the same names.
+class StartupCleanup {
+ public:
+  StartupCleanup(const RunDirPlan& plan, const TrainConfig& cfg, const Topology& topo)
+      : out_(cfg.out_dir), root_(topo.is_root()), fresh_(plan.fresh_dir), made_(plan.made_dir) {
+    std::error_code ec;
+    if (cfg.weighting == Weighting::Metapo && !cfg.meta.trace_path.empty() && !fs::exists(cfg.meta.trace_path, ec))
+      new_trace_ = cfg.meta.trace_path;
+  }
+  StartupCleanup(const StartupCleanup&) = delete;
+  StartupCleanup& operator=(const StartupCleanup&) = delete;
+  ~StartupCleanup() {
+    if (armed_ && root_ && std::uncaught_exceptions() > exceptions_) {
+      std::error_code ec;
+      if (!new_trace_.empty()) fs::remove(new_trace_, ec);
+      if (fresh_)
+        for (const auto& e : fs::directory_iterator(out_, ec)) fs::remove_all(e.path(), ec);
+      if (made_) fs::remove(out_, ec);
+    }
+  }
+  void started() { armed_ = false; }  // the first step begins: from here the run's files are kept
+
+ private:
+  std::string out_, new_trace_;
+  bool root_, fresh_, made_, armed_ = true;
+  int exceptions_ = std::uncaught_exceptions();
+};
+
 }  // namespace
 
 int run_dpo(const Topology& topo, const TrainConfig& cfg_in) {
@@ -525,12 +582,27 @@ int run_dpo(const Topology& topo, const TrainConfig& cfg_in) {
   install_stop_handlers();  // from the start: a SIGUSR1 during the load stops the run after its first step
   validate(cfg.loss);
   check_batching(cfg, topo);
-  // The reference hypergradients read the host parameters, which on a device are not the master copy.
-  MP_CHECK(!moves_to_device(cfg.device) || cfg.weighting != Weighting::Metapo || cfg.meta.hypergrad == "ghost",
-           "--hypergrad ", cfg.meta.hypergrad, " is not supported with the model on a device (--device ",
-           device_name(cfg.device), "; use --hypergrad ghost)");
+  const bool use_meta = cfg.weighting == Weighting::Metapo;
+  if (use_meta) {
+    validate(cfg.meta);
+    MP_CHECK(cfg.meta.val_batch % topo.dp == 0, "--meta-val-batch ", cfg.meta.val_batch, " is not divisible by the ",
+             topo.dp, " data-parallel ranks");
+    // The reference hypergradients read the host parameters, which on a device are not the master
+    // copy, and take dot products and maxima over the flat buffer, which with TP or PP would need
+    // their own reductions over the parts; ghost products are reduced inside the model (TP) and over
+    // the pipeline (PP).
+    MP_CHECK(!moves_to_device(cfg.device) || cfg.meta.hypergrad == "ghost", "--hypergrad ", cfg.meta.hypergrad,
+             " is not supported with the model on a device (--device ", device_name(cfg.device), "; use --hypergrad ghost)");
+    MP_CHECK(topo.tp == 1 || cfg.meta.hypergrad == "ghost", "--hypergrad ", cfg.meta.hypergrad,
+             " is not supported with --tp ", topo.tp, " (use --hypergrad ghost)");
+    MP_CHECK(topo.pp == 1 || cfg.meta.hypergrad == "ghost", "--hypergrad ", cfg.meta.hypergrad,
+             " is not supported with --pp ", topo.pp, " (use --hypergrad ghost)");
+  }
+  MP_CHECK(cfg.ref_model_dir.empty() || fs::is_directory(cfg.ref_model_dir), "--ref-model ", cfg.ref_model_dir,
+           ": not a directory");
   const RunDirPlan plan = plan_run_dir(cfg, topo, "train");
   if (plan.complete) return 0;
+  StartupCleanup cleanup(plan, cfg, topo);
   // Opened and checked now (config, every tensor's presence and shape); read after the reference
   // log-probs, so the reference shard is gone by then.
   const HfModelReader policy(cfg.model_dir);
@@ -538,7 +610,11 @@ int run_dpo(const Topology& topo, const TrainConfig& cfg_in) {
   check_compatible(policy.config(), info, cfg.data_path);
   PairSplit train = read_pair_split(cfg.data_path, cfg.train_split);
   const std::vector<int64_t> cut_train = truncate_split(train, cfg, cfg.train_split, topo);
-  const bool use_meta = cfg.weighting == Weighting::Metapo;
+  if (!cfg.ref_model_dir.empty() && train.has_ref() && topo.is_root()) {
+    std::printf("note: --ref-model %s is not used for the pairs %s already holds reference log-probs of (precompute-ref); "
+                "only pairs without them are scored with it\n", cfg.ref_model_dir.c_str(), cfg.data_path.c_str());
+    std::fflush(stdout);
+  }
   // --meta-apply confidence: each pair trains on its own ℓ(a_i) (confidence_pair_loss) with
   // coefficient 1/B, and nothing is renormalized.
   const bool confidence = use_meta && cfg.meta.apply == "confidence";
@@ -548,6 +624,8 @@ int run_dpo(const Topology& topo, const TrainConfig& cfg_in) {
   PairSplit val;
   std::vector<int64_t> cut_val;
   if (do_eval) val = read_pair_split(cfg.data_path, cfg.val_split), cut_val = truncate_split(val, cfg, cfg.val_split, topo);
+  MP_CHECK(!use_meta || cfg.meta.val_batch <= val.size(), "--meta-val-batch ", cfg.meta.val_batch, " is larger than ",
+           cfg.data_path, ": /", cfg.val_split, " (", val.size(), " pairs)");
   const std::string ref_dir = cfg.ref_model_dir.empty() ? cfg.model_dir : cfg.ref_model_dir;
   // Stored reference log-probs are of the sequences as the file holds them: those of cut pairs are
   // computed again, on the cut sequences the policy is trained on.
@@ -565,6 +643,9 @@ int run_dpo(const Topology& topo, const TrainConfig& cfg_in) {
   }
 
   const int64_t total = total_steps(cfg, train.size());
+  if (use_meta && cfg.meta.warmup >= total && topo.is_root())
+    std::printf("warning: --meta-warmup %lld: the run has %lld steps, so the weight net is never updated\n",
+                (long long)cfg.meta.warmup, (long long)total);
   resolved.meta.lr = meta_lr(cfg_in.meta, total);
   const LrSchedule sched = make_schedule(cfg, total);
   TrainRun run(cfg, topo, load_sharded_model(policy, topo, cfg.pp_layers, zero_padded_size(policy.config(), topo, cfg.pp_layers)), "train", total, plan.restarts);
@@ -584,15 +665,6 @@ int run_dpo(const Topology& topo, const TrainConfig& cfg_in) {
   Buffer<float> ghat, hyper_scratch;
   ops::DeviceArray<float> ghat_dev(cfg.device, Mem::MetaPO);  // ghat's copy the ghost products read on a device
   if (use_meta) {
-    MP_CHECK(cfg.meta.hypergrad == "ghost" || cfg.meta.hypergrad == "exact" || cfg.meta.hypergrad == "fd",
-             "--hypergrad ", cfg.meta.hypergrad, ": unknown (valid: ghost, exact, fd)");
-    // The reference methods take dot products and maxima over the flat buffer, which with TP or PP
-    // would need their own reductions over the parts; ghost products are reduced inside the model
-    // (TP) and over the pipeline (PP).
-    MP_CHECK(topo.tp == 1 || cfg.meta.hypergrad == "ghost", "--hypergrad ", cfg.meta.hypergrad,
-             " is not supported with --tp ", topo.tp, " (use --hypergrad ghost)");
-    MP_CHECK(topo.pp == 1 || cfg.meta.hypergrad == "ghost", "--hypergrad ", cfg.meta.hypergrad,
-             " is not supported with --pp ", topo.pp, " (use --hypergrad ghost)");
     int64_t max_id = 0;
     for (int64_t id : train.sample_id) max_id = std::max(max_id, id);
     // The pair statistics, the features and the weight net live on the last pipeline stage, where
@@ -628,6 +700,7 @@ int run_dpo(const Topology& topo, const TrainConfig& cfg_in) {
     if (topo.is_root()) std::ofstream(traj_path, std::ios::trunc);
     write_trajectories(model, pp, mparams, train, tracked, cfg.loss, 0, cfg.micro(), topo, traj_path);
   }
+  cleanup.started();
 
   for (int64_t step = run.state.step; step < total; ++step) {
     Timer tm;
@@ -842,6 +915,7 @@ int run_sft(const Topology& topo, const TrainConfig& cfg) {
   check_batching(cfg, topo);
   const RunDirPlan plan = plan_run_dir(cfg, topo, "sft");
   if (plan.complete) return 0;
+  StartupCleanup cleanup(plan, cfg, topo);
   const HfModelReader initial(cfg.model_dir);
   const DatasetInfo info = read_dataset_info(cfg.data_path);
   check_compatible(initial.config(), info, cfg.data_path);
@@ -862,6 +936,7 @@ int run_sft(const Topology& topo, const TrainConfig& cfg) {
   Buffer<float>& grads = run.grads;
   run.start(plan, {{"metrics.jsonl", cfg.out_dir + "/metrics.jsonl"}}, fingerprint(train), false, nullptr);
   MetricsLog& log = *run.log;
+  cleanup.started();
 
   for (int64_t step = run.state.step; step < total; ++step) {
     Timer tm;

@@ -47,7 +47,9 @@ struct TrainState {
   ZeroAdamW* opt = nullptr;
   bool uses_meta = false;         // MetaPO: the same on every rank
   MetaPOState* meta = nullptr;    // on the ranks that hold it (the last pipeline stage)
-  nlohmann::json run_config;      // what run.json records; stored, shown by `h5ls`, not compared
+  nlohmann::json run_config;      // what run.json records; stored, shown by `h5ls`; what fixes the data
+                                  // order and the pair weights' meaning is compared on a resume
+  int64_t total_steps = 0;        // this run's steps: a checkpoint past them is refused
   std::string data_fingerprint;   // of the training split; a resume on other data is refused
 };
 

@@ -1,0 +1,105 @@
+#!/usr/bin/env bash
+# Bad options of `metapo train` and `metapo sft`: each is refused with one error line naming the
+# option, before the run directory exists (nothing is left behind, so the corrected command can use
+# the same --out), and no input file is ever overwritten. Also the --config file mistakes, options
+# that only MetaPO reads given without it (said, not refused), and what a resume refuses beside
+# checkpoint.sh's: another --batch-size or --seed (the data order), and a checkpoint past the run's steps.
+source "$(dirname "$0")/common.sh"
+"$METAPO" synth --task sort --flip 0.3 --seed 1 --n-train 64 --n-val 16 --n-test 16 --n-sft 64 --out d.h5 >/dev/null
+"$METAPO" init --preset tiny --out init --seed 2 >/dev/null
+"$METAPO" precompute-ref --model init --data d.h5 >/dev/null
+cp d.h5 d.orig.h5
+T="--model init --data d.h5 --batch-size 16 --micro-batch 8"
+M="--weighting metapo"
+
+# refused NAME WANT COMMAND...: one error line matching WANT (a grep pattern), and NAME (the --out) does
+# not exist.
+refused() {
+  local name="$1" want="$2"; shift 2
+  expect_error "$want" "$@" --out "$name"
+  [ ! -e "$name" ] || fail "a refused run left $name behind: $*"
+}
+for cmd in train sft; do
+  refused x "--save-dtype bf16: unknown (valid: float32, bfloat16, float16)" "$METAPO" $cmd $T --max-steps 2 --save-dtype bf16
+  refused x "--lr-schedule Cosine: unknown" "$METAPO" $cmd $T --max-steps 2 --lr-schedule Cosine
+  refused x "--adam-eps 0: must be finite and positive" "$METAPO" $cmd $T --max-steps 2 --adam-eps 0
+  refused x "--adam-beta1 2: must be in .0, 1)" "$METAPO" $cmd $T --max-steps 2 --adam-beta1 2
+  refused x "--adam-beta2 -1: must be in .0, 1)" "$METAPO" $cmd $T --max-steps 2 --adam-beta2 -1
+  refused x "--lr inf: must be finite and positive" "$METAPO" $cmd $T --max-steps 2 --lr inf
+  refused x "--weight-decay nan: must be finite and >= 0" "$METAPO" $cmd $T --max-steps 2 --weight-decay nan
+  refused x "--min-lr-ratio 2: must be in .0, 1.$" "$METAPO" $cmd $T --max-steps 2 --min-lr-ratio 2
+  refused x "--max-grad-norm -1: must be finite and >= 0" "$METAPO" $cmd $T --max-steps 2 --max-grad-norm -1
+  refused x "--warmup-steps -1: must be >= 0" "$METAPO" $cmd $T --max-steps 2 --warmup-steps -1
+  refused x "--epochs and --max-steps must be >= 0" "$METAPO" $cmd $T --max-steps -1
+  expect_error "--out must not be empty" "$METAPO" $cmd $T --max-steps 2 --out ""
+  expect_error "--data must not be empty" "$METAPO" $cmd --model init --data "" --max-steps 2 --out x
+done
+refused x "--eval-every -1: must be >= 0" "$METAPO" train $T --max-steps 2 --eval-every -1
+refused x "--track-every 0: must be at least 1" "$METAPO" train $T --max-steps 2 --track-every 0
+refused x "--ref-model nosuch: not a directory" "$METAPO" train $T --max-steps 2 --ref-model nosuch
+
+# MetaPO's: those that need the data or the layout too, before --out exists.
+refused x "--meta-val-batch 17 is larger than d.h5: /val (16 pairs)" "$METAPO" train $T --max-steps 2 $M --meta-val-batch 17
+refused x "--meta-val-batch 3 is not divisible by the 2 data-parallel ranks" $MPIRUN 2 "$METAPO" train $T --max-steps 2 $M --meta-val-batch 3
+refused x "--hypergrad bogus: unknown (valid: ghost, exact, fd)" "$METAPO" train $T --max-steps 2 $M --hypergrad bogus
+refused x "--hypergrad exact is not supported with --tp 2" $MPIRUN 2 "$METAPO" train --tp 2 $T --max-steps 2 $M --hypergrad exact
+refused x "--stats-refresh-every 1 and --stats-refresh-pairs 0: a refresh needs both" "$METAPO" train $T --max-steps 2 $M --stats-refresh-every 1
+
+# --meta-trace never overwrites a file metapo did not write, nor one of the run's own.
+cp -r init init2
+refused x "--meta-trace d.h5: exists and is not this run's trace" "$METAPO" train $T --max-steps 2 $M --meta-trace d.h5
+refused x "exists and is not this run's trace" "$METAPO" train --model init2 --data d.h5 --batch-size 16 --max-steps 2 $M \
+  --meta-trace init2/model.safetensors
+refused x "--meta-trace x/metrics.jsonl: a file of the run itself" "$METAPO" train $T --max-steps 2 $M --meta-trace x/metrics.jsonl
+refused x "--meta-trace nodir/t.jsonl: " "$METAPO" train $T --max-steps 2 $M --meta-trace nodir/t.jsonl
+cmp d.h5 d.orig.h5 || fail "the dataset was changed"
+cmp init/model.safetensors init2/model.safetensors || fail "the model was changed"
+echo "ok: no input was overwritten"
+# A trace of its own is continued by --resume auto (and one inside --out may be named as a new run's).
+"$METAPO" train $T --max-steps 4 --save-every 2 $M --meta-trace t1/trace.jsonl --out t1 >/dev/null
+rm -r t1/final t1/metapo.json
+"$METAPO" train $T --max-steps 4 --save-every 2 $M --meta-trace t1/trace.jsonl --out t1 --resume auto >/dev/null
+[ "$(wc -l <t1/trace.jsonl)" -eq 4 ] || fail "the resumed trace has $(wc -l <t1/trace.jsonl) lines, expected 4"
+echo "ok: a resumed run continues its own trace"
+# Checked once loaded (a checkpoint of another model): nothing left behind either.
+"$METAPO" init --preset tiny --layers 1 --out narrow >/dev/null
+refused x "written for another model" "$METAPO" train --model narrow --data d.h5 --batch-size 16 --max-steps 4 --resume t1/step_00000002.h5 \
+  $M --meta-trace x/trace.jsonl
+
+# Options read only by MetaPO, given without it: a warning line each, and the run goes on.
+"$METAPO" train $T --max-steps 1 --out w1 --meta-lr 1e-3 --stats-ema 0.2 >w1.log
+grep -q "^warning: --meta-lr has no effect without --weighting metapo" w1.log || { cat w1.log; fail "no warning for --meta-lr"; }
+grep -q "^warning: --stats-ema has no effect" w1.log || fail "no warning for --stats-ema"
+! grep -q "warning: --meta-val-batch" w1.log || fail "a warning for an option not given"
+"$METAPO" train $T --max-steps 2 --out w2 $M --meta-warmup 5 >w2.log
+grep -q "^warning: --meta-warmup 5: the run has 2 steps, so the weight net is never updated" w2.log || { cat w2.log; fail "no --meta-warmup warning"; }
+# --ref-model beside stored reference log-probs: said.
+"$METAPO" train $T --max-steps 1 --out w3 --ref-model init >w3.log
+grep -q "^note: --ref-model init is not used" w3.log || { cat w3.log; fail "no --ref-model note"; }
+echo "ok: warnings for options that have no effect"
+
+# --config mistakes.
+printf 'lr = 1e-3\n[train]\n' >nosec.ini
+printf '[Train]\nlr = 1e-3\n' >badsec.ini
+printf '[train]\nconfig = other.ini\n' >nested.ini
+refused x "--config nosec.ini:1: a key before any .command. section" "$METAPO" train $T --max-steps 1 --config nosec.ini
+refused x "--config badsec.ini:1: .Train. is not a metapo command" "$METAPO" train $T --max-steps 1 --config badsec.ini
+refused x "--config nested.ini .train.: config: a config file cannot include another" "$METAPO" train $T --max-steps 1 --config nested.ini
+refused x "--config $WORK: is a directory" "$METAPO" train $T --max-steps 1 --config "$WORK"
+# A parse error names the option once (no doubled "metapo train:" prefix).
+expect_error "the argument ('nan') for option '--batch-size' is invalid (see metapo train --help)" "$METAPO" train --model init --data d.h5 --out x --batch-size nan
+! grep -q "error: metapo train" err.txt || fail "doubled prefix: $(cat err.txt)"
+
+# What a resume refuses: the data order's options, and a checkpoint past the run's steps.
+"$METAPO" train $T --max-steps 6 --save-every 2 --keep 0 --out r >/dev/null
+refused x "r/step_00000004.h5: written by a run with --batch-size 16 (this run: 8)" "$METAPO" train --model init --data d.h5 \
+  --batch-size 8 --max-steps 6 --resume r/step_00000004.h5
+refused x "r/step_00000004.h5: written by a run with --seed 0 (this run: 5)" "$METAPO" train $T --seed 5 --max-steps 6 --resume r/step_00000004.h5
+refused x "r/step_00000004.h5: at step 4, past this run's 3 steps" "$METAPO" train $T --max-steps 3 --resume r/step_00000004.h5
+"$METAPO" train $T --max-steps 6 --save-every 2 --keep 0 $M --out rm >/dev/null
+refused x "written by a run with --meta-features \"all\" (this run: \"temporal\")" "$METAPO" train $T --max-steps 6 $M \
+  --meta-features temporal --resume rm/step_00000002.h5
+# The same values resume (the micro-batching and the step count may change).
+"$METAPO" train --model init --data d.h5 --batch-size 16 --micro-batch 4 --max-steps 8 --resume r/step_00000004.h5 --out ok >/dev/null
+[ -f ok/final/config.json ] || fail "a resume with another --micro-batch and more steps did not finish"
+echo "ok: train/sft option checks"
