@@ -213,6 +213,20 @@ TEST(Safetensors, OffsetsInconsistentWithShape) {
   expect_error([&] { SafetensorsReader r(path); }, {path, "tensor w", "overflows"});
 }
 
+TEST(Safetensors, OverlappingTensorsRejected) {
+  TempDir tmp;
+  const std::string path = tmp / "t.safetensors";
+  // b's bytes [4, 12) share [4, 8) with a's [0, 8): each alone is consistent with its shape.
+  write_raw(path, R"({"a":{"dtype":"F32","shape":[2],"data_offsets":[0,8]},"b":{"dtype":"F32","shape":[2],"data_offsets":[4,12]}})",
+            std::string(12, '\0'));
+  expect_error([&] { SafetensorsReader r(path); }, {path, "tensors a [0, 8) and b [4, 12) overlap"});
+  // Adjacent ranges and an empty tensor inside another's range are fine.
+  write_raw(path, R"({"a":{"dtype":"F32","shape":[2],"data_offsets":[0,8]},"b":{"dtype":"F32","shape":[1],"data_offsets":[8,12]},"e":{"dtype":"F32","shape":[0],"data_offsets":[4,4]}})",
+            std::string(12, '\0'));
+  SafetensorsReader r(path);
+  EXPECT_EQ(r.tensors().size(), 3u);
+}
+
 TEST(Safetensors, UnsupportedDtypeOnRead) {
   TempDir tmp;
   const std::string path = tmp / "t.safetensors";

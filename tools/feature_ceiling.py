@@ -18,7 +18,9 @@ single feature's AUC (either orientation). Needs numpy.
   python3 tools/feature_ceiling.py --grid OUT             # a tools/bench-quality.sh tree: mean ± std per cell
   options: --folds 5 --seed 0 --ridge 1.0 --json (one JSON line per run instead of the table)
            --scores FILE (one run: each pair's sample_id and out-of-fold P(clean | features), as
-           JSON lines, e.g. to train on as a fixed `--weighting column`)"""
+           JSON lines, e.g. to train on as a fixed `--weighting column`; written under a temporary name
+           and renamed, and an existing FILE is replaced only when it is an earlier --scores file:
+           never a run's pair_weights.jsonl, metapo.json or any other file the tool did not write)"""
 import argparse
 import glob
 import json
@@ -49,10 +51,13 @@ def net_inputs(run):
     if not os.path.isfile(path):
         return None
     try:
-        j = json.load(open(path))
+        with open(path) as f:
+            j = json.load(f)
         feats, used = list(j["features"]), j.get("features_used", "all")
         n_temporal = feats.index("log_count") + 1  # the temporal block ends with log_count (features.h)
-    except (ValueError, KeyError, TypeError) as e:
+    except OSError as e:
+        die(f"{path}: cannot read ({e.strerror or e})")
+    except (ValueError, KeyError, TypeError, AttributeError) as e:
         die(f"{path}: no feature list with log_count ({type(e).__name__}: {e})")
     if used not in ("all", "temporal", "instantaneous"):
         die(f"{path}: features_used '{used}' is not all, temporal or instantaneous")
@@ -66,26 +71,34 @@ def load(run):
         die(f"{path}: no such file (run `metapo analyze --run {run} --data FILE.h5` first)")
     inputs = net_inputs(run)
     names, rows, q, w, ids = None, [], [], [], []
-    with open(path) as f:
-        for k, line in enumerate(f, 1):
-            try:
-                r = json.loads(line)
-                feats = r["features"]
-                if names is None:
-                    names = sorted(n for n in feats if n != "log_count" and (inputs is None or n in inputs))
-                    if not names:
-                        die(f"{path}: none of the weight net's inputs is among the features")
-                rows.append([float(feats[n]) for n in names])
-                q.append(float(r["quality"]))
-                w.append(float(r["weight"]))
-                ids.append(r.get("sample_id", k - 1))
-            except (ValueError, KeyError, TypeError) as e:
-                die(f"{path}:{k}: not a pair_weights line with features, quality and weight ({type(e).__name__}: {e})")
+    try:
+        with open(path, encoding="utf-8") as f:
+            lines = f.readlines()
+    except OSError as e:
+        die(f"{path}: cannot read ({e.strerror or e})")
+    except UnicodeDecodeError as e:
+        die(f"{path}: not UTF-8 text ({e.reason} at byte {e.start})")
+    for k, line in enumerate(lines, 1):
+        try:
+            r = json.loads(line)
+            feats = r["features"]
+            if names is None:
+                names = sorted(n for n in feats if n != "log_count" and (inputs is None or n in inputs))
+                if not names:
+                    die(f"{path}: none of the weight net's inputs is among the features")
+            rows.append([float(feats[n]) for n in names])
+            q.append(float(r["quality"]))
+            w.append(float(r["weight"]))
+            ids.append(r.get("sample_id", k - 1))
+        except (ValueError, KeyError, TypeError, AttributeError) as e:
+            die(f"{path}:{k}: not a pair_weights line with features, quality and weight ({type(e).__name__}: {e})")
     if not rows:
         die(f"{path}: no pairs")
     x = np.array(rows, dtype=np.float64)
     if not np.isfinite(x).all():
         die(f"{path}: a feature value is not finite")
+    if not (np.isfinite(q).all() and np.isfinite(w).all()):
+        die(f"{path}: a quality or weight is not finite")
     return names, x, np.array(q) >= 0.5, np.array(w), ids
 
 
@@ -163,15 +176,66 @@ def one(run, a):
     best = max(per, key=lambda n: abs(per[n] - 0.5))
     ceil, score = ceiling(x, flipped, a.folds, a.seed, a.ridge)
     if a.scores:
-        tmp = a.scores + ".tmp"
-        with open(tmp, "w") as f:
-            for i, z in zip(ids, score):
-                f.write(json.dumps({"sample_id": i, "p_clean": float(1 / (1 + np.exp(min(max(z, -30), 30))))}) + "\n")
-        os.replace(tmp, a.scores)
+        tmp = f"{a.scores}.{os.getpid()}.tmp"  # a new file ("x"): never one that is there already
+        try:
+            with open(tmp, "x") as f:
+                for i, z in zip(ids, score):
+                    p_clean = float(1 / (1 + np.exp(min(max(z, -30), 30))))
+                    f.write(json.dumps({"sample_id": i, "p_clean": p_clean}) + "\n")
+            os.replace(tmp, a.scores)
+        except BaseException as e:
+            if not isinstance(e, FileExistsError):
+                try:
+                    os.remove(tmp)
+                except OSError:
+                    pass
+            if isinstance(e, OSError):
+                die(f"--scores {a.scores}: cannot write ({e.strerror or e})")
+            raise
     return {"run": run, "n": len(x), "flipped": int(flipped.sum()), "weight_auc": rank_auc(w, clean),
             "best_feature": best, "best_feature_auc": max(per[best], 1 - per[best]),
             "ceiling_auc": ceil,
             "feature_auc": per}
+
+
+def is_scores_file(path):
+    """Whether path holds what --scores writes (lines of exactly sample_id and p_clean), or nothing."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            first = f.readline()
+    except (OSError, UnicodeDecodeError):
+        return False
+    if not first.strip():
+        return os.path.getsize(path) == 0
+    try:
+        r = json.loads(first)
+    except ValueError:
+        return False
+    return isinstance(r, dict) and set(r) == {"sample_id", "p_clean"}
+
+
+def check_scores(path, runs):
+    """--scores may replace only a file it wrote before: never a file of a run (its inputs, or
+    anything else a run directory holds that is not an earlier --scores file), nor anything else."""
+    d = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(d):
+        die(f"--scores {path}: its directory does not exist")
+    if not os.access(d, os.W_OK | os.X_OK):
+        die(f"--scores {path}: its directory {d} is not writable")
+    if os.path.isdir(path):
+        die(f"--scores {path}: is a directory")
+    if not os.path.lexists(path):
+        return
+    if not os.path.isfile(path) or os.path.islink(path):
+        die(f"--scores {path}: exists and is not a regular file; not replaced")
+    for run in runs:
+        for name in ("pair_weights.jsonl", "metapo.json"):
+            f = os.path.join(run, name)
+            if os.path.exists(f) and os.path.samefile(path, f):
+                die(f"--scores {path}: is {f}, an input of this tool; give a new file")
+    if not is_scores_file(path):
+        die(f"--scores {path}: exists and is not a scores file of feature_ceiling.py; not overwritten "
+            "(remove it, or give a new file)")
 
 
 def fmt(v):
@@ -190,15 +254,17 @@ def main():
     a = p.parse_args()
     if a.folds < 2:
         die(f"--folds {a.folds}: needs at least 2 folds")
-    if not a.ridge >= 0:
-        die(f"--ridge {a.ridge}: needs a number >= 0")
+    if not 0 <= a.ridge < float("inf"):
+        die(f"--ridge {a.ridge}: needs a finite number >= 0")
+    if a.seed < 0:
+        die(f"--seed {a.seed}: needs a number >= 0")
     if not a.runs and not a.grid:
         die("give RUN directories or --grid OUT")
     runs = list(a.runs)
     if a.scores and (a.grid or len(runs) != 1):
         die(f"--scores {a.scores}: takes exactly one run (no --grid)")
-    if a.scores and not os.path.isdir(os.path.dirname(os.path.abspath(a.scores))):
-        die(f"--scores {a.scores}: its directory does not exist")
+    if a.scores:
+        check_scores(a.scores, runs)
     if a.grid:
         if not os.path.isdir(a.grid):
             die(f"--grid {a.grid}: not a directory")

@@ -22,7 +22,8 @@ Writes into DIR (default: RUN/plots of the first run):
                     flipped pairs; the effective sample size and the mean normalized weight per group.
 
 Only curves.png needs an input (metrics.jsonl); each other plot is skipped, with a message, when no
-run has its input. Needs matplotlib (pip install matplotlib); draws with the Agg backend.
+run has its input. The options and DIR are checked before anything is drawn; each PNG is written under
+a temporary name and renamed. Needs matplotlib (pip install matplotlib); draws with the Agg backend.
 """
 import argparse
 import json
@@ -56,22 +57,69 @@ def note(msg):
     print(msg, file=sys.stderr)
 
 
-def read_jsonl(path):
-    """Lines of a JSONL file; a torn last line (a run still writing) is skipped with a note."""
+def read_jsonl(path, check=None):
+    """Lines of a JSONL file; a torn last line (a run still writing) is skipped with a note. Each line
+    must be a JSON object, and check(row), when given, returns what is wrong with one (or None)."""
     rows = []
-    with open(path) as f:
-        lines = f.read().splitlines()
+    try:
+        with open(path, encoding="utf-8") as f:
+            lines = f.read().split("\n")
+    except OSError as e:
+        fail(f"{path}: cannot read ({e.strerror or e})")
+    except UnicodeDecodeError as e:
+        fail(f"{path}: not UTF-8 text ({e.reason} at byte {e.start})")
+    if lines and not lines[-1]:
+        lines.pop()
     for k, line in enumerate(lines):
         if not line.strip():
             continue
         try:
-            rows.append(json.loads(line))
+            row = json.loads(line)
         except json.JSONDecodeError as e:
             if k == len(lines) - 1:
                 note(f"note: {path}: skipping an incomplete last line")
-            else:
-                fail(f"{path}:{k + 1}: not valid JSON ({e})")
+                continue
+            fail(f"{path}:{k + 1}: not valid JSON ({e})")
+        why = "not a JSON object" if not isinstance(row, dict) else check(row) if check else None
+        if why:
+            fail(f"{path}:{k + 1}: {why}")
+        rows.append(row)
     return rows
+
+
+def number_or_null(row, *keys):
+    """What is wrong with row's optional numeric fields keys (absent or null is fine), or None."""
+    for k in keys:
+        v = row.get(k)
+        if v is not None and (isinstance(v, bool) or not isinstance(v, (int, float))):
+            return f"'{k}' is not a number"
+    return None
+
+
+def number_list(row, key, n=None):
+    """What is wrong with row[key] as a list of numbers (of length n when given), or None."""
+    v = row.get(key)
+    if not isinstance(v, list) or not all(isinstance(x, (int, float)) and not isinstance(x, bool) for x in v):
+        return f"'{key}' is not a list of numbers"
+    if n is not None and len(v) != n:
+        return f"'{key}' has {len(v)} entries, not {n}"
+    return None
+
+
+def save(fig, out, dpi):
+    """fig as the PNG out, written under a temporary name and renamed: never a half-written out."""
+    tmp = f"{out}.{os.getpid()}.partial"
+    try:
+        fig.savefig(tmp, dpi=dpi, format="png")
+        os.replace(tmp, out)
+    except OSError as e:
+        try:
+            os.remove(tmp)
+        except OSError:
+            pass
+        fail(f"{out}: cannot write ({e.strerror or e})")
+    finally:
+        plt.close(fig)
 
 
 def run_labels(runs):
@@ -118,7 +166,8 @@ def plot_curves(runs, labels, colors, out, smooth):
     axes = axes.ravel()
     any_eval, any_smooth = False, False
     for run, label, color in zip(runs, labels, colors):
-        rows = read_jsonl(os.path.join(run, "metrics.jsonl"))
+        rows = read_jsonl(os.path.join(run, "metrics.jsonl"),
+                          lambda r: "'step' is not a number" if "step" in r and not finite(r["step"]) else None)
         train = [r for r in rows if "loss" in r and "step" in r]
         ev = [r for r in rows if "step" in r and any(k.startswith("eval/") for k in r)]
         if not train and not ev:
@@ -172,8 +221,7 @@ def plot_curves(runs, labels, colors, out, smooth):
     axes[1].legend(handles=style, fontsize=9, loc="best")
     fig.suptitle("Training curves (metrics.jsonl): " + ", ".join(labels), fontsize=13)
     fig.tight_layout()
-    fig.savefig(out, dpi=110)
-    plt.close(fig)
+    save(fig, out, 110)
 
 
 # ---- weights_hist.png ---------------------------------------------------------------------------
@@ -205,8 +253,10 @@ def plot_weights_hist(runs, labels, out):
     ncol = 3
     fig, axes = plt.subplots(len(have), ncol, figsize=(16, 4.3 * len(have)), squeeze=False)
     for row, (run, label) in enumerate(have):
-        rows = read_jsonl(os.path.join(run, "pair_weights.jsonl"))
-        wts = [p["weight"] for p in rows if finite(p.get("weight"))]
+        rows = read_jsonl(os.path.join(run, "pair_weights.jsonl"),
+                          lambda p: number_or_null(p, "weight", "quality", "difficulty"))
+        rows = [p for p in rows if finite(p.get("weight"))]
+        wts = [p["weight"] for p in rows]
         ax = axes[row]
         if not wts:
             for a in ax:
@@ -217,8 +267,8 @@ def plot_weights_hist(runs, labels, out):
         if hi - lo < 1e-12:
             lo, hi = lo - 1e-3, hi + 1e-3
         bins = [lo + (hi - lo) * k / 30 for k in range(31)]
-        has_q = all("quality" in p for p in rows)
-        has_d = all("difficulty" in p for p in rows)
+        has_q = all(finite(p.get("quality")) for p in rows)
+        has_d = all(finite(p.get("difficulty")) for p in rows)
         clean = [p["weight"] for p in rows if has_q and p["quality"] >= 0.5]
         flipped = [p["weight"] for p in rows if has_q and p["quality"] < 0.5]
         if has_q:
@@ -253,8 +303,7 @@ def plot_weights_hist(runs, labels, out):
             ax[2].set_axis_off()
     fig.suptitle("MetaPO weights per pair after training (metapo analyze, train split)", fontsize=13)
     fig.tight_layout()
-    fig.savefig(out, dpi=110)
-    plt.close(fig)
+    save(fig, out, 110)
     return None
 
 
@@ -276,14 +325,21 @@ def plot_attribution(runs, labels, out):
     for row, (run, label) in enumerate(have):
         path = os.path.join(run, "analysis.json")
         try:
-            a = json.load(open(path))
+            with open(path, encoding="utf-8") as f:
+                a = json.load(f)
             at = a["attribution"]
-            feats, temporal = at["features"], at["temporal"]
+            feats, temporal = list(at["features"]), list(at["temporal"])
             ig, perm = at["integrated_gradients"], at["permutation"]
-        except (json.JSONDecodeError, KeyError, TypeError) as e:
-            fail(f"{path}: not an analysis.json of metapo analyze ({e})")
+            for part in (ig, perm):
+                if len(part["mean_abs"]) != len(feats) or len(temporal) != len(feats):
+                    raise ValueError("features, temporal and mean_abs differ in length")
+            q = a.get("quality") or {}
+            q.get("auc")
+        except OSError as e:
+            fail(f"{path}: cannot read ({e.strerror or e})")
+        except (ValueError, KeyError, TypeError, AttributeError) as e:
+            fail(f"{path}: not an analysis.json of metapo analyze ({type(e).__name__}: {e})")
         colors = [TEMPORAL_COLOR if t else INSTANT_COLOR for t in temporal]
-        q = a.get("quality") or {}
         info = f"{a.get('with_history', '?')} of {a.get('n', '?')} pairs with history"
         if finite(q.get("auc")):
             info += f", weight AUC clean vs flipped {q['auc']:.3f}"
@@ -303,8 +359,7 @@ def plot_attribution(runs, labels, out):
     fig.suptitle("What the weight net's decisions depend on (metapo analyze)", fontsize=13)
     fig.tight_layout(rect=(0, 0.06 / len(have), 1, 1))
     fig.legend(handles=leg, fontsize=10, loc="lower center", ncol=2, frameon=False)
-    fig.savefig(out, dpi=110)
-    plt.close(fig)
+    save(fig, out, 110)
     return None
 
 
@@ -313,6 +368,23 @@ def plot_attribution(runs, labels, out):
 TRAJ_GROUPS = [("clean, easy (random rejected)", lambda q, d: q >= 0.5 and not d),
                ("clean, hard (near-miss rejected)", lambda q, d: q >= 0.5 and d),
                ("flipped (labels swapped)", lambda q, d: q < 0.5)]
+
+
+def check_trajectory(line):
+    """What is wrong with a line of trajectories.jsonl, or None."""
+    if not finite(line.get("step")):
+        return "'step' is not a number"
+    pairs = line.get("pairs", [])
+    if not isinstance(pairs, list) or not all(isinstance(p, dict) for p in pairs):
+        return "'pairs' is not a list of objects"
+    for p in pairs:
+        sid = p.get("sample_id")
+        if isinstance(sid, bool) or not isinstance(sid, int):
+            return "a pair's 'sample_id' is not an integer"
+        why = number_or_null(p, "margin", "quality", "difficulty")
+        if why:
+            return "a pair's " + why
+    return None
 
 
 def plot_trajectories(runs, labels, out, per_group):
@@ -325,14 +397,15 @@ def plot_trajectories(runs, labels, out, per_group):
     fig, axes = plt.subplots(len(have), 3, figsize=(15, 3.9 * len(have) + 0.6), squeeze=False, sharey=True)
     cmap = plt.get_cmap("tab10")
     for row, (run, label) in enumerate(have):
-        lines = read_jsonl(os.path.join(run, "trajectories.jsonl"))
+        lines = read_jsonl(os.path.join(run, "trajectories.jsonl"), check_trajectory)
         series, info = {}, {}
         for l in lines:
             for p in l.get("pairs", []):
                 sid = p["sample_id"]
                 if finite(p.get("margin")):
                     series.setdefault(sid, []).append((l["step"], p["margin"]))
-                info[sid] = (p.get("quality", 1.0), (p.get("difficulty", 0.0) or 0.0) >= 0.5)
+                q = p.get("quality")
+                info[sid] = (1.0 if q is None else q, (p.get("difficulty", 0.0) or 0.0) >= 0.5)
         for col, (gname, pred) in enumerate(TRAJ_GROUPS):
             ax = axes[row][col]
             sids = sorted(s for s in series if pred(*info[s]))[:per_group]
@@ -355,8 +428,7 @@ def plot_trajectories(runs, labels, out, per_group):
     fig.suptitle("Margin trajectories of tracked training pairs (flipped: below 0 = the model prefers the "
                  "truly correct answer)", fontsize=12)
     fig.tight_layout()
-    fig.savefig(out, dpi=110)
-    plt.close(fig)
+    save(fig, out, 110)
     return None
 
 
@@ -404,10 +476,14 @@ def plot_alignment(runs, labels, out, data, windows):
         return why
     fig, axes = plt.subplots(len(have), 4, figsize=(22, 4.2 * len(have)), squeeze=False)
     for row, (r, l) in enumerate(have):
-        steps = read_jsonl(os.path.join(r, "meta_trace.jsonl"))
+        steps = read_jsonl(os.path.join(r, "meta_trace.jsonl"), check_trace_step)
         if not steps:
             continue
         F = len(steps[0]["raw"]) // len(steps[0]["a"])
+        for k, j in enumerate(steps):
+            if len(j["raw"]) != F * len(j["a"]):
+                fail(f"{os.path.join(r, 'meta_trace.jsonl')}: meta step {j['step']} has {len(j['raw'])} raw "
+                     f"features for {len(j['a'])} pairs, not {F} per pair as the first step")
         names = FEATURE_NAMES.get(F, [f"f{k}" for k in range(F)])
         W = max(1, len(steps) // windows)
         xs, sgrp, aucs, rho, ess, wgrp = [], [], [], [], [], []
@@ -475,8 +551,29 @@ def plot_alignment(runs, labels, out, data, windows):
         ax.legend(fontsize=7)
         ax.grid(alpha=0.3)
     fig.tight_layout()
-    fig.savefig(out, dpi=90)
-    plt.close(fig)
+    save(fig, out, 90)
+    return None
+
+
+def check_trace_step(j):
+    """What is wrong with a line of meta_trace.jsonl, or None."""
+    if not finite(j.get("step")):
+        return "'step' is not a number"
+    why = number_list(j, "a")
+    if why:
+        return why
+    n = len(j["a"])
+    if n == 0:
+        return "'a' is empty"
+    if not all(finite(x) for x in j["a"]):
+        return "'a' holds a value that is not finite"
+    why = number_list(j, "s", n) or number_list(j, "sample_id", n) or number_list(j, "raw")
+    if why:
+        return why
+    if not all(isinstance(i, int) for i in j["sample_id"]):
+        return "'sample_id' holds a number that is not an integer"
+    if len(j["raw"]) == 0 or len(j["raw"]) % n:
+        return f"'raw' has {len(j['raw'])} entries, not a multiple of the {n} pairs"
     return None
 
 
@@ -504,8 +601,35 @@ def main():
             fail(f"{os.path.join(r, 'metrics.jsonl')} not found (is {r} a `metapo train` run directory?)")
     if args.smooth is not None and args.smooth < 1:
         fail("--smooth must be at least 1")
+    if args.pairs_per_group < 1:
+        fail(f"--pairs-per-group {args.pairs_per_group}: must be at least 1")
+    if args.windows < 1:
+        fail(f"--windows {args.windows}: must be at least 1")
+    if args.data is not None and not os.path.isfile(args.data):
+        fail(f"--data {args.data}: no such file")
     out = args.out or os.path.join(args.runs[0], "plots")
-    os.makedirs(out, exist_ok=True)
+    flag = "--out " if args.out else ""
+    if os.path.exists(out) and not os.path.isdir(out):
+        fail(f"{flag}{out}: exists and is not a directory")
+    made = not os.path.exists(out)
+    try:
+        os.makedirs(out, exist_ok=True)
+    except OSError as e:
+        fail(f"{flag}{out}: cannot make the directory ({e.strerror or e})")
+    if not os.access(out, os.W_OK | os.X_OK):
+        fail(f"{flag}{out}: the directory is not writable")
+    try:
+        draw(args, out)
+    except SystemExit:
+        if made:  # a failed run leaves no empty directory of its own behind
+            try:
+                os.rmdir(out)
+            except OSError:
+                pass
+        raise
+
+
+def draw(args, out):
     labels = run_labels(args.runs)
     cmap = plt.get_cmap("tab10")
     colors = [cmap(k % 10) for k in range(len(args.runs))]

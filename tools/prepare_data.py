@@ -24,7 +24,8 @@ and EOS after each response. Truncation, the split rule and every choice made ar
 docs/prepare_data.md and recorded in the file's `source` attribute.
 
 Errors are one line on stderr ("prepare_data: error: FILE:LINE: field 'chosen': ..."), exit code 1.
-The file is written as OUT.partial and renamed, so a failed run leaves an earlier OUT intact.
+The file is written as OUT.partial and renamed, so a failed run leaves an earlier OUT intact; an OUT
+that is an input (or a file in an input or --tokenizer directory) is refused before anything is read.
 """
 import argparse
 import gzip
@@ -658,8 +659,57 @@ def check_args(a):
     if len(set(cols)) != len(cols):
         raise InputError("--columns: a name is repeated")
     a.column_list = cols
+    check_out(a)
+    if a.chat_template is not None and not os.path.isfile(a.chat_template):
+        raise InputError(f"{a.chat_template}: cannot read the chat template: "
+                         f"{'is a directory' if os.path.isdir(a.chat_template) else 'no such file'}")
+
+
+def _inside(path, directory):
+    """Whether path (existing or not) lies under directory, symbolic links resolved."""
+    d = os.path.realpath(directory)
+    return os.path.commonpath([os.path.realpath(path), d]) == d
+
+
+def _is_dataset(path):
+    """Whether path is a metapo dataset file (what this tool writes), e.g. an earlier OUT."""
+    try:
+        import h5py
+        with h5py.File(path, "r") as f:
+            return f.attrs.get("format") in (FORMAT, FORMAT.encode())
+    except Exception:
+        return False
+
+
+def check_out(a):
+    """--out (and OUT.partial, written first) must not be anything this run reads, nor a file of an
+    input or --tokenizer directory other than an earlier dataset file, and its directory must be one
+    that can be made and written to: checked before any input is read."""
     if os.path.isdir(a.out):
-        raise InputError(f"{a.out}: is a directory")
+        raise InputError(f"--out {a.out}: is a directory")
+    reads = [("input", _split_path_arg(p)[0]) for p in a.inputs]
+    reads += [(f"--{g}", _split_path_arg(p)[0]) for g in ("val", "test", "sft") for p in getattr(a, g)]
+    reads += [("--tokenizer", a.tokenizer)]
+    if a.chat_template is not None:
+        reads.append(("--chat-template", a.chat_template))
+    for target in (a.out, a.out + ".partial"):
+        if not os.path.exists(target):
+            continue
+        for what, path in reads:
+            if not os.path.exists(path):
+                continue  # reported when it is read
+            if (os.path.isdir(path) and _inside(target, path) and not _is_dataset(target)
+                    or os.path.samefile(target, path)):
+                raise InputError(f"--out {a.out}: {'is' if target == a.out else 'its .partial file is'} "
+                                 f"{'inside ' if os.path.isdir(path) else ''}{what} {path}; "
+                                 "the output must not overwrite what it reads")
+    parent = os.path.dirname(os.path.abspath(a.out))
+    while not os.path.exists(parent):  # write_h5 makes the missing directories
+        parent = os.path.dirname(parent)
+    if not os.path.isdir(parent):
+        raise InputError(f"--out {a.out}: cannot write there ({parent} is not a directory)")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise InputError(f"--out {a.out}: cannot write there (directory {parent} is not writable)")
 
 
 def _pair_group(records, cols, drops):

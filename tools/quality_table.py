@@ -15,7 +15,8 @@ the acceptance checks of MetaPO against uniform DPO and the oracle, one line per
 With --plot FILE.png (needs matplotlib), also a figure of the grid: one column per task, one row per SFT
 strength for test preference accuracy and again for answer accuracy; per method the mean ± std over seeds
 against the flip rate (the DPO epochs of most runs), and the cells of another number of DPO epochs (the
-single-epoch 40% column) as hollow markers beside them.
+single-epoch 40% column) as hollow markers beside them. FILE.png's directory must exist; it is checked,
+with the results file, before anything is printed, and the figure is written whole, then renamed.
 
 With --paired, each check also gets its margin seed by seed (MetaPO and uniform of one seed share the
 SFT model and the data; e.g. metapo − 0.4·uniform − 0.6·oracle for the 60% rule) and the standard error
@@ -26,6 +27,8 @@ Standard library only, so it runs where the benchmark runs.
 """
 import argparse
 import json
+import math
+import os
 import statistics
 import sys
 
@@ -44,6 +47,59 @@ def fmt(v, digits=3):
     return f"{m:.{digits}f}" if s is None else f"{m:.{digits}f} ± {s:.{digits}f}"
 
 
+def is_num(v, integer=False):
+    return not isinstance(v, bool) and (isinstance(v, int) or not integer and isinstance(v, float) and math.isfinite(v))
+
+
+def bad_result(r):
+    """What is wrong with a results line (after the defaults of earlier versions), or None."""
+    if not isinstance(r, dict):
+        return "not a JSON object"
+    for k in ("method", "task"):
+        if not isinstance(r.get(k), str):
+            return f"'{k}' is {'missing' if k not in r else 'not a string'}"
+    for k, integer in (("seed", True), ("sft_epochs", True), ("epochs", True), ("flip", False)):
+        if not is_num(r.get(k), integer):
+            return f"'{k}' is {'missing' if k not in r else 'not an integer' if integer else 'not a number'}"
+    num_or_null = lambda v: v is None or is_num(v)
+    if r["method"] != "sft":
+        ev = r.get("eval")
+        if not isinstance(ev, dict) or "pref_acc" not in ev or not num_or_null(ev["pref_acc"]):
+            return "'eval' is not an object with a number pref_acc (the method's `metapo eval` line)"
+    gen = r.get("gen")
+    if not isinstance(gen, dict) or "answer_accuracy" not in gen or not num_or_null(gen["answer_accuracy"]):
+        return "'gen' is not an object with a number answer_accuracy (a `metapo generate` line)"
+    an = r.get("analyze")
+    if an is not None and (not isinstance(an, dict) or not all(
+            num_or_null(an.get(k)) for k in ("quality_auc", "temporal_share", "temporal_share_permutation"))):
+        return "'analyze' is neither null nor an object with numbers (a `metapo analyze` line)"
+    if not num_or_null(r.get("ess")):
+        return "'ess' is not a number"
+    return None
+
+
+def check_plot(path, rows, results):
+    """--plot FILE.png, before anything is printed: a .png name in a writable directory, not the
+    results file, matplotlib there and something to draw."""
+    if not path.endswith(".png"):
+        sys.exit(f"error: --plot {path}: the figure's name must end in .png")
+    d = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(d):
+        sys.exit(f"error: --plot {path}: its directory does not exist")
+    if not os.access(d, os.W_OK | os.X_OK):
+        sys.exit(f"error: --plot {path}: its directory is not writable")
+    if os.path.isdir(path):
+        sys.exit(f"error: --plot {path}: is a directory")
+    if os.path.exists(path) and os.path.samefile(path, results):
+        sys.exit(f"error: --plot {path}: is the results file")
+    try:
+        import matplotlib  # noqa: F401
+    except ImportError:
+        sys.exit(f"error: --plot {path}: matplotlib is not installed (pip install matplotlib)")
+    if all(r["method"] == "sft" for r in rows):
+        sys.exit(f"error: --plot {path}: no trained runs to draw")
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("results", help="results.jsonl of tools/bench-quality.sh")
@@ -55,19 +111,34 @@ def main():
     a = ap.parse_args()
     if a.plot and not a.plot.endswith(".png"):
         sys.exit(f"error: --plot {a.plot}: the figure's name must end in .png")
+    if os.path.isdir(a.results):
+        sys.exit(f"error: {a.results}: is a directory, not a results file")
+    try:
+        with open(a.results, encoding="utf-8") as f:
+            lines = f.read().split("\n")
+    except OSError as e:
+        sys.exit(f"error: {a.results}: cannot read ({e.strerror or e})")
+    except UnicodeDecodeError as e:
+        sys.exit(f"error: {a.results}: not UTF-8 text ({e.reason} at byte {e.start})")
     rows = []
-    for n, line in enumerate(open(a.results), 1):
+    for n, line in enumerate(lines, 1):
         line = line.strip()
         if not line:
             continue
         try:
-            rows.append(json.loads(line))
+            r = json.loads(line)
         except json.JSONDecodeError as e:
             sys.exit(f"error: {a.results}:{n}: not a JSON line ({e})")
+        if isinstance(r, dict):  # lines of the single-task benchmark of earlier versions
+            r.setdefault("task", "sort"), r.setdefault("sft_epochs", 3), r.setdefault("epochs", 3)
+        why = bad_result(r)
+        if why:
+            sys.exit(f"error: {a.results}:{n}: not a results line of tools/bench-quality.sh: {why}")
+        rows.append(r)
     if not rows:
         sys.exit(f"error: {a.results}: no results yet")
-    for r in rows:  # lines of the single-task benchmark of earlier versions
-        r.setdefault("task", "sort"), r.setdefault("sft_epochs", 3), r.setdefault("epochs", 3)
+    if a.plot:
+        check_plot(a.plot, rows, a.results)
     order = ["sft", "uniform", "cdpo", "robust", "wpo", "margin", "metapo", "metapo-instantaneous",
              "metapo-temporal", "oracle"]
     names = {"sft": "SFT model (reference)", "uniform": "uniform (DPO)", "oracle": "oracle (flipped dropped)",
@@ -234,8 +305,18 @@ def plot_grid(by, order, names, path):
     fig.suptitle(f"mean ± std over seeds, {main_ep} DPO epochs{note}", fontsize=10)
     fig.legend(loc="lower center", ncol=min(len(methods), 7), fontsize=8)
     fig.tight_layout(rect=(0, 0.04, 1, 0.97))
-    fig.savefig(path, dpi=90)
-    plt.close(fig)
+    tmp = f"{path}.{os.getpid()}.partial"  # written whole, then renamed: never a half-written figure
+    try:
+        fig.savefig(tmp, dpi=90, format="png")
+        os.replace(tmp, path)
+    except OSError as e:
+        try:
+            os.remove(tmp)
+        except OSError:
+            pass
+        sys.exit(f"error: --plot {path}: cannot write ({e.strerror or e})")
+    finally:
+        plt.close(fig)
     print(f"wrote {path}", file=sys.stderr)
 
 

@@ -41,6 +41,13 @@ int cmd_analyze(Context& ctx, int argc, char** argv) {
   if (model_dir.empty()) model_dir = (fs::path(run_dir) / "final").string();
   if (out.empty()) out = (fs::path(run_dir) / "analysis.json").string();
   const std::string pairs_out = (fs::path(out).parent_path() / "pair_weights.jsonl").string();
+  // Neither output may replace what analyze reads, nor the other output.
+  const std::vector<std::string> inputs = {(fs::path(run_dir) / "metapo.json").string(), (fs::path(run_dir) / "run.json").string(),
+                                           (fs::path(run_dir) / "metrics.jsonl").string(), data, model_dir};
+  MP_CHECK(fs::path(out).filename() != "pair_weights.jsonl", "--out ", out,
+           ": pair_weights.jsonl is the name of analyze's other output, written next to --out; choose another name");
+  check_output_file(out, "--out", inputs);
+  check_output_file(pairs_out, "--out " + out + ": its pair_weights.jsonl", inputs);
 
   const MetaRun run = read_meta_run((fs::path(run_dir) / "metapo.json").string());
   std::vector<std::string> notes;

@@ -8,6 +8,7 @@
 // same file. --device cuda decodes on one GPU per rank (--tp 1 --pp 1; model/generate.h).
 #include <unistd.h>
 
+#include <algorithm>
 #include <chrono>
 #include <cmath>
 #include <cstdio>
@@ -129,6 +130,9 @@ int cmd_generate(Context& ctx, int argc, char** argv) {
   MP_CHECK(opt.max_new_tokens > 0, "--max-new-tokens must be positive (got ", opt.max_new_tokens, ")");
   MP_CHECK(opt.max_batch > 0, "--batch-size must be positive (got ", opt.max_batch, ")");
   MP_CHECK(limit >= 0, "--limit must be >= 0 (got ", limit, ")");
+  const std::string input = vm.count("data") ? data : prompts_path;
+  check_input_file(input, vm.count("data") ? "--data" : "--prompts");
+  check_output_file(output, "--output", {input, model_dir});
   apply_parallel_options(ctx, par);
   const Device dev = check_device_option(device, par, ctx.topo.local_rank);
   const Topology& topo = ctx.topo;
@@ -149,6 +153,19 @@ int cmd_generate(Context& ctx, int argc, char** argv) {
   MP_CHECK(opt.eos_id >= -1 && opt.eos_id < V, "--eos-id ", opt.eos_id, " is outside the vocabulary [0, ", V,
            ") (-1 disables EOS stopping)");
 
+  // The KV cache each decoded sequence reserves (prompt + new tokens, every layer's K and V): a
+  // --max-new-tokens far past what fits is refused here, not by the allocator (on the host; a
+  // device's memory is its own).
+  if (!moves_to_device(dev)) {
+    size_t longest = 0;
+    for (const auto& p : ps.prompts) longest = std::max(longest, p.size());
+    const double per_seq = 2.0 * double(config.num_hidden_layers) * (double(longest) + double(opt.max_new_tokens)) *
+                           double(config.kv_dim()) * sizeof(float) / double(topo.tp * topo.pp);
+    const int64_t n_mine = (int64_t(ps.prompts.size()) + topo.dp - 1) / topo.dp;
+    const double seqs = double(std::max<int64_t>(1, std::min<int64_t>(opt.max_batch, n_mine)));
+    check_fits_memory(per_seq * seqs, str_cat("--max-new-tokens ", opt.max_new_tokens, ": the KV cache of ", int64_t(seqs),
+                                              " sequences (--batch-size) of up to ", longest, " + ", opt.max_new_tokens, " tokens"));
+  }
   // This rank's shard only: under TP x PP no rank ever holds the whole model.
   ShardedModel sm = load_sharded_model(reader, topo, par.pp_layers);
   place_on_device(sm, dev);  // with --device cuda: the parameters' copy on the GPU, which the decoder reads

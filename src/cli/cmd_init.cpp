@@ -1,3 +1,4 @@
+#include <cmath>
 #include <iostream>
 
 #include "metapo/cli/commands.h"
@@ -24,9 +25,16 @@ int cmd_init(Context& ctx, int argc, char** argv) {
   if (!parse_args("init", "metapo init --preset NAME --out DIR [--layers N] [--seed S]", desc, argc, argv, vm, ctx))
     return 0;
   MP_CHECK(layers >= 0, "--layers ", layers, ": must be >= 0");
+  MP_CHECK(!out.empty(), "--out must not be empty");
+  MP_CHECK(std::isfinite(std_dev) && std_dev >= 0, "--init-std ", std_dev, ": must be finite and >= 0");
+  MP_CHECK(dtype == "float32" || dtype == "bfloat16" || dtype == "float16", "--dtype ", dtype,
+           ": unknown (valid: float32, bfloat16, float16)");
   LlamaConfig c = preset_config(preset);
   if (layers > 0) c.num_hidden_layers = layers;
   c.validate("--preset " + preset);
+  // The fp32 parameters and the file's copy of them.
+  check_fits_memory(2.0 * double(ParamLayout(c).total()) * sizeof(float),
+                    str_cat("--preset ", preset, layers > 0 ? str_cat(" --layers ", layers) : std::string(), ": the model"));
   if (ctx.topo.is_root()) {
     save_hf_model(out, c, init_params(c, seed, std_dev), dtype);
     std::cout << "wrote " << out << " (" << ParamLayout(c).total() << " parameters, preset " << preset

@@ -7,6 +7,7 @@
 #include <cmath>
 #include <cstdio>
 #include <iostream>
+#include <limits>
 
 #include <nlohmann/json.hpp>
 
@@ -199,7 +200,7 @@ int cmd_plan(Context& ctx, int argc, char** argv) {
   // Validate everything before any work.
   const LlamaConfig c = plan_model(model);
   c.validate("--model " + model);
-  MP_CHECK(gpus >= 1, "--gpus must be positive");
+  MP_CHECK(gpus >= 1 && gpus <= std::numeric_limits<int>::max(), "--gpus ", gpus, ": must be in [1, 2^31)");
   MP_CHECK(per_node >= 1, "--gpus-per-node must be positive");
   const int64_t device = int64_t(parse_bytes(memory, "--gpu-memory"));
   MP_CHECK(device > 0, "--gpu-memory must be positive");
@@ -208,6 +209,11 @@ int cmd_plan(Context& ctx, int argc, char** argv) {
   MP_CHECK(micro_tokens >= 0 && micro_batches >= 0 && seq_len > 0 && show >= 0 && steps >= 0, "--micro-batch-tokens, --micro-batches, --show and --max-steps must be >= 0, --seq-len positive");
   MP_CHECK(micro_tokens > 0 || !data.empty(), "--micro-batch-tokens 0 (pair counts) needs --data to size the micro-batches");
   MP_CHECK(min_headroom >= 0 && min_headroom < 1, "--min-headroom must be in [0, 1)");
+  MP_CHECK(pairs >= 0 && tokens_per_step >= 0, "--pairs and --tokens-per-step must be >= 0");
+  MP_CHECK(batch > 0 && micro > 0 && val_batch > 0, "--batch-size, --micro-batch and --meta-val-batch must be positive");
+  MP_CHECK(passes.eval_every >= 0 && passes.eval_pairs >= 0 && passes.track_pairs >= 0 && passes.refresh_every >= 0 &&
+               passes.refresh_pairs >= 0,
+           "--eval-every, --eval-pairs, --track-pairs, --stats-refresh-every and --stats-refresh-pairs must be >= 0");
   const int64_t reserve_bytes =
       reserve == "auto" ? (precision == "bf16" ? int64_t(3) << 30 : 0) : int64_t(parse_bytes(reserve, "--reserve"));
   std::vector<Recompute> modes;
@@ -217,9 +223,14 @@ int cmd_plan(Context& ctx, int argc, char** argv) {
     modes = {parse_recompute(recompute)};
   auto sizes = [&](const std::string& s, const char* opt) {
     std::vector<int> v;
-    if (s == "auto") {
-      for (int k = 1; k <= gpus; ++k)
-        if (gpus % k == 0) v.push_back(k);
+    if (s == "auto") {  // the divisors of --gpus, in O(sqrt(gpus))
+      std::vector<int> high;
+      for (int64_t k = 1; k * k <= gpus; ++k)
+        if (gpus % k == 0) {
+          v.push_back(int(k));
+          if (k * k != gpus) high.push_back(int(gpus / k));
+        }
+      v.insert(v.end(), high.rbegin(), high.rend());
       return v;
     }
     char* end = nullptr;
@@ -233,6 +244,10 @@ int cmd_plan(Context& ctx, int argc, char** argv) {
   if (!pp_layers_s.empty()) {
     MP_CHECK(pps.size() == 1, "--pp-layers needs a fixed --pp");
     pp_layers = parse_pp_layers(pp_layers_s, pps[0]);
+    int64_t sum = 0;
+    for (int64_t n : pp_layers) sum += n;
+    MP_CHECK(sum == c.num_hidden_layers, "--pp-layers ", pp_layers_s, ": ", sum, " layers, the model has ",
+             c.num_hidden_layers);
   }
 
   PlanInput base;
@@ -248,6 +263,7 @@ int cmd_plan(Context& ctx, int argc, char** argv) {
     if (base.metapo || passes.eval_every > 0) pd.val = read_pair_split(data, "val");
   }
   std::vector<Candidate> all;
+  int64_t data_micro_tokens = 0;  // with --micro-batch-tokens 0: the largest micro-batch --data gives
   for (int tp : tps)
     for (int pp : pps) {
       if (gpus % (int64_t(tp) * pp) != 0) continue;
@@ -265,6 +281,7 @@ int cmd_plan(Context& ctx, int argc, char** argv) {
         const DataShape d = data_shape(pd, dp, MicroBatching{micro, micro_tokens}, batch, run_steps, in.metapo,
                                        val_batch, seed, passes);
         in.micro_tokens = d.max_tokens, in.micro_rows = d.max_rows, in.pairs = d.pairs, in.data_bytes = d.bytes;
+        data_micro_tokens = std::max(data_micro_tokens, d.max_tokens);
         in.backward_tokens = d.bwd_tokens, in.backward_rows = d.bwd_rows;
         in.ref_tokens = d.ref_tokens, in.ref_rows = d.ref_rows;
         if (micro_batches == 0) in.micro_batches = d.max_micro;
@@ -302,13 +319,14 @@ int cmd_plan(Context& ctx, int argc, char** argv) {
   });
   if (!ctx.topo.is_root()) return 0;
 
-  const int64_t step_tokens = tokens_per_step > 0 ? tokens_per_step : micro_tokens * gpus;
+  const int64_t shown_micro = micro_tokens > 0 ? micro_tokens : data_micro_tokens;
+  const int64_t step_tokens = tokens_per_step > 0 ? tokens_per_step : shown_micro * gpus;
   const double flops = plan_step_flops(c, step_tokens, seq_len);
   std::printf("model %s: %lld parameters, %lld layers, hidden %lld, %lld heads (%lld KV), vocab %lld\n", model.c_str(),
               (long long)ParamLayout(c).total(), (long long)c.num_hidden_layers, (long long)c.hidden_size,
               (long long)c.num_attention_heads, (long long)c.num_key_value_heads, (long long)c.vocab_size);
   std::printf("%lld device%s of %s GiB, %s, micro-batches of %lld tokens, %s; a layout fits with >= %.0f%% headroom\n",
-              (long long)gpus, gpus == 1 ? "" : "s", gib(device).c_str(), precision.c_str(), (long long)micro_tokens,
+              (long long)gpus, gpus == 1 ? "" : "s", gib(device).c_str(), precision.c_str(), (long long)shown_micro,
               base.metapo ? "MetaPO" : "uniform DPO", 100 * min_headroom);
   std::printf("FLOPs per step of %lld tokens (sequences of %lld): %.3g (forward + backward); MetaPO adds its validation gradient and about one forward for the ghost products\n",
               (long long)step_tokens, (long long)seq_len, flops);

@@ -37,8 +37,9 @@ std::vector<ScoreInput> read_score_input(const std::string& path, int64_t vocab)
       MP_CHECK(m.is_array() && m.size() == s.tokens.size(), where, "\"loss_mask\" must be an array of ",
                s.tokens.size(), " values (one per token)");
       for (const auto& v : m) {
-        MP_CHECK(v.is_number_integer() || v.is_boolean(), where, "\"loss_mask\" values must be 0 or 1");
-        s.mask.push_back(uint8_t(v.is_boolean() ? v.get<bool>() : v.get<int64_t>() != 0));
+        MP_CHECK(v.is_boolean() || (v.is_number_integer() && (v.get<int64_t>() == 0 || v.get<int64_t>() == 1)), where,
+                 "\"loss_mask\" values must be 0 or 1 (got ", v.dump(), ")");
+        s.mask.push_back(uint8_t(v.is_boolean() ? v.get<bool>() : v.get<int64_t>() == 1));
       }
     }
     out.push_back(std::move(s));
@@ -83,6 +84,8 @@ int cmd_score(Context& ctx, int argc, char** argv) {
                   desc, argc, argv, vm, ctx))
     return 0;
   MP_CHECK(max_tokens > 0, "--max-batch-tokens must be positive");
+  check_input_file(input, "--input");
+  check_output_file(output, "--output", {input, model_dir});
   apply_parallel_options(ctx, par);
   const Device dev = check_device_option(device, par, ctx.topo.local_rank);
   const Topology& topo = ctx.topo;

@@ -2,6 +2,8 @@
 #include "metapo/model/config_json.h"
 #include "metapo/cli/common.h"
 
+#include <unistd.h>
+
 #include <cctype>
 #include <cstdio>
 #include <filesystem>
@@ -70,10 +72,18 @@ bool parse_args(const std::string& cmd, const std::string& usage, po::options_de
       "config", po::value<std::string>(), ("INI file; its [" + cmd + "] section sets options").c_str());
   try {
     // Like main(), Boost skips argv[0] (here the subcommand name).
-    po::store(po::command_line_parser(argc, argv).options(desc).run(), vm);
+    // No positional arguments: a stray word (a forgotten option name) is an error, not ignored.
+    po::options_description with_stray;
+    with_stray.add(desc).add_options()("metapo-stray-arguments", po::value<std::vector<std::string>>());
+    po::positional_options_description stray;
+    stray.add("metapo-stray-arguments", -1);
+    po::store(po::command_line_parser(argc, argv).options(with_stray).positional(stray).run(), vm);
   } catch (const po::error& e) {
     fail(e.what(), " (see metapo ", cmd, " --help)");
   }
+  if (vm.count("metapo-stray-arguments"))
+    fail("unexpected argument '", vm["metapo-stray-arguments"].as<std::vector<std::string>>().front(),
+         "': options are written --name value (see metapo ", cmd, " --help)");
   if (vm.count("help")) {
     if (ctx.topo.is_root()) std::cout << "usage: " << usage << "\n\n" << desc << "\n";
     return false;
@@ -242,6 +252,37 @@ void for_each_token_line(
     }
     fn(j, std::move(tokens), where);
   }
+}
+
+void check_input_file(const std::string& path, const std::string& option) {
+  std::error_code ec;
+  MP_CHECK(!path.empty(), option, " must not be empty");
+  MP_CHECK(fs::exists(path, ec), option, " ", path, ": no such file");
+  MP_CHECK(!fs::is_directory(path, ec), option, " ", path, ": is a directory, not a file");
+}
+
+void check_output_file(const std::string& path, const std::string& option, const std::vector<std::string>& inputs) {
+  std::error_code ec;
+  MP_CHECK(!path.empty(), option, " must not be empty");
+  MP_CHECK(!fs::is_directory(path, ec), option, " ", path, ": is a directory (give a file name)");
+  const fs::path dir = fs::absolute(path, ec).lexically_normal().parent_path();
+  for (const std::string& in : inputs) {
+    if (in.empty() || !fs::exists(in, ec)) continue;
+    const bool same = fs::exists(path, ec) && fs::equivalent(path, in, ec);
+    MP_CHECK(!same, option, " ", path, ": is an input of this command (", in, "); choose another file");
+    MP_CHECK(!fs::is_directory(in, ec) || !fs::exists(path, ec) || !fs::equivalent(dir, in, ec), option, " ", path,
+             ": would replace a file of ", in, "; choose another file");
+  }
+}
+
+void check_fits_memory(double bytes, const std::string& what) {
+  const long pages = sysconf(_SC_PHYS_PAGES), page = sysconf(_SC_PAGE_SIZE);
+  if (pages <= 0 || page <= 0) return;
+  const double have = double(pages) * double(page);
+  char need[32], total[32];
+  std::snprintf(need, sizeof need, "%.3g", bytes / double(1ull << 30));
+  std::snprintf(total, sizeof total, "%.1f", have / double(1ull << 30));
+  MP_CHECK(bytes <= have, what, " needs ", need, " GiB, more than this machine's ", total, " GiB of memory");
 }
 
 void write_file_atomic(const std::string& path, const std::string& content) {

@@ -8,6 +8,7 @@
 #include <thread>
 #include <functional>
 #include <iostream>
+#include <new>
 #include <string>
 #include <vector>
 
@@ -83,7 +84,12 @@ int main(int argc, char** argv) {
     // reporting, so rank 0's abort usually ends them first and the user reads the error once;
     // an error only one rank sees is still reported by that rank.
     if (world > 1 && rank != 0) std::this_thread::sleep_for(std::chrono::milliseconds(500));
-    std::cerr << "metapo" << (cmd.empty() || cmd[0] == '-' ? "" : " " + cmd) << ": error: " << e.what()
+    // An allocation that failed names no size: say what it means.
+    const std::string what = dynamic_cast<const std::bad_alloc*>(&e)
+                                 ? "out of memory (std::bad_alloc): the sizes this command was given (the model, batch, "
+                                   "sequence lengths) need more memory than the process can get"
+                                 : e.what();
+    std::cerr << "metapo" << (cmd.empty() || cmd[0] == '-' ? "" : " " + cmd) << ": error: " << what
               << (world > 1 ? " [rank " + std::to_string(rank) + "]" : "") << std::endl;
     if (world > 1) metapo::abort_job(1);
     rc = 1;

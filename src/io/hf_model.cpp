@@ -133,6 +133,17 @@ void commit_model_dir(const fs::path& tmp, const std::string& dir) {
   }
   fs::rename(tmp, target, ec);
   MP_CHECK(!ec, target.string(), ": cannot rename ", tmp.string(), " to it (", ec.message(), ")");
+  // The old directory's other files (tokenizer.json, a README, ...) stay, as save_pretrained keeps
+  // them; only what a model save writes is replaced: config.json, generation_config.json, every
+  // safetensors file and the shard index (an old export's shards must not outlive it).
+  for (const auto& e : fs::directory_iterator(old, ec)) {
+    const std::string name = e.path().filename().string();
+    const bool model_file = name == "config.json" || name == "generation_config.json" ||
+                            name == "model.safetensors.index.json" ||
+                            (name.size() > 12 && name.compare(name.size() - 12, 12, ".safetensors") == 0);
+    std::error_code ec2;
+    if (!model_file && !fs::exists(target / name, ec2)) fs::rename(e.path(), target / name, ec2);
+  }
   fs::remove_all(old, ec);
 }
 

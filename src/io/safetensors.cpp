@@ -3,6 +3,7 @@
 #include <fcntl.h>
 #include <unistd.h>  // fsync, pread
 
+#include <algorithm>
 #include <cerrno>
 #include <cstdio>
 #include <cstring>
@@ -126,6 +127,18 @@ SafetensorsReader::SafetensorsReader(const std::string& path) : path_(path) {
              e.end - e.begin, " bytes, but ", e.dtype, " ", shape_str(e.shape), " needs ", bytes);
     tensors_.push_back(std::move(e));
   }
+  // The format's rule: the tensors' byte ranges do not overlap (two tensors sharing bytes would
+  // alias, and a write through one would change the other).
+  std::vector<const SafetensorsEntry*> by_offset;
+  for (const SafetensorsEntry& e : tensors_)
+    if (e.end > e.begin) by_offset.push_back(&e);
+  std::sort(by_offset.begin(), by_offset.end(), [](const SafetensorsEntry* a, const SafetensorsEntry* b) {
+    return a->begin < b->begin;
+  });
+  for (size_t i = 1; i < by_offset.size(); ++i)
+    MP_CHECK(by_offset[i]->begin >= by_offset[i - 1]->end, path, ": tensors ", by_offset[i - 1]->name, " [",
+             by_offset[i - 1]->begin, ", ", by_offset[i - 1]->end, ") and ", by_offset[i]->name, " [", by_offset[i]->begin,
+             ", ", by_offset[i]->end, ") overlap");
   // nlohmann's object is a std::map, so tensors_ is already sorted by name.
   for (size_t i = 0; i < tensors_.size(); ++i) index_[tensors_[i].name] = i;
 }

@@ -133,4 +133,11 @@ import json; j = json.load(open('short/metapo.json')); j['net']['params'].pop();
 expect_error "short/metapo.json: net.params has" "$METAPO" analyze --run short --data d.h5
 expect_error "--run nosuch" "$METAPO" analyze --run nosuch --data d.h5
 expect_error "no split 'nosplit'" "$METAPO" analyze --run run --data d.h5 --split nosplit
+# Neither output replaces what analyze reads, nor the other output.
+cp run/metapo.json metapo.before
+expect_error "--out run/metapo.json: is an input of this command" "$METAPO" analyze --run run --data d.h5 --out run/metapo.json
+expect_error "--out d.h5: is an input of this command" "$METAPO" analyze --run run --data d.h5 --out d.h5
+expect_error "pair_weights.jsonl is the name of analyze's other output" "$METAPO" analyze --run run --data d.h5 \
+  --out run/pair_weights.jsonl
+cmp run/metapo.json metapo.before || fail "analyze changed run/metapo.json"
 echo "ok: bad inputs rejected cleanly"

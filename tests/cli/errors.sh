@@ -37,4 +37,37 @@ fi
 expect_error "--device tpu: unknown (valid: cpu, cuda)" "$METAPO" generate --model model --prompts good.jsonl \
   --max-new-tokens 4 --output o.jsonl --device tpu
 [ ! -e o.jsonl ] || fail "output written despite errors"
+
+# Outputs never replace an input, and a directory is neither an input nor an output file: checked
+# before any work, so no .partial is left either.
+echo '{"tokens": [1, 2, 3], "loss_mask": [1, -1, 7]}' > mask7.jsonl
+expect_error "mask7.jsonl:1: \"loss_mask\" values must be 0 or 1 (got -1)" "$METAPO" score --model model --input mask7.jsonl --output o.jsonl
+cp good.jsonl in.jsonl
+expect_error "--output in.jsonl: is an input of this command" "$METAPO" score --model model --input in.jsonl --output in.jsonl
+expect_error "--output model/model.safetensors: would replace a file of model" "$METAPO" score --model model \
+  --input good.jsonl --output model/model.safetensors
+mkdir od
+expect_error "--output od: is a directory" "$METAPO" score --model model --input good.jsonl --output od
+expect_error "--input $WORK: is a directory, not a file" "$METAPO" score --model model --input "$WORK" --output o.jsonl
+expect_error "--prompts $WORK: is a directory, not a file" "$METAPO" generate --model model --prompts "$WORK" \
+  --max-new-tokens 2 --output o.jsonl
+expect_error "--output in.jsonl: is an input of this command" "$METAPO" generate --model model --prompts in.jsonl \
+  --max-new-tokens 2 --output in.jsonl
+expect_error "--output od: is a directory" $MPIRUN 2 "$METAPO" generate --model model --prompts good.jsonl \
+  --max-new-tokens 2 --output od
+cmp in.jsonl good.jsonl || fail "an input was changed"
+[ ! -e od.partial ] && [ -z "$(ls od)" ] || fail "a refused output left files"
+# A stray word (a forgotten option name) is an error, not ignored; so is a size that cannot fit.
+expect_error "unexpected argument 'extra.jsonl'" "$METAPO" score --model model --input good.jsonl extra.jsonl --output o.jsonl
+expect_error "--max-new-tokens 99999999999: the KV cache of 1 sequences" "$METAPO" generate --model model \
+  --prompts good.jsonl --max-new-tokens 99999999999 --output o.jsonl
+expect_error "--preset tiny --layers 1000000: the model needs" "$METAPO" init --preset tiny --layers 1000000 --out m3
+expect_error "--init-std nan: must be finite" "$METAPO" init --preset tiny --init-std nan --out m3
+expect_error "--dtype float64: unknown" "$METAPO" init --preset tiny --dtype float64 --out m3
+[ ! -e o.jsonl ] && [ ! -e m3 ] || fail "output written despite errors"
+# export into an existing model directory replaces the model's files and keeps the others.
+cp -r model mt && echo '{"tok": 1}' > mt/tokenizer.json
+"$METAPO" export --model mt --out mt --dtype bfloat16 >/dev/null
+[ "$(cat mt/tokenizer.json)" = '{"tok": 1}' ] || fail "export removed the model directory's tokenizer.json"
+grep -q '"torch_dtype": *"bfloat16"' mt/config.json || fail "export did not replace config.json"
 echo "ok: all bad inputs rejected cleanly"

@@ -6,7 +6,8 @@
 #   the degree-2 classifier is not;
 # - labels independent of the features: the ceiling is at chance (out-of-fold, not an in-sample fit);
 # - log_count carries the label in every file: the net does not read it, so neither may the ceiling.
-# --grid over a bench-quality tree; bad input fails with one error line. Skipped without numpy.
+# --grid over a bench-quality tree; bad input fails with one error line; --scores never replaces a
+# run's file or anything it did not write. Skipped without numpy.
 source "$(dirname "$0")/common.sh"
 TOOL="$SRC/tools/feature_ceiling.py"
 if ! python3 -c "import numpy" 2>/dev/null; then
@@ -96,4 +97,34 @@ expect_error "--folds 1" python3 "$TOOL" --folds 1 shift
 expect_error "--grid nowhere" python3 "$TOOL" --grid nowhere
 expect_error "--scores s.jsonl: takes exactly one run" python3 "$TOOL" --scores s.jsonl shift xor
 [ ! -e s.jsonl ] || fail "a refused --scores wrote its file"
+expect_error1() {
+  expect_error "$@"
+  [ "$(wc -l < err.txt)" -eq 1 ] || { cat err.txt; fail "not one stderr line: ${*:2}"; }
+}
+expect_error1 "--seed -1" python3 "$TOOL" --seed -1 shift
+expect_error1 "--ridge inf" python3 "$TOOL" --ridge inf shift
+mkdir -p bad2 && printf '\xff\n' > bad2/pair_weights.jsonl
+expect_error1 "bad2/pair_weights.jsonl: not UTF-8" python3 "$TOOL" bad2
+head -n 1 shift/pair_weights.jsonl | sed 's/"quality": [0-9.]*/"quality": NaN/' > bad2/pair_weights.jsonl
+expect_error1 "bad2/pair_weights.jsonl: a quality or weight is not finite" python3 "$TOOL" bad2
+# --scores never replaces a file it did not write: not the run's inputs (any spelling), not another
+# file of a run directory, not a directory; an earlier scores file of its own it does replace.
+cp shift/pair_weights.jsonl pw.orig && cp temporal/metapo.json mj.orig
+echo '{"run": 1}' > shift/run.json
+expect_error1 "--scores shift/pair_weights.jsonl: is shift/pair_weights.jsonl, an input" \
+  python3 "$TOOL" shift --scores shift/pair_weights.jsonl
+expect_error1 "--scores ./shift/../shift/pair_weights.jsonl: is shift/pair_weights.jsonl, an input" \
+  python3 "$TOOL" shift --scores ./shift/../shift/pair_weights.jsonl
+expect_error1 "--scores temporal/metapo.json: is temporal/metapo.json, an input" \
+  python3 "$TOOL" temporal --scores temporal/metapo.json
+expect_error1 "--scores shift/run.json: exists and is not a scores file" python3 "$TOOL" shift --scores shift/run.json
+expect_error1 "--scores xor/pair_weights.jsonl: exists and is not a scores file" \
+  python3 "$TOOL" shift --scores xor/pair_weights.jsonl
+expect_error1 "--scores shift: is a directory" python3 "$TOOL" shift --scores shift
+cmp -s pw.orig shift/pair_weights.jsonl && cmp -s mj.orig temporal/metapo.json &&
+  [ "$(cat shift/run.json)" = '{"run": 1}' ] || fail "a refused --scores changed a run's file"
+ls shift xor temporal | grep -q tmp && fail "a refused --scores left a temporary file"
+python3 "$TOOL" --json --scores scores.jsonl shift > again.jsonl || fail "--scores over its own earlier file failed"
+cmp -s again.jsonl one.jsonl || fail "--scores a second time gave another result"
+echo "ok: --scores replaces only its own file"
 echo "PASSED"

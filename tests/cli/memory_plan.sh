@@ -84,4 +84,15 @@ expect_error "--gpu-memory 80XB" "$METAPO" plan --model init --gpus 8 --gpu-memo
 expect_error "--tp 3 does not divide --gpus 8" "$METAPO" plan --model init --gpus 8 --tp 3
 expect_error "--recompute most: unknown" "$METAPO" plan --model init --gpus 8 --recompute most
 expect_error "--model nope: no such preset" "$METAPO" plan --model nope --gpus 8
+expect_error "--batch-size, --micro-batch and --meta-val-batch must be positive" "$METAPO" plan --model init --gpus 2 \
+  --data d.h5 --batch-size 0
+expect_error "--pairs and --tokens-per-step must be >= 0" "$METAPO" plan --model init --gpus 2 --pairs -1
+expect_error "--track-pairs" "$METAPO" plan --model init --gpus 2 --data d.h5 --track-pairs -1
+expect_error "--gpus 1000000000000: must be in" "$METAPO" plan --model init --gpus 1000000000000
+expect_error "--pp-layers 1,2: 3 layers, the model has 4" "$METAPO" plan --model init --gpus 2 --pp 2 --pp-layers 1,2
+# A huge --gpus is planned in O(sqrt) of its divisors, not one pass per device count.
+timeout 20 "$METAPO" plan --model init --gpus 1000000007 >/dev/null || fail "plan --gpus 1000000007 took over 20 s"
+# --micro-batch-tokens 0 with --data: the micro-batches --data gives, not 0 tokens.
+"$METAPO" plan --model init --gpus 1 --data d.h5 --micro-batch-tokens 0 >p0.txt
+grep -q "micro-batches of [1-9][0-9]* tokens" p0.txt && ! grep -q "FLOPs per step of 0 tokens" p0.txt || { cat p0.txt; fail "plan reported 0-token micro-batches"; }
 echo "ok: metapo plan"

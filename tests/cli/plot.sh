@@ -2,8 +2,10 @@
 # tools/plot.py end to end on a tiny pipeline (synth → init → sft → precompute-ref → a uniform and a
 # MetaPO run with --meta-trace → analyze): curves/weights_hist/attribution/trajectories/alignment PNGs
 # exist and are PNG files;
-# a run without analyze inputs skips those plots with a message; a missing run dir or metrics file
-# fails with one error line. Skipped (exit 0) when python3 lacks matplotlib.
+# a run without analyze inputs skips those plots with a message; a missing run dir or metrics file,
+# a bad --windows/--pairs-per-group/--data/--out (checked before anything is drawn or made) and a
+# malformed line of each input file fail with one error line and no traceback. Skipped (exit 0) when
+# python3 lacks matplotlib.
 source "$(dirname "$0")/common.sh"
 PLOT="$SRC/tools/plot.py"
 if ! python3 -c "import matplotlib" 2>/dev/null; then
@@ -47,7 +49,44 @@ for p in weights_hist attribution trajectories alignment; do
 done
 echo "ok: plots without inputs skipped"
 
-# Bad inputs: one error line, non-zero exit.
-expect_error "run directory nosuch not found" python3 "$PLOT" nosuch
+ls plots | grep -v '\.png$' && fail "plots/ holds more than the PNGs (a temporary file left behind?)"
+
+# Bad inputs: one error line, non-zero exit, no traceback.
+expect_error1() {
+  expect_error "$@"
+  ! grep -q Traceback err.txt || { cat err.txt; fail "a traceback: ${*:2}"; }
+  [ "$(grep -c 'error:' err.txt)" -eq 1 ] || { cat err.txt; fail "not one error line: ${*:2}"; }
+}
+expect_error1 "run directory nosuch not found" python3 "$PLOT" nosuch
 mkdir -p notarun
-expect_error "notarun/metrics.jsonl not found" python3 "$PLOT" notarun
+expect_error1 "notarun/metrics.jsonl not found" python3 "$PLOT" notarun
+# Options and the output directory are checked before anything is drawn: nothing is made.
+expect_error1 "--windows 0: must be at least 1" python3 "$PLOT" meta --out w0 --data d.h5 --windows 0
+expect_error1 "--windows -1: must be at least 1" python3 "$PLOT" meta --out w0 --data d.h5 --windows -1
+expect_error1 "--pairs-per-group -1: must be at least 1" python3 "$PLOT" meta --out w0 --pairs-per-group -1
+expect_error1 "--data nosuch.h5: no such file" python3 "$PLOT" meta --out w0 --data nosuch.h5
+[ ! -e w0 ] || fail "a refused call made its --out directory"
+echo "a file" > afile
+expect_error1 "--out afile: exists and is not a directory" python3 "$PLOT" uni --out afile
+expect_error1 "--out afile/sub: cannot make the directory" python3 "$PLOT" uni --out afile/sub
+[ "$(cat afile)" = "a file" ] || fail "--out afile changed the file"
+# Malformed lines of a run's files: one error line naming the file and line; a failed call leaves no
+# directory of its own behind.
+mkdir -p bad
+{ head -n 2 uni/metrics.jsonl; echo '[1, 2]'; tail -n 1 uni/metrics.jsonl; } > bad/metrics.jsonl
+expect_error1 "bad/metrics.jsonl:3: not a JSON object" python3 "$PLOT" bad --out pb
+[ ! -e pb ] || fail "a failed call left its --out directory behind"
+cp uni/metrics.jsonl bad/
+{ head -n 1 meta/pair_weights.jsonl; echo '{"weight": "high", "quality": 1}'; } > bad/pair_weights.jsonl
+expect_error1 "bad/pair_weights.jsonl:2: 'weight' is not a number" python3 "$PLOT" bad --out pb
+rm bad/pair_weights.jsonl
+echo '{"attribution": {"features": ["a", "b"], "temporal": [true], "integrated_gradients": {"mean_abs": [1, 2]},' \
+  '"permutation": {"mean_abs": [1, 2]}}}' > bad/analysis.json
+expect_error1 "bad/analysis.json: not an analysis.json" python3 "$PLOT" bad --out pb
+rm bad/analysis.json
+echo '{"step": 1, "pairs": [{"margin": 0.5}]}' > bad/trajectories.jsonl
+expect_error1 "bad/trajectories.jsonl:1: a pair's 'sample_id' is not an integer" python3 "$PLOT" bad --out pb
+rm bad/trajectories.jsonl
+{ head -n 1 meta/meta_trace.jsonl; echo '{"step": 99, "a": [1, 1], "s": [0.5], "sample_id": [0, 1], "raw": [0, 0]}'; } \
+  > bad/meta_trace.jsonl
+expect_error1 "bad/meta_trace.jsonl:2: 's' has 1 entries, not 2" python3 "$PLOT" bad --out pb --data d.h5

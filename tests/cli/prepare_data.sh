@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # tools/prepare_data.py: its pytest suite (tests/python/test_prepare_data.py), then a file it writes
 # checked from outside Python: structure and types with h5dump, and read by metapo itself
-# (precompute-ref reads every split with all the reader's checks) once the binary has that command.
+# (precompute-ref reads every split with all the reader's checks) once the binary has that command;
+# an --out that is an input, or a file of the tokenizer, is refused and left as it was.
 # Skipped, exit 0, when python3 lacks pytest, transformers, tokenizers, h5py or numpy.
 source "$(dirname "$0")/common.sh"
 PY=${PYTHON:-python3}
@@ -34,6 +35,26 @@ D="$SRC/tests/python/data"
   --sft "$D/sft.jsonl" \
   --columns weight,difficulty >out.txt 2>err.txt || { cat err.txt; fail "prepare_data.py failed"; }
 [ ! -e data.h5.partial ] || fail "data.h5.partial left behind"
+
+# --out never overwrites what the run reads (an input, --val/--test/--sft file, a file of the
+# tokenizer's directory), however it is spelled; refused before anything is read, with one error line.
+cp "$D/standard.jsonl" in.jsonl && cp "$D/val.jsonl" v.jsonl && cp tok/tokenizer.json tokenizer.orig
+PD="$SRC/tools/prepare_data.py"
+expect_error1() {
+  expect_error "$@"
+  [ "$(wc -l < err.txt)" -eq 1 ] || { cat err.txt; fail "not one stderr line: ${*:2}"; }
+}
+expect_error1 "prepare_data: error: --out in.jsonl: is input in.jsonl" \
+  "$PY" "$PD" --tokenizer tok --out in.jsonl in.jsonl
+expect_error1 "--out ./sub/../in.jsonl: is input in.jsonl" bash -c 'mkdir -p sub && "$@"' _ \
+  "$PY" "$PD" --tokenizer tok --out ./sub/../in.jsonl in.jsonl
+expect_error1 "--out v.jsonl: is --val v.jsonl" "$PY" "$PD" --tokenizer tok --out v.jsonl in.jsonl --val v.jsonl
+expect_error1 "--out tok/tokenizer.json: is inside --tokenizer tok" \
+  "$PY" "$PD" --tokenizer tok --out tok/tokenizer.json in.jsonl
+cmp -s in.jsonl "$D/standard.jsonl" && cmp -s v.jsonl "$D/val.jsonl" && cmp -s tok/tokenizer.json tokenizer.orig ||
+  fail "a refused --out changed an input"
+echo "a file" > afile
+expect_error1 "--out afile/x.h5: cannot write there" "$PY" "$PD" --tokenizer tok --out afile/x.h5 in.jsonl
 
 if command -v h5dump >/dev/null; then
   h5dump -H data.h5 >h.txt || fail "h5dump cannot read data.h5"

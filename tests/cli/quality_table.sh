@@ -2,7 +2,8 @@
 # tools/quality_table.py on a made-up results.jsonl (one cell at 40% flips, seeds 1-3 for uniform,
 # MetaPO and the oracle, plus a MetaPO run of seed 4 with no uniform run to pair it with): the checks
 # table, and with --paired each check's per-seed margin (mean ± standard error over the paired seeds),
-# against the same figures computed here with awk. A malformed line fails with one error line.
+# against the same figures computed here with awk. A malformed line, a missing or directory results
+# file and a bad --plot path (before any table is printed) fail with one error line.
 source "$(dirname "$0")/common.sh"
 TABLE="$SRC/tools/quality_table.py"
 line() {  # method seed pref auc
@@ -61,6 +62,7 @@ if python3 -c "import matplotlib" 2>/dev/null; then
   python3 "$TABLE" results.jsonl --plot grid.png > /dev/null 2> plot.log || { cat plot.log; fail "--plot failed"; }
   [ "$(head -c 8 grid.png | od -An -tx1 | tr -d ' \n')" = 89504e470d0a1a0a ] || fail "grid.png is not a PNG"
   echo "ok: --plot grid.png ($(wc -c < grid.png) bytes)"
+  ! ls | grep -q partial || fail "--plot left a temporary file behind"
 else
   echo "skipped: --plot (matplotlib missing)"
 fi
@@ -72,4 +74,27 @@ python3 "$TABLE" --paired bad.jsonl > out.txt 2> err.txt || rc=$?
 [ "$(wc -l < err.txt)" -eq 1 ] && grep -q "bad.jsonl:1: not a JSON line" err.txt ||
   { cat err.txt; fail "no single error line naming bad.jsonl:1"; }
 echo "ok: $(cat err.txt)"
+
+# More bad input: one error line naming the file (and the line), nothing on stdout, no traceback.
+expect_error1() {
+  expect_error "$@"
+  [ "$(wc -l < err.txt)" -eq 1 ] || { cat err.txt; fail "not one stderr line: ${*:2}"; }
+  [ ! -s out.txt ] || { cat out.txt; fail "printed tables before failing: ${*:2}"; }
+}
+expect_error1 "error: nosuch.jsonl: cannot read" python3 "$TABLE" nosuch.jsonl
+mkdir -p adir
+expect_error1 "error: adir: is a directory" python3 "$TABLE" adir
+{ line uniform 1 0.80 -; line uniform 2 0.82 - | sed 's/"flip": 0.4, //'; } > noflip.jsonl
+expect_error1 "noflip.jsonl:2: .*'flip' is missing" python3 "$TABLE" noflip.jsonl
+{ line uniform 1 0.80 -; line metapo 1 0.85 0.9 | sed 's/"eval": {[^}]*}/"eval": null/'; } > noeval.jsonl
+expect_error1 "noeval.jsonl:2: .*'eval'" python3 "$TABLE" noeval.jsonl
+{ line uniform 1 0.80 -; echo '[1, 2]'; } > notobj.jsonl
+expect_error1 "notobj.jsonl:2: .*not a JSON object" python3 "$TABLE" notobj.jsonl
+line uniform 1 0.80 - | sed 's/"seed": 1/"seed": "one"/' > strseed.jsonl
+expect_error1 "strseed.jsonl:1: .*'seed' is not an integer" python3 "$TABLE" strseed.jsonl
+# --plot is checked before any table is printed: its directory, and never the results file itself.
+expect_error1 "--plot nodir/q.png: its directory does not exist" python3 "$TABLE" results.jsonl --plot nodir/q.png
+cp results.jsonl results.png
+expect_error1 "--plot results.png: is the results file" python3 "$TABLE" results.png --plot results.png
+cmp -s results.jsonl results.png || fail "--plot results.png overwrote the results file"
 echo PASS

@@ -77,4 +77,13 @@ void for_each_token_line(
 // half-written file under the final name.
 void write_file_atomic(const std::string& path, const std::string& content);
 
+// An input file an option names: it exists and is a file (a directory would read as empty).
+void check_input_file(const std::string& path, const std::string& option);
+// An output file an option names, checked before any work: not empty, not a directory, and not
+// any of `inputs` (files, or directories whose files it must not replace: a model directory).
+void check_output_file(const std::string& path, const std::string& option, const std::vector<std::string>& inputs);
+// Refuses, naming `what`, a host allocation of `bytes` larger than this machine's physical memory
+// (sizes from options that would otherwise end in std::bad_alloc or the kernel's OOM killer).
+void check_fits_memory(double bytes, const std::string& what);
+
 }  // namespace metapo::cli
