@@ -205,8 +205,9 @@ def _messages(value, where, field):
             raise InputError(f"{where}: field '{field}[{j}].role': expected a string, "
                              f"got {_type_name(role)}")
         if not isinstance(content, str):
+            hint = " (multimodal content is not supported)" if isinstance(content, (list, dict)) else ""
             raise InputError(f"{where}: field '{field}[{j}].content': expected a string, "
-                             f"got {_type_name(content)} (multimodal content is not supported)")
+                             f"got {_type_name(content)}{hint}")
         # Hugging Face datasets give every message every struct field, None where absent.
         out.append({k: v for k, v in m.items() if v is not None})
     return out

@@ -52,13 +52,20 @@ int cmd_analyze(Context& ctx, int argc, char** argv) {
   const MetaRun run = read_meta_run((fs::path(run_dir) / "metapo.json").string());
   std::vector<std::string> notes;
   const std::string run_json = (fs::path(run_dir) / "run.json").string();
-  const LossConfig loss = read_run_record(run_json).loss(run_json, &notes);
+  const RunRecord record = read_run_record(run_json);
+  const LossConfig loss = record.loss(run_json, &notes);
   const DatasetInfo info = read_dataset_info(data);
   const PairSplit s = read_pair_split(data, split);
   MP_CHECK(s.size() > 0, data, ": /", split, " has no pairs");
   MP_CHECK(s.has_ref() || !loss_uses_reference(loss.type), data, ": /", split,
            " has no reference log-probs, which loss ", loss_name(loss.type),
            " needs (run metapo precompute-ref with the run's reference model first)");
+  // The run's training split, as run.json records it (runs before it was recorded are not checked).
+  if (split == "train" && record.options.contains("data_fingerprint") && record.options["data_fingerprint"].is_string()) {
+    const std::string want = record.options["data_fingerprint"].get<std::string>(), have = fingerprint(s);
+    MP_CHECK(have == want, data, ": /train is not the training split ", run_dir, " was trained on (fingerprint ", have,
+             ", run.json records ", want, ")");
+  }
   // The training split's every pair has a row in the table; an id past it means another dataset.
   if (split == "train")
     for (int64_t id : s.sample_id)

@@ -32,6 +32,10 @@ int cmd_export(Context& ctx, int argc, char** argv) {
   const bool checkpoint = fs::is_regular_file(model, ec) ||
                           (fs::is_directory(model, ec) && !fs::exists(fs::path(model) / "config.json", ec) &&
                            fs::exists(fs::path(model) / "latest", ec));
+  // A run directory without checkpoints (a short run: --save-every-minutes never came): say what to give.
+  MP_CHECK(checkpoint || !fs::exists(fs::path(model) / "run.json", ec), "--model ", model,
+           ": a run directory without checkpoints (no `latest`); export its model with --model ",
+           (fs::path(model) / "final").string(), ", or a checkpoint RUN/step_XXXXXXXX.h5");
   const std::string from = checkpoint ? resolve_checkpoint(model) : model;
   std::unique_ptr<HfModelReader> reader;
   if (!checkpoint) reader = std::make_unique<HfModelReader>(model);

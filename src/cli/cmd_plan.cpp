@@ -194,7 +194,7 @@ int cmd_plan(Context& ctx, int argc, char** argv) {
     ("stats-refresh-every", po::value(&passes.refresh_every)->default_value(0), "with --data: MetaPO's refresh passes")
     ("stats-refresh-pairs", po::value(&passes.refresh_pairs)->default_value(0), "with --data: pairs per refresh");
   po::variables_map vm;
-  if (!parse_args("plan", "metapo plan --model CONFIG --gpus N [--gpu-memory 80GB] [--tp T --pp P --recompute R --micro-batch-tokens N]",
+  if (!parse_args("plan", "metapo plan --model CONFIG --gpus N [--gpu-memory 80GiB] [--tp T --pp P --recompute R --micro-batch-tokens N]",
                   desc, argc, argv, vm, ctx))
     return 0;
   // Validate everything before any work.

@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstdio>
 #include <limits>
 
 #include "metapo/core/error.h"
@@ -206,6 +207,37 @@ int64_t memory_bytes(const PairSplit& s) {
               cap_bytes(s.quality) + cap_bytes(s.ref_logp_chosen) + cap_bytes(s.ref_logp_rejected);
   for (const auto& [name, v] : s.columns) b += cap_bytes(v);
   return b;
+}
+
+namespace {
+struct Fingerprint {
+  uint64_t h = 1469598103934665603ull;
+  template <typename T>
+  void add(const std::vector<T>& v) {
+    const unsigned char* p = reinterpret_cast<const unsigned char*>(v.data());
+    const uint64_t n = v.size() * sizeof(T);
+    for (int k = 0; k < 8; ++k) h = (h ^ ((n >> (8 * k)) & 0xff)) * 1099511628211ull;
+    for (uint64_t i = 0; i < n; ++i) h = (h ^ p[i]) * 1099511628211ull;
+  }
+  void add(const Ragged& r) { add(r.tokens), add(r.offsets); }
+  std::string hex() const {
+    char b[24];
+    std::snprintf(b, sizeof b, "%016llx", (unsigned long long)h);
+    return b;
+  }
+};
+
+}  // namespace
+
+std::string fingerprint(const PairSplit& s) {
+  Fingerprint f;
+  f.add(s.prompt), f.add(s.chosen), f.add(s.rejected), f.add(s.sample_id);
+  return "pairs:" + std::to_string(s.size()) + ":" + f.hex();
+}
+std::string fingerprint(const SftSplit& s) {
+  Fingerprint f;
+  f.add(s.prompt), f.add(s.answer), f.add(s.sample_id);
+  return "sft:" + std::to_string(s.size()) + ":" + f.hex();
 }
 
 int64_t memory_bytes(const SftSplit& s) {

@@ -23,11 +23,19 @@ std::vector<double> exact_alignments(int64_t n_pairs, const std::function<void(i
 template <typename T>
 std::vector<double> fd_alignments(int64_t n_pairs, const std::function<std::vector<double>(const T*)>& pair_losses,
                                   const T* params, T* scratch, size_t n_params, const T* ghat, double rel_step) {
-  double gmax = 0;
-  for (size_t i = 0; i < n_params; ++i) gmax = std::max(gmax, std::abs(double(ghat[i])));
+  // The step moves no coordinate by more than rel_step and θ as a whole by no more than rel_step of
+  // its norm (at least rel_step): h = rel_step · min(1 / max|ĝ|, max(‖θ‖, 1) / ‖ĝ‖). The first bound
+  // alone lets a flat ĝ (the preconditioned one, whose coordinates are all near the same bound)
+  // move θ by rel_step · √n, far into the loss's curvature: on the tiny model 0.9 in norm, and fd's
+  // alignments came out 20-35% low.
+  double gmax = 0, gnorm2 = 0, pnorm2 = 0;
+  for (size_t i = 0; i < n_params; ++i) {
+    gmax = std::max(gmax, std::abs(double(ghat[i])));
+    gnorm2 += double(ghat[i]) * double(ghat[i]), pnorm2 += double(params[i]) * double(params[i]);
+  }
   std::vector<double> out(size_t(n_pairs), 0.0);
   if (gmax == 0) return out;
-  const double h = rel_step / gmax;
+  const double h = rel_step * std::min(1.0 / gmax, std::max(std::sqrt(pnorm2), 1.0) / std::sqrt(gnorm2));
   std::vector<double> loss[2];
   for (int side = 0; side < 2; ++side) {
     const double sign = side == 0 ? 1.0 : -1.0;

@@ -30,6 +30,7 @@ nlohmann::json run_config_json(const TrainConfig& cfg, const std::string& kind) 
   j["command"] = kind;
   j["command_line"] = cfg.command_line;
   j["model"] = cfg.model_dir, j["data"] = cfg.data_path, j["seed"] = cfg.seed;
+  if (!cfg.data_fingerprint.empty()) j["data_fingerprint"] = cfg.data_fingerprint;
   j["train_split"] = cfg.train_split;
   if (kind == "train") {
     j["val_split"] = cfg.val_split;
@@ -46,7 +47,7 @@ nlohmann::json run_config_json(const TrainConfig& cfg, const std::string& kind) 
                    {"val_batch", m.val_batch}, {"penalty", meta_penalty(m)}, {"apply", m.apply}, {"precondition", m.precondition},
                    {"hidden", m.hidden}, {"a_min", m.a_min}, {"refresh_every", m.refresh_every},
                    {"refresh_pairs", m.refresh_pairs}, {"hypergrad", m.hypergrad}, {"features", m.features},
-                   {"trace", m.trace_path}};
+                   {"gate", m.gate}, {"gate_ema", m.gate_ema}, {"trace", m.trace_path}};
     } else {
       j["weight_options"] = {{"wpo_alpha", cfg.weight_opt.wpo_alpha}, {"margin_tau", cfg.weight_opt.margin_tau},
                              {"column", cfg.weight_opt.column}};
@@ -64,6 +65,7 @@ nlohmann::json run_config_json(const TrainConfig& cfg, const std::string& kind) 
   j["keep"] = cfg.keep, j["max_time_s"] = cfg.max_time_s, j["max_skipped_steps"] = cfg.max_skipped_steps;
   j["resume"] = cfg.resume, j["recompute"] = recompute_name(cfg.recompute);
   j["precision"] = precision_name(cfg.precision);
+  j["device"] = device_name(cfg.device), j["hang_timeout_s"] = cfg.hang_timeout_s;  // -1: auto
   return j;
 }
 

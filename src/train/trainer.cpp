@@ -13,6 +13,7 @@
 #include <fstream>
 #include <memory>
 #include <optional>
+#include <sstream>
 
 #include <nlohmann/json.hpp>
 
@@ -20,6 +21,7 @@
 #include "metapo/core/buffer.h"
 #include "metapo/core/error.h"
 #include "metapo/core/timer.h"
+#include "metapo/io/checkpoint.h"
 #include "metapo/io/dataset_h5.h"
 #include "metapo/io/hf_model.h"
 #include "metapo/meta/features.h"
@@ -259,35 +261,6 @@ RunDirPlan plan_run_dir(const TrainConfig& cfg, const Topology& topo, const std:
   return p;
 }
 
-// The training split's fingerprint (FNV-1a over its tokens, offsets and sample ids; not the reference
-// log-probs, which a resume under another layout may recompute): a checkpoint resumes only on it.
-struct Fingerprint {
-  uint64_t h = 1469598103934665603ull;
-  template <typename T>
-  void add(const std::vector<T>& v) {
-    const unsigned char* p = reinterpret_cast<const unsigned char*>(v.data());
-    const uint64_t n = v.size() * sizeof(T);
-    for (int k = 0; k < 8; ++k) h = (h ^ ((n >> (8 * k)) & 0xff)) * 1099511628211ull;
-    for (uint64_t i = 0; i < n; ++i) h = (h ^ p[i]) * 1099511628211ull;
-  }
-  void add(const Ragged& r) { add(r.tokens), add(r.offsets); }
-  std::string hex() const {
-    char b[24];
-    std::snprintf(b, sizeof b, "%016llx", (unsigned long long)h);
-    return b;
-  }
-};
-
-std::string fingerprint(const PairSplit& s) {
-  Fingerprint f;
-  f.add(s.prompt), f.add(s.chosen), f.add(s.rejected), f.add(s.sample_id);
-  return "pairs:" + std::to_string(s.size()) + ":" + f.hex();
-}
-std::string fingerprint(const SftSplit& s) {
-  Fingerprint f;
-  f.add(s.prompt), f.add(s.answer), f.add(s.sample_id);
-  return "sft:" + std::to_string(s.size()) + ":" + f.hex();
-}
 
 // What the ranks agree on once per step, after the gradients are reduced: skip the update (a
 // non-finite loss, gradient norm or alignment on some rank), stop (a signal on some rank, or the
@@ -544,7 +517,9 @@ struct TrainRun {
 
 // Until the first step begins, an error (a model, checkpoint or option that fails once loaded)
 // leaves nothing behind in a --out that this start made or found empty, nor a --meta-trace it
-// started: all of it is this run's, and a corrected command must be able to use the same names.
+// started: all of it is this run's, and a corrected command must be able to use the same names. In
+// a run directory being resumed it puts run.json back as it was (the start rewrites it with this
+// command's options and one more restart; a refused resume is neither).
 class StartupCleanup {
  public:
   StartupCleanup(const RunDirPlan& plan, const TrainConfig& cfg, const Topology& topo)
@@ -552,6 +527,12 @@ class StartupCleanup {
     std::error_code ec;
     if (cfg.weighting == Weighting::Metapo && !cfg.meta.trace_path.empty() && !fs::exists(cfg.meta.trace_path, ec))
       new_trace_ = cfg.meta.trace_path;
+    if (root_ && !fresh_) {
+      std::ifstream in(fs::path(out_) / "run.json", std::ios::binary);
+      std::ostringstream text;
+      text << in.rdbuf();
+      run_json_ = text.str();
+    }
   }
   StartupCleanup(const StartupCleanup&) = delete;
   StartupCleanup& operator=(const StartupCleanup&) = delete;
@@ -562,12 +543,18 @@ class StartupCleanup {
       if (fresh_)
         for (const auto& e : fs::directory_iterator(out_, ec)) fs::remove_all(e.path(), ec);
       if (made_) fs::remove(out_, ec);
+      if (!fresh_ && !run_json_.empty()) {
+        try {
+          write_file_atomic(out_, "run.json", run_json_);
+        } catch (const std::exception&) {  // the error being reported matters more
+        }
+      }
     }
   }
   void started() { armed_ = false; }  // the first step begins: from here the run's files are kept
 
  private:
-  std::string out_, new_trace_;
+  std::string out_, new_trace_, run_json_;
   bool root_, fresh_, made_, armed_ = true;
   int exceptions_ = std::uncaught_exceptions();
 };
@@ -609,6 +596,7 @@ int run_dpo(const Topology& topo, const TrainConfig& cfg_in) {
   const DatasetInfo info = read_dataset_info(cfg.data_path);
   check_compatible(policy.config(), info, cfg.data_path);
   PairSplit train = read_pair_split(cfg.data_path, cfg.train_split);
+  resolved.data_fingerprint = fingerprint(train);
   const std::vector<int64_t> cut_train = truncate_split(train, cfg, cfg.train_split, topo);
   if (!cfg.ref_model_dir.empty() && train.has_ref() && topo.is_root()) {
     std::printf("note: --ref-model %s is not used for the pairs %s already holds reference log-probs of (precompute-ref); "

@@ -140,4 +140,8 @@ expect_error "--out d.h5: is an input of this command" "$METAPO" analyze --run r
 expect_error "pair_weights.jsonl is the name of analyze's other output" "$METAPO" analyze --run run --data d.h5 \
   --out run/pair_weights.jsonl
 cmp run/metapo.json metapo.before || fail "analyze changed run/metapo.json"
+# Data of the same size from another seed (the same sample ids): not the run's training split.
+"$METAPO" synth --task sort --flip 0.3 --seed 5 --n-train 128 --n-val 32 --n-test 32 --n-sft 64 --out other.h5 >/dev/null
+"$METAPO" precompute-ref --model init --data other.h5 >/dev/null
+expect_error "other.h5: /train is not the training split run was trained on" "$METAPO" analyze --run run --data other.h5
 echo "ok: bad inputs rejected cleanly"

@@ -77,6 +77,9 @@ grep -q "^warning: --meta-warmup 5: the run has 2 steps, so the weight net is ne
 "$METAPO" train $T --max-steps 1 --out w3 --ref-model init >w3.log
 grep -q "^note: --ref-model init is not used" w3.log || { cat w3.log; fail "no --ref-model note"; }
 echo "ok: warnings for options that have no effect"
+# export of a run directory without checkpoints names what to export instead.
+expect_error "--model w1: a run directory without checkpoints (no .latest.); export its model with --model w1/final" \
+  "$METAPO" export --model w1 --out ex
 
 # --config mistakes.
 printf 'lr = 1e-3\n[train]\n' >nosec.ini
@@ -99,6 +102,13 @@ refused x "r/step_00000004.h5: at step 4, past this run's 3 steps" "$METAPO" tra
 "$METAPO" train $T --max-steps 6 --save-every 2 --keep 0 $M --out rm >/dev/null
 refused x "written by a run with --meta-features \"all\" (this run: \"temporal\")" "$METAPO" train $T --max-steps 6 $M \
   --meta-features temporal --resume rm/step_00000002.h5
+# A refused resume in place leaves the run directory's run.json as it was (no new options, no restart).
+cp -r r rr && rm -r rr/final && cp rr/run.json run.before
+expect_error "rr/step_00000006.h5: written by a run with --batch-size 16 (this run: 8)" "$METAPO" train --model init \
+  --data d.h5 --batch-size 8 --max-steps 8 --out rr --resume auto
+cmp rr/run.json run.before || fail "a refused resume rewrote rr/run.json"
+python3 -c "import json; j = json.load(open('r/run.json')); assert j['device'] == 'cpu' and 'hang_timeout_s' in j, j"
+python3 -c "import json; m = json.load(open('rm/run.json'))['meta']; assert m['gate'] == 2 and m['gate_ema'] == 0.02, m"
 # The same values resume (the micro-batching and the step count may change).
 "$METAPO" train --model init --data d.h5 --batch-size 16 --micro-batch 4 --max-steps 8 --resume r/step_00000004.h5 --out ok >/dev/null
 [ -f ok/final/config.json ] || fail "a resume with another --micro-batch and more steps did not finish"

@@ -102,4 +102,10 @@ void check_dataset_info(const DatasetInfo& info, const std::string& file);
 // Everything above, plus split names that HDF5 can hold and sample ids unique across all splits.
 void check_dataset(const Dataset& d, const std::string& file);
 
+// A split's fingerprint, "pairs:N:HEX" / "sft:N:HEX": FNV-1a over its tokens, offsets and sample
+// ids, not the reference log-probs (which a resume under another layout may recompute). A
+// checkpoint resumes only on its training split's, and `analyze` checks a run's data by it.
+std::string fingerprint(const PairSplit& s);
+std::string fingerprint(const SftSplit& s);
+
 }  // namespace metapo

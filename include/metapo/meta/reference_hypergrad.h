@@ -16,7 +16,7 @@ template <typename T>
 std::vector<double> exact_alignments(int64_t n_pairs, const std::function<void(int64_t, T*)>& pair_grad, T* grads,
                                      size_t n_params, const T* ghat);
 
-// s_k = (ℓ_k(θ + hĝ) − ℓ_k(θ − hĝ)) / 2h with h = rel_step / max|ĝ|: pair_losses(θ') returns every
+// s_k = (ℓ_k(θ + hĝ) − ℓ_k(θ − hĝ)) / 2h with h = rel_step · min(1 / max|ĝ|, max(‖θ‖, 1) / ‖ĝ‖): pair_losses(θ') returns every
 // pair's loss at θ' (n_pairs of them). scratch holds n_params elements. All zero when ĝ = 0.
 template <typename T>
 std::vector<double> fd_alignments(int64_t n_pairs, const std::function<std::vector<double>(const T*)>& pair_losses,

@@ -70,6 +70,9 @@ struct TrainConfig {
   // data-parallel rank ZeRO-1 AdamW too, else it stays on the host (ShardedModel, train/zero.h).
   Device device = Device::CPU;
   std::string command_line;  // recorded in RUN/run.json
+  // The training split as the file holds it (before --max-length): recorded in RUN/run.json, where
+  // `metapo analyze` checks the data it is given against it. Set by run_dpo.
+  std::string data_fingerprint;
 
   MicroBatching micro() const { return {micro_batch, micro_batch_tokens}; }
 };

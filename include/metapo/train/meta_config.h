@@ -43,7 +43,7 @@ struct MetaConfig {
   // Feature ablation: "all", "temporal" (instantaneous inputs zeroed) or "instantaneous" (temporal
   // inputs zeroed). Zeroed standardized inputs sit at the origin the attributions are measured from.
   std::string features = "all";
-  double fd_step = 1e-3;  // fd: θ ± h ĝ with h = fd_step / max|ĝ|
+  double fd_step = 1e-3;  // fd: θ ± h ĝ, h = fd_step · min(1 / max|ĝ|, max(‖θ‖, 1) / ‖ĝ‖)
   // Diagnostics: on every meta step, one JSON line per step in this file with every pair's sample
   // id, raw and standardized features, weight and alignment s_i ("": off).
   std::string trace_path;
