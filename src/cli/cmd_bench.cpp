@@ -53,10 +53,11 @@ int cmd_bench(Context& ctx, int argc, char** argv) {
   if (!parse_args("bench", "metapo bench (--model DIR | --preset NAME) --seq-len T --batch B --steps S",
                   desc, argc, argv, vm, ctx))
     return 0;
-  MP_CHECK(model_dir.empty() != preset.empty(), "metapo bench: give exactly one of --model and --preset");
+  MP_CHECK(model_dir.empty() != preset.empty(), "give exactly one of --model and --preset");
   MP_CHECK(T >= 2 && B >= 1 && steps >= 1 && warmup >= 0 && R >= 0,
-           "metapo bench: need --seq-len >= 2, --batch >= 1, --steps >= 1, --warmup >= 0, --targets >= 0");
-  MP_CHECK(peak_tflops >= 0, "metapo bench: --peak-tflops ", peak_tflops, " (must be >= 0)");
+           "need --seq-len >= 2, --batch >= 1, --steps >= 1, --warmup >= 0, --targets >= 0");
+  MP_CHECK(peak_tflops >= 0, "--peak-tflops ", peak_tflops, " (must be >= 0)");
+  MP_CHECK(R < T, "--targets ", R, " must be below --seq-len ", T, " (a sequence's first token predicts nothing before it)");
   const Device dev = parse_device(device);
   const Precision prec = parse_precision(precision);
   ops::require_device(dev);  // before loading anything
@@ -70,6 +71,12 @@ int cmd_bench(Context& ctx, int argc, char** argv) {
     m.params = init_params(m.config, seed);
   }
   const LlamaConfig& c = m.config;
+  if (dev == Device::CPU) {  // the kept activations of T·B tokens (docs/training.md's count), before allocating them
+    const double n = double(T) * double(B), L = double(c.num_hidden_layers), C = double(c.hidden_size);
+    const double per_layer = 4 * C + 2 + double(c.qkv_dim() + c.q_dim() + c.num_attention_heads) + 3 * double(c.intermediate_size);
+    check_fits_memory(4 * n * (L * per_layer + 2 * C + 1 + double(c.vocab_size)),
+                      str_cat("--seq-len ", T, " --batch ", B, ": the activations of ", int64_t(n), " tokens"));
+  }
   const ops::DeviceContext dc(dev);
   const ops::Context& ox = dc.get();
   LlamaModel<float> model(c, nullptr, {}, ox);

@@ -126,7 +126,9 @@ int cmd_generate(Context& ctx, int argc, char** argv) {
   opt.greedy = !sampling;
   MP_CHECK(!vm.count("temperature") || (opt.temperature > 0 && std::isfinite(opt.temperature)),
            "--temperature must be > 0 (got ", opt.temperature, "); use --greedy for deterministic argmax decoding");
-  MP_CHECK(!vm.count("top-p") || (opt.top_p > 0 && opt.top_p <= 1), "--top-p must be in (0, 1] (got ", opt.top_p, ")");
+  char top_p[32];  // all its digits: 1.0000001 is not 1
+  std::snprintf(top_p, sizeof top_p, "%.17g", opt.top_p);
+  MP_CHECK(!vm.count("top-p") || (opt.top_p > 0 && opt.top_p <= 1), "--top-p must be in (0, 1] (got ", top_p, ")");
   MP_CHECK(opt.max_new_tokens > 0, "--max-new-tokens must be positive (got ", opt.max_new_tokens, ")");
   MP_CHECK(opt.max_batch > 0, "--batch-size must be positive (got ", opt.max_batch, ")");
   MP_CHECK(limit >= 0, "--limit must be >= 0 (got ", limit, ")");

@@ -10,6 +10,11 @@ tail -n 1 bench16.txt | python3 -c 'import json,sys; j=json.load(sys.stdin); ass
 # build has no backend or this machine no GPU (the message says which).
 expect_error "--device tpu: unknown (valid: cpu, cuda)" "$METAPO" bench --preset tiny --device tpu
 expect_error "--precision fp8: unknown (valid: fp32, bf16)" "$METAPO" bench --preset tiny --precision fp8
+# Sizes that cannot fit are refused before allocating (a --seq-len of 2^32 ran into the OOM killer).
+expect_error "--seq-len 4294967296 --batch 1: the activations of 4294967296 tokens needs" "$METAPO" bench --preset tiny \
+  --seq-len 4294967296 --batch 1 --steps 1
+expect_error "--targets 17 must be below --seq-len 16" "$METAPO" bench --preset tiny --seq-len 16 --targets 17
+! grep -q "error: metapo bench" err.txt || fail "doubled prefix: $(cat err.txt)"
 if command -v nvidia-smi >/dev/null && nvidia-smi -L >/dev/null 2>&1; then
   echo "a GPU is visible: the --device cuda error is not checked here"
 else
