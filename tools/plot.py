@@ -32,6 +32,7 @@ import os
 import sys
 
 from auc import auc, rank_auc  # tools/auc.py: the script's directory is on sys.path
+from save_png import save_png  # tools/save_png.py
 
 try:
     import matplotlib
@@ -107,19 +108,11 @@ def number_list(row, key, n=None):
 
 
 def save(fig, out, dpi):
-    """fig as the PNG out, written under a temporary name and renamed: never a half-written out."""
-    tmp = f"{out}.{os.getpid()}.partial"
+    """fig as the PNG out, whole or not at all (save_png)."""
     try:
-        fig.savefig(tmp, dpi=dpi, format="png")
-        os.replace(tmp, out)
+        save_png(fig, out, dpi)
     except OSError as e:
-        try:
-            os.remove(tmp)
-        except OSError:
-            pass
         fail(f"{out}: cannot write ({e.strerror or e})")
-    finally:
-        plt.close(fig)
 
 
 def run_labels(runs):

@@ -32,6 +32,8 @@ import os
 import statistics
 import sys
 
+from save_png import save_png  # tools/save_png.py (matplotlib only once a figure is drawn)
+
 
 def mean_std(v):
     v = [x for x in v if x is not None]
@@ -305,18 +307,10 @@ def plot_grid(by, order, names, path):
     fig.suptitle(f"mean ± std over seeds, {main_ep} DPO epochs{note}", fontsize=10)
     fig.legend(loc="lower center", ncol=min(len(methods), 7), fontsize=8)
     fig.tight_layout(rect=(0, 0.04, 1, 0.97))
-    tmp = f"{path}.{os.getpid()}.partial"  # written whole, then renamed: never a half-written figure
     try:
-        fig.savefig(tmp, dpi=90, format="png")
-        os.replace(tmp, path)
+        save_png(fig, path, 90)  # written whole, then renamed: never a half-written figure
     except OSError as e:
-        try:
-            os.remove(tmp)
-        except OSError:
-            pass
         sys.exit(f"error: --plot {path}: cannot write ({e.strerror or e})")
-    finally:
-        plt.close(fig)
     print(f"wrote {path}", file=sys.stderr)
 
 
