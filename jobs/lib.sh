@@ -91,13 +91,24 @@ _job_failures() {
 # metapo_launch SUBCOMMAND ARGS...: runs `metapo SUBCOMMAND ARGS...` on the allocation's tasks and
 # sets JOB_RC to its exit status. Signals to the batch shell reach the ranks meanwhile.
 metapo_launch() {
+  # A non-number would make every limit test fail and the job requeue forever.
+  local v
+  for v in MAX_REQUEUES MAX_FAILURES; do
+    [[ "${!v}" =~ ^[0-9]+$ ]] || { job_say "$v=${!v}: not a non-negative integer"; exit 2; }
+  done
+  # Without its status file every run would read as a failed launch and be requeued.
+  local status_dir="${METAPO_STATUS_DIR:-${SLURM_SUBMIT_DIR:-$PWD}}"
+  if [ ! -d "$status_dir" ] || [ ! -w "$status_dir" ]; then
+    job_say "METAPO_STATUS_DIR=$status_dir: not a writable directory (metapo leaves its exit status there)"
+    exit 2
+  fi
   metapo_env
   metapo_launch_cmd
   [ -x "$METAPO" ] || { job_say "METAPO=$METAPO: not an executable (build it with tools/setup.sh, or set METAPO)"; exit 2; }
   job_say "start $((${SLURM_RESTART_COUNT:-0} + 1)) (SLURM_RESTART_COUNT=${SLURM_RESTART_COUNT:-0}) on" \
           "${SLURM_JOB_NODELIST:-?}, ${SLURM_NTASKS:-1} tasks: ${LAUNCH[*]} $METAPO $*"
   # metapo's rank 0 writes its exit status here: srun exits 0 when a step fails to launch at all.
-  export METAPO_STATUS_FILE="${METAPO_STATUS_DIR:-${SLURM_SUBMIT_DIR:-$PWD}}/.metapo-status-${SLURM_JOB_ID:-$$}"
+  export METAPO_STATUS_FILE="$status_dir/.metapo-status-${SLURM_JOB_ID:-$$}"
   rm -f "$METAPO_STATUS_FILE"
   trap '_job_on_signal USR1' USR1
   trap '_job_on_signal TERM' TERM

@@ -15,6 +15,9 @@ for b in "$A" "$B"; do [ -x "$b" ] || { echo "error: $b: not an executable" >&2;
 cd "$(dirname "$0")/.."
 ROUNDS=${ROUNDS:-6}
 STEPS=${STEPS:-8}           # timed steps of metapo bench
+for v in ROUNDS STEPS; do  # before any work: a non-number would end in an empty table
+  [[ "${!v}" =~ ^[1-9][0-9]*$ ]] || { echo "error: $v=${!v}: not a positive whole number" >&2; exit 1; }
+done
 DPO_STEPS=${DPO_STEPS:-40}  # DPO steps of the tiny run, the first WARM not counted
 WARM=${WARM:-8}
 OUT=${OUT:-runs/bench-ab}
@@ -24,7 +27,9 @@ export OMPI_MCA_hwloc_base_binding_policy=none  # one rank, all cores (its threa
 PIN=${PIN:-0}
 RUN=()
 if [ "$PIN" = 1 ]; then export OMP_NUM_THREADS=1; RUN=(taskset -c 1); fi
-rm -rf "$OUT" && mkdir -p "$OUT"
+# shellcheck source=tools/out-dir.sh
+source tools/out-dir.sh
+fresh_out OUT "$OUT" data.h5
 "$A" synth --task sort --flip 0.2 --seed 1 --n-train 2048 --n-val 64 --n-test 64 --n-sft 64 --out "$OUT/data.h5" >/dev/null
 "$A" init --preset tiny --out "$OUT/init" --seed 1 >/dev/null
 "$A" precompute-ref --model "$OUT/init" --data "$OUT/data.h5" >/dev/null

@@ -50,7 +50,10 @@ io_bench="$(dirname "$metapo")/tools/bench_checkpoint_io"
 [ -x "$io_bench" ] || { echo "bench-checkpoint: $io_bench not built" >&2; exit 2; }
 [ -x "$metapo" ] || { echo "bench-checkpoint: $metapo not built" >&2; exit 2; }
 if [ -z "$dir" ]; then mkdir -p "$here/../build"; dir=$(mktemp -d "$here/../build/bench-ckpt.XXXX"); trap 'rm -rf "$dir"' EXIT; fi
-mkdir -p "$dir" && cd "$dir"
+# shellcheck source=tools/out-dir.sh
+source "$here/out-dir.sh"
+claim_out --dir "$dir" big.ini  # its run/, res/ and big.ini are replaced: never a directory of the user's
+cd "$dir"
 export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1 OMPI_MCA_rmaps_base_oversubscribe=1 OMPI_MCA_orte_tmpdir_base="$dir"
 export HDF5_USE_FILE_LOCKING=FALSE
 median() { tr ' ' '\n' | grep -v '^$' | sort -g | awk '{a[NR] = $1} END {print a[int((NR + 1) / 2)]}'; }

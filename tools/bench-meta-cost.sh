@@ -21,12 +21,17 @@ ROUNDS=${ROUNDS:-5}
 BATCH=${BATCH:-32}
 MICRO=${MICRO:-32}
 NP=${NP:-1}
+for v in ROUNDS STEPS NP; do  # before any work: a non-number would end in an empty table
+  [[ "${!v}" =~ ^[1-9][0-9]*$ ]] || { echo "error: $v=${!v}: not a positive whole number" >&2; exit 1; }
+done
 # OpenMPI binds a lone rank to one core; let it use all of them (its threads follow its CPU mask).
 [ "$NP" = 1 ] && export OMPI_MCA_hwloc_base_binding_policy=none
 META_ARGS=${META_ARGS:-}
 OUT=${OUT:-runs/meta-cost}
 (( (STEPS - WARM) % 4 == 0 && STEPS > WARM )) || { echo "error: STEPS - WARM must be a positive multiple of 4" >&2; exit 1; }
-rm -rf "$OUT" && mkdir -p "$OUT"
+# shellcheck source=tools/out-dir.sh
+source tools/out-dir.sh
+fresh_out OUT "$OUT" data.h5
 $M synth --task sort --flip 0.4 --seed 1 --n-train 4000 --n-val 256 --n-test 64 --n-sft 64 --out "$OUT/data.h5" > /dev/null
 $M init --preset "$PRESET" --out "$OUT/init" --seed 1 > /dev/null
 tools/mpirun-retry.sh -np "$NP" "$M" precompute-ref --model "$OUT/init" --data "$OUT/data.h5" > /dev/null

@@ -24,7 +24,10 @@ while (($#)); do
 done
 metapo="$here/../build/metapo" io="$here/../build/tools/bench_model_io"
 [ -x "$metapo" ] && [ -x "$io" ] || { echo "bench-model-io: build first (tools/setup.sh)" >&2; exit 2; }
-mkdir -p "$dir" && cd "$dir"
+# shellcheck source=tools/out-dir.sh
+source "$here/out-dir.sh"
+claim_out --dir "$dir" "model-*"  # its out/ is replaced, its model-*/ kept: never a directory of the user's
+cd "$dir"
 export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1 OMPI_MCA_rmaps_base_oversubscribe=1 OMP_NUM_THREADS=1
 model="model-$name-$layers"
 [ -f "$model/config.json" ] || "$metapo" init --preset "$name" --layers "$layers" --dtype bfloat16 --out "$model"

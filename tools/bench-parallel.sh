@@ -19,10 +19,18 @@ METHOD=${METHOD:-uniform}
 STEPS=${STEPS:-12}
 WARM=${WARM:-2}
 ROUNDS=${ROUNDS:-3}
+for v in ROUNDS STEPS; do  # before any work: a non-number would end in an empty table
+  [[ "${!v}" =~ ^[1-9][0-9]*$ ]] || { echo "error: $v=${!v}: not a positive whole number" >&2; exit 1; }
+done
+for l in $LAYOUTS; do
+  [[ "$l" =~ ^[1-9][0-9]*x[1-9][0-9]*x[1-9][0-9]*$ ]] || { echo "error: LAYOUTS: '$l' is not DPxPPxTP (e.g. 2x1x1)" >&2; exit 1; }
+done
 BATCH=${BATCH:-32}
 MICRO=${MICRO:-4}
 OUT=${OUT:-runs/bench-parallel}
-rm -rf "$OUT" && mkdir -p "$OUT"
+# shellcheck source=tools/out-dir.sh
+source tools/out-dir.sh
+fresh_out OUT "$OUT" data.h5
 $M synth --task sort --flip 0.2 --seed 1 --n-train 2000 --n-val 256 --n-test 64 --n-sft 64 --out "$OUT/data.h5" > /dev/null
 $M init --preset "$PRESET" --out "$OUT/init" --seed 1 > /dev/null
 $M precompute-ref --model "$OUT/init" --data "$OUT/data.h5" > /dev/null

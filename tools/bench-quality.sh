@@ -38,6 +38,7 @@ LR=${LR:-5e-5}
 BATCH=${BATCH:-32}
 MICRO=${MICRO:-32}
 JOBS=${JOBS:-2}                               # trainings at a time
+[[ "$JOBS" =~ ^[1-9][0-9]*$ ]] || { echo "error: JOBS=$JOBS: not a positive whole number" >&2; exit 1; }
 THREADS=${THREADS:-$(( $(nproc) / JOBS > 0 ? $(nproc) / JOBS : 1 ))}  # OpenMP threads of each
 N_TRAIN=${N_TRAIN:-4000}
 N_VAL=${N_VAL:-256}
@@ -68,11 +69,25 @@ done
 for e in $STRENGTHS $EPOCHS; do
   [[ "$e" =~ ^[1-9][0-9]*$ ]] || { log "error: STRENGTHS and EPOCHS take positive whole numbers of epochs (got '$e')"; exit 1; }
 done
+# Whole numbers, and the learning rate a number: anything else would reach metapo (or the results
+# lines) only inside the workers.
+for v in SEEDS THREADS BATCH MICRO N_TRAIN N_VAL N_TEST N_SFT GEN_LIMIT; do
+  for x in ${!v}; do
+    [[ "$x" =~ ^[0-9]+$ ]] || { log "error: $v: '$x' is not a whole number"; exit 1; }
+  done
+done
+for v in THREADS BATCH MICRO N_TRAIN N_VAL N_TEST N_SFT; do
+  [ "${!v}" -gt 0 ] || { log "error: $v: must be positive"; exit 1; }
+done
+python3 -c "import math, sys; sys.exit(0 if math.isfinite(float(sys.argv[1])) and float(sys.argv[1]) > 0 else 1)" "$LR" 2>/dev/null ||
+  { log "error: LR: '$LR' is not a positive number"; exit 1; }
 for f in $FLIPS; do
   python3 -c "import sys; f = float(sys.argv[1]); sys.exit(0 if 0 <= f < 0.5 else 1)" "$f" 2>/dev/null ||
     { log "error: FLIPS: '$f' is not a flip rate in [0, 0.5)"; exit 1; }
 done
-# OUT only once the settings are known to be valid: a refused call creates nothing.
+# OUT only once the settings are known to be valid: a refused call creates nothing. TABLE_ONLY=1
+# reads a tree that must be there.
+if [ "$TABLE_ONLY" = 1 ] && [ ! -f "$OUT/results.jsonl" ]; then log "error: TABLE_ONLY=1: $OUT/results.jsonl does not exist"; exit 1; fi
 mkdir -p "$OUT"
 OUT=$(cd "$OUT" && pwd)
 
@@ -230,7 +245,9 @@ if [ "$TABLE_ONLY" != 1 ]; then
   # xargs keeps going past a failed run and exits non-zero at the end; the table shows what finished.
   # -r: with nothing to do (a finished grid run again) no worker starts.
   rc=0
-  xargs -r -P "$JOBS" -L 1 bash -c 'worker "$@"' _ < "$jobs_file" || rc=$?
+  # -e in each worker: a failed step (synth, sft, eval, ...) ends its job before it marks an input
+  # done or writes a results line.
+  xargs -r -P "$JOBS" -L 1 bash -c 'set -eo pipefail; worker "$@"' _ < "$jobs_file" || rc=$?
   [ "$rc" = 0 ] || log "bench-quality: some runs failed (see the error lines above); run the same command again to retry them"
   if [ "${PLOTS}" = 1 ] && python3 -c "import matplotlib" 2>/dev/null; then
     # The cells this invocation ran (not every cell under OUT again).
@@ -250,4 +267,8 @@ if [ -f "$OUT/options" ]; then
 fi
 plot=()
 if [ "${PLOTS}" = 1 ] && python3 -c "import matplotlib" 2>/dev/null; then plot=(--plot "$OUT/results.png"); fi
-python3 tools/quality_table.py "$OUT/results.jsonl" --meta-args "$META_ARGS" --train-args "$TRAIN_ARGS" "${plot[@]}" | tee "$OUT/results.md"
+# results.md is replaced only by a table that was made (a failed one leaves the last good table).
+python3 tools/quality_table.py "$OUT/results.jsonl" --meta-args "$META_ARGS" --train-args "$TRAIN_ARGS" "${plot[@]}" \
+  > "$OUT/results.md.partial" || { rm -f "$OUT/results.md.partial"; exit 1; }
+mv "$OUT/results.md.partial" "$OUT/results.md"
+cat "$OUT/results.md"

@@ -13,7 +13,10 @@ cd "$(dirname "$0")/.." || exit 1
 source tools/mpi-env.sh
 SRC=$PWD
 W=${OUT:-runs/compare-runs}
-rm -rf "$W" && mkdir -p "$W" && cd "$W" || exit 1
+# shellcheck source=tools/out-dir.sh
+source tools/out-dir.sh
+fresh_out OUT "$W" d.h5
+cd "$W" || exit 1
 "$A" synth --task sort --seed 4 --flip 0.2 --n-train 64 --n-val 16 --n-test 16 --n-sft 64 --out d.h5 >/dev/null
 "$A" init --preset tiny --out init --seed 3 >/dev/null
 "$A" precompute-ref --model init --data d.h5 >/dev/null

@@ -12,8 +12,9 @@ NP=${NP:-2}
 [ "$NP" = 1 ] && export OMPI_MCA_hwloc_base_binding_policy=none
 out=${DEMO_DIR:-runs/demo}
 cfg=configs/demo.ini
-rm -rf "$out"
-mkdir -p "$out"
+# shellcheck source=tools/out-dir.sh
+source tools/out-dir.sh
+fresh_out DEMO_DIR "$out" data.h5
 M="build/metapo"
 R="$PWD/tools/mpirun-retry.sh -np $NP $M"
 t0=$SECONDS

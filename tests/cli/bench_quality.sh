@@ -53,4 +53,22 @@ expect_error "TRAIN_ARGS: --loss cannot be combined with METHODS 'cdpo'" \
   ./bq.sh OUT="$WORK/q2" TRAIN_ARGS="--loss ipo" METHODS="uniform cdpo"
 cmp -s before.jsonl q/results.jsonl || fail "a refused call changed results.jsonl"
 [ -e q2 ] && fail "a refused call created its OUT"
+# Settings that would reach metapo or the results lines only inside the workers: refused up front.
+expect_error "SEEDS: 'x' is not a whole number" ./bq.sh OUT="$WORK/q3" SEEDS=x
+expect_error "JOBS=0: not a positive whole number" ./bq.sh OUT="$WORK/q3" JOBS=0
+expect_error "LR: 'abc' is not a positive number" ./bq.sh OUT="$WORK/q3" LR=abc
+expect_error "N_TRAIN: 'abc' is not a whole number" ./bq.sh OUT="$WORK/q3" N_TRAIN=abc
+expect_error "TABLE_ONLY=1: $WORK/q3/results.jsonl does not exist" ./bq.sh OUT="$WORK/q3" TABLE_ONLY=1
+[ -e q3 ] && fail "a refused call created its OUT"
+# A failing step inside a worker ends its job before it marks an input done or writes a line: a
+# metapo that fails at sft (the inputs' step) leaves no sft.done and no results line.
+cat > failing-metapo <<EOF2
+#!/usr/bin/env bash
+[ "\$1" = sft ] && exit 1
+exec "$METAPO" "\$@"
+EOF2
+chmod +x failing-metapo
+./bq.sh OUT="$WORK/q4" METAPO="$WORK/failing-metapo" >/dev/null 2>q4.err && fail "a failing sft was not reported"
+[ ! -e q4/sort/sft1/seed7/sft.done ] || fail "a failed sft was marked done"
+[ ! -s q4/results.jsonl ] || fail "a failed job wrote a results line: $(cat q4/results.jsonl)"
 echo "ok: refused calls left the tree alone"

@@ -30,3 +30,19 @@ expect_submit_error "set BASE_MODEL" env -u BASE_MODEL DATA="$WORK/data.h5"
 expect_submit_error "BASE_MODEL=$WORK/nope: not a directory" BASE_MODEL="$WORK/nope" DATA="$WORK/data.h5"
 expect_submit_error "DATA=$WORK/none.h5: no such file" BASE_MODEL="$WORK/model" DATA="$WORK/none.h5"
 expect_submit_error "CONFIG=$WORK/x.ini: no such file" CONFIG="$WORK/x.ini" BASE_MODEL="$WORK/model" DATA="$WORK/data.h5"
+# jobs/lib.sh checks its limits and the status directory before it launches anything: a non-number
+# would make every limit test fail (a job requeued forever), a missing directory would make every
+# run read as a failed launch.
+expect_launch_error() {
+  local want=$1
+  shift
+  local rc=0
+  (export METAPO="$METAPO" LAUNCHER=mpirun "$@"; source "$SRC/jobs/lib.sh"; metapo_launch --version) >out.txt 2>&1 || rc=$?
+  [ "$rc" -eq 2 ] || { cat out.txt; fail "lib.sh exited $rc, expected 2: $*"; }
+  grep -q -- "$want" out.txt || { cat out.txt; fail "lib.sh: output lacks '$want'"; }
+  ! grep -q "start 1" out.txt || fail "lib.sh launched before refusing: $*"
+  echo "ok: lib.sh: $(grep -m1 metapo-job out.txt | sed 's/.*: job [^:]*: //')"
+}
+expect_launch_error "MAX_REQUEUES=abc: not a non-negative integer" MAX_REQUEUES=abc
+expect_launch_error "MAX_FAILURES=-1: not a non-negative integer" MAX_FAILURES=-1
+expect_launch_error "METAPO_STATUS_DIR=$WORK/nodir: not a writable directory" METAPO_STATUS_DIR="$WORK/nodir"
