@@ -20,7 +20,20 @@ NP=${NP:-1}
 # OpenMPI binds a lone rank to one core; let it use all of them (its threads follow its CPU mask).
 [ "$NP" = 1 ] && export OMPI_MCA_hwloc_base_binding_policy=none
 OUT=${OUT:-runs/noisy-$TASK-$FLIP}
-mkdir -p "$OUT"
+for v in SEEDS EPOCHS SFT_EPOCHS NP; do  # before any work: these reach metapo and the results lines
+  for x in ${!v}; do
+    [[ "$x" =~ ^[0-9]+$ ]] || { echo "error: $v: '$x' is not a whole number" >&2; exit 1; }
+  done
+done
+for l in $LOSSES; do
+  case "$l" in sigmoid|ipo|hinge|cdpo|robust|simpo|exo_pair|nca_pair|bco_pair|sppo_hard|apo_zero|apo_down|discopop|sigmoid_norm) ;;
+    *) echo "error: LOSSES: unknown loss '$l' (metapo train --help lists them)" >&2; exit 1 ;; esac
+done
+python3 -c "import sys; f = float(sys.argv[1]); sys.exit(0 if 0 <= f < 0.5 else 1)" "$FLIP" 2>/dev/null ||
+  { echo "error: FLIP: '$FLIP' is not a flip rate in [0, 0.5)" >&2; exit 1; }
+# shellcheck source=tools/out-dir.sh
+source tools/out-dir.sh
+claim_out OUT "$OUT" results.jsonl  # its results.jsonl is started anew: never a directory of the user's
 RUN="$PWD/tools/mpirun-retry.sh -np $NP $M"
 extra_args() {  # loss-specific settings: cdpo and robust assume the flip rate as label smoothing
   case "$1" in

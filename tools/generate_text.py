@@ -52,7 +52,11 @@ def main():
     if not texts:
         ap.error("no prompts: give --prompt or --prompts-file")
 
-    tok = AutoTokenizer.from_pretrained(args.model)
+    try:
+        tok = AutoTokenizer.from_pretrained(args.model)
+    except (OSError, ValueError) as e:  # no tokenizer files there, or none transformers can read
+        sys.exit(f"generate_text: error: --model {args.model}: no tokenizer could be loaded "
+                 f"({str(e).splitlines()[0] if str(e) else type(e).__name__})")
     ids = []
     for t in texts:
         if args.chat:
