@@ -24,8 +24,7 @@ int cmd_export(Context& ctx, int argc, char** argv) {
   namespace fs = std::filesystem;
   std::error_code ec;
   // Before any reading: the dtype, and an --out that is new or a model directory.
-  MP_CHECK(dtype == "float32" || dtype == "bfloat16" || dtype == "float16", "--dtype ", dtype,
-           ": not float32, bfloat16 or float16");
+  check_save_dtype(dtype, "--dtype");
   const uint64_t max_shard_bytes = parse_bytes(max_shard, "--max-shard-size");
   check_model_dir_target(out);
   // A checkpoint file, or a run directory (no config.json) whose `latest` names one.

@@ -27,8 +27,7 @@ int cmd_init(Context& ctx, int argc, char** argv) {
   MP_CHECK(layers >= 0, "--layers ", layers, ": must be >= 0");
   MP_CHECK(!out.empty(), "--out must not be empty");
   MP_CHECK(std::isfinite(std_dev) && std_dev >= 0, "--init-std ", std_dev, ": must be finite and >= 0");
-  MP_CHECK(dtype == "float32" || dtype == "bfloat16" || dtype == "float16", "--dtype ", dtype,
-           ": unknown (valid: float32, bfloat16, float16)");
+  check_save_dtype(dtype, "--dtype");
   LlamaConfig c = preset_config(preset);
   if (layers > 0) c.num_hidden_layers = layers;
   c.validate("--preset " + preset);

@@ -3,6 +3,7 @@
 #include <cmath>
 
 #include "metapo/core/error.h"
+#include "metapo/io/hf_model.h"
 #include "metapo/train/metapo.h"
 
 namespace metapo::cli {
@@ -125,8 +126,7 @@ void finish_train_options(TrainConfig& cfg, const TrainOptionStrings& s, bool pr
            ": must be in [0, 1]");
   MP_CHECK(std::isfinite(cfg.max_grad_norm) && cfg.max_grad_norm >= 0, "--max-grad-norm ", cfg.max_grad_norm,
            ": must be finite and >= 0 (0: off)");
-  MP_CHECK(cfg.save_dtype == "float32" || cfg.save_dtype == "bfloat16" || cfg.save_dtype == "float16", "--save-dtype ",
-           cfg.save_dtype, ": unknown (valid: float32, bfloat16, float16)");
+  check_save_dtype(cfg.save_dtype, "--save-dtype");
   MP_CHECK(cfg.epochs >= 0 && cfg.max_steps >= 0, "--epochs and --max-steps must be >= 0");
   MP_CHECK(cfg.epochs > 0 || cfg.max_steps > 0, "--epochs or --max-steps must be positive");
   MP_CHECK(cfg.warmup_ratio >= 0 && cfg.warmup_ratio < 1, "--warmup-ratio must be in [0, 1)");

@@ -91,6 +91,14 @@ const std::map<std::string, std::string>& st_dtypes() {
   return m;
 }
 
+}  // namespace
+
+void check_save_dtype(const std::string& dtype, const std::string& what) {
+  MP_CHECK(st_dtypes().count(dtype), what, " ", dtype, ": unknown (valid: float32, bfloat16, float16)");
+}
+
+namespace {
+
 // dir + ".partial", made fresh, beside a `dir` that is absent or a model directory (one with
 // config.json: what save_hf_model writes); never replaces any other directory. Returns the path.
 fs::path begin_model_dir(const std::string& dir) {
@@ -288,7 +296,7 @@ HfModel load_hf_model(const std::string& dir) {
 
 void save_hf_model(const std::string& dir, const LlamaConfig& c, const std::vector<float>& params,
                    const std::string& dtype) {
-  MP_CHECK(st_dtypes().count(dtype), dir, ": cannot save dtype ", dtype, " (float32, bfloat16 or float16)");
+  check_save_dtype(dtype, dir + ": dtype");
   c.validate(dir);
   const ParamLayout lay(c);
   MP_CHECK(params.size() == lay.total(), dir, ": ", params.size(),
@@ -309,7 +317,7 @@ void save_hf_model(const std::string& dir, const LlamaConfig& c, const std::vect
 }
 
 HfFilePlan plan_hf_files(const LlamaConfig& c, const std::string& dtype, uint64_t max_shard_bytes) {
-  MP_CHECK(st_dtypes().count(dtype), "cannot save dtype ", dtype, " (float32, bfloat16 or float16)");
+  check_save_dtype(dtype, "dtype");
   const std::string st = st_dtypes().at(dtype);
   const size_t esize = st == "F32" ? 4 : 2;
   const ParamLayout lay(c);

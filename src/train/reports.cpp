@@ -5,12 +5,25 @@
 #include <algorithm>
 #include <cstdio>
 #include <cstring>
+#include <filesystem>
 #include <string>
 
 #include "metapo/core/error.h"
 
 namespace metapo {
 
+namespace {
+
+// The trace's path as run.json records it: absolute, so a resume from another working directory
+// still recognises it (check_trace_path); "" stays "".
+std::string absolute_path(const std::string& path) {
+  if (path.empty()) return path;
+  std::error_code ec;
+  const std::filesystem::path p = std::filesystem::absolute(path, ec);
+  return ec ? path : p.lexically_normal().string();
+}
+
+}  // namespace
 
 nlohmann::json stats_json(const PairStats& s, const std::string& prefix) {
   const double n = std::max(s.n, 1.0);
@@ -47,7 +60,7 @@ nlohmann::json run_config_json(const TrainConfig& cfg, const std::string& kind) 
                    {"val_batch", m.val_batch}, {"penalty", meta_penalty(m)}, {"apply", m.apply}, {"precondition", m.precondition},
                    {"hidden", m.hidden}, {"a_min", m.a_min}, {"refresh_every", m.refresh_every},
                    {"refresh_pairs", m.refresh_pairs}, {"hypergrad", m.hypergrad}, {"features", m.features},
-                   {"gate", m.gate}, {"gate_ema", m.gate_ema}, {"trace", m.trace_path}};
+                   {"gate", m.gate}, {"gate_ema", m.gate_ema}, {"trace", absolute_path(m.trace_path)}};
     } else {
       j["weight_options"] = {{"wpo_alpha", cfg.weight_opt.wpo_alpha}, {"margin_tau", cfg.weight_opt.margin_tau},
                              {"column", cfg.weight_opt.column}};

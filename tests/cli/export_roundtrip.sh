@@ -45,4 +45,4 @@ fi
 # An --out that is not a model directory is refused before anything is read.
 mkdir mine && touch mine/notes.txt
 expect_error "mine: exists and is not a model directory" "$METAPO" export --model a --out mine
-expect_error "--dtype float64: not float32, bfloat16 or float16" "$METAPO" export --model a --out z --dtype float64
+expect_error "--dtype float64: unknown (valid: float32, bfloat16, float16)" "$METAPO" export --model a --out z --dtype float64

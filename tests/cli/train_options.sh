@@ -60,6 +60,13 @@ echo "ok: no input was overwritten"
 rm -r t1/final t1/metapo.json
 "$METAPO" train $T --max-steps 4 --save-every 2 $M --meta-trace t1/trace.jsonl --out t1 --resume auto >/dev/null
 [ "$(wc -l <t1/trace.jsonl)" -eq 4 ] || fail "the resumed trace has $(wc -l <t1/trace.jsonl) lines, expected 4"
+# ... and so is one outside --out, given by a relative path, when the resume starts elsewhere.
+"$METAPO" train $T --max-steps 4 --save-every 2 $M --meta-trace t2.jsonl --out t2 >/dev/null
+rm -r t2/final t2/metapo.json
+mkdir sub
+(cd sub && "$METAPO" train --model ../init --data ../d.h5 --batch-size 16 --micro-batch 8 --max-steps 4 --save-every 2 $M \
+  --meta-trace ../t2.jsonl --out ../t2 --resume auto >/dev/null) || fail "the resume from another directory was refused"
+[ "$(wc -l <t2.jsonl)" -eq 4 ] || fail "the trace resumed from another directory has $(wc -l <t2.jsonl) lines, expected 4"
 echo "ok: a resumed run continues its own trace"
 # Checked once loaded (a checkpoint of another model): nothing left behind either.
 "$METAPO" init --preset tiny --layers 1 --out narrow >/dev/null

@@ -58,6 +58,10 @@ HfModel load_hf_model(const std::string& dir);
 // replaces; throws naming dir otherwise. For validating an output before heavy work.
 void check_model_dir_target(const std::string& dir);
 
+// Throws "<what> <dtype>: unknown (valid: float32, bfloat16, float16)" unless save_hf_model can
+// write dtype; `what` names the option it came from (--save-dtype, --dtype).
+void check_save_dtype(const std::string& dtype, const std::string& what);
+
 // Writes config.json (torch_dtype = dtype), generation_config.json and model.safetensors, with dtype
 // float32, bfloat16 or float16. Builds dir + ".partial" and renames it to dir; an existing `dir` is
 // replaced only when it holds a config.json (a model directory), never any other directory.
