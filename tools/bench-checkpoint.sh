@@ -45,6 +45,15 @@ while (($#)); do
     *) echo "bench-checkpoint: unknown option $1" >&2; exit 2 ;;
   esac
 done
+# Before any work (a non-number would give an empty table after the model is built).
+for v in reps k; do
+  [[ "${!v}" =~ ^[1-9][0-9]*$ ]] || { echo "bench-checkpoint: --${v/k/checkpoints} ${!v}: not a positive whole number" >&2; exit 2; }
+done
+[[ "$pause" =~ ^[0-9]+$ ]] || { echo "bench-checkpoint: --pause $pause: not a whole number of seconds" >&2; exit 2; }
+[ -n "${ranks// /}" ] || { echo "bench-checkpoint: --ranks is empty" >&2; exit 2; }
+for np in $ranks; do
+  [[ "$np" =~ ^[1-9][0-9]*$ ]] || { echo "bench-checkpoint: --ranks: '$np' is not a positive whole number" >&2; exit 2; }
+done
 metapo="$(cd "$(dirname "$metapo")" && pwd)/$(basename "$metapo")"
 io_bench="$(dirname "$metapo")/tools/bench_checkpoint_io"
 [ -x "$io_bench" ] || { echo "bench-checkpoint: $io_bench not built" >&2; exit 2; }

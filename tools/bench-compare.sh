@@ -11,7 +11,11 @@ T=${SEQ_LEN:-256}
 B=${BATCH:-8}
 threads=${THREADS:-2}
 steps=${STEPS:-5}
+[[ "$rounds" =~ ^[1-9][0-9]*$ ]] || { echo "error: ROUNDS $rounds: not a positive whole number" >&2; exit 1; }
+python3 -c "import torch, transformers" 2>/dev/null ||
+  { echo "error: tools/bench-compare.sh needs torch and transformers (pip install torch transformers)" >&2; exit 1; }
 out=$(mktemp -d)
+trap 'rm -rf "$out"' EXIT
 export OMP_NUM_THREADS=$threads
 for r in $(seq 1 "$rounds"); do
   build/metapo bench --preset "$preset" --seq-len "$T" --batch "$B" --steps "$steps" --warmup 2 \
@@ -36,4 +40,3 @@ print(f"{'torch':8} {tm:9.0f} {tok / tm * 1e3:9.0f} {statistics.median(x['gflops
 print(f"ratio metapo/torch (tokens/s): {tm / mm:.2f}")
 print(json.dumps({"metapo_tokens_per_s": tok / mm * 1e3, "torch_tokens_per_s": tok / tm * 1e3, "ratio": tm / mm}))
 P
-rm -rf "$out"

@@ -11,7 +11,6 @@
 #   META_ARGS="--meta-val-batch 32" tools/bench-meta-cost.sh
 set -euo pipefail
 cd "$(dirname "$0")/.."
-tools/setup.sh >/dev/null
 source tools/mpi-env.sh
 M=$PWD/build/metapo
 PRESET=${PRESET:-tiny}
@@ -29,6 +28,7 @@ done
 META_ARGS=${META_ARGS:-}
 OUT=${OUT:-runs/meta-cost}
 (( (STEPS - WARM) % 4 == 0 && STEPS > WARM )) || { echo "error: STEPS - WARM must be a positive multiple of 4" >&2; exit 1; }
+tools/setup.sh >/dev/null  # after the checks: a refused call builds nothing
 # shellcheck source=tools/out-dir.sh
 source tools/out-dir.sh
 fresh_out OUT "$OUT" data.h5

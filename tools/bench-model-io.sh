@@ -22,6 +22,9 @@ while (($#)); do
     *) echo "bench-model-io: unknown option $1" >&2; exit 2 ;;
   esac
 done
+# Before any work (a non-number would give an empty table after the models are built).
+[[ "$reps" =~ ^[1-9][0-9]*$ ]] || { echo "bench-model-io: --reps $reps: not a positive whole number" >&2; exit 2; }
+[[ "$layers" =~ ^[0-9]+$ ]] || { echo "bench-model-io: --layers $layers: not a whole number" >&2; exit 2; }
 metapo="$here/../build/metapo" io="$here/../build/tools/bench_model_io"
 [ -x "$metapo" ] && [ -x "$io" ] || { echo "bench-model-io: build first (tools/setup.sh)" >&2; exit 2; }
 # shellcheck source=tools/out-dir.sh

@@ -6,7 +6,6 @@
 #   FLIP=0.3 SEEDS="1 2" LOSSES="sigmoid cdpo robust ipo" tools/bench-noisy.sh
 set -euo pipefail
 cd "$(dirname "$0")/.."
-tools/setup.sh >/dev/null
 source tools/mpi-env.sh
 M=$PWD/build/metapo
 TASK=${TASK:-sort}
@@ -31,6 +30,7 @@ for l in $LOSSES; do
 done
 python3 -c "import sys; f = float(sys.argv[1]); sys.exit(0 if 0 <= f < 0.5 else 1)" "$FLIP" 2>/dev/null ||
   { echo "error: FLIP: '$FLIP' is not a flip rate in [0, 0.5)" >&2; exit 1; }
+tools/setup.sh >/dev/null  # after the checks: a refused call builds nothing
 # shellcheck source=tools/out-dir.sh
 source tools/out-dir.sh
 claim_out OUT "$OUT" results.jsonl  # its results.jsonl is started anew: never a directory of the user's

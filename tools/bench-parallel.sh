@@ -10,7 +10,6 @@
 #   PRESET=bench-28m LAYOUTS="1x1x1 2x2x2" STEPS=6 WARM=2 ROUNDS=1 tools/bench-parallel.sh
 set -euo pipefail
 cd "$(dirname "$0")/.."
-tools/setup.sh >/dev/null
 source tools/mpi-env.sh
 M=$PWD/build/metapo
 PRESET=${PRESET:-tiny}
@@ -28,6 +27,7 @@ done
 BATCH=${BATCH:-32}
 MICRO=${MICRO:-4}
 OUT=${OUT:-runs/bench-parallel}
+tools/setup.sh >/dev/null  # after the checks: a refused call builds nothing
 # shellcheck source=tools/out-dir.sh
 source tools/out-dir.sh
 fresh_out OUT "$OUT" data.h5

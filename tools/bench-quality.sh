@@ -23,10 +23,8 @@
 #   TABLE_ONLY=1 OUT=runs/quality tools/bench-quality.sh                       # the table from results.jsonl
 set -euo pipefail
 cd "$(dirname "$0")/.."
-tools/setup.sh >/dev/null
 source tools/mpi-env.sh
 M=${METAPO:-$PWD/build/metapo}  # the binary under test (METAPO: e.g. a copy, so that build/ can change)
-[ -x "$M" ] || { echo "error: METAPO: $M is not an executable" >&2; exit 1; }
 # TASK and SFT_EPOCHS (one task, one SFT strength) are the names of earlier versions.
 TASKS=${TASKS:-${TASK:-"sort reverse add"}}
 STRENGTHS=${STRENGTHS:-${SFT_EPOCHS:-"3 1"}}  # SFT epochs: the demo's 3 and a clearly weaker 1
@@ -88,6 +86,8 @@ done
 # OUT only once the settings are known to be valid: a refused call creates nothing. TABLE_ONLY=1
 # reads a tree that must be there.
 if [ "$TABLE_ONLY" = 1 ] && [ ! -f "$OUT/results.jsonl" ]; then log "error: TABLE_ONLY=1: $OUT/results.jsonl does not exist"; exit 1; fi
+tools/setup.sh >/dev/null  # after the checks: a refused call builds nothing
+[ -x "$M" ] || { echo "error: METAPO: $M is not an executable" >&2; exit 1; }
 mkdir -p "$OUT"
 OUT=$(cd "$OUT" && pwd)
 

@@ -704,6 +704,9 @@ def check_out(a):
                 raise InputError(f"--out {a.out}: {'is' if target == a.out else 'its .partial file is'} "
                                  f"{'inside ' if os.path.isdir(path) else ''}{what} {path}; "
                                  "the output must not overwrite what it reads")
+    if os.path.exists(a.out) and os.path.getsize(a.out) > 0 and not _is_dataset(a.out):
+        raise InputError(f"--out {a.out}: exists and is not a metapo dataset file; this tool replaces only "
+                         "a file it wrote (remove it or choose another path)")
     parent = os.path.dirname(os.path.abspath(a.out))
     while not os.path.exists(parent):  # write_h5 makes the missing directories
         parent = os.path.dirname(parent)

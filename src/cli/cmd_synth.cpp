@@ -1,6 +1,7 @@
 // metapo synth: writes a built-in synthetic preference dataset (data/synth.h describes the tasks and
 // the vocabulary). Generation is cheap and deterministic; rank 0 builds and writes the file, every
 // rank checks the options, so a bad value fails the same way on any number of ranks.
+#include <filesystem>
 #include <iostream>
 
 #include "metapo/cli/commands.h"
@@ -32,6 +33,20 @@ int cmd_synth(Context& ctx, int argc, char** argv) {
                   argv, vm, ctx))
     return 0;
   check_synth_config(c);
+  // An existing --out is replaced only when it is a dataset file (an earlier synth or
+  // prepare_data.py output), never a file of the user's.
+  check_output_file(out, "--out", {});
+  std::error_code ec;
+  if (std::filesystem::exists(out, ec) && std::filesystem::file_size(out, ec) > 0) {
+    bool dataset = true;
+    try {
+      read_dataset_info(out);
+    } catch (const Error&) {
+      dataset = false;
+    }
+    MP_CHECK(dataset, "--out ", out, ": exists and is not a metapo dataset file; metapo replaces only a file it "
+             "wrote (remove it or choose another path)");
+  }
   if (ctx.topo.is_root()) {
     const Dataset d = make_synth(c);
     write_dataset(out, d);

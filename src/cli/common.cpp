@@ -261,7 +261,32 @@ void check_input_file(const std::string& path, const std::string& option) {
   MP_CHECK(!fs::is_directory(path, ec), option, " ", path, ": is a directory, not a file");
 }
 
-void check_output_file(const std::string& path, const std::string& option, const std::vector<std::string>& inputs) {
+namespace {
+
+// Whether a file is JSON (analysis.json) or JSONL (its first line) with an object holding `key`.
+bool json_with_key(const std::string& path, const std::string& key) {
+  std::ifstream f(path);
+  std::string first;
+  if (!std::getline(f, first)) return false;
+  const auto has = [&](const nlohmann::json& j) { return j.is_object() && j.contains(key); };
+  try {
+    if (has(nlohmann::json::parse(first))) return true;
+  } catch (const nlohmann::json::exception&) {
+  }
+  std::error_code ec;
+  if (fs::file_size(path, ec) > (uint64_t(64) << 20)) return false;  // no whole-file parse of a big file
+  f.clear(), f.seekg(0);
+  try {
+    return has(nlohmann::json::parse(f));
+  } catch (const nlohmann::json::exception&) {
+    return false;
+  }
+}
+
+}  // namespace
+
+void check_output_file(const std::string& path, const std::string& option, const std::vector<std::string>& inputs,
+                       const OwnOutput& own) {
   std::error_code ec;
   MP_CHECK(!path.empty(), option, " must not be empty");
   MP_CHECK(!fs::is_directory(path, ec), option, " ", path, ": is a directory (give a file name)");
@@ -273,6 +298,9 @@ void check_output_file(const std::string& path, const std::string& option, const
     MP_CHECK(!fs::is_directory(in, ec) || !fs::exists(path, ec) || !fs::equivalent(dir, in, ec), option, " ", path,
              ": would replace a file of ", in, "; choose another file");
   }
+  if (own.key.empty() || !fs::exists(path, ec) || (fs::is_regular_file(path, ec) && fs::file_size(path, ec) == 0)) return;
+  MP_CHECK(fs::is_regular_file(path, ec) && json_with_key(path, own.key), option, " ", path, ": exists and is not ",
+           own.what, "; metapo replaces only a file it wrote (remove it or choose another path)");
 }
 
 void check_fits_memory(double bytes, const std::string& what) {

@@ -70,4 +70,22 @@ cp -r model mt && echo '{"tok": 1}' > mt/tokenizer.json
 "$METAPO" export --model mt --out mt --dtype bfloat16 >/dev/null
 [ "$(cat mt/tokenizer.json)" = '{"tok": 1}' ] || fail "export removed the model directory's tokenizer.json"
 grep -q '"torch_dtype": *"bfloat16"' mt/config.json || fail "export did not replace config.json"
+# An output file already there is replaced only when the command wrote it (or it is empty): never a
+# file of the user's.
+echo "my notes" > notes.jsonl && cp notes.jsonl notes.h5
+expect_error "--output notes.jsonl: exists and is not a score output" "$METAPO" score --model model --input good.jsonl --output notes.jsonl
+expect_error "--output notes.jsonl: exists and is not a generate output" "$METAPO" generate --model model \
+  --prompts good.jsonl --max-new-tokens 2 --output notes.jsonl
+expect_error "--out notes.h5: exists and is not a metapo dataset file" "$METAPO" synth --task sort --n-train 8 --n-val 4 \
+  --n-test 4 --n-sft 8 --out notes.h5
+[ "$(cat notes.jsonl)" = "my notes" ] && [ "$(cat notes.h5)" = "my notes" ] || fail "a file of the user's was replaced"
+"$METAPO" score --model model --input good.jsonl --output s.jsonl >/dev/null
+"$METAPO" score --model model --input good.jsonl --output s.jsonl >/dev/null || fail "score did not replace its own output"
+"$METAPO" generate --model model --prompts good.jsonl --max-new-tokens 2 --output g.jsonl >/dev/null
+"$METAPO" generate --model model --prompts good.jsonl --max-new-tokens 2 --output g.jsonl >/dev/null ||
+  fail "generate did not replace its own output"
+for i in 1 2; do
+  "$METAPO" synth --task sort --n-train 8 --n-val 4 --n-test 4 --n-sft 8 --out d.h5 >/dev/null || fail "synth run $i"
+done
+echo "ok: outputs replace only the command's own earlier files"
 echo "ok: all bad inputs rejected cleanly"

@@ -461,18 +461,39 @@ def _write_lines(path, rows):
     return str(path)
 
 
+def _earlier_dataset(path):
+    """A stand-in for an earlier OUT of the tool (an HDF5 file with the dataset format attribute),
+    which a failed run must leave as it was; returns its bytes."""
+    import h5py
+    with h5py.File(path, "w") as f:
+        f.attrs["format"] = "metapo-dataset"
+    return Path(path).read_bytes()
+
+
+def test_out_of_the_users_is_refused(capsys, tokdir, tmp_path):
+    # An existing --out that is not a dataset file is the user's: refused before any input is read.
+    src = _write_lines(tmp_path / "in.jsonl", [{"prompt": "a", "chosen": "b", "rejected": "c"}])
+    out = tmp_path / "notes.h5"
+    out.write_bytes(b"the user's")
+    rc, _, err = run(capsys, "--tokenizer", tokdir, "--out", out, src)
+    assert rc == 1
+    assert err.strip() == f"prepare_data: error: --out {out}: exists and is not a metapo dataset file; this tool " \
+        "replaces only a file it wrote (remove it or choose another path)", err
+    assert out.read_bytes() == b"the user's"
+
+
 @pytest.mark.parametrize("name,rows,want", ERRORS, ids=[e[0] for e in ERRORS])
 def test_error_lines(capsys, tokdir, tmp_path, name, rows, want):
     src = _write_lines(tmp_path / f"{name}.jsonl", rows)
     out = tmp_path / "out.h5"
-    out.write_bytes(b"earlier file")
+    earlier = _earlier_dataset(out)
     extra = ["--columns", "weight"] if name == "column_missing" else []
     rc, _, err = run(capsys, "--tokenizer", tokdir, "--out", out, src, *extra)
     assert rc == 1
     lines = err.strip().splitlines()
     assert len(lines) == 1, err
     assert lines[0].startswith("prepare_data: error: ") and f"{name}.jsonl{want}" in lines[0], err
-    assert out.read_bytes() == b"earlier file"
+    assert out.read_bytes() == earlier
     assert not (tmp_path / "out.h5.partial").exists()
 
 

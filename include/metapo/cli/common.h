@@ -79,9 +79,17 @@ void write_file_atomic(const std::string& path, const std::string& content);
 
 // An input file an option names: it exists and is a file (a directory would read as empty).
 void check_input_file(const std::string& path, const std::string& option);
+// What a command's earlier output file looks like: JSON, or JSONL whose first line is an object,
+// holding `key`; `what` names it in the error ("a generate output (JSONL with \"completion\")").
+struct OwnOutput {
+  std::string key, what;
+};
 // An output file an option names, checked before any work: not empty, not a directory, and not
-// any of `inputs` (files, or directories whose files it must not replace: a model directory).
-void check_output_file(const std::string& path, const std::string& option, const std::vector<std::string>& inputs);
+// any of `inputs` (files, or directories whose files it must not replace: a model directory). With
+// `own`, a file already there is replaced only when it is empty or looks like an earlier output of
+// the command (never a file of the user's).
+void check_output_file(const std::string& path, const std::string& option, const std::vector<std::string>& inputs,
+                       const OwnOutput& own = {});
 // Refuses, naming `what`, a host allocation of `bytes` larger than this machine's physical memory
 // (sizes from options that would otherwise end in std::bad_alloc or the kernel's OOM killer).
 void check_fits_memory(double bytes, const std::string& what);
