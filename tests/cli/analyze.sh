@@ -140,6 +140,13 @@ expect_error "--out d.h5: is an input of this command" "$METAPO" analyze --run r
 expect_error "pair_weights.jsonl is the name of analyze's other output" "$METAPO" analyze --run run --data d.h5 \
   --out run/pair_weights.jsonl
 cmp run/metapo.json metapo.before || fail "analyze changed run/metapo.json"
+# A file of the user's at either output is refused; analyze's own earlier ones are replaced (above).
+mkdir -p mine && echo "my notes" > mine/report.json
+expect_error "--out mine/report.json: exists and is not an analyze output" "$METAPO" analyze --run run --data d.h5 --out mine/report.json
+rm mine/report.json && echo "my notes" > mine/pair_weights.jsonl
+expect_error "its pair_weights.jsonl mine/pair_weights.jsonl: exists and is not an analyze output" "$METAPO" analyze \
+  --run run --data d.h5 --out mine/report.json
+[ "$(cat mine/pair_weights.jsonl)" = "my notes" ] && [ ! -e mine/report.json ] || fail "analyze replaced a file of the user's"
 # Data of the same size from another seed (the same sample ids): not the run's training split.
 "$METAPO" synth --task sort --flip 0.3 --seed 5 --n-train 128 --n-val 32 --n-test 32 --n-sft 64 --out other.h5 >/dev/null
 "$METAPO" precompute-ref --model init --data other.h5 >/dev/null
