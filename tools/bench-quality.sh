@@ -45,6 +45,8 @@ N_SFT=${N_SFT:-2000}
 GEN_LIMIT=${GEN_LIMIT:-256}
 META_ARGS=${META_ARGS:-}  # extra `metapo train` options for MetaPO (none: its defaults)
 TRAIN_ARGS=${TRAIN_ARGS:-}  # extra `metapo train` options for every method's DPO run (not SFT), e.g. --beta 0.3
+SYNTH_ARGS=${SYNTH_ARGS:-}  # extra `metapo synth` options (the task's settings) for every dataset, SFT's too,
+                            # e.g. "--hard-fraction 1" or "--min-len 2 --max-len 5"
 PLOTS=${PLOTS:-1}         # tools/plot.py per task, strength, seed and flip when matplotlib is there
 OUT=${OUT:-runs/quality}
 TABLE_ONLY=${TABLE_ONLY:-0}
@@ -61,6 +63,11 @@ if [[ " $TRAIN_ARGS " == *" --loss"* ]]; then
     case "$m" in cdpo|robust) log "error: TRAIN_ARGS: --loss cannot be combined with METHODS '$m', which sets its own loss"; exit 1 ;; esac
   done
 fi
+# The script sets the task, flip rate, seed, split sizes and file of every synth call itself.
+for w in $SYNTH_ARGS; do
+  case "$w" in --task*|--flip*|--seed*|--n-*|--out*|--config*)
+    log "error: SYNTH_ARGS: '$w' is set by the script (TASKS, FLIPS, SEEDS, N_*); give only the task's settings"; exit 1 ;; esac
+done
 for t in $TASKS; do
   case "$t" in sort|reverse|add) ;; *) log "error: TASKS: unknown task '$t' (sort, reverse, add)"; exit 1 ;; esac
 done
@@ -88,6 +95,16 @@ done
 if [ "$TABLE_ONLY" = 1 ] && [ ! -f "$OUT/results.jsonl" ]; then log "error: TABLE_ONLY=1: $OUT/results.jsonl does not exist"; exit 1; fi
 tools/setup.sh >/dev/null  # after the checks: a refused call builds nothing
 [ -x "$M" ] || { echo "error: METAPO: $M is not an executable" >&2; exit 1; }
+if [ -n "$SYNTH_ARGS" ] && [ "$TABLE_ONLY" != 1 ]; then  # a bad value fails here, not in every worker
+  chk=$(mktemp -d)
+  for t in $TASKS; do
+    # shellcheck disable=SC2086
+    $M synth --task "$t" --seed 1 --n-train 8 --n-val 2 --n-test 2 --n-sft 2 $SYNTH_ARGS --out "$chk/c.h5" >/dev/null 2>"$chk/err" ||
+      { log "error: SYNTH_ARGS: $(grep -m1 'error' "$chk/err" || head -n 1 "$chk/err")"; rm -rf "$chk"; exit 1; }
+    rm -f "$chk/c.h5"
+  done
+  rm -rf "$chk"
+fi
 mkdir -p "$OUT"
 OUT=$(cd "$OUT" && pwd)
 
@@ -143,7 +160,7 @@ ensure_inputs() {
   if [ ! -f "$s/sft.done" ]; then
     rm -rf "$s/sft" "$s/init"
     $M synth --task "$task" --flip 0 --seed "$seed" --n-train "$N_TRAIN" --n-val "$N_VAL" --n-test "$N_TEST" \
-      --n-sft "$N_SFT" --out "$s/sft-data.h5" > /dev/null
+      --n-sft "$N_SFT" $SYNTH_ARGS --out "$s/sft-data.h5" > /dev/null
     $M init --preset tiny --out "$s/init" --seed "$seed" > /dev/null
     $M sft --model "$s/init" --data "$s/sft-data.h5" --out "$s/sft" --epochs "$strength" --batch-size 32 \
       --micro-batch 32 --lr 1e-3 --seed "$seed" > "$s/sft.log" 2>&1
@@ -154,7 +171,7 @@ ensure_inputs() {
   if [ ! -f "$d/data.done" ]; then
     rm -f "$d/data.h5" "$d/oracle.h5" "$d/tmp.h5"
     $M synth --task "$task" --flip "$flip" --seed "$seed" --n-train "$N_TRAIN" --n-val "$N_VAL" --n-test "$N_TEST" \
-      --n-sft "$N_SFT" --out "$d/tmp.h5" > "$d/synth.log"
+      --n-sft "$N_SFT" $SYNTH_ARGS --out "$d/tmp.h5" > "$d/synth.log"
     $M precompute-ref --model "$s/sft/final" --data "$d/tmp.h5" > /dev/null
     mv "$d/tmp.h5" "$d/data.h5"
     # oracle weights: 1 clean, 1e-6 flipped (a batch's sum stays > 0)
@@ -205,11 +222,11 @@ if [ "$TABLE_ONLY" != 1 ]; then
   # The settings a tree's runs were made with (OUT/options): a resume with other ones would mix two
   # benchmarks in one table. (A tree of an earlier version, without the file, takes this call's; a
   # setting the file does not name is not checked.)
-  settings="LR BATCH MICRO N_TRAIN N_VAL N_TEST N_SFT GEN_LIMIT META_ARGS TRAIN_ARGS"
+  settings="LR BATCH MICRO N_TRAIN N_VAL N_TEST N_SFT GEN_LIMIT META_ARGS TRAIN_ARGS SYNTH_ARGS"
   if [ -f "$OUT/options" ]; then
     differs=""
     for v in $settings; do
-      grep -q "^$v=" "$OUT/options" || continue
+      grep -q "^$v=" "$OUT/options" || [ "$v" = SYNTH_ARGS ] || continue  # trees before SYNTH_ARGS had none
       was=$(recorded "$v")
       [ "$was" = "${!v}" ] || differs+=" $v=\"${!v}\" (its runs: \"$was\")"
     done
@@ -218,7 +235,7 @@ if [ "$TABLE_ONLY" != 1 ]; then
     for v in $settings; do printf '%s=%s\n' "$v" "${!v}"; done > "$OUT/options"
   fi
   touch "$OUT/results.jsonl"
-  export M OUT EPOCHS LR BATCH MICRO N_TRAIN N_VAL N_TEST N_SFT GEN_LIMIT META_ARGS TRAIN_ARGS THREADS
+  export M OUT EPOCHS LR BATCH MICRO N_TRAIN N_VAL N_TEST N_SFT GEN_LIMIT META_ARGS TRAIN_ARGS SYNTH_ARGS THREADS
   export -f one_run ensure_inputs worker log
   jobs_file="$OUT/.jobs"
   : > "$jobs_file"
@@ -264,11 +281,12 @@ fi
 if [ -f "$OUT/options" ]; then
   META_ARGS=$(recorded META_ARGS)
   TRAIN_ARGS=$(recorded TRAIN_ARGS)
+  SYNTH_ARGS=$(recorded SYNTH_ARGS)
 fi
 plot=()
 if [ "${PLOTS}" = 1 ] && python3 -c "import matplotlib" 2>/dev/null; then plot=(--plot "$OUT/results.png"); fi
 # results.md is replaced only by a table that was made (a failed one leaves the last good table).
-python3 tools/quality_table.py "$OUT/results.jsonl" --meta-args "$META_ARGS" --train-args "$TRAIN_ARGS" "${plot[@]}" \
+python3 tools/quality_table.py "$OUT/results.jsonl" --meta-args "$META_ARGS" --train-args "$TRAIN_ARGS" --synth-args "$SYNTH_ARGS" "${plot[@]}" \
   > "$OUT/results.md.partial" || { rm -f "$OUT/results.md.partial"; exit 1; }
 mv "$OUT/results.md.partial" "$OUT/results.md"
 cat "$OUT/results.md"

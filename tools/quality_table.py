@@ -107,6 +107,7 @@ def main():
     ap.add_argument("results", help="results.jsonl of tools/bench-quality.sh")
     ap.add_argument("--meta-args", default="", help="the MetaPO options of the runs (for the caption)")
     ap.add_argument("--train-args", default="", help="the options of every method's DPO run (for the caption)")
+    ap.add_argument("--synth-args", default="", help="the task's settings of every dataset (for the caption)")
     ap.add_argument("--paired", action="store_true",
                     help="add each check's per-seed margin: its mean ± standard error over the seeds")
     ap.add_argument("--plot", metavar="FILE.png", help="also draw the grid into FILE.png (needs matplotlib)")
@@ -152,7 +153,8 @@ def main():
     seeds = sorted({r["seed"] for r in rows})
     print(f"\nseeds {' '.join(map(str, seeds))}; clean test split; mean ± std over seeds; "
           f"MetaPO options: {a.meta_args or '(defaults)'}"
-          + (f"; every method: {a.train_args}" if a.train_args else "") + "\n")
+          + (f"; every method: {a.train_args}" if a.train_args else "")
+          + (f"; task settings: metapo synth {a.synth_args}" if a.synth_args else "") + "\n")
     print("| DPO epochs | task | SFT epochs | flipped | method | seeds | test pref. accuracy | answer accuracy "
           "| weight AUC | temporal share (IG / perm.) | ESS (of batch) |")
     print("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
