@@ -22,14 +22,17 @@ Writes into DIR (default: RUN/plots of the first run):
                     flipped pairs; the effective sample size and the mean normalized weight per group.
 
 Only curves.png needs an input (metrics.jsonl); each other plot is skipped, with a message, when no
-run has its input. The options and DIR are checked before anything is drawn; each PNG is written under
-a temporary name and renamed. Needs matplotlib (pip install matplotlib); draws with the Agg backend.
+run has its input. The options and DIR are checked before anything is drawn; every PNG is drawn into a
+temporary directory inside DIR and moved into place only when all are drawn, so an input found
+malformed by a later figure leaves no PNG of this call behind. Needs matplotlib (pip install matplotlib); draws with the Agg backend.
 """
 import argparse
 import json
 import math
 import os
+import shutil
 import sys
+import tempfile
 
 from auc import auc, rank_auc  # tools/auc.py: the script's directory is on sys.path
 from save_png import save_png  # tools/save_png.py
@@ -623,23 +626,29 @@ def main():
 
 
 def draw(args, out):
+    """Every figure into a temporary directory inside out, then each moved into place: a malformed
+    input found by a later figure leaves none of this call's PNGs behind (and earlier ones intact)."""
     labels = run_labels(args.runs)
     cmap = plt.get_cmap("tab10")
     colors = [cmap(k % 10) for k in range(len(args.runs))]
-
-    path = os.path.join(out, "curves.png")
-    plot_curves(args.runs, labels, colors, path, args.smooth)
-    print(f"wrote {path}")
-    for name, fn in [("weights_hist.png", lambda p: plot_weights_hist(args.runs, labels, p)),
-                     ("attribution.png", lambda p: plot_attribution(args.runs, labels, p)),
-                     ("trajectories.png", lambda p: plot_trajectories(args.runs, labels, p, args.pairs_per_group)),
-                     ("alignment.png", lambda p: plot_alignment(args.runs, labels, p, args.data, args.windows))]:
-        path = os.path.join(out, name)
-        why = fn(path)
-        if why:
-            print(f"skipped {name}: {why}")
-        else:
+    tmp = tempfile.mkdtemp(prefix=".plots-", dir=out)
+    try:
+        made, skipped = [], []
+        for name, fn in [("curves.png", lambda p: plot_curves(args.runs, labels, colors, p, args.smooth)),
+                         ("weights_hist.png", lambda p: plot_weights_hist(args.runs, labels, p)),
+                         ("attribution.png", lambda p: plot_attribution(args.runs, labels, p)),
+                         ("trajectories.png", lambda p: plot_trajectories(args.runs, labels, p, args.pairs_per_group)),
+                         ("alignment.png", lambda p: plot_alignment(args.runs, labels, p, args.data, args.windows))]:
+            why = fn(os.path.join(tmp, name))
+            (skipped if why else made).append((name, why))
+        for name, _ in made:
+            path = os.path.join(out, name)
+            os.replace(os.path.join(tmp, name), path)
             print(f"wrote {path}")
+        for name, why in skipped:
+            print(f"skipped {name}: {why}")
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
 
 
 if __name__ == "__main__":

@@ -90,3 +90,13 @@ rm bad/trajectories.jsonl
 { head -n 1 meta/meta_trace.jsonl; echo '{"step": 99, "a": [1, 1], "s": [0.5], "sample_id": [0, 1], "raw": [0, 0]}'; } \
   > bad/meta_trace.jsonl
 expect_error1 "bad/meta_trace.jsonl:2: 's' has 1 entries, not 2" python3 "$PLOT" bad --out pb --data d.h5
+# A malformed input found by a later figure (trajectories.png, after curves.png): no PNG of the call is
+# left, its own --out is removed, and an earlier call's PNGs in an existing --out stay as they were.
+rm bad/meta_trace.jsonl
+echo '{"step": 1, "pairs": [{"margin": 0.5}]}' > bad/trajectories.jsonl
+expect_error1 "bad/trajectories.jsonl:1" python3 "$PLOT" bad --out pb
+[ ! -e pb ] || fail "a call that failed at a later figure left $(ls pb) behind"
+mkdir -p kept && echo "earlier" > kept/curves.png
+expect_error1 "bad/trajectories.jsonl:1" python3 "$PLOT" bad --out kept
+[ "$(cat kept/curves.png)" = earlier ] && [ "$(ls -A kept)" = curves.png ] || fail "a failed call changed kept/: $(ls -A kept)"
+echo "ok: a failure at a later figure leaves no PNG"
