@@ -212,7 +212,7 @@ std::string save_checkpoint(TrainState& st, const std::string& dir, int64_t keep
       const std::vector<std::string> all = list_checkpoints(dir);
       for (size_t k = size_t(keep); k < all.size(); ++k) {
         std::error_code ec;
-        fs::remove(all[k], ec);
+        if (!fs::equivalent(all[k], final_path, ec)) fs::remove(all[k], ec);  // never the one just written
       }
     }
   }

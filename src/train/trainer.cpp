@@ -142,6 +142,39 @@ const char* stop_reason(int code) {
   return code == SIGUSR1 ? "SIGUSR1" : code == SIGTERM ? "SIGTERM" : code == 1 ? "--max-time" : "a signal";
 }
 
+// A run continued in place from step k (--resume RUN/step_k.h5 rolling back, or --resume auto past
+// unreadable newer files): the run's checkpoints past k, and the final/ and metapo.json of a
+// continuation that finished, belong to the abandoned continuation. They are moved, not deleted, into
+// RUN/abandoned_r<restart>/, so that --keep does not delete the new checkpoints in their favour and
+// --resume auto follows this continuation (not a final/ it did not write); `latest` names the
+// checkpoint resumed from until the next one is written.
+void set_aside_later_checkpoints(const std::string& out_dir, const std::string& loaded, int64_t step, int64_t restarts) {
+  std::vector<std::string> later;
+  for (const std::string& c : list_checkpoints(out_dir)) {
+    const std::string name = fs::path(c).filename().string();
+    if (name > checkpoint_name(step)) later.push_back(c);  // same width: names order as steps
+  }
+  std::reverse(later.begin(), later.end());  // oldest first
+  std::error_code ec;
+  for (const char* end : {"final", "metapo.json"})  // what the abandoned continuation wrote at its end
+    if (fs::exists(fs::path(out_dir) / end, ec)) later.push_back((fs::path(out_dir) / end).string());
+  if (later.empty()) return;
+  fs::path dir = fs::path(out_dir) / str_cat("abandoned_r", restarts);
+  for (int k = 2; fs::exists(dir, ec); ++k) dir = fs::path(out_dir) / str_cat("abandoned_r", restarts, "_", k);
+  fs::create_directory(dir, ec);
+  MP_CHECK(!ec, dir.string(), ": cannot make the directory for the checkpoints past step ", step, " (", ec.message(), ")");
+  for (const std::string& c : later) {
+    fs::rename(c, dir / fs::path(c).filename(), ec);
+    MP_CHECK(!ec, c, ": cannot move it to ", dir.string(), " (", ec.message(), ")");
+  }
+  write_file_atomic(out_dir, "latest", fs::path(loaded).filename().string() + "\n");
+  std::string names;
+  for (const std::string& c : later) names += (names.empty() ? "" : ", ") + fs::path(c).filename().string();
+  std::printf("resuming at step %lld: moved what the run wrote past it (%s) to %s\n", (long long)step, names.c_str(),
+              dir.c_str());
+  std::fflush(stdout);
+}
+
 // What --out and --resume say before anything heavy is done: decided by the world root (the
 // directory is shared), agreed by every rank, so an error is the same line everywhere.
 struct RunDirPlan {
@@ -353,6 +386,7 @@ struct TrainRun {
              " checkpoints of ", cfg.out_dir, " can be read (above); move them away to start the run again");
     resumed = !loaded.empty();
     const double load_s = load_clock.seconds();
+    if (resumed && plan.in_place && topo.is_root()) set_aside_later_checkpoints(cfg.out_dir, loaded, state.step, restarts);
     if (resumed && plan.in_place && topo.is_root()) {
       // The run's files back to where the checkpoint stood: each step once.
       for (const auto& [key, path] : state.files) {

@@ -51,6 +51,25 @@ same_layout() {  # NAME NP LAYOUT...
   compare_runs "$name" "$name-r"
 }
 same_layout one 1
+# Rolling back in the run's own directory (--resume RUN/step_3 of a finished run, --keep 1): what the
+# run wrote past step 3 (step_6, step_9, final/, metapo.json) is moved to RUN/abandoned_r1/, the new
+# checkpoints are kept (not deleted in favour of the old step_9), the result is the uninterrupted
+# run's, and a later --resume auto follows the new continuation.
+cp -r one rb
+$MPIRUN 1 "$METAPO" train ${base/--keep 0/--keep 1} $meta --max-steps 10 --save-every 3 --eval-every 4 --track-pairs 2 \
+  --track-every 3 --out rb --meta-trace rb/trace.jsonl --resume rb/step_00000003.h5 >rb.log
+grep -q "^resuming at step 3: moved what the run wrote past it (step_00000006.h5, step_00000009.h5, final, metapo.json) to rb/abandoned_r1" rb.log ||
+  { cat rb.log; fail "rollback: the later checkpoints were not set aside"; }
+[ "$(ls rb/abandoned_r1 | tr '\n' ' ')" = "final metapo.json step_00000006.h5 step_00000009.h5 " ] || fail "rollback: abandoned_r1 holds $(ls rb/abandoned_r1)"
+[ "$(ls rb | grep '^step_' | tr '\n' ' ')" = "step_00000009.h5 " ] && [ "$(cat rb/latest)" = step_00000009.h5 ] ||
+  fail "rollback: --keep 1 left $(ls rb | grep '^step_'), latest $(cat rb/latest)"
+compare_runs one rb
+cmp rb/step_00000009.h5 rb/abandoned_r1/step_00000009.h5 >/dev/null && fail "rollback: the new step_9 is the old file"
+rm -rf rb/final rb/metapo.json
+$MPIRUN 1 "$METAPO" train ${base/--keep 0/--keep 1} $meta --max-steps 10 --save-every 3 --eval-every 4 --track-pairs 2 \
+  --track-every 3 --out rb --meta-trace rb/trace.jsonl --resume auto >rb2.log
+grep -q "^resumed from rb/step_00000009.h5 at step 9" rb2.log || { cat rb2.log; fail "rollback: --resume auto did not follow the new run"; }
+echo "ok: a rollback in the run's own directory sets aside what it abandons"
 same_layout grid 8 --tp 2 --pp 2
 # The significance gate's state (/meta/gate) resumes too: its T, logged on every step, continues as in
 # the uninterrupted run (compare_runs compares every metrics key, meta/gate_t and meta/gamma included).
