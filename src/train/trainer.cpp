@@ -1,13 +1,18 @@
 // The trainer loops of metapo train and metapo sft.
 #include "metapo/train/dpo.h"
 
+#include <fcntl.h>
 #include <signal.h>
+#include <sys/file.h>
 #include <unistd.h>
 
 #include <algorithm>
 #include <cmath>
 #include <csignal>
+#include <cerrno>
+#include <cstdlib>
 #include <cstdio>
+#include <cstring>
 #include <exception>
 #include <filesystem>
 #include <fstream>
@@ -175,6 +180,8 @@ void set_aside_later_checkpoints(const std::string& out_dir, const std::string& 
   std::fflush(stdout);
 }
 
+constexpr const char* kRunLock = ".lock";  // RUN/.lock: see lock_run_dir
+
 // What --out and --resume say before anything heavy is done: decided by the world root (the
 // directory is shared), agreed by every rank, so an error is the same line everywhere.
 struct RunDirPlan {
@@ -200,7 +207,7 @@ void check_trace_path(const TrainConfig& cfg, bool has_run) {
   MP_CHECK(fs::is_directory(dir, ec) || in_out, "--meta-trace ", trace, ": ", dir.string(), " is not a directory");
   const std::string name = p.filename().string();
   static const char* const kRunFiles[] = {"run.json", "metrics.jsonl", "trajectories.jsonl", "metapo.json",
-                                          "pair_weights.jsonl", "analysis.json", "latest", "final"};
+                                          "pair_weights.jsonl", "analysis.json", "latest", "final", ".lock"};
   bool own = name.rfind("step_", 0) == 0;
   for (const char* f : kRunFiles) own = own || name == f;
   MP_CHECK(!in_out || !own, "--meta-trace ", trace, ": a file of the run itself (e.g. ", (out / "meta_trace.jsonl").string(),
@@ -220,13 +227,16 @@ void check_trace_path(const TrainConfig& cfg, bool has_run) {
            "file (remove it or choose another path)");
 }
 
-RunDirPlan decide_run_dir(const TrainConfig& cfg, const std::string& kind) {
+// say: print the notes (--resume auto starting afresh); off for the check before the lock.
+RunDirPlan decide_run_dir(const TrainConfig& cfg, const std::string& kind, bool say) {
   const fs::path out(cfg.out_dir);
   std::error_code ec;
   const bool exists = fs::exists(out, ec);
   MP_CHECK(!exists || fs::is_directory(out, ec), "--out ", cfg.out_dir, ": exists and is not a directory");
   const bool has_run = exists && fs::exists(out / "run.json", ec);
-  const bool nonempty = exists && !fs::is_empty(out, ec);
+  bool nonempty = false;  // anything but the lock file of a start (lock_run_dir)
+  if (exists)
+    for (const auto& e : fs::directory_iterator(out, ec)) nonempty = nonempty || e.path().filename() != kRunLock;
   MP_CHECK(has_run || !nonempty, "--out ", cfg.out_dir,
            ": exists and is not a metapo run directory (no run.json); choose another --out (metapo writes a new run only "
            "into a new or empty directory)");
@@ -245,7 +255,7 @@ RunDirPlan decide_run_dir(const TrainConfig& cfg, const std::string& kind) {
   }
   if (cfg.resume == "auto") {
     if (!has_run) {
-      std::printf("--resume auto: %s holds no run yet; starting a new one\n", cfg.out_dir.c_str());
+      if (say) std::printf("--resume auto: %s holds no run yet; starting a new one\n", cfg.out_dir.c_str());
       return plan;
     }
     if (fs::exists(out / "final" / "config.json", ec)) {
@@ -254,7 +264,7 @@ RunDirPlan decide_run_dir(const TrainConfig& cfg, const std::string& kind) {
     }
     plan.candidates = list_checkpoints(cfg.out_dir);
     if (plan.candidates.empty()) {
-      std::printf("--resume auto: %s has no checkpoint yet; starting again from step 0\n", cfg.out_dir.c_str());
+      if (say) std::printf("--resume auto: %s has no checkpoint yet; starting again from step 0\n", cfg.out_dir.c_str());
       return plan;
     }
     plan.in_place = plan.fallback = true;
@@ -271,15 +281,72 @@ RunDirPlan decide_run_dir(const TrainConfig& cfg, const std::string& kind) {
   return plan;
 }
 
+int g_run_lock_fd = -1;
+
+// METAPO_LOCK_WAIT_S overrides the 60 s (tests; a cluster whose file system keeps a dead node's locks).
+int run_lock_wait_s() {
+  const char* v = std::getenv("METAPO_LOCK_WAIT_S");
+  if (!v || !*v) return 60;
+  char* end = nullptr;
+  const long s = std::strtol(v, &end, 10);
+  MP_CHECK(*end == '\0' && s >= 0 && s <= 86400, "METAPO_LOCK_WAIT_S=", v, ": not a whole number of seconds in [0, 86400]");
+  return int(s);
+}
+
+// One start at a time in a run directory: the world root holds an exclusive flock on RUN/.lock from
+// before it reads the directory until the process ends (two starts of the same command, or a restart
+// while the ranks of a killed launcher still run, would otherwise write the same checkpoints and
+// metrics.jsonl). A start waits up to 60 s (METAPO_LOCK_WAIT_S) for the holder to end, then gives
+// up with one line. Where the file system has no flock (ENOLCK, EOPNOTSUPP) the run goes on
+// unlocked. Returns whether this call created the lock file.
+bool lock_run_dir(const std::string& out_dir) {
+  const std::string path = (fs::path(out_dir) / kRunLock).string();
+  const int wait_s = run_lock_wait_s();
+  std::error_code ec;
+  const bool existed = fs::exists(path, ec);
+  const int fd = ::open(path.c_str(), O_RDWR | O_CREAT | O_CLOEXEC, 0644);
+  MP_CHECK(fd >= 0, "--out ", out_dir, ": cannot create ", path, " (", std::strerror(errno), ")");
+  for (int waited = 0;; ++waited) {
+    if (::flock(fd, LOCK_EX | LOCK_NB) == 0 || errno == ENOLCK || errno == EOPNOTSUPP) break;
+    if (waited == 0) {
+      std::printf("--out %s: another metapo start holds %s; waiting up to %d s for it to end\n", out_dir.c_str(),
+                  path.c_str(), wait_s);
+      std::fflush(stdout);
+    }
+    if (waited >= wait_s) {
+      ::close(fd);
+      throw Error(str_cat("--out ", out_dir, ": another metapo run is using this directory (", path,
+                          " is locked); wait for it to end or choose another --out"));
+    }
+    ::sleep(1);
+  }
+  g_run_lock_fd = fd;  // held until the process ends
+  return !existed;
+}
+
 RunDirPlan plan_run_dir(const TrainConfig& cfg, const Topology& topo, const std::string& kind) {
   nlohmann::json j;
   if (topo.is_root()) {
+    bool made = false, created_lock = false;
     try {
-      const RunDirPlan p = decide_run_dir(cfg, kind);
+      // Checked first (a directory of the user's gets no lock file), then decided again under the lock.
+      decide_run_dir(cfg, kind, false);
+      std::error_code ec;
+      made = !fs::exists(cfg.out_dir, ec);
+      if (made) {
+        fs::create_directories(cfg.out_dir, ec);
+        MP_CHECK(!ec, "--out ", cfg.out_dir, ": cannot make the directory (", ec.message(), ")");
+      }
+      created_lock = lock_run_dir(cfg.out_dir);
+      RunDirPlan p = decide_run_dir(cfg, kind, true);
+      if (made) p.made_dir = true;
       j = {{"complete", p.complete}, {"in_place", p.in_place}, {"candidates", p.candidates}, {"fallback", p.fallback},
            {"fresh_dir", p.fresh_dir}, {"made_dir", p.made_dir}, {"restarts", p.restarts}};
     } catch (const Error& e) {
       j = {{"error", e.what()}};
+      std::error_code ec;
+      if (created_lock) fs::remove(fs::path(cfg.out_dir) / kRunLock, ec);
+      if (made) fs::remove(cfg.out_dir, ec);
     }
     std::fflush(stdout);
   }

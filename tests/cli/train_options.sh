@@ -73,6 +73,28 @@ echo "ok: a resumed run continues its own trace"
 refused x "written for another model" "$METAPO" train --model narrow --data d.h5 --batch-size 16 --max-steps 4 --resume t1/step_00000002.h5 \
   $M --meta-trace x/trace.jsonl
 
+# One start at a time in a run directory (RUN/.lock, held by another process here with flock(1)): a
+# start waits for the holder, and past METAPO_LOCK_WAIT_S gives up with one line, changing nothing.
+"$METAPO" train $T --max-steps 4 --save-every 2 --out lk >/dev/null
+rm -r lk/final && cp lk/metrics.jsonl lk.metrics
+flock lk/.lock sleep 6 & holder=$!
+sleep 0.5
+METAPO_LOCK_WAIT_S=1 expect_error "--out lk: another metapo run is using this directory (lk/.lock is locked)" \
+  "$METAPO" train $T --max-steps 4 --save-every 2 --out lk --resume auto
+cmp lk/metrics.jsonl lk.metrics && [ ! -e lk/final ] || fail "a start refused for the lock changed the run"
+METAPO_LOCK_WAIT_S=30 "$METAPO" train $T --max-steps 4 --save-every 2 --out lk --resume auto >lk.log
+wait "$holder"
+grep -q "^--out lk: another metapo start holds lk/.lock; waiting up to 30 s" lk.log && grep -q "^resumed from lk/step_00000004.h5" lk.log ||
+  { cat lk.log; fail "the start did not wait for the lock's holder"; }
+# A new run's lock file in an empty --out is no obstacle, and a refused start leaves no lock behind.
+mkdir lk2 && : > lk2/.lock
+"$METAPO" train $T --max-steps 1 --out lk2 >/dev/null || fail "a lone lk2/.lock made --out lk2 unusable"
+mkdir lk3
+refused lk3/x "--save-dtype bf16" "$METAPO" train $T --max-steps 2 --save-dtype bf16
+expect_error "--meta-val-batch 17 is larger" "$METAPO" train $T --max-steps 2 $M --meta-val-batch 17 --out lk3
+[ -z "$(ls -A lk3)" ] || fail "a refused start left $(ls -A lk3) in an empty --out"
+echo "ok: one start at a time in a run directory"
+
 # Options read only by MetaPO, given without it: a warning line each, and the run goes on.
 "$METAPO" train $T --max-steps 1 --out w1 --meta-lr 1e-3 --stats-ema 0.2 >w1.log
 grep -q "^warning: --meta-lr has no effect without --weighting metapo" w1.log || { cat w1.log; fail "no warning for --meta-lr"; }
