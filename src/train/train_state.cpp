@@ -2,6 +2,7 @@
 #include "metapo/model/config_json.h"
 #include "metapo/train/train_state.h"
 
+#include <fcntl.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -70,12 +71,15 @@ int meta_root(const Topology& topo) {
 }
 
 // Sizes of the run's files as rank 0 sees them (every writer flushes per line; the barrier orders
-// their last appends before the stat).
+// their last appends before the fsync and the stat).
 nlohmann::json file_sizes(const TrainState& st) {
   st.topo->world_comm().barrier();
   nlohmann::json j = nlohmann::json::object();
   if (st.topo->is_root())
     for (const auto& [key, path] : st.files) {
+      // Made durable first, so that a crash after the checkpoint cannot leave the file shorter than
+      // the size the checkpoint records (a resume cuts it back to that size).
+      if (const int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC); fd >= 0) ::fsync(fd), ::close(fd);
       std::error_code ec;
       const auto n = fs::file_size(path, ec);
       j[key] = ec ? int64_t(0) : int64_t(n);

@@ -147,6 +147,19 @@ const char* stop_reason(int code) {
   return code == SIGUSR1 ? "SIGUSR1" : code == SIGTERM ? "SIGTERM" : code == 1 ? "--max-time" : "a signal";
 }
 
+// The size of the file's first `size` bytes cut after their last newline (0: none).
+uintmax_t last_whole_line_end(const std::string& path, uintmax_t size) {
+  std::ifstream in(path, std::ios::binary);
+  uintmax_t end = size;
+  char c = 0;
+  while (end > 0) {
+    in.seekg(std::streamoff(end - 1));
+    if (!in.get(c) || c == '\n') break;
+    --end;
+  }
+  return end;
+}
+
 // A run continued in place from step k (--resume RUN/step_k.h5 rolling back, or --resume auto past
 // unreadable newer files): the run's checkpoints past k, and the final/ and metapo.json of a
 // continuation that finished, belong to the abandoned continuation. They are moved, not deleted, into
@@ -461,11 +474,17 @@ struct TrainRun {
         const uintmax_t want = state.file_sizes[key].get<uintmax_t>();
         std::error_code ec;
         const uintmax_t have = fs::exists(path, ec) ? fs::file_size(path, ec) : 0;
-        if (have < want)
-          std::printf("warning: %s holds %llu bytes, fewer than the %llu it had at the checkpoint; continuing it as it is\n",
-                      path.c_str(), (unsigned long long)have, (unsigned long long)want);
-        else if (have > want)
+        if (have < want) {
+          // Lost in a crash before the data reached the disk: continued as it is, but never after a
+          // torn line (appended lines must each stay one JSON value).
+          const uintmax_t whole = last_whole_line_end(path, have);
+          std::printf("warning: %s holds %llu bytes, fewer than the %llu it had at the checkpoint; continuing it as it is%s\n",
+                      path.c_str(), (unsigned long long)have, (unsigned long long)want,
+                      whole < have ? str_cat(" after its last whole line (", have - whole, " bytes of a torn line dropped)").c_str() : "");
+          if (whole < have) fs::resize_file(path, whole, ec);
+        } else if (have > want) {
           fs::resize_file(path, want, ec);
+        }
       }
     }
     sm.params_to_device();  // a checkpoint's parameters, where the model reads them

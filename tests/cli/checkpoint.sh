@@ -70,6 +70,16 @@ $MPIRUN 1 "$METAPO" train ${base/--keep 0/--keep 1} $meta --max-steps 10 --save-
   --track-every 3 --out rb --meta-trace rb/trace.jsonl --resume auto >rb2.log
 grep -q "^resumed from rb/step_00000009.h5 at step 9" rb2.log || { cat rb2.log; fail "rollback: --resume auto did not follow the new run"; }
 echo "ok: a rollback in the run's own directory sets aside what it abandons"
+# metrics.jsonl shorter than its checkpoint recorded, cut inside a line (a crash before the data
+# reached the disk): continued after its last whole line, so every line stays one JSON value.
+cp -r one torn && rm -rf torn/final torn/metapo.json torn/step_00000009.h5
+truncate -s $(( $(head -n 3 torn/metrics.jsonl | wc -c) + 7 )) torn/metrics.jsonl
+$MPIRUN 1 "$METAPO" train $base $meta --max-steps 10 --save-every 3 --eval-every 4 --track-pairs 2 --track-every 3 \
+  --out torn --meta-trace torn/trace.jsonl --resume auto >torn.log
+grep -q "^warning: torn/metrics.jsonl holds .* after its last whole line (7 bytes of a torn line dropped)" torn.log ||
+  { cat torn.log; fail "no warning for the torn line"; }
+python3 -c "import json, sys; [json.loads(l) for l in open(sys.argv[1])]" torn/metrics.jsonl || fail "torn/metrics.jsonl has a broken line"
+echo "ok: a torn last line of metrics.jsonl is dropped on resume"
 same_layout grid 8 --tp 2 --pp 2
 # The significance gate's state (/meta/gate) resumes too: its T, logged on every step, continues as in
 # the uninterrupted run (compare_runs compares every metrics key, meta/gate_t and meta/gamma included).
