@@ -240,32 +240,45 @@ INSTANTIATE_MICRO(float)
 INSTANTIATE_MICRO(double)
 #undef INSTANTIATE_MICRO
 
+namespace {
+std::function<void()> g_progress_hook;
+}  // namespace
+
+void set_progress_hook(std::function<void()> hook) { g_progress_hook = std::move(hook); }
+
 void pair_logps(LlamaModel<float>& model, Comm* pp, const float* params, const PairSplit& s,
                 const std::vector<int64_t>& idx, const MicroBatching& mb, Comm& comm, std::vector<double>& chosen,
                 std::vector<double>& rejected) {
   const int rank = comm.rank(), size = comm.size();
   chosen.assign(idx.size(), 0.0), rejected.assign(idx.size(), 0.0);
-  std::vector<int64_t> mine;  // positions in idx
-  for (size_t k = size_t(rank); k < idx.size(); k += size_t(size)) mine.push_back(int64_t(k));
-  const std::vector<std::vector<int64_t>> pos =
-      micro_batches(mine, [&](int64_t k) { return pair_tokens(s, idx[size_t(k)]); }, mb);
-  std::vector<PipeMicro> mbs;
-  for (const std::vector<int64_t>& p : pos) {
-    std::vector<int64_t> chunk;
-    for (int64_t k : p) chunk.push_back(idx[size_t(k)]);
-    PairBatch pb = make_pair_batch(s, chunk);
-    mbs.push_back({std::move(pb.batch), std::move(pb.targets)});
+  // Chunks of kLogpsChunkPairs per rank, the same number on every rank (the collectives match).
+  const size_t chunk = kLogpsChunkPairs * size_t(size);
+  for (size_t c0 = 0; c0 < idx.size(); c0 += chunk) {
+    const size_t c1 = std::min(idx.size(), c0 + chunk);
+    std::vector<int64_t> mine;  // positions in idx
+    for (size_t k = c0 + size_t(rank); k < c1; k += size_t(size)) mine.push_back(int64_t(k));
+    const std::vector<std::vector<int64_t>> pos =
+        micro_batches(mine, [&](int64_t k) { return pair_tokens(s, idx[size_t(k)]); }, mb);
+    std::vector<PipeMicro> mbs;
+    for (const std::vector<int64_t>& p : pos) {
+      std::vector<int64_t> part;
+      for (int64_t k : p) part.push_back(idx[size_t(k)]);
+      PairBatch pb = make_pair_batch(s, part);
+      mbs.push_back({std::move(pb.batch), std::move(pb.targets)});
+    }
+    pipeline_forward(model, pp, params, mbs, [&](size_t m, const std::vector<float>& logp) {
+      const std::vector<double> seq = sequence_logps(mbs[m].batch, logp);
+      for (size_t k = 0; 2 * k < seq.size(); ++k)
+        chosen[size_t(pos[m][k])] = seq[2 * k], rejected[size_t(pos[m][k])] = seq[2 * k + 1];
+    });
+    if (g_progress_hook && c1 < idx.size()) g_progress_hook();
   }
-  pipeline_forward(model, pp, params, mbs, [&](size_t m, const std::vector<float>& logp) {
-    const std::vector<double> seq = sequence_logps(mbs[m].batch, logp);
-    for (size_t k = 0; 2 * k < seq.size(); ++k)
-      chosen[size_t(pos[m][k])] = seq[2 * k], rejected[size_t(pos[m][k])] = seq[2 * k + 1];
-  });
   // Every entry was filled by exactly one rank (the others hold 0): sums gather them, over DP and
   // then from the last pipeline stage to the others.
   comm.allreduce_sum(chosen.data(), chosen.size());
   comm.allreduce_sum(rejected.data(), rejected.size());
   if (pp && pp->size() > 1) pp->allreduce_sum(chosen.data(), chosen.size()), pp->allreduce_sum(rejected.data(), rejected.size());
+  if (g_progress_hook) g_progress_hook();
 }
 
 }  // namespace metapo

@@ -195,6 +195,17 @@ void set_aside_later_checkpoints(const std::string& out_dir, const std::string& 
 
 constexpr const char* kRunLock = ".lock";  // RUN/.lock: see lock_run_dir
 
+// While it lives, every chunk of pairs that pair_logps completes (evaluation, reference log-probs,
+// trajectories) counts as progress for the hang watchdog: those passes are collective and may take
+// far longer than a step, but never long without a chunk.
+class ProgressTicks {
+ public:
+  explicit ProgressTicks(HangWatchdog& w) { set_progress_hook([&w] { w.progress(-1); }); }
+  ~ProgressTicks() { set_progress_hook({}); }
+  ProgressTicks(const ProgressTicks&) = delete;
+  ProgressTicks& operator=(const ProgressTicks&) = delete;
+};
+
 // What --out and --resume say before anything heavy is done: decided by the world root (the
 // directory is shared), agreed by every rank, so an error is the same line everywhere.
 struct RunDirPlan {
@@ -390,7 +401,7 @@ struct StepControl {
 // log, the per-step communication report and the save.
 struct TrainRun {
   TrainRun(const TrainConfig& cfg, const Topology& topo, ShardedModel&& model, const char* kind, int64_t total,
-           int64_t restarts)
+           int64_t restarts, std::unique_ptr<HangWatchdog> watchdog)
       : cfg(cfg),
         topo(topo),
         config(model.config),
@@ -409,7 +420,8 @@ struct TrainRun {
     sm.model->set_precision(cfg.precision);
     report_memory(cfg, kind, topo, config, rank_memory(opt, -1), restarts);
     topo.world_comm().barrier();  // the run directory exists on every rank from here on
-    watch = make_watchdog(cfg, topo, kind);
+    watch = std::move(watchdog);  // running since the start (run_dpo, run_sft)
+    watch->set_loading(false);   // from here a fixed limit is what it says
     watch->phase("start-up (checkpoint load)", 0);
   }
 
@@ -710,6 +722,10 @@ int run_dpo(const Topology& topo, const TrainConfig& cfg_in) {
   const RunDirPlan plan = plan_run_dir(cfg, topo, "train");
   if (plan.complete) return 0;
   StartupCleanup cleanup(plan, cfg, topo);
+  std::unique_ptr<HangWatchdog> watch = make_watchdog(cfg, topo, "train");
+  const ProgressTicks ticks(*watch);
+  watch->set_loading(true);
+  watch->phase("start-up (model, data and reference log-probs)", 0);
   // Opened and checked now (config, every tensor's presence and shape); read after the reference
   // log-probs, so the reference shard is gone by then.
   const HfModelReader policy(cfg.model_dir);
@@ -756,7 +772,8 @@ int run_dpo(const Topology& topo, const TrainConfig& cfg_in) {
                 (long long)cfg.meta.warmup, (long long)total);
   resolved.meta.lr = meta_lr(cfg_in.meta, total);
   const LrSchedule sched = make_schedule(cfg, total);
-  TrainRun run(cfg, topo, load_sharded_model(policy, topo, cfg.pp_layers, zero_padded_size(policy.config(), topo, cfg.pp_layers)), "train", total, plan.restarts);
+  TrainRun run(cfg, topo, load_sharded_model(policy, topo, cfg.pp_layers, zero_padded_size(policy.config(), topo, cfg.pp_layers)), "train", total, plan.restarts,
+               std::move(watch));
   LlamaModel<float>& model = *run.sm.model;
   Comm* pp = run.pipe();
   const bool last_stage = topo.last_stage();
@@ -1024,6 +1041,10 @@ int run_sft(const Topology& topo, const TrainConfig& cfg) {
   const RunDirPlan plan = plan_run_dir(cfg, topo, "sft");
   if (plan.complete) return 0;
   StartupCleanup cleanup(plan, cfg, topo);
+  std::unique_ptr<HangWatchdog> watch = make_watchdog(cfg, topo, "sft");
+  const ProgressTicks ticks(*watch);
+  watch->set_loading(true);
+  watch->phase("start-up (model and data)", 0);
   const HfModelReader initial(cfg.model_dir);
   const DatasetInfo info = read_dataset_info(cfg.data_path);
   check_compatible(initial.config(), info, cfg.data_path);
@@ -1038,7 +1059,8 @@ int run_sft(const Topology& topo, const TrainConfig& cfg) {
   data_mem.set(memory_bytes(train));
   const int64_t total = total_steps(cfg, train.size());
   const LrSchedule sched = make_schedule(cfg, total);
-  TrainRun run(cfg, topo, load_sharded_model(initial, topo, cfg.pp_layers, zero_padded_size(initial.config(), topo, cfg.pp_layers)), "sft", total, plan.restarts);
+  TrainRun run(cfg, topo, load_sharded_model(initial, topo, cfg.pp_layers, zero_padded_size(initial.config(), topo, cfg.pp_layers)), "sft", total, plan.restarts,
+               std::move(watch));
   LlamaModel<float>& model = *run.sm.model;
   ZeroAdamW& opt = run.opt;
   Buffer<float>& grads = run.grads;

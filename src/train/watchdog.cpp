@@ -37,6 +37,11 @@ void HangWatchdog::phase(const char* name, int64_t step) {
   phase_ = name, step_ = step, phase_since_ = clock_seconds();
 }
 
+void HangWatchdog::set_loading(bool loading) {
+  std::lock_guard<std::mutex> lk(mu_);
+  loading_ = loading, last_progress_ = clock_seconds();
+}
+
 void HangWatchdog::progress(double step_seconds) {
   std::lock_guard<std::mutex> lk(mu_);
   last_progress_ = clock_seconds();
@@ -55,7 +60,10 @@ double HangWatchdog::limit() const {
 }
 
 double HangWatchdog::limit_locked() const {
-  if (cfg_.timeout_s >= 0) return cfg_.timeout_s;
+  if (cfg_.timeout_s == 0) return 0;
+  // During the loading (set_loading) a fixed limit is raised to the floor: reading a large model may
+  // take minutes with nothing to report.
+  if (cfg_.timeout_s > 0) return loading_ ? std::max(cfg_.floor_s, cfg_.timeout_s) : cfg_.timeout_s;
   if (recent_.empty()) return cfg_.floor_s;
   std::vector<double> v = recent_;
   std::nth_element(v.begin(), v.begin() + long(v.size() / 2), v.end());

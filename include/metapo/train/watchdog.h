@@ -6,7 +6,8 @@
 // collective) cannot act, but the others block in a collective with it, and their watchdogs fire.
 //
 // The limit: fixed (--hang-timeout SECONDS), or "auto": max(floor, multiple × the median of the
-// recent step times); before the first step is timed, the floor alone.
+// recent step times); before the first step is timed, the floor alone. While loading (set_loading)
+// a fixed limit is at least the floor.
 //
 // Suspension: when the process itself was stopped (Slurm's `scontrol suspend`, a debugger), the
 // watchdog's own clock checks arrive late; such a gap is not counted as waiting, so a job that is
@@ -46,6 +47,9 @@ class HangWatchdog {
   void phase(const char* name, int64_t step);
   // A step completed in step_seconds (< 0: do not time it, e.g. a checkpoint restarting the clock).
   void progress(double step_seconds);
+  // Loading (the start before the training state exists: model, data, reference log-probs): a fixed
+  // limit counts as at least the floor meanwhile. Restarts the clock.
+  void set_loading(bool loading);
   // The limit in force now, in seconds (0: off).
   double limit() const;
 
@@ -60,6 +64,7 @@ class HangWatchdog {
   std::condition_variable cv_;
   bool stop_ = false;
   const char* phase_ = "start-up";
+  bool loading_ = false;
   int64_t step_ = 0;
   double last_progress_ = 0;   // seconds on the watchdog's clock
   double phase_since_ = 0;
