@@ -764,6 +764,12 @@ int run_dpo(const Topology& topo, const TrainConfig& cfg_in) {
     MP_CHECK(it != train.columns.end(), cfg.data_path, ": /", cfg.train_split, "/columns/", cfg.weight_opt.column,
              " not found (needed by --weighting column)");
     column.assign(it->second.begin(), it->second.end());
+    // Checked whole before the first step (a bad value would otherwise end the run when its batch
+    // comes), naming the pair by its sample id.
+    for (size_t i = 0; i < column.size(); ++i)
+      MP_CHECK(std::isfinite(column[i]) && column[i] >= 0, cfg.data_path, ": /", cfg.train_split, "/columns/",
+               cfg.weight_opt.column, ": value ", column[i], " of pair ", i, " (sample_id ", train.sample_id[i],
+               ") is not a finite number >= 0 (needed by --weighting column)");
   }
 
   const int64_t total = total_steps(cfg, train.size());

@@ -73,6 +73,19 @@ echo "ok: a resumed run continues its own trace"
 refused x "written for another model" "$METAPO" train --model narrow --data d.h5 --batch-size 16 --max-steps 4 --resume t1/step_00000002.h5 \
   $M --meta-trace x/trace.jsonl
 
+# A bad --weighting column value is refused before the first step, naming the pair by its sample id.
+cp d.h5 col.h5
+python3 - <<'P'
+import h5py, numpy as np
+with h5py.File("col.h5", "r+") as f:
+    w = np.ones(len(f["train/sample_id"]), dtype=np.float32)
+    w[37] = -1
+    f.create_dataset("train/columns/w", data=w)
+    print(int(f["train/sample_id"][37]), file=open("sid37", "w"))
+P
+refused x "col.h5: /train/columns/w: value -1 of pair 37 (sample_id $(cat sid37)) is not a finite number >= 0" \
+  "$METAPO" train --model init --data col.h5 --batch-size 16 --max-steps 2 --weighting column --weight-column w
+
 # One start at a time in a run directory (RUN/.lock, held by another process here with flock(1)): a
 # start waits for the holder, and past METAPO_LOCK_WAIT_S gives up with one line, changing nothing.
 "$METAPO" train $T --max-steps 4 --save-every 2 --out lk >/dev/null
