@@ -54,6 +54,24 @@ void usage(std::ostream& os) {
     os << "  " << c.name << std::string(std::max<size_t>(2, 16 - std::strlen(c.name)), ' ') << c.summary << "\n";
 }
 
+// Every rank of a job must run the same command with the same options (one launched with other ones,
+// an MPMD mpirun or per-node wrappers, would train on another data order, or wait forever in a
+// collective of another layout): a hash of the command line, compared over the world.
+void check_same_command_line(const metapo::Topology& topo, int argc, char** argv) {
+  if (topo.world_size <= 1) return;
+  uint64_t h = 0xcbf29ce484222325ull;  // FNV-1a over the words, each ended by a 0 byte
+  for (int i = 1; i < argc; ++i)
+    for (const char* c = argv[i];; ++c) {
+      h = (h ^ uint64_t(static_cast<unsigned char>(*c))) * 0x100000001b3ull;
+      if (!*c) break;
+    }
+  uint64_t lo = h, hi = h;
+  topo.world_comm().allreduce(&lo, 1, metapo::ReduceOp::Min);
+  topo.world_comm().allreduce(&hi, 1, metapo::ReduceOp::Max);
+  MP_CHECK(lo == hi, "the ranks of this job were started with different command lines; every rank must get the same "
+           "command and options");
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -76,6 +94,7 @@ int main(int argc, char** argv) {
         if (cmd == c.name) found = &c;
       MP_CHECK(found, "unknown command '", cmd, "' (metapo --help lists the commands)");
       ctx.topo = metapo::Topology::create(1, 1);
+      check_same_command_line(ctx.topo, argc, argv);
       ctx.threads = metapo::configure_threads(ctx.topo.local_size);
       rc = found->run(ctx, argc - 1, argv + 1);
     }

@@ -88,4 +88,8 @@ for i in 1 2; do
   "$METAPO" synth --task sort --n-train 8 --n-val 4 --n-test 4 --n-sft 8 --out d.h5 >/dev/null || fail "synth run $i"
 done
 echo "ok: outputs replace only the command's own earlier files"
+# Ranks started with different options (an MPMD launch): one error, no hang, no output.
+expect_error "the ranks of this job were started with different command lines" $MPIRUN 1 "$METAPO" score --model model \
+  --input good.jsonl --output o1.jsonl : -np 1 "$METAPO" score --model model --input good.jsonl --output o2.jsonl
+[ ! -e o1.jsonl ] && [ ! -e o2.jsonl ] || fail "an MPMD launch wrote output"
 echo "ok: all bad inputs rejected cleanly"
