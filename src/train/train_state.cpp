@@ -260,6 +260,13 @@ void load_checkpoint(TrainState& st, const std::string& path) {
   };
   same_option(was, st.run_config, "batch_size", "--batch-size");
   same_option(was, st.run_config, "seed", "--seed");
+  // The objective: a resume under another one would leave no record of what the first steps used.
+  same_option(was, st.run_config, "loss", "--loss");
+  same_option(was, st.run_config, "beta", "--beta");
+  same_option(was, st.run_config, "label_smoothing", "--label-smoothing");
+  same_option(was, st.run_config, "simpo_gamma", "--simpo-gamma");
+  same_option(was, st.run_config, "discopop_tau", "--discopop-tau");
+  same_option(was, st.run_config, "weighting", "--weighting");
   if (st.uses_meta && was.is_object() && was.contains("meta") && st.run_config.contains("meta")) {
     same_option(was["meta"], st.run_config["meta"], "features", "--meta-features");
     same_option(was["meta"], st.run_config["meta"], "apply", "--meta-apply");
