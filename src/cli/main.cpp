@@ -17,6 +17,7 @@
 #include "metapo/comm/mpi_session.h"
 #include "metapo/core/error.h"
 #include "metapo/core/threads.h"
+#include "metapo/train/dpo.h"
 
 namespace {
 
@@ -75,6 +76,10 @@ void check_same_command_line(const metapo::Topology& topo, int argc, char** argv
 }  // namespace
 
 int main(int argc, char** argv) {
+  // Before MPI starts (which takes a while on many nodes): a SIGUSR1 or SIGTERM that a scheduler
+  // sends to a starting train or sft is kept, and the run checkpoints after its first step.
+  if (argc > 1 && (std::strcmp(argv[1], "train") == 0 || std::strcmp(argv[1], "sft") == 0))
+    metapo::install_train_stop_handlers();
   // First, so that every communicator (ctx.topo's) is freed before MPI ends.
   metapo::MpiSession mpi(argc, argv);
   const int world = mpi.world_size(), rank = mpi.world_rank();

@@ -693,6 +693,8 @@ class StartupCleanup {
 
 }  // namespace
 
+void install_train_stop_handlers() { install_stop_handlers(); }
+
 int run_dpo(const Topology& topo, const TrainConfig& cfg_in) {
   // The options with what depends on the run's length resolved once the length is known (below), so
   // that run.json, the checkpoints and the weight net all see the values in effect.

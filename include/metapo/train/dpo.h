@@ -77,6 +77,10 @@ struct TrainConfig {
   MicroBatching micro() const { return {micro_batch, micro_batch_tokens}; }
 };
 
+// SIGUSR1 and SIGTERM ask a run to checkpoint after its step and exit 124 (docs/training.md). run_dpo
+// and run_sft install the handlers; main installs them before MPI starts, so that a signal that
+// arrives during a slow start is kept rather than ending the process.
+void install_train_stop_handlers();
 int run_dpo(const Topology& topo, const TrainConfig& cfg);
 int run_sft(const Topology& topo, const TrainConfig& cfg);
 
