@@ -15,6 +15,7 @@
 #include <sstream>
 
 #include "metapo/core/error.h"
+#include "metapo/io/checkpoint.h"
 #include "metapo/io/safetensors.h"
 #include "metapo/model/layout.h"
 
@@ -124,6 +125,9 @@ void write_model_json(const fs::path& tmp, const LlamaConfig& c, const std::stri
   saved.torch_dtype = dtype;
   write_json(tmp / "config.json", config_to_json(saved));
   write_json(tmp / "generation_config.json", {{"bos_token_id", c.bos_token_id}, {"eos_token_id", c.eos_token_id}});
+  // On disk before the directory is renamed into place (the safetensors files fsync their own).
+  for (const char* name : {"config.json", "generation_config.json"})
+    if (const int fd = ::open((tmp / name).c_str(), O_RDONLY | O_CLOEXEC); fd >= 0) ::fsync(fd), ::close(fd);
 }
 
 // Renames the complete tmp (begin_model_dir) to dir. rename() cannot replace a non-empty directory, so
@@ -141,6 +145,8 @@ void commit_model_dir(const fs::path& tmp, const std::string& dir) {
   }
   fs::rename(tmp, target, ec);
   MP_CHECK(!ec, target.string(), ": cannot rename ", tmp.string(), " to it (", ec.message(), ")");
+  fsync_dir(target.string());  // its entries, then the rename in its parent
+  fsync_dir(target.has_parent_path() ? target.parent_path().string() : ".");
   // The old directory's other files (tokenizer.json, a README, ...) stay, as save_pretrained keeps
   // them; only what a model save writes is replaced: config.json, generation_config.json, every
   // safetensors file and the shard index (an old export's shards must not outlive it).

@@ -283,8 +283,20 @@ RunDirPlan decide_run_dir(const TrainConfig& cfg, const std::string& kind, bool 
       return plan;
     }
     if (fs::exists(out / "final" / "config.json", ec)) {
-      plan.complete = true;
-      return plan;
+      // Complete only when final/ reads back as a model; a broken one (a crash while it was
+      // written without fsync, an edit) is set aside by the resume (set_aside_later_checkpoints).
+      std::string broken;
+      try {
+        const HfModelReader final_model((out / "final").string());
+      } catch (const Error& e) {
+        broken = e.what();
+      }
+      if (broken.empty()) {
+        plan.complete = true;
+        return plan;
+      }
+      if (say) std::printf("--resume auto: %s/final is not a readable model (%s); resuming the run\n", cfg.out_dir.c_str(),
+                           broken.c_str());
     }
     plan.candidates = list_checkpoints(cfg.out_dir);
     if (plan.candidates.empty()) {

@@ -80,6 +80,15 @@ grep -q "^warning: torn/metrics.jsonl holds .* after its last whole line (7 byte
   { cat torn.log; fail "no warning for the torn line"; }
 python3 -c "import json, sys; [json.loads(l) for l in open(sys.argv[1])]" torn/metrics.jsonl || fail "torn/metrics.jsonl has a broken line"
 echo "ok: a torn last line of metrics.jsonl is dropped on resume"
+# A final/ that does not read back as a model (cut short) is not "complete": --resume auto sets it
+# aside and finishes the run from its newest checkpoint, with the uninterrupted run's result.
+cp -r one bf && truncate -s 100 bf/final/model.safetensors
+$MPIRUN 1 "$METAPO" train $base $meta --max-steps 10 --save-every 3 --eval-every 4 --track-pairs 2 --track-every 3 \
+  --out bf --meta-trace bf/trace.jsonl --resume auto >bf.log
+grep -q "^--resume auto: bf/final is not a readable model" bf.log && grep -q "^resumed from bf/step_00000009.h5 at step 9" bf.log ||
+  { cat bf.log; fail "a broken final/ was taken for a finished run"; }
+cmp one/final/model.safetensors bf/final/model.safetensors && [ -d bf/abandoned_r1/final ] || fail "bf: final/ not rewritten or not set aside"
+echo "ok: a broken final/ is set aside and the run finished"
 same_layout grid 8 --tp 2 --pp 2
 # The significance gate's state (/meta/gate) resumes too: its T, logged on every step, continues as in
 # the uninterrupted run (compare_runs compares every metrics key, meta/gate_t and meta/gamma included).
