@@ -198,6 +198,35 @@ void agree(bool ok, Comm& comm, const std::string& what) {
 
 uint64_t checksum_term(uint64_t index, uint64_t bits) { return term(index, bits); }
 
+namespace {
+
+// The checksum of a scalar dataset: of a string's bytes, or of an integer's bits (index 0).
+uint64_t string_checksum(const std::string& v) {
+  uint64_t sum = 0;
+  for (size_t i = 0; i < v.size(); ++i) sum += term(i, static_cast<unsigned char>(v[i]));
+  return sum;
+}
+uint64_t int_checksum(int64_t v) { return term(0, static_cast<uint64_t>(v)); }
+
+// Written with the dataset (collective metadata: every rank passes the same value).
+bool attach_checksum(hid_t ds, uint64_t sum) {
+  H5Id ascalar(H5Screate(H5S_SCALAR), H5Sclose);
+  H5Id attr(H5Acreate2(ds, "checksum", H5T_NATIVE_UINT64, ascalar, H5P_DEFAULT, H5P_DEFAULT), H5Aclose);
+  return attr.valid() && H5Awrite(attr, H5T_NATIVE_UINT64, &sum) >= 0;
+}
+
+// A scalar's stored checksum against the value read; checkpoints written before scalars had one
+// carry none and are taken as they are.
+void check_scalar(hid_t ds, uint64_t sum, const std::string& path, const std::string& name) {
+  if (H5Aexists(ds, "checksum") <= 0) return;
+  H5Id attr(H5Aopen(ds, "checksum", H5P_DEFAULT), H5Aclose);
+  uint64_t stored = 0;
+  MP_CHECK(attr.valid() && H5Aread(attr, H5T_NATIVE_UINT64, &stored) >= 0, path, ": ", name, ": its checksum cannot be read");
+  MP_CHECK(stored == sum, path, ": ", name, " is corrupt (checksum mismatch)");
+}
+
+}  // namespace
+
 CheckpointFile::CheckpointFile(const std::string& path, Comm& comm, bool writing)
     : impl_(std::make_unique<Impl>()), path_(path), comm_(&comm), writing_(writing) {
   quiet_hdf5();
@@ -353,6 +382,8 @@ void CheckpointFile::write_string(const std::string& name, const std::string& va
   const std::string v = value.empty() ? std::string(1, '\0') : value;
   if (rank == 0 && impl_->error.empty() && H5Dwrite(ds, t, H5S_ALL, H5S_ALL, independent_dxpl(), v.data()) < 0)
     impl_->error = path_ + ": writing " + name + " failed" + h5_reason();
+  if (!attach_checksum(ds, string_checksum(value)) && impl_->error.empty())
+    impl_->error = path_ + ": writing the checksum of " + name + " failed" + h5_reason();
 }
 
 void CheckpointFile::write_int(const std::string& name, int64_t value) {
@@ -364,6 +395,8 @@ void CheckpointFile::write_int(const std::string& name, int64_t value) {
   const int rank = comm_->rank();
   if (rank == 0 && impl_->error.empty() && H5Dwrite(ds, H5T_NATIVE_INT64, H5S_ALL, H5S_ALL, independent_dxpl(), &value) < 0)
     impl_->error = path_ + ": writing " + name + " failed" + h5_reason();
+  if (!attach_checksum(ds, int_checksum(value)) && impl_->error.empty())
+    impl_->error = path_ + ": writing the checksum of " + name + " failed" + h5_reason();
 }
 
 std::string CheckpointFile::read_string(const std::string& name) {
@@ -375,6 +408,7 @@ std::string CheckpointFile::read_string(const std::string& name) {
   MP_CHECK(H5Dread(ds, t, H5S_ALL, H5S_ALL, H5P_DEFAULT, v.data()) >= 0, path_, ": reading ", name, " failed",
            h5_reason());
   v.resize(std::strlen(v.c_str()));
+  check_scalar(ds, string_checksum(v), path_, name);
   return v;
 }
 
@@ -384,6 +418,7 @@ int64_t CheckpointFile::read_int(const std::string& name) {
   int64_t v = 0;
   MP_CHECK(H5Dread(ds, H5T_NATIVE_INT64, H5S_ALL, H5S_ALL, H5P_DEFAULT, &v) >= 0, path_, ": reading ", name,
            " failed", h5_reason());
+  check_scalar(ds, int_checksum(v), path_, name);
   return v;
 }
 

@@ -137,6 +137,33 @@ grep -q "^--resume auto: skipping dmg/step_00000012.h5: " dmg.log || { cat dmg.l
 grep -q "^--resume auto: skipping dmg/step_00000008.h5: .*corrupt" dmg.log || { cat dmg.log; fail "the corrupted checkpoint was not skipped"; }
 grep -q "^resumed from dmg/step_00000004.h5 at step 4" dmg.log || { cat dmg.log; fail "no resume from step 4"; }
 grep "^--resume auto: skipping" dmg.log | sed 's/^/ok: /'
+# The scalars carry checksums too: a changed model shape in /state/model_config (a bit flip that used
+# to read as "written for another model" and stop the run) and a changed /state/step (that used to
+# skip batches silently) are corrupt checkpoints, skipped like the others.
+rm -rf dmg2 && cp -r l1 dmg2 && rm -rf dmg2/final dmg2/metapo.json
+python3 - <<'P'
+import h5py
+def patch(path, name, edit):
+    with h5py.File(path, "r") as f:
+        off = f[name].id.get_offset()
+        n = f[name].id.get_storage_size()
+    with open(path, "r+b") as g:
+        g.seek(off)
+        b = bytearray(g.read(n))
+        edit(b)
+        g.seek(off)
+        g.write(b)
+def shape(b):
+    k = b.find(b'"intermediate_size":') + len(b'"intermediate_size":')
+    b[k] = ord("4") if b[k] != ord("4") else ord("5")
+patch("dmg2/step_00000012.h5", "state/model_config", shape)
+patch("dmg2/step_00000008.h5", "state/step", lambda b: b.__setitem__(0, b[0] ^ 1))
+P
+$MPIRUN 2 "$METAPO" train $base $meta --max-steps 14 --out dmg2 --resume auto >dmg2.log
+grep -q "^--resume auto: skipping dmg2/step_00000012.h5: .*state/model_config is corrupt (checksum mismatch)" dmg2.log &&
+  grep -q "^--resume auto: skipping dmg2/step_00000008.h5: .*state/step is corrupt (checksum mismatch)" dmg2.log &&
+  grep -q "^resumed from dmg2/step_00000004.h5 at step 4" dmg2.log || { cat dmg2.log; fail "a corrupted scalar was not caught"; }
+echo "ok: corrupted scalars (/state/model_config, /state/step) are skipped as corrupt"
 # A damaged checkpoint named with --resume is an error, not a fallback.
 cp l1/step_00000008.h5 bad.h5 && truncate -s 200000 bad.h5
 expect_error "bad.h5: " "$METAPO" train $base $meta --max-steps 14 --out r-bad --resume bad.h5
@@ -182,14 +209,23 @@ with h5py.File("l8/step_00000008.h5", "r") as f:
         with np.errstate(over="ignore"):
             x = (b ^ (i * np.uint64(0x9E3779B97F4A7C15))) * np.uint64(0xBF58476D1CE4E5B9)
             return int((x ^ (x >> np.uint64(29))).sum(dtype=np.uint64))
-    seen = []
+    seen, scalars = [], []
     def check(name, obj):
-        if isinstance(obj, h5py.Dataset) and "checksum" in obj.attrs:
+        if not isinstance(obj, h5py.Dataset):
+            return
+        assert "checksum" in obj.attrs, name
+        if obj.shape == ():  # a string's bytes, or an integer's bits, as an array of that many terms
+            v = obj[()]
+            a = np.frombuffer(v, np.uint8).astype(np.uint64) if isinstance(v, bytes) else np.array([v], np.int64).view(np.uint64)
+            assert checksum(a) == int(obj.attrs["checksum"]), name
+            scalars.append(name)
+        else:
             assert checksum(obj[()]) == int(obj.attrs["checksum"]), name
             seen.append(obj.dtype.itemsize)
     f.visititems(check)
     assert 4 in seen and 8 in seen and len(seen) > 100, seen
-    print(f"ok: numpy recomputes the checksums of all {len(seen)} arrays (float32 and float64)")
+    assert "state/step" in scalars and "state/model_config" in scalars, scalars
+    print(f"ok: numpy recomputes the checksums of all {len(seen)} arrays (float32 and float64) and {len(scalars)} scalars")
 P
 else
   echo "skipped: h5py not installed (format-version refusal, h5py reading)"
