@@ -70,6 +70,29 @@ TEST(Watchdog, SilentWhileStepsComplete) {
   EXPECT_EQ(rec.calls, 0) << rec.message;
 }
 
+// Loading (set_loading): no limit while nothing reports progress (reading files), then at least the
+// floor, whatever the fixed limit; after loading, the fixed limit again.
+TEST(Watchdog, LoadingHasNoLimitUntilItsFirstReportThenTheFloor) {
+  Recorder rec;
+  {
+    HangConfig c = fixed(0.1);
+    c.floor_s = 0.5;
+    HangWatchdog w(c, "rank 0", rec.fn());
+    w.set_loading(true);
+    EXPECT_LT(w.limit(), 0);
+    std::this_thread::sleep_for(400ms);  // four fixed limits without a report: still loading
+    EXPECT_EQ(rec.calls, 0) << rec.message;
+    w.progress(-1);  // a chunk of the reference pass
+    EXPECT_DOUBLE_EQ(w.limit(), 0.5);
+    std::this_thread::sleep_for(300ms);
+    EXPECT_EQ(rec.calls, 0) << rec.message;
+    w.set_loading(false);
+    EXPECT_DOUBLE_EQ(w.limit(), 0.1);
+    for (int i = 0; i < 100 && rec.calls == 0; ++i) std::this_thread::sleep_for(10ms);
+  }
+  EXPECT_EQ(rec.calls, 1);
+}
+
 TEST(Watchdog, OffStartsNoThreadAndNeverFires) {
   Recorder rec;
   {

@@ -38,13 +38,7 @@ int cmd_synth(Context& ctx, int argc, char** argv) {
   check_output_file(out, "--out", {});
   std::error_code ec;
   if (std::filesystem::exists(out, ec) && std::filesystem::file_size(out, ec) > 0) {
-    bool dataset = true;
-    try {
-      read_dataset_info(out);
-    } catch (const Error&) {
-      dataset = false;
-    }
-    MP_CHECK(dataset, "--out ", out, ": exists and is not a metapo dataset file; metapo replaces only a file it "
+    MP_CHECK(is_dataset_file(out), "--out ", out, ": exists and is not a metapo dataset file; metapo replaces only a file it "
              "wrote (remove it or choose another path)");
   }
   if (ctx.topo.is_root()) {

@@ -265,9 +265,10 @@ namespace {
 
 // Whether a file is JSON (analysis.json) or JSONL (its first line) with an object holding `key`.
 bool json_with_key(const std::string& path, const std::string& key) {
-  std::ifstream f(path);
-  std::string first;
-  if (!std::getline(f, first)) return false;
+  std::ifstream f(path, std::ios::binary);
+  std::string first;  // at most 1 MiB of it: a user's file may have no newline at all
+  for (char c; first.size() < (size_t(1) << 20) && f.get(c) && c != '\n';) first.push_back(c);
+  if (first.empty()) return false;
   const auto has = [&](const nlohmann::json& j) { return j.is_object() && j.contains(key); };
   try {
     if (has(nlohmann::json::parse(first))) return true;

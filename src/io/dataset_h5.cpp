@@ -410,6 +410,17 @@ void build_then_rename(const std::string& path, F body) {
 
 }  // namespace
 
+bool is_dataset_file(const std::string& path) {
+  try {
+    quiet_hdf5();
+    if (H5Fis_hdf5(path.c_str()) <= 0) return false;
+    H5Id f(H5Fopen(path.c_str(), H5F_ACC_RDONLY, H5P_DEFAULT), H5Fclose);
+    return f.valid() && H5Aexists(f, "format") > 0 && read_string_attr(f, "format", path + ": ") == kFormatName;
+  } catch (const Error&) {
+    return false;
+  }
+}
+
 DatasetInfo read_dataset_info(const std::string& path) {
   H5Id f = open_file(path, H5F_ACC_RDONLY);
   return read_info(f, path);

@@ -111,6 +111,11 @@ std::string checkpoint_name(int64_t step) {
   return b;
 }
 
+int64_t checkpoint_step(const std::string& path) {
+  const uint64_t s = step_of(fs::path(path).filename().string());
+  return s == UINT64_MAX ? -1 : int64_t(s);
+}
+
 std::vector<std::string> list_checkpoints(const std::string& dir) {
   std::vector<std::pair<uint64_t, std::string>> found;
   std::error_code ec;
@@ -263,9 +268,14 @@ void load_checkpoint(TrainState& st, const std::string& path) {
   // The objective: a resume under another one would leave no record of what the first steps used.
   same_option(was, st.run_config, "loss", "--loss");
   same_option(was, st.run_config, "beta", "--beta");
-  same_option(was, st.run_config, "label_smoothing", "--label-smoothing");
-  same_option(was, st.run_config, "simpo_gamma", "--simpo-gamma");
-  same_option(was, st.run_config, "discopop_tau", "--discopop-tau");
+  // The loss's own parameters only where the loss reads them (the same loss on both sides now).
+  const std::string loss = st.run_config.is_object() ? st.run_config.value("loss", std::string()) : std::string();
+  if (!loss.empty()) {
+    const LossType type = parse_loss(loss);
+    if (loss_uses_label_smoothing(type)) same_option(was, st.run_config, "label_smoothing", "--label-smoothing");
+    if (type == LossType::Simpo) same_option(was, st.run_config, "simpo_gamma", "--simpo-gamma");
+    if (type == LossType::Discopop) same_option(was, st.run_config, "discopop_tau", "--discopop-tau");
+  }
   same_option(was, st.run_config, "weighting", "--weighting");
   if (st.uses_meta && was.is_object() && was.contains("meta") && st.run_config.contains("meta")) {
     same_option(was["meta"], st.run_config["meta"], "features", "--meta-features");

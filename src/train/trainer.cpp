@@ -4,6 +4,7 @@
 #include <fcntl.h>
 #include <signal.h>
 #include <sys/file.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -169,8 +170,7 @@ uintmax_t last_whole_line_end(const std::string& path, uintmax_t size) {
 void set_aside_later_checkpoints(const std::string& out_dir, const std::string& loaded, int64_t step, int64_t restarts) {
   std::vector<std::string> later;
   for (const std::string& c : list_checkpoints(out_dir)) {
-    const std::string name = fs::path(c).filename().string();
-    if (name > checkpoint_name(step)) later.push_back(c);  // same width: names order as steps
+    if (checkpoint_step(c) > step) later.push_back(c);
   }
   std::reverse(later.begin(), later.end());  // oldest first
   std::error_code ec;
@@ -295,6 +295,10 @@ RunDirPlan decide_run_dir(const TrainConfig& cfg, const std::string& kind, bool 
         plan.complete = true;
         return plan;
       }
+      // Without a checkpoint to finish from, starting again would empty the finished run's logs.
+      MP_CHECK(!list_checkpoints(cfg.out_dir).empty(), "--resume auto: ", cfg.out_dir, "/final is not a readable model (",
+               broken, ") and the run has no checkpoint to finish it from; move ", cfg.out_dir,
+               "/final away to train the run again");
       if (say) std::printf("--resume auto: %s/final is not a readable model (%s); resuming the run\n", cfg.out_dir.c_str(),
                            broken.c_str());
     }
@@ -319,13 +323,16 @@ RunDirPlan decide_run_dir(const TrainConfig& cfg, const std::string& kind, bool 
 
 int g_run_lock_fd = -1;
 
-// METAPO_LOCK_WAIT_S overrides the 60 s (tests; a cluster whose file system keeps a dead node's locks).
+// METAPO_LOCK_WAIT_S overrides the 60 s (tests; a cluster whose file system keeps a dead node's locks
+// for longer); "off": no lock at all (-1).
 int run_lock_wait_s() {
   const char* v = std::getenv("METAPO_LOCK_WAIT_S");
   if (!v || !*v) return 60;
+  if (std::strcmp(v, "off") == 0) return -1;
   char* end = nullptr;
   const long s = std::strtol(v, &end, 10);
-  MP_CHECK(*end == '\0' && s >= 0 && s <= 86400, "METAPO_LOCK_WAIT_S=", v, ": not a whole number of seconds in [0, 86400]");
+  MP_CHECK(*end == '\0' && s >= 0 && s <= 86400, "METAPO_LOCK_WAIT_S=", v,
+           ": not a whole number of seconds in [0, 86400], nor off");
   return int(s);
 }
 
@@ -336,28 +343,46 @@ int run_lock_wait_s() {
 // up with one line. Where the file system has no flock (ENOLCK, EOPNOTSUPP) the run goes on
 // unlocked. Returns whether this call created the lock file.
 bool lock_run_dir(const std::string& out_dir) {
-  const std::string path = (fs::path(out_dir) / kRunLock).string();
   const int wait_s = run_lock_wait_s();
+  if (wait_s < 0) return false;  // METAPO_LOCK_WAIT_S=off
+  const std::string path = (fs::path(out_dir) / kRunLock).string();
   std::error_code ec;
   const bool existed = fs::exists(path, ec);
-  const int fd = ::open(path.c_str(), O_RDWR | O_CREAT | O_CLOEXEC, 0644);
-  MP_CHECK(fd >= 0, "--out ", out_dir, ": cannot create ", path, " (", std::strerror(errno), ")");
-  for (int waited = 0;; ++waited) {
-    if (::flock(fd, LOCK_EX | LOCK_NB) == 0 || errno == ENOLCK || errno == EOPNOTSUPP) break;
+  for (int waited = 0;;) {
+    const int fd = ::open(path.c_str(), O_RDWR | O_CREAT | O_CLOEXEC, 0644);
+    MP_CHECK(fd >= 0, "--out ", out_dir, ": cannot create ", path, " (", std::strerror(errno), ")");
+    int rc;
+    do rc = ::flock(fd, LOCK_EX | LOCK_NB); while (rc != 0 && errno == EINTR);
+    if (rc == 0) {
+      // The file locked must still be the one at the path: a start that failed removes the lock
+      // file of a directory it made, and a waiter would otherwise hold a lock on a deleted file.
+      struct stat held {}, now {};
+      if (::fstat(fd, &held) == 0 && ::stat(path.c_str(), &now) == 0 && held.st_ino == now.st_ino && held.st_dev == now.st_dev) {
+        g_run_lock_fd = fd;  // held until the process ends
+        return !existed;
+      }
+      ::close(fd);
+      continue;
+    }
+    const int err = errno;
+    ::close(fd);
+    if (err != EWOULDBLOCK && err != EAGAIN) {  // no flock here (ENOLCK, EOPNOTSUPP, ENOSYS, ...)
+      std::printf("warning: --out %s: cannot lock %s (%s); going on without the lock\n", out_dir.c_str(), path.c_str(),
+                  std::strerror(err));
+      std::fflush(stdout);
+      return !existed;
+    }
+    if (waited >= wait_s)
+      throw Error(str_cat("--out ", out_dir, ": another metapo run is using this directory (", path,
+                          " is locked); wait for it to end or choose another --out"));
     if (waited == 0) {
       std::printf("--out %s: another metapo start holds %s; waiting up to %d s for it to end\n", out_dir.c_str(),
                   path.c_str(), wait_s);
       std::fflush(stdout);
     }
-    if (waited >= wait_s) {
-      ::close(fd);
-      throw Error(str_cat("--out ", out_dir, ": another metapo run is using this directory (", path,
-                          " is locked); wait for it to end or choose another --out"));
-    }
     ::sleep(1);
+    ++waited;
   }
-  g_run_lock_fd = fd;  // held until the process ends
-  return !existed;
 }
 
 RunDirPlan plan_run_dir(const TrainConfig& cfg, const Topology& topo, const std::string& kind) {
@@ -432,9 +457,15 @@ struct TrainRun {
     sm.model->set_precision(cfg.precision);
     report_memory(cfg, kind, topo, config, rank_memory(opt, -1), restarts);
     topo.world_comm().barrier();  // the run directory exists on every rank from here on
-    watch = std::move(watchdog);  // running since the start (run_dpo, run_sft)
-    watch->set_loading(false);   // from here a fixed limit is what it says
+    watch = std::move(watchdog);  // running since the start (run_dpo, run_sft), still loading
     watch->phase("start-up (checkpoint load)", 0);
+  }
+
+  // The first step begins: a rollback's set-aside (start) takes effect.
+  void begin() {
+    if (!set_aside_from_.empty() && topo.is_root())
+      set_aside_later_checkpoints(cfg.out_dir, set_aside_from_, state.step, restarts);
+    set_aside_from_.clear();
   }
 
   // The phase this rank enters (for the hang watchdog's message); step is 0-based.
@@ -490,7 +521,10 @@ struct TrainRun {
              " checkpoints of ", cfg.out_dir, " can be read (above); move them away to start the run again");
     resumed = !loaded.empty();
     const double load_s = load_clock.seconds();
-    if (resumed && plan.in_place && topo.is_root()) set_aside_later_checkpoints(cfg.out_dir, loaded, state.step, restarts);
+    watch->set_loading(false);  // the training state exists: from here a fixed limit is what it says
+    // What the run wrote past the checkpoint is set aside once the first step begins (begin()): a
+    // start that fails before then leaves the run as it was.
+    if (resumed && plan.in_place) set_aside_from_ = loaded;
     if (resumed && plan.in_place && topo.is_root()) {
       // The run's files back to where the checkpoint stood: each step once.
       for (const auto& [key, path] : state.files) {
@@ -653,6 +687,7 @@ struct TrainRun {
   bool opt_on_device = false;  // the optimizer on the model's device (ZeroAdamW::place_on_device)
   std::optional<MetricsLog> log;
   std::unique_ptr<HangWatchdog> watch;
+  std::string set_aside_from_;  // the checkpoint a run continued in place from (begin())
   TrainState state;
   bool resumed = false, reported_activations = false;
   Timer since_save;
@@ -845,6 +880,7 @@ int run_dpo(const Topology& topo, const TrainConfig& cfg_in) {
     if (topo.is_root()) std::ofstream(traj_path, std::ios::trunc);
     write_trajectories(model, pp, mparams, train, tracked, cfg.loss, 0, cfg.micro(), topo, traj_path);
   }
+  run.begin();
   cleanup.started();
 
   for (int64_t step = run.state.step; step < total; ++step) {
@@ -1086,6 +1122,7 @@ int run_sft(const Topology& topo, const TrainConfig& cfg) {
   Buffer<float>& grads = run.grads;
   run.start(plan, {{"metrics.jsonl", cfg.out_dir + "/metrics.jsonl"}}, fingerprint(train), false, nullptr);
   MetricsLog& log = *run.log;
+  run.begin();
   cleanup.started();
 
   for (int64_t step = run.state.step; step < total; ++step) {

@@ -39,12 +39,13 @@ void HangWatchdog::phase(const char* name, int64_t step) {
 
 void HangWatchdog::set_loading(bool loading) {
   std::lock_guard<std::mutex> lk(mu_);
-  loading_ = loading, last_progress_ = clock_seconds();
+  loading_ = loading, loading_ticked_ = false, last_progress_ = clock_seconds();
 }
 
 void HangWatchdog::progress(double step_seconds) {
   std::lock_guard<std::mutex> lk(mu_);
   last_progress_ = clock_seconds();
+  if (loading_) loading_ticked_ = true;
   if (step_seconds < 0) return;
   if (recent_.size() < kRecentSteps) {
     recent_.push_back(step_seconds);
@@ -61,9 +62,10 @@ double HangWatchdog::limit() const {
 
 double HangWatchdog::limit_locked() const {
   if (cfg_.timeout_s == 0) return 0;
-  // During the loading (set_loading) a fixed limit is raised to the floor: reading a large model may
-  // take minutes with nothing to report.
-  if (cfg_.timeout_s > 0) return loading_ ? std::max(cfg_.floor_s, cfg_.timeout_s) : cfg_.timeout_s;
+  // While loading (set_loading) reading files reports nothing, and may take any time: no limit until
+  // a pass over pairs (the reference log-probs) reports its first chunk, then at least the floor.
+  if (loading_) return loading_ticked_ ? std::max(cfg_.floor_s, cfg_.timeout_s) : -1;
+  if (cfg_.timeout_s > 0) return cfg_.timeout_s;
   if (recent_.empty()) return cfg_.floor_s;
   std::vector<double> v = recent_;
   std::nth_element(v.begin(), v.begin() + long(v.size() / 2), v.end());
@@ -75,7 +77,7 @@ void HangWatchdog::run() {
   double last_look = clock_seconds();
   while (!stop_) {
     const double lim = limit_locked();
-    const double poll = std::min(cfg_.poll_s, lim / 10);
+    const double poll = lim > 0 ? std::min(cfg_.poll_s, lim / 10) : cfg_.poll_s;
     cv_.wait_for(lk, std::chrono::duration<double>(poll), [this] { return stop_; });
     if (stop_) return;
     const double now = clock_seconds();
@@ -84,7 +86,7 @@ void HangWatchdog::run() {
     const double late = now - last_look - poll;
     last_look = now;
     if (late > std::max(2.0, 2 * poll)) last_progress_ += late, phase_since_ += late;
-    if (now - last_progress_ <= lim) continue;
+    if (lim < 0 || now - last_progress_ <= lim) continue;
     const std::string of_step = step_ > 0 ? " of step " + std::to_string(step_) : "";
     char msg[768];
     std::snprintf(msg, sizeof msg,

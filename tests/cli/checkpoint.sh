@@ -89,6 +89,12 @@ grep -q "^--resume auto: bf/final is not a readable model" bf.log && grep -q "^r
   { cat bf.log; fail "a broken final/ was taken for a finished run"; }
 cmp one/final/model.safetensors bf/final/model.safetensors && [ -d bf/abandoned_r1/final ] || fail "bf: final/ not rewritten or not set aside"
 echo "ok: a broken final/ is set aside and the run finished"
+# ... but without a checkpoint to finish from, the run is not started again (that would empty its logs).
+mkdir -p nock && cp -r bf/final bf/run.json bf/metrics.jsonl nock/ && truncate -s 100 nock/final/model.safetensors
+cp nock/metrics.jsonl nock.metrics
+expect_error "nock/final is not a readable model .* and the run has no checkpoint to finish it from" "$METAPO" train $base \
+  $meta --max-steps 10 --out nock --resume auto
+cmp nock/metrics.jsonl nock.metrics || fail "a refused resume changed nock/metrics.jsonl"
 same_layout grid 8 --tp 2 --pp 2
 # The significance gate's state (/meta/gate) resumes too: its T, logged on every step, continues as in
 # the uninterrupted run (compare_runs compares every metrics key, meta/gate_t and meta/gamma included).

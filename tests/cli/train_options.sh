@@ -99,6 +99,15 @@ METAPO_LOCK_WAIT_S=30 "$METAPO" train $T --max-steps 4 --save-every 2 --out lk -
 wait "$holder"
 grep -q "^--out lk: another metapo start holds lk/.lock; waiting up to 30 s" lk.log && grep -q "^resumed from lk/step_00000004.h5" lk.log ||
   { cat lk.log; fail "the start did not wait for the lock's holder"; }
+# METAPO_LOCK_WAIT_S=off: no lock (a file system whose locks outlive a dead node).
+rm -r lk/final
+flock lk/.lock sleep 4 & holder=$!
+sleep 0.5
+METAPO_LOCK_WAIT_S=off "$METAPO" train $T --max-steps 4 --save-every 2 --out lk --resume auto >lk2.log || fail "METAPO_LOCK_WAIT_S=off waited"
+! grep -q "waiting" lk2.log || fail "METAPO_LOCK_WAIT_S=off waited: $(cat lk2.log)"
+wait "$holder"
+METAPO_LOCK_WAIT_S=soon expect_error "METAPO_LOCK_WAIT_S=soon: not a whole number of seconds" "$METAPO" train $T --max-steps 4 \
+  --out lk --resume auto
 # A new run's lock file in an empty --out is no obstacle, and a refused start leaves no lock behind.
 mkdir lk2 && : > lk2/.lock
 "$METAPO" train $T --max-steps 1 --out lk2 >/dev/null || fail "a lone lk2/.lock made --out lk2 unusable"

@@ -16,6 +16,10 @@
 
 namespace metapo {
 
+// Whether path is an HDF5 file whose root attribute `format` says metapo-dataset (of any version):
+// a file that synth and tools/prepare_data.py may replace. Never throws.
+bool is_dataset_file(const std::string& path);
+
 // The root attributes only (cheap: no token arrays are read).
 DatasetInfo read_dataset_info(const std::string& path);
 

@@ -63,6 +63,8 @@ class CheckpointIncompatible : public Error {
 std::string checkpoint_name(int64_t step);  // step_XXXXXXXX.h5
 // The complete checkpoints of a run directory (step_*.h5, not .partial), newest first.
 std::vector<std::string> list_checkpoints(const std::string& dir);
+// The step of a checkpoint file by its name (step_XXXXXXXX.h5); -1 for another name.
+int64_t checkpoint_step(const std::string& path);
 
 // Collective over the world. Writes dir/step_XXXXXXXX.h5 through .partial (closed, fsynced, renamed),
 // then dir/latest, fsyncs dir, and keeps the newest `keep` checkpoints (keep <= 0: all). Refuses, on

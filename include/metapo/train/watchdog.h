@@ -7,7 +7,7 @@
 //
 // The limit: fixed (--hang-timeout SECONDS), or "auto": max(floor, multiple × the median of the
 // recent step times); before the first step is timed, the floor alone. While loading (set_loading)
-// a fixed limit is at least the floor.
+// none until the first progress report, then at least the floor.
 //
 // Suspension: when the process itself was stopped (Slurm's `scontrol suspend`, a debugger), the
 // watchdog's own clock checks arrive late; such a gap is not counted as waiting, so a job that is
@@ -47,10 +47,11 @@ class HangWatchdog {
   void phase(const char* name, int64_t step);
   // A step completed in step_seconds (< 0: do not time it, e.g. a checkpoint restarting the clock).
   void progress(double step_seconds);
-  // Loading (the start before the training state exists: model, data, reference log-probs): a fixed
-  // limit counts as at least the floor meanwhile. Restarts the clock.
+  // Loading (the start, until the training state exists: model, data, reference log-probs,
+  // checkpoint): no limit until the first progress report (a chunk of a pass over pairs), then at
+  // least the floor whatever --hang-timeout says. Restarts the clock.
   void set_loading(bool loading);
-  // The limit in force now, in seconds (0: off).
+  // The limit in force now, in seconds (0: off; < 0: none yet, loading).
   double limit() const;
 
  private:
@@ -64,7 +65,7 @@ class HangWatchdog {
   std::condition_variable cv_;
   bool stop_ = false;
   const char* phase_ = "start-up";
-  bool loading_ = false;
+  bool loading_ = false, loading_ticked_ = false;
   int64_t step_ = 0;
   double last_progress_ = 0;   // seconds on the watchdog's clock
   double phase_since_ = 0;
