@@ -46,9 +46,14 @@ int cmd_analyze(Context& ctx, int argc, char** argv) {
                                            (fs::path(run_dir) / "metrics.jsonl").string(), data, model_dir};
   MP_CHECK(fs::path(out).filename() != "pair_weights.jsonl", "--out ", out,
            ": pair_weights.jsonl is the name of analyze's other output, written next to --out; choose another name");
-  check_output_file(out, "--out", inputs, {"with_history", "an analyze output (analysis.json)"});
-  check_output_file(pairs_out, "--out " + out + ": its pair_weights.jsonl", inputs,
-                    {"weight_normalized", "an analyze output (pair_weights.jsonl)"});
+  const OwnOutput own_analysis{
+      [](const nlohmann::json& j) { return j.is_object() && j.contains("with_history") && j.contains("summary"); },
+      "an analyze output (analysis.json)", true};
+  const OwnOutput own_pairs{
+      [](const nlohmann::json& j) { return j.is_object() && j.contains("sample_id") && j.contains("weight_normalized"); },
+      "an analyze output (pair_weights.jsonl)", false};
+  check_output_file(out, "--out", inputs, own_analysis);
+  check_output_file(pairs_out, "--out " + out + ": its pair_weights.jsonl", inputs, own_pairs);
 
   const MetaRun run = read_meta_run((fs::path(run_dir) / "metapo.json").string());
   std::vector<std::string> notes;

@@ -134,7 +134,7 @@ int cmd_generate(Context& ctx, int argc, char** argv) {
   MP_CHECK(limit >= 0, "--limit must be >= 0 (got ", limit, ")");
   const std::string input = vm.count("data") ? data : prompts_path;
   check_input_file(input, vm.count("data") ? "--data" : "--prompts");
-  check_output_file(output, "--output", {input, model_dir}, {"completion", "a generate output (JSONL with \"completion\")"});
+  check_output_file(output, "--output", {input, model_dir}, generate_output());
   apply_parallel_options(ctx, par);
   const Device dev = check_device_option(device, par, ctx.topo.local_rank);
   const Topology& topo = ctx.topo;

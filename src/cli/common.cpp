@@ -263,28 +263,59 @@ void check_input_file(const std::string& path, const std::string& option) {
 
 namespace {
 
-// Whether a file is JSON (analysis.json) or JSONL (its first line) with an object holding `key`.
-bool json_with_key(const std::string& path, const std::string& key) {
-  std::ifstream f(path, std::ios::binary);
-  std::string first;  // at most 1 MiB of it: a user's file may have no newline at all
-  for (char c; first.size() < (size_t(1) << 20) && f.get(c) && c != '\n';) first.push_back(c);
-  if (first.empty()) return false;
-  const auto has = [&](const nlohmann::json& j) { return j.is_object() && j.contains(key); };
-  try {
-    if (has(nlohmann::json::parse(first))) return true;
-  } catch (const nlohmann::json::exception&) {
-  }
+// Whether a file is what the command writes: JSON (analysis.json) that `own.is_own` accepts, or JSONL
+// each of whose lines it accepts (of a file over 64 MiB, the first line only).
+bool looks_own(const std::string& path, const OwnOutput& own) {
   std::error_code ec;
-  if (fs::file_size(path, ec) > (uint64_t(64) << 20)) return false;  // no whole-file parse of a big file
-  f.clear(), f.seekg(0);
-  try {
-    return has(nlohmann::json::parse(f));
-  } catch (const nlohmann::json::exception&) {
-    return false;
+  const bool big = fs::file_size(path, ec) > (uint64_t(64) << 20);
+  std::ifstream f(path, std::ios::binary);
+  if (own.whole_json) {
+    if (big) return false;
+    try {
+      return own.is_own(nlohmann::json::parse(f));
+    } catch (const nlohmann::json::exception&) {
+      return false;
+    }
   }
+  size_t lines = 0;
+  while (f) {
+    std::string line;  // at most 1 MiB of it: a user's file may have no newline at all
+    for (char c; line.size() < (size_t(1) << 20) && f.get(c) && c != '\n';) line.push_back(c);
+    if (line.empty()) continue;
+    try {
+      if (!own.is_own(nlohmann::json::parse(line))) return false;
+    } catch (const nlohmann::json::exception&) {
+      return false;
+    }
+    if (++lines == 1 && big) break;
+  }
+  return lines > 0;
 }
 
 }  // namespace
+
+namespace {
+bool int_array(const nlohmann::json& j, const char* key) {
+  if (!j.contains(key) || !j[key].is_array()) return false;
+  for (const auto& x : j[key])
+    if (!x.is_number_integer()) return false;
+  return true;
+}
+}  // namespace
+
+OwnOutput generate_output() {
+  return {[](const nlohmann::json& j) {
+            return j.is_object() && j.contains("id") && int_array(j, "prompt") && int_array(j, "completion");
+          },
+          "a generate output (JSONL of {\"id\", \"prompt\", \"completion\", ...} token lists)", false};
+}
+OwnOutput score_output() {
+  return {[](const nlohmann::json& j) {
+            return j.is_object() && j.contains("logp") && (j["logp"].is_number() || j["logp"].is_null()) &&
+                   j.contains("n_tokens") && j["n_tokens"].is_number_integer();
+          },
+          "a score output (JSONL of {\"logp\", \"n_tokens\", ...})", false};
+}
 
 void check_output_file(const std::string& path, const std::string& option, const std::vector<std::string>& inputs,
                        const OwnOutput& own) {
@@ -299,8 +330,8 @@ void check_output_file(const std::string& path, const std::string& option, const
     MP_CHECK(!fs::is_directory(in, ec) || !fs::exists(path, ec) || !fs::equivalent(dir, in, ec), option, " ", path,
              ": would replace a file of ", in, "; choose another file");
   }
-  if (own.key.empty() || !fs::exists(path, ec) || (fs::is_regular_file(path, ec) && fs::file_size(path, ec) == 0)) return;
-  MP_CHECK(fs::is_regular_file(path, ec) && json_with_key(path, own.key), option, " ", path, ": exists and is not ",
+  if (!own.is_own || !fs::exists(path, ec) || (fs::is_regular_file(path, ec) && fs::file_size(path, ec) == 0)) return;
+  MP_CHECK(fs::is_regular_file(path, ec) && looks_own(path, own), option, " ", path, ": exists and is not ",
            own.what, "; metapo replaces only a file it wrote (remove it or choose another path)");
 }
 

@@ -271,7 +271,12 @@ void pair_logps(LlamaModel<float>& model, Comm* pp, const float* params, const P
       for (size_t k = 0; 2 * k < seq.size(); ++k)
         chosen[size_t(pos[m][k])] = seq[2 * k], rejected[size_t(pos[m][k])] = seq[2 * k + 1];
     });
-    if (g_progress_hook && c1 < idx.size()) g_progress_hook();
+    if (c1 < idx.size()) {
+      // In step over the DP ranks (whose chunks are otherwise independent): a rank that is done
+      // early waits for one chunk, not for the others' whole pass, before the progress report.
+      comm.barrier();
+      if (g_progress_hook) g_progress_hook();
+    }
   }
   // Every entry was filled by exactly one rank (the others hold 0): sums gather them, over DP and
   // then from the last pipeline stage to the others.

@@ -241,6 +241,9 @@ void load_checkpoint(TrainState& st, const std::string& path) {
   const int64_t version = f.read_int("/state/format_version");
   incompatible(version == kCheckpointFormatVersion, str_cat("checkpoint format version ", version, "; this metapo reads version ",
                                                             kCheckpointFormatVersion));
+  // Scalars nothing below reads are read for their checksums alone: a damaged file is corrupt.
+  for (const char* name : {"/state/seed", "/state/layout", "/meta/columns"})
+    if (f.exists(name)) name == std::string("/state/seed") ? (void)f.read_int(name) : (void)f.read_string(name);
   const std::string kind = f.read_string("/state/kind");
   incompatible(kind == st.kind, str_cat("a checkpoint of `metapo ", kind, "`, not of `metapo ", st.kind, "`"));
   const nlohmann::json have = nlohmann::json::parse(f.read_string("/state/model_config")), want = config_to_json(st.config);

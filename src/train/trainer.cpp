@@ -163,7 +163,8 @@ uintmax_t last_whole_line_end(const std::string& path, uintmax_t size) {
 
 // A run continued in place from step k (--resume RUN/step_k.h5 rolling back, or --resume auto past
 // unreadable newer files): the run's checkpoints past k, and the final/ and metapo.json of a
-// continuation that finished, belong to the abandoned continuation. They are moved, not deleted, into
+// continuation that finished (with analyze's analysis.json and pair_weights.jsonl of them), belong
+// to the abandoned continuation. They are moved, not deleted, into
 // RUN/abandoned_r<restart>/, so that --keep does not delete the new checkpoints in their favour and
 // --resume auto follows this continuation (not a final/ it did not write); `latest` names the
 // checkpoint resumed from until the next one is written.
@@ -174,7 +175,7 @@ void set_aside_later_checkpoints(const std::string& out_dir, const std::string& 
   }
   std::reverse(later.begin(), later.end());  // oldest first
   std::error_code ec;
-  for (const char* end : {"final", "metapo.json"})  // what the abandoned continuation wrote at its end
+  for (const char* end : {"final", "metapo.json", "analysis.json", "pair_weights.jsonl"})  // of its end (and analyze's)
     if (fs::exists(fs::path(out_dir) / end, ec)) later.push_back((fs::path(out_dir) / end).string());
   if (later.empty()) return;
   fs::path dir = fs::path(out_dir) / str_cat("abandoned_r", restarts);
@@ -261,7 +262,10 @@ RunDirPlan decide_run_dir(const TrainConfig& cfg, const std::string& kind, bool 
   bool nonempty = false;  // anything but the lock file of a start (lock_run_dir)
   if (exists)
     for (const auto& e : fs::directory_iterator(out, ec)) nonempty = nonempty || e.path().filename() != kRunLock;
-  MP_CHECK(has_run || !nonempty, "--out ", cfg.out_dir,
+  // A run being started holds its lock file before it has run.json: the first look (say == false)
+  // leaves that directory to the decision under the lock.
+  const bool starting = !say && exists && fs::exists(out / kRunLock, ec);
+  MP_CHECK(has_run || !nonempty || starting, "--out ", cfg.out_dir,
            ": exists and is not a metapo run directory (no run.json); choose another --out (metapo writes a new run only "
            "into a new or empty directory)");
   check_trace_path(cfg, has_run);
@@ -375,6 +379,9 @@ bool lock_run_dir(const std::string& out_dir) {
     if (waited >= wait_s)
       throw Error(str_cat("--out ", out_dir, ": another metapo run is using this directory (", path,
                           " is locked); wait for it to end or choose another --out"));
+    if (g_stop_signal != 0)  // scancel, Ctrl-C of a start that has not begun: nothing to checkpoint
+      throw Error(str_cat("--out ", out_dir, ": stopped by ", stop_reason(g_stop_signal), " while waiting for ", path,
+                          "; nothing was changed"));
     if (waited == 0) {
       std::printf("--out %s: another metapo start holds %s; waiting up to %d s for it to end\n", out_dir.c_str(),
                   path.c_str(), wait_s);

@@ -146,7 +146,7 @@ grep "^--resume auto: skipping" dmg.log | sed 's/^/ok: /'
 # The scalars carry checksums too: a changed model shape in /state/model_config (a bit flip that used
 # to read as "written for another model" and stop the run) and a changed /state/step (that used to
 # skip batches silently) are corrupt checkpoints, skipped like the others.
-rm -rf dmg2 && cp -r l1 dmg2 && rm -rf dmg2/final dmg2/metapo.json
+rm -rf dmg2 dmg3 && cp -r l1 dmg2 && rm -rf dmg2/final dmg2/metapo.json && cp -r dmg2 dmg3
 python3 - <<'P'
 import h5py
 def patch(path, name, edit):
@@ -164,12 +164,16 @@ def shape(b):
     b[k] = ord("4") if b[k] != ord("4") else ord("5")
 patch("dmg2/step_00000012.h5", "state/model_config", shape)
 patch("dmg2/step_00000008.h5", "state/step", lambda b: b.__setitem__(0, b[0] ^ 1))
+patch("dmg3/step_00000012.h5", "state/layout", lambda b: b.__setitem__(2, b[2] ^ 1))  # read for its checksum only
 P
 $MPIRUN 2 "$METAPO" train $base $meta --max-steps 14 --out dmg2 --resume auto >dmg2.log
 grep -q "^--resume auto: skipping dmg2/step_00000012.h5: .*state/model_config is corrupt (checksum mismatch)" dmg2.log &&
   grep -q "^--resume auto: skipping dmg2/step_00000008.h5: .*state/step is corrupt (checksum mismatch)" dmg2.log &&
   grep -q "^resumed from dmg2/step_00000004.h5 at step 4" dmg2.log || { cat dmg2.log; fail "a corrupted scalar was not caught"; }
-echo "ok: corrupted scalars (/state/model_config, /state/step) are skipped as corrupt"
+$MPIRUN 1 "$METAPO" train $base $meta --max-steps 14 --out dmg3 --resume auto >dmg3.log
+grep -q "^--resume auto: skipping dmg3/step_00000012.h5: .*state/layout is corrupt (checksum mismatch)" dmg3.log &&
+  grep -q "^resumed from dmg3/step_00000008.h5 at step 8" dmg3.log || { cat dmg3.log; fail "a corrupted /state/layout was not caught"; }
+echo "ok: corrupted scalars (/state/model_config, /state/step, /state/layout) are skipped as corrupt"
 # A damaged checkpoint named with --resume is an error, not a fallback.
 cp l1/step_00000008.h5 bad.h5 && truncate -s 200000 bad.h5
 expect_error "bad.h5: " "$METAPO" train $base $meta --max-steps 14 --out r-bad --resume bad.h5

@@ -78,6 +78,16 @@ expect_error "--output notes.jsonl: exists and is not a generate output" "$METAP
   --prompts good.jsonl --max-new-tokens 2 --output notes.jsonl
 expect_error "--out notes.h5: exists and is not a metapo dataset file" "$METAPO" synth --task sort --n-train 8 --n-val 4 \
   --n-test 4 --n-sft 8 --out notes.h5
+# A prompt/completion dataset (text, not token ids) is the user's too, and so is a file whose first
+# line only looks like an output.
+printf '{"prompt": "Translate: hello", "completion": " bonjour"}\n' > sft.jsonl
+printf '{"id": 1, "prompt": [1], "completion": [2]}\nmy notes\n' > mixed.jsonl
+for f in sft.jsonl mixed.jsonl; do
+  cp $f $f.before
+  expect_error "--output $f: exists and is not a generate output" "$METAPO" generate --model model --prompts good.jsonl \
+    --max-new-tokens 2 --output $f
+  cmp $f $f.before || fail "generate replaced $f"
+done
 [ "$(cat notes.jsonl)" = "my notes" ] && [ "$(cat notes.h5)" = "my notes" ] || fail "a file of the user's was replaced"
 "$METAPO" score --model model --input good.jsonl --output s.jsonl >/dev/null
 "$METAPO" score --model model --input good.jsonl --output s.jsonl >/dev/null || fail "score did not replace its own output"

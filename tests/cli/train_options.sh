@@ -99,6 +99,19 @@ METAPO_LOCK_WAIT_S=30 "$METAPO" train $T --max-steps 4 --save-every 2 --out lk -
 wait "$holder"
 grep -q "^--out lk: another metapo start holds lk/.lock; waiting up to 30 s" lk.log && grep -q "^resumed from lk/step_00000004.h5" lk.log ||
   { cat lk.log; fail "the start did not wait for the lock's holder"; }
+# A start waiting for the lock that gets SIGTERM (scancel of a queued duplicate) ends without
+# touching the run, rather than going on once the lock is free.
+cp lk/metrics.jsonl lk.metrics
+flock lk/.lock sleep 20 & holder=$!
+sleep 0.5
+METAPO_LOCK_WAIT_S=30 "$METAPO" train $T --max-steps 4 --save-every 2 --out lk --resume auto >lkt.log 2>&1 & waiter=$!
+for _ in $(seq 1 100); do grep -q "waiting up to 30 s" lkt.log && break; sleep 0.2; done
+kill -TERM "$waiter"
+rc=0; wait "$waiter" || rc=$?
+kill "$holder"; wait "$holder" 2>/dev/null || true
+[ "$rc" -eq 1 ] && grep -q "stopped by SIGTERM while waiting for lk/.lock; nothing was changed" lkt.log ||
+  { cat lkt.log; fail "a waiting start did not end on SIGTERM (exit $rc)"; }
+cmp lk/metrics.jsonl lk.metrics || fail "a start stopped while waiting changed lk/metrics.jsonl"
 # METAPO_LOCK_WAIT_S=off: no lock (a file system whose locks outlive a dead node).
 rm -r lk/final
 flock lk/.lock sleep 4 & holder=$!

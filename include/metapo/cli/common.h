@@ -79,11 +79,15 @@ void write_file_atomic(const std::string& path, const std::string& content);
 
 // An input file an option names: it exists and is a file (a directory would read as empty).
 void check_input_file(const std::string& path, const std::string& option);
-// What a command's earlier output file looks like: JSON, or JSONL whose first line is an object,
-// holding `key`; `what` names it in the error ("a generate output (JSONL with \"completion\")").
+// What a command's earlier output file looks like: JSONL each of whose lines `is_own` accepts, or
+// (whole_json) one JSON value it accepts; `what` names it in the error. Empty: any file may go.
 struct OwnOutput {
-  std::string key, what;
+  std::function<bool(const nlohmann::json&)> is_own;
+  std::string what;
+  bool whole_json = false;
 };
+OwnOutput generate_output();  // {"id", "prompt": [ids], "completion": [ids], ...} per line
+OwnOutput score_output();     // {"logp", "n_tokens", ...} per line
 // An output file an option names, checked before any work: not empty, not a directory, and not
 // any of `inputs` (files, or directories whose files it must not replace: a model directory). With
 // `own`, a file already there is replaced only when it is empty or looks like an earlier output of
