@@ -15,6 +15,7 @@
 #include <sstream>
 
 #include "metapo/core/error.h"
+#include "metapo/core/progress.h"
 #include "metapo/io/checkpoint.h"
 #include "metapo/io/safetensors.h"
 #include "metapo/model/layout.h"
@@ -275,6 +276,7 @@ void HfModelReader::read_runs(const std::vector<TpCopy>& runs, float* local) con
       size_t b = 0;
       for (size_t j = 0; j < p.count; ++j) b += std::isfinite(x[j]) ? 0 : 1;
       my_bad[p.tensor] += b, my_read[p.tensor] += p.count;
+      report_progress();  // the hang watchdog: reading a large model is progress
     }
 #pragma omp critical(hf_read_count)
     for (size_t k = 0; k < ts.size(); ++k) bad[k] += my_bad[k], read[k] += my_read[k];

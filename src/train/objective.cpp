@@ -9,6 +9,7 @@
 #include "metapo/train/pairs.h"
 #include "metapo/train/pipeline.h"
 #include "metapo/core/error.h"
+#include "metapo/core/progress.h"
 
 namespace metapo {
 
@@ -240,12 +241,6 @@ INSTANTIATE_MICRO(float)
 INSTANTIATE_MICRO(double)
 #undef INSTANTIATE_MICRO
 
-namespace {
-std::function<void()> g_progress_hook;
-}  // namespace
-
-void set_progress_hook(std::function<void()> hook) { g_progress_hook = std::move(hook); }
-
 void pair_logps(LlamaModel<float>& model, Comm* pp, const float* params, const PairSplit& s,
                 const std::vector<int64_t>& idx, const MicroBatching& mb, Comm& comm, std::vector<double>& chosen,
                 std::vector<double>& rejected) {
@@ -275,7 +270,7 @@ void pair_logps(LlamaModel<float>& model, Comm* pp, const float* params, const P
       // In step over the DP ranks (whose chunks are otherwise independent): a rank that is done
       // early waits for one chunk, not for the others' whole pass, before the progress report.
       comm.barrier();
-      if (g_progress_hook) g_progress_hook();
+      report_progress();
     }
   }
   // Every entry was filled by exactly one rank (the others hold 0): sums gather them, over DP and
@@ -283,7 +278,7 @@ void pair_logps(LlamaModel<float>& model, Comm* pp, const float* params, const P
   comm.allreduce_sum(chosen.data(), chosen.size());
   comm.allreduce_sum(rejected.data(), rejected.size());
   if (pp && pp->size() > 1) pp->allreduce_sum(chosen.data(), chosen.size()), pp->allreduce_sum(rejected.data(), rejected.size());
-  if (g_progress_hook) g_progress_hook();
+  report_progress();
 }
 
 }  // namespace metapo

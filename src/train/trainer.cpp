@@ -26,6 +26,7 @@
 #include "metapo/comm/mpi_session.h"
 #include "metapo/core/buffer.h"
 #include "metapo/core/error.h"
+#include "metapo/core/progress.h"
 #include "metapo/core/timer.h"
 #include "metapo/io/checkpoint.h"
 #include "metapo/io/dataset_h5.h"
@@ -196,9 +197,10 @@ void set_aside_later_checkpoints(const std::string& out_dir, const std::string& 
 
 constexpr const char* kRunLock = ".lock";  // RUN/.lock: see lock_run_dir
 
-// While it lives, every chunk of pairs that pair_logps completes (evaluation, reference log-probs,
-// trajectories) counts as progress for the hang watchdog: those passes are collective and may take
-// far longer than a step, but never long without a chunk.
+// While it lives, progress reports (core/progress.h: every chunk of pairs that pair_logps completes
+// in an evaluation, the reference log-probs or the trajectories, and every piece of a model file
+// read) count as progress for the hang watchdog: those passes may take far longer than a step, but
+// never long without a report.
 class ProgressTicks {
  public:
   explicit ProgressTicks(HangWatchdog& w) { set_progress_hook([&w] { w.progress(-1); }); }

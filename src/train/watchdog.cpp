@@ -62,8 +62,8 @@ double HangWatchdog::limit() const {
 
 double HangWatchdog::limit_locked() const {
   if (cfg_.timeout_s == 0) return 0;
-  // While loading (set_loading) reading files reports nothing, and may take any time: no limit until
-  // a pass over pairs (the reference log-probs) reports its first chunk, then at least the floor.
+  // While loading (set_loading) no limit until the first progress report (before it, data files are
+  // read, which report nothing and may take any time), then at least the floor.
   if (loading_) return loading_ticked_ ? std::max(cfg_.floor_s, cfg_.timeout_s) : -1;
   if (cfg_.timeout_s > 0) return cfg_.timeout_s;
   if (recent_.empty()) return cfg_.floor_s;

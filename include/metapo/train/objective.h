@@ -88,13 +88,11 @@ std::vector<PairMicroResult> pair_pipeline_step(LlamaModel<float>& model, Comm* 
 // pipeline pp (else null) the micro-batches flow through the stages and the last stage's results are
 // shared with the others.
 // The pairs go in chunks of kLogpsChunkPairs per rank (one chunk for small splits); after each chunk
-// the progress hook, when set, is called on every rank (the trainer's hang watchdog: a long
+// every rank reports progress (core/progress.h: the trainer's hang watchdog, for which a long
 // evaluation or reference pass is progress, not a hang).
 constexpr size_t kLogpsChunkPairs = 256;
 void pair_logps(LlamaModel<float>& model, Comm* pp, const float* params, const PairSplit& s,
                 const std::vector<int64_t>& idx, const MicroBatching& mb, Comm& comm,
                 std::vector<double>& chosen, std::vector<double>& rejected);
-// The hook pair_logps calls after each chunk (empty: none). Set by one thread, before the passes.
-void set_progress_hook(std::function<void()> hook);
 
 }  // namespace metapo

@@ -48,8 +48,8 @@ class HangWatchdog {
   // A step completed in step_seconds (< 0: do not time it, e.g. a checkpoint restarting the clock).
   void progress(double step_seconds);
   // Loading (the start, until the training state exists: model, data, reference log-probs,
-  // checkpoint): no limit until the first progress report (a chunk of a pass over pairs), then at
-  // least the floor whatever --hang-timeout says. Restarts the clock.
+  // checkpoint): no limit until the first progress report (a piece of a model file, a chunk of a
+  // pass over pairs), then at least the floor whatever --hang-timeout says. Restarts the clock.
   void set_loading(bool loading);
   // The limit in force now, in seconds (0: off; < 0: none yet, loading).
   double limit() const;
