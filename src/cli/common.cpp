@@ -292,9 +292,6 @@ bool looks_own(const std::string& path, const OwnOutput& own) {
   return lines > 0;
 }
 
-}  // namespace
-
-namespace {
 bool int_array(const nlohmann::json& j, const char* key) {
   if (!j.contains(key) || !j[key].is_array()) return false;
   for (const auto& x : j[key])

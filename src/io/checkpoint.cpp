@@ -482,6 +482,13 @@ void fsync_dir(const std::string& dir) {
   ::close(fd);
 }
 
+void fsync_file(const std::string& path) {
+  const int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
+  if (fd < 0) return;
+  ::fsync(fd);
+  ::close(fd);
+}
+
 void write_file_atomic(const std::string& dir, const std::string& name, const std::string& text) {
   const std::string tmp = dir + "/" + name + ".tmp", dst = dir + "/" + name;
   {
@@ -490,8 +497,7 @@ void write_file_atomic(const std::string& dir, const std::string& name, const st
     f.flush();
     MP_CHECK(f.good(), tmp, ": cannot be written");
   }
-  const int fd = ::open(tmp.c_str(), O_RDONLY);
-  if (fd >= 0) ::fsync(fd), ::close(fd);
+  fsync_file(tmp);
   fs::rename(tmp, dst);
   fsync_dir(dir);
 }

@@ -1,8 +1,6 @@
 #include "metapo/io/dataset_h5.h"
 
-#include <fcntl.h>
 #include <hdf5.h>
-#include <unistd.h>  // fsync
 
 #include <algorithm>
 #include <cmath>
@@ -11,6 +9,7 @@
 #include <type_traits>
 
 #include "metapo/core/error.h"
+#include "metapo/io/checkpoint.h"
 #include "metapo/io/h5util.h"
 
 // HDF5 C API, serial access with default property lists. HDF5's own error-stack printing is switched
@@ -376,18 +375,8 @@ void replace_f64(hid_t loc, const std::string& name, const std::vector<double>& 
   write_1d(loc, name, v, where);
 }
 
-// Flushes the closed file to the disk before the rename makes it visible, so that after a power cut
-// the final name holds either the old file or the complete new one.
-void sync_file(const std::string& path) {
-  const int fd = ::open(path.c_str(), O_RDONLY);
-  if (fd >= 0) {
-    ::fsync(fd);
-    ::close(fd);
-  }
-}
-
 void rename_into_place(const std::string& tmp, const std::string& path) {
-  sync_file(tmp);
+  fsync_file(tmp);  // on the disk before the rename: after a power cut, the old file or the whole new one
   std::error_code ec;
   fs::rename(tmp, path, ec);
   MP_CHECK(!ec, path, ": cannot rename ", tmp, " (", ec.message(), ")");

@@ -128,7 +128,7 @@ void write_model_json(const fs::path& tmp, const LlamaConfig& c, const std::stri
   write_json(tmp / "generation_config.json", {{"bos_token_id", c.bos_token_id}, {"eos_token_id", c.eos_token_id}});
   // On disk before the directory is renamed into place (the safetensors files fsync their own).
   for (const char* name : {"config.json", "generation_config.json"})
-    if (const int fd = ::open((tmp / name).c_str(), O_RDONLY | O_CLOEXEC); fd >= 0) ::fsync(fd), ::close(fd);
+    fsync_file((tmp / name).string());
 }
 
 // Renames the complete tmp (begin_model_dir) to dir. rename() cannot replace a non-empty directory, so

@@ -2,7 +2,6 @@
 #include "metapo/model/config_json.h"
 #include "metapo/train/train_state.h"
 
-#include <fcntl.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -79,7 +78,7 @@ nlohmann::json file_sizes(const TrainState& st) {
     for (const auto& [key, path] : st.files) {
       // Made durable first, so that a crash after the checkpoint cannot leave the file shorter than
       // the size the checkpoint records (a resume cuts it back to that size).
-      if (const int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC); fd >= 0) ::fsync(fd), ::close(fd);
+      fsync_file(path);
       std::error_code ec;
       const auto n = fs::file_size(path, ec);
       j[key] = ec ? int64_t(0) : int64_t(n);

@@ -90,5 +90,9 @@ uint64_t checksum_term(uint64_t index, uint64_t bits);
 void write_file_atomic(const std::string& dir, const std::string& name, const std::string& text);
 // fsync of a directory, so a rename in it survives a crash.
 void fsync_dir(const std::string& dir);
+// fsync of a file by its path (written and closed, or appended by a stream): its data on the disk
+// before a rename makes it visible or a checkpoint records its size. A file that cannot be opened
+// is left alone.
+void fsync_file(const std::string& path);
 
 }  // namespace metapo
