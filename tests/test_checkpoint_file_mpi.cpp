@@ -18,6 +18,7 @@
 
 #include "metapo/comm/mpi_comm.h"
 #include "metapo/core/error.h"
+#include "metapo/core/progress.h"
 #include "metapo/core/rng.h"
 #include "metapo/io/checkpoint.h"
 #include "mpi_test_env.h"
@@ -130,6 +131,31 @@ TEST(CheckpointFileMpi, AnyPartitionReadsBackBitForBitWithTheChecksumOfOneRank) 
       EXPECT_EQ(std::memcmp(got.data() + r.at, m.data() + r.at, r.count * sizeof(float)), 0) << "run at " << r.offset;
     EXPECT_EQ(std::memcmp(gv.data(), v.data(), v.size() * sizeof(double)), 0);
   }
+  MPI_Barrier(MPI_COMM_WORLD);
+  if (rank == 0) std::filesystem::remove(path);
+}
+
+// Writing and reading a training state reports progress to the hang watchdog (core/progress.h) per
+// array on every rank, so a long checkpoint load or save is not taken for a hang.
+TEST(CheckpointFileMpi, WritesAndReadsReportProgressOnEveryRank) {
+  REQUIRE_MPI("tests/cli/checkpoint_file_mpi.sh");
+  const int rank = world_rank(), ranks = world_size();
+  const vector<float> m = random_values<float>(kMatrix[0] * kMatrix[1], 1);
+  const vector<double> v = random_values<double>(kVector[0], 2);
+  const std::string path = shared_name("progress");
+  int ticks = 0;
+  set_progress_hook([&ticks] { ++ticks; });
+  write_file(path, m, v, 3);
+  EXPECT_GE(ticks, 2) << "two arrays written";
+  ticks = 0;
+  {
+    vector<float> got(m.size());
+    CheckpointFile f = CheckpointFile::open(path, world());
+    f.read<float>("/a/matrix", kMatrix, partition(m.size(), 4, rank, ranks), got.data(), true);
+    f.close();
+  }
+  EXPECT_GE(ticks, 1) << "one array read";
+  set_progress_hook({});
   MPI_Barrier(MPI_COMM_WORLD);
   if (rank == 0) std::filesystem::remove(path);
 }

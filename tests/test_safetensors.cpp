@@ -12,6 +12,7 @@
 
 #include "metapo/core/error.h"
 #include "metapo/core/half.h"
+#include "metapo/core/progress.h"
 #include "metapo/io/safetensors.h"
 
 namespace fs = std::filesystem;
@@ -92,6 +93,18 @@ TEST(Safetensors, RoundTripF32BitIdentical) {
   EXPECT_TRUE(same_bits(r.read("s"), scalar));
   EXPECT_TRUE(r.read("empty").empty());
   EXPECT_EQ(r.metadata().value("format", ""), "pt");
+}
+
+// Writing a model reports progress to the hang watchdog (core/progress.h), so a long final save
+// is not taken for a hang.
+TEST(Safetensors, WriterReportsProgress) {
+  TempDir tmp;
+  const auto a = random_floats(64, 3);
+  int ticks = 0;
+  set_progress_hook([&ticks] { ++ticks; });
+  write_safetensors(tmp / "p.safetensors", {{"a", {8, 8}, a.data()}}, "BF16");
+  set_progress_hook({});
+  EXPECT_GE(ticks, 1);
 }
 
 TEST(Safetensors, HeaderIsPaddedJsonWithMetadata) {

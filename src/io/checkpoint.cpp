@@ -12,6 +12,7 @@
 
 #include "metapo/comm/mpio.h"
 #include "metapo/core/error.h"
+#include "metapo/core/progress.h"
 #include "metapo/core/simd.h"
 #include "metapo/io/h5util.h"
 
@@ -285,6 +286,7 @@ void CheckpointFile::write(const std::string& name, const std::vector<uint64_t>&
   if (n == 0) H5Sselect_none(mem);
   if (impl_->error.empty() && H5Dwrite(ds, mem_type<T>(), mem, space, independent_dxpl(), src) < 0)
     impl_->error = path_ + ": writing " + name + " failed" + h5_reason();
+  report_progress();  // the hang watchdog: writing a large training state is progress
   impl_->pending.push_back({std::move(ds), name, sum, 0});
 }
 
@@ -341,6 +343,7 @@ void CheckpointFile::read(const std::string& name, const std::vector<uint64_t>& 
       impl_->error = path_ + ": reading " + name + " failed (truncated or corrupt?)";
       break;
     }
+    report_progress();  // the hang watchdog: reading a large training state is progress
     if (!direct) {
       size_t at = 0;
       for (const FlatRun& r : l) std::copy_n(packed.data() + at, r.count, buf + r.at), at += r.count;

@@ -433,6 +433,7 @@ void save_hf_model_parallel(const std::string& dir, const LlamaConfig& c, const 
         done += size_t(n);
       }
       written += p.count;
+      report_progress();  // the hang watchdog: writing a large model is progress
     }
     for (size_t g = 0; g < fds.size() && error.empty(); ++g)
       if (::fsync(fds[g]) != 0) error = str_cat((tmp / plan.files[g].name).string(), ": fsync failed (", std::strerror(errno), ")");

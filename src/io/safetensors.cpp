@@ -12,6 +12,7 @@
 #include <set>
 
 #include "metapo/core/error.h"
+#include "metapo/core/progress.h"
 #include "metapo/core/half.h"
 
 // Raw float bytes are copied to and from the file as they are: safetensors is little-endian, and so
@@ -284,6 +285,7 @@ void write_safetensors(const std::string& path, const std::vector<SafetensorsTen
       buf.resize(n * L.element_size);
       encode_floats(tensors[ti].data + i, n, dtype, buf.data());
       put(buf.data(), buf.size());
+      report_progress();  // the hang watchdog: writing a large model is progress
     }
   }
   // fsync before the rename: otherwise a power loss can leave an empty file under the final name.
