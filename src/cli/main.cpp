@@ -106,8 +106,9 @@ int main(int argc, char** argv) {
   } catch (const std::exception& e) {
     // Bad input usually fails on every rank at once. Ranks other than 0 wait a moment before
     // reporting, so rank 0's abort usually ends them first and the user reads the error once;
-    // an error only one rank sees is still reported by that rank.
-    if (world > 1 && rank != 0) std::this_thread::sleep_for(std::chrono::milliseconds(500));
+    // an error only one rank sees is still reported by that rank, 3 s late. (500 ms was too short:
+    // 4 oversubscribed ranks on 2 cores printed the line twice; the abort took about 1 s.)
+    if (world > 1 && rank != 0) std::this_thread::sleep_for(std::chrono::milliseconds(3000));
     // An allocation that failed names no size: say what it means.
     const std::string what = dynamic_cast<const std::bad_alloc*>(&e)
                                  ? "out of memory (std::bad_alloc): the sizes this command was given (the model, batch, "

@@ -17,6 +17,10 @@ expect_error "badmask.jsonl:1" "$METAPO" score --model model --input badmask.jso
 expect_error "--preset nosuch" "$METAPO" init --preset nosuch --out m2
 expect_error "badjson.jsonl:2" $MPIRUN 2 "$METAPO" score --model model --input badjson.jsonl --output o.jsonl
 [ ! -e o.jsonl ] || fail "output written despite errors"
+# An error every rank meets (a bad option) is read once, from rank 0, not once per rank.
+expect_error "unrecognised option '--bogus'" $MPIRUN 4 "$METAPO" score --bogus
+[ "$(grep -c 'error:' err.txt)" -eq 1 ] || { cat err.txt; fail "4 ranks: the error is reported more than once"; }
+grep -q "error: .*\[rank 0\]" err.txt || { cat err.txt; fail "4 ranks: the error line is not rank 0's"; }
 mkdir broken && cp model/config.json broken/ && head -c 1000 model/model.safetensors > broken/model.safetensors
 expect_error "model.safetensors" "$METAPO" score --model broken --input good.jsonl --output o.jsonl
 printf '[score]\nmax-batch-tokens = 0\n' > bad.ini
