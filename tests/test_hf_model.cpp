@@ -140,6 +140,10 @@ json read_json(const std::string& path) {
 }
 
 void write_text(const std::string& path, const std::string& text) { std::ofstream(path) << text; }
+std::string read_text(const std::string& path) {
+  std::ifstream in(path);
+  return std::string(std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>());
+}
 
 // Saves a small valid llama model into dir and returns its parameters.
 std::vector<float> save_llama(const std::string& dir) {
@@ -305,6 +309,59 @@ TEST(HfModel, SaveReplacesModelDirButNothingElse) {
   expect_error([&] { save_hf_model(tmp / "x", c, p2, "int8"); }, {"int8"});
   expect_error([&] { save_hf_model(tmp / "x", c, std::vector<float>(10)); }, {"10 parameters"});
   EXPECT_FALSE(fs::exists(tmp / "x"));
+}
+
+// A save from a source model keeps what save_pretrained of the loaded model would: the tokenizer's
+// files, generation_config.json, and the config.json keys metapo does not manage; metapo's own keys
+// (here torch_dtype) win, and another spelling of one of them (dtype) is not carried over.
+TEST(HfModel, SaveFromASourceKeepsTheTokenizerAndTheConfigKeys) {
+  TempDir tmp;
+  const LlamaConfig c = llama_gqa();
+  save_hf_model(tmp / "src", c, random_params(c, 8), "bfloat16");
+  nlohmann::json cj = nlohmann::json::parse(read_text(tmp / "src/config.json"));
+  cj["pad_token_id"] = 0;
+  cj["eos_token_id"] = {c.eos_token_id, 5};
+  cj["dtype"] = "bfloat16";
+  cj["custom_field"] = {{"a", 1}};
+  write_text(tmp / "src/config.json", cj.dump(2));
+  write_text(tmp / "src/generation_config.json", R"({"do_sample": true, "temperature": 0.6, "eos_token_id": [2, 5]})");
+  write_text(tmp / "src/tokenizer.json", "{\"model\": {}}");
+  write_text(tmp / "src/chat_template.jinja", "{{ messages }}");
+  write_text(tmp / "src/notes.txt", "not a tokenizer file");
+  const auto p = random_params(c, 9);
+  save_hf_model(tmp / "out", c, p, "float32", tmp / "src");
+  EXPECT_EQ(read_text(tmp / "out/tokenizer.json"), read_text(tmp / "src/tokenizer.json"));
+  EXPECT_EQ(read_text(tmp / "out/chat_template.jinja"), "{{ messages }}");
+  EXPECT_FALSE(fs::exists(tmp / "out/notes.txt"));
+  const auto gen = nlohmann::json::parse(read_text(tmp / "out/generation_config.json"));
+  EXPECT_EQ(gen["temperature"], 0.6);
+  EXPECT_EQ(gen["do_sample"], true);
+  const auto oj = nlohmann::json::parse(read_text(tmp / "out/config.json"));
+  EXPECT_EQ(oj["pad_token_id"], 0);
+  EXPECT_EQ(oj["eos_token_id"], nlohmann::json({c.eos_token_id, 5}));
+  EXPECT_EQ(oj["custom_field"]["a"], 1);
+  EXPECT_EQ(oj["torch_dtype"], "float32");
+  EXPECT_FALSE(oj.contains("dtype"));
+  // It reads back as the same model with the same weights.
+  const HfModel back = load_hf_model(tmp / "out");
+  expect_config_eq(back.config, [&] { LlamaConfig f = c; f.torch_dtype = "float32"; return f; }());
+  EXPECT_TRUE(same_bits(back.params, p));
+  // An eos_token_id list whose first id is not the model's is the model's id alone.
+  cj["eos_token_id"] = {7, c.eos_token_id};
+  write_text(tmp / "src/config.json", cj.dump(2));
+  EXPECT_EQ(load_hf_config(tmp / "src").eos_token_id, 7);
+  save_hf_model(tmp / "out2", c, p, "float32", tmp / "src");
+  EXPECT_EQ(nlohmann::json::parse(read_text(tmp / "out2/config.json"))["eos_token_id"], c.eos_token_id);
+}
+
+// transformers' Llama with attention_bias has an o_proj bias too, which metapo's model has not:
+// refused, not read as another model.
+TEST(HfModel, LlamaWithAttentionBiasIsRefused) {
+  LlamaConfig c = llama_gqa();
+  c.attention_bias = true;
+  expect_error([&] { c.validate("config.json"); }, {"attention_bias true is not supported for model_type llama", "o_proj"});
+  c.model_type = "qwen2";
+  EXPECT_NO_THROW(c.validate("config.json"));
 }
 
 // ---------------------------------------------------------------------------------------------

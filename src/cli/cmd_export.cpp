@@ -5,6 +5,7 @@
 #include "metapo/cli/commands.h"
 #include "metapo/io/hf_model.h"
 #include "metapo/model/layout.h"
+#include "metapo/train/run_files.h"
 #include "metapo/train/train_state.h"
 
 namespace metapo::cli {
@@ -47,8 +48,26 @@ int cmd_export(Context& ctx, int argc, char** argv) {
     read_checkpoint_model(from, ctx.topo.world_comm(), config, lo, hi, part.data());
   else
     reader->read_runs({{lo, 0, hi - lo, false}}, part.data());
+  // The model the weights came from, for its tokenizer files, generation_config.json and the
+  // config.json keys metapo does not manage: --model itself, or for a checkpoint the run's --model.
+  std::string source = checkpoint ? "" : model;
+  if (checkpoint) {
+    const fs::path run_dir = fs::is_directory(model, ec) ? fs::path(model) : fs::path(from).parent_path();
+    std::string recorded;
+    try {
+      const RunRecord r = read_run_record((run_dir / "run.json").string());
+      if (r.options.contains("model") && r.options["model"].is_string()) recorded = r.options["model"].get<std::string>();
+    } catch (const Error&) {
+    }
+    if (!recorded.empty() && fs::is_regular_file(fs::path(recorded) / "config.json", ec))
+      source = recorded;
+    else if (ctx.topo.is_root())
+      std::cout << "note: the run's model directory" << (recorded.empty() ? "" : " " + recorded)
+                << " is not found from here: no tokenizer files or generation_config.json are copied into " << out
+                << "\n";
+  }
   save_hf_model_parallel(out, config, {{lo, 0, hi - lo, false}}, true, part.data(), dtype, ctx.topo.world_comm(),
-                         max_shard_bytes);
+                         max_shard_bytes, source);
   if (ctx.topo.is_root())
     std::cout << "wrote " << out << " from " << from << " (" << n << " parameters, " << dtype << ", " << ranks
               << " rank" << (ranks > 1 ? "s" : "") << ")\n";

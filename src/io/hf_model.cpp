@@ -120,15 +120,63 @@ fs::path begin_model_dir(const std::string& dir) {
   return tmp;
 }
 
-// config.json (torch_dtype = dtype) and generation_config.json into tmp.
-void write_model_json(const fs::path& tmp, const LlamaConfig& c, const std::string& dtype) {
+// The tokenizer's files: a save copies them from the model it started from, as a TRL trainer's
+// save_pretrained keeps the tokenizer beside the weights.
+constexpr const char* kTokenizerFiles[] = {"tokenizer.json",   "tokenizer_config.json", "special_tokens_map.json",
+                                           "tokenizer.model",  "added_tokens.json",     "vocab.json",
+                                           "merges.txt",       "chat_template.jinja",   "chat_template.json"};
+
+// config.json keys of the source that a save does not carry over although config_to_json does not
+// write them: another spelling of what it writes (transformers 5's dtype and rope_parameters), or
+// what no longer describes the saved files (the source's transformers version, quantization, remote code).
+bool key_not_carried(const std::string& k) {
+  static const char* const kKeys[] = {"dtype",        "rope_parameters",     "transformers_version",
+                                      "auto_map",     "quantization_config", "_name_or_path"};
+  for (const char* x : kKeys)
+    if (k == x) return true;
+  return false;
+}
+
+// config.json (torch_dtype = dtype) and generation_config.json into tmp. With a source model
+// directory (the model the weights came from): config.json keeps the source's keys that metapo does
+// not manage (pad_token_id, an eos_token_id list whose first id is the model's, ...),
+// generation_config.json is the source's, and its tokenizer files are copied.
+void write_model_json(const fs::path& tmp, const LlamaConfig& c, const std::string& dtype,
+                      const std::string& source_dir) {
   LlamaConfig saved = c;
   saved.torch_dtype = dtype;
-  write_json(tmp / "config.json", config_to_json(saved));
-  write_json(tmp / "generation_config.json", {{"bos_token_id", c.bos_token_id}, {"eos_token_id", c.eos_token_id}});
+  json config = config_to_json(saved);
+  json generation = {{"bos_token_id", c.bos_token_id}, {"eos_token_id", c.eos_token_id}};
+  std::vector<std::string> files = {"config.json", "generation_config.json"};
+  std::error_code ec;
+  const fs::path src(source_dir);
+  if (!source_dir.empty() && fs::is_regular_file(src / "config.json", ec)) {
+    const json was = read_json(src / "config.json");
+    for (const auto& [k, v] : was.items())
+      if (!config.contains(k) && !key_not_carried(k)) config[k] = v;
+    const auto eos = was.find("eos_token_id");
+    if (eos != was.end() && eos->is_array() && !eos->empty() && (*eos)[0].is_number_integer() &&
+        (*eos)[0].get<int64_t>() == c.eos_token_id)
+      config["eos_token_id"] = *eos;
+    // Copied as it is (a file that is not a JSON object is refused first), like the tokenizer's.
+    std::vector<const char*> copies(std::begin(kTokenizerFiles), std::end(kTokenizerFiles));
+    if (fs::is_regular_file(src / "generation_config.json", ec)) {
+      MP_CHECK(read_json(src / "generation_config.json").is_object(), (src / "generation_config.json").string(),
+               ": not a JSON object");
+      copies.push_back("generation_config.json");
+      generation = nullptr;
+    }
+    for (const char* name : copies) {
+      if (!fs::is_regular_file(src / name, ec)) continue;
+      fs::copy_file(src / name, tmp / name, fs::copy_options::overwrite_existing, ec);
+      MP_CHECK(!ec, (src / name).string(), ": cannot copy into ", tmp.string(), " (", ec.message(), ")");
+      if (std::string(name) != "generation_config.json") files.push_back(name);
+    }
+  }
+  write_json(tmp / "config.json", config);
+  if (!generation.is_null()) write_json(tmp / "generation_config.json", generation);
   // On disk before the directory is renamed into place (the safetensors files fsync their own).
-  for (const char* name : {"config.json", "generation_config.json"})
-    fsync_file((tmp / name).string());
+  for (const std::string& name : files) fsync_file((tmp / name).string());
 }
 
 // Renames the complete tmp (begin_model_dir) to dir. rename() cannot replace a non-empty directory, so
@@ -303,7 +351,7 @@ HfModel load_hf_model(const std::string& dir) {
 }
 
 void save_hf_model(const std::string& dir, const LlamaConfig& c, const std::vector<float>& params,
-                   const std::string& dtype) {
+                   const std::string& dtype, const std::string& source_dir) {
   check_save_dtype(dtype, dir + ": dtype");
   c.validate(dir);
   const ParamLayout lay(c);
@@ -311,7 +359,7 @@ void save_hf_model(const std::string& dir, const LlamaConfig& c, const std::vect
            " parameters given, the config needs ", lay.total());
   const fs::path tmp = begin_model_dir(dir);
   try {
-    write_model_json(tmp, c, dtype);
+    write_model_json(tmp, c, dtype, source_dir);
     std::vector<SafetensorsTensor> tensors;
     for (const TensorEntry& t : lay.tensors())
       tensors.push_back({t.name, t.shape, params.data() + t.offset});
@@ -357,7 +405,7 @@ HfFilePlan plan_hf_files(const LlamaConfig& c, const std::string& dtype, uint64_
 
 void save_hf_model_parallel(const std::string& dir, const LlamaConfig& c, const std::vector<TpCopy>& runs,
                             bool write_replicated, const float* local, const std::string& dtype, Comm& comm,
-                            uint64_t max_shard_bytes) {
+                            uint64_t max_shard_bytes, const std::string& source_dir) {
   const int rank = comm.rank();
   const ParamLayout lay(c);
   const std::vector<TensorEntry>& ts = lay.tensors();
@@ -377,7 +425,7 @@ void save_hf_model_parallel(const std::string& dir, const LlamaConfig& c, const 
     try {
       c.validate(dir);
       tmp = begin_model_dir(dir);
-      write_model_json(tmp, c, dtype);
+      write_model_json(tmp, c, dtype, source_dir);
       if (plan.files.size() > 1) {
         uint64_t total = 0;
         json index = {{"metadata", {{"total_size", 0}}}, {"weight_map", json::object()}};

@@ -110,6 +110,10 @@ void LlamaConfig::validate(const std::string& source) const {
   MP_CHECK(num_attention_heads % num_key_value_heads == 0, source, ": num_attention_heads (",
            num_attention_heads, ") is not divisible by num_key_value_heads (", num_key_value_heads,
            ")");
+  // transformers' Llama with attention_bias has q, k, v *and* o_proj biases; metapo's biases are
+  // Qwen2's (q, k, v only), so a Llama with them would be read as another model.
+  MP_CHECK(!attention_bias || model_type == "qwen2", source, ": attention_bias true is not supported for model_type ",
+           model_type, " (transformers then adds q, k, v and o_proj biases; metapo has Qwen2's q/k/v biases only)");
   MP_CHECK(sliding_window >= 0, source, ": sliding_window must be >= 0, got ", sliding_window);
   MP_CHECK(rms_norm_eps > 0, source, ": rms_norm_eps must be positive, got ", rms_norm_eps);
   MP_CHECK(rope_theta > 0, source, ": rope_theta must be positive, got ", rope_theta);

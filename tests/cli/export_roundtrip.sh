@@ -46,3 +46,29 @@ fi
 mkdir mine && touch mine/notes.txt
 expect_error "mine: exists and is not a model directory" "$METAPO" export --model a --out mine
 expect_error "--dtype float64: unknown (valid: float32, bfloat16, float16)" "$METAPO" export --model a --out z --dtype float64
+# The tokenizer travels with the model, as save_pretrained keeps it: an export, a run's final/ (also
+# of 2 ranks) and an export of the run's checkpoint copy the tokenizer files and generation_config.json
+# of the model they came from, and config.json keeps the keys metapo does not manage.
+cp -r a tok && echo '{"version": "1.0", "model": {"type": "WordLevel"}}' > tok/tokenizer.json
+echo '{"chat_template": "{{ m }}"}' > tok/tokenizer_config.json
+echo '{"bos_token_id": 1, "eos_token_id": 2, "do_sample": true, "temperature": 0.6}' > tok/generation_config.json
+python3 - <<'P'
+import json
+c = json.load(open("tok/config.json")); c["pad_token_id"] = 0; c["eos_token_id"] = [c["eos_token_id"], 5]
+json.dump(c, open("tok/config.json", "w"), indent=2)
+P
+"$METAPO" synth --task sort --n-train 32 --n-val 8 --n-test 8 --n-sft 8 --out d.h5 >/dev/null
+"$METAPO" export --model tok --out tok_x >/dev/null
+$MPIRUN 2 "$METAPO" train --model tok --data d.h5 --out run --max-steps 2 --batch-size 8 --save-every 2 >/dev/null
+"$METAPO" export --model run --out tok_ckpt >/dev/null
+for d in tok_x run/final tok_ckpt; do
+  for f in tokenizer.json tokenizer_config.json generation_config.json; do
+    cmp tok/$f $d/$f || fail "$d: $f is not the source model's"
+  done
+  python3 -c "
+import json, sys
+c = json.load(open('$d/config.json'))
+assert c['pad_token_id'] == 0 and c['eos_token_id'] == [2, 5], c
+" || fail "$d/config.json lost pad_token_id or the eos_token_id list"
+done
+echo "ok: exports, a run's final/ and an export of its checkpoint keep the tokenizer and the config's other keys"

@@ -65,8 +65,11 @@ void check_save_dtype(const std::string& dtype, const std::string& what);
 // Writes config.json (torch_dtype = dtype), generation_config.json and model.safetensors, with dtype
 // float32, bfloat16 or float16. Builds dir + ".partial" and renames it to dir; an existing `dir` is
 // replaced only when it holds a config.json (a model directory), never any other directory.
+// source_dir (optional): the model directory the weights came from. Its tokenizer files and
+// generation_config.json are copied, and config.json keeps the source's keys metapo does not manage
+// (pad_token_id, an eos_token_id list, ...), as save_pretrained of the loaded model would.
 void save_hf_model(const std::string& dir, const LlamaConfig& c, const std::vector<float>& params,
-                   const std::string& dtype = "float32");
+                   const std::string& dtype = "float32", const std::string& source_dir = "");
 
 // The safetensors files of a model directory as save_hf_model_parallel writes them: the tensors in
 // ParamLayout order, a new file whenever the next tensor would take the current one past
@@ -93,9 +96,10 @@ HfFilePlan plan_hf_files(const LlamaConfig& c, const std::string& dtype, uint64_
 // file's header at its final size; then every rank converts its runs to dtype and pwrites them,
 // on its threads, and fsyncs; the runs of all ranks must cover every parameter exactly once (else an
 // error); rank 0 renames the directory into place (as save_hf_model). The bytes are those
-// save_hf_model writes when the model fits in one file. Any rank's failure throws the same on all.
+// save_hf_model writes when the model fits in one file; source_dir as there. Any rank's failure
+// throws the same on all.
 void save_hf_model_parallel(const std::string& dir, const LlamaConfig& c, const std::vector<TpCopy>& runs,
                             bool write_replicated, const float* local, const std::string& dtype, Comm& comm,
-                            uint64_t max_shard_bytes = kHfMaxShardBytes);
+                            uint64_t max_shard_bytes = kHfMaxShardBytes, const std::string& source_dir = "");
 
 }  // namespace metapo
