@@ -403,6 +403,14 @@ class Tok:
                 return with_sp[:k]
         return []
 
+    def ends_turn_with_eos(self, ids):
+        """True when ids end with EOS, or with EOS and then only whitespace (a template that ends a
+        turn with EOS and a newline, as Qwen2's `<|im_end|>` + `\\n`)."""
+        if self.eos not in ids:
+            return False
+        last = len(ids) - 1 - ids[::-1].index(self.eos)
+        return self.tok.decode(ids[last + 1:]).strip() == ""
+
     def has_chat_template(self):
         return bool(getattr(self.tok, "chat_template", None))
 
@@ -499,12 +507,13 @@ def tokenize_examples(tok, examples, lim, stats, drops):
         k += n
         if kind == "text":
             p = tok.prefix + p
+            # A text that already ends with EOS keeps one (as TRL's add_eos).
             if tok.eos >= 0:
-                rs = [r + [tok.eos] for r in rs]
+                rs = [r if r and r[-1] == tok.eos else r + [tok.eos] for r in rs]
         elif tok.eos >= 0:
-            # The template usually ends a turn with its own end token; EOS is appended unless the
-            # response already ends with it (TRL appends it unconditionally, doubling it there).
-            rs = [r if r and r[-1] == tok.eos else r + [tok.eos] for r in rs]
+            # EOS is appended unless the template already ended the turn with it (followed by
+            # nothing but whitespace): Qwen2's `<|im_end|>\n` keeps one, not `<|im_end|>\n<|im_end|>`.
+            rs = [r if tok.ends_turn_with_eos(r) else r + [tok.eos] for r in rs]
         p, rs = truncate(p, rs, lim, stats)
         if any(len(r) == 0 for r in rs):
             drops["empty response after truncation"] += 1

@@ -234,6 +234,32 @@ def test_chat_eos_not_doubled(capsys, tmp_path):
     assert tok.decode(p["chosen"]) == "It is blue.</s>"
 
 
+def test_chat_eos_then_newline_not_doubled(capsys, tmp_path):
+    # Qwen2's way: the turn ends with the EOS token and a newline. EOS is not appended after the
+    # newline (`</s>\n</s>`): the turn already ended with it, as TRL 1.x leaves it.
+    tdir = _build_tokenizer(tmp_path / "tok_eos_nl")
+    tok = transformers.AutoTokenizer.from_pretrained(tdir)
+    tok.chat_template = ("{% for m in messages %}<|{{ m['role'] }}|>\n{{ m['content'] }}</s>\n{% endfor %}"
+                         "{% if add_generation_prompt %}<|assistant|>\n{% endif %}")
+    tok.save_pretrained(tdir)
+    out = tmp_path / "e.h5"
+    prepare(capsys, tdir, out, DATA / "conversational.jsonl", "--val-fraction", "0")
+    p = by_id(check_structure(out)["train"])[0]
+    assert tok.decode(p["chosen"]) == "It is blue.</s>\n"
+
+
+def test_text_ending_with_eos_not_doubled(capsys, tokdir, hf_tok, tmp_path):
+    # A plain-text response that already ends with the EOS text keeps one EOS (TRL's add_eos checks
+    # endswith(eos_token) first); one without gets it appended.
+    src = tmp_path / "eos.jsonl"
+    src.write_text(json.dumps({"prompt": "Count:", "chosen": " one two three</s>", "rejected": " one two"}) + "\n")
+    out = tmp_path / "eos.h5"
+    prepare(capsys, tokdir, out, src, "--val-fraction", "0")
+    p = all_pairs(check_structure(out))[0]
+    assert hf_tok.decode(p["chosen"]) == " one two three</s>"
+    assert hf_tok.decode(p["rejected"]) == " one two</s>"
+
+
 def test_implicit_prompt_extraction(capsys, tokdir, hf_tok, tmp_path):
     out = tmp_path / "imp.h5"
     prepare(capsys, tokdir, out, DATA / "implicit.jsonl", "--val-fraction", "0")
