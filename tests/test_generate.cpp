@@ -243,6 +243,19 @@ TEST(Generate, StopsAfterEosAndAtMaxNewTokens) {
   }
   EXPECT_LE(cut[0].size(), 3u);
   EXPECT_GE(stopped, 1);
+  // More end tokens (a chat model's end of turn beside its EOS): a sequence stops after whichever
+  // comes first.
+  GenerateOptions m = o;
+  m.eos_id = -1, m.more_eos_ids = {full[1][1], o.eos_id};
+  const auto cut2 = generate(c, params.data(), prompts, ids, m);
+  for (size_t i = 0; i < prompts.size(); ++i) {
+    auto it = std::find_if(full[i].begin(), full[i].end(), [&](int32_t t) {
+      return t == int32_t(m.more_eos_ids[0]) || t == int32_t(m.more_eos_ids[1]);
+    });
+    const std::vector<int32_t> want(full[i].begin(), it == full[i].end() ? it : it + 1);
+    EXPECT_EQ(cut2[i], want) << "prompt " << i;
+  }
+  EXPECT_LE(cut2[1].size(), 2u);
   // Length limits: exactly max_new_tokens without EOS; 0 gives empty completions.
   for (int64_t n : {0, 1, 5}) {
     GenerateOptions l;

@@ -354,6 +354,22 @@ TEST(HfModel, SaveFromASourceKeepsTheTokenizerAndTheConfigKeys) {
   EXPECT_EQ(nlohmann::json::parse(read_text(tmp / "out2/config.json"))["eos_token_id"], c.eos_token_id);
 }
 
+// The end tokens generate() stops at: config.json's and generation_config.json's, numbers or lists,
+// without repeats or ids outside the vocabulary.
+TEST(HfModel, ModelEosIdsReadsBothFiles) {
+  TempDir tmp;
+  const LlamaConfig c = llama_gqa();
+  save_hf_model(tmp / "m", c, random_params(c, 8));
+  EXPECT_EQ(model_eos_ids(tmp / "m", c.vocab_size), std::vector<int64_t>{c.eos_token_id});
+  nlohmann::json cj = nlohmann::json::parse(read_text(tmp / "m/config.json"));
+  cj["eos_token_id"] = {c.eos_token_id, 5};
+  write_text(tmp / "m/config.json", cj.dump());
+  write_text(tmp / "m/generation_config.json", R"({"eos_token_id": [5, 7, 100000]})");
+  EXPECT_EQ(model_eos_ids(tmp / "m", c.vocab_size), (std::vector<int64_t>{c.eos_token_id, 5, 7}));
+  fs::remove(tmp / "m/generation_config.json");
+  EXPECT_EQ(model_eos_ids(tmp / "m", c.vocab_size), (std::vector<int64_t>{c.eos_token_id, 5}));
+}
+
 // transformers' Llama with attention_bias has an o_proj bias too, which metapo's model has not:
 // refused, not read as another model.
 TEST(HfModel, LlamaWithAttentionBiasIsRefused) {

@@ -104,7 +104,7 @@ int cmd_generate(Context& ctx, int argc, char** argv) {
     ("temperature", po::value(&opt.temperature), "sample from softmax(logits / T), T > 0")
     ("top-p", po::value(&opt.top_p), "sample from the smallest set of most likely tokens whose probability reaches P, 0 < P <= 1")
     ("seed", po::value(&opt.seed)->default_value(0), "sampling seed: token k of prompt id draws from (seed, k, id)")
-    ("eos-id", po::value(&eos_id), "stop a completion after this token (default: the dataset's eos_token_id, else the model's; -1: never)")
+    ("eos-id", po::value(&eos_id), "stop a completion after this token only (default: the dataset's eos_token_id, else the model's, and every other eos_token_id of the model's config.json and generation_config.json; -1: never)")
     ("batch-size", po::value(&opt.max_batch)->default_value(64), "sequences decoded together per rank (does not change the output)")
     ("limit", po::value(&limit)->default_value(0), "the first K prompts only (0: all)");
   ParallelOptions par;
@@ -154,6 +154,11 @@ int cmd_generate(Context& ctx, int argc, char** argv) {
   opt.eos_id = vm.count("eos-id") ? eos_id : ps.eos_id >= 0 ? ps.eos_id : config.eos_token_id;
   MP_CHECK(opt.eos_id >= -1 && opt.eos_id < V, "--eos-id ", opt.eos_id, " is outside the vocabulary [0, ", V,
            ") (-1 disables EOS stopping)");
+  // Without --eos-id a completion also ends at every other end token the model names (a chat
+  // model's end of turn: Llama-3-Instruct's eos_token_id [128001, 128008, 128009]), as generate() does.
+  if (!vm.count("eos-id"))
+    for (int64_t id : model_eos_ids(model_dir, V))
+      if (id != opt.eos_id) opt.more_eos_ids.push_back(id);
 
   // The KV cache each decoded sequence reserves (prompt + new tokens, every layer's K and V): a
   // --max-new-tokens far past what fits is refused here, not by the allocator (on the host; a

@@ -95,6 +95,28 @@ const std::map<std::string, std::string>& st_dtypes() {
 
 }  // namespace
 
+std::vector<int64_t> model_eos_ids(const std::string& dir, int64_t vocab_size) {
+  std::vector<int64_t> ids;
+  auto add = [&](const json& v) {
+    if (v.is_number_integer() && v.get<int64_t>() >= 0 && v.get<int64_t>() < vocab_size &&
+        std::find(ids.begin(), ids.end(), v.get<int64_t>()) == ids.end())
+      ids.push_back(v.get<int64_t>());
+  };
+  std::error_code ec;
+  for (const char* name : {"config.json", "generation_config.json"}) {
+    const fs::path path = fs::path(dir) / name;
+    if (!fs::is_regular_file(path, ec)) continue;
+    const json j = read_json(path);
+    const auto e = j.is_object() ? j.find("eos_token_id") : j.end();
+    if (e == j.end()) continue;
+    if (e->is_array())
+      for (const json& v : *e) add(v);
+    else
+      add(*e);
+  }
+  return ids;
+}
+
 void check_save_dtype(const std::string& dtype, const std::string& what) {
   MP_CHECK(st_dtypes().count(dtype), what, " ", dtype, ": unknown (valid: float32, bfloat16, float16)");
 }

@@ -404,7 +404,8 @@ std::vector<std::vector<int32_t>> generate(const LlamaConfig& c, const float* pa
   std::vector<float> logits;
   auto finished = [&](int64_t i) {
     const std::vector<int32_t>& o = out[size_t(i)];
-    return int64_t(o.size()) >= opt.max_new_tokens || (opt.eos_id >= 0 && o.back() == opt.eos_id);
+    if (int64_t(o.size()) >= opt.max_new_tokens || (opt.eos_id >= 0 && o.back() == opt.eos_id)) return true;
+    return std::find(opt.more_eos_ids.begin(), opt.more_eos_ids.end(), int64_t(o.back())) != opt.more_eos_ids.end();
   };
   int64_t next = 0;  // the first prompt not started yet
   while (next < n || !active.empty()) {

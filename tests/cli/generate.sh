@@ -41,6 +41,31 @@ assert json.loads(open("stats2.txt").read().strip().splitlines()[-1])["n"] == 6
 print("ok: format; greedy and sampled outputs identical on 1 and 2 ranks;", stats)
 P
 
+# The model's other end tokens (an eos_token_id list in config.json, generation_config.json) end a
+# completion too, as transformers' generate() stops at any; --eos-id alone overrides them.
+cp -r model model_eos
+python3 - <<'P'
+import json
+g = [json.loads(l) for l in open("greedy1.jsonl")]
+t = g[0]["completion"][1]  # the second token of the first completion
+c = json.load(open("model_eos/config.json")); c["eos_token_id"] = [2]; json.dump(c, open("model_eos/config.json", "w"))
+json.dump({"bos_token_id": 1, "eos_token_id": [2, t]}, open("model_eos/generation_config.json", "w"))
+P
+"$METAPO" generate --model model_eos --prompts prompts.jsonl --max-new-tokens 12 --output eos.jsonl >/dev/null 2>&1
+"$METAPO" generate --model model_eos --prompts prompts.jsonl --max-new-tokens 12 --eos-id 2 --output eos2.jsonl >/dev/null 2>&1
+python3 - <<'P'
+import json
+g = [json.loads(l)["completion"] for l in open("greedy1.jsonl")]
+e = [json.loads(l)["completion"] for l in open("eos.jsonl")]
+t = g[0][1]
+for a, b in zip(g, e):
+    cut = next((k + 1 for k, x in enumerate(a) if x in (2, t)), len(a))
+    assert b == a[:cut], (a, b)
+assert len(e[0]) <= 2
+assert [json.loads(l)["completion"] for l in open("eos2.jsonl")] == g, "--eos-id 2 should stop at 2 only"
+print("ok: completions end at any of the model's end tokens; --eos-id alone overrides them")
+P
+
 # Dataset prompts: the split's prompts, the chosen answer as reference, answers checked by the task.
 "$METAPO" synth --task sort --out data.h5 --n-train 0 --n-val 0 --n-test 10 --n-sft 4 >/dev/null
 "$METAPO" generate --model model --data data.h5 --split test --max-new-tokens 10 --output d1.jsonl > dstats1.txt 2>/dev/null

@@ -58,6 +58,11 @@ HfModel load_hf_model(const std::string& dir);
 // replaces; throws naming dir otherwise. For validating an output before heavy work.
 void check_model_dir_target(const std::string& dir);
 
+// Every end-of-sequence id a model directory names: config.json's eos_token_id and
+// generation_config.json's, each a number or a list, in the order found, without repeats; ids outside
+// [0, vocab_size) are left out. What transformers' generate() stops at.
+std::vector<int64_t> model_eos_ids(const std::string& dir, int64_t vocab_size);
+
 // Throws "<what> <dtype>: unknown (valid: float32, bfloat16, float16)" unless save_hf_model can
 // write dtype; `what` names the option it came from (--save-dtype, --dtype).
 void check_save_dtype(const std::string& dtype, const std::string& what);

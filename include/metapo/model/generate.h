@@ -63,6 +63,7 @@ struct GenerateOptions {
                              // probability reaches top_p (nucleus sampling)
   uint64_t seed = 0;
   int64_t eos_id = -1;       // generation of a sequence stops after this token (-1: never)
+  std::vector<int64_t> more_eos_ids;  // and after any of these (a model's other end tokens)
   int64_t max_batch = 64;    // sequences decoded together; outputs do not depend on it
 };
 
