@@ -13,6 +13,8 @@
 
 #include "metapo/align/losses.h"
 #include "metapo/core/error.h"
+#include "metapo/train/objective.h"
+#include "metapo/train/reports.h"
 #include "test_util.h"
 
 using namespace metapo;
@@ -343,35 +345,29 @@ TEST(Losses, LengthNormalizedLossesNeedLengths) {
 }
 
 // ---------- TRL's logged metrics ----------
-TEST(Losses, RewardSumsGiveTrlMetrics) {
+// What metrics.jsonl and eval log (PairStats through stats_json, the trainer's and eval's path),
+// against values by hand; through an all-reduce's merge too.
+TEST(Losses, PairStatsGiveTrlMetrics) {
   LossConfig c;
   const PairLogps a{-10, -20, -12, -19, 4, 5};  // rewards 0.2, -0.1: correct order
   const PairLogps b{-30, -10, -29, -12, 6, 2};   // rewards -0.1, 0.2: wrong order
-  RewardSums s;
-  s.add(c, a, pair_loss(c, a));
-  s.add(c, b, pair_loss(c, b));
-  const RewardSums t = RewardSums::unpack(s.pack());  // what an all-reduce round trip sees
-  const auto m = t.means();
-  ASSERT_EQ(m.size(), 6u);
-  EXPECT_EQ(m[0].first, "rewards/chosen");
-  EXPECT_NEAR(m[0].second, (0.2 - 0.1) / 2, 1e-15);
-  EXPECT_EQ(m[1].first, "rewards/rejected");
-  EXPECT_NEAR(m[1].second, (-0.1 + 0.2) / 2, 1e-15);
-  EXPECT_EQ(m[2].first, "rewards/accuracies");
-  EXPECT_EQ(m[2].second, 0.5);
-  EXPECT_EQ(m[3].first, "rewards/margins");
-  EXPECT_NEAR(m[3].second, (0.3 - 0.3) / 2, 1e-15);
-  EXPECT_EQ(m[4].first, "logps/chosen");
-  EXPECT_EQ(m[4].second, -20.0);
-  EXPECT_EQ(m[5].first, "logps/rejected");
-  EXPECT_EQ(m[5].second, -15.0);
-  EXPECT_TRUE(RewardSums().means().empty());
+  PairStats s, t;
+  s.add(c, a, pair_loss(c, a), 1.0);
+  t.add(c, b, pair_loss(c, b), 1.0);
+  s.merge(t);
+  const nlohmann::json m = stats_json(s, "");
+  EXPECT_NEAR(m["rewards/chosen"].get<double>(), (0.2 - 0.1) / 2, 1e-15);
+  EXPECT_NEAR(m["rewards/rejected"].get<double>(), (-0.1 + 0.2) / 2, 1e-15);
+  EXPECT_EQ(m["rewards/accuracies"].get<double>(), 0.5);
+  EXPECT_NEAR(m["rewards/margins"].get<double>(), (0.3 - 0.3) / 2, 1e-15);
+  EXPECT_EQ(m["logps/chosen"].get<double>(), -20.0);
+  EXPECT_EQ(m["logps/rejected"].get<double>(), -15.0);
 
-  // simpo (CPOTrainer) logs per-token averages.
+  // simpo (CPOTrainer) logs per-token averages, as its loss uses them.
   LossConfig sc;
   sc.type = LossType::Simpo, sc.beta = 2.0;
-  RewardSums ss;
-  ss.add(sc, a, pair_loss(sc, a));
-  EXPECT_EQ(ss.means()[4].second, -10.0 / 4);
-  EXPECT_EQ(ss.means()[5].second, -20.0 / 5);
+  PairStats ss;
+  ss.add(sc, a, pair_loss(sc, a), 1.0);
+  EXPECT_EQ(stats_json(ss, "")["logps/chosen"].get<double>(), -10.0 / 4);
+  EXPECT_EQ(stats_json(ss, "")["logps/rejected"].get<double>(), -20.0 / 5);
 }

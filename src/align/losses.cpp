@@ -282,34 +282,4 @@ ConfidencePairLoss confidence_pair_loss(const LossConfig& cfg, const PairLogps& 
   return c;
 }
 
-void RewardSums::add(const LossConfig& cfg, const PairLogps& p, const PairLossResult& r) {
-  count += 1;
-  rewards_chosen += r.reward_chosen;
-  rewards_rejected += r.reward_rejected;
-  accuracies += r.reward_chosen > r.reward_rejected ? 1.0 : 0.0;  // strict, as TRL's (chosen > rejected)
-  margins += r.margin;
-  // DPOTrainer logs summed log-probs; CPOTrainer (simpo) logs the per-token averages its loss uses.
-  const bool avg = cfg.type == LossType::Simpo;
-  logps_chosen += avg ? per_token(p.policy_chosen, p.len_chosen) : p.policy_chosen;
-  logps_rejected += avg ? per_token(p.policy_rejected, p.len_rejected) : p.policy_rejected;
-}
-
-std::array<double, 7> RewardSums::pack() const {
-  return {count, rewards_chosen, rewards_rejected, accuracies, margins, logps_chosen, logps_rejected};
-}
-
-RewardSums RewardSums::unpack(const std::array<double, 7>& a) {
-  RewardSums s;
-  s.count = a[0], s.rewards_chosen = a[1], s.rewards_rejected = a[2], s.accuracies = a[3];
-  s.margins = a[4], s.logps_chosen = a[5], s.logps_rejected = a[6];
-  return s;
-}
-
-std::vector<std::pair<std::string, double>> RewardSums::means() const {
-  if (count == 0) return {};
-  return {{"rewards/chosen", rewards_chosen / count},     {"rewards/rejected", rewards_rejected / count},
-          {"rewards/accuracies", accuracies / count},     {"rewards/margins", margins / count},
-          {"logps/chosen", logps_chosen / count},         {"logps/rejected", logps_rejected / count}};
-}
-
 }  // namespace metapo

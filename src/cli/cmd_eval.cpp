@@ -26,6 +26,8 @@ int cmd_eval(Context& ctx, int argc, char** argv) {
     ("loss", po::value(&loss)->default_value("sigmoid"), "loss for the reported eval loss")
     ("beta", po::value(&lc.beta)->default_value(0.1), "DPO beta")
     ("label-smoothing", po::value(&lc.label_smoothing)->default_value(0.0), "label smoothing")
+    ("simpo-gamma", po::value(&lc.simpo_gamma)->default_value(0.5), "SimPO target margin gamma (--loss simpo)")
+    ("discopop-tau", po::value(&lc.discopop_tau)->default_value(0.05), "DiscoPOP temperature (--loss discopop)")
     ("micro-batch", po::value(&micro)->default_value(16), "pairs per forward")
     ("micro-batch-tokens", po::value(&micro_tokens)->default_value(0), "> 0: forwards of whole pairs up to N tokens instead of --micro-batch pairs")
     ("limit", po::value(&limit)->default_value(0), "evaluate the first N pairs only (0: all)");
@@ -42,8 +44,15 @@ int cmd_eval(Context& ctx, int argc, char** argv) {
   MP_CHECK(limit >= 0, "--limit ", limit, ": must be >= 0 (0: all pairs)");
   lc.type = parse_loss(loss);
   validate(lc);
-  const PairSplit s = read_pair_split(data, split);
-  MP_CHECK(s.has_ref(), data, ": /", split, " has no reference log-probs (run metapo precompute-ref first)");
+  const LlamaConfig config = load_hf_config(model_dir);
+  const DatasetInfo info = read_dataset_info(data);
+  MP_CHECK(info.vocab_size <= config.vocab_size, data, ": vocab_size ", info.vocab_size,
+           " is larger than the model's ", config.vocab_size, " (wrong tokenizer for this model?)");
+  PairSplit s = read_pair_split(data, split);
+  // A reference-free loss (simpo) reads no reference log-probs: zeros stand in for absent ones.
+  MP_CHECK(s.has_ref() || !loss_uses_reference(lc.type), data, ": /", split,
+           " has no reference log-probs (run metapo precompute-ref first)");
+  if (!s.has_ref()) s.ref_logp_chosen.assign(size_t(s.size()), 0.0), s.ref_logp_rejected.assign(size_t(s.size()), 0.0);
   const MicroBatching mb{micro, micro_tokens};
   check_token_budget(s.size(), [&](int64_t i) { return pair_tokens(s, i); }, s.sample_id, mb, data + ": /" + split);
   // Pairs split over DP; the TP ranks of a replica score the same pairs together.
@@ -84,7 +93,8 @@ int cmd_precompute_ref(Context& ctx, int argc, char** argv) {
   const LlamaConfig config = load_hf_config(model_dir);
   const Dataset d = read_dataset(data);
   MP_CHECK(d.info.vocab_size <= config.vocab_size, data, ": vocab_size ", d.info.vocab_size,
-           " is larger than the model's ", config.vocab_size);
+           " is larger than the model's ", config.vocab_size, " (wrong tokenizer for this model?)");
+  MP_CHECK(!d.pairs.empty(), data, ": holds no pair split (train, val, test) to score");
   const MicroBatching mb{micro, micro_tokens};
   for (const auto& [name, split] : d.pairs)
     check_token_budget(split.size(), [&](int64_t i) { return pair_tokens(split, i); }, split.sample_id, mb, data + ": /" + name);

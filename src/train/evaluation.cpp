@@ -64,7 +64,7 @@ PairStats evaluate_pairs(LlamaModel<float>& model, Comm* pp, const float* params
   PairStats st;
   for (int64_t i = 0; i < n; ++i) {
     const PairLogps p = pair_input(s, i, c[size_t(i)], r[size_t(i)]);
-    st.add(p, pair_loss(loss, p), 1.0);
+    st.add(loss, p, pair_loss(loss, p), 1.0);
   }
   return st;
 }

@@ -13,11 +13,13 @@
 
 namespace metapo {
 
-void PairStats::add(const PairLogps& p, const PairLossResult& r, double w) {
+void PairStats::add(const LossConfig& cfg, const PairLogps& p, const PairLossResult& r, double w) {
   n += 1, weight_sum += w, weighted_loss += w * r.loss, loss += r.loss;
-  correct += r.reward_chosen > r.reward_rejected ? 1.0 : 0.0;
+  correct += r.reward_chosen > r.reward_rejected ? 1.0 : 0.0;  // strict, as TRL's (chosen > rejected)
   margin += r.margin, reward_chosen += r.reward_chosen, reward_rejected += r.reward_rejected;
-  logp_chosen += p.policy_chosen, logp_rejected += p.policy_rejected;
+  const bool avg = cfg.type == LossType::Simpo;
+  logp_chosen += avg ? p.policy_chosen / double(p.len_chosen) : p.policy_chosen;
+  logp_rejected += avg ? p.policy_rejected / double(p.len_rejected) : p.policy_rejected;
   w_min = std::min(w_min, w), w_max = std::max(w_max, w), w_sq += w * w;
 }
 

@@ -793,7 +793,11 @@ int run_dpo(const Topology& topo, const TrainConfig& cfg_in) {
   PairSplit train = read_pair_split(cfg.data_path, cfg.train_split);
   resolved.data_fingerprint = fingerprint(train);
   const std::vector<int64_t> cut_train = truncate_split(train, cfg, cfg.train_split, topo);
-  if (!cfg.ref_model_dir.empty() && train.has_ref() && topo.is_root()) {
+  if (!cfg.ref_model_dir.empty() && !loss_uses_reference(cfg.loss.type) && !use_meta && topo.is_root()) {
+    std::printf("note: --ref-model %s is not used: --loss %s needs no reference model\n", cfg.ref_model_dir.c_str(),
+                loss_name(cfg.loss.type).c_str());
+    std::fflush(stdout);
+  } else if (!cfg.ref_model_dir.empty() && train.has_ref() && topo.is_root()) {
     std::printf("note: --ref-model %s is not used for the pairs %s already holds reference log-probs of (precompute-ref); "
                 "only pairs without them are scored with it\n", cfg.ref_model_dir.c_str(), cfg.data_path.c_str());
     std::fflush(stdout);
@@ -812,8 +816,15 @@ int run_dpo(const Topology& topo, const TrainConfig& cfg_in) {
   const std::string ref_dir = cfg.ref_model_dir.empty() ? cfg.model_dir : cfg.ref_model_dir;
   // Stored reference log-probs are of the sequences as the file holds them: those of cut pairs are
   // computed again, on the cut sequences the policy is trained on.
-  ensure_ref_logps(train, cfg.train_split, ref_dir, cfg.micro(), topo, cfg.pp_layers, cut_train, cfg.device);
-  if (do_eval) ensure_ref_logps(val, cfg.val_split, ref_dir, cfg.micro(), topo, cfg.pp_layers, cut_val, cfg.device);
+  // A reference-free loss (simpo) needs no reference unless MetaPO's features do (the policy's drift
+  // from it): none is loaded or computed, and zeros stand in for absent log-probs (never read).
+  if (loss_uses_reference(cfg.loss.type) || use_meta) {
+    ensure_ref_logps(train, cfg.train_split, ref_dir, cfg.micro(), topo, cfg.pp_layers, cut_train, cfg.device);
+    if (do_eval) ensure_ref_logps(val, cfg.val_split, ref_dir, cfg.micro(), topo, cfg.pp_layers, cut_val, cfg.device);
+  } else {
+    for (PairSplit* s : {&train, &val})
+      if (!s->has_ref()) s->ref_logp_chosen.assign(size_t(s->size()), 0.0), s->ref_logp_rejected.assign(size_t(s->size()), 0.0);
+  }
   const TokensOf train_tokens = [&](int64_t i) { return pair_tokens(train, i); };
   MemoryHandle data_mem(Mem::Data);
   data_mem.set(memory_bytes(train) + memory_bytes(val));
@@ -959,7 +970,7 @@ int run_dpo(const Topology& topo, const TrainConfig& cfg_in) {
       const PairMicroResult& r = res[m];
       tokens += double(r.tokens), scored += double(r.scored);
       if (!last_stage) continue;
-      for (size_t k = 0; k < chunks[m].size(); ++k) st.add(r.in[k], r.out[k], r.weights[k]);
+      for (size_t k = 0; k < chunks[m].size(); ++k) st.add(cfg.loss, r.in[k], r.out[k], r.weights[k]);
       if (meta_step && ghost) {
         align.insert(align.end(), r.align.begin(), r.align.end());
       } else if (meta_step) {

@@ -101,19 +101,4 @@ struct ConfidencePairLoss {
 };
 ConfidencePairLoss confidence_pair_loss(const LossConfig& cfg, const PairLogps& p, double u);
 
-// Sums of TRL's logged per-pair quantities over a set of pairs. Every field is a plain sum, so ranks
-// all-reduce the fields and call means() once (metrics over the global batch, as TRL's gather does).
-struct RewardSums {
-  double count = 0;
-  double rewards_chosen = 0, rewards_rejected = 0, accuracies = 0, margins = 0;
-  double logps_chosen = 0, logps_rejected = 0;
-
-  void add(const LossConfig& cfg, const PairLogps& p, const PairLossResult& r);
-  // The fields as one array (in declaration order) for a single all-reduce, and back.
-  std::array<double, 7> pack() const;
-  static RewardSums unpack(const std::array<double, 7>& a);
-  // {"rewards/chosen", mean}, ... with TRL's names; empty when count == 0.
-  std::vector<std::pair<std::string, double>> means() const;
-};
-
 }  // namespace metapo

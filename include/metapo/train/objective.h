@@ -23,7 +23,9 @@ struct PairStats {
   double n = 0, weight_sum = 0, weighted_loss = 0, loss = 0, correct = 0, margin = 0;
   double reward_chosen = 0, reward_rejected = 0, logp_chosen = 0, logp_rejected = 0;
   double w_min = 1e300, w_max = -1e300, w_sq = 0;
-  void add(const PairLogps& p, const PairLossResult& r, double w);
+  // logp_* are TRL's logps/*: summed log-probs, per-token averages for simpo (as CPOTrainer logs
+  // the averages its loss uses).
+  void add(const LossConfig& loss, const PairLogps& p, const PairLossResult& r, double w);
   void merge(const PairStats& o);
   // Collective over comm: the sums, minimum and maximum over its ranks (fixed-order sums).
   void allreduce(Comm& comm);
