@@ -54,7 +54,8 @@ int cmd_eval(Context& ctx, int argc, char** argv) {
            " has no reference log-probs (run metapo precompute-ref first)");
   if (!s.has_ref()) s.ref_logp_chosen.assign(size_t(s.size()), 0.0), s.ref_logp_rejected.assign(size_t(s.size()), 0.0);
   const MicroBatching mb{micro, micro_tokens};
-  check_token_budget(s.size(), [&](int64_t i) { return pair_tokens(s, i); }, s.sample_id, mb, data + ": /" + split);
+  check_token_budget(s.size(), [&](int64_t i) { return pair_tokens(s, i); }, s.sample_id, mb, data + ": /" + split,
+                     "raise it");
   // Pairs split over DP; the TP ranks of a replica score the same pairs together.
   ShardedModel sm = load_sharded_model(model_dir, ctx.topo, par.pp_layers);
   place_on_device(sm, dev);
@@ -97,7 +98,8 @@ int cmd_precompute_ref(Context& ctx, int argc, char** argv) {
   MP_CHECK(!d.pairs.empty(), data, ": holds no pair split (train, val, test) to score");
   const MicroBatching mb{micro, micro_tokens};
   for (const auto& [name, split] : d.pairs)
-    check_token_budget(split.size(), [&](int64_t i) { return pair_tokens(split, i); }, split.sample_id, mb, data + ": /" + name);
+    check_token_budget(split.size(), [&](int64_t i) { return pair_tokens(split, i); }, split.sample_id, mb,
+                       data + ": /" + name, "raise it");
   ShardedModel sm = load_sharded_model(model_dir, ctx.topo, par.pp_layers);
   place_on_device(sm, dev);
   std::map<std::string, std::pair<std::vector<double>, std::vector<double>>> ref;

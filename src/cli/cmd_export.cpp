@@ -28,6 +28,8 @@ int cmd_export(Context& ctx, int argc, char** argv) {
   check_save_dtype(dtype, "--dtype");
   const uint64_t max_shard_bytes = parse_bytes(max_shard, "--max-shard-size");
   check_model_dir_target(out);
+  MP_CHECK(!fs::exists(out, ec) || !fs::equivalent(out, model, ec), "--out ", out,
+           ": is --model itself; export into another directory (an export never replaces its own source)");
   // A checkpoint file, or a run directory (no config.json) whose `latest` names one.
   const bool checkpoint = fs::is_regular_file(model, ec) ||
                           (fs::is_directory(model, ec) && !fs::exists(fs::path(model) / "config.json", ec) &&

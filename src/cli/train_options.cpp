@@ -82,7 +82,7 @@ void add_train_options(po::options_description& desc, TrainConfig& cfg, TrainOpt
       ("track-pairs", po::value(&cfg.track_pairs)->default_value(4), "margin trajectories of K pairs per group (clean/easy, clean/hard, flipped) into RUN/trajectories.jsonl (0: off)")
       ("track-every", po::value(&cfg.track_every)->default_value(10), "steps between trajectory points")
       ("meta-interval", po::value(&cfg.meta.interval)->default_value(1), "MetaPO: a weight-net update every N steps")
-      ("meta-warmup", po::value(&cfg.meta.warmup)->default_value(0), "MetaPO: first step with a weight-net update")
+      ("meta-warmup", po::value(&cfg.meta.warmup)->default_value(0), "MetaPO: steps before the first weight-net update (the first is step N+1, then every --meta-interval steps)")
       ("meta-lr", po::value(&cfg.meta.lr)->notifier([](double v) {
          // Not given leaves NaN, "by the run's length"; a given value must be a real one.
          MP_CHECK(std::isfinite(v) && v > 0, "--meta-lr must be finite and positive (got ", v, ")");

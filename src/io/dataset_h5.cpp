@@ -383,15 +383,21 @@ void rename_into_place(const std::string& tmp, const std::string& path) {
 }
 
 // Runs `body` on path + ".partial" and renames it to path; on any error the partial file is removed
-// and the error goes on up.
+// and the error goes on up. A path that is a symbolic link is written through: the file it names is
+// replaced (beside it), and the link stays a link.
 template <typename F>
 void build_then_rename(const std::string& path, F body) {
-  const std::string tmp = path + ".partial";
+  std::error_code ec;
+  std::string real = path;
+  if (fs::is_symlink(fs::symlink_status(path, ec))) {
+    real = fs::weakly_canonical(path, ec).string();
+    MP_CHECK(!ec, path, ": cannot resolve the symbolic link (", ec.message(), ")");
+  }
+  const std::string tmp = real + ".partial";
   try {
     body(tmp);
-    rename_into_place(tmp, path);
+    rename_into_place(tmp, real);
   } catch (...) {
-    std::error_code ec;
     fs::remove(tmp, ec);
     throw;
   }

@@ -103,12 +103,12 @@ std::vector<std::vector<int64_t>> micro_batches(const std::vector<int64_t>& idx,
 }
 
 void check_token_budget(int64_t n, const TokensOf& tokens_of, const std::vector<int64_t>& sample_id,
-                        const MicroBatching& mb, const std::string& where) {
+                        const MicroBatching& mb, const std::string& where, const std::string& remedy) {
   if (mb.tokens <= 0) return;
   for (int64_t i = 0; i < n; ++i) {
     const int64_t t = tokens_of(i);
     MP_CHECK(t <= mb.tokens, where, ": example ", i, " (sample_id ", sample_id[size_t(i)], ") has ", t,
-             " tokens, more than --micro-batch-tokens ", mb.tokens, " (a pair counts its prompt twice); raise it or set --max-length");
+             " tokens, more than --micro-batch-tokens ", mb.tokens, " (a pair counts its prompt twice); ", remedy);
   }
 }
 

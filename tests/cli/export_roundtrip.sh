@@ -46,6 +46,9 @@ fi
 mkdir mine && touch mine/notes.txt
 expect_error "mine: exists and is not a model directory" "$METAPO" export --model a --out mine
 expect_error "--dtype float64: unknown (valid: float32, bfloat16, float16)" "$METAPO" export --model a --out z --dtype float64
+cp a/model.safetensors a.before
+expect_error "--out a/: is --model itself" "$METAPO" export --model a --out a/ --dtype bfloat16
+cmp a/model.safetensors a.before || fail "an export into its own source changed it"
 # The tokenizer travels with the model, as save_pretrained keeps it: an export, a run's final/ (also
 # of 2 ranks) and an export of the run's checkpoint copy the tokenizer files and generation_config.json
 # of the model they came from, and config.json keeps the keys metapo does not manage.

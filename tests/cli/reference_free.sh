@@ -39,3 +39,11 @@ import json; m = json.loads('''$m''')
 assert m['logps/chosen'] > -5 and m['logps/chosen'] < 0, m  # per token: a few nats at most on 'sort'
 " || fail "simpo's metrics.jsonl logps/chosen is not a per-token average: $m"
 echo "ok: simpo trains and evaluates without a reference"
+# precompute-ref through a symbolic link writes the file it names; the link stays a link.
+mkdir sub && cp d.h5 sub/x.h5 && "$METAPO" synth --task sort --seed 4 --n-train 64 --n-val 16 --n-test 16 --n-sft 0 --out sub/y.h5 >/dev/null
+ln -s sub/y.h5 link.h5
+"$METAPO" precompute-ref --model init --data link.h5 >/dev/null
+[ -L link.h5 ] || fail "precompute-ref replaced the symbolic link by a file"
+"$METAPO" eval --model init --data sub/y.h5 --limit 2 >/dev/null || fail "the linked file got no reference log-probs"
+[ ! -e sub/y.h5.partial ] && [ ! -e link.h5.partial ] || fail "a partial file was left"
+echo "ok: precompute-ref writes through a symbolic link"

@@ -65,9 +65,11 @@ std::vector<std::vector<int64_t>> micro_batches(const std::vector<int64_t>& idx,
 // Tokens of pair i in a micro-batch (prompt + chosen, prompt + rejected), and of SFT example i.
 int64_t pair_tokens(const PairSplit& s, int64_t i);
 int64_t sft_tokens(const SftSplit& s, int64_t i);
-// Refuses, naming the first one, an example longer than mb.tokens (option: how the user set it).
+// Refuses, naming the first one, an example longer than mb.tokens; remedy: what the line advises
+// (commands without --max-length cannot cut the example).
 void check_token_budget(int64_t n, const TokensOf& tokens_of, const std::vector<int64_t>& sample_id,
-                        const MicroBatching& mb, const std::string& where);
+                        const MicroBatching& mb, const std::string& where,
+                        const std::string& remedy = "raise it or set --max-length");
 
 // This data-parallel rank's share of a global batch under a token budget: the examples, longest first,
 // each to the rank with the fewest tokens so far (the lowest rank on ties), so ranks get about equal
