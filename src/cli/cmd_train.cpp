@@ -28,6 +28,18 @@ int cmd_train(Context& ctx, int argc, char** argv) {
     }
     std::fflush(stdout);
   }
+  if (ctx.topo.is_root()) {
+    // A loss's or a weighting's own parameter given for another one: said, not refused, as above.
+    const std::pair<const char*, bool> used[] = {
+        {"simpo-gamma", cfg.loss.type == LossType::Simpo},     {"discopop-tau", cfg.loss.type == LossType::Discopop},
+        {"wpo-alpha", cfg.weighting == Weighting::Wpo},        {"margin-tau", cfg.weighting == Weighting::Margin},
+        {"weight-column", cfg.weighting == Weighting::Column}};
+    for (const auto& [name, is_used] : used)
+      if (!is_used && vm.count(name) && !vm[name].defaulted())
+        std::printf("warning: --%s has no effect with --loss %s --weighting %s\n", name, loss_name(cfg.loss.type).c_str(),
+                    weighting_name(cfg.weighting).c_str());
+    std::fflush(stdout);
+  }
   apply_parallel_options(ctx, par);
   cfg.device = check_device_option(device, par, ctx.topo.local_rank);
   cfg.pp_layers = par.pp_layers;

@@ -135,6 +135,11 @@ echo "ok: one start at a time in a run directory"
 grep -q "^warning: --meta-lr has no effect without --weighting metapo" w1.log || { cat w1.log; fail "no warning for --meta-lr"; }
 grep -q "^warning: --stats-ema has no effect" w1.log || fail "no warning for --stats-ema"
 ! grep -q "warning: --meta-val-batch" w1.log || fail "a warning for an option not given"
+# A loss's or a weighting's own parameter beside another loss or weighting: said too.
+"$METAPO" train $T --max-steps 1 --out w4 --simpo-gamma 2 --margin-tau 3 --weight-column foo >w4.log
+grep -q "^warning: --simpo-gamma has no effect with --loss sigmoid --weighting uniform" w4.log || { cat w4.log; fail "no warning for --simpo-gamma"; }
+grep -q "^warning: --margin-tau has no effect" w4.log && grep -q "^warning: --weight-column has no effect" w4.log || fail "no warning for --margin-tau/--weight-column"
+! grep -q "warning: --discopop-tau\|warning: --wpo-alpha" w4.log || fail "a warning for an option not given"
 "$METAPO" train $T --max-steps 2 --out w2 $M --meta-warmup 5 >w2.log
 grep -q "^warning: --meta-warmup 5: the run has 2 steps, so the weight net is never updated" w2.log || { cat w2.log; fail "no --meta-warmup warning"; }
 # --ref-model beside stored reference log-probs: said.
