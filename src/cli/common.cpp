@@ -11,6 +11,7 @@
 #include <iostream>
 #include <map>
 #include <sstream>
+#include <typeinfo>
 
 #include "metapo/core/error.h"
 #include "metapo/core/threads.h"
@@ -66,6 +67,21 @@ std::vector<std::string> ini_section_args(const std::string& path, const std::st
 
 }  // namespace
 
+// Boost reads "-1" into an unsigned option as 2^64 - 1: a negative value given to one (a --seed) is
+// refused instead of silently wrapped. `where` prefixes the line ("--config F [cmd]: ").
+static void refuse_negative_unsigned(const po::parsed_options& parsed, const po::variables_map& vm,
+                                     const std::string& where, const std::string& cmd) {
+  for (const po::option& o : parsed.options) {
+    if (o.value.empty() || !vm.count(o.string_key)) continue;
+    const std::type_info& t = vm[o.string_key].value().type();
+    if (t != typeid(uint64_t) && t != typeid(uint32_t) && t != typeid(unsigned long long)) continue;
+    const std::string& v = o.value[0];
+    const size_t first = v.find_first_not_of(" \t");
+    if (first != std::string::npos && v[first] == '-')
+      fail(where, "--", o.string_key, " ", v, ": must be a whole number >= 0 (see metapo ", cmd, " --help)");
+  }
+}
+
 bool parse_args(const std::string& cmd, const std::string& usage, po::options_description& desc,
                 int argc, char** argv, po::variables_map& vm, const Context& ctx) {
   desc.add_options()("help,h", "show this help")(
@@ -77,7 +93,9 @@ bool parse_args(const std::string& cmd, const std::string& usage, po::options_de
     with_stray.add(desc).add_options()("metapo-stray-arguments", po::value<std::vector<std::string>>());
     po::positional_options_description stray;
     stray.add("metapo-stray-arguments", -1);
-    po::store(po::command_line_parser(argc, argv).options(with_stray).positional(stray).run(), vm);
+    const po::parsed_options parsed = po::command_line_parser(argc, argv).options(with_stray).positional(stray).run();
+    po::store(parsed, vm);
+    refuse_negative_unsigned(parsed, vm, "", cmd);
   } catch (const po::error& e) {
     fail(e.what(), " (see metapo ", cmd, " --help)");
   }
@@ -108,7 +126,9 @@ bool parse_args(const std::string& cmd, const std::string& usage, po::options_de
     }
     try {
       // Stored after the command line: Boost keeps the first value, so the command line wins.
-      po::store(po::command_line_parser(args).options(desc).run(), vm);
+      const po::parsed_options parsed = po::command_line_parser(args).options(desc).run();
+      po::store(parsed, vm);
+      refuse_negative_unsigned(parsed, vm, "--config " + path + " [" + cmd + "]: ", cmd);
     } catch (const po::error& e) {
       fail("--config ", path, " [", cmd, "]: ", e.what());
     }

@@ -15,6 +15,12 @@ expect_error "badjson.jsonl:2" "$METAPO" score --model model --input badjson.jso
 expect_error "oov.jsonl:1: token id 64" "$METAPO" score --model model --input oov.jsonl --output o.jsonl
 expect_error "badmask.jsonl:1" "$METAPO" score --model model --input badmask.jsonl --output o.jsonl
 expect_error "--preset nosuch" "$METAPO" init --preset nosuch --out m2
+# A negative value for an unsigned option (a seed) is refused, not wrapped to 2^64 - 1.
+expect_error "--seed -1: must be a whole number >= 0" "$METAPO" synth --seed -1 --out neg.h5
+expect_error "--seed -2: must be a whole number >= 0" "$METAPO" init --preset tiny --seed=-2 --out m3
+printf '[synth]\nseed = -4\n' > neg.ini
+expect_error "neg.ini \[synth\]: --seed -4: must be a whole number >= 0" "$METAPO" synth --config neg.ini --out neg.h5
+[ ! -e neg.h5 ] && [ ! -e m3 ] || fail "a refused negative seed left output behind"
 expect_error "badjson.jsonl:2" $MPIRUN 2 "$METAPO" score --model model --input badjson.jsonl --output o.jsonl
 [ ! -e o.jsonl ] || fail "output written despite errors"
 # An error every rank meets (a bad option) is read once, from rank 0, not once per rank.
@@ -71,7 +77,7 @@ expect_error "--dtype float64: unknown" "$METAPO" init --preset tiny --dtype flo
 [ ! -e o.jsonl ] && [ ! -e m3 ] || fail "output written despite errors"
 # export into an existing model directory replaces the model's files and keeps the others.
 cp -r model mt && echo '{"tok": 1}' > mt/tokenizer.json
-"$METAPO" export --model mt --out mt --dtype bfloat16 >/dev/null
+"$METAPO" export --model model --out mt --dtype bfloat16 >/dev/null
 [ "$(cat mt/tokenizer.json)" = '{"tok": 1}' ] || fail "export removed the model directory's tokenizer.json"
 grep -q '"torch_dtype": *"bfloat16"' mt/config.json || fail "export did not replace config.json"
 # An output file already there is replaced only when the command wrote it (or it is empty): never a
