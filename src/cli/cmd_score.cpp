@@ -1,6 +1,6 @@
 // metapo score: per-token log-probs of given token sequences, so users can check metapo against any
 // other implementation. Sequences are packed (no padding) into forwards of at most
-// --max-batch-tokens tokens. The world is DP x PP x TP (--tp, --pp as eval takes them): line i is
+// --max-batch-tokens tokens; a longer one is scored in a forward of its own. The world is DP x PP x TP (--tp, --pp as eval takes them): line i is
 // scored by data-parallel replica i mod DP, through its sharded model (the pipeline forward of eval
 // and precompute-ref); with --tp 1 --pp 1 that is rank i mod world, packed as on one replica.
 
@@ -75,7 +75,7 @@ int cmd_score(Context& ctx, int argc, char** argv) {
     ("model", po::value(&model_dir)->required(), "model directory (Hugging Face layout)")
     ("input", po::value(&input)->required(), "JSONL: {\"tokens\": [ids], \"loss_mask\": [0/1 per token]} per line")
     ("output", po::value(&output)->required(), "JSONL: {\"logp\", \"n_tokens\", \"token_logps\"} per line, same order")
-    ("max-batch-tokens", po::value(&max_tokens)->default_value(8192), "tokens per packed forward");
+    ("max-batch-tokens", po::value(&max_tokens)->default_value(8192), "tokens per packed forward (a longer sequence gets a forward of its own)");
   ParallelOptions par;
   add_parallel_options(desc, par);
   add_device_option(desc, device);
