@@ -250,6 +250,17 @@ void load_checkpoint(TrainState& st, const std::string& path) {
     incompatible(have.contains(k) && have[k] == v,
                  str_cat("written for another model (", k, " ", have.contains(k) ? have[k].dump() : "absent", ", this model has ",
                          v.dump(), ")"));
+  // The cut of the sequences first: another one changes the data too, and this names the option.
+  {
+    const nlohmann::json was = nlohmann::json::parse(f.read_string("/state/config"), nullptr, false);
+    const std::pair<const char*, const char*> cuts[] = {
+        {"max_length", "--max-length"}, {"max_prompt_length", "--max-prompt-length"}, {"truncation_mode", "--truncation-mode"}};
+    for (const auto& [key, option] : cuts)
+      if (was.is_object() && st.run_config.is_object() && was.contains(key) && st.run_config.contains(key))
+        incompatible(was[key] == st.run_config[key], str_cat("written by a run with ", option, " ", was[key].dump(),
+                                                             " (this run: ", st.run_config[key].dump(),
+                                                             "); resume with the same value"));
+  }
   const std::string fp = f.read_string("/state/dataset_fingerprint");
   incompatible(fp == st.data_fingerprint, str_cat("written for another dataset (training split fingerprint ", fp,
                                                   ", this run's data has ", st.data_fingerprint, ")"));

@@ -168,6 +168,8 @@ refused x "r/step_00000004.h5: written by a run with --batch-size 16 (this run: 
   --batch-size 8 --max-steps 6 --resume r/step_00000004.h5
 refused x "r/step_00000004.h5: written by a run with --seed 0 (this run: 5)" "$METAPO" train $T --seed 5 --max-steps 6 --resume r/step_00000004.h5
 refused x "r/step_00000004.h5: at step 4, past this run's 3 steps" "$METAPO" train $T --max-steps 3 --resume r/step_00000004.h5
+refused x "r/step_00000004.h5: written by a run with --max-length 0 (this run: 12)" "$METAPO" train $T --max-length 12 \
+  --max-steps 6 --resume r/step_00000004.h5
 refused x "r/step_00000004.h5: written by a run with --loss \"sigmoid\" (this run: \"ipo\")" "$METAPO" train $T --max-steps 6 \
   --loss ipo --resume r/step_00000004.h5
 refused x "r/step_00000004.h5: written by a run with --beta 0.1 (this run: 0.5)" "$METAPO" train $T --max-steps 6 --beta 0.5 \
