@@ -12,6 +12,7 @@
 #include <map>
 #include <sstream>
 #include <typeinfo>
+#include <vector>
 
 #include "metapo/core/error.h"
 #include "metapo/core/threads.h"
@@ -211,12 +212,22 @@ uint64_t parse_bytes(const std::string& text, const std::string& option) {
 
 std::string resolve_preset(const std::string& name) {
   if (fs::is_regular_file(name)) return name;
-  const fs::path configs = fs::path(METAPO_SOURCE_DIR) / "configs";
-  const fs::path ini = configs / "presets" / (name + ".ini"), json = configs / "models" / (name + ".json");
-  if (fs::is_regular_file(ini)) return ini.string();
-  MP_CHECK(fs::is_regular_file(json), "--preset ", name, ": no such preset (looked for ", ini.string(), " and ",
-           json.string(), ")");
-  return json.string();
+  // The configs/ of the checkout the binary is in (build/metapo -> configs/), then those of the tree
+  // it was built from: a moved or second checkout uses its own presets.
+  std::vector<fs::path> dirs;
+  std::error_code ec;
+  const fs::path exe = fs::read_symlink("/proc/self/exe", ec);
+  if (!ec) dirs.push_back(exe.parent_path().parent_path() / "configs");
+  const fs::path built = fs::path(METAPO_SOURCE_DIR) / "configs";
+  if (dirs.empty() || !fs::equivalent(dirs[0], built, ec)) dirs.push_back(built);
+  std::string looked;
+  for (const fs::path& configs : dirs) {
+    const fs::path ini = configs / "presets" / (name + ".ini"), json = configs / "models" / (name + ".json");
+    if (fs::is_regular_file(ini, ec)) return ini.string();
+    if (fs::is_regular_file(json, ec)) return json.string();
+    looked += (looked.empty() ? "" : ", ") + ini.string() + ", " + json.string();
+  }
+  fail("--preset ", name, ": no such preset (looked for ", looked, ")");
 }
 
 LlamaConfig preset_config(const std::string& name) {

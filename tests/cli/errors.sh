@@ -15,6 +15,10 @@ expect_error "badjson.jsonl:2" "$METAPO" score --model model --input badjson.jso
 expect_error "oov.jsonl:1: token id 64" "$METAPO" score --model model --input oov.jsonl --output o.jsonl
 expect_error "badmask.jsonl:1" "$METAPO" score --model model --input badmask.jsonl --output o.jsonl
 expect_error "--preset nosuch" "$METAPO" init --preset nosuch --out m2
+# Presets come from the checkout the binary is in (a moved or second checkout uses its own).
+mkdir -p other/build other/configs/presets && cp "$METAPO" other/build/ && cp "$SRC/configs/presets/tiny.ini" other/configs/presets/mine.ini
+other/build/metapo init --preset mine --out m_mine >/dev/null || fail "a binary's own checkout's preset was not found"
+expect_error "--preset mine: no such preset" "$METAPO" init --preset mine --out m_mine2
 # A negative value for an unsigned option (a seed) is refused, not wrapped to 2^64 - 1.
 expect_error "--seed -1: must be a whole number >= 0" "$METAPO" synth --seed -1 --out neg.h5
 expect_error "--seed -2: must be a whole number >= 0" "$METAPO" init --preset tiny --seed=-2 --out m3
