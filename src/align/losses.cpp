@@ -94,7 +94,7 @@ bool loss_is_margin_only(LossType type) { return info(type).margin_only; }
 
 void validate(const LossConfig& cfg) {
   const std::string name = loss_name(cfg.type);
-  MP_CHECK(std::isfinite(cfg.beta) && cfg.beta > 0, "--beta ", cfg.beta, ": must be > 0 (loss ", name, ")");
+  MP_CHECK(std::isfinite(cfg.beta) && cfg.beta > 0, "--beta ", cfg.beta, ": must be finite and > 0 (loss ", name, ")");
   const double ls = cfg.label_smoothing;
   MP_CHECK(std::isfinite(ls), "--label-smoothing ", ls, ": not a finite number");
   switch (cfg.type) {
