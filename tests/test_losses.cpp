@@ -310,9 +310,10 @@ TEST(Losses, ValidateRejectsBadSettings) {
     const std::string msg = error_of([&] { validate(c); });
     EXPECT_NE(msg.find(needle), std::string::npos) << loss_name(t) << ": " << msg;
   };
-  bad(LossType::Sigmoid, 0.0, 0.0, "--beta 0: must be > 0");
+  bad(LossType::Sigmoid, 0.0, 0.0, "--beta 0: must be finite and > 0");
   bad(LossType::Ipo, -1.0, 0.0, "--beta -1");
   bad(LossType::Sigmoid, NAN, 0.0, "--beta");
+  bad(LossType::Sigmoid, INFINITY, 0.0, "--beta inf: must be finite and > 0");
   bad(LossType::Cdpo, 0.1, 0.0, "needs 0 < label_smoothing < 0.5");
   bad(LossType::Robust, 0.1, 0.5, "needs 0 < label_smoothing < 0.5");
   bad(LossType::ExoPair, 0.1, 0.0, "EXO recommends 1e-3");
