@@ -123,7 +123,7 @@ static std::vector<RankPeak> gather_peaks(const Topology& topo) {
 }
 
 void report_memory(const TrainConfig& cfg, const std::string& kind, const Topology& topo, const LlamaConfig& c,
-                   const RankMemory& mine, int64_t restarts, bool print_peaks) {
+                   const RankMemory& mine, int64_t restarts, bool print_peaks, bool write_record) {
   const std::vector<RankMemory> st = stage_memory(topo, mine);
   const std::vector<RankPeak> peaks = gather_peaks(topo);
   if (!topo.is_root()) return;
@@ -159,6 +159,7 @@ void report_memory(const TrainConfig& cfg, const std::string& kind, const Topolo
     std::snprintf(buf, sizeof buf, " total %.2f MiB", double(total) / mib);
     std::printf("%s%s\n", line.c_str(), buf);
   }
+  if (!write_record) return;
   RunRecord r;
   r.options = run_config_json(cfg, kind);
   r.command = kind, r.command_line = cfg.command_line;

@@ -465,7 +465,9 @@ struct TrainRun {
     opt_on_device = sm.device && opt.place_on_device(sm.device->get());
     sm.model->set_recompute(cfg.recompute);
     sm.model->set_precision(cfg.precision);
-    report_memory(cfg, kind, topo, config, rank_memory(opt, -1), restarts);
+    // A new run's run.json (it makes the run directory); a continued run's is rewritten when its
+    // first step begins, so a start killed before then (kill -9) leaves the run's record as it was.
+    report_memory(cfg, kind, topo, config, rank_memory(opt, -1), restarts, false, restarts == 0);
     topo.world_comm().barrier();  // the run directory exists on every rank from here on
     watch = std::move(watchdog);  // running since the start (run_dpo, run_sft), still loading
     watch->phase("start-up (checkpoint load)", 0);
@@ -706,9 +708,9 @@ struct TrainRun {
 
 // Until the first step begins, an error (a model, checkpoint or option that fails once loaded)
 // leaves nothing behind in a --out that this start made or found empty, nor a --meta-trace it
-// started: all of it is this run's, and a corrected command must be able to use the same names. In
-// a run directory being resumed it puts run.json back as it was (the start rewrites it with this
-// command's options and one more restart; a refused resume is neither).
+// started: all of it is this run's, and a corrected command must be able to use the same names. A
+// run directory being resumed keeps its run.json as it was: TrainRun rewrites it (this command's
+// options, one more restart) only once the first step has run.
 class StartupCleanup {
  public:
   StartupCleanup(const RunDirPlan& plan, const TrainConfig& cfg, const Topology& topo)
@@ -716,12 +718,6 @@ class StartupCleanup {
     std::error_code ec;
     if (cfg.weighting == Weighting::Metapo && !cfg.meta.trace_path.empty() && !fs::exists(cfg.meta.trace_path, ec))
       new_trace_ = cfg.meta.trace_path;
-    if (root_ && !fresh_) {
-      std::ifstream in(fs::path(out_) / "run.json", std::ios::binary);
-      std::ostringstream text;
-      text << in.rdbuf();
-      run_json_ = text.str();
-    }
   }
   StartupCleanup(const StartupCleanup&) = delete;
   StartupCleanup& operator=(const StartupCleanup&) = delete;
@@ -732,18 +728,12 @@ class StartupCleanup {
       if (fresh_)
         for (const auto& e : fs::directory_iterator(out_, ec)) fs::remove_all(e.path(), ec);
       if (made_) fs::remove(out_, ec);
-      if (!fresh_ && !run_json_.empty()) {
-        try {
-          write_file_atomic(out_, "run.json", run_json_);
-        } catch (const std::exception&) {  // the error being reported matters more
-        }
-      }
     }
   }
   void started() { armed_ = false; }  // the first step begins: from here the run's files are kept
 
  private:
-  std::string out_, new_trace_, run_json_;
+  std::string out_, new_trace_;
   bool root_, fresh_, made_, armed_ = true;
   int exceptions_ = std::uncaught_exceptions();
 };

@@ -179,11 +179,18 @@ refused x "r/step_00000004.h5: written by a run with --weighting \"uniform\" (th
 "$METAPO" train $T --max-steps 6 --save-every 2 --keep 0 $M --out rm >/dev/null
 refused x "written by a run with --meta-features \"all\" (this run: \"temporal\")" "$METAPO" train $T --max-steps 6 $M \
   --meta-features temporal --resume rm/step_00000002.h5
-# A refused resume in place leaves the run directory's run.json as it was (no new options, no restart).
+# A refused resume in place leaves the run directory's run.json as it was (no new options, no restart),
+# and never rewrites it at all (the same inode: a start killed before its first step could not have
+# put it back); a resume that runs rewrites it after its first step.
 cp -r r rr && rm -r rr/final && cp rr/run.json run.before
+ino=$(stat -c %i rr/run.json)
 expect_error "rr/step_00000006.h5: written by a run with --batch-size 16 (this run: 8)" "$METAPO" train --model init \
   --data d.h5 --batch-size 8 --max-steps 8 --out rr --resume auto
 cmp rr/run.json run.before || fail "a refused resume rewrote rr/run.json"
+[ "$(stat -c %i rr/run.json)" = "$ino" ] || fail "a refused resume wrote rr/run.json again (same content, new file)"
+"$METAPO" train --model init --data d.h5 --batch-size 16 --micro-batch 8 --max-steps 8 --out rr --resume auto >/dev/null
+python3 -c "import json; j = json.load(open('rr/run.json')); assert j['restarts'] == 1 and j['max_steps'] == 8, j" ||
+  fail "the resume that ran did not record itself in rr/run.json"
 python3 -c "import json; j = json.load(open('r/run.json')); assert j['device'] == 'cpu' and 'hang_timeout_s' in j, j"
 python3 -c "import json; m = json.load(open('rm/run.json'))['meta']; assert m['gate'] == 2 and m['gate_ema'] == 0.02, m"
 # The same values resume (the micro-batching and the step count may change).

@@ -29,8 +29,8 @@ RankMemory rank_memory(const ZeroAdamW& opt, int64_t activations);
 // print_peaks, one line per pipeline stage gives the largest of its ranks' marks per category.
 // Collective over the world; the world root writes.
 // restarts: how often the run directory was started again (RunRecord::restarts); the Slurm job comes
-// from the environment.
+// from the environment. write_record false: the lines only (run.json stays as it is).
 void report_memory(const TrainConfig& cfg, const std::string& kind, const Topology& topo, const LlamaConfig& c,
-                   const RankMemory& mine, int64_t restarts, bool print_peaks = false);
+                   const RankMemory& mine, int64_t restarts, bool print_peaks = false, bool write_record = true);
 
 }  // namespace metapo
