@@ -65,6 +65,7 @@ int cmd_eval(Context& ctx, int argc, char** argv) {
     j["split"] = split, j["n"] = st.n;
     j["loss"] = st.loss / st.n, j["pref_acc"] = st.correct / st.n, j["margin"] = st.margin / st.n;
     j["rewards/chosen"] = st.reward_chosen / st.n, j["rewards/rejected"] = st.reward_rejected / st.n;
+    j["rewards/accuracies"] = j["pref_acc"], j["rewards/margins"] = j["margin"];  // TRL's names, as metrics.jsonl
     j["logps/chosen"] = st.logp_chosen / st.n, j["logps/rejected"] = st.logp_rejected / st.n;
     std::cout << j.dump() << std::endl;
   }

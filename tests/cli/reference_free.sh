@@ -28,6 +28,7 @@ import json
 g05, g15 = json.load(open("g05.json")), json.load(open("g15.json"))
 # -log σ(x − γ) grows with γ; the rewards do not depend on it.
 assert g15["loss"] > g05["loss"] and g15["rewards/chosen"] == g05["rewards/chosen"], (g05, g15)
+assert g05["rewards/accuracies"] == g05["pref_acc"] and g05["rewards/margins"] == g05["margin"], g05
 a, b = json.load(open("one_simpo.json")), json.load(open("one_sigmoid.json"))
 n = b["logps/chosen"] / a["logps/chosen"]
 assert n >= 1 and abs(n - round(n)) < 1e-6, (a, b, n)
