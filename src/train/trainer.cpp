@@ -292,22 +292,24 @@ RunDirPlan decide_run_dir(const TrainConfig& cfg, const std::string& kind, bool 
     if (fs::exists(out / "final" / "config.json", ec)) {
       // Complete only when final/ reads back as a model; a broken one (a crash while it was
       // written without fsync, an edit) is set aside by the resume (set_aside_later_checkpoints).
-      std::string broken;
+      std::string broken;  // what is wrong, after "RUN/"
       try {
         const HfModelReader final_model((out / "final").string());
       } catch (const Error& e) {
-        broken = e.what();
+        broken = str_cat("final is not a readable model (", e.what(), ")");
       }
+      // A MetaPO run writes metapo.json before final/; a run of an older build stopped between the
+      // two has final/ alone and is finished from its checkpoint like a broken final/.
+      if (broken.empty() && cfg.weighting == Weighting::Metapo && !fs::exists(out / "metapo.json", ec))
+        broken = "final has no metapo.json beside it (the run stopped while it ended)";
       if (broken.empty()) {
         plan.complete = true;
         return plan;
       }
       // Without a checkpoint to finish from, starting again would empty the finished run's logs.
-      MP_CHECK(!list_checkpoints(cfg.out_dir).empty(), "--resume auto: ", cfg.out_dir, "/final is not a readable model (",
-               broken, ") and the run has no checkpoint to finish it from; move ", cfg.out_dir,
-               "/final away to train the run again");
-      if (say) std::printf("--resume auto: %s/final is not a readable model (%s); resuming the run\n", cfg.out_dir.c_str(),
-                           broken.c_str());
+      MP_CHECK(!list_checkpoints(cfg.out_dir).empty(), "--resume auto: ", cfg.out_dir, "/", broken,
+               " and the run has no checkpoint to finish it from; move ", cfg.out_dir, "/final away to train the run again");
+      if (say) std::printf("--resume auto: %s/%s; resuming the run\n", cfg.out_dir.c_str(), broken.c_str());
     }
     plan.candidates = list_checkpoints(cfg.out_dir);
     if (plan.candidates.empty()) {
@@ -1059,7 +1061,8 @@ int run_dpo(const Topology& topo, const TrainConfig& cfg_in) {
       write_trajectories(model, pp, mparams, train, tracked, cfg.loss, step + 1, cfg.micro(), topo, traj_path);
     if (run.end_step(step, false, ctl, tm.seconds())) return kExitCheckpointed;
   }
-  run.save();
+  // metapo.json before final/: a run is complete once final/ exists (--resume auto then has nothing
+  // to do), so everything else it writes at its end must already be there.
   if (use_meta) {
     // The weight net must be bit-identical on every rank that holds one, the last pipeline stage's
     // (same reduced gradients, same Adam; the TP ranks of a replica run the same meta computations on
@@ -1096,8 +1099,9 @@ int run_dpo(const Topology& topo, const TrainConfig& cfg_in) {
         write_meta_run(cfg.out_dir, run);
       }
     }
-    topo.world_comm().barrier();  // metapo.json is complete when any rank reports the run done
+    topo.world_comm().barrier();  // metapo.json is complete before final/ is begun
   }
+  run.save();
   if (topo.is_root()) std::printf("wrote %s/final and %s/metrics.jsonl\n", cfg.out_dir.c_str(), cfg.out_dir.c_str());
   return 0;
 }

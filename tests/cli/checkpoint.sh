@@ -89,6 +89,14 @@ grep -q "^--resume auto: bf/final is not a readable model" bf.log && grep -q "^r
   { cat bf.log; fail "a broken final/ was taken for a finished run"; }
 cmp one/final/model.safetensors bf/final/model.safetensors && [ -d bf/abandoned_r1/final ] || fail "bf: final/ not rewritten or not set aside"
 echo "ok: a broken final/ is set aside and the run finished"
+# A MetaPO run with final/ but no metapo.json (an older build stopped between the two) is finished too.
+cp -r one nm && rm nm/metapo.json
+$MPIRUN 1 "$METAPO" train $base $meta --max-steps 10 --save-every 3 --eval-every 4 --track-pairs 2 --track-every 3 \
+  --out nm --meta-trace nm/trace.jsonl --resume auto >nm.log
+grep -q "^--resume auto: nm/final has no metapo.json beside it" nm.log || { cat nm.log; fail "final/ without metapo.json taken for a finished run"; }
+cmp one/metapo.json nm/metapo.json && cmp one/final/model.safetensors nm/final/model.safetensors ||
+  fail "nm: the finished run differs from the uninterrupted one"
+echo "ok: a MetaPO run without metapo.json is finished from its checkpoint"
 # ... but without a checkpoint to finish from, the run is not started again (that would empty its logs).
 mkdir -p nock && cp -r bf/final bf/run.json bf/metrics.jsonl nock/ && truncate -s 100 nock/final/model.safetensors
 cp nock/metrics.jsonl nock.metrics
