@@ -12,6 +12,7 @@
 #include "metapo/io/dataset_h5.h"
 #include "metapo/io/hf_model.h"
 #include "metapo/train/analyze.h"
+#include "metapo/train/evaluation.h"
 
 namespace metapo::cli {
 
@@ -61,7 +62,7 @@ int cmd_analyze(Context& ctx, int argc, char** argv) {
   const RunRecord record = read_run_record(run_json);
   const LossConfig loss = record.loss(run_json, &notes);
   const DatasetInfo info = read_dataset_info(data);
-  const PairSplit s = read_pair_split(data, split);
+  PairSplit s = read_pair_split(data, split);
   MP_CHECK(s.size() > 0, data, ": /", split, " has no pairs");
   MP_CHECK(s.has_ref() || !loss_uses_reference(loss.type), data, ": /", split,
            " has no reference log-probs, which loss ", loss_name(loss.type),
@@ -77,6 +78,32 @@ int cmd_analyze(Context& ctx, int argc, char** argv) {
     for (int64_t id : s.sample_id)
       MP_CHECK(id >= 0 && id < run.stat_rows, data, ": /train sample id ", id, " is outside ", run_dir,
                "/metapo.json's pair table of ", run.stat_rows, " rows (not the dataset this run trained on?)");
+  // The run's cut of the sequences (run.json's --max-length, --max-prompt-length, --truncation-mode):
+  // the features are those of the pairs as the trainer saw them, and the reference log-probs of the
+  // pairs cut are computed again on the cut sequences with the run's reference model, as it did.
+  Truncation cut_by;
+  auto option_int = [&](const char* key) {
+    return record.options.contains(key) && record.options[key].is_number_integer() ? record.options[key].get<int64_t>()
+                                                                                   : int64_t(0);
+  };
+  cut_by.max_length = option_int("max_length"), cut_by.max_prompt_length = option_int("max_prompt_length");
+  cut_by.keep_end = record.options.value("truncation_mode", std::string("keep_end")) != "keep_start";
+  if (cut_by.active()) {
+    const std::vector<int64_t> cut = truncate_pairs(s, cut_by, data + ": /" + split);
+    if (!cut.empty()) {
+      notes.push_back(str_cat(cut.size(), " of ", s.size(), " pairs cut as the run cut them (--max-length ", cut_by.max_length,
+                              ", --max-prompt-length ", cut_by.max_prompt_length, ")"));
+      if (s.has_ref()) {
+        const std::string key = record.options.contains("ref_model") ? "ref_model" : "model";
+        const std::string ref_dir =
+            record.options.contains(key) && record.options[key].is_string() ? record.options[key].get<std::string>() : "";
+        MP_CHECK(!ref_dir.empty() && fs::is_directory(ref_dir), data, ": /", split, ": ", cut.size(),
+                 " pairs are cut by the run's --max-length, and their reference log-probs must be computed again with the "
+                 "run's reference model ", ref_dir.empty() ? "(not recorded)" : ref_dir, ", which is not found from here");
+        ensure_ref_logps(s, split, ref_dir, MicroBatching{micro, 0}, ctx.topo, {}, cut, Device::CPU);
+      }
+    }
+  }
   const HfModel hf = load_hf_model(model_dir);
   MP_CHECK(info.vocab_size <= hf.config.vocab_size, data, ": vocab_size ", info.vocab_size,
            " is larger than the model's ", hf.config.vocab_size, " (", model_dir, ")");

@@ -119,6 +119,30 @@ assert worst < 1e-5 and d < 1e-5, (worst, d)
 print(f"ok: --max-length on the fly = prepare_data's cut: losses and margins {worst:.1e}, parameters {d:.1e}")
 P
 
+# metapo analyze of a MetaPO run cut on the fly sees the pairs as the run cut them: the same features
+# and margins as the analysis of the run on the file cut beforehand (the runs differ by the packing of
+# the cut pairs' reference log-probs only).
+meta2="--weighting metapo --meta-val-batch 8"
+"$METAPO" train --model init --data d.h5 --out mlm-fly $common --micro-batch 4 --max-length "$ml" --max-prompt-length "$mpl" \
+  $meta2 >/dev/null
+"$METAPO" train --model init --data cut.h5 --out mlm-file $common --micro-batch 4 $meta2 >/dev/null
+"$METAPO" analyze --run mlm-fly --data d.h5 --max-pairs 16 --ig-steps 4 --permutation-repeats 1 > mlm-fly.analyze
+"$METAPO" analyze --run mlm-file --data cut.h5 --max-pairs 16 --ig-steps 4 --permutation-repeats 1 >/dev/null
+grep -q "^note: [0-9]* of 96 pairs cut as the run cut them" mlm-fly.analyze || { cat mlm-fly.analyze; fail "analyze did not cut"; }
+python3 - <<'P'
+import json
+a = {r["sample_id"]: r for r in map(json.loads, open("mlm-fly/pair_weights.jsonl"))}
+b = {r["sample_id"]: r for r in map(json.loads, open("mlm-file/pair_weights.jsonl"))}
+assert a.keys() == b.keys() and len(a) == 96, (len(a), len(b))
+worst = 0.0
+for k in a:
+    va = [a[k]["weight"]] + list(a[k]["features"].values())
+    vb = [b[k]["weight"]] + list(b[k]["features"].values())
+    worst = max([worst] + [abs(x - y) / max(abs(y), 1e-3) for x, y in zip(va, vb)])
+assert worst < 1e-3, worst
+print(f"ok: analyze of a run cut on the fly = of the run on the cut file (features and weights {worst:.1e})")
+P
+
 # --- Refusals, before any training.
 expect_error "d.h5: /train: example " "$METAPO" train --model init --data d.h5 --out bad1 $common \
   --micro-batch-tokens $((longest - 1))
