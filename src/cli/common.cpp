@@ -363,16 +363,6 @@ void check_output_file(const std::string& path, const std::string& option, const
            own.what, "; metapo replaces only a file it wrote (remove it or choose another path)");
 }
 
-void check_fits_memory(double bytes, const std::string& what) {
-  const long pages = sysconf(_SC_PHYS_PAGES), page = sysconf(_SC_PAGE_SIZE);
-  if (pages <= 0 || page <= 0) return;
-  const double have = double(pages) * double(page);
-  char need[32], total[32];
-  std::snprintf(need, sizeof need, "%.3g", bytes / double(1ull << 30));
-  std::snprintf(total, sizeof total, "%.1f", have / double(1ull << 30));
-  MP_CHECK(bytes <= have, what, " needs ", need, " GiB, more than this machine's ", total, " GiB of memory");
-}
-
 void write_file_atomic(const std::string& path, const std::string& content) {
   const std::string tmp = path + ".partial";
   if (fs::path(path).has_parent_path()) fs::create_directories(fs::path(path).parent_path());

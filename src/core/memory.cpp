@@ -1,7 +1,12 @@
 #include "metapo/core/memory.h"
 
+#include <unistd.h>
+
 #include <atomic>
 #include <cstddef>
+#include <cstdio>
+
+#include "metapo/core/error.h"
 
 namespace metapo {
 
@@ -55,6 +60,16 @@ void mem_reset_peaks() {
   Counters& c = counters();
   for (int k = 0; k < kNumMem; ++k) c.peak[k].store(c.now[k].load());
   c.total_peak.store(c.total.load());
+}
+
+void check_fits_memory(double bytes, const std::string& what) {
+  const long pages = sysconf(_SC_PHYS_PAGES), page = sysconf(_SC_PAGE_SIZE);
+  if (pages <= 0 || page <= 0) return;
+  const double have = double(pages) * double(page);
+  char need[32], total[32];
+  std::snprintf(need, sizeof need, "%.3g", bytes / double(1ull << 30));
+  std::snprintf(total, sizeof total, "%.1f", have / double(1ull << 30));
+  MP_CHECK(bytes <= have, what, " needs ", need, " GiB, more than this machine's ", total, " GiB of memory");
 }
 
 }  // namespace metapo

@@ -26,6 +26,7 @@
 #include "metapo/comm/mpi_session.h"
 #include "metapo/core/buffer.h"
 #include "metapo/core/error.h"
+#include "metapo/core/memory.h"
 #include "metapo/core/progress.h"
 #include "metapo/core/timer.h"
 #include "metapo/io/checkpoint.h"
@@ -75,6 +76,28 @@ std::vector<int64_t> truncate_split(PairSplit& s, const TrainConfig& cfg, const 
   check_token_budget(s.size(), [&](int64_t i) { return pair_tokens(s, i); }, s.sample_id, cfg.micro(),
                      str_cat(cfg.data_path, ": /", split));
   return cut;
+}
+
+// MetaPO's pair table has a row per sample id up to the largest (row = id, so that the statistics of a
+// pair keep their place across resumes and layouts), gathered whole and written as JSON
+// (metapo.json) at the run's end: refused before any heavy work when that cannot fit, and said when
+// the ids are sparse enough to make it much larger than the split.
+void check_pair_table(const PairSplit& train, const TrainConfig& cfg, const Topology& topo) {
+  int64_t max_id = 0;
+  for (int64_t id : train.sample_id) max_id = std::max(max_id, id);
+  const double rows = double(max_id) + 1.0;
+  // Per row at the end: the owners' rows and the gathered copy (7 doubles each), then metapo.json's
+  // JSON tree and text (measured about 470 bytes a row).
+  constexpr double kBytesPerRow = 512;
+  check_fits_memory(rows * kBytesPerRow,
+                    str_cat("--weighting metapo: ", cfg.data_path, ": /", cfg.train_split, " has sample ids up to ", max_id,
+                            "; the pair table (a row per id, ", int64_t(rows), " rows, for ", train.size(),
+                            " pairs) at the run's end"));
+  if (rows > 16.0 * double(train.size()) && rows * kBytesPerRow > double(1 << 30) && topo.is_root())
+    std::printf("note: %s: /%s has sample ids up to %lld for %lld pairs: MetaPO's pair table holds a row per id (%.1f GiB "
+                "at the run's end); numbering the pairs densely (0..N-1) makes it smaller\n",
+                cfg.data_path.c_str(), cfg.train_split.c_str(), (long long)max_id, (long long)train.size(),
+                rows * kBytesPerRow / double(1ull << 30));
 }
 
 // The local parameter buffer's length with ZeRO-1's padding (ZeroAdamW::padded_size), known before
@@ -784,6 +807,7 @@ int run_dpo(const Topology& topo, const TrainConfig& cfg_in) {
   check_compatible(policy.config(), info, cfg.data_path);
   PairSplit train = read_pair_split(cfg.data_path, cfg.train_split);
   resolved.data_fingerprint = fingerprint(train);
+  if (use_meta) check_pair_table(train, cfg, topo);
   const std::vector<int64_t> cut_train = truncate_split(train, cfg, cfg.train_split, topo);
   if (!cfg.ref_model_dir.empty() && !loss_uses_reference(cfg.loss.type) && !use_meta && topo.is_root()) {
     std::printf("note: --ref-model %s is not used: --loss %s needs no reference model\n", cfg.ref_model_dir.c_str(),

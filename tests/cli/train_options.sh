@@ -45,6 +45,12 @@ refused x "--hypergrad bogus: unknown (valid: ghost, exact, fd)" "$METAPO" train
 refused x "--hypergrad exact is not supported with --tp 2" $MPIRUN 2 "$METAPO" train --tp 2 $T --max-steps 2 $M --hypergrad exact
 refused x "--stats-refresh-every 1 and --stats-refresh-pairs 0: a refresh needs both" "$METAPO" train $T --max-steps 2 $M --stats-refresh-every 1
 
+# MetaPO's pair table has a row per sample id: ids far past what fits are refused before any work.
+cp d.h5 bigid.h5
+python3 -c "import h5py; f = h5py.File('bigid.h5', 'r+'); s = f['train/sample_id']; a = s[:]; a[3] = 10**12; s[...] = a"
+refused x "bigid.h5: /train has sample ids up to 1000000000000; the pair table (a row per id, .* needs .* GiB, more than this machine's" \
+  "$METAPO" train --model init --data bigid.h5 --batch-size 16 --micro-batch 8 --max-steps 2 $M
+
 # --meta-trace never overwrites a file metapo did not write, nor one of the run's own.
 cp -r init init2
 refused x "--meta-trace d.h5: exists and is not this run's trace" "$METAPO" train $T --max-steps 2 $M --meta-trace d.h5

@@ -10,6 +10,7 @@
 #include <nlohmann/json.hpp>
 
 #include "metapo/comm/topology.h"
+#include "metapo/core/memory.h"
 #include "metapo/model/config.h"
 
 namespace metapo::cli {
@@ -94,8 +95,5 @@ OwnOutput score_output();     // {"logp", "n_tokens", ...} per line
 // the command (never a file of the user's).
 void check_output_file(const std::string& path, const std::string& option, const std::vector<std::string>& inputs,
                        const OwnOutput& own = {});
-// Refuses, naming `what`, a host allocation of `bytes` larger than this machine's physical memory
-// (sizes from options that would otherwise end in std::bad_alloc or the kernel's OOM killer).
-void check_fits_memory(double bytes, const std::string& what);
 
 }  // namespace metapo::cli

@@ -11,6 +11,7 @@
 #pragma once
 #include <array>
 #include <cstdint>
+#include <string>
 
 namespace metapo {
 
@@ -38,6 +39,10 @@ MemBytes mem_current();
 MemBytes mem_peak();   // the high-water mark of each category since the start (or the last reset)
 int64_t mem_peak_total();  // the high-water mark of the sum of all categories
 void mem_reset_peaks();    // peaks := current
+
+// Refuses, naming `what`, a host allocation of `bytes` larger than this machine's physical memory
+// (sizes from options or data that would otherwise end in std::bad_alloc or the kernel's OOM killer).
+void check_fits_memory(double bytes, const std::string& what);
 
 // A registration of `bytes` under one category, released when the handle goes (or set again).
 class MemoryHandle {
