@@ -166,6 +166,16 @@ TEST(RunFiles, MetaRunRoundTripsThroughTheFileBitForBit) {
   EXPECT_EQ(b.pair_stats, run.pair_stats);
   EXPECT_EQ(b.features_used, "temporal");
   EXPECT_EQ(to_json(b), to_json(run));
+  // An unknown feature kind names the file and the field.
+  run.features_used = "bogus";
+  write_meta_run(dir, run);
+  try {
+    read_meta_run(dir + "/metapo.json");
+    ADD_FAILURE() << "features_used \"bogus\" was read";
+  } catch (const Error& e) {
+    const std::string m = e.what();
+    EXPECT_NE(m.find("metapo.json: features_used \"bogus\" is unknown"), std::string::npos) << m;
+  }
   fs::remove_all(dir);
 }
 

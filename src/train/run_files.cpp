@@ -321,6 +321,9 @@ MetaRun parse_meta_run(const json& j, const std::string& path) {
   if (j.contains("features_used")) {
     MP_CHECK(j["features_used"].is_string(), path, ": features_used must be a string");
     run.features_used = j["features_used"].get<std::string>();
+    const std::string& f = run.features_used;
+    MP_CHECK(f == "all" || f == "temporal" || f == "instantaneous", path, ": features_used \"", f,
+             "\" is unknown (valid: all, temporal, instantaneous)");
   }
 
   run.standardizer = need_doubles(j, "standardizer", path, "");

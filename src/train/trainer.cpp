@@ -306,6 +306,12 @@ RunDirPlan decide_run_dir(const TrainConfig& cfg, const std::string& kind, bool 
     const RunRecord was = read_run_record((out / "run.json").string());
     MP_CHECK(was.command == kind, "--out ", cfg.out_dir, ": a run of `metapo ", was.command, "`, not of `metapo ", kind, "`");
     plan.restarts = was.restarts + 1;
+    // A traced run continued without --meta-trace: its trace ends here, said rather than silent.
+    const nlohmann::json& m = was.options.contains("meta") ? was.options["meta"] : nlohmann::json::object();
+    if (say && !cfg.resume.empty() && cfg.weighting == Weighting::Metapo && cfg.meta.trace_path.empty() &&
+        m.contains("trace") && m["trace"].is_string() && !m["trace"].get<std::string>().empty())
+      std::printf("note: the run's --meta-trace %s is not continued (this start has no --meta-trace; pass it to go on "
+                  "tracing)\n", m["trace"].get<std::string>().c_str());
   }
   if (cfg.resume == "auto") {
     if (!has_run) {

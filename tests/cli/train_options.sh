@@ -148,6 +148,10 @@ grep -q "^warning: --margin-tau has no effect" w4.log && grep -q "^warning: --we
 ! grep -q "warning: --discopop-tau\|warning: --wpo-alpha" w4.log || fail "a warning for an option not given"
 "$METAPO" train $T --max-steps 2 --out w2 $M --meta-warmup 5 >w2.log
 grep -q "^warning: --meta-warmup 5: the run has 2 steps, so the weight net is never updated" w2.log || { cat w2.log; fail "no --meta-warmup warning"; }
+# A traced run continued without --meta-trace: said (its trace ends there).
+"$METAPO" train $T --max-steps 2 --save-every 2 --out w5 $M --meta-trace w5/trace.jsonl >/dev/null
+"$METAPO" train $T --max-steps 3 --save-every 2 --out w5 $M --resume auto >w5.log
+grep -q "^note: the run's --meta-trace .*w5/trace.jsonl is not continued" w5.log || { cat w5.log; fail "no note for the trace"; }
 # --ref-model beside stored reference log-probs: said.
 "$METAPO" train $T --max-steps 1 --out w3 --ref-model init >w3.log
 grep -q "^note: --ref-model init is not used" w3.log || { cat w3.log; fail "no --ref-model note"; }
