@@ -7,8 +7,9 @@
 #   LAUNCHER      srun (default: srun --mpi=pmix, one rank per task) or mpirun (Open MPI's mpirun
 #                 inside the allocation; it starts its daemons through Slurm on the other nodes)
 #   SRUN_ARGS     extra srun options (default: --cpu-bind=cores; set empty for none)
-#   MPIRUN_ARGS   extra mpirun options (default: --bind-to core --map-by ppr:<tasks per node>:node;
-#                 set empty for none)
+#   MPIRUN_ARGS   extra mpirun options (default: --bind-to core:overload-allowed
+#                 --map-by ppr:<tasks per node>:node:PE=<cpus per task>, each rank bound to its
+#                 --cpus-per-task cores, as srun's --cpu-bind=cores; set empty for none)
 #   MAX_REQUEUES  requeues after a clean checkpoint (exit 124) before the job gives up (default 100)
 #   MAX_FAILURES  requeues after a hang (exit 125), a rank killed by a signal or a failed launch
 #                 (default 3)
@@ -65,7 +66,7 @@ metapo_launch_cmd() {
     mpirun)
       local per_node=${SLURM_NTASKS_PER_NODE:-${SLURM_TASKS_PER_NODE%%(*}}
       # shellcheck disable=SC2206
-      LAUNCH=(mpirun -np "${SLURM_NTASKS:-1}" ${MPIRUN_ARGS---bind-to core --map-by ppr:${per_node:-1}:node}
+      LAUNCH=(mpirun -np "${SLURM_NTASKS:-1}" ${MPIRUN_ARGS---bind-to core:overload-allowed --map-by ppr:${per_node:-1}:node:PE=${SLURM_CPUS_PER_TASK:-1}}
               -x OMP_NUM_THREADS -x HDF5_USE_FILE_LOCKING -x NCCL_DEBUG -x NCCL_ASYNC_ERROR_HANDLING) ;;
     *) job_say "LAUNCHER=$LAUNCHER: unknown (srun or mpirun)"; exit 2 ;;
   esac

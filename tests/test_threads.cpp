@@ -1,9 +1,10 @@
-// configure_threads: OMP_NUM_THREADS wins; otherwise the node's share of cores, capped by the cores
-// the process is bound to (mpirun -np 1 binds a lone rank to one core).
+// configure_threads: OMP_NUM_THREADS wins, otherwise the node's share of cores; either capped by the
+// cores the process is bound to (mpirun -np 1 binds a lone rank to one core).
 #include <gtest/gtest.h>
 #include <omp.h>
 #include <sched.h>
 
+#include <algorithm>
 #include <cstdlib>
 #include <string>
 #include <thread>
@@ -34,9 +35,27 @@ struct AffinityGuard {
 
 TEST(Threads, EnvironmentWins) {
   EnvGuard env;
+  cpu_set_t set;
+  ASSERT_EQ(sched_getaffinity(0, sizeof set, &set), 0);
+  const int bound = CPU_COUNT(&set);
+  setenv("OMP_NUM_THREADS", "1", 1);
+  EXPECT_EQ(metapo::configure_threads(1), 1);
   setenv("OMP_NUM_THREADS", "3", 1);
-  EXPECT_EQ(metapo::configure_threads(1), 3);
-  EXPECT_EQ(omp_get_max_threads(), 3);
+  EXPECT_EQ(metapo::configure_threads(1), std::min(3, bound));
+  EXPECT_EQ(omp_get_max_threads(), std::min(3, bound));
+}
+
+// OMP_NUM_THREADS is capped by the CPU mask too (Slurm's mpirun binding a rank to one core while the
+// job script sets OMP_NUM_THREADS to --cpus-per-task).
+TEST(Threads, EnvironmentCappedByTheCpuMask) {
+  EnvGuard env;
+  AffinityGuard aff;
+  setenv("OMP_NUM_THREADS", "4", 1);
+  cpu_set_t one;
+  CPU_ZERO(&one);
+  CPU_SET(sched_getcpu(), &one);
+  ASSERT_EQ(sched_setaffinity(0, sizeof one, &one), 0);
+  EXPECT_EQ(metapo::configure_threads(1), 1);
 }
 
 TEST(Threads, ShareOfTheNode) {

@@ -46,3 +46,18 @@ expect_launch_error() {
 expect_launch_error "MAX_REQUEUES=abc: not a non-negative integer" MAX_REQUEUES=abc
 expect_launch_error "MAX_FAILURES=-1: not a non-negative integer" MAX_FAILURES=-1
 expect_launch_error "METAPO_STATUS_DIR=$WORK/nodir: not a writable directory" METAPO_STATUS_DIR="$WORK/nodir"
+# LAUNCHER=mpirun binds each rank to its --cpus-per-task cores (PE=), as srun --cpu-bind=cores does,
+# not to one core with OMP_NUM_THREADS threads piled on it; metapo's threads follow the mask.
+if command -v mpirun >/dev/null; then
+  cat > "$WORK/mask.sh" <<'S'
+#!/usr/bin/env bash
+echo "mask $(sed -n 's/^Cpus_allowed_list:\s*//p' /proc/self/status) omp $OMP_NUM_THREADS"
+S
+  chmod +x "$WORK/mask.sh"
+  (export METAPO="$WORK/mask.sh" LAUNCHER=mpirun SLURM_NTASKS=1 SLURM_NTASKS_PER_NODE=1 SLURM_CPUS_PER_TASK=2 \
+     METAPO_STATUS_DIR="$WORK"; unset OMP_NUM_THREADS; source "$SRC/jobs/lib.sh"; metapo_env; metapo_launch_cmd
+   echo "launch ${LAUNCH[*]}"; "${LAUNCH[@]}" "$METAPO") >mask.txt 2>&1 || true
+  grep -q "ppr:1:node:PE=2" mask.txt || { cat mask.txt; fail "lib.sh: mpirun does not map PE=cpus-per-task"; }
+  grep -q "^mask 0-1 omp 2" mask.txt || { cat mask.txt; fail "lib.sh: the mpirun rank is not bound to its 2 cores"; }
+  echo "ok: lib.sh: LAUNCHER=mpirun binds a rank to its --cpus-per-task cores ($(grep '^mask' mask.txt))"
+fi
