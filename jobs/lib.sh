@@ -161,6 +161,13 @@ metapo_finish() {
       scontrol requeue "$SLURM_JOB_ID"
       exit 124 ;;  # not reached when the requeue went through: Slurm ends this shell
     *)
+      if [ "$JOB_RC" -ne 125 ] && [ "$JOB_RC" -le 128 ] && [ -n "$_job_signal" ]; then
+        # scancel and pre-emption signal the launcher too: it may end with its own status before the
+        # ranks' checkpoint-and-stop is reported. Not an error of the run.
+        job_say "$what ended (exit $JOB_RC) after SIG$_job_signal, the launcher stopped with it: not requeued by this" \
+                "script (scancel, or a pre-emption that Slurm requeues itself); --resume auto continues from the newest checkpoint"
+        exit "$JOB_RC"
+      fi
       if [ "$JOB_RC" -ne 125 ] && [ "$JOB_RC" -le 128 ]; then
         job_say "$what failed (exit $JOB_RC): not requeued (a restart would repeat the error above)"
         exit "$JOB_RC"
