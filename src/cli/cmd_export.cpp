@@ -30,6 +30,13 @@ int cmd_export(Context& ctx, int argc, char** argv) {
   check_model_dir_target(out);
   MP_CHECK(!fs::exists(out, ec) || !fs::equivalent(out, model, ec), "--out ", out,
            ": is --model itself; export into another directory (an export never replaces its own source)");
+  {
+    fs::path target = fs::path(out).lexically_normal();
+    if (!target.has_filename()) target = target.parent_path();
+    MP_CHECK(target.filename() != "final" || !fs::exists(target.parent_path() / "run.json", ec), "--out ", out,
+             ": the model a run wrote (", target.parent_path().string(),
+             "/run.json, metrics.jsonl and metapo.json describe it); export into another directory");
+  }
   // A checkpoint file, or a run directory (no config.json) whose `latest` names one.
   const bool checkpoint = fs::is_regular_file(model, ec) ||
                           (fs::is_directory(model, ec) && !fs::exists(fs::path(model) / "config.json", ec) &&

@@ -75,3 +75,6 @@ assert c['pad_token_id'] == 0 and c['eos_token_id'] == [2, 5], c
 " || fail "$d/config.json lost pad_token_id or the eos_token_id list"
 done
 echo "ok: exports, a run's final/ and an export of its checkpoint keep the tokenizer and the config's other keys"
+cp run/final/model.safetensors final.before
+expect_error "--out run/final: the model a run wrote" "$METAPO" export --model run/step_00000002.h5 --out run/final
+cmp run/final/model.safetensors final.before || fail "an export replaced the run's final/"
