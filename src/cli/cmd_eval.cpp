@@ -52,7 +52,7 @@ int cmd_eval(Context& ctx, int argc, char** argv) {
   // A reference-free loss (simpo) reads no reference log-probs: zeros stand in for absent ones.
   MP_CHECK(s.has_ref() || !loss_uses_reference(lc.type), data, ": /", split,
            " has no reference log-probs (run metapo precompute-ref first)");
-  if (!s.has_ref()) s.ref_logp_chosen.assign(size_t(s.size()), 0.0), s.ref_logp_rejected.assign(size_t(s.size()), 0.0);
+  s.zero_absent_ref();
   const MicroBatching mb{micro, micro_tokens};
   check_token_budget(s.size(), [&](int64_t i) { return pair_tokens(s, i); }, s.sample_id, mb, data + ": /" + split,
                      "raise it");

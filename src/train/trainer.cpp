@@ -844,8 +844,7 @@ int run_dpo(const Topology& topo, const TrainConfig& cfg_in) {
     ensure_ref_logps(train, cfg.train_split, ref_dir, cfg.micro(), topo, cfg.pp_layers, cut_train, cfg.device);
     if (do_eval) ensure_ref_logps(val, cfg.val_split, ref_dir, cfg.micro(), topo, cfg.pp_layers, cut_val, cfg.device);
   } else {
-    for (PairSplit* s : {&train, &val})
-      if (!s->has_ref()) s->ref_logp_chosen.assign(size_t(s->size()), 0.0), s->ref_logp_rejected.assign(size_t(s->size()), 0.0);
+    train.zero_absent_ref(), val.zero_absent_ref();
   }
   const TokensOf train_tokens = [&](int64_t i) { return pair_tokens(train, i); };
   MemoryHandle data_mem(Mem::Data);

@@ -44,6 +44,10 @@ struct PairSplit {
 
   int64_t size() const { return int64_t(sample_id.size()); }
   bool has_ref() const { return !ref_logp_chosen.empty() || !ref_logp_rejected.empty(); }
+  // For a reference-free loss (simpo), which reads none: zeros stand in for absent reference log-probs.
+  void zero_absent_ref() {
+    if (!has_ref()) ref_logp_chosen.assign(size_t(size()), 0.0), ref_logp_rejected.assign(size_t(size()), 0.0);
+  }
 };
 
 // The SFT split (/sft): the loss covers the answer tokens.
