@@ -25,7 +25,8 @@
 #   125  a rank's hang watchdog aborted the job (--hang-timeout), or >128: a rank died of a signal
 #        (a node failure), or the launcher exited 0 without metapo having run (srun does that when a
 #        step fails to launch): requeued as a failure, at most MAX_FAILURES times (counted in the
-#        job's Comment field, which survives requeues).
+#        job's Comment field, which survives requeues). Likewise 75: the run directory was still held
+#        by another start (a restart while the ranks of a killed launcher are ending).
 #   any other: an error that a restart would only repeat (bad input, a bug): the job fails.
 #
 # Every line this file prints starts with "metapo-job:", so `grep metapo-job: logs/*.out` gives a
@@ -161,14 +162,14 @@ metapo_finish() {
       scontrol requeue "$SLURM_JOB_ID"
       exit 124 ;;  # not reached when the requeue went through: Slurm ends this shell
     *)
-      if [ "$JOB_RC" -ne 125 ] && [ "$JOB_RC" -le 128 ] && [ -n "$_job_signal" ]; then
+      if [ "$JOB_RC" -ne 125 ] && [ "$JOB_RC" -ne 75 ] && [ "$JOB_RC" -le 128 ] && [ -n "$_job_signal" ]; then
         # scancel and pre-emption signal the launcher too: it may end with its own status before the
         # ranks' checkpoint-and-stop is reported. Not an error of the run.
         job_say "$what ended (exit $JOB_RC) after SIG$_job_signal, the launcher stopped with it: not requeued by this" \
                 "script (scancel, or a pre-emption that Slurm requeues itself); --resume auto continues from the newest checkpoint"
         exit "$JOB_RC"
       fi
-      if [ "$JOB_RC" -ne 125 ] && [ "$JOB_RC" -le 128 ]; then
+      if [ "$JOB_RC" -ne 125 ] && [ "$JOB_RC" -ne 75 ] && [ "$JOB_RC" -le 128 ]; then
         job_say "$what failed (exit $JOB_RC): not requeued (a restart would repeat the error above)"
         exit "$JOB_RC"
       fi
@@ -176,6 +177,7 @@ metapo_finish() {
       failures=$(_job_failures)
       failures=${failures:-0}
       [ "$JOB_RC" -gt 128 ] && why="a rank was killed by signal $((JOB_RC - 128)) (exit $JOB_RC)"
+      [ "$JOB_RC" -eq 75 ] && why="another start still held the run directory (exit 75, METAPO_LOCK_WAIT_S)"
       [ "${_job_launch_failed:-0}" = 1 ] && why="the ranks did not start (a failed launch)"
       if [ "$failures" -ge "$MAX_FAILURES" ]; then
         job_say "$what: $why; the job already failed $failures times (MAX_FAILURES): giving up"

@@ -116,8 +116,10 @@ int main(int argc, char** argv) {
                                  : e.what();
     std::cerr << "metapo" << (cmd.empty() || cmd[0] == '-' ? "" : " " + cmd) << ": error: " << what
               << (world > 1 ? " [rank " + std::to_string(rank) + "]" : "") << std::endl;
-    if (world > 1) metapo::abort_job(1);
-    rc = 1;
+    // An error with a status of its own (a locked run directory: 75) keeps it; any other is 1.
+    const auto* with_status = dynamic_cast<const metapo::ExitError*>(&e);
+    rc = with_status ? with_status->status() : 1;
+    if (world > 1) metapo::abort_job(rc);
   }
   // METAPO_STATUS_FILE (set by jobs/lib.sh): rank 0 writes its exit status there, so a job script can
   // tell a run that ended from a launcher that exits 0 without having started it (srun does, when a

@@ -411,8 +411,9 @@ bool lock_run_dir(const std::string& out_dir) {
       return !existed;
     }
     if (waited >= wait_s)
-      throw Error(str_cat("--out ", out_dir, ": another metapo run is using this directory (", path,
-                          " is locked); wait for it to end or choose another --out"));
+      throw ExitError(str_cat("--out ", out_dir, ": another metapo run is using this directory (", path,
+                              " is locked); wait for it to end or choose another --out (exit status ", kExitLocked, ")"),
+                      kExitLocked);
     if (g_stop_signal != 0)  // scancel, Ctrl-C of a start that has not begun: nothing to checkpoint
       throw Error(str_cat("--out ", out_dir, ": stopped by ", stop_reason(g_stop_signal), " while waiting for ", path,
                           "; nothing was changed"));
@@ -445,7 +446,8 @@ RunDirPlan plan_run_dir(const TrainConfig& cfg, const Topology& topo, const std:
       j = {{"complete", p.complete}, {"in_place", p.in_place}, {"candidates", p.candidates}, {"fallback", p.fallback},
            {"fresh_dir", p.fresh_dir}, {"made_dir", p.made_dir}, {"restarts", p.restarts}};
     } catch (const Error& e) {
-      j = {{"error", e.what()}};
+      const auto* x = dynamic_cast<const ExitError*>(&e);
+      j = {{"error", e.what()}, {"status", x ? x->status() : 1}};
       std::error_code ec;
       if (created_lock) fs::remove(fs::path(cfg.out_dir) / kRunLock, ec);
       if (made) fs::remove(cfg.out_dir, ec);
@@ -453,7 +455,7 @@ RunDirPlan plan_run_dir(const TrainConfig& cfg, const Topology& topo, const std:
     std::fflush(stdout);
   }
   j = nlohmann::json::parse(broadcast_string(topo.world_comm(), j.dump(), 0));
-  if (j.contains("error")) throw Error(j["error"].get<std::string>());
+  if (j.contains("error")) throw ExitError(j["error"].get<std::string>(), j["status"].get<int>());
   RunDirPlan p;
   p.complete = j["complete"], p.in_place = j["in_place"], p.fallback = j["fallback"], p.fresh_dir = j["fresh_dir"], p.made_dir = j["made_dir"];
   p.candidates = j["candidates"].get<std::vector<std::string>>();

@@ -105,6 +105,14 @@ METAPO_LOCK_WAIT_S=30 "$METAPO" train $T --max-steps 4 --save-every 2 --out lk -
 wait "$holder"
 grep -q "^--out lk: another metapo start holds lk/.lock; waiting up to 30 s" lk.log && grep -q "^resumed from lk/step_00000004.h5" lk.log ||
   { cat lk.log; fail "the start did not wait for the lock's holder"; }
+# A start refused for the lock exits 75 (transient: a job script requeues it), on 1 rank and on 2.
+flock -o lk/.lock sleep 60 & holder=$!  # -o: the lock is flock's alone, so killing it frees the lock
+sleep 0.5
+rc=0; METAPO_LOCK_WAIT_S=0 "$METAPO" train $T --max-steps 4 --save-every 2 --out lk --resume auto >/dev/null 2>&1 || rc=$?
+[ "$rc" -eq 75 ] || fail "a start refused for the lock exited $rc, not 75"
+rc=0; METAPO_LOCK_WAIT_S=0 $MPIRUN 2 "$METAPO" train $T --max-steps 4 --save-every 2 --out lk --resume auto >/dev/null 2>&1 || rc=$?
+[ "$rc" -eq 75 ] || fail "a 2-rank start refused for the lock exited $rc, not 75"
+kill "$holder" 2>/dev/null; wait "$holder" 2>/dev/null || true
 # A start waiting for the lock that gets SIGTERM (scancel of a queued duplicate) ends without
 # touching the run, rather than going on once the lock is free.
 cp lk/metrics.jsonl lk.metrics

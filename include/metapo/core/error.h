@@ -12,6 +12,17 @@ class Error : public std::runtime_error {
   explicit Error(const std::string& msg) : std::runtime_error(msg) {}
 };
 
+// An error that ends the command with its own exit status instead of 1: one a job script must tell
+// apart from bad input (docs/slurm.md, the exit status table).
+class ExitError : public Error {
+ public:
+  ExitError(const std::string& msg, int status) : Error(msg), status_(status) {}
+  int status() const { return status_; }
+
+ private:
+  int status_;
+};
+
 namespace detail {
 inline void append(std::ostringstream&) {}
 template <typename T, typename... Rest>

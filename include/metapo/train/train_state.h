@@ -28,6 +28,10 @@ constexpr int64_t kCheckpointFormatVersion = 2;  // 2: the one-multiply checksum
 // The exit status of a run that stopped early on a signal or --max-time after writing a checkpoint:
 // "checkpointed, requeue me" (docs/training.md).
 constexpr int kExitCheckpointed = 124;
+// The exit status of a start that found its run directory held by another start past
+// METAPO_LOCK_WAIT_S (a restart while the ranks of a killed launcher are still ending): transient,
+// "requeue as a failure" (EX_TEMPFAIL).
+constexpr int kExitLocked = 75;
 
 struct TrainState {
   std::string kind;                // "train" or "sft"
