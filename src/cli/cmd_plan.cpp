@@ -240,6 +240,17 @@ int cmd_plan(Context& ctx, int argc, char** argv) {
     return std::vector<int>{int(x)};
   };
   const std::vector<int> tps = sizes(tp_s, "--tp"), pps = sizes(pp_s, "--pp");
+  // A tensor-parallel group stays inside a node: its ranks are consecutive, so its size divides the
+  // node's devices (or the whole job fits one node).
+  auto tp_in_node = [&](int tp) { return tp <= per_node && (per_node % tp == 0 || gpus <= per_node); };
+  if (tps.size() == 1) {
+    const int tp = tps[0];
+    MP_CHECK(tp_in_node(tp), "--tp ", tp, ": a tensor-parallel group must stay inside a node of --gpus-per-node ",
+             per_node, " (its size must divide it)");
+    MP_CHECK(c.num_attention_heads % tp == 0 && c.num_key_value_heads % tp == 0 && c.intermediate_size % tp == 0,
+             "--tp ", tp, " does not divide the model's attention heads (", c.num_attention_heads, "), KV heads (",
+             c.num_key_value_heads, ") and intermediate size (", c.intermediate_size, ")");
+  }
   std::vector<int64_t> pp_layers;
   if (!pp_layers_s.empty()) {
     MP_CHECK(pps.size() == 1, "--pp-layers needs a fixed --pp");
@@ -269,7 +280,7 @@ int cmd_plan(Context& ctx, int argc, char** argv) {
       if (gpus % (int64_t(tp) * pp) != 0) continue;
       const int dp = int(gpus / (int64_t(tp) * pp));
       // TP must split the heads, KV heads and the MLP, and stay in a node; a stage needs a layer.
-      if (tps.size() > 1 && (tp > per_node || c.num_attention_heads % tp || c.num_key_value_heads % tp ||
+      if (tps.size() > 1 && (!tp_in_node(tp) || c.num_attention_heads % tp || c.num_key_value_heads % tp ||
                              c.intermediate_size % tp))
         continue;
       if (pps.size() > 1 && pp > c.num_hidden_layers) continue;

@@ -82,6 +82,15 @@ P
 # --- Bad input: one line each, before any work.
 expect_error "--gpu-memory 80XB" "$METAPO" plan --model init --gpus 8 --gpu-memory 80XB
 expect_error "--tp 3 does not divide --gpus 8" "$METAPO" plan --model init --gpus 8 --tp 3
+# A tensor-parallel group stays inside a node, and a fixed --tp must split the heads: named, not a
+# generic "no layout".
+expect_error "--tp 8: a tensor-parallel group must stay inside a node of --gpus-per-node 4" "$METAPO" plan \
+  --model llama-3-8b --gpus 8 --tp 8 --gpus-per-node 4 --micro-batch-tokens 4096
+expect_error "--tp 8 does not divide the model's attention heads (28)" "$METAPO" plan --model qwen2-7b --gpus 8 --tp 8 \
+  --micro-batch-tokens 4096
+"$METAPO" plan --model llama-3-8b --gpus 12 --gpus-per-node 3 --micro-batch-tokens 4096 --show 100 > pn3.txt
+! grep -qE "^ +2 +[0-9]+ +[0-9]+ " pn3.txt || { cat pn3.txt; fail "plan lists TP 2 groups that straddle nodes of 3"; }
+grep -qE "^ +1 +[0-9]+ +[0-9]+ " pn3.txt || { cat pn3.txt; fail "plan lists no layout for nodes of 3"; }
 expect_error "--recompute most: unknown" "$METAPO" plan --model init --gpus 8 --recompute most
 expect_error "--model nope: no such preset" "$METAPO" plan --model nope --gpus 8
 expect_error "--batch-size, --micro-batch and --meta-val-batch must be positive" "$METAPO" plan --model init --gpus 2 \
