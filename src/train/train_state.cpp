@@ -250,17 +250,18 @@ void load_checkpoint(TrainState& st, const std::string& path) {
     incompatible(have.contains(k) && have[k] == v,
                  str_cat("written for another model (", k, " ", have.contains(k) ? have[k].dump() : "absent", ", this model has ",
                          v.dump(), ")"));
-  // The cut of the sequences first: another one changes the data too, and this names the option.
-  {
-    const nlohmann::json was = nlohmann::json::parse(f.read_string("/state/config"), nullptr, false);
-    const std::pair<const char*, const char*> cuts[] = {
-        {"max_length", "--max-length"}, {"max_prompt_length", "--max-prompt-length"}, {"truncation_mode", "--truncation-mode"}};
-    for (const auto& [key, option] : cuts)
-      if (was.is_object() && st.run_config.is_object() && was.contains(key) && st.run_config.contains(key))
-        incompatible(was[key] == st.run_config[key], str_cat("written by a run with ", option, " ", was[key].dump(),
-                                                             " (this run: ", st.run_config[key].dump(),
-                                                             "); resume with the same value"));
-  }
+  // The run's options, recorded in /state/config; one that lacks a key is not checked on it.
+  const nlohmann::json was = nlohmann::json::parse(f.read_string("/state/config"), nullptr, false);
+  auto same_option = [&](const nlohmann::json& old_cfg, const nlohmann::json& now, const char* key, const char* option) {
+    if (!old_cfg.is_object() || !now.is_object() || !old_cfg.contains(key) || !now.contains(key)) return;
+    incompatible(old_cfg[key] == now[key], str_cat("written by a run with ", option, " ", old_cfg[key].dump(), " (this run: ",
+                                                   now[key].dump(), "); resume with the same value"));
+  };
+  // The cut of the sequences before the fingerprint: another one changes the data too, and this
+  // names the option.
+  same_option(was, st.run_config, "max_length", "--max-length");
+  same_option(was, st.run_config, "max_prompt_length", "--max-prompt-length");
+  same_option(was, st.run_config, "truncation_mode", "--truncation-mode");
   const std::string fp = f.read_string("/state/dataset_fingerprint");
   incompatible(fp == st.data_fingerprint, str_cat("written for another dataset (training split fingerprint ", fp,
                                                   ", this run's data has ", st.data_fingerprint, ")"));
@@ -268,14 +269,7 @@ void load_checkpoint(TrainState& st, const std::string& path) {
   incompatible(has_meta == st.uses_meta, has_meta ? "written by a run with --weighting metapo (this run has another weighting)"
                                                   : "written without --weighting metapo (this run uses it)");
   // The options the data order depends on (a resume under others would replay or skip pairs), and
-  // those that give the stored weight net and pair statistics their meaning. Checkpoints record the
-  // run's options in /state/config; one that lacks a key is not checked on it.
-  const nlohmann::json was = nlohmann::json::parse(f.read_string("/state/config"), nullptr, false);
-  auto same_option = [&](const nlohmann::json& old_cfg, const nlohmann::json& now, const char* key, const char* option) {
-    if (!old_cfg.is_object() || !now.is_object() || !old_cfg.contains(key) || !now.contains(key)) return;
-    incompatible(old_cfg[key] == now[key], str_cat("written by a run with ", option, " ", old_cfg[key].dump(), " (this run: ",
-                                                   now[key].dump(), "); resume with the same value"));
-  };
+  // those that give the stored weight net and pair statistics their meaning.
   same_option(was, st.run_config, "batch_size", "--batch-size");
   same_option(was, st.run_config, "seed", "--seed");
   // The objective: a resume under another one would leave no record of what the first steps used.
