@@ -16,16 +16,16 @@ int cmd_export(Context& ctx, int argc, char** argv) {
   desc.add_options()
     ("model", po::value(&model)->required(), "source: a model directory (Hugging Face layout), a checkpoint RUN/step_XXXXXXXX.h5, or a run directory RUN (its latest checkpoint)")
     ("out", po::value(&out)->required(), "output directory (written atomically)")
-    ("dtype", po::value(&dtype)->default_value("float32"), "stored dtype: float32, bfloat16 or float16")
+    ("dtype", po::value(&dtype)->default_value("auto"), "stored dtype: float32, bfloat16, float16, or auto (the dtype the source's config.json names; for a checkpoint, that of the run's model)")
     ("max-shard-size", po::value(&max_shard)->default_value("5GB"), "largest safetensors file (bytes, or with KB/MB/GB): a bigger model is split into model-0000k-of-0000n.safetensors with model.safetensors.index.json, as transformers' save_pretrained does");
   po::variables_map vm;
-  if (!parse_args("export", "[mpirun -np N] metapo export --model SRC|RUN|RUN/step_XXXXXXXX.h5 --out DIR [--dtype float32|bfloat16|float16]",
+  if (!parse_args("export", "[mpirun -np N] metapo export --model SRC|RUN|RUN/step_XXXXXXXX.h5 --out DIR [--dtype auto|float32|bfloat16|float16]",
                   desc, argc, argv, vm, ctx))
     return 0;
   namespace fs = std::filesystem;
   std::error_code ec;
   // Before any reading: the dtype, and an --out that is new or a model directory.
-  check_save_dtype(dtype, "--dtype");
+  check_save_dtype(dtype, "--dtype", true);
   const uint64_t max_shard_bytes = parse_bytes(max_shard, "--max-shard-size");
   check_model_dir_target(out);
   MP_CHECK(!fs::exists(out, ec) || !fs::equivalent(out, model, ec), "--out ", out,
@@ -75,10 +75,11 @@ int cmd_export(Context& ctx, int argc, char** argv) {
                 << " is not found from here: no tokenizer files or generation_config.json are copied into " << out
                 << "\n";
   }
-  save_hf_model_parallel(out, config, {{lo, 0, hi - lo, false}}, true, part.data(), dtype, ctx.topo.world_comm(),
+  const std::string write_dtype = resolve_save_dtype(dtype, config);
+  save_hf_model_parallel(out, config, {{lo, 0, hi - lo, false}}, true, part.data(), write_dtype, ctx.topo.world_comm(),
                          max_shard_bytes, source);
   if (ctx.topo.is_root())
-    std::cout << "wrote " << out << " from " << from << " (" << n << " parameters, " << dtype << ", " << ranks
+    std::cout << "wrote " << out << " from " << from << " (" << n << " parameters, " << write_dtype << ", " << ranks
               << " rank" << (ranks > 1 ? "s" : "") << ")\n";
   return 0;
 }

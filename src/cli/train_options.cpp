@@ -55,7 +55,7 @@ void add_train_options(po::options_description& desc, TrainConfig& cfg, TrainOpt
     ("warmup-ratio", po::value(&cfg.warmup_ratio)->default_value(0.1), "warmup as a fraction of the steps (when --warmup-steps is 0)")
     ("min-lr-ratio", po::value(&cfg.sched.min_lr_ratio)->default_value(0.1), "cosine floor as a fraction of --lr")
     ("max-grad-norm", po::value(&cfg.max_grad_norm)->default_value(1.0), "clip the global gradient norm (0: off)")
-    ("save-dtype", po::value(&cfg.save_dtype)->default_value("float32"), "dtype of RUN/final: float32, bfloat16, float16")
+    ("save-dtype", po::value(&cfg.save_dtype)->default_value("auto"), "dtype of RUN/final: float32, bfloat16, float16, or auto (the dtype --model's config.json names)")
     ("save-every", po::value(&cfg.save_every)->default_value(0), "write a checkpoint RUN/step_XXXXXXXX.h5 every N steps (0: off)")
     ("save-every-minutes", po::value(&cfg.save_every_minutes)->default_value(30), "and every M minutes of training (0: off)")
     ("keep", po::value(&cfg.keep)->default_value(2), "keep the newest K checkpoints (0: all)")
@@ -126,7 +126,7 @@ void finish_train_options(TrainConfig& cfg, const TrainOptionStrings& s, bool pr
            ": must be in [0, 1]");
   MP_CHECK(std::isfinite(cfg.max_grad_norm) && cfg.max_grad_norm >= 0, "--max-grad-norm ", cfg.max_grad_norm,
            ": must be finite and >= 0 (0: off)");
-  check_save_dtype(cfg.save_dtype, "--save-dtype");
+  check_save_dtype(cfg.save_dtype, "--save-dtype", true);
   MP_CHECK(cfg.epochs >= 0 && cfg.max_steps >= 0, "--epochs and --max-steps must be >= 0");
   MP_CHECK(cfg.epochs > 0 || cfg.max_steps > 0, "--epochs or --max-steps must be positive");
   MP_CHECK(cfg.warmup_ratio >= 0 && cfg.warmup_ratio < 1, "--warmup-ratio must be in [0, 1)");

@@ -117,8 +117,14 @@ std::vector<int64_t> model_eos_ids(const std::string& dir, int64_t vocab_size) {
   return ids;
 }
 
-void check_save_dtype(const std::string& dtype, const std::string& what) {
-  MP_CHECK(st_dtypes().count(dtype), what, " ", dtype, ": unknown (valid: float32, bfloat16, float16)");
+void check_save_dtype(const std::string& dtype, const std::string& what, bool allow_auto) {
+  MP_CHECK(st_dtypes().count(dtype) || (allow_auto && dtype == "auto"), what, " ", dtype, ": unknown (valid: ",
+           allow_auto ? "auto, " : "", "float32, bfloat16, float16)");
+}
+
+std::string resolve_save_dtype(const std::string& dtype, const LlamaConfig& c) {
+  if (dtype != "auto") return dtype;
+  return st_dtypes().count(c.torch_dtype) ? c.torch_dtype : "float32";
 }
 
 namespace {

@@ -130,7 +130,7 @@ void save_final(const TrainConfig& cfg, const Topology& topo, const LlamaConfig&
     std::vector<TpCopy> runs = sm.shard_map;
     if (!sm.mp)  // the whole model on this rank
       for (const TensorEntry& t : sm.model->layout().tensors()) runs.push_back({t.offset, t.offset, t.numel, false});
-    save_hf_model_parallel(cfg.out_dir + "/final", c, runs, topo.tp_rank == 0, params.data(), cfg.save_dtype, topo.mp_comm(),
+    save_hf_model_parallel(cfg.out_dir + "/final", c, runs, topo.tp_rank == 0, params.data(), resolve_save_dtype(cfg.save_dtype, c), topo.mp_comm(),
                            kHfMaxShardBytes, cfg.model_dir);
   }
   topo.world_comm().barrier();

@@ -45,7 +45,7 @@ fi
 # An --out that is not a model directory is refused before anything is read.
 mkdir mine && touch mine/notes.txt
 expect_error "mine: exists and is not a model directory" "$METAPO" export --model a --out mine
-expect_error "--dtype float64: unknown (valid: float32, bfloat16, float16)" "$METAPO" export --model a --out z --dtype float64
+expect_error "--dtype float64: unknown (valid: auto, float32, bfloat16, float16)" "$METAPO" export --model a --out z --dtype float64
 cp a/model.safetensors a.before
 expect_error "--out a/: is --model itself" "$METAPO" export --model a --out a/ --dtype bfloat16
 cmp a/model.safetensors a.before || fail "an export into its own source changed it"
@@ -78,3 +78,22 @@ echo "ok: exports, a run's final/ and an export of its checkpoint keep the token
 cp run/final/model.safetensors final.before
 expect_error "--out run/final: the model a run wrote" "$METAPO" export --model run/step_00000002.h5 --out run/final
 cmp run/final/model.safetensors final.before || fail "an export replaced the run's final/"
+# A model keeps the dtype it came in (--dtype / --save-dtype auto, the default), as transformers 5's
+# from_pretrained + save_pretrained keep it: a bf16 model's export, a run's final/ and an export of the
+# run's checkpoint are bf16; an fp32 model's stay fp32 (b above); a dtype given wins.
+"$METAPO" export --model d --out d_auto >/dev/null
+cmp d/model.safetensors d_auto/model.safetensors || fail "the export of a bf16 model (dtype auto) is not its bf16 bytes"
+$MPIRUN 2 "$METAPO" train --model d --data d.h5 --out run16 --max-steps 2 --batch-size 8 --save-every 2 >/dev/null
+$MPIRUN 2 "$METAPO" train --model d --data d.h5 --out run32 --max-steps 2 --batch-size 8 --save-dtype float32 >/dev/null
+"$METAPO" export --model run16 --out run16_x >/dev/null
+st_dtypes() { python3 -c "
+import json, struct, sys
+f = open(sys.argv[1] + '/model.safetensors', 'rb'); h = json.loads(f.read(struct.unpack('<Q', f.read(8))[0]))
+c = json.load(open(sys.argv[1] + '/config.json'))
+print(' '.join(sorted({v['dtype'] for k, v in h.items() if k != '__metadata__'})), c['torch_dtype'])" "$1"; }
+for x in run16/final run16_x; do
+  [ "$(st_dtypes $x)" = "BF16 bfloat16" ] || fail "$x of a bf16 model: $(st_dtypes $x), not BF16 bfloat16"
+done
+[ "$(st_dtypes run32/final)" = "F32 float32" ] || fail "--save-dtype float32: $(st_dtypes run32/final)"
+[ "$(st_dtypes b)" = "F32 float32" ] || fail "the export of an fp32 model: $(st_dtypes b)"
+echo "ok: a bf16 model's export, final/ and checkpoint export stay bf16; --save-dtype float32 gives fp32"

@@ -20,7 +20,7 @@ refused() {
   [ ! -e "$name" ] || fail "a refused run left $name behind: $*"
 }
 for cmd in train sft; do
-  refused x "--save-dtype bf16: unknown (valid: float32, bfloat16, float16)" "$METAPO" $cmd $T --max-steps 2 --save-dtype bf16
+  refused x "--save-dtype bf16: unknown (valid: auto, float32, bfloat16, float16)" "$METAPO" $cmd $T --max-steps 2 --save-dtype bf16
   refused x "--lr-schedule Cosine: unknown" "$METAPO" $cmd $T --max-steps 2 --lr-schedule Cosine
   refused x "--adam-eps 0: must be finite and positive" "$METAPO" $cmd $T --max-steps 2 --adam-eps 0
   refused x "--adam-beta1 2: must be in .0, 1)" "$METAPO" $cmd $T --max-steps 2 --adam-beta1 2

@@ -64,8 +64,15 @@ void check_model_dir_target(const std::string& dir);
 std::vector<int64_t> model_eos_ids(const std::string& dir, int64_t vocab_size);
 
 // Throws "<what> <dtype>: unknown (valid: float32, bfloat16, float16)" unless save_hf_model can
-// write dtype; `what` names the option it came from (--save-dtype, --dtype).
-void check_save_dtype(const std::string& dtype, const std::string& what);
+// write dtype; `what` names the option it came from (--save-dtype, --dtype). With allow_auto, "auto"
+// is valid too (resolve_save_dtype).
+void check_save_dtype(const std::string& dtype, const std::string& what, bool allow_auto = false);
+
+// The dtype to write for an option's value: the value itself, or for "auto" the dtype the model's
+// config.json named (c.torch_dtype, which a checkpoint's model config carries over from the run's
+// model) when save_hf_model can write it, else float32. A bf16 model trained or exported comes out
+// bf16, as transformers 5 (from_pretrained's dtype "auto", then save_pretrained) keeps it.
+std::string resolve_save_dtype(const std::string& dtype, const LlamaConfig& c);
 
 // Writes config.json (torch_dtype = dtype), generation_config.json and model.safetensors, with dtype
 // float32, bfloat16 or float16. Builds dir + ".partial" and renames it to dir; an existing `dir` is

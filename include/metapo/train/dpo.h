@@ -48,7 +48,7 @@ struct TrainConfig {
   double max_grad_norm = 1.0;
   uint64_t seed = 0;
   MetaConfig meta;
-  std::string save_dtype = "float32";
+  std::string save_dtype = "auto";  // resolve_save_dtype
   std::vector<int64_t> pp_layers;  // layers per pipeline stage (--pp-layers); empty: an even split
   // Checkpoints (docs/training.md "Checkpoints and resume"): RUN/step_XXXXXXXX.h5 every save_every
   // steps and every save_every_minutes (0: off), the newest `keep` kept (0: all); resume "" (a new
