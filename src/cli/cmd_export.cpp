@@ -31,8 +31,7 @@ int cmd_export(Context& ctx, int argc, char** argv) {
   MP_CHECK(!fs::exists(out, ec) || !fs::equivalent(out, model, ec), "--out ", out,
            ": is --model itself; export into another directory (an export never replaces its own source)");
   {
-    fs::path target = fs::path(out).lexically_normal();
-    if (!target.has_filename()) target = target.parent_path();
+    const fs::path target = model_dir_path(out);
     MP_CHECK(target.filename() != "final" || !fs::exists(target.parent_path() / "run.json", ec), "--out ", out,
              ": the model a run wrote (", target.parent_path().string(),
              "/run.json, metrics.jsonl and metapo.json describe it); export into another directory");

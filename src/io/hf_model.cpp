@@ -134,8 +134,7 @@ namespace {
 fs::path begin_model_dir(const std::string& dir) {
   check_model_dir_target(dir);
   // "out/" + ".partial" would land inside out/: work on the path without its trailing slash.
-  fs::path target = fs::path(dir).lexically_normal();
-  if (!target.has_filename()) target = target.parent_path();
+  const fs::path target = model_dir_path(dir);
   const fs::path tmp = target.string() + ".partial";
   std::error_code ec;
   if (target.has_parent_path()) {
@@ -211,8 +210,7 @@ void write_model_json(const fs::path& tmp, const LlamaConfig& c, const std::stri
 // an old dir steps aside first; a crash in between leaves dir.old and dir.partial, both complete,
 // never a half-written dir.
 void commit_model_dir(const fs::path& tmp, const std::string& dir) {
-  fs::path target = fs::path(dir).lexically_normal();
-  if (!target.has_filename()) target = target.parent_path();
+  const fs::path target = model_dir_path(dir);
   const fs::path old = target.string() + ".old";
   std::error_code ec;
   if (fs::exists(target, ec)) {
@@ -240,9 +238,14 @@ void commit_model_dir(const fs::path& tmp, const std::string& dir) {
 
 }  // namespace
 
-void check_model_dir_target(const std::string& dir) {
+std::filesystem::path model_dir_path(const std::string& dir) {
   fs::path target = fs::path(dir).lexically_normal();
   if (!target.has_filename()) target = target.parent_path();
+  return target;
+}
+
+void check_model_dir_target(const std::string& dir) {
+  const fs::path target = model_dir_path(dir);
   std::error_code ec;
   if (fs::exists(target, ec)) {
     MP_CHECK(fs::is_directory(target, ec) && fs::is_regular_file(target / "config.json", ec),

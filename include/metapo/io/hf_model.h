@@ -3,6 +3,7 @@
 // This is how models enter metapo (`--init-from`) and leave it (`export`).
 #pragma once
 #include <cstdint>
+#include <filesystem>
 #include <string>
 #include <utility>
 #include <vector>
@@ -53,6 +54,10 @@ class HfModelReader {
 
 // Reads config.json and every tensor of ParamLayout(config) (HfModelReader::read_all).
 HfModel load_hf_model(const std::string& dir);
+
+// `dir` as save_hf_model names what it writes: normalized, without a trailing slash ("out/" -> "out"),
+// so that dir + ".partial", its parent and its file name are the directory's own.
+std::filesystem::path model_dir_path(const std::string& dir);
 
 // Whether save_hf_model may write `dir`: absent, or a model directory (with config.json) that it
 // replaces; throws naming dir otherwise. For validating an output before heavy work.
