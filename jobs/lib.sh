@@ -10,7 +10,8 @@
 #   MPIRUN_ARGS   extra mpirun options (default: --bind-to core:overload-allowed
 #                 --map-by ppr:<tasks per node>:node:PE=<cpus per task>, each rank bound to its
 #                 --cpus-per-task cores, as srun's --cpu-bind=cores; set empty for none)
-#   MAX_REQUEUES  requeues after a clean checkpoint (exit 124) before the job gives up (default 100)
+#   MAX_REQUEUES  starts after which a clean checkpoint (exit 124) is no longer requeued (default 100);
+#                 counted by Slurm (SLURM_RESTART_COUNT), so pre-emptions and failures count too
 #   MAX_FAILURES  requeues after a hang (exit 125), a rank killed by a signal or a failed launch
 #                 (default 3)
 #   METAPO_STATUS_DIR  where metapo's rank 0 leaves its exit status for this script (METAPO_STATUS_FILE;
