@@ -91,7 +91,7 @@ std::unique_ptr<MpiComm> MpiComm::adopt(MPI_Comm comm, size_t max_message_bytes)
 // different order on different ranks, which would let data-parallel replicas drift apart (and even
 // max and min could then differ in -0 vs +0 and in NaN payloads).
 void MpiComm::allreduce_identical(void* data, size_t n, size_t esize, MPI_Datatype type, MPI_Op op) {
-  in_pieces(n, max_bytes_ / esize, [&](size_t off, size_t cnt) {
+  in_pieces(n, std::min(max_bytes_, kMaxReductionBytes) / esize, [&](size_t off, size_t cnt) {
     if (size_ == 1 || cnt == 0) return;
     const size_t p = size_t(size_);
     std::vector<int> counts(p), displs(p);
@@ -156,7 +156,7 @@ CommRequest MpiComm::reduce_scatter_async(const void* send_v, void* recv_v, size
 
 void MpiComm::reduce_scatter_raw(const uint8_t* send, uint8_t* recv, size_t block, size_t es, MPI_Datatype type,
                                  MPI_Op op) {
-  const size_t p = size_t(size_), piece = max_bytes_ / es;
+  const size_t p = size_t(size_), piece = std::max<size_t>(1, std::min(max_bytes_, kMaxReductionBytes / p) / es);
   if (block <= piece) {
     MPI_Reduce_scatter_block(send, recv, int(block), type, op, comm_);
     return;

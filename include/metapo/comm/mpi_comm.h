@@ -28,13 +28,22 @@ class MpiComm final : public Comm {
   int size() const override { return size_; }
   MPI_Comm handle() const { return comm_; }
 
+  // The most bytes one floating-point reduction call takes in (all ranks' blocks together). Open MPI
+  // may reduce a whole message into temporary buffers on one rank (reduce, then scatter): measured
+  // with one call per reduction, a 48 MiB reduce-scatter grew one rank's peak by 48 MiB and a 48 MiB
+  // all-reduce some rank's by 95 MiB; a 2-rank bench-28m run held 105 MiB more on rank 0 than the
+  // memory accountant and `metapo plan` count. Pieces of this size keep it at about 3 pieces
+  // (tests/test_comm_mpi.cpp), and still move at full bandwidth.
+  static constexpr size_t kMaxReductionBytes = size_t(8) << 20;
+
   // Complete on return (the request is a complete one). Floating point (fp32, fp64, and bf16 staged
   // in fp32): MPI_Reduce_scatter then MPI_Allgatherv, each chunk reduced by its owner, in pieces of
-  // max_message_bytes. Integers: MPI_Allreduce (exact, so any order gives the same result).
+  // min(max_message_bytes, kMaxReductionBytes). Integers: MPI_Allreduce (exact, so any order gives the
+  // same result).
   CommRequest allreduce_async(void* data, size_t n, DType type, ReduceOp op, Stream stream = {}) override;
-  // Complete on return. One MPI_Reduce_scatter_block / in-place MPI_Allgather when a block fits in
-  // max_message_bytes, else the same collective on pieces of every block, staged through a contiguous
-  // buffer; bf16 reduce-scatters are staged in fp32.
+  // Complete on return. One MPI_Reduce_scatter_block / in-place MPI_Allgather when the blocks fit in
+  // kMaxReductionBytes (a block in max_message_bytes for the gather), else the same collective on
+  // pieces of every block, staged through a contiguous buffer; bf16 reduce-scatters are staged in fp32.
   CommRequest reduce_scatter_async(const void* send, void* recv, size_t block, DType type, ReduceOp op,
                                    Stream stream = {}) override;
   CommRequest allgather_async(void* data, size_t block, DType type, Stream stream = {}) override;
