@@ -111,7 +111,8 @@ int cmd_precompute_ref(Context& ctx, int argc, char** argv) {
     pair_logps(*sm.model, sm.pp.get(), sm.model_params(), split, idx, mb, ctx.topo.dp_comm(), c, r);
     if (ctx.topo.is_root()) std::printf("%s: %lld pairs scored\n", name.c_str(), (long long)split.size());
   }
-  if (ctx.topo.is_root()) write_ref_logps(data, ref, model_dir, config.max_position_embeddings);
+  if (ctx.topo.is_root())
+    write_ref_logps(data, ref, model_dir, config.max_position_embeddings, model_fingerprint(HfModelReader(model_dir)));
   ctx.topo.world_comm().barrier();
   if (ctx.topo.is_root()) std::printf("wrote reference log-probs into %s\n", data.c_str());
   return 0;

@@ -232,6 +232,8 @@ PairSplit read_pair_group(hid_t g, const std::string& file, const std::string& s
   if (H5Aexists(g, "ref_model") > 0) s.ref_model = read_string_attr(g, "ref_model", where + "ref_model: ");
   if (H5Aexists(g, "ref_max_length") > 0)
     s.ref_max_length = read_int_attr(g, "ref_max_length", where + "ref_max_length: ");
+  if (H5Aexists(g, "ref_model_fingerprint") > 0)
+    s.ref_model_fingerprint = read_string_attr(g, "ref_model_fingerprint", where + "ref_model_fingerprint: ");
   check_pair_split(s, file, split, vocab_size);
   return s;
 }
@@ -339,6 +341,7 @@ void write_pair_group(hid_t f, const std::string& file, const std::string& split
     write_1d(g, "ref_logp_rejected", s.ref_logp_rejected, where);
     write_string_attr(g, "ref_model", s.ref_model, where);
     write_int_attr(g, "ref_max_length", s.ref_max_length, where);
+    if (!s.ref_model_fingerprint.empty()) write_string_attr(g, "ref_model_fingerprint", s.ref_model_fingerprint, where);
   }
 }
 
@@ -473,7 +476,8 @@ void write_dataset(const std::string& path, const Dataset& d) {
 
 void write_ref_logps(const std::string& path,
                      const std::map<std::string, std::pair<std::vector<double>, std::vector<double>>>& ref,
-                     const std::string& ref_model, int64_t ref_max_length) {
+                     const std::string& ref_model, int64_t ref_max_length,
+                     const std::string& ref_model_fingerprint) {
   MP_CHECK(ref_max_length >= 0, path, ": ref_max_length ", ref_max_length, " is negative");
   {
     // Check the file before copying it: a missing split should not cost a copy of a large file.
@@ -508,6 +512,8 @@ void write_ref_logps(const std::string& path,
       replace_f64(g, "ref_logp_rejected", rejected, where);
       write_string_attr(g, "ref_model", ref_model, where);
       write_int_attr(g, "ref_max_length", ref_max_length, where);
+      if (H5Aexists(g, "ref_model_fingerprint") > 0) H5Adelete(g, "ref_model_fingerprint");
+      if (!ref_model_fingerprint.empty()) write_string_attr(g, "ref_model_fingerprint", ref_model_fingerprint, where);
     }
     MP_CHECK(f.close(), path, ": cannot finish writing ", tmp, " (disk full?)", h5_reason());
   });

@@ -238,6 +238,33 @@ void commit_model_dir(const fs::path& tmp, const std::string& dir) {
 
 }  // namespace
 
+std::string model_fingerprint(const HfModelReader& model) {
+  constexpr size_t kSample = 1024;
+  std::vector<TpCopy> runs;
+  size_t at = 0;
+  for (const TensorEntry& t : model.layout().tensors()) {
+    const size_t n = std::min(t.numel, kSample);
+    runs.push_back({t.offset, at, n, false});
+    at += n;
+  }
+  std::vector<float> sample(at);
+  model.read_runs(runs, sample.data());
+  uint64_t h = 14695981039346656037ull;  // FNV-1a, 64 bits
+  auto mix = [&h](const void* p, size_t bytes) {
+    for (size_t k = 0; k < bytes; ++k) h = (h ^ static_cast<const uint8_t*>(p)[k]) * 1099511628211ull;
+  };
+  const uint64_t total = model.layout().total();
+  mix(&total, sizeof total);
+  for (const TensorEntry& t : model.layout().tensors()) {
+    const uint64_t numel = t.numel;
+    mix(t.name.data(), t.name.size()), mix(&numel, sizeof numel);
+  }
+  mix(sample.data(), sample.size() * sizeof(float));
+  char hex[17];
+  std::snprintf(hex, sizeof hex, "%016llx", static_cast<unsigned long long>(h));
+  return hex;
+}
+
 std::filesystem::path model_dir_path(const std::string& dir) {
   fs::path target = fs::path(dir).lexically_normal();
   if (!target.has_filename()) target = target.parent_path();

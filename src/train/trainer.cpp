@@ -136,6 +136,36 @@ void save_final(const TrainConfig& cfg, const Topology& topo, const LlamaConfig&
   topo.world_comm().barrier();
 }
 
+// Stored reference log-probs are used as they are, so they must be the run's reference model's:
+// precompute-ref records the model's fingerprint beside them, and a split whose fingerprint is not that
+// of ref_dir (--ref-model, default --model) stops the run before any work, naming both models. Rank 0
+// reads the fingerprint (a few MB of the model) and broadcasts it. Files without the attribute (older
+// builds, other tools) are not checked.
+void check_stored_reference(const TrainConfig& cfg, const Topology& topo, const std::string& ref_dir,
+                            const HfModelReader& policy, const std::vector<std::pair<std::string, const PairSplit*>>& splits) {
+  bool any = false;
+  for (const auto& [name, s] : splits) any = any || (s && s->has_ref() && !s->ref_model_fingerprint.empty());
+  if (!any) return;
+  std::string have;
+  if (topo.is_root()) {
+    try {
+      have = ref_dir == cfg.model_dir ? model_fingerprint(policy) : model_fingerprint(HfModelReader(ref_dir));
+    } catch (const Error& e) {
+      have = std::string("!") + e.what();
+    }
+  }
+  have = broadcast_string(topo.world_comm(), have, 0);
+  MP_CHECK(have.empty() || have[0] != '!', have.substr(std::min<size_t>(1, have.size())));
+  for (const auto& [name, s] : splits) {
+    if (!s || !s->has_ref() || s->ref_model_fingerprint.empty() || s->ref_model_fingerprint == have) continue;
+    MP_CHECK(false, cfg.data_path, ": /", name, ": the reference log-probs were computed with another model (",
+             s->ref_model.empty() ? std::string("unnamed") : s->ref_model, ", fingerprint ", s->ref_model_fingerprint,
+             ") than this run's reference ", ref_dir, " (", cfg.ref_model_dir.empty() ? "--model" : "--ref-model",
+             ", fingerprint ", have, "): compute them again (metapo precompute-ref --model ", ref_dir, " --data ",
+             cfg.data_path, "), or name the model they came from with --ref-model");
+  }
+}
+
 // SIGUSR1 and SIGTERM ask the run to finish its step, checkpoint and exit kExitCheckpointed. The flag
 // holds the signal's number; the ranks agree on it once per step (TrainRun::control).
 volatile std::sig_atomic_t g_stop_signal = 0;
@@ -838,6 +868,8 @@ int run_dpo(const Topology& topo, const TrainConfig& cfg_in) {
   MP_CHECK(!use_meta || cfg.meta.val_batch <= val.size(), "--meta-val-batch ", cfg.meta.val_batch, " is larger than ",
            cfg.data_path, ": /", cfg.val_split, " (", val.size(), " pairs)");
   const std::string ref_dir = cfg.ref_model_dir.empty() ? cfg.model_dir : cfg.ref_model_dir;
+  if (loss_uses_reference(cfg.loss.type) || use_meta)
+    check_stored_reference(cfg, topo, ref_dir, policy, {{cfg.train_split, &train}, {cfg.val_split, do_eval ? &val : nullptr}});
   // Stored reference log-probs are of the sequences as the file holds them: those of cut pairs are
   // computed again, on the cut sequences the policy is trained on.
   // A reference-free loss (simpo) needs no reference unless MetaPO's features do (the policy's drift

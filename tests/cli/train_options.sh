@@ -74,9 +74,10 @@ mkdir sub
   --meta-trace ../t2.jsonl --out ../t2 --resume auto >/dev/null) || fail "the resume from another directory was refused"
 [ "$(wc -l <t2.jsonl)" -eq 4 ] || fail "the trace resumed from another directory has $(wc -l <t2.jsonl) lines, expected 4"
 echo "ok: a resumed run continues its own trace"
-# Checked once loaded (a checkpoint of another model): nothing left behind either.
+# Checked once loaded (a checkpoint of another model): nothing left behind either. (The stored
+# reference log-probs are init's: --ref-model init, else they are refused first, below.)
 "$METAPO" init --preset tiny --layers 1 --out narrow >/dev/null
-refused x "written for another model" "$METAPO" train --model narrow --data d.h5 --batch-size 16 --max-steps 4 --resume t1/step_00000002.h5 \
+refused x "written for another model" "$METAPO" train --model narrow --ref-model init --data d.h5 --batch-size 16 --max-steps 4 --resume t1/step_00000002.h5 \
   $M --meta-trace x/trace.jsonl
 
 # A bad --weighting column value is refused before the first step, naming the pair by its sample id.
@@ -164,6 +165,17 @@ grep -q "^note: the run's --meta-trace .*w5/trace.jsonl is not continued" w5.log
 "$METAPO" train $T --max-steps 1 --out w3 --ref-model init >w3.log
 grep -q "^note: --ref-model init is not used" w3.log || { cat w3.log; fail "no --ref-model note"; }
 echo "ok: warnings for options that have no effect"
+# Stored reference log-probs of another model: refused before any work, at 1 and 2 ranks (the policy
+# and the reference are init2; the file's are init's); the model they came from named with --ref-model,
+# or a copy of it, is accepted.
+"$METAPO" init --preset tiny --out init2 --seed 3 >/dev/null
+refused x "d.h5: /train: the reference log-probs were computed with another model (init, fingerprint [0-9a-f]*) than this run's reference init2 (--model" \
+  "$METAPO" train --model init2 --data d.h5 --batch-size 16 --max-steps 1
+refused x "this run's reference init2 (--ref-model" $MPIRUN 2 "$METAPO" train $T --max-steps 1 --ref-model init2 $M
+"$METAPO" train --model init2 --ref-model init --data d.h5 --batch-size 16 --max-steps 1 --out w6 >/dev/null
+cp -r init initcopy
+"$METAPO" train --model initcopy --data d.h5 --batch-size 16 --max-steps 1 --out w7 >/dev/null
+echo "ok: reference log-probs of another model are refused; those of --ref-model or a copy of --model are used"
 # export of a run directory without checkpoints names what to export instead.
 expect_error "--model w1: a run directory without checkpoints (no .latest.); export its model with --model w1/final" \
   "$METAPO" export --model w1 --out ex

@@ -37,10 +37,11 @@ struct PairSplit {
   std::vector<float> quality;       // [N] or empty when absent (synth: 1 clean, 0 flipped)
   std::map<std::string, std::vector<float>> columns;       // /<split>/columns/<name>, each [N]
   std::vector<double> ref_logp_chosen, ref_logp_rejected;  // [N] each; empty before precompute-ref
-  // Group attributes written with the ref log-probs: the reference model directory and the
-  // max length it was scored with ("" and 0 when the file does not say).
+  // Group attributes written with the ref log-probs: the reference model directory, the max length it
+  // was scored with and the model's fingerprint ("", 0 and "" when the file does not say).
   std::string ref_model;
   int64_t ref_max_length = 0;
+  std::string ref_model_fingerprint;  // model_fingerprint of the reference ("" when the file does not say)
 
   int64_t size() const { return int64_t(sample_id.size()); }
   bool has_ref() const { return !ref_logp_chosen.empty() || !ref_logp_rejected.empty(); }

@@ -39,11 +39,13 @@ SftSplit read_sft_split(const std::string& path);
 void write_dataset(const std::string& path, const Dataset& d);
 
 // Adds or replaces ref_logp_chosen / ref_logp_rejected (float64 [N]) in the named pair splits and
-// sets their group attributes ref_model and ref_max_length; other splits and fields are untouched.
+// sets their group attributes ref_model, ref_max_length and ref_model_fingerprint (model_fingerprint;
+// not written when empty); other splits and fields are untouched.
 // Atomic like write_dataset: copies the file to path + ".partial", modifies the copy, renames it.
 // ref: split name -> (chosen, rejected) log-probs, one per pair in file order.
 void write_ref_logps(const std::string& path,
                      const std::map<std::string, std::pair<std::vector<double>, std::vector<double>>>& ref,
-                     const std::string& ref_model, int64_t ref_max_length);
+                     const std::string& ref_model, int64_t ref_max_length,
+                     const std::string& ref_model_fingerprint = "");
 
 }  // namespace metapo

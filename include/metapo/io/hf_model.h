@@ -52,6 +52,13 @@ class HfModelReader {
   std::vector<size_t> source_;  // layout tensor k -> its reader
 };
 
+// A model's identity for the reference log-probs a dataset stores (precompute-ref writes it, train
+// checks it): 16 hex digits of a hash of the layout (every tensor's name and size) and of the fp32
+// values of the first 1024 elements of every tensor. Reads only those (a few MB for a 70B model). The
+// same weights give the same fingerprint wherever the directory lives and however its files are split;
+// another model (a fine-tune, a bf16 copy of an fp32 model) gives another.
+std::string model_fingerprint(const HfModelReader& model);
+
 // Reads config.json and every tensor of ParamLayout(config) (HfModelReader::read_all).
 HfModel load_hf_model(const std::string& dir);
 
