@@ -129,6 +129,11 @@ std::string resolve_save_dtype(const std::string& dtype, const LlamaConfig& c) {
 
 namespace {
 
+// Marks the directories a save works in beside its target, dir.partial and dir.old, so that a later
+// save removes only those it left (after a crash), never a user's directory of the same name. Removed
+// from the finished directory once it is in place.
+constexpr const char* kSaveMark = ".metapo-save";
+
 // dir + ".partial", made fresh, beside a `dir` that is absent or a model directory (one with
 // config.json: what save_hf_model writes); never replaces any other directory. Returns the path.
 fs::path begin_model_dir(const std::string& dir) {
@@ -141,9 +146,10 @@ fs::path begin_model_dir(const std::string& dir) {
     fs::create_directories(target.parent_path(), ec);
     MP_CHECK(!ec, target.parent_path().string(), ": cannot create (", ec.message(), ")");
   }
-  fs::remove_all(tmp, ec);  // a stale one from a crashed export
+  fs::remove_all(tmp, ec);  // a stale one from a crashed save (check_model_dir_target: ours)
   fs::create_directory(tmp, ec);
   MP_CHECK(!ec, tmp.string(), ": cannot create (", ec.message(), ")");
+  std::ofstream(tmp / kSaveMark) << "a metapo save in progress: this directory becomes " << target.string() << "\n";
   return tmp;
 }
 
@@ -214,12 +220,14 @@ void commit_model_dir(const fs::path& tmp, const std::string& dir) {
   const fs::path old = target.string() + ".old";
   std::error_code ec;
   if (fs::exists(target, ec)) {
-    fs::remove_all(old, ec);
+    fs::remove_all(old, ec);  // a stale one from a crashed save (check_model_dir_target: ours)
     fs::rename(target, old, ec);
     MP_CHECK(!ec, target.string(), ": cannot move the old model aside (", ec.message(), ")");
+    std::ofstream(old / kSaveMark) << "a metapo save's old copy of " << target.string() << "\n";
   }
   fs::rename(tmp, target, ec);
   MP_CHECK(!ec, target.string(), ": cannot rename ", tmp.string(), " to it (", ec.message(), ")");
+  fs::remove(target / kSaveMark, ec);
   fsync_dir(target.string());  // its entries, then the rename in its parent
   fsync_dir(target.has_parent_path() ? target.parent_path().string() : ".");
   // The old directory's other files (tokenizer.json, a README, ...) stay, as save_pretrained keeps
@@ -231,7 +239,7 @@ void commit_model_dir(const fs::path& tmp, const std::string& dir) {
                             name == "model.safetensors.index.json" ||
                             (name.size() > 12 && name.compare(name.size() - 12, 12, ".safetensors") == 0);
     std::error_code ec2;
-    if (!model_file && !fs::exists(target / name, ec2)) fs::rename(e.path(), target / name, ec2);
+    if (!model_file && name != kSaveMark && !fs::exists(target / name, ec2)) fs::rename(e.path(), target / name, ec2);
   }
   fs::remove_all(old, ec);
 }
@@ -274,10 +282,23 @@ std::filesystem::path model_dir_path(const std::string& dir) {
 void check_model_dir_target(const std::string& dir) {
   const fs::path target = model_dir_path(dir);
   std::error_code ec;
+  // A link would be moved aside and replaced by a directory, leaving its target's old files.
+  MP_CHECK(!fs::is_symlink(target, ec), target.string(), ": is a symbolic link; give the directory itself (",
+           fs::read_symlink(target, ec).string(), ")");
   if (fs::exists(target, ec)) {
     MP_CHECK(fs::is_directory(target, ec) && fs::is_regular_file(target / "config.json", ec),
              target.string(), ": exists and is not a model directory (no config.json); "
              "refusing to replace it");
+  }
+  // The save works in dir.partial and moves an old dir to dir.old: either may exist only as a crashed
+  // save left it (marked), never as someone else's.
+  for (const char* suffix : {".partial", ".old"}) {
+    const fs::path side = target.string() + suffix;
+    MP_CHECK(!fs::exists(fs::symlink_status(side, ec)) || (!fs::is_symlink(side, ec) && fs::is_directory(side, ec) &&
+                                                            fs::exists(side / kSaveMark, ec)),
+             side.string(), ": exists and was not left by a metapo save (a save of ", target.string(),
+             " works in ", target.string(), ".partial and moves an old model to ", target.string(),
+             ".old); move it away or choose another output directory");
   }
 }
 

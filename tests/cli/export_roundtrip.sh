@@ -97,3 +97,18 @@ done
 [ "$(st_dtypes run32/final)" = "F32 float32" ] || fail "--save-dtype float32: $(st_dtypes run32/final)"
 [ "$(st_dtypes b)" = "F32 float32" ] || fail "the export of an fp32 model: $(st_dtypes b)"
 echo "ok: a bf16 model's export, final/ and checkpoint export stay bf16; --save-dtype float32 gives fp32"
+# A save works in DIR.partial and moves an old DIR to DIR.old: a user's directories of those names
+# are refused before anything is read, and kept; what a crashed save left (marked) is cleared. A link
+# as --out is refused (it would be replaced by a directory).
+cp -r a mine2.old && echo notes >mine2.old/notes.txt
+expect_error "mine2.old: exists and was not left by a metapo save" "$METAPO" export --model a --out mine2
+mkdir -p mine3.partial/junk
+expect_error "mine3.partial: exists and was not left by a metapo save" "$METAPO" export --model a --out mine3
+[ -f mine2.old/notes.txt ] && [ -d mine3.partial/junk ] && [ ! -e mine2 ] && [ ! -e mine3 ] || fail "a refused export touched the user's directories"
+"$METAPO" export --model a --out mine4 >/dev/null
+mkdir mine4.partial && touch mine4.partial/.metapo-save mine4.partial/model.safetensors
+"$METAPO" export --model a --out mine4 --dtype bfloat16 >/dev/null
+[ ! -e mine4.partial ] && [ ! -e mine4.old ] && [ ! -e mine4/.metapo-save ] || fail "a save left its working directories or mark"
+ln -s mine4 link4
+expect_error "link4: is a symbolic link; give the directory itself (mine4)" "$METAPO" export --model a --out link4
+echo "ok: a save keeps a user's DIR.old and DIR.partial, clears its own, and refuses a link"
