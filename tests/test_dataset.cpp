@@ -442,6 +442,19 @@ TEST(Dataset, SampleIdsMustBeUnique) {
   put_i64(path, "/val/sample_id", {10, 2});  // 2 is also a train id
   EXPECT_NO_THROW(read_pair_split(path, "val"));  // a one-split read cannot see the clash
   expect_error([&] { read_dataset(path); }, {path, "sample_id", "id 2", "/train/", "/val/"});
+  // Ids index MetaPO's pair table: a negative one is refused when read, not at its first fetch.
+  path = good_file(tmp);
+  put_i64(path, "/val/sample_id", {10, -7});
+  expect_error([&] { read_pair_split(path, "val"); }, {path, "/val/sample_id: id -7 is negative"});
+}
+
+TEST(Dataset, EmptyResponsesAreRefused) {
+  TempDir tmp;
+  std::string path = good_file(tmp);
+  put_i64(path, "/train/chosen_offsets", {0, 2, 2, 7, 8});  // pair 1's chosen response has no tokens
+  expect_error([&] { read_pair_split(path, "train"); },
+               {path, "/train/chosen: the response of pair 1 (sample_id 1) is empty"});
+  expect_error([&] { read_dataset(path); }, {path, "/train/chosen", "pair 1", "empty"});
 }
 
 TEST(Dataset, MissingSplitListsThePresentOnes) {

@@ -39,6 +39,9 @@ void check_unique_ids(const std::vector<int64_t>& ids, const std::string& where)
   std::sort(sorted.begin(), sorted.end());
   const auto dup = std::adjacent_find(sorted.begin(), sorted.end());
   MP_CHECK(dup == sorted.end(), where, "sample_id: id ", *dup, " appears more than once");
+  // Ids index MetaPO's pair table and seed per-pair randomness: a negative one has no row.
+  MP_CHECK(sorted.empty() || sorted.front() >= 0, where, "sample_id: id ", sorted.empty() ? 0 : sorted.front(),
+           " is negative (ids are >= 0)");
 }
 
 void check_values(size_t got, int64_t n, const std::string& where, const std::string& field) {
@@ -57,6 +60,12 @@ void check_pair_split(const PairSplit& s, const std::string& file, const std::st
   check_ragged(s.chosen, n, where, "chosen", vocab_size, "sample_id");
   check_ragged(s.rejected, n, where, "rejected", vocab_size, "sample_id");
   check_unique_ids(s.sample_id, where);
+  // A response without tokens has log-prob 0 under every model: its pair teaches nothing and its
+  // per-token averages (simpo, wpo) divide by zero. tools/prepare_data.py drops such pairs.
+  for (const Ragged* r : {&s.chosen, &s.rejected})
+    for (int64_t i = 0; i < n; ++i)
+      MP_CHECK(r->offsets[size_t(i) + 1] > r->offsets[size_t(i)], where, r == &s.chosen ? "chosen" : "rejected",
+               ": the response of pair ", i, " (sample_id ", s.sample_id[size_t(i)], ") is empty");
   if (!s.quality.empty()) check_values(s.quality.size(), n, where, "quality");
   for (const auto& [name, v] : s.columns) {
     MP_CHECK(good_link_name(name), where, "columns/", name, ": a column name must be non-empty, without '/'");

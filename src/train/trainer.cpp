@@ -865,6 +865,8 @@ int run_dpo(const Topology& topo, const TrainConfig& cfg_in) {
   PairSplit val;
   std::vector<int64_t> cut_val;
   if (do_eval) val = read_pair_split(cfg.data_path, cfg.val_split), cut_val = truncate_split(val, cfg, cfg.val_split, topo);
+  MP_CHECK(!do_eval || val.size() > 0, cfg.data_path, ": /", cfg.val_split, " holds no pairs, and ",
+           use_meta ? "--weighting metapo draws its validation batches from it" : "--eval-every evaluates on it");
   MP_CHECK(!use_meta || cfg.meta.val_batch <= val.size(), "--meta-val-batch ", cfg.meta.val_batch, " is larger than ",
            cfg.data_path, ": /", cfg.val_split, " (", val.size(), " pairs)");
   const std::string ref_dir = cfg.ref_model_dir.empty() ? cfg.model_dir : cfg.ref_model_dir;

@@ -176,6 +176,25 @@ refused x "this run's reference init2 (--ref-model" $MPIRUN 2 "$METAPO" train $T
 cp -r init initcopy
 "$METAPO" train --model initcopy --data d.h5 --batch-size 16 --max-steps 1 --out w7 >/dev/null
 echo "ok: reference log-probs of another model are refused; those of --ref-model or a copy of --model are used"
+# An empty /val where evaluation or MetaPO needs it: refused before the first step (it used to train
+# until the first evaluation and then ask for reference log-probs).
+if python3 -c "import h5py" 2>/dev/null; then
+  cp d.orig.h5 dv.h5
+  python3 - <<'P'
+import h5py, numpy as np
+with h5py.File("dv.h5", "r+") as f:
+    g = f["val"]
+    if "columns" in g:
+        del g["columns"]
+    for k in [k for k in g.keys() if isinstance(g[k], h5py.Dataset)]:
+        d = g[k]
+        dt, off = d.dtype, k.endswith("_offsets")
+        del g[k]
+        g.create_dataset(k, data=np.zeros(1 if off else 0, dtype=dt))
+P
+  refused x "dv.h5: /val holds no pairs, and --eval-every evaluates on it" "$METAPO" train --model init --data dv.h5 --batch-size 16 --max-steps 4 --eval-every 2
+  refused x "dv.h5: /val holds no pairs, and --weighting metapo draws its validation batches from it" "$METAPO" train --model init --data dv.h5 --batch-size 16 --max-steps 4 $M
+fi
 # export of a run directory without checkpoints names what to export instead.
 expect_error "--model w1: a run directory without checkpoints (no .latest.); export its model with --model w1/final" \
   "$METAPO" export --model w1 --out ex
