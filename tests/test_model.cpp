@@ -138,6 +138,17 @@ TEST(Model, RunsAreBitIdentical) {
   EXPECT_EQ(grads[0], grads[1]);
 }
 
+// param_count (the size checks before anything is allocated) is the layout's total for every variant
+// and layer count, 1 to 6.
+TEST(Model, ParamCountIsTheLayoutsTotal) {
+  for (const std::string v : {"llama", "qwen2_tied_bias_mqa", "llama3_rope_headdim", "mha"})
+    for (int64_t layers = 1; layers <= 6; ++layers) {
+      LlamaConfig c = tiny_config(v);
+      c.num_hidden_layers = layers;
+      EXPECT_EQ(param_count(c), ParamLayout(c).total()) << v << ", " << layers << " layers";
+    }
+}
+
 TEST(Model, BadInputsAreClearErrors) {
   const LlamaConfig c = tiny_config("gqa");
   const vector<float> p = init_params(c, 1);

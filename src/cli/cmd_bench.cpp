@@ -63,6 +63,12 @@ int cmd_bench(Context& ctx, int argc, char** argv) {
   ops::require_device(dev);  // before loading anything
   ops::select_device(dev, ctx.topo.local_rank);
 
+  {
+    // The parameters, their working copy and the gradients (and ĝ with --ghost), before allocating any.
+    const LlamaConfig shape = model_dir.empty() ? preset_config(preset) : load_hf_config(model_dir);
+    check_fits_memory(double(param_count(shape)) * sizeof(float) * (vm["ghost"].as<bool>() ? 4 : 3),
+                      str_cat(model_dir.empty() ? "--preset " + preset : "--model " + model_dir, ": the model"));
+  }
   HfModel m;
   if (!model_dir.empty()) {
     m = load_hf_model(model_dir);

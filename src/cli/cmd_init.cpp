@@ -33,11 +33,11 @@ int cmd_init(Context& ctx, int argc, char** argv) {
   c.validate("--preset " + preset);
   // The fp32 parameters; the file is written from them a chunk at a time (measured peak: 4 bytes a
   // parameter, fp32 or bf16 files alike).
-  check_fits_memory(double(ParamLayout(c).total()) * sizeof(float) + double(64 << 20),
+  check_fits_memory(double(param_count(c)) * sizeof(float) + double(64 << 20),
                     str_cat("--preset ", preset, layers > 0 ? str_cat(" --layers ", layers) : std::string(), ": the model"));
   if (ctx.topo.is_root()) {
     save_hf_model(out, c, init_params(c, seed, std_dev), dtype);
-    std::cout << "wrote " << out << " (" << ParamLayout(c).total() << " parameters, preset " << preset
+    std::cout << "wrote " << out << " (" << param_count(c) << " parameters, preset " << preset
               << ", seed " << seed << ")\n";
   }
   return 0;

@@ -28,6 +28,13 @@ std::vector<PipeStage> pipeline_stages(int64_t n_layers, int pp, const std::vect
   return st;
 }
 
+size_t param_count(const LlamaConfig& c) {
+  LlamaConfig one = c, two = c;
+  one.num_hidden_layers = 1, two.num_hidden_layers = 2;
+  const size_t t1 = ParamLayout(one).total(), per_layer = ParamLayout(two).total() - t1;
+  return c.num_hidden_layers == 0 ? t1 - per_layer : t1 + per_layer * size_t(c.num_hidden_layers - 1);
+}
+
 ParamLayout::ParamLayout(const LlamaConfig& c) : ParamLayout(c, PipeStage{}) {}
 
 ParamLayout::ParamLayout(const LlamaConfig& c, const PipeStage& st) : stage(st) {

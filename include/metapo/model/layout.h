@@ -46,6 +46,11 @@ struct PipeStage {
 std::vector<PipeStage> pipeline_stages(int64_t n_layers, int pp, const std::vector<int64_t>& counts = {},
                                        const std::string& option = "--pp-layers");
 
+// ParamLayout(c).total() without building the layout (one entry per tensor: a config with 10^8
+// layers would take gigabytes before any size check could refuse it). Every decoder layer has the
+// same tensors, so the count is affine in the layer count.
+size_t param_count(const LlamaConfig& c);
+
 struct LayerOffsets {
   size_t attn_norm, wqkv, bqkv, wo, mlp_norm, wgu, wdown;  // bqkv == npos without bias
 };
