@@ -424,6 +424,30 @@ std::vector<float> HfModelReader::read_all() const {
   return params;
 }
 
+namespace {
+
+// For a float16 save: the first value of `runs` past float16's range (|x| >= 65520 rounds to
+// infinity, which every reader then refuses as a diverged model), as an error naming the tensor;
+// "" when there is none or the dtype is not float16.
+std::string f16_range_error(const std::string& dir, const ParamLayout& lay, const std::vector<TpCopy>& runs,
+                            const float* local, const std::string& dtype) {
+  if (dtype != "float16") return "";
+  for (const TpCopy& r : runs)
+    for (size_t k = 0; k < r.count; ++k) {
+      const float x = local[r.local + k];
+      if (!(std::fabs(x) >= 65520.0f)) continue;
+      const size_t full = r.full + k;
+      std::string name = "?";
+      for (const TensorEntry& t : lay.tensors())
+        if (full >= t.offset && full < t.offset + t.numel) name = t.name;
+      return str_cat(dir, ": tensor ", name, " holds ", x, ", past float16's range (largest 65504): it would be "
+                     "saved as infinity; save in bfloat16 or float32");
+    }
+  return "";
+}
+
+}  // namespace
+
 HfModel load_hf_model(const std::string& dir) {
   const HfModelReader reader(dir);
   return {reader.config(), reader.read_all()};
@@ -436,6 +460,8 @@ void save_hf_model(const std::string& dir, const LlamaConfig& c, const std::vect
   const ParamLayout lay(c);
   MP_CHECK(params.size() == lay.total(), dir, ": ", params.size(),
            " parameters given, the config needs ", lay.total());
+  const std::string range = f16_range_error(dir, lay, {{0, 0, lay.total(), false}}, params.data(), dtype);
+  MP_CHECK(range.empty(), range);
   const fs::path tmp = begin_model_dir(dir);
   try {
     write_model_json(tmp, c, dtype, source_dir);
@@ -497,6 +523,8 @@ void save_hf_model_parallel(const std::string& dir, const LlamaConfig& c, const 
     if (error.empty()) error = dir + ": another rank could not write its part of the model";
     throw Error(error);
   };
+  // Before anything is written: values a float16 file cannot hold, on any rank.
+  agree(f16_range_error(dir, lay, runs, local, dtype));
   // Rank 0 lays the directory out: the JSON files, the index, every file's header at its full size.
   fs::path tmp;
   std::string error;

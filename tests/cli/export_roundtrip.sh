@@ -112,3 +112,20 @@ mkdir mine4.partial && touch mine4.partial/.metapo-save mine4.partial/model.safe
 ln -s mine4 link4
 expect_error "link4: is a symbolic link; give the directory itself (mine4)" "$METAPO" export --model a --out link4
 echo "ok: a save keeps a user's DIR.old and DIR.partial, clears its own, and refuses a link"
+# A value past float16's range is refused before anything is written (it used to be saved as
+# infinity, which every reader then called a diverged model), at 1 and 3 ranks; bfloat16 holds it.
+cp -r a big && python3 - <<'P'
+import json, struct
+raw = bytearray(open("big/model.safetensors", "rb").read())
+n = struct.unpack("<Q", raw[:8])[0]
+h = json.loads(raw[8:8 + n])
+struct.pack_into("<f", raw, 8 + n + h["model.layers.0.mlp.up_proj.weight"]["data_offsets"][0] + 20, 1e5)
+open("big/model.safetensors", "wb").write(raw)
+P
+expect_error "f16b: tensor model.layers.0.mlp.up_proj.weight holds 100000, past float16's range" \
+  "$METAPO" export --model big --out f16b --dtype float16
+expect_error "f16b: tensor model.layers.0.mlp.up_proj.weight holds 100000, past float16's range" \
+  $MPIRUN 3 "$METAPO" export --model big --out f16b --dtype float16
+[ ! -e f16b ] && [ ! -e f16b.partial ] || fail "a refused float16 export left a directory"
+"$METAPO" export --model big --out bf16b --dtype bfloat16 >/dev/null
+echo "ok: a value past float16's range is refused, not saved as infinity"
