@@ -371,10 +371,15 @@ class Tok:
             pass
         if os.path.exists(path) and not os.path.isdir(path):
             raise InputError(f"{path}: --tokenizer must be a directory (the model's or tokenizer's)")
+        # Everything is local: a name that is no directory is looked up in the Hugging Face cache only
+        # (without it, transformers would try the Hub, retrying for most of a minute offline).
+        local = os.path.isdir(path)
         try:
-            self.tok = AutoTokenizer.from_pretrained(path)
+            self.tok = AutoTokenizer.from_pretrained(path, **({} if local else {"local_files_only": True}))
         except Exception as e:
-            raise InputError(f"{path}: cannot load the tokenizer: {one_line(e)}")
+            why = (one_line(e) if local else "no such directory, and no download of that name in the "
+                   "Hugging Face cache (prepare_data.py does not download)")
+            raise InputError(f"{path}: cannot load the tokenizer: {why}")
         if chat_template is not None:
             try:
                 with open(chat_template, encoding="utf-8") as f:
@@ -827,9 +832,11 @@ def run(argv):
         splits["test"] = [row(t) for t in tokenized["test"]]
     if a.inputs and "val" not in splits:
         warn("no /val split (--val-fraction 0 and no --val): metapo train needs one")
+    # An empty split is no dataset: nothing is written (metapo refuses empty splits it needs anyway).
     for name, rows in splits.items():
         if not rows:
-            warn(f"split /{name} is empty")
+            dropped = "".join(f"; dropped {n} ({k})" for k, n in sorted(drops.items()))
+            raise InputError(f"/{name} would hold no pairs (nothing written){dropped or '; the input has no records'}")
 
     argv_text = " ".join(shlex.quote(x) for x in argv)
     split_rule = (f"split: /val = pairs whose blake2b-64 hash (seed {a.seed}, by {a.split_by}) / 2^64"

@@ -11,6 +11,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -544,6 +545,26 @@ def test_missing_inputs_and_tokenizer(capsys, tokdir, tmp_path):
                      DATA / "standard.jsonl")
     assert rc == 1 and "notok" in err and "cannot load the tokenizer" in err
     assert len(err.strip().splitlines()) == 1
+    # A name that is no directory is not fetched from the Hub (which offline retried for ~47 s).
+    t0 = time.monotonic()
+    rc, _, err = run(capsys, "--tokenizer", "no-such-org/no-such-tokenizer", "--out", tmp_path / "o.h5",
+                     DATA / "standard.jsonl")
+    assert rc == 1 and "no such directory, and no download of that name in the Hugging Face cache" in err
+    assert time.monotonic() - t0 < 20
+    assert not (tmp_path / "o.h5").exists()
+
+
+def test_empty_split_is_an_error(capsys, tokdir, tmp_path):
+    # An empty input, or one whose every pair is dropped: an error, and no file (it used to be written
+    # with train=0 and exit 0).
+    empty = tmp_path / "empty.jsonl"
+    empty.write_text("")
+    rc, _, err = run(capsys, "--tokenizer", tokdir, "--out", tmp_path / "o.h5", empty, "--val-fraction", "0")
+    assert rc == 1 and "/train would hold no pairs (nothing written); the input has no records" in err
+    rc, _, err = run(capsys, "--tokenizer", tokdir, "--out", tmp_path / "o.h5", DATA / "standard.jsonl",
+                     "--max-length", "1", "--val-fraction", "0")
+    assert rc == 1 and "/train would hold no pairs (nothing written); dropped" in err
+    assert not (tmp_path / "o.h5").exists()
 
 
 def test_chat_data_needs_a_template(capsys, plain_tokdir, tmp_path):
