@@ -93,6 +93,9 @@ int cmd_precompute_ref(Context& ctx, int argc, char** argv) {
   MP_CHECK(micro > 0, "--micro-batch ", micro, ": must be positive");
   MP_CHECK(micro_tokens >= 0, "--micro-batch-tokens ", micro_tokens, ": must be >= 0 (0: --micro-batch pairs)");
   const LlamaConfig config = load_hf_config(model_dir);
+  // The file is rewritten through DATA.partial beside it: a directory it cannot write into is said
+  // before the scoring, not after.
+  check_dir_writable(data, "--data");
   const Dataset d = read_dataset(data);
   MP_CHECK(d.info.vocab_size <= config.vocab_size, data, ": vocab_size ", d.info.vocab_size,
            " is larger than the model's ", config.vocab_size, " (wrong tokenizer for this model?)");

@@ -5,6 +5,8 @@
 #include <unistd.h>
 
 #include <cctype>
+#include <cerrno>
+#include <cstring>
 #include <cstdio>
 #include <filesystem>
 #include <fstream>
@@ -345,11 +347,22 @@ OwnOutput score_output() {
           "a score output (JSONL of {\"logp\", \"n_tokens\", ...})", false};
 }
 
+void check_dir_writable(const std::string& path, const std::string& what) {
+  std::error_code ec;
+  // The nearest directory that exists: the file's, or the one its missing parents will be made in.
+  fs::path dir = fs::absolute(path, ec).lexically_normal().parent_path();
+  while (!fs::exists(dir, ec) && dir.has_parent_path() && dir.parent_path() != dir) dir = dir.parent_path();
+  MP_CHECK(fs::is_directory(dir, ec), what, " ", path, ": ", dir.string(), " is not a directory");
+  MP_CHECK(::access(dir.c_str(), W_OK | X_OK) == 0, what, " ", path, ": cannot write into ", dir.string(), " (",
+           std::strerror(errno), ")");
+}
+
 void check_output_file(const std::string& path, const std::string& option, const std::vector<std::string>& inputs,
                        const OwnOutput& own) {
   std::error_code ec;
   MP_CHECK(!path.empty(), option, " must not be empty");
   MP_CHECK(!fs::is_directory(path, ec), option, " ", path, ": is a directory (give a file name)");
+  check_dir_writable(path, option);
   const fs::path dir = fs::absolute(path, ec).lexically_normal().parent_path();
   for (const std::string& in : inputs) {
     if (in.empty() || !fs::exists(in, ec)) continue;
@@ -366,14 +379,19 @@ void check_output_file(const std::string& path, const std::string& option, const
 void write_file_atomic(const std::string& path, const std::string& content) {
   const std::string tmp = path + ".partial";
   if (fs::path(path).has_parent_path()) fs::create_directories(fs::path(path).parent_path());
+  std::error_code ec;
   {
     std::ofstream out(tmp, std::ios::binary | std::ios::trunc);
-    MP_CHECK(out, path, ": cannot open ", tmp, " for writing");
+    MP_CHECK(out, path, ": cannot open ", tmp, " for writing (", std::strerror(errno), ")");
     out.write(content.data(), std::streamsize(content.size()));
     out.flush();
-    MP_CHECK(out, path, ": write failed (disk full?)");
+    if (!out) {
+      const int err = errno;
+      out.close();
+      fs::remove(tmp, ec);  // nothing half-written is left behind, under any name
+      fail(path, ": write failed (", std::strerror(err), ")");
+    }
   }
-  std::error_code ec;
   fs::rename(tmp, path, ec);
   MP_CHECK(!ec, path, ": cannot rename ", tmp, ": ", ec.message());
 }

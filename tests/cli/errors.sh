@@ -62,6 +62,26 @@ expect_error "--output model/model.safetensors: would replace a file of model" "
   --input good.jsonl --output model/model.safetensors
 mkdir od
 expect_error "--output od: is a directory" "$METAPO" score --model model --input good.jsonl --output od
+# An output whose directory cannot be written: said before the work, not after it (the scoring used
+# to run first, and a failed write to leave OUT.partial). As root only a file in the way shows it;
+# as nobody, where the binary is reachable, a directory without write permission too.
+echo x >afile
+expect_error "--output afile/o.jsonl: $WORK/afile is not a directory" "$METAPO" score --model model --input good.jsonl --output afile/o.jsonl
+expect_error "--output afile/sub/g.jsonl: $WORK/afile is not a directory" "$METAPO" generate --model model \
+  --prompts good.jsonl --max-new-tokens 2 --output afile/sub/g.jsonl
+chmod 755 "$WORK"  # this test's own directory (mktemp makes it 700): readable for nobody
+NOBODY="runuser -u nobody -- env -u OMPI_MCA_orte_tmpdir_base"  # MPI's session files in /tmp then
+if [ "$(id -u)" = 0 ] && command -v runuser >/dev/null && $NOBODY "$METAPO" --version >/dev/null 2>&1 &&
+   runuser -u nobody -- test -r model/config.json; then
+  mkdir ro && chmod 755 ro
+  "$METAPO" synth --task sort --n-train 8 --n-val 2 --n-test 2 --n-sft 2 --out ro/d.h5 >/dev/null
+  expect_error "--output ro/o.jsonl: cannot write into $WORK/ro (Permission denied)" \
+    $NOBODY "$METAPO" score --model model --input good.jsonl --output ro/o.jsonl
+  expect_error "--data ro/d.h5: cannot write into $WORK/ro (Permission denied)" \
+    $NOBODY "$METAPO" precompute-ref --model model --data ro/d.h5
+else
+  echo "skipped: an unwritable output directory (needs root, runuser and a binary user nobody can run)"
+fi
 expect_error "--input $WORK: is a directory, not a file" "$METAPO" score --model model --input "$WORK" --output o.jsonl
 expect_error "--prompts $WORK: is a directory, not a file" "$METAPO" generate --model model --prompts "$WORK" \
   --max-new-tokens 2 --output o.jsonl

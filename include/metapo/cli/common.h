@@ -78,6 +78,11 @@ void for_each_token_line(
 // half-written file under the final name.
 void write_file_atomic(const std::string& path, const std::string& content);
 
+// Before any work: the directory a file `path` will be written in (or, when missing, the nearest
+// existing one its parents will be made in) is a directory this process may write into; else one
+// line "<what> <path>: ..." naming the directory and the reason.
+void check_dir_writable(const std::string& path, const std::string& what);
+
 // An input file an option names: it exists and is a file (a directory would read as empty).
 void check_input_file(const std::string& path, const std::string& option);
 // What a command's earlier output file looks like: JSONL each of whose lines `is_own` accepts, or
