@@ -769,9 +769,9 @@ struct TrainRun {
   double max_step_s = 0, save_s = 0;
 };
 
-// Until the first step begins, an error (a model, checkpoint or option that fails once loaded)
-// leaves nothing behind in a --out that this start made or found empty, nor a --meta-trace it
-// started: all of it is this run's, and a corrected command must be able to use the same names. A
+// Until the first step is done, an error (a model, checkpoint or option that fails once loaded, or
+// a first step that fails: a bad value its batch holds) leaves nothing behind in a --out that this
+// start made or found empty, nor a --meta-trace it started: all of it is this run's, and a corrected command must be able to use the same names. A
 // run directory being resumed keeps its run.json as it was: TrainRun rewrites it (this command's
 // options, one more restart) only once the first step has run.
 class StartupCleanup {
@@ -793,7 +793,7 @@ class StartupCleanup {
       if (made_) fs::remove(out_, ec);
     }
   }
-  void started() { armed_ = false; }  // the first step begins: from here the run's files are kept
+  void started() { armed_ = false; }  // the first step is done: from here the run's files are kept
 
  private:
   std::string out_, new_trace_;
@@ -959,9 +959,10 @@ int run_dpo(const Topology& topo, const TrainConfig& cfg_in) {
     write_trajectories(model, pp, mparams, train, tracked, cfg.loss, 0, cfg.micro(), topo, traj_path);
   }
   run.begin();
-  cleanup.started();
 
+  const int64_t first_step = run.state.step;
   for (int64_t step = run.state.step; step < total; ++step) {
+    if (step > first_step) cleanup.started();  // a first step that fails leaves nothing behind either
     Timer tm;
     run.begin_step(step);
     const std::vector<int64_t> mine =
@@ -1126,6 +1127,7 @@ int run_dpo(const Topology& topo, const TrainConfig& cfg_in) {
       write_trajectories(model, pp, mparams, train, tracked, cfg.loss, step + 1, cfg.micro(), topo, traj_path);
     if (run.end_step(step, false, ctl, tm.seconds())) return kExitCheckpointed;
   }
+  cleanup.started();
   // metapo.json before final/: a run is complete once final/ exists (--resume auto then has nothing
   // to do), so everything else it writes at its end must already be there.
   if (use_meta) {
@@ -1203,9 +1205,10 @@ int run_sft(const Topology& topo, const TrainConfig& cfg) {
   run.start(plan, {{"metrics.jsonl", cfg.out_dir + "/metrics.jsonl"}}, fingerprint(train), false, nullptr);
   MetricsLog& log = *run.log;
   run.begin();
-  cleanup.started();
 
+  const int64_t first_step = run.state.step;
   for (int64_t step = run.state.step; step < total; ++step) {
+    if (step > first_step) cleanup.started();  // a first step that fails leaves nothing behind either
     Timer tm;
     run.begin_step(step);
     const std::vector<int64_t> global = global_batch(train.size(), cfg.batch_size, cfg.seed, step);
@@ -1260,6 +1263,7 @@ int run_sft(const Topology& topo, const TrainConfig& cfg) {
     log.step(step, j, line);
     if (run.end_step(step, false, ctl, tm.seconds())) return kExitCheckpointed;
   }
+  cleanup.started();
   run.save();
   if (topo.is_root()) std::printf("wrote %s/final and %s/metrics.jsonl\n", cfg.out_dir.c_str(), cfg.out_dir.c_str());
   return 0;

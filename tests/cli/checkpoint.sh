@@ -193,8 +193,9 @@ expect_error "written for another dataset" "$METAPO" train --model init --data o
   --lr 1e-3 $meta --max-steps 14 --out r-data --resume l1/step_00000004.h5
 sed 's/^intermediate_size = 352/intermediate_size = 256/' "$SRC/configs/presets/tiny.ini" >narrow.ini
 "$METAPO" init --preset narrow.ini --out narrow >/dev/null
+# (--ref-model init: d.h5's reference log-probs are init's; without it they are refused first.)
 expect_error "written for another model (intermediate_size 352, this model has 256)" "$METAPO" train --model narrow \
-  --data d.h5 --batch-size 8 --micro-batch 2 --lr 1e-3 $meta --max-steps 14 --out r-shape --resume l1/step_00000004.h5
+  --ref-model init --data d.h5 --batch-size 8 --micro-batch 2 --lr 1e-3 $meta --max-steps 14 --out r-shape --resume l1/step_00000004.h5
 expect_error "written by a run with --weighting metapo" "$METAPO" train $base --max-steps 14 --out r-w --resume l1/step_00000004.h5
 expect_error "a checkpoint of \`metapo train\`, not of \`metapo sft\`" "$METAPO" sft $base --max-steps 14 --out r-sft \
   --resume l1/step_00000004.h5

@@ -92,6 +92,15 @@ with h5py.File("col.h5", "r+") as f:
 P
 refused x "col.h5: /train/columns/w: value -1 of pair 37 (sample_id $(cat sid37)) is not a finite number >= 0" \
   "$METAPO" train --model init --data col.h5 --batch-size 16 --max-steps 2 --weighting column --weight-column w
+# A first step that fails (all weights 0: found when the batch is weighed) leaves nothing behind
+# either, so the corrected command can use the same --out (run.json used to stay and refuse it).
+python3 - <<'P'
+import h5py, numpy as np
+with h5py.File("col.h5", "r+") as f:
+    f["train/columns/w"][...] = 0
+P
+refused x "step 1: the pair weights of the batch sum to 0 (--weighting column)" \
+  "$METAPO" train --model init --data col.h5 --batch-size 16 --max-steps 2 --weighting column --weight-column w
 
 # One start at a time in a run directory (RUN/.lock, held by another process here with flock(1)): a
 # start waits for the holder, and past METAPO_LOCK_WAIT_S gives up with one line, changing nothing.
