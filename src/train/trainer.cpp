@@ -17,6 +17,7 @@
 #include <exception>
 #include <filesystem>
 #include <fstream>
+#include <limits>
 #include <memory>
 #include <optional>
 #include <sstream>
@@ -134,6 +135,19 @@ void save_final(const TrainConfig& cfg, const Topology& topo, const LlamaConfig&
                            kHfMaxShardBytes, cfg.model_dir);
   }
   topo.world_comm().barrier();
+}
+
+// Every rank reads the data and its part of the model itself: node-local copies that are not the same
+// (a stale one on one node) would train on a mix without any error. `mine` is this rank's fingerprint
+// of `what`; they must all equal rank 0's, else one line on every rank names the first rank that differs.
+void check_same_on_every_rank(const Topology& topo, const std::string& mine, const std::string& what) {
+  if (topo.world_size == 1) return;
+  const std::string root = broadcast_string(topo.world_comm(), mine, 0);
+  int32_t first = root == mine ? std::numeric_limits<int32_t>::max() : int32_t(topo.world_rank);
+  topo.world_comm().allreduce(&first, 1, ReduceOp::Min);
+  MP_CHECK(first == std::numeric_limits<int32_t>::max(), what, ": rank ", first, " reads other contents than rank 0 (",
+           "fingerprint ", first == topo.world_rank ? mine : std::string("differs"), " against ", root,
+           "): every rank must see the same files (node-local copies that differ?)");
 }
 
 // Stored reference log-probs are used as they are, so they must be the run's reference model's:
@@ -845,6 +859,8 @@ int run_dpo(const Topology& topo, const TrainConfig& cfg_in) {
   check_compatible(policy.config(), info, cfg.data_path);
   PairSplit train = read_pair_split(cfg.data_path, cfg.train_split);
   resolved.data_fingerprint = fingerprint(train);
+  check_same_on_every_rank(topo, resolved.data_fingerprint, cfg.data_path + ": /" + cfg.train_split);
+  check_same_on_every_rank(topo, model_fingerprint(policy), "--model " + cfg.model_dir);
   if (use_meta) check_pair_table(train, cfg, topo);
   const std::vector<int64_t> cut_train = truncate_split(train, cfg, cfg.train_split, topo);
   if (!cfg.ref_model_dir.empty() && !loss_uses_reference(cfg.loss.type) && !use_meta && topo.is_root()) {
@@ -1187,6 +1203,8 @@ int run_sft(const Topology& topo, const TrainConfig& cfg) {
   const DatasetInfo info = read_dataset_info(cfg.data_path);
   check_compatible(initial.config(), info, cfg.data_path);
   SftSplit train = read_sft_split(cfg.data_path);
+  check_same_on_every_rank(topo, fingerprint(train), cfg.data_path + ": /sft");
+  check_same_on_every_rank(topo, model_fingerprint(initial), "--model " + cfg.model_dir);
   const int64_t cut = truncate_sft(train, cfg.truncation, cfg.data_path + ": /sft");
   if (cut > 0 && topo.is_root())
     std::printf("sft: %lld of %lld examples cut to --max-length %lld / --max-prompt-length %lld\n", (long long)cut,

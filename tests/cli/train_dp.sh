@@ -63,3 +63,21 @@ assert l1[-1]["weights/std"] > 0, "the weight net never moved"
 print(f"ok: metapo ({ap}) 1 vs 2 ranks: max loss rel diff {worst:.2e}, weight-net rel diff {d:.2e}")
 P
 done
+# Every rank reads the files itself: ranks whose files differ behind the same names (node-local copies,
+# one stale) are refused before the first step, naming the first rank that differs; the same files
+# behind different paths are fine. Two working directories, one command (MPMD).
+mkdir -p ra rb
+for w in ra rb; do cp -r sft1/final "$w/m" && cp d1.h5 "$w/d.h5"; done
+cat >mpmd <<S
+#!/usr/bin/env bash
+exec $MPIRUN 1 --wdir "$WORK/ra" "$METAPO" "\$@" : -np 1 --wdir "$WORK/rb" "$METAPO" "\$@"
+S
+chmod +x mpmd
+./mpmd train --model m --data d.h5 --out "$WORK/same" $common >/dev/null
+"$METAPO" synth --task sort --seed 5 --flip 0.2 --n-train 64 --n-val 16 --n-test 16 --n-sft 64 --out rb/d.h5 >/dev/null
+expect_error "d.h5: /train: rank 1 reads other contents than rank 0" ./mpmd train --model m --data d.h5 --out "$WORK/x1" $common
+expect_error "d.h5: /sft: rank 1 reads other contents than rank 0" ./mpmd sft --model m --data d.h5 --out "$WORK/x2" $common
+cp d1.h5 rb/d.h5 && rm -rf rb/m && cp -r init rb/m
+expect_error "--model m: rank 1 reads other contents than rank 0" ./mpmd train --model m --data d.h5 --out "$WORK/x3" $common
+[ ! -e x1 ] && [ ! -e x2 ] && [ ! -e x3 ] || fail "a refused run left its --out"
+echo "ok: ranks that read different files are refused"

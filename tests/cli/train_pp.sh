@@ -18,7 +18,9 @@ $MPIRUN 8 "$METAPO" eval --model init --data d.h5 --split test --tp 2 --pp 2 > e
 common="--batch-size 8 --micro-batch 2 --max-steps 10 --lr 1e-3 --warmup-steps 1"
 # As in train_tp.sh: MetaPO from the SFT model, with its defaults otherwise (Adam preconditioning of
 # the validation gradient included).
-meta="--weighting metapo --meta-gate 0 --meta-val-batch 8 --stats-refresh-every 1 --stats-refresh-pairs 16"  # gate 0: the weights as learned
+# gate 0: the weights as learned; the reference is init, whose log-probs d.h5 holds (the policy starts
+# from sft-1x1x1/final)
+meta="--weighting metapo --meta-gate 0 --meta-val-batch 8 --stats-refresh-every 1 --stats-refresh-pairs 16 --ref-model init"
 run() {  # run KIND LAYOUT MODEL extra...   (layout name = DPxPPxTP)
   local kind="$1" layout="$2" model="$3"; shift 3
   local dp pp tp

@@ -20,7 +20,9 @@ common="--batch-size 8 --micro-batch 2 --max-steps 10 --lr 1e-3 --warmup-steps 1
 # policy equal to the reference they are 0 on one rank but ~1e-8 of reduction-order noise under TP,
 # and the feature standardizer would blow that noise up to unit-size features. With the default Adam
 # preconditioning of the validation gradient (bounded per coordinate, see ZeroAdamW).
-meta="--weighting metapo --meta-gate 0 --meta-val-batch 8 --stats-refresh-every 1 --stats-refresh-pairs 16"  # gate 0: the weights as learned
+# gate 0: the weights as learned; the reference is init, whose log-probs d.h5 holds (the policy starts
+# from sft-1x1x1/final)
+meta="--weighting metapo --meta-gate 0 --meta-val-batch 8 --stats-refresh-every 1 --stats-refresh-pairs 16 --ref-model init"
 # layout name = DPxPPxTP; the trainer gets --tp and DP follows from the rank count.
 run() {  # run KIND LAYOUT MODEL extra...
   local kind="$1" layout="$2" model="$3"; shift 3
