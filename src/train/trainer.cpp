@@ -479,7 +479,11 @@ RunDirPlan plan_run_dir(const TrainConfig& cfg, const Topology& topo, const std:
       // Checked first (a directory of the user's gets no lock file), then decided again under the lock.
       decide_run_dir(cfg, kind, false);
       std::error_code ec;
-      made = !fs::exists(cfg.out_dir, ec);
+      // A link whose target is missing is the user's: said, never made into (or removed as) ours.
+      MP_CHECK(!fs::is_symlink(cfg.out_dir, ec) || fs::exists(cfg.out_dir, ec), "--out ", cfg.out_dir,
+               ": a symbolic link to ", fs::read_symlink(cfg.out_dir, ec).string(),
+               ", which does not exist (make that directory, or give another --out)");
+      made = !fs::exists(fs::symlink_status(cfg.out_dir, ec));
       if (made) {
         fs::create_directories(cfg.out_dir, ec);
         MP_CHECK(!ec, "--out ", cfg.out_dir, ": cannot make the directory (", ec.message(), ")");

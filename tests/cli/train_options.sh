@@ -92,6 +92,10 @@ with h5py.File("col.h5", "r+") as f:
 P
 refused x "col.h5: /train/columns/w: value -1 of pair 37 (sample_id $(cat sid37)) is not a finite number >= 0" \
   "$METAPO" train --model init --data col.h5 --batch-size 16 --max-steps 2 --weighting column --weight-column w
+# An --out that is a link to nothing: refused, and the link stays (it used to be removed).
+ln -s "$WORK/nonexist" dl
+expect_error "--out dl: a symbolic link to $WORK/nonexist, which does not exist" "$METAPO" train $T --max-steps 1 --out dl
+[ -L dl ] && [ ! -e nonexist ] || fail "a refused --out link was removed or followed"
 # A first step that fails (all weights 0: found when the batch is weighed) leaves nothing behind
 # either, so the corrected command can use the same --out (run.json used to stay and refuse it).
 python3 - <<'P'
