@@ -45,6 +45,7 @@ std::vector<std::string> ini_section_args(const std::string& path, const std::st
   int lineno = 0;
   while (std::getline(in, line)) {
     ++lineno;
+    if (lineno == 1 && line.rfind("\xEF\xBB\xBF", 0) == 0) line.erase(0, 3);  // a UTF-8 byte-order mark
     line = trim(line);
     if (line.empty() || line[0] == '#' || line[0] == ';') continue;
     if (line[0] == '[') {
@@ -85,6 +86,14 @@ static void refuse_negative_unsigned(const po::parsed_options& parsed, const po:
   }
 }
 
+// A file or directory option given as "" names nothing: said as such, not as a file "" not found.
+static void refuse_empty_paths(const po::variables_map& vm, const std::string& where) {
+  for (const char* name : {"model", "data", "out", "input", "output", "prompts", "run", "ref-model", "preset", "resume"}) {
+    if (!vm.count(name) || vm[name].defaulted() || vm[name].value().type() != typeid(std::string)) continue;
+    MP_CHECK(!vm[name].as<std::string>().empty(), where, "--", name, " must not be empty");
+  }
+}
+
 bool parse_args(const std::string& cmd, const std::string& usage, po::options_description& desc,
                 int argc, char** argv, po::variables_map& vm, const Context& ctx) {
   desc.add_options()("help,h", "show this help")(
@@ -99,6 +108,7 @@ bool parse_args(const std::string& cmd, const std::string& usage, po::options_de
     const po::parsed_options parsed = po::command_line_parser(argc, argv).options(with_stray).positional(stray).run();
     po::store(parsed, vm);
     refuse_negative_unsigned(parsed, vm, "", cmd);
+    refuse_empty_paths(vm, "");
   } catch (const po::error& e) {
     fail(e.what(), " (see metapo ", cmd, " --help)");
   }
@@ -132,6 +142,7 @@ bool parse_args(const std::string& cmd, const std::string& usage, po::options_de
       const po::parsed_options parsed = po::command_line_parser(args).options(desc).run();
       po::store(parsed, vm);
       refuse_negative_unsigned(parsed, vm, "--config " + path + " [" + cmd + "]: ", cmd);
+      refuse_empty_paths(vm, "--config " + path + " [" + cmd + "]: ");
     } catch (const po::error& e) {
       fail("--config ", path, " [", cmd, "]: ", e.what());
     }

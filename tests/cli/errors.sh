@@ -65,6 +65,14 @@ expect_error "--output od: is a directory" "$METAPO" score --model model --input
 # An output whose directory cannot be written: said before the work, not after it (the scoring used
 # to run first, and a failed write to leave OUT.partial). As root only a file in the way shows it;
 # as nobody, where the binary is reachable, a directory without write permission too.
+# A file or directory option given as "": said as such (eval said ": no such file", generate
+# "model directory  does not exist").
+expect_error "--data must not be empty" "$METAPO" eval --model model --data "" --split test
+expect_error "--model must not be empty" "$METAPO" generate --model "" --prompts good.jsonl --max-new-tokens 2 --output o.jsonl
+expect_error "--run must not be empty" "$METAPO" analyze --run "" --data nosuch.h5
+# An INI file saved with a UTF-8 byte-order mark (Windows editors) reads like any other.
+printf '\xef\xbb\xbf[score]\nmodel = nosuchdir\n' >bom.ini
+expect_error "nosuchdir" "$METAPO" score --config bom.ini --input good.jsonl --output o.jsonl
 echo x >afile
 expect_error "--output afile/o.jsonl: $WORK/afile is not a directory" "$METAPO" score --model model --input good.jsonl --output afile/o.jsonl
 expect_error "--output afile/sub/g.jsonl: $WORK/afile is not a directory" "$METAPO" generate --model model \
