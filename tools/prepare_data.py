@@ -833,10 +833,12 @@ def run(argv):
     if a.inputs and "val" not in splits:
         warn("no /val split (--val-fraction 0 and no --val): metapo train needs one")
     # An empty split is no dataset: nothing is written (metapo refuses empty splits it needs anyway).
+    total = sum(len(rows) for rows in splits.values())
     for name, rows in splits.items():
         if not rows:
             dropped = "".join(f"; dropped {n} ({k})" for k, n in sorted(drops.items()))
-            raise InputError(f"/{name} would hold no pairs (nothing written){dropped or '; the input has no records'}")
+            raise InputError(f"/{name} would hold no pairs (nothing written): {total} pair(s) kept in all"
+                             f"{dropped or '; the inputs hold no records'}")
 
     argv_text = " ".join(shlex.quote(x) for x in argv)
     split_rule = (f"split: /val = pairs whose blake2b-64 hash (seed {a.seed}, by {a.split_by}) / 2^64"

@@ -95,7 +95,7 @@ int cmd_precompute_ref(Context& ctx, int argc, char** argv) {
   const LlamaConfig config = load_hf_config(model_dir);
   // The file is rewritten through DATA.partial beside it: a directory it cannot write into is said
   // before the scoring, not after.
-  check_dir_writable(data, "--data");
+  if (ctx.topo.is_root()) check_dir_writable(data, "--data");
   const Dataset d = read_dataset(data);
   MP_CHECK(d.info.vocab_size <= config.vocab_size, data, ": vocab_size ", d.info.vocab_size,
            " is larger than the model's ", config.vocab_size, " (wrong tokenizer for this model?)");

@@ -135,6 +135,7 @@ int cmd_generate(Context& ctx, int argc, char** argv) {
   const std::string input = vm.count("data") ? data : prompts_path;
   check_input_file(input, vm.count("data") ? "--data" : "--prompts");
   check_output_file(output, "--output", {input, model_dir}, generate_output());
+  if (ctx.topo.is_root()) check_dir_writable(output, "--output");
   apply_parallel_options(ctx, par);
   const Device dev = check_device_option(device, par, ctx.topo.local_rank);
   const Topology& topo = ctx.topo;

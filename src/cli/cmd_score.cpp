@@ -86,6 +86,7 @@ int cmd_score(Context& ctx, int argc, char** argv) {
   MP_CHECK(max_tokens > 0, "--max-batch-tokens must be positive");
   check_input_file(input, "--input");
   check_output_file(output, "--output", {input, model_dir}, score_output());
+  if (ctx.topo.is_root()) check_dir_writable(output, "--output");
   apply_parallel_options(ctx, par);
   const Device dev = check_device_option(device, par, ctx.topo.local_rank);
   const Topology& topo = ctx.topo;

@@ -373,7 +373,6 @@ void check_output_file(const std::string& path, const std::string& option, const
   std::error_code ec;
   MP_CHECK(!path.empty(), option, " must not be empty");
   MP_CHECK(!fs::is_directory(path, ec), option, " ", path, ": is a directory (give a file name)");
-  check_dir_writable(path, option);
   const fs::path dir = fs::absolute(path, ec).lexically_normal().parent_path();
   for (const std::string& in : inputs) {
     if (in.empty() || !fs::exists(in, ec)) continue;
@@ -404,7 +403,11 @@ void write_file_atomic(const std::string& path, const std::string& content) {
     }
   }
   fs::rename(tmp, path, ec);
-  MP_CHECK(!ec, path, ": cannot rename ", tmp, ": ", ec.message());
+  if (ec) {
+    const std::string why = ec.message();
+    fs::remove(tmp, ec);
+    fail(path, ": cannot rename ", tmp, " to it: ", why);
+  }
 }
 
 }  // namespace metapo::cli

@@ -221,9 +221,14 @@ void commit_model_dir(const fs::path& tmp, const std::string& dir) {
   std::error_code ec;
   if (fs::exists(target, ec)) {
     fs::remove_all(old, ec);  // a stale one from a crashed save (check_model_dir_target: ours)
+    // Marked before it moves, so that no crash leaves an unmarked DIR.old (the mark is not moved back).
+    std::ofstream(target / kSaveMark) << "a metapo save's old copy of " << target.string() << "\n";
     fs::rename(target, old, ec);
-    MP_CHECK(!ec, target.string(), ": cannot move the old model aside (", ec.message(), ")");
-    std::ofstream(old / kSaveMark) << "a metapo save's old copy of " << target.string() << "\n";
+    if (ec) {
+      const std::string why = ec.message();
+      fs::remove(target / kSaveMark, ec);
+      fail(target.string(), ": cannot move the old model aside (", why, ")");
+    }
   }
   fs::rename(tmp, target, ec);
   MP_CHECK(!ec, target.string(), ": cannot rename ", tmp.string(), " to it (", ec.message(), ")");

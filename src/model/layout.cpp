@@ -1,5 +1,7 @@
 #include "metapo/model/layout.h"
 
+#include <limits>
+
 #include "metapo/core/error.h"
 
 namespace metapo {
@@ -32,7 +34,11 @@ size_t param_count(const LlamaConfig& c) {
   LlamaConfig one = c, two = c;
   one.num_hidden_layers = 1, two.num_hidden_layers = 2;
   const size_t t1 = ParamLayout(one).total(), per_layer = ParamLayout(two).total() - t1;
-  return c.num_hidden_layers == 0 ? t1 - per_layer : t1 + per_layer * size_t(c.num_hidden_layers - 1);
+  if (c.num_hidden_layers == 0) return t1 - per_layer;
+  const size_t more = size_t(c.num_hidden_layers - 1);
+  if (per_layer > 0 && more > (std::numeric_limits<size_t>::max() - t1) / per_layer)
+    return std::numeric_limits<size_t>::max();  // past any memory: the size checks refuse it
+  return t1 + per_layer * more;
 }
 
 ParamLayout::ParamLayout(const LlamaConfig& c) : ParamLayout(c, PipeStage{}) {}

@@ -127,6 +127,13 @@ void save_final(const TrainConfig& cfg, const Topology& topo, const LlamaConfig&
   int32_t ok = all_finite(params.data(), sm.model->layout().total());
   topo.world_comm().allreduce(&ok, 1, ReduceOp::Min);
   MP_CHECK(ok, cfg.out_dir, "/final: not written: the trained parameters hold non-finite values");
+  // final.partial and final.old in a run directory are the run's own (metapo writes only names it
+  // chose there): left by a crashed save, also of a build that did not mark them, they go.
+  if (topo.is_root()) {
+    std::error_code ec;
+    for (const char* side : {"/final.partial", "/final.old"}) fs::remove_all(cfg.out_dir + side, ec);
+  }
+  topo.world_comm().barrier();
   if (topo.dp_rank == 0) {
     std::vector<TpCopy> runs = sm.shard_map;
     if (!sm.mp)  // the whole model on this rank
@@ -150,20 +157,49 @@ void check_same_on_every_rank(const Topology& topo, const std::string& mine, con
            "): every rank must see the same files (node-local copies that differ?)");
 }
 
+// What check_same_on_every_rank compares of a pair split: all of it, the stored reference log-probs,
+// their model's fingerprint, the columns and the quality labels too (fingerprint(), which checkpoints
+// record, covers the tokens and ids only).
+std::string content_fingerprint(const PairSplit& s) {
+  uint64_t h = 14695981039346656037ull;  // FNV-1a
+  auto mix = [&h](const void* p, size_t bytes) {
+    for (size_t k = 0; k < bytes; ++k) h = (h ^ static_cast<const uint8_t*>(p)[k]) * 1099511628211ull;
+  };
+  const std::string base = fingerprint(s);
+  mix(base.data(), base.size());
+  for (const std::vector<double>* v : {&s.ref_logp_chosen, &s.ref_logp_rejected}) {
+    const uint64_t n = v->size();
+    mix(&n, sizeof n), mix(v->data(), v->size() * sizeof(double));
+  }
+  mix(s.ref_model_fingerprint.data(), s.ref_model_fingerprint.size());
+  const uint64_t nq = s.quality.size();
+  mix(&nq, sizeof nq), mix(s.quality.data(), s.quality.size() * sizeof(float));
+  for (const auto& [name, v] : s.columns) {
+    const uint64_t n = v.size();
+    mix(name.data(), name.size()), mix(&n, sizeof n), mix(v.data(), v.size() * sizeof(float));
+  }
+  char hex[17];
+  std::snprintf(hex, sizeof hex, "%016llx", static_cast<unsigned long long>(h));
+  return hex;
+}
+
 // Stored reference log-probs are used as they are, so they must be the run's reference model's:
 // precompute-ref records the model's fingerprint beside them, and a split whose fingerprint is not that
 // of ref_dir (--ref-model, default --model) stops the run before any work, naming both models. Rank 0
 // reads the fingerprint (a few MB of the model) and broadcasts it. Files without the attribute (older
 // builds, other tools) are not checked.
 void check_stored_reference(const TrainConfig& cfg, const Topology& topo, const std::string& ref_dir,
-                            const HfModelReader& policy, const std::vector<std::pair<std::string, const PairSplit*>>& splits) {
-  bool any = false;
+                            const std::string& policy_fingerprint,
+                            const std::vector<std::pair<std::string, const PairSplit*>>& splits) {
+  if (cfg.trust_stored_ref) return;
+  int32_t any = 0;
   for (const auto& [name, s] : splits) any = any || (s && s->has_ref() && !s->ref_model_fingerprint.empty());
+  topo.world_comm().allreduce(&any, 1, ReduceOp::Max);  // the ranks' data are the same (checked); one decision
   if (!any) return;
   std::string have;
   if (topo.is_root()) {
     try {
-      have = ref_dir == cfg.model_dir ? model_fingerprint(policy) : model_fingerprint(HfModelReader(ref_dir));
+      have = ref_dir == cfg.model_dir ? policy_fingerprint : model_fingerprint(HfModelReader(ref_dir));
     } catch (const Error& e) {
       have = std::string("!") + e.what();
     }
@@ -175,8 +211,9 @@ void check_stored_reference(const TrainConfig& cfg, const Topology& topo, const 
     MP_CHECK(false, cfg.data_path, ": /", name, ": the reference log-probs were computed with another model (",
              s->ref_model.empty() ? std::string("unnamed") : s->ref_model, ", fingerprint ", s->ref_model_fingerprint,
              ") than this run's reference ", ref_dir, " (", cfg.ref_model_dir.empty() ? "--model" : "--ref-model",
-             ", fingerprint ", have, "): compute them again (metapo precompute-ref --model ", ref_dir, " --data ",
-             cfg.data_path, "), or name the model they came from with --ref-model");
+             ", fingerprint ", have, "): name the model they came from with --ref-model, compute them again ",
+             "(metapo precompute-ref --model ", ref_dir, " --data ", cfg.data_path,
+             "; not in the middle of a run: it changes its reference), or use them as they are with --trust-stored-ref");
   }
 }
 
@@ -863,15 +900,17 @@ int run_dpo(const Topology& topo, const TrainConfig& cfg_in) {
   check_compatible(policy.config(), info, cfg.data_path);
   PairSplit train = read_pair_split(cfg.data_path, cfg.train_split);
   resolved.data_fingerprint = fingerprint(train);
-  check_same_on_every_rank(topo, resolved.data_fingerprint, cfg.data_path + ": /" + cfg.train_split);
-  check_same_on_every_rank(topo, model_fingerprint(policy), "--model " + cfg.model_dir);
+  check_same_on_every_rank(topo, content_fingerprint(train), cfg.data_path + ": /" + cfg.train_split);
+  const std::string policy_fingerprint = model_fingerprint(policy);
+  check_same_on_every_rank(topo, policy_fingerprint, "--model " + cfg.model_dir);
   if (use_meta) check_pair_table(train, cfg, topo);
   const std::vector<int64_t> cut_train = truncate_split(train, cfg, cfg.train_split, topo);
   if (!cfg.ref_model_dir.empty() && !loss_uses_reference(cfg.loss.type) && !use_meta && topo.is_root()) {
     std::printf("note: --ref-model %s is not used: --loss %s needs no reference model\n", cfg.ref_model_dir.c_str(),
                 loss_name(cfg.loss.type).c_str());
     std::fflush(stdout);
-  } else if (!cfg.ref_model_dir.empty() && train.has_ref() && topo.is_root()) {
+  } else if (!cfg.ref_model_dir.empty() && train.has_ref() && (train.ref_model_fingerprint.empty() || cfg.trust_stored_ref) &&
+             topo.is_root()) {
     std::printf("note: --ref-model %s is not used for the pairs %s already holds reference log-probs of (precompute-ref); "
                 "only pairs without them are scored with it\n", cfg.ref_model_dir.c_str(), cfg.data_path.c_str());
     std::fflush(stdout);
@@ -884,14 +923,18 @@ int run_dpo(const Topology& topo, const TrainConfig& cfg_in) {
   const bool do_eval = cfg.eval_every > 0 || use_meta;
   PairSplit val;
   std::vector<int64_t> cut_val;
-  if (do_eval) val = read_pair_split(cfg.data_path, cfg.val_split), cut_val = truncate_split(val, cfg, cfg.val_split, topo);
+  if (do_eval) {
+    val = read_pair_split(cfg.data_path, cfg.val_split);
+    check_same_on_every_rank(topo, content_fingerprint(val), cfg.data_path + ": /" + cfg.val_split);
+    cut_val = truncate_split(val, cfg, cfg.val_split, topo);
+  }
   MP_CHECK(!do_eval || val.size() > 0, cfg.data_path, ": /", cfg.val_split, " holds no pairs, and ",
            use_meta ? "--weighting metapo draws its validation batches from it" : "--eval-every evaluates on it");
   MP_CHECK(!use_meta || cfg.meta.val_batch <= val.size(), "--meta-val-batch ", cfg.meta.val_batch, " is larger than ",
            cfg.data_path, ": /", cfg.val_split, " (", val.size(), " pairs)");
   const std::string ref_dir = cfg.ref_model_dir.empty() ? cfg.model_dir : cfg.ref_model_dir;
   if (loss_uses_reference(cfg.loss.type) || use_meta)
-    check_stored_reference(cfg, topo, ref_dir, policy, {{cfg.train_split, &train}, {cfg.val_split, do_eval ? &val : nullptr}});
+    check_stored_reference(cfg, topo, ref_dir, policy_fingerprint, {{cfg.train_split, &train}, {cfg.val_split, do_eval ? &val : nullptr}});
   // Stored reference log-probs are of the sequences as the file holds them: those of cut pairs are
   // computed again, on the cut sequences the policy is trained on.
   // A reference-free loss (simpo) needs no reference unless MetaPO's features do (the policy's drift

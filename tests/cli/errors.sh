@@ -106,6 +106,7 @@ expect_error "--max-new-tokens 99999999999: the KV cache of 1 sequences" "$METAP
 expect_error "--preset tiny --layers 1000000: the model needs" "$METAPO" init --preset tiny --layers 1000000 --out m3
 # 10^9 layers: refused by the size, not by the memory a list of their tensors would take first.
 expect_error "--preset tiny --layers 1000000000: the model needs" "$METAPO" init --preset tiny --layers 1000000000 --out m3
+expect_error "--preset tiny --layers 4611686018427387904: the model needs" "$METAPO" init --preset tiny --layers 4611686018427387904 --out m3
 expect_error "--preset llama-3-70b: the model needs" "$METAPO" bench --preset llama-3-70b --seq-len 16 --batch 1
 expect_error "--init-std nan: must be finite" "$METAPO" init --preset tiny --init-std nan --out m3
 expect_error "--dtype float64: unknown" "$METAPO" init --preset tiny --dtype float64 --out m3

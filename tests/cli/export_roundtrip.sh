@@ -129,3 +129,10 @@ expect_error "f16b: tensor model.layers.0.mlp.up_proj.weight holds 100000, past 
 [ ! -e f16b ] && [ ! -e f16b.partial ] || fail "a refused float16 export left a directory"
 "$METAPO" export --model big --out bf16b --dtype bfloat16 >/dev/null
 echo "ok: a value past float16's range is refused, not saved as infinity"
+# Inside a run directory final.partial and final.old are the run's own: an unmarked one (a crash under
+# an older build) is cleared by the final save, not refused after the training.
+"$METAPO" train --model a --data d.h5 --out runp --max-steps 1 --batch-size 8 --save-every 1 >/dev/null
+rm -rf runp/final && mkdir runp/final.partial && touch runp/final.partial/junk
+"$METAPO" train --model a --data d.h5 --out runp --max-steps 2 --batch-size 8 --resume auto >/dev/null
+[ -f runp/final/config.json ] && [ ! -e runp/final.partial ] || fail "the final save did not clear the run's final.partial"
+echo "ok: a run's final save clears its own final.partial"

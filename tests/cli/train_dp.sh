@@ -77,7 +77,11 @@ chmod +x mpmd
 "$METAPO" synth --task sort --seed 5 --flip 0.2 --n-train 64 --n-val 16 --n-test 16 --n-sft 64 --out rb/d.h5 >/dev/null
 expect_error "d.h5: /train: rank 1 reads other contents than rank 0" ./mpmd train --model m --data d.h5 --out "$WORK/x1" $common
 expect_error "d.h5: /sft: rank 1 reads other contents than rank 0" ./mpmd sft --model m --data d.h5 --out "$WORK/x2" $common
+# The same pairs, one copy without the reference log-probs (made before precompute-ref): refused too
+# (this used to hang: one rank checked the stored log-probs' model while the other computed them).
+"$METAPO" synth --task sort --seed 3 --flip 0.2 --n-train 64 --n-val 16 --n-test 16 --n-sft 64 --out rb/d.h5 >/dev/null
+expect_error "d.h5: /train: rank 1 reads other contents than rank 0" ./mpmd train --model m --data d.h5 --out "$WORK/x4" $common
 cp d1.h5 rb/d.h5 && rm -rf rb/m && cp -r init rb/m
 expect_error "--model m: rank 1 reads other contents than rank 0" ./mpmd train --model m --data d.h5 --out "$WORK/x3" $common
-[ ! -e x1 ] && [ ! -e x2 ] && [ ! -e x3 ] || fail "a refused run left its --out"
+[ ! -e x1 ] && [ ! -e x2 ] && [ ! -e x3 ] && [ ! -e x4 ] || fail "a refused run left its --out"
 echo "ok: ranks that read different files are refused"

@@ -174,9 +174,13 @@ grep -q "^warning: --meta-warmup 5: the run has 2 steps, so the weight net is ne
 "$METAPO" train $T --max-steps 2 --save-every 2 --out w5 $M --meta-trace w5/trace.jsonl >/dev/null
 "$METAPO" train $T --max-steps 3 --save-every 2 --out w5 $M --resume auto >w5.log
 grep -q "^note: the run's --meta-trace .*w5/trace.jsonl is not continued" w5.log || { cat w5.log; fail "no note for the trace"; }
-# --ref-model beside stored reference log-probs: said.
+# --ref-model beside stored reference log-probs: checked to be their model (no note then); used
+# as they are with --trust-stored-ref, and then said.
 "$METAPO" train $T --max-steps 1 --out w3 --ref-model init >w3.log
-grep -q "^note: --ref-model init is not used" w3.log || { cat w3.log; fail "no --ref-model note"; }
+! grep -q "note: --ref-model" w3.log || { cat w3.log; fail "a --ref-model note for the model the log-probs came from"; }
+"$METAPO" init --preset tiny --out init9 --seed 9 >/dev/null
+"$METAPO" train $T --max-steps 1 --out w8 --ref-model init9 --trust-stored-ref >w8.log
+grep -q "^note: --ref-model init9 is not used" w8.log || { cat w8.log; fail "no --ref-model note"; }
 echo "ok: warnings for options that have no effect"
 # Stored reference log-probs of another model: refused before any work, at 1 and 2 ranks (the policy
 # and the reference are init2; the file's are init's); the model they came from named with --ref-model,
@@ -186,6 +190,7 @@ refused x "d.h5: /train: the reference log-probs were computed with another mode
   "$METAPO" train --model init2 --data d.h5 --batch-size 16 --max-steps 1
 refused x "this run's reference init2 (--ref-model" $MPIRUN 2 "$METAPO" train $T --max-steps 1 --ref-model init2 $M
 "$METAPO" train --model init2 --ref-model init --data d.h5 --batch-size 16 --max-steps 1 --out w6 >/dev/null
+"$METAPO" train --model init2 --trust-stored-ref --data d.h5 --batch-size 16 --max-steps 1 --out w9 >/dev/null
 cp -r init initcopy
 "$METAPO" train --model initcopy --data d.h5 --batch-size 16 --max-steps 1 --out w7 >/dev/null
 echo "ok: reference log-probs of another model are refused; those of --ref-model or a copy of --model are used"

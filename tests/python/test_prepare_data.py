@@ -560,10 +560,10 @@ def test_empty_split_is_an_error(capsys, tokdir, tmp_path):
     empty = tmp_path / "empty.jsonl"
     empty.write_text("")
     rc, _, err = run(capsys, "--tokenizer", tokdir, "--out", tmp_path / "o.h5", empty, "--val-fraction", "0")
-    assert rc == 1 and "/train would hold no pairs (nothing written); the input has no records" in err
+    assert rc == 1 and "/train would hold no pairs (nothing written): 0 pair(s) kept in all; the inputs hold no records" in err
     rc, _, err = run(capsys, "--tokenizer", tokdir, "--out", tmp_path / "o.h5", DATA / "standard.jsonl",
                      "--max-length", "1", "--val-fraction", "0")
-    assert rc == 1 and "/train would hold no pairs (nothing written); dropped" in err
+    assert rc == 1 and "/train would hold no pairs (nothing written): 0 pair(s) kept in all; dropped" in err
     assert not (tmp_path / "o.h5").exists()
 
 

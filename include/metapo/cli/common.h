@@ -80,7 +80,8 @@ void write_file_atomic(const std::string& path, const std::string& content);
 
 // Before any work: the directory a file `path` will be written in (or, when missing, the nearest
 // existing one its parents will be made in) is a directory this process may write into; else one
-// line "<what> <path>: ..." naming the directory and the reason.
+// line "<what> <path>: ..." naming the directory and the reason. For the rank that writes the file
+// (rank 0): another node need not have that directory.
 void check_dir_writable(const std::string& path, const std::string& what);
 
 // An input file an option names: it exists and is a file (a directory would read as empty).

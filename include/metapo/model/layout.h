@@ -48,7 +48,7 @@ std::vector<PipeStage> pipeline_stages(int64_t n_layers, int pp, const std::vect
 
 // ParamLayout(c).total() without building the layout (one entry per tensor: a config with 10^8
 // layers would take gigabytes before any size check could refuse it). Every decoder layer has the
-// same tensors, so the count is affine in the layer count.
+// same tensors, so the count is affine in the layer count. SIZE_MAX when it does not fit in a size_t.
 size_t param_count(const LlamaConfig& c);
 
 struct LayerOffsets {

@@ -28,6 +28,7 @@ namespace metapo {
 
 struct TrainConfig {
   std::string model_dir, data_path, out_dir, ref_model_dir;  // ref: defaults to model_dir
+  bool trust_stored_ref = false;  // stored reference log-probs used whatever model they came from
   std::string train_split = "train", val_split = "val";
   LossConfig loss;
   Weighting weighting = Weighting::Uniform;
