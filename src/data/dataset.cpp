@@ -6,6 +6,7 @@
 #include <limits>
 
 #include "metapo/core/error.h"
+#include "metapo/core/hash.h"
 
 namespace metapo {
 
@@ -219,21 +220,13 @@ int64_t memory_bytes(const PairSplit& s) {
 }
 
 namespace {
-struct Fingerprint {
-  uint64_t h = 1469598103934665603ull;
+// The seed is not FNV's offset basis (a digit short of it), and must stay: checkpoints and analyses
+// record these fingerprints and compare them with the data they are given.
+struct Fingerprint : Fnv1a {
+  Fingerprint() : Fnv1a(1469598103934665603ull) {}
   template <typename T>
-  void add(const std::vector<T>& v) {
-    const unsigned char* p = reinterpret_cast<const unsigned char*>(v.data());
-    const uint64_t n = v.size() * sizeof(T);
-    for (int k = 0; k < 8; ++k) h = (h ^ ((n >> (8 * k)) & 0xff)) * 1099511628211ull;
-    for (uint64_t i = 0; i < n; ++i) h = (h ^ p[i]) * 1099511628211ull;
-  }
+  void add(const std::vector<T>& v) { add_sized(v); }
   void add(const Ragged& r) { add(r.tokens), add(r.offsets); }
-  std::string hex() const {
-    char b[24];
-    std::snprintf(b, sizeof b, "%016llx", (unsigned long long)h);
-    return b;
-  }
 };
 
 }  // namespace

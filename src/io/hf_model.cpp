@@ -15,6 +15,7 @@
 #include <sstream>
 
 #include "metapo/core/error.h"
+#include "metapo/core/hash.h"
 #include "metapo/core/progress.h"
 #include "metapo/io/checkpoint.h"
 #include "metapo/io/safetensors.h"
@@ -262,20 +263,11 @@ std::string model_fingerprint(const HfModelReader& model) {
   }
   std::vector<float> sample(at);
   model.read_runs(runs, sample.data());
-  uint64_t h = 14695981039346656037ull;  // FNV-1a, 64 bits
-  auto mix = [&h](const void* p, size_t bytes) {
-    for (size_t k = 0; k < bytes; ++k) h = (h ^ static_cast<const uint8_t*>(p)[k]) * 1099511628211ull;
-  };
-  const uint64_t total = model.layout().total();
-  mix(&total, sizeof total);
-  for (const TensorEntry& t : model.layout().tensors()) {
-    const uint64_t numel = t.numel;
-    mix(t.name.data(), t.name.size()), mix(&numel, sizeof numel);
-  }
-  mix(sample.data(), sample.size() * sizeof(float));
-  char hex[17];
-  std::snprintf(hex, sizeof hex, "%016llx", static_cast<unsigned long long>(h));
-  return hex;
+  Fnv1a h;
+  h.add_u64(model.layout().total());
+  for (const TensorEntry& t : model.layout().tensors()) h.add_bytes(t.name.data(), t.name.size()), h.add_u64(t.numel);
+  h.add_bytes(sample.data(), sample.size() * sizeof(float));
+  return h.hex();
 }
 
 std::filesystem::path model_dir_path(const std::string& dir) {

@@ -27,6 +27,7 @@
 #include "metapo/comm/mpi_session.h"
 #include "metapo/core/buffer.h"
 #include "metapo/core/error.h"
+#include "metapo/core/hash.h"
 #include "metapo/core/memory.h"
 #include "metapo/core/progress.h"
 #include "metapo/core/timer.h"
@@ -161,26 +162,14 @@ void check_same_on_every_rank(const Topology& topo, const std::string& mine, con
 // their model's fingerprint, the columns and the quality labels too (fingerprint(), which checkpoints
 // record, covers the tokens and ids only).
 std::string content_fingerprint(const PairSplit& s) {
-  uint64_t h = 14695981039346656037ull;  // FNV-1a
-  auto mix = [&h](const void* p, size_t bytes) {
-    for (size_t k = 0; k < bytes; ++k) h = (h ^ static_cast<const uint8_t*>(p)[k]) * 1099511628211ull;
-  };
+  Fnv1a h;
   const std::string base = fingerprint(s);
-  mix(base.data(), base.size());
-  for (const std::vector<double>* v : {&s.ref_logp_chosen, &s.ref_logp_rejected}) {
-    const uint64_t n = v->size();
-    mix(&n, sizeof n), mix(v->data(), v->size() * sizeof(double));
-  }
-  mix(s.ref_model_fingerprint.data(), s.ref_model_fingerprint.size());
-  const uint64_t nq = s.quality.size();
-  mix(&nq, sizeof nq), mix(s.quality.data(), s.quality.size() * sizeof(float));
-  for (const auto& [name, v] : s.columns) {
-    const uint64_t n = v.size();
-    mix(name.data(), name.size()), mix(&n, sizeof n), mix(v.data(), v.size() * sizeof(float));
-  }
-  char hex[17];
-  std::snprintf(hex, sizeof hex, "%016llx", static_cast<unsigned long long>(h));
-  return hex;
+  h.add_bytes(base.data(), base.size());
+  h.add_sized(s.ref_logp_chosen), h.add_sized(s.ref_logp_rejected);
+  h.add_u64(s.ref_model_fingerprint.size()), h.add_bytes(s.ref_model_fingerprint.data(), s.ref_model_fingerprint.size());
+  h.add_sized(s.quality);
+  for (const auto& [name, v] : s.columns) h.add_u64(name.size()), h.add_bytes(name.data(), name.size()), h.add_sized(v);
+  return h.hex();
 }
 
 // Stored reference log-probs are used as they are, so they must be the run's reference model's:
