@@ -785,6 +785,14 @@ struct TrainRun {
   }
 
   void save() {
+    // Steps skipped for non-finite values (each said when it happened, within --max-skipped-steps):
+    // said once more at the end, where a log's tail shows it.
+    if (state.skipped_steps > 0 && topo.is_root()) {
+      std::printf("warning: %lld of the run's %lld steps were skipped for a non-finite loss or gradient norm; "
+                  "%s/final is the model after the others (see the skipped steps above: a learning rate too high?)\n",
+                  (long long)state.skipped_steps, (long long)total, cfg.out_dir.c_str());
+      std::fflush(stdout);
+    }
     // The high-water marks of the whole run, before the save (which allocates nothing tracked).
     watch->phase("memory report", 0);
     report_memory(cfg, kind, topo, config, rank_memory(opt, int64_t(sm.model->activation_bytes())), restarts, true);

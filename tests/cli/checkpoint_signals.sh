@@ -64,6 +64,11 @@ $MPIRUN 2 "$METAPO" train --model init --data d.h5 --batch-size 8 --micro-batch 
 grep -q "4 steps skipped for a non-finite loss or gradient norm, more than --max-skipped-steps 3" nan.err ||
   { cat nan.err; fail "no skipped-steps error"; }
 [ ! -e nan/final ] || fail "a diverging run wrote final/"
+# Within --max-skipped-steps the run ends with final/, and says once more at the end what it skipped.
+"$METAPO" train --model init --data d.h5 --batch-size 8 --micro-batch 2 --lr 1e30 --warmup-steps 1 --max-steps 4 \
+  --out nan4 >nan4.log
+grep -q "^warning: 3 of the run's 4 steps were skipped for a non-finite loss or gradient norm; nan4/final is" nan4.log ||
+  { cat nan4.log; fail "no closing warning for the skipped steps"; }
 python3 - <<'P'
 import json
 lines = [json.loads(l) for l in open("nan/metrics.jsonl")]
