@@ -823,9 +823,10 @@ struct TrainRun {
 
 // Until the first step is done, an error (a model, checkpoint or option that fails once loaded, or
 // a first step that fails: a bad value its batch holds) leaves nothing behind in a --out that this
-// start made or found empty, nor a --meta-trace it started: all of it is this run's, and a corrected command must be able to use the same names. A
-// run directory being resumed keeps its run.json as it was: TrainRun rewrites it (this command's
-// options, one more restart) only once the first step has run.
+// start made or found empty, nor a --meta-trace it started: all of it is this run's, and a corrected
+// command must be able to use the same names. A run directory being resumed keeps its run.json as it
+// was: TrainRun rewrites it (this command's options, one more restart) only once the first step has
+// run. Rank 0 clears: an error only another rank sees aborts the job first (docs/training.md).
 class StartupCleanup {
  public:
   StartupCleanup(const RunDirPlan& plan, const TrainConfig& cfg, const Topology& topo)
