@@ -104,7 +104,9 @@ int cmd_precompute_ref(Context& ctx, int argc, char** argv) {
   for (const auto& [name, split] : d.pairs)
     check_token_budget(split.size(), [&](int64_t i) { return pair_tokens(split, i); }, split.sample_id, mb,
                        data + ": /" + name, "raise it");
-  ShardedModel sm = load_sharded_model(model_dir, ctx.topo, par.pp_layers);
+  // Opened once: the shard, and on rank 0 the fingerprint stored beside the log-probs.
+  const HfModelReader reader(model_dir);
+  ShardedModel sm = load_sharded_model(reader, ctx.topo, par.pp_layers);
   place_on_device(sm, dev);
   std::map<std::string, std::pair<std::vector<double>, std::vector<double>>> ref;
   for (const auto& [name, split] : d.pairs) {
@@ -115,7 +117,7 @@ int cmd_precompute_ref(Context& ctx, int argc, char** argv) {
     if (ctx.topo.is_root()) std::printf("%s: %lld pairs scored\n", name.c_str(), (long long)split.size());
   }
   if (ctx.topo.is_root())
-    write_ref_logps(data, ref, model_dir, config.max_position_embeddings, model_fingerprint(HfModelReader(model_dir)));
+    write_ref_logps(data, ref, model_dir, config.max_position_embeddings, model_fingerprint(reader));
   ctx.topo.world_comm().barrier();
   if (ctx.topo.is_root()) std::printf("wrote reference log-probs into %s\n", data.c_str());
   return 0;
