@@ -421,11 +421,6 @@ std::vector<float> HfModelReader::read_all() const {
   return params;
 }
 
-namespace {
-
-// For a float16 save: the first value of `runs` past float16's range (|x| >= 65520 rounds to
-// infinity, which every reader then refuses as a diverged model), as an error naming the tensor;
-// "" when there is none or the dtype is not float16.
 std::string f16_range_error(const std::string& dir, const ParamLayout& lay, const std::vector<TpCopy>& runs,
                             const float* local, const std::string& dtype) {
   if (dtype != "float16") return "";
@@ -442,8 +437,6 @@ std::string f16_range_error(const std::string& dir, const ParamLayout& lay, cons
     }
   return "";
 }
-
-}  // namespace
 
 HfModel load_hf_model(const std::string& dir) {
   const HfModelReader reader(dir);

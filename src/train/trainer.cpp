@@ -119,15 +119,34 @@ LrSchedule make_schedule(const TrainConfig& cfg, int64_t total) {
   return s;
 }
 
+// save_final's refusal of values a float16 final/ cannot hold: the trained state is still good, so
+// the run checkpoints it before it stops (Run::save).
+struct FinalRangeError : Error {
+  using Error::Error;
+};
+
 // RUN/final from the shards of data-parallel replica 0: every rank of it writes its own runs into the
 // model files (save_hf_model_parallel), so no rank assembles the whole model. params: this rank's
 // shard, possibly with ZeRO-1 padding past the layout's end. Nothing is written when a value on any
-// rank is not finite (every rank throws: no final/ from a diverged run).
+// rank is not finite (every rank throws: no final/ from a diverged run) or, for a float16 final/,
+// past float16's range (every rank throws FinalRangeError).
 void save_final(const TrainConfig& cfg, const Topology& topo, const LlamaConfig& c, const ShardedModel& sm,
                 const std::vector<float>& params) {
   int32_t ok = all_finite(params.data(), sm.model->layout().total());
   topo.world_comm().allreduce(&ok, 1, ReduceOp::Min);
   MP_CHECK(ok, cfg.out_dir, "/final: not written: the trained parameters hold non-finite values");
+  std::vector<TpCopy> runs = sm.shard_map;
+  if (!sm.mp)  // the whole model on this rank
+    for (const TensorEntry& t : sm.model->layout().tensors()) runs.push_back({t.offset, t.offset, t.numel, false});
+  const std::string dtype = resolve_save_dtype(cfg.save_dtype, c);
+  {
+    // Every rank learns of a value out of float16's range on any rank of replica 0 (whose parameters
+    // final/ holds), before the save begins.
+    std::string range = topo.dp_rank == 0 ? f16_range_error(cfg.out_dir + "/final", ParamLayout(c), runs, params.data(), dtype) : "";
+    int32_t any = range.empty() ? 0 : 1;
+    topo.world_comm().allreduce(&any, 1, ReduceOp::Max);
+    if (any) throw FinalRangeError(range.empty() ? cfg.out_dir + "/final: another rank holds values past float16's range" : range);
+  }
   // final.partial and final.old in a run directory are the run's own (metapo writes only names it
   // chose there): left by a crashed save, also of a build that did not mark them, they go.
   if (topo.is_root()) {
@@ -135,13 +154,9 @@ void save_final(const TrainConfig& cfg, const Topology& topo, const LlamaConfig&
     for (const char* side : {"/final.partial", "/final.old"}) fs::remove_all(cfg.out_dir + side, ec);
   }
   topo.world_comm().barrier();
-  if (topo.dp_rank == 0) {
-    std::vector<TpCopy> runs = sm.shard_map;
-    if (!sm.mp)  // the whole model on this rank
-      for (const TensorEntry& t : sm.model->layout().tensors()) runs.push_back({t.offset, t.offset, t.numel, false});
-    save_hf_model_parallel(cfg.out_dir + "/final", c, runs, topo.tp_rank == 0, params.data(), resolve_save_dtype(cfg.save_dtype, c), topo.mp_comm(),
+  if (topo.dp_rank == 0)
+    save_hf_model_parallel(cfg.out_dir + "/final", c, runs, topo.tp_rank == 0, params.data(), dtype, topo.mp_comm(),
                            kHfMaxShardBytes, cfg.model_dir);
-  }
   topo.world_comm().barrier();
 }
 
@@ -163,12 +178,11 @@ void check_same_on_every_rank(const Topology& topo, const std::string& mine, con
 // record, covers the tokens and ids only).
 std::string content_fingerprint(const PairSplit& s) {
   Fnv1a h;
-  const std::string base = fingerprint(s);
-  h.add_bytes(base.data(), base.size());
+  h.add_sized(fingerprint(s));
   h.add_sized(s.ref_logp_chosen), h.add_sized(s.ref_logp_rejected);
-  h.add_u64(s.ref_model_fingerprint.size()), h.add_bytes(s.ref_model_fingerprint.data(), s.ref_model_fingerprint.size());
+  h.add_sized(s.ref_model_fingerprint);
   h.add_sized(s.quality);
-  for (const auto& [name, v] : s.columns) h.add_u64(name.size()), h.add_bytes(name.data(), name.size()), h.add_sized(v);
+  for (const auto& [name, v] : s.columns) h.add_sized(name), h.add_sized(v);
   return h.hex();
 }
 
@@ -727,7 +741,7 @@ struct TrainRun {
     return stop;
   }
 
-  void checkpoint() {
+  std::string checkpoint() {
     Timer t;
     const std::string path = save_checkpoint(state, cfg.out_dir, cfg.keep);
     save_s = t.seconds();
@@ -737,6 +751,7 @@ struct TrainRun {
       std::printf("checkpoint %s (%.1f MiB, %.2f s)\n", path.c_str(), double(fs::file_size(path, ec)) / (1024.0 * 1024.0), save_s);
       std::fflush(stdout);
     }
+    return path;
   }
 
   // A skipped step: counted, logged, and past --max-skipped-steps the run stops with an error on
@@ -798,7 +813,19 @@ struct TrainRun {
     report_memory(cfg, kind, topo, config, rank_memory(opt, int64_t(sm.model->activation_bytes())), restarts, true);
     watch->phase("final save", 0);
     if (opt_on_device) sm.params_to_host();
-    save_final(cfg, topo, config, sm, sm.params);
+    try {
+      save_final(cfg, topo, config, sm, sm.params);
+    } catch (const FinalRangeError& e) {
+      // Hours of training are not lost to the dtype of the file: the state goes into a checkpoint
+      // (unless the step's is there), from which export writes final/ in another dtype.
+      std::string path = cfg.out_dir + "/" + checkpoint_name(state.step);
+      std::error_code ec;
+      int32_t have = topo.is_root() && fs::is_regular_file(path, ec) ? 1 : 0;
+      topo.world_comm().allreduce(&have, 1, ReduceOp::Max);  // one decision: the checkpoint is collective
+      if (!have) path = checkpoint();
+      throw Error(str_cat(e.what(), "; the trained state is in ", path, ": --resume auto --save-dtype bfloat16 "
+                          "writes final/ from it (or `metapo export --model ", path, " --dtype bfloat16 --out DIR`)"));
+    }
   }
 
   const TrainConfig& cfg;

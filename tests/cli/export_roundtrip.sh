@@ -136,3 +136,15 @@ rm -rf runp/final && mkdir runp/final.partial && touch runp/final.partial/junk
 "$METAPO" train --model a --data d.h5 --out runp --max-steps 2 --batch-size 8 --resume auto >/dev/null
 [ -f runp/final/config.json ] && [ ! -e runp/final.partial ] || fail "the final save did not clear the run's final.partial"
 echo "ok: a run's final save clears its own final.partial"
+# A run whose float16 final/ cannot hold its weights (here the start's 1e5, which a learning rate of
+# 1e-12 keeps) checkpoints the trained state before it stops, at 1 rank and under TP 2, and names the
+# ways on; --resume auto with another --save-dtype then writes final/ from that checkpoint.
+expect_error "runf/final: tensor model.layers.0.mlp.up_proj.weight holds 100000, past float16's range.*the trained state is in runf/step_00000002.h5: --resume auto --save-dtype bfloat16" \
+  "$METAPO" train --model big --data d.h5 --out runf --max-steps 2 --batch-size 8 --lr 1e-12 --save-dtype float16
+expect_error "the trained state is in runf2/step_00000002.h5" \
+  $MPIRUN 2 "$METAPO" train --model big --data d.h5 --out runf2 --tp 2 --max-steps 2 --batch-size 8 --lr 1e-12 --save-dtype float16
+[ ! -e runf/final ] && [ ! -e runf/final.partial ] && [ ! -e runf2/final ] || fail "a refused float16 final/ left a directory"
+"$METAPO" train --model big --data d.h5 --out runf --max-steps 2 --batch-size 8 --lr 1e-12 --save-dtype bfloat16 --resume auto >/dev/null
+grep -q '"bfloat16"' runf/final/config.json || fail "the resumed run did not write a bfloat16 final/"
+"$METAPO" export --model runf2/step_00000002.h5 --out f2 --dtype float32 >/dev/null
+echo "ok: a float16 final/ out of range keeps the trained state in a checkpoint"

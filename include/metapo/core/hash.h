@@ -29,6 +29,10 @@ class Fnv1a {
     add_u64(uint64_t(v.size() * sizeof(T)));
     add_bytes(v.data(), v.size() * sizeof(T));
   }
+  void add_sized(const std::string& s) {
+    add_u64(uint64_t(s.size()));
+    add_bytes(s.data(), s.size());
+  }
 
   uint64_t value() const { return h_; }
   std::string hex() const {

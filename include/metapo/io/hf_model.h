@@ -86,6 +86,13 @@ void check_save_dtype(const std::string& dtype, const std::string& what, bool al
 // bf16, as transformers 5 (from_pretrained's dtype "auto", then save_pretrained) keeps it.
 std::string resolve_save_dtype(const std::string& dtype, const LlamaConfig& c);
 
+// For a float16 save: the first value of `runs` (local offsets into `local`, as save_hf_model_parallel
+// takes them) past float16's range (|x| >= 65520 rounds to infinity, which every reader then refuses
+// as a diverged model), as an error line naming `dir` and the tensor; "" when there is none or dtype
+// is not float16. Both saves check it before writing anything.
+std::string f16_range_error(const std::string& dir, const ParamLayout& lay, const std::vector<TpCopy>& runs,
+                            const float* local, const std::string& dtype);
+
 // Writes config.json (torch_dtype = dtype), generation_config.json and model.safetensors, with dtype
 // float32, bfloat16 or float16. Builds dir + ".partial" and renames it to dir; an existing `dir` is
 // replaced only when it holds a config.json (a model directory), never any other directory.
