@@ -34,7 +34,7 @@ int cmd_bench(Context& ctx, int argc, char** argv) {
   uint64_t seed = 0;
   desc.add_options()
     ("model", po::value(&model_dir), "model directory (Hugging Face layout)")
-    ("preset", po::value(&preset), "or a preset (randomly initialized): tiny, bench-28m, or an .ini path")
+    ("preset", po::value(&preset), "or a preset (randomly initialized): tiny, bench-28m, gpu-1.3b, or an .ini path")
     ("seq-len", po::value(&T)->default_value(256), "tokens per sequence")
     ("batch", po::value(&B)->default_value(8), "sequences per packed micro-batch")
     ("steps", po::value(&steps)->default_value(5), "timed steps")
@@ -50,7 +50,7 @@ int cmd_bench(Context& ctx, int argc, char** argv) {
     ("peak-tflops", po::value(&peak_tflops)->default_value(0),
      "the device's dense bf16 peak for MFU (0: from the card's name; H100/H200 989, A100 312)");
   po::variables_map vm;
-  if (!parse_args("bench", "metapo bench (--model DIR | --preset NAME) --seq-len T --batch B --steps S",
+  if (!parse_args("bench", "metapo bench (--model DIR | --preset NAME) [--seq-len T] [--batch B] [--steps S]",
                   desc, argc, argv, vm, ctx))
     return 0;
   MP_CHECK(model_dir.empty() != preset.empty(), "give exactly one of --model and --preset");

@@ -15,14 +15,14 @@ int cmd_init(Context& ctx, int argc, char** argv) {
   int64_t layers = 0;
   double std_dev = 0.02;
   desc.add_options()
-    ("preset", po::value(&preset)->required(), "model shape: a name from configs/presets/ (tiny, bench-28m) or configs/models/ (llama-3-8b, llama-2-70b, qwen2-7b, ...), or an .ini or config.json path")
+    ("preset", po::value(&preset)->required(), "model shape: a name from configs/presets/ (tiny, bench-28m, gpu-1.3b) or configs/models/ (llama-3-8b, llama-2-70b, qwen2-7b, ...), or an .ini or config.json path")
     ("layers", po::value(&layers)->default_value(0), "decoder layers (0: the preset's): a real model's shape with a few layers")
     ("out", po::value(&out)->required(), "output model directory (Hugging Face layout)")
     ("seed", po::value(&seed)->default_value(0), "random seed")
     ("init-std", po::value(&std_dev)->default_value(0.02), "standard deviation of the weight matrices")
     ("dtype", po::value(&dtype)->default_value("float32"), "stored dtype: float32, bfloat16 or float16");
   po::variables_map vm;
-  if (!parse_args("init", "metapo init --preset NAME --out DIR [--layers N] [--seed S]", desc, argc, argv, vm, ctx))
+  if (!parse_args("init", "metapo init --preset NAME --out DIR [--layers N] [--seed S] [--init-std X] [--dtype D]", desc, argc, argv, vm, ctx))
     return 0;
   MP_CHECK(layers >= 0, "--layers ", layers, ": must be >= 0");
   MP_CHECK(!out.empty(), "--out must not be empty");

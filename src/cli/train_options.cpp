@@ -104,7 +104,7 @@ void add_train_options(po::options_description& desc, TrainConfig& cfg, TrainOpt
       ("stats-ema", po::value(&cfg.meta.ema_rate)->default_value(0.1), "MetaPO: EMA rate of the pair statistics")
       ("stats-refresh-every", po::value(&cfg.meta.refresh_every)->default_value(0), "MetaPO: score a window of training pairs forward-only every N steps (0: off)")
       ("stats-refresh-pairs", po::value(&cfg.meta.refresh_pairs)->default_value(0), "MetaPO: training pairs per refresh (the window rotates through the split)")
-      ("meta-trace", po::value(&cfg.meta.trace_path), "MetaPO diagnostics: one JSON line per meta step (every pair's sample id, features, weight, alignment) into this file, started empty");
+      ("meta-trace", po::value(&cfg.meta.trace_path), "MetaPO diagnostics: one JSON line per meta step (every pair's sample id, features, weight, alignment) into this new file; an existing one is refused unless it is this run's own trace, which a resume continues");
   }
 }
 
