@@ -226,6 +226,13 @@ void MetaPOState::observe_refresh(const PairSplit& s, const std::vector<int64_t>
   table_.observe(obs);
 }
 
+LossConfig meta_validation_loss(const LossConfig& loss) {
+  LossConfig v = loss;
+  v.weights_as_confidence = false;  // the validation batch is unweighted
+  if (v.type == LossType::ApoDown) v.type = LossType::Sigmoid;  // β as trained; apo_down reads nothing else
+  return v;
+}
+
 void validation_gradient(LlamaModel<float>& model, Comm* pp, const float* params, const PairSplit& val,
                          const LossConfig& loss, int64_t val_batch, const MicroBatching& mb, uint64_t seed, int64_t step,
                          const Topology& topo, ZeroAdamW& opt, bool precondition, float* ghat,

@@ -9,6 +9,7 @@
 #include <string>
 
 #include "metapo/core/error.h"
+#include "metapo/train/metapo.h"
 
 namespace metapo {
 
@@ -60,7 +61,8 @@ nlohmann::json run_config_json(const TrainConfig& cfg, const std::string& kind) 
                    {"val_batch", m.val_batch}, {"penalty", meta_penalty(m)}, {"apply", m.apply}, {"precondition", m.precondition},
                    {"hidden", m.hidden}, {"a_min", m.a_min}, {"refresh_every", m.refresh_every},
                    {"refresh_pairs", m.refresh_pairs}, {"hypergrad", m.hypergrad}, {"features", m.features},
-                   {"gate", m.gate}, {"gate_ema", m.gate_ema}, {"trace", absolute_path(m.trace_path)}};
+                   {"gate", m.gate}, {"gate_ema", m.gate_ema}, {"trace", absolute_path(m.trace_path)},
+                   {"val_loss", loss_name(meta_validation_loss(cfg.loss).type)}};
     } else {
       j["weight_options"] = {{"wpo_alpha", cfg.weight_opt.wpo_alpha}, {"margin_tau", cfg.weight_opt.margin_tau},
                              {"column", cfg.weight_opt.column}};

@@ -1080,7 +1080,7 @@ int run_dpo(const Topology& topo, const TrainConfig& cfg_in) {
       // optimizer on the host, the validation backward writes the gradient's device copy (scratch
       // until the training backward) and ĝ goes back to the device for the ghost products.
       const bool staged = on_device && !run.opt_on_device;
-      validation_gradient(model, pp, mparams, val, cfg.loss, cfg.meta.val_batch, cfg.micro(), cfg.seed, step,
+      validation_gradient(model, pp, mparams, val, meta_validation_loss(cfg.loss), cfg.meta.val_batch, cfg.micro(), cfg.seed, step,
                           topo, opt, cfg.meta.precondition, run.opt_on_device ? ghat_dev.data() : ghat.data(),
                           staged ? mgrads : nullptr);
       if (staged) ops::to_device(model.context(), ghat_dev.data(), ghat.data(), ghat_dev.size() * sizeof(float));

@@ -103,6 +103,13 @@ class MetaPOState {
   void write_trace(int64_t step, const std::vector<double>& align);
 };
 
+// The loss whose validation gradient g_V MetaPO's alignments measure against: the training loss,
+// except for apo_down, whose own term σ(βΔ_w) falls as the chosen (correct) responses lose
+// probability, so that its g_V rewards the pairs that push correct answers down, the flipped ones
+// (measured: weight AUC 0.05 on sort at 40% flips). For it, DPO's sigmoid loss at the same β, which
+// measures the preference alone (docs/metapo.md "The validation objective").
+LossConfig meta_validation_loss(const LossConfig& loss);
+
 // Collective. g_V = ∇θ of the mean base loss over a validation batch (global batch `val_batch`,
 // drawn from (seed, step)), summed over the data-parallel ranks, optionally divided by √v̂ + ε of the
 // policy's AdamW (Adam preconditioning, on each rank's ZeRO-1 shard). Written into
