@@ -21,6 +21,7 @@
 #include <memory>
 #include <optional>
 #include <sstream>
+#include <unordered_set>
 
 #include <nlohmann/json.hpp>
 
@@ -1053,8 +1054,8 @@ int run_dpo(const Topology& topo, const TrainConfig& cfg_in) {
     if (step > first_step) cleanup.started();  // a first step that fails leaves nothing behind either
     Timer tm;
     run.begin_step(step);
-    const std::vector<int64_t> mine =
-        dp_share(global_batch(train.size(), cfg.batch_size, cfg.seed, step), topo.dp_rank, topo.dp, train_tokens, cfg.micro());
+    const std::vector<int64_t> batch = global_batch(train.size(), cfg.batch_size, cfg.seed, step);
+    const std::vector<int64_t> mine = dp_share(batch, topo.dp_rank, topo.dp, train_tokens, cfg.micro());
     PairStats st;
     double tokens = 0, scored = 0;
     // MetaPO: the validation gradient at the current θ first, so the training backward can take
@@ -1063,7 +1064,12 @@ int run_dpo(const Topology& topo, const TrainConfig& cfg_in) {
     double t_refresh = 0, t_val = 0, t_meta = 0;
     Timer phase;
     if (use_meta) {
-      const std::vector<int64_t> window = refresh_window(cfg.meta, train.size(), step);
+      // The step's own pairs are left out: the step observes them at the same θ, and a second
+      // observation of one margin would pass for history (n ≥ 2, trend and volatility 0).
+      std::vector<int64_t> window = refresh_window(cfg.meta, train.size(), step);
+      const std::unordered_set<int64_t> in_batch(batch.begin(), batch.end());
+      window.erase(std::remove_if(window.begin(), window.end(), [&](int64_t i) { return in_batch.count(i) > 0; }),
+                   window.end());
       if (!window.empty()) {
         run.phase("MetaPO refresh pass", step);
         std::vector<double> c, r;

@@ -14,6 +14,18 @@ python3 -c "import json, sys; lr = json.load(open('run/run.json'))['meta']['lr']
 "$METAPO" train $common --out run_lr --max-steps 2 --meta-lr 2e-3 >/dev/null
 python3 -c "import json, sys; lr = json.load(open('run_lr/run.json'))['meta']['lr']; sys.exit(0 if lr == 2e-3 else f'run.json meta.lr {lr}, expected 2e-3')"
 echo "ok: run.json meta.lr by the run's length (0.375/6), and as given"
+# A refresh pass leaves out the step's own pairs, which the step observes at the same parameters: one
+# step refreshing all 128 pairs leaves each with one observation (the batch's 16 had two, passing for
+# history with trend and volatility 0).
+"$METAPO" train $common --out refreshed --max-steps 1 --stats-refresh-every 1 --stats-refresh-pairs 128 >/dev/null
+python3 - <<'P' || fail "a refresh pass observed the step's own pairs a second time"
+import collections, json
+t = json.load(open("refreshed/metapo.json"))["pair_stats"]
+k = len(t["fields"])
+n = collections.Counter(t["data"][r * k + t["fields"].index("n")] for r in range(len(t["data"]) // k))
+assert n == {1.0: 128}, n
+P
+echo "ok: a refresh pass leaves out the step's own pairs"
 [ -f run/metapo.json ] || fail "train --weighting metapo wrote no run/metapo.json"
 
 # --meta-trace: one line per meta step with every pair's features, weight and alignment; its weights
