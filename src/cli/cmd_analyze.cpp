@@ -91,8 +91,7 @@ int cmd_analyze(Context& ctx, int argc, char** argv) {
   if (cut_by.active()) {
     const std::vector<int64_t> cut = truncate_pairs(s, cut_by, data + ": /" + split);
     if (!cut.empty()) {
-      notes.push_back(str_cat(cut.size(), " of ", s.size(), " pairs cut as the run cut them (--max-length ", cut_by.max_length,
-                              ", --max-prompt-length ", cut_by.max_prompt_length, ")"));
+      notes.push_back(str_cat(cut.size(), " of ", s.size(), " pairs cut as the run cut them (", cut_by.describe(), ")"));
       if (s.has_ref()) {
         const std::string key = record.options.contains("ref_model") ? "ref_model" : "model";
         const std::string ref_dir =

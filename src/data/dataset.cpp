@@ -157,6 +157,15 @@ std::pair<int64_t, int64_t> cut_prompt(int64_t len, const Truncation& t) {
 
 }  // namespace
 
+std::string Truncation::describe() const {
+  std::string out;
+  if (max_length > 0) out = "--max-length " + std::to_string(max_length);
+  if (max_prompt_length > 0)
+    out += (out.empty() ? "" : ", ") + std::string("--max-prompt-length ") + std::to_string(max_prompt_length) +
+           (keep_end ? " (keep_end)" : " (keep_start)");
+  return out;
+}
+
 std::vector<int64_t> truncate_pairs(PairSplit& s, const Truncation& t, const std::string& where) {
   std::vector<int64_t> changed;
   if (!t.active()) return changed;

@@ -73,9 +73,8 @@ void check_batching(const TrainConfig& cfg, const Topology& topo) {
 std::vector<int64_t> truncate_split(PairSplit& s, const TrainConfig& cfg, const std::string& split, const Topology& topo) {
   const std::vector<int64_t> cut = truncate_pairs(s, cfg.truncation, str_cat(cfg.data_path, ": /", split));
   if (!cut.empty() && topo.is_root())
-    std::printf("%s: %lld of %lld pairs cut to --max-length %lld / --max-prompt-length %lld (%s)\n", split.c_str(),
-                (long long)cut.size(), (long long)s.size(), (long long)cfg.truncation.max_length,
-                (long long)cfg.truncation.max_prompt_length, cfg.truncation.keep_end ? "keep_end" : "keep_start");
+    std::printf("%s: %lld of %lld pairs cut by %s\n", split.c_str(), (long long)cut.size(), (long long)s.size(),
+                cfg.truncation.describe().c_str());
   check_token_budget(s.size(), [&](int64_t i) { return pair_tokens(s, i); }, s.sample_id, cfg.micro(),
                      str_cat(cfg.data_path, ": /", split));
   return cut;
@@ -1285,8 +1284,8 @@ int run_sft(const Topology& topo, const TrainConfig& cfg) {
   check_same_on_every_rank(topo, model_fingerprint(initial), "--model " + cfg.model_dir);
   const int64_t cut = truncate_sft(train, cfg.truncation, cfg.data_path + ": /sft");
   if (cut > 0 && topo.is_root())
-    std::printf("sft: %lld of %lld examples cut to --max-length %lld / --max-prompt-length %lld\n", (long long)cut,
-                (long long)train.size(), (long long)cfg.truncation.max_length, (long long)cfg.truncation.max_prompt_length);
+    std::printf("sft: %lld of %lld examples cut by %s\n", (long long)cut, (long long)train.size(),
+                cfg.truncation.describe().c_str());
   const TokensOf train_tokens = [&](int64_t i) { return sft_tokens(train, i); };
   check_token_budget(train.size(), train_tokens, train.sample_id, cfg.micro(), cfg.data_path + ": /sft");
   MemoryHandle data_mem(Mem::Data);

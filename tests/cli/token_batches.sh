@@ -100,7 +100,7 @@ P
 "$METAPO" train --model init --data d.h5 --out ml-fly $common --micro-batch 4 --max-length "$ml" --max-prompt-length "$mpl" \
   --eval-every 3 > ml-fly.log
 "$METAPO" train --model init --data cut.h5 --out ml-file $common --micro-batch 4 --eval-every 3 >/dev/null
-grep -q "^train: [0-9]* of 96 pairs cut to --max-length $ml" ml-fly.log || { cat ml-fly.log; fail "no truncation line"; }
+grep -q "^train: [0-9]* of 96 pairs cut by --max-length $ml" ml-fly.log || { cat ml-fly.log; fail "no truncation line"; }
 grep -q "^train: [0-9]* pairs cut by --max-length after their reference log-probs were computed" ml-fly.log ||
   { cat ml-fly.log; fail "the cut pairs' reference log-probs were not computed again"; }
 PYTHONPATH="$SRC/tests/cli" python3 - <<'P'
@@ -118,6 +118,24 @@ d = param_rel_diff("ml-fly", "ml-file")
 assert worst < 1e-5 and d < 1e-5, (worst, d)
 print(f"ok: --max-length on the fly = prepare_data's cut: losses and margins {worst:.1e}, parameters {d:.1e}")
 P
+# metapo eval with the run's cut and its reference model gives the run's last eval/ metrics (the same
+# pairs, cut the same way, their reference log-probs scored again the same way); without --ref-model
+# the cut pairs' stored log-probs (of the uncut sequences) are refused.
+"$METAPO" eval --model ml-fly/final --data d.h5 --split val --micro-batch 4 --max-length "$ml" --max-prompt-length "$mpl" \
+  --ref-model init 2>eval-cut.err | tail -1 > eval-cut.json
+grep -q "^val: [0-9]* of [0-9]* pairs cut by --max-length $ml, --max-prompt-length $mpl (keep_end)" eval-cut.err ||
+  { cat eval-cut.err; fail "eval did not say what it cut"; }
+python3 - <<'P' || fail "eval with the run's cut differs from the run's eval/ metrics"
+import json
+run = [json.loads(l) for l in open("ml-fly/metrics.jsonl") if '"eval/loss"' in l][-1]
+ev = json.load(open("eval-cut.json"))
+for k in ("loss", "rewards/margins", "rewards/accuracies", "logps/chosen", "logps/rejected"):
+    a, b = run["eval/" + k], ev[k]
+    assert abs(a - b) <= 1e-9 * max(1.0, abs(a)), (k, a, b)
+print(f"ok: eval --max-length reproduces the run's eval/ metrics (loss {ev['loss']:.6f})")
+P
+expect_error "d.h5: /val: [0-9]* pairs are cut by --max-length $ml.*give --ref-model" \
+  "$METAPO" eval --model ml-fly/final --data d.h5 --split val --max-length "$ml" --max-prompt-length "$mpl"
 
 # metapo analyze of a MetaPO run cut on the fly sees the pairs as the run cut them: the same features
 # and margins as the analysis of the run on the file cut beforehand (the runs differ by the packing of

@@ -72,13 +72,16 @@ struct Dataset {
 };
 
 // Training-time truncation (--max-length, --max-prompt-length, --truncation-mode): the rule of
-// tools/prepare_data.py and TRL's DPO trainer. A prompt longer than max_prompt_length keeps its last
+// tools/prepare_data.py (docs/prepare_data.md: how it relates to TRL's DPO trainer). A prompt longer than max_prompt_length keeps its last
 // (keep_end) or first tokens; then, when prompt + the longer response exceed max_length, each response
 // keeps its first max_length - prompt tokens (a cut response loses its EOS). 0: no limit.
 struct Truncation {
   int64_t max_length = 0, max_prompt_length = 0;
   bool keep_end = true;
   bool active() const { return max_length > 0 || max_prompt_length > 0; }
+  // The limits in effect as options: "--max-length 24, --max-prompt-length 16 (keep_end)", naming only
+  // those set (the mode only where a prompt limit makes it matter).
+  std::string describe() const;
 };
 
 // Bytes a split holds in memory (its arrays' capacities): what the memory accountant counts as data.
