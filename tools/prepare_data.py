@@ -81,7 +81,9 @@ def _split_path_arg(arg):
 
 
 def _read_jsonl_lines(path, text):
-    for lineno, line in enumerate(text.splitlines(), 1):
+    # Records end at "\n" only: str.splitlines() also breaks at U+2028, U+2029, U+0085 and other
+    # characters that json.dumps(ensure_ascii=False) leaves raw inside strings.
+    for lineno, line in enumerate(text.split("\n"), 1):
         if not line.strip():
             continue
         try:
@@ -107,8 +109,10 @@ def _read_json_file(path):
         line = raw[: e.start].count(b"\n") + 1
         raise InputError(f"{path}:{line}: not valid UTF-8")
     digest = hashlib.sha256(raw).hexdigest()[:16]
+    if text.startswith("\ufeff"):  # a UTF-8 byte-order mark, as some editors write
+        text = text[1:]
     stripped = text.lstrip()
-    if path.endswith(".json") and stripped.startswith("["):
+    if (path.endswith(".json") or path.endswith(".json.gz")) and stripped.startswith("["):
         try:
             arr = json.loads(text)
         except json.JSONDecodeError as e:
@@ -191,6 +195,16 @@ def _type_name(v):
     return type(v).__name__
 
 
+def _text(s, where, field):
+    """s itself, when it can be encoded as UTF-8 (a lone surrogate such as "\\ud83d" cannot)."""
+    try:
+        s.encode("utf-8")
+    except UnicodeEncodeError as e:
+        raise InputError(f"{where}: field '{field}': invalid Unicode ({e.reason}: "
+                         f"U+{ord(s[e.start]):04X} at character {e.start})")
+    return s
+
+
 def _messages(value, where, field):
     """Validate a list of chat messages; returns clean [{"role", "content", ...}] dicts."""
     if len(value) == 0:
@@ -208,6 +222,7 @@ def _messages(value, where, field):
             hint = " (multimodal content is not supported)" if isinstance(content, (list, dict)) else ""
             raise InputError(f"{where}: field '{field}[{j}].content': expected a string, "
                              f"got {_type_name(content)}{hint}")
+        _text(content, where, f"{field}[{j}].content")
         # Hugging Face datasets give every message every struct field, None where absent.
         out.append({k: v for k, v in m.items() if v is not None})
     return out
@@ -219,7 +234,7 @@ def _value(rec, where, field):
         raise InputError(f"{where}: missing field '{field}'")
     v = rec[field]
     if isinstance(v, str):
-        return "text", v
+        return "text", _text(v, where, field)
     if isinstance(v, (list, tuple)):
         return "chat", _messages(list(v), where, field)
     raise InputError(f"{where}: field '{field}': expected a string or a list of messages, "
@@ -436,7 +451,7 @@ class Tok:
         return s
 
 
-def chat_texts(tok, ex):
+def chat_texts(tok, ex, stats=None):
     """TRL's apply_chat_template for one example -> (prompt text, [response texts])."""
     where = ex.rec.where
     last = ex.prompt[-1]["role"]
@@ -445,16 +460,16 @@ def chat_texts(tok, ex):
     else:
         kw = {"add_generation_prompt": True}
     prompt = tok.render(ex.prompt, where, **kw)
-    out = []
-    for name, resp in zip(("chosen", "rejected") if len(ex.responses) == 2 else ("completion",),
-                          ex.responses):
-        full = tok.render(ex.prompt + resp, where)
-        if not full.startswith(prompt):
-            raise InputError(f"{where}: field '{name}': the chat template applied to prompt + "
-                             "response does not start with the template applied to the prompt "
-                             "alone, so the response cannot be separated")
-        out.append(full[len(prompt):])
-    return prompt, out
+    fulls = [tok.render(ex.prompt + resp, where) for resp in ex.responses]
+    # A template may add text to the generation prompt that the rendered conversation does not
+    # hold (DeepSeek-R1's "<think>\n"): the prompt is then the longest prefix the prompt alone and
+    # every prompt + response share, as TRL's maybe_apply_chat_template takes it (counted).
+    if not all(f.startswith(prompt) for f in fulls):
+        n = len(os.path.commonprefix([prompt] + fulls))
+        if stats is not None:
+            stats["prompts cut to the prefix the responses share (the template's generation prompt differs)"] += 1
+        prompt = prompt[:n]
+    return prompt, [f[len(prompt):] for f in fulls]
 
 
 class Limits:
@@ -497,7 +512,7 @@ def tokenize_examples(tok, examples, lim, stats, drops):
     ptexts, rtexts, kinds = [], [], []
     for ex in examples:
         if ex.kind == "chat":
-            p, rs = chat_texts(tok, ex)
+            p, rs = chat_texts(tok, ex, stats)
         else:
             p, rs = ex.prompt, ex.responses
         ptexts.append(p)
@@ -511,7 +526,9 @@ def tokenize_examples(tok, examples, lim, stats, drops):
         rs = rids[k:k + n]
         k += n
         if kind == "text":
-            p = tok.prefix + p
+            # The tokenizer's prefix (BOS), unless the text already starts with it ("<s>[INST] ...").
+            if p[:len(tok.prefix)] != tok.prefix:
+                p = tok.prefix + p
             # A text that already ends with EOS keeps one (as TRL's add_eos).
             if tok.eos >= 0:
                 rs = [r if r and r[-1] == tok.eos else r + [tok.eos] for r in rs]
@@ -519,6 +536,12 @@ def tokenize_examples(tok, examples, lim, stats, drops):
             # EOS is appended unless the template already ended the turn with it (followed by
             # nothing but whitespace): Qwen2's `<|im_end|>\n` keeps one, not `<|im_end|>\n<|im_end|>`.
             rs = [r if tok.ends_turn_with_eos(r) else r + [tok.eos] for r in rs]
+        if len(p) == 0 and n == 2:
+            # Nothing before the responses: their first tokens, which often decide the pair, are
+            # predicted from no token and scored by no loss (metapo, as TRL, scores tokens 2..n).
+            # (SFT text keeps such examples: it loses one token of many, as TRL's SFT does.)
+            drops["empty prompt: the responses' first tokens could not be scored (a tokenizer without BOS)"] += 1
+            continue
         p, rs = truncate(p, rs, lim, stats)
         if any(len(r) == 0 for r in rs):
             drops["empty response after truncation"] += 1
@@ -666,6 +689,9 @@ def check_args(a):
     for name in ("max_prompt_length", "max_length", "max_completion_length"):
         if getattr(a, name) < 0:
             raise InputError(f"--{name.replace('_', '-')} must be >= 0 (0 = no limit)")
+    if a.max_length and a.max_prompt_length and a.max_prompt_length >= a.max_length:
+        warn(f"--max-prompt-length {a.max_prompt_length} leaves no room for a response under --max-length "
+             f"{a.max_length}: every pair whose prompt is that long is dropped (set it below --max-length)")
     cols = [c.strip() for c in a.columns.split(",") if c.strip()]
     for c in cols:
         if c in ("quality", "prompt", "chosen", "rejected") or "/" in c or c in (".", ".."):
@@ -830,8 +856,6 @@ def run(argv):
         splits["val"] = [row(t) for t in tokenized["val"]]
     if a.test:
         splits["test"] = [row(t) for t in tokenized["test"]]
-    if a.inputs and "val" not in splits:
-        warn("no /val split (--val-fraction 0 and no --val): metapo train needs one")
     # An empty split is no dataset: nothing is written (metapo refuses empty splits it needs anyway).
     total = sum(len(rows) for rows in splits.values())
     for name, rows in splits.items():
@@ -839,6 +863,8 @@ def run(argv):
             dropped = "".join(f"; dropped {n} ({k})" for k, n in sorted(drops.items()))
             raise InputError(f"/{name} would hold no pairs (nothing written): {total} pair(s) kept in all"
                              f"{dropped or '; the inputs hold no records'}")
+    if a.inputs and "val" not in splits:
+        warn("no /val split (--val-fraction 0 and no --val): metapo train needs one")
 
     argv_text = " ".join(shlex.quote(x) for x in argv)
     split_rule = (f"split: /val = pairs whose blake2b-64 hash (seed {a.seed}, by {a.split_by}) / 2^64"

@@ -630,3 +630,78 @@ def test_no_add_special_tokens(capsys, tokdir, hf_tok, tmp_path):
     p = by_id(f["train"])[0]
     assert hf_tok.decode(p["prompt"] + p["chosen"]) == "The sky is blue.</s>"
     assert "no special prefix" in f["attrs"]["source"]
+
+
+def test_line_separators_inside_strings_and_byte_order_marks(capsys, tokdir, tmp_path):
+    # json.dumps(ensure_ascii=False) leaves U+2028, U+2029 and U+0085 raw inside strings: a JSONL
+    # record ends at "\n" only. A UTF-8 byte-order mark before JSONL or a JSON array is skipped, and
+    # a gzipped JSON array reads as a plain one.
+    import gzip
+    rows = [{"prompt": "Hi", "chosen": f" line{sep}sep", "rejected": " b"} for sep in ("\u2028", "\u2029", "\u0085")]
+    text = "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows)
+    (tmp_path / "sep.jsonl").write_text(text, encoding="utf-8")
+    (tmp_path / "bom.jsonl").write_text("\ufeff" + text, encoding="utf-8")
+    (tmp_path / "bom.json").write_text("\ufeff" + json.dumps(rows, ensure_ascii=False), encoding="utf-8")
+    with gzip.open(tmp_path / "arr.json.gz", "wt", encoding="utf-8") as g:
+        g.write(json.dumps(rows, ensure_ascii=False))
+    want = None
+    for name in ("sep.jsonl", "bom.jsonl", "bom.json", "arr.json.gz"):
+        out = tmp_path / f"{name}.h5"
+        prepare(capsys, tokdir, out, tmp_path / name, "--val-fraction", "0")
+        got = check_structure(out)["train"]
+        assert len(got["sample_id"]) == 3, name
+        want = want or got
+        assert got == want, name
+
+
+def test_text_that_starts_with_bos_keeps_one(capsys, tokdir, hf_tok, tmp_path):
+    src = jsonl(tmp_path / "bos.jsonl", [{"prompt": "<s>[INST] hi [/INST]", "chosen": " yes", "rejected": " no"},
+                                         {"prompt": "[INST] hi [/INST]", "chosen": " yes", "rejected": " no"}])
+    out = tmp_path / "bos.h5"
+    prepare(capsys, tokdir, out, src, "--val-fraction", "0")
+    pairs = by_id(check_structure(out)["train"])
+    bos = hf_tok.bos_token_id
+    assert pairs[0]["prompt"][0] == bos and pairs[0]["prompt"][1] != bos, pairs[0]["prompt"]
+    assert pairs[0]["prompt"] == pairs[1]["prompt"]
+
+
+def test_lone_surrogate_is_one_error_line(capsys, tokdir, tmp_path):
+    src = tmp_path / "sur.jsonl"
+    src.write_text('{"prompt": "ok", "chosen": " a", "rejected": " b"}\n'
+                   '{"prompt": "Hi \\ud83d", "chosen": " a", "rejected": " b"}\n', encoding="utf-8")
+    rc, _, err = run(capsys, "--tokenizer", tokdir, "--out", tmp_path / "o.h5", src)
+    assert rc == 1 and len(err.strip().splitlines()) == 1, err
+    assert "sur.jsonl:2: field 'prompt': invalid Unicode" in err and "U+D83D" in err, err
+
+
+def test_empty_prompt_pairs_are_dropped(capsys, plain_tokdir, tmp_path):
+    # Without a BOS an empty prompt leaves the responses' first tokens unscored: such pairs are dropped
+    # and counted (SFT text keeps its examples).
+    src = jsonl(tmp_path / "e.jsonl", [{"chosen": "Yes 0", "rejected": "No 0"},
+                                       {"prompt": "", "chosen": "Yes", "rejected": "No"},
+                                       {"prompt": "Q", "chosen": " yes", "rejected": " no"}])
+    out = tmp_path / "e.h5"
+    _, err = prepare(capsys, plain_tokdir, out, src, "--val-fraction", "0")
+    assert len(check_structure(out)["train"]["sample_id"]) == 1
+    assert "dropped 2 example(s): empty prompt" in err, err
+
+
+def test_generation_prompt_not_in_the_conversation(capsys, tokdir, hf_tok, tmp_path):
+    # DeepSeek-R1's kind of template: the generation prompt adds "<think>\n", which the rendered
+    # assistant turn does not hold. The prompt is the prefix both share (as TRL takes it), counted.
+    tdir = _build_tokenizer(tmp_path / "tok_think")
+    tok = transformers.AutoTokenizer.from_pretrained(tdir)
+    tok.chat_template = TEMPLATE.replace("<|assistant|>\n{% endif %}", "<|assistant|>\n<think>\n{% endif %}")
+    tok.save_pretrained(tdir)
+    out = tmp_path / "think.h5"
+    o, _ = prepare(capsys, tdir, out, DATA / "conversational.jsonl", "--val-fraction", "0")
+    p = by_id(check_structure(out)["train"])[0]
+    assert tok.decode(p["prompt"]) == "<|user|>\nWhat color is the sky?<|end|>\n<|assistant|>\n"
+    assert tok.decode(p["chosen"]) == "It is blue.<|end|>\n</s>"
+    assert "prompts cut to the prefix the responses share" in o, o
+
+
+def test_prompt_limit_at_or_past_max_length_warns(capsys, tokdir, tmp_path):
+    _, err = prepare(capsys, tokdir, tmp_path / "w.h5", DATA / "standard.jsonl", "--max-length", "100",
+                     "--max-prompt-length", "100")
+    assert "--max-prompt-length 100 leaves no room for a response under --max-length 100" in err, err
