@@ -97,7 +97,7 @@ int cmd_analyze(Context& ctx, int argc, char** argv) {
         const std::string ref_dir =
             record.options.contains(key) && record.options[key].is_string() ? record.options[key].get<std::string>() : "";
         MP_CHECK(!ref_dir.empty() && fs::is_directory(ref_dir), data, ": /", split, ": ", cut.size(),
-                 " pairs are cut by the run's --max-length, and their reference log-probs must be computed again with the "
+                 " pairs are cut as the run cut them (", cut_by.describe(), "), and their reference log-probs must be computed again with the "
                  "run's reference model ", ref_dir.empty() ? "(not recorded)" : ref_dir, ", which is not found from here");
         ensure_ref_logps(s, split, ref_dir, MicroBatching{micro, 0}, ctx.topo, {}, cut, Device::CPU);
       }

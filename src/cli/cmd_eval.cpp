@@ -63,6 +63,7 @@ int cmd_eval(Context& ctx, int argc, char** argv) {
   MP_CHECK(info.vocab_size <= config.vocab_size, data, ": vocab_size ", info.vocab_size,
            " is larger than the model's ", config.vocab_size, " (wrong tokenizer for this model?)");
   PairSplit s = read_pair_split(data, split);
+  if (limit > 0 && limit < s.size()) s.keep_first(limit);  // the pairs evaluated, before any cut or scoring
   const bool uses_ref = loss_uses_reference(lc.type);
   // A reference-free loss (simpo) reads no reference log-probs: zeros stand in for absent ones.
   MP_CHECK(s.has_ref() || !uses_ref || !ref_dir.empty(), data, ": /", split,
@@ -74,6 +75,9 @@ int cmd_eval(Context& ctx, int argc, char** argv) {
   if (!cut.empty() && ctx.topo.is_root())
     std::fprintf(stderr, "%s: %lld of %lld pairs cut by %s\n", split.c_str(), (long long)cut.size(), (long long)s.size(),
                  cut_by.describe().c_str());
+  check_token_budget(s.size(), [&](int64_t i) { return pair_tokens(s, i); }, s.sample_id, mb, data + ": /" + split,
+                     cut_by.active() ? "raise it" : "raise it or set --max-length");
+  note_past_context(s, config.max_position_embeddings, data + ": /" + split, ctx.topo.is_root());
   if (uses_ref && s.has_ref() && !cut.empty()) {
     MP_CHECK(!ref_dir.empty(), data, ": /", split, ": ", cut.size(), " pairs are cut by ", cut_by.describe(),
              ", and their stored reference log-probs are of the uncut sequences: give --ref-model (the reference "
@@ -90,12 +94,10 @@ int cmd_eval(Context& ctx, int argc, char** argv) {
     std::fprintf(stderr, "note: --ref-model %s is not used (%s)\n", ref_dir.c_str(),
                  !uses_ref ? "the loss needs no reference" : "the stored reference log-probs serve every pair");
   s.zero_absent_ref();
-  check_token_budget(s.size(), [&](int64_t i) { return pair_tokens(s, i); }, s.sample_id, mb, data + ": /" + split,
-                     "raise it");
   // Pairs split over DP; the TP ranks of a replica score the same pairs together.
   ShardedModel sm = load_sharded_model(model_dir, ctx.topo, par.pp_layers);
   place_on_device(sm, dev);
-  const PairStats st = evaluate_pairs(*sm.model, sm.pp.get(), sm.model_params(), s, lc, mb, limit, ctx.topo.dp_comm());
+  const PairStats st = evaluate_pairs(*sm.model, sm.pp.get(), sm.model_params(), s, lc, mb, 0, ctx.topo.dp_comm());
   if (ctx.topo.is_root()) {
     nlohmann::json j;
     j["split"] = split, j["n"] = st.n;
@@ -137,9 +139,11 @@ int cmd_precompute_ref(Context& ctx, int argc, char** argv) {
            " is larger than the model's ", config.vocab_size, " (wrong tokenizer for this model?)");
   MP_CHECK(!d.pairs.empty(), data, ": holds no pair split (train, val, test) to score");
   const MicroBatching mb{micro, micro_tokens};
-  for (const auto& [name, split] : d.pairs)
+  for (const auto& [name, split] : d.pairs) {
     check_token_budget(split.size(), [&](int64_t i) { return pair_tokens(split, i); }, split.sample_id, mb,
                        data + ": /" + name, "raise it");
+    note_past_context(split, config.max_position_embeddings, data + ": /" + name, ctx.topo.is_root());
+  }
   // Opened once: the shard, and on rank 0 the fingerprint stored beside the log-probs.
   const HfModelReader reader(model_dir);
   ShardedModel sm = load_sharded_model(reader, ctx.topo, par.pp_layers);

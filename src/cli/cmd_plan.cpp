@@ -110,7 +110,8 @@ DataShape data_shape(const PlanData& pd, int dp, const MicroBatching& mb, int64_
   if (metapo && ps.refresh_every > 0) {
     MetaConfig mc;
     mc.refresh_every = ps.refresh_every, mc.refresh_pairs = ps.refresh_pairs;
-    for (int64_t step = 0; step < steps; ++step) scan_logps(train, refresh_window(mc, train.size(), step), dp, mb, d);
+    for (int64_t step = 0; step < steps; ++step)
+      scan_logps(train, refresh_window(mc, train.size(), step, global_batch(train.size(), batch, seed, step)), dp, mb, d);
   }
   if (metapo || ps.eval_every > 0) {
     const PairSplit& val = pd.val;

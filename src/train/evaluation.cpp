@@ -80,7 +80,7 @@ void ensure_ref_logps(PairSplit& s, const std::string& split_name, const std::st
   }
   if (topo.is_root()) {
     if (s.has_ref())
-      std::printf("%s: %lld pairs cut by --max-length after their reference log-probs were computed; computing theirs again with %s\n",
+      std::printf("%s: %lld pairs cut after their reference log-probs were computed; computing theirs again with %s\n",
                   split_name.c_str(), (long long)idx.size(), ref_dir.c_str());
     else
       std::printf("%s: no reference log-probs in the dataset; computing them with %s\n", split_name.c_str(), ref_dir.c_str());

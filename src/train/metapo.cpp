@@ -5,6 +5,7 @@
 #include <cstring>
 #include <filesystem>
 #include <fstream>
+#include <unordered_set>
 
 #include <nlohmann/json.hpp>
 
@@ -202,12 +203,14 @@ void MetaPOState::write_trace(int64_t step, const std::vector<double>& align) {
   MP_CHECK(f.good(), cfg_.trace_path, ": could not append the MetaPO trace");
 }
 
-std::vector<int64_t> refresh_window(const MetaConfig& cfg, int64_t N, int64_t step) {
+std::vector<int64_t> refresh_window(const MetaConfig& cfg, int64_t N, int64_t step, const std::vector<int64_t>& batch) {
   const int64_t n = std::min(cfg.refresh_pairs, N);
   std::vector<int64_t> idx;
   if (cfg.refresh_every <= 0 || n <= 0 || step % cfg.refresh_every != 0) return idx;
+  const std::unordered_set<int64_t> in_batch(batch.begin(), batch.end());
   const int64_t start = (step / cfg.refresh_every * n) % N;
-  for (int64_t j = 0; j < n; ++j) idx.push_back((start + j) % N);
+  for (int64_t j = 0; j < n; ++j)
+    if (!in_batch.count((start + j) % N)) idx.push_back((start + j) % N);
   return idx;
 }
 

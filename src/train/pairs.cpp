@@ -1,6 +1,7 @@
 #include "metapo/train/pairs.h"
 
 #include <algorithm>
+#include <cstdio>
 #include <numeric>
 
 #include "metapo/core/error.h"
@@ -100,6 +101,32 @@ std::vector<std::vector<int64_t>> micro_batches(const std::vector<int64_t>& idx,
     used += t;
   }
   return out;
+}
+
+namespace {
+void note_past_context(int64_t n, const std::function<int64_t(int64_t)>& length, int64_t max_positions,
+                       const std::string& where, bool say) {
+  if (!say || max_positions <= 0) return;
+  int64_t past = 0, longest = 0;
+  for (int64_t i = 0; i < n; ++i) {
+    const int64_t t = length(i);
+    past += t > max_positions, longest = std::max(longest, t);
+  }
+  if (past == 0) return;
+  std::printf("note: %s: %lld of %lld sequences are longer than the model's max_position_embeddings %lld "
+              "(the longest %lld tokens): positions past it were never trained (--max-length %lld keeps them "
+              "within)\n", where.c_str(), (long long)past, (long long)n, (long long)max_positions, (long long)longest,
+              (long long)max_positions);
+  std::fflush(stdout);
+}
+}  // namespace
+
+void note_past_context(const PairSplit& s, int64_t max_positions, const std::string& where, bool say) {
+  note_past_context(s.size(), [&](int64_t i) { return s.prompt.len(i) + std::max(s.chosen.len(i), s.rejected.len(i)); },
+                    max_positions, where, say);
+}
+void note_past_context(const SftSplit& s, int64_t max_positions, const std::string& where, bool say) {
+  note_past_context(s.size(), [&](int64_t i) { return s.prompt.len(i) + s.answer.len(i); }, max_positions, where, say);
 }
 
 void check_token_budget(int64_t n, const TokensOf& tokens_of, const std::vector<int64_t>& sample_id,

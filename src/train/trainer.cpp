@@ -21,7 +21,6 @@
 #include <memory>
 #include <optional>
 #include <sstream>
-#include <unordered_set>
 
 #include <nlohmann/json.hpp>
 
@@ -930,6 +929,7 @@ int run_dpo(const Topology& topo, const TrainConfig& cfg_in) {
   check_same_on_every_rank(topo, policy_fingerprint, "--model " + cfg.model_dir);
   if (use_meta) check_pair_table(train, cfg, topo);
   const std::vector<int64_t> cut_train = truncate_split(train, cfg, cfg.train_split, topo);
+  note_past_context(train, policy.config().max_position_embeddings, cfg.data_path + ": /" + cfg.train_split, topo.is_root());
   if (!cfg.ref_model_dir.empty() && !loss_uses_reference(cfg.loss.type) && !use_meta && topo.is_root()) {
     std::printf("note: --ref-model %s is not used: --loss %s needs no reference model\n", cfg.ref_model_dir.c_str(),
                 loss_name(cfg.loss.type).c_str());
@@ -952,6 +952,7 @@ int run_dpo(const Topology& topo, const TrainConfig& cfg_in) {
     val = read_pair_split(cfg.data_path, cfg.val_split);
     check_same_on_every_rank(topo, content_fingerprint(val), cfg.data_path + ": /" + cfg.val_split);
     cut_val = truncate_split(val, cfg, cfg.val_split, topo);
+    note_past_context(val, policy.config().max_position_embeddings, cfg.data_path + ": /" + cfg.val_split, topo.is_root());
   }
   MP_CHECK(!do_eval || val.size() > 0, cfg.data_path, ": /", cfg.val_split, " holds no pairs, and ",
            use_meta ? "--weighting metapo draws its validation batches from it" : "--eval-every evaluates on it");
@@ -1063,12 +1064,7 @@ int run_dpo(const Topology& topo, const TrainConfig& cfg_in) {
     double t_refresh = 0, t_val = 0, t_meta = 0;
     Timer phase;
     if (use_meta) {
-      // The step's own pairs are left out: the step observes them at the same θ, and a second
-      // observation of one margin would pass for history (n ≥ 2, trend and volatility 0).
-      std::vector<int64_t> window = refresh_window(cfg.meta, train.size(), step);
-      const std::unordered_set<int64_t> in_batch(batch.begin(), batch.end());
-      window.erase(std::remove_if(window.begin(), window.end(), [&](int64_t i) { return in_batch.count(i) > 0; }),
-                   window.end());
+      const std::vector<int64_t> window = refresh_window(cfg.meta, train.size(), step, batch);
       if (!window.empty()) {
         run.phase("MetaPO refresh pass", step);
         std::vector<double> c, r;
@@ -1283,6 +1279,7 @@ int run_sft(const Topology& topo, const TrainConfig& cfg) {
   check_same_on_every_rank(topo, fingerprint(train), cfg.data_path + ": /sft");
   check_same_on_every_rank(topo, model_fingerprint(initial), "--model " + cfg.model_dir);
   const int64_t cut = truncate_sft(train, cfg.truncation, cfg.data_path + ": /sft");
+  note_past_context(train, initial.config().max_position_embeddings, cfg.data_path + ": /sft", topo.is_root());
   if (cut > 0 && topo.is_root())
     std::printf("sft: %lld of %lld examples cut by %s\n", (long long)cut, (long long)train.size(),
                 cfg.truncation.describe().c_str());

@@ -101,7 +101,7 @@ P
   --eval-every 3 > ml-fly.log
 "$METAPO" train --model init --data cut.h5 --out ml-file $common --micro-batch 4 --eval-every 3 >/dev/null
 grep -q "^train: [0-9]* of 96 pairs cut by --max-length $ml" ml-fly.log || { cat ml-fly.log; fail "no truncation line"; }
-grep -q "^train: [0-9]* pairs cut by --max-length after their reference log-probs were computed" ml-fly.log ||
+grep -q "^train: [0-9]* pairs cut after their reference log-probs were computed" ml-fly.log ||
   { cat ml-fly.log; fail "the cut pairs' reference log-probs were not computed again"; }
 PYTHONPATH="$SRC/tests/cli" python3 - <<'P'
 from runs import metrics, rel, param_rel_diff
@@ -134,6 +134,11 @@ for k in ("loss", "rewards/margins", "rewards/accuracies", "logps/chosen", "logp
     assert abs(a - b) <= 1e-9 * max(1.0, abs(a)), (k, a, b)
 print(f"ok: eval --max-length reproduces the run's eval/ metrics (loss {ev['loss']:.6f})")
 P
+# --limit picks the pairs before the cut: only those are cut, checked and scored again.
+"$METAPO" eval --model ml-fly/final --data d.h5 --split val --max-length "$ml" --max-prompt-length "$mpl" --ref-model init \
+  --limit 3 2>eval-lim.err | tail -1 > eval-lim.json
+grep -q "^val: [0-9] of 3 pairs cut by" eval-lim.err || { cat eval-lim.err; fail "eval --limit cut pairs it does not evaluate"; }
+python3 -c "import json, sys; n = json.load(open('eval-lim.json'))['n']; sys.exit(0 if n == 3 else f'n {n}')" || fail "eval --limit 3"
 expect_error "d.h5: /val: [0-9]* pairs are cut by --max-length $ml.*give --ref-model" \
   "$METAPO" eval --model ml-fly/final --data d.h5 --split val --max-length "$ml" --max-prompt-length "$mpl"
 
@@ -170,3 +175,21 @@ expect_error "leaves no room for a response under --max-length 2" "$METAPO" trai
 expect_error "--truncation-mode keep_middle: unknown" "$METAPO" train --model init --data d.h5 --out bad3 $common \
   --truncation-mode keep_middle
 echo "ok: token budgets and --max-length"
+# Sequences past the model's max_position_embeddings are said (RoPE runs on past the trained context
+# without complaint), by train, sft, eval and precompute-ref; --max-length within it silences the note.
+cp -r init short && python3 - <<'P'
+import json
+c = json.load(open("short/config.json")); c["max_position_embeddings"] = 12; json.dump(c, open("short/config.json", "w"))
+P
+cp d.h5 dshort.h5
+"$METAPO" precompute-ref --model short --data dshort.h5 > ctx-ref.log
+grep -q "^note: dshort.h5: /train: [0-9]* of 96 sequences are longer than the model's max_position_embeddings 12" ctx-ref.log ||
+  { cat ctx-ref.log; fail "precompute-ref did not note sequences past the context"; }
+"$METAPO" train --model short --data dshort.h5 --out ctx $common --micro-batch 4 > ctx.log
+grep -q "^note: dshort.h5: /train: .* max_position_embeddings 12" ctx.log || { cat ctx.log; fail "train did not note sequences past the context"; }
+"$METAPO" sft --model short --data dshort.h5 --out ctxs --batch-size 8 --max-steps 1 --save-every-minutes 0 > ctxs.log
+grep -q "^note: dshort.h5: /sft: .* max_position_embeddings 12" ctxs.log || { cat ctxs.log; fail "sft did not note sequences past the context"; }
+"$METAPO" train --model short --data dshort.h5 --out ctx2 $common --micro-batch 4 --max-length 12 --max-prompt-length 6 \
+  --ref-model short > ctx2.log
+! grep -q "max_position_embeddings" ctx2.log || fail "a run within the context got the note"
+echo "ok: sequences past max_position_embeddings are noted"

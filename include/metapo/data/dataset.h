@@ -27,6 +27,11 @@ struct Ragged {
     tokens.insert(tokens.end(), v.begin(), v.end());
     offsets.push_back(int64_t(tokens.size()));
   }
+  // Keeps items [0, n) (n <= size()).
+  void keep_first(int64_t n) {
+    offsets.resize(size_t(n) + 1);
+    tokens.resize(size_t(offsets.back()));
+  }
 };
 
 // One pair split (/train, /val, /test): pair i is (prompt i, chosen i, rejected i); the model sees
@@ -45,6 +50,14 @@ struct PairSplit {
 
   int64_t size() const { return int64_t(sample_id.size()); }
   bool has_ref() const { return !ref_logp_chosen.empty() || !ref_logp_rejected.empty(); }
+  // Keeps pairs [0, n) (n <= size()) and everything recorded of them.
+  void keep_first(int64_t n) {
+    prompt.keep_first(n), chosen.keep_first(n), rejected.keep_first(n);
+    sample_id.resize(size_t(n));
+    if (!quality.empty()) quality.resize(size_t(n));
+    for (auto& [name, v] : columns) v.resize(size_t(n));
+    if (!ref_logp_chosen.empty()) ref_logp_chosen.resize(size_t(n)), ref_logp_rejected.resize(size_t(n));
+  }
   // For a reference-free loss (simpo), which reads none: zeros stand in for absent reference log-probs.
   void zero_absent_ref() {
     if (!has_ref()) ref_logp_chosen.assign(size_t(size()), 0.0), ref_logp_rejected.assign(size_t(size()), 0.0);

@@ -28,8 +28,11 @@ inline bool is_meta_step(const MetaConfig& cfg, int64_t step) {
 }
 
 // The training pairs the forward-only refresh (MetaConfig::refresh_every) scores at `step`: a window
-// of refresh_pairs rotating through the n pairs of the split; empty on steps without a refresh.
-std::vector<int64_t> refresh_window(const MetaConfig& cfg, int64_t n, int64_t step);
+// of refresh_pairs rotating through the n pairs of the split, less the step's own global batch `batch`
+// (the step observes those at the same parameters: a second observation of one margin would pass for
+// history, n >= 2 with trend and volatility 0); empty on steps without a refresh. The trainer and
+// `metapo plan` both take it from here.
+std::vector<int64_t> refresh_window(const MetaConfig& cfg, int64_t n, int64_t step, const std::vector<int64_t>& batch);
 
 // Checks every MetaPO option (--meta-*, --stats-*, --weight-floor, --meta-trace: not a directory, in
 // a folder that exists or is yet to be made) with one error line naming the option; the CLI calls it before the run directory is made,

@@ -65,6 +65,12 @@ std::vector<std::vector<int64_t>> micro_batches(const std::vector<int64_t>& idx,
 // Tokens of pair i in a micro-batch (prompt + chosen, prompt + rejected), and of SFT example i.
 int64_t pair_tokens(const PairSplit& s, int64_t i);
 int64_t sft_tokens(const SftSplit& s, int64_t i);
+// Says (on stdout, where `say`) how many sequences of s (prompt + the longer response; prompt +
+// answer) are longer than the model's max_position_embeddings, and the longest: RoPE runs on past
+// the context the model was trained for without complaint (as in transformers), so such a run trains
+// and scores positions the model has never seen. Nothing when none is.
+void note_past_context(const PairSplit& s, int64_t max_positions, const std::string& where, bool say);
+void note_past_context(const SftSplit& s, int64_t max_positions, const std::string& where, bool say);
 // Refuses, naming the first one, an example longer than mb.tokens; remedy: what the line advises
 // (commands without --max-length cannot cut the example).
 void check_token_budget(int64_t n, const TokensOf& tokens_of, const std::vector<int64_t>& sample_id,
