@@ -141,10 +141,11 @@ void save_final(const TrainConfig& cfg, const Topology& topo, const LlamaConfig&
   {
     // Every rank learns of a value out of float16's range on any rank of replica 0 (whose parameters
     // final/ holds), before the save begins.
-    std::string range = topo.dp_rank == 0 ? f16_range_error(cfg.out_dir + "/final", ParamLayout(c), runs, params.data(), dtype) : "";
-    int32_t any = range.empty() ? 0 : 1;
-    topo.world_comm().allreduce(&any, 1, ReduceOp::Max);
-    if (any) throw FinalRangeError(range.empty() ? cfg.out_dir + "/final: another rank holds values past float16's range" : range);
+    // The line is that of the lowest rank that has one (naming its tensor and value).
+    const std::string range = topo.dp_rank == 0 ? f16_range_error(cfg.out_dir + "/final", ParamLayout(c), runs, params.data(), dtype) : "";
+    int32_t first = range.empty() ? std::numeric_limits<int32_t>::max() : int32_t(topo.world_rank);
+    topo.world_comm().allreduce(&first, 1, ReduceOp::Min);
+    if (first != std::numeric_limits<int32_t>::max()) throw FinalRangeError(broadcast_string(topo.world_comm(), range, first));
   }
   // final.partial and final.old in a run directory are the run's own (metapo writes only names it
   // chose there): left by a crashed save, also of a build that did not mark them, they go.
@@ -821,7 +822,11 @@ struct TrainRun {
       std::error_code ec;
       int32_t have = topo.is_root() && fs::is_regular_file(path, ec) ? 1 : 0;
       topo.world_comm().allreduce(&have, 1, ReduceOp::Max);  // one decision: the checkpoint is collective
-      if (!have) path = checkpoint();
+      if (!have) {
+        watch->phase("checkpoint write", 0);
+        watch->progress(-1);  // the checkpoint's own full limit, as a periodic one gets
+        path = checkpoint();
+      }
       throw Error(str_cat(e.what(), "; the trained state is in ", path, ": --resume auto --save-dtype bfloat16 "
                           "writes final/ from it (or `metapo export --model ", path, " --dtype bfloat16 --out DIR`)"));
     }

@@ -143,6 +143,19 @@ expect_error "runf/final: tensor model.layers.0.mlp.up_proj.weight holds 100000,
   "$METAPO" train --model big --data d.h5 --out runf --max-steps 2 --batch-size 8 --lr 1e-12 --save-dtype float16
 expect_error "the trained state is in runf2/step_00000002.h5" \
   $MPIRUN 2 "$METAPO" train --model big --data d.h5 --out runf2 --tp 2 --max-steps 2 --batch-size 8 --lr 1e-12 --save-dtype float16
+# The value on the last pipeline stage (rank 1) only: the line still names it.
+cp -r a bigl && python3 - <<'P'
+import json, struct
+raw = bytearray(open("bigl/model.safetensors", "rb").read())
+n = struct.unpack("<Q", raw[:8])[0]
+h = json.loads(raw[8:8 + n])
+name = sorted(k for k in h if "mlp.up_proj" in k)[-1]
+struct.pack_into("<f", raw, 8 + n + h[name]["data_offsets"][0] + 20, 1e5)
+open("bigl/model.safetensors", "wb").write(raw)
+P
+last=$(python3 -c "import json; print(json.load(open('a/config.json'))['num_hidden_layers'] - 1)")
+expect_error "runf3/final: tensor model.layers.$last.mlp.up_proj.weight holds 100000.*the trained state is in runf3/step_00000002.h5" \
+  $MPIRUN 2 "$METAPO" train --model bigl --data d.h5 --out runf3 --pp 2 --max-steps 2 --batch-size 8 --lr 1e-12 --save-dtype float16
 [ ! -e runf/final ] && [ ! -e runf/final.partial ] && [ ! -e runf2/final ] || fail "a refused float16 final/ left a directory"
 "$METAPO" train --model big --data d.h5 --out runf --max-steps 2 --batch-size 8 --lr 1e-12 --save-dtype bfloat16 --resume auto >/dev/null
 grep -q '"bfloat16"' runf/final/config.json || fail "the resumed run did not write a bfloat16 final/"
