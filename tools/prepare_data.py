@@ -218,11 +218,15 @@ def _messages(value, where, field):
         if not isinstance(role, str) or not role:
             raise InputError(f"{where}: field '{field}[{j}].role': expected a string, "
                              f"got {_type_name(role)}")
-        if not isinstance(content, str):
+        calls = m.get("tool_calls")
+        if content is None and isinstance(calls, (list, tuple)) and len(calls) > 0:
+            pass  # a message that only calls tools has no content (the template renders its calls)
+        elif not isinstance(content, str):
             hint = " (multimodal content is not supported)" if isinstance(content, (list, dict)) else ""
             raise InputError(f"{where}: field '{field}[{j}].content': expected a string, "
                              f"got {_type_name(content)}{hint}")
-        _text(content, where, f"{field}[{j}].content")
+        if content is not None:
+            _text(content, where, f"{field}[{j}].content")
         # Hugging Face datasets give every message every struct field, None where absent.
         out.append({k: v for k, v in m.items() if v is not None})
     return out
@@ -402,6 +406,7 @@ class Tok:
             except OSError as e:
                 raise InputError(f"{chat_template}: cannot read the chat template: {e.strerror or e}")
         self.path = path
+        self.tools = None  # --tools: the tool schemas every conversational record is rendered with
         self.vocab_size = len(self.tok)
         self.bos = self._id(self.tok.bos_token_id)
         self.eos = self._id(self.tok.eos_token_id)
@@ -451,16 +456,36 @@ class Tok:
         return s
 
 
+def record_tools(rec, where, default):
+    """The tool schemas a conversational record is rendered with: its own `tools` field (a list, or a
+    JSON string holding one, as Hugging Face datasets often store it), else --tools (or None)."""
+    v = rec.get("tools")
+    if v is None:
+        return default
+    if isinstance(v, str):
+        try:
+            v = json.loads(v)
+        except json.JSONDecodeError as e:
+            raise InputError(f"{where}: field 'tools': a string that is not JSON ({e.msg})")
+    if not isinstance(v, (list, tuple)) or not all(isinstance(t, dict) for t in v):
+        raise InputError(f"{where}: field 'tools': expected a list of tool objects, got {_type_name(v)}")
+    return list(v)
+
+
 def chat_texts(tok, ex, stats=None):
     """TRL's apply_chat_template for one example -> (prompt text, [response texts])."""
     where = ex.rec.where
+    tools = record_tools(ex.rec.data, where, tok.tools)
     last = ex.prompt[-1]["role"]
     if last == "assistant":
         kw = {"continue_final_message": True}
     else:
         kw = {"add_generation_prompt": True}
+    if tools is not None:
+        kw["tools"] = tools
     prompt = tok.render(ex.prompt, where, **kw)
-    fulls = [tok.render(ex.prompt + resp, where) for resp in ex.responses]
+    fulls = [tok.render(ex.prompt + resp, where, **({"tools": tools} if tools is not None else {}))
+             for resp in ex.responses]
     # A template may add text to the generation prompt that the rendered conversation does not
     # hold (DeepSeek-R1's "<think>\n"): the prompt is then the longest prefix the prompt alone and
     # every prompt + response share, as TRL's maybe_apply_chat_template takes it (counted).
@@ -674,6 +699,10 @@ def parse_args(argv):
                          "decoder-only models); default: what the tokenizer adds")
     ap.add_argument("--chat-template", metavar="FILE",
                     help="a Jinja chat template to use instead of the tokenizer's")
+    ap.add_argument("--tools", metavar="FILE",
+                    help="a JSON list of tool schemas the chat template renders with every "
+                         "conversational record (as TRL's DPOConfig.tools); a record's own `tools` "
+                         "field takes precedence")
     return ap.parse_args(argv)
 
 
@@ -701,6 +730,17 @@ def check_args(a):
         raise InputError("--columns: a name is repeated")
     a.column_list = cols
     check_out(a)
+    a.tool_list = None
+    if a.tools is not None:
+        try:
+            with open(a.tools, encoding="utf-8-sig") as f:
+                a.tool_list = json.load(f)
+        except OSError as e:
+            raise InputError(f"{a.tools}: cannot read --tools: {e.strerror or e}")
+        except json.JSONDecodeError as e:
+            raise InputError(f"{a.tools}:{e.lineno}: invalid JSON: {e.msg} (column {e.colno})")
+        if not isinstance(a.tool_list, list) or not all(isinstance(t, dict) for t in a.tool_list):
+            raise InputError(f"{a.tools}: --tools must hold a JSON list of tool objects")
     if a.chat_template is not None and not os.path.isfile(a.chat_template):
         raise InputError(f"{a.chat_template}: cannot read the chat template: "
                          f"{'is a directory' if os.path.isdir(a.chat_template) else 'no such file'}")
@@ -813,6 +853,7 @@ def run(argv):
         sft_exs.append(parse_sft(r))
 
     tok = Tok(a.tokenizer, a.chat_template)
+    tok.tools = a.tool_list
     if a.no_add_special_tokens:
         tok.prefix = []
     all_ex = [ex for g in ("pool", "val", "test") for ex in pair_exs[g]] + sft_exs
@@ -880,6 +921,8 @@ def run(argv):
         f"tokenizer: {a.tokenizer} (vocab {tok.vocab_size}; plain-text prompts get the tokenizer's "
         f"{prefix_desc}; responses end with EOS {tok.eos}; conversational records use the chat "
         f"template, prompt with add_generation_prompt=True)",
+        *([f"tools: {len(a.tool_list)} tool schema(s) from {a.tools} rendered with every conversational "
+            "record without a `tools` field of its own"] if a.tool_list is not None else []),
         lim.describe(),
         split_rule + "; sample_id = index of the record in inputs, --val, --test, --sft order",
         f"written: {counts}" + "".join(f"; dropped {n} ({k})" for k, n in sorted(drops.items())),

@@ -705,3 +705,34 @@ def test_prompt_limit_at_or_past_max_length_warns(capsys, tokdir, tmp_path):
     _, err = prepare(capsys, tokdir, tmp_path / "w.h5", DATA / "standard.jsonl", "--max-length", "100",
                      "--max-prompt-length", "100")
     assert "--max-prompt-length 100 leaves no room for a response under --max-length 100" in err, err
+
+
+def test_tools_and_tool_calls(capsys, tmp_path):
+    # Tool schemas reach the chat template (--tools for every record; a record's own `tools` field,
+    # a list or a JSON string, first), and an assistant message that only calls tools needs no content.
+    tdir = _build_tokenizer(tmp_path / "tok_tools")
+    tok = transformers.AutoTokenizer.from_pretrained(tdir)
+    tok.chat_template = ("{% if tools %}<|system|>\n{% for t in tools %}{{ t['name'] }};{% endfor %}<|end|>\n{% endif %}"
+                         "{% for m in messages %}<|{{ m['role'] }}|>\n"
+                         "{% if m.get('tool_calls') %}{% for c in m['tool_calls'] %}call {{ c['name'] }}{% endfor %}"
+                         "{% else %}{{ m['content'] }}{% endif %}<|end|>\n{% endfor %}"
+                         "{% if add_generation_prompt %}<|assistant|>\n{% endif %}")
+    tok.save_pretrained(tdir)
+    user = [{"role": "user", "content": "Weather?"}]
+    rows = [{"prompt": user, "chosen": [{"role": "assistant", "tool_calls": [{"name": "weather"}]}],
+             "rejected": [{"role": "assistant", "content": "Sunny."}]},
+            {"prompt": user, "chosen": [{"role": "assistant", "content": "A"}],
+             "rejected": [{"role": "assistant", "content": "B"}], "tools": json.dumps([{"name": "own"}])}]
+    src = jsonl(tmp_path / "t.jsonl", rows)
+    (tmp_path / "tools.json").write_text(json.dumps([{"name": "weather"}, {"name": "time"}]))
+    out = tmp_path / "t.h5"
+    prepare(capsys, tdir, out, src, "--val-fraction", "0", "--tools", tmp_path / "tools.json")
+    f = check_structure(out)
+    p = by_id(f["train"])
+    assert tok.decode(p[0]["prompt"]) == "<|system|>\nweather;time;<|end|>\n<|user|>\nWeather?<|end|>\n<|assistant|>\n"
+    assert tok.decode(p[0]["chosen"]) == "call weather<|end|>\n</s>"
+    assert tok.decode(p[1]["prompt"]).startswith("<|system|>\nown;<|end|>\n")
+    assert "tools: 2 tool schema(s) from" in f["attrs"]["source"]
+    (tmp_path / "bad.json").write_text('{"name": "x"}')
+    rc, _, err = run(capsys, "--tokenizer", tdir, "--out", tmp_path / "o.h5", src, "--tools", tmp_path / "bad.json")
+    assert rc == 1 and "--tools must hold a JSON list of tool objects" in err, err
