@@ -140,8 +140,8 @@ void save_final(const TrainConfig& cfg, const Topology& topo, const LlamaConfig&
   const std::string dtype = resolve_save_dtype(cfg.save_dtype, c);
   {
     // Every rank learns of a value out of float16's range on any rank of replica 0 (whose parameters
-    // final/ holds), before the save begins.
-    // The line is that of the lowest rank that has one (naming its tensor and value).
+    // final/ holds) before the save begins, with the line of the lowest rank that has one (its
+    // tensor and value).
     const std::string range = topo.dp_rank == 0 ? f16_range_error(cfg.out_dir + "/final", ParamLayout(c), runs, params.data(), dtype) : "";
     int32_t first = range.empty() ? std::numeric_limits<int32_t>::max() : int32_t(topo.world_rank);
     topo.world_comm().allreduce(&first, 1, ReduceOp::Min);

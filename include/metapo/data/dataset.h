@@ -85,9 +85,10 @@ struct Dataset {
 };
 
 // Training-time truncation (--max-length, --max-prompt-length, --truncation-mode): the rule of
-// tools/prepare_data.py (docs/prepare_data.md: how it relates to TRL's DPO trainer). A prompt longer than max_prompt_length keeps its last
-// (keep_end) or first tokens; then, when prompt + the longer response exceed max_length, each response
-// keeps its first max_length - prompt tokens (a cut response loses its EOS). 0: no limit.
+// tools/prepare_data.py (docs/prepare_data.md says how it relates to TRL's DPO trainer). A prompt
+// longer than max_prompt_length keeps its last (keep_end) or first tokens; then, when prompt + the
+// longer response exceed max_length, each response keeps its first max_length - prompt tokens (a cut
+// response loses its EOS). 0: no limit.
 struct Truncation {
   int64_t max_length = 0, max_prompt_length = 0;
   bool keep_end = true;
