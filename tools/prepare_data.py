@@ -614,34 +614,50 @@ def _ragged(seqs):
 
 
 def write_h5(path, attrs, pair_splits, sft):
+    """The file is built in memory and then written with plain writes: HDF5 writing straight to a
+    disk that fills fails inside its close, where h5py leaves a half-closed file that crashes the
+    interpreter at exit (a segfault, with OUT.partial left behind). A write error here is an OSError
+    with its errno, and OUT.partial is removed. (The token lists in memory already take several
+    times the file's size.)"""
+    import io
     import h5py
     import numpy as np
+    image = io.BytesIO()
+    with h5py.File(image, "w") as f:
+        for k, v in attrs.items():
+            f.attrs[k] = np.int64(v) if isinstance(v, int) else v
+        for name, rows in pair_splits.items():
+            g = f.create_group(name)
+            for field, j in (("prompt", 1), ("chosen", 2), ("rejected", 3)):
+                flat, off = _ragged([row[j] for row in rows])
+                g.create_dataset(f"{field}_tokens", data=flat)
+                g.create_dataset(f"{field}_offsets", data=off)
+            g.create_dataset("sample_id", data=np.array([row[0] for row in rows], dtype="<i8"))
+            if rows and rows[0][4] is not None:
+                g.create_dataset("quality", data=np.array([row[4] for row in rows], dtype="<f4"))
+            if rows and rows[0][5]:
+                cg = g.create_group("columns")
+                for c in rows[0][5]:
+                    cg.create_dataset(c, data=np.array([row[5][c] for row in rows], dtype="<f4"))
+        if sft is not None:
+            g = f.create_group("sft")
+            for field, j in (("prompt", 1), ("answer", 2)):
+                flat, off = _ragged([row[j] for row in sft])
+                g.create_dataset(f"{field}_tokens", data=flat)
+                g.create_dataset(f"{field}_offsets", data=off)
+            g.create_dataset("sample_id", data=np.array([row[0] for row in sft], dtype="<i8"))
+    data = image.getbuffer()
     partial = path + ".partial"
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     try:
-        with h5py.File(partial, "w") as f:
-            for k, v in attrs.items():
-                f.attrs[k] = np.int64(v) if isinstance(v, int) else v
-            for name, rows in pair_splits.items():
-                g = f.create_group(name)
-                for field, j in (("prompt", 1), ("chosen", 2), ("rejected", 3)):
-                    flat, off = _ragged([row[j] for row in rows])
-                    g.create_dataset(f"{field}_tokens", data=flat)
-                    g.create_dataset(f"{field}_offsets", data=off)
-                g.create_dataset("sample_id", data=np.array([row[0] for row in rows], dtype="<i8"))
-                if rows and rows[0][4] is not None:
-                    g.create_dataset("quality", data=np.array([row[4] for row in rows], dtype="<f4"))
-                if rows and rows[0][5]:
-                    cg = g.create_group("columns")
-                    for c in rows[0][5]:
-                        cg.create_dataset(c, data=np.array([row[5][c] for row in rows], dtype="<f4"))
-            if sft is not None:
-                g = f.create_group("sft")
-                for field, j in (("prompt", 1), ("answer", 2)):
-                    flat, off = _ragged([row[j] for row in sft])
-                    g.create_dataset(f"{field}_tokens", data=flat)
-                    g.create_dataset(f"{field}_offsets", data=off)
-                g.create_dataset("sample_id", data=np.array([row[0] for row in sft], dtype="<i8"))
+        fd = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o666)  # the umask decides
+        try:
+            done = 0
+            while done < len(data):
+                done += os.write(fd, data[done:done + (64 << 20)])
+            os.fsync(fd)  # on the disk before the rename makes it visible
+        finally:
+            os.close(fd)
         os.replace(partial, path)
     except BaseException:
         try:

@@ -124,8 +124,7 @@ int cmd_analyze(Context& ctx, int argc, char** argv) {
   context["options"] = {{"ig_steps", opt.ig_steps}, {"permutation_repeats", opt.permutation_repeats},
                         {"max_pairs", opt.max_pairs}, {"seed", opt.seed}};
   context["notes"] = notes;
-  write_file_atomic(out, analysis_json(r, context).dump(2) + "\n");
-  write_file_atomic(pairs_out, pair_weights_jsonl(r, in));
+  write_files_atomic({{out, analysis_json(r, context).dump(2) + "\n"}, {pairs_out, pair_weights_jsonl(r, in)}});
   std::printf("wrote %s and %s\n", out.c_str(), pairs_out.c_str());
   std::cout << summary_json(r).dump() << std::endl;
   return 0;

@@ -386,28 +386,50 @@ void check_output_file(const std::string& path, const std::string& option, const
            own.what, "; metapo replaces only a file it wrote (remove it or choose another path)");
 }
 
-void write_file_atomic(const std::string& path, const std::string& content) {
-  const std::string tmp = path + ".partial";
-  if (fs::path(path).has_parent_path()) fs::create_directories(fs::path(path).parent_path());
+void write_files_atomic(const std::vector<std::pair<std::string, std::string>>& files) {
+  std::vector<std::string> staged;  // the .partial files written so far
   std::error_code ec;
-  {
+  auto drop_staged = [&] {
+    for (const std::string& t : staged) fs::remove(t, ec);  // nothing half-written is left, under any name
+  };
+  for (const auto& [path, content] : files) {
+    const std::string tmp = path + ".partial";
+    if (fs::path(path).has_parent_path()) {
+      fs::create_directories(fs::path(path).parent_path(), ec);
+      if (ec) {
+        const std::string why = ec.message();
+        drop_staged();
+        fail(path, ": cannot create the directory ", fs::path(path).parent_path().string(), " (", why, ")");
+      }
+    }
     std::ofstream out(tmp, std::ios::binary | std::ios::trunc);
-    MP_CHECK(out, path, ": cannot open ", tmp, " for writing (", std::strerror(errno), ")");
+    if (!out) {
+      const int err = errno;
+      drop_staged();
+      fail(path, ": cannot open ", tmp, " for writing (", std::strerror(err), ")");
+    }
+    staged.push_back(tmp);
     out.write(content.data(), std::streamsize(content.size()));
     out.flush();
     if (!out) {
       const int err = errno;
       out.close();
-      fs::remove(tmp, ec);  // nothing half-written is left behind, under any name
+      drop_staged();
       fail(path, ": write failed (", std::strerror(err), ")");
     }
   }
-  fs::rename(tmp, path, ec);
-  if (ec) {
-    const std::string why = ec.message();
-    fs::remove(tmp, ec);
-    fail(path, ": cannot rename ", tmp, " to it: ", why);
+  // Every file is whole before any replaces what was there: all of them are new, or (a failure
+  // above) none is.
+  for (size_t k = 0; k < files.size(); ++k) {
+    fs::rename(staged[k], files[k].first, ec);
+    if (ec) {
+      const std::string why = ec.message();
+      for (size_t j = k; j < staged.size(); ++j) fs::remove(staged[j], ec);
+      fail(files[k].first, ": cannot rename ", staged[k], " to it: ", why);
+    }
   }
 }
+
+void write_file_atomic(const std::string& path, const std::string& content) { write_files_atomic({{path, content}}); }
 
 }  // namespace metapo::cli

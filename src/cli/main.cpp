@@ -17,6 +17,7 @@
 #include "metapo/comm/mpi_session.h"
 #include "metapo/core/error.h"
 #include "metapo/core/threads.h"
+#include "metapo/io/h5util.h"
 #include "metapo/train/dpo.h"
 
 namespace {
@@ -130,6 +131,14 @@ int main(int argc, char** argv) {
       std::fprintf(f, "%d\n", rc);
       if (std::fclose(f) == 0) std::rename(tmp.c_str(), status);
     }
+  }
+  // HDF5 failed to close a file (a full disk): ending the library would crash on it, so the process
+  // ends here, without ending MPI (MpiSession's destructor, which ends HDF5 too). Its output is
+  // whole; nothing is left to write.
+  if (metapo::hdf5_left_unclean()) {
+    std::cout.flush();
+    std::fflush(nullptr);
+    std::_Exit(rc);
   }
   return rc;
 }

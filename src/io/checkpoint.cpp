@@ -2,9 +2,11 @@
 
 #include <fcntl.h>
 #include <hdf5.h>
+#include <sys/statvfs.h>
 #include <unistd.h>
 
 #include <algorithm>
+#include <cerrno>
 #include <cstring>
 #include <filesystem>
 #include <fstream>
@@ -195,7 +197,30 @@ void agree(bool ok, Comm& comm, const std::string& what) {
   MP_CHECK(all, what);
 }
 
+std::string parent_dir(const std::string& path) {
+  const std::string p = fs::path(path).parent_path().string();
+  return p.empty() ? "." : p;
+}
+
+std::string mib(uint64_t bytes) {
+  char b[32];
+  std::snprintf(b, sizeof b, "%.1f MiB", double(bytes) / (1024.0 * 1024.0));
+  return b;
+}
+
 }  // namespace
+
+std::string room_note(const std::string& path) {
+  const uint64_t room = free_bytes(parent_dir(path));
+  return room == UINT64_MAX ? "" : "; the file system of " + parent_dir(path) + " had " + mib(room) + " free";
+}
+
+uint64_t free_bytes(const std::string& dir) {
+  struct statvfs s;
+  // Some FUSE and network file systems report no blocks at all: nothing to be told there.
+  if (::statvfs(dir.c_str(), &s) != 0 || s.f_blocks == 0) return UINT64_MAX;
+  return uint64_t(s.f_bavail) * uint64_t(s.f_frsize);
+}
 
 uint64_t checksum_term(uint64_t index, uint64_t bits) { return term(index, bits); }
 
@@ -239,8 +264,22 @@ CheckpointFile::CheckpointFile(const std::string& path, Comm& comm, bool writing
     // many parts of an array as it needs without the others making the same calls.
     H5Pset_all_coll_metadata_ops(fapl, true);
     H5Pset_coll_metadata_write(fapl, true);
+    if (comm.rank() == 0) {  // the metadata's room (kMetadataRoom); without it, the file goes on
+      const int fd = ::open((path + ".reserve").c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+      if (fd >= 0) {
+        if (::posix_fallocate(fd, 0, off_t(kMetadataRoom)) != 0) {
+          // no room to hold: the transfers will say so
+        }
+        ::close(fd);
+      }
+    }
+    idle_barrier(comm);  // held before any rank writes data
     impl_->file = H5Id(H5Fcreate(path.c_str(), H5F_ACC_TRUNC, H5P_DEFAULT, fapl), H5Fclose);
-    MP_CHECK(impl_->file.valid(), path, ": cannot create the checkpoint file", h5_reason());
+    if (!impl_->file.valid()) {
+      const std::string why = h5_reason();
+      if (comm.rank() == 0) ::unlink((path + ".reserve").c_str());
+      fail(path, ": cannot create the checkpoint file", why);
+    }
   } else {
     MP_CHECK(fs::exists(path), path, ": no such checkpoint file");
     impl_->file = H5Id(H5Fopen(path.c_str(), H5F_ACC_RDONLY, fapl), H5Fclose);
@@ -252,7 +291,39 @@ CheckpointFile CheckpointFile::create(const std::string& path, Comm& comm) { ret
 CheckpointFile CheckpointFile::open(const std::string& path, Comm& comm) { return CheckpointFile(path, comm, false); }
 CheckpointFile::CheckpointFile(CheckpointFile&&) noexcept = default;
 CheckpointFile& CheckpointFile::operator=(CheckpointFile&&) noexcept = default;
-CheckpointFile::~CheckpointFile() = default;
+
+// Still open: an error came on the way. A file being read is closed (every rank throws alike on
+// metadata). A file being written is abandoned: with one process, cut to zero length and closed (see
+// abandon()); with several it is left open, as its closing is a collective that the other ranks,
+// which may not have failed, never join: the error aborts the job (main), and nothing of it is used.
+CheckpointFile::~CheckpointFile() {
+  if (!impl_ || !impl_->file.valid()) return;
+  drop_reserve();
+  if (writing_ && comm_->size() > 1) {
+    for (Impl::Pending& p : impl_->pending) p.ds.release();
+    impl_->file.release();
+    return;
+  }
+  if (writing_ && comm_->rank() == 0) cut_to_zero(path_);
+  impl_->pending.clear();
+  if (!impl_->file.close()) hdf5_left_unclean() = true;
+}
+
+void CheckpointFile::drop_reserve() {
+  if (writing_ && comm_->rank() == 0) ::unlink((path_ + ".reserve").c_str());
+}
+
+// Collective: the file's contents are given up after a failed transfer. Rank 0 cuts it to zero length
+// first, which on a full disk gives back the room HDF5's closing flush needs: a close that fails
+// leaves the ranks in different collectives inside HDF5 (a hang) or, with one process, a half-closed
+// file that crashes HDF5 when it ends.
+void CheckpointFile::abandon() {
+  drop_reserve();
+  impl_->pending.clear();
+  if (writing_ && comm_->rank() == 0) cut_to_zero(path_);
+  idle_barrier(*comm_);
+  if (!impl_->file.close()) hdf5_left_unclean() = true;
+}
 
 template <typename T>
 void CheckpointFile::write(const std::string& name, const std::vector<uint64_t>& dims,
@@ -435,10 +506,11 @@ void CheckpointFile::close() {
   sums.back() = impl_->error.empty() ? 0 : 1;
   comm_->allreduce(sums.data(), sums.size(), ReduceOp::Sum);
   if (sums.back() != 0) {
-    impl_->pending.clear();
-    impl_->file.reset();
-    throw Error(!impl_->error.empty() ? impl_->error
-                                      : path_ + ": another rank's transfer failed (truncated or corrupt file, or disk full?)");
+    // The failing rank's own line on every rank (the free room read before abandon() frees it).
+    const std::string mine = impl_->error.empty() ? "" : impl_->error + (writing_ ? room_note(path_) : "");
+    const std::string error = first_error(*comm_, mine);
+    abandon();
+    throw Error(error);
   }
   if (!writing_) {
     std::vector<Impl::Pending> pending = std::move(impl_->pending);
@@ -447,17 +519,24 @@ void CheckpointFile::close() {
       MP_CHECK(sums[k] == pending[k].stored, path_, ": ", pending[k].name, " is corrupt (checksum mismatch)");
     return;
   }
+  // The room held for the metadata is given back before any of it goes out: the checksum attributes
+  // below can already bring HDF5's metadata cache to a write.
+  drop_reserve();
+  idle_barrier(*comm_);
   bool ok = true;
   H5Id ascalar(H5Screate(H5S_SCALAR), H5Sclose);
-  for (size_t k = 0; k < impl_->pending.size() && ok; ++k) {
+  for (size_t k = 0; k < impl_->pending.size(); ++k) {  // every call on every rank (collective metadata)
     H5Id attr(H5Acreate2(impl_->pending[k].ds, "checksum", H5T_NATIVE_UINT64, ascalar, H5P_DEFAULT, H5P_DEFAULT), H5Aclose);
-    ok = attr.valid() && H5Awrite(attr, H5T_NATIVE_UINT64, &sums[k]) >= 0;
+    const bool written = attr.valid() && H5Awrite(attr, H5T_NATIVE_UINT64, &sums[k]) >= 0;
+    ok = ok && written;
   }
   impl_->pending.clear();
-  ok = impl_->file.close() && ok;
-  int32_t all_ok = ok ? 1 : 0;
+  // A close that fails cannot be undone: HDF5 keeps a half-closed file (hdf5_left_unclean).
+  const bool closed = impl_->file.close();
+  if (!closed) hdf5_left_unclean() = true;
+  int32_t all_ok = ok && closed ? 1 : 0;
   comm_->allreduce(&all_ok, 1, ReduceOp::Min);
-  MP_CHECK(all_ok, path_, ": closing the checkpoint failed (disk full?)");
+  MP_CHECK(all_ok, path_, ": writing the checkpoint's metadata failed", room_note(path_));
   int32_t synced = 1;  // one rank fsyncs; every rank learns whether it worked
   if (comm_->rank() == 0) {
     const int fd = ::open(path_.c_str(), O_RDONLY);
@@ -466,7 +545,7 @@ void CheckpointFile::close() {
   }
   idle_barrier(*comm_);
   comm_->allreduce(&synced, 1, ReduceOp::Min);
-  MP_CHECK(synced, path_, ": fsync failed");
+  MP_CHECK(synced, path_, ": fsync failed", room_note(path_));
 }
 
 #define INSTANTIATE(T)                                                                                      \
@@ -492,16 +571,59 @@ void fsync_file(const std::string& path) {
   ::close(fd);
 }
 
+int write_fully(int fd, const void* data, size_t n) {
+  const char* p = static_cast<const char*>(data);
+  for (size_t done = 0; done < n;) {
+    const ssize_t w = ::write(fd, p + done, n - done);
+    if (w > 0)
+      done += size_t(w);
+    else if (w == 0)
+      return ENOSPC;  // nothing written and no error: the device took no more
+    else if (errno != EINTR)
+      return errno;
+  }
+  return 0;
+}
+
+void append_whole(int fd, const std::string& path, const std::string& text) {
+  const off_t before = ::lseek(fd, 0, SEEK_END);
+  const int err = write_fully(fd, text.data(), text.size());
+  if (err == 0) return;
+  if (before >= 0 && ::ftruncate(fd, before) != 0) {
+    // The torn line stays; a resume cuts the file back to the checkpoint's size in any case.
+  }
+  throw Error(str_cat(path, ": cannot append (", std::strerror(err), ")"));
+}
+
+void append_whole(const std::string& path, const std::string& text) {
+  const int fd = ::open(path.c_str(), O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0666);  // the umask decides
+  MP_CHECK(fd >= 0, path, ": cannot open for appending (", std::strerror(errno), ")");
+  try {
+    append_whole(fd, path, text);
+  } catch (...) {
+    ::close(fd);
+    throw;
+  }
+  ::close(fd);
+}
+
 void write_file_atomic(const std::string& dir, const std::string& name, const std::string& text) {
   const std::string tmp = dir + "/" + name + ".tmp", dst = dir + "/" + name;
-  {
-    std::ofstream f(tmp, std::ios::trunc);
-    f << text;
-    f.flush();
-    MP_CHECK(f.good(), tmp, ": cannot be written");
+  const int fd = ::open(tmp.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0666);  // the umask decides
+  MP_CHECK(fd >= 0, tmp, ": cannot be created (", std::strerror(errno), ")");
+  int err = write_fully(fd, text.data(), text.size());
+  if (err == 0 && ::fsync(fd) != 0) err = errno;
+  if (::close(fd) != 0 && err == 0) err = errno;
+  if (err != 0) {
+    ::unlink(tmp.c_str());  // nothing half-written left, and the old file untouched
+    throw Error(str_cat(tmp, ": cannot be written (", std::strerror(err), ")"));
   }
-  fsync_file(tmp);
-  fs::rename(tmp, dst);
+  std::error_code ec;
+  fs::rename(tmp, dst, ec);
+  if (ec) {
+    ::unlink(tmp.c_str());
+    throw Error(str_cat(dst, ": cannot rename ", tmp, " into place (", ec.message(), ")"));
+  }
   fsync_dir(dir);
 }
 

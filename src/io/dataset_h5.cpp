@@ -1,9 +1,14 @@
 #include "metapo/io/dataset_h5.h"
 
+#include <fcntl.h>
 #include <hdf5.h>
+#include <sys/stat.h>
+#include <unistd.h>
 
 #include <algorithm>
+#include <cerrno>
 #include <cmath>
+#include <cstring>
 #include <filesystem>
 #include <system_error>
 #include <type_traits>
@@ -385,6 +390,37 @@ void rename_into_place(const std::string& tmp, const std::string& path) {
   MP_CHECK(!ec, path, ": cannot rename ", tmp, " (", ec.message(), ")");
 }
 
+// Copies the file src to dst (replaced), naming the cause of a failure (std::filesystem::copy_file
+// says "Input/output error" for a full disk).
+void copy_whole(const std::string& src, const std::string& dst) {
+  const int in = ::open(src.c_str(), O_RDONLY | O_CLOEXEC);
+  MP_CHECK(in >= 0, src, ": cannot open (", std::strerror(errno), ")");
+  struct stat st {};
+  const mode_t mode = ::fstat(in, &st) == 0 ? (st.st_mode & 07777) : 0666;
+  const int out = ::open(dst.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0666);
+  if (out < 0) {
+    const int err = errno;
+    ::close(in);
+    fail(src, ": cannot create ", dst, " (", std::strerror(err), ")");
+  }
+  // The original's mode, as copy_file kept it (writable by its owner: the copy is written next).
+  int err = ::fchmod(out, mode | S_IWUSR) == 0 ? 0 : errno;
+  std::vector<char> buf(size_t(1) << 20);
+  while (err == 0) {
+    const ssize_t n = ::read(in, buf.data(), buf.size());
+    if (n < 0 && errno == EINTR) continue;
+    if (n < 0) {
+      err = errno;
+      break;
+    }
+    if (n == 0) break;
+    err = write_fully(out, buf.data(), size_t(n));
+  }
+  ::close(in);
+  if (::close(out) != 0 && err == 0) err = errno;
+  MP_CHECK(err == 0, src, ": cannot copy to ", dst, " (", std::strerror(err), ")");
+}
+
 // Runs `body` on path + ".partial" and renames it to path; on any error the partial file is removed
 // and the error goes on up. A path that is a symbolic link is written through: the file it names is
 // replaced (beside it), and the link stays a link.
@@ -397,6 +433,10 @@ void build_then_rename(const std::string& path, F body) {
     MP_CHECK(!ec, path, ": cannot resolve the symbolic link (", ec.message(), ")");
   }
   const std::string tmp = real + ".partial";
+  // A stale .partial file of a killed run is replaced; anything else there is not metapo's to remove.
+  const fs::file_status st = fs::symlink_status(tmp, ec);
+  MP_CHECK(!fs::exists(st) || fs::is_regular_file(st), path, ": ", tmp,
+           " exists and is not a file (metapo writes there first; move it away)");
   try {
     body(tmp);
     rename_into_place(tmp, real);
@@ -465,12 +505,12 @@ void write_dataset(const std::string& path, const Dataset& d) {
   MP_CHECK(!ec, path, ": cannot create directory ", parent.string(), " (", ec.message(), ")");
   build_then_rename(path, [&](const std::string& tmp) {
     H5Id fcpl = untimed(H5P_FILE_CREATE);  // the root group too
-    H5Id f(H5Fcreate(tmp.c_str(), H5F_ACC_TRUNC, fcpl, H5P_DEFAULT), H5Fclose);
+    H5WriteFile f(H5Fcreate(tmp.c_str(), H5F_ACC_TRUNC, fcpl, H5P_DEFAULT), tmp);
     MP_CHECK(f.valid(), path, ": cannot create ", tmp, h5_reason());
     write_info(f, d.info, path + ": ");
     if (d.sft) write_sft_group(f, path, *d.sft);
     for (const auto& [name, s] : d.pairs) write_pair_group(f, path, name, s);
-    MP_CHECK(f.close(), path, ": cannot finish writing ", tmp, " (disk full?)", h5_reason());
+    MP_CHECK(f.close(), path, ": cannot finish writing ", tmp, f.reason());
   });
 }
 
@@ -490,10 +530,8 @@ void write_ref_logps(const std::string& path,
     }
   }
   build_then_rename(path, [&](const std::string& tmp) {
-    std::error_code ec;
-    fs::copy_file(path, tmp, fs::copy_options::overwrite_existing, ec);
-    MP_CHECK(!ec, path, ": cannot copy to ", tmp, " (", ec.message(), ")");
-    H5Id f(H5Fopen(tmp.c_str(), H5F_ACC_RDWR, H5P_DEFAULT), H5Fclose);
+    copy_whole(path, tmp);
+    H5WriteFile f(H5Fopen(tmp.c_str(), H5F_ACC_RDWR, H5P_DEFAULT), tmp);
     MP_CHECK(f.valid(), path, ": cannot open ", tmp, " for writing", h5_reason());
     for (const auto& [split, cr] : ref) {
       const auto& [chosen, rejected] = cr;
@@ -515,7 +553,7 @@ void write_ref_logps(const std::string& path,
       if (H5Aexists(g, "ref_model_fingerprint") > 0) H5Adelete(g, "ref_model_fingerprint");
       if (!ref_model_fingerprint.empty()) write_string_attr(g, "ref_model_fingerprint", ref_model_fingerprint, where);
     }
-    MP_CHECK(f.close(), path, ": cannot finish writing ", tmp, " (disk full?)", h5_reason());
+    MP_CHECK(f.close(), path, ": cannot finish writing ", tmp, f.reason());
   });
 }
 

@@ -506,12 +506,9 @@ void save_hf_model_parallel(const std::string& dir, const LlamaConfig& c, const 
   const std::vector<TensorEntry>& ts = lay.tensors();
   const HfFilePlan plan = plan_hf_files(c, dtype, max_shard_bytes);
   // Every rank learns whether all ranks succeeded, and throws the same line when one did not.
-  auto agree = [&](std::string error) {
-    int32_t any = error.empty() ? 0 : 1;
-    comm.allreduce(&any, 1, ReduceOp::Max);
-    if (!any) return;
-    if (error.empty()) error = dir + ": another rank could not write its part of the model";
-    throw Error(error);
+  auto agree = [&](const std::string& error) {
+    const std::string first = first_error(comm, error);  // the failing rank's line, on every rank
+    if (!first.empty()) throw Error(first);
   };
   // Before anything is written: values a float16 file cannot hold, on any rank.
   agree(f16_range_error(dir, lay, runs, local, dtype));
@@ -537,13 +534,17 @@ void save_hf_model_parallel(const std::string& dir, const LlamaConfig& c, const 
         const std::string path = (tmp / f.name).string();
         const int fd = ::open(path.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
         MP_CHECK(fd >= 0, path, ": cannot create (", std::strerror(errno), ")");
+        errno = 0;
         const bool ok = ::pwrite(fd, f.layout.head.data(), f.layout.head.size(), 0) == ssize_t(f.layout.head.size()) &&
                         ::ftruncate(fd, off_t(f.layout.file_size)) == 0;
+        const int err = errno ? errno : ENOSPC;  // a short write sets none: the disk is full
         ::close(fd);
-        MP_CHECK(ok, path, ": cannot write the header (", std::strerror(errno), ")");
+        MP_CHECK(ok, path, ": cannot write the header (", std::strerror(err), ")");
       }
     } catch (const std::exception& e) {
       error = e.what();
+      std::error_code ec;
+      if (!tmp.empty()) fs::remove_all(tmp, ec);  // nothing half-written left beside the target
     }
   }
   agree(error);

@@ -6,6 +6,7 @@
 #include <nlohmann/json.hpp>
 
 #include "metapo/core/error.h"
+#include "metapo/io/checkpoint.h"
 #include "metapo/io/hf_model.h"
 #include "metapo/train/sharded_model.h"
 
@@ -50,7 +51,7 @@ void write_trajectories(LlamaModel<float>& model, Comm* pp, const float* params,
     if (diff != s.columns.end()) e["difficulty"] = diff->second[size_t(i)];
     j["pairs"].push_back(e);
   }
-  std::ofstream(path, std::ios::app) << j.dump() << "\n";
+  append_whole(path, j.dump() + "\n");
 }
 
 PairStats evaluate_pairs(LlamaModel<float>& model, Comm* pp, const float* params, const PairSplit& s,

@@ -10,6 +10,7 @@
 #include <nlohmann/json.hpp>
 
 #include "metapo/core/error.h"
+#include "metapo/io/checkpoint.h"
 #include "metapo/meta/meta_grad.h"
 #include "metapo/train/pairs.h"
 
@@ -198,9 +199,7 @@ void MetaPOState::write_trace(int64_t step, const std::vector<double>& align) {
   j["step"] = step + 1;
   j["sample_id"] = ids, j["raw"] = raw, j["x"] = x, j["a"] = a, j["s"] = s;
   j["gamma"] = gate_.gamma;  // the policy step trained on a^gamma (the significance gate)
-  std::ofstream f(cfg_.trace_path, std::ios::app);
-  f << j.dump() << "\n";
-  MP_CHECK(f.good(), cfg_.trace_path, ": could not append the MetaPO trace");
+  append_whole(cfg_.trace_path, j.dump() + "\n");
 }
 
 std::vector<int64_t> refresh_window(const MetaConfig& cfg, int64_t N, int64_t step, const std::vector<int64_t>& batch) {

@@ -1,11 +1,15 @@
 #include "metapo/train/metrics.h"
 
+#include <fcntl.h>
 #include <unistd.h>
 
 #include <algorithm>
+#include <cerrno>
 #include <cmath>
+#include <cstring>
 
 #include "metapo/core/error.h"
+#include "metapo/io/checkpoint.h"
 
 namespace metapo {
 
@@ -25,18 +29,19 @@ std::string format_duration(double s) {
 MetricsLog::MetricsLog(const std::string& path, bool enabled, int64_t total, bool append, int64_t first_step)
     : enabled_(enabled), tty_(enabled && isatty(STDERR_FILENO)), total_(total), first_(first_step) {
   if (!enabled_ || path.empty()) return;
-  f_ = std::fopen(path.c_str(), append ? "a" : "w");
-  MP_CHECK(f_, path, ": cannot open for appending");
+  path_ = path;
+  fd_ = ::open(path.c_str(), O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC | (append ? 0 : O_TRUNC), 0666);
+  MP_CHECK(fd_ >= 0, path, ": cannot open for appending (", std::strerror(errno), ")");
 }
 
 MetricsLog::~MetricsLog() {
-  if (f_) std::fclose(f_);
+  if (fd_ >= 0) ::close(fd_);
   if (tty_) std::fprintf(stderr, "\n");
 }
 
 void MetricsLog::event(const nlohmann::json& j, const std::string& line) {
   if (!enabled_) return;
-  if (f_) std::fprintf(f_, "%s\n", j.dump().c_str()), std::fflush(f_);
+  if (fd_ >= 0) append_whole(fd_, path_, j.dump() + "\n");
   if (tty_) std::fprintf(stderr, "\r\033[K");
   std::printf("%s\n", line.c_str());
   std::fflush(stdout);

@@ -146,30 +146,13 @@ std::string save_checkpoint(TrainState& st, const std::string& dir, int64_t keep
   MP_CHECK(all_ok, dir, ": refusing to write the checkpoint of step ", st.step, ": the training state holds non-finite values");
 
   st.file_sizes = file_sizes(st);
-  const std::string name = checkpoint_name(st.step), final_path = dir + "/" + name, partial = final_path + ".partial";
-  CheckpointFile f = CheckpointFile::create(partial, topo.world_comm());
-  const ParamLayout full(st.config);
-  const std::vector<TpCopy> map = sorted_map(sm);
-  const bool tp0 = topo.tp_rank == 0;
-  // Each rank writes its TP/PP part of the model and of AdamW's moments as hyperslabs, and of those
-  // its ZeRO-1 window [lo, hi): the replicas share the model's writing, each element written once
-  // (the copies of replicated tensors by TP rank 0 only).
-  const size_t lo = std::min(opt.shard_begin(), n_local), hi = std::min(opt.shard_begin() + opt.shard_size(), n_local);
-  for (const TensorEntry& e : full.tensors())
-    f.write<float>("/model/" + e.name, dims_of(e), tensor_runs(e, map, lo, hi, !tp0, false), sm.params.data() + lo, true);
-  for (const char* which : {"exp_avg", "exp_avg_sq"}) {
-    const std::vector<float>& m = std::string(which) == "exp_avg" ? opt.exp_avg() : opt.exp_avg_sq();
-    MP_CHECK(m.size() == hi - lo, "checkpoint: ZeRO shard of ", m.size(), " elements, expected ", hi - lo);
-    for (const TensorEntry& e : full.tensors())
-      f.write<float>(std::string("/optimizer/") + which + "/" + e.name, dims_of(e), tensor_runs(e, map, lo, hi, !tp0, false),
-                     m.data(), true);
-  }
-  f.write_int("/optimizer/step", opt.steps_taken());
+  // The MetaPO state first (a gather over the last stage's DP ranks): its size enters the room the
+  // file needs, which is checked before anything is written.
+  std::vector<double> table, net, m, v, stdz, gate(4, 0.0);
+  int64_t counts[3] = {0, 0, 0};  // rows of the table, weight-net parameters, Adam steps
+  const int root = st.uses_meta ? meta_root(topo) : 0;
   if (st.uses_meta) {
     // Written by the last stage's root from its (replicated) state; the table gathered from its owners.
-    const int root = meta_root(topo);
-    std::vector<double> table, net, m, v, stdz, gate(4, 0.0);
-    int64_t counts[3] = {0, 0, 0};  // rows of the table, weight-net parameters, Adam steps
     if (st.meta) {
       const GateState& g = st.meta->gate();
       gate = {g.m, g.v, double(g.n), g.gamma};
@@ -181,8 +164,61 @@ std::string save_checkpoint(TrainState& st, const std::string& dir, int64_t keep
       counts[0] = st.meta->table().rows(), counts[1] = int64_t(net.size()), counts[2] = a.t;
     }
     topo.world_comm().broadcast(counts, sizeof counts, root);
+  }
+  const uint64_t N = uint64_t(counts[0]), P = uint64_t(counts[1]);
+  const ParamLayout full(st.config);
+  // The room the file needs: the model and AdamW's two moments in float32, the MetaPO arrays in
+  // float64, for HDF5's headers, checksums and the JSON strings 4 KiB an array and 1 MiB (measured:
+  // under 0.5 KiB an array and 60 KiB of strings for the tiny preset), and the metadata's reserve.
+  const uint64_t arrays = 3 * full.tensors().size() + 24;
+  const uint64_t expected = 3 * uint64_t(full.total()) * sizeof(float) +
+                            (st.uses_meta ? (3 * P + 4 + 3 * kNumFeatures + N * kPairStatFields) * sizeof(double) : 0) +
+                            4096 * arrays + (1u << 20) + CheckpointFile::kMetadataRoom;
+  const std::string name = checkpoint_name(st.step), final_path = dir + "/" + name, partial = final_path + ".partial";
+  {
+    // A full disk is found before the file exists: once HDF5 writes, a failure is not always seen by
+    // every rank at the same point (CheckpointFile::close).
+    uint64_t room = topo.is_root() ? free_bytes(dir) : 0;
+    topo.world_comm().broadcast(&room, sizeof room, 0);
+    if (room != UINT64_MAX && room < expected) {
+      const std::vector<std::string> ck = list_checkpoints(dir);
+      char need[96];
+      std::snprintf(need, sizeof need, "it needs about %.1f MiB and the file system has %.1f MiB free",
+                    double(expected) / 1048576.0, double(room) / 1048576.0);
+      throw Error(str_cat(dir, ": no room for the checkpoint of step ", st.step, " (", name, "): ", need, "; ",
+                          ck.empty() ? std::string("no checkpoint was written")
+                                     : "the newest checkpoint is " + ck.front() + " (free some space, then --resume auto)"));
+    }
+  }
+  // A write that fails leaves no partial file behind (the root removes it once the file is closed or
+  // given up: the guard outlives f).
+  struct RemoveUnlessDone {
+    std::string path;
+    bool root, done = false;
+    ~RemoveUnlessDone() {
+      std::error_code ec;
+      if (!done && root) fs::remove(path, ec);
+    }
+  } guard{partial, topo.is_root()};
+  CheckpointFile f = CheckpointFile::create(partial, topo.world_comm());
+  const std::vector<TpCopy> map = sorted_map(sm);
+  const bool tp0 = topo.tp_rank == 0;
+  // Each rank writes its TP/PP part of the model and of AdamW's moments as hyperslabs, and of those
+  // its ZeRO-1 window [lo, hi): the replicas share the model's writing, each element written once
+  // (the copies of replicated tensors by TP rank 0 only).
+  const size_t lo = std::min(opt.shard_begin(), n_local), hi = std::min(opt.shard_begin() + opt.shard_size(), n_local);
+  for (const TensorEntry& e : full.tensors())
+    f.write<float>("/model/" + e.name, dims_of(e), tensor_runs(e, map, lo, hi, !tp0, false), sm.params.data() + lo, true);
+  for (const char* which : {"exp_avg", "exp_avg_sq"}) {
+    const std::vector<float>& mo = std::string(which) == "exp_avg" ? opt.exp_avg() : opt.exp_avg_sq();
+    MP_CHECK(mo.size() == hi - lo, "checkpoint: ZeRO shard of ", mo.size(), " elements, expected ", hi - lo);
+    for (const TensorEntry& e : full.tensors())
+      f.write<float>(std::string("/optimizer/") + which + "/" + e.name, dims_of(e), tensor_runs(e, map, lo, hi, !tp0, false),
+                     mo.data(), true);
+  }
+  f.write_int("/optimizer/step", opt.steps_taken());
+  if (st.uses_meta) {
     const bool mine = topo.world_rank == root;
-    const uint64_t N = uint64_t(counts[0]), P = uint64_t(counts[1]);
     f.write<double>("/meta/net", {P}, mine ? whole(P) : std::vector<FlatRun>{}, net.data(), mine);
     f.write<double>("/meta/adam/m", {P}, mine ? whole(P) : std::vector<FlatRun>{}, m.data(), mine);
     f.write<double>("/meta/adam/v", {P}, mine ? whole(P) : std::vector<FlatRun>{}, v.data(), mine);
@@ -213,6 +249,7 @@ std::string save_checkpoint(TrainState& st, const std::string& dir, int64_t keep
   f.write_string("/state/layout", layout.dump());
   f.write_string("/state/files", st.file_sizes.dump());
   f.close();
+  guard.done = true;
   if (topo.is_root()) {
     fs::rename(partial, final_path);
     write_file_atomic(dir, "latest", name + "\n");  // fsyncs the directory (the rename with it)
@@ -288,6 +325,15 @@ void load_checkpoint(TrainState& st, const std::string& path) {
     same_option(was["meta"], st.run_config["meta"], "features", "--meta-features");
     same_option(was["meta"], st.run_config["meta"], "apply", "--meta-apply");
     same_option(was["meta"], st.run_config["meta"], "ema_rate", "--stats-ema");
+    // The validation objective is not an option; a checkpoint of a metapo that had another one (its
+    // loss's own, before apo_down's became sigmoid's) continues under this one's, which is said.
+    const nlohmann::json& wm = was["meta"];
+    const std::string now = st.run_config["meta"].value("val_loss", std::string());
+    const std::string then = wm.contains("val_loss") ? wm.value("val_loss", std::string()) : was.value("loss", std::string());
+    if (topo.is_root() && !now.empty() && !then.empty() && now != then)
+      std::printf("note: %s: MetaPO's validation objective was the %s loss when this checkpoint was written; this metapo "
+                  "uses the %s loss with --loss %s (docs/metapo.md \"The validation objective\"), from here on\n",
+                  path.c_str(), then.c_str(), now.c_str(), was.value("loss", std::string()).c_str());
   }
   const int64_t ck_step = f.read_int("/state/step");
   incompatible(st.total_steps <= 0 || ck_step <= st.total_steps,

@@ -631,7 +631,7 @@ struct TrainRun {
       std::error_code ec;
       for (const auto& e : fs::directory_iterator(cfg.out_dir, ec)) {
         const std::string name = e.path().filename().string();
-        if (name.rfind("step_", 0) == 0 && name.size() > 11 && name.compare(name.size() - 11, 11, ".h5.partial") == 0)
+        if (name.rfind("step_", 0) == 0 && name.find(".h5.partial") != std::string::npos)  // and its .reserve
           fs::remove(e.path(), ec);
       }
     }

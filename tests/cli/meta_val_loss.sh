@@ -24,3 +24,34 @@ P
 python3 -c "import json, sys; v = json.load(open('ipo/run.json'))['meta']['val_loss']; sys.exit(0 if v == 'ipo' else f'ipo: val_loss {v}')" \
   || fail "an ipo run's validation loss is not its own"
 echo "ok: MetaPO's validation objective is the preference (sigmoid) under apo_down, the loss itself otherwise"
+
+# A checkpoint of a metapo whose objective under apo_down was apo_down's own (its config has no
+# meta.val_loss) resumes with a note saying the objective changed; one of this metapo, without.
+if python3 -c "import h5py" 2>/dev/null; then
+  short="--model sft/final --data d.h5 --weighting metapo --loss apo_down --batch-size 8 --track-pairs 0 --save-every-minutes 0"
+  "$METAPO" train $short --out old --max-steps 2 --save-every 2 >/dev/null
+  python3 - <<'P'
+import h5py, json
+import numpy as np
+M = (1 << 64) - 1
+def term(i, b):
+    x = ((b ^ (((i + 1) * 0x9E3779B97F4A7C15) & M)) * 0xBF58476D1CE4E5B9) & M
+    return x ^ (x >> 29)
+with h5py.File("old/step_00000002.h5", "r+") as f:
+    c = json.loads(f["/state/config"][()])
+    del c["meta"]["val_loss"]
+    text = json.dumps(c).encode()
+    del f["/state/config"]
+    f["/state/config"] = np.bytes_(text)  # a fixed-length string, as metapo writes it
+    f["/state/config"].attrs["checksum"] = np.uint64(sum(term(i, b) for i, b in enumerate(text)) & M)
+P
+  "$METAPO" train $short --out old2 --max-steps 4 --resume old/step_00000002.h5 >out.txt
+  grep -q "note: old/step_00000002.h5: MetaPO's validation objective was the apo_down loss when this checkpoint was written; this metapo uses the sigmoid loss" out.txt \
+    || { cat out.txt; fail "no note on the changed validation objective"; }
+  "$METAPO" train $short --out new --max-steps 2 --save-every 2 >/dev/null
+  "$METAPO" train $short --out new2 --max-steps 4 --resume new/step_00000002.h5 >out.txt
+  ! grep -q "validation objective" out.txt || fail "a note on a checkpoint of this metapo"
+  echo "ok: a checkpoint with another validation objective resumes with a note"
+else
+  echo "SKIP: python3 lacks h5py: the resume of a checkpoint with another validation objective is not checked"
+fi

@@ -736,3 +736,28 @@ def test_tools_and_tool_calls(capsys, tmp_path):
     (tmp_path / "bad.json").write_text('{"name": "x"}')
     rc, _, err = run(capsys, "--tokenizer", tdir, "--out", tmp_path / "o.h5", src, "--tools", tmp_path / "bad.json")
     assert rc == 1 and "--tools must hold a JSON list of tool objects" in err, err
+
+
+def test_a_full_disk_is_one_line_and_leaves_nothing(capsys, tokdir, tmp_path, monkeypatch):
+    """A write that runs out of room (os.write raising ENOSPC part-way) is one error line naming the
+    cause; nothing is left under OUT or OUT.partial, and an earlier OUT stays as it was. (HDF5 writing
+    straight to a full disk crashed the interpreter at exit and left OUT.partial.)"""
+    import errno
+    out = tmp_path / "full.h5"
+    prepare(capsys, tokdir, out, DATA / "standard.jsonl", "--val-fraction", "0.3")
+    earlier = out.read_bytes()
+    real_write, written = os.write, [0]
+
+    def write(fd, data):
+        if written[0] > 4096:
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        n = real_write(fd, bytes(data[:4096]))
+        written[0] += n
+        return n
+
+    monkeypatch.setattr(pd.os, "write", write)
+    rc, o, e = run(capsys, "--tokenizer", tokdir, "--out", out, DATA / "standard.jsonl", "--val-fraction", "0.3")
+    assert rc != 0
+    assert e.strip().splitlines() == [f"prepare_data: error: {out}: cannot write: No space left on device"], e
+    assert out.read_bytes() == earlier
+    assert not (tmp_path / "full.h5.partial").exists()

@@ -77,6 +77,9 @@ void for_each_token_line(
 // Writes `content` to path + ".partial" and renames it to path, so a crash never leaves a
 // half-written file under the final name.
 void write_file_atomic(const std::string& path, const std::string& content);
+// The same for several files: each written whole under its .partial name before any is renamed, so
+// a write that fails (a full disk) replaces none of them.
+void write_files_atomic(const std::vector<std::pair<std::string, std::string>>& files);
 
 // Before any work: the directory a file `path` will be written in (or, when missing, the nearest
 // existing one its parents will be made in) is a directory this process may write into; else one

@@ -11,6 +11,7 @@
 #include <cstdint>
 #include <cstring>
 #include <exception>
+#include <limits>
 #include <memory>
 #include <string>
 #include <vector>
@@ -228,6 +229,15 @@ inline std::string broadcast_string(Comm& comm, std::string s, int root) {
   s.resize(size_t(n));
   comm.broadcast(s.data(), s.size(), root);
   return s;
+}
+
+// Collective: "" when no rank passes an error, else the error of the lowest rank that has one, on
+// every rank (so that the line a job prints, from whichever rank aborts it first, names the cause).
+inline std::string first_error(Comm& comm, const std::string& error) {
+  int32_t first = error.empty() ? std::numeric_limits<int32_t>::max() : comm.rank();
+  comm.allreduce(&first, 1, ReduceOp::Min);
+  if (first == std::numeric_limits<int32_t>::max()) return "";
+  return broadcast_string(comm, error, first);
 }
 
 // One process: every collective is the identity (a copy where input and output differ), complete on

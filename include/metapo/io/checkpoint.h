@@ -36,6 +36,11 @@ class CheckpointFile {
   // Collective over comm (an MpiComm, or a SelfComm for one process: comm/mpio.h), which must outlive
   // the file. create: a new file at path (truncated if it exists); open: read-only. open throws
   // metapo::Error naming the path when the file is missing, truncated or not a checkpoint.
+  // A writing file holds kMetadataRoom bytes of the disk in path + ".reserve" (rank 0) until its
+  // metadata is flushed at close(): a disk that another writer fills meanwhile fails a transfer,
+  // which every rank learns of, rather than the flush, where HDF5 can leave the ranks waiting on each
+  // other.
+  static constexpr uint64_t kMetadataRoom = 4u << 20;
   static CheckpointFile create(const std::string& path, Comm& comm);
   static CheckpointFile open(const std::string& path, Comm& comm);
   CheckpointFile(CheckpointFile&&) noexcept;
@@ -67,15 +72,18 @@ class CheckpointFile {
   bool exists(const std::string& name);
   std::vector<uint64_t> shape(const std::string& name);  // throws when absent
 
-  // Collective. Writing: sums the checksums, writes them, closes and flushes the file, then fsyncs
-  // it; throws when a transfer or the close failed (a full disk), so the caller does not rename a
-  // broken file into place. Reading: throws when a read failed or an array's checksum does not match
+  // Collective. Writing: sums the checksums, writes them, flushes and closes the file, then fsyncs
+  // it; throws when a transfer, the flush or the close failed (a full disk), so the caller does not
+  // rename a broken file into place. A file that failed is left without its data (cut to zero
+  // length before HDF5 closes it); the caller removes it. Reading: throws when a read failed or an array's checksum does not match
   // (the same message on every rank), so nothing read is used before this returns.
   void close();
   const std::string& path() const { return path_; }
 
  private:
   CheckpointFile(const std::string& path, Comm& comm, bool writing);
+  void abandon();
+  void drop_reserve();
   struct Impl;
   std::unique_ptr<Impl> impl_;
   std::string path_;
@@ -88,6 +96,22 @@ uint64_t checksum_term(uint64_t index, uint64_t bits);
 
 // Writes `text` to dir/name through name.tmp, fsync and rename, then fsyncs dir (for `latest`).
 void write_file_atomic(const std::string& dir, const std::string& name, const std::string& text);
+// Writes n bytes to fd with as many write() calls as it takes; 0, or the errno of the one that
+// failed (ENOSPC for a write that took nothing).
+int write_fully(int fd, const void* data, size_t n);
+// Appends text to the file open as fd (O_APPEND; path names it in errors), with as many writes as it
+// takes. A write that fails cuts the file back to its former size, so a reader never meets a torn
+// line, and throws naming path and the cause (a full disk).
+void append_whole(int fd, const std::string& path, const std::string& text);
+// The same for the file at path, opened and closed around the append (created when absent).
+void append_whole(const std::string& path, const std::string& text);
+
+// The bytes an unprivileged writer may still put on the file system holding dir (UINT64_MAX when
+// it cannot be told).
+uint64_t free_bytes(const std::string& dir);
+// "; the file system of DIR had N MiB free" for the directory holding path, said with a failed write
+// (MPI-IO gives no errno), or "" when it cannot be told.
+std::string room_note(const std::string& path);
 // fsync of a directory, so a rename in it survives a crash.
 void fsync_dir(const std::string& dir);
 // fsync of a file by its path (written and closed, or appended by a stream): its data on the disk

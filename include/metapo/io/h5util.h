@@ -1,6 +1,8 @@
 // Small helpers over the HDF5 C API shared by the dataset file and the checkpoint file.
 #pragma once
+#include <fcntl.h>
 #include <hdf5.h>
+#include <unistd.h>
 
 #include <string>
 
@@ -35,6 +37,9 @@ class H5Id {
     id_ = H5I_INVALID_HID;
     return rc >= 0;
   }
+  // Forgets the id without closing it: for a file of a job that is about to abort, whose closing
+  // would be a collective the other ranks never join.
+  void release() { id_ = H5I_INVALID_HID; }
   bool valid() const { return id_ >= 0; }
   operator hid_t() const { return id_; }
 
@@ -42,6 +47,12 @@ class H5Id {
   hid_t id_ = H5I_INVALID_HID;
   herr_t (*close_)(hid_t) = nullptr;
 };
+
+// Cuts the file at path to zero length, giving its space back (a file given up; nothing to do when
+// that fails).
+inline void cut_to_zero(const std::string& path) {
+  if (::truncate(path.c_str(), 0) != 0) return;
+}
 
 inline void quiet_hdf5() { H5Eset_auto2(H5E_DEFAULT, nullptr, nullptr); }
 
@@ -56,7 +67,73 @@ inline std::string h5_reason() {
       },
       &msg);
   H5Eclear2(H5E_DEFAULT);
+  // A failed system call's message (the file drivers write "..., errno = 28, error message = 'No
+  // space left on device', ...") is what the user needs, alone.
+  if (const size_t at = msg.find("error message = '"); at != std::string::npos) {
+    const size_t from = at + 17, to = msg.find('\'', from);
+    if (to != std::string::npos) return " (" + msg.substr(from, to - from) + ")";
+  }
+  // One line: some of HDF5's descriptions end in a newline.
+  for (char& c : msg)
+    if (c == '\n' || c == '\r') c = ' ';
+  while (!msg.empty() && msg.back() == ' ') msg.pop_back();
   return msg.empty() ? "" : " (HDF5: " + msg + ")";
 }
+
+// Set when HDF5 failed to close a file: the library then holds a half-closed file, and ending it
+// (when MPI ends, or at exit) crashes. main ends such a process without ending the library.
+inline bool& hdf5_left_unclean() {
+  static bool unclean = false;
+  return unclean;
+}
+
+// A file written by one process under a temporary name. It holds kMetadataRoom bytes of the disk in
+// path + ".reserve" until close(), which gives them back, closes the file and says whether that
+// worked: a disk that fills while the data are written fails a data write, and the metadata still
+// finds room. A file destroyed while still open (an error on the way) is abandoned: cut to zero
+// length, then closed, so that HDF5's closing flush finds room. (A close that fails leaves HDF5 a
+// half-closed file: hdf5_left_unclean.)
+class H5WriteFile {
+ public:
+  static constexpr off_t kMetadataRoom = 1 << 20;
+  H5WriteFile(hid_t id, std::string path) : file_(id, H5Fclose), path_(std::move(path)) {
+    if (!file_.valid()) return;
+    ::unlink((path_ + ".reserve").c_str());  // a stale one of a killed run
+    const int fd = ::open((path_ + ".reserve").c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0666);
+    if (fd < 0) return;
+    if (::posix_fallocate(fd, 0, kMetadataRoom) != 0) {
+      // no room to hold: the data writes will say so
+    }
+    ::close(fd);
+  }
+  H5WriteFile(const H5WriteFile&) = delete;
+  H5WriteFile& operator=(const H5WriteFile&) = delete;
+  ~H5WriteFile() { abandon(); }
+  bool valid() const { return file_.valid(); }
+  operator hid_t() const { return file_; }
+  bool close() {
+    if (!file_.valid()) return false;
+    drop_reserve();
+    if (!closed(file_.close())) reason_ = h5_reason();
+    return reason_.empty();
+  }
+  // Why close() failed: " (HDF5's reason)", or "".
+  const std::string& reason() const { return reason_; }
+  void abandon() {
+    if (!file_.valid()) return;
+    drop_reserve();
+    cut_to_zero(path_);
+    closed(file_.close());
+  }
+
+ private:
+  void drop_reserve() { ::unlink((path_ + ".reserve").c_str()); }
+  static bool closed(bool ok) {
+    if (!ok) hdf5_left_unclean() = true;
+    return ok;
+  }
+  H5Id file_;
+  std::string path_, reason_;
+};
 
 }  // namespace metapo

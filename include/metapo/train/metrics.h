@@ -17,12 +17,14 @@ class MetricsLog {
   // empty; a resumed one (append) continues it, and its ETA counts from first_step.
   MetricsLog(const std::string& path, bool enabled, int64_t total_steps, bool append = false, int64_t first_step = 0);
   ~MetricsLog();
-  // Appends j to the JSONL file; prints `line` (with an ETA) and updates the bar.
+  // Appends j to the JSONL file; prints `line` (with an ETA) and updates the bar. A line that cannot
+  // be appended (a full disk) throws naming the file and leaves no part of it there.
   void step(int64_t step, const nlohmann::json& j, const std::string& line);
   void event(const nlohmann::json& j, const std::string& line);  // eval lines and the like
 
  private:
-  FILE* f_ = nullptr;
+  int fd_ = -1;
+  std::string path_;
   bool enabled_, tty_;
   int64_t total_, first_;
   Timer clock_;
