@@ -778,6 +778,13 @@ def _is_dataset(path):
         return False
 
 
+def _stale_partial(path):
+    """Whether path can be a partial file this tool left: empty, or the start of an HDF5 file."""
+    with open(path, "rb") as f:
+        head = f.read(8)
+    return head == b"" or head == b"\x89HDF\r\n\x1a\n"
+
+
 def check_out(a):
     """--out (and OUT.partial, written first) must not be anything this run reads, nor a file of an
     input or --tokenizer directory other than an earlier dataset file, and its directory must be one
@@ -800,6 +807,13 @@ def check_out(a):
                 raise InputError(f"--out {a.out}: {'is' if target == a.out else 'its .partial file is'} "
                                  f"{'inside ' if os.path.isdir(path) else ''}{what} {path}; "
                                  "the output must not overwrite what it reads")
+    partial = a.out + ".partial"
+    if os.path.lexists(partial) and not (os.path.isfile(partial) and not os.path.islink(partial)
+                                         and _stale_partial(partial)):
+        raise InputError(f"--out {a.out}: {partial} exists and was not left by this tool (it writes {a.out} "
+                         "there first); move it away")
+    if os.path.exists(a.out) and not os.access(a.out, os.W_OK):
+        raise InputError(f"--out {a.out}: is read-only; this tool does not replace it")
     if os.path.exists(a.out) and os.path.getsize(a.out) > 0 and not _is_dataset(a.out):
         raise InputError(f"--out {a.out}: exists and is not a metapo dataset file; this tool replaces only "
                          "a file it wrote (remove it or choose another path)")

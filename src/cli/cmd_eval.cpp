@@ -1,5 +1,7 @@
 // metapo eval (preference metrics of a model on a split) and metapo precompute-ref (reference
 // log-probs into the dataset file).
+#include <unistd.h>
+
 #include <cstdio>
 #include <filesystem>
 #include <iostream>
@@ -133,7 +135,11 @@ int cmd_precompute_ref(Context& ctx, int argc, char** argv) {
   const LlamaConfig config = load_hf_config(model_dir);
   // The file is rewritten through DATA.partial beside it: a directory it cannot write into is said
   // before the scoring, not after.
-  if (ctx.topo.is_root()) check_dir_writable(data, "--data");
+  if (ctx.topo.is_root()) {
+    check_dir_writable(data, "--data");
+    MP_CHECK(!std::filesystem::exists(data) || ::access(data.c_str(), W_OK) == 0, "--data ", data, ": is read-only (precompute-ref writes the reference "
+             "log-probs into it); make it writable or work on a copy");
+  }
   const Dataset d = read_dataset(data);
   MP_CHECK(d.info.vocab_size <= config.vocab_size, data, ": vocab_size ", d.info.vocab_size,
            " is larger than the model's ", config.vocab_size, " (wrong tokenizer for this model?)");

@@ -64,6 +64,13 @@ std::vector<std::string> ini_section_args(const std::string& path, const std::st
     std::string key = trim(line.substr(0, eq)), val = trim(line.substr(eq + 1));
     for (char& ch : key)
       if (ch == '_') ch = '-';
+    // Values are taken as written: quotes and a comment after the value would become part of it (a
+    // run directory named "run" with its quotes), so they are refused rather than guessed at.
+    MP_CHECK(val.size() < 2 || !((val.front() == '"' && val.back() == '"') || (val.front() == '\'' && val.back() == '\'')),
+             "--config ", path, ":", lineno, ": ", key, " = ", val, ": values are taken as written; remove the quotes");
+    for (const char* mark : {" #", " ;", "\t#", "\t;"})
+      MP_CHECK(val.find(mark) == std::string::npos, "--config ", path, ":", lineno, ": ", key, " = ", val,
+               ": a comment after a value would become part of it; put comments on lines of their own");
     args.push_back("--" + key + "=" + val);
   }
   return args;
@@ -381,6 +388,16 @@ void check_output_file(const std::string& path, const std::string& option, const
     MP_CHECK(!fs::is_directory(in, ec) || !fs::exists(path, ec) || !fs::equivalent(dir, in, ec), option, " ", path,
              ": would replace a file of ", in, "; choose another file");
   }
+  // The output is written to path.partial first: one a killed run left (empty, or of the output's
+  // kind) is replaced; anything else there is not metapo's.
+  const std::string side = path + ".partial";
+  const fs::file_status side_st = fs::symlink_status(side, ec);
+  if (fs::exists(side_st))
+    MP_CHECK(fs::is_regular_file(side_st) && (fs::file_size(side, ec) == 0 || (own.is_own && looks_own(side, own))),
+             option, " ", path, ": ", side, " exists and was not left by metapo (it writes ", path,
+             " there first); move it away");
+  if (fs::exists(path, ec))
+    MP_CHECK(::access(path.c_str(), W_OK) == 0, option, " ", path, ": is read-only; metapo does not replace it");
   if (!own.is_own || !fs::exists(path, ec) || (fs::is_regular_file(path, ec) && fs::file_size(path, ec) == 0)) return;
   MP_CHECK(fs::is_regular_file(path, ec) && looks_own(path, own), option, " ", path, ": exists and is not ",
            own.what, "; metapo replaces only a file it wrote (remove it or choose another path)");

@@ -10,6 +10,7 @@
 #include <cmath>
 #include <cstring>
 #include <filesystem>
+#include <fstream>
 #include <system_error>
 #include <type_traits>
 
@@ -403,8 +404,7 @@ void copy_whole(const std::string& src, const std::string& dst) {
     ::close(in);
     fail(src, ": cannot create ", dst, " (", std::strerror(err), ")");
   }
-  // The original's mode, as copy_file kept it (writable by its owner: the copy is written next).
-  int err = ::fchmod(out, mode | S_IWUSR) == 0 ? 0 : errno;
+  int err = ::fchmod(out, mode) == 0 ? 0 : errno;  // the original's mode, as copy_file kept it
   std::vector<char> buf(size_t(1) << 20);
   while (err == 0) {
     const ssize_t n = ::read(in, buf.data(), buf.size());
@@ -421,6 +421,18 @@ void copy_whole(const std::string& src, const std::string& dst) {
   MP_CHECK(err == 0, src, ": cannot copy to ", dst, " (", std::strerror(err), ")");
 }
 
+// Whether the file at path can be an HDF5 file a killed writer left: empty, or beginning with HDF5's
+// signature or with zeros (the superblock not yet written).
+bool stale_h5_partial(const std::string& path) {
+  std::ifstream f(path, std::ios::binary);
+  char head[8] = {};
+  f.read(head, sizeof head);
+  const std::streamsize n = f.gcount();
+  if (n == 0) return true;
+  static const char kSignature[8] = {'\x89', 'H', 'D', 'F', '\r', '\n', '\x1a', '\n'};
+  return n == 8 && (std::memcmp(head, kSignature, 8) == 0 || std::all_of(head, head + 8, [](char c) { return c == 0; }));
+}
+
 // Runs `body` on path + ".partial" and renames it to path; on any error the partial file is removed
 // and the error goes on up. A path that is a symbolic link is written through: the file it names is
 // replaced (beside it), and the link stays a link.
@@ -433,10 +445,11 @@ void build_then_rename(const std::string& path, F body) {
     MP_CHECK(!ec, path, ": cannot resolve the symbolic link (", ec.message(), ")");
   }
   const std::string tmp = real + ".partial";
-  // A stale .partial file of a killed run is replaced; anything else there is not metapo's to remove.
+  // A stale .partial file of a killed run is replaced (empty, or an HDF5 file's start: its signature,
+  // or zeros where HDF5 had not yet written the superblock); anything else there is not metapo's.
   const fs::file_status st = fs::symlink_status(tmp, ec);
-  MP_CHECK(!fs::exists(st) || fs::is_regular_file(st), path, ": ", tmp,
-           " exists and is not a file (metapo writes there first; move it away)");
+  MP_CHECK(!fs::exists(st) || (fs::is_regular_file(st) && stale_h5_partial(tmp)), path, ": ", tmp,
+           " exists and was not left by metapo (it writes ", path, " there first); move it away");
   try {
     body(tmp);
     rename_into_place(tmp, real);

@@ -236,17 +236,25 @@ void commit_model_dir(const fs::path& tmp, const std::string& dir) {
   fs::remove(target / kSaveMark, ec);
   fsync_dir(target.string());  // its entries, then the rename in its parent
   fsync_dir(target.has_parent_path() ? target.parent_path().string() : ".");
-  // The old directory's other files (tokenizer.json, a README, ...) stay, as save_pretrained keeps
-  // them; only what a model save writes is replaced: config.json, generation_config.json, every
-  // safetensors file and the shard index (an old export's shards must not outlive it).
+  // The old directory's other files (tokenizer.json, a README, an adapter, ...) stay, as
+  // save_pretrained keeps them; only what a model save writes is replaced: config.json,
+  // generation_config.json, model.safetensors, the shards model-XXXXX-of-YYYYY.safetensors and their
+  // index (an old export's shards must not outlive it). A file that cannot be carried over keeps the
+  // old directory (marked, so a later save may clear it) and is said.
+  std::string stranded;
   for (const auto& e : fs::directory_iterator(old, ec)) {
     const std::string name = e.path().filename().string();
+    const bool shard = name.size() == 32 && name.rfind("model-", 0) == 0 && name.compare(11, 4, "-of-") == 0 &&
+                       name.compare(20, 12, ".safetensors") == 0;  // model-00001-of-00002.safetensors
     const bool model_file = name == "config.json" || name == "generation_config.json" ||
-                            name == "model.safetensors.index.json" ||
-                            (name.size() > 12 && name.compare(name.size() - 12, 12, ".safetensors") == 0);
+                            name == "model.safetensors.index.json" || name == "model.safetensors" || shard;
     std::error_code ec2;
-    if (!model_file && name != kSaveMark && !fs::exists(target / name, ec2)) fs::rename(e.path(), target / name, ec2);
+    if (model_file || name == kSaveMark || fs::exists(target / name, ec2)) continue;
+    fs::rename(e.path(), target / name, ec2);
+    if (ec2) stranded += (stranded.empty() ? "" : ", ") + name + " (" + ec2.message() + ")";
   }
+  MP_CHECK(stranded.empty(), target.string(), ": written, but files of the old directory could not be carried over: ",
+           stranded, "; they are in ", old.string());
   fs::remove_all(old, ec);
 }
 
@@ -286,6 +294,9 @@ void check_model_dir_target(const std::string& dir) {
     MP_CHECK(fs::is_directory(target, ec) && fs::is_regular_file(target / "config.json", ec),
              target.string(), ": exists and is not a model directory (no config.json); "
              "refusing to replace it");
+    // Its other files move into the new directory, which takes writing in it (commit_model_dir).
+    MP_CHECK(::access(target.c_str(), W_OK | X_OK) == 0, target.string(), ": cannot write in it (",
+             std::strerror(errno), "); a save replaces a model directory and carries its other files over");
   }
   // The save works in dir.partial and moves an old dir to dir.old: either may exist only as a crashed
   // save left it (marked), never as someone else's.

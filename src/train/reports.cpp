@@ -53,6 +53,7 @@ nlohmann::json run_config_json(const TrainConfig& cfg, const std::string& kind) 
     j["simpo_gamma"] = cfg.loss.simpo_gamma, j["discopop_tau"] = cfg.loss.discopop_tau;
     j["weighting"] = weighting_name(cfg.weighting);
     j["ref_model"] = cfg.ref_model_dir.empty() ? cfg.model_dir : cfg.ref_model_dir;
+    j["trust_stored_ref"] = cfg.trust_stored_ref;  // stored log-probs used whatever model they came from
     j["eval_every"] = cfg.eval_every, j["eval_pairs"] = cfg.eval_pairs;
     j["track_pairs"] = cfg.track_pairs, j["track_every"] = cfg.track_every;
     if (cfg.weighting == Weighting::Metapo) {

@@ -24,6 +24,12 @@ expect_error "--seed -1: must be a whole number >= 0" "$METAPO" synth --seed -1 
 expect_error "--seed -2: must be a whole number >= 0" "$METAPO" init --preset tiny --seed=-2 --out m3
 printf '[synth]\nseed = -4\n' > neg.ini
 expect_error "neg.ini \[synth\]: --seed -4: must be a whole number >= 0" "$METAPO" synth --config neg.ini --out neg.h5
+# INI values are taken as written: quotes and a comment after a value are refused, not kept.
+printf '[synth]\nout = "q.h5"\n' > quoted.ini
+expect_error 'quoted.ini:2: out = "q.h5": values are taken as written; remove the quotes' "$METAPO" synth --config quoted.ini
+printf '[synth]\nseed = 3 # mine\n' > comment.ini
+expect_error "comment.ini:2: seed = 3 # mine: a comment after a value would become part of it" "$METAPO" synth --config comment.ini --out c.h5
+[ ! -e '"q.h5"' ] && [ ! -e q.h5 ] && [ ! -e c.h5 ] || fail "a refused INI wrote output"
 [ ! -e neg.h5 ] && [ ! -e m3 ] || fail "a refused negative seed left output behind"
 expect_error "badjson.jsonl:2" $MPIRUN 2 "$METAPO" score --model model --input badjson.jsonl --output o.jsonl
 [ ! -e o.jsonl ] || fail "output written despite errors"
@@ -144,6 +150,39 @@ for i in 1 2; do
   "$METAPO" synth --task sort --n-train 8 --n-val 4 --n-test 4 --n-sft 8 --out d.h5 >/dev/null || fail "synth run $i"
 done
 echo "ok: outputs replace only the command's own earlier files"
+# OUT.partial, where an output is written first: a user's file there is refused and kept; an empty
+# one (as a killed run leaves) is replaced.
+echo "my notes" > d3.h5.partial
+expect_error "d3.h5.partial exists and was not left by metapo" "$METAPO" synth --task sort --n-train 8 --out d3.h5
+echo "my notes" > s3.jsonl.partial
+expect_error "s3.jsonl.partial exists and was not left by metapo" "$METAPO" score --model model --input good.jsonl --output s3.jsonl
+[ "$(cat d3.h5.partial)" = "my notes" ] && [ "$(cat s3.jsonl.partial)" = "my notes" ] || fail "a user's .partial file was replaced"
+: > d3.h5.partial
+"$METAPO" synth --task sort --n-train 8 --n-val 4 --n-test 4 --n-sft 8 --out d3.h5 >/dev/null || fail "a stale empty .partial blocked synth"
+[ ! -e d3.h5.partial ] || fail "synth left d3.h5.partial"
+# A model directory replaced by a save keeps what a model save does not write: the tokenizer, an
+# adapter, a consolidated checkpoint; an old shard of an earlier export goes.
+cp -r model hf
+echo a > hf/adapter_model.safetensors; echo c > hf/consolidated.safetensors; echo t > hf/tokenizer.json
+echo s > hf/model-00001-of-00002.safetensors
+"$METAPO" init --preset tiny --out hf >/dev/null
+for f in adapter_model.safetensors consolidated.safetensors tokenizer.json; do [ -f "hf/$f" ] || fail "init removed hf/$f"; done
+[ ! -e hf/model-00001-of-00002.safetensors ] || fail "an old shard outlived the new model"
+echo "ok: a user's .partial file is refused and kept; a replaced model directory keeps the user's files"
+# Another user's model directory (not writable) and a read-only dataset, as that user (nobody).
+if [ "$(id -u)" = 0 ] && command -v setpriv >/dev/null && setpriv --reuid=65534 --regid=65534 --clear-groups true 2>/dev/null; then
+  mkdir shared && chmod 777 shared && cp -r model shared/hf && echo t > shared/hf/tokenizer.json
+  "$METAPO" synth --task sort --n-train 8 --n-val 4 --n-test 4 --n-sft 8 --out shared/ro.h5 >/dev/null
+  chmod 444 shared/ro.h5 && chmod -R a+rX . && chown 65534 shared/ro.h5
+  # (OpenMPI's session directory where that user can write.)
+  as_nobody=(setpriv --reuid=65534 --regid=65534 --clear-groups env HOME="$WORK/shared" OMPI_MCA_orte_tmpdir_base="$WORK/shared")
+  expect_error "shared/hf: cannot write in it (Permission denied)" "${as_nobody[@]}" "$METAPO" init --preset tiny --out shared/hf
+  [ -f shared/hf/tokenizer.json ] && [ ! -e shared/hf.old ] || fail "a refused save moved another user's files"
+  expect_error "--data shared/ro.h5: is read-only" "${as_nobody[@]}" "$METAPO" precompute-ref --model model --data shared/ro.h5
+  expect_error "--out shared/ro.h5: is read-only" "${as_nobody[@]}" "$METAPO" synth --task sort --n-train 8 --out shared/ro.h5
+  [ "$(stat -c %a shared/ro.h5)" = 444 ] || fail "a read-only dataset was replaced"
+  echo "ok: another user's model directory and a read-only dataset are refused, as that user"
+fi
 # Ranks started with different options (an MPMD launch): one error, no hang, no output.
 expect_error "the ranks of this job were started with different command lines" $MPIRUN 1 "$METAPO" score --model model \
   --input good.jsonl --output o1.jsonl : -np 1 "$METAPO" score --model model --input good.jsonl --output o2.jsonl

@@ -191,6 +191,8 @@ refused x "d.h5: /train: the reference log-probs were computed with another mode
 refused x "this run's reference init2 (--ref-model" $MPIRUN 2 "$METAPO" train $T --max-steps 1 --ref-model init2 $M
 "$METAPO" train --model init2 --ref-model init --data d.h5 --batch-size 16 --max-steps 1 --out w6 >/dev/null
 "$METAPO" train --model init2 --trust-stored-ref --data d.h5 --batch-size 16 --max-steps 1 --out w9 >/dev/null
+python3 -c "import json, sys; sys.exit(0 if json.load(open('w9/run.json'))['trust_stored_ref'] is True and json.load(open('w6/run.json'))['trust_stored_ref'] is False else 1)" \
+  || fail "run.json does not record --trust-stored-ref"
 cp -r init initcopy
 "$METAPO" train --model initcopy --data d.h5 --batch-size 16 --max-steps 1 --out w7 >/dev/null
 echo "ok: reference log-probs of another model are refused; those of --ref-model or a copy of --model are used"

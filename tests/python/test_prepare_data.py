@@ -761,3 +761,17 @@ def test_a_full_disk_is_one_line_and_leaves_nothing(capsys, tokdir, tmp_path, mo
     assert e.strip().splitlines() == [f"prepare_data: error: {out}: cannot write: No space left on device"], e
     assert out.read_bytes() == earlier
     assert not (tmp_path / "full.h5.partial").exists()
+
+
+def test_a_users_partial_file_is_refused_and_kept(capsys, tokdir, tmp_path):
+    """OUT.partial, where the file is written first: a user's file there is refused and left as it
+    was; an empty one (as a killed run leaves) is replaced."""
+    out = tmp_path / "p.h5"
+    partial = tmp_path / "p.h5.partial"
+    partial.write_text("my notes")
+    rc, o, e = run(capsys, "--tokenizer", tokdir, "--out", out, DATA / "standard.jsonl", "--val-fraction", "0.3")
+    assert rc != 0 and "p.h5.partial exists and was not left by this tool" in e, e
+    assert partial.read_text() == "my notes" and not out.exists()
+    partial.write_text("")
+    prepare(capsys, tokdir, out, DATA / "standard.jsonl", "--val-fraction", "0.3")
+    assert out.exists() and not partial.exists()
