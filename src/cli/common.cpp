@@ -12,6 +12,7 @@
 #include <fstream>
 #include <iostream>
 #include <map>
+#include <set>
 #include <sstream>
 #include <typeinfo>
 #include <vector>
@@ -105,20 +106,33 @@ bool parse_args(const std::string& cmd, const std::string& usage, po::options_de
                 int argc, char** argv, po::variables_map& vm, const Context& ctx) {
   desc.add_options()("help,h", "show this help")(
       "config", po::value<std::string>(), ("INI file; its [" + cmd + "] section sets options").c_str());
+  // --no-KEY turns a switch (--greedy, --profile, ...) off: on the command line it wins over the
+  // file's "KEY = true", as every other option does.
+  std::vector<std::string> words;  // argv without argv[0] (here the subcommand name)
+  std::set<std::string> negated;
+  for (int i = 1; i < argc; ++i) {
+    const std::string w = argv[i];
+    const po::option_description* od = w.rfind("--no-", 0) == 0 ? desc.find_nothrow(w.substr(5), false) : nullptr;
+    if (od && od->semantic()->max_tokens() == 0 && od->long_name() == w.substr(5))
+      negated.insert(w.substr(5));
+    else
+      words.push_back(w);
+  }
   try {
-    // Like main(), Boost skips argv[0] (here the subcommand name).
     // No positional arguments: a stray word (a forgotten option name) is an error, not ignored.
     po::options_description with_stray;
     with_stray.add(desc).add_options()("metapo-stray-arguments", po::value<std::vector<std::string>>());
     po::positional_options_description stray;
     stray.add("metapo-stray-arguments", -1);
-    const po::parsed_options parsed = po::command_line_parser(argc, argv).options(with_stray).positional(stray).run();
+    const po::parsed_options parsed = po::command_line_parser(words).options(with_stray).positional(stray).run();
     po::store(parsed, vm);
     refuse_negative_unsigned(parsed, vm, "", cmd);
     refuse_empty_paths(vm, "");
   } catch (const po::error& e) {
     fail(e.what(), " (see metapo ", cmd, " --help)");
   }
+  for (const std::string& key : negated)
+    MP_CHECK(!vm.count(key) || vm[key].defaulted(), "--", key, " and --no-", key, " contradict each other");
   if (vm.count("metapo-stray-arguments"))
     fail("unexpected argument '", vm["metapo-stray-arguments"].as<std::vector<std::string>>().front(),
          "': options are written --name value (see metapo ", cmd, " --help)");
@@ -131,7 +145,7 @@ bool parse_args(const std::string& cmd, const std::string& usage, po::options_de
     std::vector<std::string> args;
     for (const std::string& a : ini_section_args(path, cmd)) {
       // Switches (--greedy, --profile) take no value on the command line; in the file they are
-      // written "key = true" or "key = false".
+      // written "key = true" or "key = false" (and --no-KEY on the command line turns them off).
       const size_t eq = a.find('=');
       const std::string key = a.substr(2, eq - 2), val = a.substr(eq + 1);
       MP_CHECK(key != "config", "--config ", path, " [", cmd, "]: config: a config file cannot include another");
@@ -139,7 +153,7 @@ bool parse_args(const std::string& cmd, const std::string& usage, po::options_de
       if (od && od->semantic()->max_tokens() == 0) {
         MP_CHECK(val == "true" || val == "false", "--config ", path, " [", cmd, "]: ", key,
                  " is a switch: write true or false");
-        if (val == "true") args.push_back("--" + key);
+        if (val == "true" && !negated.count(od->long_name())) args.push_back("--" + key);
       } else {
         args.push_back(a);
       }

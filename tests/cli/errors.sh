@@ -30,6 +30,14 @@ expect_error 'quoted.ini:2: out = "q.h5": values are taken as written; remove th
 printf '[synth]\nseed = 3 # mine\n' > comment.ini
 expect_error "comment.ini:2: seed = 3 # mine: a comment after a value would become part of it" "$METAPO" synth --config comment.ini --out c.h5
 [ ! -e '"q.h5"' ] && [ ! -e q.h5 ] && [ ! -e c.h5 ] || fail "a refused INI wrote output"
+# A switch the file turns on is turned off on the command line with --no-KEY.
+printf '[generate]\ngreedy = true\n' > greedy.ini
+expect_error "--greedy cannot be combined with --temperature" "$METAPO" generate --config greedy.ini --model model \
+  --prompts good.jsonl --max-new-tokens 2 --temperature 0.7 --output gn.jsonl
+"$METAPO" generate --config greedy.ini --model model --prompts good.jsonl --max-new-tokens 2 --temperature 0.7 --no-greedy \
+  --output gn.jsonl >/dev/null || fail "--no-greedy did not turn off the file's greedy = true"
+expect_error "--greedy and --no-greedy contradict each other" "$METAPO" generate --model model --prompts good.jsonl \
+  --greedy --no-greedy --output gn2.jsonl
 [ ! -e neg.h5 ] && [ ! -e m3 ] || fail "a refused negative seed left output behind"
 expect_error "badjson.jsonl:2" $MPIRUN 2 "$METAPO" score --model model --input badjson.jsonl --output o.jsonl
 [ ! -e o.jsonl ] || fail "output written despite errors"
