@@ -780,8 +780,11 @@ def _is_dataset(path):
 
 def _stale_partial(path):
     """Whether path can be a partial file this tool left: empty, or the start of an HDF5 file."""
-    with open(path, "rb") as f:
-        head = f.read(8)
+    try:
+        with open(path, "rb") as f:
+            head = f.read(8)
+    except OSError:
+        return False  # unreadable: not this tool's to judge, nor to replace
     return head == b"" or head == b"\x89HDF\r\n\x1a\n"
 
 

@@ -71,7 +71,9 @@ std::vector<std::string> ini_section_args(const std::string& path, const std::st
              "--config ", path, ":", lineno, ": ", key, " = ", val, ": values are taken as written; remove the quotes");
     for (const char* mark : {" #", " ;", "\t#", "\t;"})
       MP_CHECK(val.find(mark) == std::string::npos, "--config ", path, ":", lineno, ": ", key, " = ", val,
-               ": a comment after a value would become part of it; put comments on lines of their own");
+               ": a value may not hold '", std::string(mark).replace(0, 1, " "),
+               "' (it reads as a comment after the value, which would become part of it); put comments on lines "
+               "of their own");
     args.push_back("--" + key + "=" + val);
   }
   return args;
@@ -329,8 +331,9 @@ void check_input_file(const std::string& path, const std::string& option) {
 namespace {
 
 // Whether a file is what the command writes: JSON (analysis.json) that `own.is_own` accepts, or JSONL
-// each of whose lines it accepts (of a file over 64 MiB, the first line only).
-bool looks_own(const std::string& path, const OwnOutput& own) {
+// each of whose lines it accepts (of a file over 64 MiB, the first line only). torn_tail: a last
+// line without its newline is not looked at (a .partial file of a killed writer).
+bool looks_own(const std::string& path, const OwnOutput& own, bool torn_tail = false) {
   std::error_code ec;
   const bool big = fs::file_size(path, ec) > (uint64_t(64) << 20);
   std::ifstream f(path, std::ios::binary);
@@ -345,8 +348,16 @@ bool looks_own(const std::string& path, const OwnOutput& own) {
   size_t lines = 0;
   while (f) {
     std::string line;  // at most 1 MiB of it: a user's file may have no newline at all
-    for (char c; line.size() < (size_t(1) << 20) && f.get(c) && c != '\n';) line.push_back(c);
+    bool ended = false;
+    for (char c; line.size() < (size_t(1) << 20) && f.get(c);) {
+      if (c == '\n') {
+        ended = true;
+        break;
+      }
+      line.push_back(c);
+    }
     if (line.empty()) continue;
+    if (torn_tail && !ended && f.peek() == std::ifstream::traits_type::eof()) break;
     try {
       if (!own.is_own(nlohmann::json::parse(line))) return false;
     } catch (const nlohmann::json::exception&) {
@@ -403,13 +414,13 @@ void check_output_file(const std::string& path, const std::string& option, const
              ": would replace a file of ", in, "; choose another file");
   }
   // The output is written to path.partial first: one a killed run left (empty, or of the output's
-  // kind) is replaced; anything else there is not metapo's.
+  // kind up to a torn last line) is replaced; anything else there is not metapo's. (Without a kind,
+  // the writer checks it: dataset files, build_then_rename.)
   const std::string side = path + ".partial";
   const fs::file_status side_st = fs::symlink_status(side, ec);
-  if (fs::exists(side_st))
-    MP_CHECK(fs::is_regular_file(side_st) && (fs::file_size(side, ec) == 0 || (own.is_own && looks_own(side, own))),
-             option, " ", path, ": ", side, " exists and was not left by metapo (it writes ", path,
-             " there first); move it away");
+  if (own.is_own && fs::exists(side_st))
+    MP_CHECK(fs::is_regular_file(side_st) && (fs::file_size(side, ec) == 0 || looks_own(side, own, true)), option, " ",
+             path, ": ", side, " exists and was not left by metapo (it writes ", path, " there first); move it away");
   if (fs::exists(path, ec))
     MP_CHECK(::access(path.c_str(), W_OK) == 0, option, " ", path, ": is read-only; metapo does not replace it");
   if (!own.is_own || !fs::exists(path, ec) || (fs::is_regular_file(path, ec) && fs::file_size(path, ec) == 0)) return;

@@ -392,8 +392,9 @@ void rename_into_place(const std::string& tmp, const std::string& path) {
 }
 
 // Copies the file src to dst (replaced), naming the cause of a failure (std::filesystem::copy_file
-// says "Input/output error" for a full disk).
-void copy_whole(const std::string& src, const std::string& dst) {
+// says "Input/output error" for a full disk). dst is left writable by its owner, to be written next;
+// returns src's mode, for the finished file.
+mode_t copy_whole(const std::string& src, const std::string& dst) {
   const int in = ::open(src.c_str(), O_RDONLY | O_CLOEXEC);
   MP_CHECK(in >= 0, src, ": cannot open (", std::strerror(errno), ")");
   struct stat st {};
@@ -404,7 +405,7 @@ void copy_whole(const std::string& src, const std::string& dst) {
     ::close(in);
     fail(src, ": cannot create ", dst, " (", std::strerror(err), ")");
   }
-  int err = ::fchmod(out, mode) == 0 ? 0 : errno;  // the original's mode, as copy_file kept it
+  int err = ::fchmod(out, mode | S_IWUSR) == 0 ? 0 : errno;
   std::vector<char> buf(size_t(1) << 20);
   while (err == 0) {
     const ssize_t n = ::read(in, buf.data(), buf.size());
@@ -419,18 +420,20 @@ void copy_whole(const std::string& src, const std::string& dst) {
   ::close(in);
   if (::close(out) != 0 && err == 0) err = errno;
   MP_CHECK(err == 0, src, ": cannot copy to ", dst, " (", std::strerror(err), ")");
+  return mode;
 }
 
 // Whether the file at path can be an HDF5 file a killed writer left: empty, or beginning with HDF5's
-// signature or with zeros (the superblock not yet written).
+// signature (H5Fcreate writes it at once).
 bool stale_h5_partial(const std::string& path) {
   std::ifstream f(path, std::ios::binary);
+  if (!f.is_open()) return false;  // unreadable: not this process's to judge, nor to replace
   char head[8] = {};
   f.read(head, sizeof head);
   const std::streamsize n = f.gcount();
   if (n == 0) return true;
   static const char kSignature[8] = {'\x89', 'H', 'D', 'F', '\r', '\n', '\x1a', '\n'};
-  return n == 8 && (std::memcmp(head, kSignature, 8) == 0 || std::all_of(head, head + 8, [](char c) { return c == 0; }));
+  return n == 8 && std::memcmp(head, kSignature, 8) == 0;
 }
 
 // Runs `body` on path + ".partial" and renames it to path; on any error the partial file is removed
@@ -445,8 +448,8 @@ void build_then_rename(const std::string& path, F body) {
     MP_CHECK(!ec, path, ": cannot resolve the symbolic link (", ec.message(), ")");
   }
   const std::string tmp = real + ".partial";
-  // A stale .partial file of a killed run is replaced (empty, or an HDF5 file's start: its signature,
-  // or zeros where HDF5 had not yet written the superblock); anything else there is not metapo's.
+  // A stale .partial file of a killed run is replaced (empty, or an HDF5 file's start); anything
+  // else there is not metapo's.
   const fs::file_status st = fs::symlink_status(tmp, ec);
   MP_CHECK(!fs::exists(st) || (fs::is_regular_file(st) && stale_h5_partial(tmp)), path, ": ", tmp,
            " exists and was not left by metapo (it writes ", path, " there first); move it away");
@@ -543,7 +546,7 @@ void write_ref_logps(const std::string& path,
     }
   }
   build_then_rename(path, [&](const std::string& tmp) {
-    copy_whole(path, tmp);
+    const mode_t mode = copy_whole(path, tmp);
     H5WriteFile f(H5Fopen(tmp.c_str(), H5F_ACC_RDWR, H5P_DEFAULT), tmp);
     MP_CHECK(f.valid(), path, ": cannot open ", tmp, " for writing", h5_reason());
     for (const auto& [split, cr] : ref) {
@@ -567,6 +570,8 @@ void write_ref_logps(const std::string& path,
       if (!ref_model_fingerprint.empty()) write_string_attr(g, "ref_model_fingerprint", ref_model_fingerprint, where);
     }
     MP_CHECK(f.close(), path, ": cannot finish writing ", tmp, f.reason());
+    MP_CHECK(::chmod(tmp.c_str(), mode) == 0, path, ": cannot set the mode of ", tmp, " (", std::strerror(errno),
+             ")");  // the original's, as copy_file kept it
   });
 }
 

@@ -253,8 +253,12 @@ void commit_model_dir(const fs::path& tmp, const std::string& dir) {
     fs::rename(e.path(), target / name, ec2);
     if (ec2) stranded += (stranded.empty() ? "" : ", ") + name + " (" + ec2.message() + ")";
   }
-  MP_CHECK(stranded.empty(), target.string(), ": written, but files of the old directory could not be carried over: ",
-           stranded, "; they are in ", old.string());
+  if (!stranded.empty()) {
+    // Unmarked, so that the next save refuses DIR.old instead of clearing it with the user's files.
+    fs::remove(old / kSaveMark, ec);
+    fail(target.string(), ": written, but files of the old directory could not be carried over: ", stranded,
+         "; they are in ", old.string(), " (move them back, then remove it)");
+  }
   fs::remove_all(old, ec);
 }
 

@@ -28,7 +28,7 @@ expect_error "neg.ini \[synth\]: --seed -4: must be a whole number >= 0" "$METAP
 printf '[synth]\nout = "q.h5"\n' > quoted.ini
 expect_error 'quoted.ini:2: out = "q.h5": values are taken as written; remove the quotes' "$METAPO" synth --config quoted.ini
 printf '[synth]\nseed = 3 # mine\n' > comment.ini
-expect_error "comment.ini:2: seed = 3 # mine: a comment after a value would become part of it" "$METAPO" synth --config comment.ini --out c.h5
+expect_error "comment.ini:2: seed = 3 # mine: a value may not hold ' #'" "$METAPO" synth --config comment.ini --out c.h5
 [ ! -e '"q.h5"' ] && [ ! -e q.h5 ] && [ ! -e c.h5 ] || fail "a refused INI wrote output"
 # A switch the file turns on is turned off on the command line with --no-KEY.
 printf '[generate]\ngreedy = true\n' > greedy.ini
@@ -168,6 +168,13 @@ expect_error "s3.jsonl.partial exists and was not left by metapo" "$METAPO" scor
 : > d3.h5.partial
 "$METAPO" synth --task sort --n-train 8 --n-val 4 --n-test 4 --n-sft 8 --out d3.h5 >/dev/null || fail "a stale empty .partial blocked synth"
 [ ! -e d3.h5.partial ] || fail "synth left d3.h5.partial"
+head -c 4096 d.h5 > d4.h5.partial  # what a synth killed while writing leaves
+"$METAPO" synth --task sort --n-train 8 --n-val 4 --n-test 4 --n-sft 8 --out d4.h5 >/dev/null || fail "a killed synth's .partial blocked synth"
+cp d.h5 pr.h5 && echo "my notes" > pr.h5.partial
+expect_error "pr.h5.partial exists and was not left by metapo" "$METAPO" precompute-ref --model model --data pr.h5
+[ "$(cat pr.h5.partial)" = "my notes" ] && cmp -s d.h5 pr.h5 || fail "precompute-ref replaced a user's .partial file"
+printf '{"logp": -1.5, "n_tokens": 3}\n{"logp": -2' > s4.jsonl.partial  # a score killed while writing
+"$METAPO" score --model model --input good.jsonl --output s4.jsonl >/dev/null || fail "a killed score's .partial blocked score"
 # A model directory replaced by a save keeps what a model save does not write: the tokenizer, an
 # adapter, a consolidated checkpoint; an old shard of an earlier export goes.
 cp -r model hf
@@ -178,7 +185,8 @@ for f in adapter_model.safetensors consolidated.safetensors tokenizer.json; do [
 [ ! -e hf/model-00001-of-00002.safetensors ] || fail "an old shard outlived the new model"
 echo "ok: a user's .partial file is refused and kept; a replaced model directory keeps the user's files"
 # Another user's model directory (not writable) and a read-only dataset, as that user (nobody).
-if [ "$(id -u)" = 0 ] && command -v setpriv >/dev/null && setpriv --reuid=65534 --regid=65534 --clear-groups true 2>/dev/null; then
+if [ "$(id -u)" = 0 ] && command -v setpriv >/dev/null &&
+  setpriv --reuid=65534 --regid=65534 --clear-groups "$METAPO" --version >/dev/null 2>&1; then
   mkdir shared && chmod 777 shared && cp -r model shared/hf && echo t > shared/hf/tokenizer.json
   "$METAPO" synth --task sort --n-train 8 --n-val 4 --n-test 4 --n-sft 8 --out shared/ro.h5 >/dev/null
   chmod 444 shared/ro.h5 && chmod -R a+rX . && chown 65534 shared/ro.h5
