@@ -184,20 +184,23 @@ echo s > hf/model-00001-of-00002.safetensors
 for f in adapter_model.safetensors consolidated.safetensors tokenizer.json; do [ -f "hf/$f" ] || fail "init removed hf/$f"; done
 [ ! -e hf/model-00001-of-00002.safetensors ] || fail "an old shard outlived the new model"
 echo "ok: a user's .partial file is refused and kept; a replaced model directory keeps the user's files"
-# Another user's model directory (not writable) and a read-only dataset, as that user (nobody).
-if [ "$(id -u)" = 0 ] && command -v setpriv >/dev/null &&
-  setpriv --reuid=65534 --regid=65534 --clear-groups "$METAPO" --version >/dev/null 2>&1; then
+# Another user's model directory (not writable) and a read-only dataset, as that user (nobody), with
+# OpenMPI's session directory where that user can write; skipped, said, where it cannot run metapo.
+if [ "$(id -u)" = 0 ] && command -v setpriv >/dev/null; then
   mkdir shared && chmod 777 shared && cp -r model shared/hf && echo t > shared/hf/tokenizer.json
   "$METAPO" synth --task sort --n-train 8 --n-val 4 --n-test 4 --n-sft 8 --out shared/ro.h5 >/dev/null
   chmod 444 shared/ro.h5 && chmod -R a+rX . && chown 65534 shared/ro.h5
-  # (OpenMPI's session directory where that user can write.)
   as_nobody=(setpriv --reuid=65534 --regid=65534 --clear-groups env HOME="$WORK/shared" OMPI_MCA_orte_tmpdir_base="$WORK/shared")
-  expect_error "shared/hf: cannot write in it (Permission denied)" "${as_nobody[@]}" "$METAPO" init --preset tiny --out shared/hf
-  [ -f shared/hf/tokenizer.json ] && [ ! -e shared/hf.old ] || fail "a refused save moved another user's files"
-  expect_error "--data shared/ro.h5: is read-only" "${as_nobody[@]}" "$METAPO" precompute-ref --model model --data shared/ro.h5
-  expect_error "--out shared/ro.h5: is read-only" "${as_nobody[@]}" "$METAPO" synth --task sort --n-train 8 --out shared/ro.h5
-  [ "$(stat -c %a shared/ro.h5)" = 444 ] || fail "a read-only dataset was replaced"
-  echo "ok: another user's model directory and a read-only dataset are refused, as that user"
+  if "${as_nobody[@]}" "$METAPO" --version >/dev/null 2>&1; then
+    expect_error "shared/hf: cannot write in it (Permission denied)" "${as_nobody[@]}" "$METAPO" init --preset tiny --out shared/hf
+    [ -f shared/hf/tokenizer.json ] && [ ! -e shared/hf.old ] || fail "a refused save moved another user's files"
+    expect_error "--data shared/ro.h5: is read-only" "${as_nobody[@]}" "$METAPO" precompute-ref --model model --data shared/ro.h5
+    expect_error "--out shared/ro.h5: is read-only" "${as_nobody[@]}" "$METAPO" synth --task sort --n-train 8 --out shared/ro.h5
+    [ "$(stat -c %a shared/ro.h5)" = 444 ] || fail "a read-only dataset was replaced"
+    echo "ok: another user's model directory and a read-only dataset are refused, as that user"
+  else
+    echo "SKIP: user nobody cannot run $METAPO here: the checks as another user are not made"
+  fi
 fi
 # Ranks started with different options (an MPMD launch): one error, no hang, no output.
 expect_error "the ranks of this job were started with different command lines" $MPIRUN 1 "$METAPO" score --model model \
