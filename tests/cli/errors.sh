@@ -185,21 +185,24 @@ for f in adapter_model.safetensors consolidated.safetensors tokenizer.json; do [
 [ ! -e hf/model-00001-of-00002.safetensors ] || fail "an old shard outlived the new model"
 echo "ok: a user's .partial file is refused and kept; a replaced model directory keeps the user's files"
 # Another user's model directory (not writable) and a read-only dataset, as that user (nobody), with
-# OpenMPI's session directory where that user can write; skipped, said, where it cannot run metapo.
+# a copy of the binary and its configs/ where that user can run them (a checkout may be private) and
+# OpenMPI's session directory where it can write; skipped, said, where it cannot run metapo.
 if [ "$(id -u)" = 0 ] && command -v setpriv >/dev/null; then
-  mkdir shared && chmod 777 shared && cp -r model shared/hf && echo t > shared/hf/tokenizer.json
+  mkdir shared shared/build && chmod 777 shared && cp -r model shared/hf && echo t > shared/hf/tokenizer.json
+  cp "$METAPO" shared/build/metapo && cp -r "$SRC/configs" shared/configs
   "$METAPO" synth --task sort --n-train 8 --n-val 4 --n-test 4 --n-sft 8 --out shared/ro.h5 >/dev/null
   chmod 444 shared/ro.h5 && chmod -R a+rX . && chown 65534 shared/ro.h5
-  as_nobody=(setpriv --reuid=65534 --regid=65534 --clear-groups env HOME="$WORK/shared" OMPI_MCA_orte_tmpdir_base="$WORK/shared")
-  if "${as_nobody[@]}" "$METAPO" --version >/dev/null 2>&1; then
-    expect_error "shared/hf: cannot write in it (Permission denied)" "${as_nobody[@]}" "$METAPO" init --preset tiny --out shared/hf
+  as_nobody=(setpriv --reuid=65534 --regid=65534 --clear-groups env HOME="$WORK/shared" OMPI_MCA_orte_tmpdir_base="$WORK/shared"
+             "$WORK/shared/build/metapo")
+  if "${as_nobody[@]}" --version >/dev/null 2>&1; then
+    expect_error "shared/hf: cannot write in it (Permission denied)" "${as_nobody[@]}" init --preset tiny --out shared/hf
     [ -f shared/hf/tokenizer.json ] && [ ! -e shared/hf.old ] || fail "a refused save moved another user's files"
-    expect_error "--data shared/ro.h5: is read-only" "${as_nobody[@]}" "$METAPO" precompute-ref --model model --data shared/ro.h5
-    expect_error "--out shared/ro.h5: is read-only" "${as_nobody[@]}" "$METAPO" synth --task sort --n-train 8 --out shared/ro.h5
+    expect_error "--data shared/ro.h5: is read-only" "${as_nobody[@]}" precompute-ref --model model --data shared/ro.h5
+    expect_error "--out shared/ro.h5: is read-only" "${as_nobody[@]}" synth --task sort --n-train 8 --out shared/ro.h5
     [ "$(stat -c %a shared/ro.h5)" = 444 ] || fail "a read-only dataset was replaced"
     echo "ok: another user's model directory and a read-only dataset are refused, as that user"
   else
-    echo "SKIP: user nobody cannot run $METAPO here: the checks as another user are not made"
+    echo "SKIP: user nobody cannot run metapo here: the checks as another user are not made"
   fi
 fi
 # Ranks started with different options (an MPMD launch): one error, no hang, no output.
