@@ -42,6 +42,7 @@ std::vector<std::string> ini_section_args(const std::string& path, const std::st
   std::ifstream in(path);
   MP_CHECK(in, "--config ", path, ": cannot open file");
   std::vector<std::string> args;
+  std::map<std::string, int> seen;  // key -> its line in the command's section
   std::string line, section;
   int lineno = 0;
   while (std::getline(in, line)) {
@@ -65,6 +66,11 @@ std::vector<std::string> ini_section_args(const std::string& path, const std::st
     std::string key = trim(line.substr(0, eq)), val = trim(line.substr(eq + 1));
     for (char& ch : key)
       if (ch == '_') ch = '-';
+    // Said here, with both lines: Boost notices a key given twice only when the command line does
+    // not also set it.
+    const auto [at, first] = seen.emplace(key, lineno);
+    MP_CHECK(first, "--config ", path, ":", lineno, ": ", key, " is set twice in [", cmd, "] (also on line ", at->second,
+             ")");
     // Values are taken as written: quotes and a comment after the value would become part of it (a
     // run directory named "run" with its quotes), so they are refused rather than guessed at.
     MP_CHECK(val.size() < 2 || !((val.front() == '"' && val.back() == '"') || (val.front() == '\'' && val.back() == '\'')),

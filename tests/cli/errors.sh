@@ -30,6 +30,12 @@ expect_error 'quoted.ini:2: out = "q.h5": values are taken as written; remove th
 printf '[synth]\nseed = 3 # mine\n' > comment.ini
 expect_error "comment.ini:2: seed = 3 # mine: a value may not hold ' #'" "$METAPO" synth --config comment.ini --out c.h5
 [ ! -e '"q.h5"' ] && [ ! -e q.h5 ] && [ ! -e c.h5 ] || fail "a refused INI wrote output"
+# A key set twice in a section (also spelt with '_'): one line naming both lines, whether or not the
+# command line sets it too.
+printf '[synth]\nseed = 3\nn-train = 8\nseed = 4\n' > twice.ini
+expect_error "twice.ini:4: seed is set twice in \[synth\] (also on line 2)" "$METAPO" synth --config twice.ini --out t.h5
+printf '[synth]\nn-train = 8\nn_train = 9\n' > twice2.ini
+expect_error "twice2.ini:3: n-train is set twice in \[synth\] (also on line 2)" "$METAPO" synth --config twice2.ini --n-train 10 --out t.h5
 # A switch the file turns on is turned off on the command line with --no-KEY.
 printf '[generate]\ngreedy = true\n' > greedy.ini
 expect_error "--greedy cannot be combined with --temperature" "$METAPO" generate --config greedy.ini --model model \
