@@ -264,20 +264,12 @@ CheckpointFile::CheckpointFile(const std::string& path, Comm& comm, bool writing
     // many parts of an array as it needs without the others making the same calls.
     H5Pset_all_coll_metadata_ops(fapl, true);
     H5Pset_coll_metadata_write(fapl, true);
-    if (comm.rank() == 0) {  // the metadata's room (kMetadataRoom); without it, the file goes on
-      const int fd = ::open((path + ".reserve").c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
-      if (fd >= 0) {
-        if (::posix_fallocate(fd, 0, off_t(kMetadataRoom)) != 0) {
-          // no room to hold: the transfers will say so
-        }
-        ::close(fd);
-      }
-    }
+    if (comm.rank() == 0) hold_room(path + ".reserve", off_t(kMetadataRoom));  // the metadata's room
     idle_barrier(comm);  // held before any rank writes data
     impl_->file = H5Id(H5Fcreate(path.c_str(), H5F_ACC_TRUNC, H5P_DEFAULT, fapl), H5Fclose);
     if (!impl_->file.valid()) {
       const std::string why = h5_reason();
-      if (comm.rank() == 0) ::unlink((path + ".reserve").c_str());
+      if (comm.rank() == 0) give_back_room(path + ".reserve");
       fail(path, ": cannot create the checkpoint file", why);
     }
   } else {
@@ -298,19 +290,20 @@ CheckpointFile& CheckpointFile::operator=(CheckpointFile&&) noexcept = default;
 // which may not have failed, never join: the error aborts the job (main), and nothing of it is used.
 CheckpointFile::~CheckpointFile() {
   if (!impl_ || !impl_->file.valid()) return;
-  drop_reserve();
   if (writing_ && comm_->size() > 1) {
+    drop_reserve();
     for (Impl::Pending& p : impl_->pending) p.ds.release();
     impl_->file.release();
-    return;
+  } else if (writing_) {
+    abandon();  // one rank: its barrier waits for no one
+  } else {
+    impl_->pending.clear();
+    if (!impl_->file.close()) hdf5_left_unclean() = true;
   }
-  if (writing_ && comm_->rank() == 0) cut_to_zero(path_);
-  impl_->pending.clear();
-  if (!impl_->file.close()) hdf5_left_unclean() = true;
 }
 
 void CheckpointFile::drop_reserve() {
-  if (writing_ && comm_->rank() == 0) ::unlink((path_ + ".reserve").c_str());
+  if (writing_ && comm_->rank() == 0) give_back_room(path_ + ".reserve");
 }
 
 // Collective: the file's contents are given up after a failed transfer. Rank 0 cuts it to zero length

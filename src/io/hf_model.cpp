@@ -239,8 +239,8 @@ void commit_model_dir(const fs::path& tmp, const std::string& dir) {
   // The old directory's other files (tokenizer.json, a README, an adapter, ...) stay, as
   // save_pretrained keeps them; only what a model save writes is replaced: config.json,
   // generation_config.json, model.safetensors, the shards model-XXXXX-of-YYYYY.safetensors and their
-  // index (an old export's shards must not outlive it). A file that cannot be carried over keeps the
-  // old directory (marked, so a later save may clear it) and is said.
+  // index (an old export's shards must not outlive it). A file that cannot be carried over stays in
+  // the old directory, left unmarked (so that no later save clears it), and is said.
   std::string stranded;
   for (const auto& e : fs::directory_iterator(old, ec)) {
     const std::string name = e.path().filename().string();

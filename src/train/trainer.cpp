@@ -143,9 +143,8 @@ void save_final(const TrainConfig& cfg, const Topology& topo, const LlamaConfig&
     // final/ holds) before the save begins, with the line of the lowest rank that has one (its
     // tensor and value).
     const std::string range = topo.dp_rank == 0 ? f16_range_error(cfg.out_dir + "/final", ParamLayout(c), runs, params.data(), dtype) : "";
-    int32_t first = range.empty() ? std::numeric_limits<int32_t>::max() : int32_t(topo.world_rank);
-    topo.world_comm().allreduce(&first, 1, ReduceOp::Min);
-    if (first != std::numeric_limits<int32_t>::max()) throw FinalRangeError(broadcast_string(topo.world_comm(), range, first));
+    const std::string first = first_error(topo.world_comm(), range);
+    if (!first.empty()) throw FinalRangeError(first);
   }
   // final.partial and final.old in a run directory are the run's own (metapo writes only names it
   // chose there): left by a crashed save, also of a build that did not mark them, they go.

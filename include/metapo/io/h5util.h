@@ -80,6 +80,20 @@ inline std::string h5_reason() {
   return msg.empty() ? "" : " (HDF5: " + msg + ")";
 }
 
+// Holds `bytes` of the disk in the file `reserve` (made anew), for HDF5's metadata to be
+// given back just before it is written (give_back_room); on a disk without that much room nothing
+// is held, and the writes that follow say so.
+inline void hold_room(const std::string& reserve, off_t bytes) {
+  ::unlink(reserve.c_str());  // a stale one of a killed run (never written through, were it a link)
+  const int fd = ::open(reserve.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0666);
+  if (fd < 0) return;
+  if (::posix_fallocate(fd, 0, bytes) != 0) {
+    // no room to hold
+  }
+  ::close(fd);
+}
+inline void give_back_room(const std::string& reserve) { ::unlink(reserve.c_str()); }
+
 // Set when HDF5 failed to close a file: the library then holds a half-closed file, and ending it
 // (when MPI ends, or at exit) crashes. main ends such a process without ending the library.
 inline bool& hdf5_left_unclean() {
@@ -97,14 +111,7 @@ class H5WriteFile {
  public:
   static constexpr off_t kMetadataRoom = 1 << 20;
   H5WriteFile(hid_t id, std::string path) : file_(id, H5Fclose), path_(std::move(path)) {
-    if (!file_.valid()) return;
-    ::unlink((path_ + ".reserve").c_str());  // a stale one of a killed run
-    const int fd = ::open((path_ + ".reserve").c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0666);
-    if (fd < 0) return;
-    if (::posix_fallocate(fd, 0, kMetadataRoom) != 0) {
-      // no room to hold: the data writes will say so
-    }
-    ::close(fd);
+    if (file_.valid()) hold_room(path_ + ".reserve", kMetadataRoom);
   }
   H5WriteFile(const H5WriteFile&) = delete;
   H5WriteFile& operator=(const H5WriteFile&) = delete;
@@ -127,7 +134,7 @@ class H5WriteFile {
   }
 
  private:
-  void drop_reserve() { ::unlink((path_ + ".reserve").c_str()); }
+  void drop_reserve() { give_back_room(path_ + ".reserve"); }
   static bool closed(bool ok) {
     if (!ok) hdf5_left_unclean() = true;
     return ok;
